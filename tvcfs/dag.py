@@ -1,0 +1,242 @@
+"""Reading the DAG: directories, files and their leaf index, traversal.
+
+Everything here takes ``get``, a callable ``cid -> bytes-like`` that raises
+:class:`~tvcfs.errors.BlockNotFound` for a missing block, so it works the same over
+the local LMDB store, a read transaction's zero-copy buffers, or a remote fetcher.
+Data flows one way: store → DAG → mount.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from .encoding.cid import DAG_CBOR, DAG_PB, RAW, cid_codec, cid_str
+from .encoding.commit import cbor_links
+from .encoding.dagpb import decode_node
+from .encoding.unixfs import DIRECTORY, FILE, HAMT, RAW_T, SYMLINK, decode_pb_unixfs
+from .errors import MalformedObject, PathNotFound
+
+Getter = Callable[[bytes], "bytes | memoryview"]
+
+KIND_FILE, KIND_DIR, KIND_SYMLINK = "file", "dir", "symlink"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A directory entry: ``name``; ``cid`` (binary); ``kind`` one of ``"file"``,
+    ``"dir"``, ``"symlink"``; ``size`` (bytes of file content, symlink target length,
+    or 0); ``mode`` (permission bits, e.g. 0o644 / 0o755); ``target`` of a symlink."""
+
+    name: str
+    cid: bytes
+    kind: str
+    size: int
+    mode: int
+    target: str = ""
+    tsize: int = 0
+
+
+def stat_node(get: Getter, cid: bytes, name: str = "", tsize: int = 0) -> Entry:
+    """Describe the node ``cid`` (reading only its own block, never file data below it).
+
+    Raises :class:`MalformedObject` for a block that is not UnixFS or raw.
+    """
+    codec = cid_codec(cid)
+    if codec == RAW:
+        return Entry(name, cid, KIND_FILE, tsize if tsize else len(get(cid)), 0o644, tsize=tsize)
+    if codec != DAG_PB:
+        raise MalformedObject(f"{cid_str(cid)} is not a UnixFS node")
+    _, u = decode_pb_unixfs(get(cid))
+    if u.type == DIRECTORY:
+        return Entry(name, cid, KIND_DIR, 0, u.mode if u.mode is not None else 0o755, tsize=tsize)
+    if u.type in (FILE, RAW_T):
+        size = u.filesize if u.filesize is not None else len(u.data or b"")
+        return Entry(name, cid, KIND_FILE, size, u.mode if u.mode is not None else 0o644, tsize=tsize)
+    if u.type == SYMLINK:
+        target = (u.data or b"").decode("utf-8", "replace")
+        return Entry(name, cid, KIND_SYMLINK, len(target.encode()), 0o777, target, tsize=tsize)
+    if u.type == HAMT:
+        raise MalformedObject(f"{cid_str(cid)}: HAMT-sharded directories are not supported")
+    raise MalformedObject(f"{cid_str(cid)}: unsupported UnixFS type {u.type}")
+
+
+def dir_links(get: Getter, cid: bytes) -> list:
+    """The raw links ``[PBLink(hash, name, tsize)]`` of a UnixFS directory, name order.
+    Raises :class:`MalformedObject` if ``cid`` is not a directory."""
+    if cid_codec(cid) != DAG_PB:
+        raise MalformedObject(f"{cid_str(cid)} is not a directory")
+    links, u = decode_pb_unixfs(get(cid))
+    if u.type != DIRECTORY:
+        raise MalformedObject(f"{cid_str(cid)} is not a directory")
+    return links
+
+
+def read_dir(get: Getter, cid: bytes) -> dict:
+    """``{name: Entry}`` of a UnixFS directory (one block read per child node that is
+    dag-pb, for its size and kind; raw children are known from the link's Tsize)."""
+    out = {}
+    for link in dir_links(get, cid):
+        out[link.name] = stat_node(get, link.hash, link.name, link.tsize)
+    return out
+
+
+def resolve_path(get: Getter, tree: bytes, path: str) -> Entry:
+    """Follow ``path`` ('a/b/c', '' or '/' for the root) from directory ``tree``.
+
+    Raises :class:`PathNotFound` when a component is missing or not a directory.
+    """
+    parts = [p for p in path.strip("/").split("/") if p and p != "."]
+    cur = stat_node(get, tree, "")
+    for i, part in enumerate(parts):
+        if cur.kind != KIND_DIR:
+            raise PathNotFound(f"{'/'.join(parts[:i])} is not a directory")
+        for link in dir_links(get, cur.cid):
+            if link.name == part:
+                cur = stat_node(get, link.hash, part, link.tsize)
+                break
+        else:
+            raise PathNotFound(f"path not found: {'/'.join(parts[:i + 1])}")
+    return cur
+
+
+class FileIndex:
+    """Offset → leaf map of one UnixFS file, built from its internal nodes only.
+
+    ``starts``: list of leaf start offsets (bytes, ascending); ``leaves``: list of leaf
+    CIDs (raw leaves, or dag-pb leaves with inline data); ``size``: file size (bytes).
+    Inline data of internal nodes is held in ``inline`` as ``{leaf_index: bytes}``.
+    """
+
+    __slots__ = ("cid", "size", "starts", "leaves", "sizes", "inline", "mode")
+
+    def __init__(self, cid: bytes, size: int, starts, leaves, sizes, inline, mode):
+        self.cid, self.size, self.starts, self.leaves = cid, size, starts, leaves
+        self.sizes, self.inline, self.mode = sizes, inline, mode
+
+    @classmethod
+    def build(cls, get: Getter, cid: bytes) -> "FileIndex":
+        """Walk the file DAG rooted at ``cid``. Raises :class:`MalformedObject` if the
+        node is not a file or if ``blocksizes`` disagree with the children."""
+        starts: list[int] = []
+        leaves: list[bytes] = []
+        sizes: list[int] = []
+        inline: dict[int, bytes] = {}
+        mode = 0o644
+        pos = 0
+
+        def walk(c: bytes, expect: int | None, top: bool):
+            nonlocal pos, mode
+            codec = cid_codec(c)
+            if codec == RAW:
+                if expect is None:
+                    expect = len(get(c))
+                starts.append(pos)
+                leaves.append(c)
+                sizes.append(expect)
+                pos += expect
+                return
+            if codec != DAG_PB:
+                raise MalformedObject(f"{cid_str(c)} is not a file node")
+            links, u = decode_pb_unixfs(get(c))
+            if u.type not in (FILE, RAW_T):
+                raise MalformedObject(f"{cid_str(c)} is not a UnixFS file")
+            if top and u.mode is not None:
+                mode = u.mode
+            if u.data:
+                inline[len(leaves)] = u.data
+                starts.append(pos)
+                leaves.append(c)
+                sizes.append(len(u.data))
+                pos += len(u.data)
+            if len(u.blocksizes) != len(links):
+                raise MalformedObject(f"{cid_str(c)}: {len(links)} links but {len(u.blocksizes)} blocksizes")
+            for link, bs in zip(links, u.blocksizes):
+                walk(link.hash, bs, False)
+
+        walk(cid, None, True)
+        return cls(cid, pos, starts, leaves, sizes, inline, mode)
+
+    def leaf_at(self, offset: int) -> int:
+        """Index of the leaf holding byte ``offset`` (0 <= offset < size)."""
+        return bisect.bisect_right(self.starts, offset) - 1
+
+    def leaf_range(self, offset: int, length: int) -> range:
+        """Indices of the leaves overlapping ``[offset, offset + length)``."""
+        if length <= 0 or offset >= self.size:
+            return range(0)
+        first = self.leaf_at(offset)
+        last = bisect.bisect_left(self.starts, offset + length) - 1
+        return range(first, last + 1)
+
+    def leaf_data(self, get: Getter, i: int):
+        """Bytes of leaf ``i`` (raw leaf block or inline node data)."""
+        if i in self.inline:
+            return self.inline[i]
+        return get(self.leaves[i])
+
+    def read(self, get: Getter, offset: int, length: int) -> bytes:
+        """Bytes ``[offset, offset + length)`` of the file (clipped to its size).
+
+        Raises :class:`~tvcfs.errors.BlockNotFound` for a missing leaf and
+        :class:`~tvcfs.errors.CorruptBlock` when ``get`` verifies.
+        """
+        end = min(offset + length, self.size)
+        if offset >= end:
+            return b""
+        parts = []
+        for i in self.leaf_range(offset, end - offset):
+            s = self.starts[i]
+            data = self.leaf_data(get, i)
+            lo = max(offset - s, 0)
+            hi = min(end - s, self.sizes[i])
+            if len(data) < hi:
+                raise MalformedObject(f"leaf {cid_str(self.leaves[i])} shorter than its blocksize")
+            parts.append(data[lo:hi])
+        return b"".join(parts)
+
+
+def iter_file(get: Getter, cid: bytes, chunk_leaves: int = 1) -> Iterator[bytes]:
+    """Yield a file's content leaf by leaf (bytes-like objects), streaming."""
+    idx = FileIndex.build(get, cid)
+    for i in range(len(idx.leaves)):
+        data = idx.leaf_data(get, i)
+        yield data[: idx.sizes[i]]
+
+
+def block_links(cid: bytes, block) -> list:
+    """Binary CIDs linked from a block: dag-pb links, dag-cbor CID values, none for raw."""
+    codec = cid_codec(cid)
+    if codec == RAW:
+        return []
+    if codec == DAG_PB:
+        links, _ = decode_node(block)
+        return [link.hash for link in links]
+    if codec == DAG_CBOR:
+        return cbor_links(block)
+    return []
+
+
+def walk_dag(get: Getter, root: bytes, skip: Callable[[bytes], bool] | None = None,
+             follow_parents: bool = False) -> Iterator[tuple[bytes, object]]:
+    """Depth-first pre-order traversal of every block under ``root`` (each CID once):
+    yields ``(cid, block)``. For a commit, only its ``tree`` is followed unless
+    ``follow_parents``. ``skip(cid)`` returning ``True`` prunes that sub-DAG."""
+    from .encoding.commit import decode_commit
+
+    seen: set[bytes] = set()
+    stack = [root]
+    while stack:
+        c = stack.pop()
+        if c in seen or (skip and skip(c)):
+            continue
+        seen.add(c)
+        block = get(c)
+        yield c, block
+        if cid_codec(c) == DAG_CBOR:
+            com = decode_commit(block)
+            links = [com.tree] + (list(com.parents) if follow_parents else [])
+        else:
+            links = block_links(c, block)
+        stack.extend(reversed(links))

@@ -1,0 +1,114 @@
+"""CAR v1 archives (spec: https://ipld.io/specs/transport/car/carv1/).
+
+Layout: ``varint(len(header)) ‖ header ‖ section*`` where the header is dag-cbor
+``{"roots": [CID], "version": 1}`` (CIDs as tag 42 over ``0x00 ‖ cid-bytes``) and a
+section is ``varint(len(cid) + len(block)) ‖ cid ‖ block``. Written and read as a
+stream: neither side holds more than one block in memory.
+"""
+
+from __future__ import annotations
+
+from typing import BinaryIO, Iterable, Iterator
+
+from ..errors import MalformedObject
+from .cid import cid_codec, verify_block
+from .dagpb import encode_varint
+
+MAX_SECTION = 8 << 20  # bytes; tvcfs blocks are at most ~1 MiB
+
+
+def write_car_header(out: BinaryIO, roots: list[bytes]) -> int:
+    """Write the CAR v1 header for binary CIDs ``roots``; return bytes written."""
+    import dag_cbor
+    from multiformats import CID
+
+    header = dag_cbor.encode({"roots": [CID.decode(r) for r in roots], "version": 1})
+    data = encode_varint(len(header)) + header
+    out.write(data)
+    return len(data)
+
+
+def write_car_block(out: BinaryIO, cid: bytes, block) -> int:
+    """Write one CAR section; return bytes written."""
+    head = encode_varint(len(cid) + len(block)) + cid
+    out.write(head)
+    out.write(block)
+    return len(head) + len(block)
+
+
+def write_car(out: BinaryIO, roots: list[bytes], blocks: Iterable[tuple[bytes, bytes]]) -> int:
+    """Write a whole CAR v1 stream: header for ``roots`` then every ``(cid, block)``.
+    Returns the number of blocks written."""
+    write_car_header(out, roots)
+    n = 0
+    for cid, block in blocks:
+        write_car_block(out, cid, block)
+        n += 1
+    return n
+
+
+def _read_varint(f: BinaryIO) -> int | None:
+    result = 0
+    shift = 0
+    first = True
+    while True:
+        b = f.read(1)
+        if not b:
+            if first:
+                return None
+            raise MalformedObject("CAR truncated inside a varint")
+        first = False
+        result |= (b[0] & 0x7F) << shift
+        if not b[0] & 0x80:
+            return result
+        shift += 7
+        if shift > 63:
+            raise MalformedObject("CAR varint too long")
+
+
+def read_car(f: BinaryIO, verify: bool = True) -> tuple[list[bytes], Iterator[tuple[bytes, bytes]]]:
+    """Read a CAR v1 stream: returns ``(roots, blocks)`` with ``blocks`` a lazy iterator
+    of ``(cid, block)``. With ``verify`` every block is hashed against its CID.
+
+    Raises :class:`MalformedObject` for a bad header or section (while iterating, for
+    sections) and :class:`~tvcfs.errors.CorruptBlock` for a block that does not match
+    its CID. Only CIDv1 sha2-256 raw/dag-pb/dag-cbor blocks are accepted.
+    """
+    import dag_cbor
+
+    hlen = _read_varint(f)
+    if hlen is None or hlen > MAX_SECTION:
+        raise MalformedObject("not a CAR file: bad header length")
+    raw = f.read(hlen)
+    if len(raw) != hlen:
+        raise MalformedObject("CAR header truncated")
+    try:
+        header = dag_cbor.decode(raw)
+        if header.get("version") != 1:
+            raise MalformedObject(f"unsupported CAR version {header.get('version')!r} (only v1)")
+        roots = [bytes(r) for r in header["roots"]]
+    except MalformedObject:
+        raise
+    except Exception as e:
+        raise MalformedObject(f"bad CAR header: {e}") from None
+
+    def blocks():
+        while True:
+            ln = _read_varint(f)
+            if ln is None:
+                return
+            if ln > MAX_SECTION or ln < 36:
+                raise MalformedObject(f"CAR section of {ln} bytes out of range")
+            sec = f.read(ln)
+            if len(sec) != ln:
+                raise MalformedObject("CAR section truncated")
+            cid, data = sec[:36], sec[36:]
+            try:
+                cid_codec(cid)
+            except Exception as e:
+                raise MalformedObject(f"CAR section with unsupported CID: {e}") from None
+            if verify:
+                verify_block(cid, data)
+            yield cid, data
+
+    return roots, blocks()

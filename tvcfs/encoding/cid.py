@@ -1,0 +1,115 @@
+"""CIDv1 with sha2-256 multihashes, kept as raw binary CID bytes in the hot path.
+
+A binary CIDv1 is ``varint(1) ‖ varint(codec) ‖ varint(0x12) ‖ varint(32) ‖ digest``
+(spec: https://github.com/multiformats/cid). For the three codecs tvcfs uses every
+prefix is a fixed 4 bytes, so building a CID from a sha-256 digest is one bytes
+concatenation (~0.1 µs) instead of the ~270 µs that ``multiformats.CID`` costs per
+call; ``docs/performance.md`` has the measurement. Parsing user input and the
+``multiformats.CID`` type at API boundaries use the ``multiformats`` library;
+printing uses the same base32 lower-case alphabet by hand (tested equal to
+``multiformats``' ``encode("base32")``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from ..errors import CorruptBlock, InvalidCID
+
+RAW = 0x55
+DAG_PB = 0x70
+DAG_CBOR = 0x71
+SHA2_256 = 0x12
+CID_LEN = 36
+
+_PREFIX = {RAW: b"\x01\x55\x12\x20", DAG_PB: b"\x01\x70\x12\x20", DAG_CBOR: b"\x01\x71\x12\x20"}
+_CODEC_NAME = {RAW: "raw", DAG_PB: "dag-pb", DAG_CBOR: "dag-cbor"}
+
+
+def make_cid(codec: int, data) -> bytes:
+    """Return the binary CIDv1 (36 bytes) of ``data`` hashed with sha2-256.
+
+    ``codec`` is one of :data:`RAW`, :data:`DAG_PB`, :data:`DAG_CBOR`; ``data`` any
+    bytes-like object (hashlib releases the GIL for it, so callers may hash leaves on
+    several threads). Raises ``KeyError`` for another codec.
+    """
+    return _PREFIX[codec] + hashlib.sha256(data).digest()
+
+
+def cid_from_digest(codec: int, digest: bytes) -> bytes:
+    """Binary CIDv1 from a 32-byte sha-256 ``digest`` already computed."""
+    return _PREFIX[codec] + digest
+
+
+def cid_codec(cid: bytes) -> int:
+    """The multicodec code (``RAW``, ``DAG_PB``, ``DAG_CBOR``) of a binary CID.
+
+    Raises :class:`InvalidCID` for a CID that is not CIDv1 sha2-256 of a known codec.
+    """
+    if len(cid) != CID_LEN or cid[0] != 1 or cid[2:4] != b"\x12\x20" or cid[1] not in _CODEC_NAME:
+        raise InvalidCID(f"unsupported CID {cid.hex()}: tvcfs reads CIDv1 sha2-256 raw/dag-pb/dag-cbor")
+    return cid[1]
+
+
+def cid_digest(cid: bytes) -> bytes:
+    """The 32-byte sha-256 digest inside a binary CID."""
+    return cid[4:]
+
+
+def verify_block(cid: bytes, data) -> None:
+    """Check that ``data`` hashes to ``cid``.
+
+    Raises :class:`CorruptBlock` (naming the CID) when it does not; every block that
+    enters from outside (a peer, a CAR file, a backend) passes through here.
+    """
+    if hashlib.sha256(data).digest() != cid[4:]:
+        raise CorruptBlock(f"block {cid_str(cid)} does not hash to its CID")
+
+
+def cid_str(cid: bytes) -> str:
+    """Print a binary CID in its canonical string form: multibase ``b`` + base32 lower.
+
+    Equals ``multiformats.CID.decode(cid).encode("base32")``.
+    """
+    return "b" + base64.b32encode(cid).decode("ascii").rstrip("=").lower()
+
+
+def cid_from_str(text: str) -> bytes:
+    """Parse a CID string in any multibase (``bafy…``, ``bafk…``, ``z…``) to binary.
+
+    Uses ``multiformats.CID.decode``; raises :class:`InvalidCID` with the input in the
+    message for anything that is not a CID tvcfs can read.
+    """
+    from multiformats import CID
+
+    try:
+        cid = CID.decode(text.strip())
+    except Exception as e:  # multiformats raises several unrelated types
+        raise InvalidCID(f"not a CID: {text!r} ({e})") from None
+    if cid.version == 0:
+        cid = cid.set(version=1)
+    raw = bytes(cid)
+    cid_codec(raw)
+    return raw
+
+
+def is_cid_str(text: str) -> bool:
+    """True if ``text`` parses as a CID tvcfs can read."""
+    try:
+        cid_from_str(text)
+    except InvalidCID:
+        return False
+    return True
+
+
+def to_mf_cid(cid: bytes):
+    """The ``multiformats.CID`` object for a binary CID (base32 when printed)."""
+    from multiformats import CID
+
+    return CID.decode(cid).set(base="base32")
+
+
+def from_mf_cid(cid) -> bytes:
+    """Binary CID bytes of a ``multiformats.CID`` object."""
+    return bytes(cid)

@@ -1,0 +1,130 @@
+"""Commits as dag-cbor (0x71) maps.
+
+Shape (DESIGN.md §1)::
+
+    {"tree": CID, "parents": [CID, ...], "author": {"name": str, "email": str},
+     "message": str, "timestamp": int (Unix seconds), "metadata": {str: ...}}
+
+Encoded with the ``dag-cbor`` library (spec: https://ipld.io/specs/codecs/dag-cbor/spec/,
+map keys in length-first canonical order, CIDs as tag 42). Floats are refused in
+``metadata`` so that a commit's CID never depends on float formatting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import MalformedObject
+from .cid import DAG_CBOR, make_cid
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A decoded commit. ``tree`` and ``parents`` are binary CIDs; ``timestamp`` is
+    Unix seconds (int); ``metadata`` a map of str keys to ints, strings, bytes, lists,
+    maps or CIDs (no floats)."""
+
+    tree: bytes
+    parents: tuple = ()
+    author_name: str = ""
+    author_email: str = ""
+    message: str = ""
+    timestamp: int = 0
+    metadata: dict = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        """The dag-cbor block of this commit."""
+        import dag_cbor
+        from multiformats import CID
+
+        _check_no_floats(self.metadata)
+        obj = {
+            "tree": CID.decode(self.tree),
+            "parents": [CID.decode(p) for p in self.parents],
+            "author": {"name": self.author_name, "email": self.author_email},
+            "message": self.message,
+            "timestamp": int(self.timestamp),
+            "metadata": self.metadata,
+        }
+        return dag_cbor.encode(obj)
+
+    def cid_and_block(self) -> tuple[bytes, bytes]:
+        """``(binary CID, dag-cbor block)`` of this commit."""
+        block = self.encode()
+        return make_cid(DAG_CBOR, block), block
+
+
+def _check_no_floats(obj, path="metadata"):
+    if isinstance(obj, float):
+        raise ValueError(f"floats are not allowed in hashed objects ({path})")
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise ValueError(f"metadata keys must be strings ({path})")
+            _check_no_floats(v, f"{path}.{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_no_floats(v, f"{path}[{i}]")
+
+
+def decode_commit(block) -> Commit:
+    """Decode a dag-cbor commit block. Raises :class:`MalformedObject` when the block
+    is not dag-cbor or lacks the commit fields."""
+    import dag_cbor
+    from multiformats import CID
+
+    try:
+        obj = dag_cbor.decode(bytes(block))
+        tree = obj["tree"]
+        if not isinstance(tree, CID):
+            raise TypeError("tree is not a CID")
+        author = obj.get("author") or {}
+        return Commit(
+            tree=bytes(tree),
+            parents=tuple(bytes(p) for p in obj.get("parents", [])),
+            author_name=str(author.get("name", "")),
+            author_email=str(author.get("email", "")),
+            message=str(obj.get("message", "")),
+            timestamp=int(obj.get("timestamp", 0)),
+            metadata=_unwrap(obj.get("metadata") or {}),
+        )
+    except MalformedObject:
+        raise
+    except Exception as e:
+        raise MalformedObject(f"not a tvcfs commit: {e}") from None
+
+
+def _unwrap(obj):
+    from multiformats import CID
+
+    if isinstance(obj, CID):
+        return bytes(obj)
+    if isinstance(obj, dict):
+        return {k: _unwrap(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unwrap(v) for v in obj]
+    return obj
+
+
+def cbor_links(block) -> list[bytes]:
+    """Every CID linked from a dag-cbor block (binary CIDs, document order)."""
+    import dag_cbor
+    from multiformats import CID
+
+    out: list[bytes] = []
+
+    def walk(o):
+        if isinstance(o, CID):
+            out.append(bytes(o))
+        elif isinstance(o, dict):
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, list):
+            for v in o:
+                walk(v)
+
+    try:
+        walk(dag_cbor.decode(bytes(block)))
+    except Exception as e:
+        raise MalformedObject(f"bad dag-cbor block: {e}") from None
+    return out

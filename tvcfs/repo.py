@@ -1,0 +1,687 @@
+"""``tvcfs.Repo``: a repository of model files, the API the CLI and the mount use.
+
+Layers (after dulwich): encoding (:mod:`tvcfs.encoding`) → chunking
+(:mod:`tvcfs.chunking`) → store (:mod:`tvcfs.store`) → DAG (:mod:`tvcfs.dag`,
+:mod:`tvcfs.importer`) → this module. A repository is a directory ``ROOT`` holding
+``ROOT/.tvcfs/`` with the LMDB store (``store/``), the staging area of mounts
+(``staging/``) and the node key. See ``docs/repository.md``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import heapq
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+from .dag import KIND_DIR, KIND_FILE, KIND_SYMLINK, Entry, FileIndex, read_dir, resolve_path, walk_dag
+from .encoding.car import read_car, write_car_block, write_car_header
+from .encoding.cid import DAG_CBOR, cid_codec, cid_from_str, cid_str, verify_block
+from .encoding.commit import Commit, decode_commit
+from .errors import (
+    AmbiguousRevision, BlockNotFound, InvalidCID, NotARepository, PathNotFound,
+    RefConflict, RefExists, RevisionNotFound, TvcfsError,
+)
+from .importer import REPO_DIR, Importer
+from .refs import HEADS, TAGS, check_name, split_suffixes
+from .store.lmdb_store import LMDBStore
+
+FORMAT_VERSION = 1
+_UNSET = object()
+
+
+@dataclass(frozen=True)
+class Author:
+    """Commit author: ``name`` and ``email``."""
+
+    name: str
+    email: str
+
+    @classmethod
+    def parse(cls, text: str) -> "Author":
+        """Parse ``"Name <email>"`` (git's ``--author`` form)."""
+        text = text.strip()
+        if "<" in text and text.endswith(">"):
+            name, _, email = text[:-1].partition("<")
+            return cls(name.strip(), email.strip())
+        return cls(text, "")
+
+    @classmethod
+    def default(cls) -> "Author":
+        """``TVCFS_AUTHOR_NAME``/``TVCFS_AUTHOR_EMAIL``, else git's ``user.name`` /
+        ``user.email``, else the login name at the host name."""
+        name = os.environ.get("TVCFS_AUTHOR_NAME")
+        email = os.environ.get("TVCFS_AUTHOR_EMAIL")
+        if not name or email is None:
+            gname, gemail = _git_config("user.name"), _git_config("user.email")
+            name = name or gname
+            email = email if email is not None else gemail
+        if not name:
+            try:
+                name = getpass.getuser()
+            except Exception:
+                name = "tvcfs"
+        if not email:
+            email = f"{name}@{socket.gethostname()}"
+        return cls(name, email)
+
+    def __str__(self):
+        return f"{self.name} <{self.email}>"
+
+
+def _git_config(key: str) -> str:
+    try:
+        out = subprocess.run(["git", "config", "--get", key], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """Outcome of a commit: ``cid`` (binary, or ``None`` when nothing changed),
+    ``tree`` (binary CID), ``branch``, ``new_bytes`` / ``new_blocks`` stored by it,
+    ``bytes`` of content scanned, ``files`` scanned."""
+
+    cid: bytes | None
+    tree: bytes
+    branch: str
+    new_bytes: int
+    new_blocks: int
+    bytes: int
+    files: int
+
+    @property
+    def changed(self) -> bool:
+        return self.cid is not None
+
+
+def find_repo_root(start: str | None = None) -> str:
+    """Walk up from ``start`` (default: the current directory) to the first directory
+    holding ``.tvcfs/``, as git finds ``.git``. Raises :class:`NotARepository`."""
+    path = os.path.abspath(start or os.getcwd())
+    while True:
+        if os.path.isfile(os.path.join(path, REPO_DIR, "store", "data.mdb")):
+            return path
+        parent = os.path.dirname(path)
+        if parent == path:
+            raise NotARepository(f"not a tvcfs repository (or any parent): {os.path.abspath(start or os.getcwd())}")
+        path = parent
+
+
+class Repo:
+    """A tvcfs repository rooted at ``root`` (the directory holding ``.tvcfs/``).
+
+    Open with :meth:`open`, :meth:`init` or :meth:`discover`; close with :meth:`close`
+    or a ``with`` block. Binary CIDs (36 bytes) everywhere; :func:`cid_str` prints them.
+    Thread-safe for reads; writes serialise on LMDB's single writer.
+    """
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        self.control = os.path.join(self.root, REPO_DIR)
+        store_dir = os.path.join(self.control, "store")
+        if not os.path.isfile(os.path.join(store_dir, "data.mdb")):
+            raise NotARepository(f"not a tvcfs repository: {self.root}")
+        self.store = LMDBStore(store_dir)
+        fmt = self.store.get_meta("format")
+        if fmt is None:
+            self.store.close()
+            raise NotARepository(f"not a tvcfs repository (no format marker): {self.root}")
+        if fmt > FORMAT_VERSION:
+            self.store.close()
+            raise TvcfsError(f"repository format {fmt} is newer than this tvcfs supports ({FORMAT_VERSION})")
+        self._prefix_cache: tuple | None = None
+
+    # --- opening ---------------------------------------------------------------
+    @classmethod
+    def init(cls, path: str, default_branch: str = "main") -> "Repo":
+        """Create a repository at ``path`` (created if missing). Idempotent like
+        ``git init``: an existing repository is opened unchanged."""
+        check_name(default_branch)
+        store_dir = os.path.join(os.path.abspath(path), REPO_DIR, "store")
+        os.makedirs(store_dir, exist_ok=True)
+        os.makedirs(os.path.join(path, REPO_DIR, "staging"), exist_ok=True)
+        st = LMDBStore(store_dir)
+        try:
+            with st.write() as w:
+                if w.get_meta("format") is None:
+                    w.set_meta("format", FORMAT_VERSION)
+                    w.set_meta("created", int(time.time()))
+                    w.set_symref("HEAD", HEADS + default_branch)
+        finally:
+            st.close()
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: str) -> "Repo":
+        """Open the repository at ``path`` (its root or its ``.tvcfs`` directory).
+        Raises :class:`NotARepository`."""
+        path = os.path.abspath(path)
+        if os.path.basename(path) == REPO_DIR:
+            path = os.path.dirname(path)
+        return cls(path)
+
+    @classmethod
+    def discover(cls, start: str | None = None) -> "Repo":
+        """Open the repository containing ``start`` (default: the current directory)."""
+        return cls(find_repo_root(start))
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- blocks ----------------------------------------------------------------
+    def get(self, cid: bytes) -> bytes:
+        """A block's bytes. Raises :class:`BlockNotFound`."""
+        b = self.store.get(cid)
+        if b is None:
+            raise BlockNotFound(cid)
+        return b
+
+    def has(self, cid: bytes) -> bool:
+        return self.store.has(cid)
+
+    def block_put(self, block: bytes, codec: int = 0x55) -> bytes:
+        """Store one block of ``codec`` (raw by default); return its binary CID."""
+        from .encoding.cid import make_cid
+
+        cid = make_cid(codec, block)
+        self.store.put(cid, block)
+        return cid
+
+    def block_get(self, cid: bytes | str) -> bytes:
+        """A block by binary or string CID. Raises :class:`BlockNotFound`."""
+        return self.get(cid_from_str(cid) if isinstance(cid, str) else cid)
+
+    def add_bytes(self, data: bytes) -> bytes:
+        """Store ``data`` as a UnixFS file; return its root CID (``ipfs add`` of the
+        same bytes with tvcfs's chunking gives the same CID)."""
+        with self.store.write() as w:
+            return Importer(w).add_bytes(data)[0]
+
+    def add_path(self, path: str) -> bytes:
+        """Store a file or directory tree; return its root CID (no commit)."""
+        with self.store.write() as w:
+            imp = Importer(w)
+            if os.path.isdir(path):
+                return imp.add_tree(path)[0]
+            return imp.add_path(path)[0]
+
+    def cat(self, cid: bytes | str) -> Iterator[bytes]:
+        """Stream the content of the UnixFS file ``cid`` (leaf by leaf)."""
+        from .dag import iter_file
+
+        c = cid_from_str(cid) if isinstance(cid, str) else cid
+        yield from iter_file(self.get, c)
+
+    def get_to_path(self, cid: bytes | str, dest: str) -> None:
+        """Materialise the file or directory ``cid`` at ``dest`` (must not exist)."""
+        from .dag import stat_node
+
+        c = cid_from_str(cid) if isinstance(cid, str) else cid
+        self._materialise(stat_node(self.get, c, os.path.basename(dest)), dest)
+
+    def pin(self, cid: bytes | str, name: str = "") -> None:
+        """Pin a DAG root so garbage collection keeps everything under it."""
+        c = cid_from_str(cid) if isinstance(cid, str) else cid
+        with self.store.write() as w:
+            w.pin(c, name)
+
+    def unpin(self, cid: bytes | str) -> bool:
+        c = cid_from_str(cid) if isinstance(cid, str) else cid
+        with self.store.write() as w:
+            return w.unpin(c)
+
+    # --- refs ------------------------------------------------------------------
+    def head_ref(self) -> str | None:
+        """The ref HEAD points to (``refs/heads/main``), or ``None`` if detached."""
+        v = self.store.get_ref("HEAD")
+        if v and v.startswith(b"ref: "):
+            return v[5:].decode()
+        return None
+
+    def head_branch(self) -> str | None:
+        """The short name of HEAD's branch."""
+        ref = self.head_ref()
+        return ref[len(HEADS):] if ref and ref.startswith(HEADS) else None
+
+    def head(self) -> bytes | None:
+        """The commit HEAD points to, or ``None`` in an empty repository."""
+        v = self.store.get_ref("HEAD")
+        if v and v.startswith(b"ref: "):
+            return self.store.get_ref(v[5:].decode())
+        return v
+
+    def set_head(self, branch: str) -> None:
+        """Point HEAD at ``refs/heads/BRANCH`` (which need not exist yet)."""
+        check_name(branch)
+        with self.store.write() as w:
+            w.set_symref("HEAD", HEADS + branch)
+
+    def branches(self) -> dict:
+        """``{short name: commit CID}`` of every branch."""
+        return {k[len(HEADS):]: v for k, v in self.store.refs(HEADS).items()}
+
+    def tags(self) -> dict:
+        """``{short name: commit CID}`` of every tag."""
+        return {k[len(TAGS):]: v for k, v in self.store.refs(TAGS).items()}
+
+    def refs(self) -> dict:
+        """Every ref except symbolic ones: ``{full name: binary CID}``."""
+        return {k: v for k, v in self.store.refs().items() if not v.startswith(b"ref: ")}
+
+    def update_ref(self, name: str, new: bytes | None, expected: bytes | None | object = _UNSET,
+                   message: str = "") -> None:
+        """Compare-and-swap ref ``name`` (full name) to ``new``; ``expected`` omitted
+        means "whatever it is now". Raises :class:`RefConflict`."""
+        with self.store.write() as w:
+            cur = w.get_ref(name)
+            w.set_ref(name, new, cur if expected is _UNSET else expected, message=message)
+
+    def create_branch(self, name: str, rev: str | bytes | None = None, force: bool = False) -> bytes:
+        """Create branch ``name`` at ``rev`` (default HEAD). Raises :class:`RefExists`
+        unless ``force``, :class:`RevisionNotFound` for a bad ``rev``."""
+        check_name(name)
+        target = self._rev_to_cid(rev)
+        with self.store.write() as w:
+            cur = w.get_ref(HEADS + name)
+            if cur is not None and not force:
+                raise RefExists(f"branch {name!r} already exists")
+            w.set_ref(HEADS + name, target, cur, message=f"branch: created from {cid_str(target)}")
+        return target
+
+    def delete_branch(self, name: str) -> bytes:
+        """Delete branch ``name`` (kept in the reflog). Raises
+        :class:`RevisionNotFound`, or :class:`TvcfsError` for HEAD's branch."""
+        if name == self.head_branch():
+            raise TvcfsError(f"cannot delete branch {name!r}: HEAD points to it")
+        with self.store.write() as w:
+            cur = w.get_ref(HEADS + name)
+            if cur is None:
+                raise RevisionNotFound(f"branch {name!r} not found")
+            w.set_ref(HEADS + name, None, cur, message="branch: deleted")
+        return cur
+
+    def create_tag(self, name: str, rev: str | bytes | None = None, force: bool = False) -> bytes:
+        """Create tag ``name`` at ``rev`` (default HEAD). Raises :class:`RefExists`."""
+        check_name(name, "tag")
+        target = self._rev_to_cid(rev)
+        with self.store.write() as w:
+            cur = w.get_ref(TAGS + name)
+            if cur is not None and not force:
+                raise RefExists(f"tag {name!r} already exists")
+            w.set_ref(TAGS + name, target, cur, message="tag: created")
+        return target
+
+    def delete_tag(self, name: str) -> bytes:
+        with self.store.write() as w:
+            cur = w.get_ref(TAGS + name)
+            if cur is None:
+                raise RevisionNotFound(f"tag {name!r} not found")
+            w.set_ref(TAGS + name, None, cur, message="tag: deleted")
+        return cur
+
+    def reflog(self, ref: str | None = None) -> list:
+        """Reflog entries (oldest first); ``ref`` may be a short branch name."""
+        if ref and not ref.startswith("refs/") and ref != "HEAD":
+            ref = HEADS + ref
+        return self.store.reflog(ref)
+
+    # --- revisions -------------------------------------------------------------
+    def _rev_to_cid(self, rev) -> bytes:
+        if rev is None:
+            h = self.head()
+            if h is None:
+                raise RevisionNotFound("HEAD has no commit yet (empty repository)")
+            return h
+        if isinstance(rev, bytes):
+            return rev
+        return self.resolve(rev)
+
+    def resolve(self, rev: str) -> bytes:
+        """Resolve a revision to a commit CID (see :mod:`tvcfs.refs` for the syntax).
+        Raises :class:`RevisionNotFound` / :class:`AmbiguousRevision`."""
+        base, steps = split_suffixes(rev.strip())
+        cid = self._resolve_base(base)
+        for i in range(steps):
+            c = self.read_commit(cid)
+            if not c.parents:
+                raise RevisionNotFound(f"{rev}: {base} has only {i} ancestors")
+            cid = c.parents[0]
+        return cid
+
+    def _resolve_base(self, name: str) -> bytes:
+        if not name:
+            raise RevisionNotFound("empty revision")
+        if name in ("HEAD", "@"):
+            h = self.head()
+            if h is None:
+                raise RevisionNotFound("HEAD has no commit yet (empty repository)")
+            return h
+        for ref in (name, HEADS + name, TAGS + name, "refs/remotes/" + name):
+            if ref.startswith("refs/"):
+                v = self.store.get_ref(ref)
+                if v is not None and not v.startswith(b"ref: "):
+                    return v
+        try:
+            cid = cid_from_str(name)
+        except InvalidCID:
+            cid = None
+        if cid is not None:
+            if cid_codec(cid) != DAG_CBOR:
+                raise RevisionNotFound(f"{name} is not a commit CID")
+            if not self.store.has(cid):
+                raise RevisionNotFound(f"commit {name} is not in this repository")
+            return cid
+        if len(name) >= 8 and name.isalnum():
+            matches = [c for s, c in self._known_commits() if s.startswith(name)]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise AmbiguousRevision(f"revision {name!r} is ambiguous ({len(matches)} commits)")
+        raise RevisionNotFound(f"unknown revision {name!r}")
+
+    def _known_commits(self) -> list:
+        """``[(cid string, cid)]`` for every commit reachable from refs or reflog."""
+        refs = self.refs()
+        key = tuple(sorted(refs.items()))
+        if self._prefix_cache and self._prefix_cache[0] == key:
+            return self._prefix_cache[1]
+        starts = set(refs.values())
+        for e in self.store.reflog():
+            for k in ("old", "new"):
+                if e.get(k):
+                    starts.add(cid_from_str(e[k]))
+        out = [(cid_str(c), c) for c in self.ancestors(starts, missing_ok=True)]
+        self._prefix_cache = (key, out)
+        return out
+
+    def ancestors(self, starts, missing_ok: bool = False) -> Iterator[bytes]:
+        """Every commit reachable from ``starts`` (binary CIDs), each once."""
+        seen = set()
+        stack = [s for s in starts if cid_codec(s) == DAG_CBOR]
+        while stack:
+            c = stack.pop()
+            if c in seen:
+                continue
+            seen.add(c)
+            try:
+                com = self.read_commit(c)
+            except BlockNotFound:
+                if missing_ok:
+                    continue
+                raise
+            yield c
+            stack.extend(com.parents)
+
+    def read_commit(self, cid: bytes) -> Commit:
+        """Decode commit ``cid``. Raises :class:`BlockNotFound`, :class:`MalformedObject`."""
+        return decode_commit(self.get(cid))
+
+    def log(self, rev: str | bytes | None = None, max_count: int | None = None,
+            first_parent: bool = False) -> Iterator[tuple[bytes, Commit]]:
+        """Commits reachable from ``rev`` (default HEAD), newest first by timestamp."""
+        start = self._rev_to_cid(rev)
+        seen = {start}
+        heap = [(-self.read_commit(start).timestamp, 0, start)]
+        n = 0
+        seq = 1
+        while heap and (max_count is None or n < max_count):
+            _, _, c = heapq.heappop(heap)
+            com = self.read_commit(c)
+            yield c, com
+            n += 1
+            parents = com.parents[:1] if first_parent else com.parents
+            for p in parents:
+                if p not in seen:
+                    seen.add(p)
+                    try:
+                        ts = self.read_commit(p).timestamp
+                    except BlockNotFound:
+                        continue
+                    heapq.heappush(heap, (-ts, seq, p))
+                    seq += 1
+
+    def merge_base(self, a: bytes, b: bytes) -> bytes | None:
+        """A best common ancestor of commits ``a`` and ``b`` (the newest by timestamp
+        among the common ancestors that are not ancestors of another one), or ``None``."""
+        anc_a = set(self.ancestors([a]))
+        common = [c for c in self.ancestors([b]) if c in anc_a]
+        if not common:
+            return None
+        cs = set(common)
+        redundant = set()
+        for c in common:
+            for p in self.read_commit(c).parents:
+                redundant.update(x for x in self.ancestors([p]) if x in cs)
+        best = [c for c in common if c not in redundant] or common
+        return max(best, key=lambda c: self.read_commit(c).timestamp)
+
+    # --- trees -----------------------------------------------------------------
+    def split_revpath(self, spec: str) -> tuple[bytes, str]:
+        """``"REV:PATH"`` → ``(commit CID, path)``; ``"REV"`` → ``(commit CID, "")``."""
+        rev, sep, path = spec.partition(":")
+        return self.resolve(rev or "HEAD"), path
+
+    def tree_of(self, rev: str | bytes | None) -> bytes:
+        """The root directory CID of a revision."""
+        return self.read_commit(self._rev_to_cid(rev)).tree
+
+    def entry(self, rev, path: str = "") -> Entry:
+        """The :class:`~tvcfs.dag.Entry` at ``path`` in ``rev``. Raises :class:`PathNotFound`."""
+        return resolve_path(self.get, self.tree_of(rev), path)
+
+    def ls(self, rev=None, path: str = "") -> list:
+        """Entries of the directory at ``path`` in ``rev`` (a file lists itself)."""
+        e = self.entry(rev, path)
+        if e.kind == KIND_DIR:
+            return list(read_dir(self.get, e.cid).values())
+        return [e]
+
+    def walk(self, rev=None, path: str = "") -> Iterator[tuple[str, Entry]]:
+        """Every ``(relative path, Entry)`` below ``path`` in ``rev``, files and
+        symlinks and directories, depth-first in name order."""
+        root = self.entry(rev, path)
+
+        def rec(prefix, e):
+            for name, child in read_dir(self.get, e.cid).items():
+                p = f"{prefix}{name}"
+                yield p, child
+                if child.kind == KIND_DIR:
+                    yield from rec(p + "/", child)
+
+        if root.kind == KIND_DIR:
+            yield from rec("", root)
+        else:
+            yield root.name, root
+
+    def file_index(self, cid: bytes) -> FileIndex:
+        """The leaf index of file ``cid``."""
+        return FileIndex.build(self.get, cid)
+
+    def read_file(self, rev, path: str) -> Iterator[bytes]:
+        """Stream the file at ``path`` in ``rev``. Raises :class:`PathNotFound` or
+        :class:`TvcfsError` if it is a directory."""
+        e = self.entry(rev, path)
+        if e.kind != KIND_FILE:
+            raise TvcfsError(f"{path} is a {'directory' if e.kind == KIND_DIR else e.kind}, not a file")
+        return self.cat(e.cid)
+
+    # --- commits ---------------------------------------------------------------
+    def commit_dir(self, path: str, branch: str | None = None, message: str = "",
+                   author: Author | None = None, expected=_UNSET, timestamp: int | None = None,
+                   allow_empty: bool = False, metadata: dict | None = None) -> CommitResult:
+        """Snapshot directory ``path`` as a commit on ``branch`` (default: HEAD's branch).
+
+        Blocks, the commit and the ref update land in one LMDB write transaction.
+        ``expected``: the branch head the caller based its work on (compare-and-swap);
+        omitted: the head at the start of the transaction. A new branch starts from
+        HEAD. Nothing changed (same tree as the parent) and not ``allow_empty``: no
+        commit, ``result.cid is None``. Raises :class:`RefConflict` when the branch
+        moved (the commit is still stored and recorded in the reflog as rejected),
+        ``NotADirectoryError`` for a non-directory.
+        """
+        if not os.path.isdir(path):
+            raise NotADirectoryError(f"not a directory: {path}")
+
+        def build(imp):
+            return imp.add_tree(path)[0]
+
+        return self._commit(build, branch, message, author, expected, timestamp, allow_empty, metadata)
+
+    def commit_tree(self, tree: bytes, branch: str | None = None, message: str = "",
+                    author: Author | None = None, expected=_UNSET, parents: list | None = None,
+                    timestamp: int | None = None, allow_empty: bool = True,
+                    metadata: dict | None = None) -> CommitResult:
+        """Record a commit of an already stored ``tree`` on ``branch``; ``parents``
+        defaults to ``[expected head]``. Same transaction and conflict rules as
+        :meth:`commit_dir`."""
+        return self._commit(lambda imp: tree, branch, message, author, expected, timestamp,
+                            allow_empty, metadata, parents)
+
+    def _commit(self, build, branch, message, author, expected, timestamp, allow_empty,
+                metadata, parents=None) -> CommitResult:
+        branch = branch or self.head_branch()
+        if not branch:
+            raise TvcfsError("HEAD is detached: name a branch with -b")
+        check_name(branch)
+        ref = HEADS + branch
+        author = author or Author.default()
+        conflict = None
+        with self.store.write() as w:
+            cur = w.get_ref(ref)
+            base = cur if expected is _UNSET else expected
+            if base is None and cur is None and expected is _UNSET:
+                h = self.head_branch()
+                if h and h != branch:
+                    base = w.get_ref(HEADS + h)
+            imp = Importer(w)
+            tree = build(imp)
+            if parents is None:
+                parents = [base] if base else []
+            if (not allow_empty and parents and len(parents) == 1
+                    and decode_commit(w.get_block(parents[0])).tree == tree):
+                return CommitResult(None, tree, branch, w.new_bytes, w.new_blocks, imp.bytes, imp.files)
+            com = Commit(tree=tree, parents=tuple(parents), author_name=author.name,
+                         author_email=author.email, message=message,
+                         timestamp=int(time.time() if timestamp is None else timestamp),
+                         metadata=metadata or {})
+            cid, block = com.cid_and_block()
+            w.put_block(cid, block)
+            expect_ref = cur if expected is _UNSET else expected
+            if cur != expect_ref:
+                w.append_reflog(ref, cur, cid, f"commit (rejected, branch moved): {message}", rejected=True)
+                conflict = RefConflict(ref, expect_ref, cur, cid)
+            else:
+                w.set_ref(ref, cid, cur, message=f"commit: {message}")
+            result = CommitResult(cid, tree, branch, w.new_bytes, w.new_blocks, imp.bytes, imp.files)
+        if conflict:
+            raise conflict
+        return result
+
+    # --- checkout / export -----------------------------------------------------
+    def checkout(self, rev, dest: str, path: str = "") -> int:
+        """Materialise ``rev`` (or its sub-path ``path``) into directory ``dest``, which
+        must be missing or empty. Returns the bytes written. Raises
+        :class:`TvcfsError` if ``dest`` is not empty."""
+        e = self.entry(rev, path)
+        if os.path.exists(dest):
+            if not os.path.isdir(dest) or os.listdir(dest):
+                raise TvcfsError(f"destination {dest} exists and is not an empty directory")
+        return self._materialise(e, dest)
+
+    def _materialise(self, e: Entry, dest: str) -> int:
+        if e.kind == KIND_DIR:
+            os.makedirs(dest, exist_ok=True)
+            total = 0
+            for name, child in read_dir(self.get, e.cid).items():
+                total += self._materialise(child, os.path.join(dest, name))
+            return total
+        if e.kind == KIND_SYMLINK:
+            os.symlink(e.target, dest)
+            return 0
+        return self.write_file(e.cid, dest, e.mode)
+
+    def write_file(self, cid: bytes, dest: str, mode: int = 0o644) -> int:
+        """Write the content of file ``cid`` to the path ``dest`` from zero-copy store
+        buffers; returns bytes written. Raises :class:`BlockNotFound`."""
+        with self.store.read() as txn:
+            db = self.store.dbs["blocks"]
+
+            def get(c):
+                v = txn.get(c, db=db)
+                if v is None:
+                    raise BlockNotFound(c)
+                return v
+
+            idx = FileIndex.build(get, cid)
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            try:
+                for i in range(len(idx.leaves)):
+                    data = idx.leaf_data(get, i)
+                    view = memoryview(data)[: idx.sizes[i]]
+                    while view:
+                        n = os.write(fd, view)
+                        view = view[n:]
+            finally:
+                os.close(fd)
+        if mode & 0o111:
+            os.chmod(dest, 0o755 & ~_umask())
+        return idx.size
+
+    def export_car(self, rev, out: BinaryIO, path: str = "", history: bool = False) -> int:
+        """Write a CAR v1 of ``rev`` (its commit block and tree; with ``path``, only
+        the DAG at that path, which becomes the root). ``history`` adds every ancestor
+        commit and its tree. Returns the number of blocks written."""
+        commit = self._rev_to_cid(rev)
+        root = self.entry(commit, path).cid if path else commit
+        write_car_header(out, [root])
+        n = 0
+        for cid, block in walk_dag(self.get, root, follow_parents=history):
+            write_car_block(out, cid, block)
+            n += 1
+        return n
+
+    def import_car(self, f: BinaryIO, branch: str | None = None) -> tuple[list, int]:
+        """Import every block of a CAR v1 stream (each verified against its CID) in one
+        transaction. With ``branch``, point it at the CAR's first root (a commit).
+        Returns ``(roots, new_blocks)``. Raises :class:`MalformedObject` /
+        :class:`CorruptBlock`; nothing is stored then."""
+        roots, blocks = read_car(f, verify=True)
+        with self.store.write() as w:
+            n = 0
+            for cid, block in blocks:
+                n += w.put_block(cid, block)
+            if branch:
+                if not roots or cid_codec(roots[0]) != DAG_CBOR:
+                    raise TvcfsError("the CAR's root is not a commit: cannot set a branch to it")
+                decode_commit(w.get_block(roots[0]))
+                check_name(branch)
+                w.set_ref(HEADS + branch, roots[0], w.get_ref(HEADS + branch), message="import")
+        return roots, n
+
+    def verify(self, root: bytes) -> int:
+        """Re-hash every block under ``root``; returns the count. Raises
+        :class:`CorruptBlock` / :class:`BlockNotFound`."""
+        n = 0
+        for cid, block in walk_dag(self.get, root):
+            verify_block(cid, block)
+            n += 1
+        return n
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m

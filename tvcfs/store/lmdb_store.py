@@ -1,0 +1,322 @@
+"""The embedded block store: one LMDB environment per repository (DESIGN.md §2).
+
+Named sub-databases:
+
+``blocks``  binary CID → block bytes
+``refs``    ``refs/heads/NAME``, ``refs/tags/NAME`` → binary CID; ``HEAD`` → ``ref: refs/heads/NAME``
+``reflog``  ``REF \\0 seq(8 bytes BE)`` → JSON ``{old, new, time, message, rejected}``
+``pins``    binary CID → JSON ``{name, time}``
+``meta``    str keys → JSON values (format version, remotes, config)
+
+The environment is opened with ``writemap=True, map_async=True`` and synced once per
+write transaction (``env.sync(True)``): 1 GiB puts at ~2.5 GB/s instead of 0.4, durable
+when :meth:`LMDBStore.write` returns. A killed process leaves the last committed
+transaction intact (LMDB's copy-on-write B+tree). Reads use zero-copy buffers inside
+a read transaction (:meth:`LMDBStore.read`).
+
+LMDB must not be opened twice in one process: environments are shared through a
+per-process registry keyed by real path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
+import lmdb
+
+from ..encoding.cid import cid_str
+from ..errors import RefConflict, TvcfsError
+
+DEFAULT_MAP_SIZE = 1 << 40  # bytes of address space (sparse); 1 TiB
+_DBS = (b"blocks", b"refs", b"reflog", b"pins", b"meta")
+
+_registry: dict[str, tuple[lmdb.Environment, dict, list]] = {}
+_registry_lock = threading.Lock()
+
+
+class StoreFull(TvcfsError):
+    """The LMDB map or the disk is full; the transaction was rolled back, nothing lost."""
+
+
+def _open_env(path: str, map_size: int):
+    real = os.path.realpath(path)
+    with _registry_lock:
+        if real in _registry:
+            env, dbs, count = _registry[real]
+            count[0] += 1
+            return real, env, dbs
+        os.makedirs(real, exist_ok=True)
+        env = lmdb.open(real, map_size=map_size, max_dbs=len(_DBS) + 2, writemap=True,
+                        map_async=True, max_readers=512, readahead=True)
+        dbs = {name.decode(): env.open_db(name) for name in _DBS}
+        _registry[real] = (env, dbs, [1])
+        return real, env, dbs
+
+
+def _close_env(real: str):
+    with _registry_lock:
+        ent = _registry.get(real)
+        if not ent:
+            return
+        ent[2][0] -= 1
+        if ent[2][0] == 0:
+            ent[0].close()
+            del _registry[real]
+
+
+class WriteTxn:
+    """One LMDB write transaction: blocks, refs, reflog, pins and meta change together
+    or not at all. Obtained from :meth:`LMDBStore.write`."""
+
+    def __init__(self, store: "LMDBStore", txn: lmdb.Transaction):
+        self.store = store
+        self.txn = txn
+        self.db = store.dbs
+        self.new_bytes = 0
+        self.new_blocks = 0
+        self.ref_changes: list = []
+
+    # blocks
+    def put_block(self, cid: bytes, block) -> bool:
+        """Store a block unless present; return ``True`` if it was new (and count it in
+        ``new_bytes`` / ``new_blocks``)."""
+        if self.txn.put(cid, block, overwrite=False, db=self.db["blocks"]):
+            self.new_bytes += len(block)
+            self.new_blocks += 1
+            return True
+        return False
+
+    def has_block(self, cid: bytes) -> bool:
+        return self.txn.get(cid, db=self.db["blocks"]) is not None
+
+    def get_block(self, cid: bytes):
+        return self.txn.get(cid, db=self.db["blocks"])
+
+    def delete_block(self, cid: bytes) -> bool:
+        return self.txn.delete(cid, db=self.db["blocks"])
+
+    # refs
+    def get_ref(self, name: str) -> bytes | None:
+        v = self.txn.get(name.encode(), db=self.db["refs"])
+        return bytes(v) if v is not None else None
+
+    def set_ref(self, name: str, new: bytes | None, expected: bytes | None, *, message: str = "",
+                check: bool = True) -> None:
+        """Compare-and-swap ``name`` from ``expected`` to ``new`` (``None`` deletes).
+
+        Raises :class:`RefConflict` if the current value is not ``expected`` (nothing
+        is changed then; the caller decides whether to keep the transaction). Every
+        change is appended to the reflog.
+        """
+        cur = self.get_ref(name)
+        if check and cur != expected:
+            raise RefConflict(name, expected, cur, new)
+        key = name.encode()
+        if new is None:
+            self.txn.delete(key, db=self.db["refs"])
+        else:
+            self.txn.put(key, new, db=self.db["refs"])
+        self.append_reflog(name, cur, new, message)
+        self.ref_changes.append((name, cur, new))
+
+    def append_reflog(self, name: str, old: bytes | None, new: bytes | None, message: str,
+                      rejected: bool = False) -> None:
+        """Append one reflog entry for ``name`` (binary CIDs or ``None``)."""
+        prefix = name.encode() + b"\x00"
+        seq = 0
+        with self.txn.cursor(db=self.db["reflog"]) as cur:
+            if cur.set_range(name.encode() + b"\x01"):
+                ok = cur.prev()
+            else:
+                ok = cur.last()
+            if ok and cur.key().startswith(prefix):
+                seq = int.from_bytes(cur.key()[len(prefix):], "big") + 1
+        entry = {
+            "old": cid_str(old) if old else None,
+            "new": cid_str(new) if new else None,
+            "time": int(time.time()),
+            "message": message,
+        }
+        if rejected:
+            entry["rejected"] = True
+        self.txn.put(prefix + seq.to_bytes(8, "big"), json.dumps(entry).encode(), db=self.db["reflog"])
+
+    def set_symref(self, name: str, target: str) -> None:
+        """Set a symbolic ref (``HEAD`` → ``refs/heads/main``)."""
+        self.txn.put(name.encode(), b"ref: " + target.encode(), db=self.db["refs"])
+
+    # pins / meta
+    def pin(self, cid: bytes, name: str = "") -> None:
+        self.txn.put(cid, json.dumps({"name": name, "time": int(time.time())}).encode(), db=self.db["pins"])
+
+    def unpin(self, cid: bytes) -> bool:
+        return self.txn.delete(cid, db=self.db["pins"])
+
+    def set_meta(self, key: str, value) -> None:
+        if value is None:
+            self.txn.delete(key.encode(), db=self.db["meta"])
+        else:
+            self.txn.put(key.encode(), json.dumps(value).encode(), db=self.db["meta"])
+
+    def get_meta(self, key: str, default=None):
+        v = self.txn.get(key.encode(), db=self.db["meta"])
+        return json.loads(bytes(v)) if v is not None else default
+
+
+class LMDBStore:
+    """The LMDB environment of a repository at ``path`` (a directory).
+
+    Implements :class:`tvcfs.store.BlockStore` plus refs, reflog, pins and meta.
+    Thread-safe: LMDB allows one writer and many readers across threads and processes.
+    Raises :class:`StoreFull` when the map or the disk fills (the failed transaction
+    is aborted; nothing already committed is lost).
+    """
+
+    def __init__(self, path: str, map_size: int = DEFAULT_MAP_SIZE):
+        self.path = path
+        self._real, self.env, self.dbs = _open_env(path, map_size)
+        self._closed = False
+        self.blocks_read = 0  # count of block gets (for tests of lazy behaviour)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            _close_env(self._real)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # transactions
+    @contextmanager
+    def write(self, sync: bool = True):
+        """A write transaction as a :class:`WriteTxn`; committed (and synced to disk
+        when ``sync``) when the block exits normally, aborted on an exception."""
+        txn = self.env.begin(write=True)
+        w = WriteTxn(self, txn)
+        try:
+            yield w
+        except BaseException:
+            txn.abort()
+            raise
+        try:
+            txn.commit()
+        except (lmdb.MapFullError, lmdb.DiskError) as e:
+            raise StoreFull(f"repository store is full: {e}") from None
+        if sync:
+            self.env.sync(True)
+
+    @contextmanager
+    def read(self):
+        """A read transaction with zero-copy buffers: values are memoryviews valid only
+        inside the ``with`` block."""
+        txn = self.env.begin(buffers=True)
+        try:
+            yield txn
+        finally:
+            txn.abort()
+
+    # BlockStore protocol
+    def get(self, cid: bytes) -> bytes | None:
+        """The block's bytes (a copy), or ``None``."""
+        self.blocks_read += 1
+        with self.env.begin(buffers=True) as txn:
+            v = txn.get(cid, db=self.dbs["blocks"])
+            return bytes(v) if v is not None else None
+
+    def get_many(self, cids: Iterable[bytes]) -> Iterator[tuple[bytes, bytes | None]]:
+        with self.env.begin(buffers=True) as txn:
+            db = self.dbs["blocks"]
+            for cid in cids:
+                self.blocks_read += 1
+                v = txn.get(cid, db=db)
+                yield cid, (bytes(v) if v is not None else None)
+
+    def has(self, cid: bytes) -> bool:
+        with self.env.begin(buffers=True) as txn:
+            return txn.get(cid, db=self.dbs["blocks"]) is not None
+
+    def put(self, cid: bytes, block) -> bool:
+        with self.write() as w:
+            return w.put_block(cid, block)
+
+    def put_many(self, blocks: Iterable[tuple[bytes, bytes]]) -> int:
+        """Store blocks in one transaction; return how many were new."""
+        with self.write() as w:
+            n = 0
+            for cid, block in blocks:
+                n += w.put_block(cid, block)
+            return n
+
+    def delete(self, cid: bytes) -> bool:
+        with self.write() as w:
+            return w.delete_block(cid)
+
+    def __iter__(self) -> Iterator[bytes]:
+        with self.env.begin() as txn:
+            with txn.cursor(db=self.dbs["blocks"]) as cur:
+                for key in cur.iternext(keys=True, values=False):
+                    yield bytes(key)
+
+    def stat(self) -> dict:
+        """``{"blocks": count, "bytes": approximate stored bytes on disk}``."""
+        with self.env.begin() as txn:
+            st = txn.stat(self.dbs["blocks"])
+        info = self.env.info()
+        return {"blocks": st["entries"], "bytes": info["last_pgno"] * self.env.stat()["psize"]}
+
+    # refs
+    def get_ref(self, name: str) -> bytes | None:
+        with self.env.begin() as txn:
+            v = txn.get(name.encode(), db=self.dbs["refs"])
+            return bytes(v) if v is not None else None
+
+    def refs(self, prefix: str = "") -> dict:
+        """``{name: value}`` for every ref starting with ``prefix`` (values are binary
+        CIDs, or ``b"ref: ..."`` for symbolic refs)."""
+        out = {}
+        p = prefix.encode()
+        with self.env.begin() as txn:
+            with txn.cursor(db=self.dbs["refs"]) as cur:
+                if cur.set_range(p):
+                    for k, v in cur.iternext():
+                        if not k.startswith(p):
+                            break
+                        out[k.decode()] = bytes(v)
+        return out
+
+    def reflog(self, name: str | None = None) -> list:
+        """Reflog entries, oldest first: list of dicts ``{ref, seq, old, new, time,
+        message[, rejected]}`` for ``name`` or for every ref."""
+        out = []
+        p = (name.encode() + b"\x00") if name else b""
+        with self.env.begin() as txn:
+            with txn.cursor(db=self.dbs["reflog"]) as cur:
+                if cur.set_range(p):
+                    for k, v in cur.iternext():
+                        if not k.startswith(p):
+                            break
+                        ref, _, seq = k.rpartition(b"\x00")
+                        e = json.loads(v)
+                        e["ref"] = ref.decode()
+                        e["seq"] = int.from_bytes(seq, "big")
+                        out.append(e)
+        return out
+
+    def pins(self) -> dict:
+        """``{binary CID: {name, time}}``."""
+        with self.env.begin() as txn:
+            with txn.cursor(db=self.dbs["pins"]) as cur:
+                return {bytes(k): json.loads(v) for k, v in cur.iternext()}
+
+    def get_meta(self, key: str, default=None):
+        with self.env.begin() as txn:
+            v = txn.get(key.encode(), db=self.dbs["meta"])
+            return json.loads(v) if v is not None else default
