@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install everything tvcfs needs on a fresh Debian 12 machine (run as root or with sudo):
+# Debian packages (FUSE 3, headers for pyfuse3, Node.js for the IPFS interop test),
+# then a virtual environment .venv with tvcfs, its test extras and CPU PyTorch 2.13.0.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+need_apt=""
+for pkg in fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt="$need_apt $pkg"
+done
+command -v node >/dev/null 2>&1 || need_apt="$need_apt nodejs npm"
+if [ -n "$need_apt" ]; then
+  echo "==> apt-get install$need_apt"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $need_apt >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$PY" -m venv .venv
+fi
+if ! .venv/bin/python -c "import tvcfs, pyfuse3, torch, transformers, sentence_transformers, pytest" >/dev/null 2>&1 \
+   || [ pyproject.toml -nt .venv/.tvcfs-installed ]; then
+  echo "==> pip install (CPU torch 2.13.0 first: other versions pull GBs of CUDA packages)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q torch==2.13.0
+  .venv/bin/python -m pip install -q -e '.[test,ml]'
+  touch .venv/.tvcfs-installed
+fi
+echo "==> installed: $(.venv/bin/tvcfs --version)"

@@ -1,0 +1,50 @@
+"""The tvcfs FUSE mount (pyfuse3 on trio). See ``docs/mount.md``.
+
+:func:`mount` is the Python API: a context manager that mounts a repository in a
+child process and always unmounts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+
+
+@contextlib.contextmanager
+def mount(repo: str, mountpoint: str, *, timeout: float = 30.0, extra_args=(), env=None):
+    """Mount repository ``repo`` on ``mountpoint`` for the ``with`` block.
+
+    Runs ``tvcfs mount -f`` as a child process, waits until the mount is live (raises
+    ``RuntimeError`` with the child's output if it is not within ``timeout`` seconds),
+    yields the mountpoint, and on exit unmounts (``fusermount3 -u``, then ``-z`` if the
+    first attempt fails) and waits for the child. Never leaves a mount behind.
+    """
+    from .daemon import is_mounted, unmount
+
+    os.makedirs(mountpoint, exist_ok=True)
+    cmd = [sys.executable, "-m", "tvcfs.cli", "--repo", repo, "mount", "-f", *extra_args, repo, mountpoint]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + timeout
+        while not is_mounted(mountpoint):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                out = proc.stdout.read().decode(errors="replace") if proc.poll() is not None else ""
+                raise RuntimeError(f"mount of {repo} on {mountpoint} failed:\n{out}")
+            time.sleep(0.02)
+        yield mountpoint
+    finally:
+        if is_mounted(mountpoint):
+            try:
+                unmount(mountpoint, timeout=timeout)
+            except Exception:
+                subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()

@@ -1,0 +1,215 @@
+"""Running a mount: the trio main loop, signals, ref watching, background start.
+
+``tvcfs mount REPO MNT`` starts ``tvcfs mount -f`` as a detached process (new
+session, log in ``REPO/.tvcfs/mount.log``) and returns once the mount is live;
+``-f`` runs the loop in the foreground. SIGINT/SIGTERM unmount cleanly; so does
+``tvcfs unmount MNT`` / ``fusermount3 -u MNT``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+log = logging.getLogger("tvcfs.fs")
+
+REFS_POLL = 0.5  # seconds between checks for ref changes (CLI commits, other mounts)
+
+
+def _pidfile(control: str, mountpoint: str) -> str:
+    h = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:16]
+    return os.path.join(control, "mounts", f"{h}.pid")
+
+
+def set_readahead(mountpoint: str, kb: int = 1024) -> bool:
+    """Raise the mount's bdi ``read_ahead_kb`` so buffered reads reach the filesystem
+    as 1 MiB requests instead of 128 KiB (DESIGN.md §6). Needs root; returns success."""
+    try:
+        dev = os.stat(mountpoint).st_dev
+        path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+        with open(path, "w") as f:
+            f.write(str(kb))
+        return True
+    except OSError as e:
+        log.info("could not raise read_ahead_kb: %s", e)
+        return False
+
+
+def run_foreground(repo_root: str, mountpoint: str, debug: bool = False, verify_reads: bool = False,
+                   allow_other: bool = False, ops_factory=None, **ops_kwargs) -> int:
+    """Mount and serve until unmounted or signalled. Returns an exit code.
+
+    ``ops_factory(repo, **ops_kwargs)`` builds the operations object (default: the
+    writable mount of :mod:`tvcfs.fs.writable` if present, else read-only).
+    """
+    import pyfuse3
+    import trio
+
+    from ..repo import Repo
+
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    repo = Repo.open(repo_root)
+    if ops_factory is None:
+        ops_factory = default_ops_factory()
+    ops = ops_factory(repo, verify_reads=verify_reads, **ops_kwargs)
+    options = set(pyfuse3.default_options)
+    options.add(f"fsname=tvcfs:{repo.root}")
+    options.add("subtype=tvcfs")
+    if allow_other:
+        options.add("allow_other")
+    if debug:
+        options.add("debug")
+    pidfile = _pidfile(repo.control, mountpoint)
+    os.makedirs(os.path.dirname(pidfile), exist_ok=True)
+    pyfuse3.init(ops, mountpoint, options)
+    with open(pidfile, "w") as f:
+        f.write(str(os.getpid()))
+    ops.refs_changed()
+    log.info("mounted %s on %s (pid %d)", repo.root, mountpoint, os.getpid())
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            async def fuse_main():
+                try:
+                    await pyfuse3.main()
+                finally:
+                    nursery.cancel_scope.cancel()
+
+            async def watch():
+                while True:
+                    await trio.sleep(REFS_POLL)
+                    try:
+                        ops.reader.renew()
+                        ops.refs_changed()
+                        if hasattr(ops, "tick"):
+                            await ops.tick()
+                    except Exception:
+                        log.exception("ref watcher")
+
+            async def signals():
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as it:
+                    async for sig in it:
+                        log.info("signal %d: unmounting", sig)
+                        pyfuse3.terminate()
+                        return
+
+            nursery.start_soon(fuse_main)
+            nursery.start_soon(watch)
+            nursery.start_soon(signals)
+            await trio.to_thread.run_sync(set_readahead, mountpoint)
+
+    ok = True
+    try:
+        trio.run(main)
+    except BaseException:
+        log.exception("mount loop failed")
+        ok = False
+    finally:
+        try:
+            if hasattr(ops, "shutdown"):
+                ops.shutdown()
+        except Exception:
+            log.exception("shutdown")
+            ok = False
+        pyfuse3.close(unmount=True)
+        try:
+            os.unlink(pidfile)
+        except OSError:
+            pass
+        ops.reader.close()
+        repo.close()
+        log.info("unmounted %s", mountpoint)
+    return 0 if ok else 1
+
+
+def default_ops_factory():
+    try:
+        from .writable import WritableOperations
+
+        return WritableOperations
+    except ImportError:
+        from .operations import ReadOnlyOperations
+
+        return ReadOnlyOperations
+
+
+def is_mounted(mountpoint: str) -> bool:
+    """True if ``mountpoint`` is in ``/proc/mounts`` (no stat, so never blocks)."""
+    real = os.path.realpath(mountpoint)
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 1 and parts[1].replace("\\040", " ") == real:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def start_background(argv: list, repo_control: str, mountpoint: str, timeout: float = 30.0) -> int:
+    """Start ``argv`` (a foreground mount command) detached and wait until the mount is
+    live. Returns its pid. Raises ``RuntimeError`` with the log's tail on failure."""
+    logpath = os.path.join(repo_control, "mount.log")
+    with open(logpath, "ab") as logf:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if is_mounted(mountpoint):
+            return proc.pid
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    if proc.poll() is None:
+        proc.terminate()
+    tail = ""
+    try:
+        with open(logpath, "rb") as f:
+            tail = f.read()[-2000:].decode(errors="replace")
+    except OSError:
+        pass
+    raise RuntimeError(f"mount did not come up; log {logpath}:\n{tail}")
+
+
+def unmount(mountpoint: str, timeout: float = 60.0, lazy: bool = False) -> None:
+    """Unmount with ``fusermount3 -u`` (``-z`` if ``lazy``) and wait for the mount
+    process to finish its pending work (commits). Raises ``RuntimeError``."""
+    fsname = None
+    real = os.path.realpath(mountpoint)
+    with open("/proc/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) > 1 and parts[1].replace("\\040", " ") == real:
+                fsname = parts[0]
+    if fsname is None:
+        raise RuntimeError(f"{mountpoint} is not mounted")
+    pid = None
+    if fsname.startswith("tvcfs:"):
+        root = fsname[len("tvcfs:"):].replace("\\040", " ")
+        try:
+            with open(_pidfile(os.path.join(root, ".tvcfs"), mountpoint)) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError):
+            pid = None
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    cmd = [tool, "-u"] + (["-z"] if lazy else []) + [real] if tool else ["umount"] + (["-l"] if lazy else []) + [real]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"unmount failed: {r.stderr.strip() or r.stdout.strip()}")
+    if pid:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"mount process {pid} still running after unmount")

@@ -1,0 +1,429 @@
+"""pyfuse3 operations of the tvcfs mount (read side). See :mod:`tvcfs.fs.nodes` for
+the layout and ``docs/mount.md`` for caching and consistency rules."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import stat
+import time
+
+import pyfuse3
+
+from ..dag import KIND_DIR, KIND_FILE, KIND_SYMLINK, read_dir, stat_node
+from ..encoding.cid import cid_str
+from ..errors import BlockNotFound, CorruptBlock, MalformedObject, RevisionNotFound, TvcfsError
+from ..refs import HEADS, TAGS
+from .nodes import ROOT_INODE, InodeTable, Node
+from .reader import BlockReader
+
+log = logging.getLogger("tvcfs.fs")
+
+IMMUTABLE_TIMEOUT = 3600.0  # seconds: entries/attrs inside a commit never change
+DYNAMIC_TIMEOUT = 1.0       # seconds: ref-level entries (also invalidated on change)
+ROOT_NAMES = ("HEAD", "branches", "commits", "tags", ".tvcfs")
+CTL_FILES = ("stats",)
+
+
+def _err(code):
+    return pyfuse3.FUSEError(code)
+
+
+class ReadOnlyOperations(pyfuse3.Operations):
+    """The read side of the mount: lookups, attributes, readdir, open/read.
+
+    ``repo``: an open :class:`tvcfs.Repo`; ``verify_reads``: hash leaves on first
+    read (see :class:`BlockReader`). Writes anywhere fail with ``EROFS``.
+    """
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, repo, verify_reads: bool = False, **_ignored):
+        super().__init__()
+        self.repo = repo
+        self.reader = BlockReader(repo.store, verify=verify_reads)
+        self.inodes = InodeTable()
+        self.root = self.inodes.add_root()
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self.handles: dict[int, object] = {}
+        self.next_fh = 1
+        self.dir_handles: dict[int, list] = {}
+        self.mount_time = int(time.time())
+        self.refs_snapshot: dict = {}
+        self.commit_times: dict[bytes, int] = {}
+        self._commit_list: tuple | None = None
+
+    # --- helpers ---------------------------------------------------------------
+    def node(self, ino: int) -> Node:
+        n = self.inodes.get(ino)
+        if n is None:
+            raise _err(errno.ENOENT)
+        return n
+
+    def _get(self, cid: bytes) -> bytes:
+        return bytes(self.reader.get(cid))
+
+    def commit_time(self, cid: bytes) -> int:
+        t = self.commit_times.get(cid)
+        if t is None:
+            t = self.repo.read_commit(cid).timestamp
+            self.commit_times[cid] = t
+        return t
+
+    def writable(self, node: Node) -> bool:
+        """Whether ``node`` may be written (overridden by the writable mount)."""
+        return False
+
+    def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.ino
+        a.generation = 0
+        a.st_mode = node.mode(self.writable(node))
+        a.st_nlink = 2 if node.is_dir else 1
+        a.st_uid, a.st_gid = self.uid, self.gid
+        a.st_rdev = 0
+        a.st_blksize = 1 << 20
+        size = 0
+        t = self.mount_time
+        if node.kind == "tree":
+            e = node.entry
+            size = e.size if e.kind != KIND_DIR else 0
+            t = node.timestamp
+        elif node.kind == "head":
+            size = len(self._head_target())
+        elif node.kind == "ctlfile":
+            size = len(self._ctl_content(node.name))
+        a.st_size = size
+        a.st_blocks = (size + 511) // 512
+        ns = t * 1_000_000_000
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
+        immutable = node.kind == "tree"
+        a.attr_timeout = IMMUTABLE_TIMEOUT if immutable else DYNAMIC_TIMEOUT
+        a.entry_timeout = IMMUTABLE_TIMEOUT if immutable and node.path else DYNAMIC_TIMEOUT
+        return a
+
+    def _head_target(self) -> bytes:
+        b = self.repo.head_branch()
+        return f"branches/{b}".encode() if b else b"commits/" + (cid_str(self.repo.head()).encode() if self.repo.head() else b"")
+
+    def _ctl_content(self, name: str) -> bytes:
+        if name == "stats":
+            d = self.reader.stats.as_dict()
+            d["open_files"] = len(self.handles)
+            d["inodes"] = len(self.inodes.by_ino)
+            return (json.dumps(d, indent=1, sort_keys=True) + "\n").encode()
+        return b""
+
+    def _tree_node(self, parent: Node, view: str, view_name: str, commit: bytes, path: str,
+                   entry) -> Node:
+        key = ("tree", view, view_name, commit, path)
+
+        def make(ino):
+            return Node(ino, "tree", key, parent=parent.ino, name=entry.name, view=view,
+                        view_name=view_name, commit=commit, timestamp=self.commit_time(commit),
+                        path=path, entry=entry)
+
+        return self.inodes.intern(key, make)
+
+    def _rev_root(self, parent: Node, view: str, name: str, commit: bytes) -> Node:
+        tree = self.repo.read_commit(commit).tree
+        entry = stat_node(self._get, tree, name)
+        return self._tree_node(parent, view, name, commit, "", entry)
+
+    def _refdir(self, parent: Node, prefix: str, name: str) -> Node:
+        return self.inodes.intern(("refdir", prefix), lambda ino: Node(
+            ino, "refdir", (), parent=parent.ino, name=name, prefix=prefix))
+
+    def _child(self, parent: Node, name: str) -> Node:
+        """Resolve ``name`` in ``parent``; raises ``FUSEError(ENOENT)``."""
+        k = parent.kind
+        if k == "root":
+            if name == "HEAD":
+                return self.inodes.intern(("head",), lambda ino: Node(ino, "head", (), name="HEAD"))
+            if name == "branches":
+                return self._refdir(parent, HEADS, name)
+            if name == "tags":
+                return self._refdir(parent, TAGS, name)
+            if name == "commits":
+                return self.inodes.intern(("commits",), lambda ino: Node(ino, "commits", (), name=name))
+            if name == ".tvcfs":
+                return self.inodes.intern(("ctl",), lambda ino: Node(ino, "ctl", (), name=name))
+            raise _err(errno.ENOENT)
+        if k == "ctl":
+            if name in CTL_FILES:
+                return self.inodes.intern(("ctlfile", name), lambda ino: Node(
+                    ino, "ctlfile", (), parent=parent.ino, name=name))
+            raise _err(errno.ENOENT)
+        if k == "refdir":
+            full = parent.prefix + name
+            cid = self.repo.store.get_ref(full)
+            view = "branches" if parent.prefix.startswith(HEADS) else "tags"
+            if cid is not None and not cid.startswith(b"ref: "):
+                short = full[len(HEADS if view == "branches" else TAGS):]
+                return self._rev_root(parent, view, short, cid)
+            if self.repo.store.refs(full + "/"):
+                return self._refdir(parent, full + "/", name)
+            raise _err(errno.ENOENT)
+        if k == "commits":
+            try:
+                cid = self.repo.resolve(name)
+            except (TvcfsError, ValueError):
+                raise _err(errno.ENOENT) from None
+            return self._rev_root(parent, "commits", name, cid)
+        if k == "tree":
+            e = parent.entry
+            if e.kind != KIND_DIR:
+                raise _err(errno.ENOTDIR)
+            children = self._dir_entries(e.cid)
+            child = children.get(name)
+            if child is None:
+                raise _err(errno.ENOENT)
+            path = f"{parent.path}/{name}" if parent.path else name
+            return self._tree_node(parent, parent.view, parent.view_name, parent.commit, path, child)
+        raise _err(errno.ENOENT)
+
+    def _dir_entries(self, cid: bytes) -> dict:
+        cache = self.__dict__.setdefault("_dircache", {})
+        d = cache.get(cid)
+        if d is None:
+            try:
+                d = read_dir(self._get, cid)
+            except (BlockNotFound, CorruptBlock, MalformedObject) as e:
+                log.error("directory %s: %s", cid_str(cid), e)
+                raise _err(errno.EIO) from None
+            if len(cache) > 4096:
+                cache.clear()
+            cache[cid] = d
+        return d
+
+    def _list(self, node: Node) -> list:
+        """``[(name, Node)]`` of a directory node, in readdir order."""
+        k = node.kind
+        if k == "root":
+            names = ["HEAD", "branches", "commits", "tags", ".tvcfs"]
+        elif k == "ctl":
+            names = list(CTL_FILES)
+        elif k == "refdir":
+            names = sorted({r[len(node.prefix):].split("/", 1)[0] for r in self.repo.store.refs(node.prefix)})
+        elif k == "commits":
+            names = [cid_str(c) for c in self.reachable_commits()]
+        elif k == "tree":
+            names = list(self._dir_entries(node.entry.cid))
+        else:
+            raise _err(errno.ENOTDIR)
+        out = []
+        for name in names:
+            try:
+                out.append((name, self._child(node, name)))
+            except pyfuse3.FUSEError:
+                continue
+        return out
+
+    def reachable_commits(self) -> list:
+        """Commits reachable from refs, newest first (cached per refs state)."""
+        refs = self.repo.refs()
+        key = tuple(sorted(refs.items()))
+        if self._commit_list and self._commit_list[0] == key:
+            return self._commit_list[1]
+        cids = list(self.repo.ancestors(refs.values(), missing_ok=True))
+        cids.sort(key=lambda c: (-self.commit_time(c), c))
+        self._commit_list = (key, cids)
+        return cids
+
+    # --- pyfuse3 operations ----------------------------------------------------
+    async def lookup(self, parent_inode, name, ctx=None):
+        parent = self.node(parent_inode)
+        sname = os.fsdecode(name)
+        if sname in (".", ".."):
+            raise _err(errno.ENOENT)
+        node = self._child(parent, sname)
+        node.lookups += 1
+        return self.attrs(node)
+
+    async def forget(self, inode_list):
+        for ino, n in inode_list:
+            self.inodes.forget(ino, n)
+
+    async def getattr(self, inode, ctx=None):
+        return self.attrs(self.node(inode))
+
+    async def readlink(self, inode, ctx):
+        node = self.node(inode)
+        if node.kind == "head":
+            return self._head_target()
+        if node.kind == "tree" and node.entry.kind == KIND_SYMLINK:
+            return node.entry.target.encode()
+        raise _err(errno.EINVAL)
+
+    async def opendir(self, inode, ctx):
+        node = self.node(inode)
+        if not node.is_dir:
+            raise _err(errno.ENOTDIR)
+        fh = self.next_fh
+        self.next_fh += 1
+        self.dir_handles[fh] = self._list(node)
+        return fh
+
+    async def readdir(self, fh, start_id, token):
+        entries = self.dir_handles.get(fh, [])
+        for i in range(start_id, len(entries)):
+            name, node = entries[i]
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self.attrs(node), i + 1):
+                return
+            node.lookups += 1
+
+    async def releasedir(self, fh):
+        self.dir_handles.pop(fh, None)
+
+    async def open(self, inode, flags, ctx):
+        node = self.node(inode)
+        if node.kind == "ctlfile":
+            if flags & (os.O_WRONLY | os.O_RDWR):
+                raise _err(errno.EROFS)
+            fh = self.next_fh
+            self.next_fh += 1
+            self.handles[fh] = ("ctl", self._ctl_content(node.name))
+            return pyfuse3.FileInfo(fh=fh, direct_io=True)
+        if node.kind != "tree" or node.entry.kind != KIND_FILE:
+            raise _err(errno.EISDIR if node.is_dir else errno.EINVAL)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise _err(errno.EROFS)
+        try:
+            idx = self.reader.index(node.entry.cid)
+        except (BlockNotFound, CorruptBlock, MalformedObject) as e:
+            log.error("open %s: %s", node.path, e)
+            raise _err(errno.EIO) from None
+        fh = self.next_fh
+        self.next_fh += 1
+        self.handles[fh] = idx
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    async def read(self, fh, off, size):
+        h = self.handles.get(fh)
+        if h is None:
+            raise _err(errno.EBADF)
+        if isinstance(h, tuple):
+            return h[1][off:off + size]
+        try:
+            data = self.reader.read(h, off, size)
+        except (BlockNotFound, CorruptBlock, MalformedObject) as e:
+            self.reader.stats.errors += 1
+            log.error("read of %s at %d+%d: %s", cid_str(h.cid), off, size, e)
+            raise _err(errno.EIO) from None
+        self.reader.readahead(fh, h, off, len(data))
+        return data
+
+    async def release(self, fh):
+        self.handles.pop(fh, None)
+        self.reader.forget_handle(fh)
+
+    async def statfs(self, ctx):
+        s = pyfuse3.StatvfsData()
+        try:
+            vfs = os.statvfs(self.repo.control)
+            s.f_bsize, s.f_frsize = vfs.f_bsize, vfs.f_frsize
+            s.f_blocks, s.f_bfree, s.f_bavail = vfs.f_blocks, vfs.f_bfree, vfs.f_bavail
+        except OSError:
+            s.f_bsize = s.f_frsize = 4096
+        st = self.repo.store.stat()
+        s.f_files = st["blocks"]
+        s.f_ffree = s.f_favail = 0
+        s.f_namemax = 255
+        return s
+
+    async def access(self, inode, mode, ctx):
+        node = self.node(inode)
+        if mode & os.W_OK and not self.writable(node):
+            raise _err(errno.EROFS)
+        return True
+
+    # --- refusals of the read-only views -------------------------------------
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        raise _err(errno.EROFS)
+
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        raise _err(errno.EROFS)
+
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        raise _err(errno.EROFS)
+
+    async def unlink(self, parent_inode, name, ctx):
+        raise _err(errno.EROFS)
+
+    async def rmdir(self, parent_inode, name, ctx):
+        raise _err(errno.EROFS)
+
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        raise _err(errno.EROFS)
+
+    async def symlink(self, parent_inode, name, target, ctx):
+        raise _err(errno.EROFS)
+
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        raise _err(errno.EROFS)
+
+    async def write(self, fh, off, buf):
+        raise _err(errno.EROFS)
+
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        raise _err(errno.EROFS)
+
+    async def setxattr(self, inode, name, value, ctx):
+        raise _err(errno.EROFS)
+
+    async def removexattr(self, inode, name, ctx):
+        raise _err(errno.EROFS)
+
+    # --- ref changes -----------------------------------------------------------
+    def refs_changed(self) -> list:
+        """Compare refs with the last snapshot; invalidate the kernel's entries of
+        changed branches/tags (and of ``commits/NAME`` lookups by name). Returns
+        the changed ref names."""
+        refs = self.repo.store.refs()
+        old = self.refs_snapshot
+        self.refs_snapshot = refs
+        changed = [r for r in set(old) | set(refs) if old.get(r) != refs.get(r)]
+        if not old:
+            return []
+        for ref in changed:
+            if ref == "HEAD":
+                head = self.inodes.by_key.get(("head",))
+                if head:
+                    _inval_inode(head)
+                continue
+            for prefix in (HEADS, TAGS):
+                if ref.startswith(prefix):
+                    rest = ref[len(prefix):]
+                    parts = rest.split("/")
+                    parent_key = ("refdir", prefix + "/".join(parts[:-1]) + ("/" if len(parts) > 1 else ""))
+                    pino = self.inodes.by_key.get(parent_key)
+                    if pino:
+                        _inval_entry(pino, parts[-1])
+                    if len(parts) > 1:
+                        top = self.inodes.by_key.get(("refdir", prefix))
+                        if top:
+                            _inval_entry(top, parts[0])
+        commits = self.inodes.by_key.get(("commits",))
+        if commits and changed:
+            for key, ino in list(self.inodes.by_key.items()):
+                if key[0] == "tree" and key[1] == "commits" and key[4] == "" and not key[2].startswith("bafy"):
+                    _inval_entry(commits, key[2])
+        return changed
+
+
+def _inval_entry(parent_ino: int, name: str) -> None:
+    try:
+        pyfuse3.invalidate_entry_async(parent_ino, os.fsencode(name), ignore_enoent=True)
+    except Exception as e:  # the kernel may not know the entry
+        log.debug("invalidate_entry %s: %s", name, e)
+
+
+def _inval_inode(node: Node) -> None:
+    try:
+        pyfuse3.invalidate_inode(node.ino, attr_only=True)
+    except OSError:
+        pass
