@@ -550,6 +550,27 @@ class Repo:
         return self._commit(lambda imp: tree, branch, message, author, expected, timestamp,
                             allow_empty, metadata, parents)
 
+    def commit_build(self, build, branch=None, message: str = "", author=None, expected=_UNSET,
+                     timestamp=None, allow_empty: bool = False, metadata=None, parents=None) -> CommitResult:
+        """Commit a tree produced by ``build(importer) -> tree_cid`` inside the commit's
+        own write transaction (so blocks, commit and ref update land together). Same
+        rules as :meth:`commit_dir`; used by merge."""
+        return self._commit(build, branch, message, author, expected, timestamp, allow_empty,
+                            metadata, parents)
+
+    def merge(self, theirs, **kw):
+        """Merge revision ``theirs`` into a branch; see :func:`tvcfs.merge.core.merge`
+        (returns a ``MergeResult``: up-to-date, fast-forward, merged or conflict)."""
+        from .merge.core import merge
+
+        return merge(self, theirs, **kw)
+
+    def diff(self, rev_a, rev_b, paths=None, numeric: bool = True):
+        """Tensor-level diff of two revisions; see :func:`tvcfs.diff.diff_commits`."""
+        from .diff import diff_commits
+
+        return diff_commits(self, rev_a, rev_b, paths, numeric)
+
     def _commit(self, build, branch, message, author, expected, timestamp, allow_empty,
                 metadata, parents=None) -> CommitResult:
         branch = branch or self.head_branch()

@@ -1,0 +1,91 @@
+"""``tvcfs diff`` and ``tvcfs merge`` (tensor level; see docs/merge.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from . import open_repo
+
+
+def cmd_diff(args) -> int:
+    from ..diff import diff_commits, format_diff, format_stat
+
+    with open_repo(args) as repo:
+        rev_b = args.rev2 or "HEAD"
+        d = diff_commits(repo, args.rev1, rev_b, args.paths, numeric=not args.stat or args.json)
+        if args.json:
+            print(d.to_json())
+        elif args.stat:
+            print(format_stat(d))
+        elif d.files:
+            print(format_diff(d))
+        if args.exit_code and d.files:
+            return 1
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from ..merge.core import CONFLICT, FAST_FORWARD, MERGED, UP_TO_DATE, merge
+    from ..repo import Author
+    from ..encoding.cid import cid_str
+
+    with open_repo(args) as repo:
+        author = Author.parse(args.author) if args.author else None
+        r = merge(repo, args.rev, branch=args.branch, strategies=args.strategy, params=args.param,
+                  message=args.message, author=author, no_ff=args.no_ff, dry_run=args.dry_run)
+        if args.json:
+            print(json.dumps(r.to_dict(), indent=2))
+            return 1 if r.kind == CONFLICT else 0
+        if r.kind == UP_TO_DATE:
+            print("Already up to date.")
+        elif r.kind == FAST_FORWARD:
+            print(f"Fast-forward to {cid_str(r.theirs)}" + (" (dry run)" if args.dry_run else ""))
+        elif r.kind == MERGED:
+            s = r.stats
+            if args.dry_run:
+                print("Merge would succeed (dry run, nothing written).")
+            else:
+                print(f"Merge made: commit {cid_str(r.commit)}")
+                print(f"  {s['files_merged']} safetensors files merged: {s['tensors_merged']} tensors computed, "
+                      f"{s['tensors_copied']} copied; {s['leaves_written']} new leaves, "
+                      f"{s['leaves_reused']} reused")
+        else:
+            print(f"Merge conflict: {len(r.conflicts)} conflicts; nothing was written.", file=sys.stderr)
+            for c in r.conflicts:
+                print(f"  CONFLICT {c}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def register(sub) -> None:
+    """Add the ``diff`` and ``merge`` commands to the ``tvcfs`` argument parser."""
+    p = sub.add_parser("diff", help="tensor-level diff of two revisions",
+                       description="Files added/removed/modified between REV1 and REV2 (default HEAD); inside "
+                                   "safetensors files, tensors added/removed/modified with numeric summaries.")
+    p.add_argument("rev1")
+    p.add_argument("rev2", nargs="?")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="limit to these files or directories")
+    p.add_argument("--stat", action="store_true", help="one summary line per file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--exit-code", action="store_true", help="exit 1 if there are differences")
+    p.set_defaults(func=cmd_diff)
+
+    from ..merge.strategies import STRATEGIES
+
+    p = sub.add_parser("merge", help="merge a revision into the current branch, tensor by tensor",
+                       description="Three-way merge at file level, then at tensor level inside safetensors. "
+                                   "Strategies: " + ", ".join(STRATEGIES) + ".")
+    p.add_argument("rev", metavar="BRANCH", help="revision to merge (branch, tag, commit)")
+    p.add_argument("--strategy", "-s", action="append", default=[], metavar="[GLOB=]S[:k=v,...]",
+                   help="strategy for tensors changed on both sides; repeat with GLOB= for per-tensor rules "
+                        "(first match wins). Without any, such tensors are conflicts.")
+    p.add_argument("--param", "-p", action="append", default=[], metavar="k=v",
+                   help="strategy parameter (alpha, alpha1, alpha2, lambda, density, seed, t)")
+    p.add_argument("--message", "-m", help="commit message")
+    p.add_argument("--author", help="'Name <email>'")
+    p.add_argument("--into", dest="branch", metavar="BRANCH", help="branch to merge into (default: HEAD's)")
+    p.add_argument("--no-ff", action="store_true", help="create a merge commit even when fast-forward is possible")
+    p.add_argument("--dry-run", "-n", action="store_true", help="report the outcome without writing")
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.set_defaults(func=cmd_merge)
