@@ -19,7 +19,7 @@ import time
 
 log = logging.getLogger("tvcfs.fs")
 
-REFS_POLL = 0.5  # seconds between checks for ref changes (CLI commits, other mounts)
+REFS_POLL = 0.25  # seconds between checks for ref changes (CLI commits, other mounts)
 
 
 def _pidfile(control: str, mountpoint: str) -> str:

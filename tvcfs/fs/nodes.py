@@ -48,6 +48,8 @@ class Node:
     def is_dir(self) -> bool:
         if self.kind == "tree":
             return self.entry.kind == KIND_DIR
+        if self.kind == "ws":
+            return self.extra["w"].kind == KIND_DIR
         return self.kind in ("root", "refdir", "commits", "ctl")
 
     def mode(self, writable: bool = False) -> int:
@@ -98,6 +100,6 @@ class InodeTable:
         if node is None or ino == ROOT_INODE:
             return
         node.lookups -= n
-        if node.lookups <= 0 and node.kind == "tree":
+        if node.lookups <= 0 and node.kind in ("tree", "ws"):
             del self.by_ino[ino]
             self.by_key.pop(node.key, None)

@@ -265,11 +265,11 @@ class ReadOnlyOperations(pyfuse3.Operations):
             raise _err(errno.ENOTDIR)
         fh = self.next_fh
         self.next_fh += 1
-        self.dir_handles[fh] = self._list(node)
+        self.dir_handles[fh] = (inode, self._list(node))
         return fh
 
     async def readdir(self, fh, start_id, token):
-        entries = self.dir_handles.get(fh, [])
+        entries = self.dir_handles.get(fh, (0, []))[1]
         for i in range(start_id, len(entries)):
             name, node = entries[i]
             if not pyfuse3.readdir_reply(token, os.fsencode(name), self.attrs(node), i + 1):

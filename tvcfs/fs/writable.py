@@ -1,0 +1,557 @@
+"""The writable mount: ``branches/NAME/`` directories take writes, which become
+commits (DESIGN.md §3; the staging model is in :mod:`tvcfs.fs.workspace`).
+
+Commit triggers: ``fsync``/``fdatasync`` of a file or ``fsync`` of a directory in the
+branch commits at once; otherwise a commit is made once every write handle on the
+branch is closed and the branch has been quiet for ``commit_delay`` seconds; unmount
+commits whatever is pending. ``mkdir branches/NEW`` creates a branch at HEAD's commit;
+``rmdir branches/NAME`` deletes the branch (kept in the reflog).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+
+import pyfuse3
+import trio
+
+from ..dag import KIND_DIR, KIND_FILE, KIND_SYMLINK
+from ..encoding.cid import cid_str
+from ..errors import BlockNotFound, CorruptBlock, MalformedObject, RefExists, TvcfsError
+from ..refs import HEADS, InvalidRefName, check_name
+from .nodes import Node
+from .operations import DYNAMIC_TIMEOUT, ReadOnlyOperations, _err, _inval_entry
+from .workspace import Workspace, WEntry
+
+log = logging.getLogger("tvcfs.fs")
+
+
+class Handle:
+    """An open file in a branch: the workspace, its entry, whether it writes."""
+
+    __slots__ = ("ws", "w", "writable")
+
+    def __init__(self, ws, w, writable):
+        self.ws, self.w, self.writable = ws, w, writable
+
+
+class WritableOperations(ReadOnlyOperations):
+    """Read-only views plus writable branch directories.
+
+    ``commit_delay``: seconds of quiet after the last write handle on a branch closes
+    before its commit (default 1.0). ``author``: a :class:`tvcfs.Author` (default as
+    the CLI: environment, then git config).
+    """
+
+    def __init__(self, repo, verify_reads: bool = False, commit_delay: float = 1.0, author=None, **kw):
+        super().__init__(repo, verify_reads=verify_reads)
+        self.commit_delay = commit_delay
+        self.author = author
+        self.workspaces: dict[str, Workspace] = {}
+        self.locks: dict[str, trio.Lock] = {}
+        self.fds: dict[str, int] = {}      # staged data path -> fd (read/write)
+        self.cached: dict[int, bytes] = {}  # ino -> cid last opened with keep_cache
+        self.commits_made = 0
+
+    # --- workspaces ------------------------------------------------------------
+    def workspace(self, branch: str) -> Workspace | None:
+        """The branch's workspace, following the branch head while it is clean."""
+        head = self.repo.store.get_ref(HEADS + branch)
+        ws = self.workspaces.get(branch)
+        if ws is not None:
+            if ws.base == head or ws.pending or ws.writers or ws.committing:
+                return ws
+            if head is None and ws.base is None:
+                return ws
+        if head is None:
+            return ws
+        ws = Workspace(self.repo, branch, head)
+        self.workspaces[branch] = ws
+        return ws
+
+    def ws_node(self, ws: Workspace, w: WEntry, parent_ino: int) -> Node:
+        if w.ino and w.ino in self.inodes.by_ino and self.inodes.by_ino[w.ino].extra.get("w") is w:
+            return self.inodes.by_ino[w.ino]
+        key = ("ws", id(w))
+
+        def make(ino):
+            n = Node(ino, "ws", key, parent=parent_ino, name=w.name or ws.branch)
+            n.extra["w"] = w
+            n.extra["ws"] = ws
+            return n
+
+        node = self.inodes.intern(key, make)
+        w.ino = node.ino
+        return node
+
+    def writable(self, node: Node) -> bool:
+        return node.kind == "ws" or (node.kind == "refdir" and node.prefix.startswith(HEADS))
+
+    # --- namespace --------------------------------------------------------------
+    def _child(self, parent: Node, name: str) -> Node:
+        if parent.kind == "refdir" and parent.prefix.startswith(HEADS):
+            branch = parent.prefix[len(HEADS):] + name
+            ws = self.workspace(branch)
+            if ws is not None:
+                return self.ws_node(ws, ws.root, parent.ino)
+            return super()._child(parent, name)
+        if parent.kind == "ws":
+            w, ws = parent.extra["w"], parent.extra["ws"]
+            if w.kind != KIND_DIR:
+                raise _err(errno.ENOTDIR)
+            c = self._children(ws, w).get(name)
+            if c is None:
+                raise _err(errno.ENOENT)
+            return self.ws_node(ws, c, parent.ino)
+        return super()._child(parent, name)
+
+    def _children(self, ws, w) -> dict:
+        try:
+            return ws.children(w)
+        except (BlockNotFound, CorruptBlock, MalformedObject) as e:
+            log.error("directory %s of %s: %s", w.path(), ws.branch, e)
+            raise _err(errno.EIO) from None
+
+    def _list(self, node: Node) -> list:
+        if node.kind == "ws":
+            w, ws = node.extra["w"], node.extra["ws"]
+            return [(n, self.ws_node(ws, c, node.ino)) for n, c in self._children(ws, w).items()]
+        out = super()._list(node)
+        if node.kind == "refdir" and node.prefix.startswith(HEADS):
+            names = {n for n, _ in out}
+            for b in list(self.workspaces):
+                if b.startswith(node.prefix[len(HEADS):]) and "/" not in b[len(node.prefix) - len(HEADS):]:
+                    short = b[len(node.prefix) - len(HEADS):]
+                    if short not in names:
+                        try:
+                            out.append((short, self._child(node, short)))
+                        except pyfuse3.FUSEError:
+                            pass
+        return out
+
+    def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        if node.kind != "ws":
+            return super().attrs(node)
+        w = node.extra["w"]
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.ino
+        if w.kind == KIND_DIR:
+            a.st_mode = stat.S_IFDIR | 0o755
+            a.st_nlink = 2
+            size = 0
+        elif w.kind == KIND_SYMLINK:
+            a.st_mode = stat.S_IFLNK | 0o777
+            a.st_nlink = 1
+            size = len(w.target.encode())
+        else:
+            a.st_mode = stat.S_IFREG | (0o755 if w.mode & 0o111 else 0o644)
+            a.st_nlink = 1
+            size = w.size
+        a.st_uid, a.st_gid = self.uid, self.gid
+        a.st_size = size
+        a.st_blocks = (size + 511) // 512
+        a.st_blksize = 1 << 20
+        ns = int(w.mtime * 1e9)
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
+        a.attr_timeout = a.entry_timeout = DYNAMIC_TIMEOUT
+        return a
+
+    async def readlink(self, inode, ctx):
+        node = self.node(inode)
+        if node.kind == "ws":
+            w = node.extra["w"]
+            if w.kind != KIND_SYMLINK:
+                raise _err(errno.EINVAL)
+            return w.target.encode()
+        return await super().readlink(inode, ctx)
+
+    def _ws_dir(self, inode) -> tuple:
+        node = self.node(inode)
+        if node.kind == "ws":
+            w, ws = node.extra["w"], node.extra["ws"]
+            if w.kind != KIND_DIR:
+                raise _err(errno.ENOTDIR)
+            return node, ws, w
+        raise _err(errno.EROFS)
+
+    async def _writing(self, ws: Workspace) -> None:
+        """Wait while ``ws`` is being committed (writes must not race the snapshot)."""
+        lock = self.locks.setdefault(ws.branch, trio.Lock())
+        if lock.locked():
+            async with lock:
+                pass
+
+    # --- files -----------------------------------------------------------------
+    def _fd(self, w: WEntry) -> int:
+        fd = self.fds.get(w.staged)
+        if fd is None:
+            fd = os.open(w.staged, os.O_RDWR)
+            self.fds[w.staged] = fd
+        return fd
+
+    def _sweep_fds(self, live: set | None = None) -> None:
+        for path in list(self.fds):
+            if not os.path.exists(path):
+                os.close(self.fds.pop(path))
+
+    async def open(self, inode, flags, ctx):
+        node = self.node(inode)
+        if node.kind != "ws":
+            return await super().open(inode, flags, ctx)
+        w, ws = node.extra["w"], node.extra["ws"]
+        if w.kind == KIND_DIR:
+            raise _err(errno.EISDIR)
+        if w.kind != KIND_FILE:
+            raise _err(errno.EINVAL)
+        wr = bool(flags & (os.O_WRONLY | os.O_RDWR))
+        if wr or flags & os.O_TRUNC:
+            await self._writing(ws)
+        if flags & os.O_TRUNC:
+            self._truncate(ws, w, 0)
+        fh = self.next_fh
+        self.next_fh += 1
+        self.handles[fh] = Handle(ws, w, wr)
+        if wr:
+            w.writers += 1
+            ws.writers += 1
+            ws.last_activity = time.monotonic()
+        keep = False
+        if not w.staged and w.cid is not None:
+            keep = self.cached.get(node.ino) == w.cid
+            self.cached[node.ino] = w.cid
+        else:
+            self.cached.pop(node.ino, None)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+
+    def _truncate(self, ws, w, size: int) -> None:
+        if w.staged:
+            os.truncate(w.staged, size)
+            w.size = size
+            ws.touch(w)
+        else:
+            try:
+                ws.stage(w, truncate_to=size)
+            except (BlockNotFound, CorruptBlock, MalformedObject) as e:
+                log.error("copy-on-write of %s: %s", w.path(), e)
+                raise _err(errno.EIO) from None
+            w.size = size
+
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        node, ws, d = self._ws_dir(parent_inode)
+        await self._writing(ws)
+        sname = os.fsdecode(name)
+        ch = self._children(ws, d)
+        if sname in ch:
+            if flags & os.O_EXCL:
+                raise _err(errno.EEXIST)
+            w = ch[sname]
+            if w.kind != KIND_FILE:
+                raise _err(errno.EISDIR)
+            self._truncate(ws, w, 0)
+        else:
+            w = ws.new_entry(d, sname, KIND_FILE, mode=0o755 if mode & 0o111 else 0o644)
+        child = self.ws_node(ws, w, node.ino)
+        child.lookups += 1
+        fh = self.next_fh
+        self.next_fh += 1
+        self.handles[fh] = Handle(ws, w, True)
+        w.writers += 1
+        ws.writers += 1
+        ws.last_activity = time.monotonic()
+        return pyfuse3.FileInfo(fh=fh), self.attrs(child)
+
+    async def read(self, fh, off, size):
+        h = self.handles.get(fh)
+        if not isinstance(h, Handle):
+            return await super().read(fh, off, size)
+        w = h.w
+        if w.staged:
+            return os.pread(self._fd(w), size, off)
+        try:
+            idx = self.reader.index(w.cid)
+            data = self.reader.read(idx, off, size)
+        except (BlockNotFound, CorruptBlock, MalformedObject) as e:
+            self.reader.stats.errors += 1
+            log.error("read of %s: %s", w.path(), e)
+            raise _err(errno.EIO) from None
+        self.reader.readahead(fh, idx, off, len(data))
+        return data
+
+    async def write(self, fh, off, buf):
+        h = self.handles.get(fh)
+        if not isinstance(h, Handle) or not h.writable:
+            raise _err(errno.EBADF)
+        ws, w = h.ws, h.w
+        await self._writing(ws)
+        if not w.staged:
+            try:
+                ws.stage(w)
+            except (BlockNotFound, CorruptBlock, MalformedObject) as e:
+                log.error("copy-on-write of %s: %s", w.path(), e)
+                raise _err(errno.EIO) from None
+        try:
+            n = os.pwrite(self._fd(w), buf, off)
+        except OSError as e:
+            raise _err(e.errno) from None
+        if off + n > w.size:
+            w.size = off + n
+        w.mtime = time.time()
+        ws.pending = True
+        if not w.dirty:
+            ws.touch(w)
+        ws.last_activity = time.monotonic()
+        return n
+
+    async def release(self, fh):
+        h = self.handles.pop(fh, None)
+        if isinstance(h, Handle):
+            self.reader.forget_handle(fh)
+            if h.writable:
+                h.w.writers -= 1
+                h.ws.writers -= 1
+                h.ws.last_activity = time.monotonic()
+                if h.w.parent is None and h.w.writers == 0 and h.w.staged:
+                    fd = self.fds.pop(h.w.staged, None)
+                    if fd is not None:
+                        os.close(fd)
+                    try:
+                        os.unlink(h.w.staged)
+                    except OSError:
+                        pass
+            return
+        await super().release(fh)
+
+    async def flush(self, fh):
+        pass
+
+    async def fsync(self, fh, datasync):
+        h = self.handles.get(fh)
+        if isinstance(h, Handle):
+            await self.commit_workspace(h.ws, reason="fsync")
+
+    async def fsyncdir(self, fh, datasync):
+        ino = self.dir_handles.get(fh, (0, []))[0]
+        node = self.inodes.get(ino)
+        if node is not None and node.kind == "ws":
+            await self.commit_workspace(node.extra["ws"], reason="fsync")
+
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        node = self.node(inode)
+        if node.kind != "ws":
+            raise _err(errno.EROFS)
+        w, ws = node.extra["w"], node.extra["ws"]
+        await self._writing(ws)
+        if fields.update_size:
+            if w.kind != KIND_FILE:
+                raise _err(errno.EISDIR)
+            self._truncate(ws, w, attr.st_size)
+        if fields.update_mode and w.kind == KIND_FILE:
+            new = 0o755 if attr.st_mode & 0o111 else 0o644
+            if new != (0o755 if w.mode & 0o111 else 0o644):
+                w.mode = new
+                ws.touch(w)
+                ws.save()
+        if fields.update_mtime:
+            w.mtime = attr.st_mtime_ns / 1e9
+        return self.attrs(node)
+
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        parent = self.node(parent_inode)
+        sname = os.fsdecode(name)
+        if parent.kind == "refdir" and parent.prefix.startswith(HEADS):
+            branch = parent.prefix[len(HEADS):] + sname
+            try:
+                check_name(branch)
+                if self.repo.head() is None:
+                    raise _err(errno.ENOENT)
+                self.repo.create_branch(branch)
+            except RefExists:
+                raise _err(errno.EEXIST) from None
+            except InvalidRefName:
+                raise _err(errno.EINVAL) from None
+            node = self._child(parent, sname)
+            node.lookups += 1
+            return self.attrs(node)
+        node, ws, d = self._ws_dir(parent_inode)
+        await self._writing(ws)
+        if sname in self._children(ws, d):
+            raise _err(errno.EEXIST)
+        w = ws.new_entry(d, sname, KIND_DIR, mode=0o755)
+        child = self.ws_node(ws, w, node.ino)
+        child.lookups += 1
+        return self.attrs(child)
+
+    async def symlink(self, parent_inode, name, target, ctx):
+        node, ws, d = self._ws_dir(parent_inode)
+        await self._writing(ws)
+        sname = os.fsdecode(name)
+        if sname in self._children(ws, d):
+            raise _err(errno.EEXIST)
+        w = ws.new_entry(d, sname, KIND_SYMLINK, target=os.fsdecode(target))
+        child = self.ws_node(ws, w, node.ino)
+        child.lookups += 1
+        return self.attrs(child)
+
+    async def unlink(self, parent_inode, name, ctx):
+        node, ws, d = self._ws_dir(parent_inode)
+        await self._writing(ws)
+        sname = os.fsdecode(name)
+        w = self._children(ws, d).get(sname)
+        if w is None:
+            raise _err(errno.ENOENT)
+        if w.kind == KIND_DIR:
+            raise _err(errno.EISDIR)
+        ws.remove(d, sname)
+        if w.staged and not w.writers:
+            fd = self.fds.pop(w.staged, None)
+            if fd is not None:
+                os.close(fd)
+            try:
+                os.unlink(w.staged)
+            except OSError:
+                pass
+
+    async def rmdir(self, parent_inode, name, ctx):
+        parent = self.node(parent_inode)
+        sname = os.fsdecode(name)
+        if parent.kind == "refdir" and parent.prefix.startswith(HEADS):
+            branch = parent.prefix[len(HEADS):] + sname
+            ws = self.workspaces.get(branch)
+            if ws is not None and (ws.pending or ws.writers):
+                raise _err(errno.EBUSY)
+            try:
+                self.repo.delete_branch(branch)
+            except TvcfsError as e:
+                log.info("rmdir branches/%s: %s", branch, e)
+                raise _err(errno.EBUSY if "HEAD" in str(e) else errno.ENOENT) from None
+            if ws is not None:
+                ws.discard()
+                self.workspaces.pop(branch, None)
+            return
+        node, ws, d = self._ws_dir(parent_inode)
+        await self._writing(ws)
+        w = self._children(ws, d).get(sname)
+        if w is None:
+            raise _err(errno.ENOENT)
+        if w.kind != KIND_DIR:
+            raise _err(errno.ENOTDIR)
+        if self._children(ws, w):
+            raise _err(errno.ENOTEMPTY)
+        ws.remove(d, sname)
+
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        pold, pnew = self.node(parent_inode_old), self.node(parent_inode_new)
+        if pold.kind != "ws" or pnew.kind != "ws":
+            raise _err(errno.EROFS if "ws" not in (pold.kind, pnew.kind) else errno.EXDEV)
+        if pold.extra["ws"] is not pnew.extra["ws"]:
+            raise _err(errno.EXDEV)
+        if flags:
+            raise _err(errno.EINVAL)  # RENAME_NOREPLACE / EXCHANGE not supported
+        ws = pold.extra["ws"]
+        await self._writing(ws)
+        d_old, d_new = pold.extra["w"], pnew.extra["w"]
+        so, sn = os.fsdecode(name_old), os.fsdecode(name_new)
+        src = self._children(ws, d_old).get(so)
+        if src is None:
+            raise _err(errno.ENOENT)
+        dst = self._children(ws, d_new).get(sn)
+        if dst is src:
+            return
+        if dst is not None:
+            if dst.kind == KIND_DIR and src.kind != KIND_DIR:
+                raise _err(errno.EISDIR)
+            if src.kind == KIND_DIR and dst.kind != KIND_DIR:
+                raise _err(errno.ENOTDIR)
+            if dst.kind == KIND_DIR and self._children(ws, dst):
+                raise _err(errno.ENOTEMPTY)
+        a = d_new
+        while a is not None:
+            if a is src:
+                raise _err(errno.EINVAL)
+            a = a.parent
+        ws.move(d_old, so, d_new, sn)
+        if dst is not None:
+            dst.parent = None
+            if dst.staged and not dst.writers:
+                fd = self.fds.pop(dst.staged, None)
+                if fd is not None:
+                    os.close(fd)
+                try:
+                    os.unlink(dst.staged)
+                except OSError:
+                    pass
+
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        raise _err(errno.EPERM)
+
+    async def access(self, inode, mode, ctx):
+        node = self.node(inode)
+        if mode & os.W_OK and not self.writable(node):
+            raise _err(errno.EROFS)
+        return True
+
+    # --- commits ----------------------------------------------------------------
+    async def commit_workspace(self, ws: Workspace, reason: str = "") -> dict | None:
+        """Commit ``ws`` now (in a worker thread; writes to it wait meanwhile)."""
+        if not ws.pending:
+            return None
+        lock = self.locks.setdefault(ws.branch, trio.Lock())
+        async with lock:
+            if not ws.pending:
+                return None
+            ws.committing = True
+            try:
+                res = await trio.to_thread.run_sync(ws.commit_txn, None, self.author)
+                self._finish(ws, res)
+            except Exception:
+                log.exception("commit of branch %s failed; staged changes kept", ws.branch)
+                return None
+            finally:
+                ws.committing = False
+        return res
+
+    def _finish(self, ws: Workspace, res: dict) -> None:
+        ws.finish(res)
+        self._sweep_fds()
+        if res.get("commit"):
+            self.commits_made += 1
+            log.info("%s: committed %s on %s (%d new bytes)", ws.branch, cid_str(res["commit"]),
+                     res["branch"], res["new_bytes"])
+        if res.get("reset"):
+            # the branch view now shows the branch head: drop the old tree from the kernel
+            top = self.inodes.by_key.get(("refdir", HEADS))
+            self.workspaces.pop(ws.branch, None)
+            if top:
+                _inval_entry(top, ws.branch.split("/")[0])
+        for d, name in res.get("touched", []):
+            if d.ino:
+                _inval_entry(d.ino, name)
+        self.refs_snapshot = self.repo.store.refs()
+
+    async def tick(self) -> None:
+        """Called periodically: commit quiet branches with no open write handles."""
+        now = time.monotonic()
+        for ws in list(self.workspaces.values()):
+            if ws.pending and not ws.writers and not ws.committing and now - ws.last_activity >= self.commit_delay:
+                await self.commit_workspace(ws, reason="quiet")
+
+    def shutdown(self) -> None:
+        """On unmount: commit every pending workspace (synchronously)."""
+        for ws in list(self.workspaces.values()):
+            if ws.pending:
+                try:
+                    res = ws.commit_txn(None, self.author)
+                    ws.finish(res)
+                    log.info("unmount: committed branch %s", ws.branch)
+                except Exception:
+                    log.exception("unmount commit of %s failed; staged changes kept in %s", ws.branch, ws.dir)
+        for fd in self.fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds.clear()
