@@ -483,6 +483,16 @@ class Workspace:
         return "\n".join(lines)
 
 
+def _process_alive(pid) -> bool:
+    """True if ``pid`` runs a process that is not a zombie."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, ValueError, IndexError, TypeError):
+        return False
+
+
 def pending_workspaces(repo) -> list:
     """Staging directories of ``repo`` with uncommitted changes: list of dicts
     ``{dir, branch, base, pid, time, alive}`` read from their ``state.json``."""
@@ -499,12 +509,7 @@ def pending_workspaces(repo) -> list:
             continue
         if not st.get("pending"):
             continue
-        alive = False
-        try:
-            os.kill(int(st.get("pid", 0)), 0)
-            alive = True
-        except (OSError, ValueError):
-            pass
+        alive = _process_alive(st.get("pid"))
         out.append({"dir": os.path.join(root, name), "branch": st["branch"], "base": st.get("base"),
                     "pid": st.get("pid"), "time": st.get("time"), "alive": alive})
     return out

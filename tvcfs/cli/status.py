@@ -1,0 +1,142 @@
+"""``tvcfs status`` and ``tvcfs recover``: staged changes of mounts, last commits,
+conflicts."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from . import open_repo
+from ..encoding.cid import cid_str
+from ..errors import TvcfsError
+
+
+def _mount_target(path: str):
+    """``(repo_root, branch)`` if ``path`` is ``MOUNT/branches/NAME[/...]`` of a tvcfs
+    mount, else ``None``."""
+    real = os.path.realpath(path)
+    best = None
+    with open("/proc/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) > 2 and parts[0].startswith("tvcfs:"):
+                mnt = parts[1].replace("\\040", " ")
+                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and (best is None or len(mnt) > len(best[1])):
+                    best = (parts[0][6:].replace("\\040", " "), mnt)
+    if best is None:
+        return None
+    rel = os.path.relpath(real, best[1]).split(os.sep)
+    branch = rel[1] if len(rel) > 1 and rel[0] == "branches" else None
+    return best[0], branch
+
+
+def _staged_paths(state_dir: str) -> list:
+    try:
+        with open(os.path.join(state_dir, "state.json")) as f:
+            st = json.load(f)
+    except (OSError, ValueError):
+        return []
+    out = []
+
+    def rec(d, prefix):
+        for name, c in (d.get("children") or {}).items():
+            p = prefix + name
+            if c.get("k") == "file" and "staged" in c:
+                try:
+                    size = os.path.getsize(os.path.join(state_dir, c["staged"]))
+                except OSError:
+                    size = None
+                out.append((p, size))
+            elif "children" in c:
+                rec(c, p + "/")
+
+    rec(st.get("root") or {}, "")
+    return out
+
+
+def cmd_status(args):
+    from ..fs.workspace import pending_workspaces
+    from ..repo import Repo
+
+    branch = None
+    if args.path:
+        tgt = _mount_target(args.path)
+        if tgt is None:
+            raise TvcfsError(f"{args.path} is not inside a tvcfs mount")
+        repo = Repo.open(tgt[0])
+        branch = tgt[1]
+    else:
+        repo = open_repo(args)
+    with repo:
+        head = repo.head_branch()
+        print(f"On branch {head}" if head else "HEAD detached")
+        branches = repo.branches()
+        for b in ([branch] if branch else sorted(branches)):
+            cid = branches.get(b)
+            if cid is None:
+                print(f"  {b}: no commits yet")
+                continue
+            com = repo.read_commit(cid)
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(com.timestamp))
+            first = com.message.splitlines()[0] if com.message else ""
+            print(f"  {b}: {cid_str(cid)[:16]} {when} {first}")
+        pend = [p for p in pending_workspaces(repo) if branch is None or p["branch"] == branch]
+        if pend:
+            print("\nStaged changes not yet committed:")
+            for p in pend:
+                state = f"mount pid {p['pid']} running" if p["alive"] else "mount gone: run `tvcfs recover`"
+                print(f"  branch {p['branch']} ({state}; {p['dir']})")
+                for path, size in _staged_paths(p["dir"]):
+                    print(f"    staged: {path} ({size if size is not None else '?'} bytes)")
+        else:
+            print("\nNo staged changes.")
+        conflicts = repo.store.get_meta("conflicts", [])
+        conflicts = [c for c in conflicts if branch is None or c["branch"] == branch]
+        if conflicts:
+            print("\nConflicts (writes saved on their own branch; merge them by hand):")
+            for c in conflicts:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c["time"]))
+                print(f"  {when} {c['branch']}: saved as {c['saved_as']} ({c['commit'][:16]}); "
+                      f"colliding paths: {', '.join(c['paths'])}")
+    return 0
+
+
+def cmd_recover(args):
+    from ..fs.workspace import pending_workspaces, recover
+
+    with open_repo(args) as repo:
+        pend = pending_workspaces(repo)
+        if not pend:
+            print("nothing to recover")
+            return 0
+        rc = 0
+        for p in pend:
+            if p["alive"] and not args.force:
+                print(f"skipping {p['dir']}: its mount (pid {p['pid']}) is still running")
+                continue
+            if args.discard:
+                import shutil
+
+                shutil.rmtree(p["dir"], ignore_errors=True)
+                print(f"discarded staged changes of branch {p['branch']} ({p['dir']})")
+                continue
+            res = recover(repo, p["dir"], args.message)
+            if res["commit"]:
+                kind = "conflict: saved as" if res["conflict"] else "committed on"
+                print(f"recovered branch {p['branch']}: {kind} {res['branch']} {cid_str(res['commit'])}")
+            else:
+                print(f"branch {p['branch']}: staged state matches the branch; nothing to commit")
+        return rc
+
+
+def register(sub) -> None:
+    p = sub.add_parser("status", help="staged changes of mounts, last commits, conflicts")
+    p.add_argument("path", nargs="?", help="MOUNT/branches/NAME to show one branch of a mount")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("recover", help="commit (or --discard) staged changes left by a mount that died")
+    p.add_argument("-m", "--message")
+    p.add_argument("--discard", action="store_true")
+    p.add_argument("--force", action="store_true", help="even if the mount process seems alive")
+    p.set_defaults(func=cmd_recover)
