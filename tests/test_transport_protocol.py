@@ -1,0 +1,163 @@
+"""Wire protocol (sans-I/O) and identity; fuzzing a live server with hypothesis."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tvcfs.repo import Repo
+from tvcfs.transport import protocol as P
+from tvcfs.transport.backend import RepoBackend
+from tvcfs.transport.channel import MessageChannel
+from tvcfs.transport.client import open_session
+from tvcfs.transport.identity import (IdentityError, NodeIdentity, auth_message, b58decode,
+                                      b58encode, parse_peer_id, verify_signature)
+from tvcfs.transport.quic import connect_quic
+from tvcfs.transport.server import ServerConfig
+
+from test_transport import all_cids, make_repo, rnd, start_server
+
+CID = b"\x01\x55\x12\x20" + bytes(range(32))
+
+SAMPLES = [
+    P.Hello(1, "models"),
+    P.Welcome(1, b"\x00\x24" + b"k" * 36, b"n" * 32, 4 << 20, 4096, 1 << 26, 1),
+    P.Auth(b"\x08\x01\x12\x20" + b"p" * 32, b"s" * 64),
+    P.AuthOk(b"peer", True),
+    P.WantList([P.WantEntry(CID, 7, P.WANT_HAVE), P.WantEntry(CID, 0, P.CANCEL)], True),
+    P.Block(CID, b"data" * 100),
+    P.Have(CID),
+    P.DontHave(CID),
+    P.DagRequest(3, CID, P.Selector(P.SEL_RANGE, "a/b", 5, 99, True), [CID], [CID, CID], 9),
+    P.DagDone(3, P.DONE_PARTIAL, 10, 12345, "x"),
+    P.Cancel(3),
+    P.ListRefs(4, "refs/heads/"),
+    P.Refs(4, {"refs/heads/main": CID, "refs/tags/v1": CID}, "refs/heads/main"),
+    P.RefUpdate(5, "refs/heads/main", None, CID),
+    P.RefResult(5, False, CID, "stale"),
+    P.Error(0, P.E_LIMIT, "too big"),
+]
+
+
+def test_roundtrip_all_messages_in_one_stream_split_anywhere():
+    wire = b"".join(P.encode(m) for m in SAMPLES)
+    for step in (1, 7, 1000):
+        dec = P.FrameDecoder()
+        out = []
+        for i in range(0, len(wire), step):
+            dec.feed(wire[i : i + step])
+            while (m := dec.next()) is not None:
+                out.append(m)
+        assert out == SAMPLES
+
+
+def _payload(m):
+    wire = P.encode(m)
+    i = 0
+    while wire[i] & 0x80:
+        i += 1
+    return wire[i + 1 :]
+
+
+def test_limits():
+    lim = P.Limits(max_message=1000, max_wantlist=2, max_block=100)
+    dec = P.FrameDecoder(lim)
+    dec.feed(P._uv(10_000))  # announced size alone is enough to refuse
+    with pytest.raises(P.ProtocolError, match="exceeds limit"):
+        dec.next()
+    with pytest.raises(P.ProtocolError, match="exceeds limit"):
+        P.decode_message(_payload(P.WantList([P.WantEntry(CID)] * 3)), lim)
+    with pytest.raises(P.ProtocolError):
+        P.decode_message(_payload(P.Block(CID, b"x" * 101)), lim)
+    with pytest.raises(P.ProtocolError, match="trailing"):
+        P.decode_message(_payload(P.Have(CID)) + b"\0")
+    with pytest.raises(P.ProtocolError, match="unknown message type"):
+        P.decode_message(b"\x55")
+
+
+@given(st.binary(max_size=2000))
+@settings(max_examples=300, deadline=None)
+def test_decoder_never_raises_anything_but_protocol_error(data):
+    dec = P.FrameDecoder(P.Limits(max_message=1 << 16))
+    dec.feed(data)
+    try:
+        while dec.next() is not None:
+            pass
+    except P.ProtocolError:
+        pass
+
+
+def test_identity_file_peer_id_and_signatures(tmp_path):
+    path = tmp_path / ".tvcfs" / "node.key"
+    a = NodeIdentity.load_or_create(path)
+    assert (path.stat().st_mode & 0o777) == 0o600
+    b = NodeIdentity.load_or_create(path)
+    assert a.peer_id == b.peer_id and str(a).startswith("12D3KooW")
+    assert parse_peer_id(str(a)) == a.peer_id
+    assert b58decode(b58encode(b"\0\0abc")) == b"\0\0abc"
+    msg = auth_message(b"server", b"n" * 32)
+    assert verify_signature(a.public_key_proto, msg, a.sign(msg)) == a.peer_id
+    with pytest.raises(IdentityError):
+        verify_signature(a.public_key_proto, msg + b"x", a.sign(msg))
+    with pytest.raises(IdentityError):
+        parse_peer_id("12D3KooWnot-base58!")
+
+
+async def _fuzz_one(url, chunks):
+    """Connect over QUIC, say Hello, then send garbage; the server must end this
+    connection (or answer Error) without affecting others."""
+    from tvcfs.transport.client import parse_url
+
+    u = parse_url(url)
+    async with connect_quic(u.host, u.port) as conn:
+        s = await conn.open_stream()
+        await s.send_all(P.encode(P.Hello()))
+        for c in chunks:
+            await s.send_all(c)
+        await s.send_eof()
+        with trio.move_on_after(3):
+            try:
+                while await s.receive_some():
+                    pass
+            except trio.BrokenResourceError:
+                pass
+
+
+@given(st.lists(st.one_of(
+    st.binary(min_size=1, max_size=200),
+    st.sampled_from([P.encode(m) for m in SAMPLES]),
+    st.just(P._uv(1 << 30)),  # oversized announcement
+), min_size=1, max_size=6))
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_fuzzing_client_does_not_disturb_others(tmp_path_factory, chunks):
+    tmp = tmp_path_factory.mktemp("fz")
+    src = make_repo(tmp / "a", {"f.bin": rnd(600_000, 11)})
+    dst = Repo.init(str(tmp / "b" / "repo"))
+    cfg = ServerConfig(RepoBackend(src), NodeIdentity.generate())
+
+    async def main():
+        async with trio.open_nursery() as n:
+            url = await start_server(n, cfg)
+            res = {}
+
+            async def clone():
+                async with open_session(url) as sess:
+                    refs, _ = await sess.list_refs()
+                    res["st"] = await sess.fetch(RepoBackend(dst), list(refs.values()))
+
+            with trio.fail_after(20):
+                async with trio.open_nursery() as m:
+                    m.start_soon(_fuzz_one, url, chunks)
+                    m.start_soon(clone)
+            assert res["st"].missing == []
+            assert all_cids(dst) == all_cids(src)
+            n.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        src.close()
+        dst.close()

@@ -1,0 +1,646 @@
+"""TensorSwap wire protocol: message types, framing, encode/decode (sans-I/O).
+
+No sockets here: :class:`FrameDecoder` turns received bytes into message objects
+and :func:`encode` turns a message object into bytes. The same bytes run over a
+QUIC stream (:mod:`.quic`) or TLS-over-TCP (:mod:`.tcp`). docs/protocol.md has the
+layouts and the conversation; the design follows IPFS Bitswap 1.2.0
+(https://specs.ipfs.tech/bitswap-protocol/: want-list entries with priority,
+want-block/want-have, cancel, send-dont-have, HAVE/DONT_HAVE) and GraphSync
+(https://github.com/ipld/specs/blob/master/block-layer/graphsync/graphsync.md:
+a request for a root plus a selector answered with the blocks of the sub-graph
+in traversal order, with a do-not-send list).
+
+Frame: ``uvarint(L) ‖ type (1 byte) ‖ body (L-1 bytes)``. Inside a body: integers
+are unsigned LEB128 varints, ``bytes``/``str`` are ``uvarint(len) ‖ data``
+(str = UTF-8), lists are ``uvarint(count) ‖ items``. A frame longer than
+``Limits.max_message`` bytes, a truncated or overlong field, trailing bytes in a
+body, an unknown type, or a list longer than its limit raises
+:class:`ProtocolError`: the receiver closes that connection only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Auth",
+    "AuthOk",
+    "Block",
+    "Cancel",
+    "DagDone",
+    "DagRequest",
+    "DontHave",
+    "Error",
+    "FrameDecoder",
+    "Have",
+    "Hello",
+    "Limits",
+    "ListRefs",
+    "ProtocolError",
+    "RefResult",
+    "RefUpdate",
+    "Refs",
+    "Selector",
+    "WantEntry",
+    "WantList",
+    "Welcome",
+    "decode_message",
+    "encode",
+]
+
+PROTOCOL_VERSION = 1
+MIB = 1 << 20
+
+
+class ProtocolError(Exception):
+    """Malformed, oversized or out-of-order input from a peer (closes that connection)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits a server enforces per connection (sizes in bytes).
+
+    ``max_message``: largest frame (type + body). ``max_block``: largest block
+    payload. ``max_wantlist``: want-list entries outstanding per connection.
+    ``max_list``: entries in any other list (have-lists, refs). ``max_requests``:
+    DAG/ref requests queued per connection. ``max_inflight``: bytes of pushed
+    blocks buffered before they are written to the store.
+    """
+
+    max_message: int = 4 * MIB
+    max_block: int = 2 * MIB
+    max_wantlist: int = 4096
+    max_list: int = 65536
+    max_requests: int = 64
+    max_inflight: int = 64 * MIB
+
+
+DEFAULT_LIMITS = Limits()
+
+
+# ---------------------------------------------------------------- primitives
+def _uv(n: int) -> bytes:
+    if n < 0:
+        raise ValueError("negative varint")
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _bytes(b: bytes) -> bytes:
+    return _uv(len(b)) + bytes(b)
+
+
+def _str(s: str) -> bytes:
+    return _bytes(s.encode("utf-8"))
+
+
+class _Reader:
+    __slots__ = ("buf", "pos", "end", "limits")
+
+    def __init__(self, buf, pos: int, end: int, limits: Limits):
+        self.buf = buf
+        self.pos = pos
+        self.end = end
+        self.limits = limits
+
+    def uv(self) -> int:
+        buf, pos, end = self.buf, self.pos, self.end
+        n = shift = 0
+        while True:
+            if pos >= end:
+                raise ProtocolError("truncated varint")
+            b = buf[pos]
+            pos += 1
+            n |= (b & 0x7F) << shift
+            if not b & 0x80:
+                break
+            shift += 7
+            if shift > 63:
+                raise ProtocolError("varint too long")
+        self.pos = pos
+        return n
+
+    def bytes(self, max_len: int | None = None) -> bytes:
+        n = self.uv()
+        if max_len is not None and n > max_len:
+            raise ProtocolError(f"field of {n} bytes exceeds limit {max_len}")
+        if self.pos + n > self.end:
+            raise ProtocolError("truncated field")
+        out = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        return out
+
+    def cid(self) -> bytes:
+        c = self.bytes(128)
+        if len(c) < 2:
+            raise ProtocolError("CID too short")
+        return c
+
+    def opt_cid(self) -> bytes | None:
+        c = self.bytes(128)
+        return c or None
+
+    def str(self, max_len: int = 4096) -> str:
+        try:
+            return self.bytes(max_len).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("invalid UTF-8") from None
+
+    def count(self, limit: int) -> int:
+        n = self.uv()
+        if n > limit:
+            raise ProtocolError(f"list of {n} entries exceeds limit {limit}")
+        return n
+
+    def done(self) -> None:
+        if self.pos != self.end:
+            raise ProtocolError(f"{self.end - self.pos} trailing bytes in message")
+
+
+# ---------------------------------------------------------------- messages
+class Message:
+    TYPE: ClassVar[int]
+
+    def body(self) -> bytes:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def parse(cls, r: _Reader) -> "Message":  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass
+class Hello(Message):
+    """Client → server, first message of a session: protocol version, repository name."""
+
+    TYPE: ClassVar[int] = 0x01
+    version: int = PROTOCOL_VERSION
+    repo: str = ""
+
+    def body(self):
+        return _uv(self.version) + _str(self.repo)
+
+    @classmethod
+    def parse(cls, r):
+        return cls(r.uv(), r.str())
+
+
+@dataclass
+class Welcome(Message):
+    """Server → client answer to Hello: version, server peer ID, 32-byte auth nonce,
+    the server's limits, flags (bit 0: reads need authentication)."""
+
+    TYPE: ClassVar[int] = 0x02
+    version: int
+    peer_id: bytes
+    nonce: bytes
+    max_message: int
+    max_wantlist: int
+    max_inflight: int
+    flags: int = 0
+
+    def body(self):
+        return (_uv(self.version) + _bytes(self.peer_id) + _bytes(self.nonce)
+                + _uv(self.max_message) + _uv(self.max_wantlist) + _uv(self.max_inflight)
+                + _uv(self.flags))
+
+    @classmethod
+    def parse(cls, r):
+        return cls(r.uv(), r.bytes(128), r.bytes(64), r.uv(), r.uv(), r.uv(), r.uv())
+
+
+@dataclass
+class Auth(Message):
+    """Client → server: libp2p PublicKey protobuf and its signature over
+    ``identity.auth_message(server_peer_id, nonce)``."""
+
+    TYPE: ClassVar[int] = 0x03
+    public_key: bytes
+    signature: bytes
+
+    def body(self):
+        return _bytes(self.public_key) + _bytes(self.signature)
+
+    @classmethod
+    def parse(cls, r):
+        return cls(r.bytes(1024), r.bytes(1024))
+
+
+@dataclass
+class AuthOk(Message):
+    """Server → client: authenticated peer ID and whether it may push."""
+
+    TYPE: ClassVar[int] = 0x04
+    peer_id: bytes
+    can_push: bool
+
+    def body(self):
+        return _bytes(self.peer_id) + _uv(int(self.can_push))
+
+    @classmethod
+    def parse(cls, r):
+        return cls(r.bytes(128), bool(r.uv()))
+
+
+WANT_HAVE = 1  # else want-block
+CANCEL = 2
+SEND_DONT_HAVE = 4
+
+
+@dataclass
+class WantEntry:
+    """Bitswap want-list entry: CID, priority (higher first, 0 … 2^31-1), flags
+    (``WANT_HAVE``: answer HAVE instead of the block; ``CANCEL``: drop the entry;
+    ``SEND_DONT_HAVE``: answer DONT_HAVE when missing)."""
+
+    cid: bytes
+    priority: int = 1
+    flags: int = SEND_DONT_HAVE
+
+    @property
+    def want_have(self) -> bool:
+        return bool(self.flags & WANT_HAVE)
+
+    @property
+    def cancel(self) -> bool:
+        return bool(self.flags & CANCEL)
+
+
+@dataclass
+class WantList(Message):
+    """Want-list update (Bitswap): entries to add (or cancel); ``full`` replaces the list."""
+
+    TYPE: ClassVar[int] = 0x10
+    entries: list[WantEntry] = field(default_factory=list)
+    full: bool = False
+
+    def body(self):
+        parts = [_uv(int(self.full)), _uv(len(self.entries))]
+        for e in self.entries:
+            parts.append(_bytes(e.cid) + _uv(e.priority) + _uv(e.flags))
+        return b"".join(parts)
+
+    @classmethod
+    def parse(cls, r):
+        full = bool(r.uv())
+        n = r.count(r.limits.max_wantlist)
+        entries = []
+        for _ in range(n):
+            cid = r.cid()
+            prio = r.uv()
+            if prio >= 1 << 31:
+                raise ProtocolError("priority out of range")
+            entries.append(WantEntry(cid, prio, r.uv()))
+        return cls(entries, full)
+
+
+@dataclass
+class Block(Message):
+    """One block: binary CID and its bytes (server → client, or client → server in a push)."""
+
+    TYPE: ClassVar[int] = 0x11
+    cid: bytes
+    data: bytes
+
+    def body(self):
+        return _bytes(self.cid) + _bytes(self.data)
+
+    @classmethod
+    def parse(cls, r):
+        return cls(r.cid(), r.bytes(r.limits.max_block))
+
+
+@dataclass
+class Have(Message):
+    """The sender has the block (answer to a want-have)."""
+
+    TYPE: ClassVar[int] = 0x12
+    cid: bytes
+
+    def body(self):
+        return _bytes(self.cid)
+
+    @classmethod
+    def parse(cls, r):
+        return cls(r.cid())
+
+
+@dataclass
+class DontHave(Message):
+    """The sender does not have the block."""
+
+    TYPE: ClassVar[int] = 0x13
+    cid: bytes
+
+    def body(self):
+        return _bytes(self.cid)
+
+    @classmethod
+    def parse(cls, r):
+        return cls(r.cid())
+
+
+SEL_ALL = 0
+SEL_PATH = 1
+SEL_RANGE = 2
+
+
+@dataclass
+class Selector:
+    """Which sub-graph of a root to send.
+
+    ``kind``: ``SEL_ALL`` (the whole DAG; for a commit: its tree, and its parents'
+    history when ``history``), ``SEL_PATH`` (the blocks along ``path`` from the root
+    (a commit's tree or a directory) and the whole sub-DAG at its end),
+    ``SEL_RANGE`` (like PATH, but of the file at ``path`` only its interior nodes
+    and the leaves overlapping bytes ``[start, end)``; ``end`` 0 = end of file).
+    """
+
+    kind: int = SEL_ALL
+    path: str = ""
+    start: int = 0
+    end: int = 0
+    history: bool = False
+
+
+@dataclass
+class DagRequest(Message):
+    """GraphSync-like request: send every block of ``selector`` under ``root`` in
+    depth-first pre-order, except blocks listed in ``have`` (not sent, but traversed)
+    and the whole sub-graphs under ``have_roots`` (the client holds them complete:
+    not sent, not traversed). Answered by Block/DontHave messages then DagDone."""
+
+    TYPE: ClassVar[int] = 0x20
+    request_id: int
+    root: bytes
+    selector: Selector = field(default_factory=Selector)
+    have: list[bytes] = field(default_factory=list)
+    have_roots: list[bytes] = field(default_factory=list)
+    priority: int = 1
+
+    def body(self):
+        s = self.selector
+        parts = [_uv(self.request_id), _bytes(self.root), _uv(s.kind), _str(s.path),
+                 _uv(s.start), _uv(s.end), _uv(int(s.history)), _uv(self.priority),
+                 _uv(len(self.have))]
+        parts += [_bytes(c) for c in self.have]
+        parts.append(_uv(len(self.have_roots)))
+        parts += [_bytes(c) for c in self.have_roots]
+        return b"".join(parts)
+
+    @classmethod
+    def parse(cls, r):
+        rid, root = r.uv(), r.cid()
+        kind = r.uv()
+        if kind not in (SEL_ALL, SEL_PATH, SEL_RANGE):
+            raise ProtocolError(f"unknown selector kind {kind}")
+        sel = Selector(kind, r.str(), r.uv(), r.uv(), bool(r.uv()))
+        prio = r.uv()
+        have = [r.cid() for _ in range(r.count(r.limits.max_list))]
+        have_roots = [r.cid() for _ in range(r.count(r.limits.max_list))]
+        return cls(rid, root, sel, have, have_roots, prio)
+
+
+@dataclass
+class Cancel(Message):
+    """Client → server: stop answering request ``request_id``."""
+
+    TYPE: ClassVar[int] = 0x22
+    request_id: int
+
+    def body(self):
+        return _uv(self.request_id)
+
+    @classmethod
+    def parse(cls, r):
+        return cls(r.uv())
+
+
+DONE_OK = 0
+DONE_PARTIAL = 1  # some blocks were DontHave
+DONE_ERROR = 2
+
+
+@dataclass
+class DagDone(Message):
+    """Server → client: end of the answer to a DagRequest, with counts."""
+
+    TYPE: ClassVar[int] = 0x21
+    request_id: int
+    status: int = DONE_OK
+    blocks: int = 0
+    nbytes: int = 0
+    message: str = ""
+
+    def body(self):
+        return (_uv(self.request_id) + _uv(self.status) + _uv(self.blocks)
+                + _uv(self.nbytes) + _str(self.message))
+
+    @classmethod
+    def parse(cls, r):
+        return cls(r.uv(), r.uv(), r.uv(), r.uv(), r.str())
+
+
+@dataclass
+class ListRefs(Message):
+    """Client → server: list refs whose full name starts with ``prefix``."""
+
+    TYPE: ClassVar[int] = 0x30
+    request_id: int
+    prefix: str = ""
+
+    def body(self):
+        return _uv(self.request_id) + _str(self.prefix)
+
+    @classmethod
+    def parse(cls, r):
+        return cls(r.uv(), r.str())
+
+
+@dataclass
+class Refs(Message):
+    """Server → client: ``{full ref name: binary CID}``, plus ``head`` (the
+    branch HEAD points to, or "")."""
+
+    TYPE: ClassVar[int] = 0x31
+    request_id: int
+    refs: dict[str, bytes] = field(default_factory=dict)
+    head: str = ""
+
+    def body(self):
+        parts = [_uv(self.request_id), _str(self.head), _uv(len(self.refs))]
+        for name, cid in sorted(self.refs.items()):
+            parts.append(_str(name) + _bytes(cid))
+        return b"".join(parts)
+
+    @classmethod
+    def parse(cls, r):
+        rid, head = r.uv(), r.str()
+        refs = {}
+        for _ in range(r.count(r.limits.max_list)):
+            name = r.str()
+            refs[name] = r.cid()
+        return cls(rid, refs, head)
+
+
+@dataclass
+class RefUpdate(Message):
+    """Client → server (push): compare-and-swap ref ``name`` from ``old`` (None:
+    the ref must not exist) to ``new`` (None: delete). The server checks that the
+    whole DAG of ``new`` is present first."""
+
+    TYPE: ClassVar[int] = 0x40
+    request_id: int
+    name: str
+    old: bytes | None
+    new: bytes | None
+
+    def body(self):
+        return (_uv(self.request_id) + _str(self.name) + _bytes(self.old or b"")
+                + _bytes(self.new or b""))
+
+    @classmethod
+    def parse(cls, r):
+        return cls(r.uv(), r.str(), r.opt_cid(), r.opt_cid())
+
+
+@dataclass
+class RefResult(Message):
+    """Server → client: outcome of a RefUpdate; ``current`` is the ref's value after it."""
+
+    TYPE: ClassVar[int] = 0x41
+    request_id: int
+    ok: bool
+    current: bytes | None
+    message: str = ""
+
+    def body(self):
+        return (_uv(self.request_id) + _uv(int(self.ok)) + _bytes(self.current or b"")
+                + _str(self.message))
+
+    @classmethod
+    def parse(cls, r):
+        return cls(r.uv(), bool(r.uv()), r.opt_cid(), r.str())
+
+
+E_PROTOCOL = 1
+E_UNAUTHORIZED = 2
+E_NOT_FOUND = 3
+E_LIMIT = 4
+E_INTERNAL = 5
+
+
+@dataclass
+class Error(Message):
+    """An error about request ``request_id`` (0: the session). ``code``: 1 protocol,
+    2 unauthorised, 3 not found, 4 limit exceeded, 5 internal."""
+
+    TYPE: ClassVar[int] = 0x7F
+    request_id: int
+    code: int
+    message: str = ""
+
+    def body(self):
+        return _uv(self.request_id) + _uv(self.code) + _str(self.message)
+
+    @classmethod
+    def parse(cls, r):
+        return cls(r.uv(), r.uv(), r.str())
+
+
+MESSAGE_TYPES: dict[int, type[Message]] = {
+    m.TYPE: m
+    for m in (Hello, Welcome, Auth, AuthOk, WantList, Block, Have, DontHave, DagRequest,
+              DagDone, Cancel, ListRefs, Refs, RefUpdate, RefResult, Error)
+}
+
+
+# ---------------------------------------------------------------- framing
+def encode(msg: Message) -> bytes:
+    """Frame ``msg``: ``uvarint(len) ‖ type ‖ body`` (bytes)."""
+    body = msg.body()
+    return _uv(len(body) + 1) + bytes((msg.TYPE,)) + body
+
+
+def decode_message(payload, limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Decode one frame payload (type byte + body, without the length prefix).
+
+    Raises :class:`ProtocolError` for an unknown type or a malformed body.
+    """
+    if not len(payload):
+        raise ProtocolError("empty message")
+    cls = MESSAGE_TYPES.get(payload[0])
+    if cls is None:
+        raise ProtocolError(f"unknown message type {payload[0]:#x}")
+    r = _Reader(payload, 1, len(payload), limits)
+    msg = cls.parse(r)
+    r.done()
+    return msg
+
+
+class FrameDecoder:
+    """Incremental decoder: ``feed(bytes)``, then ``next()`` until it returns None.
+
+    Raises :class:`ProtocolError` as soon as a length prefix announces more than
+    ``limits.max_message`` bytes (before buffering them) or a frame is malformed.
+    Memory held is at most one frame plus one received chunk.
+    """
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS):
+        self.limits = limits
+        self._buf = bytearray()
+        self._pos = 0
+        self.bytes_in = 0
+
+    def feed(self, data) -> None:
+        self.bytes_in += len(data)
+        if self._pos and self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        self._buf += data
+
+    def next(self) -> Message | None:
+        buf, pos = self._buf, self._pos
+        end = len(buf)
+        n = shift = 0
+        p = pos
+        while True:
+            if p >= end:
+                return None
+            b = buf[p]
+            p += 1
+            n |= (b & 0x7F) << shift
+            if not b & 0x80:
+                break
+            shift += 7
+            if shift > 28:
+                raise ProtocolError("frame length prefix too long")
+        if n > self.limits.max_message:
+            raise ProtocolError(f"message of {n} bytes exceeds limit {self.limits.max_message}")
+        if n == 0:
+            raise ProtocolError("empty message")
+        if p + n > end:
+            return None
+        with memoryview(buf) as mv:
+            msg = decode_message(mv[p : p + n], self.limits)
+        self._pos = p + n
+        if self._pos > (1 << 20) and self._pos * 2 > len(buf):
+            del buf[: self._pos]
+            self._pos = 0
+        return msg
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet decoded."""
+        return len(self._buf) - self._pos

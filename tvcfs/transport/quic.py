@@ -1,0 +1,935 @@
+"""QUIC (RFC 9000) on trio: drive a sans-I/O ``QuicConnection`` over a UDP socket.
+
+This module knows nothing of tvcfs messages. It turns the engine's state machine
+(``qh3`` by default, or ``aioquic``; choose with the ``engine`` argument or
+``TVCFS_QUIC_ENGINE``) into trio tasks and exposes each bidirectional QUIC stream
+(RFC 9000 §2) as a :class:`QuicStream` with the ``trio.abc.HalfCloseableStream``
+methods (``send_all``, ``receive_some``, ``send_eof``, ``aclose``), so protocol
+code runs unchanged over ``trio.SSLStream`` (TLS-over-TCP, :mod:`.tcp`).
+
+Entry points:
+
+* :func:`connect_quic` — async context manager giving a client :class:`QuicConn`;
+  it pins and verifies the server's peer ID (see :mod:`.identity`).
+* :func:`serve_quic` — a server: one UDP socket, one handler task per incoming
+  stream.
+
+How a connection is driven (all synchronous engine calls run on the trio thread):
+
+* one receive task per UDP socket drains every datagram the kernel holds
+  (``recvfrom`` until ``EAGAIN``), feeds them to the connection (qh3:
+  ``receive_many_datagrams`` in one native call once the handshake is complete),
+  then *services* it: engine events → streams, ``datagrams_to_send`` → ``sendto``;
+* one timer task per connection sleeps until ``get_timer()`` and calls
+  ``handle_timer`` (loss detection, ACK delay, idle timeout; RFC 9002);
+* writers service the connection immediately after ``send_stream_data`` and block
+  while more than ``send_high_water`` bytes of that stream are still queued.
+
+Connections are demultiplexed by remote address (no connection migration).
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import logging
+import math
+import os
+import socket
+import ssl
+from collections import deque
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Awaitable, Callable
+
+import trio
+
+from .identity import NodeIdentity, PeerIdMismatch, peer_id_from_certificate_der
+
+__all__ = [
+    "ALPN",
+    "ENGINES",
+    "QuicConn",
+    "QuicConnectionLost",
+    "QuicSettings",
+    "QuicStream",
+    "TransportError",
+    "connect_quic",
+    "default_engine",
+    "serve_quic",
+]
+
+log = logging.getLogger(__name__)
+
+ALPN = "tvcfs/1"
+ENGINES = ("qh3", "aioquic")
+_RECV_BATCH = 256
+_CID_LEN = 8
+MIB = 1 << 20
+
+
+class TransportError(Exception):
+    """A connection could not be set up (timeout, handshake failure, bad address)."""
+
+
+class QuicConnectionLost(trio.BrokenResourceError):
+    """The QUIC connection ended (closed by either side, idle timeout, or error).
+
+    Attributes: ``error_code`` (int, RFC 9000 §20 or application code),
+    ``reason`` (str).
+    """
+
+    def __init__(self, error_code: int = 0, reason: str = ""):
+        self.error_code = error_code
+        self.reason = reason
+        super().__init__(f"QUIC connection closed (code {error_code:#x}): {reason}")
+
+
+def default_engine() -> str:
+    """The engine named by ``TVCFS_QUIC_ENGINE`` (``qh3`` or ``aioquic``), else ``qh3``."""
+    name = os.environ.get("TVCFS_QUIC_ENGINE", "qh3").strip().lower() or "qh3"
+    if name not in ENGINES:
+        raise ValueError(f"TVCFS_QUIC_ENGINE must be one of {ENGINES}, not {name!r}")
+    return name
+
+
+@dataclass
+class QuicSettings:
+    """Tunables of a QUIC endpoint. Sizes in bytes, times in seconds.
+
+    ``max_datagram_size``: UDP payload the engine builds (RFC 9000 §14; ≥ 1200).
+    ``None`` picks :attr:`loopback_datagram_size` for loopback peers and 1452
+    (1500-byte Ethernet MTU minus IPv6+UDP headers) otherwise.
+    ``max_data`` / ``max_stream_data``: the flow-control windows we grant
+    (RFC 9000 §4). ``socket_buffer``: SO_RCVBUF/SO_SNDBUF (SO_*BUFFORCE as root).
+    ``send_high_water``: a stream's ``send_all`` blocks while more than this many
+    bytes are queued in the engine. ``connect_timeout``: handshake deadline.
+    """
+
+    engine: str | None = None
+    max_datagram_size: int | None = None
+    loopback_datagram_size: int | None = None  # None: 32768 for qh3, 16384 for aioquic
+    max_data: int = 64 * MIB
+    max_stream_data: int = 32 * MIB
+    idle_timeout: float = 30.0
+    socket_buffer: int = 8 * MIB
+    send_high_water: int = 2 * MIB
+    connect_timeout: float = 5.0
+    congestion_control: str = "cubic"  # aioquic only: "reno" or "cubic"
+    initial_rtt: float | None = None
+
+    def engine_name(self) -> str:
+        return self.engine or default_engine()
+
+    def datagram_size_for(self, host: str, engine: str = "qh3") -> int:
+        """Datagram size (bytes) for a peer at ``host``: measured best on loopback
+        (aioquic fails above 16 KiB), Ethernet-safe 1452 elsewhere."""
+        if self.max_datagram_size:
+            return self.max_datagram_size
+        if not _is_loopback(host):
+            return 1452
+        return self.loopback_datagram_size or (32768 if engine == "qh3" else 16384)
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+# ------------------------------------------------------------------ engines
+class _Engine:
+    """The few places where qh3 and aioquic differ."""
+
+    def __init__(self, name: str):
+        if name not in ENGINES:
+            raise ValueError(f"unknown QUIC engine {name!r}; choose from {ENGINES}")
+        self.name = name
+        self.configuration = importlib.import_module(f"{name}.quic.configuration")
+        self.connection = importlib.import_module(f"{name}.quic.connection")
+        self.events = importlib.import_module(f"{name}.quic.events")
+        self.packet = importlib.import_module(f"{name}.quic.packet")
+        ev = self.events
+        self.StreamDataReceived = ev.StreamDataReceived
+        self.StreamReset = ev.StreamReset
+        self.StopSendingReceived = getattr(ev, "StopSendingReceived", ())
+        self.HandshakeCompleted = ev.HandshakeCompleted
+        self.ConnectionTerminated = ev.ConnectionTerminated
+
+    def make_config(self, settings: QuicSettings, *, is_client: bool, host: str,
+                    identity: NodeIdentity | None):
+        kw = dict(
+            is_client=is_client,
+            alpn_protocols=[ALPN],
+            max_datagram_size=settings.datagram_size_for(host, self.name),
+            max_data=settings.max_data,
+            max_stream_data=settings.max_stream_data,
+            idle_timeout=settings.idle_timeout,
+        )
+        if settings.initial_rtt is not None:
+            kw["initial_rtt"] = settings.initial_rtt
+        if self.name == "aioquic":
+            kw["congestion_control_algorithm"] = settings.congestion_control
+        else:
+            kw["probe_datagram_size"] = False
+        if is_client:
+            # The server certificate is self-signed: no CA check, the peer ID pin
+            # (checked after the handshake) replaces it. The engine still checks
+            # the CertificateVerify signature, i.e. possession of the key.
+            kw["verify_mode"] = ssl.CERT_NONE
+            kw["server_name"] = "tvcfs"
+        cfg = self.configuration.QuicConfiguration(**kw)
+        if is_client and self.name == "qh3":
+            from qh3.tls import SignatureAlgorithm as SA
+
+            # qh3 leaves EdDSA out of the client's list by default; node keys are Ed25519.
+            cfg.signature_algorithms = [
+                SA.ED25519,
+                SA.ECDSA_SECP256R1_SHA256,
+                SA.RSA_PSS_RSAE_SHA256,
+                SA.RSA_PKCS1_SHA256,
+            ]
+        if identity is not None and not is_client:
+            if self.name == "qh3":
+                from qh3._hazmat import Certificate, Ed25519PrivateKey
+
+                cfg.certificate = Certificate(identity.certificate_der)
+                cfg.private_key = Ed25519PrivateKey(identity.private_key_der())
+            else:
+                from cryptography import x509
+
+                cfg.certificate = x509.load_der_x509_certificate(identity.certificate_der)
+                cfg.private_key = identity.private_key
+        return cfg
+
+    def new_client(self, cfg):
+        if self.name == "qh3":
+            return _qh3_client_class()(configuration=cfg)
+        return self.connection.QuicConnection(configuration=cfg)
+
+    def initial_dcid(self, data: bytes) -> bytes | None:
+        """Destination CID of a client Initial packet, or None if ``data`` isn't one."""
+        if len(data) < 1200 or not data[0] & 0x80:
+            return None
+        try:
+            if self.name == "qh3":
+                from qh3._hazmat import pull_quic_header
+
+                h = pull_quic_header(data, 0, _CID_LEN)
+                if h[1] != int(self.packet.QuicPacketType.INITIAL):
+                    return None
+                return h[3]
+            from aioquic.buffer import Buffer
+
+            h = self.packet.pull_quic_header(Buffer(data=data), host_cid_length=_CID_LEN)
+            if h.packet_type != self.packet.QuicPacketType.INITIAL:
+                return None
+            return h.destination_cid
+        except Exception:
+            return None
+
+    def new_server(self, cfg, odcid: bytes):
+        return self.connection.QuicConnection(
+            configuration=cfg, original_destination_connection_id=odcid
+        )
+
+    def peer_certificate_der(self, quic) -> bytes | None:
+        if self.name == "qh3":
+            cert = quic.get_peercert()
+            return None if cert is None else cert.public_bytes()
+        from cryptography.hazmat.primitives import serialization
+
+        cert = getattr(quic.tls, "_peer_certificate", None)
+        return None if cert is None else cert.public_bytes(serialization.Encoding.DER)
+
+    def send_backlog(self, quic, stream_id: int) -> int:
+        """Bytes of ``stream_id`` the engine still holds to send (qh3: unsent; aioquic: unacked)."""
+        if self.name == "qh3":
+            return quic.get_send_buffer_size(stream_id)
+        stream = quic._streams.get(stream_id)
+        return 0 if stream is None else len(stream.sender._buffer)
+
+
+_QH3_CLIENT = None
+
+
+def _qh3_client_class():
+    """qh3's client advertises a hard-coded ``max_udp_payload_size`` of 1472
+    (RFC 9000 §18.2), which caps what the server sends. This subclass rewrites
+    that transport parameter to the configured ``max_datagram_size`` so a loopback
+    or jumbo-frame path can use large datagrams in the server→client direction."""
+    global _QH3_CLIENT
+    if _QH3_CLIENT is None:
+        from qh3._hazmat import Buffer
+        from qh3.quic.connection import QuicConnection
+        from qh3.quic.packet import (
+            pull_quic_transport_parameters,
+            push_quic_transport_parameters,
+        )
+        from qh3.quic.tls_bridge import QuicTlsBridge
+
+        class _Bridge(QuicTlsBridge):
+            def serialize_transport_parameters(self) -> bytes:
+                data = super().serialize_transport_parameters()
+                size = self.configuration.max_datagram_size
+                if size <= 1472:
+                    return data
+                params = pull_quic_transport_parameters(Buffer(data=data))
+                params.max_udp_payload_size = size
+                buf = Buffer(capacity=len(data) + 64)
+                push_quic_transport_parameters(buf, params)
+                return buf.data
+
+        class _Client(QuicConnection):
+            def _create_tls(self, remote_source_cid):
+                import qh3.quic.connection as m
+
+                orig = m.QuicTlsBridge
+                m.QuicTlsBridge = _Bridge
+                try:
+                    return super()._create_tls(remote_source_cid)
+                finally:
+                    m.QuicTlsBridge = orig
+
+        _QH3_CLIENT = _Client
+    return _QH3_CLIENT
+
+
+_ENGINE_CACHE: dict[str, _Engine] = {}
+
+
+def _engine(name: str) -> _Engine:
+    e = _ENGINE_CACHE.get(name)
+    if e is None:
+        e = _ENGINE_CACHE[name] = _Engine(name)
+    return e
+
+
+# ------------------------------------------------------------------ UDP socket
+class _UdpSocket:
+    """Non-blocking UDP socket with a send backlog for EAGAIN."""
+
+    def __init__(self, family: int, settings: QuicSettings):
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.rcvbuf, self.sndbuf = _set_buffers(self.sock, settings.socket_buffer)
+        self._backlog: deque = deque()
+        self._backlog_event = trio.Event()
+        self.closed = False
+
+    def send(self, datagrams) -> None:
+        """Send ``[(bytes, addr)]`` now; what the kernel refuses waits in a backlog."""
+        if self._backlog:
+            self._backlog.extend(datagrams)
+            return
+        sendto = self.sock.sendto
+        for i, (data, addr) in enumerate(datagrams):
+            try:
+                sendto(data, addr)
+            except BlockingIOError:
+                self._backlog.extend(datagrams[i:])
+                self._backlog_event.set()
+                return
+            except OSError as e:  # unreachable etc.: UDP may drop, QUIC recovers
+                if self.closed:
+                    return
+                log.debug("sendto %s: %s", addr, e)
+
+    async def flush_loop(self) -> None:
+        while True:
+            await self._backlog_event.wait()
+            self._backlog_event = trio.Event()
+            while self._backlog:
+                await trio.lowlevel.wait_writable(self.sock)
+                while self._backlog:
+                    data, addr = self._backlog[0]
+                    try:
+                        self.sock.sendto(data, addr)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        pass
+                    self._backlog.popleft()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.sock.close()
+
+
+def _set_buffers(sock: socket.socket, size: int) -> tuple[int, int]:
+    for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):
+        # SO_RCVBUFFORCE (33) / SO_SNDBUFFORCE (32) bypass rmem_max as root (Linux).
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+        except OSError:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, size)
+            except OSError:
+                pass
+    return (
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+    )
+
+
+def _recv_batch(sock: socket.socket) -> list:
+    out = []
+    recvfrom = sock.recvfrom
+    for _ in range(_RECV_BATCH):
+        try:
+            out.append(recvfrom(65536))
+        except BlockingIOError:
+            break
+        except OSError as e:
+            if e.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                continue
+            raise
+    return out
+
+
+# ------------------------------------------------------------------ streams
+class QuicStream(trio.abc.HalfCloseableStream):
+    """One bidirectional QUIC stream (RFC 9000 §2–3) as a trio stream.
+
+    ``receive_some(max_bytes)`` returns ``bytes`` (``b""`` once the peer sent FIN);
+    ``send_all(data)`` queues bytes and blocks while the stream's send backlog is
+    above ``send_high_water``; ``send_eof()`` sends FIN; ``aclose()`` sends FIN if
+    not sent and stops reading (STOP_SENDING). Raises :class:`QuicConnectionLost`
+    (a ``trio.BrokenResourceError``) when the connection is gone or the peer reset
+    the stream, ``trio.ClosedResourceError`` after ``aclose``.
+    """
+
+    def __init__(self, conn: "QuicConn", stream_id: int):
+        self.connection = conn
+        self.stream_id = stream_id
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._eof_received = False
+        self._eof_sent = False
+        self._closed = False
+        self._reset_code: int | None = None
+        self._stopped_code: int | None = None
+        self._readable = trio.Event()
+
+    # internal, called by the connection
+    def _on_data(self, data: bytes, end: bool) -> None:
+        if data:
+            self._chunks.append(data)
+            self._buffered += len(data)
+        if end:
+            self._eof_received = True
+        self._readable.set()
+
+    def _wake(self) -> None:
+        self._readable.set()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        while True:
+            if self._closed:
+                raise trio.ClosedResourceError("stream closed")
+            if self._chunks:
+                return self._take(max_bytes or 1 << 20)
+            if self._reset_code is not None:
+                raise QuicConnectionLost(self._reset_code, "stream reset by peer")
+            if self._eof_received:
+                return b""
+            self.connection._raise_if_lost()
+            self._readable = trio.Event()
+            await self._readable.wait()
+
+    def _take(self, limit: int) -> bytes:
+        chunks = self._chunks
+        first = chunks[0]
+        if len(first) >= limit:
+            if len(first) == limit:
+                chunks.popleft()
+                self._buffered -= limit
+                return first
+            chunks[0] = first[limit:]
+            self._buffered -= limit
+            return first[:limit]
+        parts = [chunks.popleft()]
+        n = len(first)
+        while chunks and n + len(chunks[0]) <= limit:
+            c = chunks.popleft()
+            parts.append(c)
+            n += len(c)
+        self._buffered -= n
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def send_all(self, data) -> None:
+        conn = self.connection
+        if self._closed or self._eof_sent:
+            await trio.lowlevel.checkpoint()
+            raise trio.ClosedResourceError("stream closed for sending")
+        conn._raise_if_lost()
+        if self._stopped_code is not None:
+            raise QuicConnectionLost(self._stopped_code, "peer stopped reading the stream")
+        if len(data):
+            conn._call(conn._quic.send_stream_data, self.stream_id, data, False)
+            conn._service()
+        await conn._wait_send_room(self)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.connection._wait_send_room(self)
+
+    async def send_eof(self) -> None:
+        await trio.lowlevel.checkpoint()
+        if self._eof_sent:
+            return
+        conn = self.connection
+        conn._raise_if_lost()
+        self._eof_sent = True
+        conn._call(conn._quic.send_stream_data, self.stream_id, b"", True)
+        conn._service()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        conn = self.connection
+        try:
+            if not conn._lost:
+                if not self._eof_sent:
+                    self._eof_sent = True
+                    try:
+                        conn._quic.send_stream_data(self.stream_id, b"", True)
+                    except Exception:  # noqa: BLE001 - engine already closed
+                        pass
+                if not self._eof_received and self._reset_code is None:
+                    try:
+                        conn._quic.stop_stream(self.stream_id, 0)
+                    except Exception:  # noqa: BLE001 - engine refuses on finished streams
+                        pass
+                conn._service()
+        finally:
+            self._closed = True
+            self._chunks.clear()
+            self._readable.set()
+        await trio.lowlevel.checkpoint()
+
+    def reset(self, error_code: int = 0) -> None:
+        """Abort sending with RESET_STREAM (RFC 9000 §19.4)."""
+        conn = self.connection
+        if not conn._lost and not self._eof_sent:
+            self._eof_sent = True
+            try:
+                conn._quic.reset_stream(self.stream_id, error_code)
+            except Exception:  # noqa: BLE001
+                pass
+            conn._service()
+
+
+# ------------------------------------------------------------------ connection
+class QuicConn:
+    """One QUIC connection driven from trio.
+
+    Attributes: ``engine`` (str), ``is_client`` (bool), ``remote_address``
+    (tuple), ``peer_id`` (bytes | None: the server's verified peer ID on a
+    client; None on a server, which authenticates clients at the protocol
+    layer), ``datagram_size`` (bytes).
+    """
+
+    def __init__(self, engine: _Engine, quic, udp: _UdpSocket, remote, *,
+                 is_client: bool, settings: QuicSettings):
+        self.engine = engine.name
+        self._eng = engine
+        self._quic = quic
+        self._udp = udp
+        self.remote_address = remote
+        self.is_client = is_client
+        self.settings = settings
+        self.peer_id: bytes | None = None
+        self.datagram_size = quic.configuration.max_datagram_size if hasattr(
+            quic, "configuration") else None
+        self._streams: dict[int, QuicStream] = {}
+        self._incoming: deque[QuicStream] = deque()
+        self._incoming_event = trio.Event()
+        self._handshake = trio.Event()
+        self._lost: QuicConnectionLost | None = None
+        self._terminated = trio.Event()
+        self._timer_kick = trio.Event()
+        self._timer_armed: float | None = None
+        self._progress = trio.Event()
+        self._handshake_done = False
+        self._many = engine.name == "qh3"
+        self.bytes_received = 0
+        self.bytes_sent = 0
+
+    # ---- engine plumbing (synchronous) ----
+    def _feed(self, batch: list) -> None:
+        now = trio.current_time()
+        quic = self._quic
+        if self._many and self._handshake_done and len(batch) > 1:
+            quic.receive_many_datagrams([d for d, _ in batch], batch[0][1], now)
+        else:
+            for data, addr in batch:
+                quic.receive_datagram(data, addr, now)
+        self._service()
+
+    def _service(self) -> None:
+        quic = self._quic
+        ev = quic.next_event()
+        if ev is not None:
+            eng = self._eng
+            while ev is not None:
+                if isinstance(ev, eng.StreamDataReceived):
+                    self._on_stream_data(ev)
+                elif isinstance(ev, eng.StreamReset):
+                    s = self._streams.get(ev.stream_id)
+                    if s is not None:
+                        s._reset_code = ev.error_code
+                        s._wake()
+                elif eng.StopSendingReceived and isinstance(ev, eng.StopSendingReceived):
+                    s = self._streams.get(ev.stream_id)
+                    if s is not None:
+                        s._stopped_code = ev.error_code
+                        self._progress.set()
+                elif isinstance(ev, eng.HandshakeCompleted):
+                    self._handshake_done = True
+                    self._handshake.set()
+                elif isinstance(ev, eng.ConnectionTerminated):
+                    self._on_terminated(ev.error_code, ev.reason_phrase or "")
+                ev = quic.next_event()
+        if not self._udp.closed:
+            out = quic.datagrams_to_send(trio.current_time())
+            if out:
+                self._udp.send(out)
+        self._progress.set()
+        t = quic.get_timer()
+        armed = self._timer_armed
+        if t is not None and (armed is None or t < armed):
+            self._timer_kick.set()
+
+    def _on_stream_data(self, ev) -> None:
+        sid = ev.stream_id
+        s = self._streams.get(sid)
+        if s is None:
+            local = (sid & 1) == (0 if self.is_client else 1)
+            if local:  # data for a local stream we already forgot (closed): drop
+                return
+            s = self._streams[sid] = QuicStream(self, sid)
+            self._incoming.append(s)
+            self._incoming_event.set()
+        self.bytes_received += len(ev.data)
+        s._on_data(ev.data, ev.end_stream)
+
+    def _on_terminated(self, code: int, reason: str) -> None:
+        if self._lost is None:
+            self._lost = QuicConnectionLost(code, reason)
+        self._terminated.set()
+        self._handshake.set()
+        self._incoming_event.set()
+        self._progress.set()
+        self._timer_kick.set()
+        for s in self._streams.values():
+            s._wake()
+
+    def _call(self, fn, *args):
+        """Call an engine method; an engine error means the connection is gone."""
+        try:
+            return fn(*args)
+        except Exception as e:  # noqa: BLE001 - engines raise their own error types
+            if self._lost is None:
+                self._on_terminated(0x1, f"engine refused: {e}")
+            raise QuicConnectionLost(self._lost.error_code, self._lost.reason) from e
+
+    def _raise_if_lost(self) -> None:
+        lost = self._lost
+        if lost is not None:
+            # a fresh instance per raise: one object raised in several tasks would
+            # share (and corrupt) its traceback and context
+            raise QuicConnectionLost(lost.error_code, lost.reason)
+
+    async def _wait_send_room(self, stream: QuicStream) -> None:
+        high = self.settings.send_high_water
+        backlog = self._eng.send_backlog
+        while True:
+            self._raise_if_lost()
+            if stream._stopped_code is not None:
+                raise QuicConnectionLost(stream._stopped_code, "peer stopped reading the stream")
+            if backlog(self._quic, stream.stream_id) <= high:
+                await trio.lowlevel.checkpoint()
+                return
+            self._progress = trio.Event()
+            await self._progress.wait()
+
+    async def _timer_loop(self) -> None:
+        quic = self._quic
+        while not self._terminated.is_set():
+            t = quic.get_timer()
+            self._timer_kick = trio.Event()
+            self._timer_armed = t
+            with trio.move_on_at(math.inf if t is None else t) as scope:
+                await self._timer_kick.wait()
+            if scope.cancelled_caught:
+                now = trio.current_time()
+                t2 = quic.get_timer()
+                if t2 is not None and t2 <= now:
+                    quic.handle_timer(now)
+                self._service()
+
+    # ---- public API ----
+    @property
+    def closed(self) -> bool:
+        """True once the connection has terminated."""
+        return self._lost is not None
+
+    async def open_stream(self) -> QuicStream:
+        """Open a new bidirectional stream. Raises :class:`QuicConnectionLost`."""
+        await trio.lowlevel.checkpoint()
+        self._raise_if_lost()
+        sid = self._quic.get_next_available_stream_id()
+        s = self._streams[sid] = QuicStream(self, sid)
+        return s
+
+    async def accept_stream(self) -> QuicStream:
+        """Wait for the next peer-initiated stream. Raises :class:`QuicConnectionLost`."""
+        while not self._incoming:
+            self._raise_if_lost()
+            self._incoming_event = trio.Event()
+            await self._incoming_event.wait()
+        await trio.lowlevel.checkpoint()
+        return self._incoming.popleft()
+
+    def forget_stream(self, stream: QuicStream) -> None:
+        """Drop our bookkeeping for a finished stream."""
+        self._streams.pop(stream.stream_id, None)
+
+    def close(self, error_code: int = 0, reason: str = "") -> None:
+        """Send CONNECTION_CLOSE (RFC 9000 §10.2) without waiting; idempotent."""
+        if self._lost is None:
+            try:
+                self._quic.close(error_code=error_code, reason_phrase=reason)
+            except Exception:  # noqa: BLE001
+                pass
+            self._service()
+            if self._lost is None:
+                self._lost = QuicConnectionLost(error_code, reason or "closed locally")
+                self._on_terminated(error_code, reason)
+
+    async def aclose(self) -> None:
+        """Close the connection (see :meth:`close`)."""
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection has terminated."""
+        await self._terminated.wait()
+
+
+# ------------------------------------------------------------------ client
+def _single(exc: BaseException) -> BaseException | None:
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]
+    return exc
+
+
+@asynccontextmanager
+async def _collapse_groups():
+    """Re-raise a nursery's one-exception group as that exception (strict groups
+    would otherwise hide e.g. TransportError or a caller's own error)."""
+    try:
+        yield
+    except BaseExceptionGroup as eg:
+        one = _single(eg)
+        if one is None:
+            raise
+        raise one from None
+
+
+def _resolve(host: str, port: int) -> tuple[int, tuple]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    if not infos:
+        raise TransportError(f"cannot resolve {host}")
+    fam, _, _, _, addr = infos[0]
+    return fam, addr[:2]
+
+
+@asynccontextmanager
+async def connect_quic(
+    host: str,
+    port: int,
+    *,
+    expected_peer_id: bytes | None = None,
+    settings: QuicSettings | None = None,
+    engine: str | None = None,
+) -> AsyncIterator[QuicConn]:
+    """Connect to a QUIC server; yields a :class:`QuicConn` after the handshake.
+
+    ``expected_peer_id``: the binary peer ID the server's certificate key must
+    hash to (pinning, see :mod:`.identity`); None accepts any server (its ID is
+    still in ``conn.peer_id``). ``engine`` overrides ``settings.engine``.
+
+    Raises :class:`TransportError` when no handshake completes within
+    ``settings.connect_timeout`` seconds or the handshake fails,
+    :class:`~tvcfs.transport.identity.PeerIdMismatch` when the peer ID differs.
+    On exit the connection is closed (CONNECTION_CLOSE sent) and the socket freed.
+    """
+    settings = settings or QuicSettings()
+    eng = _engine(engine or settings.engine_name())
+    fam, addr = _resolve(host, port)
+    cfg = eng.make_config(settings, is_client=True, host=host, identity=None)
+    udp = _UdpSocket(fam, settings)
+    try:
+        udp.sock.bind(("::", 0) if fam == socket.AF_INET6 else ("0.0.0.0", 0))
+        quic = eng.new_client(cfg)
+        conn = QuicConn(eng, quic, udp, addr, is_client=True, settings=settings)
+        conn.datagram_size = cfg.max_datagram_size
+        async with _collapse_groups(), trio.open_nursery() as nursery:
+
+            async def recv_loop():
+                sock = udp.sock
+                while True:
+                    await trio.lowlevel.wait_readable(sock)
+                    batch = _recv_batch(sock)
+                    if batch:
+                        batch = [b for b in batch if b[1][:2] == addr[:2]] or batch[:0]
+                        if batch:
+                            conn._feed(batch)
+
+            nursery.start_soon(recv_loop)
+            nursery.start_soon(udp.flush_loop)
+            nursery.start_soon(conn._timer_loop)
+            quic.connect(addr, now=trio.current_time())
+            conn._service()
+            with trio.move_on_after(settings.connect_timeout):
+                await conn._handshake.wait()
+            if not conn._handshake_done:
+                reason = conn._lost.reason if conn._lost else "no answer"
+                conn.close(0x1, "handshake timeout")
+                raise TransportError(
+                    f"QUIC handshake with {host}:{port} failed: {reason}"
+                )
+            der = eng.peer_certificate_der(quic)
+            conn.peer_id = peer_id_from_certificate_der(der) if der else None
+            if expected_peer_id is not None and conn.peer_id != expected_peer_id:
+                conn.close(0x100, "peer ID mismatch")
+                raise PeerIdMismatch(expected_peer_id, conn.peer_id or b"")
+            try:
+                yield conn
+            finally:
+                conn.close()
+                nursery.cancel_scope.cancel()
+    finally:
+        udp.close()
+
+
+# ------------------------------------------------------------------ server
+StreamHandler = Callable[[QuicStream], Awaitable[None]]
+
+
+@dataclass
+class QuicServer:
+    """A running QUIC server. ``address``: bound (host, port); ``connections``:
+    live connections by remote address."""
+
+    address: tuple
+    engine: str
+    connections: dict = field(default_factory=dict)
+    udp: _UdpSocket | None = None
+    datagram_size: int = 0
+
+
+async def serve_quic(
+    handler: StreamHandler,
+    host: str,
+    port: int,
+    *,
+    identity: NodeIdentity,
+    settings: QuicSettings | None = None,
+    engine: str | None = None,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve QUIC on ``host:port`` (UDP) until cancelled.
+
+    Every peer-initiated stream runs ``await handler(stream)`` in its own task;
+    an exception in a handler is logged and resets that stream only. The
+    certificate is ``identity``'s self-signed Ed25519 certificate. With
+    ``nursery.start(serve_quic, ...)`` the start value is a :class:`QuicServer`
+    (``address`` gives the bound port when ``port`` is 0).
+    Raises ``OSError`` if the address cannot be bound.
+    """
+    settings = settings or QuicSettings()
+    eng = _engine(engine or settings.engine_name())
+    fam, addr = _resolve(host, port)
+    udp = _UdpSocket(fam, settings)
+    cfg = eng.make_config(settings, is_client=False, host=host, identity=identity)
+    try:
+        udp.sock.bind(addr)
+        server = QuicServer(udp.sock.getsockname()[:2], eng.name, udp=udp,
+                            datagram_size=cfg.max_datagram_size)
+        conns = server.connections
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(udp.flush_loop)
+
+            async def run_handler(stream: QuicStream):
+                try:
+                    await handler(stream)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                except BaseExceptionGroup as eg:
+                    _, rest = eg.split((trio.BrokenResourceError, trio.ClosedResourceError))
+                    if rest is not None:
+                        _, rest = rest.split(trio.Cancelled)
+                        if rest is not None:
+                            log.error("stream handler failed", exc_info=rest)
+                            stream.reset(0x1)
+                        else:
+                            raise
+                except Exception:  # noqa: BLE001 - one bad stream must not stop the server
+                    log.exception("stream handler failed")
+                    stream.reset(0x1)
+                finally:
+                    stream.connection.forget_stream(stream)
+
+            async def conn_main(conn: QuicConn):
+                async with trio.open_nursery() as n:
+                    n.start_soon(conn._timer_loop)
+                    try:
+                        while True:
+                            s = await conn.accept_stream()
+                            n.start_soon(run_handler, s)
+                    except QuicConnectionLost:
+                        pass
+                    await conn.wait_closed()
+                    n.cancel_scope.cancel()
+                if conns.get(conn.remote_address) is conn:
+                    del conns[conn.remote_address]
+
+            task_status.started(server)
+            sock = udp.sock
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                batch = _recv_batch(sock)
+                if not batch:
+                    continue
+                # group consecutive datagrams per peer
+                groups: dict = {}
+                for item in batch:
+                    groups.setdefault(item[1], []).append(item)
+                for raddr, items in groups.items():
+                    conn = conns.get(raddr)
+                    if conn is None or conn.closed:
+                        odcid = eng.initial_dcid(items[0][0])
+                        if odcid is None:
+                            continue
+                        quic = eng.new_server(cfg, odcid)
+                        conn = QuicConn(eng, quic, udp, raddr, is_client=False,
+                                        settings=settings)
+                        conn.datagram_size = cfg.max_datagram_size
+                        conns[raddr] = conn
+                        nursery.start_soon(conn_main, conn)
+                    try:
+                        conn._feed(items)
+                    except Exception:  # noqa: BLE001 - engine bug on hostile input
+                        log.exception("QUIC engine failed on input from %s", raddr)
+                        conn.close(0x1, "internal error")
+    finally:
+        for conn in list(locals().get("conns", {}).values()):
+            conn.close(0, "server shutting down")
+        udp.close()
