@@ -338,6 +338,50 @@ class Repo:
             ref = HEADS + ref
         return self.store.reflog(ref)
 
+    # --- remotes and identity --------------------------------------------------
+    def identity(self):
+        """This node's key pair (``REPO/.tvcfs/node.key``, created on first use); see
+        :class:`tvcfs.transport.identity.NodeIdentity`."""
+        from .transport.identity import NodeIdentity
+
+        return NodeIdentity.load_or_create(os.path.join(self.control, "node.key"))
+
+    def remotes(self) -> dict:
+        """``{name: url}`` of configured remotes."""
+        return dict(self.store.get_meta("remotes", {}))
+
+    def add_remote(self, name: str, url: str) -> None:
+        """Add remote ``name`` (``tvcfs://PEERID@HOST:PORT/...``). Raises
+        :class:`RefExists` if the name is taken."""
+        check_name(name, "remote")
+        with self.store.write() as w:
+            rem = w.get_meta("remotes", {})
+            if name in rem:
+                raise RefExists(f"remote {name!r} already exists")
+            rem[name] = url
+            w.set_meta("remotes", rem)
+
+    def remove_remote(self, name: str) -> None:
+        """Remove remote ``name`` and its remote-tracking refs."""
+        with self.store.write() as w:
+            rem = w.get_meta("remotes", {})
+            if name not in rem:
+                raise RevisionNotFound(f"no remote {name!r}")
+            del rem[name]
+            w.set_meta("remotes", rem)
+            prefix = f"refs/remotes/{name}/"
+            for ref in [r for r in self.store.refs(prefix)]:
+                w.set_ref(ref, None, w.get_ref(ref), message=f"remote {name} removed")
+
+    def update_refs(self, updates: dict, message: str = "") -> None:
+        """Set several refs in one transaction: ``{full name: cid | None}`` (blind,
+        for remote-tracking refs; reflogged)."""
+        with self.store.write() as w:
+            for name, cid in updates.items():
+                cur = w.get_ref(name)
+                if cur != cid:
+                    w.set_ref(name, cid, cur, message=message)
+
     # --- revisions -------------------------------------------------------------
     def _rev_to_cid(self, rev) -> bytes:
         if rev is None:

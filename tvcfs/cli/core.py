@@ -201,7 +201,7 @@ def cmd_show(args):
             for line in (com.message or "").splitlines():
                 print(f"    {line}")
             if com.metadata:
-                print(f"    metadata: {json.dumps(com.metadata, default=lambda b: cid_str(b))}")
+                print(f"    metadata: {json.dumps(com.metadata, default=lambda b: cid_str(bytes(b)))}")
             print()
             for p, e in repo.walk(commit, ""):
                 if e.kind != KIND_DIR:

@@ -22,7 +22,8 @@ from .cid import DAG_CBOR, make_cid
 class Commit:
     """A decoded commit. ``tree`` and ``parents`` are binary CIDs; ``timestamp`` is
     Unix seconds (int); ``metadata`` a map of str keys to ints, strings, bytes, lists,
-    maps or CIDs (no floats)."""
+    maps or CID links as ``multiformats.CID`` objects (no floats); decoding keeps
+    them as ``CID`` objects so that ``decode_commit(b).encode() == b``."""
 
     tree: bytes
     parents: tuple = ()
@@ -95,10 +96,9 @@ def decode_commit(block) -> Commit:
 
 
 def _unwrap(obj):
-    from multiformats import CID
-
-    if isinstance(obj, CID):
-        return bytes(obj)
+    # CID links inside metadata stay ``multiformats.CID`` objects: turning them into
+    # bytes would re-encode them as byte strings, so a decoded commit would no longer
+    # hash to its own CID.
     if isinstance(obj, dict):
         return {k: _unwrap(v) for k, v in obj.items()}
     if isinstance(obj, list):

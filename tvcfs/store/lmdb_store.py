@@ -203,8 +203,10 @@ class LMDBStore:
         w = WriteTxn(self, txn)
         try:
             yield w
-        except BaseException:
+        except BaseException as e:
             txn.abort()
+            if isinstance(e, (lmdb.MapFullError, lmdb.DiskError)):
+                raise StoreFull(f"repository store is full: {e}") from None
             raise
         try:
             txn.commit()
@@ -247,13 +249,18 @@ class LMDBStore:
         with self.write() as w:
             return w.put_block(cid, block)
 
-    def put_many(self, blocks: Iterable[tuple[bytes, bytes]]) -> int:
-        """Store blocks in one transaction; return how many were new."""
-        with self.write() as w:
+    def put_many(self, blocks: Iterable[tuple[bytes, bytes]], sync: bool = True) -> int:
+        """Store blocks in one transaction; return how many were new. ``sync=False``
+        skips the msync (call :meth:`sync` once after a batch of batches)."""
+        with self.write(sync=sync) as w:
             n = 0
             for cid, block in blocks:
                 n += w.put_block(cid, block)
             return n
+
+    def sync(self) -> None:
+        """Flush written transactions to disk (durable when it returns)."""
+        self.env.sync(True)
 
     def delete(self, cid: bytes) -> bool:
         with self.write() as w:
@@ -303,9 +310,10 @@ class LMDBStore:
                     for k, v in cur.iternext():
                         if not k.startswith(p):
                             break
-                        ref, _, seq = k.rpartition(b"\x00")
+                        # key = REF \0 seq (8 bytes BE); seq bytes may be \0 themselves
+                        ref, seq = k[:-9], k[-8:]
                         e = json.loads(v)
-                        e["ref"] = ref.decode()
+                        e["ref"] = bytes(ref).decode()
                         e["seq"] = int.from_bytes(seq, "big")
                         out.append(e)
         return out
