@@ -49,35 +49,44 @@ def cmd_unmount(args):
     return 0
 
 
+def _mount_of(path: str):
+    """``(mountpoint, relative path)`` if ``path`` lies in a tvcfs mount, else None."""
+    real = os.path.realpath(path)
+    best = None
+    with open("/proc/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) > 2 and parts[0].startswith("tvcfs:"):
+                mnt = parts[1].replace("\\040", " ")
+                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and (best is None or len(mnt) > len(best)):
+                    best = mnt
+    return (best, os.path.relpath(real, best)) if best else None
+
+
 def cmd_prefetch(args):
-    """Read files through the mount at the lowest priority so later reads are local /
-    in the page cache: ``posix_fadvise(WILLNEED)`` on each file (the kernel reads
-    ahead through the mount), then a background read pass with ``--wait``."""
+    """Load files or trees of a mount at the lowest priority: the path is written to
+    ``MOUNT/.tvcfs/prefetch`` (the mount schedules every leaf below it, local leaves
+    through the kernel's readahead, remote ones at background priority). ``--wait``
+    then reads everything, so it is local when the command returns."""
     total = 0
-    files = []
     for p in args.paths:
-        if os.path.isdir(p):
-            for dirpath, _, names in os.walk(p):
-                files += [os.path.join(dirpath, n) for n in names]
-        else:
-            files.append(p)
-    for f in files:
-        try:
-            fd = os.open(f, os.O_RDONLY)
-        except OSError as e:
-            print(f"tvcfs: prefetch: {f}: {e.strerror}", file=sys.stderr)
-            continue
-        try:
-            size = os.fstat(fd).st_size
-            os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
-            if args.wait:
-                os.posix_fadvise(fd, 0, size, os.POSIX_FADV_SEQUENTIAL)
-                while os.read(fd, 1 << 20):
-                    pass
-            total += size
-        finally:
-            os.close(fd)
-    print(f"prefetch scheduled for {len(files)} files, {total} bytes")
+        m = _mount_of(p)
+        if m is None:
+            raise TvcfsError(f"{p} is not inside a tvcfs mount")
+        with open(os.path.join(m[0], ".tvcfs", "prefetch"), "w") as f:
+            f.write(("" if m[1] == "." else m[1]) + "\n")
+        if args.wait:
+            files = [p] if not os.path.isdir(p) else [os.path.join(d, n) for d, _, ns in os.walk(p) for n in ns]
+            for fp in files:
+                if os.path.islink(fp):
+                    continue
+                with open(fp, "rb", buffering=0) as f:
+                    while True:
+                        chunk = f.read(1 << 20)
+                        if not chunk:
+                            break
+                        total += len(chunk)
+    print(f"prefetch scheduled for {len(args.paths)} path(s)" + (f"; {total} bytes read" if args.wait else ""))
     return 0
 
 

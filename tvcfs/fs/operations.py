@@ -24,7 +24,7 @@ log = logging.getLogger("tvcfs.fs")
 IMMUTABLE_TIMEOUT = 3600.0  # seconds: entries/attrs inside a commit never change
 DYNAMIC_TIMEOUT = 1.0       # seconds: ref-level entries (also invalidated on change)
 ROOT_NAMES = ("HEAD", "branches", "commits", "tags", ".tvcfs")
-CTL_FILES = ("stats",)
+CTL_FILES = ("stats", "prefetch")
 
 
 def _err(code):
@@ -95,7 +95,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
             t = node.timestamp
         elif node.kind == "head":
             size = len(self._head_target())
-        elif node.kind == "ctlfile":
+        elif node.kind == "ctlfile" and node.name == "stats":
             size = len(self._ctl_content(node.name))
         a.st_size = size
         a.st_blocks = (size + 511) // 512
@@ -282,18 +282,19 @@ class ReadOnlyOperations(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         node = self.node(inode)
         if node.kind == "ctlfile":
-            if flags & (os.O_WRONLY | os.O_RDWR):
+            wr = flags & (os.O_WRONLY | os.O_RDWR)
+            if wr and node.name != "prefetch":
                 raise _err(errno.EROFS)
             fh = self.next_fh
             self.next_fh += 1
-            self.handles[fh] = ("ctl", self._ctl_content(node.name))
+            self.handles[fh] = ("ctlw", node.name) if wr else ("ctl", self._ctl_content(node.name))
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
         if node.kind != "tree" or node.entry.kind != KIND_FILE:
             raise _err(errno.EISDIR if node.is_dir else errno.EINVAL)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise _err(errno.EROFS)
         try:
-            idx = self.reader.index(node.entry.cid)
+            idx = await self.reader.index_async(node.entry.cid)
         except (BlockNotFound, CorruptBlock, MalformedObject) as e:
             log.error("open %s: %s", node.path, e)
             raise _err(errno.EIO) from None
@@ -309,7 +310,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
         if isinstance(h, tuple):
             return h[1][off:off + size]
         try:
-            data = self.reader.read(h, off, size)
+            data = await self.reader.read_async(h, off, size)
         except (BlockNotFound, CorruptBlock, MalformedObject) as e:
             self.reader.stats.errors += 1
             log.error("read of %s at %d+%d: %s", cid_str(h.cid), off, size, e)
@@ -367,7 +368,47 @@ class ReadOnlyOperations(pyfuse3.Operations):
         raise _err(errno.EROFS)
 
     async def write(self, fh, off, buf):
+        h = self.handles.get(fh)
+        if isinstance(h, tuple) and h[0] == "ctlw":
+            for line in bytes(buf).decode("utf-8", "replace").splitlines():
+                if line.strip():
+                    self.prefetch_path(line.strip())
+            return len(buf)
         raise _err(errno.EROFS)
+
+    def _resolve(self, path: str) -> Node:
+        node = self.root
+        for part in [p for p in path.split("/") if p]:
+            node = self._child(node, part)
+        return node
+
+    def _file_cids(self, node: Node, out: list, depth: int = 0) -> None:
+        if node.kind == "tree" and node.entry.kind == KIND_FILE:
+            out.append(node.entry.cid)
+        elif node.kind == "ws" and node.extra["w"].kind == KIND_FILE and node.extra["w"].cid:
+            out.append(node.extra["w"].cid)
+        elif node.is_dir and node.kind in ("tree", "ws") and depth < 64:
+            for _, child in self._list(node):
+                self._file_cids(child, out, depth + 1)
+
+    def prefetch_path(self, path: str) -> int:
+        """Schedule every file at ``path`` (relative to the mount root, e.g.
+        ``branches/main``) for lowest-priority prefetch. Returns bytes scheduled;
+        unknown paths are logged and ignored."""
+        try:
+            node = self._resolve(path)
+        except pyfuse3.FUSEError:
+            log.info("prefetch: no such path %s", path)
+            return 0
+        cids: list = []
+        self._file_cids(node, cids)
+        n = 0
+        for cid in cids:
+            try:
+                n += self.reader.prefetch(self.reader.index(cid))
+            except (BlockNotFound, CorruptBlock, MalformedObject) as e:
+                log.info("prefetch %s: %s", path, e)
+        return n
 
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         raise _err(errno.EROFS)

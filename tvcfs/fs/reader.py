@@ -25,6 +25,11 @@ from ..errors import BlockNotFound, CorruptBlock, MalformedObject
 
 log = logging.getLogger("tvcfs.fs")
 
+# Fetch priorities (higher is more urgent; DESIGN.md §4): a foreground read waits on
+# its leaves; readahead of the rest of a tensor; a growing sequential window; an
+# explicit prefetch of whole files, which yields to everything else.
+PRIO_FOREGROUND, PRIO_TENSOR, PRIO_SEQUENTIAL, PRIO_PREFETCH = 3, 2, 1, 0
+
 SEQ_WINDOW_MIN = 4 << 20   # bytes; first sequential readahead window
 SEQ_WINDOW_MAX = 64 << 20  # bytes; the window doubles up to this
 INDEX_CACHE = 256          # file indexes kept (LRU)
@@ -89,6 +94,9 @@ class BlockReader:
         self._map_addr = store.env.info()["map_addr"]
         self._fd = os.open(os.path.join(store._real, "data.mdb"), os.O_RDONLY)
         self.seq: dict[int, list] = {}  # fh -> [next_offset, window, ra_until]
+        # Remote block source of a lazy mount (tvcfs.fs.remote), or None: an object
+        # with ``async fetch(cids, priority)`` and ``schedule(cids, priority)``.
+        self.remote = None
 
     def close(self):
         try:
@@ -145,6 +153,28 @@ class BlockReader:
         self.tensors[idx.cid] = tm
         return tm
 
+    async def read_async(self, idx: FileIndex, offset: int, size: int):
+        """:meth:`read`, first fetching missing leaves from the remote source at
+        foreground priority when there is one. Raises :class:`BlockNotFound` when
+        they cannot be had (the remote's timeout), :class:`CorruptBlock`."""
+        if self.remote is not None:
+            miss = self.missing(idx, offset, size)
+            if miss:
+                await self.remote.fetch(miss, PRIO_FOREGROUND)
+                self.renew()
+        return self.read(idx, offset, size)
+
+    async def index_async(self, cid: bytes) -> FileIndex:
+        """:meth:`index`, fetching missing internal file nodes from the remote."""
+        while True:
+            try:
+                return self.index(cid)
+            except BlockNotFound as e:
+                if self.remote is None:
+                    raise
+                await self.remote.fetch([e.cid], PRIO_FOREGROUND)
+                self.renew()
+
     def read(self, idx: FileIndex, offset: int, size: int):
         """Bytes ``[offset, offset+size)`` of the file (a zero-copy buffer when one leaf
         covers the request). Raises :class:`BlockNotFound`, :class:`CorruptBlock`."""
@@ -190,6 +220,22 @@ class BlockReader:
             n += len(v)
         return n
 
+    def missing(self, idx: FileIndex, offset: int, size: int) -> list:
+        """CIDs of the leaves of ``[offset, offset+size)`` not in the local store."""
+        get = self._txn.get
+        return [idx.leaves[i] for i in idx.leaf_range(offset, size)
+                if i not in idx.inline and get(idx.leaves[i], db=self.db) is None]
+
+    def _schedule(self, idx: FileIndex, lo: int, hi: int, priority: int) -> int:
+        """Readahead of bytes ``[lo, hi)``: local leaves are handed to the kernel
+        (``posix_fadvise``), missing ones to the remote source at ``priority``."""
+        rng = idx.leaf_range(lo, hi - lo)
+        if self.remote is not None:
+            miss = self.missing(idx, lo, hi - lo)
+            if miss:
+                self.remote.schedule(miss, priority)
+        return self._fadvise_leaves(idx, rng)
+
     def readahead(self, fh: int, idx: FileIndex, offset: int, size: int) -> None:
         """Schedule readahead after a read of ``[offset, offset+size)`` on handle
         ``fh``: the rest of the tensor holding ``offset`` (safetensors), and a
@@ -203,7 +249,7 @@ class BlockReader:
                     done = s[2] if s else 0
                     lo = max(offset + size, done)
                     if lo < t[1]:
-                        self.stats.readahead_bytes += self._fadvise_leaves(idx, idx.leaf_range(lo, t[1] - lo))
+                        self.stats.readahead_bytes += self._schedule(idx, lo, t[1], PRIO_TENSOR)
                         self.seq.setdefault(fh, [offset + size, SEQ_WINDOW_MIN, 0])[2] = t[1]
             s = self.seq.get(fh)
             if s is None:
@@ -216,7 +262,7 @@ class BlockReader:
             target = min(offset + size + s[1], idx.size)
             if target > s[2]:
                 lo = max(s[2], offset + size)
-                self.stats.readahead_bytes += self._fadvise_leaves(idx, idx.leaf_range(lo, target - lo))
+                self.stats.readahead_bytes += self._schedule(idx, lo, target, PRIO_SEQUENTIAL)
                 s[2] = target
                 s[1] = min(s[1] * 2, SEQ_WINDOW_MAX)
         except (BlockNotFound, CorruptBlock, MalformedObject):
@@ -225,7 +271,7 @@ class BlockReader:
     def prefetch(self, idx: FileIndex) -> int:
         """Schedule a whole file for reading (lowest priority: the kernel reads it in
         the background). Returns the bytes scheduled."""
-        n = self._fadvise_leaves(idx, range(len(idx.leaves)))
+        n = self._schedule(idx, 0, idx.size, PRIO_PREFETCH)
         self.stats.prefetch_bytes += n
         return n
 

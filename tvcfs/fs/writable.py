@@ -272,8 +272,8 @@ class WritableOperations(ReadOnlyOperations):
         if w.staged:
             return os.pread(self._fd(w), size, off)
         try:
-            idx = self.reader.index(w.cid)
-            data = self.reader.read(idx, off, size)
+            idx = await self.reader.index_async(w.cid)
+            data = await self.reader.read_async(idx, off, size)
         except (BlockNotFound, CorruptBlock, MalformedObject) as e:
             self.reader.stats.errors += 1
             log.error("read of %s: %s", w.path(), e)
@@ -283,7 +283,9 @@ class WritableOperations(ReadOnlyOperations):
 
     async def write(self, fh, off, buf):
         h = self.handles.get(fh)
-        if not isinstance(h, Handle) or not h.writable:
+        if not isinstance(h, Handle):
+            return await super().write(fh, off, buf)
+        if not h.writable:
             raise _err(errno.EBADF)
         ws, w = h.ws, h.w
         await self._writing(ws)
