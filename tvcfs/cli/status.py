@@ -140,3 +140,39 @@ def register(sub) -> None:
     p.add_argument("--discard", action="store_true")
     p.add_argument("--force", action="store_true", help="even if the mount process seems alive")
     p.set_defaults(func=cmd_recover)
+    register_maintenance(sub)
+
+
+def cmd_gc(args):
+    from ..gc import collect_garbage
+
+    with open_repo(args) as repo:
+        r = collect_garbage(repo, dry_run=args.dry_run, expire_days=args.expire)
+        verb = "would delete" if args.dry_run else "deleted"
+        print(f"{verb} {r['deleted']} blocks ({r['deleted_bytes']} bytes); {r['kept']} reachable")
+    return 0
+
+
+def cmd_fsck(args):
+    from ..gc import fsck
+
+    with open_repo(args) as repo:
+        problems = fsck(repo, lazy_ok=args.lazy_ok)
+        for p in problems:
+            print(p)
+        if problems:
+            raise TvcfsError(f"{len(problems)} problem(s) found")
+        print("ok: every block matches its CID and every ref points at a complete commit")
+    return 0
+
+
+def register_maintenance(sub) -> None:
+    p = sub.add_parser("gc", help="delete blocks no ref, recent reflog entry, pin or mount uses")
+    p.add_argument("-n", "--dry-run", action="store_true")
+    p.add_argument("--expire", type=float, default=90, metavar="DAYS",
+                   help="keep commits in the reflog younger than this (default 90)")
+    p.set_defaults(func=cmd_gc)
+
+    p = sub.add_parser("fsck", help="verify every block and that refs point at complete commits")
+    p.add_argument("--lazy-ok", action="store_true", help="missing leaves are fine (lazy clone)")
+    p.set_defaults(func=cmd_fsck)
