@@ -1,123 +1,511 @@
-"""Clone throughput over QUIC (qh3, aioquic) and TLS-over-TCP, server in its own process.
+#!/usr/bin/env python3
+"""Clone throughput of tvcfs's transport against its ceilings, loopback, one run.
 
-    python scripts/bench/transfer.py [--size-mib 256] [--engines qh3,aioquic,tcp]
+    python scripts/bench/transfer.py [--size-gib 1] [--workdir DIR] [--only qh3,aioquic,tcp,...]
 
-Builds a synthetic repository (random tensors, CDC-chunked), serves it from a child
-process, clones it into a fresh repository per transport and prints MB/s, the time
-to the first block of a fresh connection, and ratios. One run; quote medians of
-several runs for anything important (the VM's memory balloon makes runs vary).
+1. Builds a ~1 GiB synthetic LLaMA-style safetensors model (scripts/synth_model.py,
+   f16) and commits it to a fresh repository (kept in ``--workdir`` for re-runs).
+2. For each of QUIC/qh3, QUIC/aioquic and TLS-over-TCP: starts ``tvcfs serve`` in a
+   child process, clones the repository in another fresh child process
+   (``transport.ops.clone``, the code behind ``tvcfs clone``), and reports the
+   clone's MB/s (stored block bytes / time from connect to the last sync) and the
+   time to the first block of that fresh connection (in a fresh process: it
+   includes importing the engine).
+3. Ceilings and comparisons, the same bytes:
+   * ``http``: ``python -m http.server`` serving the model directory, fetched with
+     curl (urllib when curl is missing) into a file;
+   * ``mem-qh3`` / ``mem-aioquic``: the engine's in-memory ceiling — client and
+     server ``QuicConnection`` in one process, datagrams handed over in memory
+     (no sockets), one stream of 1 MiB writes, the datagram size tvcfs uses on
+     loopback;
+   * ``raw-qh3`` / ``raw-aioquic``: one QUIC stream between two processes over
+     loopback with ``quic.py`` alone (no tvcfs protocol, no store);
+   * ``tls``: a bare TLS 1.3-over-TCP copy between two Python processes with
+     trio's ``SSLStream`` (the stack tvcfs's TCP transport uses), and ``tls-c``:
+     the same with blocking stdlib ``ssl`` sockets (OpenSSL reads/writes with
+     the GIL released);
+   * first block of a fresh connection in a warm process (engine imported),
+     median of 5, per transport.
+4. Prints MB/s (10^6 bytes/s) and the ratios the issue sets as targets:
+   QUIC clone >= 0.6x the engine's in-memory ceiling, TCP clone >= 0.6x a bare
+   TLS-over-TCP copy, first block <= 50 ms.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-import trio
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+MB = 1e6
 
 
-def serve(repo_path: str, transport: str, port: int) -> None:
-    from tvcfs.repo import Repo
-    from tvcfs.transport.backend import RepoBackend
+# ------------------------------------------------------------------ helpers
+def _py(*args, **kw):
+    return subprocess.Popen([sys.executable, *args], **kw)
+
+
+def _child(mode: str, *args) -> dict:
+    """Run this script in a fresh process in ``mode``; its last stdout line is JSON."""
+    out = subprocess.run([sys.executable, __file__, "--child", mode, *args],
+                         capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(f"{mode} failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _serve(repo: str, transport: str):
+    """Start ``tvcfs serve`` for ``transport`` (qh3, aioquic, tcp); return (proc, url)."""
+    cmd = [sys.executable, "-m", "tvcfs.cli", "serve", repo, "--listen", "127.0.0.1:0", "-q"]
+    if transport == "tcp":
+        cmd.append("--no-quic")
+    else:
+        cmd += ["--no-tcp", "--engine", transport]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    url = proc.stdout.readline().strip()
+    scheme = "tvcfs+tcp" if transport == "tcp" else "tvcfs+quic"
+    return proc, scheme + url[url.index("://"):]
+
+
+def _stop(proc) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ------------------------------------------------------------------ children
+def child_clone(url: str, dest: str, engine: str) -> dict:
+    """Fresh process: clone ``url`` into ``dest``; time from before the first
+    transport import (clone start) to the end, and to the first block."""
+    t_start = time.perf_counter()
+    if engine != "tcp":
+        os.environ["TVCFS_QUIC_ENGINE"] = engine
+    from tvcfs.transport import ops
+
+    import resource
+
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    repo, res = ops.clone(url, dest, quiet=True)
+    total = time.perf_counter() - t_start
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    st = res.stats[0][1]
+    repo.close()
+    return {"seconds": total, "fetch_seconds": st.seconds, "bytes": st.nbytes,
+            "wire": st.wire_bytes, "blocks": st.blocks, "cpu": cpu,
+            # from the clone's start in this fresh process: imports, repository
+            # creation, connection, refs, the DAG request, the first block
+            "first_block": (st.first_block_at or time.perf_counter()) - t_start}
+
+
+def child_first_block(url: str, engine: str, n: int = 5) -> dict:
+    """Warm process: median time from connect start to the first Block of a
+    whole-DAG request on a fresh connection (connection, Hello, ListRefs, DAG)."""
+    import trio
+
+    from tvcfs.transport import protocol as P
+    from tvcfs.transport.client import open_session
+
+    async def once():
+        t0 = time.perf_counter()
+        async with open_session(url, engine=None if engine == "tcp" else engine) as s:
+            refs, _ = await s.list_refs()
+            await s.ch.send(P.DagRequest(1, next(iter(refs.values())),
+                                         P.Selector(P.SEL_ALL)))
+            while True:
+                m = await s.ch.receive()
+                if isinstance(m, P.Block):
+                    return time.perf_counter() - t0
+
+    async def main():
+        await once()  # warm-up: imports, key generation
+        return [await once() for _ in range(n)]
+
+    times = trio.run(main)
+    return {"median": statistics.median(times), "min": min(times), "all": times}
+
+
+def child_mem_ceiling(engine: str, total: int) -> dict:
+    """The engine alone: client and server in one process, datagrams in memory."""
+    from tvcfs.transport.identity import NodeIdentity
+    from tvcfs.transport.quic import QuicSettings, _engine
+
+    eng = _engine(engine)
+    settings = QuicSettings(engine=engine)
+    ident = NodeIdentity.generate()
+    ccfg = eng.make_config(settings, is_client=True, host="127.0.0.1", identity=None)
+    scfg = eng.make_config(settings, is_client=False, host="127.0.0.1", identity=ident)
+    client = eng.new_client(ccfg)
+    caddr, saddr = ("127.0.0.1", 1), ("127.0.0.1", 2)
+    client.connect(saddr, now=time.perf_counter())
+    server = [None]
+
+    def pump(now):
+        for q in (client, server[0]):
+            if q is not None:
+                t = q.get_timer()
+                if t is not None and t <= now:
+                    q.handle_timer(now)
+        for d, _ in client.datagrams_to_send(now):
+            if server[0] is None:
+                server[0] = eng.new_server(scfg, eng.initial_dcid(d))
+            server[0].receive_datagram(d, caddr, now)
+        if server[0] is not None:
+            for d, _ in server[0].datagrams_to_send(now):
+                client.receive_datagram(d, saddr, now)
+
+    sid = client.get_next_available_stream_id()
+    client.send_stream_data(sid, b"x", False)
+    for _ in range(5000):
+        pump(time.perf_counter())
+        ev = server[0].next_event() if server[0] else None
+        seen = False
+        while ev is not None:
+            seen = seen or type(ev).__name__ == "StreamDataReceived"
+            ev = server[0].next_event()
+        if seen:
+            break
+    srv = server[0]
+    chunk = b"\xab" * (1 << 20)
+    backlog = eng.send_backlog
+    got = sent = 0
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    while got < total:
+        now = time.perf_counter()
+        while sent < total and backlog(srv, sid) < (4 << 20):
+            srv.send_stream_data(sid, chunk, False)
+            sent += len(chunk)
+        pump(now)
+        ev = client.next_event()
+        while ev is not None:
+            d = getattr(ev, "data", None)
+            if d:
+                got += len(d)
+            ev = client.next_event()
+    dt = time.perf_counter() - t0
+    return {"bytes": got, "seconds": dt, "cpu": time.process_time() - c0,
+            "datagram": ccfg.max_datagram_size}
+
+
+def child_raw_quic_server(engine: str, total: int) -> dict:
+    """``quic.py`` alone: one stream of ``total`` bytes in 1 MiB writes per connection."""
+    import trio
+
     from tvcfs.transport.identity import NodeIdentity
     from tvcfs.transport.quic import QuicSettings, serve_quic
-    from tvcfs.transport.server import ServerConfig, handle_session
-    from tvcfs.transport.tcp import serve_tcp
 
-    repo = Repo.open(repo_path)
-    ident = NodeIdentity.load_or_create(os.path.join(repo_path, ".tvcfs", "bench-node.key"))
-    cfg = ServerConfig(RepoBackend(repo), ident)
+    ident = NodeIdentity.generate()
+    chunk = os.urandom(1 << 20)
+
+    async def handler(s):
+        await s.receive_some()
+        left = total
+        while left > 0:
+            await s.send_all(chunk[:min(left, len(chunk))])
+            left -= len(chunk)
+        await s.send_eof()
 
     async def main():
         async with trio.open_nursery() as n:
-            if transport == "tcp":
-                addr = await n.start(lambda task_status: serve_tcp(
-                    lambda s: handle_session(s, cfg), "127.0.0.1", port, identity=ident,
-                    task_status=task_status))
-                p = addr[1]
-            else:
-                srv = await n.start(lambda task_status: serve_quic(
-                    lambda s: handle_session(s, cfg), "127.0.0.1", port, identity=ident,
-                    settings=QuicSettings(engine=transport), task_status=task_status))
-                p = srv.address[1]
-            print("READY", ident.peer_id_str, p, flush=True)
+            srv = await n.start(lambda task_status: serve_quic(
+                handler, "127.0.0.1", 0, identity=ident,
+                settings=QuicSettings(engine=engine), task_status=task_status))
+            print(srv.address[1], flush=True)
 
     trio.run(main)
+    return {}
 
 
-def clone(url: str, dest: str, engine: str | None) -> tuple[float, int, float | None]:
-    from tvcfs.repo import Repo
-    from tvcfs.transport.backend import RepoBackend
-    from tvcfs.transport.client import open_session
+def raw_quic(engine: str, total: int) -> float:
+    """MB/s of one QUIC stream between two processes (no tvcfs protocol)."""
+    import trio
 
-    dst = Repo.init(dest)
+    from tvcfs.transport.quic import QuicSettings, connect_quic
 
-    async def main():
-        t0 = time.perf_counter()
-        async with open_session(url, engine=engine) as sess:
-            t_conn = time.perf_counter() - t0
-            refs, _ = await sess.list_refs()
-            st = await sess.fetch(RepoBackend(dst), list(refs.values()))
-        assert not st.missing
-        return time.perf_counter() - t0, st.nbytes, t_conn + (st.first_block_s or 0)
-
+    srv = _py(__file__, "--child", "raw-server", engine, str(total), stdout=subprocess.PIPE,
+              text=True)
     try:
+        port = int(srv.stdout.readline())
+
+        async def main():
+            async with connect_quic("127.0.0.1", port,
+                                    settings=QuicSettings(engine=engine)) as c:
+                s = await c.open_stream()
+                await s.send_all(b"go")
+                t0 = time.perf_counter()
+                got = 0
+                while True:
+                    chunks = await s.receive_chunks()
+                    if not chunks:
+                        break
+                    got += sum(len(x) for x in chunks)
+                return got / (time.perf_counter() - t0) / MB
+
         return trio.run(main)
     finally:
-        dst.close()
+        _stop(srv)
+
+
+def child_tls_server(port_file: str, total: int, kind: str) -> dict:
+    """Accept one TLS connection and send ``total`` bytes in 1 MiB writes."""
+    from tvcfs.transport.identity import NodeIdentity
+    from tvcfs.transport.tcp import server_ssl_context
+
+    ctx = server_ssl_context(NodeIdentity.generate())
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+    with open(port_file + ".tmp", "w") as f:
+        f.write(str(ls.getsockname()[1]))
+    os.replace(port_file + ".tmp", port_file)
+    chunk = os.urandom(1 << 20)
+    if kind == "tls-c":
+        conn, _ = ls.accept()
+        s = ctx.wrap_socket(conn, server_side=True)
+        left = total
+        while left > 0:
+            n = min(left, len(chunk))
+            s.sendall(chunk[:n])
+            left -= n
+        s.close()
+        return {}
+    import trio
+
+    async def main():
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(ls))]
+
+        async def handler(tcp):
+            stream = trio.SSLStream(tcp, ctx, server_side=True)
+            await stream.do_handshake()
+            left = total
+            while left > 0:
+                n = min(left, len(chunk))
+                await stream.send_all(chunk[:n])
+                left -= n
+            await stream.aclose()
+            raise KeyboardInterrupt
+
+        try:
+            await trio.serve_listeners(handler, listeners)
+        except KeyboardInterrupt:
+            pass
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        pass
+    return {}
+
+
+def bare_tls(total: int, kind: str) -> float:
+    """MB/s of a TLS 1.3 copy of ``total`` bytes between two processes."""
+    import ssl
+
+    with tempfile.TemporaryDirectory() as d:
+        pf = os.path.join(d, "port")
+        srv = _py(__file__, "--child", "tls-server", pf, str(total), kind,
+                  stdout=subprocess.DEVNULL)
+        try:
+            while not os.path.exists(pf):
+                time.sleep(0.01)
+            port = int(open(pf).read())
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            t0 = time.perf_counter()
+            s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)))
+            buf = bytearray(1 << 20)
+            got = 0
+            while got < total:
+                n = s.recv_into(buf)
+                if not n:
+                    break
+                got += n
+            dt = time.perf_counter() - t0
+            s.close()
+        finally:
+            _stop(srv)
+    return got / dt / MB
+
+
+def http_copy(model_dir: str, nbytes: int) -> float:
+    """MB/s of fetching every file of ``model_dir`` from ``python -m http.server``."""
+    srv = _py("-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", model_dir,
+              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = srv.stdout.readline()
+        port = int(line.split("port ")[1].split()[0])
+        files = sorted(os.listdir(model_dir))
+        curl = shutil.which("curl")
+        with tempfile.TemporaryDirectory() as d:
+            t0 = time.perf_counter()
+            for name in files:
+                url = f"http://127.0.0.1:{port}/{name}"
+                if curl:
+                    subprocess.run([curl, "-s", "-o", os.path.join(d, name), url], check=True)
+                else:
+                    import urllib.request
+
+                    with urllib.request.urlopen(url) as r, open(os.path.join(d, name), "wb") as f:
+                        shutil.copyfileobj(r, f, 1 << 20)
+            dt = time.perf_counter() - t0
+    finally:
+        _stop(srv)
+    return nbytes / dt / MB, "curl" if curl else "urllib"
+
+
+# ------------------------------------------------------------------ main
+def build(workdir: str, size_gib: float) -> tuple[str, str, int]:
+    """The model directory and repository (built once per workdir); returns
+    ``(model_dir, repo, stored block bytes)``."""
+    import importlib.util
+
+    from tvcfs.repo import Repo
+
+    model = os.path.join(workdir, "model")
+    repo = os.path.join(workdir, "src")
+    if not os.path.isdir(repo):
+        spec = importlib.util.spec_from_file_location(
+            "synth_model", os.path.join(ROOT, "scripts", "synth_model.py"))
+        synth = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(synth)
+        os.makedirs(model, exist_ok=True)
+        synth.write_model(os.path.join(model, "model.safetensors"),
+                          synth.plan_config(size_gib * (1 << 30) / 2), "f16", seed=0)
+        with open(os.path.join(model, "config.json"), "w") as f:
+            json.dump({"model_type": "llama", "synthetic": True}, f)
+        with Repo.init(repo) as r:
+            r.commit_dir(model, message="synthetic model", timestamp=1_700_000_000)
+    with Repo.open(repo) as r:
+        with r.store.read() as txn:
+            total = sum(len(v) for _, v in txn.cursor(db=r.store.dbs["blocks"]))
+    return model, repo, total
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--size-mib", type=int, default=256)
-    ap.add_argument("--engines", default="qh3,aioquic,tcp")
-    ap.add_argument("--serve", nargs=3, metavar=("REPO", "TRANSPORT", "PORT"), help=argparse.SUPPRESS)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-gib", type=float, default=1.0)
+    ap.add_argument("--workdir", help="keep the model and repository here (re-used)")
+    ap.add_argument("--only", default="qh3,aioquic,tcp,http,mem,raw,tls,first",
+                    help="comma-separated subset of: qh3,aioquic,tcp,http,mem,raw,tls,first")
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.serve:
-        serve(a.serve[0], a.serve[1], int(a.serve[2]))
+    if a.child:
+        mode, args = a.child[0], a.child[1:]
+        fn = {"clone": lambda: child_clone(*args),
+              "first": lambda: child_first_block(*args),
+              "mem": lambda: child_mem_ceiling(args[0], int(args[1])),
+              "raw-server": lambda: child_raw_quic_server(args[0], int(args[1])),
+              "tls-server": lambda: child_tls_server(args[0], int(args[1]), args[2])}[mode]
+        print(json.dumps(fn()))
         return
-    from tvcfs.repo import Repo
-
-    with tempfile.TemporaryDirectory() as tmp:
-        wt = os.path.join(tmp, "wt")
-        os.makedirs(wt)
-        left = a.size_mib << 20
-        i = 0
-        while left > 0:
-            n = min(left, 64 << 20)
-            with open(os.path.join(wt, f"shard{i}.bin"), "wb") as f:
-                f.write(os.urandom(n))
-            left -= n
-            i += 1
-        src = os.path.join(tmp, "src")
-        repo = Repo.init(src)
-        repo.commit_dir(wt, message="bench")
-        repo.close()
-        results = {}
-        for t in a.engines.split(","):
-            proc = subprocess.Popen([sys.executable, __file__, "--serve", src, t, "0"],
-                                    stdout=subprocess.PIPE, text=True)
+    only = set(a.only.split(","))
+    tmp = None
+    workdir = a.workdir
+    if not workdir:
+        tmp = tempfile.mkdtemp(prefix="tvcfs-bench-")
+        workdir = tmp
+    os.makedirs(workdir, exist_ok=True)
+    try:
+        t = time.perf_counter()
+        model, repo, total = build(workdir, a.size_gib)
+        print(f"model: {total / MB:.0f} MB of blocks ({sum(os.path.getsize(os.path.join(model, f)) for f in os.listdir(model)) / MB:.0f} MB of files), "
+              f"ready in {time.perf_counter() - t:.1f} s; {os.cpu_count()} CPUs", flush=True)
+        res: dict = {}
+        for t in ("qh3", "aioquic", "tcp"):
+            if t not in only:
+                continue
+            proc, url = _serve(repo, t)
             try:
-                line = proc.stdout.readline().split()
-                pid, port = line[1], int(line[2])
-                scheme = "tvcfs+tcp" if t == "tcp" else "tvcfs+quic"
-                url = f"{scheme}://{pid}@127.0.0.1:{port}/"
-                secs, nbytes, first = clone(url, os.path.join(tmp, f"dst-{t}"),
-                                            None if t == "tcp" else t)
-                results[t] = nbytes / secs / 1e6
-                print(f"{t:8s} {nbytes / 1e6:8.1f} MB in {secs:6.2f} s = {results[t]:7.1f} MB/s; "
-                      f"first block {first * 1000:.1f} ms after connect start")
+                dest = os.path.join(workdir, f"clone-{t}")
+                shutil.rmtree(dest, ignore_errors=True)
+                c0 = _cpu_of(proc.pid)
+                r = _child("clone", url, dest, t)
+                scpu = _cpu_of(proc.pid) - c0
+                shutil.rmtree(dest, ignore_errors=True)
+                res[t] = r["bytes"] / r["fetch_seconds"] / MB
+                print(f"clone {t:8s} {r['bytes'] / MB:7.0f} MB in {r['fetch_seconds']:5.2f} s = "
+                      f"{res[t]:6.0f} MB/s (whole clone command {r['seconds']:.2f} s; wire "
+                      f"{r['wire'] / MB:.0f} MB; first block {r['first_block'] * 1000:.0f} ms "
+                      f"in a fresh process); CPU: client {r['cpu']:.2f} s, server {scpu:.2f} s",
+                      flush=True)
+                if "first" in only:
+                    fb = _child("first", url, t)
+                    res[f"first-{t}"] = fb["median"]
+                    print(f"first block {t:8s} {fb['median'] * 1000:6.1f} ms median of 5 "
+                          f"(min {fb['min'] * 1000:.1f}) on a fresh connection, warm process",
+                          flush=True)
             finally:
-                proc.terminate()
-                proc.wait()
-        if "qh3" in results and "aioquic" in results:
-            print(f"qh3/aioquic = {results['qh3'] / results['aioquic']:.2f}")
-        if "tcp" in results and "qh3" in results:
-            print(f"qh3/tcp = {results['qh3'] / results['tcp']:.2f}")
+                _stop(proc)
+        if "http" in only:
+            res["http"], tool = http_copy(model, sum(
+                os.path.getsize(os.path.join(model, f)) for f in os.listdir(model)))
+            print(f"http     python -m http.server + {tool}: {res['http']:6.0f} MB/s", flush=True)
+        if "mem" in only:
+            for e in ("qh3", "aioquic"):
+                r = _child("mem", e, str(min(total, 512 << 20)))
+                res[f"mem-{e}"] = r["bytes"] / r["seconds"] / MB
+                print(f"mem-{e:7s} in-memory engine ceiling: {res[f'mem-{e}']:6.0f} MB/s "
+                      f"({r['datagram']}-byte datagrams, both ends on one core)", flush=True)
+        if "raw" in only:
+            for e in ("qh3", "aioquic"):
+                res[f"raw-{e}"] = raw_quic(e, total)
+                print(f"raw-{e:7s} one QUIC stream between two processes (quic.py alone): "
+                      f"{res[f'raw-{e}']:6.0f} MB/s", flush=True)
+        if "tls" in only:
+            res["tls"] = bare_tls(total, "tls")
+            print(f"tls      bare TLS-over-TCP copy (trio SSLStream → ssl socket): "
+                  f"{res['tls']:6.0f} MB/s", flush=True)
+            res["tls-c"] = bare_tls(total, "tls-c")
+            print(f"tls-c    bare TLS-over-TCP copy (blocking stdlib ssl both ends): "
+                  f"{res['tls-c']:6.0f} MB/s", flush=True)
+        print("\nratios (targets: QUIC clone >= 0.6x in-memory ceiling; TCP clone >= 0.6x bare "
+              "TLS copy; first block <= 50 ms):")
+        for e in ("qh3", "aioquic"):
+            if e in res and f"mem-{e}" in res:
+                print(f"  {e} clone / in-memory ceiling = {res[e] / res[f'mem-{e}']:.2f}")
+            if e in res and f"raw-{e}" in res:
+                print(f"  {e} clone / raw two-process QUIC stream = "
+                      f"{res[e] / res[f'raw-{e}']:.2f}")
+        if "tcp" in res:
+            for k in ("tls", "tls-c"):
+                if k in res:
+                    print(f"  tcp clone / bare {k} copy = {res['tcp'] / res[k]:.2f}")
+            if "http" in res:
+                print(f"  tcp clone / http = {res['tcp'] / res['http']:.2f}")
+        for e in ("qh3", "aioquic"):
+            if e in res and "http" in res:
+                print(f"  {e} clone / http = {res[e] / res['http']:.2f}")
+        for t in ("qh3", "aioquic", "tcp"):
+            if f"first-{t}" in res:
+                v = res[f"first-{t}"] * 1000
+                print(f"  first block {t}: {v:.1f} ms ({'meets' if v <= 50 else 'misses'} "
+                      f"the 50 ms target)")
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

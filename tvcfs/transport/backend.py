@@ -6,6 +6,7 @@ can be served. Binary CIDs (bytes) everywhere.
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from typing import Iterable, Protocol
 
 from ..encoding.cid import DAG_CBOR, RAW, cid_codec
@@ -34,6 +35,9 @@ class BlockBackend(Protocol):
         """Compare-and-swap ``name`` from ``expected`` to ``new``; raises
         ``tvcfs.errors.RefConflict`` when the current value differs."""
 
+    def sync(self) -> None:
+        """Make stored blocks durable (optional: backends without it are always durable)."""
+
 
 def links_of(cid: bytes, data, history: bool = True) -> list[bytes]:
     """Child CIDs of a block in traversal order. A commit (dag-cbor) links its
@@ -50,6 +54,12 @@ def links_of(cid: bytes, data, history: bool = True) -> list[bytes]:
     from ..dag import block_links
 
     return block_links(cid, data)
+
+
+def read_view(backend):
+    """``backend.read_view()`` when it has one (zero-copy reads), else ``backend``."""
+    rv = getattr(backend, "read_view", None)
+    return rv() if rv is not None else nullcontext(backend)
 
 
 def is_leaf(cid: bytes) -> bool:
@@ -74,7 +84,22 @@ class RepoBackend:
         return self.store.has(cid)
 
     def put_many(self, blocks) -> int:
-        return self.store.put_many(blocks)
+        # no msync per batch: :meth:`sync` once at the end of a transfer (a killed
+        # process keeps committed transactions; only a machine crash needs the sync)
+        return self.store.put_many(blocks, sync=False)
+
+    def sync(self) -> None:
+        """Make everything stored so far durable (one msync)."""
+        self.store.sync()
+
+    @contextmanager
+    def read_view(self):
+        """A backend over one LMDB read transaction whose ``get`` returns raw
+        leaves as zero-copy memoryviews of the map (interior nodes as ``bytes``),
+        valid until the ``with`` block ends: the server sends from it without
+        copying block data out of the store."""
+        with self.store.read() as txn:
+            yield _TxnView(self, txn)
 
     def refs(self) -> dict[str, bytes]:
         return self.repo.refs()
@@ -87,3 +112,24 @@ class RepoBackend:
 
     def update_ref(self, name: str, new: bytes | None, expected: bytes | None) -> None:
         self.repo.update_ref(name, new, expected, message="push")
+
+
+class _TxnView:
+    """:class:`BlockBackend` reads through one read transaction (see ``read_view``)."""
+
+    def __init__(self, backend: RepoBackend, txn):
+        self._backend = backend
+        self._txn = txn
+        self._db = backend.store.dbs["blocks"]
+
+    def get(self, cid: bytes):
+        v = self._txn.get(cid, db=self._db)
+        if v is None:
+            return None
+        return v if is_leaf(cid) else bytes(v)
+
+    def has(self, cid: bytes) -> bool:
+        return self._txn.get(cid, db=self._db) is not None
+
+    def __getattr__(self, name):  # refs, head, put_many, ...: the backend's own
+        return getattr(self._backend, name)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import trio
 
-from .protocol import DEFAULT_LIMITS, FrameDecoder, Limits, Message, ProtocolError, encode
+from .protocol import (DEFAULT_LIMITS, FrameDecoder, Limits, Message, ProtocolError,
+                       block_frame_header, encode)
 
 __all__ = ["MessageChannel"]
 
@@ -19,13 +22,26 @@ class MessageChannel:
     ``bytes_in`` / ``bytes_out`` count framed bytes.
     """
 
-    def __init__(self, stream, limits: Limits = DEFAULT_LIMITS, recv_size: int = 1 << 20):
+    def __init__(self, stream, limits: Limits = DEFAULT_LIMITS, recv_size: int = 1 << 20,
+                 zero_copy: bool = False):
         self.stream = stream
         self.limits = limits
-        self._dec = FrameDecoder(limits)
+        self._dec = FrameDecoder(limits, zero_copy=zero_copy)
         self._lock = trio.Lock()
         self._recv_size = recv_size
         self.bytes_out = 0
+        # QUIC streams hand over the engine's chunks as they are (no joining copy)
+        self._receive = getattr(stream, "receive_chunks", None)
+        self._pending: deque = deque()
+
+    @property
+    def zero_copy(self) -> bool:
+        """Whether received ``Block.data`` is a read-only memoryview (see FrameDecoder)."""
+        return self._dec.zero_copy
+
+    @zero_copy.setter
+    def zero_copy(self, on: bool) -> None:
+        self._dec.zero_copy = on
 
     @property
     def bytes_in(self) -> int:
@@ -36,6 +52,20 @@ class MessageChannel:
         async with self._lock:
             await self.stream.send_all(data)
         self.bytes_out += len(data)
+
+    async def send_block(self, cid: bytes, data) -> None:
+        """Send a ``Block`` without copying ``data`` (any buffer, e.g. a zero-copy
+        LMDB view): header and data go to the stream as two writes, so ``data``
+        must stay valid only until this returns."""
+        header = block_frame_header(cid, len(data))
+        async with self._lock:
+            send_parts = getattr(self.stream, "send_parts", None)
+            if send_parts is not None:
+                await send_parts((header, data))
+            else:
+                await self.stream.send_all(header)
+                await self.stream.send_all(data)
+        self.bytes_out += len(header) + len(data)
 
     async def send_many(self, msgs) -> None:
         """Send several messages in one write."""
@@ -49,12 +79,22 @@ class MessageChannel:
             msg = self._dec.next()
             if msg is not None:
                 return msg
-            data = await self.stream.receive_some(self._recv_size)
-            if not data:
+            pending = self._pending
+            if pending:
+                # one chunk at a time, decoding in between: a large frame that
+                # starts in a chunk is then assembled straight from the next ones
+                self._dec.feed(pending.popleft())
+                continue
+            if self._receive is not None:
+                chunks = await self._receive()
+            else:
+                data = await self.stream.receive_some(self._recv_size)
+                chunks = [data] if data else []
+            if not chunks:
                 if self._dec.buffered:
                     raise ProtocolError("stream ended inside a message")
                 return None
-            self._dec.feed(data)
+            pending.extend(chunks)
 
     async def aclose(self) -> None:
         with trio.move_on_after(1) as scope:

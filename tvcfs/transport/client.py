@@ -10,6 +10,7 @@ session's ``peer_id`` reports it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import time
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -32,6 +33,7 @@ from .tcp import connect_tcp
 __all__ = [
     "DEFAULT_PORT",
     "FetchStats",
+    "PushRejected",
     "RemoteError",
     "RemoteSession",
     "RemoteURL",
@@ -45,6 +47,14 @@ DEFAULT_PORT = 4740
 
 class RemoteError(TvcfsError):
     """The remote refused a request (unauthorised, rejected push, protocol error)."""
+
+
+class PushRejected(RemoteError):
+    """The remote refused a ref update; ``current`` is the remote ref's value."""
+
+    def __init__(self, message: str, current: bytes | None = None):
+        super().__init__(message)
+        self.current = current
 
 
 @dataclass
@@ -98,6 +108,8 @@ class FetchStats:
     missing: list = field(default_factory=list)
     seconds: float = 0.0
     first_block_s: float | None = None
+    first_block_at: float | None = None  # time.perf_counter() at the first block
+    transport: str = ""
 
 
 ProgressFn = Callable[[int, int], None]  # (blocks, bytes) so far
@@ -130,17 +142,23 @@ class RemoteSession:
             raise RemoteError(f"remote error: {msg.message}")
         return msg
 
-    async def start(self, identity: NodeIdentity | None = None) -> P.Welcome:
+    async def start(self, identity: NodeIdentity | None = None, auth: str = "always",
+                    repo: str = "") -> P.Welcome:
         """Send Hello, check the Welcome (its peer ID must equal the TLS-verified one),
-        then authenticate when ``identity`` is given. Raises :class:`RemoteError`."""
-        await self.ch.send(P.Hello(P.PROTOCOL_VERSION, ""))
+        then authenticate with ``identity`` when given: ``auth="always"``, or
+        ``"auto"`` = only when the server says reads are private. Raises
+        :class:`RemoteError`."""
+        await self.ch.send(P.Hello(P.PROTOCOL_VERSION, repo))
         w = await self._recv()
         if not isinstance(w, P.Welcome):
             raise RemoteError(f"unexpected {type(w).__name__} instead of Welcome")
         if self.peer_id is not None and w.peer_id != self.peer_id:
             raise PeerIdMismatch(self.peer_id, w.peer_id)
+        self.peer_id = w.peer_id
         self.welcome = w
-        if identity is not None:
+        if identity is not None and (auth == "always" or (w.flags & 1)):
+            if callable(identity):  # created on demand (a fresh clone needs no key)
+                identity = identity()
             await self.authenticate(identity)
         return w
 
@@ -167,103 +185,144 @@ class RemoteSession:
 
     async def fetch(self, backend: BlockBackend, roots: list[bytes], *,
                     complete: set[bytes] = frozenset(), history: bool = True,
-                    progress: ProgressFn | None = None, max_rounds: int = 2) -> FetchStats:
+                    progress: ProgressFn | None = None, max_rounds: int = 2,
+                    stop_on_bad: bool = False) -> FetchStats:
         """Fetch every block under ``roots`` that ``backend`` lacks and store it.
 
         Resumable: each round walks what is already stored and requests only the
         missing frontier (whole-DAG selectors, ``have_roots`` = ``complete``,
         commits known to be fully stored). Every block is hashed against its CID
         (in a worker thread) before ``put_many``; bad blocks are dropped and
-        listed in ``bad_cids``. Returns :class:`FetchStats`; ``missing`` is
-        non-empty when this remote could not supply everything.
+        listed in ``bad_cids``; with ``stop_on_bad`` they are not asked of this
+        peer again (the caller asks another remote). Returns :class:`FetchStats`;
+        ``missing`` is non-empty when this remote could not supply everything.
         """
-        st = FetchStats()
+        st = FetchStats(transport=self.transport)
         t0 = time.perf_counter()
         wire0 = self.ch.bytes_in
         complete = set(complete)
         window = min(64, P.DEFAULT_LIMITS.max_requests)
-        for _round in range(max_rounds):
-            frontier: list[bytes] = []
-            for r in roots:
-                frontier += await trio.to_thread.run_sync(
-                    missing_in_dag, backend, r, complete, history)
-            frontier = list(dict.fromkeys(frontier))
-            if not frontier:
-                break
-            before = st.blocks
-            await self._fetch_frontier(backend, frontier, complete, history, st, t0,
-                                       progress, window)
-            if st.blocks == before:
-                break
+        try:
+            for _round in range(max_rounds):
+                frontier: list[bytes] = []
+                for r in roots:
+                    frontier += await trio.to_thread.run_sync(
+                        missing_in_dag, backend, r, complete, history)
+                frontier = list(dict.fromkeys(frontier))
+                if not frontier:
+                    break
+                before, bad_before = st.blocks, st.bad_blocks
+                clean = await self._fetch_frontier(backend, frontier, complete, history, st,
+                                                   t0, progress, window)
+                if clean:
+                    # every answer complete, every block verified and stored: the
+                    # DAGs are whole without walking them again
+                    st.missing = []
+                    return st
+                if st.blocks == before or (stop_on_bad and st.bad_blocks > bad_before):
+                    break
+        finally:
+            st.seconds = time.perf_counter() - t0
+            st.wire_bytes = self.ch.bytes_in - wire0
+            sync = getattr(backend, "sync", None)
+            if sync is not None and st.blocks:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(sync)
         st.missing = []
         for r in roots:
-            st.missing += missing_in_dag(backend, r, complete, history, limit=1000)
-        st.seconds = time.perf_counter() - t0
-        st.wire_bytes = self.ch.bytes_in - wire0
+            st.missing += await trio.to_thread.run_sync(
+                missing_in_dag, backend, r, complete, history, 1000)
         return st
 
     async def _fetch_frontier(self, backend, frontier, complete, history, st, t0, progress,
                               window):
-        send_ch, recv_ch = trio.open_memory_channel(4)
+        # pipeline: this task receives and frames blocks (zero-copy views of the
+        # reassembled frames); VERIFIERS worker threads hash batches against their
+        # CIDs (hashlib releases the GIL); one storer thread writes verified
+        # batches with put_many (no msync: one sync at the end of the fetch)
+        verify_send, verify_recv = trio.open_memory_channel(2)
+        store_send, store_recv = trio.open_memory_channel(2)
         have_roots = [c for c in complete if _is_commit(c)][:1000]
 
-        async def storer():
-            async with recv_ch:
-                async for batch in recv_ch:
-                    good, bad = await trio.to_thread.run_sync(_verify_and_store, backend, batch)
-                    st.blocks += good[0]
-                    st.nbytes += good[1]
+        async def verifier(recv, send):
+            async with recv, send:
+                async for batch in recv:
+                    good, nbytes, bad = await trio.to_thread.run_sync(_verify, batch)
                     st.bad_blocks += len(bad)
                     st.bad_cids += bad
+                    if good:
+                        await send.send((good, nbytes))
+
+        async def storer():
+            async with store_recv:
+                async for good, nbytes in store_recv:
+                    await trio.to_thread.run_sync(backend.put_many, good)
+                    st.blocks += len(good)
+                    st.nbytes += nbytes
                     if progress:
                         progress(st.blocks, st.nbytes)
 
         error: Exception | None = None
-        async with _collapse_groups(), trio.open_nursery() as nursery:
-            nursery.start_soon(storer)
-            async with send_ch:
-                pending: dict[int, bytes] = {}
-                queue = list(frontier)
-                batch: list = []
-                batch_bytes = 0
-                try:
-                    while queue or pending:
-                        reqs = []
-                        while queue and len(pending) < window:
-                            rid = self._next_id()
-                            root = queue.pop(0)
-                            pending[rid] = root
-                            reqs.append(P.DagRequest(rid, root,
-                                                     P.Selector(P.SEL_ALL, history=history),
-                                                     [], have_roots))
-                        if reqs:
-                            await self.ch.send_many(reqs)
-                        msg = await self._recv()
-                        t = type(msg)
-                        if t is P.Block:
-                            if st.first_block_s is None:
-                                st.first_block_s = time.perf_counter() - t0
-                            batch.append((msg.cid, msg.data))
-                            batch_bytes += len(msg.data)
-                            if batch_bytes >= (16 << 20) or len(batch) >= 512:
-                                await send_ch.send(batch)
-                                batch, batch_bytes = [], 0
-                        elif t is P.DontHave:
-                            st.dont_have += 1
-                        elif t is P.DagDone:
-                            pending.pop(msg.request_id, None)
-                        elif t is P.Error:
-                            pending.pop(msg.request_id, None)
-                            raise RemoteError(f"remote refused request: {msg.message}")
-                        else:
-                            raise RemoteError(f"unexpected {t.__name__} during fetch")
-                except Exception as e:  # noqa: BLE001 - keep what arrived, then re-raise
-                    error = e
-                if batch:
-                    # on success and on interruption alike: what arrived is verified and kept
-                    await send_ch.send(batch)
+        zc = self.ch.zero_copy
+        self.ch.zero_copy = True
+        try:
+            async with _collapse_groups(), trio.open_nursery() as nursery:
+                nursery.start_soon(storer)
+                for _ in range(_VERIFIERS):
+                    nursery.start_soon(verifier, verify_recv.clone(), store_send.clone())
+                await verify_recv.aclose()
+                await store_send.aclose()
+                async with verify_send:
+                    pending: dict[int, bytes] = {}
+                    queue = list(frontier)
+                    bad_before, dont_have_before = st.bad_blocks, st.dont_have
+                    all_ok = True
+                    batch: list = []
+                    batch_bytes = 0
+                    try:
+                        while queue or pending:
+                            reqs = []
+                            while queue and len(pending) < window:
+                                rid = self._next_id()
+                                root = queue.pop(0)
+                                pending[rid] = root
+                                reqs.append(P.DagRequest(rid, root,
+                                                         P.Selector(P.SEL_ALL, history=history),
+                                                         [], have_roots))
+                            if reqs:
+                                await self.ch.send_many(reqs)
+                            msg = await self._recv()
+                            t = type(msg)
+                            if t is P.Block:
+                                if st.first_block_s is None:
+                                    st.first_block_at = time.perf_counter()
+                                    st.first_block_s = st.first_block_at - t0
+                                batch.append((msg.cid, msg.data))
+                                batch_bytes += len(msg.data)
+                                if batch_bytes >= _BATCH_BYTES or len(batch) >= 512:
+                                    await verify_send.send(batch)
+                                    batch, batch_bytes = [], 0
+                            elif t is P.DontHave:
+                                st.dont_have += 1
+                            elif t is P.DagDone:
+                                pending.pop(msg.request_id, None)
+                                if msg.status != P.DONE_OK:
+                                    all_ok = False
+                            elif t is P.Error:
+                                pending.pop(msg.request_id, None)
+                                raise RemoteError(f"remote refused request: {msg.message}")
+                            else:
+                                raise RemoteError(f"unexpected {t.__name__} during fetch")
+                    except Exception as e:  # noqa: BLE001 - keep what arrived, then re-raise
+                        error = e
+                    if batch:
+                        # on success and on interruption alike: what arrived is verified and kept
+                        await verify_send.send(batch)
+        finally:
+            self.ch.zero_copy = zc
         if error is not None:
             raise error
+        return (all_ok and st.bad_blocks == bad_before and st.dont_have == dont_have_before)
 
     async def want(self, cids: list[bytes], priority: int = 1) -> dict[bytes, bytes]:
         """Bitswap-style: ask for blocks by CID; returns ``{cid: verified data}`` for
@@ -316,8 +375,19 @@ class RemoteSession:
         server's reason when the update is refused (stale base, unauthorised).
         """
         if not self.can_push:
-            raise RemoteError("unauthorised: the remote does not allow this peer ID to push "
-                              "(ask its owner for `tvcfs serve --allow-push YOUR-PEER-ID`)")
+            # no blocks: ask for the ref update only, so the server refuses (and logs) it
+            rid = self._next_id()
+            await self.ch.send(P.RefUpdate(rid, ref, expected_old, new))
+            reason = "unauthorised: this peer ID may not push"
+            while True:
+                r = await self._recv()
+                if isinstance(r, P.RefResult) and r.request_id == rid:
+                    reason = r.message or reason
+                    break
+                if isinstance(r, P.Error):
+                    reason = r.message
+                    break
+            raise PushRejected(f"push refused by the remote: {reason}")
         have_roots = [c for c in remote_complete if backend.has(c)]
         req = P.DagRequest(0, new, P.Selector(P.SEL_ALL, history=True), [], have_roots)
         cands = await trio.to_thread.run_sync(
@@ -342,7 +412,7 @@ class RemoteSession:
             if isinstance(r, P.Error):
                 raise RemoteError(r.message)
         if not r.ok:
-            raise RemoteError(f"push to {ref} refused: {r.message}")
+            raise PushRejected(f"push to {ref} refused: {r.message}", current=r.current)
         return nb, nbytes
 
     async def aclose(self) -> None:
@@ -354,6 +424,31 @@ def _is_commit(c: bytes) -> bool:
         return cid_codec(c) == 0x71
     except InvalidCID:
         return False
+
+
+_VERIFIERS = 2
+_CODECS = (0x55, 0x70, 0x71)  # raw, dag-pb, dag-cbor (one-byte varints)
+_BATCH_BYTES = 4 << 20
+
+
+def _verify(batch):
+    """``(good [(cid, data)], good bytes, bad [cid])`` of a batch (run in a thread)."""
+    good = []
+    bad = []
+    nbytes = 0
+    sha256 = hashlib.sha256
+    for cid, data in batch:
+        if len(cid) != 36 or cid[0] != 1 or cid[1] not in _CODECS or cid[2:4] != b"\x12\x20" or \
+                sha256(data).digest() != cid[4:]:
+            try:
+                cid_codec(cid)
+                verify_block(cid, data)
+            except (CorruptBlock, InvalidCID):
+                bad.append(cid)
+                continue
+        good.append((cid, data))
+        nbytes += len(data)
+    return good, nbytes, bad
 
 
 def _verify_and_store(backend: BlockBackend, batch):
@@ -382,10 +477,12 @@ async def open_session(
     settings: QuicSettings | None = None,
     engine: str | None = None,
     fallback_timeout: float = 1.5,
+    auth: str = "always",
 ) -> AsyncIterator[RemoteSession]:
     """Connect to ``url`` and yield a started :class:`RemoteSession`.
 
-    ``identity`` (optional) authenticates for push. Transport "auto" tries QUIC
+    ``identity`` (optional) authenticates (``auth="always"``, or ``"auto"``: only
+    when the server is private). Transport "auto" tries QUIC
     for ``fallback_timeout`` seconds, then TLS-over-TCP. Raises
     :class:`~.quic.TransportError`, :class:`~.identity.PeerIdMismatch`,
     :class:`RemoteError`.
@@ -417,6 +514,6 @@ async def open_session(
                 connect_tcp(url.host, url.port, expected_peer_id=url.peer_id,
                             connect_timeout=settings.connect_timeout))
             sess = RemoteSession(MessageChannel(stream), stream.peer_id, "tcp")
-        await sess.start(identity)
+        await sess.start(identity, auth=auth, repo=url.repo)
         yield sess
         await sess.aclose()

@@ -38,6 +38,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
+from ..errors import TvcfsError
+
 __all__ = [
     "AUTH_CONTEXT",
     "IdentityError",
@@ -60,7 +62,7 @@ _MH_IDENTITY = 0x00
 _MH_SHA2_256 = 0x12
 
 
-class IdentityError(Exception):
+class IdentityError(TvcfsError):
     """A key, certificate, peer ID or signature is malformed or does not verify."""
 
 

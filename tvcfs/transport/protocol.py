@@ -573,6 +573,13 @@ def encode(msg: Message) -> bytes:
     return _uv(len(body) + 1) + bytes((msg.TYPE,)) + body
 
 
+def block_frame_header(cid: bytes, nbytes: int) -> bytes:
+    """The bytes of a ``Block`` frame that precede its ``nbytes`` of data: send
+    ``header ‖ data`` to frame a block without copying the data."""
+    cid_part = _uv(len(cid)) + cid + _uv(nbytes)
+    return _uv(1 + len(cid_part) + nbytes) + bytes((Block.TYPE,)) + cid_part
+
+
 def decode_message(payload, limits: Limits = DEFAULT_LIMITS) -> Message:
     """Decode one frame payload (type byte + body, without the length prefix).
 
@@ -589,28 +596,78 @@ def decode_message(payload, limits: Limits = DEFAULT_LIMITS) -> Message:
     return msg
 
 
+_BIG_FRAME = 64 * 1024
+
+
 class FrameDecoder:
     """Incremental decoder: ``feed(bytes)``, then ``next()`` until it returns None.
 
     Raises :class:`ProtocolError` as soon as a length prefix announces more than
     ``limits.max_message`` bytes (before buffering them) or a frame is malformed.
     Memory held is at most one frame plus one received chunk.
+
+    A large frame (a block) is assembled in a buffer of its own, allocated from its
+    length prefix, so its bytes are copied once; with ``zero_copy`` a ``Block``'s
+    ``data`` is then a read-only ``memoryview`` of that buffer (it keeps the buffer
+    alive) instead of a second, ``bytes`` copy.
     """
 
-    def __init__(self, limits: Limits = DEFAULT_LIMITS):
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, zero_copy: bool = False):
         self.limits = limits
+        self.zero_copy = zero_copy
         self._buf = bytearray()
         self._pos = 0
         self.bytes_in = 0
+        self._big: bytearray | None = None  # payload of the large frame being filled
+        self._big_fill = 0
+        self._ready: bytearray | None = None  # a complete large frame, next to decode
 
     def feed(self, data) -> None:
         self.bytes_in += len(data)
+        big = self._big
+        if big is not None:
+            fill = self._big_fill
+            room = len(big) - fill
+            if len(data) <= room:
+                big[fill:fill + len(data)] = data
+                self._big_fill = fill + len(data)
+                if self._big_fill == len(big):
+                    self._ready, self._big = big, None
+                return
+            with memoryview(data) as mv:
+                big[fill:] = mv[:room]
+                data = bytes(mv[room:])
+            self._ready, self._big = big, None
         if self._pos and self._pos == len(self._buf):
             self._buf.clear()
             self._pos = 0
         self._buf += data
 
     def next(self) -> Message | None:
+        ready = self._ready
+        if ready is not None:
+            self._ready = None
+            return self._decode_big(ready)
+        if self._big is not None:
+            return None
+        return self._next_small()
+
+    def _decode_big(self, payload: bytearray) -> Message:
+        if self.zero_copy and payload[0] == Block.TYPE:
+            mv = memoryview(payload).toreadonly()
+            r = _Reader(mv, 1, len(payload), self.limits)
+            cid = r.cid()
+            n = r.uv()
+            if n > self.limits.max_block:
+                raise ProtocolError(f"field of {n} bytes exceeds limit {self.limits.max_block}")
+            if r.pos + n != len(payload):
+                raise ProtocolError("truncated field" if r.pos + n > len(payload)
+                                    else "trailing bytes in message")
+            return Block(cid, mv[r.pos:])
+        with memoryview(payload) as mv:
+            return decode_message(mv, self.limits)
+
+    def _next_small(self) -> Message | None:
         buf, pos = self._buf, self._pos
         end = len(buf)
         n = shift = 0
@@ -631,6 +688,13 @@ class FrameDecoder:
         if n == 0:
             raise ProtocolError("empty message")
         if p + n > end:
+            if n > _BIG_FRAME:
+                # the rest of this frame goes straight into a buffer of its own
+                big = bytearray(n)
+                big[: end - p] = buf[p:end]
+                self._big, self._big_fill = big, end - p
+                buf.clear()
+                self._pos = 0
             return None
         with memoryview(buf) as mv:
             msg = decode_message(mv[p : p + n], self.limits)
@@ -643,4 +707,9 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet decoded."""
-        return len(self._buf) - self._pos
+        n = len(self._buf) - self._pos
+        if self._big is not None:
+            n += self._big_fill
+        if self._ready is not None:
+            n += len(self._ready)
+        return n

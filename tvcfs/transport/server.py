@@ -16,6 +16,7 @@ stream (and, for QUIC, that connection).
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 from dataclasses import dataclass, field
@@ -25,10 +26,12 @@ import trio
 from ..encoding.cid import DAG_CBOR, DAG_PB, cid_codec, cid_str
 from ..errors import InvalidCID, RefConflict, TvcfsError
 from . import protocol as P
-from .backend import BlockBackend, is_leaf, links_of
+from .backend import BlockBackend, is_leaf, links_of, read_view
 from .channel import MessageChannel
+from .ledger import PeerLedger
 from .quic import _collapse_groups
-from .identity import IdentityError, NodeIdentity, auth_message, verify_signature
+from .identity import (IdentityError, NodeIdentity, auth_message, format_peer_id,
+                       verify_signature)
 
 __all__ = ["ServerConfig", "ServerStats", "handle_session", "iter_selection", "missing_in_dag"]
 
@@ -66,9 +69,15 @@ class ServerConfig:
     stats: ServerStats = field(default_factory=ServerStats)
     corrupt_hook: object = None
     write_lock: trio.Lock = field(default_factory=trio.Lock)
+    # bytes sent per peer; shares sending fairly between peers (None: no gate)
+    ledger: PeerLedger | None = field(default_factory=PeerLedger)
 
 
 # ---------------------------------------------------------------- traversal
+# Leaf indexes of files recently answered with byte-range selectors ({file CID:
+# (FileIndex, interior node CIDs)}): a lazy mount asks many ranges of one file, and
+# rebuilding the index of a 1 GiB file costs more than sending a leaf.
+_RANGE_INDEX: collections.OrderedDict = collections.OrderedDict()
 def iter_selection(backend: BlockBackend, req: P.DagRequest):
     """Yield ``(cid, data | None)`` for the blocks ``req`` selects, depth-first
     pre-order; ``None`` data = the server does not have it (its sub-graph is skipped).
@@ -132,28 +141,37 @@ def iter_selection(backend: BlockBackend, req: P.DagRequest):
         yield from ((c, d) for c, d in _walk(backend, node, have, known, False) if c != node)
         return
     # RANGE: interior nodes of the file (recorded while indexing), then leaves in range
-    interior: list[bytes] = []
-    blocks = {node: data}
+    cached = _RANGE_INDEX.get(node)  # a lazy mount sends many ranges of one big file
+    if cached is not None:
+        _RANGE_INDEX.move_to_end(node)
+        idx, interior = cached
+        blocks = {}
+    else:
+        interior: list[bytes] = []
+        blocks = {node: data}
 
-    def rec_get(c):
-        b = blocks.get(c)
-        if b is None:
-            b = get(c)
+        def rec_get(c):
+            b = blocks.get(c)
             if b is None:
-                raise KeyError(c)
-            blocks[c] = b
-        if c != node and cid_codec(c) == DAG_PB:
-            interior.append(c)
-        return b
+                b = get(c)
+                if b is None:
+                    raise KeyError(c)
+                blocks[c] = b
+            if c != node and cid_codec(c) == DAG_PB:
+                interior.append(c)
+            return b
 
-    try:
-        idx = FileIndex.build(rec_get, node)
-    except KeyError as e:
-        yield e.args[0], None
-        return
+        try:
+            idx = FileIndex.build(rec_get, node)
+        except KeyError as e:
+            yield e.args[0], None
+            return
+        _RANGE_INDEX[node] = (idx, interior)  # content-addressed: valid for any store
+        if len(_RANGE_INDEX) > 64:
+            _RANGE_INDEX.popitem(last=False)
     for c in interior:
         if c not in have:
-            yield c, blocks[c]
+            yield c, blocks[c] if c in blocks else get(c)
     end = sel.end or idx.size
     for i in idx.leaf_range(sel.start, end - sel.start):
         c = idx.leaves[i]
@@ -235,6 +253,26 @@ class _Session:
         self.work = trio.Event()
         self.pending: list[tuple[bytes, bytes]] = []
         self.pending_bytes = 0
+        self.addr = _peer_address(ch.stream)
+        # {cid: sequence number} of blocks sent on this session while requests were
+        # outstanding: an answer skips a block sent after its request arrived (the
+        # client gets it from the other answer; a foreground want answered first is
+        # not sent twice by a DAG answer, nor the other way round)
+        self.sent_seq: dict[bytes, int] = {}
+        self.seq = 0
+
+    def private_refusal(self) -> str:
+        """The reason a read is refused on a private server (also logged)."""
+        if self.peer is None:
+            return "this server is private: authenticate first"
+        pid = format_peer_id(self.peer)
+        log.warning("refused read from %s: peer ID not allowed on this private server",
+                    self.who())
+        return (f"this server is private and peer ID {pid} may not read it; ask its owner "
+                f"to run `tvcfs serve --private --allow-push {pid}`")
+
+    def who(self) -> str:
+        return f"{format_peer_id(self.peer) if self.peer else 'anonymous'} ({self.addr})"
 
     def may_read(self) -> bool:
         if not self.cfg.private:
@@ -279,10 +317,11 @@ class _Session:
             elif t is P.DagRequest:
                 if not self.may_read():
                     await ch.send(P.Error(msg.request_id, P.E_UNAUTHORIZED,
-                                          "this server is private: authenticate first"))
+                                          self.private_refusal()))
                     continue
                 if len(self.requests) >= cfg.limits.max_requests:
                     raise P.ProtocolError("too many outstanding requests")
+                msg.arrival = self.seq
                 self.requests.append(msg)
                 self.work.set()
             elif t is P.Cancel:
@@ -290,7 +329,7 @@ class _Session:
             elif t is P.ListRefs:
                 if not self.may_read():
                     await ch.send(P.Error(msg.request_id, P.E_UNAUTHORIZED,
-                                          "this server is private: authenticate first"))
+                                          self.private_refusal()))
                     continue
                 refs = {k: v for k, v in cfg.backend.refs().items() if k.startswith(msg.prefix)}
                 await ch.send(P.Refs(msg.request_id, refs, cfg.backend.head()))
@@ -320,6 +359,7 @@ class _Session:
             if e.cancel:
                 self.wants.pop(e.cid, None)
             else:
+                e.arrival = self.seq
                 self.wants[e.cid] = e
         if len(self.wants) > self.cfg.limits.max_wantlist:
             raise P.ProtocolError("want-list too long")
@@ -353,8 +393,13 @@ class _Session:
     async def on_ref_update(self, msg: P.RefUpdate):
         ch, cfg = self.ch, self.cfg
         if not self.can_push:
-            await ch.send(P.RefResult(msg.request_id, False, cfg.backend.refs().get(msg.name),
-                                      "unauthorised: this peer ID may not push"))
+            who = format_peer_id(self.peer) if self.peer else "an unauthenticated peer"
+            log.warning("refused push to %s from %s (%s): peer ID not in the allow-list",
+                        msg.name, who, self.addr)
+            await ch.send(P.RefResult(
+                msg.request_id, False, cfg.backend.refs().get(msg.name),
+                f"unauthorised: peer ID {who} may not push to this repository; ask its owner "
+                f"to run `tvcfs serve --allow-push {who if self.peer else 'PEERID'}`"))
             return
         await self.flush_pending()
         if msg.new is not None:
@@ -369,31 +414,48 @@ class _Session:
             async with cfg.write_lock:
                 cfg.backend.update_ref(msg.name, msg.new, msg.old)
         except RefConflict as e:
-            await ch.send(P.RefResult(msg.request_id, False, e.actual,
-                                      f"rejected: {msg.name} has moved (stale base); fetch and merge"))
+            log.warning("rejected push to %s from %s: stale base", msg.name, self.who())
+            cur = cid_str(e.actual)[:16] if e.actual else "(none)"
+            base = cid_str(msg.old)[:16] if msg.old else "(none)"
+            await ch.send(P.RefResult(
+                msg.request_id, False, e.actual,
+                f"rejected: {msg.name} has moved (stale base: you expected {base}, it is at "
+                f"{cur}); fetch and merge, then push again"))
             return
         except TvcfsError as e:
             await ch.send(P.RefResult(msg.request_id, False, None, f"rejected: {e}"))
             return
+        log.info("push from %s: %s -> %s", self.who(), msg.name,
+                 cid_str(msg.new) if msg.new else "(deleted)")
         await ch.send(P.RefResult(msg.request_id, True, msg.new, "ok"))
 
     async def send_block(self, cid: bytes, data) -> None:
         hook = self.cfg.corrupt_hook
         if hook is not None:
             data = hook(cid, data)
-        await self.ch.send(P.Block(cid, data))
+        if self.cfg.ledger is not None:
+            await self.cfg.ledger.turn(self.peer or self.addr, len(data))
+        await self.ch.send_block(cid, data)  # header + data, no copy of the data
+        self.seq += 1
+        if len(self.sent_seq) < 65536:
+            self.sent_seq[cid] = self.seq
         st = self.cfg.stats
         st.blocks_sent += 1
         st.bytes_sent += len(data)
 
-    async def serve_wants(self) -> None:
+    async def serve_wants(self, min_priority: int = -1) -> None:
+        """Answer want-list entries, highest priority first, down to ``min_priority``."""
         backend = self.cfg.backend
         while self.wants:
             cid, e = max(self.wants.items(), key=lambda kv: kv[1].priority)
+            if e.priority < min_priority:
+                return
             del self.wants[cid]
             if not self.may_read():
                 await self.ch.send(P.DontHave(cid))
                 continue
+            if not e.want_have and self.sent_seq.get(cid, -1) > getattr(e, "arrival", self.seq):
+                continue  # sent since it was asked for (by a DAG answer): on its way
             if e.want_have:
                 msg = P.Have(cid) if backend.has(cid) else P.DontHave(cid)
                 await self.ch.send(msg)
@@ -408,9 +470,12 @@ class _Session:
     async def worker(self):
         while True:
             if not self.wants and not self.requests:
+                self.sent_seq.clear()
                 self.work = trio.Event()
                 await self.work.wait()
-            await self.serve_wants()
+            # wants at or above the best request's priority first, the rest after it
+            top = max((r.priority for r in self.requests), default=-1)
+            await self.serve_wants(top)
             if self.requests:
                 req = max(self.requests, key=lambda r: r.priority)
                 try:
@@ -422,23 +487,50 @@ class _Session:
         nblocks = nbytes = 0
         status, message = P.DONE_OK, ""
         try:
-            for cid, data in iter_selection(self.cfg.backend, req):
-                if req.request_id in self.cancelled:
-                    status, message = P.DONE_ERROR, "cancelled"
-                    break
-                if data is None:
-                    await self.ch.send(P.DontHave(cid))
-                    status = P.DONE_PARTIAL
-                    continue
-                await self.send_block(cid, data)
-                nblocks += 1
-                nbytes += len(data)
-                if self.wants:
-                    await self.serve_wants()
+            # one read transaction per answer: raw leaves go out as zero-copy views
+            with read_view(self.cfg.backend) as backend:
+                for cid, data in iter_selection(backend, req):
+                    if req.request_id in self.cancelled:
+                        status, message = P.DONE_ERROR, "cancelled"
+                        break
+                    if data is None:
+                        await self.ch.send(P.DontHave(cid))
+                        status = P.DONE_PARTIAL
+                        continue
+                    if self.sent_seq.get(cid, -1) > getattr(req, "arrival", self.seq):
+                        continue  # sent since this request arrived (e.g. to a foreground want)
+                    await self.send_block(cid, data)
+                    nblocks += 1
+                    nbytes += len(data)
+                    # pre-emption: wants at or above this request's priority, and
+                    # requests of a strictly higher priority, go before its next block
+                    if self.wants:
+                        await self.serve_wants(req.priority)
+                    if len(self.requests) > 1:
+                        higher = [r for r in self.requests if r.priority > req.priority]
+                        if higher:
+                            r2 = max(higher, key=lambda r: r.priority)
+                            try:
+                                await self.serve_dag(r2)
+                            finally:
+                                self.requests.remove(r2)
         except TvcfsError as e:
             status, message = P.DONE_ERROR, str(e)
         self.cancelled.discard(req.request_id)
         await self.ch.send(P.DagDone(req.request_id, status, nblocks, nbytes, message))
+
+
+def _peer_address(stream) -> str:
+    """``host:port`` of the other end of a QUIC stream or TLS-over-TCP stream."""
+    try:
+        conn = getattr(stream, "connection", None)
+        if conn is not None:
+            addr = conn.remote_address
+        else:
+            addr = stream.transport_stream.socket.getpeername()
+        return f"{addr[0]}:{addr[1]}"
+    except Exception:  # noqa: BLE001 - only for log lines
+        return "?"
 
 
 async def handle_session(stream, cfg: ServerConfig, tls_peer: bytes | None = None) -> None:
@@ -454,7 +546,7 @@ async def handle_session(stream, cfg: ServerConfig, tls_peer: bytes | None = Non
         await _Session(ch, cfg, tls_peer).run()
     except P.ProtocolError as e:
         cfg.stats.protocol_errors += 1
-        log.info("protocol error from peer: %s", e)
+        log.warning("closed session from %s: protocol error: %s", _peer_address(stream), e)
         with trio.move_on_after(1):
             try:
                 await ch.send(P.Error(0, P.E_PROTOCOL, str(e)[:500]))

@@ -1,4 +1,4 @@
-"""TLS 1.3 over TCP (trio.SSLStream): the fallback carrying the same sessions as QUIC.
+"""TLS 1.3 over TCP (:class:`TLSStream`): the fallback carrying the same sessions as QUIC.
 
 The node's Ed25519 certificate (see :mod:`.identity`) is used as is; the client
 accepts any certificate at the TLS layer and then pins the server's peer ID from
@@ -8,6 +8,7 @@ the certificate's key, exactly as over QUIC.
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import tempfile
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ import trio
 from .identity import NodeIdentity, PeerIdMismatch, peer_id_from_certificate_der
 from .quic import ALPN, TransportError
 
-__all__ = ["connect_tcp", "serve_tcp", "server_ssl_context"]
+__all__ = ["TLSStream", "connect_tcp", "serve_tcp", "server_ssl_context"]
 
 
 def server_ssl_context(identity: NodeIdentity) -> ssl.SSLContext:
@@ -38,6 +39,158 @@ def server_ssl_context(identity: NodeIdentity) -> ssl.SSLContext:
     return ctx
 
 
+class TLSStream(trio.abc.Stream):
+    """TLS over a trio TCP stream, decrypting in bulk.
+
+    Like ``trio.SSLStream`` (an ``ssl.SSLObject`` between two ``MemoryBIO``), but a
+    receive reads up to 1 MiB of ciphertext from the socket and decrypts every
+    complete record in it before returning (``trio.SSLStream`` returns one
+    16 KiB record per call, each a trip through the scheduler), and
+    :meth:`receive_chunks` hands over those records' plaintexts without joining
+    them. Sends encrypt the whole buffer and write the records in one
+    ``send_all``. TLS has no half-close: ``aclose`` sends close_notify.
+    Errors: ``trio.BrokenResourceError`` (its ``__cause__`` the ``ssl`` error).
+    """
+
+    def __init__(self, transport_stream, ctx: ssl.SSLContext, *, server_side: bool,
+                 server_hostname: str | None = None):
+        self.transport_stream = transport_stream
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._obj = ctx.wrap_bio(self._in, self._out, server_side=server_side,
+                                 server_hostname=server_hostname)
+        self._send_lock = trio.Lock()
+        self._eof = False
+        self._closed = False
+        self._leftover = b""
+        self.peer_id: bytes | None = None
+
+    def getpeercert(self, binary_form: bool = False):
+        return self._obj.getpeercert(binary_form)
+
+    def selected_alpn_protocol(self):
+        return self._obj.selected_alpn_protocol()
+
+    async def _flush(self) -> None:
+        # read the BIO under the lock: records must reach the socket in order
+        async with self._send_lock:
+            data = self._out.read()
+            if data:
+                await self.transport_stream.send_all(data)
+
+    async def _fill(self) -> bool:
+        data = await self.transport_stream.receive_some(1 << 20)
+        if not data:
+            self._in.write_eof()
+            return False
+        self._in.write(data)
+        return True
+
+    async def do_handshake(self) -> None:
+        """Run the TLS handshake. Raises ``trio.BrokenResourceError``."""
+        while True:
+            try:
+                self._obj.do_handshake()
+            except ssl.SSLWantReadError:
+                await self._flush()
+                if not await self._fill():
+                    raise trio.BrokenResourceError("connection closed during the TLS handshake")
+                continue
+            except ssl.SSLError as e:
+                try:
+                    await self._flush()  # the alert, if any
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                raise trio.BrokenResourceError(f"TLS handshake failed: {e}") from e
+            await self._flush()
+            return
+
+    def _read_records(self, out: list) -> None:
+        read = self._obj.read
+        try:
+            while True:
+                data = read(1 << 20)
+                if not data:
+                    self._eof = True
+                    return
+                out.append(data)
+        except ssl.SSLWantReadError:
+            return
+        except ssl.SSLZeroReturnError:
+            self._eof = True
+        except ssl.SSLError as e:
+            raise trio.BrokenResourceError(f"TLS error: {e}") from e
+
+    async def receive_chunks(self) -> list:
+        """The plaintext of every complete record available (waiting for at least
+        one); ``[]`` at the end of the stream."""
+        if self._closed:
+            raise trio.ClosedResourceError("stream closed")
+        out: list = []
+        if self._leftover:
+            out.append(self._leftover)
+            self._leftover = b""
+        while True:
+            self._read_records(out)
+            if self._out.pending:
+                await self._flush()  # e.g. post-handshake messages
+            if out or self._eof:
+                await trio.lowlevel.checkpoint()
+                return out
+            if not await self._fill():
+                self._read_records(out)
+                self._eof = True
+                await trio.lowlevel.checkpoint()
+                return out
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        data = b"".join(await self.receive_chunks())
+        if max_bytes is not None and len(data) > max_bytes:
+            data, self._leftover = data[:max_bytes], data[max_bytes:]
+        return data
+
+    async def send_all(self, data) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("stream closed")
+        try:
+            self._obj.write(data)
+        except ssl.SSLError as e:
+            raise trio.BrokenResourceError(f"TLS error: {e}") from e
+        await self._flush()
+
+    async def send_parts(self, parts) -> None:
+        """``send_all`` of several buffers, written to the socket together."""
+        if self._closed:
+            raise trio.ClosedResourceError("stream closed")
+        try:
+            for data in parts:
+                if len(data):
+                    self._obj.write(data)
+        except ssl.SSLError as e:
+            raise trio.BrokenResourceError(f"TLS error: {e}") from e
+        await self._flush()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport_stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        try:
+            try:
+                self._obj.unwrap()
+            except ssl.SSLError:
+                pass
+            with trio.move_on_after(1):
+                await self._flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await self.transport_stream.aclose()
+
+
 def _client_ssl_context() -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
@@ -48,25 +201,37 @@ def _client_ssl_context() -> ssl.SSLContext:
 
 
 async def serve_tcp(
-    handler: Callable[[trio.SSLStream], Awaitable[None]],
+    handler: Callable[["TLSStream"], Awaitable[None]],
     host: str,
     port: int,
     *,
     identity: NodeIdentity,
+    listeners=None,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve TLS-over-TCP on ``host:port``; ``await handler(ssl_stream)`` per connection.
 
     Start value (with ``nursery.start``): the bound ``(host, port)``. A failed TLS
-    handshake or a handler error only ends that connection.
+    handshake or a handler error only ends that connection. ``listeners``: already
+    open ``trio.SocketListener`` objects to use instead of binding ``host:port``.
     """
     ctx = server_ssl_context(identity)
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    if listeners is None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
 
     async def run(tcp):
-        stream = trio.SSLStream(tcp, ctx, server_side=True, https_compatible=False)
+        tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stream = TLSStream(tcp, ctx, server_side=True)
         try:
-            await stream.do_handshake()
+            with trio.fail_after(10):
+                await stream.do_handshake()
+        except trio.TooSlowError:
+            await stream.aclose()
+            return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.aclose()
+            return
+        try:
             await handler(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -90,19 +255,23 @@ async def connect_tcp(
     *,
     expected_peer_id: bytes | None = None,
     connect_timeout: float = 5.0,
-) -> AsyncIterator[trio.SSLStream]:
+) -> AsyncIterator["TLSStream"]:
     """Open a TLS 1.3 stream to ``host:port`` and pin the server's peer ID.
 
     The yielded stream has an extra attribute ``peer_id`` (bytes). Raises
     :class:`~.quic.TransportError` (connection refused, timeout, TLS failure) or
     :class:`~.identity.PeerIdMismatch`.
     """
+    stream = None
     try:
         with trio.fail_after(connect_timeout):
             tcp = await trio.open_tcp_stream(host, port)
-            stream = trio.SSLStream(tcp, _client_ssl_context(), server_hostname=None)
+            stream = TLSStream(tcp, _client_ssl_context(), server_side=False)
             await stream.do_handshake()
     except (OSError, trio.TooSlowError, trio.BrokenResourceError) as e:
+        if stream is not None:
+            with trio.CancelScope(shield=True):
+                await stream.transport_stream.aclose()
         raise TransportError(f"TLS/TCP connection to {host}:{port} failed: {e}") from None
     try:
         der = stream.getpeercert(binary_form=True)

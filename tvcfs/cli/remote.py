@@ -1,0 +1,298 @@
+"""Peer-to-peer commands: id, serve, remote, clone, fetch, pull, push.
+
+See docs/protocol.md. Transfers show a progress line (bytes, rate) on stderr;
+``--quiet`` hides it. Errors are one line (``tvcfs: error: …``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from . import open_repo
+
+
+def _short(c) -> str:
+    from ..encoding.cid import cid_str
+
+    return cid_str(c)[:16] if c else "(none)"
+
+
+def _fmt(n: float) -> str:
+    from ..transport.ops import _fmt as f
+
+    return f(n)
+
+
+def _engine(args):
+    e = getattr(args, "engine", None)
+    if e:
+        os.environ["TVCFS_QUIC_ENGINE"] = e
+    return e
+
+
+def _summary(res, quiet: bool) -> None:
+    if quiet:
+        return
+    for name, st in res.stats:
+        if st.blocks or st.bad_blocks:
+            rate = st.nbytes / st.seconds if st.seconds else 0.0
+            print(f"Received {st.blocks} blocks, {_fmt(st.nbytes)} ({st.nbytes} bytes, "
+                  f"{st.wire_bytes} on the wire) from {name} over {st.transport} in "
+                  f"{st.seconds:.2f} s ({_fmt(rate)}/s)"
+                  + (f"; {st.bad_blocks} bad block(s) dropped" if st.bad_blocks else ""),
+                  file=sys.stderr)
+
+
+# ------------------------------------------------------------------ id
+def cmd_id(args) -> int:
+    with open_repo(args) as repo:
+        ident = repo.identity()
+        if args.verbose:
+            print(f"peer ID:  {ident.peer_id_str}")
+            print(f"key file: {os.path.join(repo.control, 'node.key')}")
+            print("key type: Ed25519")
+        else:
+            print(ident.peer_id_str)
+    return 0
+
+
+# ------------------------------------------------------------------ serve
+def cmd_serve(args) -> int:
+    import logging
+    import signal
+
+    import trio
+
+    from ..repo import Repo
+    from ..transport.ops import parse_listen, serve_async
+
+    _engine(args)
+    host, port = parse_listen(args.listen)
+    repo = Repo.open(args.path) if args.path else open_repo(args)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="tvcfs serve: %(message)s", stream=sys.stderr)
+    for noisy in ("qh3", "aioquic", "quic"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)  # "peer close" chatter
+
+    def ready(url, bound, cfg):
+        print(url, flush=True)
+        if args.quiet:
+            return
+        what = " and ".join(x for x, on in (("QUIC", not args.no_quic),
+                                            ("TLS/TCP", not args.no_tcp)) if on)
+        print(f"tvcfs serve: serving {repo.root} over {what} on {host}:{bound}; reads "
+              f"{'private' if args.private else 'public'}; push allowed for "
+              f"{len(cfg.allow_push)} peer(s)", file=sys.stderr, flush=True)
+
+    async def main():
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
+            async with trio.open_nursery() as n:
+                await n.start(lambda task_status: serve_async(
+                    repo, host, port, private=args.private, allow_push=args.allow_push or (),
+                    quic=not args.no_quic, tcp=not args.no_tcp, engine=args.engine,
+                    on_ready=ready, task_status=task_status))
+                async for _ in sigs:
+                    if not args.quiet:
+                        print("tvcfs serve: stopping", file=sys.stderr, flush=True)
+                    n.cancel_scope.cancel()
+                    break
+
+    try:
+        trio.run(main)
+    finally:
+        repo.close()
+    return 0
+
+
+# ------------------------------------------------------------------ remote
+def cmd_remote(args) -> int:
+    from ..transport.client import parse_url
+    from ..transport.ops import peer_scores
+
+    with open_repo(args) as repo:
+        if args.action == "add":
+            try:
+                parse_url(args.url)
+            except ValueError as e:
+                raise ValueError(str(e)) from None
+            repo.add_remote(args.name, args.url)
+            return 0
+        if args.action == "remove":
+            repo.remove_remote(args.name)
+            return 0
+        scores = peer_scores(repo) if args.verbose else {}
+        for name, url in sorted(repo.remotes().items()):
+            if not args.verbose:
+                print(name)
+                continue
+            extra = ""
+            try:
+                u = parse_url(url)
+                if u.peer_id:
+                    from ..transport.identity import format_peer_id
+
+                    bad = scores.get(format_peer_id(u.peer_id), {}).get("bad_blocks", 0)
+                    if bad:
+                        extra = f"  ({bad} bad blocks)"
+            except ValueError:
+                pass
+            print(f"{name}\t{url}{extra}")
+    return 0
+
+
+# ------------------------------------------------------------------ clone / fetch / pull / push
+def cmd_clone(args) -> int:
+    from ..transport.ops import clone
+
+    _engine(args)
+    dest = args.dir
+    if dest is None:
+        from ..transport.client import parse_url
+
+        u = parse_url(args.url)
+        dest = os.path.basename(u.repo.rstrip("/")) or f"{u.host}-{u.port}"
+    if getattr(args, "lazy", False):
+        # refs, commits, trees and file indexes only; leaves on demand (tvcfs.fs.remote)
+        from ..fs.remote import lazy_clone
+
+        repo, _ = lazy_clone(args.url, dest, engine=args.engine, quiet=args.quiet)
+        repo.close()
+        return 0
+    repo, res = clone(args.url, dest, quiet=args.quiet, engine=args.engine)
+    try:
+        _summary(res, args.quiet)
+        if not args.quiet:
+            nb = sum(1 for k in res.refs if k.startswith("refs/heads/"))
+            nt = len(res.refs) - nb
+            print(f"Cloned {args.url} into {repo.root}: {nb} branch(es), {nt} tag(s), "
+                  f"HEAD -> {repo.head_branch() or '(detached)'} {_short(repo.head())}",
+                  file=sys.stderr)
+    finally:
+        repo.close()
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    from ..transport.ops import fetch
+
+    _engine(args)
+    with open_repo(args) as repo:
+        remotes = list(repo.remotes()) if args.all else [args.remote or "origin"]
+        for remote in remotes:
+            res = fetch(repo, remote, quiet=args.quiet, engine=args.engine)
+            _summary(res, args.quiet)
+            if not args.quiet:
+                if res.updated:
+                    print(f"From {res.url}", file=sys.stderr)
+                for ref, old, new in res.updated:
+                    name = ref.split("/", 2)[2]
+                    what = "(deleted)" if new is None else (
+                        "[new]" if old is None else f"{_short(old)}..{_short(new)}")
+                    print(f"   {what:36s} {name}", file=sys.stderr)
+    return 0
+
+
+def cmd_pull(args) -> int:
+    from ..transport.ops import pull
+
+    _engine(args)
+    with open_repo(args) as repo:
+        r = pull(repo, args.remote or "origin", args.branch, quiet=args.quiet,
+                 engine=args.engine)
+        _summary(r.fetch, args.quiet)
+        if r.kind == "up-to-date":
+            print("Already up to date.")
+        elif r.kind == "ahead":
+            print(f"Already up to date ({r.branch} is ahead of the remote).")
+        elif r.kind == "created":
+            print(f"Created branch {r.branch} at {_short(r.new)}")
+        else:
+            print(f"Fast-forward {r.branch}: {_short(r.old)}..{_short(r.new)}")
+    return 0
+
+
+def cmd_push(args) -> int:
+    from ..transport.ops import push
+
+    _engine(args)
+    with open_repo(args) as repo:
+        r = push(repo, args.remote or "origin", args.branch, force=args.force,
+                 quiet=args.quiet, engine=args.engine)
+        if r.kind == "up-to-date":
+            print("Everything up-to-date.")
+        else:
+            rate = r.nbytes / r.seconds if r.seconds else 0.0
+            print(f"{r.ref}: {_short(r.old)}..{_short(r.new)} ({r.blocks} blocks, "
+                  f"{_fmt(r.nbytes)} sent, {_fmt(rate)}/s)")
+    return 0
+
+
+# ------------------------------------------------------------------ register
+def register(sub) -> None:
+    def transfer_opts(p):
+        p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+        p.add_argument("--engine", choices=("qh3", "aioquic"),
+                       help="QUIC engine (default: $TVCFS_QUIC_ENGINE or qh3)")
+
+    p = sub.add_parser("id", help="print this repository's node peer ID (creating the key)")
+    p.add_argument("--verbose", "-v", action="store_true", help="also the key file and type")
+    p.set_defaults(func=cmd_id)
+
+    p = sub.add_parser("serve", help="serve the repository to peers over QUIC and TLS/TCP")
+    p.add_argument("path", nargs="?", metavar="REPO", help="repository (default: --repo or cwd)")
+    p.add_argument("--listen", "-l", default="0.0.0.0:4740", metavar="HOST:PORT",
+                   help="address; QUIC (UDP) and TCP use the same port (0: any) "
+                        "[default: 0.0.0.0:4740]")
+    p.add_argument("--private", action="store_true",
+                   help="reads need an authenticated peer in the push allow-list")
+    p.add_argument("--allow-push", nargs="+", metavar="PEERID", default=[],
+                   help="peer IDs allowed to push (see `tvcfs id`)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--no-quic", action="store_true", help="TLS over TCP only")
+    g.add_argument("--no-tcp", action="store_true", help="QUIC only")
+    p.add_argument("--engine", choices=("qh3", "aioquic"), help="QUIC engine")
+    p.add_argument("--quiet", "-q", action="store_true", help="log warnings only")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("remote", help="manage remotes (add, list, remove)")
+    rs = p.add_subparsers(dest="action", metavar="ACTION")
+    p.set_defaults(func=cmd_remote, action="list", verbose=False)
+    a = rs.add_parser("add", help="add a remote: NAME tvcfs://PEERID@HOST:PORT/")
+    a.add_argument("name")
+    a.add_argument("url")
+    a = rs.add_parser("remove", aliases=["rm"], help="remove a remote and its tracking refs")
+    a.add_argument("name")
+    a.set_defaults(action="remove")
+    a = rs.add_parser("list", help="list remotes")
+    a.add_argument("--verbose", "-v", action="store_true", help="URLs and bad-block counts")
+    p.add_argument("--verbose", "-v", action="store_true", help="URLs and bad-block counts")
+
+    p = sub.add_parser("clone", help="clone a remote repository into a new directory")
+    p.add_argument("url", metavar="URL", help="tvcfs://PEERID@HOST:PORT/")
+    p.add_argument("dir", nargs="?", metavar="DIR")
+    p.add_argument("--lazy", action="store_true",
+                   help="refs, commits, directories and file indexes only: file contents are "
+                        "fetched on demand by `tvcfs mount` (see docs/lazy.md)")
+    transfer_opts(p)
+    p.set_defaults(func=cmd_clone)
+
+    p = sub.add_parser("fetch", help="fetch branches and tags of a remote")
+    p.add_argument("remote", nargs="?", metavar="REMOTE", help="name or URL (default: origin)")
+    p.add_argument("--all", action="store_true", help="fetch every configured remote")
+    transfer_opts(p)
+    p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("pull", help="fetch, then fast-forward a branch")
+    p.add_argument("remote", nargs="?", metavar="REMOTE")
+    p.add_argument("branch", nargs="?", metavar="BRANCH")
+    transfer_opts(p)
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("push", help="send a branch to a remote (compare-and-swap)")
+    p.add_argument("remote", nargs="?", metavar="REMOTE")
+    p.add_argument("branch", nargs="?", metavar="BRANCH")
+    p.add_argument("--force", "-f", action="store_true",
+                   help="allow a non-fast-forward (still a compare-and-swap)")
+    transfer_opts(p)
+    p.set_defaults(func=cmd_push)

@@ -1,0 +1,598 @@
+"""Repository-level transfer operations: clone, fetch, pull, push, serve.
+
+The CLI (:mod:`tvcfs.cli.remote`) is a thin layer over these functions; they take
+an open :class:`tvcfs.repo.Repo`, run their own trio loop and raise
+:class:`~tvcfs.errors.TvcfsError` subclasses with one-line messages.
+
+Refs (after git): a fetch from remote ``NAME`` stores the remote's branches as
+remote-tracking refs ``refs/remotes/NAME/BRANCH`` and creates the remote's tags
+that do not exist locally (an existing local tag is never moved). A clone also
+creates the local branches and points HEAD at the remote's HEAD branch.
+
+Every fetch is resumable: it walks what is stored and asks only for the missing
+frontier. When a remote sends bad blocks (hash mismatch) or lacks blocks, the
+same roots are asked of the next configured remote (fewest bad blocks first); bad
+blocks are counted against the sending peer in the repository's ``peer_scores``
+(shown by ``tvcfs remote list -v``), and a peer over :data:`PENALTY_LIMIT` bad
+blocks is only used when named explicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from ..encoding.cid import cid_str
+from ..errors import RefConflict, TvcfsError
+from ..refs import HEADS, TAGS
+from .backend import RepoBackend
+from .client import FetchStats, PushRejected, RemoteError, open_session, parse_url
+from .identity import IdentityError, format_peer_id
+from .quic import QuicConnectionLost
+
+__all__ = [
+    "FetchIncomplete",
+    "NotFastForward",
+    "Progress",
+    "clone",
+    "fetch",
+    "pull",
+    "push",
+    "serve",
+]
+
+log = logging.getLogger(__name__)
+
+PENALTY_LIMIT = 16  # bad blocks after which a peer is no longer used as a fallback
+REMOTES = "refs/remotes/"
+
+
+class FetchIncomplete(TvcfsError):
+    """Some blocks could not be obtained from any remote (interrupted, missing or bad)."""
+
+
+class NotFastForward(TvcfsError):
+    """A pull or push would not be a fast-forward."""
+
+
+class ConnectionFailed(TvcfsError):
+    """The connection to a remote broke during a transfer (resumable)."""
+
+
+# ------------------------------------------------------------------ progress
+class Progress:
+    """A progress line on stderr: bytes, rate, blocks. Updates at most 5 times a
+    second on a terminal (carriage return), every 5 s otherwise; :meth:`done`
+    prints the final line. ``quiet`` shows nothing."""
+
+    def __init__(self, label: str, quiet: bool = False, stream=None):
+        self.label = label
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.t0 = time.monotonic()
+        self._last = 0.0 if self.tty else self.t0
+        self.blocks = 0
+        self.nbytes = 0
+        self.base_blocks = 0
+        self.base_bytes = 0
+        self._shown = False
+
+    def rebase(self) -> None:
+        """Keep counting across several transfers (e.g. a retry on another remote)."""
+        self.base_blocks, self.base_bytes = self.blocks, self.nbytes
+
+    def __call__(self, blocks: int, nbytes: int) -> None:
+        self.blocks = self.base_blocks + blocks
+        self.nbytes = self.base_bytes + nbytes
+        if self.quiet:
+            return
+        now = time.monotonic()
+        if now - self._last < (0.2 if self.tty else 5.0):
+            return
+        self._last = now
+        self._show(False)
+
+    def _line(self) -> str:
+        dt = max(time.monotonic() - self.t0, 1e-6)
+        return (f"{self.label}: {_fmt(self.nbytes)}, {self.blocks} blocks, "
+                f"{_fmt(self.nbytes / dt)}/s, {dt:.1f} s")
+
+    def _show(self, final: bool) -> None:
+        line = self._line()
+        if self.tty:
+            self.stream.write("\r\x1b[K" + line + ("\n" if final else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+        self._shown = True
+
+    def done(self) -> None:
+        if not self.quiet and (self.blocks or self._shown):
+            self._show(True)
+
+
+def _fmt(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _short(c: bytes | None) -> str:
+    return cid_str(c)[:16] if c else "(none)"
+
+
+# ------------------------------------------------------------------ helpers
+def _url_of(repo, remote: str) -> str:
+    """URL of the configured remote ``remote``, or ``remote`` itself if it is a URL."""
+    if "://" in remote:
+        parse_url(remote)
+        return remote
+    rem = repo.remotes()
+    if remote not in rem:
+        known = ", ".join(sorted(rem)) or "none configured"
+        raise TvcfsError(f"no remote named {remote!r} ({known}); add one with "
+                         f"`tvcfs remote add {remote} tvcfs://PEERID@HOST:PORT/`")
+    return rem[remote]
+
+
+def _run(fn, *args):
+    """``trio.run`` with transport failures turned into one-line TvcfsErrors."""
+    from .quic import _single
+
+    try:
+        return trio.run(fn, *args)
+    except BaseExceptionGroup as eg:
+        exc = _single(eg)
+        if exc is None:
+            raise
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+        exc = e
+    if isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError)):
+        reason = exc.reason if isinstance(exc, QuicConnectionLost) else (str(exc) or
+                                                                         type(exc).__name__)
+        raise ConnectionFailed(f"connection to the remote was lost: {reason or 'closed'}; "
+                               "run the command again to resume") from None
+    raise exc
+
+
+def is_ancestor(repo, a: bytes, b: bytes) -> bool:
+    """True if commit ``a`` is ``b`` or an ancestor of it (only stored commits walked)."""
+    if a == b:
+        return True
+    return any(c == a for c in repo.ancestors([b], missing_ok=True))
+
+
+def peer_scores(repo) -> dict:
+    """``{peer ID (base58): {"bad_blocks": n, "last_bad": unix time}}``."""
+    return dict(repo.store.get_meta("peer_scores", {}))
+
+
+def _penalise(repo, peer: bytes | None, bad: int) -> None:
+    if not peer or not bad:
+        return
+    key = format_peer_id(peer)
+    with repo.store.write() as w:
+        scores = w.get_meta("peer_scores", {})
+        e = scores.setdefault(key, {"bad_blocks": 0})
+        e["bad_blocks"] += bad
+        e["last_bad"] = int(time.time())
+        w.set_meta("peer_scores", scores)
+
+
+def _bad_count(repo, url: str) -> int:
+    try:
+        u = parse_url(url)
+    except (ValueError, TvcfsError):
+        return 0
+    if not u.peer_id:
+        return 0
+    return peer_scores(repo).get(format_peer_id(u.peer_id), {}).get("bad_blocks", 0)
+
+
+@dataclass
+class FetchResult:
+    """What a fetch did: ``remote`` name, ``refs`` (the remote's ``{name: cid}``),
+    ``head`` (remote HEAD branch ref), ``updated`` (``[(local ref, old, new)]``),
+    ``stats`` (per remote asked: ``[(name, FetchStats)]``), ``blocks``/``nbytes``
+    received in all."""
+
+    remote: str
+    url: str
+    refs: dict
+    head: str
+    updated: list = field(default_factory=list)
+    stats: list = field(default_factory=list)
+    blocks: int = 0
+    nbytes: int = 0
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------ fetch
+async def _fetch_async(repo, remote: str, url: str, *, progress: Progress | None,
+                       engine: str | None, fallbacks: bool = True,
+                       warn=None) -> FetchResult:
+    ident = repo.identity  # called only if a server asks for authentication
+    backend = RepoBackend(repo)
+    t0 = time.monotonic()
+    others = [(n, u) for n, u in repo.remotes().items()
+              if n != remote and u != url and _bad_count(repo, u) < PENALTY_LIMIT]
+    others.sort(key=lambda nu: _bad_count(repo, nu[1]))
+    if not fallbacks:
+        others = []
+    async with open_session(url, identity=ident, engine=engine, auth="auto") as sess:
+        refs, head = await sess.list_refs("refs/")
+        refs = {k: v for k, v in refs.items() if k.startswith((HEADS, TAGS))}
+        complete = set(repo.refs().values())
+        roots = list(dict.fromkeys(v for v in refs.values() if v not in complete))
+        res = FetchResult(remote, url, refs, head)
+        if roots:
+            # a bad block is not asked of the same peer again when another remote exists
+            st = await sess.fetch(backend, roots, complete=complete, progress=progress,
+                                  stop_on_bad=bool(others))
+            res.stats.append((remote, st))
+            res.blocks += st.blocks
+            res.nbytes += st.nbytes
+            if st.bad_blocks:
+                _penalise(repo, sess.peer_id, st.bad_blocks)
+                if warn:
+                    warn(f"warning: {remote} ({format_peer_id(sess.peer_id)}) sent "
+                         f"{st.bad_blocks} bad block(s): dropped and counted against that peer")
+            missing = st.missing
+        else:
+            missing = []
+    if missing:
+        # ask the other configured remotes for what is still missing
+        for name, other in others:
+            if warn:
+                warn(f"{len(missing)}+ block(s) still missing after {remote}; "
+                     f"asking remote {name}")
+            if progress:
+                progress.rebase()
+            try:
+                async with open_session(other, identity=ident, engine=engine,
+                                        auth="auto") as s2:
+                    st = await s2.fetch(backend, roots, complete=complete, progress=progress)
+            except (TvcfsError, trio.BrokenResourceError) as e:
+                if warn:
+                    warn(f"warning: remote {name} failed: {e}")
+                continue
+            res.stats.append((name, st))
+            res.blocks += st.blocks
+            res.nbytes += st.nbytes
+            if st.bad_blocks:
+                _penalise(repo, s2.peer_id, st.bad_blocks)
+                if warn:
+                    warn(f"warning: {name} ({format_peer_id(s2.peer_id)}) sent "
+                         f"{st.bad_blocks} bad block(s): dropped and counted against that peer")
+            missing = st.missing
+            if not missing:
+                break
+    res.seconds = time.monotonic() - t0
+    if missing:
+        bad = sum(st.bad_blocks for _, st in res.stats)
+        raise FetchIncomplete(
+            f"fetch from {remote} incomplete: {len(missing)}{'+' if len(missing) >= 1000 else ''} "
+            f"block(s) missing (first {cid_str(missing[0])})"
+            + (f", {bad} bad block(s) dropped" if bad else "")
+            + "; nothing was updated; run again to resume or add another remote")
+    if "://" in remote:
+        return res  # a bare URL: blocks only, no remote-tracking refs (like FETCH_HEAD)
+    # all DAGs complete: update remote-tracking refs and create new tags
+    updates: dict = {}
+    prefix = f"{REMOTES}{remote}/"
+    current = repo.store.refs(prefix)
+    for name, cid in refs.items():
+        if name.startswith(HEADS):
+            local = prefix + name[len(HEADS):]
+            if current.get(local) != cid:
+                updates[local] = cid
+                res.updated.append((local, current.get(local), cid))
+    for local in current:
+        if HEADS + local[len(prefix):] not in refs:
+            updates[local] = None  # branch deleted on the remote
+            res.updated.append((local, current[local], None))
+    local_tags = repo.store.refs(TAGS)
+    for name, cid in refs.items():
+        if name.startswith(TAGS) and name not in local_tags:
+            updates[name] = cid
+            res.updated.append((name, None, cid))
+        elif name.startswith(TAGS) and local_tags[name] != cid and warn:
+            warn(f"warning: tag {name[len(TAGS):]} differs on {remote}; local tag kept")
+    if updates:
+        repo.update_refs(updates, message=f"fetch {remote}")
+    return res
+
+
+def fetch(repo, remote: str = "origin", *, quiet: bool = False, engine: str | None = None,
+          out=None) -> FetchResult:
+    """Fetch the branches and tags of ``remote`` (a configured name, or a URL) into
+    ``repo``. Raises :class:`FetchIncomplete`, :class:`ConnectionFailed`,
+    :class:`~.client.RemoteError`, :class:`~.quic.TransportError`,
+    :class:`~.identity.PeerIdMismatch`."""
+    url = _url_of(repo, remote)
+    err = out or sys.stderr
+    prog = Progress(f"Receiving from {remote}", quiet, err)
+
+    def warn(msg):
+        print(msg, file=err, flush=True)
+
+    try:
+        res = _run(lambda: _fetch_async(repo, remote, url, progress=prog, engine=engine,
+                                        warn=warn))
+    finally:
+        prog.done()
+    return res
+
+
+# ------------------------------------------------------------------ clone
+def clone(url: str, dest: str, *, quiet: bool = False, engine: str | None = None,
+          remote: str = "origin", out=None) -> tuple:
+    """Clone ``url`` into a new repository at ``dest``: fetch every branch and tag
+    (verified, resumable), create the local branches, point HEAD at the remote's
+    HEAD branch, add the remote ``origin``. Running it again on an interrupted
+    clone of the same URL resumes it. Returns ``(repo, FetchResult)`` (the caller
+    closes the repo). Raises :class:`TvcfsError` subclasses."""
+    from ..repo import Repo
+
+    parse_url(url)
+    dest = os.path.abspath(dest)
+    resume = False
+    created = not os.path.exists(dest)
+    if os.path.exists(dest):
+        if os.path.isdir(os.path.join(dest, ".tvcfs")):
+            try:
+                r = Repo.open(dest)
+            except TvcfsError:
+                r = None
+            if r is not None:
+                ok = r.remotes().get(remote) == url and not r.branches()
+                r.close()
+                if ok:
+                    resume = True
+        if not resume and (not os.path.isdir(dest) or os.listdir(dest)):
+            raise TvcfsError(f"destination {dest} exists and is not an empty directory")
+    fresh = not resume
+    repo = Repo.init(dest)
+    try:
+        if not resume:
+            repo.add_remote(remote, url)
+        err = out or sys.stderr
+        if resume and not quiet:
+            print(f"Resuming the interrupted clone into {dest}", file=err, flush=True)
+        res = fetch(repo, remote, quiet=quiet, engine=engine, out=err)
+        updates = {}
+        for name, cid in res.refs.items():
+            if name.startswith(HEADS) and repo.store.get_ref(name) is None:
+                updates[name] = cid
+        if updates:
+            repo.update_refs(updates, message=f"clone: from {url}")
+        if res.head.startswith(HEADS) and res.head in res.refs:
+            repo.set_head(res.head[len(HEADS):])
+        elif res.refs and not quiet:
+            print("warning: the remote HEAD does not name a branch; HEAD left as is",
+                  file=err)
+        if not res.refs and not quiet:
+            print("warning: you appear to have cloned an empty repository.", file=err)
+        return repo, res
+    except BaseException:
+        empty = fresh and repo.store.stat()["blocks"] == 0
+        repo.close()
+        if empty:  # nothing arrived: leave no half-made repository behind
+            import shutil
+
+            if created:
+                shutil.rmtree(dest, ignore_errors=True)
+            else:
+                shutil.rmtree(os.path.join(dest, ".tvcfs"), ignore_errors=True)
+        raise
+
+
+# ------------------------------------------------------------------ pull
+@dataclass
+class PullResult:
+    """``kind``: "up-to-date", "fast-forward", "created" or "ahead"; ``branch``;
+    ``old`` / ``new`` commits; ``fetch``: the :class:`FetchResult`."""
+
+    kind: str
+    branch: str
+    old: bytes | None
+    new: bytes | None
+    fetch: FetchResult
+
+
+def pull(repo, remote: str = "origin", branch: str | None = None, *, quiet: bool = False,
+         engine: str | None = None, out=None) -> PullResult:
+    """Fetch ``remote``, then fast-forward local ``branch`` (default: HEAD's) to
+    ``refs/remotes/REMOTE/BRANCH``. Raises :class:`NotFastForward` when the branches
+    have diverged (merge with ``tvcfs merge REMOTE/BRANCH``)."""
+    branch = branch or repo.head_branch()
+    if not branch:
+        raise TvcfsError("HEAD is detached: name the branch to pull")
+    res = fetch(repo, remote, quiet=quiet, engine=engine, out=out)
+    name = remote if "://" not in remote else "FETCH"
+    target = res.refs.get(HEADS + branch)
+    if target is None:
+        raise TvcfsError(f"remote {remote} has no branch {branch!r}")
+    local = repo.store.get_ref(HEADS + branch)
+    if local == target:
+        return PullResult("up-to-date", branch, local, target, res)
+    if local is None:
+        repo.update_ref(HEADS + branch, target, None, message=f"pull {remote} {branch}: created")
+        return PullResult("created", branch, None, target, res)
+    if is_ancestor(repo, local, target):
+        try:
+            repo.update_ref(HEADS + branch, target, local,
+                            message=f"pull {remote} {branch}: fast-forward")
+        except RefConflict as e:
+            raise TvcfsError(f"branch {branch} moved during the pull ({e}); pull again") from None
+        return PullResult("fast-forward", branch, local, target, res)
+    if is_ancestor(repo, target, local):
+        return PullResult("ahead", branch, local, target, res)
+    raise NotFastForward(
+        f"cannot fast-forward {branch}: it and {name}/{branch} have diverged "
+        f"(local {_short(local)}, remote {_short(target)}); merge them with "
+        f"`tvcfs merge {name}/{branch}`" + (" then `tvcfs push`" if name != "FETCH" else ""))
+
+
+# ------------------------------------------------------------------ push
+@dataclass
+class PushResult:
+    """``kind``: "up-to-date", "pushed"; ``ref``; ``old``/``new``; ``blocks``/``nbytes`` sent."""
+
+    kind: str
+    ref: str
+    old: bytes | None
+    new: bytes
+    blocks: int = 0
+    nbytes: int = 0
+    seconds: float = 0.0
+
+
+def push(repo, remote: str = "origin", branch: str | None = None, *, force: bool = False,
+         quiet: bool = False, engine: str | None = None, out=None) -> PushResult:
+    """Push local ``branch`` (default: HEAD's) to the same branch of ``remote``.
+
+    Only blocks the remote lacks are sent; the ref is then changed with a
+    compare-and-swap from the value the remote reported. Refused without sending
+    anything when the remote branch is not an ancestor of the local one (the
+    remote moved on: pull and merge first) unless ``force``. Raises
+    :class:`NotFastForward`, :class:`~.client.PushRejected` (the server's reason:
+    unauthorised, stale base), transport errors."""
+    branch = branch or repo.head_branch()
+    if not branch:
+        raise TvcfsError("HEAD is detached: name the branch to push")
+    local = repo.store.get_ref(HEADS + branch)
+    if local is None:
+        raise TvcfsError(f"no local branch {branch!r}")
+    url = _url_of(repo, remote)
+    ref = HEADS + branch
+    ident = repo.identity()
+    err = out or sys.stderr
+    prog = Progress(f"Sending to {remote}", quiet, err)
+
+    async def main():
+        t0 = time.monotonic()
+        async with open_session(url, identity=ident, engine=engine) as sess:
+            refs, _ = await sess.list_refs("refs/")
+            cur = refs.get(ref)
+            if cur == local:
+                return PushResult("up-to-date", ref, cur, local)
+            if cur is not None and not force and sess.can_push:
+                if not repo.has(cur):
+                    raise NotFastForward(
+                        f"push rejected: {branch} on {remote} is at {_short(cur)}, a commit "
+                        f"you do not have (the remote moved on); run `tvcfs pull {remote} "
+                        f"{branch}` (and `tvcfs merge` if it cannot fast-forward), then push")
+                if not is_ancestor(repo, cur, local):
+                    raise NotFastForward(
+                        f"push rejected: not a fast-forward: {branch} on {remote} "
+                        f"({_short(cur)}) is not an ancestor of your {branch} ({_short(local)}); "
+                        f"merge with `tvcfs merge {remote}/{branch}`, or push --force")
+            complete = {v for v in refs.values() if repo.has(v)}
+            nb, nbytes = await sess.push(RepoBackend(repo), ref, local, expected_old=cur,
+                                         remote_complete=complete, progress=prog)
+            return PushResult("pushed", ref, cur, local, nb, nbytes, time.monotonic() - t0)
+
+    try:
+        res = _run(main)
+    finally:
+        prog.done()
+    if "://" not in remote and res.kind == "pushed":
+        repo.update_refs({f"{REMOTES}{remote}/{branch}": local}, message=f"push {remote}")
+    return res
+
+
+# ------------------------------------------------------------------ serve
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT``, ``:PORT`` or ``PORT`` → ``(host, port)``."""
+    from .client import DEFAULT_PORT
+
+    text = text.strip()
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]")
+        port = port.lstrip(":")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    elif text.isdigit():
+        host, port = "", text
+    else:
+        host, port = text, ""
+    try:
+        p = int(port) if port else DEFAULT_PORT
+    except ValueError:
+        raise TvcfsError(f"bad --listen address {text!r} (HOST:PORT)") from None
+    if not 0 <= p < 65536:
+        raise TvcfsError(f"bad port in --listen {text!r}")
+    return host or "0.0.0.0", p
+
+
+async def serve_async(repo, host: str, port: int, *, private: bool = False,
+                      allow_push=(), quic: bool = True, tcp: bool = True,
+                      engine: str | None = None, on_ready=None, task_status=trio.TASK_STATUS_IGNORED):
+    """Serve ``repo`` on ``host:port`` over QUIC (UDP) and TLS-over-TCP on the same
+    port number until cancelled. ``on_ready(url, port)`` is called once both listen."""
+    from .identity import parse_peer_id
+    from .quic import QuicSettings, serve_quic
+    from .server import ServerConfig, handle_session
+    from .tcp import serve_tcp
+
+    if not quic and not tcp:
+        raise TvcfsError("nothing to serve: both --no-quic and --no-tcp given")
+    ident = repo.identity()
+    allowed = set()
+    for p in allow_push:
+        try:
+            allowed.add(parse_peer_id(p))
+        except IdentityError as e:
+            raise TvcfsError(f"--allow-push {p}: {e}") from None
+    cfg = ServerConfig(RepoBackend(repo), ident, private=private, allow_push=allowed)
+
+    async def handler(stream):
+        await handle_session(stream, cfg)
+
+    async with trio.open_nursery() as n:
+        bound = None
+        for attempt in range(20):
+            listeners = None
+            try:
+                if tcp:
+                    listeners = await trio.open_tcp_listeners(port, host=host)
+                    p = listeners[0].socket.getsockname()[1]
+                else:
+                    p = port
+                if quic:
+                    srv = await n.start(lambda task_status: serve_quic(
+                        handler, host, p, identity=ident,
+                        settings=QuicSettings(engine=engine), task_status=task_status))
+                    p = srv.address[1]
+                bound = p
+                break
+            except OSError:
+                if listeners:
+                    for ls in listeners:
+                        await ls.aclose()
+                if port != 0 or attempt == 19:
+                    raise
+        if tcp:
+            await n.start(lambda task_status: serve_tcp(
+                handler, host, bound, identity=ident, listeners=listeners,
+                task_status=task_status))
+        shown = host
+        if host in ("0.0.0.0", "::", ""):
+            import socket
+
+            shown = socket.gethostname()
+        hshow = f"[{shown}]" if ":" in shown else shown
+        scheme = "tvcfs" if quic and tcp else ("tvcfs+quic" if quic else "tvcfs")
+        url = f"{scheme}://{ident.peer_id_str}@{hshow}:{bound}/"
+        if on_ready:
+            on_ready(url, bound, cfg)
+        task_status.started((url, bound, cfg))
