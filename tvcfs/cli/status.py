@@ -3,7 +3,6 @@ conflicts."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -31,28 +30,22 @@ def _mount_target(path: str):
     return best[0], branch
 
 
-def _staged_paths(state_dir: str) -> list:
+def _pending_changes(repo, state_dir: str) -> list:
+    """``[(status, path, staged bytes | None)]`` of a staging directory (its snapshot
+    and journal), against its base commit. A state that cannot be read gives one
+    ``("unreadable", reason, None)`` line."""
+    from ..fs.workspace import Workspace
+
     try:
-        with open(os.path.join(state_dir, "state.json")) as f:
-            st = json.load(f)
-    except (OSError, ValueError):
-        return []
-    out = []
-
-    def rec(d, prefix):
-        for name, c in (d.get("children") or {}).items():
-            p = prefix + name
-            if c.get("k") == "file" and "staged" in c:
-                try:
-                    size = os.path.getsize(os.path.join(state_dir, c["staged"]))
-                except OSError:
-                    size = None
-                out.append((p, size))
-            elif "children" in c:
-                rec(c, p + "/")
-
-    rec(st.get("root") or {}, "")
-    return out
+        ws = Workspace.load(repo, state_dir)
+    except (OSError, ValueError, KeyError, TvcfsError) as e:
+        return [("unreadable", str(e), None)]
+    try:
+        return ws.changes()
+    except TvcfsError as e:
+        return [("unreadable", str(e), None)]
+    finally:
+        ws._close_journal(unlink=False)
 
 
 def cmd_status(args):
@@ -87,8 +80,9 @@ def cmd_status(args):
             for p in pend:
                 state = f"mount pid {p['pid']} running" if p["alive"] else "mount gone: run `tvcfs recover`"
                 print(f"  branch {p['branch']} ({state}; {p['dir']})")
-                for path, size in _staged_paths(p["dir"]):
-                    print(f"    staged: {path} ({size if size is not None else '?'} bytes)")
+                for status, path, size in _pending_changes(repo, p["dir"]):
+                    extra = f" ({size} bytes staged)" if size is not None else ""
+                    print(f"    {status}: {path}{extra}")
         else:
             print("\nNo staged changes.")
         conflicts = repo.store.get_meta("conflicts", [])

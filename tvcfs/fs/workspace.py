@@ -6,7 +6,9 @@ directories are references to DAG nodes (CID + Tsize); a directory is loaded fro
 the DAG when first listed; a file becomes *staged* on its first write: its content
 is copied (or, when truncated to 0, not copied) into ``REPO/.tvcfs/staging/<id>/data/N``
 and every later write goes there, so no file is ever held in RAM. The tree structure
-is written to ``state.json`` (atomically, on every namespace change) so a killed mount
+is persisted on every namespace change — a snapshot ``state.json`` (written
+atomically) plus a journal ``journal-<gen>.jsonl`` of the changes since (one appended
+line each, so a change costs O(1) whatever the size of the tree) — so a killed mount
 loses nothing: ``tvcfs status`` lists the staged changes and ``tvcfs recover`` commits
 them.
 
@@ -29,7 +31,7 @@ import uuid
 
 from ..dag import KIND_DIR, KIND_FILE, KIND_SYMLINK, dir_links, stat_node
 from ..encoding.cid import cid_from_str, cid_str
-from ..errors import RefConflict, TvcfsError
+from ..errors import TvcfsError
 from ..importer import Importer
 from ..refs import HEADS
 from ..treeops import apply_changes, changed_paths, collisions
@@ -37,6 +39,8 @@ from ..treeops import apply_changes, changed_paths, collisions
 log = logging.getLogger("tvcfs.fs")
 
 STATE = "state.json"
+JOURNAL = "journal-{}.jsonl"
+JOURNAL_MAX = 1000  # namespace changes journaled before the next full snapshot
 
 
 class WEntry:
@@ -47,7 +51,7 @@ class WEntry:
     ``mtime`` Unix seconds (float)."""
 
     __slots__ = ("kind", "cid", "tsize", "size", "mode", "target", "children", "staged",
-                 "dirty", "mtime", "ino", "parent", "name", "writers")
+                 "dirty", "mtime", "ino", "parent", "name", "writers", "opens")
 
     def __init__(self, kind, cid=None, tsize=0, size=0, mode=0o644, target="", mtime=0.0):
         self.kind, self.cid, self.tsize, self.size, self.mode = kind, cid, tsize, size, mode
@@ -58,7 +62,8 @@ class WEntry:
         self.ino = 0
         self.parent = None
         self.name = ""
-        self.writers = 0
+        self.writers = 0   # open write handles
+        self.opens = 0     # open handles of any kind (staged data lives while > 0)
 
     def path(self) -> str:
         parts = []
@@ -92,7 +97,11 @@ class Workspace:
         self.last_activity = 0.0
         self.pending = False      # there are changes not committed yet
         self.committing = False
+        self.deleted = False      # the branch was deleted: the tree takes no more writes
         self.created_at = time.time()
+        self._gen = 0             # generation of the snapshot on disk (0: none)
+        self._jn = 0              # changes in the journal of that snapshot
+        self._jfd = None
 
     # --- loading ---------------------------------------------------------------
     def children(self, d: WEntry) -> dict:
@@ -144,29 +153,51 @@ class Workspace:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             if e.cid is not None and truncate_to != 0:
-                from ..dag import FileIndex
-
-                idx = FileIndex.build(self.repo.get, e.cid)
-                limit = idx.size if truncate_to is None else min(truncate_to, idx.size)
-                pos = 0
-                for i in range(len(idx.leaves)):
-                    if pos >= limit:
-                        break
-                    data = idx.leaf_data(self.repo.get, i)[: min(idx.sizes[i], limit - pos)]
-                    os.pwrite(fd, data, pos)
-                    pos += len(data)
-                if truncate_to is not None:
-                    os.ftruncate(fd, truncate_to)
+                self._copy_out(e.cid, fd, truncate_to)
             elif truncate_to:
                 os.ftruncate(fd, truncate_to)
-        finally:
+        except BaseException:
             os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
         e.staged = path
         e.cid = None
         e.size = os.path.getsize(path)
         self.touch(e)
-        self.save()
+        self.log({"op": "stage", "p": e.path(), "staged": self._rel(path)}, e)
         return path
+
+    def _copy_out(self, cid: bytes, fd: int, truncate_to: int | None) -> None:
+        """Write the first ``truncate_to`` bytes (all if ``None``) of file ``cid`` to
+        ``fd`` straight from the store's zero-copy buffers; extend with zeros to
+        ``truncate_to``. Raises :class:`BlockNotFound`."""
+        from ..dag import FileIndex
+        from ..errors import BlockNotFound
+
+        store = self.repo.store
+        with store.read() as txn:
+            db = store.dbs["blocks"]
+
+            def get(c):
+                v = txn.get(c, db=db)
+                if v is None:
+                    raise BlockNotFound(c)
+                return v
+
+            idx = FileIndex.build(get, cid)
+            limit = idx.size if truncate_to is None else min(truncate_to, idx.size)
+            pos = 0
+            for i in range(len(idx.leaves)):
+                if pos >= limit:
+                    break
+                view = memoryview(idx.leaf_data(get, i))[: min(idx.sizes[i], limit - pos)]
+                while view:
+                    n = os.pwrite(fd, view, pos)
+                    view = view[n:]
+                    pos += n
+        if truncate_to is not None:
+            os.ftruncate(fd, truncate_to)
 
     def new_entry(self, parent: WEntry, name: str, kind: str, mode: int = 0o644, target: str = "") -> WEntry:
         """Create ``name`` in ``parent`` (replacing nothing: callers check)."""
@@ -182,26 +213,69 @@ class Workspace:
             w.size = len(target.encode())
         self.children(parent)[name] = w
         self.touch(w)
-        self.save()
+        op = {"op": "new", "p": w.path(), "k": kind, "mode": mode}
+        if kind == KIND_FILE:
+            op["staged"] = self._rel(w.staged)
+        elif kind == KIND_SYMLINK:
+            op["target"] = target
+        self.log(op, w)
         return w
 
     def remove(self, parent: WEntry, name: str) -> WEntry:
         w = self.children(parent).pop(name)
         w.parent = None
         self.touch(parent)
-        self.save()
+        self.log({"op": "rm", "p": _join(parent.path(), name)}, parent)
         return w
 
     def move(self, src_parent: WEntry, src: str, dst_parent: WEntry, dst: str) -> None:
+        op = {"op": "mv", "s": _join(src_parent.path(), src), "d": _join(dst_parent.path(), dst)}
         w = self.children(src_parent).pop(src)
-        self.children(dst_parent).pop(dst, None)
+        old = self.children(dst_parent).pop(dst, None)
+        if old is not None:
+            old.parent = None
         w.parent, w.name = dst_parent, dst
         self.children(dst_parent)[dst] = w
         self.touch(src_parent)
         self.touch(w)
-        self.save()
+        self.log(op, w)
+
+    def chmod(self, w: WEntry, mode: int) -> None:
+        """Set the permission bits of ``w`` (files: 0644 or 0755)."""
+        w.mode = mode
+        self.touch(w)
+        self.log({"op": "mode", "p": w.path(), "mode": mode}, w)
 
     # --- persistence -----------------------------------------------------------
+    # The staged tree is persisted as a snapshot (``state.json``, generation G) plus
+    # a journal of the namespace changes made since (``journal-G.jsonl``, one JSON
+    # object per line, appended with one write each), so a change costs O(1) however
+    # big the tree; every JOURNAL_MAX changes a new snapshot starts a new journal.
+    # File data is never in either: it is in the staged data files.
+    def _rel(self, path: str) -> str:
+        pre = self.dir + os.sep
+        return path[len(pre):] if path.startswith(pre) else os.path.relpath(path, self.dir)
+
+    def _attached(self, w: WEntry) -> bool:
+        while w.parent is not None:
+            w = w.parent
+        return w is self.root
+
+    def log(self, op: dict, w: WEntry | None = None) -> None:
+        """Persist one namespace change (already applied in memory) of entry ``w``.
+        Changes to entries no longer in the tree (an unlinked file still open) are
+        not recorded: they are not part of any commit."""
+        if w is not None and not self._attached(w):
+            return
+        if self._gen == 0 or self._jn >= JOURNAL_MAX:
+            self.save()
+            return
+        if self._jfd is None:  # a loaded workspace: continue its journal
+            self._jfd = os.open(os.path.join(self.dir, JOURNAL.format(self._gen)),
+                                os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.write(self._jfd, (json.dumps(op, separators=(",", ":")) + "\n").encode())
+        self._jn += 1
+
     def _ser(self, w: WEntry) -> dict:
         d = {"k": w.kind, "mode": w.mode}
         if w.kind == KIND_SYMLINK:
@@ -210,9 +284,11 @@ class Workspace:
                 d["cid"], d["tsize"] = cid_str(w.cid), w.tsize
         elif w.kind == KIND_FILE:
             if w.staged:
-                d["staged"] = os.path.relpath(w.staged, self.dir)
+                d["staged"] = self._rel(w.staged)
             else:
                 d["cid"], d["tsize"], d["size"] = cid_str(w.cid), w.tsize, w.size
+                if w.dirty:  # e.g. chmod of a committed file: the mode must be re-recorded
+                    d["dirty"] = True
         else:
             if w.dirty or w.cid is None:
                 d["children"] = {n: self._ser(c) for n, c in (w.children or {}).items()}
@@ -221,15 +297,32 @@ class Workspace:
         return d
 
     def save(self) -> None:
-        """Write ``state.json`` atomically (temp file + rename)."""
+        """Write a snapshot ``state.json`` atomically (temp file + rename) and start
+        its (empty) journal."""
         os.makedirs(self.dir, exist_ok=True)
-        state = {"version": 1, "branch": self.branch, "base": cid_str(self.base) if self.base else None,
+        gen = self._gen + 1
+        state = {"version": 1, "gen": gen, "branch": self.branch,
+                 "base": cid_str(self.base) if self.base else None,
                  "pending": self.pending, "time": int(time.time()), "pid": os.getpid(),
                  "root": self._ser(self.root)}
+        jpath = os.path.join(self.dir, JOURNAL.format(gen))
+        jfd = os.open(jpath, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         tmp = os.path.join(self.dir, STATE + ".tmp")
         with open(tmp, "w") as f:
-            json.dump(state, f)
+            f.write(json.dumps(state))
         os.replace(tmp, os.path.join(self.dir, STATE))
+        self._close_journal(unlink=True)
+        self._gen, self._jn, self._jfd = gen, 0, jfd
+
+    def _close_journal(self, unlink: bool) -> None:
+        if self._jfd is not None:
+            os.close(self._jfd)
+            self._jfd = None
+        if unlink and self._gen:
+            try:
+                os.unlink(os.path.join(self.dir, JOURNAL.format(self._gen)))
+            except OSError:
+                pass
 
     @classmethod
     def load(cls, repo, dirpath: str) -> "Workspace":
@@ -244,6 +337,7 @@ class Workspace:
             w.parent, w.name = parent, name
             if "cid" in d:
                 w.cid, w.tsize, w.size = cid_from_str(d["cid"]), d.get("tsize", 0), d.get("size", 0)
+                w.dirty = bool(d.get("dirty"))
             if d["k"] == KIND_FILE and "staged" in d:
                 w.staged = os.path.join(dirpath, d["staged"])
                 w.size = os.path.getsize(w.staged) if os.path.exists(w.staged) else 0
@@ -259,10 +353,82 @@ class Workspace:
         ws.root = de(st["root"], None, "")
         ws.root.parent = None
         ws.pending = bool(st.get("pending"))
+        gen = st.get("gen", 0)
+        n = 0
+        if gen:
+            try:
+                with open(os.path.join(dirpath, JOURNAL.format(gen)), "rb") as f:
+                    lines = f.read().split(b"\n")
+            except OSError:
+                lines = []
+            for line in lines:
+                try:
+                    op = json.loads(line)
+                except ValueError:
+                    break  # the last line, torn by a crash (or the final newline)
+                ws._replay(op)
+                n += 1
+        ws._gen, ws._jn = gen, n
+        if n:
+            ws.pending = True
         return ws
+
+    def _replay(self, op: dict) -> None:
+        """Apply one journaled change while loading."""
+        def parent_of(path):
+            head, _, name = path.rpartition("/")
+            d = self.lookup_path(head)
+            return (d, name) if d is not None and d.kind == KIND_DIR else (None, name)
+
+        k = op.get("op")
+        if k == "new":
+            d, name = parent_of(op["p"])
+            if d is None:
+                log.warning("journal of %s: no directory for %s", self.dir, op["p"])
+                return
+            w = WEntry(op["k"], mode=op.get("mode", 0o644), target=op.get("target", ""), mtime=self.base_time)
+            w.parent, w.name = d, name
+            if w.kind == KIND_DIR:
+                w.children = {}
+            elif w.kind == KIND_FILE:
+                w.staged = os.path.join(self.dir, op["staged"])
+                w.size = os.path.getsize(w.staged) if os.path.exists(w.staged) else 0
+            else:
+                w.size = len(w.target.encode())
+            self.children(d)[name] = w
+            self.touch(w)
+        elif k == "rm":
+            d, name = parent_of(op["p"])
+            if d is not None and self.children(d).pop(name, None) is not None:
+                self.touch(d)
+        elif k == "mv":
+            sd, sname = parent_of(op["s"])
+            dd, dname = parent_of(op["d"])
+            w = self.children(sd).pop(sname, None) if sd is not None else None
+            if w is None or dd is None:
+                log.warning("journal of %s: cannot move %s to %s", self.dir, op["s"], op["d"])
+                return
+            self.children(dd).pop(dname, None)
+            w.parent, w.name = dd, dname
+            self.children(dd)[dname] = w
+            self.touch(sd)
+            self.touch(w)
+        elif k in ("stage", "mode"):
+            w = self.lookup_path(op["p"])
+            if w is None:
+                log.warning("journal of %s: no entry %s", self.dir, op["p"])
+                return
+            if k == "stage":
+                w.staged = os.path.join(self.dir, op["staged"])
+                w.cid = None
+                w.size = os.path.getsize(w.staged) if os.path.exists(w.staged) else 0
+            else:
+                w.mode = op["mode"]
+            self.touch(w)
 
     def discard(self) -> None:
         """Delete the staging directory."""
+        self._close_journal(unlink=False)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # --- committing ------------------------------------------------------------
@@ -276,6 +442,8 @@ class Workspace:
                 with open(w.staged, "rb") as f:
                     cid, tsize, _ = imp.add_fd(f.fileno(), mode, name=w.path())
                 return cid, tsize
+            if w.dirty and w.cid is not None:
+                return self._rebuild_mode(imp, w)
             return w.cid, w.tsize
         if w.kind == KIND_SYMLINK:
             if w.cid is not None and not w.dirty:
@@ -288,6 +456,32 @@ class Workspace:
             cid, tsize = self.build(imp, c)
             entries.append((name, cid, tsize))
         return imp.add_directory(entries)
+
+    def _rebuild_mode(self, imp: Importer, w: WEntry) -> tuple[bytes, int]:
+        """A committed file whose executable bit was changed (chmod) without touching
+        its content: re-encode its root node with the new mode over the same leaves
+        (no data is copied)."""
+        from ..dag import FileIndex
+        from ..encoding.unixfs import EXEC_FILE_MODE, build_file
+
+        idx = FileIndex.build(self.repo.get, w.cid)
+        exe = bool(w.mode & 0o111)
+        if bool(idx.mode & 0o111) == exe:
+            return w.cid, w.tsize
+        mode = EXEC_FILE_MODE if exe else None
+        if not idx.inline:
+            cid, tsize, blocks = build_file(list(zip(idx.leaves, idx.sizes)), mode)
+            for c, b in blocks:
+                imp.txn.put_block(c, b)
+            return cid, tsize
+        import tempfile
+
+        with tempfile.TemporaryFile() as f:
+            for i in range(len(idx.leaves)):
+                f.write(bytes(idx.leaf_data(self.repo.get, i))[: idx.sizes[i]])
+            f.flush()
+            cid, tsize, _ = imp.add_fd(f.fileno(), mode, name=w.path())
+        return cid, tsize
 
     def commit(self, message: str | None = None, author=None) -> dict:
         """Commit the staged changes on the branch (see the module docstring):
@@ -313,7 +507,7 @@ class Workspace:
         author = author or Author.default()
         ref = HEADS + self.branch
         result = {"commit": None, "branch": self.branch, "conflict": False, "new_bytes": 0,
-                  "message": "", "tree": None, "head": None}
+                  "message": "", "tree": None, "head": None, "from_branch": self.branch}
         with repo.store.write() as w:
             def get(c):
                 b = w.get_block(c)
@@ -340,6 +534,10 @@ class Workspace:
                 elif cur is not None:
                     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
                     target_branch = f"conflicts/{self.branch}-{stamp}"
+                    k = 1
+                    while w.get_ref(HEADS + target_branch) is not None:
+                        k += 1
+                        target_branch = f"conflicts/{self.branch}-{stamp}-{k}"
                     result["conflict"] = True
                     result["collisions"] = clash
             result["tree"] = tree
@@ -371,18 +569,15 @@ class Workspace:
     def finish(self, result: dict) -> None:
         """The in-memory half of a commit (run where the workspace is used): the
         committed state becomes the new base; staged files without open writers are
-        released; entries keep their identity (inodes stay valid). After a conflict
-        the workspace is reset to the branch's head (``result["reset"] = True``)."""
+        released; entries keep their identity (inodes stay valid).
+
+        After a conflict this workspace *becomes* the workspace of the conflicts
+        branch (``result["reset"] = True``): handles still open on it keep writing
+        there, and their later changes are committed on that branch, never lost; the
+        mount gives the original branch a fresh workspace at its head."""
         if result["conflict"]:
-            head = result["head"]
-            self.base = head
-            self.base_time = self.repo.read_commit(head).timestamp
-            self.root = WEntry(KIND_DIR, cid=self.repo.read_commit(head).tree, mode=0o755, mtime=self.base_time)
-            shutil.rmtree(os.path.join(self.dir, "data"), ignore_errors=True)
-            self.pending = False
-            self._remove_state()
+            self.branch = result["branch"]
             result["reset"] = True
-            return
         commit = result["commit"] or result.get("parent")
         if commit is None:
             return
@@ -428,6 +623,20 @@ class Workspace:
         else:
             w.dirty = False
 
+    def follow(self, head: bytes) -> list:
+        """Move a workspace without pending changes to ``head`` (the branch moved: a
+        CLI commit, another mount). Unchanged entries keep their identity (and so
+        their inodes); changed ones are replaced. Returns the ``(parent WEntry, name)``
+        pairs whose kernel entries must be invalidated."""
+        old_tree = self.repo.read_commit(self.base).tree if self.base else None
+        new_tree = self.repo.read_commit(head).tree
+        touched = self.apply_theirs(changed_paths(self.repo.get, old_tree, new_tree))
+        self.base = head
+        self.base_time = self.repo.read_commit(head).timestamp
+        self._mark_clean(self.root, new_tree)
+        self.pending = self.root.dirty
+        return touched
+
     def apply_theirs(self, changes: dict) -> list:
         """Bring changes made on the branch by someone else (``{path: (cid, tsize) |
         None}``, none colliding with ours) into the loaded tree. Returns the
@@ -458,11 +667,74 @@ class Workspace:
             touched.append((d, name))
         return touched
 
+    def changes(self) -> list:
+        """What the staged tree changes against the base commit: ``[(status, path,
+        staged_bytes | None)]`` with status ``added``, ``modified``, ``removed`` or
+        ``mode changed``; directories end with ``/``. Reads only directories that
+        were changed."""
+        get = self.repo.get
+        out: list = []
+
+        def links(cid):
+            return {l.name: l for l in dir_links(get, cid)} if cid else {}
+
+        def kind_of(link):
+            return stat_node(get, link.hash).kind
+
+        def staged_size(c):
+            try:
+                return os.path.getsize(c.staged)
+            except OSError:
+                return None
+
+        def added(c, p):
+            if c.kind == KIND_DIR:
+                out.append(("added", p + "/", None))
+                for n, cc in sorted((c.children or {}).items()):
+                    added(cc, f"{p}/{n}")
+            else:
+                out.append(("added", p, staged_size(c) if c.staged else None))
+
+        def rec(w, base_cid, prefix):
+            ln = links(base_cid)
+            ch = w.children or {}
+            for name in sorted(set(ch) | set(ln), key=lambda n: n.encode()):
+                c, link = ch.get(name), ln.get(name)
+                p = prefix + name
+                if c is None:
+                    out.append(("removed", p + ("/" if kind_of(link) == KIND_DIR else ""), None))
+                    continue
+                if link is None:
+                    added(c, p)
+                    continue
+                if c.kind == KIND_DIR:
+                    if kind_of(link) != KIND_DIR:
+                        out.append(("removed", p, None))
+                        added(c, p)
+                    elif c.children is not None and (c.dirty or c.cid != link.hash):
+                        rec(c, link.hash, p + "/")
+                    elif c.cid != link.hash:
+                        out.append(("modified", p + "/", None))
+                elif c.staged:
+                    out.append(("modified", p, staged_size(c)))
+                elif c.cid != link.hash or (c.kind == KIND_SYMLINK and c.dirty):
+                    out.append(("modified", p, None))
+                elif c.dirty and c.kind == KIND_FILE and \
+                        bool(stat_node(get, link.hash).mode & 0o111) != bool(c.mode & 0o111):
+                    out.append(("mode changed", p, None))
+
+        base_tree = self.repo.read_commit(self.base).tree if self.base else None
+        if self.root.children is not None:
+            rec(self.root, base_tree, "")
+        return out
+
     def _remove_state(self) -> None:
         try:
             os.unlink(os.path.join(self.dir, STATE))
         except OSError:
             pass
+        self._close_journal(unlink=True)
+        self._gen = self._jn = 0
 
     def describe(self, get, old_tree: bytes | None, new_tree: bytes) -> str:
         """A commit message listing changed files and, for safetensors, tensors."""
@@ -481,6 +753,10 @@ class Workspace:
             for t in getattr(fc, "tensors", None) or []:
                 lines.append(f"    tensor {t.status}: {t.name}")
         return "\n".join(lines)
+
+
+def _join(head: str, name: str) -> str:
+    return f"{head}/{name}" if head else name
 
 
 def _process_alive(pid) -> bool:

@@ -11,6 +11,8 @@ commits whatever is pending. ``mkdir branches/NEW`` creates a branch at HEAD's c
 from __future__ import annotations
 
 import errno
+import functools
+import inspect
 import logging
 import os
 import stat
@@ -28,6 +30,13 @@ from .operations import DYNAMIC_TIMEOUT, ReadOnlyOperations, _err, _inval_entry
 from .workspace import Workspace, WEntry
 
 log = logging.getLogger("tvcfs.fs")
+
+
+def _attached(ws: Workspace, w: WEntry) -> bool:
+    """Whether ``w`` is still in the workspace's tree (not removed or replaced)."""
+    while w.parent is not None:
+        w = w.parent
+    return w is ws.root and not ws.deleted
 
 
 class Handle:
@@ -52,23 +61,42 @@ class WritableOperations(ReadOnlyOperations):
         self.commit_delay = commit_delay
         self.author = author
         self.workspaces: dict[str, Workspace] = {}
-        self.locks: dict[str, trio.Lock] = {}
         self.fds: dict[str, int] = {}      # staged data path -> fd (read/write)
         self.cached: dict[int, bytes] = {}  # ino -> cid last opened with keep_cache
         self.commits_made = 0
+        self.reader.stats.writes = 0        # write requests served (see .tvcfs/stats)
+        self.reader.stats.write_bytes = 0
+        self.reader.stats.commits = 0
 
     # --- workspaces ------------------------------------------------------------
     def workspace(self, branch: str) -> Workspace | None:
-        """The branch's workspace, following the branch head while it is clean."""
+        """The branch's workspace, following the branch head while it is clean.
+
+        A clean workspace whose branch moved (CLI commit, another mount) is moved to
+        the new head in place: unchanged entries keep their inodes, so handles,
+        working directories and cached dentries of the old tree stay in the one
+        workspace of the branch and nothing written through them is orphaned. A
+        clean workspace of a deleted branch is dropped."""
         head = self.repo.store.get_ref(HEADS + branch)
         ws = self.workspaces.get(branch)
         if ws is not None:
             if ws.base == head or ws.pending or ws.writers or ws.committing:
                 return ws
-            if head is None and ws.base is None:
-                return ws
-        if head is None:
+            if head is None:
+                self.workspaces.pop(branch, None)
+                ws.deleted = True
+                return None
+            try:
+                touched = ws.follow(head)
+            except (BlockNotFound, CorruptBlock, MalformedObject) as e:
+                log.error("branch %s moved to %s, cannot read it: %s", branch, cid_str(head), e)
+                raise _err(errno.EIO) from None
+            for d, name in touched:
+                if d.ino:
+                    _inval_entry(d.ino, name)
             return ws
+        if head is None:
+            return None
         ws = Workspace(self.repo, branch, head)
         self.workspaces[branch] = ws
         return ws
@@ -175,12 +203,14 @@ class WritableOperations(ReadOnlyOperations):
             w, ws = node.extra["w"], node.extra["ws"]
             if w.kind != KIND_DIR:
                 raise _err(errno.ENOTDIR)
+            if not _attached(ws, w):  # removed or replaced meanwhile (cwd in it)
+                raise _err(errno.ENOENT)
             return node, ws, w
         raise _err(errno.EROFS)
 
     async def _writing(self, ws: Workspace) -> None:
         """Wait while ``ws`` is being committed (writes must not race the snapshot)."""
-        lock = self.locks.setdefault(ws.branch, trio.Lock())
+        lock = self._lock(ws)
         if lock.locked():
             async with lock:
                 pass
@@ -192,6 +222,17 @@ class WritableOperations(ReadOnlyOperations):
             fd = os.open(w.staged, os.O_RDWR)
             self.fds[w.staged] = fd
         return fd
+
+    def _drop_staged(self, w: WEntry) -> None:
+        """Delete the staged data of an entry that left the tree (no handle open)."""
+        fd = self.fds.pop(w.staged, None)
+        if fd is not None:
+            os.close(fd)
+        try:
+            os.unlink(w.staged)
+        except OSError:
+            pass
+        w.staged = None
 
     def _sweep_fds(self, live: set | None = None) -> None:
         for path in list(self.fds):
@@ -208,13 +249,16 @@ class WritableOperations(ReadOnlyOperations):
         if w.kind != KIND_FILE:
             raise _err(errno.EINVAL)
         wr = bool(flags & (os.O_WRONLY | os.O_RDWR))
+        if (wr or flags & os.O_TRUNC) and ws.deleted:
+            raise _err(errno.ENOENT)
         if wr or flags & os.O_TRUNC:
             await self._writing(ws)
         if flags & os.O_TRUNC:
-            self._truncate(ws, w, 0)
+            await self._truncate(ws, w, 0)
         fh = self.next_fh
         self.next_fh += 1
         self.handles[fh] = Handle(ws, w, wr)
+        w.opens += 1
         if wr:
             w.writers += 1
             ws.writers += 1
@@ -227,18 +271,42 @@ class WritableOperations(ReadOnlyOperations):
             self.cached.pop(node.ino, None)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
-    def _truncate(self, ws, w, size: int) -> None:
+    async def _truncate(self, ws, w, size: int) -> None:
+        if not w.staged:
+            await self._stage(ws, w, size)
         if w.staged:
             os.truncate(w.staged, size)
             w.size = size
             ws.touch(w)
-        else:
-            try:
-                ws.stage(w, truncate_to=size)
-            except (BlockNotFound, CorruptBlock, MalformedObject) as e:
-                log.error("copy-on-write of %s: %s", w.path(), e)
-                raise _err(errno.EIO) from None
-            w.size = size
+
+    async def _stage(self, ws: Workspace, w: WEntry, truncate_to: int | None = None) -> None:
+        """Copy-on-write of a committed file before its first change. Copying a big
+        file takes a while, so it runs in a worker thread holding the workspace's
+        lock: writes to the branch wait (as during a commit), everything else (reads,
+        lookups, other branches) is served meanwhile."""
+        if truncate_to == 0:  # nothing to copy
+            self._stage_now(ws, w, 0)
+            return
+        async with self._lock(ws):
+            if w.staged:
+                return
+            ws.pending = True  # the workspace must not follow its branch meanwhile
+            await trio.to_thread.run_sync(self._stage_now, ws, w, truncate_to)
+
+    @staticmethod
+    def _stage_now(ws: Workspace, w: WEntry, truncate_to) -> None:
+        try:
+            ws.stage(w, truncate_to=truncate_to)
+        except (BlockNotFound, CorruptBlock, MalformedObject) as e:
+            log.error("copy-on-write of %s: %s", w.path(), e)
+            raise _err(errno.EIO) from None
+
+    def _lock(self, ws: Workspace) -> trio.Lock:
+        """The workspace's lock (held by commits and copy-on-write copies)."""
+        lock = getattr(ws, "_trio_lock", None)
+        if lock is None:
+            lock = ws._trio_lock = trio.Lock()
+        return lock
 
     async def create(self, parent_inode, name, mode, flags, ctx):
         node, ws, d = self._ws_dir(parent_inode)
@@ -251,7 +319,7 @@ class WritableOperations(ReadOnlyOperations):
             w = ch[sname]
             if w.kind != KIND_FILE:
                 raise _err(errno.EISDIR)
-            self._truncate(ws, w, 0)
+            await self._truncate(ws, w, 0)
         else:
             w = ws.new_entry(d, sname, KIND_FILE, mode=0o755 if mode & 0o111 else 0o644)
         child = self.ws_node(ws, w, node.ino)
@@ -259,6 +327,7 @@ class WritableOperations(ReadOnlyOperations):
         fh = self.next_fh
         self.next_fh += 1
         self.handles[fh] = Handle(ws, w, True)
+        w.opens += 1
         w.writers += 1
         ws.writers += 1
         ws.last_activity = time.monotonic()
@@ -290,15 +359,14 @@ class WritableOperations(ReadOnlyOperations):
         ws, w = h.ws, h.w
         await self._writing(ws)
         if not w.staged:
-            try:
-                ws.stage(w)
-            except (BlockNotFound, CorruptBlock, MalformedObject) as e:
-                log.error("copy-on-write of %s: %s", w.path(), e)
-                raise _err(errno.EIO) from None
+            await self._stage(ws, w)
         try:
             n = os.pwrite(self._fd(w), buf, off)
         except OSError as e:
             raise _err(e.errno) from None
+        st = self.reader.stats
+        st.writes += 1
+        st.write_bytes += n
         if off + n > w.size:
             w.size = off + n
         w.mtime = time.time()
@@ -312,18 +380,15 @@ class WritableOperations(ReadOnlyOperations):
         h = self.handles.pop(fh, None)
         if isinstance(h, Handle):
             self.reader.forget_handle(fh)
+            h.w.opens -= 1
             if h.writable:
                 h.w.writers -= 1
                 h.ws.writers -= 1
                 h.ws.last_activity = time.monotonic()
-                if h.w.parent is None and h.w.writers == 0 and h.w.staged:
-                    fd = self.fds.pop(h.w.staged, None)
-                    if fd is not None:
-                        os.close(fd)
-                    try:
-                        os.unlink(h.w.staged)
-                    except OSError:
-                        pass
+                if h.ws.writers == 0 and h.ws.pending:
+                    self._arm_quiet(h.ws)
+            if h.w.parent is None and h.w.opens == 0 and h.w.staged and h.w is not h.ws.root:
+                self._drop_staged(h.w)
             return
         await super().release(fh)
 
@@ -350,13 +415,11 @@ class WritableOperations(ReadOnlyOperations):
         if fields.update_size:
             if w.kind != KIND_FILE:
                 raise _err(errno.EISDIR)
-            self._truncate(ws, w, attr.st_size)
+            await self._truncate(ws, w, attr.st_size)
         if fields.update_mode and w.kind == KIND_FILE:
             new = 0o755 if attr.st_mode & 0o111 else 0o644
             if new != (0o755 if w.mode & 0o111 else 0o644):
-                w.mode = new
-                ws.touch(w)
-                ws.save()
+                ws.chmod(w, new)
         if fields.update_mtime:
             w.mtime = attr.st_mtime_ns / 1e9
         return self.attrs(node)
@@ -408,14 +471,8 @@ class WritableOperations(ReadOnlyOperations):
         if w.kind == KIND_DIR:
             raise _err(errno.EISDIR)
         ws.remove(d, sname)
-        if w.staged and not w.writers:
-            fd = self.fds.pop(w.staged, None)
-            if fd is not None:
-                os.close(fd)
-            try:
-                os.unlink(w.staged)
-            except OSError:
-                pass
+        if w.staged and not w.opens:
+            self._drop_staged(w)
 
     async def rmdir(self, parent_inode, name, ctx):
         parent = self.node(parent_inode)
@@ -431,6 +488,7 @@ class WritableOperations(ReadOnlyOperations):
                 log.info("rmdir branches/%s: %s", branch, e)
                 raise _err(errno.EBUSY if "HEAD" in str(e) else errno.ENOENT) from None
             if ws is not None:
+                ws.deleted = True
                 ws.discard()
                 self.workspaces.pop(branch, None)
             return
@@ -456,6 +514,8 @@ class WritableOperations(ReadOnlyOperations):
         ws = pold.extra["ws"]
         await self._writing(ws)
         d_old, d_new = pold.extra["w"], pnew.extra["w"]
+        if not (_attached(ws, d_old) and _attached(ws, d_new)):
+            raise _err(errno.ENOENT)
         so, sn = os.fsdecode(name_old), os.fsdecode(name_new)
         src = self._children(ws, d_old).get(so)
         if src is None:
@@ -478,17 +538,17 @@ class WritableOperations(ReadOnlyOperations):
         ws.move(d_old, so, d_new, sn)
         if dst is not None:
             dst.parent = None
-            if dst.staged and not dst.writers:
-                fd = self.fds.pop(dst.staged, None)
-                if fd is not None:
-                    os.close(fd)
-                try:
-                    os.unlink(dst.staged)
-                except OSError:
-                    pass
+            if dst.staged and not dst.opens:
+                self._drop_staged(dst)
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
         raise _err(errno.EPERM)
+
+    async def setxattr(self, inode, name, value, ctx):
+        raise _err(errno.ENOTSUP if self.node(inode).kind == "ws" else errno.EROFS)
+
+    async def removexattr(self, inode, name, ctx):
+        raise _err(errno.ENOTSUP if self.node(inode).kind == "ws" else errno.EROFS)
 
     async def access(self, inode, mode, ctx):
         node = self.node(inode)
@@ -501,8 +561,7 @@ class WritableOperations(ReadOnlyOperations):
         """Commit ``ws`` now (in a worker thread; writes to it wait meanwhile)."""
         if not ws.pending:
             return None
-        lock = self.locks.setdefault(ws.branch, trio.Lock())
-        async with lock:
+        async with self._lock(ws):
             if not ws.pending:
                 return None
             ws.committing = True
@@ -517,22 +576,54 @@ class WritableOperations(ReadOnlyOperations):
         return res
 
     def _finish(self, ws: Workspace, res: dict) -> None:
+        # the read snapshot must see the blocks just committed (reads of committed
+        # files, commits/NEW lookups)
+        self.reader.renew()
         ws.finish(res)
         self._sweep_fds()
         if res.get("commit"):
             self.commits_made += 1
+            self.reader.stats.commits += 1
             log.info("%s: committed %s on %s (%d new bytes)", ws.branch, cid_str(res["commit"]),
                      res["branch"], res["new_bytes"])
         if res.get("reset"):
-            # the branch view now shows the branch head: drop the old tree from the kernel
+            # conflict: this workspace (and every handle open on it) now belongs to
+            # the conflicts branch; the branch gets a fresh workspace at its head on
+            # the next lookup, so drop the old tree from the kernel
+            old = res["from_branch"]
+            if self.workspaces.get(old) is ws:
+                self.workspaces.pop(old)
+            self.workspaces[ws.branch] = ws
             top = self.inodes.by_key.get(("refdir", HEADS))
-            self.workspaces.pop(ws.branch, None)
             if top:
-                _inval_entry(top, ws.branch.split("/")[0])
+                _inval_entry(top, old.split("/")[0])
         for d, name in res.get("touched", []):
             if d.ino:
                 _inval_entry(d.ino, name)
         self.refs_snapshot = self.repo.store.refs()
+
+    def _arm_quiet(self, ws: Workspace) -> None:
+        """The last write handle of ``ws`` closed: commit once it has been quiet for
+        ``commit_delay`` (a timer task, so the commit does not wait for the next
+        :meth:`tick`; ticks still catch changes made without write handles)."""
+        if getattr(ws, "_quiet_armed", False):
+            return
+        ws._quiet_armed = True
+        trio.lowlevel.spawn_system_task(self._quiet, ws, name="tvcfs-quiet-commit")
+
+    async def _quiet(self, ws: Workspace) -> None:
+        try:
+            while True:
+                wait = ws.last_activity + self.commit_delay - time.monotonic()
+                if wait <= 0:
+                    break
+                await trio.sleep(wait)
+            if ws.pending and not ws.writers and not ws.committing and not ws.deleted:
+                await self.commit_workspace(ws, reason="quiet")
+        except Exception:  # a system task must not raise
+            log.exception("quiet-period commit of %s", ws.branch)
+        finally:
+            ws._quiet_armed = False
 
     async def tick(self) -> None:
         """Called periodically: commit quiet branches with no open write handles."""
@@ -542,7 +633,14 @@ class WritableOperations(ReadOnlyOperations):
                 await self.commit_workspace(ws, reason="quiet")
 
     def shutdown(self) -> None:
-        """On unmount: commit every pending workspace (synchronously)."""
+        """On unmount: commit every pending workspace (synchronously), then remove
+        the staging directories that hold nothing uncommitted."""
+        for fd in self.fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds.clear()
         for ws in list(self.workspaces.values()):
             if ws.pending:
                 try:
@@ -551,9 +649,46 @@ class WritableOperations(ReadOnlyOperations):
                     log.info("unmount: committed branch %s", ws.branch)
                 except Exception:
                     log.exception("unmount commit of %s failed; staged changes kept in %s", ws.branch, ws.dir)
-        for fd in self.fds.values():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.fds.clear()
+            if not ws.pending:
+                ws.discard()
+
+
+# --- request guard ---------------------------------------------------------------
+# pyfuse3 lets any exception other than FUSEError escape from its main loop, which
+# ends the mount. Every request handler is wrapped: a BlockNotFound (the read
+# snapshot predates a commit made meanwhile by this mount or another process) renews
+# the snapshot and retries once; anything else unexpected is logged and answered EIO.
+_HANDLERS = ("lookup", "getattr", "setattr", "readlink", "mknod", "mkdir", "unlink", "rmdir",
+             "symlink", "rename", "link", "open", "read", "write", "flush", "release", "fsync",
+             "opendir", "readdir", "releasedir", "fsyncdir", "statfs", "access", "create",
+             "getxattr", "listxattr", "setxattr", "removexattr", "forget")
+
+
+def _guard(name, fn):
+    @functools.wraps(fn)
+    async def wrapper(self, *args):
+        try:
+            return await fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except BlockNotFound:
+            self.reader.renew()
+        except Exception:
+            log.exception("%s%r failed", name, args[:2])
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        try:
+            return await fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:
+            log.exception("%s%r failed", name, args[:2])
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+for _name in _HANDLERS:
+    _fn = getattr(WritableOperations, _name, None)
+    if _fn is not None and inspect.iscoroutinefunction(_fn):
+        setattr(WritableOperations, _name, _guard(_name, _fn))
+del _name, _fn
