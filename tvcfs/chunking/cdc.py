@@ -219,6 +219,13 @@ def _chunk_spans(
         raise ValueError(f"bad range [{start}, {end})")
     if read_size < 1:
         raise ValueError(f"read_size must be >= 1 byte, got {read_size}")
+    if end - start <= min_size:
+        # no cut can fall inside: every chunk but the last is at least min_size
+        if end > start:
+            yield start, end - start
+        return
+    # the cuts do not depend on the window size: do not allocate more than the range
+    read_size = min(read_size, end - start)
     sc = _Scanner(start, strict_t, loose_t, read_size)
     s = start
     while s < end:
