@@ -12,14 +12,27 @@ def cmd_mount(args):
     from ..fs.daemon import is_mounted, run_foreground, start_background
     from ..repo import Repo, find_repo_root
 
+    is_url = "://" in args.source
     repo_root = find_repo_root(args.source) if os.path.isdir(args.source) else None
-    if repo_root is None:
+    if repo_root is None and not is_url:
         raise TvcfsError(f"not a tvcfs repository: {args.source}")
     if not os.path.isdir(args.mountpoint):
         raise TvcfsError(f"mount point {args.mountpoint} is not a directory")
     if is_mounted(args.mountpoint):
         raise TvcfsError(f"{args.mountpoint} is already mounted")
+    if is_url:
+        # mount URL MNT: a lazy clone in the cache (made or refreshed), leaves on demand
+        from ..fs.remote import prepare_url_mount
+
+        repo_root = prepare_url_mount(args.source, quiet=False)
     extra = {"commit_delay": args.commit_delay}
+    # lazy mounts (tvcfs.fs.remote): extra peers, read timeout, background prefetch
+    if args.remote:
+        extra["remotes"] = list(args.remote)
+    if args.fetch_timeout is not None:
+        extra["fetch_timeout"] = args.fetch_timeout
+    if args.prefetch:
+        extra["prefetch"] = list(args.prefetch)
     if args.foreground:
         return run_foreground(repo_root, args.mountpoint, debug=args.debug, verify_reads=args.verify_reads,
                               allow_other=args.allow_other, **extra)
@@ -31,6 +44,12 @@ def cmd_mount(args):
         argv.append("--verify-reads")
     if args.allow_other:
         argv.append("--allow-other")
+    for url in args.remote or ():
+        argv += ["--remote", url]
+    if args.fetch_timeout is not None:
+        argv += ["--fetch-timeout", str(args.fetch_timeout)]
+    for pat in args.prefetch or ():
+        argv += ["--prefetch", pat]
     try:
         pid = start_background(argv, os.path.join(repo_root, ".tvcfs"), args.mountpoint)
     except RuntimeError as e:
@@ -92,7 +111,8 @@ def cmd_prefetch(args):
 
 def register(sub) -> None:
     p = sub.add_parser("mount", help="mount a repository (branches/, tags/, commits/)")
-    p.add_argument("source", metavar="REPO")
+    p.add_argument("source", metavar="REPO", help="repository path, or a tvcfs:// URL (lazy: "
+                   "a cache repository under ~/.cache/tvcfs, leaves fetched on demand)")
     p.add_argument("mountpoint")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument("--debug", action="store_true", help="log every request (implies verbose log)")
@@ -101,6 +121,15 @@ def register(sub) -> None:
     p.add_argument("--commit-delay", type=float, default=1.0,
                    help="seconds of quiet after the last write handle closes before a commit (default 1)")
     p.add_argument("-o", dest="options", action="append", default=[], help=argparse_suppress())
+    p.add_argument("--remote", action="append", default=[], metavar="URL",
+                   help="peer to fetch missing leaves from (repeatable; a lazy clone also "
+                        "uses its remotes)")
+    p.add_argument("--fetch-timeout", type=float, default=None, metavar="SECONDS",
+                   help="a read whose blocks no peer delivers in this time fails with EIO "
+                        "(default 30)")
+    p.add_argument("--prefetch", action="append", default=[], metavar="PATTERN",
+                   help="fetch files of HEAD matching this glob in the background, lowest "
+                        "priority (repeatable; @FILE: paths in the order to fetch them)")
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("unmount", aliases=["umount"], help="unmount (waits for pending commits)")

@@ -160,7 +160,39 @@ def cmd_fsck(args):
     return 0
 
 
+def cmd_stats(args):
+    """Print a mount's counters (``MOUNT/.tvcfs/stats``): bytes served and read from
+    the store, readahead, and for lazy mounts bytes fetched per priority class and
+    per peer, cache hits and pending wants."""
+    path = os.path.join(args.mountpoint, ".tvcfs", "stats")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as e:
+        raise TvcfsError(f"{args.mountpoint} is not a tvcfs mount ({e.strerror})") from None
+    if args.json:
+        print(json.dumps(data, indent=1, sort_keys=True))
+        return 0
+
+    def show(d, indent=""):
+        for k in sorted(d):
+            v = d[k]
+            if isinstance(v, dict):
+                print(f"{indent}{k}:")
+                show(v, indent + "  ")
+            else:
+                print(f"{indent}{k}: {v}")
+
+    show(data)
+    return 0
+
+
 def register_maintenance(sub) -> None:
+    p = sub.add_parser("stats", help="counters of a mount (fetches per priority and peer, cache hits)")
+    p.add_argument("mountpoint")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stats)
+
     p = sub.add_parser("gc", help="delete blocks no ref, recent reflog entry, pin or mount uses")
     p.add_argument("-n", "--dry-run", action="store_true")
     p.add_argument("--expire", type=float, default=90, metavar="DAYS",

@@ -10,6 +10,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 
@@ -26,12 +27,16 @@ def mount(repo: str, mountpoint: str, *, timeout: float = 30.0, extra_args=(), e
 
     os.makedirs(mountpoint, exist_ok=True)
     cmd = [sys.executable, "-m", "tvcfs.cli", "--repo", repo, "mount", "-f", *extra_args, repo, mountpoint]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    # The child's log goes to a file, never to a pipe nobody drains while mounted: a
+    # full pipe (64 KiB of log, e.g. --debug or many EIO lines) would block the mount.
+    logf = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + timeout
         while not is_mounted(mountpoint):
             if proc.poll() is not None or time.monotonic() > deadline:
-                out = proc.stdout.read().decode(errors="replace") if proc.poll() is not None else ""
+                logf.seek(0)
+                out = logf.read()[-20000:].decode(errors="replace")
                 raise RuntimeError(f"mount of {repo} on {mountpoint} failed:\n{out}")
             time.sleep(0.02)
         yield mountpoint
@@ -46,5 +51,4 @@ def mount(repo: str, mountpoint: str, *, timeout: float = 30.0, extra_args=(), e
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
+        logf.close()

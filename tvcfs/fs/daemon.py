@@ -23,8 +23,28 @@ REFS_POLL = 0.25  # seconds between checks for ref changes (CLI commits, other m
 
 
 def _pidfile(control: str, mountpoint: str) -> str:
-    h = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:16]
+    h = hashlib.sha256(mount_path(mountpoint).encode()).hexdigest()[:16]
     return os.path.join(control, "mounts", f"{h}.pid")
+
+
+def _mounted_paths() -> set:
+    try:
+        with open("/proc/mounts") as f:
+            return {ln.split()[1].replace("\\040", " ") for ln in f if len(ln.split()) > 1}
+    except OSError:
+        return set()
+
+
+def mount_path(mountpoint: str) -> str:
+    """``mountpoint`` as ``/proc/mounts`` shows it, found without stat-ing the
+    mountpoint itself (``os.path.realpath`` would, and a stat blocks on a hung FUSE
+    mount): its parent's real path plus its name; a symlink (never itself a mount
+    point, so ``lstat`` of it is safe) is followed."""
+    a = os.path.abspath(mountpoint)
+    cand = os.path.join(os.path.realpath(os.path.dirname(a)), os.path.basename(a))
+    if cand not in _mounted_paths() and os.path.islink(cand):
+        return os.path.realpath(cand)
+    return cand
 
 
 def set_readahead(mountpoint: str, kb: int = 1024) -> bool:
@@ -58,7 +78,12 @@ def run_foreground(repo_root: str, mountpoint: str, debug: bool = False, verify_
     repo = Repo.open(repo_root)
     if ops_factory is None:
         ops_factory = default_ops_factory()
+    remote_opts = {k: ops_kwargs.pop(k) for k in ("remotes", "fetch_timeout", "prefetch")
+                   if k in ops_kwargs}
     ops = ops_factory(repo, verify_reads=verify_reads, **ops_kwargs)
+    from .remote import attach_remote
+
+    fetcher = attach_remote(repo, ops, **remote_opts)  # lazy mount: leaves from peers
     options = set(pyfuse3.default_options)
     options.add(f"fsname=tvcfs:{repo.root}")
     options.add("subtype=tvcfs")
@@ -76,6 +101,8 @@ def run_foreground(repo_root: str, mountpoint: str, debug: bool = False, verify_
 
     async def main():
         async with trio.open_nursery() as nursery:
+            if fetcher is not None:
+                await nursery.start(fetcher.run)
             async def fuse_main():
                 try:
                     await pyfuse3.main()
@@ -103,7 +130,10 @@ def run_foreground(repo_root: str, mountpoint: str, debug: bool = False, verify_
             nursery.start_soon(fuse_main)
             nursery.start_soon(watch)
             nursery.start_soon(signals)
-            await trio.to_thread.run_sync(set_readahead, mountpoint)
+            # a lazy mount fetches whole leaves for every page the kernel reads: a smaller
+            # readahead (mmap read-around) moves fewer bytes that nobody asked for
+            ra_kb = fetcher.readahead_kb if fetcher is not None else 1024
+            await trio.to_thread.run_sync(set_readahead, mountpoint, ra_kb)
 
     ok = True
     try:
@@ -142,7 +172,7 @@ def default_ops_factory():
 
 def is_mounted(mountpoint: str) -> bool:
     """True if ``mountpoint`` is in ``/proc/mounts`` (no stat, so never blocks)."""
-    real = os.path.realpath(mountpoint)
+    real = mount_path(mountpoint)
     try:
         with open("/proc/mounts") as f:
             for line in f:
@@ -183,7 +213,7 @@ def unmount(mountpoint: str, timeout: float = 60.0, lazy: bool = False) -> None:
     """Unmount with ``fusermount3 -u`` (``-z`` if ``lazy``) and wait for the mount
     process to finish its pending work (commits). Raises ``RuntimeError``."""
     fsname = None
-    real = os.path.realpath(mountpoint)
+    real = mount_path(mountpoint)
     with open("/proc/mounts") as f:
         for line in f:
             parts = line.split()
@@ -211,5 +241,15 @@ def unmount(mountpoint: str, timeout: float = 60.0, lazy: bool = False) -> None:
                 os.kill(pid, 0)
             except ProcessLookupError:
                 return
+            if _zombie(pid):  # exited; its parent (e.g. tvcfs.fs.mount) reaps it later
+                return
             time.sleep(0.05)
         raise RuntimeError(f"mount process {pid} still running after unmount")
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False

@@ -115,6 +115,8 @@ class ReadOnlyOperations(pyfuse3.Operations):
             d = self.reader.stats.as_dict()
             d["open_files"] = len(self.handles)
             d["inodes"] = len(self.inodes.by_ino)
+            if hasattr(self.reader.remote, "stats_dict"):  # lazy mount (tvcfs.fs.remote)
+                d["remote"] = self.reader.remote.stats_dict()
             return (json.dumps(d, indent=1, sort_keys=True) + "\n").encode()
         return b""
 

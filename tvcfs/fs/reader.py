@@ -12,11 +12,12 @@ cache holds it; the process keeps only indexes).
 from __future__ import annotations
 
 import collections
+import heapq
 import logging
 import os
 import threading
+import time
 
-import numpy as np
 
 from ..chunking.safetensors import NotSafetensors, parse_header
 from ..dag import FileIndex
@@ -32,6 +33,10 @@ PRIO_FOREGROUND, PRIO_TENSOR, PRIO_SEQUENTIAL, PRIO_PREFETCH = 3, 2, 1, 0
 
 SEQ_WINDOW_MIN = 4 << 20   # bytes; first sequential readahead window
 SEQ_WINDOW_MAX = 64 << 20  # bytes; the window doubles up to this
+SCAN_TENSORS = 2           # times a sequential run must move on to a later tensor to be a scan
+SEQ_REORDER = 1 << 20      # bytes: concurrent reads complete out of order, still sequential
+SPILL_MAX = 2 << 20        # bytes: how far the kernel's readahead may run past what is read
+SEQ_REMOTE_STEP = 2 << 20  # bytes: a lazy mount's sequential window grows in requests this big
 INDEX_CACHE = 256          # file indexes kept (LRU)
 
 
@@ -91,14 +96,20 @@ class BlockReader:
         self.indexes: collections.OrderedDict = collections.OrderedDict()
         self.tensors: dict[bytes, TensorMap | None] = {}
         self.stats = Stats()
-        self._map_addr = store.env.info()["map_addr"]
+        self._map_addr = _map_base(store)
         self._fd = os.open(os.path.join(store._real, "data.mdb"), os.O_RDONLY)
+        # Leaves are paged in by threads, never by the trio thread (see Preloader).
+        self.preloader = Preloader(store.env, self.db, self._fd, self._map_addr,
+                                   store.env.info()["map_size"], list(store.dbs.values()))
         self.seq: dict[int, list] = {}  # fh -> [next_offset, window, ra_until]
+        # fh -> [anchor, times moved on] of the current sequential run (see _remote_run)
+        self.seq_run: dict[int, list] = {}
         # Remote block source of a lazy mount (tvcfs.fs.remote), or None: an object
         # with ``async fetch(cids, priority)`` and ``schedule(cids, priority)``.
         self.remote = None
 
     def close(self):
+        self.preloader.close()
         try:
             self._txn.abort()
         finally:
@@ -129,7 +140,16 @@ class BlockReader:
         if idx is not None:
             self.indexes.move_to_end(cid)
             return idx
-        idx = FileIndex.build(lambda c: bytes(self.get(c)), cid)
+        nodes = []
+
+        def get(c):
+            v = self.get(c)
+            nodes.append(v)
+            return bytes(v)
+
+        idx = FileIndex.build(get, cid)
+        if len(nodes) > 1 or (nodes and len(idx.leaves) > 1):
+            self.preloader.guess(idx, [_address(v) for v in nodes])
         self.indexes[cid] = idx
         if len(self.indexes) > INDEX_CACHE:
             old, _ = self.indexes.popitem(last=False)
@@ -148,7 +168,13 @@ class BlockReader:
                 if 2 <= n <= (100 << 20) and 8 + n <= idx.size:
                     hdr = parse_header(idx.read(self.get, 0, 8 + n), idx.size)
                     tm = TensorMap([t.start for t in hdr.tensors], [t.end for t in hdr.tensors])
-        except (NotSafetensors, BlockNotFound, CorruptBlock, MalformedObject):
+        except BlockNotFound as e:
+            if self.remote is not None:
+                # header leaves not fetched yet (lazy mount): fetch them, ask again later
+                self.remote.schedule([e.cid], PRIO_TENSOR)
+                return None
+            tm = None
+        except (NotSafetensors, CorruptBlock, MalformedObject):
             tm = None
         self.tensors[idx.cid] = tm
         return tm
@@ -162,6 +188,14 @@ class BlockReader:
             if miss:
                 await self.remote.fetch(miss, PRIO_FOREGROUND)
                 self.renew()
+        cold = self.preloader.cold(idx, offset, size)
+        if cold:
+            # py-lmdb touches every page of a value inside get(): for leaves not in
+            # memory that is a synchronous disk read, done here in a worker thread
+            # (GIL released) so the trio thread keeps serving other requests.
+            import trio
+
+            await trio.to_thread.run_sync(self.preloader.load, idx, cold)
         return self.read(idx, offset, size)
 
     async def index_async(self, cid: bytes) -> FileIndex:
@@ -202,23 +236,11 @@ class BlockReader:
         return b"".join(parts)
 
     # readahead ----------------------------------------------------------------
-    def _fadvise_leaves(self, idx: FileIndex, rng: range) -> int:
-        n = 0
-        get = self._txn.get
-        for i in rng:
-            if i in idx.inline:
-                continue
-            v = get(idx.leaves[i], db=self.db)
-            if v is None:
-                continue
-            addr = np.frombuffer(v, dtype=np.uint8).__array_interface__["data"][0]
-            off = addr - self._map_addr
-            try:
-                os.posix_fadvise(self._fd, off, len(v), os.POSIX_FADV_WILLNEED)
-            except OSError:
-                return n
-            n += len(v)
-        return n
+    def _fadvise_leaves(self, idx: FileIndex, rng: range, priority: int = PRIO_SEQUENTIAL) -> int:
+        """Hand the leaves ``rng`` of ``idx`` to the preload threads at ``priority``;
+        returns their bytes. (A ``get()`` here would read them synchronously: py-lmdb
+        pages in the whole value.)"""
+        return self.preloader.schedule(idx, [i for i in rng if i not in idx.inline], priority)
 
     def missing(self, idx: FileIndex, offset: int, size: int) -> list:
         """CIDs of the leaves of ``[offset, offset+size)`` not in the local store."""
@@ -233,8 +255,12 @@ class BlockReader:
         if self.remote is not None:
             miss = self.missing(idx, lo, hi - lo)
             if miss:
-                self.remote.schedule(miss, priority)
-        return self._fadvise_leaves(idx, rng)
+                if hasattr(self.remote, "schedule_range"):
+                    # one byte-range DAG request per contiguous run (tvcfs.fs.remote)
+                    self.remote.schedule_range(idx, lo, hi, miss, priority)
+                else:
+                    self.remote.schedule(miss, priority)
+        return self._fadvise_leaves(idx, rng, priority)
 
     def readahead(self, fh: int, idx: FileIndex, offset: int, size: int) -> None:
         """Schedule readahead after a read of ``[offset, offset+size)`` on handle
@@ -242,11 +268,15 @@ class BlockReader:
         sequential window that doubles while reads stay sequential."""
         try:
             tm = self.tensor_map(idx)
-            if tm is not None:
+            spill = scan = False
+            if tm is not None:  # local mounts too: loading one tensor reads ~only it
+                spill, scan = self._remote_run(fh, tm, offset, size)
+            if tm is not None and not spill:
                 t = tm.tensor_at(offset)
                 if t is not None and t[1] > offset + size:
                     s = self.seq.get(fh)
-                    done = s[2] if s else 0
+                    # what this handle scheduled counts only if its last read was in this tensor
+                    done = s[2] if s and tm.tensor_at(max(s[0] - 1, 0)) == t else 0
                     lo = max(offset + size, done)
                     if lo < t[1]:
                         self.stats.readahead_bytes += self._schedule(idx, lo, t[1], PRIO_TENSOR)
@@ -255,18 +285,50 @@ class BlockReader:
             if s is None:
                 self.seq[fh] = [offset + size, SEQ_WINDOW_MIN, 0]
                 return
-            if offset != s[0]:
+            if not s[0] - SEQ_REORDER <= offset <= s[0] + SEQ_REORDER:
                 s[0], s[1] = offset + size, SEQ_WINDOW_MIN
                 return
-            s[0] = offset + size
+            s[0] = max(s[0], offset + size)
             target = min(offset + size + s[1], idx.size)
-            if target > s[2]:
+            if tm is not None and not scan:
+                # the window stays inside the current tensor (none on a spill) until the
+                # run is a scan (local mounts too: the disk and page cache are not free)
+                t = tm.tensor_at(offset)
+                end = offset + size if spill or t is None else max(t[1], offset + size)
+                target = min(target, end)
+            if target > s[2] and (self.remote is None or target >= idx.size
+                                  or target - max(s[2], offset + size) >= SEQ_REMOTE_STEP):
                 lo = max(s[2], offset + size)
                 self.stats.readahead_bytes += self._schedule(idx, lo, target, PRIO_SEQUENTIAL)
                 s[2] = target
                 s[1] = min(s[1] * 2, SEQ_WINDOW_MAX)
         except (BlockNotFound, CorruptBlock, MalformedObject):
             pass
+
+    def _remote_run(self, fh: int, tm: TensorMap, offset: int, size: int) -> tuple[bool, bool]:
+        """``(spill, scan)`` for a read of ``[offset, offset+size)`` (safetensors).
+
+        A sequential run is anchored at the end of the tensor it is reading. *spill*:
+        the read continues the run less than ``SPILL_MAX`` past the anchor: it may be
+        the kernel's readahead (mmap read-around, async readahead) spilling over the
+        tensor's end, so it triggers no readahead of the next tensor. Further on, the
+        program is reading on: the run is anchored at the tensor it is in now.
+        *scan*: the run has moved on ``SCAN_TENSORS`` times: its readahead window may
+        run past the current tensor. Reads completing out of order (within
+        ``SEQ_REORDER``) continue the run."""
+        here = tm.tensor_at(offset)
+        s = self.seq.get(fh)
+        run = self.seq_run.get(fh)  # [anchor, times moved on]
+        if run is None or s is None or not s[0] - SEQ_REORDER <= offset <= s[0] + SEQ_REORDER:
+            self.seq_run[fh] = [here[1] if here else offset + size, 0]  # a new run
+            return False, False
+        if offset < run[0]:
+            return False, run[1] >= SCAN_TENSORS
+        if offset < run[0] + SPILL_MAX:
+            return True, run[1] >= SCAN_TENSORS
+        run[0] = here[1] if here else offset + size
+        run[1] += 1
+        return False, run[1] >= SCAN_TENSORS
 
     def prefetch(self, idx: FileIndex) -> int:
         """Schedule a whole file for reading (lowest priority: the kernel reads it in
@@ -277,3 +339,309 @@ class BlockReader:
 
     def forget_handle(self, fh: int) -> None:
         self.seq.pop(fh, None)
+        self.seq_run.pop(fh, None)
+
+
+def _map_base(store) -> int:
+    """Address of this process's mapping of the store's ``data.mdb`` (py-lmdb's
+    ``env.info()["map_addr"]`` is 0), from ``/proc/self/maps``: a leaf's file offset
+    is its buffer's address minus this."""
+    path = os.path.realpath(os.path.join(store._real, "data.mdb"))
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split(None, 5)
+                if len(parts) == 6 and int(parts[2], 16) == 0 and parts[5].rstrip("\n") == path:
+                    return int(parts[0].split("-")[0], 16)
+    except (OSError, ValueError):
+        pass
+    return store.env.info()["map_addr"]
+
+
+PAGE = 4096
+LMDB_PAGE_HEADER = 16  # an LMDB overflow value starts this far into its first page
+ADVISE_AHEAD = 64 << 20  # bytes of queued leaves advised ahead of the one being read
+ADVISE_SLACK = 16 << 10  # bytes added to an advised run
+ADVISE_CHUNK = 1 << 20   # bytes per posix_fadvise call
+
+
+def _span(size: int) -> int:
+    """Bytes of data.mdb an overflow value of ``size`` bytes occupies."""
+    return (size + LMDB_PAGE_HEADER + PAGE - 1) // PAGE * PAGE
+
+
+class Preloader:
+    """Threads that page leaves of the LMDB store in ahead of the kernel's requests.
+
+    py-lmdb's ``get()`` touches every page of a value (with the GIL released), so a
+    ``get()`` in a worker thread reads the leaf into the page cache, mapped in this
+    process, while the trio thread keeps serving; the trio thread then copies from
+    memory. Before that, the leaves queued next are advised to the kernel
+    (``posix_fadvise(WILLNEED)``: one large asynchronous read) at their predicted
+    file offsets: a leaf's offset is its buffer address minus the map's base, known
+    once it was read, and LMDB lays out the leaves of a commit one after another
+    (each rounded up to pages), so the next ones follow from a known one; every
+    read corrects the prediction. Queued leaves go highest priority first (tensor >
+    sequential > prefetch), FIFO within a priority; at most ``max_pending`` wait.
+    ``resident`` remembers the last ``max_resident`` leaves paged in (a hint: the
+    kernel may evict them; the trio thread's read then faults them in itself).
+    Memory stays bounded: the data lives in the page cache, which the kernel sizes.
+    """
+
+    def __init__(self, env, db, fd: int = -1, map_addr: int = 0, map_size: int = 0, dbs=(),
+                 threads: int = 2, max_pending: int = 1 << 16, max_resident: int | None = None):
+        if max_resident is None:  # leaves (<= 1 MiB) in half of the RAM
+            try:
+                max_resident = max(1024, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (2 << 20))
+            except (ValueError, OSError):
+                max_resident = 8192
+        self.env, self.db, self.fd, self.map_addr, self.map_size = env, db, fd, map_addr, map_size
+        self.dbs = list(dbs)
+        self.exact = 0  # threads reading with the map's read-around off (see _exact_reads)
+        self.nthreads, self.max_pending, self.max_resident = threads, max_pending, max_resident
+        self.cv = threading.Condition()
+        self.heap: list = []
+        self.pending: dict[bytes, int] = {}  # cid -> best queued priority
+        self.resident: collections.OrderedDict = collections.OrderedDict()
+        self.offsets: dict[bytes, int] = {}  # leaf cid -> file offset of its data
+        self.anchors: dict[bytes, tuple] = {}  # file cid -> (leaf index, offset, verified)
+        self.advised: set = set()
+        self.cums: collections.OrderedDict = collections.OrderedDict()  # file cid -> span prefix sums
+        self.threads: list = []
+        self.closed = False
+        self.seq = 0
+        self.warm = None
+        if self.dbs and map_addr:
+            self.warm = threading.Thread(target=self._warm_btree, name="tvcfs-btree", daemon=True)
+            self.warm.start()
+
+    def cold(self, idx: FileIndex, offset: int, size: int) -> list:
+        """Leaf indexes of ``[offset, offset+size)`` not known to be in memory."""
+        if offset >= idx.size:
+            return []
+        res = self.resident
+        return [i for i in idx.leaf_range(offset, min(size, idx.size - offset))
+                if i not in idx.inline and idx.leaves[i] not in res]
+
+    def schedule(self, idx: FileIndex, leaves, priority: int) -> int:
+        """Queue leaves ``leaves`` (indexes) of ``idx`` for paging in; returns the
+        bytes newly queued."""
+        n = 0
+        with self.cv:
+            if self.closed:
+                return 0
+            for i in leaves:
+                cid = idx.leaves[i]
+                if cid in self.resident or self.pending.get(cid, -1) >= priority:
+                    continue
+                if cid not in self.pending and len(self.pending) >= self.max_pending:
+                    break
+                self.pending[cid] = priority
+                self.seq += 1
+                heapq.heappush(self.heap, (-priority, self.seq, cid, idx, i))
+                n += idx.sizes[i]
+            if n:
+                if len(self.threads) < self.nthreads:
+                    for k in range(len(self.threads), self.nthreads):
+                        t = threading.Thread(target=self._run, name=f"tvcfs-preload-{k}", daemon=True)
+                        t.start()
+                        self.threads.append(t)
+                self.cv.notify_all()
+        return n
+
+    def guess(self, idx: FileIndex, node_addrs) -> None:
+        """A first, unverified anchor for file ``idx`` from the addresses of its
+        internal nodes: tvcfs's importer stores a file's leaves in order and then its
+        nodes, so the first node in an overflow page follows the last leaf."""
+        if not self.map_addr or not idx.leaves or (len(idx.leaves) - 1) in idx.inline:
+            return
+        offs = [a - self.map_addr for a in node_addrs]
+        offs = [o for o in offs if 0 <= o and o % PAGE == LMDB_PAGE_HEADER]
+        if offs:
+            n = len(idx.leaves) - 1
+            with self.cv:
+                self.anchors.setdefault(idx.cid, (n, min(offs) - _span(idx.sizes[n]), False))
+
+    def load(self, idx: FileIndex, leaves) -> None:
+        """Page leaves ``leaves`` (indexes) of ``idx`` in now, in the calling thread."""
+        self._advise(idx, leaves[0], leaves[-1] + 1)
+        for i in leaves:
+            self._page_in(idx, i)
+
+    # internals (worker threads) ------------------------------------------------
+    def _cum(self, idx: FileIndex) -> list:
+        with self.cv:
+            c = self.cums.get(idx.cid)
+            if c is not None:
+                self.cums.move_to_end(idx.cid)
+                return c
+        c = [0]
+        for i, size in enumerate(idx.sizes):
+            c.append(c[-1] + (0 if i in idx.inline else _span(size)))
+        with self.cv:
+            self.cums[idx.cid] = c
+            while len(self.cums) > 64:
+                self.cums.popitem(last=False)
+        return c
+
+    def _predict(self, idx: FileIndex, i: int, cum: list) -> tuple | None:
+        """``(offset, distance)``: predicted file offset of leaf ``i``'s data from the
+        nearest leaf whose offset is known (within 64 leaves, else the file's last
+        one read), and how many leaves away that was; or ``None``."""
+        offs, leaves = self.offsets, idx.leaves
+        for d in range(0, 65):
+            for k in ((i - d, i + d) if d else (i,)):
+                if 0 <= k < len(leaves) and k not in idx.inline:
+                    o = offs.get(leaves[k])
+                    if o is not None:
+                        return o + cum[i] - cum[k], d
+        a = self.anchors.get(idx.cid)
+        if a is not None and a[0] < len(leaves):
+            return a[1] + cum[i] - cum[a[0]], abs(i - a[0]) + (0 if a[2] else 64)
+        return None
+
+    def _advise(self, idx: FileIndex, first: int, stop: int) -> None:
+        """``posix_fadvise(WILLNEED)`` the predicted range of leaves ``first`` ..
+        ``stop - 1`` and of the queued leaves that follow (up to ADVISE_AHEAD)."""
+        if self.fd < 0 or not self.map_addr:
+            return
+        cum = self._cum(idx)
+        with self.cv:
+            k, nbytes = first, 0
+            lo_i = hi_i = None
+            while k < len(idx.leaves) and nbytes < ADVISE_AHEAD:
+                cid = idx.leaves[k]
+                if k >= stop and cid not in self.pending and cid not in self.resident:
+                    break
+                if k not in idx.inline and cid not in self.advised and cid not in self.resident:
+                    self.advised.add(cid)
+                    lo_i = k if lo_i is None else lo_i
+                    hi_i = k
+                nbytes += idx.sizes[k]
+                k += 1
+            if len(self.advised) > (1 << 16):
+                self.advised.clear()
+        if lo_i is None:
+            return
+        pred = self._predict(idx, lo_i, cum)
+        if pred is None:
+            return
+        # B-tree pages allocated between leaves shift later ones by a page now and
+        # then (~1 in 50 here): widen the range with the distance from the anchor
+        base, dist = pred
+        slack = PAGE * (1 + dist // 16)
+        lo = max(base - LMDB_PAGE_HEADER - slack, 0)
+        hi = base - LMDB_PAGE_HEADER + cum[hi_i + 1] - cum[lo_i] + slack + ADVISE_SLACK
+        # the kernel reads at most max(io_pages, ra_pages) per WILLNEED call: advise
+        # in pieces no larger than that on any disk
+        try:
+            for o in range(lo, hi, ADVISE_CHUNK):
+                os.posix_fadvise(self.fd, o, min(ADVISE_CHUNK, hi - o), os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+
+    def _page_in(self, idx: FileIndex, i: int) -> None:
+        cid = idx.leaves[i]
+        # reads are exact (no read-around) until the file's layout is verified
+        a = self.anchors.get(idx.cid)
+        exact = self.map_addr and len(idx.leaves) > 1 and not (a and a[2]) and cid not in self.offsets
+        try:
+            if exact:
+                self._exact_reads(True)
+            try:
+                with self.env.begin(buffers=True) as txn:
+                    v = txn.get(cid, db=self.db)
+                    addr = _address(v) if v is not None else None
+            finally:
+                if exact:
+                    self._exact_reads(False)
+        except Exception:  # environment closing, map full...: a hint only
+            return
+        if addr is None:
+            return
+        with self.cv:
+            if self.map_addr:
+                if len(self.offsets) >= (1 << 20):  # ~100 MB of hints: start over
+                    self.offsets.clear()
+                self.offsets[cid] = addr - self.map_addr
+                self.anchors[idx.cid] = (i, addr - self.map_addr, True)
+            self.resident[cid] = True
+            self.resident.move_to_end(cid)
+            while len(self.resident) > self.max_resident:
+                self.resident.popitem(last=False)
+
+    def _exact_reads(self, on: bool) -> None:
+        """While any thread reads a leaf whose place is not known yet, the map is
+        ``MADV_RANDOM``: its page faults read exactly the pages touched. Otherwise
+        (``MADV_NORMAL``) every miss reads the disk's ``read_ahead_kb`` around it (8 MiB
+        here) and starts read-ahead chains: several times the bytes needed."""
+        with self.cv:
+            self.exact += 1 if on else -1
+            n = self.exact
+        if (on and n == 1) or (not on and n == 0):
+            _madvise_range(self.map_addr, self.map_size, 1 if on else 0)
+
+    def _warm_btree(self) -> None:
+        """Touch every B-tree page of the store once, exactly (keys only, no values):
+        a later ``get()`` then misses only on the leaf it reads, which is advised."""
+        if not self.map_addr or not self.map_size:
+            return
+        deadline = time.monotonic() + 10
+        self._exact_reads(True)
+        try:
+            with self.env.begin(buffers=True) as txn:
+                for db in self.dbs:
+                    with txn.cursor(db=db) as cur:
+                        for n, _ in enumerate(cur.iternext(keys=True, values=False)):
+                            if self.closed or (n & 1023 == 0 and time.monotonic() > deadline):
+                                return
+        except Exception:  # closing
+            pass
+        finally:
+            self._exact_reads(False)
+
+    def _run(self) -> None:
+        while True:
+            with self.cv:
+                while not self.heap and not self.closed:
+                    self.cv.wait()
+                if self.closed:
+                    return
+                prio, _, cid, idx, i = heapq.heappop(self.heap)
+                if self.pending.get(cid) != -prio:
+                    continue  # superseded by a higher-priority entry
+                del self.pending[cid]
+                if cid in self.resident:
+                    continue
+            self._advise(idx, i, i + 1)
+            self._page_in(idx, i)
+
+    def close(self) -> None:
+        with self.cv:
+            self.closed = True
+            self.heap.clear()
+            self.pending.clear()
+            self.cv.notify_all()
+        for t in self.threads + ([self.warm] if self.warm else []):
+            t.join(timeout=10)
+
+
+def _address(buf) -> int:
+    """Address of the first byte of a buffer (an LMDB zero-copy memoryview)."""
+    import numpy as np
+
+    return np.frombuffer(buf, dtype=np.uint8).__array_interface__["data"][0]
+
+
+_libc = None
+
+
+def _madvise_range(addr: int, length: int, advice: int) -> None:
+    """``madvise(addr, length, advice)``; errors ignored (a hint only)."""
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    _libc.madvise(addr, length, advice)

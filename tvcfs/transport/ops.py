@@ -318,6 +318,15 @@ def fetch(repo, remote: str = "origin", *, quiet: bool = False, engine: str | No
     :class:`~.client.RemoteError`, :class:`~.quic.TransportError`,
     :class:`~.identity.PeerIdMismatch`."""
     url = _url_of(repo, remote)
+    if repo.store.get_meta("lazy"):
+        # a lazy clone keeps fetching only the skeleton (commits, trees, file indexes);
+        # leaves come on demand through a mount
+        from ..fs.remote import lazy_fetch
+
+        lr = lazy_fetch(repo, remote, engine=engine)
+        return FetchResult(remote=lr.remote, url=lr.url, refs=lr.refs, head=lr.head,
+                           updated=lr.updated, blocks=lr.blocks, nbytes=lr.nbytes,
+                           seconds=lr.seconds)
     err = out or sys.stderr
     prog = Progress(f"Receiving from {remote}", quiet, err)
 

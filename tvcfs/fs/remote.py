@@ -1,0 +1,1425 @@
+"""Lazy remote mounts: leaves fetched on demand, by priority, from one or several peers.
+
+A *lazy clone* (:func:`lazy_clone`) holds the refs, commits, directories and the
+interior nodes of every file (the leaf index), but no raw leaves. Mounting it (or
+mounting a URL directly: :func:`prepare_url_mount` makes a cache repository under
+``~/.cache/tvcfs/``) installs a :class:`RemoteFetcher` as the mount's block source
+(``BlockReader.remote``). The fetcher runs in the mount's trio loop and keeps one
+multiplexed session (:class:`~tvcfs.transport.wants.MuxSession`) per peer.
+
+Priorities (DESIGN.md §4; ``tvcfs.fs.reader.PRIO_*``): foreground read (3) >
+tensor readahead (2) > sequential readahead (1) > background prefetch (0).
+
+* A foreground read's missing leaves are sent at once as want-list entries
+  (Bitswap) and the read waits for them, at most ``timeout`` seconds; then it fails
+  with ``BlockNotFound`` (``EIO``) and its wants are cancelled; the next read tries
+  again.
+* Readahead arrives as byte ranges (:meth:`RemoteFetcher.schedule_range`): each
+  contiguous run of missing leaves becomes **one** byte-range DAG request (the
+  server answers it in one round trip; the file's interior nodes are listed as
+  ``have``). Touching a tensor of a safetensors file thus fetches the rest of the
+  tensor as one request at tensor priority.
+* Background prefetch is cut into chunks; at most ``prefetch_window`` bytes are in
+  flight, no new chunk is sent while a foreground read is waiting or for
+  ``prefetch_grace`` seconds after one, and only one leaf at a time for
+  ``prefetch_polite`` seconds after one.
+* Every block is hashed against its CID (in a worker thread) before it is stored;
+  a bad block penalises the sending peer and the CID is asked of another peer.
+* Peers are chosen by the expected completion time (latency + outstanding bytes /
+  throughput, times a penalty for bad blocks). A peer whose connection breaks is
+  dropped and reconnected with back-off; a peer silent for ``stall_timeout``
+  seconds with requests outstanding is marked suspect and its wants move to other
+  peers. Wants answered elsewhere, or no longer needed, are cancelled.
+* :meth:`RemoteFetcher.stats_dict` (in the mount's ``.tvcfs/stats`` under
+  ``"remote"``) reports bytes per priority class and per peer, cache hits,
+  pending wants, latencies and peer scores.
+
+See docs/lazy.md.
+"""
+
+from __future__ import annotations
+
+import collections
+import fnmatch
+import heapq
+import itertools
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import trio
+
+from ..encoding.cid import DAG_PB, RAW, cid_codec, cid_str, make_cid, verify_block
+from ..errors import BlockNotFound, CorruptBlock, InvalidCID, TvcfsError
+from ..transport import protocol as P
+from .reader import PRIO_FOREGROUND, PRIO_PREFETCH, PRIO_SEQUENTIAL, PRIO_TENSOR
+
+__all__ = [
+    "FetchSettings",
+    "RemoteFetcher",
+    "attach_remote",
+    "cache_dir_for",
+    "lazy_clone",
+    "lazy_fetch",
+    "prepare_url_mount",
+]
+
+log = logging.getLogger("tvcfs.fs.remote")
+
+MIB = 1 << 20
+PRIO_NAMES = {PRIO_FOREGROUND: "foreground", PRIO_TENSOR: "tensor",
+              PRIO_SEQUENTIAL: "sequential", PRIO_PREFETCH: "prefetch"}
+DEFAULT_LEAF = 1 * MIB        # size assumed for a CID whose size is not known
+DEFAULT_TIMEOUT = 30.0        # seconds a foreground read waits for its blocks
+READAHEAD_KB = 128            # kernel readahead of a lazy mount (local mounts: 1024)
+FAIL_HOLDOFF = 1.0            # seconds a CID that just timed out fails at once
+INLINE_STORE = 2 * MIB        # foreground blocks up to this are verified+stored in the loop
+ARRIVING = 2 * MIB            # a read waits for a leaf this close to the head of a streaming answer
+
+
+@dataclass
+class FetchSettings:
+    """Tunables of a :class:`RemoteFetcher` (times in seconds, sizes in bytes).
+
+    ``timeout``: a foreground read fails with EIO after this long without its
+    blocks. ``stall_timeout``: a peer with requests outstanding that sends nothing
+    for this long is suspect (its wants move elsewhere); None = ``timeout/4``
+    clamped to [0.5, 2]. ``prefetch_window``: background-prefetch bytes in flight;
+    ``prefetch_chunk``: bytes per prefetch request; ``prefetch_grace``: prefetch
+    sends nothing while a foreground read waits and for this long after one (a
+    burst of reads never queues behind prefetch data); ``prefetch_polite``: for this
+    long after a foreground read, prefetch keeps only one leaf in flight (a read
+    that comes then waits behind at most that). ``max_requests`` /
+    ``max_wants``: DAG requests / want-list entries outstanding per peer (the
+    server allows 64 / 4096). ``connect_timeout``: per connection attempt.
+    ``bulk_batch``: bytes verified and stored per worker-thread call;
+    ``rx_buffer``: received-but-unstored bytes before reading pauses.
+    """
+
+    timeout: float = DEFAULT_TIMEOUT
+    stall_timeout: float | None = None
+    prefetch_window: int = 4 * MIB
+    prefetch_chunk: int = 1 * MIB
+    prefetch_grace: float = 0.05
+    prefetch_polite: float = 1.0
+    max_requests: int = 32
+    max_wants: int = 2048
+    connect_timeout: float = 3.0
+    engine: str | None = None
+    bulk_batch: int = 4 * MIB
+    rx_buffer: int = 32 * MIB
+
+    def stall(self) -> float:
+        if self.stall_timeout is not None:
+            return self.stall_timeout
+        return max(0.5, min(2.0, self.timeout / 4))
+
+
+class _Want:
+    """One CID the mount wants: its priority, where it is outstanding (``at``:
+    ``{peer: request id, 0 = want-list entry}``), peers that failed it, waiters."""
+
+    __slots__ = ("cid", "prio", "size", "at", "tried", "event", "fg", "pending", "sent_at",
+                 "t0", "pf")
+
+    def __init__(self, cid: bytes, prio: int, size: int, now: float):
+        self.cid = cid
+        self.prio = prio
+        self.size = size
+        self.at: dict = {}
+        self.tried: set = set()
+        self.event = trio.Event()
+        self.fg = 0            # foreground reads waiting on it
+        self.pending = False   # received, being verified/stored
+        self.sent_at = now
+        self.t0 = now
+        self.pf = 0            # bytes of it counted in the prefetch window
+
+
+class _Req:
+    """A byte-range DAG request outstanding at a peer."""
+
+    __slots__ = ("rid", "prio", "cids", "sent_at", "first", "prefetch", "root", "order")
+
+    def __init__(self, rid: int, prio: int, root: bytes, now: float):
+        self.rid = rid
+        self.prio = prio
+        self.root = root
+        self.cids: set = set()
+        self.order: list = []  # the leaves in the order the server sends them
+        self.sent_at = now
+        self.first = False
+        self.prefetch = prio == PRIO_PREFETCH
+
+
+class _Job:
+    """Readahead/prefetch work not yet sent: ``items`` = ``[(leaf index | None, cid,
+    size)]`` of file ``idx`` (or no file), consumed from ``pos``."""
+
+    __slots__ = ("prio", "idx", "items", "pos")
+
+    def __init__(self, prio: int, idx, items):
+        self.prio = prio
+        self.idx = idx
+        self.items = items
+        self.pos = 0
+
+
+class Peer:
+    """State and statistics of one remote (``url``)."""
+
+    def __init__(self, url: str):
+        from ..transport.client import parse_url
+
+        self.url = url
+        u = parse_url(url)
+        self.name = f"{u.host}:{u.port}"
+        self.peer_id = u.peer_id
+        self.transport = ""
+        self.mux = None
+        self.state = "connecting"
+        self.suspect = False
+        self.last_error = ""
+        self.kick = trio.Event()
+        self.outbox: list = []
+        self.out_ev = trio.Event()
+        self.wants: dict = {}
+        self.reqs: dict = {}
+        self.out_bytes = 0
+        self.busy_since = 0.0
+        self.last_rx = 0.0
+        self.lat = 0.005          # EWMA seconds, request sent → first block
+        self.thr = 100e6          # EWMA bytes/s while busy
+        self.penalty = 1.0
+        self.tick_bytes = 0
+        self.wire_done = 0        # framed bytes received on finished sessions
+        # counters
+        self.blocks = 0
+        self.nbytes = 0
+        self.bad_blocks = 0
+        self.dont_have = 0
+        self.dup_blocks = 0
+        self.dup_bytes = 0
+        self.stalls = 0
+        self.failures = 0
+        self.connects = 0
+        self.cancels = 0
+        self.requests = 0
+        self.by_class = {n: 0 for n in PRIO_NAMES.values()}
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready" and self.mux is not None
+
+    def wire_bytes(self) -> int:
+        return self.wire_done + (self.mux.bytes_in if self.mux is not None else 0)
+
+    def est(self, nbytes: int) -> float:
+        """Expected seconds until ``nbytes`` more would be delivered by this peer."""
+        return (self.lat + (self.out_bytes + nbytes) / max(self.thr, 1e6)) * self.penalty
+
+    def score(self) -> float:
+        """Higher is better: MiB per second expected for a 1 MiB request now."""
+        return round(1.0 / max(self.est(MIB), 1e-6), 3)
+
+    def send(self, msg) -> None:
+        self.outbox.append(msg)
+        self.out_ev.set()
+
+
+class RemoteFetcher:
+    """Block source of a lazy mount: fetches blocks by priority from ``urls``.
+
+    ``store``: the repository's :class:`~tvcfs.store.lmdb_store.LMDBStore` (blocks
+    are verified, then stored there); ``identity``: this node's key (peers see an
+    authenticated peer ID, which their fair-share ledger uses). The reader calls
+    :meth:`fetch` (blocking, foreground), :meth:`schedule` and
+    :meth:`schedule_range` (non-blocking). Start :meth:`run` in the mount's
+    nursery.
+    """
+
+    def __init__(self, store, urls, *, settings: FetchSettings | None = None,
+                 identity=None, reader=None):
+        if not urls:
+            raise ValueError("a remote fetcher needs at least one peer URL")
+        self.store = store
+        self.db = store.dbs["blocks"]
+        self.settings = settings or FetchSettings()
+        self.identity = identity
+        self.reader = reader
+        self.peers = [Peer(u) for u in dict.fromkeys(urls)]
+        self.wants: dict[bytes, _Want] = {}
+        self.orphans: list[_Want] = []
+        self.jobs: list = []
+        self._seq = itertools.count()
+        self.fg_waiting = 0
+        self.fg_last = -1e9  # trio time of the last foreground fetch
+        self.prefetch_inflight = 0
+        self._wake = trio.Event()
+        self._rx = {True: collections.deque(), False: collections.deque()}
+        self._rx_ev = {True: trio.Event(), False: trio.Event()}
+        self._rx_bytes = 0
+        self._rx_space = trio.Event()
+        self._interior: collections.OrderedDict = collections.OrderedDict()
+        self._nursery = None
+        self._unsynced = 0
+        self.prefetch_patterns: list[str] = []
+        self.readahead_kb = READAHEAD_KB  # the mount's kernel readahead (read_ahead_kb)
+        self.ops = None
+        self.repo = None
+        # statistics
+        self.classes = {n: {"blocks": 0, "bytes": 0, "requested": 0} for n in PRIO_NAMES.values()}
+        self.fetch_calls = 0
+        self.fetch_timeouts = 0
+        self.fetch_blocks_local = 0
+        self.bad_blocks = 0
+        self.dup_blocks = 0
+        self.dup_bytes = 0
+        self.unsolicited = 0
+        self.cancels = 0
+        self.fg_latency = collections.deque(maxlen=2000)
+        # CIDs whose fetch just timed out: the kernel retries a failed readahead page
+        # at once with a synchronous read; that retry fails fast (FAIL_HOLDOFF)
+        self._failed: dict[bytes, float] = {}
+        self._last_connect = 0.0
+        self.started = time.time()
+
+    # ------------------------------------------------------------------ API
+    async def fetch(self, cids, priority: int = PRIO_FOREGROUND) -> None:
+        """Fetch ``cids`` now and return once all are stored (verified) locally.
+
+        Raises :class:`BlockNotFound` (naming the first missing CID) when they cannot
+        be had within ``settings.timeout`` seconds: no peer reachable, every peer
+        lacks it or sent it corrupt. Its wants are then cancelled; a later call
+        starts afresh."""
+        self.fetch_calls += 1
+        now = trio.current_time()
+        cids = list(dict.fromkeys(cids))
+        local = self._local_mask(cids)
+        todo = [c for c, here in zip(cids, local) if not here]
+        self.fetch_blocks_local += len(cids) - len(todo)
+        if not todo:
+            return
+        if self._nursery is None:
+            raise BlockNotFound(todo[0], f"block {cid_str(todo[0])} is not stored locally "
+                                         "and the remote fetcher is not running")
+        if not any(p.ready for p in self.peers):
+            for p in self.peers:
+                p.kick.set()  # reconnect now rather than after the back-off
+        if self._failed:
+            for c in todo:
+                t = self._failed.get(c)
+                if t is not None and now - t < FAIL_HOLDOFF and t > self._last_connect:
+                    self.fetch_timeouts += 1
+                    raise BlockNotFound(c, f"block {cid_str(c)} could not be fetched "
+                                           f"{now - t:.1f} s ago ({self._peer_summary()})")
+            if len(self._failed) > 4096:
+                self._failed = {c: t for c, t in self._failed.items() if now - t < FAIL_HOLDOFF}
+        ws = []
+        send_to: dict = {}
+        for c in todo:
+            w = self.wants.get(c)
+            if w is None:
+                w = self._new_want(c, priority, DEFAULT_LEAF, now)
+            if priority > w.prio:
+                w.prio = priority
+            w.fg += 1
+            ws.append(w)
+            if w.pending:
+                continue
+            if any(rid == 0 and q.ready and not q.suspect for q, rid in w.at.items()):
+                continue  # already a want-list entry at a live peer
+            if self._arriving(w):
+                continue  # next in a readahead answer that is streaming: a want would race it
+            # prefer a peer that has it in a DAG answer: the server then skips it there
+            p = next((q for q in w.at if q.ready and not q.suspect), None)
+            if p is not None:
+                self._detach(w, p)  # now a want-list entry there, not part of the request
+            else:
+                p = self._pick(w.tried, w.size)
+            if p is None:
+                self._orphan(w)
+                continue
+            send_to.setdefault(p, []).append(w)
+        for p, lst in send_to.items():
+            self._send_wants(p, lst, priority)
+        self.fg_waiting += 1
+        self.fg_last = now
+        self.classes[PRIO_NAMES[priority]]["requested"] += len(ws)
+        try:
+            with trio.move_on_after(self.settings.timeout):
+                for w in ws:
+                    await w.event.wait()
+        finally:
+            self.fg_waiting -= 1
+            self.fg_last = trio.current_time()
+            for w in ws:
+                w.fg -= 1
+        missing = [w for w in ws if not w.event.is_set()]
+        self.fg_latency.append(trio.current_time() - now)
+        if missing:
+            self.fetch_timeouts += 1
+            t_fail = trio.current_time()
+            for w in missing:
+                self._failed[w.cid] = t_fail
+                if w.fg == 0:
+                    self._abandon(w)
+            raise BlockNotFound(missing[0].cid, (
+                f"block {cid_str(missing[0].cid)} could not be fetched within "
+                f"{self.settings.timeout:g} s ({self._peer_summary()})"))
+
+    def schedule(self, cids, priority: int) -> None:
+        """Fetch ``cids`` in the background at ``priority`` (non-blocking)."""
+        cids = list(cids)
+        if not cids:
+            return
+        self._push_job(_Job(priority, None, [(None, c, DEFAULT_LEAF) for c in cids]))
+
+    def schedule_range(self, idx, lo: int, hi: int, cids, priority: int) -> None:
+        """Fetch the missing leaves ``cids`` of bytes ``[lo, hi)`` of file ``idx``
+        (a :class:`~tvcfs.dag.FileIndex`) in the background at ``priority``: each
+        contiguous run becomes one byte-range DAG request (prefetch: in chunks)."""
+        want = set(cids)
+        if not want:
+            return
+        items = [(i, idx.leaves[i], idx.sizes[i]) for i in idx.leaf_range(lo, hi - lo)
+                 if i not in idx.inline and idx.leaves[i] in want]
+        if items:
+            self._push_job(_Job(priority, idx, items))
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Connect to the peers and serve wants until cancelled."""
+        try:
+            async with trio.open_nursery() as n:
+                self._nursery = n
+                for p in self.peers:
+                    n.start_soon(self._peer_main, p)
+                n.start_soon(self._dispatcher)
+                n.start_soon(self._storer, True)
+                n.start_soon(self._storer, False)
+                n.start_soon(self._watchdog)
+                task_status.started()
+                try:
+                    self.warm()
+                except Exception:  # noqa: BLE001 - only an optimisation
+                    log.exception("warming the mount")
+                if self.prefetch_patterns:
+                    try:
+                        self.prefetch_matching(self.prefetch_patterns)
+                    except Exception:  # noqa: BLE001 - a bad pattern must not stop the mount
+                        log.exception("--prefetch")
+        finally:
+            self._nursery = None
+            self.close()
+
+    def close(self) -> None:
+        """Make what was stored durable (one msync)."""
+        if self._unsynced:
+            try:
+                self.store.sync()
+            except Exception:  # noqa: BLE001 - shutting down
+                log.exception("sync")
+            self._unsynced = 0
+
+    async def wait_ready(self, timeout: float = 10.0) -> bool:
+        """Wait until at least one peer is connected (tests, benchmarks)."""
+        with trio.move_on_after(timeout):
+            while not any(p.ready for p in self.peers):
+                await trio.sleep(0.01)
+            return True
+        return False
+
+    # ------------------------------------------------------------------ prefetch
+    def warm(self) -> int:
+        """At mount start: build the leaf indexes of HEAD's safetensors files (so
+        ``open`` is instant) and fetch, at tensor priority, the leaves the kernel's
+        first read of each covers (its readahead from offset 0: the header, which
+        the chunker gives its own leaves, and the first tensor's first leaf), so
+        ``safe_open`` runs locally. A longer header is completed on first use.
+        Returns bytes scheduled."""
+        if self.repo is None or self.reader is None:
+            return 0
+        head = self.repo.head()
+        if head is None:
+            return 0
+        n = 0
+        for path, e in self.repo.walk(head):
+            if e.kind != "file" or not path.endswith(".safetensors"):
+                continue
+            try:
+                idx = self.reader.index(e.cid)
+            except TvcfsError:
+                continue
+            # the leaves of the kernel's first read of the file (its readahead from 0):
+            # the header (the chunker gives it its own leaves) and what follows it
+            hi = min(idx.size, self.readahead_kb * 1024)
+            miss = self.reader.missing(idx, 0, hi)
+            if miss:
+                self.schedule_range(idx, 0, hi, miss, PRIO_TENSOR)
+                n += sum(idx.sizes[i] for i in idx.leaf_range(0, hi))
+        return n
+
+    def prefetch_matching(self, patterns) -> int:
+        """Schedule background prefetch of files of the HEAD commit whose path (or
+        base name) matches a glob in ``patterns``; ``@FILE`` names a file listing
+        paths in the order to fetch them (a recorded access order). Returns bytes
+        scheduled."""
+        if self.repo is None or self.reader is None:
+            return 0
+        head = self.repo.head()
+        if head is None:
+            return 0
+        files = [(path, e) for path, e in self.repo.walk(head) if e.kind == "file"]
+        chosen: list = []
+        for pat in patterns:
+            if pat.startswith("@"):
+                with open(pat[1:]) as f:
+                    order = [ln.strip().strip("/") for ln in f if ln.strip()]
+                by_path = dict(files)
+                for path in order:
+                    e = by_path.get(path)
+                    if e is not None:
+                        chosen.append(e)
+                    else:
+                        log.info("prefetch: %s is not in HEAD", path)
+                continue
+            for path, e in files:
+                if fnmatch.fnmatchcase(path, pat) or fnmatch.fnmatchcase(os.path.basename(path), pat):
+                    chosen.append(e)
+        n = 0
+        seen = set()
+        for e in chosen:
+            if e.cid in seen:
+                continue
+            seen.add(e.cid)
+            try:
+                n += self.reader.prefetch(self.reader.index(e.cid))
+            except TvcfsError as err:
+                log.info("prefetch %s: %s", e.name, err)
+        log.info("prefetch scheduled: %d file(s), %d bytes", len(seen), n)
+        return n
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _new_want(self, cid: bytes, prio: int, size: int, now: float) -> _Want:
+        w = _Want(cid, prio, size, now)
+        self.wants[cid] = w
+        return w
+
+    def _local_mask(self, cids) -> list:
+        with self.store.env.begin(buffers=True) as txn:
+            get = txn.get
+            db = self.db
+            return [get(c, db=db) is not None for c in cids]
+
+    def _kick(self) -> None:
+        self._wake.set()
+
+    def _push_job(self, job: _Job) -> None:
+        heapq.heappush(self.jobs, (-job.prio, next(self._seq), job))
+        self.classes[PRIO_NAMES[job.prio]]["requested"] += len(job.items)
+        self._kick()
+
+    def _orphan(self, w: _Want) -> None:
+        self.orphans.append(w)
+        self._kick()
+
+    def _attach(self, w: _Want, p: Peer, rid: int) -> None:
+        if p in w.at:
+            self._detach(w, p)
+        w.at[p] = rid
+        if rid == 0:
+            p.wants[w.cid] = w
+        else:
+            p.reqs[rid].cids.add(w.cid)
+        if p.out_bytes <= 0:
+            p.busy_since = trio.current_time()
+            p.out_bytes = 0
+        p.out_bytes += w.size
+        if w.prio == PRIO_PREFETCH and not w.pf:
+            w.pf = w.size  # counted in the prefetch window until answered or moved
+            self.prefetch_inflight += w.size
+
+    def _detach(self, w: _Want, p: Peer):
+        rid = w.at.pop(p, None)
+        if rid is None:
+            return None
+        p.out_bytes -= w.size
+        if rid == 0:
+            p.wants.pop(w.cid, None)
+        else:
+            r = p.reqs.get(rid)
+            if r is not None:
+                r.cids.discard(w.cid)
+        if w.pf and not w.at:
+            self.prefetch_inflight -= w.pf
+            w.pf = 0
+            self._kick()
+        if not p.wants and not any(r.cids for r in p.reqs.values()):
+            p.out_bytes = 0
+        return rid
+
+    def _cancel_at(self, w: _Want, p: Peer) -> None:
+        """``p`` need not send ``w`` any more: cancel the want-list entry, or the
+        whole DAG request once nothing in it is wanted from ``p``."""
+        rid = self._detach(w, p)
+        if rid is None or not p.ready:
+            return
+        if rid == 0:
+            p.send(P.WantList([P.WantEntry(w.cid, 0, P.CANCEL)]))
+            p.cancels += 1
+            self.cancels += 1
+        else:
+            r = p.reqs.get(rid)
+            if r is not None and not r.cids:
+                p.send(P.Cancel(rid))
+                p.cancels += 1
+                self.cancels += 1
+
+    def _abandon(self, w: _Want) -> None:
+        """No reader waits for ``w`` any more (timeout): cancel it everywhere."""
+        for p in list(w.at):
+            self._cancel_at(w, p)
+        if self.wants.get(w.cid) is w:
+            del self.wants[w.cid]
+
+    def _pick(self, exclude=(), nbytes: int = DEFAULT_LEAF, need_slot: bool = False):
+        """The peer expected to deliver ``nbytes`` soonest (ready, not in
+        ``exclude``; suspect peers only when no other is left)."""
+        best = None
+        best_est = 0.0
+        fallback = None
+        for p in self.peers:
+            if not p.ready or p.name in exclude:
+                continue
+            if need_slot and len(p.reqs) >= self.settings.max_requests:
+                continue
+            if p.suspect:
+                fallback = fallback or p
+                continue
+            e = p.est(nbytes)
+            if best is None or e < best_est:
+                best, best_est = p, e
+        return best or fallback
+
+    def _arriving(self, w: _Want) -> bool:
+        """``w`` is among the next ``ARRIVING`` bytes of a tensor/sequential DAG answer
+        that a live peer has started sending."""
+        for q, rid in w.at.items():
+            if not rid or not q.ready or q.suspect:
+                continue
+            r = q.reqs.get(rid)
+            if r is None or not r.first or r.prio < PRIO_SEQUENTIAL:
+                continue
+            ahead = 0
+            for c in r.order:
+                if c == w.cid:
+                    return True
+                if c in r.cids:
+                    x = self.wants.get(c)
+                    ahead += x.size if x is not None else DEFAULT_LEAF
+                    if ahead > ARRIVING:
+                        break
+        return False
+
+    def _send_wants(self, p: Peer, ws, prio: int) -> None:
+        now = trio.current_time()
+        entries = []
+        for w in ws:
+            if len(p.wants) >= self.settings.max_wants:
+                self._orphan(w)
+                continue
+            self._attach(w, p, 0)
+            w.sent_at = now
+            entries.append(P.WantEntry(w.cid, prio, P.SEND_DONT_HAVE))
+        if entries:
+            p.send(P.WantList(entries))
+            p.requests += 1
+
+    def _interior_of(self, root: bytes) -> list:
+        """The file's interior (dag-pb) node CIDs including the root, from the local
+        store (sent as ``have`` so a byte-range answer carries only leaves)."""
+        got = self._interior.get(root)
+        if got is not None:
+            self._interior.move_to_end(root)
+            return got
+        from ..dag import block_links
+
+        out = []
+        stack = [root]
+        with self.store.env.begin(buffers=True) as txn:
+            while stack:
+                c = stack.pop()
+                try:
+                    if cid_codec(c) != DAG_PB:
+                        continue
+                except InvalidCID:
+                    continue
+                data = txn.get(c, db=self.db)
+                if data is None:
+                    continue
+                out.append(c)
+                try:
+                    stack.extend(block_links(c, bytes(data)))
+                except TvcfsError:
+                    continue
+        self._interior[root] = out
+        if len(self._interior) > 256:
+            self._interior.popitem(last=False)
+        return out
+
+    # ------------------------------------------------------------------ dispatch
+    async def _dispatcher(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            try:
+                self._dispatch()
+            except Exception:  # noqa: BLE001 - keep the mount alive
+                log.exception("dispatch")
+            await trio.sleep(0)
+
+    def _dispatch(self) -> None:
+        now = trio.current_time()
+        # 1. wants that lost their peer (failure, DontHave, bad block, stall)
+        if self.orphans:
+            keep = []
+            groups: dict = {}
+            names = {p.name for p in self.peers}
+            for w in sorted(self.orphans, key=lambda w: -w.prio):
+                if self.wants.get(w.cid) is not w or w.pending or w.at:
+                    continue
+                p = self._pick(w.tried, w.size)
+                if p is None:
+                    if not w.fg and names <= w.tried:
+                        del self.wants[w.cid]  # background want no peer can serve: drop it
+                        continue
+                    keep.append(w)
+                    continue
+                groups.setdefault((p, w.prio), []).append(w)
+            for (p, prio), lst in groups.items():
+                self._send_wants(p, lst, prio)
+            self.orphans = keep
+        # 2. readahead and prefetch jobs, highest priority first
+        if not self.jobs:
+            return
+        with self.store.env.begin(buffers=True) as txn:
+            while self.jobs:
+                job = self.jobs[0][2]
+                if job.prio == PRIO_PREFETCH and (
+                        self.fg_waiting or now - self.fg_last < self.settings.prefetch_grace
+                        or self.prefetch_inflight >= self._prefetch_window(now)):
+                    break  # background prefetch yields to (recent) reads; bounded window
+                if not self._run_job(job, txn, now):
+                    break  # no peer can take it now
+                if job.pos >= len(job.items):
+                    heapq.heappop(self.jobs)
+
+    def _prefetch_window(self, now: float) -> int:
+        """Prefetch bytes allowed in flight: the window, or one leaf (1 byte: whatever
+        the next leaf's size) while foreground reads were recent."""
+        if now - self.fg_last < self.settings.prefetch_polite:
+            return 1
+        return self.settings.prefetch_window
+
+    def _run_job(self, job: _Job, txn, now: float) -> bool:
+        """Send the next part of ``job``; False when no peer can take it now."""
+        remaining = sum(s for _, _, s in job.items[job.pos:job.pos + 64])
+        p = self._pick((), remaining, need_slot=True)
+        if p is None:
+            return False
+        prefetch = job.prio == PRIO_PREFETCH
+        budget = self.settings.prefetch_chunk if prefetch else None
+        polite = prefetch and self._prefetch_window(now) < self.settings.prefetch_chunk
+        sel = []
+        taken = 0
+        items = job.items
+        while job.pos < len(items):
+            i, cid, size = items[job.pos]
+            job.pos += 1
+            if txn.get(cid, db=self.db) is not None:
+                continue
+            w = self.wants.get(cid)
+            if w is not None and (w.pending or (w.at and w.prio >= job.prio)):
+                continue
+            if w is None:
+                w = self._new_want(cid, job.prio, size, now)
+            else:
+                w.prio = max(w.prio, job.prio)
+                if not w.at:
+                    w.size = size
+            if p.name in w.tried:
+                continue
+            sel.append((i, w))
+            taken += size
+            if budget is not None and taken >= budget and (len(sel) >= 2 or polite):
+                break  # a chunk: at least two leaves, i.e. one byte-range request
+        if not sel:
+            return True
+        # contiguous runs of leaves → one byte-range DAG request each
+        runs: list = []
+        for i, w in sel:
+            if i is not None and runs and runs[-1][-1][0] is not None and runs[-1][-1][0] + 1 == i:
+                runs[-1].append((i, w))
+            else:
+                runs.append([(i, w)])
+        singles = []
+        for run in runs:
+            if len(run) < 2 or job.idx is None or len(p.reqs) >= self.settings.max_requests:
+                singles += [w for _, w in run]
+                continue
+            idx = job.idx
+            i0, i1 = run[0][0], run[-1][0]
+            start, end = idx.starts[i0], idx.starts[i1] + idx.sizes[i1]
+            rid = p.mux.next_id()
+            req = _Req(rid, job.prio, idx.cid, now)
+            p.reqs[rid] = req
+            req.order = [w.cid for _, w in run]
+            for _, w in run:
+                self._attach(w, p, rid)
+            have = self._interior_of(idx.cid)
+            p.send(P.DagRequest(rid, idx.cid, P.Selector(P.SEL_RANGE, "", start, end),
+                                have, [], job.prio))
+            p.requests += 1
+        if singles:
+            self._send_wants(p, singles, job.prio)
+        return True
+
+    # ------------------------------------------------------------------ peers
+    async def _peer_main(self, p: Peer) -> None:
+        from ..transport.quic import QuicSettings
+        from ..transport.wants import open_mux
+
+        backoff = 0.2
+        s = self.settings
+        while True:
+            p.state = "connecting"
+            reason = "session closed by the peer"
+            was_ready = False
+            try:
+                qs = QuicSettings(engine=s.engine, connect_timeout=s.connect_timeout)
+                async with open_mux(p.url, self, identity=self.identity, settings=qs,
+                                    engine=s.engine, fallback_timeout=min(1.5, s.connect_timeout),
+                                    auth="always" if self.identity is not None else "auto") as mux:
+                    mux.peer = p
+                    p.mux = mux
+                    p.transport = mux.transport
+                    p.peer_id = mux.peer_id
+                    p.state = "ready"
+                    was_ready = True
+                    p.suspect = False
+                    p.connects += 1
+                    self._last_connect = trio.current_time()
+                    p.last_rx = trio.current_time()
+                    p.outbox.clear()
+                    backoff = 0.2
+                    log.info("peer %s connected (%s)", p.name, p.transport)
+                    self._kick()
+                    try:
+                        async with trio.open_nursery() as n:
+                            n.start_soon(self._writer, p, mux)
+                            await mux.run()
+                            n.cancel_scope.cancel()
+                    finally:
+                        p.wire_done += mux.bytes_in
+                        p.mux = None
+            except Exception as e:  # noqa: BLE001 - any failure: drop the peer, retry later
+                reason = _reason(e)
+            p.mux = None
+            p.state = "down"
+            p.last_error = reason
+            if was_ready:
+                p.failures += 1
+                log.warning("peer %s lost: %s", p.name, reason)
+            else:
+                log.info("peer %s unreachable: %s", p.name, reason)
+            self._peer_lost(p)
+            with trio.move_on_after(backoff):
+                await p.kick.wait()
+            p.kick = trio.Event()
+            backoff = min(backoff * 2, 5.0)
+
+    async def _writer(self, p: Peer, mux) -> None:
+        while True:
+            if not p.outbox:
+                p.out_ev = trio.Event()
+                await p.out_ev.wait()
+            msgs, p.outbox = p.outbox, []
+            await mux.send_many(msgs)
+
+    def _peer_lost(self, p: Peer) -> None:
+        """Move every want outstanding at ``p`` to the other peers."""
+        p.outbox.clear()
+        moved = 0
+        for w in list(p.wants.values()) + [self.wants.get(c) for r in p.reqs.values()
+                                           for c in list(r.cids)]:
+            if w is None:
+                continue
+            self._detach(w, p)
+            if not w.at and not w.pending and self.wants.get(w.cid) is w:
+                self._orphan(w)
+                moved += 1
+        for rid, r in list(p.reqs.items()):
+            p.reqs.pop(rid, None)
+        p.wants.clear()
+        p.out_bytes = 0
+        if moved:
+            log.info("peer %s: %d want(s) re-sent elsewhere", p.name, moved)
+        self._kick()
+
+    def _evacuate(self, p: Peer) -> None:
+        """``p`` stalled: move its wants to other peers and cancel them at ``p``."""
+        moved = 0
+        ws = list(p.wants.values()) + [self.wants.get(c) for r in p.reqs.values()
+                                       for c in list(r.cids)]
+        for w in ws:
+            if w is None or p not in w.at:
+                continue
+            self._cancel_at(w, p)
+            w.tried.add(p.name)
+            if not w.at and not w.pending:
+                self._orphan(w)
+                moved += 1
+        if moved:
+            log.warning("peer %s stalled: %d want(s) moved to other peers", p.name, moved)
+
+    # ------------------------------------------------------------------ answers
+    async def on_block(self, mux, cid: bytes, data) -> None:
+        p = mux.peer
+        now = trio.current_time()
+        p.last_rx = now
+        if p.suspect:
+            p.suspect = False
+        n = len(data)
+        p.blocks += 1
+        p.nbytes += n
+        p.tick_bytes += n
+        w = self.wants.get(cid)
+        urgent = False
+        if w is not None and not w.pending:
+            rid = w.at.get(p)
+            if rid == 0:
+                self._sample_latency(p, now - w.sent_at)
+            elif rid is not None:
+                r = p.reqs.get(rid)
+                if r is not None and not r.first:
+                    r.first = True
+                    self._sample_latency(p, now - r.sent_at)
+            w.pending = True
+            self._detach(w, p)
+            urgent = w.fg > 0
+        self._rx[urgent].append((cid, data, p, w))
+        self._rx_bytes += n
+        self._rx_ev[urgent].set()
+        while self._rx_bytes > self.settings.rx_buffer:
+            # one event for every waiting reader (one per peer), replaced once it fired
+            if self._rx_space.is_set():
+                self._rx_space = trio.Event()
+            await self._rx_space.wait()
+
+    def on_dont_have(self, mux, cid: bytes) -> None:
+        p = mux.peer
+        p.last_rx = trio.current_time()
+        p.dont_have += 1
+        w = self.wants.get(cid)
+        if w is None or p not in w.at:
+            return
+        self._detach(w, p)
+        w.tried.add(p.name)
+        if not w.at and not w.pending:
+            self._orphan(w)
+
+    def on_have(self, mux, cid: bytes) -> None:
+        mux.peer.last_rx = trio.current_time()
+
+    def on_done(self, mux, rid: int, status: int, message: str) -> None:
+        p = mux.peer
+        p.last_rx = trio.current_time()
+        r = p.reqs.get(rid)
+        if r is None:
+            return
+        for w in [self.wants.get(c) for c in list(r.cids)]:
+            if w is None:
+                continue
+            self._detach(w, p)
+            w.tried.add(p.name)  # it did not deliver these
+            if not w.at and not w.pending:
+                self._orphan(w)
+        p.reqs.pop(rid, None)
+        if status == P.DONE_ERROR and message != "cancelled":
+            log.info("peer %s: request %d failed: %s", p.name, rid, message)
+        self._kick()
+
+    def _sample_latency(self, p: Peer, dt: float) -> None:
+        p.lat = 0.8 * p.lat + 0.2 * max(dt, 1e-5)
+
+    # ------------------------------------------------------------------ storing
+    async def _storer(self, urgent: bool) -> None:
+        q = self._rx[urgent]
+        limit = self.settings.bulk_batch if not urgent else 4 * MIB
+        while True:
+            if not q:
+                self._rx_ev[urgent] = trio.Event()
+                await self._rx_ev[urgent].wait()
+                continue
+            batch = []
+            nb = 0
+            while q and (not batch or nb < limit):
+                item = q.popleft()
+                batch.append(item)
+                nb += len(item[1])
+            try:
+                # the reader's page-in threads (tvcfs.fs.reader.Preloader) learn that the
+                # leaves just written are in memory: reading them needs no thread hop
+                hint = self._resident_hint
+                if urgent and nb <= INLINE_STORE:
+                    # a read waits for it: no thread hop (~1 ms of hashing per MiB)
+                    result = _verify_and_store(self.store, batch, hint)
+                else:
+                    result = await trio.to_thread.run_sync(_verify_and_store, self.store, batch, hint)
+            except Exception:  # noqa: BLE001 - store full etc.: the reads fail, the mount lives
+                log.exception("storing fetched blocks")
+                result = ([], [i for i in range(len(batch))], [], True)
+            self._rx_bytes -= nb
+            if self._rx_bytes <= self.settings.rx_buffer:
+                self._rx_space.set()
+            self._after_store(batch, result)
+
+    def _after_store(self, batch, result) -> None:
+        stored, bad, dup, failed = result
+        self._unsynced += len(stored)
+        bad_set = set(bad)
+        dup_set = set(dup)
+        for k, (cid, data, p, w) in enumerate(batch):
+            n = len(data)
+            if k in bad_set:
+                if failed:
+                    if w is not None:
+                        w.pending = False
+                        self._orphan(w)
+                    continue
+                p.bad_blocks += 1
+                self.bad_blocks += 1
+                p.penalty = min(p.penalty * 4.0, 1e6)
+                log.warning("peer %s sent a corrupt block %s: dropped, asking another peer",
+                            p.name, cid_str(cid))
+                if w is not None and self.wants.get(cid) is w:
+                    w.pending = False
+                    w.tried.add(p.name)
+                    if not w.at:
+                        self._orphan(w)
+                continue
+            if k in dup_set:
+                p.dup_blocks += 1
+                p.dup_bytes += n
+                self.dup_blocks += 1
+                self.dup_bytes += n
+            cur = self.wants.get(cid)
+            if w is None and cur is None:
+                if k not in dup_set:
+                    self.unsolicited += 1
+                continue
+            if cur is not None:
+                del self.wants[cid]
+            counted = False
+            for x in (w, cur) if cur is not w else (w,):
+                if x is None:
+                    continue
+                if not counted:
+                    cls = PRIO_NAMES[x.prio]
+                    self.classes[cls]["blocks"] += 1
+                    self.classes[cls]["bytes"] += n
+                    p.by_class[cls] += n
+                    counted = True
+                for q in list(x.at):  # answered here: not needed from the others
+                    self._cancel_at(x, q)
+                x.pending = False
+                x.event.set()
+
+    def _resident_hint(self, cids) -> None:
+        """Tell the reader's page-in threads that ``cids`` (just written through the
+        map, so in memory) are resident. Runs in the storing thread."""
+        pre = getattr(self.reader, "preloader", None)
+        if pre is None:
+            return
+        mark = getattr(pre, "mark_resident", None)
+        if mark is not None:
+            mark(cids)
+            return
+        res, cv = getattr(pre, "resident", None), getattr(pre, "cv", None)
+        if res is None or cv is None or not hasattr(res, "move_to_end"):
+            return
+        with cv:
+            for c in cids:
+                res[c] = True
+                res.move_to_end(c)
+            limit = getattr(pre, "max_resident", 1 << 16)
+            while len(res) > limit:
+                res.popitem(last=False)
+
+    # ------------------------------------------------------------------ watchdog
+    async def _watchdog(self) -> None:
+        tick = 0.05
+        last_sync = last = trio.current_time()
+        while True:
+            await trio.sleep(tick)
+            now = trio.current_time()
+            dt, last = max(now - last, 1e-3), now
+            stall = self.settings.stall()
+            usable = [p for p in self.peers if p.ready and not p.suspect]
+            for p in self.peers:
+                busy = p.out_bytes > 0
+                if busy and p.tick_bytes:
+                    p.thr = 0.7 * p.thr + 0.3 * (p.tick_bytes / dt)
+                p.tick_bytes = 0
+                if p.penalty > 1.0:
+                    p.penalty = max(1.0, p.penalty * 0.5 ** (dt / 120))  # halves in 2 minutes
+                if not p.ready or not busy:
+                    continue
+                since = max(p.last_rx, p.busy_since)
+                if now - since > stall and not p.suspect:
+                    p.suspect = True
+                    p.stalls += 1
+                    p.thr = max(p.thr * 0.25, 1e6)
+                    if any(q is not p for q in usable):
+                        self._evacuate(p)
+                    else:
+                        log.warning("peer %s silent for %.1f s with requests outstanding",
+                                    p.name, now - since)
+            if self.jobs and not self.fg_waiting:
+                self._kick()  # resume a prefetch paused for foreground reads
+            if self._unsynced and now - last_sync > 10.0:
+                last_sync = now
+                self._unsynced = 0
+                await trio.to_thread.run_sync(self.store.sync)
+
+    # ------------------------------------------------------------------ stats
+    def _peer_summary(self) -> str:
+        parts = []
+        for p in self.peers:
+            s = p.state + (", suspect" if p.suspect else "")
+            if p.state != "ready" and p.last_error:
+                s += f": {p.last_error}"
+            parts.append(f"{p.name} {s}")
+        return "; ".join(parts) or "no peers"
+
+    def stats_dict(self) -> dict:
+        """Statistics for ``.tvcfs/stats``: per priority class, per peer, totals."""
+        lat = sorted(self.fg_latency)
+
+        def pct(q):
+            return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 3) if lat else None
+
+        peers = {}
+        for p in self.peers:
+            peers[p.name] = {
+                "url": p.url, "state": p.state, "suspect": p.suspect, "transport": p.transport,
+                "wire_bytes": p.wire_bytes(), "blocks": p.blocks, "bytes": p.nbytes,
+                "bytes_by_class": dict(p.by_class), "bad_blocks": p.bad_blocks,
+                "dont_have": p.dont_have, "duplicate_blocks": p.dup_blocks,
+                "stalls": p.stalls, "failures": p.failures, "connects": p.connects,
+                "cancels_sent": p.cancels, "requests_sent": p.requests,
+                "outstanding_wants": len(p.wants), "outstanding_requests": len(p.reqs),
+                "latency_ms": round(p.lat * 1000, 3), "throughput_MBps": round(p.thr / 1e6, 1),
+                "penalty": round(p.penalty, 2), "score": p.score(), "last_error": p.last_error,
+            }
+        reads = self.reader.stats.reads if self.reader is not None else 0
+        return {
+            "classes": self.classes,
+            "peers": peers,
+            "wire_bytes": sum(p.wire_bytes() for p in self.peers),
+            "pending_wants": len(self.wants),
+            "queued_jobs": len(self.jobs),
+            "prefetch_inflight_bytes": self.prefetch_inflight,
+            "foreground_waiting": self.fg_waiting,
+            "foreground_fetches": self.fetch_calls,
+            "foreground_timeouts": self.fetch_timeouts,
+            "foreground_latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "n": len(lat)},
+            "cache_hit_reads": max(0, reads - self.fetch_calls),
+            "bad_blocks": self.bad_blocks,
+            "duplicate_blocks": self.dup_blocks,
+            "duplicate_bytes": self.dup_bytes,
+            "unsolicited_blocks": self.unsolicited,
+            "cancels_sent": self.cancels,
+            "timeout_s": self.settings.timeout,
+        }
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
+        return _reason(e.exceptions[0])
+    return str(e) or type(e).__name__
+
+
+def _verify_and_store(store, batch, stored_hook=None):
+    """Worker thread: hash each received block against its CID, store the good ones
+    (one LMDB transaction, no msync), then ``stored_hook(cids)``. Returns ``(stored
+    cids, bad indexes, duplicate indexes, failed)``."""
+    good = []
+    bad = []
+    dup = []
+    db = store.dbs["blocks"]
+    with store.env.begin(buffers=True) as txn:
+        present = [txn.get(cid, db=db) is not None for cid, *_ in batch]
+    for k, (cid, data, _p, _w) in enumerate(batch):
+        try:
+            cid_codec(cid)
+            verify_block(cid, data)
+        except (CorruptBlock, InvalidCID):
+            bad.append(k)
+            continue
+        if present[k]:
+            dup.append(k)
+            continue
+        good.append((cid, data))
+    stored = [c for c, _ in good]
+    if good:
+        store.put_many(good, sync=False)
+        if stored_hook is not None:
+            try:
+                stored_hook(stored)
+            except Exception:  # noqa: BLE001 - a hint only
+                pass
+    return stored, bad, dup, False
+
+
+# ====================================================================== mounting
+def attach_remote(repo, ops, remotes=None, fetch_timeout=None, prefetch=None, **_ignored):
+    """Install a :class:`RemoteFetcher` as ``ops.reader.remote`` when the mount has
+    peers: the ``remotes`` URLs given, plus the repository's remotes when it is a
+    lazy clone. Returns the fetcher (the caller runs :meth:`RemoteFetcher.run` in
+    its nursery) or None."""
+    urls = list(remotes or [])
+    if repo.store.get_meta("lazy", False):
+        urls += list(repo.remotes().values())
+    urls = list(dict.fromkeys(urls))
+    if not urls:
+        if prefetch:
+            log.info("--prefetch without remotes: local leaves are read ahead by the kernel")
+        return None
+    settings = FetchSettings(timeout=float(fetch_timeout) if fetch_timeout else DEFAULT_TIMEOUT)
+    f = RemoteFetcher(repo.store, urls, settings=settings, identity=repo.identity(),
+                      reader=ops.reader)
+    f.repo = repo
+    f.ops = ops
+    f.prefetch_patterns = list(prefetch or [])
+    ops.reader.remote = f
+    log.info("lazy mount: %d peer(s): %s; fetch timeout %g s", len(urls), ", ".join(urls),
+             settings.timeout)
+    return f
+
+
+# ====================================================================== lazy clone
+@dataclass
+class LazyFetchResult:
+    """What a lazy clone/fetch did: the remote's ``refs`` and ``head``, ``updated``
+    refs ``[(name, old, new)]``, ``blocks``/``nbytes`` of skeleton nodes stored,
+    ``wire_bytes`` received, ``seconds``."""
+
+    remote: str
+    url: str
+    refs: dict
+    head: str
+    updated: list
+    blocks: int = 0
+    nbytes: int = 0
+    wire_bytes: int = 0
+    seconds: float = 0.0
+
+
+async def fetch_skeleton(sess, store, roots) -> tuple[int, int]:
+    """Store every non-leaf block reachable from ``roots`` (commits with their
+    history, directories, file interior nodes), asking ``sess`` (a started
+    :class:`~tvcfs.transport.client.RemoteSession`) for the missing ones level by
+    level. Raw leaves are not fetched (the empty leaf, needed to stat empty files,
+    is made locally). Returns ``(blocks, bytes)`` stored. Raises ``TvcfsError``
+    when the remote lacks a node."""
+    from ..transport.backend import is_leaf, links_of
+
+    empty = make_cid(RAW, b"")
+    seen: set = set()
+    level = list(roots)
+    blocks = nbytes = 0
+    while level:
+        level = [c for c in dict.fromkeys(level) if c not in seen]
+        seen.update(level)
+        present = dict(store.get_many(level))
+        need = [c for c, d in present.items() if d is None]
+        if need:
+            got = await sess.want(need, PRIO_FOREGROUND)
+            lacking = [c for c in need if c not in got]
+            if lacking:
+                raise TvcfsError(f"the remote lacks (or sent corrupt) block {cid_str(lacking[0])} "
+                                 f"of the skeleton ({len(lacking)} missing)")
+            store.put_many(list(got.items()), sync=False)
+            blocks += len(got)
+            nbytes += sum(len(d) for d in got.values())
+            present.update(got)
+        nxt = []
+        for c, d in present.items():
+            try:
+                children = links_of(c, d, history=True)
+            except TvcfsError:
+                continue
+            for ch in children:
+                if ch in seen:
+                    continue
+                if is_leaf(ch):
+                    if ch == empty and not store.has(empty):
+                        store.put_many([(empty, b"")], sync=False)
+                    continue
+                nxt.append(ch)
+        level = nxt
+    store.sync()
+    return blocks, nbytes
+
+
+def _apply_refs(repo, remote: str, refs: dict, fast_forward_local: bool) -> list:
+    """Remote-tracking refs ``refs/remotes/REMOTE/*`` and new tags, as
+    :func:`tvcfs.transport.ops.fetch` does; with ``fast_forward_local``, local
+    branches that still equal the old tracking value (or do not exist) follow."""
+    from ..refs import HEADS, TAGS
+
+    updates: dict = {}
+    updated = []
+    prefix = f"refs/remotes/{remote}/"
+    current = repo.store.refs(prefix)
+    local_heads = repo.store.refs(HEADS)
+    for name, cid in refs.items():
+        if not name.startswith(HEADS):
+            continue
+        short = name[len(HEADS):]
+        track = prefix + short
+        old = current.get(track)
+        if old != cid:
+            updates[track] = cid
+            updated.append((track, old, cid))
+        if fast_forward_local:
+            loc = local_heads.get(name)
+            if loc is None or (loc == old and loc != cid):
+                updates[name] = cid
+                updated.append((name, loc, cid))
+    for track in current:
+        if HEADS + track[len(prefix):] not in refs:
+            updates[track] = None
+            updated.append((track, current[track], None))
+    local_tags = repo.store.refs(TAGS)
+    for name, cid in refs.items():
+        if name.startswith(TAGS) and name not in local_tags:
+            updates[name] = cid
+            updated.append((name, None, cid))
+    if updates:
+        repo.update_refs(updates, message=f"lazy fetch {remote}")
+    return updated
+
+
+async def _lazy_fetch_async(repo, remote: str, url: str, engine, fast_forward_local: bool):
+    from ..refs import HEADS, TAGS
+    from ..transport.client import open_session
+
+    t0 = time.monotonic()
+    async with open_session(url, identity=repo.identity(), engine=engine, auth="auto") as sess:
+        refs, head = await sess.list_refs("refs/")
+        refs = {k: v for k, v in refs.items() if k.startswith((HEADS, TAGS))}
+        wire0 = sess.ch.bytes_in
+        blocks, nbytes = await fetch_skeleton(sess, repo.store, list(dict.fromkeys(refs.values())))
+        wire = sess.ch.bytes_in - wire0
+    updated = _apply_refs(repo, remote, refs, fast_forward_local)
+    return LazyFetchResult(remote, url, refs, head, updated, blocks, nbytes, wire,
+                           time.monotonic() - t0)
+
+
+def _run(fn, *args):
+    from ..transport.ops import _run as ops_run
+
+    return ops_run(fn, *args)
+
+
+def lazy_fetch(repo, remote: str = "origin", *, engine: str | None = None,
+               fast_forward_local: bool = False) -> LazyFetchResult:
+    """Fetch the refs of ``remote`` (a configured name or a URL) and the skeleton of
+    their commits (no raw leaves) into ``repo``. Raises ``TvcfsError`` subclasses."""
+    from ..transport.ops import _url_of
+
+    url = _url_of(repo, remote)
+    return _run(lambda: _lazy_fetch_async(repo, remote, url, engine, fast_forward_local))
+
+
+def lazy_clone(url: str, dest: str, *, remote: str = "origin", engine: str | None = None,
+               quiet: bool = True, out=None):
+    """``tvcfs clone --lazy URL DEST``: a new repository at ``dest`` with the remote's
+    branches, tags, commits and trees but no file leaves; marked lazy, so
+    ``tvcfs mount DEST MNT`` fetches leaves on demand from its remotes. Returns
+    ``(repo, LazyFetchResult)``; the caller closes the repo."""
+    from ..refs import HEADS
+    from ..repo import Repo
+    from ..transport.client import parse_url
+
+    parse_url(url)
+    dest = os.path.abspath(dest)
+    if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
+        raise TvcfsError(f"destination {dest} exists and is not an empty directory")
+    repo = Repo.init(dest)
+    try:
+        repo.add_remote(remote, url)
+        with repo.store.write() as w:
+            w.set_meta("lazy", True)
+        res = lazy_fetch(repo, remote, engine=engine, fast_forward_local=True)
+        if res.head.startswith(HEADS) and res.head in res.refs:
+            repo.set_head(res.head[len(HEADS):])
+        if not quiet:
+            print(f"Lazy clone of {url} into {dest}: {len(res.refs)} ref(s), {res.blocks} "
+                  f"skeleton block(s), {res.nbytes} bytes in {res.seconds:.2f} s; file "
+                  "contents are fetched on demand by `tvcfs mount`", file=out or sys.stderr)
+        return repo, res
+    except BaseException:
+        repo.close()
+        raise
+
+
+def cache_dir_for(url: str) -> str:
+    """Cache repository of a URL mount: ``$TVCFS_CACHE_DIR`` or
+    ``$XDG_CACHE_HOME/tvcfs`` (default ``~/.cache/tvcfs``), then the server's peer
+    ID (or ``host-port``) and the repository name."""
+    from ..transport.client import parse_url
+    from ..transport.identity import format_peer_id
+
+    u = parse_url(url)
+    base = os.environ.get("TVCFS_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tvcfs")
+    key = format_peer_id(u.peer_id) if u.peer_id else f"{u.host}-{u.port}"
+    if u.repo:
+        key += "-" + "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in u.repo)
+    return os.path.join(base, key)
+
+
+def prepare_url_mount(url: str, *, engine: str | None = None, quiet: bool = True,
+                      out=None) -> str:
+    """Cache repository for ``tvcfs mount URL MNT``: lazy-clone ``url`` into
+    :func:`cache_dir_for` the first time, else refresh its refs (fast-forwarding
+    branches not changed locally; the cached refs are kept when the remote cannot
+    be reached). Returns the repository path."""
+    from ..repo import Repo
+
+    d = cache_dir_for(url)
+    if os.path.isdir(os.path.join(d, ".tvcfs")):
+        repo = Repo.open(d)
+        try:
+            if repo.remotes().get("origin") != url:
+                with repo.store.write() as w:
+                    rem = w.get_meta("remotes", {})
+                    rem["origin"] = url
+                    w.set_meta("remotes", rem)
+            try:
+                lazy_fetch(repo, "origin", engine=engine, fast_forward_local=True)
+            except TvcfsError as e:
+                print(f"warning: could not refresh {url}: {e}; mounting the cached refs",
+                      file=out or sys.stderr)
+        finally:
+            repo.close()
+        return d
+    os.makedirs(os.path.dirname(d), exist_ok=True)
+    repo, _ = lazy_clone(url, d, engine=engine, quiet=quiet, out=out)
+    repo.close()
+    return d
