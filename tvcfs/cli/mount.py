@@ -70,16 +70,10 @@ def cmd_unmount(args):
 
 def _mount_of(path: str):
     """``(mountpoint, relative path)`` if ``path`` lies in a tvcfs mount, else None."""
-    real = os.path.realpath(path)
-    best = None
-    with open("/proc/mounts") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) > 2 and parts[0].startswith("tvcfs:"):
-                mnt = parts[1].replace("\\040", " ")
-                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and (best is None or len(mnt) > len(best)):
-                    best = mnt
-    return (best, os.path.relpath(real, best)) if best else None
+    from ..fs.daemon import find_tvcfs_mount
+
+    m = find_tvcfs_mount(path)
+    return (m[1], m[2]) if m else None
 
 
 def cmd_prefetch(args):

@@ -3,6 +3,7 @@ conflicts."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -13,21 +14,15 @@ from ..errors import TvcfsError
 
 def _mount_target(path: str):
     """``(repo_root, branch)`` if ``path`` is ``MOUNT/branches/NAME[/...]`` of a tvcfs
-    mount, else ``None``."""
-    real = os.path.realpath(path)
-    best = None
-    with open("/proc/mounts") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) > 2 and parts[0].startswith("tvcfs:"):
-                mnt = parts[1].replace("\\040", " ")
-                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and (best is None or len(mnt) > len(best[1])):
-                    best = (parts[0][6:].replace("\\040", " "), mnt)
-    if best is None:
+    mount (``branch`` is ``None`` elsewhere in the mount), else ``None``."""
+    from ..fs.daemon import find_tvcfs_mount
+
+    m = find_tvcfs_mount(path)
+    if m is None:
         return None
-    rel = os.path.relpath(real, best[1]).split(os.sep)
+    rel = m[2].split(os.sep)
     branch = rel[1] if len(rel) > 1 and rel[0] == "branches" else None
-    return best[0], branch
+    return m[0], branch
 
 
 def _pending_changes(repo, state_dir: str) -> list:

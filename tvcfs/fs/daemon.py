@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -27,12 +28,37 @@ def _pidfile(control: str, mountpoint: str) -> str:
     return os.path.join(control, "mounts", f"{h}.pid")
 
 
-def _mounted_paths() -> set:
+def _unescape(field: str) -> str:
+    # /proc/mounts writes space, tab, newline and backslash as octal escapes
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_table() -> list:
+    """``[(source, mountpoint)]`` from ``/proc/mounts`` (escapes decoded); reading it
+    never touches a mount, so it cannot block on a hung one."""
     try:
         with open("/proc/mounts") as f:
-            return {ln.split()[1].replace("\\040", " ") for ln in f if len(ln.split()) > 1}
+            return [(_unescape(p[0]), _unescape(p[1])) for p in (ln.split() for ln in f) if len(p) > 1]
     except OSError:
-        return set()
+        return []
+
+
+def _mounted_paths() -> set:
+    return {mnt for _, mnt in mount_table()}
+
+
+def find_tvcfs_mount(path: str):
+    """``(repo_root, mountpoint, relative path)`` of the tvcfs mount holding ``path``
+    (the innermost one), or ``None``. Sources are ``tvcfs:REPO_ROOT``."""
+    real = mount_path(path)
+    best = None
+    for src, mnt in mount_table():
+        if src.startswith("tvcfs:") and (real == mnt or real.startswith(mnt.rstrip("/") + "/")):
+            if best is None or len(mnt) > len(best[1]):
+                best = (src[len("tvcfs:"):], mnt)
+    if best is None:
+        return None
+    return best[0], best[1], os.path.relpath(real, best[1])
 
 
 def mount_path(mountpoint: str) -> str:
@@ -172,16 +198,7 @@ def default_ops_factory():
 
 def is_mounted(mountpoint: str) -> bool:
     """True if ``mountpoint`` is in ``/proc/mounts`` (no stat, so never blocks)."""
-    real = mount_path(mountpoint)
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) > 1 and parts[1].replace("\\040", " ") == real:
-                    return True
-    except OSError:
-        pass
-    return False
+    return mount_path(mountpoint) in _mounted_paths()
 
 
 def start_background(argv: list, repo_control: str, mountpoint: str, timeout: float = 30.0) -> int:
@@ -212,18 +229,13 @@ def start_background(argv: list, repo_control: str, mountpoint: str, timeout: fl
 def unmount(mountpoint: str, timeout: float = 60.0, lazy: bool = False) -> None:
     """Unmount with ``fusermount3 -u`` (``-z`` if ``lazy``) and wait for the mount
     process to finish its pending work (commits). Raises ``RuntimeError``."""
-    fsname = None
     real = mount_path(mountpoint)
-    with open("/proc/mounts") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) > 1 and parts[1].replace("\\040", " ") == real:
-                fsname = parts[0]
+    fsname = next((src for src, mnt in mount_table() if mnt == real), None)
     if fsname is None:
         raise RuntimeError(f"{mountpoint} is not mounted")
     pid = None
     if fsname.startswith("tvcfs:"):
-        root = fsname[len("tvcfs:"):].replace("\\040", " ")
+        root = fsname[len("tvcfs:"):]
         try:
             with open(_pidfile(os.path.join(root, ".tvcfs"), mountpoint)) as f:
                 pid = int(f.read().strip())
