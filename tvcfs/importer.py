@@ -1,22 +1,25 @@
 """Adding files and directory trees to the store (the write side of the DAG).
 
 A file is planned into leaf spans by :func:`tvcfs.chunking.plan_spans`, each span is
-read with ``os.pread`` and hashed on a small thread pool (hashlib releases the GIL, so
-two cores hash in parallel) while the calling thread stores finished leaves in the
-open LMDB write transaction, in order. What is hashed is exactly what is stored, even
-if the file changes underneath. Memory: at most ``window`` leaves (≤ 1 MiB each) in
-flight, whatever the file size.
+read (``os.preadv`` into one of ``window + 1`` reusable page-aligned 1 MiB buffers)
+and hashed on a small thread pool (hashlib releases the GIL, so two cores hash in
+parallel) while the calling thread stores finished leaves in the open LMDB write
+transaction, in order. What is hashed is exactly what is stored, even if the file
+changes underneath. Memory: ``window + 1`` MiB of buffers per :class:`Importer`,
+whatever the file size. ``docs/performance.md`` has the measurements.
 """
 
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import stat as statmod
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from .chunking import plan_spans
+from .chunking.safetensors import MAX_LEAF
 from .encoding.cid import RAW, cid_from_digest, make_cid
 from .encoding.unixfs import EXEC_FILE_MODE, build_directory, build_file, build_symlink
 from .errors import TvcfsError
@@ -36,9 +39,13 @@ class FileChanged(TvcfsError):
     """A file changed size while it was being added."""
 
 
-def _read_hash(fd: int, off: int, ln: int):
-    data = os.pread(fd, ln, off)
-    return data, hashlib.sha256(data).digest()
+def _read_hash_into(fd: int, off: int, ln: int, buf: memoryview):
+    """Read ``ln`` bytes at ``off`` into the reusable buffer ``buf`` and hash them.
+    Returns ``(view of the bytes read, sha-256 digest)``."""
+    view = buf[:ln]
+    n = os.preadv(fd, [view], off)
+    view = view[:n]
+    return view, hashlib.sha256(view).digest()
 
 
 class Importer:
@@ -54,6 +61,15 @@ class Importer:
         self.window = window
         self.files = 0
         self.bytes = 0
+        self._bufs: list | None = None
+
+    def _buffers(self) -> list:
+        """``window + 1`` page-aligned 1 MiB read buffers, reused for every leaf of
+        every file: a fresh 1 MiB ``bytes`` per leaf costs page faults on memory that
+        is touched once (slow on this VM's balloon) and as much CPU as the copy."""
+        if self._bufs is None:
+            self._bufs = [memoryview(mmap.mmap(-1, MAX_LEAF)) for _ in range(self.window + 1)]
+        return self._bufs
 
     def add_bytes(self, data: bytes, mode: int | None = None) -> tuple[bytes, int, int]:
         """Add an in-memory file (chunked exactly as the same bytes on disk would be).
@@ -94,27 +110,36 @@ class Importer:
         spans = plan_spans(_F(), size)
         if not spans:
             leaves = [self._leaf(b"")]
+        elif len(spans) == 1 or max(ln for _, ln in spans) > MAX_LEAF:
+            leaves = [self._leaf(os.pread(fd, ln, off)) for off, ln in spans]
         else:
+            # Leaf i is read into buffer i % (window + 1): the window + 1 buffers let
+            # leaf i + window be read while leaf i is still being stored.
             leaves = []
+            bufs = self._buffers()
+            nbuf = len(bufs)
             pool = _hash_pool()
             pending: deque = deque()
-            it = iter(spans)
-            for sp in it:
-                pending.append(pool.submit(_read_hash, fd, sp[0], sp[1]))
-                if len(pending) >= self.window:
-                    break
-            while pending:
-                data, digest = pending.popleft().result()
-                nxt = next(it, None)
-                if nxt is not None:
-                    pending.append(pool.submit(_read_hash, fd, nxt[0], nxt[1]))
-                cid = cid_from_digest(RAW, digest)
-                self.txn.put_block(cid, data)
-                leaves.append((cid, len(data)))
-            got = sum(ln for _, ln in leaves)
-            exp = sum(ln for _, ln in spans)
-            if got != exp:
-                raise FileChanged(f"file {name or fd} changed while it was being added")
+            for i, (off, ln) in enumerate(spans[: self.window]):
+                pending.append(pool.submit(_read_hash_into, fd, off, ln, bufs[i % nbuf]))
+            nxt = len(pending)
+            try:
+                while pending:
+                    data, digest = pending.popleft().result()
+                    if nxt < len(spans):
+                        off, ln = spans[nxt]
+                        pending.append(pool.submit(_read_hash_into, fd, off, ln, bufs[nxt % nbuf]))
+                        nxt += 1
+                    cid = cid_from_digest(RAW, digest)
+                    self.txn.put_block(cid, data)  # LMDB copies the bytes into the map
+                    leaves.append((cid, len(data)))
+            except BaseException:
+                for fut in pending:  # no reader may still fill a buffer after we return
+                    fut.cancel()
+                wait(pending)
+                raise
+        if spans and sum(ln for _, ln in leaves) != sum(ln for _, ln in spans):
+            raise FileChanged(f"file {name or fd} changed while it was being added")
         root, tsize, blocks = build_file(leaves, mode)
         for c, b in blocks:
             self.txn.put_block(c, b)

@@ -90,7 +90,7 @@ def read_car(f: BinaryIO, verify: bool = True) -> tuple[list[bytes], Iterator[tu
     except MalformedObject:
         raise
     except Exception as e:
-        raise MalformedObject(f"bad CAR header: {e}") from None
+        raise MalformedObject(f"bad CAR header: {str(e).partition(chr(10))[0]}") from None
 
     def blocks():
         while True:

@@ -86,7 +86,7 @@ def cid_from_str(text: str) -> bytes:
     try:
         cid = CID.decode(text.strip())
     except Exception as e:  # multiformats raises several unrelated types
-        raise InvalidCID(f"not a CID: {text!r} ({e})") from None
+        raise InvalidCID(f"not a CID: {text!r} ({str(e).partition(chr(10))[0]})") from None
     if cid.version == 0:
         cid = cid.set(version=1)
     raw = bytes(cid)

@@ -92,7 +92,7 @@ def decode_commit(block) -> Commit:
     except MalformedObject:
         raise
     except Exception as e:
-        raise MalformedObject(f"not a tvcfs commit: {e}") from None
+        raise MalformedObject(f"not a tvcfs commit: {str(e).partition(chr(10))[0]}") from None
 
 
 def _unwrap(obj):
@@ -126,5 +126,5 @@ def cbor_links(block) -> list[bytes]:
     try:
         walk(dag_cbor.decode(bytes(block)))
     except Exception as e:
-        raise MalformedObject(f"bad dag-cbor block: {e}") from None
+        raise MalformedObject(f"bad dag-cbor block: {str(e).partition(chr(10))[0]}") from None
     return out
