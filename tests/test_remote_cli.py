@@ -389,7 +389,8 @@ def test_server_killed_mid_clone_resumes_with_missing_bytes_only(tmp_path, serve
     total_blocks = all_blocks(src)
     total = sum(total_blocks.values())
     assert total > 150e6
-    srv = servers(src, tmp_path)
+    # paced so that the kill lands mid-clone whatever the machine's speed
+    srv = servers(src, tmp_path, "--rate-limit", "60M")
     dst = tmp_path / "clone"
     env = dict(os.environ, **ENV)
     client = subprocess.Popen(tvcfs_executable() + ["clone", srv.url, str(dst)],

@@ -58,6 +58,21 @@ def cmd_id(args) -> int:
 
 
 # ------------------------------------------------------------------ serve
+def _parse_rate(text: str) -> float:
+    """``"50M"`` → 52428800.0 bytes per second (K, M, G are powers of 1024)."""
+    import argparse
+
+    t = text.strip().upper().removesuffix("B").removesuffix("/S")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    try:
+        v = float(t[:-1] if t[-1:] in "KMG" else t) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a rate: {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError("the rate must be positive")
+    return v
+
+
 def cmd_serve(args) -> int:
     import logging
     import signal
@@ -91,7 +106,7 @@ def cmd_serve(args) -> int:
                 await n.start(lambda task_status: serve_async(
                     repo, host, port, private=args.private, allow_push=args.allow_push or (),
                     quic=not args.no_quic, tcp=not args.no_tcp, engine=args.engine,
-                    on_ready=ready, task_status=task_status))
+                    on_ready=ready, rate_limit=args.rate_limit, task_status=task_status))
                 async for _ in sigs:
                     if not args.quiet:
                         print("tvcfs serve: stopping", file=sys.stderr, flush=True)
@@ -252,6 +267,9 @@ def register(sub) -> None:
     g.add_argument("--no-quic", action="store_true", help="TLS over TCP only")
     g.add_argument("--no-tcp", action="store_true", help="QUIC only")
     p.add_argument("--engine", choices=("qh3", "aioquic"), help="QUIC engine")
+    p.add_argument("--rate-limit", type=_parse_rate, metavar="BYTES/S",
+                   help="limit sending to this many bytes per second, all peers together "
+                        "(suffixes K, M, G: 50M)")
     p.add_argument("--quiet", "-q", action="store_true", help="log warnings only")
     p.set_defaults(func=cmd_serve)
 

@@ -545,12 +545,14 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 async def serve_async(repo, host: str, port: int, *, private: bool = False,
                       allow_push=(), quic: bool = True, tcp: bool = True,
-                      engine: str | None = None, on_ready=None, task_status=trio.TASK_STATUS_IGNORED):
+                      engine: str | None = None, on_ready=None, rate_limit: float | None = None,
+                      task_status=trio.TASK_STATUS_IGNORED):
     """Serve ``repo`` on ``host:port`` over QUIC (UDP) and TLS-over-TCP on the same
-    port number until cancelled. ``on_ready(url, port)`` is called once both listen."""
+    port number until cancelled. ``on_ready(url, port)`` is called once both listen.
+    ``rate_limit``: bytes per second for all peers together (``None``: unlimited)."""
     from .identity import parse_peer_id
     from .quic import QuicSettings, serve_quic
-    from .server import ServerConfig, handle_session
+    from .server import RateLimit, ServerConfig, handle_session
     from .tcp import serve_tcp
 
     if not quic and not tcp:
@@ -562,7 +564,8 @@ async def serve_async(repo, host: str, port: int, *, private: bool = False,
             allowed.add(parse_peer_id(p))
         except IdentityError as e:
             raise TvcfsError(f"--allow-push {p}: {e}") from None
-    cfg = ServerConfig(RepoBackend(repo), ident, private=private, allow_push=allowed)
+    cfg = ServerConfig(RepoBackend(repo), ident, private=private, allow_push=allowed,
+                       rate_limit=RateLimit(rate_limit) if rate_limit else None)
 
     async def handler(stream):
         await handle_session(stream, cfg)

@@ -17,6 +17,7 @@ stream (and, for QUIC, that connection).
 from __future__ import annotations
 
 import collections
+import time
 import logging
 import os
 from dataclasses import dataclass, field
@@ -50,6 +51,25 @@ class ServerStats:
     protocol_errors: int = 0
 
 
+class RateLimit:
+    """Server-wide send pacing: on average at most ``rate`` bytes per second (like
+    rsync's ``--bwlimit``), shared by every session of the server."""
+
+    def __init__(self, rate: float):
+        if rate <= 0:
+            raise ValueError("rate limit must be positive (bytes per second)")
+        self.rate = float(rate)
+        self.start = time.monotonic()
+        self.sent = 0
+
+    async def take(self, n: int) -> None:
+        """Account ``n`` bytes about to be sent; sleep while ahead of the rate."""
+        self.sent += n
+        ahead = self.sent / self.rate - (time.monotonic() - self.start)
+        if ahead > 0:
+            await trio.sleep(ahead)
+
+
 @dataclass
 class ServerConfig:
     """What a server serves and to whom.
@@ -71,6 +91,8 @@ class ServerConfig:
     write_lock: trio.Lock = field(default_factory=trio.Lock)
     # bytes sent per peer; shares sending fairly between peers (None: no gate)
     ledger: PeerLedger | None = field(default_factory=PeerLedger)
+    # optional server-wide bandwidth limit
+    rate_limit: RateLimit | None = None
 
 
 # ---------------------------------------------------------------- traversal
@@ -435,6 +457,8 @@ class _Session:
             data = hook(cid, data)
         if self.cfg.ledger is not None:
             await self.cfg.ledger.turn(self.peer or self.addr, len(data))
+        if self.cfg.rate_limit is not None:
+            await self.cfg.rate_limit.take(len(data))
         await self.ch.send_block(cid, data)  # header + data, no copy of the data
         self.seq += 1
         if len(self.sent_seq) < 65536:
