@@ -214,3 +214,11 @@ def test_registry_and_parsing():
     with pytest.raises(StrategyError, match="no parameter"):
         parse_strategy_spec("slerp:alpha=0.2")
     assert get_strategy("dare", {"seed": "12"}).params["seed"] == 12
+
+
+def test_strategy_names_in_help():
+    """The CLI lists the strategies without importing numpy; the list must match."""
+    from tvcfs.cli.merge import STRATEGY_NAMES
+    from tvcfs.merge.strategies import STRATEGIES
+
+    assert tuple(STRATEGIES) == STRATEGY_NAMES

@@ -7,6 +7,9 @@ import sys
 
 from . import open_repo
 
+STRATEGY_NAMES = ("ours", "theirs", "base", "average-ours-theirs", "average-all", "average-ours-base",
+                  "average-theirs-base", "task-arithmetic", "ties", "dare", "slerp")
+
 
 def cmd_diff(args) -> int:
     from ..diff import diff_commits, format_diff, format_stat
@@ -71,11 +74,11 @@ def register(sub) -> None:
     p.add_argument("--exit-code", action="store_true", help="exit 1 if there are differences")
     p.set_defaults(func=cmd_diff)
 
-    from ..merge.strategies import STRATEGIES
-
+    # names only: importing the strategies would load numpy on every tvcfs command
+    # (test_strategy_names_in_help keeps this list equal to merge.strategies.STRATEGIES)
     p = sub.add_parser("merge", help="merge a revision into the current branch, tensor by tensor",
                        description="Three-way merge at file level, then at tensor level inside safetensors. "
-                                   "Strategies: " + ", ".join(STRATEGIES) + ".")
+                                   "Strategies: " + ", ".join(STRATEGY_NAMES) + ".")
     p.add_argument("rev", metavar="BRANCH", help="revision to merge (branch, tag, commit)")
     p.add_argument("--strategy", "-s", action="append", default=[], metavar="[GLOB=]S[:k=v,...]",
                    help="strategy for tensors changed on both sides; repeat with GLOB= for per-tensor rules "
