@@ -27,6 +27,12 @@ ROOT_NAMES = ("HEAD", "branches", "commits", "tags", ".tvcfs")
 CTL_FILES = ("stats", "prefetch")
 
 
+def _is_full_cid(name: str) -> bool:
+    from ..encoding.cid import is_cid_str
+
+    return len(name) > 40 and is_cid_str(name)
+
+
 def _err(code):
     return pyfuse3.FUSEError(code)
 
@@ -103,7 +109,12 @@ class ReadOnlyOperations(pyfuse3.Operations):
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
         immutable = node.kind == "tree"
         a.attr_timeout = IMMUTABLE_TIMEOUT if immutable else DYNAMIC_TIMEOUT
-        a.entry_timeout = IMMUTABLE_TIMEOUT if immutable and node.path else DYNAMIC_TIMEOUT
+        if immutable and (node.path or (node.view == "commits" and _is_full_cid(node.view_name))):
+            a.entry_timeout = IMMUTABLE_TIMEOUT  # inside a commit, or commits/<full CID>
+        elif immutable or node.kind == "head":
+            a.entry_timeout = 0  # tags/NAME, commits/NAME~N, HEAD: a ref decides, ask every time
+        else:
+            a.entry_timeout = DYNAMIC_TIMEOUT
         return a
 
     def _head_target(self) -> bytes:

@@ -196,17 +196,28 @@ class BlockReader:
             import trio
 
             await trio.to_thread.run_sync(self.preloader.load, idx, cold)
-        return self.read(idx, offset, size)
+        try:
+            return self.read(idx, offset, size)
+        except BlockNotFound:
+            # maybe committed after this snapshot began (a branch view follows another
+            # process's commit at once): renew and try once more; the buffers of the
+            # failed attempt are dropped with it
+            self.renew()
+            return self.read(idx, offset, size)
 
     async def index_async(self, cid: bytes) -> FileIndex:
         """:meth:`index`, fetching missing internal file nodes from the remote."""
+        renewed = False
         while True:
             try:
                 return self.index(cid)
             except BlockNotFound as e:
                 if self.remote is None:
-                    raise
-                await self.remote.fetch([e.cid], PRIO_FOREGROUND)
+                    if renewed:
+                        raise
+                    renewed = True  # maybe committed after this snapshot began
+                else:
+                    await self.remote.fetch([e.cid], PRIO_FOREGROUND)
                 self.renew()
 
     def read(self, idx: FileIndex, offset: int, size: int):

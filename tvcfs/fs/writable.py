@@ -185,7 +185,10 @@ class WritableOperations(ReadOnlyOperations):
         a.st_blksize = 1 << 20
         ns = int(w.mtime * 1e9)
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
-        a.attr_timeout = a.entry_timeout = DYNAMIC_TIMEOUT
+        a.attr_timeout = DYNAMIC_TIMEOUT
+        # names in a branch change under the kernel when the branch moves (CLI commit,
+        # another mount, a rebase): no cached dentries, every path walk asks the mount
+        a.entry_timeout = 0
         return a
 
     async def readlink(self, inode, ctx):
