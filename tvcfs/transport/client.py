@@ -451,24 +451,6 @@ def _verify(batch):
     return good, nbytes, bad
 
 
-def _verify_and_store(backend: BlockBackend, batch):
-    good = []
-    bad = []
-    nbytes = 0
-    for cid, data in batch:
-        try:
-            cid_codec(cid)
-            verify_block(cid, data)
-        except (CorruptBlock, InvalidCID):
-            bad.append(cid)
-            continue
-        good.append((cid, data))
-        nbytes += len(data)
-    if good:
-        backend.put_many(good)
-    return (len(good), nbytes), bad
-
-
 @asynccontextmanager
 async def open_session(
     url: RemoteURL | str,

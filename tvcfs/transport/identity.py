@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
+from ..encoding.dagpb import encode_varint
 from ..errors import TvcfsError
 
 __all__ = [
@@ -108,26 +109,14 @@ def b58decode(text: str) -> bytes:
 
 
 # ---------------------------------------------------------------- peer IDs
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def _public_key_proto(key_type: int, data: bytes) -> bytes:
     # libp2p crypto.pb PublicKey: field 1 varint Type, field 2 bytes Data
-    return b"\x08" + _varint(key_type) + b"\x12" + _varint(len(data)) + data
+    return b"\x08" + encode_varint(key_type) + b"\x12" + encode_varint(len(data)) + data
 
 
 def _multihash_of_proto(proto: bytes) -> bytes:
     if len(proto) <= 42:
-        return bytes([_MH_IDENTITY]) + _varint(len(proto)) + proto
+        return bytes([_MH_IDENTITY]) + encode_varint(len(proto)) + proto
     return bytes([_MH_SHA2_256, 32]) + hashlib.sha256(proto).digest()
 
 

@@ -216,6 +216,19 @@ class FetchResult:
 
 
 # ------------------------------------------------------------------ fetch
+def _record(repo, res, name: str, peer_id, st, warn) -> None:
+    """Add one remote's :class:`FetchStats` to ``res``; bad blocks count against
+    that peer and are reported through ``warn``."""
+    res.stats.append((name, st))
+    res.blocks += st.blocks
+    res.nbytes += st.nbytes
+    if st.bad_blocks:
+        _penalise(repo, peer_id, st.bad_blocks)
+        if warn:
+            warn(f"warning: {name} ({format_peer_id(peer_id)}) sent "
+                 f"{st.bad_blocks} bad block(s): dropped and counted against that peer")
+
+
 async def _fetch_async(repo, remote: str, url: str, *, progress: Progress | None,
                        engine: str | None, fallbacks: bool = True,
                        warn=None) -> FetchResult:
@@ -237,14 +250,7 @@ async def _fetch_async(repo, remote: str, url: str, *, progress: Progress | None
             # a bad block is not asked of the same peer again when another remote exists
             st = await sess.fetch(backend, roots, complete=complete, progress=progress,
                                   stop_on_bad=bool(others))
-            res.stats.append((remote, st))
-            res.blocks += st.blocks
-            res.nbytes += st.nbytes
-            if st.bad_blocks:
-                _penalise(repo, sess.peer_id, st.bad_blocks)
-                if warn:
-                    warn(f"warning: {remote} ({format_peer_id(sess.peer_id)}) sent "
-                         f"{st.bad_blocks} bad block(s): dropped and counted against that peer")
+            _record(repo, res, remote, sess.peer_id, st, warn)
             missing = st.missing
         else:
             missing = []
@@ -264,14 +270,7 @@ async def _fetch_async(repo, remote: str, url: str, *, progress: Progress | None
                 if warn:
                     warn(f"warning: remote {name} failed: {e}")
                 continue
-            res.stats.append((name, st))
-            res.blocks += st.blocks
-            res.nbytes += st.nbytes
-            if st.bad_blocks:
-                _penalise(repo, s2.peer_id, st.bad_blocks)
-                if warn:
-                    warn(f"warning: {name} ({format_peer_id(s2.peer_id)}) sent "
-                         f"{st.bad_blocks} bad block(s): dropped and counted against that peer")
+            _record(repo, res, name, s2.peer_id, st, warn)
             missing = st.missing
             if not missing:
                 break

@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from ..encoding.dagpb import encode_varint
+
 __all__ = [
     "PROTOCOL_VERSION",
     "Auth",
@@ -84,17 +86,7 @@ DEFAULT_LIMITS = Limits()
 def _uv(n: int) -> bytes:
     if n < 0:
         raise ValueError("negative varint")
-    if n < 0x80:
-        return bytes((n,))
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
+    return encode_varint(n)
 
 
 def _bytes(b: bytes) -> bytes:
