@@ -75,6 +75,18 @@ class TensorMap:
             return self.starts[i], self.ends[i]
         return None
 
+    def tensor_of(self, offset: int, size: int):
+        """``(start, end)`` of the tensor a read of ``[offset, offset+size)`` is for, or
+        ``None`` (the header). A page fault in an mmap makes the kernel read around
+        the faulting page (``read_ahead_kb`` centred on it, clamped at offset 0), so
+        a fault at a tensor's first byte arrives as a request that starts in the
+        tensor before: the tensor meant is the one holding the last byte of the
+        request's middle page."""
+        if not self.starts or offset < self.starts[0]:
+            return None
+        mid = offset + size // 2
+        return self.tensor_at(min(mid - mid % 4096 + 4095, offset + size - 1)) or self.tensor_at(offset)
+
 
 class BlockReader:
     """Reads file ranges for the mount from an :class:`~tvcfs.store.lmdb_store.LMDBStore`.
@@ -280,10 +292,12 @@ class BlockReader:
         try:
             tm = self.tensor_map(idx)
             spill = scan = False
+            if tm is not None and self._probe(fh, tm, offset, size):
+                return
             if tm is not None:  # local mounts too: loading one tensor reads ~only it
                 spill, scan = self._remote_run(fh, tm, offset, size)
             if tm is not None and not spill:
-                t = tm.tensor_at(offset)
+                t = tm.tensor_of(offset, size)
                 if t is not None and t[1] > offset + size:
                     s = self.seq.get(fh)
                     # what this handle scheduled counts only if its last read was in this tensor
@@ -304,7 +318,7 @@ class BlockReader:
             if tm is not None and not scan:
                 # the window stays inside the current tensor (none on a spill) until the
                 # run is a scan (local mounts too: the disk and page cache are not free)
-                t = tm.tensor_at(offset)
+                t = tm.tensor_of(offset, size)
                 end = offset + size if spill or t is None else max(t[1], offset + size)
                 target = min(target, end)
             if target > s[2] and (self.remote is None or target >= idx.size
@@ -315,6 +329,23 @@ class BlockReader:
                 s[1] = min(s[1] * 2, SEQ_WINDOW_MAX)
         except (BlockNotFound, CorruptBlock, MalformedObject):
             pass
+
+    def _probe(self, fh: int, tm: TensorMap, offset: int, size: int) -> bool:
+        """Whether ``[offset, offset+size)`` is a probe of the last bytes of the tensor
+        this handle's run is reading, ahead of the run.
+
+        Copying a tensor out of an mmap (``safe_open().get_tensor``, ``torch.load``
+        with ``mmap=True``) goes through ``memmove``, which loads the last bytes of
+        the source before copying forward: the kernel sees a fault at the tensor's
+        head, one at its tail, then sequential faults from the head. The tail fault
+        must not reset the run (its sequential window, its count of tensors read in
+        a row): a model loaded tensor by tensor would never look like a scan, and
+        every tensor would start cold."""
+        s = self.seq.get(fh)
+        if s is None or s[0] <= 0 or offset <= s[0] + SEQ_REORDER:
+            return False
+        t = tm.tensor_at(s[0] - 1)
+        return t is not None and offset < t[1] <= offset + size and tm.tensor_at(offset) == t
 
     def _remote_run(self, fh: int, tm: TensorMap, offset: int, size: int) -> tuple[bool, bool]:
         """``(spill, scan)`` for a read of ``[offset, offset+size)`` (safetensors).
@@ -327,7 +358,7 @@ class BlockReader:
         *scan*: the run has moved on ``SCAN_TENSORS`` times: its readahead window may
         run past the current tensor. Reads completing out of order (within
         ``SEQ_REORDER``) continue the run."""
-        here = tm.tensor_at(offset)
+        here = tm.tensor_of(offset, size)
         s = self.seq.get(fh)
         run = self.seq_run.get(fh)  # [anchor, times moved on]
         if run is None or s is None or not s[0] - SEQ_REORDER <= offset <= s[0] + SEQ_REORDER:
