@@ -854,7 +854,11 @@ def test_mount_helper_parses_options(world, tmp_path):
     assert r.returncode == 0 and "--allow-other" in r.stderr and not is_mounted(mnt)
     r = subprocess.run([helper, str(tmp_path), mnt], capture_output=True, text=True, env=env, timeout=30)
     assert r.returncode == 32 and not is_mounted(mnt)
-    opts = "rw,nosuid,nodev,noauto,_netdev,nofail,x-systemd.automount,commit_delay=2.5,verify_reads,bogus"
+    r = subprocess.run([helper, world.repo.root, mnt, "-o", "read_ahead_kb=lots"], capture_output=True,
+                       text=True, env=env, timeout=30)
+    assert r.returncode == 1 and "KiB" in r.stderr
+    opts = ("rw,nosuid,nodev,noauto,_netdev,nofail,x-systemd.automount,commit_delay=2.5,verify_reads,"
+            "read_ahead_kb=256,bogus")
     r = subprocess.run([helper, world.repo.root, mnt, "-n", "-s", "-o", opts, "-t", "fuse.tvcfs"],
                        capture_output=True, text=True, env=env, timeout=60)
     try:
@@ -862,7 +866,12 @@ def test_mount_helper_parses_options(world, tmp_path):
         assert is_mounted(mnt)
         cmd = _daemon_cmdline(world.repo, mnt)
         assert "--verify-reads" in cmd and cmd[cmd.index("--commit-delay") + 1] == "2.5", cmd
+        assert cmd[cmd.index("--read-ahead-kb") + 1] == "256", cmd
         assert _read(os.path.join(mnt, "tags", "v1", "config.json")) == _read(os.path.join(world.src1, "config.json"))
+        if os.geteuid() == 0:  # the mount set its bdi's readahead to the option's value
+            st = os.stat(mnt)
+            bdi = f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb"
+            _wait(lambda: open(bdi).read().strip() == "256", 5, what="read_ahead_kb = 256")
     finally:
         _unmount_external(world.repo, mnt)
 

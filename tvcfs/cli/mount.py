@@ -33,6 +33,8 @@ def cmd_mount(args):
         extra["fetch_timeout"] = args.fetch_timeout
     if args.prefetch:
         extra["prefetch"] = list(args.prefetch)
+    if args.read_ahead_kb is not None:
+        extra["read_ahead_kb"] = args.read_ahead_kb
     if args.foreground:
         return run_foreground(repo_root, args.mountpoint, debug=args.debug, verify_reads=args.verify_reads,
                               allow_other=args.allow_other, **extra)
@@ -50,6 +52,8 @@ def cmd_mount(args):
         argv += ["--fetch-timeout", str(args.fetch_timeout)]
     for pat in args.prefetch or ():
         argv += ["--prefetch", pat]
+    if args.read_ahead_kb is not None:
+        argv += ["--read-ahead-kb", str(args.read_ahead_kb)]
     try:
         pid = start_background(argv, os.path.join(repo_root, ".tvcfs"), args.mountpoint)
     except RuntimeError as e:
@@ -114,6 +118,10 @@ def register(sub) -> None:
     p.add_argument("--allow-other", action="store_true", help="let other users access the mount")
     p.add_argument("--commit-delay", type=float, default=1.0,
                    help="seconds of quiet after the last write handle closes before a commit (default 1)")
+    p.add_argument("--read-ahead-kb", type=int, default=None, metavar="KB",
+                   help="the kernel's readahead on the mount, KiB (default 1024: 1 MiB requests for "
+                        "sequential reads; a lazy mount 128). Smaller moves fewer bytes around an "
+                        "mmap fault (loading single tensors), larger requests need more")
     p.add_argument("-o", dest="options", action="append", default=[], help=argparse_suppress())
     p.add_argument("--remote", action="append", default=[], metavar="URL",
                    help="peer to fetch missing leaves from (repeatable; a lazy clone also "

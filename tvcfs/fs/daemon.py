@@ -88,8 +88,12 @@ def set_readahead(mountpoint: str, kb: int = 1024) -> bool:
 
 
 def run_foreground(repo_root: str, mountpoint: str, debug: bool = False, verify_reads: bool = False,
-                   allow_other: bool = False, ops_factory=None, **ops_kwargs) -> int:
+                   allow_other: bool = False, ops_factory=None, read_ahead_kb: int | None = None,
+                   **ops_kwargs) -> int:
     """Mount and serve until unmounted or signalled. Returns an exit code.
+
+    ``read_ahead_kb``: the mount's bdi ``read_ahead_kb`` (KiB; default 1024, which
+    lets sequential reads arrive as 1 MiB requests; a lazy mount's own default).
 
     ``ops_factory(repo, **ops_kwargs)`` builds the operations object (default: the
     writable mount of :mod:`tvcfs.fs.writable` if present, else read-only).
@@ -158,7 +162,7 @@ def run_foreground(repo_root: str, mountpoint: str, debug: bool = False, verify_
             nursery.start_soon(signals)
             # a lazy mount fetches whole leaves for every page the kernel reads: a smaller
             # readahead (mmap read-around) moves fewer bytes that nobody asked for
-            ra_kb = fetcher.readahead_kb if fetcher is not None else 1024
+            ra_kb = read_ahead_kb or (fetcher.readahead_kb if fetcher is not None else 1024)
             await trio.to_thread.run_sync(set_readahead, mountpoint, ra_kb)
 
     ok = True
