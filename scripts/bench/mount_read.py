@@ -13,7 +13,10 @@ a child process) and measures, in one run, with the same file on the same disk:
 ``cold``      sequential read (1 MiB ``readv`` into a page-aligned buffer) after
               ``sync; echo 3 > /proc/sys/vm/drop_caches``: mount / native (target >= 0.9)
 ``warm``      the second read, from the page cache (``keep_cache``): mount / native
-              (target >= 0.7); also the third read (see docs/performance.md)
+              (target >= 0.7); also the third read (see docs/performance.md), and the
+              same reads through ``scripts/bench/minifs.py`` (the smallest pyfuse3 file
+              system serving the same bytes): mount / minifs tells tvcfs's cost from
+              the kernel's FUSE page-cache path
 ``rand4k``    random 4 KiB ``pread`` per second: from the page cache (buffered, warm)
               and uncached (``O_DIRECT``: every read reaches the mount process / the disk)
 ``load_all``  ``safe_open`` + ``get_tensor`` of every tensor after dropping caches:
@@ -21,7 +24,9 @@ a child process) and measures, in one run, with the same file on the same disk:
 ``load_one``  bytes read from disk by the mount process (``/proc/PID/io``
               ``read_bytes``) and bytes served from leaves (``.tvcfs/stats``) to load
               one tensor after dropping caches / that tensor's bytes (target <= 1.1),
-              for a typical layer matrix and for the largest tensor
+              for a typical layer matrix and for the largest tensor; the layer matrix
+              also with ``--read-ahead-kb 256`` (the kernel reads ``read_ahead_kb``
+              around each mmap fault)
 
 Every cold measurement uses a fresh mount process: pages of ``data.mdb`` that a
 process has mapped survive ``drop_caches``, so a long-lived mount would read warm.
@@ -37,6 +42,7 @@ Prints a human summary and one JSON object (also written to ``--json``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import mmap
@@ -44,6 +50,7 @@ import os
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,7 +60,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 
 from tvcfs.fs import mount  # noqa: E402
-from tvcfs.fs.daemon import _pidfile  # noqa: E402
+from tvcfs.fs.daemon import _pidfile, is_mounted, set_readahead  # noqa: E402
 from tvcfs.repo import Author, Repo  # noqa: E402
 
 MIB = 1 << 20
@@ -139,6 +146,31 @@ def proc_read_bytes(pid: int) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def minifs(path: str, mnt: str):
+    """``scripts/bench/minifs.py`` serving ``path`` at ``mnt/f`` (readahead 1024 KiB)."""
+    os.makedirs(mnt, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "minifs.py"), path, mnt])
+    try:
+        deadline = time.monotonic() + 30
+        while not is_mounted(mnt):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("minifs did not mount")
+            time.sleep(0.02)
+        set_readahead(mnt, 1024)
+        yield os.path.join(mnt, "f")
+    finally:
+        if is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", mnt], capture_output=True)
+            if is_mounted(mnt):
+                subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def stats(mnt: str) -> dict:
     with open(os.path.join(mnt, ".tvcfs", "stats")) as f:
         return json.load(f)
@@ -193,11 +225,11 @@ def main(argv=None) -> int:
 
         margs = tuple(args.mount_args.split())
 
-        def mounted():
+        def mounted(extra=()):
             # A fresh mount process for every cold measurement: pages of data.mdb that
             # a process has mapped survive drop_caches, so only a new process (after
             # drop_caches) reads the store cold.
-            return mount(repo_dir, mnt, extra_args=margs)
+            return mount(repo_dir, mnt, extra_args=margs + tuple(extra))
 
         def daemon_pid(m):
             deadline = time.monotonic() + 10  # the pidfile is written just after mounting
@@ -211,9 +243,11 @@ def main(argv=None) -> int:
 
         size = os.path.getsize(native)
         r: dict = {k: [] for k in ("cold_native", "cold_mount", "warm_native", "warm_mount",
-                                   "warm3_native", "warm3_mount", "req_kib", "load_native", "load_mount")}
+                                   "warm3_native", "warm3_mount", "warm_minifs", "warm3_minifs", "req_kib",
+                                   "load_native", "load_mount")}
         one = {name: {"bytes": sz, "disk_read_mount": [], "leaf_bytes_mount": [], "disk_read_native": []}
                for sz, name in picks}
+        one_ra = {"name": picks[0][1], "bytes": picks[0][0], "read_ahead_kb": 256, "leaf_bytes_mount": []}
         for rep in range(args.repeat):
             drop_caches()
             dt, n = seq_read(native)
@@ -239,6 +273,10 @@ def main(argv=None) -> int:
                 r["req_kib"].append((s1["bytes_served"] - s0["bytes_served"]) / max(1, s1["reads"] - s0["reads"]) / 1024)
                 r["warm_mount"].append(size / seq_read(mfile)[0] / 1e9)
                 r["warm3_mount"].append(size / seq_read(mfile)[0] / 1e9)
+            with minifs(native, os.path.join(work, "minifs")) as mf:
+                seq_read(mf)  # fills the minifs file's page cache
+                r["warm_minifs"].append(size / seq_read(mf)[0] / 1e9)
+                r["warm3_minifs"].append(size / seq_read(mf)[0] / 1e9)
             drop_caches()
             dt, n = load_all(native)
             r["load_native"].append(dt)
@@ -261,6 +299,12 @@ def main(argv=None) -> int:
                 b0 = proc_read_bytes(os.getpid())
                 load_one(native, name)
                 o["disk_read_native"].append(proc_read_bytes(os.getpid()) - b0)
+            with mounted(("--read-ahead-kb", str(one_ra["read_ahead_kb"]))) as m:
+                drop_caches()
+                s0 = stats(m)
+                assert load_one(os.path.join(m, "tags", "bench", "model.safetensors"), one_ra["name"]) == one_ra["bytes"]
+                time.sleep(0.3)
+                one_ra["leaf_bytes_mount"].append(stats(m)["leaf_bytes"] - s0["leaf_bytes"])
 
         rand = {}
         with mounted() as m:
@@ -278,6 +322,9 @@ def main(argv=None) -> int:
             "warm_GBps": {"native": med(r["warm_native"]), "mount": med(r["warm_mount"])},
             "warm_ratio": med([a / b for a, b in zip(r["warm_mount"], r["warm_native"])]),
             "warm3_ratio": med([a / b for a, b in zip(r["warm3_mount"], r["warm3_native"])]),
+            "warm_minifs_GBps": med(r["warm_minifs"]),
+            "warm_minifs_ratio": med([a / b for a, b in zip(r["warm_minifs"], r["warm_native"])]),
+            "warm_mount_over_minifs": med([a / b for a, b in zip(r["warm_mount"], r["warm_minifs"])]),
             "cold_request_KiB": med(r["req_kib"]),
             "rand4k_per_s": {k: round(v) for k, v in rand.items()},
             "load_all_s": {"native": med(r["load_native"]), "mount": med(r["load_mount"])},
@@ -287,6 +334,8 @@ def main(argv=None) -> int:
                           "leaf_bytes_ratio_mount": med(o["leaf_bytes_mount"]) / o["bytes"],
                           "disk_read_ratio_native": med(o["disk_read_native"]) / o["bytes"]}
                          for name, o in one.items()],
+            "load_one_read_ahead_256": {"tensor": one_ra["name"], "read_ahead_kb": one_ra["read_ahead_kb"],
+                                        "leaf_bytes_ratio_mount": med(one_ra["leaf_bytes_mount"]) / one_ra["bytes"]},
             "runs": r, "load_one_runs": one,
         }
         result.update(summary)
@@ -303,6 +352,8 @@ def main(argv=None) -> int:
           f"  ratio {f(result['cold_ratio'])} (target >= 0.9)")
     print(f"warm sequential  mount {f(result['warm_GBps']['mount'])} GB/s  native {f(result['warm_GBps']['native'])} GB/s"
           f"  ratio {f(result['warm_ratio'])} (target >= 0.7); third read ratio {f(result['warm3_ratio'])}")
+    print(f"warm, smallest pyfuse3 fs (minifs.py)  {f(result['warm_minifs_GBps'])} GB/s  minifs / native "
+          f"{f(result['warm_minifs_ratio'])}  mount / minifs {f(result['warm_mount_over_minifs'])}")
     rr = result["rand4k_per_s"]
     print(f"random 4 KiB/s   page cache: mount {rr['warm_mount']}  native {rr['warm_native']};"
           f"  O_DIRECT: mount {rr['direct_mount']}  native {rr['direct_native']}")
@@ -312,6 +363,9 @@ def main(argv=None) -> int:
         print(f"one tensor ({lo['tensor']}, {lo['tensor_bytes'] / MIB:.1f} MiB, cold): disk read by the mount "
               f"{f(lo['disk_read_ratio_mount'])}x, leaf bytes served {f(lo['leaf_bytes_ratio_mount'])}x "
               f"(target <= 1.1); native: disk read {f(lo['disk_read_ratio_native'])}x")
+    lr = result["load_one_read_ahead_256"]
+    print(f"one tensor ({lr['tensor']}) with --read-ahead-kb {lr['read_ahead_kb']}: leaf bytes served "
+          f"{f(lr['leaf_bytes_ratio_mount'])}x (target <= 1.1)")
     out = json.dumps(result, indent=1, default=float)
     print(out)
     if args.json:
