@@ -153,3 +153,32 @@ def test_f64_decode_exact():
     np.testing.assert_array_equal(dtypes.to_float64(x.tobytes(), "F64"), x)
     with np.errstate(over="ignore"):
         assert dtypes.to_float32(x.tobytes(), "F64").tolist() == x.astype(np.float32).tolist()
+
+
+@pytest.mark.parametrize("name", sorted(dtypes.DTYPES))
+def test_decode_into_equals_decode(name):
+    """decode_into fills a preallocated float32/float64 buffer with decode()'s values
+    (every code for 8/16-bit dtypes, probe values for wider ones), NaN bits kept."""
+    d = dtypes.dtype_info(name)
+    if d.itemsize <= 2:
+        raw = np.arange(2 ** (8 * d.itemsize), dtype=np.uint16 if d.itemsize == 2 else np.uint8).tobytes()
+    elif d.kind == "f":
+        raw = dtypes.from_float32(probe_values(), name)
+    else:
+        raw = np.random.default_rng(2).integers(-2**62, 2**62, 5000).astype(d.storage).tobytes()
+    n = len(raw) // d.itemsize
+    for out_dt in (np.float32, np.float64):
+        out = np.full(n + 3, 7, dtype=out_dt)
+        with np.errstate(over="ignore", invalid="ignore"):
+            got = dtypes.decode_into(raw, name, out)
+            want = dtypes.decode(raw, name).astype(out_dt)
+        assert got.shape == (n,) and got.dtype == out_dt
+        assert np.shares_memory(got, out) and out[n] == 7
+        if out_dt == np.float32 and d.kind == "f":
+            assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), name
+        else:
+            np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="float32/float64"):
+        dtypes.decode_into(raw, name, np.empty(n - 1, np.float32))
+    with pytest.raises(ValueError, match="float32/float64"):
+        dtypes.decode_into(raw, name, np.empty(n, np.int32))

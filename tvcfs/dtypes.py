@@ -55,6 +55,7 @@ __all__ = [
     "decode",
     "to_float32",
     "to_float64",
+    "decode_into",
     "from_float32",
     "encode_like",
 ]
@@ -282,6 +283,40 @@ def to_float32(buf, dtype: str, shape: Sequence[int] | None = None) -> np.ndarra
         return a
     with np.errstate(over="ignore", invalid="ignore"):
         return a.astype(np.float32)
+
+
+def decode_into(buf, dtype: str, out: np.ndarray) -> np.ndarray:
+    """Decode raw bytes into the preallocated float array ``out`` (1-D float32 or
+    float64, at least as many elements as ``buf`` holds) without a temporary of the
+    buffer's size; returns the filled view ``out[:n]``.
+
+    Values are those of :func:`decode` cast to ``out``'s dtype: exact for every
+    supported dtype into float64 (64-bit integers beyond 2**53 are rounded); into
+    float32 as :func:`to_float32` (F64 and wide integers rounded to nearest). BF16
+    goes through its raw bits (``bits << 16``, written straight into a float32
+    ``out``), float8 through a 256-entry table.
+    Raises :class:`UnsupportedDTypeError`, and ``ValueError`` when ``out`` is too
+    short or not float32/float64.
+    """
+    d = dtype_info(dtype)
+    raw = _raw(buf, d, None)
+    n = raw.size
+    if out.dtype not in (np.float32, np.float64) or out.ndim != 1 or out.size < n:
+        raise ValueError(f"decode_into needs a 1-D float32/float64 array of >= {n} elements")
+    o = out[:n]
+    if d.name == "BF16" and o.dtype == np.float32:
+        np.left_shift(raw, np.uint32(16), out=o.view(np.uint32), dtype=np.uint32)
+    elif d.name == "BF16":  # float64 output: through a float32 temporary
+        np.copyto(o, (raw.astype(np.uint32) << np.uint32(16)).view(np.float32))
+    elif d.name in ("F8_E4M3", "F8_E5M2"):
+        table = _E4M3_TABLE if d.name == "F8_E4M3" else _E5M2_TABLE
+        np.take(table if o.dtype == np.float32 else table.astype(np.float64), raw, out=o)
+    elif d.name == "BOOL":
+        np.copyto(o, raw != 0)
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            np.copyto(o, raw, casting="unsafe")
+    return o
 
 
 def to_float64(buf, dtype: str, shape: Sequence[int] | None = None) -> np.ndarray:
