@@ -161,3 +161,72 @@ def test_path_filter_and_cli(model_repo, capsys):
     rc = main(["-C", repo.root, "diff", cid_str(c1), cid_str(c3), "--stat"])
     out = capsys.readouterr().out
     assert rc == 0 and "config.json" in out and "2 files changed" in out
+
+
+def _rss_file_kb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile"))
+
+
+@pytest.mark.parametrize("dt", ["F32", "BF16", "F16"])
+def test_streamed_stats_multi_leaf(tmp_path, dt):
+    """Tensors of many leaves (6 MB: the threaded pipeline with zero-copy views) in
+    F32 / BF16 / F16: summaries equal an independent float64 numpy computation; one
+    worker or two, zero-copy reader or plain getter, give identical numbers; a tensor
+    with part of its leaves unchanged counts only the changed ones; the map pages
+    read are not left mapped in the process."""
+    from safetensors.torch import save_file as tsave
+
+    from tvcfs import diff as D
+    from tvcfs.merge.stview import data_reader, open_safetensors
+
+    torch = pytest.importorskip("torch")
+    tt = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}[dt]
+    g = torch.Generator().manual_seed(4)
+    n = (6 << 20) // (4 if dt == "F32" else 2)  # 6 MiB: 6 leaves
+    a = torch.randn(n, generator=g).to(tt)
+    b = (a.float() + torch.randn(n, generator=g) * 1e-2).to(tt)
+    part = a.clone()
+    part[: n // 3] = b[: n // 3]  # first third changed: later leaves identical to a's
+    repo = Repo.init(str(tmp_path / "repo"))
+    work = tmp_path / "w"
+    work.mkdir()
+    tsave({"x": a, "p": a.clone()}, str(work / "m.safetensors"))
+    c1 = repo.commit_dir(str(work), message="a", timestamp=1).cid
+    tsave({"x": b, "p": part}, str(work / "m.safetensors"))
+    c2 = repo.commit_dir(str(work), message="b", timestamp=2).cid
+    repo.close()  # a fresh map: the pages written above are no longer mapped
+    repo = Repo.open(str(tmp_path / "repo"))
+
+    before = _rss_file_kb()
+    d = diff_commits(repo, c1, c2)
+    grown_mb = (_rss_file_kb() - before) / 1024
+    got = {t.name: t for t in d.files[0].tensors}
+    assert set(got) == {"x", "p"}
+    for name, old, new in (("x", a, b), ("p", a, part)):
+        x = old.float().double().numpy()
+        y = new.float().double().numpy()
+        delta = y - x
+        t = got[name]
+        assert t.l2_diff == pytest.approx(np.sqrt(np.sum(delta * delta)), rel=1e-12)
+        assert t.max_abs_diff == np.max(np.abs(delta))
+        assert t.norm_a == pytest.approx(np.linalg.norm(x), rel=1e-12)
+        assert t.norm_b == pytest.approx(np.linalg.norm(y), rel=1e-12)
+        assert t.cosine == pytest.approx(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)), rel=1e-12)
+        ua = old.view(torch.int16 if dt != "F32" else torch.int32).numpy()
+        ub = new.view(torch.int16 if dt != "F32" else torch.int32).numpy()
+        assert t.elements_changed == int((ua != ub).sum())
+        assert t.bytes_changed == int((ua.view(np.uint8) != ub.view(np.uint8)).sum())
+    assert got["p"].leaves_changed == 2 and got["x"].leaves_changed == 6
+
+    # the same numbers however the chunks are read and split
+    sa = open_safetensors(repo.get, repo.entry(c1, "m.safetensors").cid)
+    sb = open_safetensors(repo.get, repo.entry(c2, "m.safetensors").cid)
+    ref = D.tensor_stats(sa, sa.tensors["x"], sb, sb.tensors["x"])  # plain getter, one thread
+    with data_reader(repo.store) as rd:
+        for threads in (1, 2):
+            assert D.tensor_stats(sa, sa.tensors["x"], sb, sb.tensors["x"], rd, threads) == ref
+    assert {k: getattr(got["x"], k) for k in ref} == ref
+    # 2 x 6 MiB of each tensor were read; pages are dropped as chunks are summed
+    assert grown_mb < 6, grown_mb
+    repo.close()

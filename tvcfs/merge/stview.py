@@ -3,17 +3,98 @@
 Used by :mod:`tvcfs.diff` and the repository merge. Only the header leaves are read
 to open a file; tensor identity comes from leaf CIDs (the chunker starts a leaf at
 every tensor, DESIGN.md §1), tensor data is read only on request.
+
+Tensor data is streamed leaf by leaf: :func:`data_reader` opens one LMDB read
+transaction whose ``get`` returns zero-copy views of the memory map, and
+:meth:`StoredSafetensors.view` returns a piece of a tensor as such a view when it lies
+inside one leaf. :class:`DataReader` also passes page-cache hints for those views to
+the kernel (``madvise``): ``MADV_WILLNEED`` ahead of use, so cold reads are queued
+before they are needed, and ``MADV_DONTNEED`` once a piece is done, so the map pages
+a long diff or merge has touched do not pile up in the process's resident set (they
+stay in the page cache; the next access maps them again).
 """
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from math import prod
 from typing import Callable, Iterator
 
 from ..chunking.safetensors import MAX_HEADER, NotSafetensors, SafetensorsHeader, TensorInfo, parse_header
 from ..dag import FileIndex
+from ..errors import BlockNotFound, MalformedObject
+from ..store.lmdb_store import MADV_DONTNEED, MADV_WILLNEED, madvise
 
 Getter = Callable[[bytes], "bytes | memoryview"]
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _buffer_address(buf) -> int:
+    """Address of the first byte of a contiguous buffer (read-only ones included)."""
+    import numpy as np
+
+    return np.frombuffer(buf, dtype=np.uint8).ctypes.data
+
+
+class DataReader:
+    """Zero-copy block reads inside one LMDB read transaction, with page-cache hints.
+
+    ``get(cid)`` returns a read-only ``memoryview`` into the LMDB memory map, valid
+    only while the reader is open (see :func:`data_reader`; LMDB wants one thread at
+    a time in a transaction, so take views in one thread and hand them on); it
+    counts in the store's ``blocks_read`` and raises
+    :class:`~tvcfs.errors.BlockNotFound` for a missing block. :meth:`willneed` / :meth:`dontneed` are no-ops for buffers that do not lie
+    inside the map (bytes objects, inline data), so they can be called on anything.
+    """
+
+    def __init__(self, store, txn):
+        self.store = store
+        self._txn = txn
+        self._db = store.dbs["blocks"]
+        self._map = store.map_range()
+
+    def get(self, cid: bytes):
+        self.store.blocks_read += 1
+        v = self._txn.get(cid, db=self._db)
+        if v is None:
+            raise BlockNotFound(cid)
+        return v
+
+    def _advise(self, buf, advice: int, inward: bool) -> None:
+        if self._map is None or not isinstance(buf, memoryview) or buf.obj is not None or not buf.nbytes:
+            return
+        a = _buffer_address(buf)
+        e = a + buf.nbytes
+        if inward:  # only pages lying wholly inside the buffer
+            lo, hi = -(-a // _PAGE) * _PAGE, e // _PAGE * _PAGE
+        else:
+            lo, hi = a // _PAGE * _PAGE, -(-e // _PAGE) * _PAGE
+        lo, hi = max(lo, self._map[0]), min(hi, self._map[1])
+        if hi > lo:
+            madvise(lo, hi - lo, advice)
+
+    def willneed(self, buf) -> None:
+        """Ask the kernel to start reading ``buf``'s pages into the page cache now
+        (asynchronous; a hint)."""
+        self._advise(buf, MADV_WILLNEED, False)
+
+    def dontneed(self, buf) -> None:
+        """Unmap ``buf``'s pages from this process (the data stays in the page cache
+        and on disk; a later access maps it again). Only pages wholly inside ``buf``
+        and inside the LMDB map are affected; for a shared file mapping this never
+        loses data (dirty pages stay dirty in the page cache)."""
+        self._advise(buf, MADV_DONTNEED, True)
+
+
+@contextmanager
+def data_reader(store) -> Iterator[DataReader]:
+    """Open a :class:`DataReader` on ``store`` (a :class:`~tvcfs.store.lmdb_store.LMDBStore`)
+    for the duration of the ``with`` block. Views obtained from it must not be used
+    after the block ends."""
+    with store.read() as txn:
+        yield DataReader(store, txn)
 
 
 class StoredSafetensors:
@@ -69,13 +150,24 @@ class StoredSafetensors:
             length = t.nbytes - off
         return self.index.read(self.get, t.start + off, length)
 
-    def iter_chunks(self, t: TensorInfo, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
-        """Yield ``(offset, bytes)`` pieces of tensor ``t`` of at most ``chunk_bytes``."""
-        off = 0
-        while off < t.nbytes:
-            ln = min(chunk_bytes, t.nbytes - off)
-            yield off, self.read(t, off, ln)
-            off += ln
+    def view(self, t: TensorInfo, off: int, length: int, get: Getter | None = None):
+        """Bytes ``[off, off+length)`` of tensor ``t`` without copying when they lie in
+        one leaf: a ``memoryview`` of the block returned by ``get`` (default: this
+        file's getter; pass :meth:`DataReader.get` for zero-copy views of the store's
+        map), else a joined ``bytes`` copy. Raises
+        :class:`~tvcfs.errors.MalformedObject` for a leaf shorter than its size."""
+        get = get or self.get
+        idx = self.index
+        a = t.start + off
+        r = idx.leaf_range(a, length)
+        if len(r) != 1:
+            return idx.read(get, a, length)
+        i = r[0]
+        lo = a - idx.starts[i]
+        data = idx.leaf_data(get, i)
+        if len(data) < lo + length:
+            raise MalformedObject(f"leaf {i} of the file is shorter than its blocksize")
+        return memoryview(data)[lo:lo + length]
 
 
 def tensors_equal(a: StoredSafetensors, ta: TensorInfo, b: StoredSafetensors, tb: TensorInfo) -> bool:

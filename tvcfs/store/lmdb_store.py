@@ -39,6 +39,28 @@ _registry: dict[str, tuple[lmdb.Environment, dict, list]] = {}
 _registry_lock = threading.Lock()
 
 
+# madvise(2) advice values (<sys/mman.h>, Linux)
+MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, MADV_WILLNEED, MADV_DONTNEED = 0, 1, 2, 3, 4
+_madvise_fn = None
+
+
+def madvise(addr: int, length: int, advice: int) -> bool:
+    """``madvise(addr, length, advice)`` through libc (``addr`` page-aligned); returns
+    ``False`` when unavailable or refused. Used for page-cache hints on the store's
+    map; errors are not raised (a hint only)."""
+    global _madvise_fn
+    if _madvise_fn is None:
+        try:
+            import ctypes
+
+            fn = ctypes.CDLL(None, use_errno=True).madvise
+            fn.argtypes, fn.restype = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int), ctypes.c_int
+            _madvise_fn = fn
+        except (OSError, AttributeError):
+            _madvise_fn = False
+    return bool(_madvise_fn) and _madvise_fn(addr, length, advice) == 0
+
+
 class StoreFull(TvcfsError):
     """The LMDB map or the disk is full; the transaction was rolled back, nothing lost."""
 
@@ -182,6 +204,23 @@ class LMDBStore:
         self._real, self.env, self.dbs = _open_env(path, map_size)
         self._closed = False
         self.blocks_read = 0  # count of block gets (for tests of lazy behaviour)
+
+    def map_range(self) -> tuple[int, int] | None:
+        """``(start, end)`` addresses of this process's mapping of ``data.mdb``, read
+        from ``/proc/self/maps`` (py-lmdb's ``env.info()["map_addr"]`` is 0), or
+        ``None`` if not found. A zero-copy value's file offset is its address minus
+        ``start``."""
+        real = os.path.join(self._real, "data.mdb")
+        try:
+            with open("/proc/self/maps") as f:
+                for line in f:
+                    parts = line.split(None, 5)
+                    if len(parts) == 6 and parts[5].rstrip("\n") == real:
+                        lo, hi = parts[0].split("-")
+                        return int(lo, 16), int(hi, 16)
+        except (OSError, ValueError):
+            pass
+        return None
 
     def close(self) -> None:
         if not self._closed:
