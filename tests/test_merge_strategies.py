@@ -222,3 +222,129 @@ def test_strategy_names_in_help():
     from tvcfs.merge.strategies import STRATEGIES
 
     assert tuple(STRATEGIES) == STRATEGY_NAMES
+
+
+STREAMED = ["average-ours-theirs:alpha=0.3", "average-all:alpha1=0.2,alpha2=0.45", "average-ours-base:alpha=0.7",
+            "average-theirs-base", "task-arithmetic:lambda=0.6", "dare:density=0.35,seed=9,lambda=1.5", "base"]
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("spec", STREAMED)
+def test_streamer_slices_are_bit_identical_to_whole_tensor(spec, dt):
+    """A streamable strategy applied slice by slice (irregular slice sizes, as the
+    repository merge does leaf by leaf) gives the whole-tensor result bit for bit,
+    DARE's masks included; the encoded bytes are equal too."""
+    _, s = parse_strategy_spec(spec)
+    n = 10_007
+    rng = np.random.default_rng(11)
+    b, o, t = (dtypes.to_float32(dtypes.from_float32(rng.normal(size=n).astype(np.float32), dt), dt)
+               for _ in range(3))
+    whole = s(b, o, t, key="enc.w")
+    fn = s.streamer("enc.w", n)
+    assert s.streamable and fn is not None
+    cuts = [0, 1, 2, 100, 4096, 4097, 9000, n]
+    parts = [fn(b[i:j], o[i:j], t[i:j], i) for i, j in zip(cuts, cuts[1:])]
+    got = np.concatenate(parts)
+    assert got.dtype == np.float32
+    assert np.array_equal(got.view(np.uint32), whole.view(np.uint32))
+    assert b"".join(dtypes.from_float32(p, dt) for p in parts) == dtypes.from_float32(whole, dt)
+
+
+@pytest.mark.parametrize("density", [0.0, 0.001, 0.3, 0.5, 0.999, 1.0])
+def test_magnitude_trim_equals_stable_argsort(density):
+    """The threshold selection of MagnitudeTrim, fed and applied in pieces, keeps
+    exactly the entries trim_magnitude's stable argsort keeps: many equal
+    magnitudes (ties broken by position), signed zeros, NaNs and infinities."""
+    rng = np.random.default_rng(13)
+    n = 20_011
+    d = (rng.integers(-6, 7, n) * 0.5).astype(np.float32)  # few distinct magnitudes: many ties
+    d[rng.integers(0, n, 50)] = np.nan
+    d[rng.integers(0, n, 5)] = np.inf
+    d[rng.integers(0, n, 30)] = -0.0
+    want = S.trim_magnitude(d, density)
+    for cuts in ([0, n], [0, 1, 4096, 9999, 15000, n]):
+        tr = S.MagnitudeTrim(n, density)
+        for i, j in zip(cuts, cuts[1:]):
+            tr.feed(i, d[i:j])
+        tr.finish()
+        got = np.concatenate([tr.apply(i, d[i:j]) for i, j in zip(cuts, cuts[1:])])
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    with pytest.raises(ValueError, match="in order"):
+        S.MagnitudeTrim(n, density).finish().apply(5, d[5:9])
+    # when k reaches into the NaNs, they are taken in position order too
+    k_all = S.trim_magnitude(d, (n - 10) / n)
+    tr = S.MagnitudeTrim(n, (n - 10) / n)
+    tr.feed(0, d)
+    assert np.array_equal(tr.finish().apply(0, d).view(np.uint32), k_all.view(np.uint32))
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_ties_two_pass_is_bit_identical_to_whole_tensor(dt):
+    _, s = parse_strategy_spec("ties:density=0.3,lambda=0.8")
+    assert s.streamable and s.two_pass
+    n = 10_007
+    rng = np.random.default_rng(14)
+    b, o, t = (dtypes.to_float32(dtypes.from_float32((rng.integers(-8, 9, n) / 4).astype(np.float32), dt), dt)
+               for _ in range(3))
+    whole = s(b, o, t, key="w")
+    acc = s.first_pass("w", n)
+    cuts = [0, 8192, n]
+    for i, j in zip(cuts, cuts[1:]):
+        acc.feed(b[i:j], o[i:j], t[i:j], i)
+    fn = s.streamer("w", n, acc.result())
+    cuts = [0, 1, 2, 100, 4097, 9000, n]
+    got = np.concatenate([fn(b[i:j], o[i:j], t[i:j], i) for i, j in zip(cuts, cuts[1:])])
+    assert np.array_equal(got.view(np.uint32), whole.view(np.uint32))
+    # and the whole-tensor path still equals the argsort-based trim
+    do = S.trim_magnitude(o - b, 0.3)
+    dtt = S.trim_magnitude(t - b, 0.3)
+    deltas = np.stack([do, dtt])
+    elected = np.where(deltas.sum(axis=0) >= 0, np.float32(1), np.float32(-1))
+    agree = np.sign(deltas) == elected
+    merged = np.where(agree, deltas, np.float32(0)).sum(axis=0) / np.maximum(agree.sum(axis=0).astype(np.float32), np.float32(1))
+    ref = b + np.float32(0.8) * merged
+    assert np.array_equal(whole.view(np.uint32), ref.view(np.uint32))
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("t", [0.3, 0.5])
+def test_slerp_two_pass_is_bit_identical_to_whole_tensor(dt, t):
+    """slerp streamed in two passes — sums fed block-aligned pieces, then any
+    slices combined — gives the whole-tensor result bit for bit, in the general
+    (non-colinear) and the colinear (lerp) case."""
+    _, s = parse_strategy_spec(f"slerp:t={t}")
+    assert s.streamable and s.two_pass
+    n = 3 * S.SUM_BLOCK + 1234
+    rng = np.random.default_rng(12)
+    o = dtypes.to_float32(dtypes.from_float32(rng.normal(size=n).astype(np.float32), dt), dt)
+    for th in (dtypes.to_float32(dtypes.from_float32(rng.normal(size=n).astype(np.float32), dt), dt),
+               dtypes.to_float32(dtypes.from_float32(o * np.float32(1.5), dt), dt)):
+        whole = s(None, o, th)
+        sums = (0.0, 0.0, 0.0)
+        for i in range(0, n, 2 * S.SUM_BLOCK):  # first pass in pieces starting on block boundaries
+            sums = S.slerp_sums(o[i:i + 2 * S.SUM_BLOCK], th[i:i + 2 * S.SUM_BLOCK], sums)
+        assert sums == S.slerp_sums(o, th)
+        fn = s.streamer("w", n, sums)
+        cuts = [0, 5, 8192, 9000, 20000, n]
+        got = np.concatenate([fn(None, o[i:j], th[i:j], i) for i, j in zip(cuts, cuts[1:])])
+        assert np.array_equal(got.view(np.uint32), whole.view(np.uint32))
+    with pytest.raises(ValueError, match="first pass"):
+        s.streamer("w", n)
+    with pytest.raises(ValueError, match="block boundary"):
+        s.first_pass("w", n).feed(None, o[5:10], th[5:10], 5)
+
+
+def test_dare_slice_masks_are_the_whole_tensor_draws():
+    """The positional masks are exactly the draws of the documented generator:
+    draws [offset, offset+k) for ours and [n+offset, n+offset+k) for theirs."""
+    n, off, k = 1000, 613, 77
+    b = np.zeros(k, np.float32)
+    o = np.ones(k, np.float32)
+    h = hashlib.sha256(b"4\0x").digest()
+    draws = np.random.default_rng(int.from_bytes(h[:16], "little")).random(2 * n)
+    keep_o = draws[off:off + k] < 0.5
+    keep_t = draws[n + off:n + off + k] < 0.5
+    got_o = S.dare(b, o, b, density=0.5, seed=4, key="x", offset=off, total=n)
+    got_t = S.dare(b, b, o, density=0.5, seed=4, key="x", offset=off, total=n)
+    assert got_o.tolist() == np.where(keep_o, 2.0, 0.0).tolist()
+    assert got_t.tolist() == np.where(keep_t, 2.0, 0.0).tolist()

@@ -8,7 +8,12 @@ known before anything is written; then it *writes* the planned files tensor by
 tensor in one LMDB write transaction together with the commit and the ref update.
 Copied tensors reuse their source leaves (neither read nor rewritten); merged tensors
 are read, combined in float32 by a :mod:`~tvcfs.merge.strategies` strategy, rounded
-back to their dtype, cut into leaves exactly as the importer would, and freed.
+back to their dtype and cut into leaves exactly as the importer would. Element-wise
+strategies are streamed leaf by leaf (:class:`_Stream`: each output leaf is computed
+from the same element range of the sides, read as zero-copy views of the store's
+map), so memory holds a few leaves, not copies of the tensor; ``slerp`` and
+``ties`` read the sides once more first, for their whole-tensor statistics (norms;
+magnitude thresholds, 4 bytes per element per side while they are found).
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from ..dag import KIND_DIR, KIND_FILE, dir_links, stat_node
 from ..encoding.cid import RAW, cid_str, make_cid
 from ..encoding.unixfs import EXEC_FILE_MODE, build_directory, build_file
 from ..errors import TvcfsError
-from .stview import StoredSafetensors, numel, open_safetensors, tensors_equal
-from .strategies import Strategy, StrategyError, get_strategy, parse_params, parse_strategy_spec
+from .stview import DataReader, StoredSafetensors, data_reader, numel, open_safetensors, tensors_equal
+from .strategies import SUM_BLOCK, Strategy, StrategyError, get_strategy, parse_params, parse_strategy_spec
 
 __all__ = [
     "UP_TO_DATE", "FAST_FORWARD", "MERGED", "CONFLICT",
@@ -387,10 +392,80 @@ def _read_f32(side) -> np.ndarray | None:
     return dtypes.to_float32(f.read(ti), ti.dtype, ti.shape)
 
 
+def _used_sides(t: _TensorOut) -> tuple:
+    """The planned sides, without the base when the strategy does not use it."""
+    b, o, th = t.sides
+    return (b if t.strategy.needs_base else None), o, th
+
+
+class _Stream:
+    """Computes a merged tensor piece by piece with a streamable strategy.
+
+    ``piece(lo, hi)`` returns bytes ``[lo, hi)`` of the merged tensor (in its dtype):
+    the covering element range of each used side is taken as a view (zero-copy from
+    ``reader``'s map when given), decoded to float32 (F32 needs no copy; other dtypes
+    go into a reused buffer per side), combined by the strategy's streamer and
+    encoded; the sides' map pages are then dropped from the process. Memory: one
+    float32 buffer per side of the largest piece plus the strategy's temporaries
+    for it (a few MiB for 1 MiB leaves). A two-pass strategy first reads the sides
+    once in pieces for its whole-tensor statistics (``slerp``: norms and dot
+    product; ``ties``: magnitude thresholds, which hold 4 bytes per element per side
+    meanwhile). Raises what the strategy raises.
+    """
+
+    def __init__(self, t: _TensorOut, reader: DataReader | None, stats: dict):
+        self.t = t
+        self.sides = _used_sides(t)
+        self.reader = reader
+        self.stats = stats
+        self.isz = dtypes.itemsize(t.dtype)
+        self.bufs: list = [None, None, None]
+        n = numel(t.shape)
+        state = None
+        if t.strategy.two_pass:  # slerp's norms, ties' thresholds: a first pass over the sides
+            acc = t.strategy.first_pass(t.name, n)
+            step = SUM_BLOCK * 32  # pieces start on SUM_BLOCK boundaries, as slerp's pass requires
+            for e0 in range(0, n, step):
+                raws, arrs = zip(*(self._side(k, e0, min(n, e0 + step)) for k in range(3)))
+                acc.feed(*arrs, e0)
+                self._drop(*raws)
+            state = acc.result()
+        self.fn = t.strategy.streamer(t.name, n, state)
+
+    def _drop(self, *raws) -> None:
+        if self.reader is not None:
+            for r in raws:
+                if r is not None:
+                    self.reader.dontneed(r)
+
+    def _side(self, k: int, e0: int, e1: int):
+        side = self.sides[k]
+        if side is None:
+            return None, None
+        f, ti = side
+        isz = dtypes.itemsize(ti.dtype)
+        raw = f.view(ti, e0 * isz, (e1 - e0) * isz, self.reader.get if self.reader else None)
+        self.stats["bytes_read"] += (e1 - e0) * isz
+        if ti.dtype == "F32":
+            return raw, dtypes.decode(raw, "F32")
+        if self.bufs[k] is None or self.bufs[k].size < e1 - e0:
+            self.bufs[k] = np.empty(e1 - e0, dtype=np.float32)
+        return raw, dtypes.decode_into(raw, ti.dtype, self.bufs[k])
+
+    def piece(self, lo: int, hi: int) -> bytes:
+        e0, e1 = lo // self.isz, -(-hi // self.isz)
+        raws, arrs = zip(*(self._side(k, e0, e1) for k in range(3)))
+        out = dtypes.from_float32(self.fn(*arrs, e0), self.t.dtype)
+        self._drop(*raws)
+        a = lo - e0 * self.isz
+        return out[a:a + hi - lo]
+
+
 class _Writer:
-    def __init__(self, txn, stats: dict):
+    def __init__(self, txn, stats: dict, reader: DataReader | None = None):
         self.txn = txn
         self.stats = stats
+        self.reader = reader
 
     def leaf(self, data) -> tuple[bytes, int]:
         cid = make_cid(RAW, data)
@@ -409,8 +484,10 @@ class _Writer:
         return self.file(plan)
 
     def computed(self, t: _TensorOut) -> bytes:
-        b, o, th = (_read_f32(s) for s in t.sides)
-        self.stats["bytes_read"] += sum(s[1].nbytes for s in t.sides if s is not None)
+        """The whole merged tensor's bytes (strategies that are not streamable)."""
+        sides = _used_sides(t)
+        b, o, th = (_read_f32(s) for s in sides)
+        self.stats["bytes_read"] += sum(s[1].nbytes for s in sides if s is not None)
         out = t.strategy(b, o, th, key=t.name)
         del b, o, th
         self.stats["tensors_merged"] += 1
@@ -425,7 +502,7 @@ class _Writer:
         regions = [(data_start + off, data_start + off + t.nbytes, t) for off, t in zip(offsets, fp.tensors)
                    if t.nbytes]
         ri = 0
-        cache: dict[int, bytes] = {}  # computed tensor bytes by region index, dropped when passed
+        cache: dict = {}  # per computed region index: its _Stream or whole bytes, dropped when passed
         leaves = []
         for off, ln in spans:
             end = off + ln
@@ -457,8 +534,13 @@ class _Writer:
                     self.stats["bytes_read"] += hi - pos
                 else:
                     if j not in cache:
-                        cache[j] = self.computed(t)
-                    parts.append(cache[j][pos - rs:hi - rs])
+                        if t.strategy.streamable:
+                            cache[j] = _Stream(t, self.reader, self.stats)
+                            self.stats["tensors_merged"] += 1
+                        else:
+                            cache[j] = self.computed(t)
+                    c = cache[j]
+                    parts.append(c.piece(pos - rs, hi - rs) if isinstance(c, _Stream) else c[pos - rs:hi - rs])
                 pos = hi
                 if pos == re_:
                     j += 1
@@ -478,10 +560,12 @@ def _new_stats() -> dict:
             "leaves_reused": 0, "bytes_read": 0}
 
 
-def write_plan(txn, plan: _DirPlan, stats: dict | None = None) -> tuple[bytes, int]:
+def write_plan(txn, plan: _DirPlan, stats: dict | None = None, reader: DataReader | None = None) -> tuple[bytes, int]:
     """Write a planned tree into the open write transaction ``txn`` (a
-    :class:`~tvcfs.store.lmdb_store.WriteTxn`). Returns ``(tree_cid, tsize)``."""
-    w = _Writer(txn, stats if stats is not None else _new_stats())
+    :class:`~tvcfs.store.lmdb_store.WriteTxn`). ``reader``: a
+    :class:`~tvcfs.merge.stview.DataReader` through which streamed tensors read the
+    sides zero-copy (default: the planned files' getters). Returns ``(tree_cid, tsize)``."""
+    w = _Writer(txn, stats if stats is not None else _new_stats(), reader)
     return w.node(plan)
 
 
@@ -539,7 +623,8 @@ def merge(repo, theirs, *, branch: str | None = None, strategies: StrategyRules 
     holder = {}
 
     def build(imp):
-        tree, _ = write_plan(imp.txn, plan, stats)
+        with data_reader(repo.store) as reader:
+            tree, _ = write_plan(imp.txn, plan, stats, reader)
         holder["tree"] = tree
         return tree
 

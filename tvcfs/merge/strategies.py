@@ -29,6 +29,18 @@ git-theta's averaging code divides the weighted sum by the number of operands
 (``np.sum([α·A, (1−α)·B]) / 2``), which halves the parameters; its own help text
 states the formula ``α·ours + (1−α)·theirs``. tvcfs implements the stated formula.
 
+Streaming: every computed strategy can be applied to slices of the flattened
+tensors and give the elements of the whole-tensor result bit for bit (the same
+float32 operations per element); :meth:`Strategy.streamer` returns such a slice
+function, which the repository merge uses to compute a merged tensor leaf by leaf.
+``dare`` takes the slice's position (``offset``, ``total``) so its masks are the
+same draws as for the whole tensor. ``slerp`` and ``ties`` need whole-tensor
+statistics, gathered by a first pass over the tensors (:meth:`Strategy.first_pass`):
+``slerp`` the norms and dot product (:func:`slerp_sums`, block by block in a fixed
+order, so whole and streamed give the same coefficients), ``ties`` the magnitude
+threshold of each side's trim (:class:`MagnitudeTrim`, the same selection as the
+stable argsort of :func:`trim_magnitude`).
+
 Registry: :data:`STRATEGIES` maps names to :class:`StrategyDef`;
 :func:`get_strategy` binds parameters (``{"alpha": "0.3"}``) into a callable
 :class:`Strategy`; :func:`parse_params` parses ``["alpha=0.3", ...]`` and
@@ -69,6 +81,9 @@ __all__ = [
     "ties",
     "dare",
     "slerp",
+    "slerp_sums",
+    "slerp_coefficients",
+    "MagnitudeTrim",
     "trim_magnitude",
 ]
 
@@ -182,22 +197,106 @@ def trim_magnitude(delta: np.ndarray, density: float) -> np.ndarray:
     return out
 
 
-def ties(base, ours, theirs, *, density: float = 0.2, lam: float = 1.0) -> np.ndarray:
+class MagnitudeTrim:
+    """:func:`trim_magnitude` of one tensor of ``n`` elements, fed in pieces.
+
+    First pass: :meth:`feed` each piece of δ (any order; offsets in elements), then
+    :meth:`finish`: the k-th smallest key −|δ| (``ndarray.partition``, O(n), in
+    place) is the threshold; every entry below it is kept, and of the entries equal
+    to it the first ``k − (number below)`` by position (NaN keys sort last, as in
+    numpy's sort). This is exactly the stable-argsort selection of
+    :func:`trim_magnitude`. Second pass: :meth:`apply` the pieces **in order**.
+    Memory: one float32 key per element during the first pass (4·n bytes), nothing
+    after. Raises ``ValueError`` when :meth:`apply` is called out of order.
+    """
+
+    def __init__(self, n: int, density: float):
+        self.n = n
+        self.k = n if density >= 1 else int(density * n)
+        self.keys = np.empty(n, dtype=F32) if 0 < self.k < n else None
+        self.thr = None
+        self.budget = 0
+        self.pos = 0
+
+    def feed(self, offset: int, delta) -> None:
+        if self.keys is not None:
+            np.negative(np.abs(_f32(delta).reshape(-1)), out=self.keys[offset:offset + np.size(delta)])
+
+    def finish(self) -> "MagnitudeTrim":
+        if self.keys is not None:
+            keys, k = self.keys, self.k
+            keys.partition(k - 1)
+            self.thr = F32(keys[k - 1])
+            below = np.isnan(keys) if np.isnan(self.thr) else keys < self.thr
+            self.budget = k - (keys.size - int(np.count_nonzero(below)) if np.isnan(self.thr)
+                               else int(np.count_nonzero(below)))
+            self.keys = None
+        return self
+
+    def apply(self, offset: int, delta) -> np.ndarray:
+        d = _f32(delta)
+        if offset != self.pos:
+            raise ValueError(f"trim pieces must come in order: expected offset {self.pos}, got {offset}")
+        self.pos += d.size
+        if self.k >= self.n:
+            return d.copy()
+        if self.k <= 0:
+            return np.zeros_like(d)
+        key = -np.abs(d)
+        if np.isnan(self.thr):
+            keep, eq = ~np.isnan(key), np.isnan(key)
+        else:
+            keep, eq = key < self.thr, key == self.thr
+        if self.budget > 0:
+            idx = np.flatnonzero(eq)[: self.budget]
+            keep.reshape(-1)[idx] = True
+            self.budget -= idx.size
+        return np.where(keep, d, F32(0))
+
+
+class _TiesPass:
+    """First pass of a streamed ``ties``: one :class:`MagnitudeTrim` per side."""
+
+    def __init__(self, total: int, density: float = 0.2, **_):
+        self.trims = (MagnitudeTrim(total, density), MagnitudeTrim(total, density))
+
+    def feed(self, base, ours, theirs, offset: int) -> None:
+        b = _need_base(base, "ties")
+        self.trims[0].feed(offset, _f32(ours) - b)
+        self.trims[1].feed(offset, _f32(theirs) - b)
+
+    def result(self) -> tuple:
+        return tuple(t.finish() for t in self.trims)
+
+
+def ties(base, ours, theirs, *, density: float = 0.2, lam: float = 1.0, offset: int = 0,
+         trims: tuple | None = None) -> np.ndarray:
     """TIES-Merging (Yadav et al., arXiv 2306.01708, Algorithm 1; mergekit ``ties``
     with ``consensus_method="sum"``, ``normalize=True``, weights 1):
 
     1. task vectors ``τ_i = θ_i − θ_base`` for ours and theirs;
     2. trim: keep the top ``density`` fraction of each τ_i by magnitude
-       (:func:`trim_magnitude`);
+       (:func:`trim_magnitude`, here through :class:`MagnitudeTrim`);
     3. elect sign: ``γ = sign(Σ_i τ̂_i)`` per entry (0 counts as +, as mergekit);
     4. disjoint merge: mean of the τ̂_i whose sign equals γ (entries that are 0
        after trimming do not count; no agreeing entry gives 0);
     5. ``θ = θ_base + λ·τ_m``.
+
+    Streaming (two passes): given ``trims`` (the finished :class:`MagnitudeTrim`
+    of ours and theirs over the whole tensors), the arrays are the slice starting
+    at element ``offset``; slices must come in order; the result is that slice of
+    the whole result, bit for bit.
     """
     b = _need_base(base, "ties")
     o, t = _f32(ours), _f32(theirs)
     _check(b, o, t)
-    deltas = np.stack([trim_magnitude(o - b, density), trim_magnitude(t - b, density)])
+    do, dt = o - b, t - b
+    if trims is None:
+        trims = (MagnitudeTrim(do.size, density), MagnitudeTrim(dt.size, density))
+        trims[0].feed(0, do)
+        trims[1].feed(0, dt)
+        trims = tuple(x.finish() for x in trims)
+    deltas = np.stack([trims[0].apply(offset, do), trims[1].apply(offset, dt)])
     elected = np.where(deltas.sum(axis=0) >= 0, F32(1), F32(-1))
     agree = np.sign(deltas) == elected
     count = agree.sum(axis=0).astype(F32)
@@ -212,7 +311,19 @@ def _rng_for(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(h[:16], "little"))
 
 
-def dare(base, ours, theirs, *, density: float = 0.5, lam: float = 1.0, seed: int = 0, key: str = "") -> np.ndarray:
+def _dare_keep(seed: int, key: str, draw0: int, count: int, density: float) -> np.ndarray:
+    """Entries ``draw0 … draw0+count−1`` of the mask stream of :func:`dare`:
+    ``rng.random(count) < density`` after ``draw0`` draws of :func:`_rng_for`'s
+    generator. ``Generator.random`` takes one 64-bit PCG64 output per float64, so
+    ``PCG64.advance(draw0)`` lands on the same draws as drawing them in order."""
+    rng = _rng_for(seed, key)
+    if draw0:
+        rng.bit_generator.advance(draw0)
+    return rng.random(count) < density
+
+
+def dare(base, ours, theirs, *, density: float = 0.5, lam: float = 1.0, seed: int = 0, key: str = "",
+         offset: int = 0, total: int | None = None) -> np.ndarray:
     """DARE, drop and rescale (Yu et al., "Language Models are Super Mario",
     arXiv 2311.03099, eq. 2; mergekit ``dare_linear`` with rescaling): for each
     side ``τ_i = θ_i − θ_base``; keep each entry with probability ``density``
@@ -222,43 +333,102 @@ def dare(base, ours, theirs, *, density: float = 0.5, lam: float = 1.0, seed: in
     The masks are drawn from ``numpy.random.default_rng`` seeded with
     ``sha256(seed, key)`` (``key`` = tensor name when merging a repository):
     ``rng.random(shape) < density`` for ours, then the same for theirs.
-    ``density`` must be in (0, 1]."""
+    ``density`` must be in (0, 1].
+
+    Streaming: with ``offset`` and ``total`` (elements), the arrays are the slice
+    ``[offset, offset + size)`` of flattened tensors of ``total`` elements, and the
+    result is that slice of the whole-tensor result, bit for bit (ours' masks are
+    draws ``offset…``, theirs' draws ``total + offset…``; :func:`_dare_keep`)."""
     b = _need_base(base, "dare")
     o, t = _f32(ours), _f32(theirs)
     _check(b, o, t)
     if not 0 < density <= 1:
         raise StrategyError(f"dare: density must be in (0, 1], got {density}")
-    rng = _rng_for(seed, key)
-    total = np.zeros_like(b)
-    for side in (o, t):
-        keep = rng.random(b.shape) < density
-        total += np.where(keep, (side - b) / F32(density), F32(0))
-    return b + F32(lam) * total
+    n = b.size
+    total = n if total is None else int(total)
+    acc = np.zeros_like(b)
+    for i, side in enumerate((o, t)):
+        keep = _dare_keep(seed, key, i * total + offset, n, density).reshape(b.shape)
+        acc += np.where(keep, (side - b) / F32(density), F32(0))
+    return b + F32(lam) * acc
 
 
-def slerp(base, ours, theirs, *, t: float = 0.5, dot_threshold: float = 0.9995, eps: float = 1e-8) -> np.ndarray:
+SUM_BLOCK = 8192  # elements per float64 dot product in :func:`slerp_sums`
+
+
+def slerp_sums(ours, theirs, acc: tuple = (0.0, 0.0, 0.0)) -> tuple:
+    """``(Σo², Σt², Σo·t)`` of two flattened float32 arrays, continuing the running
+    sums ``acc``: float64 dot products over consecutive blocks of
+    :data:`SUM_BLOCK` elements, added in order. Feeding a tensor in pieces that
+    start on block boundaries gives exactly the sums of feeding it whole (the
+    repository merge's first pass of a streamed ``slerp``)."""
+    o = np.asarray(ours, dtype=F32).reshape(-1)
+    t = np.asarray(theirs, dtype=F32).reshape(-1)
+    s00, s11, s01 = acc
+    for i in range(0, o.size, SUM_BLOCK):
+        x = o[i:i + SUM_BLOCK].astype(np.float64)
+        y = t[i:i + SUM_BLOCK].astype(np.float64)
+        s00 += float(np.dot(x, x))
+        s11 += float(np.dot(y, y))
+        s01 += float(np.dot(x, y))
+    return s00, s11, s01
+
+
+class _SlerpPass:
+    """First pass of a streamed ``slerp``: :func:`slerp_sums` over pieces that start
+    on :data:`SUM_BLOCK` boundaries, in order."""
+
+    def __init__(self, total: int, **_):
+        self.sums = (0.0, 0.0, 0.0)
+        self.pos = 0
+
+    def feed(self, base, ours, theirs, offset: int) -> None:
+        if offset != self.pos or offset % SUM_BLOCK:
+            raise ValueError(f"slerp first pass: piece at {offset}, expected {self.pos} on a block boundary")
+        self.sums = slerp_sums(ours, theirs, self.sums)
+        self.pos += np.size(ours)
+
+    def result(self) -> tuple:
+        return self.sums
+
+
+def slerp_coefficients(sums: tuple, t: float, dot_threshold: float = 0.9995, eps: float = 1e-8) -> tuple:
+    """``(c0, c1)`` with ``slerp = c0·ours + c1·theirs``, from :func:`slerp_sums`:
+    norms ``n_i = √Σ``, each vector normalised when ``n_i > eps`` (else used as is),
+    ``cosΩ = Σo·t / (d0·d1)``; ``(1−t, t)`` when ``|cosΩ| > dot_threshold``, else
+    ``(sin((1−t)Ω)/sinΩ, sin(tΩ)/sinΩ)`` (mergekit ``slerp``)."""
+    s00, s11, s01 = sums
+    n0, n1 = np.sqrt(s00), np.sqrt(s11)
+    d0 = n0 if n0 > eps else 1.0
+    d1 = n1 if n1 > eps else 1.0
+    dot = float(s01 / d0 / d1)
+    if abs(dot) > dot_threshold:
+        return 1.0 - t, t
+    omega = np.arccos(dot)
+    so = np.sin(omega)
+    return np.sin(omega - omega * t) / so, np.sin(omega * t) / so
+
+
+def slerp(base, ours, theirs, *, t: float = 0.5, dot_threshold: float = 0.9995, eps: float = 1e-8,
+          sums: tuple | None = None) -> np.ndarray:
     """Spherical linear interpolation from ours (t=0) to theirs (t=1), as mergekit
     ``slerp`` (``mergekit/merge_methods/slerp.py``): the tensors are flattened,
     normalised (when their norm > eps), ``cosΩ = û_ours·û_theirs``; if
     ``|cosΩ| > dot_threshold`` (0.9995) they are treated as colinear and the result
     is the lerp ``(1−t)·ours + t·theirs``; otherwise
     ``sin((1−t)Ω)/sinΩ·ours + sin(tΩ)/sinΩ·theirs`` on the unnormalised tensors.
-    The dot product is accumulated in float64."""
+    Norms and dot product are accumulated in float64 (:func:`slerp_sums`,
+    :func:`slerp_coefficients`); the combination is float32.
+
+    Streaming (two passes): given ``sums`` of the whole tensors (from
+    :func:`slerp_sums`), the arrays may be any slice of them and the result is that
+    slice of the whole result, bit for bit."""
     o, th = _f32(ours), _f32(theirs)
     _check(o, th)
-    v0 = o.reshape(-1).astype(np.float64)
-    v1 = th.reshape(-1).astype(np.float64)
-    n0, n1 = np.linalg.norm(v0), np.linalg.norm(v1)
-    u0 = v0 / n0 if n0 > eps else v0
-    u1 = v1 / n1 if n1 > eps else v1
-    dot = float(np.dot(u0, u1))
-    if abs(dot) > dot_threshold:
-        return F32(1.0 - t) * o + F32(t) * th
-    omega = np.arccos(dot)
-    so = np.sin(omega)
-    s0 = np.sin(omega - omega * t) / so
-    s1 = np.sin(omega * t) / so
-    return F32(s0) * o + F32(s1) * th
+    if sums is None:
+        sums = slerp_sums(o, th)
+    c0, c1 = slerp_coefficients(sums, t, dot_threshold, eps)
+    return F32(c0) * o + F32(c1) * th
 
 
 # --------------------------------------------------------------------------- registry
@@ -300,7 +470,15 @@ class StrategyDef:
     side's bytes unchanged (the repository merge then copies the bytes and needs no
     numeric conversion, so they also resolve dtype/shape disagreements and
     non-tensor files); ``needs_base``: fails without a merge-base tensor;
-    ``wants_key``: the function takes the tensor name as ``key``.
+    ``wants_key``: the function takes the tensor name as ``key``; ``stream``:
+    ``"elementwise"`` when the function can be applied to any slice of the flattened
+    tensors (the result is that slice of the whole result, bit for bit),
+    ``"positional"`` when it can if also given the slice's ``offset`` and the
+    tensor's ``total`` element count (``dare``), ``"twopass"`` when it can with the
+    result of a first pass over the whole tensors (``first_pass(total=n, **params)``
+    makes an object with ``feed(base, ours, theirs, offset)`` and ``result()``:
+    ``slerp``'s norms and dot product, ``ties``' magnitude thresholds), ``None``
+    when it needs the whole tensor.
     """
 
     name: str
@@ -309,6 +487,8 @@ class StrategyDef:
     needs_base: bool = False
     passthrough: str | None = None
     wants_key: bool = False
+    stream: str | None = None
+    first_pass: Callable | None = None
     source: str = ""
     summary: str = ""
 
@@ -333,13 +513,57 @@ class Strategy:
     def needs_base(self) -> bool:
         return self.definition.needs_base
 
-    def __call__(self, base, ours, theirs, *, key: str = "") -> np.ndarray:
+    @property
+    def streamable(self) -> bool:
+        """True when :meth:`streamer` gives a slice function (``StrategyDef.stream``)."""
+        return self.definition.stream is not None
+
+    def _kwargs(self, key: str) -> dict:
         kwargs = {}
         for p in self.definition.params:
             kwargs[p.kwarg or p.name] = self.params.get(p.name, p.default)
         if self.definition.wants_key:
             kwargs["key"] = key
-        return self.definition.func(base, ours, theirs, **kwargs)
+        return kwargs
+
+    def __call__(self, base, ours, theirs, *, key: str = "") -> np.ndarray:
+        return self.definition.func(base, ours, theirs, **self._kwargs(key))
+
+    @property
+    def two_pass(self) -> bool:
+        """True when :meth:`streamer` needs the result of :meth:`first_pass`."""
+        return self.definition.stream == "twopass"
+
+    def first_pass(self, key: str, total: int):
+        """For a two-pass strategy, the first-pass accumulator of tensor ``key``
+        (``total`` elements): call ``feed(base, ours, theirs, offset)`` on pieces in
+        order (pieces of ``slerp`` start on :data:`SUM_BLOCK` boundaries), then pass
+        ``result()`` to :meth:`streamer`. Memory: ``ties`` keeps 4 bytes per element
+        per side until ``result()``."""
+        return self.definition.first_pass(total=total, **self._kwargs(key))
+
+    def streamer(self, key: str, total: int, state=None) -> Callable[..., np.ndarray] | None:
+        """For a streamable strategy (``StrategyDef.stream``), a function
+        ``f(base, ours, theirs, offset) -> float32 ndarray`` computing elements
+        ``[offset, offset + len)`` of the merged tensor ``key`` (``total`` elements)
+        from the same slices of the flattened sides (``base`` may be ``None`` if the
+        strategy does not need it); the values equal those of the whole-tensor call.
+        Two-pass strategies need ``state``, the first pass's ``result()``
+        (``ValueError`` without), and their slices must come in order. ``None`` for
+        strategies that need the whole tensor."""
+        d = self.definition
+        kwargs = self._kwargs(key)
+        if d.stream == "elementwise":
+            return lambda b, o, t, offset: d.func(b, o, t, **kwargs)
+        if d.stream == "positional":
+            return lambda b, o, t, offset: d.func(b, o, t, offset=offset, total=total, **kwargs)
+        if d.stream == "twopass":
+            if state is None:
+                raise ValueError(f"strategy {d.name!r} streams only with the result of a first pass")
+            if d.name == "ties":
+                return lambda b, o, t, offset: d.func(b, o, t, offset=offset, trims=state, **kwargs)
+            return lambda b, o, t, offset: d.func(b, o, t, sums=state, **kwargs)
+        return None
 
     def __str__(self) -> str:
         if not self.params:
@@ -352,32 +576,34 @@ def _alpha(default=0.5, help="weight of the first operand"):
 
 
 _DEFS = [
-    StrategyDef("ours", ours, passthrough="ours", source="git -X ours; git-theta take-us", summary="keep our tensor"),
-    StrategyDef("theirs", theirs, passthrough="theirs", source="git -X theirs; git-theta take-them", summary="take their tensor"),
-    StrategyDef("base", base, needs_base=True, passthrough="base", source="git-theta take-original", summary="keep the merge base's tensor"),
-    StrategyDef("average-ours-theirs", average_ours_theirs, (_alpha(),), source="git-theta average-ours-theirs",
+    StrategyDef("ours", ours, passthrough="ours", stream="elementwise", source="git -X ours; git-theta take-us", summary="keep our tensor"),
+    StrategyDef("theirs", theirs, passthrough="theirs", stream="elementwise", source="git -X theirs; git-theta take-them", summary="take their tensor"),
+    StrategyDef("base", base, needs_base=True, passthrough="base", stream="elementwise", source="git-theta take-original", summary="keep the merge base's tensor"),
+    StrategyDef("average-ours-theirs", average_ours_theirs, (_alpha(),), stream="elementwise", source="git-theta average-ours-theirs",
                 summary="alpha*ours + (1-alpha)*theirs"),
     StrategyDef("average-all", average_all,
                 (Param("alpha1", 1 / 3, lo=0.0, hi=1.0), Param("alpha2", 1 / 3, lo=0.0, hi=1.0)),
-                needs_base=True, source="git-theta average-all",
+                needs_base=True, stream="elementwise", source="git-theta average-all",
                 summary="alpha1*ours + alpha2*theirs + (1-alpha1-alpha2)*base"),
-    StrategyDef("average-ours-base", average_ours_base, (_alpha(),), needs_base=True,
+    StrategyDef("average-ours-base", average_ours_base, (_alpha(),), needs_base=True, stream="elementwise",
                 source="git-theta average-ours-original", summary="alpha*ours + (1-alpha)*base"),
-    StrategyDef("average-theirs-base", average_theirs_base, (_alpha(),), needs_base=True,
+    StrategyDef("average-theirs-base", average_theirs_base, (_alpha(),), needs_base=True, stream="elementwise",
                 source="git-theta average-theirs-original", summary="alpha*theirs + (1-alpha)*base"),
     StrategyDef("task-arithmetic", task_arithmetic, (Param("lambda", 1.0, kwarg="lam"),), needs_base=True,
+                stream="elementwise",
                 source="arXiv 2212.04089; mergekit task_arithmetic",
                 summary="base + lambda*((ours-base) + (theirs-base))"),
     StrategyDef("ties", ties,
                 (Param("density", 0.2, lo=0.0, hi=1.0), Param("lambda", 1.0, kwarg="lam")),
-                needs_base=True, source="arXiv 2306.01708; mergekit ties",
+                needs_base=True, stream="twopass", first_pass=_TiesPass, source="arXiv 2306.01708; mergekit ties",
                 summary="base + lambda*disjoint_mean(trim(deltas, density), elected sign)"),
     StrategyDef("dare", dare,
                 (Param("density", 0.5, lo=1e-9, hi=1.0), Param("lambda", 1.0, kwarg="lam"),
                  Param("seed", 0, type=int, lo=0)),
-                needs_base=True, wants_key=True, source="arXiv 2311.03099; mergekit dare_linear",
+                needs_base=True, wants_key=True, stream="positional", source="arXiv 2311.03099; mergekit dare_linear",
                 summary="base + lambda*sum(bernoulli(density)*delta/density)"),
-    StrategyDef("slerp", slerp, (Param("t", 0.5, lo=0.0, hi=1.0),), source="mergekit slerp",
+    StrategyDef("slerp", slerp, (Param("t", 0.5, lo=0.0, hi=1.0),), stream="twopass",
+                first_pass=_SlerpPass, source="mergekit slerp",
                 summary="spherical interpolation ours->theirs at t (lerp when near-colinear)"),
 ]
 
