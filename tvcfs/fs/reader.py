@@ -23,6 +23,7 @@ from ..chunking.safetensors import NotSafetensors, parse_header
 from ..dag import FileIndex
 from ..encoding.cid import cid_str, verify_block
 from ..errors import BlockNotFound, CorruptBlock, MalformedObject
+from ..store.lmdb_store import MADV_NORMAL, MADV_RANDOM, buffer_address, madvise
 
 log = logging.getLogger("tvcfs.fs")
 
@@ -161,7 +162,7 @@ class BlockReader:
 
         idx = FileIndex.build(get, cid)
         if len(nodes) > 1 or (nodes and len(idx.leaves) > 1):
-            self.preloader.guess(idx, [_address(v) for v in nodes])
+            self.preloader.guess(idx, [buffer_address(v) for v in nodes])
         self.indexes[cid] = idx
         if len(self.indexes) > INDEX_CACHE:
             old, _ = self.indexes.popitem(last=False)
@@ -386,18 +387,10 @@ class BlockReader:
 
 def _map_base(store) -> int:
     """Address of this process's mapping of the store's ``data.mdb`` (py-lmdb's
-    ``env.info()["map_addr"]`` is 0), from ``/proc/self/maps``: a leaf's file offset
-    is its buffer's address minus this."""
-    path = os.path.realpath(os.path.join(store._real, "data.mdb"))
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                parts = line.split(None, 5)
-                if len(parts) == 6 and int(parts[2], 16) == 0 and parts[5].rstrip("\n") == path:
-                    return int(parts[0].split("-")[0], 16)
-    except (OSError, ValueError):
-        pass
-    return store.env.info()["map_addr"]
+    ``env.info()["map_addr"]`` is 0): a leaf's file offset is its buffer's address
+    minus this. 0 if unknown (readahead hints are then skipped)."""
+    r = store.map_range()
+    return r[0] if r else store.env.info()["map_addr"]
 
 
 PAGE = 4096
@@ -593,7 +586,7 @@ class Preloader:
             try:
                 with self.env.begin(buffers=True) as txn:
                     v = txn.get(cid, db=self.db)
-                    addr = _address(v) if v is not None else None
+                    addr = buffer_address(v) if v is not None else None
             finally:
                 if exact:
                     self._exact_reads(False)
@@ -621,7 +614,7 @@ class Preloader:
             self.exact += 1 if on else -1
             n = self.exact
         if (on and n == 1) or (not on and n == 0):
-            _madvise_range(self.map_addr, self.map_size, 1 if on else 0)
+            madvise(self.map_addr, self.map_size, MADV_RANDOM if on else MADV_NORMAL)
 
     def _warm_btree(self) -> None:
         """Touch every B-tree page of the store once, exactly (keys only, no values):
@@ -666,24 +659,3 @@ class Preloader:
             self.cv.notify_all()
         for t in self.threads + ([self.warm] if self.warm else []):
             t.join(timeout=10)
-
-
-def _address(buf) -> int:
-    """Address of the first byte of a buffer (an LMDB zero-copy memoryview)."""
-    import numpy as np
-
-    return np.frombuffer(buf, dtype=np.uint8).__array_interface__["data"][0]
-
-
-_libc = None
-
-
-def _madvise_range(addr: int, length: int, advice: int) -> None:
-    """``madvise(addr, length, advice)``; errors ignored (a hint only)."""
-    global _libc
-    if _libc is None:
-        import ctypes
-
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    _libc.madvise(addr, length, advice)

@@ -24,18 +24,11 @@ from typing import Callable, Iterator
 from ..chunking.safetensors import MAX_HEADER, NotSafetensors, SafetensorsHeader, TensorInfo, parse_header
 from ..dag import FileIndex
 from ..errors import BlockNotFound, MalformedObject
-from ..store.lmdb_store import MADV_DONTNEED, MADV_WILLNEED, madvise
+from ..store.lmdb_store import MADV_DONTNEED, MADV_WILLNEED, buffer_address, madvise
 
 Getter = Callable[[bytes], "bytes | memoryview"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def _buffer_address(buf) -> int:
-    """Address of the first byte of a contiguous buffer (read-only ones included)."""
-    import numpy as np
-
-    return np.frombuffer(buf, dtype=np.uint8).ctypes.data
 
 
 class DataReader:
@@ -65,7 +58,7 @@ class DataReader:
     def _advise(self, buf, advice: int, inward: bool) -> None:
         if self._map is None or not isinstance(buf, memoryview) or buf.obj is not None or not buf.nbytes:
             return
-        a = _buffer_address(buf)
+        a = buffer_address(buf)
         e = a + buf.nbytes
         if inward:  # only pages lying wholly inside the buffer
             lo, hi = -(-a // _PAGE) * _PAGE, e // _PAGE * _PAGE

@@ -61,6 +61,15 @@ def madvise(addr: int, length: int, advice: int) -> bool:
     return bool(_madvise_fn) and _madvise_fn(addr, length, advice) == 0
 
 
+def buffer_address(buf) -> int:
+    """Address of the first byte of a contiguous buffer (read-only ones included, e.g.
+    a zero-copy LMDB value: its offset in ``data.mdb`` is this minus the start of
+    :meth:`LMDBStore.map_range`)."""
+    import numpy as np
+
+    return np.frombuffer(buf, dtype=np.uint8).ctypes.data
+
+
 class StoreFull(TvcfsError):
     """The LMDB map or the disk is full; the transaction was rolled back, nothing lost."""
 
