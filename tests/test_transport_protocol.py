@@ -53,6 +53,75 @@ def test_roundtrip_all_messages_in_one_stream_split_anywhere():
         assert out == SAMPLES
 
 
+def test_large_frames_split_anywhere_decode_alike_in_both_modes():
+    """Blocks larger than one chunk are collected as the chunks they arrive in
+    (zero_copy: a BlockParts, no copy; else bytes joined once); the CID and
+    length may straddle chunks; large non-Block frames and small frames around
+    them decode as usual; fed bytearrays may be reused by the caller."""
+    import random
+
+    rng = random.Random(5)
+    big1 = bytes(rng.getrandbits(8) for _ in range(200_000))
+    big2 = bytes(range(256)) * 1200
+    msgs = [P.Block(CID, big1), P.Have(CID), P.Block(CID[:-1] + b"\x01", big2),
+            P.WantList([P.WantEntry(CID, i) for i in range(2000)]),  # > 64 KiB
+            P.DagDone(1, P.DONE_OK, 2, 3), P.Block(CID, b"small")]
+    wire = b"".join(P.encode(m) for m in msgs)
+    starts = []
+    pos = 0
+    for m in msgs:
+        starts.append(pos)
+        pos += len(P.encode(m))
+    # cuts at random places, right after each frame start (header split), and
+    # one-byte and 100 KiB chunks
+    cut_sets = [sorted(rng.sample(range(1, len(wire)), 40)),
+                sorted({s + k for s in starts for k in (1, 3, 37) if 0 < s + k < len(wire)}),
+                list(range(100_000, len(wire), 100_000))]
+    for cuts in cut_sets:
+        for zero_copy in (False, True):
+            for as_bytearray in (False, True):
+                dec = P.FrameDecoder(zero_copy=zero_copy)
+                out = []
+                edges = [0] + cuts + [len(wire)]
+                for a, b in zip(edges, edges[1:]):
+                    chunk = bytearray(wire[a:b]) if as_bytearray else wire[a:b]
+                    dec.feed(chunk)
+                    if as_bytearray:
+                        chunk[:] = b"\0" * len(chunk)  # the caller reuses its buffer
+                    while (m := dec.next()) is not None:
+                        out.append(m)
+                assert dec.buffered == 0
+                got = [P.Block(m.cid, P.block_bytes(m.data)) if isinstance(m, P.Block) else m
+                       for m in out]
+                assert got == msgs
+                if zero_copy:
+                    assert isinstance(out[0].data, P.BlockParts) and len(out[0].data) == len(big1)
+                else:
+                    assert type(out[0].data) is bytes
+    # a one-byte feed at a time also works for a large block
+    dec = P.FrameDecoder(zero_copy=True)
+    w = P.encode(msgs[0])
+    for i in range(len(w)):
+        dec.feed(w[i:i + 1])
+    assert P.block_bytes(dec.next().data) == big1
+
+
+def test_large_block_frame_errors():
+    lim = P.Limits(max_block=100_000)
+    bad = [P._uv(1 + 1 + 36 + 3 + 150_000) + b"\x11" + P._uv(36) + CID + P._uv(150_000),  # > max_block
+           P._uv(1 + 1 + 36 + 3 + 90_000) + b"\x11" + P._uv(36) + CID + P._uv(80_000),  # trailing
+           P._uv(1 + 1 + 36 + 3 + 90_000) + b"\x11" + P._uv(36) + CID + P._uv(95_000)]  # truncated
+    sizes = [150_000, 90_000, 90_000]
+    for head, n in zip(bad, sizes):
+        for zero_copy in (False, True):
+            dec = P.FrameDecoder(lim, zero_copy=zero_copy)
+            dec.feed(head + b"x" * 1000)
+            assert dec.next() is None
+            dec.feed(b"x" * (n - 1000))
+            with pytest.raises(P.ProtocolError):
+                dec.next()
+
+
 def _payload(m):
     wire = P.encode(m)
     i = 0

@@ -36,7 +36,9 @@ class MessageChannel:
 
     @property
     def zero_copy(self) -> bool:
-        """Whether received ``Block.data`` is a read-only memoryview (see FrameDecoder)."""
+        """Whether a received large ``Block``'s ``data`` is a :class:`~.protocol.BlockParts`
+        (the chunks it arrived in, not joined; see :class:`~.protocol.FrameDecoder`)
+        instead of ``bytes``."""
         return self._dec.zero_copy
 
     @zero_copy.setter

@@ -30,6 +30,7 @@ __all__ = [
     "Auth",
     "AuthOk",
     "Block",
+    "BlockParts",
     "Cancel",
     "DagDone",
     "DagRequest",
@@ -48,6 +49,7 @@ __all__ = [
     "WantEntry",
     "WantList",
     "Welcome",
+    "block_bytes",
     "decode_message",
     "encode",
 ]
@@ -589,6 +591,40 @@ def decode_message(payload, limits: Limits = DEFAULT_LIMITS) -> Message:
 
 
 _BIG_FRAME = 64 * 1024
+_HEAD = 256  # bytes at the start of a large frame kept contiguous: type, CID, length
+
+
+class BlockParts:
+    """A received block's bytes as the buffers they arrived in, in order, without
+    a joining copy (what :class:`FrameDecoder` gives as ``Block.data`` with
+    ``zero_copy``). ``parts``: immutable ``bytes`` or read-only ``memoryview``
+    slices of ``bytes``; ``len()`` is the block's size in bytes."""
+
+    __slots__ = ("parts", "nbytes")
+
+    def __init__(self, parts: list, nbytes: int):
+        self.parts = parts
+        self.nbytes = nbytes
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def tobytes(self) -> bytes:
+        """The block as one ``bytes`` (one copy). Only the first and last parts can
+        be views: they are made ``bytes`` first, so the join of a large block runs
+        without the GIL (CPython releases it for a join of ``bytes`` ≥ 1 MiB)."""
+        parts = self.parts
+        if type(parts[0]) is not bytes:
+            parts[0] = bytes(parts[0])
+        if type(parts[-1]) is not bytes:
+            parts[-1] = bytes(parts[-1])
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def block_bytes(data) -> bytes | memoryview:
+    """``data`` of a received ``Block`` as one buffer: a :class:`BlockParts` is
+    joined (one copy), anything else is returned as it is."""
+    return data.tobytes() if type(data) is BlockParts else data
 
 
 class FrameDecoder:
@@ -598,66 +634,92 @@ class FrameDecoder:
     ``limits.max_message`` bytes (before buffering them) or a frame is malformed.
     Memory held is at most one frame plus one received chunk.
 
-    A large frame (a block) is assembled in a buffer of its own, allocated from its
-    length prefix, so its bytes are copied once; with ``zero_copy`` a ``Block``'s
-    ``data`` is then a read-only ``memoryview`` of that buffer (it keeps the buffer
-    alive) instead of a second, ``bytes`` copy.
+    Fed chunks are kept by reference, not copied, while they are being decoded:
+    a large frame (a block) is collected as the list of the chunks (and chunk
+    slices) it arrived in, and only its first few hundred bytes (type, CID,
+    length) need to be contiguous. ``Block.data`` of such a frame is then one
+    ``bytes`` joined from them (one copy), or with ``zero_copy`` a
+    :class:`BlockParts` (no copy at all: whoever stores the block joins it, off
+    the event loop). Small frames are decoded from the chunk itself, or from a
+    small buffer when a frame straddles chunks. ``feed`` copies a chunk that is
+    not ``bytes`` (a ``bytearray``/``memoryview`` could change after the call).
     """
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS, zero_copy: bool = False):
         self.limits = limits
         self.zero_copy = zero_copy
-        self._buf = bytearray()
+        self._buf = b""  # undecoded bytes from _pos: a fed chunk (by reference) or a bytearray
         self._pos = 0
         self.bytes_in = 0
-        self._big: bytearray | None = None  # payload of the large frame being filled
-        self._big_fill = 0
-        self._ready: bytearray | None = None  # a complete large frame, next to decode
+        self._parts: list | None = None  # the large frame being collected
+        self._need = 0  # bytes of it still to come
+        self._frame = 0  # its length (type + body)
+        self._ready: tuple | None = None  # (parts, length): a complete large frame
 
     def feed(self, data) -> None:
-        self.bytes_in += len(data)
-        big = self._big
-        if big is not None:
-            fill = self._big_fill
-            room = len(big) - fill
-            if len(data) <= room:
-                big[fill:fill + len(data)] = data
-                self._big_fill = fill + len(data)
-                if self._big_fill == len(big):
-                    self._ready, self._big = big, None
+        n = len(data)
+        self.bytes_in += n
+        if not n:
+            return
+        if type(data) is not bytes:
+            data = bytes(data)
+        parts = self._parts
+        if parts is not None:
+            need = self._need
+            if n < need:
+                parts.append(data)
+                self._need = need - n
                 return
-            with memoryview(data) as mv:
-                big[fill:] = mv[:room]
-                data = bytes(mv[room:])
-            self._ready, self._big = big, None
-        if self._pos and self._pos == len(self._buf):
-            self._buf.clear()
+            if n == need:
+                parts.append(data)
+                data = None
+            else:
+                mv = memoryview(data)
+                parts.append(mv[:need])
+                data = mv[need:]
+            self._ready, self._parts, self._need = (parts, self._frame), None, 0
+            if data is None:
+                return
+        buf, pos = self._buf, self._pos
+        if pos >= len(buf):
+            self._buf, self._pos = data, 0  # nothing pending: decode from the chunk itself
+            return
+        if type(buf) is not bytearray:
+            buf = bytearray(buf[pos:])
             self._pos = 0
-        self._buf += data
+        elif pos > (1 << 20) and pos * 2 > len(buf):
+            del buf[:pos]
+            self._pos = 0
+        buf += data
+        self._buf = buf
 
     def next(self) -> Message | None:
         ready = self._ready
         if ready is not None:
             self._ready = None
-            return self._decode_big(ready)
-        if self._big is not None:
+            return self._decode_parts(*ready)
+        if self._parts is not None:
             return None
         return self._next_small()
 
-    def _decode_big(self, payload: bytearray) -> Message:
-        if self.zero_copy and payload[0] == Block.TYPE:
-            mv = memoryview(payload).toreadonly()
-            r = _Reader(mv, 1, len(payload), self.limits)
-            cid = r.cid()
-            n = r.uv()
-            if n > self.limits.max_block:
-                raise ProtocolError(f"field of {n} bytes exceeds limit {self.limits.max_block}")
-            if r.pos + n != len(payload):
-                raise ProtocolError("truncated field" if r.pos + n > len(payload)
-                                    else "trailing bytes in message")
-            return Block(cid, mv[r.pos:])
-        with memoryview(payload) as mv:
-            return decode_message(mv, self.limits)
+    def _decode_parts(self, parts: list, n: int) -> Message:
+        first = parts[0]
+        if first[0] != Block.TYPE:
+            joined = b"".join(bytes(x) if type(x) is not bytes else x for x in parts)
+            return decode_message(joined, self.limits)
+        head = memoryview(first)[:_HEAD]
+        r = _Reader(head, 1, len(head), self.limits)
+        cid = r.cid()
+        size = r.uv()
+        if size > self.limits.max_block:
+            raise ProtocolError(f"field of {size} bytes exceeds limit {self.limits.max_block}")
+        if r.pos + size != n:
+            raise ProtocolError("truncated field" if r.pos + size > n
+                                else "trailing bytes in message")
+        rest = memoryview(first)[r.pos:]
+        data_parts = [rest] + parts[1:] if len(rest) else parts[1:]
+        data = BlockParts(data_parts, size)
+        return Block(cid, data if self.zero_copy else data.tobytes())
 
     def _next_small(self) -> Message | None:
         buf, pos = self._buf, self._pos
@@ -679,29 +741,35 @@ class FrameDecoder:
             raise ProtocolError(f"message of {n} bytes exceeds limit {self.limits.max_message}")
         if n == 0:
             raise ProtocolError("empty message")
+        mutable = type(buf) is bytearray
         if p + n > end:
-            if n > _BIG_FRAME:
-                # the rest of this frame goes straight into a buffer of its own
-                big = bytearray(n)
-                big[: end - p] = buf[p:end]
-                self._big, self._big_fill = big, end - p
-                buf.clear()
-                self._pos = 0
+            if n > _BIG_FRAME and end - p >= _HEAD:
+                # collect the rest of this frame as the chunks it arrives in
+                first = bytes(buf[p:end]) if mutable else memoryview(buf)[p:end]
+                self._parts, self._need, self._frame = [first], n - (end - p), n
+                self._buf, self._pos = b"", 0
             return None
-        with memoryview(buf) as mv:
-            msg = decode_message(mv[p : p + n], self.limits)
+        if mutable:
+            with memoryview(buf) as mv:
+                if self.zero_copy and n > _BIG_FRAME and buf[p] == Block.TYPE:
+                    msg = self._decode_parts([bytes(mv[p : p + n])], n)
+                else:
+                    msg = decode_message(mv[p : p + n], self.limits)
+        elif n > _BIG_FRAME and buf[p] == Block.TYPE:
+            msg = self._decode_parts([memoryview(buf)[p : p + n]], n)
+        else:
+            msg = decode_message(memoryview(buf)[p : p + n], self.limits)
         self._pos = p + n
-        if self._pos > (1 << 20) and self._pos * 2 > len(buf):
-            del buf[: self._pos]
-            self._pos = 0
+        if self._pos >= end:
+            self._buf, self._pos = b"", 0  # drop the chunk
         return msg
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet decoded."""
         n = len(self._buf) - self._pos
-        if self._big is not None:
-            n += self._big_fill
+        if self._parts is not None:
+            n += self._frame - self._need
         if self._ready is not None:
-            n += len(self._ready)
+            n += self._ready[1]
         return n

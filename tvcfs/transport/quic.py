@@ -46,6 +46,7 @@ import trio
 
 from ..errors import TvcfsError
 from .identity import NodeIdentity, PeerIdMismatch, peer_id_from_certificate_der
+from .malloc import tune_malloc
 
 __all__ = [
     "ALPN",
@@ -104,7 +105,14 @@ class QuicSettings:
     ``max_data`` / ``max_stream_data``: the flow-control windows we grant
     (RFC 9000 §4). ``socket_buffer``: SO_RCVBUF/SO_SNDBUF (SO_*BUFFORCE as root).
     ``send_high_water``: a stream's ``send_all`` blocks while more than this many
-    bytes are queued in the engine. ``connect_timeout``: handshake deadline.
+    bytes are queued in the engine. ``receive_high_water``: a client stops reading
+    its UDP socket while a stream holds more than this many received bytes its
+    reader has not taken, until they drop to half (the engines extend the peer's
+    flow-control window as soon as they deliver data, so without this a reader
+    slower than the network would buffer the whole transfer in memory), except
+    while a writer waits for send room (it needs the peer's ACKs); the server,
+    one socket for all peers, does not pause. ``connect_timeout``:
+    handshake deadline.
     The windows granted are capped at half the receive buffer the kernel gave
     (``SO_RCVBUF``): the peer can then never overflow our socket.
     """
@@ -117,6 +125,7 @@ class QuicSettings:
     idle_timeout: float = 30.0
     socket_buffer: int = 32 * MIB
     send_high_water: int = 2 * MIB
+    receive_high_water: int = 16 * MIB
     connect_timeout: float = 5.0
     congestion_control: str = "cubic"  # aioquic only: "reno" or "cubic"
     ping_interval: float = 1.0  # a stream reader waiting this long pings the peer
@@ -339,6 +348,7 @@ class _UdpSocket:
     """Non-blocking UDP socket with a send backlog for EAGAIN."""
 
     def __init__(self, family: int, settings: QuicSettings):
+        tune_malloc()  # datagram and send buffers: reuse freed heap (see .malloc)
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
         self.rcvbuf, self.sndbuf = _set_buffers(self.sock, settings.socket_buffer)
@@ -465,18 +475,34 @@ class QuicStream(trio.abc.HalfCloseableStream):
         self._reset_code: int | None = None
         self._stopped_code: int | None = None
         self._readable = trio.Event()
+        self._over = False  # counted in connection._rx_over (above receive_high_water)
 
     # internal, called by the connection
     def _on_data(self, data: bytes, end: bool) -> None:
         if data:
             self._chunks.append(data)
             self._buffered += len(data)
+            if self._buffered > self.connection._rx_high and not self._over:
+                self._over = True
+                self.connection._rx_over += 1
         if end:
             self._eof_received = True
         self._readable.set()
 
     def _wake(self) -> None:
         self._readable.set()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received on this stream and not yet read."""
+        return self._buffered
+
+    def _taken(self) -> None:
+        """The reader took data: let the connection read its socket again once
+        this stream holds at most half of ``receive_high_water``."""
+        if self._over and self._buffered <= self.connection._rx_high // 2:
+            self._over = False
+            self.connection._rx_room()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         await trio.lowlevel.checkpoint()
@@ -515,11 +541,13 @@ class QuicStream(trio.abc.HalfCloseableStream):
             out.extend(chunks)
             chunks.clear()
             self._buffered = 0
+            self._taken()
             return out
         await trio.lowlevel.checkpoint_if_cancelled()
         out = list(chunks)
         chunks.clear()
         self._buffered = 0
+        self._taken()
         await trio.lowlevel.cancel_shielded_checkpoint()
         return out
 
@@ -527,12 +555,12 @@ class QuicStream(trio.abc.HalfCloseableStream):
         chunks = self._chunks
         first = chunks[0]
         if len(first) >= limit:
+            self._buffered -= limit
+            self._taken()
             if len(first) == limit:
                 chunks.popleft()
-                self._buffered -= limit
                 return first
             chunks[0] = first[limit:]
-            self._buffered -= limit
             return first[:limit]
         parts = [chunks.popleft()]
         n = len(first)
@@ -541,6 +569,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
             parts.append(c)
             n += len(c)
         self._buffered -= n
+        self._taken()
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def send_all(self, data) -> None:
@@ -608,6 +637,8 @@ class QuicStream(trio.abc.HalfCloseableStream):
         finally:
             self._closed = True
             self._chunks.clear()
+            self._buffered = 0
+            self._taken()
             self._readable.set()
         await trio.lowlevel.checkpoint()
 
@@ -654,6 +685,10 @@ class QuicConn:
         self._timer_kick = trio.Event()
         self._timer_armed: float | None = None
         self._progress = trio.Event()
+        self._rx_high = settings.receive_high_water
+        self._rx_over = 0  # streams holding more than _rx_high unread bytes
+        self._rx_resume = trio.Event()
+        self._send_waiters = 0  # writers waiting for send room (they need the peer's ACKs)
         self._handshake_done = False
         self._many = engine.name == "qh3"
         self.bytes_received = 0
@@ -731,9 +766,24 @@ class QuicConn:
         self.bytes_received += len(ev.data)
         s._on_data(ev.data, ev.end_stream)
 
+    def _rx_room(self) -> None:
+        self._rx_over -= 1
+        if not self._rx_over:
+            self._rx_resume.set()
+
+    async def _wait_rx_room(self) -> None:
+        """Wait while a stream holds more unread data than ``receive_high_water``
+        (the socket is then not read: see :class:`QuicSettings`), unless a writer
+        waits for send room: it needs the peer's ACKs, which arrive on the socket
+        (a reader that writes before it reads would otherwise stall)."""
+        while self._rx_over and not self._send_waiters and self._lost is None:
+            self._rx_resume = trio.Event()
+            await self._rx_resume.wait()
+
     def _on_terminated(self, code: int, reason: str) -> None:
         if self._lost is None:
             self._lost = QuicConnectionLost(code, reason)
+        self._rx_resume.set()
         self._terminated.set()
         self._handshake.set()
         self._incoming_event.set()
@@ -769,7 +819,14 @@ class QuicConn:
                 await trio.lowlevel.checkpoint()
                 return
             self._progress = trio.Event()
-            await self._progress.wait()
+            # a paused socket (see _wait_rx_room) would also hold back the ACKs
+            # this writer waits for: read it while anyone waits here
+            self._send_waiters += 1
+            self._rx_resume.set()
+            try:
+                await self._progress.wait()
+            finally:
+                self._send_waiters -= 1
 
     async def _timer_loop(self) -> None:
         quic = self._quic
@@ -910,6 +967,8 @@ async def connect_quic(
             async def recv_loop():
                 sock = udp.sock
                 while True:
+                    if conn._rx_over:
+                        await conn._wait_rx_room()
                     await trio.lowlevel.wait_readable(sock)
                     # connected socket: only the server's datagrams arrive
                     batch = _recv_batch_connected(sock, addr, refused)

@@ -7,6 +7,7 @@ the certificate's key, exactly as over QUIC.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import ssl
@@ -17,9 +18,13 @@ from typing import AsyncIterator, Awaitable, Callable
 import trio
 
 from .identity import NodeIdentity, PeerIdMismatch, peer_id_from_certificate_der
+from .malloc import tune_malloc
 from .quic import ALPN, TransportError
 
 __all__ = ["TLSStream", "connect_tcp", "serve_tcp", "server_ssl_context"]
+
+_RECORD = 16384  # largest TLS plaintext record (RFC 8446 §5.1): one read's worth
+_RECV = 1 << 20  # ciphertext read from the socket per receive
 
 
 def server_ssl_context(identity: NodeIdentity) -> ssl.SSLContext:
@@ -43,7 +48,8 @@ class TLSStream(trio.abc.Stream):
     """TLS over a trio TCP stream, decrypting in bulk.
 
     Like ``trio.SSLStream`` (an ``ssl.SSLObject`` between two ``MemoryBIO``), but a
-    receive reads up to 1 MiB of ciphertext from the socket and decrypts every
+    receive reads up to 1 MiB of ciphertext from the socket (into one reused
+    buffer, when the transport is a ``trio.SocketStream``) and decrypts every
     complete record in it before returning (``trio.SSLStream`` returns one
     16 KiB record per call, each a trip through the scheduler), and
     :meth:`receive_chunks` hands over those records' plaintexts without joining
@@ -54,6 +60,7 @@ class TLSStream(trio.abc.Stream):
 
     def __init__(self, transport_stream, ctx: ssl.SSLContext, *, server_side: bool,
                  server_hostname: str | None = None):
+        tune_malloc()  # record and block buffers: reuse freed heap (see .malloc)
         self.transport_stream = transport_stream
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
@@ -64,6 +71,12 @@ class TLSStream(trio.abc.Stream):
         self._closed = False
         self._leftover = b""
         self.peer_id: bytes | None = None
+        # a plain TCP socket: receive ciphertext into one reused buffer (no 1 MiB
+        # allocation per receive); any other stream: its receive_some
+        self._sock = getattr(transport_stream, "socket", None)
+        if not hasattr(self._sock, "recv_into"):
+            self._sock = None
+        self._rbuf = memoryview(bytearray(_RECV)) if self._sock is not None else None
 
     def getpeercert(self, binary_form: bool = False):
         return self._obj.getpeercert(binary_form)
@@ -79,8 +92,17 @@ class TLSStream(trio.abc.Stream):
                 await self.transport_stream.send_all(data)
 
     async def _fill(self) -> bool:
-        data = await self.transport_stream.receive_some(1 << 20)
-        if not data:
+        if self._sock is None:
+            data = await self.transport_stream.receive_some(_RECV)
+        else:
+            try:
+                n = await self._sock.recv_into(self._rbuf)
+            except OSError as e:  # as trio.SocketStream.receive_some translates them
+                if e.errno in (errno.EBADF, errno.ENOTSOCK):
+                    raise trio.ClosedResourceError("this socket was already closed") from None
+                raise trio.BrokenResourceError(f"socket connection broken: {e}") from e
+            data = self._rbuf[:n]
+        if not len(data):
             self._in.write_eof()
             return False
         self._in.write(data)
@@ -109,7 +131,7 @@ class TLSStream(trio.abc.Stream):
         read = self._obj.read
         try:
             while True:
-                data = read(1 << 20)
+                data = read(_RECORD)
                 if not data:
                     self._eof = True
                     return
