@@ -2,6 +2,7 @@
 """Clone throughput of tvcfs's transport against its ceilings, loopback, one run.
 
     python scripts/bench/transfer.py [--size-gib 1] [--workdir DIR] [--only qh3,aioquic,tcp,...]
+                                     [--repeat N]
 
 1. Builds a ~1 GiB synthetic LLaMA-style safetensors model (scripts/synth_model.py,
    f16) and commits it to a fresh repository (kept in ``--workdir`` for re-runs).
@@ -25,7 +26,14 @@
      the same with blocking stdlib ``ssl`` sockets (OpenSSL reads/writes with
      the GIL released);
    * first block of a fresh connection in a warm process (engine imported),
-     median of 5, per transport.
+     median of 5, per transport;
+   * ``store``: no network — the clone's own verify-and-store step alone: the
+     same blocks, already in memory, hashed against their CIDs and written to a
+     fresh repository in 4 MiB batches by two threads (``put_many`` without
+     msync, as the clone does); the floor that storing puts under any clone.
+   With ``--repeat N`` every clone (a fresh client process each time, against the
+   same server) and every ceiling is measured N times and the median is used;
+   each run is printed. On a shared 2-core VM single runs swing 2-3x.
 4. Prints MB/s (10^6 bytes/s) and the ratios the issue sets as targets:
    QUIC clone >= 0.6x the engine's in-memory ceiling, TCP clone >= 0.6x a bare
    TLS-over-TCP copy, first block <= 50 ms.
@@ -143,6 +151,53 @@ def child_first_block(url: str, engine: str, n: int = 5) -> dict:
 
     times = trio.run(main)
     return {"median": statistics.median(times), "min": min(times), "all": times}
+
+
+def child_store(src: str, dest: str) -> dict:
+    """Verify and store every block of repository ``src`` into a fresh repository
+    ``dest`` the way a clone's workers do (4 MiB batches, two threads), timed
+    from the first batch to the last ``put_many`` (the final msync separately)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tvcfs.repo import Repo
+    from tvcfs.transport.backend import RepoBackend
+    from tvcfs.transport.client import _verify
+
+    with Repo.open(src) as r:
+        with r.store.read() as txn:
+            blocks = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=r.store.dbs["blocks"])]
+    batches, batch, size = [], [], 0
+    for cid, data in blocks:
+        batch.append((cid, data))
+        size += len(data)
+        if size >= 4 << 20:
+            batches.append(batch)
+            batch, size = [], 0
+    if batch:
+        batches.append(batch)
+    shutil.rmtree(dest, ignore_errors=True)
+    with Repo.init(dest) as repo:
+        backend = RepoBackend(repo)
+
+        def verify_and_store(b):
+            good, nbytes, bad = _verify(b)
+            assert not bad
+            backend.put_many(good)
+            return nbytes
+
+        import resource
+
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(2) as ex:
+            total = sum(ex.map(verify_and_store, batches))
+        t1 = time.perf_counter()
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        backend.sync()
+        t2 = time.perf_counter()
+    shutil.rmtree(dest, ignore_errors=True)
+    return {"bytes": total, "seconds": t1 - t0, "sync": t2 - t1,
+            "cpu": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)}
 
 
 def child_mem_ceiling(engine: str, total: int) -> dict:
@@ -375,6 +430,16 @@ def http_copy(model_dir: str, nbytes: int) -> float:
     return nbytes / dt / MB, "curl" if curl else "urllib"
 
 
+def _median_runs(n: int, fn) -> tuple[float, list]:
+    """Call ``fn()`` (returns MB/s) ``n`` times: ``(median, [values])``."""
+    vals = [fn() for _ in range(max(1, n))]
+    return statistics.median(vals), vals
+
+
+def _runs(vals: list) -> str:
+    return "" if len(vals) < 2 else " (runs: " + ", ".join(f"{v:.0f}" for v in vals) + ")"
+
+
 # ------------------------------------------------------------------ main
 def build(workdir: str, size_gib: float) -> tuple[str, str, int]:
     """The model directory and repository (built once per workdir); returns
@@ -408,8 +473,11 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-gib", type=float, default=1.0)
     ap.add_argument("--workdir", help="keep the model and repository here (re-used)")
-    ap.add_argument("--only", default="qh3,aioquic,tcp,http,mem,raw,tls,first",
-                    help="comma-separated subset of: qh3,aioquic,tcp,http,mem,raw,tls,first")
+    ap.add_argument("--only", default="qh3,aioquic,tcp,http,mem,raw,tls,first,store",
+                    help="comma-separated subset of: "
+                         "qh3,aioquic,tcp,http,mem,raw,tls,first,store")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="measure every clone and ceiling N times, use the median")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -417,6 +485,7 @@ def main() -> None:
         fn = {"clone": lambda: child_clone(*args),
               "first": lambda: child_first_block(*args),
               "mem": lambda: child_mem_ceiling(args[0], int(args[1])),
+              "store": lambda: child_store(*args),
               "raw-server": lambda: child_raw_quic_server(args[0], int(args[1])),
               "tls-server": lambda: child_tls_server(args[0], int(args[1]), args[2])}[mode]
         print(json.dumps(fn()))
@@ -440,17 +509,22 @@ def main() -> None:
             proc, url = _serve(repo, t)
             try:
                 dest = os.path.join(workdir, f"clone-{t}")
-                shutil.rmtree(dest, ignore_errors=True)
-                c0 = _cpu_of(proc.pid)
-                r = _child("clone", url, dest, t)
-                scpu = _cpu_of(proc.pid) - c0
-                shutil.rmtree(dest, ignore_errors=True)
-                res[t] = r["bytes"] / r["fetch_seconds"] / MB
-                print(f"clone {t:8s} {r['bytes'] / MB:7.0f} MB in {r['fetch_seconds']:5.2f} s = "
-                      f"{res[t]:6.0f} MB/s (whole clone command {r['seconds']:.2f} s; wire "
-                      f"{r['wire'] / MB:.0f} MB; first block {r['first_block'] * 1000:.0f} ms "
-                      f"in a fresh process); CPU: client {r['cpu']:.2f} s, server {scpu:.2f} s",
-                      flush=True)
+                rates = []
+                for _ in range(max(1, a.repeat)):
+                    shutil.rmtree(dest, ignore_errors=True)
+                    c0 = _cpu_of(proc.pid)
+                    r = _child("clone", url, dest, t)
+                    scpu = _cpu_of(proc.pid) - c0
+                    shutil.rmtree(dest, ignore_errors=True)
+                    rates.append(r["bytes"] / r["fetch_seconds"] / MB)
+                    print(f"clone {t:8s} {r['bytes'] / MB:7.0f} MB in {r['fetch_seconds']:5.2f} s = "
+                          f"{rates[-1]:6.0f} MB/s (whole clone command {r['seconds']:.2f} s; wire "
+                          f"{r['wire'] / MB:.0f} MB; first block {r['first_block'] * 1000:.0f} ms "
+                          f"in a fresh process); CPU: client {r['cpu']:.2f} s, server {scpu:.2f} s",
+                          flush=True)
+                res[t] = statistics.median(rates)
+                if len(rates) > 1:
+                    print(f"clone {t:8s} median of {len(rates)}: {res[t]:6.0f} MB/s", flush=True)
                 if "first" in only:
                     fb = _child("first", url, t)
                     res[f"first-{t}"] = fb["median"]
@@ -459,28 +533,48 @@ def main() -> None:
                           flush=True)
             finally:
                 _stop(proc)
+        if "store" in only:
+            cpus = []
+
+            def store_once():
+                r = _child("store", repo, os.path.join(workdir, "store-only"))
+                cpus.append(r["cpu"])
+                return r["bytes"] / r["seconds"] / MB
+
+            res["store"], vals = _median_runs(a.repeat, store_once)
+            print(f"store    verify + store the same blocks, no network (two threads): "
+                  f"{res['store']:6.0f} MB/s{_runs(vals)}; CPU "
+                  + ", ".join(f"{c:.2f}" for c in cpus) + " s", flush=True)
         if "http" in only:
-            res["http"], tool = http_copy(model, sum(
-                os.path.getsize(os.path.join(model, f)) for f in os.listdir(model)))
-            print(f"http     python -m http.server + {tool}: {res['http']:6.0f} MB/s", flush=True)
+            size = sum(os.path.getsize(os.path.join(model, f)) for f in os.listdir(model))
+            tool = "curl" if shutil.which("curl") else "urllib"
+            res["http"], vals = _median_runs(a.repeat, lambda: http_copy(model, size)[0])
+            print(f"http     python -m http.server + {tool}: {res['http']:6.0f} MB/s{_runs(vals)}",
+                  flush=True)
         if "mem" in only:
             for e in ("qh3", "aioquic"):
-                r = _child("mem", e, str(min(total, 512 << 20)))
-                res[f"mem-{e}"] = r["bytes"] / r["seconds"] / MB
+                info = {}
+
+                def mem_once():
+                    info.update(_child("mem", e, str(min(total, 512 << 20))))
+                    return info["bytes"] / info["seconds"] / MB
+
+                res[f"mem-{e}"], vals = _median_runs(a.repeat, mem_once)
                 print(f"mem-{e:7s} in-memory engine ceiling: {res[f'mem-{e}']:6.0f} MB/s "
-                      f"({r['datagram']}-byte datagrams, both ends on one core)", flush=True)
+                      f"({info['datagram']}-byte datagrams, both ends on one core){_runs(vals)}",
+                      flush=True)
         if "raw" in only:
             for e in ("qh3", "aioquic"):
-                res[f"raw-{e}"] = raw_quic(e, total)
+                res[f"raw-{e}"], vals = _median_runs(a.repeat, lambda: raw_quic(e, total))
                 print(f"raw-{e:7s} one QUIC stream between two processes (quic.py alone): "
-                      f"{res[f'raw-{e}']:6.0f} MB/s", flush=True)
+                      f"{res[f'raw-{e}']:6.0f} MB/s{_runs(vals)}", flush=True)
         if "tls" in only:
-            res["tls"] = bare_tls(total, "tls")
+            res["tls"], vals = _median_runs(a.repeat, lambda: bare_tls(total, "tls"))
             print(f"tls      bare TLS-over-TCP copy (trio SSLStream → ssl socket): "
-                  f"{res['tls']:6.0f} MB/s", flush=True)
-            res["tls-c"] = bare_tls(total, "tls-c")
+                  f"{res['tls']:6.0f} MB/s{_runs(vals)}", flush=True)
+            res["tls-c"], vals = _median_runs(a.repeat, lambda: bare_tls(total, "tls-c"))
             print(f"tls-c    bare TLS-over-TCP copy (blocking stdlib ssl both ends): "
-                  f"{res['tls-c']:6.0f} MB/s", flush=True)
+                  f"{res['tls-c']:6.0f} MB/s{_runs(vals)}", flush=True)
         print("\nratios (targets: QUIC clone >= 0.6x in-memory ceiling; TCP clone >= 0.6x bare "
               "TLS copy; first block <= 50 ms):")
         for e in ("qh3", "aioquic"):
@@ -498,6 +592,9 @@ def main() -> None:
         for e in ("qh3", "aioquic"):
             if e in res and "http" in res:
                 print(f"  {e} clone / http = {res[e] / res['http']:.2f}")
+        for t in ("qh3", "aioquic", "tcp"):
+            if t in res and "store" in res:
+                print(f"  {t} clone / verify+store alone = {res[t] / res['store']:.2f}")
         for t in ("qh3", "aioquic", "tcp"):
             if f"first-{t}" in res:
                 v = res[f"first-{t}"] * 1000
