@@ -134,9 +134,9 @@ def test_tail_probe_keeps_the_run_so_loading_every_tensor_is_a_scan(model):
 
 def test_loading_one_tensor_schedules_only_that_tensor(model):
     """Loading one tensor (the header, then the tensor through an mmap) schedules that
-    tensor's rest at tensor priority with its first request, and nothing of any other
-    tensor (the read-around of the header covers the first tensor's head: not a read
-    of it)."""
+    tensor's rest at tensor priority with its first request, its last leaf first, and
+    nothing of any other tensor (the read-around of the header covers the first
+    tensor's head: not a read of it)."""
     reader, idx, ts = model
     calls = _spy(reader)
     km = KernelMmap(reader, idx)
@@ -147,4 +147,9 @@ def test_loading_one_tensor_schedules_only_that_tensor(model):
     assert scheduled, calls
     for lo, hi, _ in scheduled:
         assert t[0] - RA <= lo and hi <= t[1] + RA, (lo, hi, t)
-    assert scheduled[0][2] == 2 and scheduled[0][1] == t[1] and scheduled[0][0] <= t[0] + RA, (scheduled, t)
+    # with its first request (the head read-around): the tensor's last leaf first (a
+    # copy out of an mmap asks for it next), then the rest of the tensor
+    last = idx.starts[idx.leaf_range(t[1] - 1, 1)[0]]
+    assert scheduled[0] == (last, t[1], 2), (scheduled, t)
+    assert scheduled[1][1:] == (t[1], 2) and scheduled[1][0] <= t[0] + RA, (scheduled, t)
+    assert km.requests[1][0] < t[0] < km.requests[1][1]  # that first request was the head's

@@ -288,8 +288,8 @@ class BlockReader:
 
     def readahead(self, fh: int, idx: FileIndex, offset: int, size: int) -> None:
         """Schedule readahead after a read of ``[offset, offset+size)`` on handle
-        ``fh``: the rest of the tensor holding ``offset`` (safetensors), and a
-        sequential window that doubles while reads stay sequential."""
+        ``fh``: the rest of the tensor the read is for (safetensors; its last leaf
+        first), and a sequential window that doubles while reads stay sequential."""
         try:
             tm = self.tensor_map(idx)
             spill = scan = False
@@ -305,6 +305,11 @@ class BlockReader:
                     done = s[2] if s and tm.tensor_at(max(s[0] - 1, 0)) == t else 0
                     lo = max(offset + size, done)
                     if lo < t[1]:
+                        # the tensor's last leaf first: a copy out of an mmap asks for it
+                        # next (see _probe), then the rest from the head
+                        tail = idx.starts[idx.leaf_range(t[1] - 1, 1)[0]]
+                        if tail > lo:
+                            self.stats.readahead_bytes += self._schedule(idx, tail, t[1], PRIO_TENSOR)
                         self.stats.readahead_bytes += self._schedule(idx, lo, t[1], PRIO_TENSOR)
                         self.seq.setdefault(fh, [offset + size, SEQ_WINDOW_MIN, 0])[2] = t[1]
             s = self.seq.get(fh)

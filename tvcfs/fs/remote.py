@@ -605,12 +605,13 @@ class RemoteFetcher:
 
     def _arriving(self, w: _Want) -> bool:
         """``w`` is among the next ``ARRIVING`` bytes of a tensor/sequential DAG answer
-        that a live peer has started sending."""
+        at a live peer (started or not: its answer begins with its first leaves, so
+        a want for one of those would only race it and bring the block twice)."""
         for q, rid in w.at.items():
             if not rid or not q.ready or q.suspect:
                 continue
             r = q.reqs.get(rid)
-            if r is None or not r.first or r.prio < PRIO_SEQUENTIAL:
+            if r is None or r.prio < PRIO_SEQUENTIAL:
                 continue
             ahead = 0
             for c in r.order:
