@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from conftest import tvcfs_executable
 from tvcfs.encoding.cid import cid_str
 from tvcfs.fs.daemon import is_mounted
 from tvcfs.repo import Author, Repo
@@ -832,7 +833,11 @@ def test_no_mount_left_behind(tmp_path, world):
 # --------------------------------------------------------------------------- packaging
 def _helper_env():
     env = dict(os.environ)
-    env["TVCFS"] = shutil.which("tvcfs") or ""
+    # the console script of the Python running the tests (a venv's tvcfs is not on PATH
+    # unless the venv is activated), else `PYTHON -m tvcfs.cli`
+    exe = tvcfs_executable()
+    env["TVCFS"] = exe[0] if len(exe) == 1 else ""
+    env["PYTHON"] = sys.executable
     return env
 
 
@@ -915,8 +920,8 @@ def installed_helpers():
     if os.geteuid() != 0 or not os.access("/sbin", os.W_OK):
         pytest.skip("installing /sbin/mount.fuse.tvcfs needs root")
     existed = os.path.exists("/sbin/mount.fuse.tvcfs")
-    r = subprocess.run(["sh", os.path.join(PACKAGING, "install.sh"), "--no-systemd", "--sbindir", "/sbin"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(["sh", os.path.join(PACKAGING, "install.sh"), "--no-systemd", "--sbindir", "/sbin",
+                        "--tvcfs", tvcfs_executable()[0]], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     try:
         yield "/sbin/mount.fuse.tvcfs"
@@ -967,7 +972,7 @@ def test_install_sh_and_systemd_unit(tmp_path):
     """install.sh --destdir lays out the helpers and the unit with the tvcfs path
     filled in; systemd-analyze accepts the unit (when available)."""
     dest = tmp_path / "root"
-    tvcfs_bin = shutil.which("tvcfs") or sys.executable
+    tvcfs_bin = tvcfs_executable()[0]
     r = subprocess.run(["sh", os.path.join(PACKAGING, "install.sh"), "--destdir", str(dest),
                         "--tvcfs", tvcfs_bin], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
