@@ -41,8 +41,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         rc = args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("tvcfs: interrupted", file=sys.stderr)
+        _hints(e)
         return 130
     except BrokenPipeError:
         try:
@@ -55,8 +56,15 @@ def main(argv=None) -> int:
             raise
         msg = str(e) if isinstance(e, TvcfsError) else f"{type(e).__name__}: {e}"
         print(f"tvcfs: error: {msg}", file=sys.stderr)
+        _hints(e)
         return getattr(e, "exit_code", 1)
     return rc or 0
+
+
+def _hints(e: BaseException) -> None:
+    """Print an exception's notes (``BaseException.add_note``: what to do next)."""
+    for note in getattr(e, "__notes__", ()):
+        print(f"hint: {note}", file=sys.stderr)
 
 
 def open_repo(args):

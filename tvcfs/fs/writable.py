@@ -25,6 +25,7 @@ from ..dag import KIND_DIR, KIND_FILE, KIND_SYMLINK
 from ..encoding.cid import cid_str
 from ..errors import BlockNotFound, CorruptBlock, MalformedObject, RefExists, TvcfsError
 from ..refs import HEADS, InvalidRefName, check_name
+from ..store.lmdb_store import StoreFull
 from .nodes import Node
 from .operations import DYNAMIC_TIMEOUT, ReadOnlyOperations, _err, _inval_entry
 from .workspace import Workspace, WEntry
@@ -401,13 +402,13 @@ class WritableOperations(ReadOnlyOperations):
     async def fsync(self, fh, datasync):
         h = self.handles.get(fh)
         if isinstance(h, Handle):
-            await self.commit_workspace(h.ws, reason="fsync")
+            await self.commit_workspace(h.ws, reason="fsync", errors=True)
 
     async def fsyncdir(self, fh, datasync):
         ino = self.dir_handles.get(fh, (0, []))[0]
         node = self.inodes.get(ino)
         if node is not None and node.kind == "ws":
-            await self.commit_workspace(node.extra["ws"], reason="fsync")
+            await self.commit_workspace(node.extra["ws"], reason="fsync", errors=True)
 
     async def setattr(self, inode, attr, fields, fh, ctx):
         node = self.node(inode)
@@ -560,8 +561,15 @@ class WritableOperations(ReadOnlyOperations):
         return True
 
     # --- commits ----------------------------------------------------------------
-    async def commit_workspace(self, ws: Workspace, reason: str = "") -> dict | None:
-        """Commit ``ws`` now (in a worker thread; writes to it wait meanwhile)."""
+    async def commit_workspace(self, ws: Workspace, reason: str = "", errors: bool = False) -> dict | None:
+        """Commit ``ws`` now (in a worker thread; writes to it wait meanwhile).
+
+        A failed commit keeps every staged change (it is retried on the next trigger)
+        and is logged; with ``errors`` it is also raised to the caller as a
+        ``FUSEError``: ``ENOSPC`` when the store's disk or map is full
+        (:class:`~tvcfs.store.lmdb_store.StoreFull`), ``EIO`` otherwise. ``fsync``
+        uses this, so a writer that asks for durability learns that it did not get it.
+        """
         if not ws.pending:
             return None
         async with self._lock(ws):
@@ -571,8 +579,16 @@ class WritableOperations(ReadOnlyOperations):
             try:
                 res = await trio.to_thread.run_sync(ws.commit_txn, None, self.author)
                 self._finish(ws, res)
+            except StoreFull as e:
+                log.error("commit of branch %s failed (%s): %s; staged changes kept in %s",
+                          ws.branch, reason or "commit", e, ws.dir)
+                if errors:
+                    raise _err(errno.ENOSPC) from None
+                return None
             except Exception:
-                log.exception("commit of branch %s failed; staged changes kept", ws.branch)
+                log.exception("commit of branch %s failed; staged changes kept in %s", ws.branch, ws.dir)
+                if errors:
+                    raise _err(errno.EIO) from None
                 return None
             finally:
                 ws.committing = False
@@ -650,6 +666,9 @@ class WritableOperations(ReadOnlyOperations):
                     res = ws.commit_txn(None, self.author)
                     ws.finish(res)
                     log.info("unmount: committed branch %s", ws.branch)
+                except StoreFull as e:
+                    log.error("unmount commit of %s failed: %s; staged changes kept in %s "
+                              "(`tvcfs recover` commits them once there is space)", ws.branch, e, ws.dir)
                 except Exception:
                     log.exception("unmount commit of %s failed; staged changes kept in %s", ws.branch, ws.dir)
             if not ws.pending:

@@ -14,12 +14,21 @@ when :meth:`LMDBStore.write` returns. A killed process leaves the last committed
 transaction intact (LMDB's copy-on-write B+tree). Reads use zero-copy buffers inside
 a read transaction (:meth:`LMDBStore.read`).
 
+Disk space is reserved before it is written. With ``writemap`` LMDB writes new pages
+straight into the map of a sparse ``data.mdb``; on a full file system the kernel
+cannot allocate a block for such a page and kills the process with ``SIGBUS`` (no
+error, no message). So every write transaction first allocates the file range its
+new pages can land in (``posix_fallocate`` past the last used page, ahead of the
+bytes it puts, in growing steps): a full disk then raises :class:`StoreFull` before
+any page is touched, the transaction is aborted and nothing committed is lost.
+
 LMDB must not be opened twice in one process: environments are shared through a
 per-process registry keyed by real path.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -74,6 +83,59 @@ class StoreFull(TvcfsError):
     """The LMDB map or the disk is full; the transaction was rolled back, nothing lost."""
 
 
+RESERVE_MIN = 1 << 20  # bytes: smallest step by which the allocated part of data.mdb grows
+RESERVE_MAX = 64 << 20  # bytes: largest step (steps are 1/8 of what is in use, between these)
+TXN_SLACK = 1 << 20  # bytes reserved for a transaction's B-tree, freelist, refs and meta pages
+
+
+class _Reservation:
+    """The allocated (not sparse) prefix of one environment's ``data.mdb`` as far as this
+    process knows; shared by the :class:`LMDBStore` instances of a path. Used only
+    inside write transactions, which LMDB serialises."""
+
+    def __init__(self, path: str, psize: int):
+        self.path = path
+        self.psize = psize
+        self.fd = -1
+        self.allocated = 0  # bytes from offset 0 known to have blocks
+        self.supported = True
+
+    def ensure(self, end: int) -> None:
+        """Make sure bytes ``[0, end)`` of ``data.mdb`` have disk blocks. Raises
+        :class:`StoreFull` (ENOSPC, EDQUOT, EFBIG) naming the path and the bytes asked for."""
+        if end <= self.allocated or not self.supported:
+            return
+        step = min(RESERVE_MAX, max(RESERVE_MIN, end // 8))
+        target = -(-(end + step) // self.psize) * self.psize
+        try:
+            if self.fd < 0:
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+            start = self.allocated // self.psize * self.psize
+            os.posix_fallocate(self.fd, start, target - start)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                # take what is there: the transaction may still fit
+                try:
+                    os.posix_fallocate(self.fd, self.allocated, max(0, end - self.allocated))
+                except OSError:
+                    raise StoreFull(f"no space left on the disk of {self.path}: "
+                                    f"{end - self.allocated} more bytes needed "
+                                    f"({os.strerror(e.errno)}); nothing was written, "
+                                    f"what was committed before is intact") from None
+                self.allocated = end
+                return
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                self.supported = False  # a file system without fallocate: no reservation
+                return
+            raise
+        self.allocated = target
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 def _open_env(path: str, map_size: int):
     real = os.path.realpath(path)
     with _registry_lock:
@@ -84,8 +146,16 @@ def _open_env(path: str, map_size: int):
         os.makedirs(real, exist_ok=True)
         env = lmdb.open(real, map_size=map_size, max_dbs=len(_DBS) + 2, writemap=True,
                         map_async=True, max_readers=512, readahead=True)
-        dbs = {name.decode(): env.open_db(name) for name in _DBS}
-        _registry[real] = (env, dbs, [1])
+        reservation = _Reservation(os.path.join(real, "data.mdb"), env.stat()["psize"])
+        try:
+            # open_db writes the sub-databases' records on a fresh environment
+            reservation.ensure((env.info()["last_pgno"] + 1) * reservation.psize + TXN_SLACK)
+            dbs = {name.decode(): env.open_db(name) for name in _DBS}
+        except BaseException:
+            reservation.close()
+            env.close()
+            raise
+        _registry[real] = (env, dbs, [1, reservation])
         return real, env, dbs
 
 
@@ -96,8 +166,14 @@ def _close_env(real: str):
             return
         ent[2][0] -= 1
         if ent[2][0] == 0:
+            ent[2][1].close()
             ent[0].close()
             del _registry[real]
+
+
+def _reservation(real: str) -> _Reservation:
+    with _registry_lock:
+        return _registry[real][2][1]
 
 
 class WriteTxn:
@@ -111,11 +187,24 @@ class WriteTxn:
         self.new_bytes = 0
         self.new_blocks = 0
         self.ref_changes: list = []
+        # disk space for the pages this transaction may add past the last used one
+        self._res = store._reservation
+        self._top = (store.env.info()["last_pgno"] + 1) * self._res.psize + TXN_SLACK
+        self._res.ensure(self._top)
+
+    def _grow(self, nbytes: int) -> None:
+        """Reserve disk space for ``nbytes`` more bytes of values (plus their overflow
+        page rounding and copied B-tree pages) before LMDB writes them; raises
+        :class:`StoreFull`."""
+        self._top += nbytes + 3 * self._res.psize
+        if self._top > self._res.allocated:
+            self._res.ensure(self._top)
 
     # blocks
     def put_block(self, cid: bytes, block) -> bool:
         """Store a block unless present; return ``True`` if it was new (and count it in
-        ``new_bytes`` / ``new_blocks``)."""
+        ``new_bytes`` / ``new_blocks``). Raises :class:`StoreFull` when the disk is full."""
+        self._grow(len(block))
         if self.txn.put(cid, block, overwrite=False, db=self.db["blocks"]):
             self.new_bytes += len(block)
             self.new_blocks += 1
@@ -129,6 +218,7 @@ class WriteTxn:
         return self.txn.get(cid, db=self.db["blocks"])
 
     def delete_block(self, cid: bytes) -> bool:
+        self._grow(0)  # copied B-tree pages
         return self.txn.delete(cid, db=self.db["blocks"])
 
     # refs
@@ -211,6 +301,7 @@ class LMDBStore:
     def __init__(self, path: str, map_size: int = DEFAULT_MAP_SIZE):
         self.path = path
         self._real, self.env, self.dbs = _open_env(path, map_size)
+        self._reservation = _reservation(self._real)
         self._closed = False
         self.blocks_read = 0  # count of block gets (for tests of lazy behaviour)
 
@@ -248,7 +339,11 @@ class LMDBStore:
         """A write transaction as a :class:`WriteTxn`; committed (and synced to disk
         when ``sync``) when the block exits normally, aborted on an exception."""
         txn = self.env.begin(write=True)
-        w = WriteTxn(self, txn)
+        try:
+            w = WriteTxn(self, txn)
+        except BaseException:
+            txn.abort()
+            raise
         try:
             yield w
         except BaseException as e:

@@ -390,16 +390,20 @@ def clone(url: str, dest: str, *, quiet: bool = False, engine: str | None = None
         if not res.refs and not quiet:
             print("warning: you appear to have cloned an empty repository.", file=err)
         return repo, res
-    except BaseException:
-        empty = fresh and repo.store.stat()["blocks"] == 0
+    except BaseException as e:
+        kept = repo.store.stat()["blocks"]
         repo.close()
-        if empty:  # nothing arrived: leave no half-made repository behind
+        if fresh and kept == 0:  # nothing arrived: leave no half-made repository behind
             import shutil
 
             if created:
                 shutil.rmtree(dest, ignore_errors=True)
             else:
                 shutil.rmtree(os.path.join(dest, ".tvcfs"), ignore_errors=True)
+            raise
+        hint = (f"{kept} verified blocks are kept in {dest}; run the same `tvcfs clone` "
+                f"again to resume")
+        e.add_note(hint)  # the CLI prints notes as "hint:" lines
         raise
 
 

@@ -1,0 +1,249 @@
+"""A full disk: a clear error, nothing lost, and everything works again once there is
+space (the standard "bad input loses nothing").
+
+Each test puts a repository on a real, small ``tmpfs`` mounted for the test (root
+only) and fills it with real work: ``tvcfs commit`` of the real model, writes through
+a real FUSE mount, a clone over real QUIC on loopback. Without the store's disk-space
+reservation (``tvcfs.store.lmdb_store``) LMDB's write map turned the first write past
+the end of the disk into ``SIGBUS`` and the process died without a word. "Space is
+freed" is ``mount -o remount,size=`` of the same tmpfs.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import MIB, assert_same_tree, run_tvcfs
+from test_writes_support import Mounted, head
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (root only)")
+
+
+class SmallDisk:
+    """A ``tmpfs`` of ``size`` bytes on ``path`` (unmounted by the fixture)."""
+
+    def __init__(self, path: str, size: int):
+        self.path = path
+        os.makedirs(path, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tvcfs-test", path], check=True)
+
+    def resize(self, size: int) -> None:
+        """Free space: grow the file system to ``size`` bytes (contents kept)."""
+        subprocess.run(["mount", "-o", f"remount,size={size}", self.path], check=True)
+
+    def free(self) -> int:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", self.path], check=False)
+        if os.path.ismount(self.path):
+            subprocess.run(["umount", "-l", self.path], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``make(size) -> SmallDisk`` on ``tmp_path/disk``; always unmounted after."""
+    disks = []
+
+    def make(size: int) -> SmallDisk:
+        d = SmallDisk(str(tmp_path / f"disk{len(disks)}"), size)
+        disks.append(d)
+        return d
+
+    try:
+        yield make
+    finally:
+        for d in disks:
+            d.unmount()
+
+
+def _error_text(proc) -> str:
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode > 0, (proc.returncode, err)  # an exit code, not a signal (SIGBUS)
+    assert "Traceback" not in err, err
+    return err
+
+
+def test_commit_on_full_disk_is_refused_and_loses_nothing(small_disk, real_model_dir, tmp_path):
+    """``tvcfs commit`` of the 87 MiB real model into a repository on a 40 MiB disk:
+    exit status 1 with one ``no space left`` line (no traceback, no SIGBUS); the branch
+    still names the earlier commit and ``fsck`` passes; after space is freed the same
+    commit succeeds and checks out byte-identical."""
+    disk = small_disk(40 * MIB)
+    repo = os.path.join(disk.path, "repo")
+    run_tvcfs("init", repo)
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "README.md").write_text("base\n")
+    run_tvcfs("--repo", repo, "commit", small, "-m", "small")
+    first = _head(repo)
+
+    err = _error_text(run_tvcfs("--repo", repo, "commit", real_model_dir, "-m", "model", ok=False))
+    assert "no space left" in err and "data.mdb" in err, err
+    assert _head(repo) == first
+    run_tvcfs("--repo", repo, "fsck")
+    assert disk.free() < 2 * MIB  # the disk really was filled
+
+    disk.resize(400 * MIB)
+    run_tvcfs("--repo", repo, "commit", real_model_dir, "-m", "model")
+    run_tvcfs("--repo", repo, "fsck")
+    log = run_tvcfs("--repo", repo, "log", "--oneline").stdout.decode()
+    assert len(log.splitlines()) == 2, log
+    run_tvcfs("--repo", repo, "checkout", "main", tmp_path / "co")
+    assert_same_tree(str(tmp_path / "co"), real_model_dir)
+
+
+def test_store_full_in_process_keeps_the_environment_usable(small_disk):
+    """The Python API: ``put_many`` past the end of the disk raises ``StoreFull``; the
+    same :class:`LMDBStore` (and a reopened one) still reads what was committed and
+    takes new blocks that fit."""
+    from tvcfs.encoding.cid import RAW, make_cid
+    from tvcfs.store.lmdb_store import LMDBStore, StoreFull
+
+    disk = small_disk(16 * MIB)
+    path = os.path.join(disk.path, "store")
+    s = LMDBStore(path)
+    try:
+        kept = b"committed before the disk filled"
+        s.put(make_cid(RAW, kept), kept)
+        blobs = [os.urandom(MIB) for _ in range(24)]
+        with pytest.raises(StoreFull, match="no space left"):
+            s.put_many((make_cid(RAW, b), b) for b in blobs)
+        assert s.get(make_cid(RAW, kept)) == kept
+        assert s.stat()["blocks"] == 1
+        small = b"fits after the failure"
+        s.put(make_cid(RAW, small), small)
+        assert s.get(make_cid(RAW, small)) == small
+    finally:
+        s.close()
+    # a fresh process sees both committed blocks and nothing of the failed batch
+    code = ("import sys; from tvcfs.store.lmdb_store import LMDBStore; s = LMDBStore(sys.argv[1]); "
+            "print(s.stat()['blocks']); s.close()")
+    out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "2"
+
+
+@pytest.mark.fuse
+@pytest.mark.timeout(120)
+def test_mount_write_on_full_disk_fails_fsync_with_enospc_and_keeps_the_write(small_disk, tmp_path):
+    """A file written into ``branches/main`` that fits in the staging area but not also
+    in the store: ``fsync`` fails with ``ENOSPC`` (the writer learns the data is not
+    committed), the branch is unchanged, the mount keeps serving and reading the file
+    back gives the written bytes; after space is freed the next ``fsync`` commits it.
+    A write that does not fit at all fails with ``ENOSPC`` itself."""
+    from tvcfs.repo import Repo
+
+    disk = small_disk(48 * MIB)
+    root = os.path.join(disk.path, "repo")
+    wt = tmp_path / "wt"
+    wt.mkdir()
+    (wt / "config.json").write_text('{"v": 1}\n')
+    repo = Repo.init(root)
+    try:
+        repo.commit_dir(str(wt), message="base")
+        base = head(repo)
+    finally:
+        repo.close()
+    data = os.urandom(28 * MIB)  # staged copy + store copy > 48 MiB
+    mnt = tmp_path / "mnt"
+    with Mounted(root, mnt, commit_delay=3600, allow_errors=("no space left",)) as m:
+        path = os.path.join(m.branch(), "weights.bin")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)
+            with pytest.raises(OSError) as ei:
+                os.fsync(fd)
+            assert ei.value.errno == errno.ENOSPC
+            with open(path, "rb") as f:  # the staged bytes are all there
+                assert f.read() == data
+            with open(os.path.join(m.branch(), "config.json"), "rb") as f:
+                assert f.read() == b'{"v": 1}\n'
+            r = Repo.open(root)
+            try:
+                assert head(r) == base
+            finally:
+                r.close()
+            assert "no space left" in m.log()
+
+            # a write larger than what is left fails by itself
+            big = os.path.join(m.branch(), "too-big.bin")
+            with pytest.raises(OSError) as ei:
+                with open(big, "wb") as f:
+                    f.write(os.urandom(32 * MIB))
+                    f.flush()
+            assert ei.value.errno == errno.ENOSPC
+            os.unlink(big)
+
+            disk.resize(256 * MIB)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        r = Repo.open(root)
+        try:
+            new = head(r)
+            assert new != base
+            assert b"".join(r.read_file("main", "weights.bin")) == data
+            assert sorted(e.name for e in r.ls("main")) == ["config.json", "weights.bin"]
+        finally:
+            r.close()
+
+
+@pytest.mark.timeout(180)
+def test_clone_into_full_disk_stops_cleanly_and_resumes(small_disk, real_model_dir, tmp_path):
+    """``tvcfs clone`` of the real model over QUIC into a 40 MiB disk: exit 1, a ``no
+    space left`` error and a hint to resume; the blocks that arrived are kept and valid;
+    after space is freed the same command finishes the clone, moving only what was
+    missing, and the checkout equals the model."""
+    src = str(tmp_path / "src")
+    run_tvcfs("init", src)
+    run_tvcfs("--repo", src, "commit", real_model_dir, "-m", "model")
+    commit = _head(src)
+    srv = subprocess.Popen([*_tvcfs(), "--repo", src, "serve", "--listen", "127.0.0.1:0"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        url = srv.stdout.readline().decode().strip()
+        assert url.startswith("tvcfs://"), url
+        disk = small_disk(40 * MIB)
+        dest = os.path.join(disk.path, "clone")
+        err = _error_text(run_tvcfs("clone", url, dest, ok=False))
+        assert "no space left" in err and "hint:" in err and "resume" in err, err
+        run_tvcfs("--repo", dest, "fsck")  # what arrived is valid
+
+        disk.resize(400 * MIB)
+        out = run_tvcfs("clone", url, dest).stderr.decode()
+        assert "Resuming" in out, out
+        assert _head(dest) == commit
+        run_tvcfs("--repo", dest, "fsck")
+        run_tvcfs("--repo", dest, "checkout", "main", tmp_path / "co")
+        assert_same_tree(str(tmp_path / "co"), real_model_dir)
+    finally:
+        srv.send_signal(signal.SIGTERM)
+        try:
+            srv.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+            srv.wait()
+
+
+def _head(root: str) -> bytes | None:
+    """``refs/heads/main`` of the repository at ``root``, read in this process."""
+    from tvcfs.repo import Repo
+
+    r = Repo.open(root)
+    try:
+        return head(r)
+    finally:
+        r.close()
+
+
+def _tvcfs():
+    from conftest import tvcfs_executable
+
+    return tvcfs_executable()
