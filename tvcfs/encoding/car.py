@@ -74,7 +74,7 @@ def read_car(f: BinaryIO, verify: bool = True) -> tuple[list[bytes], Iterator[tu
     sections) and :class:`~tvcfs.errors.CorruptBlock` for a block that does not match
     its CID. Only CIDv1 sha2-256 raw/dag-pb/dag-cbor blocks are accepted.
     """
-    import dag_cbor
+    from .dagcbor import Link, decode
 
     hlen = _read_varint(f)
     if hlen is None or hlen > MAX_SECTION:
@@ -83,14 +83,15 @@ def read_car(f: BinaryIO, verify: bool = True) -> tuple[list[bytes], Iterator[tu
     if len(raw) != hlen:
         raise MalformedObject("CAR header truncated")
     try:
-        header = dag_cbor.decode(raw)
-        if header.get("version") != 1:
-            raise MalformedObject(f"unsupported CAR version {header.get('version')!r} (only v1)")
-        roots = [bytes(r) for r in header["roots"]]
-    except MalformedObject:
-        raise
-    except Exception as e:
-        raise MalformedObject(f"bad CAR header: {str(e).partition(chr(10))[0]}") from None
+        header = decode(raw)
+    except MalformedObject as e:
+        raise MalformedObject(f"bad CAR header: {e}") from None
+    if not isinstance(header, dict) or not isinstance(header.get("roots"), list) \
+            or not all(isinstance(r, Link) for r in header["roots"]):
+        raise MalformedObject("bad CAR header: not a map with a list of root CIDs")
+    if header.get("version") != 1:
+        raise MalformedObject(f"unsupported CAR version {header.get('version')!r} (only v1)")
+    roots = [bytes(r) for r in header["roots"]]
 
     def blocks():
         while True:

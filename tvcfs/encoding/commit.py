@@ -6,8 +6,9 @@ Shape (DESIGN.md §1)::
      "message": str, "timestamp": int (Unix seconds), "metadata": {str: ...}}
 
 Encoded with the ``dag-cbor`` library (spec: https://ipld.io/specs/codecs/dag-cbor/spec/,
-map keys in length-first canonical order, CIDs as tag 42). Floats are refused in
-``metadata`` so that a commit's CID never depends on float formatting.
+map keys in length-first canonical order, CIDs as tag 42), decoded with the strict,
+fast :mod:`tvcfs.encoding.dagcbor`. Floats are refused in ``metadata`` so that a
+commit's CID never depends on float formatting.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import MalformedObject
+from . import dagcbor
 from .cid import DAG_CBOR, make_cid
+from .dagcbor import Link
 
 
 @dataclass(frozen=True)
@@ -69,52 +72,61 @@ def _check_no_floats(obj, path="metadata"):
 
 
 def decode_commit(block) -> Commit:
-    """Decode a dag-cbor commit block. Raises :class:`MalformedObject` when the block
-    is not dag-cbor or lacks the commit fields."""
-    import dag_cbor
-    from multiformats import CID
-
+    """Decode a dag-cbor commit block (with :func:`tvcfs.encoding.dagcbor.decode`,
+    strict). Raises :class:`MalformedObject` when the block is not dag-cbor or lacks
+    the commit fields."""
+    obj = dagcbor.decode(block)
     try:
-        obj = dag_cbor.decode(bytes(block))
+        if not isinstance(obj, dict):
+            raise TypeError("not a map")
         tree = obj["tree"]
-        if not isinstance(tree, CID):
+        if not isinstance(tree, Link):
             raise TypeError("tree is not a CID")
+        parents = obj.get("parents", [])
+        if not isinstance(parents, list) or not all(isinstance(p, Link) for p in parents):
+            raise TypeError("parents is not a list of CIDs")
         author = obj.get("author") or {}
+        timestamp = obj.get("timestamp", 0)
+        if not isinstance(timestamp, int) or isinstance(timestamp, bool):
+            raise TypeError("timestamp is not an integer")
+        metadata = obj.get("metadata") or {}
+        if not isinstance(author, dict) or not isinstance(metadata, dict):
+            raise TypeError("author or metadata is not a map")
         return Commit(
             tree=bytes(tree),
-            parents=tuple(bytes(p) for p in obj.get("parents", [])),
+            parents=tuple(bytes(p) for p in parents),
             author_name=str(author.get("name", "")),
             author_email=str(author.get("email", "")),
             message=str(obj.get("message", "")),
-            timestamp=int(obj.get("timestamp", 0)),
-            metadata=_unwrap(obj.get("metadata") or {}),
+            timestamp=timestamp,
+            metadata=_unwrap(metadata),
         )
-    except MalformedObject:
-        raise
-    except Exception as e:
-        raise MalformedObject(f"not a tvcfs commit: {str(e).partition(chr(10))[0]}") from None
+    except (KeyError, TypeError) as e:
+        raise MalformedObject(f"not a tvcfs commit: {e}") from None
 
 
 def _unwrap(obj):
-    # CID links inside metadata stay ``multiformats.CID`` objects: turning them into
-    # bytes would re-encode them as byte strings, so a decoded commit would no longer
-    # hash to its own CID.
+    # CID links inside metadata become ``multiformats.CID`` objects (the type the
+    # dag-cbor encoder writes as tag 42): as bytes they would re-encode as byte
+    # strings, and a decoded commit would no longer hash to its own CID.
     if isinstance(obj, dict):
         return {k: _unwrap(v) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_unwrap(v) for v in obj]
+    if isinstance(obj, Link):
+        from multiformats import CID
+
+        return CID.decode(bytes(obj))
     return obj
 
 
 def cbor_links(block) -> list[bytes]:
-    """Every CID linked from a dag-cbor block (binary CIDs, document order)."""
-    import dag_cbor
-    from multiformats import CID
-
+    """Every CID linked from a dag-cbor block (binary CIDs, document order). Raises
+    :class:`MalformedObject` for a block that is not strict DAG-CBOR."""
     out: list[bytes] = []
 
     def walk(o):
-        if isinstance(o, CID):
+        if isinstance(o, Link):
             out.append(bytes(o))
         elif isinstance(o, dict):
             for v in o.values():
@@ -123,8 +135,5 @@ def cbor_links(block) -> list[bytes]:
             for v in o:
                 walk(v)
 
-    try:
-        walk(dag_cbor.decode(bytes(block)))
-    except Exception as e:
-        raise MalformedObject(f"bad dag-cbor block: {str(e).partition(chr(10))[0]}") from None
+    walk(dagcbor.decode(block))
     return out
