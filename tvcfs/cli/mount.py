@@ -36,6 +36,10 @@ def cmd_mount(args):
     if args.read_ahead_kb is not None:
         extra["read_ahead_kb"] = args.read_ahead_kb
     if args.foreground:
+        # This process is the mount daemon and does no linear algebra; numpy comes in
+        # for buffer addresses, and OpenBLAS's thread pool would then spin a core
+        # (~0.1 CPU-s per GiB read, measured) that the program loading the model needs.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         return run_foreground(repo_root, args.mountpoint, debug=args.debug, verify_reads=args.verify_reads,
                               allow_other=args.allow_other, **extra)
     argv = [sys.executable, "-m", "tvcfs.cli", "mount", "-f", repo_root, os.path.abspath(args.mountpoint),
