@@ -403,7 +403,8 @@ def clone(url: str, dest: str, *, quiet: bool = False, engine: str | None = None
             raise
         hint = (f"{kept} verified blocks are kept in {dest}; run the same `tvcfs clone` "
                 f"again to resume")
-        e.add_note(hint)  # the CLI prints notes as "hint:" lines
+        if "resume" not in str(e):  # transport errors already say so
+            e.add_note(hint)  # the CLI prints notes as "hint:" lines
         raise
 
 
