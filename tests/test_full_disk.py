@@ -171,6 +171,9 @@ def test_mount_write_on_full_disk_fails_fsync_with_enospc_and_keeps_the_write(sm
             finally:
                 r.close()
             assert "no space left" in m.log()
+            status = run_tvcfs("--repo", root, "status").stdout.decode()
+            assert "last commit attempt failed" in status and "no space left" in status, status
+            assert "weights.bin" in status, status
 
             # a write larger than what is left fails by itself
             big = os.path.join(m.branch(), "too-big.bin")
@@ -193,6 +196,51 @@ def test_mount_write_on_full_disk_fails_fsync_with_enospc_and_keeps_the_write(sm
             assert sorted(e.name for e in r.ls("main")) == ["config.json", "weights.bin"]
         finally:
             r.close()
+
+
+@pytest.mark.fuse
+@pytest.mark.timeout(120)
+def test_quiet_commits_back_off_while_the_disk_is_full(small_disk, tmp_path):
+    """Without fsync, the quiet-period commit fails on a full disk and is retried with
+    a growing delay (1, 2, 4 … s), not at every tick (a commit re-reads every staged
+    file); once there is space the write is committed without any further action."""
+    import time
+
+    from tvcfs.repo import Repo
+
+    disk = small_disk(48 * MIB)
+    root = os.path.join(disk.path, "repo")
+    wt = tmp_path / "wt"
+    wt.mkdir()
+    (wt / "a.txt").write_text("a\n")
+    repo = Repo.init(root)
+    try:
+        repo.commit_dir(str(wt), message="base")
+        base = head(repo)
+    finally:
+        repo.close()
+    data = os.urandom(28 * MIB)
+    with Mounted(root, tmp_path / "mnt", commit_delay=0.2, allow_errors=("no space left",)) as m:
+        with open(os.path.join(m.branch(), "weights.bin"), "wb") as f:
+            f.write(data)
+        t0 = time.monotonic()
+        time.sleep(4.0)
+        attempts = m.log().count("commit of branch main failed")
+        # at ~0.2 s, then 1, 2 s later (and perhaps one more at the edge); a retry at
+        # every 0.25 s tick would have made ~15
+        assert 1 <= attempts <= 4, m.log()[-3000:]
+        assert _head(root) == base
+        disk.resize(256 * MIB)
+        deadline = t0 + 40
+        while _head(root) == base and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _head(root) != base, m.log()[-3000:]
+    r = Repo.open(root)
+    try:
+        assert b"".join(r.read_file("main", "weights.bin")) == data
+    finally:
+        r.close()
+    assert "last commit attempt failed" not in run_tvcfs("--repo", root, "status").stdout.decode()
 
 
 @pytest.mark.timeout(180)

@@ -75,6 +75,12 @@ def cmd_status(args):
             for p in pend:
                 state = f"mount pid {p['pid']} running" if p["alive"] else "mount gone: run `tvcfs recover`"
                 print(f"  branch {p['branch']} ({state}; {p['dir']})")
+                if p.get("error"):
+                    e = p["error"]
+                    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.get("time", 0)))
+                    print(f"    last commit attempt failed at {when} ({e.get('attempts', 1)} in a row): "
+                          f"{e.get('error')}")
+                    print("    (retried automatically; `fsync` a file or the directory to retry now)")
                 for status, path, size in _pending_changes(repo, p["dir"]):
                     extra = f" ({size} bytes staged)" if size is not None else ""
                     print(f"    {status}: {path}{extra}")

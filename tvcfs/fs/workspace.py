@@ -39,6 +39,7 @@ from ..treeops import apply_changes, changed_paths, collisions
 log = logging.getLogger("tvcfs.fs")
 
 STATE = "state.json"
+COMMIT_ERROR = "commit_error.json"  # the last failed commit attempt: {"time", "error"}
 JOURNAL = "journal-{}.jsonl"
 JOURNAL_MAX = 1000  # namespace changes journaled before the next full snapshot
 
@@ -102,6 +103,8 @@ class Workspace:
         self._gen = 0             # generation of the snapshot on disk (0: none)
         self._jn = 0              # changes in the journal of that snapshot
         self._jfd = None
+        self.failures = 0         # commit attempts failed in a row
+        self.retry_at = 0.0       # monotonic time before which no automatic attempt is made
 
     # --- loading ---------------------------------------------------------------
     def children(self, d: WEntry) -> dict:
@@ -575,6 +578,7 @@ class Workspace:
         branch (``result["reset"] = True``): handles still open on it keep writing
         there, and their later changes are committed on that branch, never lost; the
         mount gives the original branch a fresh workspace at its head."""
+        self._commit_succeeded()
         if result["conflict"]:
             self.branch = result["branch"]
             result["reset"] = True
@@ -728,6 +732,29 @@ class Workspace:
             rec(self.root, base_tree, "")
         return out
 
+    def commit_failed(self, error: str) -> float:
+        """Record a failed commit attempt (kept in ``commit_error.json`` for ``tvcfs
+        status``, best-effort: the disk may be full) and back off: automatic
+        attempts (quiet period, unmount excepted) wait 1, 2, 4 … up to 60 seconds
+        (a commit re-reads every staged file). Returns the delay in seconds."""
+        self.failures += 1
+        delay = float(min(60, 2 ** (self.failures - 1)))
+        self.retry_at = time.monotonic() + delay
+        try:
+            with open(os.path.join(self.dir, COMMIT_ERROR), "w") as f:
+                json.dump({"time": time.time(), "error": error, "attempts": self.failures}, f)
+        except OSError:
+            pass
+        return delay
+
+    def _commit_succeeded(self) -> None:
+        if self.failures:
+            self.failures, self.retry_at = 0, 0.0
+            try:
+                os.unlink(os.path.join(self.dir, COMMIT_ERROR))
+            except OSError:
+                pass
+
     def _remove_state(self) -> None:
         try:
             os.unlink(os.path.join(self.dir, STATE))
@@ -771,7 +798,8 @@ def _process_alive(pid) -> bool:
 
 def pending_workspaces(repo) -> list:
     """Staging directories of ``repo`` with uncommitted changes: list of dicts
-    ``{dir, branch, base, pid, time, alive}`` read from their ``state.json``."""
+    ``{dir, branch, base, pid, time, alive, error}`` read from their ``state.json``
+    (``error``: the last failed commit attempt ``{time, error, attempts}`` or ``None``)."""
     out = []
     root = os.path.join(repo.control, "staging")
     if not os.path.isdir(root):
@@ -786,8 +814,13 @@ def pending_workspaces(repo) -> list:
         if not st.get("pending"):
             continue
         alive = _process_alive(st.get("pid"))
+        try:
+            with open(os.path.join(root, name, COMMIT_ERROR)) as f:
+                error = json.load(f)
+        except (OSError, ValueError):
+            error = None
         out.append({"dir": os.path.join(root, name), "branch": st["branch"], "base": st.get("base"),
-                    "pid": st.get("pid"), "time": st.get("time"), "alive": alive})
+                    "pid": st.get("pid"), "time": st.get("time"), "alive": alive, "error": error})
     return out
 
 

@@ -580,13 +580,16 @@ class WritableOperations(ReadOnlyOperations):
                 res = await trio.to_thread.run_sync(ws.commit_txn, None, self.author)
                 self._finish(ws, res)
             except StoreFull as e:
-                log.error("commit of branch %s failed (%s): %s; staged changes kept in %s",
-                          ws.branch, reason or "commit", e, ws.dir)
+                delay = ws.commit_failed(str(e))
+                log.error("commit of branch %s failed (%s): %s; staged changes kept in %s; "
+                          "next automatic attempt in %.0f s", ws.branch, reason or "commit", e, ws.dir, delay)
                 if errors:
                     raise _err(errno.ENOSPC) from None
                 return None
-            except Exception:
-                log.exception("commit of branch %s failed; staged changes kept in %s", ws.branch, ws.dir)
+            except Exception as e:
+                delay = ws.commit_failed(f"{type(e).__name__}: {e}")
+                log.exception("commit of branch %s failed; staged changes kept in %s; "
+                              "next automatic attempt in %.0f s", ws.branch, ws.dir, delay)
                 if errors:
                     raise _err(errno.EIO) from None
                 return None
@@ -637,7 +640,8 @@ class WritableOperations(ReadOnlyOperations):
                 if wait <= 0:
                     break
                 await trio.sleep(wait)
-            if ws.pending and not ws.writers and not ws.committing and not ws.deleted:
+            if ws.pending and not ws.writers and not ws.committing and not ws.deleted \
+                    and time.monotonic() >= ws.retry_at:
                 await self.commit_workspace(ws, reason="quiet")
         except Exception:  # a system task must not raise
             log.exception("quiet-period commit of %s", ws.branch)
@@ -648,7 +652,8 @@ class WritableOperations(ReadOnlyOperations):
         """Called periodically: commit quiet branches with no open write handles."""
         now = time.monotonic()
         for ws in list(self.workspaces.values()):
-            if ws.pending and not ws.writers and not ws.committing and now - ws.last_activity >= self.commit_delay:
+            if ws.pending and not ws.writers and not ws.committing and now - ws.last_activity >= self.commit_delay \
+                    and now >= ws.retry_at:  # after a failed commit: back off (Workspace.commit_failed)
                 await self.commit_workspace(ws, reason="quiet")
 
     def shutdown(self) -> None:
