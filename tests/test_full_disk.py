@@ -64,6 +64,23 @@ def small_disk(tmp_path):
             d.unmount()
 
 
+def _repo_with_base(disk: SmallDisk, tmp_path) -> tuple[str, bytes]:
+    """A repository on ``disk`` with one commit of ``config.json`` on ``main``:
+    ``(root, commit CID)``."""
+    from tvcfs.repo import Repo
+
+    root = os.path.join(disk.path, "repo")
+    wt = tmp_path / "wt"
+    wt.mkdir()
+    (wt / "config.json").write_text('{"v": 1}\n')
+    repo = Repo.init(root)
+    try:
+        repo.commit_dir(str(wt), message="base")
+        return root, head(repo)
+    finally:
+        repo.close()
+
+
 def _error_text(proc) -> str:
     err = proc.stderr.decode(errors="replace")
     assert proc.returncode > 0, (proc.returncode, err)  # an exit code, not a signal (SIGBUS)
@@ -141,16 +158,7 @@ def test_mount_write_on_full_disk_fails_fsync_with_enospc_and_keeps_the_write(sm
     from tvcfs.repo import Repo
 
     disk = small_disk(48 * MIB)
-    root = os.path.join(disk.path, "repo")
-    wt = tmp_path / "wt"
-    wt.mkdir()
-    (wt / "config.json").write_text('{"v": 1}\n')
-    repo = Repo.init(root)
-    try:
-        repo.commit_dir(str(wt), message="base")
-        base = head(repo)
-    finally:
-        repo.close()
+    root, base = _repo_with_base(disk, tmp_path)
     data = os.urandom(28 * MIB)  # staged copy + store copy > 48 MiB
     mnt = tmp_path / "mnt"
     with Mounted(root, mnt, commit_delay=3600, allow_errors=("no space left",)) as m:
@@ -209,16 +217,7 @@ def test_quiet_commits_back_off_while_the_disk_is_full(small_disk, tmp_path):
     from tvcfs.repo import Repo
 
     disk = small_disk(48 * MIB)
-    root = os.path.join(disk.path, "repo")
-    wt = tmp_path / "wt"
-    wt.mkdir()
-    (wt / "a.txt").write_text("a\n")
-    repo = Repo.init(root)
-    try:
-        repo.commit_dir(str(wt), message="base")
-        base = head(repo)
-    finally:
-        repo.close()
+    root, base = _repo_with_base(disk, tmp_path)
     data = os.urandom(28 * MIB)
     with Mounted(root, tmp_path / "mnt", commit_delay=0.2, allow_errors=("no space left",)) as m:
         with open(os.path.join(m.branch(), "weights.bin"), "wb") as f:
