@@ -56,7 +56,7 @@ def main() -> int:
         commit = cid_str(repo.resolve("main"))
 
     sentence = "tvcfs mounts versioned models as directories."
-    print(f"\n== 2. embedding from the original directory")
+    print("\n== 2. embedding from the original directory")
     ref = SentenceTransformer(model_dir, device="cpu").encode([sentence])[0]
     print(f"   {np.array2string(ref[:6], precision=5)} ... (dim {ref.shape[0]})")
 

@@ -91,7 +91,7 @@ def test_branch_tag_show_ls_cat(model_repo, real_model_dir):
     run_tvcfs("branch", "base-line", "main~1", cwd=repo)
     run_tvcfs("tag", "v1", c1[:20], cwd=repo)
     try:
-        assert f"base-line" in out(run_tvcfs("branch", cwd=repo))
+        assert "base-line" in out(run_tvcfs("branch", cwd=repo))
         assert out(run_tvcfs("tag", cwd=repo)).split() == ["v1", c1[:16]]
         assert_one_line_error(run_tvcfs("branch", "base-line", cwd=repo, ok=False), "already exists")
         assert_one_line_error(run_tvcfs("branch", "bad..name", cwd=repo, ok=False), "invalid branch name")

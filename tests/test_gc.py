@@ -3,8 +3,6 @@
 import os
 import time
 
-import pytest
-
 from tvcfs import Repo
 from tvcfs.gc import collect_garbage, fsck
 

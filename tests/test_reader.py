@@ -11,8 +11,6 @@ kernel with ``read_ahead_kb`` 1024) and check what the reader schedules.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 from safetensors.numpy import save_file

@@ -141,7 +141,7 @@ def test_empty_files_empty_dirs_and_odd_names(tmp_repo, tmp_path):
     (src / "run.sh").write_bytes(b"#!/bin/sh\necho hi\n")
     os.chmod(src / "run.sh", 0o755)
     os.symlink("nested/日本語 file", src / "link to file")
-    res = tmp_repo.commit_dir(str(src), message="odd")
+    tmp_repo.commit_dir(str(src), message="odd")
     out = tmp_path / "out"
     tmp_repo.checkout("main", str(out))
     assert_same_tree(str(src), str(out))

@@ -3,7 +3,6 @@ loopback, real LMDB repositories, no mocks."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import trio

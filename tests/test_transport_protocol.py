@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from tvcfs.repo import Repo
 from tvcfs.transport import protocol as P
 from tvcfs.transport.backend import RepoBackend
-from tvcfs.transport.channel import MessageChannel
 from tvcfs.transport.client import open_session
 from tvcfs.transport.identity import (IdentityError, NodeIdentity, auth_message, b58decode,
                                       b58encode, parse_peer_id, verify_signature)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import getpass
 import heapq
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -24,8 +23,8 @@ from .encoding.car import read_car, write_car_block, write_car_header
 from .encoding.cid import DAG_CBOR, cid_codec, cid_from_str, cid_str, verify_block
 from .encoding.commit import Commit, decode_commit
 from .errors import (
-    AmbiguousRevision, BlockNotFound, InvalidCID, NotARepository, PathNotFound,
-    RefConflict, RefExists, RevisionNotFound, TvcfsError,
+    AmbiguousRevision, BlockNotFound, InvalidCID, NotARepository, RefConflict, RefExists,
+    RevisionNotFound, TvcfsError,
 )
 from .importer import REPO_DIR, Importer
 from .refs import HEADS, TAGS, check_name, split_suffixes

@@ -9,7 +9,7 @@ import sys
 import time
 
 from . import open_repo
-from ..dag import KIND_DIR, KIND_FILE, KIND_SYMLINK
+from ..dag import KIND_DIR, KIND_SYMLINK
 from ..encoding.cid import cid_str
 
 

@@ -10,7 +10,7 @@ from ..errors import TvcfsError
 
 def cmd_mount(args):
     from ..fs.daemon import is_mounted, run_foreground, start_background
-    from ..repo import Repo, find_repo_root
+    from ..repo import find_repo_root
 
     is_url = "://" in args.source
     repo_root = find_repo_root(args.source) if os.path.isdir(args.source) else None

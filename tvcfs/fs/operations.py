@@ -7,16 +7,15 @@ import errno
 import json
 import logging
 import os
-import stat
 import time
 
 import pyfuse3
 
 from ..dag import KIND_DIR, KIND_FILE, KIND_SYMLINK, read_dir, stat_node
 from ..encoding.cid import cid_str
-from ..errors import BlockNotFound, CorruptBlock, MalformedObject, RevisionNotFound, TvcfsError
+from ..errors import BlockNotFound, CorruptBlock, MalformedObject, TvcfsError
 from ..refs import HEADS, TAGS
-from .nodes import ROOT_INODE, InodeTable, Node
+from .nodes import InodeTable, Node
 from .reader import BlockReader
 
 log = logging.getLogger("tvcfs.fs")

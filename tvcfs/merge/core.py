@@ -32,7 +32,7 @@ from ..encoding.cid import RAW, cid_str, make_cid
 from ..encoding.unixfs import EXEC_FILE_MODE, build_directory, build_file
 from ..errors import TvcfsError
 from .stview import DataReader, StoredSafetensors, data_reader, numel, open_safetensors, tensors_equal
-from .strategies import SUM_BLOCK, Strategy, StrategyError, get_strategy, parse_params, parse_strategy_spec
+from .strategies import SUM_BLOCK, Strategy, StrategyError, parse_params, parse_strategy_spec
 
 __all__ = [
     "UP_TO_DATE", "FAST_FORWARD", "MERGED", "CONFLICT",

@@ -31,7 +31,7 @@ from ..encoding.cid import cid_str
 from ..errors import RefConflict, TvcfsError
 from ..refs import HEADS, TAGS
 from .backend import RepoBackend
-from .client import FetchStats, PushRejected, RemoteError, open_session, parse_url
+from .client import open_session, parse_url
 from .identity import IdentityError, format_peer_id
 from .quic import QuicConnectionLost
 
@@ -43,7 +43,7 @@ __all__ = [
     "fetch",
     "pull",
     "push",
-    "serve",
+    "serve_async",
 ]
 
 log = logging.getLogger(__name__)
