@@ -117,6 +117,19 @@ def test_commit_on_full_disk_is_refused_and_loses_nothing(small_disk, real_model
     assert_same_tree(str(tmp_path / "co"), real_model_dir)
 
 
+def test_checkout_into_full_disk_names_the_file(small_disk, real_model_dir, tmp_path):
+    """``tvcfs checkout`` of the 87 MiB model into a 30 MiB disk: exit 1 with one line
+    naming the file that did not fit (``os.write`` errors carry no file name)."""
+    repo = str(tmp_path / "repo")
+    run_tvcfs("init", repo)
+    run_tvcfs("--repo", repo, "commit", real_model_dir, "-m", "model")
+    disk = small_disk(30 * MIB)
+    err = _error_text(run_tvcfs("--repo", repo, "checkout", "main", os.path.join(disk.path, "co"), ok=False))
+    assert "No space left on device" in err and "model.safetensors" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    run_tvcfs("--repo", repo, "fsck")
+
+
 def test_store_full_in_process_keeps_the_environment_usable(small_disk):
     """The Python API: ``put_many`` past the end of the disk raises ``StoreFull``; the
     same :class:`LMDBStore` (and a reopened one) still reads what was committed and

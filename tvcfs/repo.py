@@ -663,7 +663,14 @@ class Repo:
         if os.path.exists(dest):
             if not os.path.isdir(dest) or os.listdir(dest):
                 raise TvcfsError(f"destination {dest} exists and is not an empty directory")
-        return self._materialise(e, dest)
+        try:
+            return self._materialise(e, dest)
+        except OSError as err:
+            # a write error (a full disk above all) names no file: say which one, and
+            # that the repository is untouched
+            where = err.filename or getattr(err, "tvcfs_path", dest)
+            raise TvcfsError(f"checkout into {dest} failed writing {where}: {err.strerror or err}; "
+                             "the repository is unchanged, the partial checkout is left in place") from err
 
     def _materialise(self, e: Entry, dest: str) -> int:
         if e.kind == KIND_DIR:
@@ -698,6 +705,9 @@ class Repo:
                     while view:
                         n = os.write(fd, view)
                         view = view[n:]
+            except OSError as e:
+                e.tvcfs_path = dest  # os.write's error names no file
+                raise
             finally:
                 os.close(fd)
         if mode & 0o111:
