@@ -668,8 +668,8 @@ class Repo:
         except OSError as err:
             # a write error (a full disk above all) names no file: say which one, and
             # that the repository is untouched
-            where = err.filename or getattr(err, "tvcfs_path", dest)
-            raise TvcfsError(f"checkout into {dest} failed writing {where}: {err.strerror or err}; "
+            raise TvcfsError(f"checkout into {dest} failed writing {err.filename or dest}: "
+                             f"{err.strerror or err}; "
                              "the repository is unchanged, the partial checkout is left in place") from err
 
     def _materialise(self, e: Entry, dest: str) -> int:
@@ -706,7 +706,8 @@ class Repo:
                         n = os.write(fd, view)
                         view = view[n:]
             except OSError as e:
-                e.tvcfs_path = dest  # os.write's error names no file
+                if e.filename is None:  # os.write's error names no file
+                    raise OSError(e.errno, e.strerror, dest) from e
                 raise
             finally:
                 os.close(fd)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import struct
 
 from ..errors import MalformedObject
+from .dagpb import decode_varint
 
 MAX_DEPTH = 64  # nesting of arrays/maps/tags; deeper input is refused
 
@@ -159,29 +160,19 @@ def _item(data: bytes, pos: int, depth: int):
     raise MalformedObject(f"dag-cbor: {what} at offset {start} (not allowed in DAG-CBOR)")
 
 
-def _uvarint(b: bytes, i: int, at: int) -> tuple[int, int]:
-    v = shift = 0
-    while True:
-        if i >= len(b) or shift > 63:
-            raise MalformedObject(f"dag-cbor: malformed CID at offset {at}")
-        x = b[i]
-        v |= (x & 0x7F) << shift
-        i += 1
-        if not x & 0x80:
-            return v, i
-        shift += 7
-
-
 def _check_cid(cid: bytes, at: int) -> None:
     """A binary CID (spec: https://github.com/multiformats/cid): v0 = a bare sha2-256
     multihash (``12 20`` + 32 bytes); v1 = ``varint(1) ‖ varint(codec) ‖ multihash``."""
     if len(cid) == 34 and cid[0] == 0x12 and cid[1] == 0x20:
         return
-    version, i = _uvarint(cid, 0, at)
-    if version != 1:
-        raise MalformedObject(f"dag-cbor: CID version {version} at offset {at}")
-    _, i = _uvarint(cid, i, at)  # codec
-    _, i = _uvarint(cid, i, at)  # multihash function
-    n, i = _uvarint(cid, i, at)
+    try:
+        version, i = decode_varint(cid, 0)
+        if version != 1:
+            raise MalformedObject(f"CID version {version}")
+        _, i = decode_varint(cid, i)  # codec
+        _, i = decode_varint(cid, i)  # multihash function
+        n, i = decode_varint(cid, i)
+    except MalformedObject as e:
+        raise MalformedObject(f"dag-cbor: malformed CID at offset {at} ({e})") from None
     if i + n != len(cid):
         raise MalformedObject(f"dag-cbor: CID multihash length does not match at offset {at}")

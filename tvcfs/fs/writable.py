@@ -579,19 +579,14 @@ class WritableOperations(ReadOnlyOperations):
             try:
                 res = await trio.to_thread.run_sync(ws.commit_txn, None, self.author)
                 self._finish(ws, res)
-            except StoreFull as e:
-                delay = ws.commit_failed(str(e))
-                log.error("commit of branch %s failed (%s): %s; staged changes kept in %s; "
-                          "next automatic attempt in %.0f s", ws.branch, reason or "commit", e, ws.dir, delay)
-                if errors:
-                    raise _err(errno.ENOSPC) from None
-                return None
             except Exception as e:
-                delay = ws.commit_failed(f"{type(e).__name__}: {e}")
-                log.exception("commit of branch %s failed; staged changes kept in %s; "
-                              "next automatic attempt in %.0f s", ws.branch, ws.dir, delay)
+                full = isinstance(e, StoreFull)  # an expected condition: no traceback
+                delay = ws.commit_failed(str(e) if full else f"{type(e).__name__}: {e}")
+                log.error("commit of branch %s failed (%s): %s; staged changes kept in %s; "
+                          "next automatic attempt in %.0f s", ws.branch, reason or "commit", e, ws.dir, delay,
+                          exc_info=not full)
                 if errors:
-                    raise _err(errno.EIO) from None
+                    raise _err(errno.ENOSPC if full else errno.EIO) from None
                 return None
             finally:
                 ws.committing = False
