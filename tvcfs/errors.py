@@ -23,7 +23,7 @@ class BlockNotFound(TvcfsError, KeyError):
     """A block is in no configured store. ``.cid`` holds the binary CID."""
 
     def __init__(self, cid: bytes, msg: str | None = None):
-        from .encoding.cid import cid_str
+        from .encoding.multibase import cid_str
 
         self.cid = cid
         super().__init__(msg or f"block {cid_str(cid)} not found")
@@ -53,7 +53,7 @@ class RefConflict(TvcfsError):
     """
 
     def __init__(self, ref, expected, actual, commit=None):
-        from .encoding.cid import cid_str
+        from .encoding.multibase import cid_str
 
         self.ref, self.expected, self.actual, self.commit = ref, expected, actual, commit
         exp = cid_str(expected) if expected else "(none)"
@@ -70,3 +70,14 @@ class RefExists(TvcfsError):
 
 class MalformedObject(TvcfsError, ValueError):
     """A dag-pb, UnixFS, dag-cbor or CAR object does not decode."""
+
+
+class BlockUnavailable(TvcfsError):
+    """A store cannot answer for a block right now (a peer or bucket unreachable, a
+    timeout): unlike a ``None`` from ``get`` ("not held here") it says nothing about
+    whether the block exists. Routers fall back to their next tier on it.
+    ``.cid``: the binary CID or ``None``; ``.tier``: the store's name or ``""``."""
+
+    def __init__(self, msg: str, cid: bytes | None = None, tier: str = ""):
+        self.cid, self.tier = cid, tier
+        super().__init__(msg)

@@ -136,6 +136,27 @@ class Repo:
             self.store.close()
             raise TvcfsError(f"repository format {fmt} is newer than this tvcfs supports ({FORMAT_VERSION})")
         self._prefix_cache: tuple | None = None
+        self._blocks = None
+
+    @property
+    def blocks(self):
+        """The repository's block layer: its LMDB store alone, or a
+        :class:`~tvcfs.store.router.Router` with the local store first and the
+        backends selected by ``TVCFS_BACKENDS`` / :func:`tvcfs.store.set_default_backend`
+        after it (see ``docs/architecture.md``)."""
+        if self._blocks is None:
+            from .store import get_backend, selected_names
+
+            names = selected_names()
+            if names == ["lmdb"]:
+                self._blocks = self.store
+            else:
+                if "lmdb" not in names:
+                    names = ["lmdb", *names]  # the local store is always the first tier
+                from .store.router import Router, Tier
+
+                self._blocks = Router([Tier(n, get_backend(n, repo=self)) for n in names])
+        return self._blocks
 
     # --- opening ---------------------------------------------------------------
     @classmethod
@@ -172,6 +193,8 @@ class Repo:
         return cls(find_repo_root(start))
 
     def close(self) -> None:
+        if self._blocks is not None and self._blocks is not self.store:
+            self._blocks.close()
         self.store.close()
 
     def __enter__(self):
@@ -182,8 +205,9 @@ class Repo:
 
     # --- blocks ----------------------------------------------------------------
     def get(self, cid: bytes) -> bytes:
-        """A block's bytes. Raises :class:`BlockNotFound`."""
-        b = self.store.get(cid)
+        """A block's bytes, through the block layer (:attr:`blocks`). Raises
+        :class:`BlockNotFound`, :class:`~tvcfs.errors.BlockUnavailable`."""
+        b = self.blocks.get(cid)
         if b is None:
             raise BlockNotFound(cid)
         return b

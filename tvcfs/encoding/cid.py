@@ -12,10 +12,10 @@ printing uses the same base32 lower-case alphabet by hand (tested equal to
 
 from __future__ import annotations
 
-import base64
 import hashlib
 
 from ..errors import CorruptBlock, InvalidCID
+from .multibase import cid_str  # noqa: F401  (re-exported: the printed form)
 
 RAW = 0x55
 DAG_PB = 0x70
@@ -67,14 +67,6 @@ def verify_block(cid: bytes, data) -> None:
         raise CorruptBlock(f"block {cid_str(cid)} does not hash to its CID")
 
 
-def cid_str(cid: bytes) -> str:
-    """Print a binary CID in its canonical string form: multibase ``b`` + base32 lower.
-
-    Equals ``multiformats.CID.decode(cid).encode("base32")``.
-    """
-    return "b" + base64.b32encode(cid).decode("ascii").rstrip("=").lower()
-
-
 def cid_from_str(text: str) -> bytes:
     """Parse a CID string in any multibase (``bafy…``, ``bafk…``, ``z…``) to binary.
 
@@ -113,3 +105,49 @@ def to_mf_cid(cid: bytes):
 def from_mf_cid(cid) -> bytes:
     """Binary CID bytes of a ``multiformats.CID`` object."""
     return bytes(cid)
+
+
+class CID(bytes):
+    """A binary CIDv1 (36 bytes) that prints as its canonical string.
+
+    A ``bytes`` subclass, so it is accepted (and compares, hashes and stores) exactly
+    like the raw binary CIDs used everywhere inside tvcfs; ``str(cid)`` and
+    ``f"{cid}"`` give the base32 form (``bafk…``, ``bafy…``, ``bafyrei…``).
+    ``CID(x)`` takes binary CID bytes, a CID string in any multibase (CIDv0 is
+    converted to v1), or a ``multiformats.CID``. Raises :class:`InvalidCID`.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, value):
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            raw = cid_from_str(value)
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            raw = bytes(value)
+            cid_codec(raw)
+        else:
+            raw = cid_from_str(str(value)) if hasattr(value, "digest") else bytes(value)
+            cid_codec(raw)
+        return super().__new__(cls, raw)
+
+    def __str__(self) -> str:
+        return cid_str(self)
+
+    def __repr__(self) -> str:
+        return f"CID('{cid_str(self)}')"
+
+    def __reduce__(self):
+        return (CID, (bytes(self),))
+
+    @property
+    def codec(self) -> int:
+        """The multicodec code (``RAW``, ``DAG_PB``, ``DAG_CBOR``)."""
+        return self[1]
+
+
+def as_cid(value) -> CID:
+    """``value`` (binary CID, CID string, :class:`CID`, ``multiformats.CID``) as a
+    :class:`CID`. Raises :class:`InvalidCID`."""
+    return CID(value)

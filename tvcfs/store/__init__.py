@@ -1,30 +1,143 @@
-"""Block stores. :class:`BlockStore` is the small protocol every backend implements;
-:class:`~tvcfs.store.lmdb_store.LMDBStore` is the embedded default (DESIGN.md §2)."""
+"""The block layer: the :class:`BlockStore` interface, its backends, the router, and
+the backend registry. See ``docs/architecture.md``.
+
+Modules: :mod:`~tvcfs.store.base` (the protocol, capabilities), :mod:`~tvcfs.store.lmdb_store`
+(the embedded default), :mod:`~tvcfs.store.memory`, :mod:`~tvcfs.store.verify` (the one
+verify-and-store path), :mod:`~tvcfs.store.router` (ordered tiers).
+
+Backends are chosen by name from a registry (after ipfs_accelerate_py's backend
+router): :func:`register_backend` adds a factory, :func:`get_backend` builds one.
+The name is, in order: the argument; the ``TVCFS_BACKEND`` environment variable; the
+default set by :func:`set_default_backend`; ``"lmdb"``. ``TVCFS_BACKENDS`` (a comma
+list, e.g. ``lmdb,memory``) builds a :class:`~tvcfs.store.router.Router` of those
+backends in that order instead.
+"""
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Protocol, runtime_checkable
+import os
+import threading
+from typing import Callable
+
+from ..errors import TvcfsError
+from .base import (  # noqa: F401
+    MAP_OFFSETS, PERSISTENT, REMOTE, TRANSACTIONS, ZERO_COPY, BlockStore, BlockView, StoreBase, view,
+)
+
+__all__ = ["BlockStore", "BlockView", "StoreBase", "view", "register_backend", "get_backend",
+           "set_default_backend", "backend_names", "UnknownBackend", "ZERO_COPY", "MAP_OFFSETS",
+           "PERSISTENT", "REMOTE", "TRANSACTIONS"]
+
+_factories: dict[str, Callable] = {}
+_default: str | None = None
+_lock = threading.Lock()
 
 
-@runtime_checkable
-class BlockStore(Protocol):
-    """A content-addressed block store keyed by binary CIDv1 (36 bytes).
+class UnknownBackend(TvcfsError, KeyError):
+    """No backend is registered under that name."""
 
-    ``get`` returns the block's bytes or ``None``; ``put`` returns ``True`` if the block
-    was new. Implementations that take blocks from outside verify them against their
-    CID (:func:`tvcfs.encoding.cid.verify_block`) before storing or serving them.
-    """
+    def __str__(self):
+        return self.args[0]
 
-    def get(self, cid: bytes) -> bytes | None: ...
 
-    def get_many(self, cids: Iterable[bytes]) -> Iterator[tuple[bytes, bytes | None]]: ...
+def register_backend(name: str, factory: Callable, replace: bool = False) -> None:
+    """Register ``factory(repo=None, **options) -> BlockStore`` under ``name``.
 
-    def has(self, cid: bytes) -> bool: ...
+    ``repo`` is the :class:`tvcfs.Repo` the backend serves (``None`` for a detached
+    store); options come from the caller or the repository's configuration. Raises
+    ``ValueError`` if ``name`` is taken and not ``replace``."""
+    if not name or "," in name:
+        raise ValueError(f"invalid backend name {name!r}")
+    with _lock:
+        if name in _factories and not replace:
+            raise ValueError(f"backend {name!r} is already registered")
+        _factories[name] = factory
 
-    def put(self, cid: bytes, block) -> bool: ...
 
-    def put_many(self, blocks: Iterable[tuple[bytes, bytes]]) -> int: ...
+def backend_names() -> list:
+    """Names of the registered backends, sorted."""
+    with _lock:
+        return sorted(_factories)
 
-    def delete(self, cid: bytes) -> bool: ...
 
-    def __iter__(self) -> Iterator[bytes]: ...
+def set_default_backend(name: str | None) -> None:
+    """Make ``name`` the backend :func:`get_backend` picks when neither an argument nor
+    ``TVCFS_BACKEND`` names one (``None`` restores ``"lmdb"``). Raises
+    :class:`UnknownBackend`."""
+    global _default
+    if name is not None:
+        _factory(name)
+    _default = name
+
+
+def _factory(name: str) -> Callable:
+    with _lock:
+        f = _factories.get(name)
+    if f is None:
+        raise UnknownBackend(f"unknown block backend {name!r} (registered: {', '.join(backend_names())})")
+    return f
+
+
+def selected_names(name: str | None = None) -> list:
+    """The backend names :func:`get_backend` would use, in tier order."""
+    if name:
+        return [name]
+    if os.environ.get("TVCFS_BACKEND"):
+        return [os.environ["TVCFS_BACKEND"].strip()]
+    if os.environ.get("TVCFS_BACKENDS"):
+        names = [n.strip() for n in os.environ["TVCFS_BACKENDS"].split(",") if n.strip()]
+        if names:
+            return names
+    return [_default or "lmdb"]
+
+
+def get_backend(name: str | None = None, repo=None, **options):
+    """Build the selected backend (see the module docstring) for ``repo``.
+
+    One name gives that backend's store; several (``TVCFS_BACKENDS``) give a
+    :class:`~tvcfs.store.router.Router` with one tier per name, in order. Raises
+    :class:`UnknownBackend`."""
+    names = selected_names(name)
+    stores = [(n, _factory(n)(repo=repo, **options)) for n in names]
+    if len(stores) == 1:
+        return stores[0][1]
+    from .router import Router, Tier
+
+    return Router([Tier(n, s) for n, s in stores])
+
+
+def _lmdb_factory(repo=None, path: str | None = None, **_):
+    if repo is not None:
+        return _Borrowed(repo.store)
+    if path is None:
+        raise TvcfsError("the lmdb backend needs a repository or a path")
+    from .lmdb_store import LMDBStore
+
+    return LMDBStore(path)
+
+
+def _memory_factory(repo=None, **_):
+    from .memory import MemoryStore
+
+    return MemoryStore()
+
+
+class _Borrowed:
+    """A repository's own store lent to a router: closing the router leaves it open."""
+
+    def __init__(self, store):
+        self._store = store
+        self.capabilities = store.capabilities
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def __iter__(self):
+        return iter(self._store)
+
+    def close(self) -> None:
+        pass
+
+
+register_backend("lmdb", _lmdb_factory)
+register_backend("memory", _memory_factory)

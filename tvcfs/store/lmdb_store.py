@@ -1,4 +1,4 @@
-"""The embedded block store: one LMDB environment per repository (DESIGN.md §2).
+"""The embedded block store: one LMDB environment per repository (docs/repository.md).
 
 Named sub-databases:
 
@@ -40,6 +40,7 @@ import lmdb
 
 from ..encoding.cid import cid_str
 from ..errors import RefConflict, TvcfsError
+from .base import MAP_OFFSETS, PERSISTENT, TRANSACTIONS, ZERO_COPY
 
 DEFAULT_MAP_SIZE = 1 << 40  # bytes of address space (sparse); 1 TiB
 _DBS = (b"blocks", b"refs", b"reflog", b"pins", b"meta")
@@ -289,6 +290,16 @@ class WriteTxn:
         return json.loads(bytes(v)) if v is not None else default
 
 
+class _LMDBView:
+    __slots__ = ("txn", "db")
+
+    def __init__(self, txn, db):
+        self.txn, self.db = txn, db
+
+    def get(self, cid: bytes):
+        return self.txn.get(cid, db=self.db)
+
+
 class LMDBStore:
     """The LMDB environment of a repository at ``path`` (a directory).
 
@@ -297,6 +308,8 @@ class LMDBStore:
     Raises :class:`StoreFull` when the map or the disk fills (the failed transaction
     is aborted; nothing already committed is lost).
     """
+
+    capabilities = frozenset({ZERO_COPY, MAP_OFFSETS, PERSISTENT, TRANSACTIONS})
 
     def __init__(self, path: str, map_size: int = DEFAULT_MAP_SIZE):
         self.path = path
@@ -365,6 +378,16 @@ class LMDBStore:
         txn = self.env.begin(buffers=True)
         try:
             yield txn
+        finally:
+            txn.abort()
+
+    @contextmanager
+    def view(self):
+        """A zero-copy :class:`~tvcfs.store.base.BlockView`: ``get(cid)`` returns a
+        read-only memoryview into the map (or ``None``), valid inside the ``with``."""
+        txn = self.env.begin(buffers=True)
+        try:
+            yield _LMDBView(txn, self.dbs["blocks"])
         finally:
             txn.abort()
 

@@ -1,0 +1,165 @@
+"""One conformance suite every BlockStore passes (as dulwich tests every object store
+with one suite): the LMDB store, the in-memory store, and routers over them. A new
+backend adds one factory to ``STORES``."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from tvcfs.encoding.cid import DAG_CBOR, RAW, make_cid
+from tvcfs.store import BlockStore, view
+from tvcfs.store.lmdb_store import LMDBStore
+from tvcfs.store.memory import MemoryStore
+from tvcfs.store.router import Router, Tier
+
+
+def _lmdb(tmp_path):
+    return LMDBStore(str(tmp_path / "store"))
+
+
+def _memory(tmp_path):
+    return MemoryStore()
+
+
+def _router_memory(tmp_path):
+    return Router([Tier("local", MemoryStore()), Tier("far", MemoryStore(), writable=False, trusted=False)])
+
+
+def _router_lmdb(tmp_path):
+    return Router([Tier("local", LMDBStore(str(tmp_path / "a"))),
+                   Tier("far", LMDBStore(str(tmp_path / "b")), writable=False, trusted=False, timeout=5)])
+
+
+STORES = {"lmdb": _lmdb, "memory": _memory, "router-memory": _router_memory, "router-lmdb": _router_lmdb}
+
+
+@pytest.fixture(params=sorted(STORES))
+def store(request, tmp_path):
+    s = STORES[request.param](tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def blk(i: int, size: int = 100) -> tuple[bytes, bytes]:
+    data = (i.to_bytes(4, "big") * (size // 4 + 1))[:size]
+    return make_cid(RAW, data), data
+
+
+def test_is_blockstore(store):
+    assert isinstance(store, BlockStore)
+    assert isinstance(store.capabilities, frozenset)
+
+
+def test_put_get_has(store):
+    cid, data = blk(1)
+    assert not store.has(cid)
+    assert store.get(cid) is None
+    assert store.put(cid, data) is True
+    assert store.has(cid)
+    assert bytes(store.get(cid)) == data
+    assert store.put(cid, data) is False  # idempotent: not new
+
+
+def test_empty_and_large_blocks(store):
+    empty = (make_cid(RAW, b""), b"")
+    big = blk(7, 1 << 20)
+    for cid, data in (empty, big):
+        assert store.put(cid, data)
+        got = store.get(cid)
+        assert got is not None and bytes(got) == data
+
+
+def test_other_codecs(store):
+    data = b"\xa1\x61a\x01"
+    cid = make_cid(DAG_CBOR, data)
+    store.put(cid, data)
+    assert bytes(store.get(cid)) == data
+
+
+def test_get_many_in_order_with_missing(store):
+    items = [blk(i) for i in range(10)]
+    assert store.put_many(items[:5]) == 5
+    assert store.put_many(items[:5]) == 0
+    order = [c for c, _ in reversed(items)]
+    got = list(store.get_many(order))
+    assert [c for c, _ in got] == order
+    for c, d in got:
+        expect = dict(items)[c] if c in dict(items[:5]) else None
+        assert (bytes(d) if d is not None else None) == expect
+
+
+def test_delete(store):
+    cid, data = blk(3)
+    store.put(cid, data)
+    assert store.delete(cid) is True
+    assert not store.has(cid)
+    assert store.get(cid) is None
+    assert store.delete(cid) is False
+
+
+def test_iterate_and_stat(store):
+    items = [blk(i) for i in range(20)]
+    store.put_many(items)
+    assert set(store) == {c for c, _ in items}
+    st = store.stat()
+    assert st["blocks"] == 20
+    assert st["bytes"] >= 0
+
+
+def test_view_reads_same_bytes(store):
+    items = [blk(i, 5000) for i in range(5)]
+    store.put_many(items)
+    with view(store) as v:
+        for c, d in items:
+            assert bytes(v.get(c)) == d
+        assert v.get(blk(99)[0]) is None
+
+
+def test_concurrent_put_get(store):
+    items = [blk(i, 4096) for i in range(200)]
+    errors = []
+
+    def worker(part):
+        try:
+            for c, d in part:
+                store.put(c, d)
+                assert bytes(store.get(c)) == d
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(items[k::4],)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert set(store) >= {c for c, _ in items}
+
+
+def test_persistent_capability_survives_reopen(tmp_path):
+    cid, data = blk(5)
+    s = LMDBStore(str(tmp_path / "p"))
+    s.put(cid, data)
+    s.close()
+    s = LMDBStore(str(tmp_path / "p"))
+    try:
+        assert bytes(s.get(cid)) == data
+    finally:
+        s.close()
+
+
+def test_stores_are_independent(tmp_path):
+    # a factory gives a fresh, empty store each time (no shared global state)
+    for name, make in STORES.items():
+        sub = tmp_path / name
+        os.makedirs(sub)
+        s = make(sub)
+        try:
+            assert list(s) == [], name
+        finally:
+            s.close()

@@ -1,0 +1,91 @@
+"""The one verify-and-store path: every block that enters tvcfs from outside (a peer,
+a CAR file, a remote backend) is hashed against its CID here before it is stored or
+served (``docs/format.md``: CIDv1 sha2-256).
+
+Hashing releases the GIL (hashlib does for buffers over 2 KiB), so large batches are
+split over a small thread pool and use the machine's other cores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from ..encoding.cid import cid_str, verify_block
+from ..errors import CorruptBlock
+from .base import TRANSACTIONS
+
+__all__ = ["verify_block", "verify_many", "verify_and_put", "PutResult"]
+
+PARALLEL_BYTES = 4 << 20  # bytes: batches smaller than this are hashed on the calling thread
+_pool: ThreadPoolExecutor | None = None
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)),
+                                   thread_name_prefix="tvcfs-verify")
+    return _pool
+
+
+def _ok(item) -> bool:
+    cid, data = item
+    return hashlib.sha256(data).digest() == bytes(cid[4:])
+
+
+def verify_many(blocks: Iterable[tuple[bytes, bytes]]) -> tuple[list, list]:
+    """Hash every ``(cid, data)`` pair; return ``(good, bad)``: ``good`` the pairs whose
+    data hashes to their CID, in input order; ``bad`` the CIDs that do not."""
+    items = list(blocks)
+    if sum(len(d) for _, d in items) < PARALLEL_BYTES or len(items) < 2:
+        oks = list(map(_ok, items))
+    else:
+        oks = list(_executor().map(_ok, items))
+    good = [it for it, ok in zip(items, oks) if ok]
+    bad = [it[0] for it, ok in zip(items, oks) if not ok]
+    return good, bad
+
+
+@dataclass
+class PutResult:
+    """Outcome of :func:`verify_and_put`: ``stored`` blocks new to the store,
+    ``good`` blocks that verified (new or not), ``bad`` CIDs whose data did not hash
+    to them (not stored), ``bytes_new`` bytes of the new blocks."""
+
+    stored: int = 0
+    good: int = 0
+    bytes_new: int = 0
+    bad: list = field(default_factory=list)
+
+    def raise_for_bad(self, source: str = "") -> None:
+        """Raise :class:`CorruptBlock` naming the first bad CID (and ``source``)."""
+        if self.bad:
+            where = f" from {source}" if source else ""
+            raise CorruptBlock(f"block {cid_str(self.bad[0])}{where} does not hash to its CID"
+                               + (f" (and {len(self.bad) - 1} more)" if len(self.bad) > 1 else ""))
+
+
+def verify_and_put(store, blocks: Iterable[tuple[bytes, bytes]], txn=None) -> PutResult:
+    """Verify ``(cid, data)`` pairs and store the good ones in ``store`` (a
+    :class:`~tvcfs.store.base.BlockStore`) — or in the open write transaction ``txn``
+    (its ``put_block``) so that they land together with other changes. Bad blocks are
+    reported in the result, never stored. Raises what the store raises (for example
+    :class:`~tvcfs.store.lmdb_store.StoreFull`)."""
+    good, bad = verify_many(blocks)
+    res = PutResult(good=len(good), bad=bad)
+    if txn is None and good and TRANSACTIONS in getattr(store, "capabilities", ()):
+        with store.write() as w:
+            return _put_all(w.put_block, good, res)
+    return _put_all(txn.put_block if txn is not None else store.put, good, res)
+
+
+def _put_all(put, good, res: PutResult) -> PutResult:
+    for cid, data in good:
+        if put(cid, data):
+            res.stored += 1
+            res.bytes_new += len(data)
+    return res
