@@ -155,7 +155,7 @@ def test_car_header_is_read_with_the_strict_decoder(tmp_path):
     import io
 
     from tvcfs.encoding.car import read_car
-    from tvcfs.encoding.dagpb import encode_varint
+    from tvcfs.encoding.varint import encode_varint
 
     root = make_cid(RAW, b"r")
     header = dag_cbor.encode({"roots": [CID.decode(root)], "version": 1})

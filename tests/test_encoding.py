@@ -22,7 +22,8 @@ from tvcfs.encoding.cid import (
     to_mf_cid, verify_block,
 )
 from tvcfs.encoding.commit import Commit, cbor_links, decode_commit
-from tvcfs.encoding.dagpb import PBLink, decode_node, decode_varint, encode_node, encode_varint
+from tvcfs.encoding.dagpb import PBLink, decode_node, encode_node
+from tvcfs.encoding.varint import decode_varint, encode_varint
 from tvcfs.encoding.unixfs import (
     DIRECTORY, FILE, MAX_LINKS, build_directory, build_file, build_symlink, decode_pb_unixfs,
     decode_unixfs, encode_unixfs,
@@ -371,3 +372,24 @@ def test_car_rejects_malformed():
     roots, it = read_car(io.BytesIO(raw[:-10]))  # truncated last section
     with pytest.raises(MalformedObject):
         list(it)
+
+
+def test_varint_bounds_and_streams():
+    import io
+
+    from tvcfs.encoding.varint import TruncatedVarint, VarintError, read_varint
+
+    with pytest.raises(TruncatedVarint):
+        decode_varint(b"\x80\x80", 0)
+    with pytest.raises(VarintError):
+        decode_varint(b"\x80\x80\x80\x80\x80\x01", 0, max_bytes=5)
+    assert decode_varint(b"\x80\x80\x80\x80\x01", 0, max_bytes=5) == (1 << 28, 5)
+    assert decode_varint(b"\x00\xac\x02\x07", 1, end=3) == (300, 3)
+    with pytest.raises(TruncatedVarint):
+        decode_varint(b"\xac\x02", 0, end=1)
+    f = io.BytesIO(encode_varint(300) + encode_varint(5))
+    assert read_varint(f) == 300 and read_varint(f) == 5 and read_varint(f) is None
+    with pytest.raises(TruncatedVarint):
+        read_varint(io.BytesIO(b"\x80"))
+    with pytest.raises(VarintError):
+        read_varint(io.BytesIO(b"\xff" * 11))

@@ -12,7 +12,7 @@ from typing import BinaryIO, Iterable, Iterator
 
 from ..errors import MalformedObject
 from .cid import cid_codec, verify_block
-from .dagpb import encode_varint
+from .varint import encode_varint, read_varint
 
 MAX_SECTION = 8 << 20  # bytes; tvcfs blocks are at most ~1 MiB
 
@@ -47,25 +47,6 @@ def write_car(out: BinaryIO, roots: list[bytes], blocks: Iterable[tuple[bytes, b
     return n
 
 
-def _read_varint(f: BinaryIO) -> int | None:
-    result = 0
-    shift = 0
-    first = True
-    while True:
-        b = f.read(1)
-        if not b:
-            if first:
-                return None
-            raise MalformedObject("CAR truncated inside a varint")
-        first = False
-        result |= (b[0] & 0x7F) << shift
-        if not b[0] & 0x80:
-            return result
-        shift += 7
-        if shift > 63:
-            raise MalformedObject("CAR varint too long")
-
-
 def read_car(f: BinaryIO, verify: bool = True) -> tuple[list[bytes], Iterator[tuple[bytes, bytes]]]:
     """Read a CAR v1 stream: returns ``(roots, blocks)`` with ``blocks`` a lazy iterator
     of ``(cid, block)``. With ``verify`` every block is hashed against its CID.
@@ -76,7 +57,7 @@ def read_car(f: BinaryIO, verify: bool = True) -> tuple[list[bytes], Iterator[tu
     """
     from .dagcbor import Link, decode
 
-    hlen = _read_varint(f)
+    hlen = read_varint(f)
     if hlen is None or hlen > MAX_SECTION:
         raise MalformedObject("not a CAR file: bad header length")
     raw = f.read(hlen)
@@ -95,7 +76,7 @@ def read_car(f: BinaryIO, verify: bool = True) -> tuple[list[bytes], Iterator[tu
 
     def blocks():
         while True:
-            ln = _read_varint(f)
+            ln = read_varint(f)
             if ln is None:
                 return
             if ln > MAX_SECTION or ln < 36:

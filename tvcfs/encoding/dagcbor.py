@@ -27,7 +27,7 @@ from __future__ import annotations
 import struct
 
 from ..errors import MalformedObject
-from .dagpb import decode_varint
+from .varint import decode_varint
 
 MAX_DEPTH = 64  # nesting of arrays/maps/tags; deeper input is refused
 

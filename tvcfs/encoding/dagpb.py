@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..errors import MalformedObject
+from .varint import decode_varint, encode_varint  # noqa: F401  (the one varint)
 
 
 class PBLink(NamedTuple):
@@ -22,39 +23,6 @@ class PBLink(NamedTuple):
     hash: bytes
     name: str
     tsize: int
-
-
-def encode_varint(n: int) -> bytes:
-    """Unsigned LEB128 varint (protobuf / multiformats unsigned-varint)."""
-    if n < 0x80:
-        return bytes((n,))
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def decode_varint(buf, pos: int) -> tuple[int, int]:
-    """Decode an unsigned varint at ``pos``; return ``(value, new_pos)``.
-
-    Raises :class:`MalformedObject` on truncation or more than 10 bytes.
-    """
-    result = 0
-    shift = 0
-    n = len(buf)
-    while True:
-        if pos >= n:
-            raise MalformedObject("truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise MalformedObject("varint longer than 64 bits")
 
 
 def encode_link(link: PBLink) -> bytes:

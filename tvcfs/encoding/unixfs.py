@@ -26,7 +26,8 @@ from typing import NamedTuple
 
 from ..errors import MalformedObject
 from .cid import DAG_PB, make_cid
-from .dagpb import PBLink, decode_node, decode_varint, encode_node, encode_varint
+from .dagpb import PBLink, decode_node, encode_node
+from .varint import decode_varint, encode_varint
 
 RAW_T, DIRECTORY, FILE, METADATA, SYMLINK, HAMT = 0, 1, 2, 3, 4, 5
 MAX_LINKS = 174  # Kubo's default links per node (helpers.DefaultLinksPerBlock)

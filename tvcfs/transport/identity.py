@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
-from ..encoding.dagpb import encode_varint
+from ..encoding.varint import decode_varint, encode_varint
 from ..errors import TvcfsError
 
 __all__ = [
@@ -140,15 +140,7 @@ def _public_key_from_proto(proto: bytes):
         key_type = proto[1]
         if proto[2] != 0x12:
             raise ValueError
-        # length varint
-        i, shift, length = 3, 0, 0
-        while True:
-            b = proto[i]
-            i += 1
-            length |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
+        length, i = decode_varint(proto, 3, max_bytes=5)
         data = proto[i : i + length]
         if len(data) != length or i + length != len(proto):
             raise ValueError

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ..encoding.dagpb import encode_varint
+from ..encoding.varint import TruncatedVarint, VarintError, decode_varint, encode_varint
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -109,20 +109,10 @@ class _Reader:
         self.limits = limits
 
     def uv(self) -> int:
-        buf, pos, end = self.buf, self.pos, self.end
-        n = shift = 0
-        while True:
-            if pos >= end:
-                raise ProtocolError("truncated varint")
-            b = buf[pos]
-            pos += 1
-            n |= (b & 0x7F) << shift
-            if not b & 0x80:
-                break
-            shift += 7
-            if shift > 63:
-                raise ProtocolError("varint too long")
-        self.pos = pos
+        try:
+            n, self.pos = decode_varint(self.buf, self.pos, self.end)
+        except VarintError as e:
+            raise ProtocolError(str(e)) from None
         return n
 
     def bytes(self, max_len: int | None = None) -> bytes:
@@ -724,19 +714,12 @@ class FrameDecoder:
     def _next_small(self) -> Message | None:
         buf, pos = self._buf, self._pos
         end = len(buf)
-        n = shift = 0
-        p = pos
-        while True:
-            if p >= end:
-                return None
-            b = buf[p]
-            p += 1
-            n |= (b & 0x7F) << shift
-            if not b & 0x80:
-                break
-            shift += 7
-            if shift > 28:
-                raise ProtocolError("frame length prefix too long")
+        try:
+            n, p = decode_varint(buf, pos, end, max_bytes=5)
+        except TruncatedVarint:
+            return None
+        except VarintError:
+            raise ProtocolError("frame length prefix too long") from None
         if n > self.limits.max_message:
             raise ProtocolError(f"message of {n} bytes exceeds limit {self.limits.max_message}")
         if n == 0:
