@@ -5,7 +5,7 @@ Format (https://huggingface.co/docs/safetensors/index#format): ``u64 little-endi
 ``{"dtype": str, "shape": [int], "data_offsets": [begin, end]}`` (offsets relative to
 the start of the data region, in bytes) and may hold ``"__metadata__": {str: str}``.
 
-The leaf plan (DESIGN.md §1): the 8-byte length plus the JSON header form the first
+The leaf plan (docs/format.md, "Chunking"): the 8-byte length plus the JSON header form the first
 leaf (several if the header is over 1 MiB); every tensor's byte range starts a new
 leaf; a tensor larger than ``max_leaf`` is cut into ``max_leaf`` pieces counted from its
 own start. So an unchanged tensor keeps its leaf CIDs however the offsets around it move.
@@ -115,17 +115,28 @@ def parse_header(prefix: bytes, file_size: int) -> SafetensorsHeader:
     return SafetensorsHeader(n, tensors, metadata, raw)
 
 
-def read_header(f, file_size: int) -> SafetensorsHeader:
-    """Read and parse the header of an open binary file (``pread``; position unchanged).
-    Raises :class:`NotSafetensors`."""
-    fd = f.fileno()
-    first = os.pread(fd, 8, 0)
+def read_header_with(read, file_size: int) -> SafetensorsHeader:
+    """The one safetensors-header reader: ``read(offset, length) -> bytes`` reads the
+    file (a local file, a stored file DAG, a remote one); ``file_size`` in bytes. Reads
+    the 8-byte length, checks it (2 ≤ N ≤ :data:`MAX_HEADER`, 8 + N ≤ ``file_size``)
+    before reading N more bytes, then :func:`parse_header`. Raises
+    :class:`NotSafetensors`; whatever ``read`` raises passes through."""
+    if file_size < 8:
+        raise NotSafetensors("shorter than 8 bytes")
+    first = bytes(read(0, 8))
     if len(first) < 8:
         raise NotSafetensors("shorter than 8 bytes")
     n = int.from_bytes(first, "little")
     if n < 2 or n > MAX_HEADER or 8 + n > file_size:
         raise NotSafetensors(f"bad header length {n}")
-    return parse_header(first + os.pread(fd, n, 8), file_size)
+    return parse_header(first + bytes(read(8, n)), file_size)
+
+
+def read_header(f, file_size: int) -> SafetensorsHeader:
+    """Read and parse the header of an open binary file (``pread``; position unchanged).
+    Raises :class:`NotSafetensors`."""
+    fd = f.fileno()
+    return read_header_with(lambda offset, length: os.pread(fd, length, offset), file_size)
 
 
 def _pieces(start: int, end: int, max_leaf: int) -> Iterator[tuple[int, int]]:

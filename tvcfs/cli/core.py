@@ -166,17 +166,11 @@ def cmd_cat(args):
 def tensor_table(repo, cid: bytes) -> list:
     """Rows ``(name, dtype, shape, bytes, first leaf index, leaves)`` of a safetensors
     file ``cid`` from its header leaves (reads no tensor data); ``[]`` if not one."""
-    from ..chunking.safetensors import NotSafetensors, parse_header
+    from ..chunking.safetensors import NotSafetensors, read_header_with
 
     idx = repo.file_index(cid)
-    first = idx.read(repo.get, 0, 8)
-    if len(first) < 8:
-        return []
-    n = int.from_bytes(first, "little")
-    if n > 100 << 20 or 8 + n > idx.size:
-        return []
     try:
-        hdr = parse_header(idx.read(repo.get, 0, 8 + n), idx.size)
+        hdr = read_header_with(lambda offset, length: idx.read(repo.get, offset, length), idx.size)
     except NotSafetensors:
         return []
     rows = []
