@@ -70,3 +70,19 @@ class RefExists(TvcfsError):
 
 class MalformedObject(TvcfsError, ValueError):
     """A dag-pb, UnixFS, dag-cbor or CAR object does not decode."""
+
+
+class InvalidEntryName(TvcfsError, ValueError):
+    """A name that cannot be a directory entry (:func:`tvcfs.encoding.unixfs.entry_name_error`).
+
+    ``.name``: the name (``str``, non-UTF-8 bytes as surrogate escapes); ``.errno``:
+    the errno a filesystem call answers (``ENAMETOOLONG``, ``EILSEQ`` or ``EINVAL``);
+    ``.reason``: why, in words; ``.path``: where it was met (``str``) or ``None``.
+    """
+
+    def __init__(self, name, errno: int, reason: str, path=None, action: str = ""):
+        from .encoding.unixfs import printable_name
+
+        self.name, self.errno, self.reason, self.path = name, errno, reason, path
+        where = printable_name(path if path is not None else name)
+        super().__init__(f"{where}: {reason}" + (f"; {action}" if action else ""))
