@@ -250,3 +250,55 @@ def test_fstat_of_unlinked_open_file_has_nlink_zero(small_repo, tmp_path):
         finally:
             os.close(fd)
             os.close(fd_committed)
+
+
+@pytest.mark.timeout(120)
+def test_posix_differences_table(small_repo, tmp_path):
+    """The calls of docs/mount.md "POSIX differences" return what the table says
+    (the table is checked here, not guessed)."""
+    import ctypes
+    import ctypes.util
+    import stat
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+    def renameat2(a, b, flags):
+        if libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), flags) != 0:
+            raise OSError(ctypes.get_errno(), "renameat2")
+
+    with Mounted(small_repo.root, tmp_path / "mnt") as m:
+        j = lambda *p: m.branch("main", *p)  # noqa: E731
+        ro = m.path("commits", cid_str(head(small_repo)), "a.txt")
+        uid = os.stat(j("a.txt")).st_uid
+        assert os_err(os.chown, j("a.txt"), uid + 1234, uid + 1234) is None
+        assert os.stat(j("a.txt")).st_uid == uid
+        for mode, shown in ((0o600, 0o644), (0o4711, 0o755), (0o640, 0o644)):
+            os.chmod(j("a.txt"), mode)
+            assert stat.S_IMODE(os.stat(j("a.txt")).st_mode) == shown, oct(mode)
+        os.chmod(j(), 0o700)
+        assert stat.S_IMODE(os.stat(j()).st_mode) == 0o755
+        assert os_err(os.mkfifo, j("fifo")) == errno.EPERM
+        assert os_err(os.mknod, j("sock"), 0o644 | stat.S_IFSOCK) == errno.EPERM
+        os.mknod(j("plain"), 0o644 | stat.S_IFREG)
+        assert stat.S_ISREG(os.stat(j("plain")).st_mode) and os.stat(j("plain")).st_size == 0
+        assert os_err(os.link, j("a.txt"), j("hard")) == errno.EPERM
+        os.utime(j("a.txt"), (1000, 2000))
+        st = os.stat(j("a.txt"))
+        assert st.st_mtime == st.st_atime == st.st_ctime == 2000
+        assert os_err(os.setxattr, j("a.txt"), "user.x", b"1") == errno.ENOTSUP
+        assert os_err(os.getxattr, j("a.txt"), "user.x") == errno.ENOTSUP
+        assert os_err(os.listxattr, j("a.txt")) == errno.ENOTSUP
+        os.makedirs(j("full/sub"))
+        os.mkdir(j("empty"))
+        assert os_err(os.rename, j("empty"), j("full")) == errno.ENOTEMPTY
+        assert os_err(renameat2, j("plain"), j("new"), 1) == errno.EINVAL      # RENAME_NOREPLACE
+        assert os_err(renameat2, j("plain"), j("a.txt"), 2) == errno.EINVAL    # RENAME_EXCHANGE
+        assert os_err(os.open, j(), os.O_TMPFILE | os.O_RDWR, 0o600) == errno.EOPNOTSUPP
+        os.mkdir(m.path("branches", "other"))
+        assert os_err(os.rename, j("plain"), m.path("branches", "other", "plain")) == errno.EXDEV
+        assert os_err(os.setxattr, ro, "user.x", b"1") == errno.EROFS
+        assert os_err(os.chown, ro, uid, uid) == errno.EROFS
+        assert os_err(os.mkfifo, ro + ".fifo") == errno.EROFS
+        assert os.statvfs(j()).f_namemax == 255
+        fsync_dir(j())
+    assert sorted(e.name for e in small_repo.ls("main")) == ["a.txt", "empty", "full", "plain"]
