@@ -533,8 +533,8 @@ class Workspace:
             tree, _ = self.build(imp, skipped=skipped)
             result["skipped"] = skipped
             for path, why, staged in skipped:
-                log.error("branch %s: %s not committed: %s; rename it (its staged data: %s)", self.branch,
-                          path, why, staged and printable_name(staged))
+                log.error("branch %s: %s not committed: %s%s", self.branch, path, why,
+                          f"; its data is kept in {printable_name(staged)}" if staged else "")
             cur = w.get_ref(ref)
             result["head"] = cur
             base_tree = repo.read_commit(self.base).tree if self.base else None
@@ -593,9 +593,10 @@ class Workspace:
         branch (``result["reset"] = True``): handles still open on it keep writing
         there, and their later changes are committed on that branch, never lost; the
         mount gives the original branch a fresh workspace at its head."""
-        self._commit_succeeded()
         if result.get("skipped"):  # kept staged, reported by `tvcfs status`; retried with back-off
             self.commit_failed("entries not committed (invalid names)", result["skipped"])
+        else:
+            self._commit_succeeded()
         if result["conflict"]:
             self.branch = result["branch"]
             result["reset"] = True
