@@ -1,5 +1,7 @@
 """Errors raised by tvcfs. Every one carries a one-line message fit for the CLI."""
 
+from .names import printable_name
+
 
 class TvcfsError(Exception):
     """Base class of all tvcfs errors; the CLI prints ``str(e)`` and exits non-zero."""
@@ -81,3 +83,17 @@ class BlockUnavailable(TvcfsError):
     def __init__(self, msg: str, cid: bytes | None = None, tier: str = ""):
         self.cid, self.tier = cid, tier
         super().__init__(msg)
+
+
+class InvalidEntryName(TvcfsError, ValueError):
+    """A name that cannot be a directory entry (:func:`tvcfs.encoding.unixfs.entry_name_error`).
+
+    ``.name``: the name (``str``, non-UTF-8 bytes as surrogate escapes); ``.errno``:
+    the errno a filesystem call answers (``ENAMETOOLONG``, ``EILSEQ`` or ``EINVAL``);
+    ``.reason``: why, in words; ``.path``: where it was met (``str``) or ``None``.
+    """
+
+    def __init__(self, name, errno: int, reason: str, path=None, action: str = ""):
+        self.name, self.errno, self.reason, self.path = name, errno, reason, path
+        where = printable_name(path if path is not None else name)
+        super().__init__(f"{where}: {reason}" + (f"; {action}" if action else ""))

@@ -21,10 +21,12 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from .chunking import plan_spans
 from .chunking.safetensors import MAX_LEAF
 from .encoding.cid import RAW, cid_from_digest, make_cid
-from .encoding.unixfs import EXEC_FILE_MODE, build_directory, build_file, build_symlink
+from .encoding.unixfs import (EXEC_FILE_MODE, build_directory, build_file, build_symlink, check_entry_name,
+                              printable_name)
 from .errors import TvcfsError
 
 REPO_DIR = ".tvcfs"
+_RENAME = "rename it and try again (nothing was stored or committed)"
 _pool: ThreadPoolExecutor | None = None
 
 
@@ -155,7 +157,9 @@ class Importer:
     def add_tree(self, path: str, exclude=(REPO_DIR,)) -> tuple[bytes, int]:
         """Add a directory recursively (regular files, directories, symlinks; sockets,
         FIFOs and devices are skipped; ``exclude`` names are skipped at every level).
-        Returns ``(dir_cid, tsize)``."""
+        Returns ``(dir_cid, tsize)``. Raises :class:`~tvcfs.errors.InvalidEntryName`
+        naming the file whose name cannot be stored (longer than 255 bytes, not UTF-8),
+        :class:`TvcfsError` for a symlink whose target is not UTF-8."""
         entries = []
         with os.scandir(path) as it:
             items = sorted(it, key=lambda e: e.name.encode("utf-8", "surrogateescape"))
@@ -163,14 +167,22 @@ class Importer:
             if e.name in exclude:
                 continue
             st = e.stat(follow_symlinks=False)
+            if not (statmod.S_ISLNK(st.st_mode) or statmod.S_ISDIR(st.st_mode) or statmod.S_ISREG(st.st_mode)):
+                continue
+            check_entry_name(e.name, e.path, _RENAME)
             if statmod.S_ISLNK(st.st_mode):
-                cid, tsize = self.add_symlink(os.readlink(e.path))
+                target = os.readlink(e.path)
+                try:
+                    target.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise TvcfsError(f"{printable_name(e.path)}: the symlink's target is not valid UTF-8; "
+                                     "point it at a UTF-8 path and try again (nothing was stored or committed)"
+                                     ) from None
+                cid, tsize = self.add_symlink(target)
             elif statmod.S_ISDIR(st.st_mode):
                 cid, tsize = self.add_tree(e.path, exclude)
-            elif statmod.S_ISREG(st.st_mode):
-                cid, tsize, _ = self.add_path(e.path)
             else:
-                continue
+                cid, tsize, _ = self.add_path(e.path)
             entries.append((e.name, cid, tsize))
         return self.add_directory(entries)
 

@@ -22,6 +22,7 @@ from .dag import KIND_DIR, KIND_FILE, KIND_SYMLINK, Entry, FileIndex, read_dir, 
 from .encoding.car import read_car, write_car_block, write_car_header
 from .encoding.cid import DAG_CBOR, cid_codec, cid_from_str, cid_str, verify_block
 from .encoding.commit import Commit, decode_commit
+from .encoding.unixfs import check_entry_name
 from .errors import (
     AmbiguousRevision, BlockNotFound, InvalidCID, NotARepository, RefConflict, RefExists,
     RevisionNotFound, TvcfsError,
@@ -697,10 +698,18 @@ class Repo:
                              "the repository is unchanged, the partial checkout is left in place") from err
 
     def _materialise(self, e: Entry, dest: str) -> int:
+        """Write entry ``e`` at ``dest``; returns bytes written. A directory whose
+        entry names are not valid (``..``, ``/``, NUL, over 255 bytes: a hostile CAR
+        or peer) raises :class:`InvalidEntryName` before any of its entries is written,
+        so nothing is ever written outside ``dest``."""
         if e.kind == KIND_DIR:
+            children = read_dir(self.get, e.cid)
+            for name in children:
+                check_entry_name(name, os.path.join(dest, name),
+                                 f"not a valid entry of directory {cid_str(e.cid)}: nothing written there")
             os.makedirs(dest, exist_ok=True)
             total = 0
-            for name, child in read_dir(self.get, e.cid).items():
+            for name, child in children.items():
                 total += self._materialise(child, os.path.join(dest, name))
             return total
         if e.kind == KIND_SYMLINK:

@@ -9,6 +9,7 @@ import time
 
 from . import open_repo
 from ..encoding.cid import cid_str
+from ..encoding.unixfs import printable_name
 from ..errors import TvcfsError
 
 
@@ -78,12 +79,16 @@ def cmd_status(args):
                 if p.get("error"):
                     e = p["error"]
                     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.get("time", 0)))
-                    print(f"    last commit attempt failed at {when} ({e.get('attempts', 1)} in a row): "
-                          f"{e.get('error')}")
-                    print("    (retried automatically; `fsync` a file or the directory to retry now)")
+                    if e.get("skipped"):
+                        print(f"    committed at {when} without these entries (their names cannot be stored):")
+                        _print_skipped(e["skipped"], "    ")
+                    else:
+                        print(f"    last commit attempt failed at {when} ({e.get('attempts', 1)} in a row): "
+                              f"{e.get('error')}")
+                        print("    (retried automatically; `fsync` a file or the directory to retry now)")
                 for status, path, size in _pending_changes(repo, p["dir"]):
                     extra = f" ({size} bytes staged)" if size is not None else ""
-                    print(f"    {status}: {path}{extra}")
+                    print(f"    {status}: {printable_name(path)}{extra}")
         else:
             print("\nNo staged changes.")
         conflicts = repo.store.get_meta("conflicts", [])
@@ -95,6 +100,18 @@ def cmd_status(args):
                 print(f"  {when} {c['branch']}: saved as {c['saved_as']} ({c['commit'][:16]}); "
                       f"colliding paths: {', '.join(c['paths'])}")
     return 0
+
+
+def _print_skipped(skipped: list, indent: str) -> None:
+    """Lines for entries a commit left out (``[(path, reason, staged data path|None)]``,
+    :meth:`tvcfs.fs.workspace.Workspace.build`): what and what to do."""
+    for path, why, staged in skipped:
+        if staged:
+            what = (f"its data is kept in {printable_name(staged)}: copy it out under a valid name, "
+                    "then `tvcfs recover --discard` drops it")
+        else:
+            what = "earlier commits keep what was committed of it"
+        print(f"{indent}  not committed: {path}: {why}; {what}")
 
 
 def cmd_recover(args):
@@ -120,8 +137,12 @@ def cmd_recover(args):
             if res["commit"]:
                 kind = "conflict: saved as" if res["conflict"] else "committed on"
                 print(f"recovered branch {p['branch']}: {kind} {res['branch']} {cid_str(res['commit'])}")
-            else:
+            elif not res.get("skipped"):
                 print(f"branch {p['branch']}: staged state matches the branch; nothing to commit")
+            if res.get("skipped"):
+                print(f"branch {p['branch']}: entries left staged in {p['dir']}:")
+                _print_skipped(res["skipped"], "")
+                rc = 1
         return rc
 
 

@@ -22,9 +22,11 @@ that raw leaf. Directory links are sorted by the UTF-8 bytes of their names.
 
 from __future__ import annotations
 
+import errno
 from typing import NamedTuple
 
-from ..errors import MalformedObject
+from ..errors import InvalidEntryName, MalformedObject
+from ..names import name_bytes, printable_name  # noqa: F401  (printable_name re-exported)
 from .cid import DAG_PB, make_cid
 from .dagpb import PBLink, decode_node, encode_node
 from .varint import decode_varint, encode_varint
@@ -33,6 +35,7 @@ RAW_T, DIRECTORY, FILE, METADATA, SYMLINK, HAMT = 0, 1, 2, 3, 4, 5
 MAX_LINKS = 174  # Kubo's default links per node (helpers.DefaultLinksPerBlock)
 DEFAULT_FILE_MODE = 0o644
 EXEC_FILE_MODE = 0o755
+NAME_MAX = 255  # bytes of UTF-8 in one entry name, as Linux's NAME_MAX (docs/format.md)
 
 
 class UnixFSData(NamedTuple):
@@ -155,17 +158,53 @@ def build_file(leaves, mode: int | None = None):
             return root, tsize, blocks
 
 
+def entry_name_error(name: str | bytes) -> tuple[int, str] | None:
+    """Why ``name`` cannot be a directory entry name, or ``None`` if it can.
+
+    The one definition of a valid entry name (docs/format.md, Directories): at most
+    :data:`NAME_MAX` (255) bytes, valid UTF-8 (dag-pb link names are UTF-8 strings),
+    non-empty, not ``.`` or ``..``, no ``/`` and no NUL. ``name``: ``bytes`` (as a
+    FUSE request carries it) or ``str`` (surrogate escapes for non-UTF-8 bytes).
+    Returns ``(errno, reason)``: ``ENAMETOOLONG``, ``EILSEQ`` or ``EINVAL``.
+    """
+    raw = name_bytes(name)
+    if len(raw) > NAME_MAX:
+        return errno.ENAMETOOLONG, f"the name is {len(raw)} bytes long, more than {NAME_MAX}"
+    try:
+        text = raw.decode("utf-8") if isinstance(name, (bytes, bytearray, memoryview)) else name
+        text.encode("utf-8")
+    except UnicodeError:
+        return errno.EILSEQ, "the name is not valid UTF-8 (tvcfs stores entry names as UTF-8)"
+    if text in ("", ".", ".."):
+        return errno.EINVAL, f"{text!r} is not an entry name"
+    if "/" in text or "\0" in text:
+        return errno.EINVAL, "an entry name cannot contain '/' or NUL"
+    return None
+
+
+def check_entry_name(name: str | bytes, path=None, action: str = "") -> str:
+    """``name`` as ``str`` if it is a valid entry name (:func:`entry_name_error`);
+    otherwise raises :class:`~tvcfs.errors.InvalidEntryName` whose message names
+    ``path`` (default: the name) and ends with ``action`` (what to do)."""
+    err = entry_name_error(name)
+    if err is not None:
+        raise InvalidEntryName(name if isinstance(name, str) else name_bytes(name).decode("utf-8", "surrogateescape"),
+                               err[0], err[1], path, action)
+    return name if isinstance(name, str) else bytes(name).decode("utf-8")
+
+
 def build_directory(entries) -> tuple[bytes, int, bytes]:
     """Build one UnixFS directory node.
 
     ``entries``: iterable of ``(name: str, cid: bytes, tsize: int)``; names must be
-    unique, non-empty and contain no ``/``. Links are sorted by the UTF-8 bytes of the
-    name. Returns ``(cid, tsize, block)``. Raises ``ValueError`` for a bad name.
+    unique and valid (:func:`entry_name_error`). Links are sorted by the UTF-8 bytes
+    of the name. Returns ``(cid, tsize, block)``. Raises
+    :class:`~tvcfs.errors.InvalidEntryName` (a ``ValueError``) for a bad name,
+    ``ValueError`` for a duplicate.
     """
     items = []
     for name, cid, tsize in entries:
-        if not name or "/" in name or name in (".", ".."):
-            raise ValueError(f"invalid entry name {name!r}")
+        check_entry_name(name)
         items.append((name.encode("utf-8"), PBLink(cid, name, tsize)))
     items.sort(key=lambda x: x[0])
     for a, b in zip(items, items[1:]):

@@ -13,6 +13,7 @@ import pyfuse3
 
 from ..dag import KIND_DIR, KIND_FILE, KIND_SYMLINK, read_dir, stat_node
 from ..encoding.cid import cid_str
+from ..encoding.unixfs import NAME_MAX, entry_name_error, printable_name
 from ..errors import BlockNotFound, CorruptBlock, MalformedObject, TvcfsError
 from ..refs import HEADS, TAGS
 from .nodes import InodeTable, Node
@@ -34,6 +35,16 @@ def _is_full_cid(name: str) -> bool:
 
 def _err(code):
     return pyfuse3.FUSEError(code)
+
+
+def new_entry_name(name: bytes) -> str:
+    """The ``str`` of a name a create/mkdir/symlink/rename/link request brings.
+    Raises ``FUSEError``: ``ENAMETOOLONG`` over 255 bytes, ``EILSEQ`` if it is not
+    UTF-8, ``EINVAL`` otherwise invalid (:func:`tvcfs.encoding.unixfs.entry_name_error`)."""
+    err = entry_name_error(name)
+    if err is not None:
+        raise _err(err[0])
+    return name.decode("utf-8")
 
 
 class ReadOnlyOperations(pyfuse3.Operations):
@@ -249,7 +260,12 @@ class ReadOnlyOperations(pyfuse3.Operations):
     # --- pyfuse3 operations ----------------------------------------------------
     async def lookup(self, parent_inode, name, ctx=None):
         parent = self.node(parent_inode)
-        sname = os.fsdecode(name)
+        if len(name) > NAME_MAX:  # FUSE passes names up to 1024 bytes
+            raise _err(errno.ENAMETOOLONG)
+        try:
+            sname = name.decode("utf-8")
+        except UnicodeDecodeError:  # no entry can have it (names are UTF-8)
+            raise _err(errno.ENOENT) from None
         if sname in (".", ".."):
             raise _err(errno.ENOENT)
         node = self._child(parent, sname)
@@ -284,6 +300,12 @@ class ReadOnlyOperations(pyfuse3.Operations):
         entries = self.dir_handles.get(fh, (0, []))[1]
         for i in range(start_id, len(entries)):
             name, node = entries[i]
+            bad = entry_name_error(name)
+            if bad and bad[0] == errno.EINVAL:
+                # '', '.', '..', '/' or NUL from a hostile tree (a CAR, a peer): never
+                # listed ('/' would make the kernel fail the whole readdir with EIO)
+                log.warning("readdir: skipping invalid entry name %r", printable_name(name))
+                continue
             if not pyfuse3.readdir_reply(token, os.fsencode(name), self.attrs(node), i + 1):
                 return
             node.lookups += 1

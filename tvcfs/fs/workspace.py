@@ -31,6 +31,7 @@ import uuid
 
 from ..dag import KIND_DIR, KIND_FILE, KIND_SYMLINK, dir_links, stat_node
 from ..encoding.cid import cid_from_str, cid_str
+from ..encoding.unixfs import entry_name_error, printable_name
 from ..errors import TvcfsError
 from ..importer import Importer
 from ..refs import HEADS
@@ -435,9 +436,13 @@ class Workspace:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # --- committing ------------------------------------------------------------
-    def build(self, imp: Importer, w: WEntry | None = None) -> tuple[bytes, int]:
+    def build(self, imp: Importer, w: WEntry | None = None, skipped: list | None = None) -> tuple[bytes, int]:
         """Store the workspace tree (staged files imported, dirty directories rebuilt);
-        returns ``(cid, tsize)`` of ``w`` (default: the root)."""
+        returns ``(cid, tsize)`` of ``w`` (default: the root). An entry whose name
+        cannot be stored (over 255 bytes, not UTF-8: staged by an older version) is
+        left out, with everything below it, and appended to ``skipped`` as
+        ``(printable path, reason, staged data path | None)``: one bad name must not
+        stop the other changes from being committed."""
         w = w or self.root
         if w.kind == KIND_FILE:
             if w.staged:
@@ -456,7 +461,12 @@ class Workspace:
             return w.cid, w.tsize
         entries = []
         for name, c in self.children(w).items():
-            cid, tsize = self.build(imp, c)
+            bad = entry_name_error(name)
+            if bad is not None:
+                if skipped is not None:
+                    skipped.append((printable_name(c.path()), bad[1], c.staged))
+                continue
+            cid, tsize = self.build(imp, c, skipped)
             entries.append((name, cid, tsize))
         return imp.add_directory(entries)
 
@@ -519,7 +529,12 @@ class Workspace:
                 return bytes(b)
 
             imp = Importer(w)
-            tree, _ = self.build(imp)
+            skipped: list = []
+            tree, _ = self.build(imp, skipped=skipped)
+            result["skipped"] = skipped
+            for path, why, staged in skipped:
+                log.error("branch %s: %s not committed: %s%s", self.branch, path, why,
+                          f"; its data is kept in {printable_name(staged)}" if staged else "")
             cur = w.get_ref(ref)
             result["head"] = cur
             base_tree = repo.read_commit(self.base).tree if self.base else None
@@ -578,7 +593,10 @@ class Workspace:
         branch (``result["reset"] = True``): handles still open on it keep writing
         there, and their later changes are committed on that branch, never lost; the
         mount gives the original branch a fresh workspace at its head."""
-        self._commit_succeeded()
+        if result.get("skipped"):  # kept staged, reported by `tvcfs status`; retried with back-off
+            self.commit_failed("entries not committed (invalid names)", result["skipped"])
+        else:
+            self._commit_succeeded()
         if result["conflict"]:
             self.branch = result["branch"]
             result["reset"] = True
@@ -702,7 +720,7 @@ class Workspace:
         def rec(w, base_cid, prefix):
             ln = links(base_cid)
             ch = w.children or {}
-            for name in sorted(set(ch) | set(ln), key=lambda n: n.encode()):
+            for name in sorted(set(ch) | set(ln), key=lambda n: n.encode("utf-8", "surrogatepass")):
                 c, link = ch.get(name), ln.get(name)
                 p = prefix + name
                 if c is None:
@@ -732,17 +750,21 @@ class Workspace:
             rec(self.root, base_tree, "")
         return out
 
-    def commit_failed(self, error: str) -> float:
+    def commit_failed(self, error: str, skipped: list | None = None) -> float:
         """Record a failed commit attempt (kept in ``commit_error.json`` for ``tvcfs
         status``, best-effort: the disk may be full) and back off: automatic
         attempts (quiet period, unmount excepted) wait 1, 2, 4 … up to 60 seconds
-        (a commit re-reads every staged file). Returns the delay in seconds."""
+        (a commit re-reads every staged file). ``skipped``: the entries a commit left
+        out (:meth:`build`). Returns the delay in seconds."""
         self.failures += 1
         delay = float(min(60, 2 ** (self.failures - 1)))
         self.retry_at = time.monotonic() + delay
+        rec = {"time": time.time(), "error": error, "attempts": self.failures}
+        if skipped:
+            rec["skipped"] = [list(x) for x in skipped]
         try:
             with open(os.path.join(self.dir, COMMIT_ERROR), "w") as f:
-                json.dump({"time": time.time(), "error": error, "attempts": self.failures}, f)
+                json.dump(rec, f)
         except OSError:
             pass
         return delay

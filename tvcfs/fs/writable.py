@@ -23,11 +23,12 @@ import trio
 
 from ..dag import KIND_DIR, KIND_FILE, KIND_SYMLINK
 from ..encoding.cid import cid_str
+from ..encoding.unixfs import NAME_MAX
 from ..errors import BlockNotFound, CorruptBlock, MalformedObject, RefExists, TvcfsError
 from ..refs import HEADS, InvalidRefName, check_name
 from ..store.lmdb_store import StoreFull
 from .nodes import Node
-from .operations import DYNAMIC_TIMEOUT, ReadOnlyOperations, _err, _inval_entry
+from .operations import DYNAMIC_TIMEOUT, ReadOnlyOperations, _err, _inval_entry, new_entry_name
 from .workspace import Workspace, WEntry
 
 log = logging.getLogger("tvcfs.fs")
@@ -165,7 +166,7 @@ class WritableOperations(ReadOnlyOperations):
     def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
         if node.kind != "ws":
             return super().attrs(node)
-        w = node.extra["w"]
+        w, ws = node.extra["w"], node.extra["ws"]
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.ino
         if w.kind == KIND_DIR:
@@ -180,6 +181,8 @@ class WritableOperations(ReadOnlyOperations):
             a.st_mode = stat.S_IFREG | (0o755 if w.mode & 0o111 else 0o644)
             a.st_nlink = 1
             size = w.size
+        if not _attached(ws, w):  # unlinked or replaced while open (fstat): no links left
+            a.st_nlink = 0
         a.st_uid, a.st_gid = self.uid, self.gid
         a.st_size = size
         a.st_blocks = (size + 511) // 512
@@ -314,8 +317,8 @@ class WritableOperations(ReadOnlyOperations):
 
     async def create(self, parent_inode, name, mode, flags, ctx):
         node, ws, d = self._ws_dir(parent_inode)
+        sname = new_entry_name(name)
         await self._writing(ws)
-        sname = os.fsdecode(name)
         ch = self._children(ws, d)
         if sname in ch:
             if flags & os.O_EXCL:
@@ -430,7 +433,7 @@ class WritableOperations(ReadOnlyOperations):
 
     async def mkdir(self, parent_inode, name, mode, ctx):
         parent = self.node(parent_inode)
-        sname = os.fsdecode(name)
+        sname = new_entry_name(name)
         if parent.kind == "refdir" and parent.prefix.startswith(HEADS):
             branch = parent.prefix[len(HEADS):] + sname
             try:
@@ -456,11 +459,15 @@ class WritableOperations(ReadOnlyOperations):
 
     async def symlink(self, parent_inode, name, target, ctx):
         node, ws, d = self._ws_dir(parent_inode)
+        sname = new_entry_name(name)
+        try:
+            starget = target.decode("utf-8")  # stored as UTF-8 (UnixFS Symlink data)
+        except UnicodeDecodeError:
+            raise _err(errno.EILSEQ) from None
         await self._writing(ws)
-        sname = os.fsdecode(name)
         if sname in self._children(ws, d):
             raise _err(errno.EEXIST)
-        w = ws.new_entry(d, sname, KIND_SYMLINK, target=os.fsdecode(target))
+        w = ws.new_entry(d, sname, KIND_SYMLINK, target=starget)
         child = self.ws_node(ws, w, node.ino)
         child.lookups += 1
         return self.attrs(child)
@@ -516,11 +523,13 @@ class WritableOperations(ReadOnlyOperations):
         if flags:
             raise _err(errno.EINVAL)  # RENAME_NOREPLACE / EXCHANGE not supported
         ws = pold.extra["ws"]
+        if len(name_old) > NAME_MAX:
+            raise _err(errno.ENAMETOOLONG)
+        so, sn = os.fsdecode(name_old), new_entry_name(name_new)
         await self._writing(ws)
         d_old, d_new = pold.extra["w"], pnew.extra["w"]
         if not (_attached(ws, d_old) and _attached(ws, d_new)):
             raise _err(errno.ENOENT)
-        so, sn = os.fsdecode(name_old), os.fsdecode(name_new)
         src = self._children(ws, d_old).get(so)
         if src is None:
             raise _err(errno.ENOENT)
@@ -546,7 +555,26 @@ class WritableOperations(ReadOnlyOperations):
                 self._drop_staged(dst)
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
-        raise _err(errno.EPERM)
+        new_entry_name(new_name)
+        raise _err(errno.EPERM)  # hard links are not supported (docs/mount.md)
+
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        """A regular file is created empty (as ``create`` + ``close``); FIFOs,
+        sockets and devices cannot be stored: ``EPERM``, as the kernel answers for
+        filesystems without special files."""
+        if self.node(parent_inode).kind != "ws":
+            return await super().mknod(parent_inode, name, mode, rdev, ctx)
+        node, ws, d = self._ws_dir(parent_inode)
+        sname = new_entry_name(name)
+        if not stat.S_ISREG(mode):
+            raise _err(errno.EPERM)
+        await self._writing(ws)
+        if sname in self._children(ws, d):
+            raise _err(errno.EEXIST)
+        w = ws.new_entry(d, sname, KIND_FILE, mode=0o755 if mode & 0o111 else 0o644)
+        child = self.ws_node(ws, w, node.ino)
+        child.lookups += 1
+        return self.attrs(child)
 
     async def setxattr(self, inode, name, value, ctx):
         raise _err(errno.ENOTSUP if self.node(inode).kind == "ws" else errno.EROFS)
