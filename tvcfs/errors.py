@@ -1,5 +1,7 @@
 """Errors raised by tvcfs. Every one carries a one-line message fit for the CLI."""
 
+import contextlib
+
 
 class TvcfsError(Exception):
     """Base class of all tvcfs errors; the CLI prints ``str(e)`` and exits non-zero."""
@@ -70,3 +72,14 @@ class RefExists(TvcfsError):
 
 class MalformedObject(TvcfsError, ValueError):
     """A dag-pb, UnixFS, dag-cbor or CAR object does not decode."""
+
+
+@contextlib.contextmanager
+def naming(path: str):
+    """Prefix ``path`` to the message of a :class:`CorruptBlock` or
+    :class:`MalformedObject` raised in the ``with`` block (same class): a damaged
+    block's CID alone does not say which file it belongs to."""
+    try:
+        yield
+    except (CorruptBlock, MalformedObject) as e:
+        raise type(e)(f"{path}: {e}") from None
