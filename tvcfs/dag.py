@@ -16,7 +16,7 @@ from .encoding.cid import DAG_CBOR, DAG_PB, RAW, cid_codec, cid_str
 from .encoding.commit import cbor_links
 from .encoding.dagpb import decode_node
 from .encoding.unixfs import DIRECTORY, FILE, HAMT, RAW_T, SYMLINK, decode_pb_unixfs
-from .errors import MalformedObject, PathNotFound
+from .errors import CorruptBlock, MalformedObject, PathNotFound
 
 Getter = Callable[[bytes], "bytes | memoryview"]
 
@@ -117,8 +117,11 @@ class FileIndex:
 
     @classmethod
     def build(cls, get: Getter, cid: bytes) -> "FileIndex":
-        """Walk the file DAG rooted at ``cid``. Raises :class:`MalformedObject` if the
-        node is not a file or if ``blocksizes`` disagree with the children."""
+        """Walk the file DAG rooted at ``cid`` (reading its internal nodes, not its raw
+        leaves). Raises :class:`MalformedObject` if a node is not a file, if a node's
+        ``blocksizes`` do not match its links, or if an internal child holds another
+        number of bytes than its parent's blocksize or its own ``filesize`` says (the
+        sizes of raw leaves are checked when they are read: :meth:`leaf_data`)."""
         starts: list[int] = []
         leaves: list[bytes] = []
         sizes: list[int] = []
@@ -144,6 +147,7 @@ class FileIndex:
                 raise MalformedObject(f"{cid_str(c)} is not a UnixFS file")
             if top and u.mode is not None:
                 mode = u.mode
+            begin = pos
             if u.data:
                 inline[len(leaves)] = u.data
                 starts.append(pos)
@@ -154,6 +158,9 @@ class FileIndex:
                 raise MalformedObject(f"{cid_str(c)}: {len(links)} links but {len(u.blocksizes)} blocksizes")
             for link, bs in zip(links, u.blocksizes):
                 walk(link.hash, bs, False)
+            for what, n in (("its parent's blocksize", expect), ("its filesize", u.filesize)):
+                if n is not None and n != pos - begin:
+                    raise MalformedObject(f"{cid_str(c)} holds {pos - begin} bytes, {what} says {n}")
 
         walk(cid, None, True)
         return cls(cid, pos, starts, leaves, sizes, inline, mode)
@@ -171,16 +178,23 @@ class FileIndex:
         return range(first, last + 1)
 
     def leaf_data(self, get: Getter, i: int):
-        """Bytes of leaf ``i`` (raw leaf block or inline node data)."""
+        """Bytes of leaf ``i`` (raw leaf block or inline node data), exactly
+        ``sizes[i]`` of them. Raises :class:`~tvcfs.errors.CorruptBlock` for a leaf
+        whose length is not what its parent's blocksizes say (never shifted data),
+        whatever ``get`` raises (:class:`~tvcfs.errors.BlockNotFound`, and
+        :class:`~tvcfs.errors.CorruptBlock` from a verifying store read)."""
         if i in self.inline:
             return self.inline[i]
-        return get(self.leaves[i])
+        data = get(self.leaves[i])
+        if len(data) != self.sizes[i]:
+            raise CorruptBlock(f"block {cid_str(self.leaves[i])} has {len(data)} bytes, its parent's "
+                               f"blocksizes say {self.sizes[i]}")
+        return data
 
     def read(self, get: Getter, offset: int, length: int) -> bytes:
         """Bytes ``[offset, offset + length)`` of the file (clipped to its size).
 
-        Raises :class:`~tvcfs.errors.BlockNotFound` for a missing leaf and
-        :class:`~tvcfs.errors.CorruptBlock` when ``get`` verifies.
+        Raises what :meth:`leaf_data` raises.
         """
         end = min(offset + length, self.size)
         if offset >= end:
@@ -191,18 +205,16 @@ class FileIndex:
             data = self.leaf_data(get, i)
             lo = max(offset - s, 0)
             hi = min(end - s, self.sizes[i])
-            if len(data) < hi:
-                raise MalformedObject(f"leaf {cid_str(self.leaves[i])} shorter than its blocksize")
             parts.append(data[lo:hi])
         return b"".join(parts)
 
 
 def iter_file(get: Getter, cid: bytes, chunk_leaves: int = 1) -> Iterator[bytes]:
-    """Yield a file's content leaf by leaf (bytes-like objects), streaming."""
+    """Yield a file's content leaf by leaf (bytes-like objects), streaming. Raises
+    what :meth:`FileIndex.leaf_data` raises."""
     idx = FileIndex.build(get, cid)
     for i in range(len(idx.leaves)):
-        data = idx.leaf_data(get, i)
-        yield data[: idx.sizes[i]]
+        yield idx.leaf_data(get, i)
 
 
 def block_links(cid: bytes, block) -> list:

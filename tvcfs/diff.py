@@ -28,6 +28,7 @@ import numpy as np
 from . import dtypes
 from .dag import KIND_DIR, KIND_FILE, FileIndex, dir_links, stat_node
 from .encoding.cid import cid_str
+from .errors import naming
 from .merge.stview import DataReader, StoredSafetensors, data_reader, numel, open_safetensors, tensors_equal
 
 __all__ = ["TensorChange", "FileChange", "TreeDiff", "diff_trees", "diff_commits", "diff_files",
@@ -367,14 +368,16 @@ def diff_files(get: Getter, path: str, cid_a: bytes, cid_b: bytes, numeric: bool
                reader: DataReader | None = None) -> FileChange:
     """Compare two stored files (UnixFS file CIDs). Safetensors on both sides are
     compared tensor by tensor (tensor data through ``reader`` when given, see
-    :func:`tensor_stats`); otherwise only sizes are reported."""
-    ia, ib = FileIndex.build(get, cid_a), FileIndex.build(get, cid_b)
-    ch = FileChange(path, "modified", "file", ia.size, ib.size, cid_str(cid_a), cid_str(cid_b))
-    sa = open_safetensors(get, cid_a, ia)
-    sb = open_safetensors(get, cid_b, ib) if sa is not None else None
-    if sa is not None and sb is not None:
-        ch.kind = "safetensors"
-        diff_safetensors(sa, sb, ch, numeric, reader)
+    :func:`tensor_stats`); otherwise only sizes are reported. A damaged block
+    (:class:`~tvcfs.errors.CorruptBlock`) is raised with ``path`` in its message."""
+    with naming(path):
+        ia, ib = FileIndex.build(get, cid_a), FileIndex.build(get, cid_b)
+        ch = FileChange(path, "modified", "file", ia.size, ib.size, cid_str(cid_a), cid_str(cid_b))
+        sa = open_safetensors(get, cid_a, ia)
+        sb = open_safetensors(get, cid_b, ib) if sa is not None else None
+        if sa is not None and sb is not None:
+            ch.kind = "safetensors"
+            diff_safetensors(sa, sb, ch, numeric, reader)
     return ch
 
 

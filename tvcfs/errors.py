@@ -1,5 +1,7 @@
 """Errors raised by tvcfs. Every one carries a one-line message fit for the CLI."""
 
+import contextlib
+
 from .names import printable_name
 
 
@@ -97,3 +99,14 @@ class InvalidEntryName(TvcfsError, ValueError):
         self.name, self.errno, self.reason, self.path = name, errno, reason, path
         where = printable_name(path if path is not None else name)
         super().__init__(f"{where}: {reason}" + (f"; {action}" if action else ""))
+
+
+@contextlib.contextmanager
+def naming(path: str):
+    """Prefix ``path`` to the message of a :class:`CorruptBlock` or
+    :class:`MalformedObject` raised in the ``with`` block (same class): a damaged
+    block's CID alone does not say which file it belongs to."""
+    try:
+        yield
+    except (CorruptBlock, MalformedObject) as e:
+        raise type(e)(f"{path}: {e}") from None

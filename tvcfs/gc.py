@@ -122,7 +122,10 @@ def fsck(repo, lazy_ok: bool = False) -> list:
             if c in seen:
                 continue
             seen.add(c)
-            block = repo.store.get(c)
+            try:
+                block = repo.store.get(c)
+            except CorruptBlock:
+                continue  # listed above
             if block is None:
                 if not (lazy_ok and cid_codec(c) == RAW):
                     problems.append(f"{ref}: missing block {cid_str(c)}")

@@ -25,7 +25,7 @@ from .encoding.commit import Commit, decode_commit
 from .encoding.unixfs import check_entry_name
 from .errors import (
     AmbiguousRevision, BlockNotFound, InvalidCID, NotARepository, RefConflict, RefExists,
-    RevisionNotFound, TvcfsError,
+    RevisionNotFound, TvcfsError, naming,
 )
 from .importer import REPO_DIR, Importer
 from .refs import HEADS, TAGS, check_name, split_suffixes
@@ -243,7 +243,10 @@ class Repo:
             return imp.add_path(path)[0]
 
     def cat(self, cid: bytes | str) -> Iterator[bytes]:
-        """Stream the content of the UnixFS file ``cid`` (leaf by leaf)."""
+        """Stream the content of the UnixFS file ``cid`` (leaf by leaf), every block
+        checked against its CID before it is yielded (see :meth:`LMDBStore.block`).
+        Raises :class:`BlockNotFound`, :class:`CorruptBlock` naming the CID (after
+        the leaves before it were yielded)."""
         from .dag import iter_file
 
         c = cid_from_str(cid) if isinstance(cid, str) else cid
@@ -584,7 +587,11 @@ class Repo:
         e = self.entry(rev, path)
         if e.kind != KIND_FILE:
             raise TvcfsError(f"{path} is a {'directory' if e.kind == KIND_DIR else e.kind}, not a file")
-        return self.cat(e.cid)
+        return self._cat_named(e.cid, path)
+
+    def _cat_named(self, cid: bytes, path: str) -> Iterator[bytes]:
+        with naming(path):
+            yield from self.cat(cid)
 
     # --- commits ---------------------------------------------------------------
     def commit_dir(self, path: str, branch: str | None = None, message: str = "",
@@ -719,28 +726,28 @@ class Repo:
 
     def write_file(self, cid: bytes, dest: str, mode: int = 0o644) -> int:
         """Write the content of file ``cid`` to the path ``dest`` from zero-copy store
-        buffers; returns bytes written. Raises :class:`BlockNotFound`."""
-        with self.store.read() as txn:
-            db = self.store.dbs["blocks"]
-
+        buffers, each block checked against its CID first; returns bytes written.
+        Raises :class:`BlockNotFound`, :class:`CorruptBlock` / :class:`MalformedObject`
+        naming ``dest`` and the CID (``dest`` is then removed: no partial file is
+        left), ``OSError`` naming ``dest``."""
+        with self.store.read() as txn, naming(dest):
             def get(c):
-                v = txn.get(c, db=db)
-                if v is None:
-                    raise BlockNotFound(c)
-                return v
+                return self.store.block(txn, c)
 
             idx = FileIndex.build(get, cid)
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
             try:
                 for i in range(len(idx.leaves)):
-                    data = idx.leaf_data(get, i)
-                    view = memoryview(data)[: idx.sizes[i]]
+                    view = memoryview(idx.leaf_data(get, i))
                     while view:
                         n = os.write(fd, view)
                         view = view[n:]
             except OSError as e:
                 if e.filename is None:  # os.write's error names no file
                     raise OSError(e.errno, e.strerror, dest) from e
+                raise
+            except TvcfsError:
+                os.unlink(dest)
                 raise
             finally:
                 os.close(fd)

@@ -4,7 +4,7 @@
 Usage (root: it drops the page cache and raises the mount's readahead)::
 
     python scripts/bench/mount_read.py [--size-gib 1] [--repeat 3] [--workdir DIR]
-                                       [--keep] [--json OUT.json]
+                                       [--keep] [--json OUT.json] [--compare-no-verify]
 
 Writes a ~1 GiB LLaMA-style f16 safetensors model with ``scripts/synth_model.py``,
 commits it to a fresh repository, mounts it (``tvcfs.fs.mount``: a real FUSE mount in
@@ -27,6 +27,12 @@ a child process) and measures, in one run, with the same file on the same disk:
               for a typical layer matrix and for the largest tensor; the layer matrix
               also with ``--read-ahead-kb 256`` (the kernel reads ``read_ahead_kb``
               around each mmap fault)
+
+``verify``    with ``--compare-no-verify``: ``cold`` and ``load_all`` also through a
+              mount with ``--no-verify`` (no hashing of blocks against their CIDs), in
+              the same runs; the cost of verification is verified / unverified
+              throughput of the cold read and time of ``load_all`` (target: within
+              10 %, i.e. >= 0.9 and <= 1.1)
 
 Every cold measurement uses a fresh mount process: pages of ``data.mdb`` that a
 process has mapped survive ``drop_caches``, so a long-lived mount would read warm.
@@ -189,6 +195,8 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--json", help="also write the JSON result here")
     ap.add_argument("--mount-args", default="", help="extra `tvcfs mount -f` arguments")
+    ap.add_argument("--compare-no-verify", action="store_true",
+                    help="also measure cold read and load_all with `--no-verify` and print the ratios")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("mount_read.py: needs root (drop_caches, read_ahead_kb)", file=sys.stderr)
@@ -244,7 +252,7 @@ def main(argv=None) -> int:
         size = os.path.getsize(native)
         r: dict = {k: [] for k in ("cold_native", "cold_mount", "warm_native", "warm_mount",
                                    "warm3_native", "warm3_mount", "warm_minifs", "warm3_minifs", "req_kib",
-                                   "load_native", "load_mount")}
+                                   "load_native", "load_mount", "cold_noverify", "load_noverify")}
         one = {name: {"bytes": sz, "disk_read_mount": [], "leaf_bytes_mount": [], "disk_read_native": []}
                for sz, name in picks}
         one_ra = {"name": picks[0][1], "bytes": picks[0][0], "read_ahead_kb": 256, "leaf_bytes_mount": []}
@@ -273,6 +281,12 @@ def main(argv=None) -> int:
                 r["req_kib"].append((s1["bytes_served"] - s0["bytes_served"]) / max(1, s1["reads"] - s0["reads"]) / 1024)
                 r["warm_mount"].append(size / seq_read(mfile)[0] / 1e9)
                 r["warm3_mount"].append(size / seq_read(mfile)[0] / 1e9)
+            if args.compare_no_verify:
+                with mounted(("--no-verify",)) as m:
+                    drop_caches()
+                    dt, n = seq_read(os.path.join(m, "tags", "bench", "model.safetensors"))
+                    assert n == size
+                    r["cold_noverify"].append(n / dt / 1e9)
             with minifs(native, os.path.join(work, "minifs")) as mf:
                 seq_read(mf)  # fills the minifs file's page cache
                 r["warm_minifs"].append(size / seq_read(mf)[0] / 1e9)
@@ -285,6 +299,12 @@ def main(argv=None) -> int:
                 dt, n2 = load_all(os.path.join(m, "tags", "bench", "model.safetensors"))
                 assert n2 == n
                 r["load_mount"].append(dt)
+            if args.compare_no_verify:
+                with mounted(("--no-verify",)) as m:
+                    drop_caches()
+                    dt, n2 = load_all(os.path.join(m, "tags", "bench", "model.safetensors"))
+                    assert n2 == n
+                    r["load_noverify"].append(dt)
             for name, o in one.items():
                 with mounted() as m:
                     pid = daemon_pid(m)
@@ -338,6 +358,13 @@ def main(argv=None) -> int:
                                         "leaf_bytes_ratio_mount": med(one_ra["leaf_bytes_mount"]) / one_ra["bytes"]},
             "runs": r, "load_one_runs": one,
         }
+        if args.compare_no_verify:
+            summary["verify_cost"] = {
+                "cold_GBps_no_verify": med(r["cold_noverify"]),
+                "cold_ratio": med([a / b for a, b in zip(r["cold_mount"], r["cold_noverify"])]),
+                "load_all_s_no_verify": med(r["load_noverify"]),
+                "load_all_ratio": med([a / b for a, b in zip(r["load_mount"], r["load_noverify"])]),
+            }
         result.update(summary)
     finally:
         if not args.keep and not args.workdir:
@@ -363,6 +390,10 @@ def main(argv=None) -> int:
         print(f"one tensor ({lo['tensor']}, {lo['tensor_bytes'] / MIB:.1f} MiB, cold): disk read by the mount "
               f"{f(lo['disk_read_ratio_mount'])}x, leaf bytes served {f(lo['leaf_bytes_ratio_mount'])}x "
               f"(target <= 1.1); native: disk read {f(lo['disk_read_ratio_native'])}x")
+    vc = result.get("verify_cost")
+    if vc:
+        print(f"verification  cold read verified / --no-verify {f(vc['cold_ratio'])} (target >= 0.9);"
+              f"  safe_open + all tensors verified / --no-verify {f(vc['load_all_ratio'])} (target <= 1.1)")
     lr = result["load_one_read_ahead_256"]
     print(f"one tensor ({lr['tensor']}) with --read-ahead-kb {lr['read_ahead_kb']}: leaf bytes served "
           f"{f(lr['leaf_bytes_ratio_mount'])}x (target <= 1.1)")

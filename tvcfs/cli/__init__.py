@@ -67,13 +67,24 @@ def _hints(e: BaseException) -> None:
         print(f"hint: {note}", file=sys.stderr)
 
 
-def open_repo(args):
-    """The repository named by ``--repo`` or found from the current directory."""
+def open_repo(args, path: str | None = None):
+    """The repository at ``path``, else named by ``--repo``, else found from the
+    current directory; its block reads are verified unless the command has
+    ``--no-verify`` set."""
     from ..repo import Repo
 
-    if getattr(args, "repo", None):
-        return Repo.open(args.repo)
-    return Repo.discover()
+    path = path or getattr(args, "repo", None)
+    repo = Repo.open(path) if path else Repo.discover()
+    if getattr(args, "no_verify", False):
+        repo.store.verify_reads = False
+    return repo
+
+
+def add_no_verify(p) -> None:
+    """Add ``--no-verify`` to the parser of a command that reads blocks out."""
+    p.add_argument("--no-verify", action="store_true",
+                   help="do not check blocks against their CIDs before their bytes leave the "
+                        "store (by default each is hashed once per process; a damaged one is an error)")
 
 
 if __name__ == "__main__":

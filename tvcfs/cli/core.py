@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from . import open_repo
+from . import add_no_verify, open_repo
 from ..dag import KIND_DIR, KIND_SYMLINK
 from ..encoding.cid import cid_str
 
@@ -235,8 +235,12 @@ def cmd_export(args):
     with open_repo(args) as repo:
         commit, path = repo.split_revpath(args.rev)
         tmp = args.file + ".tmp"
-        with open(tmp, "wb") as f:
-            n = repo.export_car(commit, f, path, history=args.history)
+        try:
+            with open(tmp, "wb") as f:
+                n = repo.export_car(commit, f, path, history=args.history)
+        except BaseException:
+            os.unlink(tmp)  # a damaged block or a full disk: no partial CAR left behind
+            raise
         os.replace(tmp, args.file)
         print(f"wrote {n} blocks to {args.file} (root {cid_str(repo.entry(commit, path).cid) if path else cid_str(commit)})")
     return 0
@@ -322,17 +326,20 @@ def register(sub) -> None:
 
     p = sub.add_parser("cat", help="write a file of a revision (REV:PATH) or a file CID to stdout")
     p.add_argument("spec", metavar="REV:PATH|CID")
+    add_no_verify(p)
     p.set_defaults(func=cmd_cat)
 
     p = sub.add_parser("checkout", help="materialise a revision into a plain directory")
     p.add_argument("rev", metavar="REV[:PATH]")
     p.add_argument("dir")
+    add_no_verify(p)
     p.set_defaults(func=cmd_checkout)
 
     p = sub.add_parser("export", help="export a revision as a CAR v1 file")
     p.add_argument("rev", metavar="REV[:PATH]")
     p.add_argument("file")
     p.add_argument("--history", action="store_true", help="include every ancestor commit")
+    add_no_verify(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import", help="import the blocks of a CAR v1 file")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from . import open_repo
+from . import add_no_verify, open_repo
 
 STRATEGY_NAMES = ("ours", "theirs", "base", "average-ours-theirs", "average-all", "average-ours-base",
                   "average-theirs-base", "task-arithmetic", "ties", "dare", "slerp")
@@ -72,6 +72,7 @@ def register(sub) -> None:
     p.add_argument("--stat", action="store_true", help="one summary line per file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--exit-code", action="store_true", help="exit 1 if there are differences")
+    add_no_verify(p)
     p.set_defaults(func=cmd_diff)
 
     # names only: importing the strategies would load numpy on every tvcfs command
@@ -91,4 +92,5 @@ def register(sub) -> None:
     p.add_argument("--no-ff", action="store_true", help="create a merge commit even when fast-forward is possible")
     p.add_argument("--dry-run", "-n", action="store_true", help="report the outcome without writing")
     p.add_argument("--json", action="store_true", help="machine-readable result")
+    add_no_verify(p)
     p.set_defaults(func=cmd_merge)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+from . import add_no_verify
 from ..errors import TvcfsError
 
 
@@ -40,7 +41,7 @@ def cmd_mount(args):
         # for buffer addresses, and OpenBLAS's thread pool would then spin a core
         # (~0.1 CPU-s per GiB read, measured) that the program loading the model needs.
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-        return run_foreground(repo_root, args.mountpoint, debug=args.debug, verify_reads=args.verify_reads,
+        return run_foreground(repo_root, args.mountpoint, debug=args.debug, verify=not args.no_verify,
                               allow_other=args.allow_other, **extra)
     argv = [sys.executable, "-m", "tvcfs.cli", "mount", "-f", repo_root, os.path.abspath(args.mountpoint),
             "--commit-delay", str(args.commit_delay)]
@@ -48,6 +49,8 @@ def cmd_mount(args):
         argv.append("--debug")
     if args.verify_reads:
         argv.append("--verify-reads")
+    if args.no_verify:
+        argv.append("--no-verify")
     if args.allow_other:
         argv.append("--allow-other")
     for url in args.remote or ():
@@ -118,7 +121,9 @@ def register(sub) -> None:
     p.add_argument("mountpoint")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument("--debug", action="store_true", help="log every request (implies verbose log)")
-    p.add_argument("--verify-reads", action="store_true", help="hash every leaf on first read")
+    p.add_argument("--verify-reads", action="store_true",
+                   help="accepted for compatibility: reads are verified by default")
+    add_no_verify(p)
     p.add_argument("--allow-other", action="store_true", help="let other users access the mount")
     p.add_argument("--commit-delay", type=float, default=1.0,
                    help="seconds of quiet after the last write handle closes before a commit (default 1)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import open_repo
+from . import add_no_verify, open_repo
 
 
 def _short(c) -> str:
@@ -79,12 +79,11 @@ def cmd_serve(args) -> int:
 
     import trio
 
-    from ..repo import Repo
     from ..transport.ops import parse_listen, serve_async
 
     _engine(args)
     host, port = parse_listen(args.listen)
-    repo = Repo.open(args.path) if args.path else open_repo(args)
+    repo = open_repo(args, args.path)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="tvcfs serve: %(message)s", stream=sys.stderr)
     for noisy in ("qh3", "aioquic", "quic"):
@@ -271,6 +270,7 @@ def register(sub) -> None:
                    help="limit sending to this many bytes per second, all peers together "
                         "(suffixes K, M, G: 50M)")
     p.add_argument("--quiet", "-q", action="store_true", help="log warnings only")
+    add_no_verify(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("remote", help="manage remotes (add, list, remove)")

@@ -67,6 +67,35 @@ def verify_block(cid: bytes, data) -> None:
         raise CorruptBlock(f"block {cid_str(cid)} does not hash to its CID")
 
 
+class VerifiedSet:
+    """CIDs whose bytes this process has hashed and found right (bounded).
+
+    :meth:`check` hashes ``data`` against ``cid`` unless ``cid`` was checked before,
+    so a block read many times is hashed once. At most ``2 * limit`` CIDs are kept
+    (two generations: when the current one is full it becomes the old one and the
+    oldest is dropped; a dropped CID is simply hashed again). Thread-safe (set
+    operations under the GIL; a race only costs a second hash).
+    """
+
+    def __init__(self, limit: int = 1 << 17):
+        self.limit = limit
+        self._cur: set[bytes] = set()
+        self._old: set[bytes] = set()
+
+    def __contains__(self, cid: bytes) -> bool:
+        return cid in self._cur or cid in self._old
+
+    def check(self, cid: bytes, data) -> None:
+        """Raise :class:`CorruptBlock` if ``data`` (bytes-like) does not hash to
+        ``cid``; remember it when it does."""
+        if cid in self._cur or cid in self._old:
+            return
+        verify_block(cid, data)
+        if len(self._cur) >= self.limit:
+            self._old, self._cur = self._cur, set()
+        self._cur.add(cid)
+
+
 def cid_from_str(text: str) -> bytes:
     """Parse a CID string in any multibase (``bafy…``, ``bafk…``, ``z…``) to binary.
 

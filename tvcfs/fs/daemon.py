@@ -86,10 +86,13 @@ def set_readahead(mountpoint: str, kb: int = 1024) -> bool:
         return False
 
 
-def run_foreground(repo_root: str, mountpoint: str, debug: bool = False, verify_reads: bool = False,
+def run_foreground(repo_root: str, mountpoint: str, debug: bool = False, verify: bool = True,
                    allow_other: bool = False, ops_factory=None, read_ahead_kb: int | None = None,
                    **ops_kwargs) -> int:
     """Mount and serve until unmounted or signalled. Returns an exit code.
+
+    ``verify``: check every block against its CID before it is first served
+    (``LMDBStore.verify_reads``; ``False`` is ``--no-verify``).
 
     ``read_ahead_kb``: the mount's bdi ``read_ahead_kb`` (KiB; default 1024, which
     lets sequential reads arrive as 1 MiB requests; a lazy mount's own default).
@@ -105,11 +108,12 @@ def run_foreground(repo_root: str, mountpoint: str, debug: bool = False, verify_
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     repo = Repo.open(repo_root)
+    repo.store.verify_reads = verify
     if ops_factory is None:
         ops_factory = default_ops_factory()
     remote_opts = {k: ops_kwargs.pop(k) for k in ("remotes", "fetch_timeout", "prefetch")
                    if k in ops_kwargs}
-    ops = ops_factory(repo, verify_reads=verify_reads, **ops_kwargs)
+    ops = ops_factory(repo, **ops_kwargs)
     from .remote import attach_remote
 
     fetcher = attach_remote(repo, ops, **remote_opts)  # lazy mount: leaves from peers

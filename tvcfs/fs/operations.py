@@ -50,18 +50,19 @@ def new_entry_name(name: bytes) -> str:
 class ReadOnlyOperations(pyfuse3.Operations):
     """The read side of the mount: lookups, attributes, readdir, open/read.
 
-    ``repo``: an open :class:`tvcfs.Repo`; ``verify_reads``: hash leaves on first
-    read (see :class:`BlockReader`). Writes anywhere fail with ``EROFS``.
+    ``repo``: an open :class:`tvcfs.Repo`; blocks are checked against their CIDs
+    before they are first served unless ``repo.store.verify_reads`` is off (see
+    :class:`BlockReader`). Writes anywhere fail with ``EROFS``.
     """
 
     supports_dot_lookup = False
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, repo, verify_reads: bool = False, **_ignored):
+    def __init__(self, repo, **_ignored):
         super().__init__()
         self.repo = repo
-        self.reader = BlockReader(repo.store, verify=verify_reads)
+        self.reader = BlockReader(repo.store)
         self.inodes = InodeTable()
         self.root = self.inodes.add_root()
         self.uid, self.gid = os.getuid(), os.getgid()

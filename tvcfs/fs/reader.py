@@ -7,6 +7,11 @@ file offset of a leaf inside ``data.mdb`` is known from its buffer's address, so
 ``posix_fadvise(WILLNEED)`` schedules the leaves of a tensor, a sequential window or a
 whole prefetched file for asynchronous read from disk. Memory stays bounded (the page
 cache holds it; the process keeps only indexes).
+
+Every block is checked against its CID before its bytes are first served
+(:meth:`~tvcfs.store.lmdb_store.LMDBStore.block`, unless the store's
+``verify_reads`` is off): the preload threads that page leaves in hash them there,
+ahead of the reader and on the other core, so the trio thread finds them verified.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ import time
 
 from ..chunking.safetensors import NotSafetensors, parse_header
 from ..dag import FileIndex
-from ..encoding.cid import cid_str, verify_block
 from ..errors import BlockNotFound, CorruptBlock, MalformedObject
 from ..store.lmdb_store import MADV_NORMAL, MADV_RANDOM, buffer_address, madvise
 
@@ -92,18 +96,17 @@ class TensorMap:
 class BlockReader:
     """Reads file ranges for the mount from an :class:`~tvcfs.store.lmdb_store.LMDBStore`.
 
-    ``verify``: hash every leaf the first time it is served in this process (blocks
-    were verified when they entered the store; this also catches disk corruption at
-    ~1.5 GB/s of CPU). Size mismatches are always detected. Errors: reads raise
-    :class:`BlockNotFound` / :class:`CorruptBlock` naming the CID; the mount turns
-    them into ``EIO`` for that request only.
+    Blocks are read with the store's verified read (:meth:`LMDBStore.block`): each is
+    hashed against its CID the first time this process serves it (leaves by the
+    preload threads, see :class:`Preloader`), unless ``store.verify_reads`` is off;
+    a leaf of another length than its parent says is always an error. Errors: reads
+    raise :class:`BlockNotFound` / :class:`CorruptBlock` naming the CID; the mount
+    turns them into ``EIO`` for that request only.
     """
 
-    def __init__(self, store, verify: bool = False):
+    def __init__(self, store):
         self.store = store
         self.db = store.dbs["blocks"]
-        self.verify = verify
-        self.verified: set[bytes] = set()
         self._txn = store.env.begin(buffers=True)
         self._lock = threading.Lock()
         self.indexes: collections.OrderedDict = collections.OrderedDict()
@@ -113,7 +116,8 @@ class BlockReader:
         self._fd = os.open(os.path.join(store._real, "data.mdb"), os.O_RDONLY)
         # Leaves are paged in by threads, never by the trio thread (see Preloader).
         self.preloader = Preloader(store.env, self.db, self._fd, self._map_addr,
-                                   store.env.info()["map_size"], list(store.dbs.values()))
+                                   store.env.info()["map_size"], list(store.dbs.values()),
+                                   check=store.check)
         self.seq: dict[int, list] = {}  # fh -> [next_offset, window, ra_until]
         # fh -> [anchor, times moved on] of the current sequential run (see _remote_run)
         self.seq_run: dict[int, list] = {}
@@ -137,15 +141,9 @@ class BlockReader:
 
     # blocks -------------------------------------------------------------------
     def get(self, cid: bytes):
-        """Zero-copy buffer of a block (valid until :meth:`renew`). Raises
+        """Zero-copy buffer of a block (valid until :meth:`renew`), verified. Raises
         :class:`BlockNotFound` / :class:`CorruptBlock`."""
-        v = self._txn.get(cid, db=self.db)
-        if v is None:
-            raise BlockNotFound(cid)
-        if self.verify and cid not in self.verified:
-            verify_block(cid, v)
-            self.verified.add(cid)
-        return v
+        return self.store.block(self._txn, cid)
 
     def index(self, cid: bytes) -> FileIndex:
         """The cached :class:`FileIndex` of file ``cid``."""
@@ -247,8 +245,6 @@ class BlockReader:
             s = idx.starts[i]
             data = idx.leaf_data(self.get, i)
             ln = idx.sizes[i]
-            if len(data) != ln:
-                raise CorruptBlock(f"block {cid_str(idx.leaves[i])} has {len(data)} bytes, expected {ln}")
             lo = offset - s if offset > s else 0
             hi = end - s if end - s < ln else ln
             st.leaves += 1
@@ -426,16 +422,23 @@ class Preloader:
     ``resident`` remembers the last ``max_resident`` leaves paged in (a hint: the
     kernel may evict them; the trio thread's read then faults them in itself).
     Memory stays bounded: the data lives in the page cache, which the kernel sizes.
+    ``check(cid, buffer)``: the store's verification
+    (:meth:`~tvcfs.store.lmdb_store.LMDBStore.check`), run on each leaf as it is
+    paged in, in these threads (hashlib releases the GIL), so the reader finds it
+    verified; a leaf that fails it is not marked resident (the reader's own read
+    then raises :class:`CorruptBlock`).
     """
 
     def __init__(self, env, db, fd: int = -1, map_addr: int = 0, map_size: int = 0, dbs=(),
-                 threads: int = 2, max_pending: int = 1 << 16, max_resident: int | None = None):
+                 threads: int = 2, max_pending: int = 1 << 16, max_resident: int | None = None,
+                 check=None):
         if max_resident is None:  # leaves (<= 1 MiB) in half of the RAM
             try:
                 max_resident = max(1024, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (2 << 20))
             except (ValueError, OSError):
                 max_resident = 8192
         self.env, self.db, self.fd, self.map_addr, self.map_size = env, db, fd, map_addr, map_size
+        self.check = check
         self.dbs = list(dbs)
         self.exact = 0  # threads reading with the map's read-around off (see _exact_reads)
         self.nthreads, self.max_pending, self.max_resident = threads, max_pending, max_resident
@@ -586,18 +589,20 @@ class Preloader:
         a = self.anchors.get(idx.cid)
         exact = self.map_addr and len(idx.leaves) > 1 and not (a and a[2]) and cid not in self.offsets
         try:
-            if exact:
-                self._exact_reads(True)
-            try:
-                with self.env.begin(buffers=True) as txn:
-                    v = txn.get(cid, db=self.db)
-                    addr = buffer_address(v) if v is not None else None
-            finally:
+            with self.env.begin(buffers=True) as txn:
                 if exact:
-                    self._exact_reads(False)
-        except Exception:  # environment closing, map full...: a hint only
-            return
-        if addr is None:
+                    self._exact_reads(True)
+                try:
+                    v = txn.get(cid, db=self.db)
+                finally:
+                    if exact:
+                        self._exact_reads(False)
+                if v is None:
+                    return
+                addr = buffer_address(v)
+                if self.check is not None:
+                    self.check(cid, v)  # the pages are in memory now: CPU only
+        except Exception:  # environment closing, map full, a corrupt leaf...: a hint only
             return
         with self.cv:
             if self.map_addr:

@@ -175,19 +175,14 @@ class Workspace:
     def _copy_out(self, cid: bytes, fd: int, truncate_to: int | None) -> None:
         """Write the first ``truncate_to`` bytes (all if ``None``) of file ``cid`` to
         ``fd`` straight from the store's zero-copy buffers; extend with zeros to
-        ``truncate_to``. Raises :class:`BlockNotFound`."""
+        ``truncate_to``. Raises :class:`BlockNotFound`, :class:`CorruptBlock` (blocks
+        are checked against their CIDs: a damaged one is never copied into a commit)."""
         from ..dag import FileIndex
-        from ..errors import BlockNotFound
 
         store = self.repo.store
         with store.read() as txn:
-            db = store.dbs["blocks"]
-
             def get(c):
-                v = txn.get(c, db=db)
-                if v is None:
-                    raise BlockNotFound(c)
-                return v
+                return store.block(txn, c)
 
             idx = FileIndex.build(get, cid)
             limit = idx.size if truncate_to is None else min(truncate_to, idx.size)

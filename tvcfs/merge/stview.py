@@ -23,7 +23,6 @@ from typing import Callable, Iterator
 
 from ..chunking.safetensors import MAX_HEADER, NotSafetensors, SafetensorsHeader, TensorInfo, parse_header
 from ..dag import FileIndex
-from ..errors import BlockNotFound, MalformedObject
 from ..store.lmdb_store import MADV_DONTNEED, MADV_WILLNEED, buffer_address, madvise
 
 Getter = Callable[[bytes], "bytes | memoryview"]
@@ -36,24 +35,23 @@ class DataReader:
 
     ``get(cid)`` returns a read-only ``memoryview`` into the LMDB memory map, valid
     only while the reader is open (see :func:`data_reader`; LMDB wants one thread at
-    a time in a transaction, so take views in one thread and hand them on); it
-    counts in the store's ``blocks_read`` and raises
-    :class:`~tvcfs.errors.BlockNotFound` for a missing block. :meth:`willneed` / :meth:`dontneed` are no-ops for buffers that do not lie
+    a time in a transaction, so take views in one thread and hand them on), checked
+    against its CID the first time this process reads it (the store's verified read,
+    :meth:`~tvcfs.store.lmdb_store.LMDBStore.block`); it counts in the store's
+    ``blocks_read`` and raises :class:`~tvcfs.errors.BlockNotFound` for a missing
+    block, :class:`~tvcfs.errors.CorruptBlock` for a damaged one. :meth:`willneed` /
+    :meth:`dontneed` are no-ops for buffers that do not lie
     inside the map (bytes objects, inline data), so they can be called on anything.
     """
 
     def __init__(self, store, txn):
         self.store = store
         self._txn = txn
-        self._db = store.dbs["blocks"]
         self._map = store.map_range()
 
     def get(self, cid: bytes):
         self.store.blocks_read += 1
-        v = self._txn.get(cid, db=self._db)
-        if v is None:
-            raise BlockNotFound(cid)
-        return v
+        return self.store.block(self._txn, cid)
 
     def _advise(self, buf, advice: int, inward: bool) -> None:
         if self._map is None or not isinstance(buf, memoryview) or buf.obj is not None or not buf.nbytes:
@@ -147,8 +145,8 @@ class StoredSafetensors:
         """Bytes ``[off, off+length)`` of tensor ``t`` without copying when they lie in
         one leaf: a ``memoryview`` of the block returned by ``get`` (default: this
         file's getter; pass :meth:`DataReader.get` for zero-copy views of the store's
-        map), else a joined ``bytes`` copy. Raises
-        :class:`~tvcfs.errors.MalformedObject` for a leaf shorter than its size."""
+        map), else a joined ``bytes`` copy. Raises what
+        :meth:`~tvcfs.dag.FileIndex.leaf_data` raises."""
         get = get or self.get
         idx = self.index
         a = t.start + off
@@ -157,10 +155,7 @@ class StoredSafetensors:
             return idx.read(get, a, length)
         i = r[0]
         lo = a - idx.starts[i]
-        data = idx.leaf_data(get, i)
-        if len(data) < lo + length:
-            raise MalformedObject(f"leaf {i} of the file is shorter than its blocksize")
-        return memoryview(data)[lo:lo + length]
+        return memoryview(idx.leaf_data(get, i))[lo:lo + length]
 
 
 def tensors_equal(a: StoredSafetensors, ta: TensorInfo, b: StoredSafetensors, tb: TensorInfo) -> bool:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 from ..encoding.cid import cid_str
-from ..errors import BlockUnavailable
+from ..errors import BlockUnavailable, CorruptBlock
 from .base import REMOTE, ZERO_COPY, StoreBase
 from .verify import verify_many
 
@@ -116,6 +116,10 @@ class Router(StoreBase):
         t0 = time.perf_counter()
         try:
             data = self._call(tier, tier.store.get, cid)
+        except CorruptBlock as e:  # a damaged copy in this tier: another tier may hold a good one
+            tier.stats.corrupt += 1
+            tier.stats.last_error = str(e)
+            return None, f"{tier.name}: {e}"
         except (BlockUnavailable, OSError) as e:
             tier.stats.unavailable += 1
             tier.stats.last_error = str(e)

@@ -10,7 +10,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Iterable, Protocol
 
 from ..encoding.cid import DAG_CBOR, RAW, cid_codec
-from ..errors import InvalidCID
+from ..errors import BlockNotFound, InvalidCID
 
 
 class BlockBackend(Protocol):
@@ -78,6 +78,8 @@ class RepoBackend:
         self.store = repo.store
 
     def get(self, cid: bytes) -> bytes | None:
+        """Block bytes checked against the CID, or ``None``. Raises
+        :class:`~tvcfs.errors.CorruptBlock`."""
         return self.store.get(cid)
 
     def has(self, cid: bytes) -> bool:
@@ -123,8 +125,11 @@ class _TxnView:
         self._db = backend.store.dbs["blocks"]
 
     def get(self, cid: bytes):
-        v = self._txn.get(cid, db=self._db)
-        if v is None:
+        """Block ``cid`` checked against its CID (the store's verified read), or
+        ``None``. Raises :class:`~tvcfs.errors.CorruptBlock`."""
+        try:
+            v = self._backend.store.block(self._txn, cid)
+        except BlockNotFound:
             return None
         return v if is_leaf(cid) else bytes(v)
 

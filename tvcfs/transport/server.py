@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ..encoding.cid import DAG_CBOR, DAG_PB, cid_codec, cid_str
-from ..errors import InvalidCID, RefConflict, TvcfsError
+from ..errors import CorruptBlock, InvalidCID, RefConflict, TvcfsError
 from . import protocol as P
 from .backend import BlockBackend, is_leaf, links_of, read_view
 from .channel import MessageChannel
@@ -484,7 +484,11 @@ class _Session:
                 msg = P.Have(cid) if backend.has(cid) else P.DontHave(cid)
                 await self.ch.send(msg)
                 continue
-            data = backend.get(cid)
+            try:
+                data = backend.get(cid)  # checked against its CID (the store's verified read)
+            except CorruptBlock as err:
+                log.error("not sending a damaged block: %s", err)
+                data = None
             if data is None:
                 if e.flags & P.SEND_DONT_HAVE:
                     await self.ch.send(P.DontHave(cid))
@@ -539,6 +543,8 @@ class _Session:
                             finally:
                                 self.requests.remove(r2)
         except TvcfsError as e:
+            if isinstance(e, CorruptBlock):
+                log.error("DAG answer stopped at a damaged block: %s", e)
             status, message = P.DONE_ERROR, str(e)
         self.cancelled.discard(req.request_id)
         await self.ch.send(P.DagDone(req.request_id, status, nblocks, nbytes, message))
