@@ -478,6 +478,7 @@ def main() -> None:
                          "qh3,aioquic,tcp,http,mem,raw,tls,first,store")
     ap.add_argument("--repeat", type=int, default=1,
                     help="measure every clone and ceiling N times, use the median")
+    ap.add_argument("--json", help="also write the figures (MB/s; first-* in seconds) here")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -600,6 +601,9 @@ def main() -> None:
                 v = res[f"first-{t}"] * 1000
                 print(f"  first block {t}: {v:.1f} ms ({'meets' if v <= 50 else 'misses'} "
                       f"the 50 ms target)")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(res, f, indent=1)
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
