@@ -232,3 +232,62 @@ def run_tvcfs(*args, cwd=None, env=None, ok: bool | None = True, input: bytes | 
 def tvcfs_cli():
     """The :func:`run_tvcfs` runner."""
     return run_tvcfs
+
+
+# --------------------------------------------------------------------------- S3 (moto)
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+          "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """Session: ``http://127.0.0.1:PORT`` of moto's standalone S3 server, started in
+    this process on a free loopback port and stopped after the session. The dummy
+    credentials of :data:`S3_ENV` are set in ``os.environ`` meanwhile (and restored)."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+    saved = {k: os.environ.get(k) for k in S3_ENV}
+    os.environ.update(S3_ENV)
+    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    srv.start()
+    try:
+        host, port = srv.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        srv.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def s3_client(endpoint: str):
+    """A plain boto3 S3 client for ``endpoint`` (to create buckets, count objects,
+    corrupt them)."""
+    import boto3
+
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name="us-east-1")
+
+
+def new_bucket(endpoint: str) -> str:
+    """Create a bucket with a unique name on ``endpoint``; return its name."""
+    import uuid
+
+    name = f"tvcfs-{uuid.uuid4().hex[:20]}"
+    s3_client(endpoint).create_bucket(Bucket=name)
+    return name
+
+
+def bucket_objects(endpoint: str, bucket: str, prefix: str = "") -> dict:
+    """``{key: size in bytes}`` of every object in ``bucket`` under ``prefix``."""
+    c, out, token = s3_client(endpoint), {}, None
+    while True:
+        page = c.list_objects_v2(Bucket=bucket, Prefix=prefix, **({"ContinuationToken": token} if token else {}))
+        out.update({o["Key"]: o["Size"] for o in page.get("Contents", ())})
+        if not page.get("IsTruncated"):
+            return out
+        token = page["NextContinuationToken"]

@@ -1,6 +1,7 @@
 """One conformance suite every BlockStore passes (as dulwich tests every object store
-with one suite): the LMDB store, the in-memory store, and routers over them. A new
-backend adds one factory to ``STORES``."""
+with one suite): the LMDB store, the in-memory store, routers over them, and the S3
+store against moto's server on loopback. A new backend adds one factory to ``STORES``:
+``make(tmp_path, request)`` (``request`` gives fixtures, e.g. ``s3_endpoint``)."""
 
 from __future__ import annotations
 
@@ -16,29 +17,39 @@ from tvcfs.store.memory import MemoryStore
 from tvcfs.store.router import Router, Tier
 
 
-def _lmdb(tmp_path):
+def _lmdb(tmp_path, request=None):
     return LMDBStore(str(tmp_path / "store"))
 
 
-def _memory(tmp_path):
+def _memory(tmp_path, request=None):
     return MemoryStore()
 
 
-def _router_memory(tmp_path):
+def _router_memory(tmp_path, request=None):
     return Router([Tier("local", MemoryStore()), Tier("far", MemoryStore(), writable=False, trusted=False)])
 
 
-def _router_lmdb(tmp_path):
+def _router_lmdb(tmp_path, request=None):
     return Router([Tier("local", LMDBStore(str(tmp_path / "a"))),
                    Tier("far", LMDBStore(str(tmp_path / "b")), writable=False, trusted=False, timeout=5)])
 
 
-STORES = {"lmdb": _lmdb, "memory": _memory, "router-memory": _router_memory, "router-lmdb": _router_lmdb}
+def _s3(tmp_path, request):
+    from conftest import new_bucket
+
+    from tvcfs.store.s3 import S3Store
+
+    endpoint = request.getfixturevalue("s3_endpoint")
+    return S3Store(f"s3://{new_bucket(endpoint)}/conformance", endpoint_url=endpoint, refresh_interval=0)
+
+
+STORES = {"lmdb": _lmdb, "memory": _memory, "router-memory": _router_memory, "router-lmdb": _router_lmdb,
+          "s3": _s3}
 
 
 @pytest.fixture(params=sorted(STORES))
 def store(request, tmp_path):
-    s = STORES[request.param](tmp_path)
+    s = STORES[request.param](tmp_path, request)
     try:
         yield s
     finally:
@@ -153,12 +164,12 @@ def test_persistent_capability_survives_reopen(tmp_path):
         s.close()
 
 
-def test_stores_are_independent(tmp_path):
+def test_stores_are_independent(tmp_path, request):
     # a factory gives a fresh, empty store each time (no shared global state)
     for name, make in STORES.items():
         sub = tmp_path / name
         os.makedirs(sub)
-        s = make(sub)
+        s = make(sub, request)
         try:
             assert list(s) == [], name
         finally:

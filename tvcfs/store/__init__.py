@@ -3,7 +3,8 @@ the backend registry. See ``docs/architecture.md``.
 
 Modules: :mod:`~tvcfs.store.base` (the protocol, capabilities), :mod:`~tvcfs.store.lmdb_store`
 (the embedded default), :mod:`~tvcfs.store.memory`, :mod:`~tvcfs.store.verify` (the one
-verify-and-store path), :mod:`~tvcfs.store.router` (ordered tiers).
+verify-and-store path), :mod:`~tvcfs.store.router` (ordered tiers), :mod:`~tvcfs.store.s3`
+(S3-compatible object storage: packs, indexes, refs by conditional writes).
 
 Backends are chosen by name from a registry (after ipfs_accelerate_py's backend
 router): :func:`register_backend` adds a factory, :func:`get_backend` builds one.
@@ -116,6 +117,18 @@ def _lmdb_factory(repo=None, path: str | None = None, **_):
     return LMDBStore(path)
 
 
+def _s3_factory(repo=None, url: str | None = None, **options):
+    """``s3``: an :class:`~tvcfs.store.s3.S3Store` at ``url`` (``s3://BUCKET/PREFIX``),
+    else ``TVCFS_S3_URL``; options as :class:`~tvcfs.store.s3.S3Store` takes them
+    (docs/backends.md). boto3 is imported only here."""
+    url = url or os.environ.get("TVCFS_S3_URL")
+    if not url:
+        raise TvcfsError("the s3 backend needs a URL: set TVCFS_S3_URL=s3://BUCKET/PREFIX")
+    from .s3 import S3Store
+
+    return S3Store(url, **options)
+
+
 def _memory_factory(repo=None, **_):
     from .memory import MemoryStore
 
@@ -141,3 +154,4 @@ class _Borrowed:
 
 register_backend("lmdb", _lmdb_factory)
 register_backend("memory", _memory_factory)
+register_backend("s3", _s3_factory)

@@ -1,0 +1,603 @@
+"""S3-compatible object storage as a block backend: :class:`S3Store` (blocks in packs)
+and :class:`S3Refs` (refs moved by conditional writes). See ``docs/backends.md``.
+
+Layout under ``s3://BUCKET/PREFIX`` (``PREFIX`` may be empty)::
+
+    PREFIX/packs/<pack-id>.pack   blocks back to back (after a 16-byte header)
+    PREFIX/packs/<pack-id>.idx    sorted CID -> (offset, length) for that pack
+    PREFIX/deleted/<cid>          a tombstone: the block counts as deleted (mark-only)
+    PREFIX/refs/heads/NAME        a ref: the commit's CID string (base32), no newline
+
+Blocks are packed (as git packfiles and Xet xorbs do) so that a model of 100 000
+leaves is a few hundred objects, not 100 000: a pack fills up to ``pack_target``
+bytes (64 MiB by default) and is written by multipart upload.
+
+**Pack** (``.pack``): ``b"TVCFSPAK"``, version (u32 big-endian, 1), block count (u32),
+then the blocks' bytes back to back in index order. Offsets in the index count from
+the start of the object (header included).
+
+**Index** (``.idx``): ``b"TVCFSIDX"``, version (u32, 1), entry count ``n`` (u32); ``n``
+entries of 48 bytes sorted by CID: binary CIDv1 (36 bytes), offset (u64), length
+(u32); then the SHA-256 (32 bytes) of everything before it. The pack id is the
+lower-case hex SHA-256 of the ``n`` entries, so writing the same blocks twice names
+the same objects. A pack is uploaded before its index: an index that is listed
+names a complete pack.
+
+**Consistency.** Packs and indexes are immutable once written. A reader lists
+``PREFIX/packs/*.idx`` once and caches every index it has read; a lookup that misses
+lists again (at most every ``refresh_interval`` seconds) and reads only the new
+indexes, so packs written by other processes are seen. Refs are the only mutable
+objects and change by compare-and-swap on the object's ETag (``If-None-Match: *`` to
+create, ``If-Match`` to update); a lost race raises :class:`~tvcfs.errors.RefConflict`
+and writes nothing.
+
+**Deleting** is mark-only: :meth:`S3Store.delete` writes a tombstone object; the
+bytes stay in their pack until a repack (not implemented yet) rewrites it.
+
+**Reads are verified**: every block read from a pack is hashed against its CID
+(:func:`tvcfs.store.verify.verify_many`); a block that does not match is never
+returned — the read raises :class:`~tvcfs.errors.BlockUnavailable` naming the pack.
+
+**Errors**: an unreachable endpoint, a missing bucket, missing credentials or a
+timeout raise :class:`~tvcfs.errors.BlockUnavailable` with one line naming the
+bucket and endpoint, after at most ``retries`` attempts with ``connect_timeout`` /
+``read_timeout`` seconds each; "not in any pack" is ``None``.
+
+**Client**: boto3 (chosen by measurement, ``docs/performance.md`` "S3 client
+choice"), imported when the first store is built. Credentials, region and endpoint
+come from the standard AWS chain (``AWS_ACCESS_KEY_ID``…, ``AWS_PROFILE``,
+``~/.aws/credentials`` and ``~/.aws/config``, instance roles) and
+``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` for other S3-compatible services;
+arguments override them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import struct
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Iterator
+from urllib.parse import urlsplit
+
+from ..encoding.cid import CID_LEN, cid_from_str
+from ..encoding.multibase import cid_str
+from ..errors import BlockUnavailable, RefConflict, TvcfsError
+from .base import PERSISTENT, REMOTE, StoreBase
+from .verify import verify_many
+
+__all__ = ["S3Store", "S3Refs", "parse_s3_url", "encode_index", "decode_index", "PACK_TARGET"]
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+PACK_TARGET = 64 * MiB  # bytes: a pack is written once this many bytes are pending
+PACK_MAGIC = b"TVCFSPAK"
+IDX_MAGIC = b"TVCFSIDX"
+VERSION = 1
+_HEADER = struct.Struct(">8sII")  # magic, version, count: 16 bytes
+_ENTRY = struct.Struct(f">{CID_LEN}sQI")  # CID, offset, length: 48 bytes
+MAX_GAP = 1 * MiB  # bytes: neighbouring blocks at most this far apart are read in one GET
+MAX_RANGE = 16 * MiB  # bytes: a merged ranged GET is cut at this size
+
+
+class BadIndex(TvcfsError, ValueError):
+    """A pack index object does not decode (truncated, wrong magic, bad checksum)."""
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``"s3://bucket/some/prefix"`` → ``("bucket", "some/prefix")`` (prefix without
+    leading or trailing slashes, may be ``""``). Raises :class:`TvcfsError` for
+    anything else."""
+    parts = urlsplit(url or "")
+    if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+        raise TvcfsError(f"not an S3 URL: {url!r} (expected s3://BUCKET/PREFIX)")
+    return parts.netloc, parts.path.strip("/")
+
+
+def encode_index(entries: list) -> tuple[str, bytes]:
+    """``entries``: ``(cid, offset, length)`` triples (any order) → ``(pack_id,
+    index bytes)`` in the format of the module docstring."""
+    body = b"".join(_ENTRY.pack(bytes(c), o, n) for c, o, n in sorted(entries, key=lambda e: bytes(e[0])))
+    head = _HEADER.pack(IDX_MAGIC, VERSION, len(entries)) + body
+    return hashlib.sha256(body).hexdigest(), head + hashlib.sha256(head).digest()
+
+
+def decode_index(data: bytes) -> list:
+    """Index bytes → list of ``(cid, offset, length)`` sorted by CID. Raises
+    :class:`BadIndex`."""
+    data = bytes(data)
+    if len(data) < _HEADER.size + 32:
+        raise BadIndex("pack index truncated")
+    magic, version, n = _HEADER.unpack_from(data)
+    if magic != IDX_MAGIC or version != VERSION:
+        raise BadIndex(f"not a tvcfs pack index (magic {magic!r}, version {version})")
+    end = _HEADER.size + n * _ENTRY.size
+    if len(data) != end + 32 or hashlib.sha256(data[:end]).digest() != data[end:]:
+        raise BadIndex("pack index checksum does not match (truncated or corrupt)")
+    return list(_ENTRY.iter_unpack(data[_HEADER.size:end]))
+
+
+def _client_errors():
+    import botocore.exceptions as bx
+
+    return bx
+
+
+class _Bucket:
+    """The few S3 operations tvcfs needs, over one boto3 client, with every failure
+    turned into :class:`BlockUnavailable` naming ``s3://bucket/prefix`` and the
+    endpoint."""
+
+    def __init__(self, bucket: str, prefix: str, endpoint_url: str | None, profile: str | None,
+                 region: str | None, connect_timeout: float, read_timeout: float, retries: int,
+                 max_connections: int):
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError as e:
+            raise TvcfsError(f"the S3 backend needs boto3 ({e.name} is missing): pip install 'tvcfs[s3]'") from None
+        self.bucket, self.prefix = bucket, prefix
+        self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        try:
+            session = boto3.session.Session(profile_name=profile)
+        except _client_errors().BotoCoreError as e:  # ProfileNotFound and the like
+            raise TvcfsError(f"{self.url}: {e}") from None
+        cfg = Config(connect_timeout=connect_timeout, read_timeout=read_timeout,
+                     retries={"max_attempts": max(1, retries), "mode": "standard"},
+                     max_pool_connections=max_connections)
+        self.client = session.client("s3", endpoint_url=endpoint_url or None, region_name=region, config=cfg)
+        self.endpoint = self.client.meta.endpoint_url
+
+    def key(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def unavailable(self, e: Exception, what: str = "") -> BlockUnavailable:
+        """One-line :class:`BlockUnavailable` for a client error ``e``."""
+        bx = _client_errors()
+        where = f"{self.url} at {self.endpoint}"
+        if isinstance(e, bx.ClientError):
+            code = e.response.get("Error", {}).get("Code", "")
+            if code == "NoSuchBucket":
+                msg = f"{where}: bucket {self.bucket!r} does not exist (create it, or check the URL)"
+            elif code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
+                msg = f"{where}: access denied ({code}); check the AWS credentials or profile"
+            else:
+                msg = f"{where}: {what + ': ' if what else ''}{code or e}"
+        elif isinstance(e, bx.NoCredentialsError):
+            msg = f"{where}: no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
+        elif isinstance(e, (bx.EndpointConnectionError, bx.ConnectTimeoutError)):
+            msg = f"{where}: cannot connect to the endpoint"
+        elif isinstance(e, bx.ReadTimeoutError):
+            msg = f"{where}: no answer in time{' for ' + what if what else ''}"
+        else:
+            msg = f"{where}: {what + ': ' if what else ''}{e}"
+        return BlockUnavailable(msg, tier=self.url)
+
+    def _call(self, fn, what: str, **kw):
+        bx = _client_errors()
+        try:
+            return fn(Bucket=self.bucket, **kw)
+        except (bx.BotoCoreError, bx.ClientError) as e:
+            raise self.unavailable(e, what) from None
+
+    def list(self, rel: str) -> list:
+        """Keys (relative to the prefix) under ``rel``; every page."""
+        out, token = [], None
+        base = self.key(rel)
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        while True:
+            kw = {"Prefix": base}
+            if token:
+                kw["ContinuationToken"] = token
+            page = self._call(self.client.list_objects_v2, f"list {base}", **kw)
+            out.extend(o["Key"][cut:] for o in page.get("Contents", ()))
+            if not page.get("IsTruncated"):
+                return out
+            token = page["NextContinuationToken"]
+
+    def get(self, rel: str, start: int | None = None, end: int | None = None):
+        """``(bytes, etag)`` of an object (``[start, end)`` when given), or ``(None,
+        None)`` if the key does not exist."""
+        bx = _client_errors()
+        kw = {"Key": self.key(rel)}
+        if start is not None:
+            kw["Range"] = f"bytes={start}-{end - 1}"
+        try:
+            r = self.client.get_object(Bucket=self.bucket, **kw)
+            return r["Body"].read(), r.get("ETag")
+        except bx.ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None, None
+            raise self.unavailable(e, f"get {kw['Key']}") from None
+        except bx.BotoCoreError as e:
+            raise self.unavailable(e, f"get {kw['Key']}") from None
+
+    def put(self, rel: str, data: bytes, multipart_mib: int = 16, **cond) -> str:
+        """Write an object; return its ETag. ``cond``: ``IfNoneMatch``/``IfMatch``
+        (then one PutObject; a 412 raises ``_Precondition``). Large unconditional
+        bodies go up by multipart upload in ``multipart_mib`` MiB parts."""
+        bx = _client_errors()
+        key = self.key(rel)
+        try:
+            if not cond and len(data) > multipart_mib * MiB:
+                from boto3.s3.transfer import TransferConfig
+
+                cfg = TransferConfig(multipart_threshold=multipart_mib * MiB,
+                                     multipart_chunksize=multipart_mib * MiB, max_concurrency=4)
+                self.client.upload_fileobj(io.BytesIO(data), self.bucket, key, Config=cfg)
+                return ""
+            return self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **cond).get("ETag", "")
+        except bx.ClientError as e:
+            if cond and e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+                raise _Precondition() from None
+            raise self.unavailable(e, f"put {key}") from None
+        except (bx.BotoCoreError, _s3_transfer_errors()) as e:
+            raise self.unavailable(e, f"put {key}") from None
+
+    def delete(self, rel: str) -> None:
+        self._call(self.client.delete_object, f"delete {self.key(rel)}", Key=self.key(rel))
+
+
+def _s3_transfer_errors():
+    from boto3.exceptions import S3UploadFailedError
+
+    return S3UploadFailedError
+
+
+class _Precondition(Exception):
+    """A conditional write was refused (HTTP 412/409)."""
+
+
+def _bucket(url, bucket, prefix, endpoint_url, profile, region, connect_timeout, read_timeout, retries,
+            max_connections) -> _Bucket:
+    if url is not None:
+        bucket, prefix = parse_s3_url(url)
+    if not bucket:
+        raise TvcfsError("an S3 store needs url='s3://BUCKET/PREFIX' (or bucket=...)")
+    return _Bucket(bucket, (prefix or "").strip("/"), endpoint_url, profile, region, connect_timeout,
+                   read_timeout, retries, max_connections)
+
+
+class S3Store(StoreBase):
+    """A :class:`~tvcfs.store.base.BlockStore` over S3-compatible object storage
+    (capabilities ``REMOTE``, ``PERSISTENT``); layout and formats in the module
+    docstring.
+
+    ``url``: ``"s3://BUCKET/PREFIX"`` (or ``bucket=`` and ``prefix=``);
+    ``endpoint_url``, ``profile``, ``region``: override the AWS chain;
+    ``pack_target``: bytes pending before a pack is written (default 64 MiB);
+    ``refresh_interval``: seconds between index listings caused by misses;
+    ``connect_timeout``/``read_timeout``: seconds per attempt; ``retries``: attempts
+    per request; ``threads``: concurrent ranged GETs in :meth:`get_many`.
+
+    ``put``/``put_many`` buffer blocks and write a pack whenever ``pack_target``
+    bytes are pending; :meth:`flush` (and :meth:`close`) write the rest. Pending
+    blocks are readable from this object before they are flushed. Network failures
+    raise :class:`BlockUnavailable`; nothing is raised when a block is absent."""
+
+    capabilities = frozenset({REMOTE, PERSISTENT})
+
+    def __init__(self, url: str | None = None, *, bucket: str | None = None, prefix: str = "",
+                 endpoint_url: str | None = None, profile: str | None = None, region: str | None = None,
+                 pack_target: int = PACK_TARGET, refresh_interval: float = 1.0,
+                 connect_timeout: float = 3.0, read_timeout: float = 30.0, retries: int = 2,
+                 threads: int = 8):
+        self.pack_target = int(pack_target)
+        self.refresh_interval = float(refresh_interval)
+        self.threads = max(1, int(threads))
+        self._b = _bucket(url, bucket, prefix, endpoint_url, profile, region, connect_timeout, read_timeout,
+                          retries, self.threads + 2)
+        self.name = self.url = self._b.url
+        self._lock = threading.RLock()
+        self._flush_lock = threading.Lock()
+        self._index: dict[bytes, tuple[str, int, int]] = {}  # cid -> (pack id, offset, length)
+        self._packs: set[str] = set()
+        self._deleted: set[bytes] = set()
+        self._pending: dict[bytes, bytes] = {}
+        self._pending_bytes = 0
+        self._loaded_at: float | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self.written = {"packs": 0, "bytes": 0}  # what this object uploaded (packs and their bytes)
+
+    # --- indexes -----------------------------------------------------------------
+    def refresh(self) -> int:
+        """List the bucket's pack indexes and tombstones, read the indexes not seen
+        yet; return how many new packs were found. Raises :class:`BlockUnavailable`."""
+        keys = self._b.list("packs/")
+        deleted = {cid_from_str(k.rsplit("/", 1)[1]) for k in self._b.list("deleted/")}
+        new = [k[len("packs/"):-len(".idx")] for k in keys if k.endswith(".idx")]
+        with self._lock:
+            new = [p for p in new if p not in self._packs]
+        loaded = list(self._map(self._read_index, new))
+        with self._lock:
+            for pack, entries in zip(new, loaded):
+                if entries is None:
+                    continue
+                self._packs.add(pack)
+                for cid, off, n in entries:
+                    self._index.setdefault(cid, (pack, off, n))
+            self._deleted = deleted
+            self._loaded_at = time.monotonic()
+        return sum(e is not None for e in loaded)
+
+    def _read_index(self, pack: str):
+        data, _ = self._b.get(f"packs/{pack}.idx")
+        if data is None:
+            return None
+        try:
+            return decode_index(data)
+        except BadIndex as e:
+            log.warning("%s: skipping pack %s: %s", self.url, pack, e)
+            return None
+
+    def _ensure_loaded(self) -> None:
+        if self._loaded_at is None:
+            self.refresh()
+
+    def _refresh_on_miss(self) -> bool:
+        """Refresh after a miss unless the last listing is younger than
+        ``refresh_interval``; ``True`` if it listed."""
+        if self._loaded_at is not None and time.monotonic() - self._loaded_at < self.refresh_interval:
+            return False
+        self.refresh()
+        return True
+
+    def _map(self, fn, items):
+        items = list(items)
+        if len(items) < 2:
+            return map(fn, items)
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="tvcfs-s3")
+        return self._pool.map(fn, items)
+
+    def _where(self, cid: bytes):
+        """``("pending", bytes)``, ``("pack", (pack, off, len))`` or ``None``."""
+        with self._lock:
+            data = self._pending.get(cid)
+            if data is not None:
+                return "pending", data
+            if cid in self._deleted:
+                return None
+            loc = self._index.get(cid)
+            return ("pack", loc) if loc is not None else None
+
+    # --- reading -----------------------------------------------------------------
+    def get(self, cid: bytes):
+        """The block's bytes, ``None`` if no pack holds it. Raises
+        :class:`BlockUnavailable` (network, or the stored bytes are corrupt)."""
+        return next(iter(self.get_many([cid])))[1]
+
+    def has(self, cid: bytes) -> bool:
+        cid = bytes(cid)
+        self._ensure_loaded()
+        if self._where(cid) is None and self._refresh_on_miss():
+            return self._where(cid) is not None
+        return self._where(cid) is not None
+
+    def get_many(self, cids: Iterable[bytes]) -> Iterator[tuple[bytes, bytes | None]]:
+        """``(cid, bytes | None)`` in input order. Blocks of one pack that lie within
+        ``MAX_GAP`` of each other are read with one ranged GET (at most ``MAX_RANGE``
+        bytes); the GETs run ``threads`` at a time; every block is verified. Raises
+        :class:`BlockUnavailable` if a GET fails or a block does not hash to its CID
+        (naming the pack)."""
+        cids = list(cids)
+        keys = [bytes(c) for c in cids]
+        self._ensure_loaded()
+        where = {k: self._where(k) for k in keys}
+        if any(w is None for w in where.values()) and self._refresh_on_miss():
+            where = {k: self._where(k) for k in keys}
+        found = {k: w[1] for k, w in where.items() if w is not None and w[0] == "pending"}
+        wanted = {k: w[1] for k, w in where.items() if w is not None and w[0] == "pack"}
+        for got in self._map(self._read_range, _ranges(wanted)):
+            found.update(got)
+        for c, k in zip(cids, keys):
+            yield c, found.get(k)
+
+    def _read_range(self, rng) -> dict:
+        pack, start, end, members = rng
+        data, _ = self._b.get(f"packs/{pack}.pack", start, end)
+        if data is None:
+            raise BlockUnavailable(f"{self.url}: pack {pack} is listed in an index but its object is missing",
+                                   tier=self.url)
+        blocks = [(cid, data[off - start: off - start + n]) for cid, off, n in members]
+        if any(len(d) != n for (_, d), (_, _, n) in zip(blocks, members)):
+            raise BlockUnavailable(f"{self.url}: pack {pack} is shorter than its index says", tier=self.url)
+        good, bad = verify_many(blocks)
+        if bad:
+            raise BlockUnavailable(f"{self.url}: block {cid_str(bad[0])} in pack {pack} does not hash to its CID "
+                                   f"(corrupt object{', and %d more blocks' % (len(bad) - 1) if len(bad) > 1 else ''})",
+                                   cid=bad[0], tier=self.url)
+        return dict(good)
+
+    # --- writing -----------------------------------------------------------------
+    def put(self, cid: bytes, block) -> bool:
+        """Buffer one block; ``True`` if no pack (and no pending buffer) holds it.
+        May write a pack (raises :class:`BlockUnavailable` when that fails)."""
+        return self.put_many([(cid, block)]) == 1
+
+    def put_many(self, blocks: Iterable[tuple[bytes, bytes]]) -> int:
+        """Buffer the blocks no known pack holds (the index list is refreshed first),
+        writing a pack each time ``pack_target`` bytes are pending; return how many
+        were new. Call :meth:`flush` to write the remainder. Stores do not hash what
+        they are given (``docs/architecture.md``)."""
+        if self._loaded_at is None or time.monotonic() - self._loaded_at >= self.refresh_interval:
+            self.refresh()
+        new = 0
+        undelete = []
+        for cid, block in blocks:
+            key = bytes(cid)
+            if len(key) != CID_LEN:
+                raise TvcfsError(f"{self.url}: not a binary CIDv1 sha2-256 ({len(key)} bytes)")
+            with self._lock:
+                if key in self._pending or (key in self._index and key not in self._deleted):
+                    continue
+                if key in self._deleted:
+                    undelete.append(key)
+                    self._deleted.discard(key)
+                data = bytes(block)
+                self._pending[key] = data
+                self._pending_bytes += len(data)
+                new += 1
+                full = self._pending_bytes >= self.pack_target
+            if full:
+                self.flush()
+        for key in undelete:
+            self._b.delete(f"deleted/{cid_str(key)}")
+        return new
+
+    def flush(self) -> str | None:
+        """Write the pending blocks as one pack (pack object first, then its index);
+        return the pack id, or ``None`` if nothing was pending. Raises
+        :class:`BlockUnavailable`; the blocks stay pending then."""
+        with self._flush_lock:
+            with self._lock:
+                items = list(self._pending.items())
+            if not items:
+                return None
+            entries, off = [], _HEADER.size
+            for cid, data in items:
+                entries.append((cid, off, len(data)))
+                off += len(data)
+            pack, idx = encode_index(entries)
+            body = b"".join([_HEADER.pack(PACK_MAGIC, VERSION, len(items))] + [d for _, d in items])
+            self._b.put(f"packs/{pack}.pack", body)
+            self._b.put(f"packs/{pack}.idx", idx)
+            with self._lock:
+                for cid, o, n in entries:
+                    self._index.setdefault(cid, (pack, o, n))
+                    if self._pending.pop(cid, None) is not None:
+                        self._pending_bytes -= n
+                self._packs.add(pack)
+                self.written["packs"] += 1
+                self.written["bytes"] += len(body) + len(idx)
+            return pack
+
+    def delete(self, cid: bytes) -> bool:
+        """Mark-only: a pending block is dropped; a packed one gets a tombstone
+        object (``PREFIX/deleted/<cid>``) and reads as absent from then on (its bytes
+        stay in the pack). ``True`` if the store held it."""
+        key = bytes(cid)
+        self._ensure_loaded()
+        with self._lock:
+            data = self._pending.pop(key, None)
+            if data is not None:
+                self._pending_bytes -= len(data)
+            packed = key in self._index and key not in self._deleted
+        if packed:
+            self._b.put(f"deleted/{cid_str(key)}", b"")
+            with self._lock:
+                self._deleted.add(key)
+        return packed or data is not None
+
+    # --- listing -----------------------------------------------------------------
+    def __iter__(self) -> Iterator[bytes]:
+        """Every CID held (packed, not deleted, or pending), after a refresh."""
+        self.refresh()
+        with self._lock:
+            keys = [c for c in self._index if c not in self._deleted]
+            keys += [c for c in self._pending if c not in self._index or c in self._deleted]
+        return iter(keys)
+
+    def stat(self) -> dict:
+        """``{"blocks", "bytes", "packs", "pending"}``: blocks held and their bytes
+        (tombstoned ones excluded; pack headers and indexes not counted), packs
+        known, blocks pending (not yet in a pack)."""
+        self.refresh()
+        with self._lock:
+            live = [v[2] for c, v in self._index.items() if c not in self._deleted]
+            extra = [len(d) for c, d in self._pending.items() if c not in self._index or c in self._deleted]
+            return {"blocks": len(live) + len(extra), "bytes": sum(live) + sum(extra),
+                    "packs": len(self._packs), "pending": len(self._pending)}
+
+    def close(self) -> None:
+        """Write the pending pack, then release the thread pool. Raises
+        :class:`BlockUnavailable` if the pending pack cannot be written."""
+        try:
+            self.flush()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+
+def _ranges(wanted: dict) -> list:
+    """``{cid: (pack, off, len)}`` → ``[(pack, start, end, [(cid, off, len)…])…]``:
+    blocks of one pack merged while the gap is at most ``MAX_GAP`` and the range at
+    most ``MAX_RANGE`` bytes."""
+    by_pack: dict = {}
+    for cid, (pack, off, n) in wanted.items():
+        by_pack.setdefault(pack, []).append((cid, off, n))
+    out = []
+    for pack, members in by_pack.items():
+        members.sort(key=lambda m: m[1])
+        cur = None
+        for cid, off, n in members:
+            if cur and off - cur[2] <= MAX_GAP and off + n - cur[1] <= MAX_RANGE:
+                cur[2] = max(cur[2], off + n)
+                cur[3].append((cid, off, n))
+            else:
+                cur = [pack, off, off + n, [(cid, off, n)]]
+                out.append(cur)
+    return [tuple(r) for r in out]
+
+
+class S3Refs:
+    """Refs stored in the bucket as ``PREFIX/<name>`` (``name`` like
+    ``refs/heads/main``), each holding the commit's CID string, moved only by
+    compare-and-swap with S3 conditional writes. Same connection options as
+    :class:`S3Store`. Deleting refs is not supported yet."""
+
+    def __init__(self, url: str | None = None, *, bucket: str | None = None, prefix: str = "",
+                 endpoint_url: str | None = None, profile: str | None = None, region: str | None = None,
+                 connect_timeout: float = 3.0, read_timeout: float = 30.0, retries: int = 2):
+        self._b = _bucket(url, bucket, prefix, endpoint_url, profile, region, connect_timeout, read_timeout,
+                          retries, 4)
+        self.url = self._b.url
+
+    @staticmethod
+    def _check(name: str) -> str:
+        if not name.startswith("refs/") or any(p in ("", ".", "..") for p in name.split("/")):
+            raise TvcfsError(f"invalid ref name {name!r} (expected refs/heads/NAME, refs/tags/NAME, ...)")
+        return name
+
+    def _read(self, name: str):
+        data, etag = self._b.get(self._check(name))
+        if data is None:
+            return None, None
+        try:
+            return cid_from_str(data.decode("ascii").strip()), etag
+        except (UnicodeDecodeError, ValueError):
+            raise BlockUnavailable(f"{self.url}: ref {name} does not hold a CID", tier=self.url) from None
+
+    def get(self, name: str) -> bytes | None:
+        """The binary CID ``name`` points at, or ``None``. Raises
+        :class:`BlockUnavailable`."""
+        return self._read(name)[0]
+
+    def list(self, prefix: str = "refs/") -> dict:
+        """``{ref name: binary CID}`` for every ref whose name starts with ``prefix``."""
+        out = {}
+        for name in self._b.list(prefix):
+            cid = self.get(name)
+            if cid is not None:
+                out[name] = cid
+        return out
+
+    def compare_and_swap(self, name: str, expected: bytes | None, new: bytes) -> None:
+        """Point ``name`` at ``new`` if it points at ``expected`` now (``None``: it
+        must not exist). Raises :class:`RefConflict` (nothing written) when another
+        value is there or another writer wins the race, :class:`BlockUnavailable` on
+        network failures."""
+        actual, etag = self._read(name)
+        if (bytes(actual) if actual else None) != (bytes(expected) if expected else None):
+            raise RefConflict(name, expected, actual)
+        cond = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": etag}
+        try:
+            self._b.put(name, cid_str(new).encode("ascii"), **cond)
+        except _Precondition:
+            raise RefConflict(name, expected, self._read(name)[0]) from None
