@@ -29,6 +29,7 @@ from .errors import (
 )
 from .importer import REPO_DIR, Importer
 from .refs import HEADS, TAGS, check_name, split_suffixes
+from .store import view as store_view
 from .store.lmdb_store import LMDBStore
 
 FORMAT_VERSION = 1
@@ -726,13 +727,18 @@ class Repo:
 
     def write_file(self, cid: bytes, dest: str, mode: int = 0o644) -> int:
         """Write the content of file ``cid`` to the path ``dest`` from zero-copy store
-        buffers, each block checked against its CID first; returns bytes written.
+        buffers (through the block layer: blocks missing locally come from the
+        configured backends), each block checked against its CID first; returns bytes
+        written.
         Raises :class:`BlockNotFound`, :class:`CorruptBlock` / :class:`MalformedObject`
         naming ``dest`` and the CID (``dest`` is then removed: no partial file is
         left), ``OSError`` naming ``dest``."""
-        with self.store.read() as txn, naming(dest):
+        with store_view(self.blocks) as blocks, naming(dest):
             def get(c):
-                return self.store.block(txn, c)
+                v = blocks.get(c)
+                if v is None:
+                    raise BlockNotFound(c)
+                return v
 
             idx = FileIndex.build(get, cid)
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
