@@ -110,3 +110,15 @@ def naming(path: str):
         yield
     except (CorruptBlock, MalformedObject) as e:
         raise type(e)(f"{path}: {e}") from None
+
+
+class CommitConflict(TvcfsError):
+    """A directory worked on from a base commit was committed onto a branch that
+    moved since, and both changed the same paths: the commit was recorded on its own
+    ``conflicts/…`` branch instead, the branch was left alone (docs/writes.md,
+    "Concurrency"). ``.result``: the :class:`tvcfs.repo.CommitResult` (its ``branch``
+    is the conflicts branch, ``collisions`` the colliding paths)."""
+
+    def __init__(self, msg: str, result):
+        self.result = result
+        super().__init__(msg)

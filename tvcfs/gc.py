@@ -2,8 +2,10 @@
 
 :func:`collect_garbage` marks every block reachable from the refs, from reflog entries
 younger than the expiry (so a commit dropped by a branch deletion or a rejected
-update stays recoverable for that long), from pins, and from the staged state of
-mounts (their base commits and every CID their ``state.json`` names), then deletes the
+update stays recoverable for that long), from pins, from the staged state of
+mounts (their base commits and every CID their ``state.json`` names) and from the
+worktree records (the base commit and tree of each ``tvcfs checkout`` directory),
+then deletes the
 rest in one LMDB transaction. Freed pages are reused by LMDB (the file does not
 shrink). :func:`fsck` re-hashes blocks and checks that every ref points at a complete
 commit. Blocks missing from a lazy clone are not errors for GC (they are simply not
@@ -52,6 +54,8 @@ def _roots(repo, expire_days: float) -> set:
                         pass
     for m in repo.store.get_meta("conflicts", []):
         roots.add(cid_from_str(m["commit"]))
+    for wt in repo.worktrees().values():  # what `tvcfs commit` of a checkout compares against
+        roots.update((wt["base"], wt["tree"]))
     return roots
 
 

@@ -24,15 +24,17 @@ from .encoding.cid import DAG_CBOR, cid_codec, cid_from_str, cid_str, verify_blo
 from .encoding.commit import Commit, decode_commit
 from .encoding.unixfs import check_entry_name
 from .errors import (
-    AmbiguousRevision, BlockNotFound, InvalidCID, NotARepository, RefConflict, RefExists,
-    RevisionNotFound, TvcfsError, naming,
+    AmbiguousRevision, BlockNotFound, CommitConflict, InvalidCID, NotARepository, RefConflict,
+    RefExists, RevisionNotFound, TvcfsError, naming,
 )
 from .importer import REPO_DIR, Importer
 from .refs import HEADS, TAGS, check_name, split_suffixes
 from .store import view as store_view
 from .store.lmdb_store import LMDBStore
+from .treeops import conflict_message, land_on_branch, record_conflict, txn_getter
 
 FORMAT_VERSION = 1
+WORKTREES = "worktrees"  # meta key: {real path: {"branch", "base", "tree", "time"}}
 _UNSET = object()
 
 
@@ -87,7 +89,11 @@ def _git_config(key: str) -> str:
 class CommitResult:
     """Outcome of a commit: ``cid`` (binary, or ``None`` when nothing changed),
     ``tree`` (binary CID), ``branch``, ``new_bytes`` / ``new_blocks`` stored by it,
-    ``bytes`` of content scanned, ``files`` scanned."""
+    ``bytes`` of content scanned, ``files`` scanned. A commit from a known base
+    (a ``tvcfs checkout`` directory, ``base=``) also tells ``base`` (binary CID),
+    ``head`` (the branch head it found), ``replayed`` (the branch had moved: our
+    changes were replayed onto ``head``), ``collisions`` (paths changed on both
+    sides: the commit went to the ``conflicts/…`` branch named by ``branch``)."""
 
     cid: bytes | None
     tree: bytes
@@ -96,6 +102,14 @@ class CommitResult:
     new_blocks: int
     bytes: int
     files: int
+    base: bytes | None = None
+    head: bytes | None = None
+    replayed: bool = False
+    collisions: tuple = ()
+
+    @property
+    def conflict(self) -> bool:
+        return bool(self.collisions)
 
     @property
     def changed(self) -> bool:
@@ -597,16 +611,32 @@ class Repo:
     # --- commits ---------------------------------------------------------------
     def commit_dir(self, path: str, branch: str | None = None, message: str = "",
                    author: Author | None = None, expected=_UNSET, timestamp: int | None = None,
-                   allow_empty: bool = False, metadata: dict | None = None) -> CommitResult:
-        """Snapshot directory ``path`` as a commit on ``branch`` (default: HEAD's branch).
+                   allow_empty: bool = False, metadata: dict | None = None,
+                   base=_UNSET) -> CommitResult:
+        """Commit directory ``path`` on ``branch`` (default: the branch of the
+        worktree ``path``, else HEAD's branch).
 
-        Blocks, the commit and the ref update land in one LMDB write transaction.
-        ``expected``: the branch head the caller based its work on (compare-and-swap);
-        omitted: the head at the start of the transaction. A new branch starts from
-        HEAD. Nothing changed (same tree as the parent) and not ``allow_empty``: no
-        commit, ``result.cid is None``. Raises :class:`RefConflict` when the branch
-        moved (the commit is still stored and recorded in the reflog as rejected),
-        ``NotADirectoryError`` for a non-directory.
+        Blocks, the commit, the ref update and the worktree record land in one LMDB
+        write transaction. Two meanings (docs/writes.md, "Worktrees"):
+
+        * **From a base**: ``path`` is a worktree (made by :meth:`checkout`, recorded
+          in the repository) or ``base`` names the commit it was made from (binary
+          CID). If the branch moved since, the directory's changes are replayed onto
+          the head when no changed path collides with the branch's; otherwise the
+          commit is recorded on a new ``conflicts/BRANCH-…`` branch, the branch is
+          left alone and :class:`CommitConflict` is raised (its ``.result`` names
+          that branch). A worktree's record then follows the commit: its base
+          becomes the new commit.
+        * **Snapshot** (no known base, or ``base=None``; a training run's output):
+          the branch becomes ``path``. ``expected``: the branch head the caller
+          based its work on (compare-and-swap); omitted: the head at the start of the
+          transaction. A new branch starts from HEAD. Raises :class:`RefConflict`
+          when the branch moved (the commit is still stored and recorded in the
+          reflog as rejected).
+
+        Nothing changed and not ``allow_empty``: no commit, ``result.cid is None``.
+        Raises ``NotADirectoryError`` for a non-directory, ``ValueError`` when both
+        ``expected`` and ``base`` are given.
         """
         if not os.path.isdir(path):
             raise NotADirectoryError(f"not a directory: {path}")
@@ -614,7 +644,8 @@ class Repo:
         def build(imp):
             return imp.add_tree(path)[0]
 
-        return self._commit(build, branch, message, author, expected, timestamp, allow_empty, metadata)
+        return self._commit(build, branch, message, author, expected, timestamp, allow_empty, metadata,
+                            base=base, worktree=os.path.realpath(path))
 
     def commit_tree(self, tree: bytes, branch: str | None = None, message: str = "",
                     author: Author | None = None, expected=_UNSET, parents: list | None = None,
@@ -648,62 +679,144 @@ class Repo:
         return diff_commits(self, rev_a, rev_b, paths, numeric)
 
     def _commit(self, build, branch, message, author, expected, timestamp, allow_empty,
-                metadata, parents=None) -> CommitResult:
-        branch = branch or self.head_branch()
-        if not branch:
-            raise TvcfsError("HEAD is detached: name a branch with -b")
-        check_name(branch)
-        ref = HEADS + branch
+                metadata, parents=None, base=_UNSET, worktree=None) -> CommitResult:
+        if base is not _UNSET and expected is not _UNSET:
+            raise ValueError("commit: give expected= (compare-and-swap) or base=, not both")
         author = author or Author.default()
         conflict = None
         with self.store.write() as w:
+            worktrees = w.get_meta(WORKTREES, {})
+            wt = worktrees.get(worktree) if worktree else None
+            if base is _UNSET and wt is not None:
+                base, base_tree = cid_from_str(wt["base"]), cid_from_str(wt["tree"])
+            elif base is not _UNSET and base is not None:
+                base_tree = self.read_commit(base).tree
+            else:
+                base = None
+            branch = branch or (wt or {}).get("branch") or self.head_branch()
+            if not branch:
+                raise TvcfsError("HEAD is detached: name a branch with -b")
+            check_name(branch)
+            ref = HEADS + branch
             cur = w.get_ref(ref)
-            base = cur if expected is _UNSET else expected
-            if base is None and cur is None and expected is _UNSET:
-                h = self.head_branch()
-                if h and h != branch:
-                    base = w.get_ref(HEADS + h)
             imp = Importer(w)
             tree = build(imp)
-            if parents is None:
-                parents = [base] if base else []
-            if (not allow_empty and parents and len(parents) == 1
-                    and decode_commit(w.get_block(parents[0])).tree == tree):
-                return CommitResult(None, tree, branch, w.new_bytes, w.new_blocks, imp.bytes, imp.files)
-            com = Commit(tree=tree, parents=tuple(parents), author_name=author.name,
-                         author_email=author.email, message=message,
-                         timestamp=int(time.time() if timestamp is None else timestamp),
-                         metadata=metadata or {})
-            cid, block = com.cid_and_block()
-            w.put_block(cid, block)
-            expect_ref = cur if expected is _UNSET else expected
-            if cur != expect_ref:
-                w.append_reflog(ref, cur, cid, f"commit (rejected, branch moved): {message}", rejected=True)
-                conflict = RefConflict(ref, expect_ref, cur, cid)
-            else:
-                w.set_ref(ref, cid, cur, message=f"commit: {message}")
-            result = CommitResult(cid, tree, branch, w.new_bytes, w.new_blocks, imp.bytes, imp.files)
+            land = None
+            if base is not None:  # from a base: replay onto the head, or a conflicts branch
+                land = land_on_branch(w, txn_getter(w, self.get), self.read_commit, branch, base,
+                                      base_tree, tree)
+                parents, new_tree, target = ([land.parent] if land.parent else []), land.tree, land.branch
+                if land.conflict:
+                    message = conflict_message(branch, land, worktree or "the directory", message)
+            else:  # snapshot: the branch becomes the tree
+                start = cur if expected is _UNSET else expected
+                if start is None and cur is None and expected is _UNSET:
+                    h = self.head_branch()
+                    if h and h != branch:
+                        start = w.get_ref(HEADS + h)
+                if parents is None:
+                    parents = [start] if start else []
+                new_tree, target = tree, branch
+            cid = None
+            if (allow_empty or (land is not None and land.conflict) or len(parents) != 1
+                    or decode_commit(w.get_block(parents[0])).tree != new_tree):
+                com = Commit(tree=new_tree, parents=tuple(parents), author_name=author.name,
+                             author_email=author.email, message=message,
+                             timestamp=int(time.time() if timestamp is None else timestamp),
+                             metadata=metadata or {})
+                cid, block = com.cid_and_block()
+                w.put_block(cid, block)
+                expect_ref = cur if expected is _UNSET else expected
+                if land is None and cur != expect_ref:
+                    w.append_reflog(ref, cur, cid, f"commit (rejected, branch moved): {message}", rejected=True)
+                    conflict = RefConflict(ref, expect_ref, cur, cid)
+                elif land is not None and land.conflict:
+                    tref = HEADS + target
+                    w.set_ref(tref, cid, w.get_ref(tref), message=f"commit (conflict): {message.splitlines()[0]}")
+                    record_conflict(w, branch, land, cid, worktree or "commit")
+                else:
+                    w.set_ref(ref, cid, cur, message=f"commit: {message}")
+            if wt is not None and conflict is None and not (land is not None and land.conflict):
+                # the directory now holds ``tree`` worked on from the branch's new head
+                worktrees[worktree] = _worktree_record(branch, cid or parents[0], tree)
+                w.set_meta(WORKTREES, worktrees)
+            result = CommitResult(cid, new_tree, target, w.new_bytes, w.new_blocks, imp.bytes, imp.files,
+                                  base=base, head=cur, replayed=bool(land and land.theirs),
+                                  collisions=tuple(land.collisions) if land else ())
         if conflict:
             raise conflict
+        if result.conflict:
+            err = CommitConflict(
+                f"{branch} moved to {cid_str(cur)[:16]} since the base of {worktree or 'the directory'} "
+                f"({cid_str(base)[:16]}), and both changed {', '.join(result.collisions)}: the commit is "
+                f"saved as branch {target} ({cid_str(result.cid)}), {branch} is unchanged", result)
+            err.add_note(f"merge it by hand: tvcfs merge {target} --into {branch}")
+            raise err
         return result
 
     # --- checkout / export -----------------------------------------------------
-    def checkout(self, rev, dest: str, path: str = "") -> int:
+    def checkout(self, rev, dest: str, path: str = "", branch=_UNSET) -> int:
         """Materialise ``rev`` (or its sub-path ``path``) into directory ``dest``, which
         must be missing or empty. Returns the bytes written. Raises
-        :class:`TvcfsError` if ``dest`` is not empty."""
-        e = self.entry(rev, path)
+        :class:`TvcfsError` if ``dest`` is not empty.
+
+        A whole-tree checkout (no ``path``) makes ``dest`` a *worktree*: the
+        repository records its real path with the commit and tree it came from and
+        ``branch`` (default: the branch ``rev`` names, if it is a branch name or
+        ``HEAD``), so that :meth:`commit_dir` of it replays its changes onto a branch
+        that moved instead of reverting what it did not see (docs/writes.md,
+        "Worktrees"). A checkout into a path recorded before replaces its record."""
+        commit = self._rev_to_cid(rev)
+        e = self.entry(commit, path)
         if os.path.exists(dest):
             if not os.path.isdir(dest) or os.listdir(dest):
                 raise TvcfsError(f"destination {dest} exists and is not an empty directory")
         try:
-            return self._materialise(e, dest)
+            n = self._materialise(e, dest)
         except OSError as err:
             # a write error (a full disk above all) names no file: say which one, and
             # that the repository is untouched
             raise TvcfsError(f"checkout into {dest} failed writing {err.filename or dest}: "
                              f"{err.strerror or err}; "
                              "the repository is unchanged, the partial checkout is left in place") from err
+        if branch is _UNSET:
+            branch = self.branch_of(rev) if isinstance(rev, str) else None
+        with self.store.write() as w:
+            worktrees = w.get_meta(WORKTREES, {})
+            key = os.path.realpath(dest)
+            if path:  # a sub-tree is no worktree: forget an old record of this path
+                worktrees.pop(key, None)
+            else:
+                worktrees[key] = _worktree_record(branch, commit, e.cid)
+            w.set_meta(WORKTREES, worktrees)
+        return n
+
+    def branch_of(self, rev: str) -> str | None:
+        """The short name of the branch revision string ``rev`` names (``HEAD``/``@``:
+        HEAD's branch; ``main``, ``refs/heads/main``), or ``None`` for anything else (a
+        tag, a CID, ``main~1``). Same precedence as :meth:`resolve`."""
+        rev = rev.strip()
+        if rev in ("HEAD", "@"):
+            return self.head_branch()
+        if rev.startswith("refs/"):
+            name = rev[len(HEADS):] if rev.startswith(HEADS) else None
+        else:
+            name = rev
+        if name and self.store.get_ref(HEADS + name) is not None:
+            return name
+        return None
+
+    def worktrees(self) -> dict:
+        """Directories made by :meth:`checkout`: ``{real path: {"branch": name | None,
+        "base": commit CID, "tree": tree CID, "time": Unix seconds, "exists": bool}}``
+        (binary CIDs). ``tree`` is what the directory held at its checkout or last
+        commit; ``base`` the commit that tree was last brought onto."""
+        out = {}
+        for p, r in self.store.get_meta(WORKTREES, {}).items():
+            out[p] = {"branch": r.get("branch"), "base": cid_from_str(r["base"]),
+                      "tree": cid_from_str(r["tree"]), "time": r.get("time", 0),
+                      "exists": os.path.isdir(p)}
+        return out
 
     def _materialise(self, e: Entry, dest: str) -> int:
         """Write entry ``e`` at ``dest``; returns bytes written. A directory whose
@@ -800,6 +913,12 @@ class Repo:
             verify_block(cid, block)
             n += 1
         return n
+
+
+def _worktree_record(branch: str | None, base: bytes, tree: bytes) -> dict:
+    """A ``worktrees`` meta entry: the directory's branch, the commit ``base`` and the
+    tree the directory holds (binary CIDs, stored as strings), and when (Unix seconds)."""
+    return {"branch": branch, "base": cid_str(base), "tree": cid_str(tree), "time": int(time.time())}
 
 
 def _umask() -> int:

@@ -1,5 +1,8 @@
 """Path-level operations on directory DAGs: what changed between two trees, and
-applying those changes onto a third (the rebase a mount does when its branch moved).
+applying those changes onto a third (the rebase a mount does when its branch moved),
+and :func:`land_on_branch`: that rebase, or a ``conflicts/…`` branch, for every writer
+that works from a known base commit (a mount's workspace, a ``tvcfs checkout``
+directory, ``tvcfs commit --base``).
 
 A change is ``path -> (cid, tsize) | None``: the entry that now stands at ``path``
 (a file, symlink or whole directory) or ``None`` for a removal. Sub-trees with equal
@@ -8,10 +11,14 @@ CIDs are never read.
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 from .dag import KIND_DIR, dir_links, stat_node
+from .encoding.cid import cid_str
 from .encoding.unixfs import build_directory
+from .refs import HEADS
 
 
 def changed_paths(get: Callable, old: bytes | None, new: bytes | None) -> dict:
@@ -81,3 +88,101 @@ def apply_changes(get: Callable, put: Callable, tree: bytes | None, changes: dic
         return cid, tsize
 
     return rec(tree, changes)
+
+
+# --- landing a tree on a branch that may have moved ----------------------------
+# One rule for every writer that works from a known base commit (a mount's
+# workspace, a directory made by ``tvcfs checkout``, ``tvcfs commit --base``): see
+# docs/writes.md, "Concurrency".
+
+@dataclass(frozen=True)
+class Landing:
+    """Where a tree made from a base lands on its branch (:func:`land_on_branch`).
+
+    ``tree``: the tree to commit (ours replayed onto the head when the branch
+    moved); ``parent``: its parent commit (``None``: a root commit);
+    ``parent_tree``: the parent's tree (equal to ``tree``: nothing to commit);
+    ``branch``: the short branch name to update — the branch, or a fresh
+    ``conflicts/BRANCH-<UTC yyyymmdd-hhmmss>[-K]`` when paths collide; ``head``: the
+    branch head found (binary CID or ``None``); ``theirs``: the changes of the branch
+    since the base that were kept around ours (``{path: (cid, tsize) | None}``);
+    ``collisions``: sorted colliding paths (non-empty exactly for a conflict)."""
+
+    tree: bytes
+    parent: bytes | None
+    parent_tree: bytes | None
+    branch: str
+    head: bytes | None
+    theirs: dict = field(default_factory=dict)
+    collisions: list = field(default_factory=list)
+
+    @property
+    def conflict(self) -> bool:
+        return bool(self.collisions)
+
+
+def txn_getter(w, fallback: Callable) -> Callable:
+    """``get(cid) -> bytes`` reading write transaction ``w`` first (blocks it stored
+    and has not committed yet), then ``fallback`` (e.g. ``Repo.get``, which may fetch
+    from a remote). Raises what ``fallback`` raises for a missing block."""
+    def get(c):
+        b = w.get_block(c)
+        return fallback(c) if b is None else bytes(b)
+    return get
+
+
+def land_on_branch(w, get: Callable, read_commit: Callable, branch: str, base: bytes | None,
+                   base_tree: bytes | None, tree: bytes) -> Landing:
+    """Decide, inside write transaction ``w``, how ``tree`` — ``base_tree`` plus our
+    changes, worked on from commit ``base`` — lands on ``branch``:
+
+    * the head's tree is ``base_tree`` (nobody else changed anything), or the branch
+      does not exist: ``tree`` as is, on the head (else ``base``);
+    * otherwise our changes (``base_tree`` → ``tree``) are replayed onto the head's
+      tree when no path collides with theirs (``base_tree`` → head tree;
+      :func:`collisions`), with the head as parent (new directory nodes are stored in
+      ``w``);
+    * else ``tree`` as is, parent ``base``, on a new ``conflicts/…`` branch: the
+      branch keeps their commit, nothing is overwritten.
+
+    ``get`` reads blocks (see :func:`txn_getter`); ``read_commit(cid)`` decodes a
+    commit. Changes nothing but directory blocks; the caller writes the commit and
+    the ref (and :func:`record_conflict`) in the same transaction."""
+    cur = w.get_ref(HEADS + branch)
+    if cur is None:
+        return Landing(tree, base, base_tree, branch, cur)
+    head_tree = read_commit(cur).tree
+    if head_tree == base_tree:
+        return Landing(tree, cur, head_tree, branch, cur)
+    ours = changed_paths(get, base_tree, tree)
+    theirs = changed_paths(get, base_tree, head_tree)
+    clash = collisions(ours, theirs)
+    if not clash:
+        new, _ = apply_changes(get, w.put_block, head_tree, ours)
+        return Landing(new, cur, head_tree, branch, cur, theirs)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    target = f"conflicts/{branch}-{stamp}"
+    k = 1
+    while w.get_ref(HEADS + target) is not None:
+        k += 1
+        target = f"conflicts/{branch}-{stamp}-{k}"
+    parent_tree = read_commit(base).tree if base else None
+    return Landing(tree, base, parent_tree, target, cur, {}, clash)
+
+
+def conflict_message(branch: str, landing: Landing, who: str, message: str) -> str:
+    """The message of a commit saved on a conflicts branch: ``conflict: BRANCH moved
+    to CID while WHO changed PATHS`` then a blank line and ``message``."""
+    return (f"conflict: {branch} moved to {cid_str(landing.head)} while {who} changed "
+            f"{', '.join(landing.collisions)}\n\n" + message)
+
+
+def record_conflict(w, branch: str, landing: Landing, commit: bytes, source: str) -> None:
+    """Append the conflict to the repository's ``conflicts`` record (meta, listed by
+    ``tvcfs status``) inside write transaction ``w``. ``source``: who wrote it
+    (``mount``, or the directory committed)."""
+    conflicts = w.get_meta("conflicts", [])
+    conflicts.append({"branch": branch, "saved_as": landing.branch, "commit": cid_str(commit),
+                      "head": cid_str(landing.head), "paths": landing.collisions,
+                      "time": int(time.time()), "source": source})
+    w.set_meta("conflicts", conflicts)

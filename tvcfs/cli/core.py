@@ -48,14 +48,18 @@ def cmd_init(args):
 def cmd_commit(args):
     t0 = time.monotonic()
     with open_repo(args) as repo:
+        kw = {"base": repo.resolve(args.base)} if args.base else {}
         res = repo.commit_dir(args.dir, branch=args.branch, message=args.message or "",
-                              author=_author(args), allow_empty=args.allow_empty)
+                              author=_author(args), allow_empty=args.allow_empty, **kw)
         dt = time.monotonic() - t0
         if not res.changed:
             print(f"nothing to commit: {args.dir} matches {res.branch} ({res.files} files, "
                   f"{fmt_bytes(res.bytes)})")
             return 0
         print(f"[{res.branch} {cid_str(res.cid)}] {args.message or ''}".rstrip())
+        if res.replayed:
+            print(f" {res.branch} had changes {args.dir} does not show (its base: {short(res.base)}): "
+                  f"its changes were replayed onto {short(res.head)}; check out again to see them all")
         print(f" {res.files} files, {fmt_bytes(res.bytes)} scanned, {fmt_bytes(res.new_bytes)} new "
               f"in {res.new_blocks} blocks ({res.new_bytes} bytes), {dt:.2f} s")
     return 0
@@ -224,10 +228,12 @@ def cmd_show(args):
 def cmd_checkout(args):
     with open_repo(args) as repo:
         commit, path = repo.split_revpath(args.rev)
+        branch = None if path else repo.branch_of(args.rev.partition(":")[0] or "HEAD")
         t0 = time.monotonic()
-        n = repo.checkout(commit, args.dir, path)
+        n = repo.checkout(commit, args.dir, path, branch=branch)
         print(f"checked out {short(commit)}{':' + path if path else ''} into {args.dir} "
-              f"({fmt_bytes(n)}, {time.monotonic() - t0:.2f} s)")
+              f"({fmt_bytes(n)}, {time.monotonic() - t0:.2f} s)"
+              + (f"; a worktree of branch {branch}" if branch else ""))
     return 0
 
 
@@ -286,9 +292,13 @@ def register(sub) -> None:
     p.add_argument("-b", "--initial-branch", default="main")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("commit", help="snapshot a directory into a branch")
-    p.add_argument("dir", help="directory to snapshot")
-    p.add_argument("-b", "--branch", help="branch (default: HEAD's; a new branch starts at HEAD)")
+    p = sub.add_parser("commit", help="commit a directory onto a branch (a checkout's changes are "
+                       "replayed if the branch moved; other directories are snapshots)")
+    p.add_argument("dir", help="directory to commit")
+    p.add_argument("-b", "--branch", help="branch (default: the checkout's branch, else HEAD's; "
+                   "a new branch starts at the directory's base, else at HEAD)")
+    p.add_argument("--base", metavar="REV", help="the commit DIR was made from: if the branch moved "
+                   "since, DIR's changes are replayed onto it (or saved on a conflicts/ branch)")
     p.add_argument("-m", "--message", default="")
     p.add_argument("--author", help='"Name <email>" (default: TVCFS_AUTHOR_NAME/EMAIL, then git config)')
     p.add_argument("--allow-empty", action="store_true", help="commit even if nothing changed")
@@ -329,7 +339,8 @@ def register(sub) -> None:
     add_no_verify(p)
     p.set_defaults(func=cmd_cat)
 
-    p = sub.add_parser("checkout", help="materialise a revision into a plain directory")
+    p = sub.add_parser("checkout", help="materialise a revision into a plain directory (a worktree: "
+                       "the repository remembers its base for `commit`)")
     p.add_argument("rev", metavar="REV[:PATH]")
     p.add_argument("dir")
     add_no_verify(p)

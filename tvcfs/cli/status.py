@@ -1,5 +1,5 @@
 """``tvcfs status`` and ``tvcfs recover``: staged changes of mounts, last commits,
-conflicts."""
+worktrees (directories made by ``tvcfs checkout``), live mounts, conflicts."""
 
 from __future__ import annotations
 
@@ -91,6 +91,7 @@ def cmd_status(args):
                     print(f"    {status}: {printable_name(path)}{extra}")
         else:
             print("\nNo staged changes.")
+        _print_worktrees(repo, branch)
         conflicts = repo.store.get_meta("conflicts", [])
         conflicts = [c for c in conflicts if branch is None or c["branch"] == branch]
         if conflicts:
@@ -112,6 +113,30 @@ def _print_skipped(skipped: list, indent: str) -> None:
         else:
             what = "earlier commits keep what was committed of it"
         print(f"{indent}  not committed: {path}: {why}; {what}")
+
+
+def _print_worktrees(repo, branch: str | None) -> None:
+    """The directories made by ``tvcfs checkout`` (path, branch, base, whether the
+    directory is still there; docs/writes.md, "Worktrees") and the live mounts of
+    ``repo``; with ``branch``, only that branch's worktrees."""
+    from ..fs.daemon import repo_mounts
+
+    wts = {p: r for p, r in sorted(repo.worktrees().items()) if branch is None or r["branch"] == branch}
+    if wts:
+        print("\nWorktrees (tvcfs checkout; `tvcfs commit DIR` replays onto their branch if it moved):")
+        heads = repo.branches()
+        for p, r in wts.items():
+            tip = heads.get(r["branch"]) if r["branch"] else None
+            state = "" if r["exists"] else " [directory gone]"
+            behind = ""
+            if tip is not None and (tip != r["base"] or repo.read_commit(tip).tree != r["tree"]):
+                behind = f"; {r['branch']} is at {cid_str(tip)[:16]}"
+            print(f"  {p}  branch {r['branch'] or '(none)'} base {cid_str(r['base'])[:16]}{behind}{state}")
+    mounts = repo_mounts(repo.root)
+    if mounts:
+        print("\nMounts:")
+        for mnt, pid in mounts:
+            print(f"  {mnt}" + (f" (pid {pid})" if pid else ""))
 
 
 def cmd_recover(args):
@@ -147,7 +172,7 @@ def cmd_recover(args):
 
 
 def register(sub) -> None:
-    p = sub.add_parser("status", help="staged changes of mounts, last commits, conflicts")
+    p = sub.add_parser("status", help="branches, staged changes of mounts, worktrees, mounts, conflicts")
     p.add_argument("path", nargs="?", help="MOUNT/branches/NAME to show one branch of a mount")
     p.set_defaults(func=cmd_status)
 

@@ -60,6 +60,28 @@ def find_tvcfs_mount(path: str):
     return best[0], best[1], os.path.relpath(real, best[1])
 
 
+def repo_mounts(repo_root: str) -> list:
+    """``[(mountpoint, pid | None)]`` of the live tvcfs mounts of the repository at
+    ``repo_root`` (from ``/proc/mounts``, never touching the mounts; ``pid`` from the
+    mount's pid file, ``None`` if unknown)."""
+    real = os.path.realpath(repo_root)
+    out = []
+    for src, mnt in mount_table():
+        if src.startswith("tvcfs:") and os.path.realpath(src[len("tvcfs:"):]) == real:
+            out.append((mnt, _mount_pid(real, mnt)))
+    return out
+
+
+def _mount_pid(repo_root: str, mountpoint: str) -> int | None:
+    """The pid in the pid file of the mount of ``repo_root`` on ``mountpoint``, or
+    ``None`` (no file, unreadable)."""
+    try:
+        with open(_pidfile(os.path.join(repo_root, ".tvcfs"), mountpoint)) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def mount_path(mountpoint: str) -> str:
     """``mountpoint`` as ``/proc/mounts`` shows it, found without stat-ing the
     mountpoint itself (``os.path.realpath`` would, and a stat blocks on a hung FUSE
@@ -242,12 +264,7 @@ def unmount(mountpoint: str, timeout: float = 60.0, lazy: bool = False) -> None:
         raise RuntimeError(f"{mountpoint} is not mounted")
     pid = None
     if fsname.startswith("tvcfs:"):
-        root = fsname[len("tvcfs:"):]
-        try:
-            with open(_pidfile(os.path.join(root, ".tvcfs"), mountpoint)) as f:
-                pid = int(f.read().strip())
-        except (OSError, ValueError):
-            pid = None
+        pid = _mount_pid(fsname[len("tvcfs:"):], mountpoint)
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     cmd = [tool, "-u"] + (["-z"] if lazy else []) + [real] if tool else ["umount"] + (["-l"] if lazy else []) + [real]
     r = subprocess.run(cmd, capture_output=True, text=True)

@@ -35,7 +35,7 @@ from ..encoding.unixfs import entry_name_error, printable_name
 from ..errors import TvcfsError
 from ..importer import Importer
 from ..refs import HEADS
-from ..treeops import apply_changes, changed_paths, collisions
+from ..treeops import changed_paths, conflict_message, land_on_branch, record_conflict, txn_getter
 
 log = logging.getLogger("tvcfs.fs")
 
@@ -513,16 +513,10 @@ class Workspace:
 
         repo = self.repo
         author = author or Author.default()
-        ref = HEADS + self.branch
         result = {"commit": None, "branch": self.branch, "conflict": False, "new_bytes": 0,
                   "message": "", "tree": None, "head": None, "from_branch": self.branch}
         with repo.store.write() as w:
-            def get(c):
-                b = w.get_block(c)
-                if b is None:
-                    return repo.get(c)
-                return bytes(b)
-
+            get = txn_getter(w, repo.get)
             imp = Importer(w)
             skipped: list = []
             tree, _ = self.build(imp, skipped=skipped)
@@ -530,49 +524,28 @@ class Workspace:
             for path, why, staged in skipped:
                 log.error("branch %s: %s not committed: %s%s", self.branch, path, why,
                           f"; its data is kept in {printable_name(staged)}" if staged else "")
-            cur = w.get_ref(ref)
-            result["head"] = cur
             base_tree = repo.read_commit(self.base).tree if self.base else None
-            parent = self.base
-            target_branch = self.branch
-            if cur != self.base:
-                theirs_tree = repo.read_commit(cur).tree if cur else None
-                ours = changed_paths(get, base_tree, tree)
-                theirs = changed_paths(get, base_tree, theirs_tree) if cur else {}
-                clash = collisions(ours, theirs) if cur else []
-                if cur is not None and not clash:
-                    tree, _ = apply_changes(get, w.put_block, theirs_tree, ours)
-                    parent, base_tree = cur, theirs_tree
-                    result["theirs"] = theirs
-                elif cur is not None:
-                    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-                    target_branch = f"conflicts/{self.branch}-{stamp}"
-                    k = 1
-                    while w.get_ref(HEADS + target_branch) is not None:
-                        k += 1
-                        target_branch = f"conflicts/{self.branch}-{stamp}-{k}"
-                    result["conflict"] = True
-                    result["collisions"] = clash
-            result["tree"] = tree
-            result["parent"] = parent
-            if tree == base_tree and not result["conflict"]:
+            land = land_on_branch(w, get, repo.read_commit, self.branch, self.base, base_tree, tree)
+            target_branch = land.branch
+            result.update(head=land.head, tree=land.tree, parent=land.parent, conflict=land.conflict)
+            if land.theirs:
+                result["theirs"] = land.theirs
+            if land.conflict:
+                result["collisions"] = land.collisions
+            if land.tree == land.parent_tree and not land.conflict:
                 return result
-            msg = message or self.describe(get, base_tree, tree)
-            if result["conflict"]:
-                msg = (f"conflict: {self.branch} moved to {cid_str(cur)} while this mount changed "
-                       f"{', '.join(result['collisions'])}\n\n" + msg)
-            com = Commit(tree=tree, parents=(parent,) if parent else (), author_name=author.name,
-                         author_email=author.email, message=msg, timestamp=int(time.time()),
-                         metadata={"source": "mount"})
+            msg = message or self.describe(get, land.parent_tree, land.tree)
+            if land.conflict:
+                msg = conflict_message(self.branch, land, "this mount", msg)
+            com = Commit(tree=land.tree, parents=(land.parent,) if land.parent else (),
+                         author_name=author.name, author_email=author.email, message=msg,
+                         timestamp=int(time.time()), metadata={"source": "mount"})
             cid, block = com.cid_and_block()
             w.put_block(cid, block)
             tref = HEADS + target_branch
             w.set_ref(tref, cid, w.get_ref(tref), message=f"commit (mount): {msg.splitlines()[0]}")
-            if result["conflict"]:
-                conflicts = w.get_meta("conflicts", [])
-                conflicts.append({"branch": self.branch, "saved_as": target_branch, "commit": cid_str(cid),
-                                  "head": cid_str(cur), "paths": result["collisions"], "time": int(time.time())})
-                w.set_meta("conflicts", conflicts)
+            if land.conflict:
+                record_conflict(w, self.branch, land, cid, "mount")
             result.update(commit=cid, branch=target_branch, new_bytes=w.new_bytes, message=msg)
         if result["conflict"]:
             log.warning("branch %s moved; staged changes saved as %s (%s)", self.branch,
