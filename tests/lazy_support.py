@@ -150,12 +150,14 @@ def run(*args, ok: bool = True, timeout: float = 120, env=None) -> subprocess.Co
 
 
 @contextlib.contextmanager
-def lazy_mount(repo: str, mnt: str, *args, timeout: float = 30.0):
+def lazy_mount(repo: str, mnt: str, *args, timeout: float = 30.0, log_path: str | None = None):
     """Mount ``repo`` on ``mnt`` (extra mount ``args``: --remote, --fetch-timeout...)
-    for the ``with`` block; always unmounted (tvcfs.fs.mount)."""
+    for the ``with`` block; always unmounted (tvcfs.fs.mount). ``log_path``: a file
+    receiving the foreground mount's stderr (its log)."""
     from tvcfs.fs import mount
 
-    with mount(repo, mnt, timeout=timeout, extra_args=tuple(str(a) for a in args)) as path:
+    with mount(repo, mnt, timeout=timeout, extra_args=tuple(str(a) for a in args),
+               log_path=log_path) as path:
         yield path
 
 

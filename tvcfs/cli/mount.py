@@ -42,9 +42,9 @@ def cmd_mount(args):
         # (~0.1 CPU-s per GiB read, measured) that the program loading the model needs.
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         return run_foreground(repo_root, args.mountpoint, debug=args.debug, verify=not args.no_verify,
-                              allow_other=args.allow_other, **extra)
+                              allow_other=args.allow_other, syslog=args.syslog, **extra)
     argv = [sys.executable, "-m", "tvcfs.cli", "mount", "-f", repo_root, os.path.abspath(args.mountpoint),
-            "--commit-delay", str(args.commit_delay)]
+            "--commit-delay", str(args.commit_delay), "--syslog"]
     if args.debug:
         argv.append("--debug")
     if args.verify_reads:
@@ -132,6 +132,8 @@ def register(sub) -> None:
                         "sequential reads; a lazy mount 128). Smaller moves fewer bytes around an "
                         "mmap fault (loading single tensors), larger requests need more")
     p.add_argument("-o", dest="options", action="append", default=[], help=argparse_suppress())
+    # set by the background start: log to the system log too (nobody watches its stderr)
+    p.add_argument("--syslog", action="store_true", help=argparse_suppress())
     p.add_argument("--remote", action="append", default=[], metavar="URL",
                    help="peer to fetch missing leaves from (repeatable; a lazy clone also "
                         "uses its remotes)")

@@ -100,6 +100,7 @@ def cmd_status(args):
                 when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c["time"]))
                 print(f"  {when} {c['branch']}: saved as {c['saved_as']} ({c['commit'][:16]}); "
                       f"colliding paths: {', '.join(c['paths'])}")
+        _print_lazy_mounts(repo)
     return 0
 
 
@@ -137,6 +138,30 @@ def _print_worktrees(repo, branch: str | None) -> None:
         print("\nMounts:")
         for mnt, pid in mounts:
             print(f"  {mnt}" + (f" (pid {pid})" if pid else ""))
+
+
+def _print_lazy_mounts(repo) -> None:
+    """The peers of the repository's running lazy mounts, from the status files the
+    mounts publish (``tvcfs.fs.remote.mount_statuses``, docs/lazy.md): state, since
+    when, why a peer is down, and the last read that failed."""
+    from ..fs.remote import mount_statuses
+
+    def clock(t):
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t or 0))
+
+    for st in mount_statuses(repo.control):
+        print(f"\nLazy mount {st.get('mountpoint')} (pid {st.get('pid')}; a read waits at most "
+              f"{st.get('timeout_s', 0):g} s for its blocks):")
+        for name, p in sorted(st.get("peers", {}).items()):
+            line = f"  peer {name} {p.get('state')} since {clock(p.get('since'))}"
+            if p.get("state") != "ready" and p.get("last_error"):
+                line += f": {p['last_error']}"
+            elif p.get("suspect"):
+                line += " (silent with requests outstanding)"
+            print(line)
+        e = st.get("last_read_error")
+        if e:
+            print(f"  last failed read at {clock(e.get('time'))}: {e.get('path')}: {e.get('error')}")
 
 
 def cmd_recover(args):

@@ -15,13 +15,16 @@ import time
 
 
 @contextlib.contextmanager
-def mount(repo: str, mountpoint: str, *, timeout: float = 30.0, extra_args=(), env=None):
+def mount(repo: str, mountpoint: str, *, timeout: float = 30.0, extra_args=(), env=None,
+          log_path: str | None = None):
     """Mount repository ``repo`` on ``mountpoint`` for the ``with`` block.
 
     Runs ``tvcfs mount -f`` as a child process, waits until the mount is live (raises
     ``RuntimeError`` with the child's output if it is not within ``timeout`` seconds),
     yields the mountpoint, and on exit unmounts (``fusermount3 -u``, then ``-z`` if the
     first attempt fails) and waits for the child. Never leaves a mount behind.
+    ``log_path``: a file that receives the child's stdout and stderr (its log),
+    appended; by default an anonymous temporary file.
     """
     from .daemon import is_mounted, unmount
 
@@ -29,7 +32,7 @@ def mount(repo: str, mountpoint: str, *, timeout: float = 30.0, extra_args=(), e
     cmd = [sys.executable, "-m", "tvcfs.cli", "--repo", repo, "mount", "-f", *extra_args, repo, mountpoint]
     # The child's log goes to a file, never to a pipe nobody drains while mounted: a
     # full pipe (64 KiB of log, e.g. --debug or many EIO lines) would block the mount.
-    logf = tempfile.TemporaryFile()
+    logf = open(log_path, "ab") if log_path else tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + timeout

@@ -1,8 +1,9 @@
 """Running a mount: the trio main loop, signals, ref watching, background start.
 
 ``tvcfs mount REPO MNT`` starts ``tvcfs mount -f`` as a detached process (new
-session, log in ``REPO/.tvcfs/mount.log``) and returns once the mount is live;
-``-f`` runs the loop in the foreground. SIGINT/SIGTERM unmount cleanly; so does
+session, log in ``REPO/.tvcfs/mount.log`` and, where ``/dev/log`` exists, the
+system log) and returns once the mount is live; ``-f`` runs the loop in the
+foreground, logging to stderr. SIGINT/SIGTERM unmount cleanly; so does
 ``tvcfs unmount MNT`` / ``fusermount3 -u MNT``.
 """
 
@@ -108,9 +109,28 @@ def set_readahead(mountpoint: str, kb: int = 1024) -> bool:
         return False
 
 
+def _log_to_syslog(level: int) -> bool:
+    """Also send the log to the system log (journal) through ``/dev/log``, as
+    ``tvcfs[PID]``. Returns False when there is no ``/dev/log`` (the log then only
+    goes to stderr, i.e. ``REPO/.tvcfs/mount.log`` for a background mount)."""
+    import logging.handlers
+
+    if not os.path.exists("/dev/log"):
+        return False
+    try:
+        h = logging.handlers.SysLogHandler(address="/dev/log")
+    except OSError as e:
+        log.info("no system log (%s): logging to %s only", e, "stderr")
+        return False
+    h.setLevel(level)
+    h.setFormatter(logging.Formatter(f"tvcfs[{os.getpid()}]: %(name)s %(levelname)s %(message)s"))
+    logging.getLogger().addHandler(h)
+    return True
+
+
 def run_foreground(repo_root: str, mountpoint: str, debug: bool = False, verify: bool = True,
                    allow_other: bool = False, ops_factory=None, read_ahead_kb: int | None = None,
-                   **ops_kwargs) -> int:
+                   syslog: bool = False, **ops_kwargs) -> int:
     """Mount and serve until unmounted or signalled. Returns an exit code.
 
     ``verify``: check every block against its CID before it is first served
@@ -118,6 +138,9 @@ def run_foreground(repo_root: str, mountpoint: str, debug: bool = False, verify:
 
     ``read_ahead_kb``: the mount's bdi ``read_ahead_kb`` (KiB; default 1024, which
     lets sequential reads arrive as 1 MiB requests; a lazy mount's own default).
+    ``syslog``: also log to the system log when ``/dev/log`` exists (a background
+    mount, whose stderr nobody watches). A lazy mount publishes its peers' states
+    in ``REPO/.tvcfs/mounts/<hash>.remote.json`` (``tvcfs status``).
 
     ``ops_factory(repo, **ops_kwargs)`` builds the operations object (default: the
     writable mount of :mod:`tvcfs.fs.writable` if present, else read-only).
@@ -129,6 +152,8 @@ def run_foreground(repo_root: str, mountpoint: str, debug: bool = False, verify:
 
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if syslog:
+        _log_to_syslog(logging.DEBUG if debug else logging.INFO)
     repo = Repo.open(repo_root)
     repo.store.verify_reads = verify
     if ops_factory is None:
@@ -151,6 +176,11 @@ def run_foreground(repo_root: str, mountpoint: str, debug: bool = False, verify:
     pyfuse3.init(ops, mountpoint, options)
     with open(pidfile, "w") as f:
         f.write(str(os.getpid()))
+    if fetcher is not None:  # peer states and the last failed read, for `tvcfs status`
+        from .remote import STATUS_SUFFIX
+
+        fetcher.status_path = pidfile[:-len(".pid")] + STATUS_SUFFIX
+        fetcher.mountpoint = mount_path(mountpoint)
     ops.refs_changed()
     log.info("mounted %s on %s (pid %d)", repo.root, mountpoint, os.getpid())
 

@@ -67,6 +67,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
         self.root = self.inodes.add_root()
         self.uid, self.gid = os.getuid(), os.getgid()
         self.handles: dict[int, object] = {}
+        self.handle_paths: dict[int, str] = {}  # fh -> path in the mount (error messages)
         self.next_fh = 1
         self.dir_handles: dict[int, list] = {}
         self.mount_time = int(time.time())
@@ -336,6 +337,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
         fh = self.next_fh
         self.next_fh += 1
         self.handles[fh] = idx
+        self.handle_paths[fh] = "/".join(x for x in (node.view, node.view_name, node.path) if x)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     async def read(self, fh, off, size):
@@ -347,13 +349,23 @@ class ReadOnlyOperations(pyfuse3.Operations):
         try:
             data = await self.reader.read_async(h, off, size)
         except (BlockNotFound, CorruptBlock, MalformedObject) as e:
-            self.reader.stats.errors += 1
-            log.error("read of %s at %d+%d: %s", cid_str(h.cid), off, size, e)
+            self.read_failed(self.handle_paths.get(fh) or cid_str(h.cid), off, size, e)
             raise _err(errno.EIO) from None
         self.reader.readahead(fh, h, off, len(data))
         return data
 
+    def read_failed(self, path: str, off: int, size: int, e: Exception) -> None:
+        """A read of ``path`` (in the mount) at byte ``off`` (``size`` bytes) fails
+        with ``EIO`` because of ``e``: count and log it, and tell a lazy mount's
+        fetcher (its status file shows the last failed read, docs/lazy.md)."""
+        self.reader.stats.errors += 1
+        log.error("read of %s at %d+%d: %s", path, off, size, e)
+        note = getattr(self.reader.remote, "note_read_error", None)
+        if note is not None:
+            note(path, str(e))
+
     async def release(self, fh):
+        self.handle_paths.pop(fh, None)
         self.handles.pop(fh, None)
         self.reader.forget_handle(fh)
 

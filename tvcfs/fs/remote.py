@@ -40,7 +40,9 @@ See docs/lazy.md.
 from __future__ import annotations
 
 import collections
+import contextlib
 import fnmatch
+import json
 import heapq
 import itertools
 import logging
@@ -63,6 +65,7 @@ __all__ = [
     "cache_dir_for",
     "lazy_clone",
     "lazy_fetch",
+    "mount_statuses",
     "prepare_url_mount",
 ]
 
@@ -77,6 +80,7 @@ READAHEAD_KB = 128            # kernel readahead of a lazy mount (local mounts: 
 FAIL_HOLDOFF = 1.0            # seconds a CID that just timed out fails at once
 INLINE_STORE = 2 * MIB        # foreground blocks up to this are verified+stored in the loop
 ARRIVING = 2 * MIB            # a read waits for a leaf this close to the head of a streaming answer
+STATUS_SUFFIX = ".remote.json"  # REPO/.tvcfs/mounts/<mount hash>.remote.json: peer states
 
 
 @dataclass
@@ -96,6 +100,11 @@ class FetchSettings:
     server allows 64 / 4096). ``connect_timeout``: per connection attempt.
     ``bulk_batch``: bytes verified and stored per worker-thread call;
     ``rx_buffer``: received-but-unstored bytes before reading pauses.
+    ``hung_timeout``: a suspect peer silent this long with requests outstanding
+    is taken for hung (a host that stopped, a path that drops everything: no
+    error ever arrives, QUIC would wait for its idle timeout): its session is
+    ended and it is reconnected with the usual back-off; None = ``timeout/2``
+    clamped to [2 x stall, 10].
     """
 
     timeout: float = DEFAULT_TIMEOUT
@@ -110,11 +119,17 @@ class FetchSettings:
     engine: str | None = None
     bulk_batch: int = 4 * MIB
     rx_buffer: int = 32 * MIB
+    hung_timeout: float | None = None
 
     def stall(self) -> float:
         if self.stall_timeout is not None:
             return self.stall_timeout
         return max(0.5, min(2.0, self.timeout / 4))
+
+    def hung(self) -> float:
+        if self.hung_timeout is not None:
+            return self.hung_timeout
+        return max(2 * self.stall(), min(10.0, self.timeout / 2))
 
 
 class _Want:
@@ -180,8 +195,11 @@ class Peer:
         self.transport = ""
         self.mux = None
         self.state = "connecting"
+        self.since = time.time()  # Unix time of the last state change
         self.suspect = False
         self.last_error = ""
+        self.scope = None         # cancel scope of the current session (watchdog: hung peer)
+        self.hung = ""            # why the watchdog ended the session
         self.kick = trio.Event()
         self.outbox: list = []
         self.out_ev = trio.Event()
@@ -285,6 +303,12 @@ class RemoteFetcher:
         self._failed: dict[bytes, float] = {}
         self._last_connect = 0.0
         self.started = time.time()
+        # the status file (``status_path``, set by the mount daemon): peer states and the
+        # last failed read, for ``tvcfs status``; rewritten when they change
+        self.status_path: str | None = None
+        self.mountpoint = ""
+        self.last_read_error: dict | None = None
+        self._status_dirty = True
 
     # ------------------------------------------------------------------ API
     async def fetch(self, cids, priority: int = PRIO_FOREGROUND) -> None:
@@ -361,6 +385,7 @@ class RemoteFetcher:
         self.fg_latency.append(trio.current_time() - now)
         if missing:
             self.fetch_timeouts += 1
+            self._status_dirty = True
             t_fail = trio.current_time()
             for w in missing:
                 self._failed[w.cid] = t_fail
@@ -413,6 +438,9 @@ class RemoteFetcher:
         finally:
             self._nursery = None
             self.close()
+            if self.status_path:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.status_path)
 
     def close(self) -> None:
         """Make what was stored durable (one msync)."""
@@ -789,57 +817,87 @@ class RemoteFetcher:
 
     # ------------------------------------------------------------------ peers
     async def _peer_main(self, p: Peer) -> None:
+        """Keep a session with ``p``: connect, serve, and after a failure reconnect
+        (at once after a lost connection, then with back-off 0.2 s doubling to 5 s,
+        or at once when a read finds no peer connected: ``p.kick``). State changes
+        are logged once each (down with the reason, back up), not once per attempt."""
         from ..transport.quic import QuicSettings
         from ..transport.wants import open_mux
 
         backoff = 0.2
         s = self.settings
         while True:
-            p.state = "connecting"
             reason = "session closed by the peer"
             was_ready = False
+            connected_at = 0.0
+            p.scope = trio.CancelScope()
+            p.hung = ""
             try:
-                qs = QuicSettings(engine=s.engine, connect_timeout=s.connect_timeout)
-                async with open_mux(p.url, self, identity=self.identity, settings=qs,
-                                    engine=s.engine, fallback_timeout=min(1.5, s.connect_timeout),
-                                    auth="always" if self.identity is not None else "auto") as mux:
-                    mux.peer = p
-                    p.mux = mux
-                    p.transport = mux.transport
-                    p.peer_id = mux.peer_id
-                    p.state = "ready"
-                    was_ready = True
-                    p.suspect = False
-                    p.connects += 1
-                    self._last_connect = trio.current_time()
-                    p.last_rx = trio.current_time()
-                    p.outbox.clear()
-                    backoff = 0.2
-                    log.info("peer %s connected (%s)", p.name, p.transport)
-                    self._kick()
-                    try:
-                        async with trio.open_nursery() as n:
-                            n.start_soon(self._writer, p, mux)
-                            await mux.run()
-                            n.cancel_scope.cancel()
-                    finally:
-                        p.wire_done += mux.bytes_in
-                        p.mux = None
+                with p.scope:
+                    qs = QuicSettings(engine=s.engine, connect_timeout=s.connect_timeout)
+                    async with open_mux(p.url, self, identity=self.identity, settings=qs,
+                                        engine=s.engine,
+                                        fallback_timeout=min(1.5, s.connect_timeout),
+                                        auth="always" if self.identity is not None else "auto"
+                                        ) as mux:
+                        mux.peer = p
+                        p.mux = mux
+                        p.transport = mux.transport
+                        p.peer_id = mux.peer_id
+                        if p.state == "down":
+                            log.warning("peer %s back up after %.1f s (%s)", p.name,
+                                        time.time() - p.since, p.transport)
+                        else:
+                            log.info("peer %s connected (%s)", p.name, p.transport)
+                        self._set_state(p, "ready")
+                        was_ready = True
+                        p.suspect = False
+                        p.connects += 1
+                        connected_at = self._last_connect = trio.current_time()
+                        p.last_rx = trio.current_time()
+                        p.outbox.clear()
+                        backoff = 0.2
+                        self._kick()
+                        try:
+                            async with trio.open_nursery() as n:
+                                n.start_soon(self._writer, p, mux)
+                                await mux.run()
+                                n.cancel_scope.cancel()
+                        finally:
+                            p.wire_done += mux.bytes_in
+                            p.mux = None
+                if p.scope.cancelled_caught:
+                    reason = p.hung or "session cancelled"
             except Exception as e:  # noqa: BLE001 - any failure: drop the peer, retry later
-                reason = _reason(e)
+                # the messages name the peer, which every report puts first anyway
+                reason = _reason(e).replace(f"with {p.name} ", "").replace(f"{p.name} ", "")
             p.mux = None
-            p.state = "down"
-            p.last_error = reason
+            p.scope = None
+            self._peer_lost(p)
             if was_ready:
                 p.failures += 1
-                log.warning("peer %s lost: %s", p.name, reason)
+                p.last_error = f"connection lost: {reason}"
+                log.info("peer %s: connection lost (%s); reconnecting", p.name, reason)
+                self._set_state(p, "connecting")
+                if trio.current_time() - connected_at > 1.0:
+                    continue  # a server restart or a broken path: reconnect at once
             else:
-                log.info("peer %s unreachable: %s", p.name, reason)
-            self._peer_lost(p)
+                p.last_error = f"unreachable: {reason}"
+                if p.state != "down":
+                    log.warning("peer %s down: %s", p.name, p.last_error)
+                    self._set_state(p, "down")
+                else:
+                    log.debug("peer %s still down: %s", p.name, p.last_error)
             with trio.move_on_after(backoff):
                 await p.kick.wait()
             p.kick = trio.Event()
             backoff = min(backoff * 2, 5.0)
+
+    def _set_state(self, p: Peer, state: str) -> None:
+        if p.state != state:
+            p.state = state
+            p.since = time.time()
+        self._status_dirty = True
 
     async def _writer(self, p: Peer, mux) -> None:
         while True:
@@ -1063,6 +1121,7 @@ class RemoteFetcher:
     async def _watchdog(self) -> None:
         tick = 0.05
         last_sync = last = trio.current_time()
+        last_status = -1e9
         while True:
             await trio.sleep(tick)
             now = trio.current_time()
@@ -1083,13 +1142,22 @@ class RemoteFetcher:
                     p.suspect = True
                     p.stalls += 1
                     p.thr = max(p.thr * 0.25, 1e6)
+                    self._status_dirty = True
                     if any(q is not p for q in usable):
                         self._evacuate(p)
                     else:
                         log.warning("peer %s silent for %.1f s with requests outstanding",
                                     p.name, now - since)
+                elif p.suspect and now - since > self.settings.hung() and p.scope is not None:
+                    # no error will ever come (no ICMP, no reset): end the session
+                    p.hung = f"no answer for {now - since:.1f} s with requests outstanding"
+                    p.scope.cancel()
             if self.jobs and not self.fg_waiting:
                 self._kick()  # resume a prefetch paused for foreground reads
+            if self._status_dirty and self.status_path and now - last_status >= 0.2:
+                last_status = now
+                self._status_dirty = False
+                self.write_status()
             if self._unsynced and now - last_sync > 10.0:
                 last_sync = now
                 self._unsynced = 0
@@ -1098,12 +1166,52 @@ class RemoteFetcher:
     # ------------------------------------------------------------------ stats
     def _peer_summary(self) -> str:
         parts = []
+        now = trio.current_time()
         for p in self.peers:
-            s = p.state + (", suspect" if p.suspect else "")
+            s = p.state
+            if p.suspect:
+                s += f", silent for {now - max(p.last_rx, p.busy_since):.1f} s"
             if p.state != "ready" and p.last_error:
                 s += f": {p.last_error}"
             parts.append(f"{p.name} {s}")
         return "; ".join(parts) or "no peers"
+
+    def note_read_error(self, path: str, error: str) -> None:
+        """A read of ``path`` (as the mount shows it, e.g. ``branches/main/x.bin``)
+        failed with ``error``: kept as ``last_read_error`` for ``tvcfs status`` and
+        ``.tvcfs/stats``."""
+        self.last_read_error = {"time": time.time(), "path": path, "error": error}
+        self._status_dirty = True
+
+    def status(self) -> dict:
+        """What the status file holds: ``pid``, ``mountpoint``, ``time`` (Unix
+        seconds), ``timeout_s``, ``peers`` ``{HOST:PORT: {url, state (connecting /
+        ready / down), since (Unix time of the last state change), suspect,
+        last_error, failures, connects}}``, ``last_read_error`` (``{time, path,
+        error}`` or None), ``foreground_timeouts``."""
+        return {
+            "pid": os.getpid(), "mountpoint": self.mountpoint, "time": time.time(),
+            "timeout_s": self.settings.timeout,
+            "peers": {p.name: {"url": p.url, "state": p.state, "since": p.since,
+                               "suspect": p.suspect, "last_error": p.last_error,
+                               "failures": p.failures, "connects": p.connects}
+                      for p in self.peers},
+            "last_read_error": self.last_read_error,
+            "foreground_timeouts": self.fetch_timeouts,
+        }
+
+    def write_status(self) -> None:
+        """Write :meth:`status` to ``status_path`` atomically (best effort: a full
+        disk loses only the report)."""
+        tmp = f"{self.status_path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(self.status(), f)
+            os.replace(tmp, self.status_path)
+        except OSError as e:
+            log.debug("status file %s: %s", self.status_path, e)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
     def stats_dict(self) -> dict:
         """Statistics for ``.tvcfs/stats``: per priority class, per peer, totals."""
@@ -1124,6 +1232,7 @@ class RemoteFetcher:
                 "outstanding_wants": len(p.wants), "outstanding_requests": len(p.reqs),
                 "latency_ms": round(p.lat * 1000, 3), "throughput_MBps": round(p.thr / 1e6, 1),
                 "penalty": round(p.penalty, 2), "score": p.score(), "last_error": p.last_error,
+                "since": round(p.since, 3),
             }
         reads = self.reader.stats.reads if self.reader is not None else 0
         return {
@@ -1144,6 +1253,7 @@ class RemoteFetcher:
             "unsolicited_blocks": self.unsolicited,
             "cancels_sent": self.cancels,
             "timeout_s": self.settings.timeout,
+            "last_read_error": self.last_read_error,
         }
 
 
@@ -1183,6 +1293,31 @@ def _verify_and_store(store, batch, stored_hook=None):
             except Exception:  # noqa: BLE001 - a hint only
                 pass
     return stored, bad, dup, False
+
+
+def mount_statuses(control: str) -> list:
+    """The status files of the running lazy mounts of a repository (``control``:
+    its ``.tvcfs`` directory): a list of :meth:`RemoteFetcher.status` dicts, by
+    mount point. Files of mounts whose process is gone are skipped."""
+    from .workspace import _process_alive
+
+    d = os.path.join(control, "mounts")
+    out = []
+    try:
+        names = sorted(os.listdir(d))
+    except OSError:
+        return out
+    for name in names:
+        if not name.endswith(STATUS_SUFFIX):
+            continue
+        try:
+            with open(os.path.join(d, name)) as f:
+                st = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(st, dict) and _process_alive(st.get("pid")):
+            out.append(st)
+    return sorted(out, key=lambda st: st.get("mountpoint", ""))
 
 
 # ====================================================================== mounting

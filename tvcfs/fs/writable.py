@@ -351,8 +351,7 @@ class WritableOperations(ReadOnlyOperations):
             idx = await self.reader.index_async(w.cid)
             data = await self.reader.read_async(idx, off, size)
         except (BlockNotFound, CorruptBlock, MalformedObject) as e:
-            self.reader.stats.errors += 1
-            log.error("read of %s: %s", w.path(), e)
+            self.read_failed(f"branches/{h.ws.branch}/{w.path()}", off, size, e)
             raise _err(errno.EIO) from None
         self.reader.readahead(fh, idx, off, len(data))
         return data
