@@ -17,7 +17,6 @@ stream (and, for QUIC, that connection).
 from __future__ import annotations
 
 import collections
-import time
 import logging
 import os
 from dataclasses import dataclass, field
@@ -52,22 +51,34 @@ class ServerStats:
 
 
 class RateLimit:
-    """Server-wide send pacing: on average at most ``rate`` bytes per second (like
-    rsync's ``--bwlimit``), shared by every session of the server."""
+    """Server-wide send pacing, shared by every session of the server: a token
+    bucket filled at ``rate`` bytes per second holding at most ``burst`` bytes
+    (default: one second of the rate). Time spent idle refills the bucket only up
+    to ``burst``, so over any interval of ``t`` seconds at most ``burst + rate * t``
+    bytes go out (a sustained rate, like rsync's ``--bwlimit``; an idle server
+    does not bank credit). A block larger than the tokens left is sent and leaves
+    the bucket in debt, which the next sender waits out. Raises ``ValueError``
+    for a rate or burst that is not positive."""
 
-    def __init__(self, rate: float):
+    def __init__(self, rate: float, burst: float | None = None):
         if rate <= 0:
             raise ValueError("rate limit must be positive (bytes per second)")
         self.rate = float(rate)
-        self.start = time.monotonic()
-        self.sent = 0
+        self.burst = float(burst) if burst is not None else self.rate
+        if self.burst <= 0:
+            raise ValueError("rate limit burst must be positive (bytes)")
+        self.tokens = self.burst
+        self.last: float | None = None  # trio time of the last refill
 
     async def take(self, n: int) -> None:
-        """Account ``n`` bytes about to be sent; sleep while ahead of the rate."""
-        self.sent += n
-        ahead = self.sent / self.rate - (time.monotonic() - self.start)
-        if ahead > 0:
-            await trio.sleep(ahead)
+        """Account ``n`` bytes about to be sent; sleep until the bucket is out of debt."""
+        now = trio.current_time()
+        if self.last is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        self.tokens -= n
+        if self.tokens < 0:
+            await trio.sleep(-self.tokens / self.rate)
 
 
 @dataclass
