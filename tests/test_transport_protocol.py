@@ -30,6 +30,8 @@ SAMPLES = [
     P.Have(CID),
     P.DontHave(CID),
     P.DagRequest(3, CID, P.Selector(P.SEL_RANGE, "a/b", 5, 99, True), [CID], [CID, CID], 9),
+    P.DagRequest(6, CID, P.Selector(P.SEL_ALL, history=True, skeleton=True), [], [CID], 1,
+                 [CID[:-1] + b"\x07", CID[:-1] + b"\x08"]),
     P.DagDone(3, P.DONE_PARTIAL, 10, 12345, "x"),
     P.Cancel(3),
     P.ListRefs(4, "refs/heads/"),
@@ -143,6 +145,26 @@ def test_limits():
         P.decode_message(_payload(P.Have(CID)) + b"\0")
     with pytest.raises(P.ProtocolError, match="unknown message type"):
         P.decode_message(b"\x55")
+
+
+def test_dag_request_several_roots_and_skeleton():
+    """One root keeps the original layout (no trailing list); several roots and the
+    skeleton flag are for the all-selector only; unknown selector flags are refused."""
+    one = P.DagRequest(1, CID, P.Selector(P.SEL_ALL, history=True), [], [CID])
+    assert _payload(one).endswith(P._uv(1) + P._bytes(CID))  # have_roots last
+    assert P.decode_message(_payload(one)).roots == [CID]
+    for bad in (P.DagRequest(1, CID, P.Selector(P.SEL_PATH, "a"), more_roots=[CID]),
+                P.DagRequest(1, CID, P.Selector(P.SEL_RANGE, "", 0, 9, skeleton=True))):
+        with pytest.raises(P.ProtocolError, match="all-selector"):
+            P.decode_message(_payload(bad))
+    raw = bytearray(_payload(P.DagRequest(1, CID)))
+    flags_at = 1 + 1 + 1 + 36 + 1 + 1 + 1 + 1  # type, id, len+CID, kind, path, start, end
+    assert raw[flags_at] == 0
+    raw[flags_at] = 4
+    with pytest.raises(P.ProtocolError, match="selector flags"):
+        P.decode_message(bytes(raw))
+    with pytest.raises(P.ProtocolError, match="more roots"):
+        P.decode_message(_payload(P.DagRequest(1, CID)) + b"\0")
 
 
 @given(st.binary(max_size=2000))

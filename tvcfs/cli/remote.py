@@ -267,8 +267,8 @@ def register(sub) -> None:
     g.add_argument("--no-tcp", action="store_true", help="QUIC only")
     p.add_argument("--engine", choices=("qh3", "aioquic"), help="QUIC engine")
     p.add_argument("--rate-limit", type=_parse_rate, metavar="BYTES/S",
-                   help="limit sending to this many bytes per second, all peers together "
-                        "(suffixes K, M, G: 50M)")
+                   help="limit sending to this many bytes per second, all peers together, "
+                        "sustained (bursts of at most one second's worth; suffixes K, M, G: 50M)")
     p.add_argument("--quiet", "-q", action="store_true", help="log warnings only")
     add_no_verify(p)
     p.set_defaults(func=cmd_serve)

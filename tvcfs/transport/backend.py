@@ -38,6 +38,10 @@ class BlockBackend(Protocol):
     def sync(self) -> None:
         """Make stored blocks durable (optional: backends without it are always durable)."""
 
+    def block_count(self) -> int:
+        """Number of blocks stored (optional: a fetch into a backend without it, or
+        with blocks, asks for the missing interior nodes before the leaves)."""
+
 
 def links_of(cid: bytes, data, history: bool = True) -> list[bytes]:
     """Child CIDs of a block in traversal order. A commit (dag-cbor) links its
@@ -93,6 +97,10 @@ class RepoBackend:
     def sync(self) -> None:
         """Make everything stored so far durable (one msync)."""
         self.store.sync()
+
+    def block_count(self) -> int:
+        """Number of blocks stored (O(1): LMDB's entry count)."""
+        return self.store.stat()["blocks"]
 
     @contextmanager
     def read_view(self):

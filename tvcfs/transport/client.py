@@ -23,7 +23,7 @@ import trio
 from ..encoding.cid import cid_codec, verify_block
 from ..errors import CorruptBlock, InvalidCID, TvcfsError
 from . import protocol as P
-from .backend import BlockBackend
+from .backend import BlockBackend, is_leaf
 from .channel import MessageChannel
 from .identity import NodeIdentity, PeerIdMismatch, auth_message, parse_peer_id
 from .quic import QuicSettings, TransportError, _collapse_groups, connect_quic
@@ -189,29 +189,51 @@ class RemoteSession:
                     stop_on_bad: bool = False) -> FetchStats:
         """Fetch every block under ``roots`` that ``backend`` lacks and store it.
 
-        Resumable: each round walks what is already stored and requests only the
-        missing frontier (whole-DAG selectors, ``have_roots`` = ``complete``,
-        commits known to be fully stored). Every block is hashed against its CID
-        (in a worker thread) before ``put_many``; bad blocks are dropped and
-        listed in ``bad_cids``; with ``stop_on_bad`` they are not asked of this
-        peer again (the caller asks another remote). Returns :class:`FetchStats`;
+        Resumable, and every block crosses the wire at most once per fetch: each
+        round walks what is already stored from all ``roots`` together and asks
+        for the missing frontier in multi-root whole-DAG requests (the server
+        walks the roots of one request with one visited set, so blocks that
+        several refs share are sent once; ``have_roots`` = ``complete``, commits
+        known to be fully stored, prunes what the server can infer). A server
+        cannot know which blocks the client holds under a node the client lacks
+        (an interrupted fetch, refs sharing most of their blocks), so unless
+        ``backend`` holds no block at all (a fresh clone: nothing to skip), the
+        missing interior nodes come first (``skeleton`` selector: commits,
+        directories, file interior nodes, no raw leaves), and then exactly the
+        missing leaves. Every block is hashed against its CID (in a worker
+        thread) before ``put_many``; bad blocks are dropped and listed in
+        ``bad_cids``; with ``stop_on_bad`` they are not asked of this peer again
+        (the caller asks another remote). Returns :class:`FetchStats`;
         ``missing`` is non-empty when this remote could not supply everything.
         """
         st = FetchStats(transport=self.transport)
         t0 = time.perf_counter()
         wire0 = self.ch.bytes_in
         complete = set(complete)
+        roots = list(dict.fromkeys(roots))
         window = min(64, P.DEFAULT_LIMITS.max_requests)
+
+        async def frontier_of():
+            return await trio.to_thread.run_sync(missing_in_dag, backend, roots, complete,
+                                                 history)
+
         try:
             for _round in range(max_rounds):
-                frontier: list[bytes] = []
-                for r in roots:
-                    frontier += await trio.to_thread.run_sync(
-                        missing_in_dag, backend, r, complete, history)
-                frontier = list(dict.fromkeys(frontier))
+                frontier = await frontier_of()
                 if not frontier:
                     break
                 before, bad_before = st.blocks, st.bad_blocks
+                interior = [c for c in frontier if not is_leaf(c)]
+                if interior and not await trio.to_thread.run_sync(_is_empty, backend):
+                    # the shape first (small), so that the leaves asked next are
+                    # exactly the missing ones
+                    await self._fetch_frontier(backend, interior, complete, history, st, t0,
+                                               progress, window, skeleton=True)
+                    if stop_on_bad and st.bad_blocks > bad_before:
+                        break
+                    frontier = await frontier_of()
+                    if not frontier:
+                        break
                 clean = await self._fetch_frontier(backend, frontier, complete, history, st,
                                                    t0, progress, window)
                 if clean:
@@ -228,14 +250,12 @@ class RemoteSession:
             if sync is not None and st.blocks:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(sync)
-        st.missing = []
-        for r in roots:
-            st.missing += await trio.to_thread.run_sync(
-                missing_in_dag, backend, r, complete, history, 1000)
+        st.missing = await trio.to_thread.run_sync(missing_in_dag, backend, roots, complete,
+                                                   history, 1000)
         return st
 
     async def _fetch_frontier(self, backend, frontier, complete, history, st, t0, progress,
-                              window):
+                              window, skeleton=False):
         # pipeline: this task receives and frames blocks (each as the chunks it
         # arrived in, no copy); _WORKERS threads each take a batch, join its blocks
         # (one copy), hash them against their CIDs and store the good ones with
@@ -270,8 +290,13 @@ class RemoteSession:
                     nursery.start_soon(worker, batch_recv.clone())
                 await batch_recv.aclose()
                 async with batch_send:
-                    pending: dict[int, bytes] = {}
-                    queue = list(frontier)
+                    pending: dict[int, list] = {}
+                    # several roots per request: one answer sends a block they share once
+                    queue = [frontier[i:i + _ROOTS_PER_REQUEST]
+                             for i in range(0, len(frontier), _ROOTS_PER_REQUEST)]
+                    sel = P.Selector(P.SEL_ALL, history=history, skeleton=skeleton)
+                    # leaves are asked exactly: no pruning to compute for them
+                    hr = have_roots if any(not is_leaf(c) for c in frontier) else []
                     bad_before, dont_have_before = st.bad_blocks, st.dont_have
                     all_ok = True
                     batch: list = []
@@ -281,11 +306,10 @@ class RemoteSession:
                             reqs = []
                             while queue and len(pending) < window:
                                 rid = self._next_id()
-                                root = queue.pop(0)
-                                pending[rid] = root
-                                reqs.append(P.DagRequest(rid, root,
-                                                         P.Selector(P.SEL_ALL, history=history),
-                                                         [], have_roots))
+                                group = queue.pop(0)
+                                pending[rid] = group
+                                reqs.append(P.DagRequest(rid, group[0], sel, [], hr,
+                                                         more_roots=group[1:]))
                             if reqs:
                                 await self.ch.send_many(reqs)
                             msg = await self._recv()
@@ -416,6 +440,12 @@ class RemoteSession:
         await self.ch.aclose()
 
 
+def _is_empty(backend) -> bool:
+    """Whether ``backend`` holds no block at all (``False`` when it cannot tell)."""
+    count = getattr(backend, "block_count", None)
+    return count is not None and count() == 0
+
+
 def _is_commit(c: bytes) -> bool:
     try:
         return cid_codec(c) == 0x71
@@ -426,6 +456,7 @@ def _is_commit(c: bytes) -> bool:
 _WORKERS = 2  # verify+store threads: measured faster than 1 or 3 on 2 cores
 _CODECS = (0x55, 0x70, 0x71)  # raw, dag-pb, dag-cbor (one-byte varints)
 _BATCH_BYTES = 4 << 20
+_ROOTS_PER_REQUEST = 4096  # ~150 KB of CIDs per DagRequest (limit: Limits.max_list)
 
 
 def _verify(batch):

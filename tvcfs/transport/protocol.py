@@ -356,14 +356,24 @@ class Selector:
     start: int = 0
     end: int = 0
     history: bool = False
+    skeleton: bool = False  # SEL_ALL only: interior nodes only, no raw leaves
+
+
+_SEL_HISTORY = 1  # selector flags (the field was a 0/1 "history" before skeleton)
+_SEL_SKELETON = 2
 
 
 @dataclass
 class DagRequest(Message):
-    """GraphSync-like request: send every block of ``selector`` under ``root`` in
-    depth-first pre-order, except blocks listed in ``have`` (not sent, but traversed)
-    and the whole sub-graphs under ``have_roots`` (the client holds them complete:
-    not sent, not traversed). Answered by Block/DontHave messages then DagDone."""
+    """GraphSync-like request: send every block of ``selector`` under ``root`` (and,
+    for ``SEL_ALL``, under each of ``more_roots`` too) in depth-first pre-order, each
+    block once per request, except blocks listed in ``have`` (not sent, but
+    traversed) and the whole sub-graphs under ``have_roots`` (the client holds them
+    complete: not sent, not traversed). Answered by Block/DontHave messages then
+    DagDone.
+
+    ``more_roots`` is encoded after ``have_roots`` only when non-empty, so a request
+    with one root has the original layout."""
 
     TYPE: ClassVar[int] = 0x20
     request_id: int
@@ -372,15 +382,25 @@ class DagRequest(Message):
     have: list[bytes] = field(default_factory=list)
     have_roots: list[bytes] = field(default_factory=list)
     priority: int = 1
+    more_roots: list[bytes] = field(default_factory=list)
+
+    @property
+    def roots(self) -> list[bytes]:
+        """``[root, *more_roots]``."""
+        return [self.root, *self.more_roots]
 
     def body(self):
         s = self.selector
+        flags = (_SEL_HISTORY if s.history else 0) | (_SEL_SKELETON if s.skeleton else 0)
         parts = [_uv(self.request_id), _bytes(self.root), _uv(s.kind), _str(s.path),
-                 _uv(s.start), _uv(s.end), _uv(int(s.history)), _uv(self.priority),
+                 _uv(s.start), _uv(s.end), _uv(flags), _uv(self.priority),
                  _uv(len(self.have))]
         parts += [_bytes(c) for c in self.have]
         parts.append(_uv(len(self.have_roots)))
         parts += [_bytes(c) for c in self.have_roots]
+        if self.more_roots:
+            parts.append(_uv(len(self.more_roots)))
+            parts += [_bytes(c) for c in self.more_roots]
         return b"".join(parts)
 
     @classmethod
@@ -389,11 +409,22 @@ class DagRequest(Message):
         kind = r.uv()
         if kind not in (SEL_ALL, SEL_PATH, SEL_RANGE):
             raise ProtocolError(f"unknown selector kind {kind}")
-        sel = Selector(kind, r.str(), r.uv(), r.uv(), bool(r.uv()))
+        path, start, end, flags = r.str(), r.uv(), r.uv(), r.uv()
+        if flags & ~(_SEL_HISTORY | _SEL_SKELETON):
+            raise ProtocolError(f"unknown selector flags {flags}")
+        sel = Selector(kind, path, start, end, bool(flags & _SEL_HISTORY),
+                       bool(flags & _SEL_SKELETON))
         prio = r.uv()
         have = [r.cid() for _ in range(r.count(r.limits.max_list))]
         have_roots = [r.cid() for _ in range(r.count(r.limits.max_list))]
-        return cls(rid, root, sel, have, have_roots, prio)
+        more = []
+        if r.pos != r.end:
+            more = [r.cid() for _ in range(r.count(r.limits.max_list))]
+            if not more:
+                raise ProtocolError("empty list of more roots")
+        if (more or sel.skeleton) and kind != SEL_ALL:
+            raise ProtocolError("several roots and skeleton need the all-selector")
+        return cls(rid, root, sel, have, have_roots, prio, more)
 
 
 @dataclass

@@ -914,6 +914,31 @@ async def _collapse_groups():
         raise one from None
 
 
+async def run_stream_handler(handler, stream, on_failure: Callable[[], None]) -> None:
+    """``await handler(stream)`` for a server (QUIC stream or TLS connection): a
+    closed connection (``BrokenResourceError``/``ClosedResourceError``, alone or
+    in an exception group, e.g. a session's reader and writer both noticing a
+    killed client) ends it quietly; cancellation propagates on its own; any other
+    error is logged ("stream handler failed") and ``on_failure()`` is called.
+    One bad stream must not stop the server: nothing else is raised."""
+    try:
+        await handler(stream)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    except BaseExceptionGroup as eg:
+        _, rest = eg.split((trio.BrokenResourceError, trio.ClosedResourceError))
+        if rest is not None:
+            cancelled, rest = rest.split(trio.Cancelled)
+            if rest is not None:
+                log.error("stream handler failed", exc_info=rest)
+                on_failure()
+            elif cancelled is not None:
+                raise cancelled from None
+    except Exception:  # noqa: BLE001 - one bad stream must not stop the server
+        log.exception("stream handler failed")
+        on_failure()
+
+
 def _resolve(host: str, port: int) -> tuple[int, tuple]:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     if not infos:
@@ -1053,23 +1078,7 @@ async def serve_quic(
 
             async def run_handler(stream: QuicStream):
                 try:
-                    await handler(stream)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-                except BaseExceptionGroup as eg:
-                    # a closed connection (Broken/Closed) ends the handler quietly;
-                    # cancellation propagates on its own, without the other errors
-                    _, rest = eg.split((trio.BrokenResourceError, trio.ClosedResourceError))
-                    if rest is not None:
-                        cancelled, rest = rest.split(trio.Cancelled)
-                        if rest is not None:
-                            log.error("stream handler failed", exc_info=rest)
-                            stream.reset(0x1)
-                        elif cancelled is not None:
-                            raise cancelled from None
-                except Exception:  # noqa: BLE001 - one bad stream must not stop the server
-                    log.exception("stream handler failed")
-                    stream.reset(0x1)
+                    await run_stream_handler(handler, stream, lambda: stream.reset(0x1))
                 finally:
                     stream.connection.forget_stream(stream)
 

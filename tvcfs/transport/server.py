@@ -17,7 +17,6 @@ stream (and, for QUIC, that connection).
 from __future__ import annotations
 
 import collections
-import time
 import logging
 import os
 from dataclasses import dataclass, field
@@ -52,22 +51,34 @@ class ServerStats:
 
 
 class RateLimit:
-    """Server-wide send pacing: on average at most ``rate`` bytes per second (like
-    rsync's ``--bwlimit``), shared by every session of the server."""
+    """Server-wide send pacing, shared by every session of the server: a token
+    bucket filled at ``rate`` bytes per second holding at most ``burst`` bytes
+    (default: one second of the rate). Time spent idle refills the bucket only up
+    to ``burst``, so over any interval of ``t`` seconds at most ``burst + rate * t``
+    bytes go out (a sustained rate, like rsync's ``--bwlimit``; an idle server
+    does not bank credit). A block larger than the tokens left is sent and leaves
+    the bucket in debt, which the next sender waits out. Raises ``ValueError``
+    for a rate or burst that is not positive."""
 
-    def __init__(self, rate: float):
+    def __init__(self, rate: float, burst: float | None = None):
         if rate <= 0:
             raise ValueError("rate limit must be positive (bytes per second)")
         self.rate = float(rate)
-        self.start = time.monotonic()
-        self.sent = 0
+        self.burst = float(burst) if burst is not None else self.rate
+        if self.burst <= 0:
+            raise ValueError("rate limit burst must be positive (bytes)")
+        self.tokens = self.burst
+        self.last: float | None = None  # trio time of the last refill
 
     async def take(self, n: int) -> None:
-        """Account ``n`` bytes about to be sent; sleep while ahead of the rate."""
-        self.sent += n
-        ahead = self.sent / self.rate - (time.monotonic() - self.start)
-        if ahead > 0:
-            await trio.sleep(ahead)
+        """Account ``n`` bytes about to be sent; sleep until the bucket is out of debt."""
+        now = trio.current_time()
+        if self.last is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        self.tokens -= n
+        if self.tokens < 0:
+            await trio.sleep(-self.tokens / self.rate)
 
 
 @dataclass
@@ -104,9 +115,11 @@ def iter_selection(backend: BlockBackend, req: P.DagRequest):
     """Yield ``(cid, data | None)`` for the blocks ``req`` selects, depth-first
     pre-order; ``None`` data = the server does not have it (its sub-graph is skipped).
 
-    Blocks in ``req.have`` are traversed but not yielded; sub-graphs under
-    ``req.have_roots`` (and blocks reachable from those commits' trees) are pruned.
-    Raises ``TvcfsError`` subclasses (path not found, malformed object).
+    Each block is yielded at most once per request, however many of ``req.roots``
+    (``SEL_ALL``) reach it. With ``selector.skeleton`` raw leaves are neither read
+    nor yielded. Blocks in ``req.have`` are traversed but not yielded; sub-graphs
+    under ``req.have_roots`` (and blocks reachable from those commits' trees) are
+    pruned. Raises ``TvcfsError`` subclasses (path not found, malformed object).
     """
     get = backend.get
     sel = req.selector
@@ -117,11 +130,11 @@ def iter_selection(backend: BlockBackend, req: P.DagRequest):
         data = get(hr)
         if data is not None and cid_codec(hr) == DAG_CBOR:
             # blocks of the commit's tree that the client already holds
-            for c, _ in _walk(backend, links_of(hr, data, history=False)[0], set(), set(), False,
-                              read_have=False):
+            for c, _ in _walk(backend, links_of(hr, data, history=False)[:1], set(), set(),
+                              False, read_have=False):
                 known.add(c)
     if sel.kind == P.SEL_ALL:
-        yield from _walk(backend, req.root, have, known, sel.history)
+        yield from _walk(backend, req.roots, have, known, sel.history, leaves=not sel.skeleton)
         return
     # PATH / RANGE: the chain of nodes down to the target, then the target's sub-graph
     from ..dag import FileIndex, dir_links
@@ -160,7 +173,7 @@ def iter_selection(backend: BlockBackend, req: P.DagRequest):
         if node not in have:
             yield node, data
     if sel.kind == P.SEL_PATH:
-        yield from ((c, d) for c, d in _walk(backend, node, have, known, False) if c != node)
+        yield from ((c, d) for c, d in _walk(backend, [node], have, known, False) if c != node)
         return
     # RANGE: interior nodes of the file (recorded while indexing), then leaves in range
     cached = _RANGE_INDEX.get(node)  # a lazy mount sends many ranges of one big file
@@ -202,17 +215,18 @@ def iter_selection(backend: BlockBackend, req: P.DagRequest):
         yield c, get(c)
 
 
-def _walk(backend, root, have, known, history, read_have=True):
+def _walk(backend, roots, have, known, history, read_have=True, leaves=True):
+    # one ``seen`` set for all roots: a block they share is yielded once
     get = backend.get
     seen: set[bytes] = set()
-    stack = [root]
+    stack = list(reversed(roots))
     while stack:
         c = stack.pop()
         if c in seen or c in known:
             continue
         seen.add(c)
         leaf = is_leaf(c)
-        if leaf and c in have:
+        if leaf and (c in have or not leaves):
             continue
         if leaf and not read_have:
             yield c, None
@@ -229,9 +243,10 @@ def _walk(backend, root, have, known, history, read_have=True):
             continue
 
 
-def missing_in_dag(backend: BlockBackend, root: bytes, complete: set[bytes],
+def missing_in_dag(backend: BlockBackend, root: bytes | list[bytes], complete: set[bytes],
                    history: bool = True, limit: int | None = None) -> list[bytes]:
-    """CIDs under ``root`` that ``backend`` lacks, found by walking what is present.
+    """CIDs under ``root`` (one CID or a list of them) that ``backend`` lacks, found
+    by walking what is present; each CID once, in walk order.
 
     Sub-graphs under ``complete`` (commits known to be fully stored, e.g. ref
     values) are not walked. A missing block is reported, not descended into: the
@@ -240,7 +255,7 @@ def missing_in_dag(backend: BlockBackend, root: bytes, complete: set[bytes],
     """
     out: list[bytes] = []
     seen: set[bytes] = set()
-    stack = [root]
+    stack = [root] if isinstance(root, (bytes, bytearray)) else list(reversed(root))
     get = backend.get
     while stack:
         c = stack.pop()

@@ -19,7 +19,7 @@ import trio
 
 from .identity import NodeIdentity, PeerIdMismatch, peer_id_from_certificate_der
 from .malloc import tune_malloc
-from .quic import ALPN, TransportError
+from .quic import ALPN, TransportError, run_stream_handler
 
 __all__ = ["TLSStream", "connect_tcp", "serve_tcp", "server_ssl_context"]
 
@@ -254,9 +254,9 @@ async def serve_tcp(
             await stream.aclose()
             return
         try:
-            await handler(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            # a client killed mid-transfer (reader and writer both broken) or a
+            # handler error ends this connection only
+            await run_stream_handler(handler, stream, lambda: None)
         finally:
             with trio.move_on_after(1) as s:
                 s.shield = True
