@@ -126,3 +126,21 @@ def test_lmdb_only_inside_the_store():
 def test_checker_sees_a_cycle():
     # the checker itself must be able to fail
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_nothing_above_the_store_reaches_into_lmdb():
+    """Code above tvcfs/store reads blocks through store views and capability methods
+    (docs/architecture.md), never through the LMDB environment, its sub-databases or
+    its file."""
+    import re
+
+    pattern = re.compile(r"\.dbs\b|\.env\.(begin|info|stat)|store\.env\b|store\._real\b|data\.mdb\"\)")
+    offenders = []
+    for name, path in _modules().items():
+        if name == "tvcfs.store" or name.startswith("tvcfs.store."):
+            continue
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if pattern.search(line) and not line.lstrip().startswith("#"):
+                    offenders.append(f"{name}:{n}: {line.strip()}")
+    assert not offenders, "LMDB internals used above the block layer:\n" + "\n".join(offenders)

@@ -64,8 +64,7 @@ def mark(repo, roots) -> set:
     not the block is stored locally."""
     seen: set[bytes] = set()
     stack = list(roots)
-    with repo.store.read() as txn:
-        db = repo.store.dbs["blocks"]
+    with repo.store.view(verify=False) as blocks:
         while stack:
             c = stack.pop()
             if c in seen:
@@ -73,7 +72,7 @@ def mark(repo, roots) -> set:
             seen.add(c)
             if cid_codec(c) == RAW:
                 continue
-            block = txn.get(c, db=db)
+            block = blocks.get(c)
             if block is None:
                 continue
             if cid_codec(c) == DAG_CBOR:
@@ -94,12 +93,11 @@ def collect_garbage(repo, dry_run: bool = False, expire_days: float = DEFAULT_EX
     live = mark(repo, _roots(repo, expire_days))
     dead = []
     nbytes = 0
-    with repo.store.read() as txn:
-        with txn.cursor(db=repo.store.dbs["blocks"]) as cur:
-            for k, v in cur.iternext():
-                if bytes(k) not in live:
-                    dead.append(bytes(k))
-                    nbytes += len(v)
+    with repo.store.view(verify=False) as blocks:
+        for cid, v in blocks.items():
+            if cid not in live:
+                dead.append(cid)
+                nbytes += len(v)
     if not dry_run and dead:
         with repo.store.write() as w:
             for c in dead:
@@ -114,11 +112,10 @@ def fsck(repo, lazy_ok: bool = False) -> list:
     import hashlib
 
     problems = []
-    with repo.store.read() as txn:
-        with txn.cursor(db=repo.store.dbs["blocks"]) as cur:
-            for k, v in cur.iternext():
-                if hashlib.sha256(v).digest() != bytes(k)[4:]:
-                    problems.append(f"corrupt block {cid_str(bytes(k))}")
+    with repo.store.view(verify=False) as blocks:
+        for cid, v in blocks.items():
+            if hashlib.sha256(v).digest() != cid[4:]:
+                problems.append(f"corrupt block {cid_str(cid)}")
     for ref, cid in sorted(repo.refs().items()):
         stack, seen = [cid], set()
         while stack:

@@ -30,7 +30,7 @@ from .errors import (
 from .importer import REPO_DIR, Importer
 from .refs import HEADS, TAGS, check_name, split_suffixes
 from .store import view as store_view
-from .store.lmdb_store import LMDBStore
+from .store.lmdb_store import LMDBStore, store_exists
 from .treeops import conflict_message, land_on_branch, record_conflict, txn_getter
 
 FORMAT_VERSION = 1
@@ -121,7 +121,7 @@ def find_repo_root(start: str | None = None) -> str:
     holding ``.tvcfs/``, as git finds ``.git``. Raises :class:`NotARepository`."""
     path = os.path.abspath(start or os.getcwd())
     while True:
-        if os.path.isfile(os.path.join(path, REPO_DIR, "store", "data.mdb")):
+        if store_exists(os.path.join(path, REPO_DIR, "store")):
             return path
         parent = os.path.dirname(path)
         if parent == path:
@@ -141,7 +141,7 @@ class Repo:
         self.root = os.path.abspath(root)
         self.control = os.path.join(self.root, REPO_DIR)
         store_dir = os.path.join(self.control, "store")
-        if not os.path.isfile(os.path.join(store_dir, "data.mdb")):
+        if not store_exists(store_dir):
             raise NotARepository(f"not a tvcfs repository: {self.root}")
         self.store = LMDBStore(store_dir)
         fmt = self.store.get_meta("format")

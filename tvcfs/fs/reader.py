@@ -27,7 +27,7 @@ import time
 from ..chunking.safetensors import NotSafetensors, parse_header
 from ..dag import FileIndex
 from ..errors import BlockNotFound, CorruptBlock, MalformedObject
-from ..store.lmdb_store import MADV_NORMAL, MADV_RANDOM, buffer_address, madvise
+from ..store.lmdb_store import buffer_address
 
 log = logging.getLogger("tvcfs.fs")
 
@@ -106,18 +106,14 @@ class BlockReader:
 
     def __init__(self, store):
         self.store = store
-        self.db = store.dbs["blocks"]
-        self._txn = store.env.begin(buffers=True)
+        self._view = store.snapshot()
         self._lock = threading.Lock()
         self.indexes: collections.OrderedDict = collections.OrderedDict()
         self.tensors: dict[bytes, TensorMap | None] = {}
         self.stats = Stats()
         self._map_addr = _map_base(store)
-        self._fd = os.open(os.path.join(store._real, "data.mdb"), os.O_RDONLY)
         # Leaves are paged in by threads, never by the trio thread (see Preloader).
-        self.preloader = Preloader(store.env, self.db, self._fd, self._map_addr,
-                                   store.env.info()["map_size"], list(store.dbs.values()),
-                                   check=store.check)
+        self.preloader = Preloader(store, self._map_addr, check=store.check)
         self.seq: dict[int, list] = {}  # fh -> [next_offset, window, ra_until]
         # fh -> [anchor, times moved on] of the current sequential run (see _remote_run)
         self.seq_run: dict[int, list] = {}
@@ -127,23 +123,20 @@ class BlockReader:
 
     def close(self):
         self.preloader.close()
-        try:
-            self._txn.abort()
-        finally:
-            os.close(self._fd)
+        self._view.close()
 
     def renew(self):
         """Start a fresh read snapshot (called between requests, e.g. every second,
         so the transaction does not pin old pages forever)."""
-        old = self._txn
-        self._txn = self.store.env.begin(buffers=True)
-        old.abort()
+        old = self._view
+        self._view = self.store.snapshot()
+        old.close()
 
     # blocks -------------------------------------------------------------------
     def get(self, cid: bytes):
         """Zero-copy buffer of a block (valid until :meth:`renew`), verified. Raises
         :class:`BlockNotFound` / :class:`CorruptBlock`."""
-        return self.store.block(self._txn, cid)
+        return self._view.block(cid)
 
     def index(self, cid: bytes) -> FileIndex:
         """The cached :class:`FileIndex` of file ``cid``."""
@@ -264,9 +257,9 @@ class BlockReader:
 
     def missing(self, idx: FileIndex, offset: int, size: int) -> list:
         """CIDs of the leaves of ``[offset, offset+size)`` not in the local store."""
-        get = self._txn.get
+        has = self._view.has
         return [idx.leaves[i] for i in idx.leaf_range(offset, size)
-                if i not in idx.inline and get(idx.leaves[i], db=self.db) is None]
+                if i not in idx.inline and not has(idx.leaves[i])]
 
     def _schedule(self, idx: FileIndex, lo: int, hi: int, priority: int) -> int:
         """Readahead of bytes ``[lo, hi)``: local leaves are handed to the kernel
@@ -391,19 +384,13 @@ def _map_base(store) -> int:
     ``env.info()["map_addr"]`` is 0): a leaf's file offset is its buffer's address
     minus this. 0 if unknown (readahead hints are then skipped)."""
     r = store.map_range()
-    return r[0] if r else store.env.info()["map_addr"]
+    return r[0] if r else 0
 
 
 PAGE = 4096
-LMDB_PAGE_HEADER = 16  # an LMDB overflow value starts this far into its first page
 ADVISE_AHEAD = 64 << 20  # bytes of queued leaves advised ahead of the one being read
 ADVISE_SLACK = 16 << 10  # bytes added to an advised run
 ADVISE_CHUNK = 1 << 20   # bytes per posix_fadvise call
-
-
-def _span(size: int) -> int:
-    """Bytes of data.mdb an overflow value of ``size`` bytes occupies."""
-    return (size + LMDB_PAGE_HEADER + PAGE - 1) // PAGE * PAGE
 
 
 class Preloader:
@@ -429,17 +416,17 @@ class Preloader:
     then raises :class:`CorruptBlock`).
     """
 
-    def __init__(self, env, db, fd: int = -1, map_addr: int = 0, map_size: int = 0, dbs=(),
-                 threads: int = 2, max_pending: int = 1 << 16, max_resident: int | None = None,
-                 check=None):
+    def __init__(self, store, map_addr: int = 0, threads: int = 2, max_pending: int = 1 << 16,
+                 max_resident: int | None = None, check=None):
         if max_resident is None:  # leaves (<= 1 MiB) in half of the RAM
             try:
                 max_resident = max(1024, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (2 << 20))
             except (ValueError, OSError):
                 max_resident = 8192
-        self.env, self.db, self.fd, self.map_addr, self.map_size = env, db, fd, map_addr, map_size
+        # the store's layout (capability map-offsets): value spans, advice, index warm-up
+        self.store, self.map_addr = store, map_addr
+        self.span, self.value_header = store.value_span, store.VALUE_HEADER
         self.check = check
-        self.dbs = list(dbs)
         self.exact = 0  # threads reading with the map's read-around off (see _exact_reads)
         self.nthreads, self.max_pending, self.max_resident = threads, max_pending, max_resident
         self.cv = threading.Condition()
@@ -454,7 +441,7 @@ class Preloader:
         self.closed = False
         self.seq = 0
         self.warm = None
-        if self.dbs and map_addr:
+        if map_addr:
             self.warm = threading.Thread(target=self._warm_btree, name="tvcfs-btree", daemon=True)
             self.warm.start()
 
@@ -499,11 +486,11 @@ class Preloader:
         if not self.map_addr or not idx.leaves or (len(idx.leaves) - 1) in idx.inline:
             return
         offs = [a - self.map_addr for a in node_addrs]
-        offs = [o for o in offs if 0 <= o and o % PAGE == LMDB_PAGE_HEADER]
+        offs = [o for o in offs if 0 <= o and o % PAGE == self.value_header]
         if offs:
             n = len(idx.leaves) - 1
             with self.cv:
-                self.anchors.setdefault(idx.cid, (n, min(offs) - _span(idx.sizes[n]), False))
+                self.anchors.setdefault(idx.cid, (n, min(offs) - self.span(idx.sizes[n]), False))
 
     def load(self, idx: FileIndex, leaves) -> None:
         """Page leaves ``leaves`` (indexes) of ``idx`` in now, in the calling thread."""
@@ -519,8 +506,9 @@ class Preloader:
                 self.cums.move_to_end(idx.cid)
                 return c
         c = [0]
+        span = self.span
         for i, size in enumerate(idx.sizes):
-            c.append(c[-1] + (0 if i in idx.inline else _span(size)))
+            c.append(c[-1] + (0 if i in idx.inline else span(size)))
         with self.cv:
             self.cums[idx.cid] = c
             while len(self.cums) > 64:
@@ -546,7 +534,7 @@ class Preloader:
     def _advise(self, idx: FileIndex, first: int, stop: int) -> None:
         """``posix_fadvise(WILLNEED)`` the predicted range of leaves ``first`` ..
         ``stop - 1`` and of the queued leaves that follow (up to ADVISE_AHEAD)."""
-        if self.fd < 0 or not self.map_addr:
+        if not self.map_addr:
             return
         cum = self._cum(idx)
         with self.cv:
@@ -573,15 +561,12 @@ class Preloader:
         # then (~1 in 50 here): widen the range with the distance from the anchor
         base, dist = pred
         slack = PAGE * (1 + dist // 16)
-        lo = max(base - LMDB_PAGE_HEADER - slack, 0)
-        hi = base - LMDB_PAGE_HEADER + cum[hi_i + 1] - cum[lo_i] + slack + ADVISE_SLACK
+        lo = max(base - self.value_header - slack, 0)
+        hi = base - self.value_header + cum[hi_i + 1] - cum[lo_i] + slack + ADVISE_SLACK
         # the kernel reads at most max(io_pages, ra_pages) per WILLNEED call: advise
         # in pieces no larger than that on any disk
-        try:
-            for o in range(lo, hi, ADVISE_CHUNK):
-                os.posix_fadvise(self.fd, o, min(ADVISE_CHUNK, hi - o), os.POSIX_FADV_WILLNEED)
-        except OSError:
-            pass
+        for o in range(lo, hi, ADVISE_CHUNK):
+            self.store.advise(o, min(ADVISE_CHUNK, hi - o))
 
     def _page_in(self, idx: FileIndex, i: int) -> None:
         cid = idx.leaves[i]
@@ -589,11 +574,12 @@ class Preloader:
         a = self.anchors.get(idx.cid)
         exact = self.map_addr and len(idx.leaves) > 1 and not (a and a[2]) and cid not in self.offsets
         try:
-            with self.env.begin(buffers=True) as txn:
+            blocks = self.store.snapshot(verify=False)
+            try:
                 if exact:
                     self._exact_reads(True)
                 try:
-                    v = txn.get(cid, db=self.db)
+                    v = blocks.get(cid)
                 finally:
                     if exact:
                         self._exact_reads(False)
@@ -602,6 +588,8 @@ class Preloader:
                 addr = buffer_address(v)
                 if self.check is not None:
                     self.check(cid, v)  # the pages are in memory now: CPU only
+            finally:
+                blocks.close()
         except Exception:  # environment closing, map full, a corrupt leaf...: a hint only
             return
         with self.cv:
@@ -624,24 +612,17 @@ class Preloader:
             self.exact += 1 if on else -1
             n = self.exact
         if (on and n == 1) or (not on and n == 0):
-            madvise(self.map_addr, self.map_size, MADV_RANDOM if on else MADV_NORMAL)
+            self.store.random_access(on)
 
     def _warm_btree(self) -> None:
         """Touch every B-tree page of the store once, exactly (keys only, no values):
         a later ``get()`` then misses only on the leaf it reads, which is advised."""
-        if not self.map_addr or not self.map_size:
+        if not self.map_addr:
             return
         deadline = time.monotonic() + 10
         self._exact_reads(True)
         try:
-            with self.env.begin(buffers=True) as txn:
-                for db in self.dbs:
-                    with txn.cursor(db=db) as cur:
-                        for n, _ in enumerate(cur.iternext(keys=True, values=False)):
-                            if self.closed or (n & 1023 == 0 and time.monotonic() > deadline):
-                                return
-        except Exception:  # closing
-            pass
+            self.store.touch_index(lambda: self.closed or time.monotonic() > deadline)
         finally:
             self._exact_reads(False)
 

@@ -263,7 +263,6 @@ class RemoteFetcher:
         if not urls:
             raise ValueError("a remote fetcher needs at least one peer URL")
         self.store = store
-        self.db = store.dbs["blocks"]
         self.settings = settings or FetchSettings()
         self.identity = identity
         self.reader = reader
@@ -536,10 +535,9 @@ class RemoteFetcher:
         return w
 
     def _local_mask(self, cids) -> list:
-        with self.store.env.begin(buffers=True) as txn:
-            get = txn.get
-            db = self.db
-            return [get(c, db=db) is not None for c in cids]
+        with self.store.view(verify=False) as blocks:
+            has = blocks.has
+            return [has(c) for c in cids]
 
     def _kick(self) -> None:
         self._wake.set()
@@ -677,7 +675,7 @@ class RemoteFetcher:
 
         out = []
         stack = [root]
-        with self.store.env.begin(buffers=True) as txn:
+        with self.store.view() as blocks:
             while stack:
                 c = stack.pop()
                 try:
@@ -685,7 +683,10 @@ class RemoteFetcher:
                         continue
                 except InvalidCID:
                     continue
-                data = txn.get(c, db=self.db)
+                try:
+                    data = blocks.get(c)
+                except CorruptBlock:
+                    continue
                 if data is None:
                     continue
                 out.append(c)
@@ -733,14 +734,14 @@ class RemoteFetcher:
         # 2. readahead and prefetch jobs, highest priority first
         if not self.jobs:
             return
-        with self.store.env.begin(buffers=True) as txn:
+        with self.store.view(verify=False) as blocks:
             while self.jobs:
                 job = self.jobs[0][2]
                 if job.prio == PRIO_PREFETCH and (
                         self.fg_waiting or now - self.fg_last < self.settings.prefetch_grace
                         or self.prefetch_inflight >= self._prefetch_window(now)):
                     break  # background prefetch yields to (recent) reads; bounded window
-                if not self._run_job(job, txn, now):
+                if not self._run_job(job, blocks, now):
                     break  # no peer can take it now
                 if job.pos >= len(job.items):
                     heapq.heappop(self.jobs)
@@ -752,7 +753,7 @@ class RemoteFetcher:
             return 1
         return self.settings.prefetch_window
 
-    def _run_job(self, job: _Job, txn, now: float) -> bool:
+    def _run_job(self, job: _Job, blocks, now: float) -> bool:
         """Send the next part of ``job``; False when no peer can take it now."""
         remaining = sum(s for _, _, s in job.items[job.pos:job.pos + 64])
         p = self._pick((), remaining, need_slot=True)
@@ -767,7 +768,7 @@ class RemoteFetcher:
         while job.pos < len(items):
             i, cid, size = items[job.pos]
             job.pos += 1
-            if txn.get(cid, db=self.db) is not None:
+            if blocks.has(cid):
                 continue
             w = self.wants.get(cid)
             if w is not None and (w.pending or (w.at and w.prio >= job.prio)):
@@ -1270,9 +1271,8 @@ def _verify_and_store(store, batch, stored_hook=None):
     good = []
     bad = []
     dup = []
-    db = store.dbs["blocks"]
-    with store.env.begin(buffers=True) as txn:
-        present = [txn.get(cid, db=db) is not None for cid, *_ in batch]
+    with store.view(verify=False) as blocks:
+        present = [blocks.has(cid) for cid, *_ in batch]
     for k, (cid, data, _p, _w) in enumerate(batch):
         try:
             cid_codec(cid)

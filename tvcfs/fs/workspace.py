@@ -179,10 +179,8 @@ class Workspace:
         are checked against their CIDs: a damaged one is never copied into a commit)."""
         from ..dag import FileIndex
 
-        store = self.repo.store
-        with store.read() as txn:
-            def get(c):
-                return store.block(txn, c)
+        with self.repo.store.view() as blocks:
+            get = blocks.block
 
             idx = FileIndex.build(get, cid)
             limit = idx.size if truncate_to is None else min(truncate_to, idx.size)

@@ -44,14 +44,14 @@ class DataReader:
     inside the map (bytes objects, inline data), so they can be called on anything.
     """
 
-    def __init__(self, store, txn):
+    def __init__(self, store, blocks):
         self.store = store
-        self._txn = txn
+        self._blocks = blocks
         self._map = store.map_range()
 
     def get(self, cid: bytes):
         self.store.blocks_read += 1
-        return self.store.block(self._txn, cid)
+        return self._blocks.block(cid)
 
     def _advise(self, buf, advice: int, inward: bool) -> None:
         if self._map is None or not isinstance(buf, memoryview) or buf.obj is not None or not buf.nbytes:
@@ -84,8 +84,8 @@ def data_reader(store) -> Iterator[DataReader]:
     """Open a :class:`DataReader` on ``store`` (a :class:`~tvcfs.store.lmdb_store.LMDBStore`)
     for the duration of the ``with`` block. Views obtained from it must not be used
     after the block ends."""
-    with store.read() as txn:
-        yield DataReader(store, txn)
+    with store.view() as blocks:
+        yield DataReader(store, blocks)
 
 
 class StoredSafetensors:

@@ -86,6 +86,11 @@ def buffer_address(buf) -> int:
     return np.frombuffer(buf, dtype=np.uint8).ctypes.data
 
 
+def store_exists(path: str) -> bool:
+    """True if ``path`` holds an LMDB store (its ``data.mdb``)."""
+    return os.path.isfile(os.path.join(path, "data.mdb"))
+
+
 class StoreFull(TvcfsError):
     """The LMDB map or the disk is full; the transaction was rolled back, nothing lost."""
 
@@ -301,18 +306,47 @@ class WriteTxn:
         return json.loads(bytes(v)) if v is not None else default
 
 
-class _LMDBView:
-    __slots__ = ("store", "txn", "db")
+class LMDBView:
+    """A read snapshot of the store (one LMDB read transaction): ``get(cid)`` gives a
+    zero-copy, read-only buffer into the map or ``None``; ``block(cid)`` the same but
+    raises :class:`BlockNotFound`; ``has(cid)``. Buffers are valid until
+    :meth:`close`. With ``verify`` every buffer is checked first
+    (:meth:`LMDBStore.check`: once per CID per process). Obtained from
+    :meth:`LMDBStore.view` (a ``with`` block) or :meth:`LMDBStore.snapshot` (closed by
+    the caller, e.g. renewed every second by the mount's reader)."""
 
-    def __init__(self, store, txn, db):
-        self.store, self.txn, self.db = store, txn, db
+    __slots__ = ("store", "txn", "db", "verify")
+
+    def __init__(self, store: "LMDBStore", verify: bool = True):
+        self.store, self.db, self.verify = store, store.dbs["blocks"], verify
+        self.txn = store.env.begin(buffers=True)
 
     def get(self, cid: bytes):
-        """Zero-copy buffer of ``cid`` or ``None``; verified like :meth:`LMDBStore.block`."""
         v = self.txn.get(cid, db=self.db)
-        if v is not None:
+        if v is not None and self.verify:
             self.store.check(cid, v)
         return v
+
+    def block(self, cid: bytes):
+        v = self.txn.get(cid, db=self.db)
+        if v is None:
+            raise BlockNotFound(cid)
+        if self.verify:
+            self.store.check(cid, v)
+        return v
+
+    def has(self, cid: bytes) -> bool:
+        return self.txn.get(cid, db=self.db) is not None
+
+    def items(self):
+        """Every ``(cid, buffer)`` stored, in key order, *unverified* (for fsck and the
+        garbage collector's sweep)."""
+        with self.txn.cursor(db=self.db) as cur:
+            for k, v in cur.iternext():
+                yield bytes(k), v
+
+    def close(self) -> None:
+        self.txn.abort()
 
 
 class LMDBStore:
@@ -336,6 +370,8 @@ class LMDBStore:
         self.verify_reads = True
         self._closed = False
         self.blocks_read = 0  # count of block gets (for tests of lazy behaviour)
+        self._advise_fd = -1
+        self._psize = self.env.stat()["psize"]
 
     def map_range(self) -> tuple[int, int] | None:
         """``(start, end)`` addresses of this process's mapping of ``data.mdb``, read
@@ -357,6 +393,9 @@ class LMDBStore:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._advise_fd >= 0:
+                os.close(self._advise_fd)
+                self._advise_fd = -1
             _close_env(self._real)
 
     def __enter__(self):
@@ -401,14 +440,72 @@ class LMDBStore:
             txn.abort()
 
     @contextmanager
-    def view(self):
-        """A zero-copy :class:`~tvcfs.store.base.BlockView`: ``get(cid)`` returns a
-        read-only memoryview into the map (or ``None``), valid inside the ``with``."""
-        txn = self.env.begin(buffers=True)
+    def view(self, verify: bool = True):
+        """A zero-copy :class:`LMDBView` (a :class:`~tvcfs.store.base.BlockView`) for
+        the ``with`` block; ``verify=False`` skips the CID check (fsck, gc)."""
+        v = LMDBView(self, verify)
         try:
-            yield _LMDBView(self, txn, self.dbs["blocks"])
+            yield v
         finally:
-            txn.abort()
+            v.close()
+
+    def snapshot(self, verify: bool = True) -> LMDBView:
+        """An :class:`LMDBView` the caller closes (long-lived readers)."""
+        return LMDBView(self, verify)
+
+    # map offsets: what readahead above the store may use (capability MAP_OFFSETS)
+    VALUE_HEADER = 16  # bytes: an LMDB overflow value starts this far into its first page
+
+    @property
+    def page_size(self) -> int:
+        """Bytes per LMDB page (values over ~2 KiB take whole overflow pages)."""
+        return self._psize
+
+    @property
+    def map_size(self) -> int:
+        """Bytes of address space the map reserves."""
+        return self.env.info()["map_size"]
+
+    def value_span(self, size: int) -> int:
+        """Bytes of ``data.mdb`` an overflow value of ``size`` bytes occupies (LMDB
+        lays a commit's leaves out one after another, each rounded up to pages)."""
+        page = self._psize
+        return (size + self.VALUE_HEADER + page - 1) // page * page
+
+    def advise(self, offset: int, length: int) -> None:
+        """``posix_fadvise(WILLNEED)`` bytes ``[offset, offset+length)`` of ``data.mdb``:
+        the kernel reads them asynchronously. A hint: errors are ignored."""
+        fd = self._advise_fd
+        if fd < 0:
+            try:
+                fd = self._advise_fd = os.open(os.path.join(self._real, "data.mdb"), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return
+        try:
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+
+    def random_access(self, on: bool) -> None:
+        """``MADV_RANDOM`` on the whole map (page faults read exactly the pages
+        touched) or back to ``MADV_NORMAL`` (faults read around). A hint."""
+        r = self.map_range()
+        if r:
+            madvise(r[0], self.map_size, MADV_RANDOM if on else MADV_NORMAL)
+
+    def touch_index(self, stop) -> None:
+        """Read every B-tree page of every sub-database once (keys only, no values), so
+        a later ``get`` misses only on the value it reads; ``stop()`` returning true
+        ends it early. Errors (the environment closing) end it silently."""
+        try:
+            with self.env.begin(buffers=True) as txn:
+                for db in self.dbs.values():
+                    with txn.cursor(db=db) as cur:
+                        for n, _ in enumerate(cur.iternext(keys=True, values=False)):
+                            if n & 1023 == 0 and stop():
+                                return
+        except lmdb.Error:
+            pass
 
     # verified reads
     def check(self, cid: bytes, data) -> None:
@@ -426,27 +523,17 @@ class LMDBStore:
                                f"({len(data)} bytes): the store {self.path} is damaged "
                                "(tvcfs fsck lists the damaged blocks)") from None
 
-    def block(self, txn, cid: bytes):
-        """The read of a block's bytes that everything serving them uses: a zero-copy
-        buffer of block ``cid`` in read transaction ``txn`` (from :meth:`read` or
-        ``env.begin(buffers=True)``; valid while ``txn`` is), checked by
-        :meth:`check`. Raises :class:`BlockNotFound`, :class:`CorruptBlock`."""
-        v = txn.get(cid, db=self.dbs["blocks"])
-        if v is None:
-            raise BlockNotFound(cid)
-        self.check(cid, v)
-        return v
-
     # BlockStore protocol
     def get(self, cid: bytes) -> bytes | None:
         """The block's bytes (a copy, checked by :meth:`check`), or ``None``. Raises
         :class:`CorruptBlock`."""
         self.blocks_read += 1
-        with self.env.begin(buffers=True) as txn:
-            try:
-                return bytes(self.block(txn, cid))
-            except BlockNotFound:
-                return None
+        blocks = LMDBView(self)
+        try:
+            v = blocks.get(cid)
+            return bytes(v) if v is not None else None
+        finally:
+            blocks.close()
 
     def get_many(self, cids: Iterable[bytes]) -> Iterator[tuple[bytes, bytes | None]]:
         """``(cid, bytes | None)`` in input order, each checked. Raises :class:`CorruptBlock`."""

@@ -10,7 +10,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Iterable, Protocol
 
 from ..encoding.cid import DAG_CBOR, RAW, cid_codec
-from ..errors import BlockNotFound, InvalidCID
+from ..errors import InvalidCID
 
 
 class BlockBackend(Protocol):
@@ -104,12 +104,12 @@ class RepoBackend:
 
     @contextmanager
     def read_view(self):
-        """A backend over one LMDB read transaction whose ``get`` returns raw
+        """A backend over one read snapshot of the store whose ``get`` returns raw
         leaves as zero-copy memoryviews of the map (interior nodes as ``bytes``),
         valid until the ``with`` block ends: the server sends from it without
         copying block data out of the store."""
-        with self.store.read() as txn:
-            yield _TxnView(self, txn)
+        with self.store.view() as blocks:
+            yield _TxnView(self, blocks)
 
     def refs(self) -> dict[str, bytes]:
         return self.repo.refs()
@@ -127,22 +127,20 @@ class RepoBackend:
 class _TxnView:
     """:class:`BlockBackend` reads through one read transaction (see ``read_view``)."""
 
-    def __init__(self, backend: RepoBackend, txn):
+    def __init__(self, backend: RepoBackend, blocks):
         self._backend = backend
-        self._txn = txn
-        self._db = backend.store.dbs["blocks"]
+        self._blocks = blocks
 
     def get(self, cid: bytes):
         """Block ``cid`` checked against its CID (the store's verified read), or
         ``None``. Raises :class:`~tvcfs.errors.CorruptBlock`."""
-        try:
-            v = self._backend.store.block(self._txn, cid)
-        except BlockNotFound:
+        v = self._blocks.get(cid)
+        if v is None:
             return None
         return v if is_leaf(cid) else bytes(v)
 
     def has(self, cid: bytes) -> bool:
-        return self._txn.get(cid, db=self._db) is not None
+        return self._blocks.has(cid)
 
     def __getattr__(self, name):  # refs, head, put_many, ...: the backend's own
         return getattr(self._backend, name)
