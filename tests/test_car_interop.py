@@ -4,7 +4,7 @@ The JS stack in ``tests/interop`` (``@ipld/car``, ``@ipld/dag-pb``, ``@ipld/dag-
 ``ipfs-unixfs-exporter``, ``ipfs-unixfs-importer``; offline, in-memory blockstore)
 reads what ``tvcfs export`` writes: every block is re-hashed and re-encoded
 canonically (so every CID, the roots included, is recomputed by JS and must equal
-ours), the strict structural checks of DESIGN.md §1 run, and files are exported
+ours), the strict structural checks of docs/format.md run, and files are exported
 through ``/ipfs/<commit>/tree/<path>`` and compared byte for byte. The npm packages
 are installed by the test on first use (``npm ci``); without Node.js the tests skip.
 """

@@ -1,6 +1,6 @@
 """Chunking: the tensor-aligned safetensors plan, the fallback to content-defined
 chunking for malformed files, dtype-agnostic byte-identical round trips, and
-bounded memory on large files (DESIGN.md §1 "Chunking")."""
+bounded memory on large files (docs/format.md, "Chunking")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Encoding: CIDs, dag-pb, UnixFS, dag-cbor commits and CAR v1 (DESIGN.md §1).
+"""Encoding: CIDs, dag-pb, UnixFS, dag-cbor commits and CAR v1 (docs/format.md).
 
 Checked against the ``multiformats``/``dag_cbor`` libraries (independent of the
 hand-written fast paths) and against known IPFS vectors. The cross-check with a

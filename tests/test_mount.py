@@ -1,4 +1,4 @@
-"""The tvcfs FUSE mount, end to end (issue 3, DESIGN.md §3): real FUSE mounts of real
+"""The tvcfs FUSE mount, end to end (issue 3, docs/mount.md): real FUSE mounts of real
 LMDB repositories holding the real all-MiniLM-L6-v2 model. No mocks.
 
 Every mount is made by :func:`_mounted` (a child ``tvcfs mount -f`` process started

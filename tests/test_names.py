@@ -145,7 +145,7 @@ from tvcfs.repo import Repo
 from tvcfs.fs.workspace import Workspace
 from tvcfs.dag import KIND_FILE
 with Repo.open(sys.argv[1]) as repo:
-    ws = Workspace(repo, "main", repo.store.get_ref("refs/heads/main"))
+    ws = Workspace(repo, "main", repo.ref_db.get("refs/heads/main"))
     for name, data in ((os.fsdecode(b"bad\xff.txt"), b"keep me"), ("n" * 300, b"long"), ("good.txt", b"good")):
         w = ws.new_entry(ws.root, name, KIND_FILE)
         with open(w.staged, "wb") as f:

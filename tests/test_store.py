@@ -1,4 +1,4 @@
-"""The LMDB block store (DESIGN.md §2): sub-databases, one write transaction per
+"""The LMDB block store (docs/repository.md): sub-databases, one write transaction per
 change, compare-and-swap refs with a reflog, zero-copy reads, a full store."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import pytest
 from tvcfs.encoding.cid import DAG_CBOR, RAW, cid_str, make_cid
 from tvcfs.errors import RefConflict
 from tvcfs.store import BlockStore
+from tvcfs.store.lmdb_refs import PinStore, Reflog, RefStore
 from tvcfs.store.lmdb_store import LMDBStore, StoreFull
 
 
@@ -61,7 +62,7 @@ def test_write_transaction_is_atomic(store):
             w.put_block(*a)
             w.set_ref("refs/heads/main", make_cid(DAG_CBOR, b"c"), None)
             raise RuntimeError("boom")
-    assert not store.has(a[0]) and store.get_ref("refs/heads/main") is None and store.reflog() == []
+    assert not store.has(a[0]) and RefStore(store).get("refs/heads/main") is None and Reflog(store).entries() == []
     with store.write() as w:
         assert w.put_block(*b) and not w.put_block(*b)
         assert (w.new_blocks, w.new_bytes) == (1, 1)
@@ -82,11 +83,11 @@ def test_ref_compare_and_swap_and_reflog(store):
     err = ei.value
     assert (err.ref, err.expected, err.actual) == (ref, c1, c2)
     assert cid_str(c1) in str(err) and cid_str(c2) in str(err) and "\n" not in str(err)
-    assert store.get_ref(ref) == c2
+    assert RefStore(store).get(ref) == c2
     with store.write() as w:
         w.set_ref(ref, None, c2, message="delete")
-    assert store.get_ref(ref) is None
-    log = store.reflog(ref)
+    assert RefStore(store).get(ref) is None
+    log = Reflog(store).entries(ref)
     assert [(e["old"], e["new"], e["message"]) for e in log] == [
         (None, cid_str(c1), "create"), (cid_str(c1), cid_str(c2), "advance"), (cid_str(c2), None, "delete")]
     assert [e["seq"] for e in log] == [0, 1, 2] and all(e["ref"] == ref for e in log)
@@ -99,12 +100,12 @@ def test_reflog_sequences_are_per_ref(store):
         for name in ("refs/heads/a", "refs/heads/a/b", "refs/heads/ab", "refs/tags/a"):
             w.set_ref(name, c, None)
         w.append_reflog("refs/heads/a", c, None, "rejected one", rejected=True)
-    a = store.reflog("refs/heads/a")
+    a = Reflog(store).entries("refs/heads/a")
     assert [e["seq"] for e in a] == [0, 1] and a[1]["rejected"] is True
-    assert [e["seq"] for e in store.reflog("refs/heads/a/b")] == [0]
-    assert [e["seq"] for e in store.reflog("refs/heads/ab")] == [0]
-    assert len(store.reflog()) == 5
-    assert set(store.refs("refs/heads/")) == {"refs/heads/a", "refs/heads/a/b", "refs/heads/ab"}
+    assert [e["seq"] for e in Reflog(store).entries("refs/heads/a/b")] == [0]
+    assert [e["seq"] for e in Reflog(store).entries("refs/heads/ab")] == [0]
+    assert len(Reflog(store).entries()) == 5
+    assert set(RefStore(store).all("refs/heads/")) == {"refs/heads/a", "refs/heads/a/b", "refs/heads/ab"}
 
 
 def test_symref_pins_meta(store):
@@ -114,14 +115,14 @@ def test_symref_pins_meta(store):
         w.pin(c, "release")
         w.set_meta("format", 1)
         w.set_meta("remotes", {"origin": "quic://x"})
-    assert store.get_ref("HEAD") == b"ref: refs/heads/main"
-    assert store.pins()[c]["name"] == "release"
+    assert RefStore(store).get("HEAD") == b"ref: refs/heads/main"
+    assert PinStore(store).all()[c]["name"] == "release"
     assert store.get_meta("format") == 1 and store.get_meta("remotes") == {"origin": "quic://x"}
     assert store.get_meta("missing", 7) == 7
     with store.write() as w:
         assert w.unpin(c)
         w.set_meta("format", None)
-    assert store.pins() == {} and store.get_meta("format") is None
+    assert PinStore(store).all() == {} and store.get_meta("format") is None
 
 
 def test_same_path_shares_one_environment(tmp_path):

@@ -1,4 +1,4 @@
-"""Writes into ``MOUNT/branches/NAME/`` become commits (DESIGN.md §3, issue 4).
+"""Writes into ``MOUNT/branches/NAME/`` become commits (docs/writes.md).
 
 Real FUSE mounts (``tvcfs mount -f`` in a child process, see
 :class:`test_writes_support.Mounted`), real LMDB, the real all-MiniLM-L6-v2 model.
@@ -545,7 +545,7 @@ def test_branch_moved_without_collision_rebases(model_repo, tmp_path):
         assert b"".join(model_repo.read_file(new2, "held.txt")) == b"held-1 held-2"
         names = {p for p, _ in model_repo.walk(new2)}
         assert {"ours.txt", "ours2.txt", "theirs.txt", "theirs2.txt", "held.txt"} <= names
-        assert not model_repo.store.get_meta("conflicts", [])
+        assert not model_repo.config.conflicts
         assert_same_tree(m.branch(), _checkout(model_repo, "main", tmp_path / "co"))
     check_refs_complete(model_repo)
 

@@ -167,7 +167,7 @@ def wait_for(pred, timeout: float = 20.0, interval: float = 0.02, what: str = "c
 
 
 def head(repo, branch: str = "main") -> bytes | None:
-    return repo.store.get_ref("refs/heads/" + branch)
+    return repo.ref_db.get("refs/heads/" + branch)
 
 
 def wait_head_change(repo, old: bytes | None, branch: str = "main", timeout: float = 20.0) -> bytes:

@@ -29,12 +29,12 @@ DEFAULT_EXPIRE_DAYS = 90
 def _roots(repo, expire_days: float) -> set:
     roots = set(repo.refs().values())
     cutoff = time.time() - expire_days * 86400
-    for e in repo.store.reflog():
+    for e in repo.reflog_db.entries():
         if e["time"] >= cutoff:
             for k in ("old", "new"):
                 if e.get(k):
                     roots.add(cid_from_str(e[k]))
-    roots.update(repo.store.pins())
+    roots.update(repo.pin_db.all())
     staging = os.path.join(repo.control, "staging")
     if os.path.isdir(staging):
         for name in os.listdir(staging):
@@ -52,7 +52,7 @@ def _roots(repo, expire_days: float) -> set:
                         roots.add(cid_from_str(token))
                     except Exception:
                         pass
-    for m in repo.store.get_meta("conflicts", []):
+    for m in repo.config.conflicts:
         roots.add(cid_from_str(m["commit"]))
     for wt in repo.worktrees().values():  # what `tvcfs commit` of a checkout compares against
         roots.update((wt["base"], wt["tree"]))

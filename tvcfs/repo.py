@@ -30,6 +30,8 @@ from .errors import (
 from .importer import REPO_DIR, Importer
 from .refs import HEADS, TAGS, check_name, split_suffixes
 from .store import view as store_view
+from .config import RepoConfig
+from .store.lmdb_refs import PinStore, Reflog, RefStore
 from .store.lmdb_store import LMDBStore, store_exists
 from .treeops import conflict_message, land_on_branch, record_conflict, txn_getter
 
@@ -144,7 +146,9 @@ class Repo:
         if not store_exists(store_dir):
             raise NotARepository(f"not a tvcfs repository: {self.root}")
         self.store = LMDBStore(store_dir)
-        fmt = self.store.get_meta("format")
+        self.config = RepoConfig(self.store)
+        self.ref_db, self.reflog_db, self.pin_db = RefStore(self.store), Reflog(self.store), PinStore(self.store)
+        fmt = self.config.get("format")
         if fmt is None:
             self.store.close()
             raise NotARepository(f"not a tvcfs repository (no format marker): {self.root}")
@@ -185,10 +189,11 @@ class Repo:
         os.makedirs(os.path.join(path, REPO_DIR, "staging"), exist_ok=True)
         st = LMDBStore(store_dir)
         try:
+            config = RepoConfig(st)
             with st.write() as w:
-                if w.get_meta("format") is None:
-                    w.set_meta("format", FORMAT_VERSION)
-                    w.set_meta("created", int(time.time()))
+                if config.get("format", w) is None:
+                    config.set("format", FORMAT_VERSION, w)
+                    config.set("created", int(time.time()), w)
                     w.set_symref("HEAD", HEADS + default_branch)
         finally:
             st.close()
@@ -259,7 +264,7 @@ class Repo:
 
     def cat(self, cid: bytes | str) -> Iterator[bytes]:
         """Stream the content of the UnixFS file ``cid`` (leaf by leaf), every block
-        checked against its CID before it is yielded (see :meth:`LMDBStore.block`).
+        checked against its CID before it is yielded (see :meth:`LMDBStore.check`).
         Raises :class:`BlockNotFound`, :class:`CorruptBlock` naming the CID (after
         the leaves before it were yielded)."""
         from .dag import iter_file
@@ -288,7 +293,7 @@ class Repo:
     # --- refs ------------------------------------------------------------------
     def head_ref(self) -> str | None:
         """The ref HEAD points to (``refs/heads/main``), or ``None`` if detached."""
-        v = self.store.get_ref("HEAD")
+        v = self.ref_db.get("HEAD")
         if v and v.startswith(b"ref: "):
             return v[5:].decode()
         return None
@@ -300,9 +305,9 @@ class Repo:
 
     def head(self) -> bytes | None:
         """The commit HEAD points to, or ``None`` in an empty repository."""
-        v = self.store.get_ref("HEAD")
+        v = self.ref_db.get("HEAD")
         if v and v.startswith(b"ref: "):
-            return self.store.get_ref(v[5:].decode())
+            return self.ref_db.get(v[5:].decode())
         return v
 
     def set_head(self, branch: str) -> None:
@@ -313,15 +318,15 @@ class Repo:
 
     def branches(self) -> dict:
         """``{short name: commit CID}`` of every branch."""
-        return {k[len(HEADS):]: v for k, v in self.store.refs(HEADS).items()}
+        return {k[len(HEADS):]: v for k, v in self.ref_db.all(HEADS).items()}
 
     def tags(self) -> dict:
         """``{short name: commit CID}`` of every tag."""
-        return {k[len(TAGS):]: v for k, v in self.store.refs(TAGS).items()}
+        return {k[len(TAGS):]: v for k, v in self.ref_db.all(TAGS).items()}
 
     def refs(self) -> dict:
         """Every ref except symbolic ones: ``{full name: binary CID}``."""
-        return {k: v for k, v in self.store.refs().items() if not v.startswith(b"ref: ")}
+        return {k: v for k, v in self.ref_db.all().items() if not v.startswith(b"ref: ")}
 
     def update_ref(self, name: str, new: bytes | None, expected: bytes | None | object = _UNSET,
                    message: str = "") -> None:
@@ -378,7 +383,7 @@ class Repo:
         """Reflog entries (oldest first); ``ref`` may be a short branch name."""
         if ref and not ref.startswith("refs/") and ref != "HEAD":
             ref = HEADS + ref
-        return self.store.reflog(ref)
+        return self.reflog_db.entries(ref)
 
     # --- remotes and identity --------------------------------------------------
     def identity(self):
@@ -390,29 +395,31 @@ class Repo:
 
     def remotes(self) -> dict:
         """``{name: url}`` of configured remotes."""
-        return dict(self.store.get_meta("remotes", {}))
+        return self.config.remotes
 
     def add_remote(self, name: str, url: str) -> None:
         """Add remote ``name`` (``tvcfs://PEERID@HOST:PORT/...``). Raises
         :class:`RefExists` if the name is taken."""
         check_name(name, "remote")
-        with self.store.write() as w:
-            rem = w.get_meta("remotes", {})
+
+        def add(rem):
             if name in rem:
                 raise RefExists(f"remote {name!r} already exists")
             rem[name] = url
-            w.set_meta("remotes", rem)
+
+        self.config.update("remotes", add)
 
     def remove_remote(self, name: str) -> None:
         """Remove remote ``name`` and its remote-tracking refs."""
-        with self.store.write() as w:
-            rem = w.get_meta("remotes", {})
+        def remove(rem):
             if name not in rem:
                 raise RevisionNotFound(f"no remote {name!r}")
             del rem[name]
-            w.set_meta("remotes", rem)
+
+        with self.store.write() as w:
+            self.config.update("remotes", remove, w)
             prefix = f"refs/remotes/{name}/"
-            for ref in [r for r in self.store.refs(prefix)]:
+            for ref in [r for r in self.ref_db.all(prefix)]:
                 w.set_ref(ref, None, w.get_ref(ref), message=f"remote {name} removed")
 
     def update_refs(self, updates: dict, message: str = "") -> None:
@@ -457,7 +464,7 @@ class Repo:
             return h
         for ref in (name, HEADS + name, TAGS + name, "refs/remotes/" + name):
             if ref.startswith("refs/"):
-                v = self.store.get_ref(ref)
+                v = self.ref_db.get(ref)
                 if v is not None and not v.startswith(b"ref: "):
                     return v
         try:
@@ -485,7 +492,7 @@ class Repo:
         if self._prefix_cache and self._prefix_cache[0] == key:
             return self._prefix_cache[1]
         starts = set(refs.values())
-        for e in self.store.reflog():
+        for e in self.reflog_db.entries():
             for k in ("old", "new"):
                 if e.get(k):
                     starts.add(cid_from_str(e[k]))
@@ -685,7 +692,7 @@ class Repo:
         author = author or Author.default()
         conflict = None
         with self.store.write() as w:
-            worktrees = w.get_meta(WORKTREES, {})
+            worktrees = self.config.get(WORKTREES, w)
             wt = worktrees.get(worktree) if worktree else None
             if base is _UNSET and wt is not None:
                 base, base_tree = cid_from_str(wt["base"]), cid_from_str(wt["tree"])
@@ -739,7 +746,7 @@ class Repo:
             if wt is not None and conflict is None and not (land is not None and land.conflict):
                 # the directory now holds ``tree`` worked on from the branch's new head
                 worktrees[worktree] = _worktree_record(branch, cid or parents[0], tree)
-                w.set_meta(WORKTREES, worktrees)
+                self.config.set(WORKTREES, worktrees, w)
             result = CommitResult(cid, new_tree, target, w.new_bytes, w.new_blocks, imp.bytes, imp.files,
                                   base=base, head=cur, replayed=bool(land and land.theirs),
                                   collisions=tuple(land.collisions) if land else ())
@@ -781,14 +788,15 @@ class Repo:
                              "the repository is unchanged, the partial checkout is left in place") from err
         if branch is _UNSET:
             branch = self.branch_of(rev) if isinstance(rev, str) else None
-        with self.store.write() as w:
-            worktrees = w.get_meta(WORKTREES, {})
-            key = os.path.realpath(dest)
+        key = os.path.realpath(dest)
+
+        def record(worktrees):
             if path:  # a sub-tree is no worktree: forget an old record of this path
                 worktrees.pop(key, None)
             else:
                 worktrees[key] = _worktree_record(branch, commit, e.cid)
-            w.set_meta(WORKTREES, worktrees)
+
+        self.config.update(WORKTREES, record)
         return n
 
     def branch_of(self, rev: str) -> str | None:
@@ -802,7 +810,7 @@ class Repo:
             name = rev[len(HEADS):] if rev.startswith(HEADS) else None
         else:
             name = rev
-        if name and self.store.get_ref(HEADS + name) is not None:
+        if name and self.ref_db.get(HEADS + name) is not None:
             return name
         return None
 
@@ -812,7 +820,7 @@ class Repo:
         (binary CIDs). ``tree`` is what the directory held at its checkout or last
         commit; ``base`` the commit that tree was last brought onto."""
         out = {}
-        for p, r in self.store.get_meta(WORKTREES, {}).items():
+        for p, r in self.config.worktrees.items():
             out[p] = {"branch": r.get("branch"), "base": cid_from_str(r["base"]),
                       "tree": cid_from_str(r["tree"]), "time": r.get("time", 0),
                       "exists": os.path.isdir(p)}

@@ -181,8 +181,9 @@ def record_conflict(w, branch: str, landing: Landing, commit: bytes, source: str
     """Append the conflict to the repository's ``conflicts`` record (meta, listed by
     ``tvcfs status``) inside write transaction ``w``. ``source``: who wrote it
     (``mount``, or the directory committed)."""
-    conflicts = w.get_meta("conflicts", [])
-    conflicts.append({"branch": branch, "saved_as": landing.branch, "commit": cid_str(commit),
-                      "head": cid_str(landing.head), "paths": landing.collisions,
-                      "time": int(time.time()), "source": source})
-    w.set_meta("conflicts", conflicts)
+    from .config import RepoConfig
+
+    record = {"branch": branch, "saved_as": landing.branch, "commit": cid_str(commit),
+              "head": cid_str(landing.head), "paths": landing.collisions,
+              "time": int(time.time()), "source": source}
+    RepoConfig(w.store).update("conflicts", lambda conflicts: conflicts.append(record), w)

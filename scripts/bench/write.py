@@ -129,7 +129,7 @@ def run_mount(src: str, work: str, commit_delay: float, use_fsync: bool, i: int)
         f.write("bench\n")
     with Repo.init(repo_dir) as repo:
         repo.commit_dir(seed, message="seed")
-        base = repo.store.get_ref("refs/heads/main")
+        base = repo.ref_db.get("refs/heads/main")
         mnt = os.path.join(work, f"mnt{i}")
         m = Mount(repo_dir, mnt, commit_delay, os.path.join(work, f"mount{i}.log"))
         try:
@@ -142,13 +142,13 @@ def run_mount(src: str, work: str, commit_delay: float, use_fsync: bool, i: int)
                 fd = os.open(os.path.join(mnt, "branches", "main"), os.O_RDONLY | os.O_DIRECTORY)
                 os.fsync(fd)
                 os.close(fd)
-            while repo.store.get_ref("refs/heads/main") == base:
+            while repo.ref_db.get("refs/heads/main") == base:
                 time.sleep(0.005)
                 if time.perf_counter() - t1 > 600:
                     raise RuntimeError("no commit within 600 s")
             t2 = time.perf_counter()
             cpu = _children_cpu() - c0 + _proc_cpu(m.proc.pid) - d0
-            new = repo.store.get_ref("refs/heads/main")
+            new = repo.ref_db.get("refs/heads/main")
             stored = repo.entry(new, "model.safetensors").size
         finally:
             m.close()

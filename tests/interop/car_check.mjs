@@ -6,7 +6,7 @@
 //
 // Check mode prints one JSON object on stdout (or, with --list, a plain
 // "path<TAB>size<TAB>cid" listing) and exits 0 when `ok` is true, 1 when the
-// CAR is invalid or does not follow tvcfs DESIGN §1, 2 on usage errors.
+// CAR is invalid or does not follow docs/format.md, 2 on usage errors.
 //
 // What is checked:
 //   * CAR header decodes (@ipld/car) and is the canonical dag-cbor

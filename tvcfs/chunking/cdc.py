@@ -10,7 +10,7 @@ Sources
 * Gear hash: W. Xia et al., "Ddelta: A deduplication-inspired fast delta compression
   approach", Performance Evaluation 2014 (``h = (h << 1) + G[byte]``).
 
-How it is computed here (DESIGN.md §1 "Chunking")
+How it is computed here (docs/format.md, "Chunking")
 -------------------------------------------------
 A per-byte Python loop would run at a few MB/s, so the rolling hash of *every*
 position of a read window is computed at once with numpy. The gear recurrence
@@ -76,7 +76,7 @@ __all__ = [
 
 DEFAULT_MIN_SIZE = 64 << 10  # bytes
 DEFAULT_AVG_SIZE = 256 << 10  # bytes
-DEFAULT_MAX_SIZE = 1 << 20  # bytes (= the leaf limit of DESIGN.md §1)
+DEFAULT_MAX_SIZE = 1 << 20  # bytes (= the leaf limit of docs/format.md)
 DEFAULT_READ_SIZE = 4 << 20  # bytes read per window by cdc_spans
 WINDOW = 64  # bytes that determine the hash of a position
 

@@ -280,7 +280,7 @@ def cmd_pin(args):
             for c in args.cids:
                 print(("unpinned " if repo.unpin(c) else "not pinned: ") + c)
         else:
-            for c, info in repo.store.pins().items():
+            for c, info in repo.pin_db.all().items():
                 print(f"{cid_str(c)} {info.get('name', '')}")
     return 0
 

@@ -92,7 +92,7 @@ def cmd_status(args):
         else:
             print("\nNo staged changes.")
         _print_worktrees(repo, branch)
-        conflicts = repo.store.get_meta("conflicts", [])
+        conflicts = repo.config.conflicts
         conflicts = [c for c in conflicts if branch is None or c["branch"] == branch]
         if conflicts:
             print("\nConflicts (writes saved on their own branch; merge them by hand):")

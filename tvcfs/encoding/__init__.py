@@ -2,8 +2,7 @@
 
 Submodules: :mod:`.cid` (CIDv1, sha2-256), :mod:`.dagpb` (the dag-pb protobuf),
 :mod:`.unixfs` (UnixFS files, directories and symlinks on dag-pb), :mod:`.commit`
-(dag-cbor commits) and :mod:`.car` (CAR v1 archives). See DESIGN.md §1 and
-``docs/format.md``.
+(dag-cbor commits) and :mod:`.car` (CAR v1 archives). See ``docs/format.md``.
 """
 
 from .cid import (  # noqa: F401

@@ -1,6 +1,6 @@
 """Commits as dag-cbor (0x71) maps.
 
-Shape (DESIGN.md §1)::
+Shape (docs/format.md)::
 
     {"tree": CID, "parents": [CID, ...], "author": {"name": str, "email": str},
      "message": str, "timestamp": int (Unix seconds), "metadata": {str: ...}}

@@ -97,7 +97,7 @@ def mount_path(mountpoint: str) -> str:
 
 def set_readahead(mountpoint: str, kb: int = 1024) -> bool:
     """Raise the mount's bdi ``read_ahead_kb`` so buffered reads reach the filesystem
-    as 1 MiB requests instead of 128 KiB (DESIGN.md §6). Needs root; returns success."""
+    as 1 MiB requests instead of 128 KiB (docs/architecture.md, measured facts). Needs root; returns success."""
     try:
         dev = os.stat(mountpoint).st_dev
         path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"

@@ -1,5 +1,5 @@
 """The mount's namespace: inodes for the root, ref directories, the commits directory
-and the trees of revisions (DESIGN.md §3)::
+and the trees of revisions (docs/mount.md)::
 
     MOUNT/HEAD            symlink -> branches/<HEAD's branch>
     MOUNT/branches/NAME/  the tree of the branch's head

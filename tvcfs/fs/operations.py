@@ -185,12 +185,12 @@ class ReadOnlyOperations(pyfuse3.Operations):
             raise _err(errno.ENOENT)
         if k == "refdir":
             full = parent.prefix + name
-            cid = self.repo.store.get_ref(full)
+            cid = self.repo.ref_db.get(full)
             view = "branches" if parent.prefix.startswith(HEADS) else "tags"
             if cid is not None and not cid.startswith(b"ref: "):
                 short = full[len(HEADS if view == "branches" else TAGS):]
                 return self._rev_root(parent, view, short, cid)
-            if self.repo.store.refs(full + "/"):
+            if self.repo.ref_db.all(full + "/"):
                 return self._refdir(parent, full + "/", name)
             raise _err(errno.ENOENT)
         if k == "commits":
@@ -233,7 +233,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
         elif k == "ctl":
             names = list(CTL_FILES)
         elif k == "refdir":
-            names = sorted({r[len(node.prefix):].split("/", 1)[0] for r in self.repo.store.refs(node.prefix)})
+            names = sorted({r[len(node.prefix):].split("/", 1)[0] for r in self.repo.ref_db.all(node.prefix)})
         elif k == "commits":
             names = [cid_str(c) for c in self.reachable_commits()]
         elif k == "tree":
@@ -471,7 +471,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
         """Compare refs with the last snapshot; invalidate the kernel's entries of
         changed branches/tags (and of ``commits/NAME`` lookups by name). Returns
         the changed ref names."""
-        refs = self.repo.store.refs()
+        refs = self.repo.ref_db.all()
         old = self.refs_snapshot
         self.refs_snapshot = refs
         changed = [r for r in set(old) | set(refs) if old.get(r) != refs.get(r)]

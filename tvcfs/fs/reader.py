@@ -9,7 +9,7 @@ whole prefetched file for asynchronous read from disk. Memory stays bounded (the
 cache holds it; the process keeps only indexes).
 
 Every block is checked against its CID before its bytes are first served
-(:meth:`~tvcfs.store.lmdb_store.LMDBStore.block`, unless the store's
+(:meth:`~tvcfs.store.lmdb_store.LMDBStore.check`, unless the store's
 ``verify_reads`` is off): the preload threads that page leaves in hash them there,
 ahead of the reader and on the other core, so the trio thread finds them verified.
 """
@@ -31,7 +31,7 @@ from ..store.lmdb_store import buffer_address
 
 log = logging.getLogger("tvcfs.fs")
 
-# Fetch priorities (higher is more urgent; DESIGN.md §4): a foreground read waits on
+# Fetch priorities (higher is more urgent; docs/lazy.md): a foreground read waits on
 # its leaves; readahead of the rest of a tensor; a growing sequential window; an
 # explicit prefetch of whole files, which yields to everything else.
 PRIO_FOREGROUND, PRIO_TENSOR, PRIO_SEQUENTIAL, PRIO_PREFETCH = 3, 2, 1, 0
@@ -96,7 +96,7 @@ class TensorMap:
 class BlockReader:
     """Reads file ranges for the mount from an :class:`~tvcfs.store.lmdb_store.LMDBStore`.
 
-    Blocks are read with the store's verified read (:meth:`LMDBStore.block`): each is
+    Blocks are read with the store's verified read (:meth:`LMDBStore.check`): each is
     hashed against its CID the first time this process serves it (leaves by the
     preload threads, see :class:`Preloader`), unless ``store.verify_reads`` is off;
     a leaf of another length than its parent says is always an error. Errors: reads

@@ -7,7 +7,7 @@ mounting a URL directly: :func:`prepare_url_mount` makes a cache repository unde
 (``BlockReader.remote``). The fetcher runs in the mount's trio loop and keeps one
 multiplexed session (:class:`~tvcfs.transport.wants.MuxSession`) per peer.
 
-Priorities (DESIGN.md §4; ``tvcfs.fs.reader.PRIO_*``): foreground read (3) >
+Priorities (docs/lazy.md; ``tvcfs.fs.reader.PRIO_*``): foreground read (3) >
 tensor readahead (2) > sequential readahead (1) > background prefetch (0).
 
 * A foreground read's missing leaves are sent at once as want-list entries
@@ -1327,7 +1327,7 @@ def attach_remote(repo, ops, remotes=None, fetch_timeout=None, prefetch=None, **
     lazy clone. Returns the fetcher (the caller runs :meth:`RemoteFetcher.run` in
     its nursery) or None."""
     urls = list(remotes or [])
-    if repo.store.get_meta("lazy", False):
+    if repo.config.lazy:
         urls += list(repo.remotes().values())
     urls = list(dict.fromkeys(urls))
     if not urls:
@@ -1420,8 +1420,8 @@ def _apply_refs(repo, remote: str, refs: dict, fast_forward_local: bool) -> list
     updates: dict = {}
     updated = []
     prefix = f"refs/remotes/{remote}/"
-    current = repo.store.refs(prefix)
-    local_heads = repo.store.refs(HEADS)
+    current = repo.ref_db.all(prefix)
+    local_heads = repo.ref_db.all(HEADS)
     for name, cid in refs.items():
         if not name.startswith(HEADS):
             continue
@@ -1440,7 +1440,7 @@ def _apply_refs(repo, remote: str, refs: dict, fast_forward_local: bool) -> list
         if HEADS + track[len(prefix):] not in refs:
             updates[track] = None
             updated.append((track, current[track], None))
-    local_tags = repo.store.refs(TAGS)
+    local_tags = repo.ref_db.all(TAGS)
     for name, cid in refs.items():
         if name.startswith(TAGS) and name not in local_tags:
             updates[name] = cid
@@ -1500,7 +1500,7 @@ def lazy_clone(url: str, dest: str, *, remote: str = "origin", engine: str | Non
     try:
         repo.add_remote(remote, url)
         with repo.store.write() as w:
-            w.set_meta("lazy", True)
+            repo.config.set("lazy", True, w)
         res = lazy_fetch(repo, remote, engine=engine, fast_forward_local=True)
         if res.head.startswith(HEADS) and res.head in res.refs:
             repo.set_head(res.head[len(HEADS):])
@@ -1543,10 +1543,7 @@ def prepare_url_mount(url: str, *, engine: str | None = None, quiet: bool = True
         repo = Repo.open(d)
         try:
             if repo.remotes().get("origin") != url:
-                with repo.store.write() as w:
-                    rem = w.get_meta("remotes", {})
-                    rem["origin"] = url
-                    w.set_meta("remotes", rem)
+                repo.config.update("remotes", lambda rem: rem.update(origin=url))
             try:
                 lazy_fetch(repo, "origin", engine=engine, fast_forward_local=True)
             except TvcfsError as e:

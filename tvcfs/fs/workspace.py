@@ -1,5 +1,5 @@
 """The writable side of a branch directory: a copy-on-write overlay over the
-branch's head tree, staged on disk, committed as a whole (DESIGN.md §3, writes).
+branch's head tree, staged on disk, committed as a whole (docs/writes.md).
 
 A :class:`Workspace` is a tree of :class:`WEntry` objects. Untouched files and
 directories are references to DAG nodes (CID + Tsize); a directory is loaded from

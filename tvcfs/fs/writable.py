@@ -1,5 +1,5 @@
 """The writable mount: ``branches/NAME/`` directories take writes, which become
-commits (DESIGN.md §3; the staging model is in :mod:`tvcfs.fs.workspace`).
+commits (docs/mount.md; the staging model is in :mod:`tvcfs.fs.workspace`).
 
 Commit triggers: ``fsync``/``fdatasync`` of a file or ``fsync`` of a directory in the
 branch commits at once; otherwise a commit is made once every write handle on the
@@ -79,7 +79,7 @@ class WritableOperations(ReadOnlyOperations):
         working directories and cached dentries of the old tree stay in the one
         workspace of the branch and nothing written through them is orphaned. A
         clean workspace of a deleted branch is dropped."""
-        head = self.repo.store.get_ref(HEADS + branch)
+        head = self.repo.ref_db.get(HEADS + branch)
         ws = self.workspaces.get(branch)
         if ws is not None:
             if ws.base == head or ws.pending or ws.writers or ws.committing:
@@ -644,7 +644,7 @@ class WritableOperations(ReadOnlyOperations):
         for d, name in res.get("touched", []):
             if d.ino:
                 _inval_entry(d.ino, name)
-        self.refs_snapshot = self.repo.store.refs()
+        self.refs_snapshot = self.repo.ref_db.all()
 
     def _arm_quiet(self, ws: Workspace) -> None:
         """The last write handle of ``ws`` closed: commit once it has been quiet for

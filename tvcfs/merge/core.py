@@ -597,7 +597,7 @@ def merge(repo, theirs, *, branch: str | None = None, strategies: StrategyRules 
     if not branch:
         raise TvcfsError("HEAD is detached: name the branch to merge into")
     theirs_cid = theirs if isinstance(theirs, bytes) else repo.resolve(theirs)
-    ours_cid = repo.store.get_ref(HEADS + branch)
+    ours_cid = repo.ref_db.get(HEADS + branch)
     if ours_cid is None:  # unborn branch: fast-forward to theirs
         if not dry_run:
             repo.update_ref(HEADS + branch, theirs_cid, None, message=f"merge {theirs}: fast-forward")

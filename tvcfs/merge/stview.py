@@ -2,7 +2,7 @@
 
 Used by :mod:`tvcfs.diff` and the repository merge. Only the header leaves are read
 to open a file; tensor identity comes from leaf CIDs (the chunker starts a leaf at
-every tensor, DESIGN.md §1), tensor data is read only on request.
+every tensor, docs/format.md), tensor data is read only on request.
 
 Tensor data is streamed leaf by leaf: :func:`data_reader` opens one LMDB read
 transaction whose ``get`` returns zero-copy views of the memory map, and
@@ -37,7 +37,7 @@ class DataReader:
     only while the reader is open (see :func:`data_reader`; LMDB wants one thread at
     a time in a transaction, so take views in one thread and hand them on), checked
     against its CID the first time this process reads it (the store's verified read,
-    :meth:`~tvcfs.store.lmdb_store.LMDBStore.block`); it counts in the store's
+    :meth:`~tvcfs.store.lmdb_store.LMDBStore.check`); it counts in the store's
     ``blocks_read`` and raises :class:`~tvcfs.errors.BlockNotFound` for a missing
     block, :class:`~tvcfs.errors.CorruptBlock` for a damaged one. :meth:`willneed` /
     :meth:`dontneed` are no-ops for buffers that do not lie

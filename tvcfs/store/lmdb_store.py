@@ -14,7 +14,7 @@ when :meth:`LMDBStore.write` returns. A killed process leaves the last committed
 transaction intact (LMDB's copy-on-write B+tree). Reads use zero-copy buffers inside
 a read transaction (:meth:`LMDBStore.read`).
 
-Every block read for its bytes goes through :meth:`LMDBStore.block` (or
+Every block read for its bytes goes through :meth:`LMDBStore.check` (or
 :meth:`LMDBStore.get`, a copy of it), which checks it against its CID the first time
 this process reads it (a bounded per-environment :class:`VerifiedSet`): a disk or
 file-system fault that changed a stored block is an error naming the CID, never
@@ -583,51 +583,6 @@ class LMDBStore:
             st = txn.stat(self.dbs["blocks"])
         info = self.env.info()
         return {"blocks": st["entries"], "bytes": info["last_pgno"] * self.env.stat()["psize"]}
-
-    # refs
-    def get_ref(self, name: str) -> bytes | None:
-        with self.env.begin() as txn:
-            v = txn.get(name.encode(), db=self.dbs["refs"])
-            return bytes(v) if v is not None else None
-
-    def refs(self, prefix: str = "") -> dict:
-        """``{name: value}`` for every ref starting with ``prefix`` (values are binary
-        CIDs, or ``b"ref: ..."`` for symbolic refs)."""
-        out = {}
-        p = prefix.encode()
-        with self.env.begin() as txn:
-            with txn.cursor(db=self.dbs["refs"]) as cur:
-                if cur.set_range(p):
-                    for k, v in cur.iternext():
-                        if not k.startswith(p):
-                            break
-                        out[k.decode()] = bytes(v)
-        return out
-
-    def reflog(self, name: str | None = None) -> list:
-        """Reflog entries, oldest first: list of dicts ``{ref, seq, old, new, time,
-        message[, rejected]}`` for ``name`` or for every ref."""
-        out = []
-        p = (name.encode() + b"\x00") if name else b""
-        with self.env.begin() as txn:
-            with txn.cursor(db=self.dbs["reflog"]) as cur:
-                if cur.set_range(p):
-                    for k, v in cur.iternext():
-                        if not k.startswith(p):
-                            break
-                        # key = REF \0 seq (8 bytes BE); seq bytes may be \0 themselves
-                        ref, seq = k[:-9], k[-8:]
-                        e = json.loads(v)
-                        e["ref"] = bytes(ref).decode()
-                        e["seq"] = int.from_bytes(seq, "big")
-                        out.append(e)
-        return out
-
-    def pins(self) -> dict:
-        """``{binary CID: {name, time}}``."""
-        with self.env.begin() as txn:
-            with txn.cursor(db=self.dbs["pins"]) as cur:
-                return {bytes(k): json.loads(v) for k, v in cur.iternext()}
 
     def get_meta(self, key: str, default=None):
         with self.env.begin() as txn:

@@ -172,19 +172,20 @@ def is_ancestor(repo, a: bytes, b: bytes) -> bool:
 
 def peer_scores(repo) -> dict:
     """``{peer ID (base58): {"bad_blocks": n, "last_bad": unix time}}``."""
-    return dict(repo.store.get_meta("peer_scores", {}))
+    return repo.config.peer_scores
 
 
 def _penalise(repo, peer: bytes | None, bad: int) -> None:
     if not peer or not bad:
         return
     key = format_peer_id(peer)
-    with repo.store.write() as w:
-        scores = w.get_meta("peer_scores", {})
+
+    def penalise(scores):
         e = scores.setdefault(key, {"bad_blocks": 0})
         e["bad_blocks"] += bad
         e["last_bad"] = int(time.time())
-        w.set_meta("peer_scores", scores)
+
+    repo.config.update("peer_scores", penalise)
 
 
 def _bad_count(repo, url: str) -> int:
@@ -287,7 +288,7 @@ async def _fetch_async(repo, remote: str, url: str, *, progress: Progress | None
     # all DAGs complete: update remote-tracking refs and create new tags
     updates: dict = {}
     prefix = f"{REMOTES}{remote}/"
-    current = repo.store.refs(prefix)
+    current = repo.ref_db.all(prefix)
     for name, cid in refs.items():
         if name.startswith(HEADS):
             local = prefix + name[len(HEADS):]
@@ -298,7 +299,7 @@ async def _fetch_async(repo, remote: str, url: str, *, progress: Progress | None
         if HEADS + local[len(prefix):] not in refs:
             updates[local] = None  # branch deleted on the remote
             res.updated.append((local, current[local], None))
-    local_tags = repo.store.refs(TAGS)
+    local_tags = repo.ref_db.all(TAGS)
     for name, cid in refs.items():
         if name.startswith(TAGS) and name not in local_tags:
             updates[name] = cid
@@ -317,7 +318,7 @@ def fetch(repo, remote: str = "origin", *, quiet: bool = False, engine: str | No
     :class:`~.client.RemoteError`, :class:`~.quic.TransportError`,
     :class:`~.identity.PeerIdMismatch`."""
     url = _url_of(repo, remote)
-    if repo.store.get_meta("lazy"):
+    if repo.config.lazy:
         # a lazy clone keeps fetching only the skeleton (commits, trees, file indexes);
         # leaves come on demand through a mount
         from ..fs.remote import lazy_fetch
@@ -378,7 +379,7 @@ def clone(url: str, dest: str, *, quiet: bool = False, engine: str | None = None
         res = fetch(repo, remote, quiet=quiet, engine=engine, out=err)
         updates = {}
         for name, cid in res.refs.items():
-            if name.startswith(HEADS) and repo.store.get_ref(name) is None:
+            if name.startswith(HEADS) and repo.ref_db.get(name) is None:
                 updates[name] = cid
         if updates:
             repo.update_refs(updates, message=f"clone: from {url}")
@@ -434,7 +435,7 @@ def pull(repo, remote: str = "origin", branch: str | None = None, *, quiet: bool
     target = res.refs.get(HEADS + branch)
     if target is None:
         raise TvcfsError(f"remote {remote} has no branch {branch!r}")
-    local = repo.store.get_ref(HEADS + branch)
+    local = repo.ref_db.get(HEADS + branch)
     if local == target:
         return PullResult("up-to-date", branch, local, target, res)
     if local is None:
@@ -482,7 +483,7 @@ def push(repo, remote: str = "origin", branch: str | None = None, *, force: bool
     branch = branch or repo.head_branch()
     if not branch:
         raise TvcfsError("HEAD is detached: name the branch to push")
-    local = repo.store.get_ref(HEADS + branch)
+    local = repo.ref_db.get(HEADS + branch)
     if local is None:
         raise TvcfsError(f"no local branch {branch!r}")
     url = _url_of(repo, remote)

@@ -1,0 +1,106 @@
+"""The typed repository configuration: one home for the settings and records that live
+beside the refs (after git's ``config`` and dulwich's ``ConfigFile``), stored in the
+repository store's ``meta`` sub-database so that they change in the same transaction
+as a commit when they must (docs/repository.md, "Configuration").
+
+Every key has a type and a default; :meth:`RepoConfig.set` refuses a value of another
+type with :class:`ConfigError`. Keys a user may set with ``tvcfs config`` are in
+:data:`USER_KEYS`; the others are kept by tvcfs itself.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+from .errors import TvcfsError
+
+
+class ConfigError(TvcfsError, ValueError):
+    """An unknown configuration key, or a value of the wrong type."""
+
+
+# key: (type, default, what it holds)
+KEYS: dict[str, tuple[type, Any, str]] = {
+    "format": (int, None, "repository format version"),
+    "created": (int, None, "creation time (Unix seconds)"),
+    "remotes": (dict, {}, "remote name -> URL"),
+    "lazy": (bool, False, "blocks are fetched on demand from the remotes (clone --lazy)"),
+    "conflicts": (list, [], "conflict branches recorded by commits onto moved branches"),
+    "peer_scores": (dict, {}, "peer URL -> reputation record"),
+    "worktrees": (dict, {}, "real path -> {branch, base, tree} of directories made by checkout"),
+    "hf.repo_id": (str, None, "the Hugging Face repository ID (org/name) of this repository"),
+}
+USER_KEYS = {"hf.repo_id"}
+
+
+def _check(key: str, value) -> None:
+    if key not in KEYS:
+        raise ConfigError(f"unknown configuration key {key!r} (known: {', '.join(sorted(KEYS))})")
+    typ = KEYS[key][0]
+    if value is not None and (not isinstance(value, typ) or (typ is int and isinstance(value, bool))):
+        raise ConfigError(f"configuration {key} takes a {typ.__name__}, not {type(value).__name__}")
+
+
+class RepoConfig:
+    """The configuration of the repository whose store is ``store`` (an
+    :class:`~tvcfs.store.lmdb_store.LMDBStore`). Reads return copies (changing them
+    changes nothing); writes take an open write transaction ``txn`` (``store.write()``)
+    to land with other changes, or open their own."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def get(self, key: str, txn=None):
+        """The value of ``key``, or its default. Raises :class:`ConfigError`."""
+        _check(key, None)
+        src = txn if txn is not None else self.store
+        v = src.get_meta(key)
+        return copy.deepcopy(KEYS[key][1]) if v is None else v
+
+    def set(self, key: str, value, txn=None) -> None:
+        """Set ``key`` (``None`` removes it). Raises :class:`ConfigError`."""
+        _check(key, value)
+        if txn is not None:
+            txn.set_meta(key, value)
+        else:
+            with self.store.write() as w:
+                w.set_meta(key, value)
+
+    def update(self, key: str, fn: Callable, txn=None):
+        """Read-modify-write ``key`` in one transaction: ``fn(value)`` returns the new
+        value (or changes it in place and returns ``None``). Returns the new value."""
+        if txn is None:
+            with self.store.write() as w:
+                return self.update(key, fn, w)
+        value = self.get(key, txn)
+        new = fn(value)
+        value = value if new is None else new
+        self.set(key, value, txn)
+        return value
+
+    # the common keys, typed
+    @property
+    def remotes(self) -> dict:
+        """``{name: url}``."""
+        return self.get("remotes")
+
+    @property
+    def lazy(self) -> bool:
+        return self.get("lazy")
+
+    @property
+    def conflicts(self) -> list:
+        return self.get("conflicts")
+
+    @property
+    def peer_scores(self) -> dict:
+        return self.get("peer_scores")
+
+    @property
+    def worktrees(self) -> dict:
+        return self.get("worktrees")
+
+    @property
+    def hf_repo_id(self) -> str | None:
+        return self.get("hf.repo_id")

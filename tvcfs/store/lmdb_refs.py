@@ -1,0 +1,78 @@
+"""Refs, the reflog and pins kept apart from blocks (as dulwich keeps refs out of its
+object store), each behind its own small read interface. On LMDB they share the
+repository's environment with the blocks, in their own sub-databases, so that a
+commit — its blocks and its ref update — is one write transaction
+(:class:`~tvcfs.store.lmdb_store.WriteTxn`: ``set_ref`` compare-and-swap,
+``append_reflog``, ``pin``/``unpin``, ``set_meta``). Layout in docs/repository.md.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+class RefStore:
+    """Refs of a repository: ``refs/heads/NAME``, ``refs/tags/NAME``,
+    ``refs/remotes/R/NAME`` → binary CID; ``HEAD`` → ``b"ref: refs/heads/NAME"``."""
+
+    def __init__(self, store):
+        self.env, self.db = store.env, store.dbs["refs"]
+
+    def get(self, name: str) -> bytes | None:
+        """The value of ref ``name`` (binary CID or ``b"ref: …"``), or ``None``."""
+        with self.env.begin() as txn:
+            v = txn.get(name.encode(), db=self.db)
+            return bytes(v) if v is not None else None
+
+    def all(self, prefix: str = "") -> dict:
+        """``{name: value}`` for every ref starting with ``prefix``."""
+        out = {}
+        p = prefix.encode()
+        with self.env.begin() as txn:
+            with txn.cursor(db=self.db) as cur:
+                if cur.set_range(p):
+                    for k, v in cur.iternext():
+                        if not k.startswith(p):
+                            break
+                        out[k.decode()] = bytes(v)
+        return out
+
+
+class Reflog:
+    """Every ref change, so no commit is ever lost: key ``REF \\0 seq`` (8 bytes
+    big-endian) → JSON ``{old, new, time, message[, rejected]}``."""
+
+    def __init__(self, store):
+        self.env, self.db = store.env, store.dbs["reflog"]
+
+    def entries(self, name: str | None = None) -> list:
+        """Entries oldest first, as dicts ``{ref, seq, old, new, time, message[,
+        rejected]}`` (CIDs as strings), for ref ``name`` or for every ref."""
+        out = []
+        p = (name.encode() + b"\x00") if name else b""
+        with self.env.begin() as txn:
+            with txn.cursor(db=self.db) as cur:
+                if cur.set_range(p):
+                    for k, v in cur.iternext():
+                        if not k.startswith(p):
+                            break
+                        # key = REF \0 seq (8 bytes BE); seq bytes may be \0 themselves
+                        ref, seq = k[:-9], k[-8:]
+                        e = json.loads(v)
+                        e["ref"] = bytes(ref).decode()
+                        e["seq"] = int.from_bytes(seq, "big")
+                        out.append(e)
+        return out
+
+
+class PinStore:
+    """Pinned DAG roots: binary CID → JSON ``{name, time}``."""
+
+    def __init__(self, store):
+        self.env, self.db = store.env, store.dbs["pins"]
+
+    def all(self) -> dict:
+        """``{binary CID: {"name": str, "time": int}}``."""
+        with self.env.begin() as txn:
+            with txn.cursor(db=self.db) as cur:
+                return {bytes(k): json.loads(v) for k, v in cur.iternext()}
