@@ -11,6 +11,17 @@ from __future__ import annotations
 import json
 
 
+def _prefixed(env, db, prefix: bytes):
+    """``(key, value)`` (bytes) of every record of ``db`` whose key starts with ``prefix``."""
+    with env.begin() as txn:
+        with txn.cursor(db=db) as cur:
+            if cur.set_range(prefix):
+                for k, v in cur.iternext():
+                    if not k.startswith(prefix):
+                        break
+                    yield bytes(k), bytes(v)
+
+
 class RefStore:
     """Refs of a repository: ``refs/heads/NAME``, ``refs/tags/NAME``,
     ``refs/remotes/R/NAME`` → binary CID; ``HEAD`` → ``b"ref: refs/heads/NAME"``."""
@@ -26,16 +37,7 @@ class RefStore:
 
     def all(self, prefix: str = "") -> dict:
         """``{name: value}`` for every ref starting with ``prefix``."""
-        out = {}
-        p = prefix.encode()
-        with self.env.begin() as txn:
-            with txn.cursor(db=self.db) as cur:
-                if cur.set_range(p):
-                    for k, v in cur.iternext():
-                        if not k.startswith(p):
-                            break
-                        out[k.decode()] = bytes(v)
-        return out
+        return {k.decode(): v for k, v in _prefixed(self.env, self.db, prefix.encode())}
 
 
 class Reflog:
@@ -49,19 +51,12 @@ class Reflog:
         """Entries oldest first, as dicts ``{ref, seq, old, new, time, message[,
         rejected]}`` (CIDs as strings), for ref ``name`` or for every ref."""
         out = []
-        p = (name.encode() + b"\x00") if name else b""
-        with self.env.begin() as txn:
-            with txn.cursor(db=self.db) as cur:
-                if cur.set_range(p):
-                    for k, v in cur.iternext():
-                        if not k.startswith(p):
-                            break
-                        # key = REF \0 seq (8 bytes BE); seq bytes may be \0 themselves
-                        ref, seq = k[:-9], k[-8:]
-                        e = json.loads(v)
-                        e["ref"] = bytes(ref).decode()
-                        e["seq"] = int.from_bytes(seq, "big")
-                        out.append(e)
+        for k, v in _prefixed(self.env, self.db, (name.encode() + b"\x00") if name else b""):
+            # key = REF \0 seq (8 bytes BE); seq bytes may be \0 themselves
+            e = json.loads(v)
+            e["ref"] = k[:-9].decode()
+            e["seq"] = int.from_bytes(k[-8:], "big")
+            out.append(e)
         return out
 
 
