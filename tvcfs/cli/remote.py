@@ -115,6 +115,8 @@ def cmd_serve(args) -> int:
                 if http:
                     from ..gateway.app import make_gateway_app, serve_http
 
+                    _ = repo.blocks  # build the block layer once, before requests race to build it
+
                     url = await n.start(serve_http, make_gateway_app(lambda request: repo), *http)
                     print(url, flush=True)
                     if not args.quiet:
