@@ -15,7 +15,8 @@ Fixtures
                     directory (see :func:`make_finetune`).
 
 Helpers (importable as ``from conftest import ...``): :func:`make_finetune`,
-:func:`tree_bytes`, :func:`assert_same_tree`, :func:`write_safetensors_raw`.
+:func:`tree_bytes`, :func:`assert_same_tree`, :func:`write_safetensors_raw`,
+:func:`fetch_levels`.
 """
 
 from __future__ import annotations
@@ -190,6 +191,23 @@ def make_finetune(src_dir: str, dst_dir: str, seed: int = 0) -> FineTune:
 def finetune(real_model_dir):
     """``make(dst_dir, seed=0) -> FineTune``: fine-tuned copy of the real model."""
     return lambda dst, seed=0: make_finetune(real_model_dir, str(dst), seed)
+
+
+# --------------------------------------------------------------------------- block layer
+def fetch_levels(blocks, root: bytes) -> int:
+    """Fetch the DAG under ``root`` through the block store ``blocks`` level by level
+    (one ``get_many`` per level: remote tiers batch it, a router verifies and writes
+    the blocks back into its local store); assert every block was found; return how
+    many were fetched."""
+    from tvcfs.dag import block_links
+
+    frontier, fetched = [root], 0
+    while frontier:
+        got = list(blocks.get_many(frontier))
+        assert all(d is not None for _, d in got), [c for c, d in got if d is None][:3]
+        fetched += len(got)
+        frontier = list(dict.fromkeys(c for cid, d in got for c in block_links(cid, d)))
+    return fetched
 
 
 # --------------------------------------------------------------------------- CLI

@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from conftest import assert_same_tree, bucket_objects, new_bucket, s3_client
+from conftest import assert_same_tree, bucket_objects, fetch_levels, new_bucket, s3_client
 
 from tvcfs.encoding.cid import CID, RAW, make_cid
 from tvcfs.errors import BlockUnavailable, RefConflict, TvcfsError
@@ -259,7 +259,6 @@ def test_backend_registry_and_aws_chain(s3_endpoint, tmp_path, monkeypatch):
 
 
 def test_real_model_pushed_and_read_back_through_router(s3_endpoint, real_model_dir, tmp_path, monkeypatch):
-    from tvcfs.dag import block_links
     from tvcfs.repo import Repo
 
     bucket = new_bucket(s3_endpoint)
@@ -287,13 +286,7 @@ def test_real_model_pushed_and_read_back_through_router(s3_endpoint, real_model_
         # which the S3 tier serves with grouped, concurrent ranged GETs, verified, and
         # the router writes back into the local store (Repo.write_file reads the local
         # LMDB store directly, so the blocks must be local before get_to_path)
-        frontier, fetched = [root], 0
-        while frontier:
-            got = list(dst.blocks.get_many(frontier))
-            assert all(d is not None for _, d in got)
-            fetched += len(got)
-            frontier = list(dict.fromkeys(c for cid, d in got for c in block_links(cid, d)))
-        assert fetched == len(cids)
+        assert fetch_levels(dst.blocks, root) == len(cids)
         s3_stats = dst.blocks.stats()["s3"]
         assert s3_stats["hits"] == len(cids) and s3_stats["corrupt"] == 0 and s3_stats["unavailable"] == 0
         assert dst.store.stat()["blocks"] == len(cids)  # written back into the local store

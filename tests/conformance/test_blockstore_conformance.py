@@ -1,17 +1,19 @@
 """One conformance suite every BlockStore passes (as dulwich tests every object store
-with one suite): the LMDB store, the in-memory store, routers over them, and the S3
-store against moto's server on loopback. A new backend adds one factory to ``STORES``:
+with one suite): the LMDB store, the in-memory store, routers over them, the S3
+store against moto's server on loopback, and the gateway store against tvcfs's own
+trustless gateway on loopback. A new backend adds one factory to ``STORES``:
 ``make(tmp_path, request)`` (``request`` gives fixtures, e.g. ``s3_endpoint``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
 import pytest
 
 from tvcfs.encoding.cid import DAG_CBOR, RAW, make_cid
-from tvcfs.store import BlockStore, view
+from tvcfs.store import BlockStore, StoreBase, view
 from tvcfs.store.lmdb_store import LMDBStore
 from tvcfs.store.memory import MemoryStore
 from tvcfs.store.router import Router, Tier
@@ -43,8 +45,66 @@ def _s3(tmp_path, request):
     return S3Store(f"s3://{new_bucket(endpoint)}/conformance", endpoint_url=endpoint, refresh_interval=0)
 
 
+class _ServedGateway(StoreBase):
+    """The gateway store (read-only: the spec has no upload) over a tvcfs gateway
+    serving a fresh repository on loopback. Writes (``put``, ``put_many``,
+    ``delete``) go into that repository's store, behind the gateway; every read
+    (``get``, ``get_many``, ``has``, views) is an HTTP request the gateway answers and
+    the gateway store verifies. Listing and ``stat`` are the served store's (a
+    gateway cannot be listed)."""
+
+    def __init__(self, tmp_path):
+        from gateway_support import gateway_thread
+
+        from tvcfs.repo import Repo
+        from tvcfs.store.gateway import GatewayStore
+
+        self._stack = contextlib.ExitStack()
+        try:
+            self.repo = Repo.init(str(tmp_path / "served"))
+            self._stack.callback(self.repo.close)
+            url = self._stack.enter_context(gateway_thread(self.repo))
+            self.gateway = self._stack.enter_context(GatewayStore([url], timeout=30))
+        except BaseException:
+            self._stack.close()
+            raise
+        self.capabilities = self.gateway.capabilities
+        self.served = self.repo.store
+
+    def get(self, cid):
+        return self.gateway.get(cid)
+
+    def get_many(self, cids):
+        return self.gateway.get_many(cids)
+
+    def has(self, cid):
+        return self.gateway.has(cid)
+
+    def put(self, cid, block):
+        return self.served.put(cid, block)
+
+    def put_many(self, blocks):
+        return self.served.put_many(blocks)
+
+    def delete(self, cid):
+        return self.served.delete(cid)
+
+    def __iter__(self):
+        return iter(self.served)
+
+    def stat(self):
+        return self.served.stat()
+
+    def close(self):
+        self._stack.close()
+
+
+def _gateway(tmp_path, request=None):
+    return _ServedGateway(tmp_path)
+
+
 STORES = {"lmdb": _lmdb, "memory": _memory, "router-memory": _router_memory, "router-lmdb": _router_lmdb,
-          "s3": _s3}
+          "s3": _s3, "gateway": _gateway}
 
 
 @pytest.fixture(params=sorted(STORES))

@@ -79,10 +79,15 @@ def cmd_serve(args) -> int:
 
     import trio
 
+    from ..errors import TvcfsError
     from ..transport.ops import parse_listen, serve_async
 
     _engine(args)
+    if args.http_only and not args.http:
+        raise TvcfsError("--http-only needs --http HOST:PORT (the address of the HTTP gateway)")
+    peers = not args.http_only
     host, port = parse_listen(args.listen)
+    http = parse_listen(args.http, default_port=8080, option="--http") if args.http else None
     repo = open_repo(args, args.path)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="tvcfs serve: %(message)s", stream=sys.stderr)
@@ -102,10 +107,21 @@ def cmd_serve(args) -> int:
     async def main():
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
             async with trio.open_nursery() as n:
-                await n.start(lambda task_status: serve_async(
-                    repo, host, port, private=args.private, allow_push=args.allow_push or (),
-                    quic=not args.no_quic, tcp=not args.no_tcp, engine=args.engine,
-                    on_ready=ready, rate_limit=args.rate_limit, task_status=task_status))
+                if peers:
+                    await n.start(lambda task_status: serve_async(
+                        repo, host, port, private=args.private, allow_push=args.allow_push or (),
+                        quic=not args.no_quic, tcp=not args.no_tcp, engine=args.engine,
+                        on_ready=ready, rate_limit=args.rate_limit, task_status=task_status))
+                if http:
+                    from ..gateway.app import make_gateway_app, serve_http
+
+                    _ = repo.blocks  # build the block layer once, before requests race to build it
+
+                    url = await n.start(serve_http, make_gateway_app(lambda request: repo), *http)
+                    print(url, flush=True)
+                    if not args.quiet:
+                        print(f"tvcfs serve: serving {repo.root} as an IPFS trustless gateway on {url} "
+                              "(GET /ipfs/CID?format=raw|car); reads public", file=sys.stderr, flush=True)
                 async for _ in sigs:
                     if not args.quiet:
                         print("tvcfs serve: stopping", file=sys.stderr, flush=True)
@@ -114,6 +130,14 @@ def cmd_serve(args) -> int:
 
     try:
         trio.run(main)
+    except (OSError, BaseExceptionGroup) as e:
+        err = e
+        while isinstance(err, BaseExceptionGroup) and len(err.exceptions) == 1:
+            err = err.exceptions[0]
+        if not isinstance(err, OSError):
+            raise
+        where = " or ".join(([f"--listen {args.listen}"] if peers else []) + ([f"--http {args.http}"] if http else []))
+        raise TvcfsError(f"cannot listen on {where}: {err.strerror or err}") from None
     finally:
         repo.close()
     return 0
@@ -269,6 +293,12 @@ def register(sub) -> None:
     p.add_argument("--rate-limit", type=_parse_rate, metavar="BYTES/S",
                    help="limit sending to this many bytes per second, all peers together, "
                         "sustained (bursts of at most one second's worth; suffixes K, M, G: 50M)")
+    p.add_argument("--http", metavar="HOST:PORT",
+                   help="also serve the repository's blocks as an IPFS HTTP trustless gateway "
+                        "(GET /ipfs/CID?format=raw|car; reads public, never writes) [port 8080 if "
+                        "none; 0: any]; the gateway's URL is printed after the tvcfs:// one")
+    p.add_argument("--http-only", action="store_true",
+                   help="serve only the HTTP gateway (no QUIC/TCP peer transport)")
     p.add_argument("--quiet", "-q", action="store_true", help="log warnings only")
     add_no_verify(p)
     p.set_defaults(func=cmd_serve)

@@ -4,7 +4,8 @@ the backend registry. See ``docs/architecture.md``.
 Modules: :mod:`~tvcfs.store.base` (the protocol, capabilities), :mod:`~tvcfs.store.lmdb_store`
 (the embedded default), :mod:`~tvcfs.store.memory`, :mod:`~tvcfs.store.verify` (the one
 verify-and-store path), :mod:`~tvcfs.store.router` (ordered tiers), :mod:`~tvcfs.store.s3`
-(S3-compatible object storage: packs, indexes, refs by conditional writes).
+(S3-compatible object storage: packs, indexes, refs by conditional writes),
+:mod:`~tvcfs.store.gateway` (the IPFS network through HTTP trustless gateways).
 
 Backends are chosen by name from a registry (after ipfs_accelerate_py's backend
 router): :func:`register_backend` adds a factory, :func:`get_backend` builds one.
@@ -129,6 +130,16 @@ def _s3_factory(repo=None, url: str | None = None, **options):
     return S3Store(url, **options)
 
 
+def _gateway_factory(repo=None, urls=None, **options):
+    """``gateway``: a :class:`~tvcfs.store.gateway.GatewayStore` over ``urls``, else
+    ``TVCFS_GATEWAYS`` (comma or space separated ``http(s)://`` base URLs); options as
+    :class:`~tvcfs.store.gateway.GatewayStore` takes them (docs/backends.md). httpx2
+    is imported only here."""
+    from .gateway import GatewayStore
+
+    return GatewayStore(urls or os.environ.get("TVCFS_GATEWAYS", ""), **options)
+
+
 def _memory_factory(repo=None, **_):
     from .memory import MemoryStore
 
@@ -155,3 +166,4 @@ class _Borrowed:
 register_backend("lmdb", _lmdb_factory)
 register_backend("memory", _memory_factory)
 register_backend("s3", _s3_factory)
+register_backend("gateway", _gateway_factory)

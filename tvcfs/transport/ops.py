@@ -525,8 +525,10 @@ def push(repo, remote: str = "origin", branch: str | None = None, *, force: bool
 
 
 # ------------------------------------------------------------------ serve
-def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``[V6]:PORT``, ``:PORT`` or ``PORT`` → ``(host, port)``."""
+def parse_listen(text: str, default_port: int | None = None, option: str = "--listen") -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT``, ``:PORT`` or ``PORT`` → ``(host, port)``; a missing
+    port is ``default_port`` (the peer protocol's 4740 when ``None``). Raises
+    :class:`TvcfsError` naming ``option``."""
     from .client import DEFAULT_PORT
 
     text = text.strip()
@@ -540,11 +542,11 @@ def parse_listen(text: str) -> tuple[str, int]:
     else:
         host, port = text, ""
     try:
-        p = int(port) if port else DEFAULT_PORT
+        p = int(port) if port else (DEFAULT_PORT if default_port is None else default_port)
     except ValueError:
-        raise TvcfsError(f"bad --listen address {text!r} (HOST:PORT)") from None
+        raise TvcfsError(f"bad {option} address {text!r} (HOST:PORT)") from None
     if not 0 <= p < 65536:
-        raise TvcfsError(f"bad port in --listen {text!r}")
+        raise TvcfsError(f"bad port in {option} {text!r}")
     return host or "0.0.0.0", p
 
 
