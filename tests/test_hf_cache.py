@@ -15,14 +15,18 @@ files holding the hash, and the tree listings ``trees/HASH.json``::
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
 from conftest import assert_same_tree, make_finetune, run_tvcfs
+from test_writes_support import Mounted
 
 hf = pytest.importorskip("huggingface_hub")
 try:  # recent huggingface_hub keeps each commit's file listing in trees/HASH.json
@@ -163,6 +167,85 @@ def test_import_hf_again_adds_nothing(world):
     run_tvcfs("--repo", other, "import-hf", "--cache-dir", world.cache, env={"TVCFS_AUTHOR_NAME": "Someone Else"})
     with _open(other) as repo:
         assert repo.refs() == refs
+
+
+LOAD = r"""
+import json, sys
+import torch, transformers
+from huggingface_hub import hf_hub_download
+ids = torch.tensor([[101, 7592, 2088, 2003, 1037, 3231, 102]])
+out = {}
+def forward(m):
+    with torch.no_grad():
+        return m(input_ids=ids).last_hidden_state
+for label, src, rev, ref in json.loads(sys.argv[1]):
+    m = transformers.AutoModel.from_pretrained(src, revision=rev) if rev else transformers.AutoModel.from_pretrained(src)
+    r = transformers.AutoModel.from_pretrained(ref)
+    a, b = m.state_dict(), r.state_dict()
+    out[label] = {"weights": a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a),
+                  "outputs": bool(torch.equal(forward(m), forward(r))),
+                  "config": hf_hub_download(src, "config.json", revision=rev) if rev else None}
+from huggingface_hub import snapshot_download
+out["snapshot_download"] = snapshot_download(json.loads(sys.argv[1])[1][1], revision="v1")
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.ml
+@pytest.mark.timeout(400)
+def test_models_load_from_mount_and_hf_view(world, real_model_dir, tmp_path):
+    """transformers loads branches/main from the mount, and main, the tag v1, the
+    PR, a commit hash, a tvcfs CID and a branch of a commit made with tvcfs through
+    ``HF_HUB_CACHE=MNT/hf HF_HUB_OFFLINE=1``, each equal to its original (weights
+    and outputs); the files it opens are the mount's (no copy); snapshot_download
+    of the tag gives the mount's snapshot directory."""
+    run_tvcfs("--repo", world.repo, "commit", real_model_dir, "-b", "exp", "-m", "the original, by tvcfs")
+    with _open(world.repo) as repo:
+        from tvcfs.encoding.cid import cid_str
+        from tvcfs.hf.layout import commit_id
+
+        exp = repo.branches()["exp"]
+        exp_id = commit_id(exp, repo.read_commit(exp))
+        v1_cid = cid_str(repo.tags()["v1"])
+    assert len(exp_id) == 40 and exp_id not in (world.hA, world.hB, world.hC)
+    mnt = str(tmp_path / "mnt")
+    with Mounted(world.repo, mnt, limit=380) as m:
+        view = os.path.join(mnt, "hf", "models--acme--minilm")
+        assert os.listdir(os.path.join(mnt, "hf")) == ["models--acme--minilm"]
+        assert sorted(os.listdir(view)) == ["refs", "snapshots"]
+        refs = {rev: open(os.path.join(view, "refs", rev)).read() for rev in ("main", "v1", "refs/pr/1", "exp")}
+        assert refs == {"main": world.hB, "v1": world.hA, "refs/pr/1": world.hC, "exp": exp_id}
+        assert sorted(os.listdir(os.path.join(view, "refs"))) == ["exp", "main", "refs", "v1"]
+        assert sorted(os.listdir(os.path.join(view, "snapshots"))) == sorted([world.hA, world.hB, world.hC, exp_id])
+        assert_same_tree(world.ft, os.path.join(view, "snapshots", world.hB))
+        for call in (lambda: open(os.path.join(view, "refs", "main"), "w"),
+                     lambda: os.mkdir(os.path.join(view, "snapshots", "x")),
+                     lambda: open(os.path.join(view, "snapshots", world.hA, "new.txt"), "w")):
+            with pytest.raises(OSError) as ei:
+                call()
+            assert ei.value.errno == errno.EROFS
+        cases = [("mount-main", m.branch("main"), None, world.ft),
+                 ("main", REPO_ID, "main", world.ft),
+                 ("v1", REPO_ID, "v1", real_model_dir),
+                 ("pr", REPO_ID, "refs/pr/1", world.pr),
+                 ("hash", REPO_ID, world.hA, real_model_dir),
+                 ("cid", REPO_ID, v1_cid, real_model_dir),
+                 ("exp", REPO_ID, "exp", real_model_dir),
+                 ("v1-is-not-main", REPO_ID, "v1", world.ft)]
+        env = dict(os.environ, HF_HUB_CACHE=os.path.join(mnt, "hf"), HF_HUB_OFFLINE="1",
+                   TRANSFORMERS_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"))
+        proc = subprocess.run([sys.executable, "-c", LOAD, json.dumps(cases)], env=env, capture_output=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+        got = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    expect_ids = {"main": world.hB, "v1": world.hA, "pr": world.hC, "hash": world.hA, "cid": world.hA, "exp": exp_id}
+    for label, *_ in cases:
+        want = label != "v1-is-not-main"
+        assert got[label]["weights"] is want and got[label]["outputs"] is want, (label, got[label])
+        if label in expect_ids:  # served from the mount's snapshot, not a copy
+            assert got[label]["config"] == os.path.join(view, "snapshots", expect_ids[label], "config.json")
+    assert got["snapshot_download"] == os.path.join(view, "snapshots", world.hA)
+    assert not os.path.exists(tmp_path / "hf-home" / "hub")
 
 
 def test_incomplete_snapshots_are_reported(tmp_path):
