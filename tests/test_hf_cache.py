@@ -248,11 +248,13 @@ def test_models_load_from_mount_and_hf_view(world, real_model_dir, tmp_path):
     assert not os.path.exists(tmp_path / "hf-home" / "hub")
 
 
-def test_incomplete_snapshots_are_reported(tmp_path):
-    """A snapshot with a dangling blob link, one missing a file its tree listing
-    names, and an interrupted download (``blobs/*.incomplete``) are reported (exit
-    1); the complete snapshot is imported and main points to it; once the blob is
-    back, importing again imports that snapshot and moves main forward."""
+def test_incomplete_and_partial_snapshots(tmp_path):
+    """A snapshot with a dangling blob link is reported and not imported (exit 1),
+    refs to it are not set, an interrupted download (``blobs/*.incomplete``) is
+    reported; a snapshot with fewer files than its revision's listing (a partial
+    download) is imported with a note. Once the blob is back and the missing file
+    downloaded, importing again imports the first and re-imports the second on top
+    of its commit, and moves main and the tag forward."""
     src1, src2, src3 = tmp_path / "s1", tmp_path / "s2", tmp_path / "s3"
     for d, text in ((src1, "one"), (src2, "two"), (src3, "three")):
         (d / "sub").mkdir(parents=True)
@@ -264,28 +266,37 @@ def test_incomplete_snapshots_are_reported(tmp_path):
                                                   (h3, str(src3), T0 + 20)], {"main": h2, "v2": h3})
     blob = os.path.realpath(os.path.join(storage, "snapshots", h2, "config.json"))
     os.rename(blob, blob + ".away")  # h2: a dangling link
-    os.unlink(os.path.join(storage, "snapshots", h3, "sub", "vocab.txt"))  # h3: listed, not downloaded
+    vocab3 = os.path.join(storage, "snapshots", h3, "sub", "vocab.txt")
+    vocab3_target = os.readlink(vocab3)
+    os.unlink(vocab3)  # h3: listed in trees/h3.json, not downloaded
     open(os.path.join(storage, "blobs", "0123abcd.incomplete"), "wb").close()
     repo = str(tmp_path / "repo")
     run_tvcfs("init", repo)
     proc = run_tvcfs("--repo", repo, "import-hf", "--cache-dir", cache, ok=False)
     err = proc.stderr.decode()
     assert "Traceback" not in err
-    assert f"snapshot {h2} is incomplete" in err and "config.json" in err, err
-    assert f"snapshot {h3} is incomplete" in err and "sub/vocab.txt: not downloaded" in err, err
-    assert "0123abcd.incomplete" in err, err
-    assert err.strip().splitlines()[-1].startswith("tvcfs: error: 2 incomplete snapshot(s)"), err
-    assert "acme/tiny: 1 snapshots imported" in proc.stdout.decode()
+    assert f"snapshot {h2} is incomplete, not imported: config.json: its blob" in err, err
+    assert f"snapshot {h3} holds 1 file(s) fewer" in err and "sub/vocab.txt" in err, err
+    assert "0123abcd.incomplete" in err and f"refs/main points to snapshot {h2}, which is incomplete" in err, err
+    assert err.strip().splitlines()[-1].startswith("tvcfs: error: 1 incomplete snapshot(s)"), err
+    assert "acme/tiny: 2 snapshots imported" in proc.stdout.decode()
     with _open(repo) as r:
-        main = r.branches()["main"]
-        assert r.read_commit(main).metadata["hf"]["commit"] == h1 and r.tags() == {}
+        old3 = r.tags()["v2"]
+        assert r.read_commit(old3).metadata["hf"]["commit"] == h3
+        assert [p for p, _ in r.walk("v2")] == ["config.json", "sub"]
+        assert r.branches()["main"] == old3  # the newest complete snapshot: nothing unreachable
+
     os.rename(blob + ".away", blob)
-    proc = run_tvcfs("--repo", repo, "import-hf", "acme/tiny", "--cache-dir", cache, ok=False)
-    assert "acme/tiny: 1 snapshots imported, 1 already imported, 1 incomplete" in proc.stdout.decode()
+    os.symlink(vocab3_target, vocab3)
+    proc = run_tvcfs("--repo", repo, "import-hf", "acme/tiny", "--cache-dir", cache)
+    assert "acme/tiny: 2 snapshots imported, 1 already imported" in proc.stdout.decode(), proc.stdout
+    assert f"snapshot {h3} changed since it was imported" in proc.stderr.decode()
     with _open(repo) as r:
-        new = r.branches()["main"]
-        assert r.read_commit(new).metadata["hf"]["commit"] == h2 and r.read_commit(new).parents == (main,)
+        new3, main = r.tags()["v2"], r.branches()["main"]
+        assert r.read_commit(new3).parents == (old3,) and r.read_commit(main).parents == (new3,)
+        assert r.read_commit(main).metadata["hf"]["commit"] == h2
         assert b"".join(r.read_file("main", "config.json")) == (src2 / "config.json").read_bytes()
+        assert b"".join(r.read_file("v2", "sub/vocab.txt")) == (src3 / "sub" / "vocab.txt").read_bytes()
 
 
 def test_import_hf_errors_and_config(tmp_path, tmp_repo):

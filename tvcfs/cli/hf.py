@@ -20,6 +20,8 @@ def cmd_import_hf(args):
             on_commit=lambda rid, h, cid: print(f" {rid} {h[:12]} -> {short(cid)}", flush=True))
     incomplete = 0
     for r in reports:
+        for n in r.notes:
+            print(f"tvcfs: note: {n}", file=sys.stderr)
         for w in r.warnings:
             print(f"tvcfs: warning: {w}", file=sys.stderr)
         print(f"{r.repo_id}: {len(r.imported)} snapshots imported, {r.known} already imported"

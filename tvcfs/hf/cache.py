@@ -16,14 +16,18 @@ the main-line snapshot before it in time. A commit's timestamp is its snapshot's
 time and its author fixed (:data:`AUTHOR`), so the same cache gives the same
 commits in any repository.
 
-A snapshot is *incomplete* when a link in it dangles (its blob is gone), or when
-huggingface_hub's cached tree listing (``trees/HASH.json``) names a file the
-snapshot lacks; it is not imported (never a truncated commit) and reported. A
-``blobs/*.incomplete`` file (an interrupted download) is reported too.
+A snapshot is *incomplete* when a link in it dangles (its blob is gone): it is not
+imported (never a truncated commit) and reported. A ``blobs/*.incomplete`` file (an
+interrupted download) is reported too. A snapshot holding fewer files than
+huggingface_hub's listing of its commit (``trees/HASH.json``) names — a download
+limited by patterns, or files fetched one by one — is imported as it is, with a
+note; files downloaded into an imported snapshot later make it import again, as a
+commit on top of the first.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -56,13 +60,19 @@ def default_cache_dir(env=None) -> str:
 @dataclass
 class Snapshot:
     """One ``snapshots/HASH/`` directory: ``time`` (Unix seconds, the directory's
-    mtime), ``missing``: why it is incomplete (``["PATH: …", …]``; empty when
-    complete)."""
+    mtime); ``missing``: why it is incomplete (``["PATH: …", …]``: dangling links;
+    empty when complete); ``absent``: files huggingface_hub's listing of the commit
+    names that were not downloaded (a download limited by patterns, or single
+    files: imported as they are); ``fingerprint``: a digest of its entries (paths
+    and link targets, which name blobs by content; size and mtime for plain files),
+    to notice files added to an imported snapshot."""
 
     hash: str
     path: str
     time: int
     missing: list = field(default_factory=list)
+    absent: list = field(default_factory=list)
+    fingerprint: str = ""
 
 
 @dataclass
@@ -114,31 +124,38 @@ def _scan_repo(repo_id: str, path: str) -> CachedRepo:
         for h in sorted(os.listdir(snap_dir)):
             p = os.path.join(snap_dir, h)
             if os.path.isdir(p):
-                snaps[h] = Snapshot(h, p, int(os.lstat(p).st_mtime), _missing(path, h, p))
+                snaps[h] = _scan_snapshot(path, h, p)
     blobs = os.path.join(path, "blobs")
     partial = sorted(b for b in os.listdir(blobs) if b.endswith(".incomplete")) if os.path.isdir(blobs) else []
     return CachedRepo(repo_id, path, refs, snaps, partial)
 
 
-def _missing(repo_path: str, h: str, snap: str) -> list:
-    """Why snapshot ``snap`` is incomplete: dangling links, and files that the
-    cached tree listing (``trees/HASH.json``, huggingface_hub ≥ 1.x) names but the
-    snapshot lacks."""
-    out, present = [], set()
+def _scan_snapshot(repo_path: str, h: str, snap: str) -> Snapshot:
+    """Read snapshot directory ``snap`` (links only, no file data): dangling links,
+    files the cached listing (``trees/HASH.json``, recent huggingface_hub) names but
+    the snapshot lacks, and the fingerprint of its entries."""
+    missing, present, fp = [], set(), hashlib.sha256()
     for dirpath, dirs, files in os.walk(snap):
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
+        dirs.sort()
+        for name in sorted(files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]):
             p = os.path.join(dirpath, name)
             rel = os.path.relpath(p, snap).replace(os.sep, "/")
             present.add(rel)
-            if not os.path.exists(p):
-                out.append(f"{rel}: its blob {os.readlink(p) if os.path.islink(p) else ''} is missing")
+            if os.path.islink(p):
+                target = os.readlink(p)
+                fp.update(f"{rel}\0L{target}\0".encode("utf-8", "surrogateescape"))
+                if not os.path.exists(p):
+                    missing.append(f"{rel}: its blob {target} is missing")
+            else:
+                st = os.lstat(p)
+                fp.update(f"{rel}\0F{st.st_size}:{st.st_mtime_ns}\0".encode("utf-8", "surrogateescape"))
     try:
         with open(os.path.join(repo_path, "trees", f"{h}.json"), encoding="utf-8") as f:
             listed = json.load(f).get("files", {})
     except (OSError, ValueError, AttributeError):
         listed = {}
-    out += [f"{rel}: not downloaded" for rel in sorted(listed) if rel not in present]
-    return out
+    absent = [rel for rel in sorted(listed) if rel not in present]
+    return Snapshot(h, snap, int(os.lstat(snap).st_mtime), missing, absent, fp.hexdigest())
 
 
 @dataclass
@@ -146,7 +163,8 @@ class ImportReport:
     """What importing one cached repository did. ``imported``: ``[(hash, CID)]``
     committed now; ``known``: snapshots already imported before; ``refs``:
     ``[(full ref, CID)]`` set or moved; ``warnings``: one line each (incomplete
-    snapshots, interrupted downloads, refs left alone); ``incomplete``: how many
+    snapshots, interrupted downloads, refs left alone); ``notes``: one line each
+    (partial downloads, snapshots imported again); ``incomplete``: how many
     snapshots were not imported for being incomplete; ``files``, ``bytes``: read;
     ``new_bytes``: stored."""
 
@@ -156,6 +174,7 @@ class ImportReport:
     known: int = 0
     refs: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
     incomplete: int = 0
     files: int = 0
     bytes: int = 0
@@ -233,25 +252,33 @@ def _import_repo(repo, c: CachedRepo, prefix: str, tags, branches, on_commit) ->
         elif COMMIT_HASH.fullmatch(h):
             complete[h] = s
     record = (repo.store.get_meta(IMPORTED, {}) or {}).get(c.repo_id, {})
-    known = {h: cid_from_str(s) for h, s in record.get("snapshots", {}).items()}
-    known = {h: cid for h, cid in known.items() if repo.has(cid)}  # collected since: import again
+    done = {h: r for h, r in record.get("snapshots", {}).items() if repo.has(cid_from_str(r["commit"]))}
+    known = {h: cid_from_str(r["commit"]) for h, r in done.items()}  # a collected commit: import again
+    previous = dict(known)
     line, side_parent = _line(c, complete, tags, branches)
     order = line + [h for h in side_parent]
     for i, h in enumerate(order):
-        if h in known:
+        s = complete[h]
+        if s.absent:
+            rep.notes.append(f"{c.repo_id}: snapshot {h} holds {len(s.absent)} file(s) fewer than its revision "
+                             f"(a partial download, e.g. {s.absent[0]}): imported as it is")
+        if h in known and done[h].get("files") == s.fingerprint:
             rep.known += 1
             continue
-        if h in side_parent:
-            parent = side_parent[h]
+        if h in known:  # files were downloaded into it (or removed) since
+            rep.notes.append(f"{c.repo_id}: snapshot {h} changed since it was imported: imported again, on "
+                             "top of its commit")
+            parents = (known[h],)
+        elif h in side_parent:
+            parents = (known[side_parent[h]],) if side_parent[h] is not None else ()
         else:
-            parent = line[i - 1] if i > 0 else None
-        parents = (known[parent],) if parent is not None else ()
-        cid = _commit_snapshot(repo, c, complete[h], parents, prefix, rep)
+            parents = (known[line[i - 1]],) if i > 0 else ()
+        cid = _commit_snapshot(repo, c, s, parents, prefix, rep)
         known[h] = cid
         rep.imported.append((h, cid))
         if on_commit is not None:
             on_commit(c.repo_id, h, cid)
-    _set_refs(repo, c, prefix, known, line, record, tags, branches, rep)
+    _set_refs(repo, c, prefix, known, previous, line, record, tags, branches, rep)
     return rep
 
 
@@ -268,7 +295,7 @@ def _commit_snapshot(repo, c: CachedRepo, s: Snapshot, parents: tuple, prefix: s
         w.put_block(cid, block)
         allrec = w.get_meta(IMPORTED, {}) or {}
         rec = allrec.setdefault(c.repo_id, {"prefix": prefix, "snapshots": {}, "refs": {}})
-        rec.setdefault("snapshots", {})[s.hash] = cid_str(cid)
+        rec.setdefault("snapshots", {})[s.hash] = {"commit": cid_str(cid), "files": s.fingerprint}
         w.set_meta(IMPORTED, allrec)
         rep.files += imp.files
         rep.bytes += imp.bytes
@@ -276,11 +303,12 @@ def _commit_snapshot(repo, c: CachedRepo, s: Snapshot, parents: tuple, prefix: s
     return cid
 
 
-def _set_refs(repo, c: CachedRepo, prefix: str, known: dict, line: list, record: dict, tags, branches,
-              rep: ImportReport) -> None:
-    """Point a branch or tag at each ref's commit, in one transaction. A ref is set
-    when it is new, still where the last import put it, or (a branch) fast-forwards;
-    otherwise it is left alone and a warning says so."""
+def _set_refs(repo, c: CachedRepo, prefix: str, known: dict, previous: dict, line: list, record: dict, tags,
+              branches, rep: ImportReport) -> None:
+    """Point a branch or tag at each ref's commit (``known``: ``{hash: CID}`` now;
+    ``previous``: before this import), in one transaction. A ref is set when it is
+    new, still where the last import put it, or (a branch) fast-forwards; otherwise
+    it is left alone and a warning says so."""
     old_refs = dict(record.get("refs", {}))
     new_refs = dict(old_refs)
     wanted = []
@@ -309,7 +337,7 @@ def _set_refs(repo, c: CachedRepo, prefix: str, known: dict, line: list, record:
         for rev, h, kind, full in wanted:
             cid, cur = known[h], w.get_ref(full)
             if cur != cid:
-                prev = known.get(old_refs.get(rev)) if rev is not None else None
+                prev = previous.get(old_refs.get(rev)) if rev is not None else None
                 if cur is None or cur == prev or (kind == "branch" and cur in set(repo.ancestors([cid]))):
                     w.set_ref(full, cid, cur, message=f"import-hf: {c.repo_id} {rev or 'newest snapshot'} {h}")
                     rep.refs.append((full, cid))
