@@ -322,3 +322,46 @@ def test_import_hf_errors_and_config(tmp_path, tmp_repo):
     assert run_tvcfs("--repo", root, "config", "--list").stdout == b"hf.repo_id=org/name\n"
     run_tvcfs("--repo", root, "config", "--unset", "hf.repo_id")
     assert run_tvcfs("--repo", root, "config", "--list").stdout == b""
+
+
+def test_several_repositories_in_one(tmp_path):
+    """Two cached repositories imported together get their refs under their IDs
+    (no hf.repo_id is guessed); the mount's hf/ shows both, each with its own refs
+    and snapshots; setting hf.repo_id later gives plain names to a repository
+    imported next."""
+    srcs = {}
+    for name in ("a", "b", "c"):
+        d = tmp_path / f"src-{name}"
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"model": name}))
+        srcs[name] = d
+    cache = str(tmp_path / "cache")
+    ha, hb = fake_hash("ra"), fake_hash("rb")
+    build_hf_cache(cache, "acme/a", [(ha, str(srcs["a"]), T0)], {"main": ha, "v1": ha})
+    build_hf_cache(cache, "acme/b", [(hb, str(srcs["b"]), T0)], {"main": hb, "refs/pr/3": hb})
+    repo = str(tmp_path / "repo")
+    run_tvcfs("init", repo)
+    run_tvcfs("--repo", repo, "import-hf", "--cache-dir", cache)
+    with _open(repo) as r:
+        assert set(r.branches()) == {"acme/a/main", "acme/b/main", "acme/b/pr/3"}
+        assert set(r.tags()) == {"acme/a/v1"}
+    assert run_tvcfs("--repo", repo, "config", "hf.repo_id", ok=False).stdout == b""
+    mnt = str(tmp_path / "mnt")
+    with Mounted(repo, mnt):
+        hfdir = os.path.join(mnt, "hf")
+        assert sorted(os.listdir(hfdir)) == ["models--acme--a", "models--acme--b"]
+        assert sorted(os.listdir(os.path.join(hfdir, "models--acme--a", "refs"))) == ["main", "v1"]
+        assert open(os.path.join(hfdir, "models--acme--b", "refs", "refs", "pr", "3")).read() == hb
+        assert os.listdir(os.path.join(hfdir, "models--acme--b", "snapshots")) == [hb]
+        with open(os.path.join(hfdir, "models--acme--a", "snapshots", ha, "config.json")) as f:
+            assert json.load(f) == {"model": "a"}
+        hc = fake_hash("rc")
+        build_hf_cache(cache, "acme/c", [(hc, str(srcs["c"]), T0)], {"main": hc})
+        run_tvcfs("--repo", repo, "config", "hf.repo_id", "acme/c")
+        run_tvcfs("--repo", repo, "import-hf", "acme/c", "--cache-dir", cache)
+        with _open(repo) as r:
+            assert r.read_commit(r.branches()["main"]).metadata["hf"] == {"repo_id": "acme/c", "commit": hc}
+        assert sorted(os.listdir(hfdir)) == ["models--acme--a", "models--acme--b", "models--acme--c"]
+        c_refs = os.path.join(hfdir, "models--acme--c", "refs")
+        assert os.listdir(c_refs) == ["main"]  # not acme/a/… nor acme/b/…
+        assert open(os.path.join(c_refs, "main")).read() == hc
