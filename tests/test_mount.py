@@ -303,7 +303,7 @@ def world(tmp_path_factory, real_model_dir):
 # --------------------------------------------------------------------------- layout
 def test_layout_head_and_refs(world):
     mnt = world.mnt
-    assert sorted(os.listdir(mnt)) == sorted(["HEAD", "branches", "commits", "tags", ".tvcfs"])
+    assert sorted(os.listdir(mnt)) == sorted(["HEAD", "branches", "commits", "tags", "hf", ".tvcfs"])
     assert os.readlink(os.path.join(mnt, "HEAD")) == "branches/main"
     assert _read(os.path.join(mnt, "HEAD", "config.json")) == _read(os.path.join(world.src2, "config.json"))
     assert sorted(os.listdir(os.path.join(mnt, "branches"))) == ["exp", "main"]

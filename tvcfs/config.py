@@ -11,6 +11,7 @@ type with :class:`ConfigError`. Keys a user may set with ``tvcfs config`` are in
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any, Callable
 
 from .errors import TvcfsError
@@ -30,8 +31,28 @@ KEYS: dict[str, tuple[type, Any, str]] = {
     "peer_scores": (dict, {}, "peer URL -> reputation record"),
     "worktrees": (dict, {}, "real path -> {branch, base, tree} of directories made by checkout"),
     "hf.repo_id": (str, None, "the Hugging Face repository ID (org/name) of this repository"),
+    "hf.imported": (dict, {}, "repo_id -> {prefix, snapshots: {hash: {commit, files}}, refs} of tvcfs import-hf"),
 }
-USER_KEYS = {"hf.repo_id"}
+
+# huggingface_hub's validate_repo_id: [namespace/]name of word characters, '-', '.';
+# no '--' or '..', not ending in '.git', at most 96 characters per part
+_HF_PART = re.compile(r"[\w.-]{1,96}")
+
+
+def parse_hf_repo_id(value: str) -> str:
+    """A Hugging Face repository ID (``org/name`` or ``name``), as huggingface_hub
+    accepts it. Raises :class:`ConfigError`."""
+    parts = value.split("/")
+    if (not 1 <= len(parts) <= 2 or not all(_HF_PART.fullmatch(p) for p in parts)
+            or "--" in value or ".." in value or value.endswith(".git")
+            or any(p[0] in "-." or p[-1] in "-." for p in parts)):
+        raise ConfigError(f"invalid Hugging Face repository ID {value!r}: expected 'org/name' or 'name' "
+                          "(letters, digits, '_', '-', '.'; no '--' or '..')")
+    return value
+
+
+# keys a user may set with `tvcfs config KEY VALUE`: key -> parser of the command line's text
+USER_KEYS: dict[str, Callable[[str], Any]] = {"hf.repo_id": parse_hf_repo_id}
 
 
 def _check(key: str, value) -> None:
@@ -66,6 +87,22 @@ class RepoConfig:
         else:
             with self.store.write() as w:
                 w.set_meta(key, value)
+
+    def set_text(self, key: str, text: str | None, txn=None):
+        """Set a user key (:data:`USER_KEYS`) from command-line ``text`` (``None``
+        removes it); returns the stored value. Raises :class:`ConfigError` for a key
+        tvcfs keeps itself or a value the key's parser refuses (nothing changes)."""
+        if key not in USER_KEYS:
+            known = ", ".join(sorted(USER_KEYS))
+            raise ConfigError(f"{key!r} is not a key you can set (settable: {known})"
+                              if key in KEYS else f"unknown configuration key {key!r} (settable: {known})")
+        value = None if text is None else USER_KEYS[key](text)
+        self.set(key, value, txn)
+        return value
+
+    def user_values(self) -> dict:
+        """``{key: value}`` of the user keys that are set."""
+        return {k: v for k in sorted(USER_KEYS) if (v := self.get(k)) is not None}
 
     def update(self, key: str, fn: Callable, txn=None):
         """Read-modify-write ``key`` in one transaction: ``fn(value)`` returns the new

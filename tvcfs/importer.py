@@ -11,10 +11,12 @@ whatever the file size. ``docs/performance.md`` has the measurements.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import mmap
 import os
 import stat as statmod
+import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
 
@@ -41,6 +43,15 @@ class FileChanged(TvcfsError):
     """A file changed size while it was being added."""
 
 
+class DanglingSymlink(TvcfsError):
+    """A symlink in a tree being added points to nothing (nothing is stored)."""
+
+
+def stderr_note(text: str) -> None:
+    """The default :attr:`Importer.note`: one line ``tvcfs: note: TEXT`` on stderr."""
+    print(f"tvcfs: note: {text}", file=sys.stderr)
+
+
 def _read_hash_into(fd: int, off: int, ln: int, buf: memoryview):
     """Read ``ln`` bytes at ``off`` into the reusable buffer ``buf`` and hash them.
     Returns ``(view of the bytes read, sha-256 digest)``."""
@@ -55,11 +66,14 @@ class Importer:
 
     ``window``: leaves hashed ahead of storing (bounds memory at ``window`` MiB).
     ``stats``: ``files``, ``bytes`` (content bytes seen); the transaction itself
-    counts ``new_bytes`` / ``new_blocks``.
+    counts ``new_bytes`` / ``new_blocks``. ``note``: called with one line of text
+    for each symlink :meth:`add_tree` follows out of the tree (default
+    :func:`stderr_note`; ``None`` says nothing).
     """
 
-    def __init__(self, txn, window: int = 16):
+    def __init__(self, txn, window: int = 16, note=stderr_note):
         self.txn = txn
+        self.note = note
         self.window = window
         self.files = 0
         self.bytes = 0
@@ -154,12 +168,21 @@ class Importer:
         self.txn.put_block(cid, block)
         return cid, tsize
 
-    def add_tree(self, path: str, exclude=(REPO_DIR,)) -> tuple[bytes, int]:
+    def add_tree(self, path: str, exclude=(REPO_DIR,), _root: str | None = None,
+                 _following: tuple = ()) -> tuple[bytes, int]:
         """Add a directory recursively (regular files, directories, symlinks; sockets,
         FIFOs and devices are skipped; ``exclude`` names are skipped at every level).
-        Returns ``(dir_cid, tsize)``. Raises :class:`~tvcfs.errors.InvalidEntryName`
-        naming the file whose name cannot be stored (longer than 255 bytes, not UTF-8),
-        :class:`TvcfsError` for a symlink whose target is not UTF-8."""
+        Returns ``(dir_cid, tsize)``.
+
+        Symlinks (docs/repository.md, "Symlinks"): a link whose target lies inside
+        the tree being added stays a link; a link whose target lies outside it is
+        followed and the target's content (a file, or a directory added the same way)
+        is stored under the link's name, with one note through :attr:`note`; a
+        dangling link raises :class:`DanglingSymlink` naming it. Raises
+        :class:`~tvcfs.errors.InvalidEntryName` naming the file whose name cannot be
+        stored (longer than 255 bytes, not UTF-8), :class:`TvcfsError` for a symlink
+        whose target is not UTF-8 or a cycle of followed links."""
+        root = _root if _root is not None else os.path.realpath(path)
         entries = []
         with os.scandir(path) as it:
             items = sorted(it, key=lambda e: e.name.encode("utf-8", "surrogateescape"))
@@ -171,20 +194,54 @@ class Importer:
                 continue
             check_entry_name(e.name, e.path, _RENAME)
             if statmod.S_ISLNK(st.st_mode):
-                target = os.readlink(e.path)
-                try:
-                    target.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise TvcfsError(f"{printable_name(e.path)}: the symlink's target is not valid UTF-8; "
-                                     "point it at a UTF-8 path and try again (nothing was stored or committed)"
-                                     ) from None
-                cid, tsize = self.add_symlink(target)
+                added = self._add_link(e.path, root, exclude, _following)
+                if added is None:
+                    continue
+                cid, tsize = added
             elif statmod.S_ISDIR(st.st_mode):
-                cid, tsize = self.add_tree(e.path, exclude)
+                cid, tsize = self.add_tree(e.path, exclude, root, _following)
             else:
                 cid, tsize, _ = self.add_path(e.path)
             entries.append((e.name, cid, tsize))
         return self.add_directory(entries)
+
+    def _add_link(self, path: str, root: str, exclude, following: tuple) -> tuple[bytes, int] | None:
+        """Add the symlink at ``path`` found in the tree rooted at ``root`` (a real
+        path): a link (target inside the tree), or its followed content (outside).
+        ``None`` when the target is a socket, FIFO or device (skipped, as unlinked)."""
+        target = os.readlink(path)
+        try:
+            target.encode("utf-8")
+        except UnicodeEncodeError:
+            raise TvcfsError(f"{printable_name(path)}: the symlink's target is not valid UTF-8; "
+                             "point it at a UTF-8 path and try again (nothing was stored or committed)"
+                             ) from None
+        real = os.path.realpath(path)
+        try:
+            st = os.stat(real)
+        except OSError as err:
+            why = "does not exist" if err.errno == errno.ENOENT else f"cannot be read: {err.strerror}"
+            raise DanglingSymlink(f"{printable_name(path)}: dangling symlink (its target {printable_name(target)} "
+                                  f"{why}): restore the target or remove the link, then try again "
+                                  "(nothing was stored or committed)") from None
+        if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+            return self.add_symlink(target)
+        if statmod.S_ISDIR(st.st_mode):
+            # following: the roots of the trees being added; a link to one of them or
+            # to a directory above one would add it again, without end
+            if any(f == real or f.startswith(real.rstrip(os.sep) + os.sep) for f in following + (root,)):
+                raise TvcfsError(f"{printable_name(path)}: symlink to {printable_name(target)} makes a cycle "
+                                 "of followed directories: replace it by a copy or remove it, then try again "
+                                 "(nothing was stored or committed)")
+            added = self.add_tree(real, exclude, real, following + (root, real))
+        elif statmod.S_ISREG(st.st_mode):
+            added = self.add_path(real)[:2]
+        else:
+            return None
+        if self.note is not None:
+            self.note(f"{printable_name(path)} is a symlink to {printable_name(target)} outside "
+                      f"{printable_name(root)}: stored its content")
+        return added
 
     def add_directory(self, entries) -> tuple[bytes, int]:
         """Store one directory node over ``entries`` ``[(name, cid, tsize)]``."""

@@ -5,6 +5,8 @@ and the trees of revisions (docs/mount.md)::
     MOUNT/branches/NAME/  the tree of the branch's head
     MOUNT/tags/NAME/      the tree of the tagged commit
     MOUNT/commits/REV/    any revision: full CID, unique prefix, branch, tag, NAME~N
+    MOUNT/hf/models--ORG--NAME/refs/REVISION        the commit id (40 hex) of a branch/tag
+    MOUNT/hf/models--ORG--NAME/snapshots/ID/        that commit's tree (huggingface_hub's layout)
 
 Every tree node is keyed by the commit it was looked up in, so its content never
 changes: when a branch moves, the mount invalidates the kernel's entry for
@@ -26,7 +28,11 @@ ROOT_INODE = 1
 class Node:
     """One inode. ``kind``: ``root``, ``refdir`` (a ref namespace such as
     ``refs/heads/``), ``commits``, ``head`` (the HEAD symlink), ``tree`` (a file,
-    directory or symlink inside a revision), ``ctl`` / ``ctlfile`` (``.tvcfs/``).
+    directory or symlink inside a revision), ``ctl`` / ``ctlfile`` (``.tvcfs/``),
+    the Hugging Face cache view: ``hf`` (``hf/``), ``hfrepo``
+    (``hf/models--ORG--NAME``), ``hfrefs`` (``refs/`` or a directory in it; ``prefix``
+    holds the revision path so far), ``hfref`` (a ref file), ``hfsnaps``
+    (``snapshots/``; its entries are ``tree`` nodes of view ``hf``).
     ``key`` is unique per inode; ``lookups`` counts kernel references."""
 
     ino: int
@@ -50,7 +56,7 @@ class Node:
             return self.entry.kind == KIND_DIR
         if self.kind == "ws":
             return self.extra["w"].kind == KIND_DIR
-        return self.kind in ("root", "refdir", "commits", "ctl")
+        return self.kind in ("root", "refdir", "commits", "ctl", "hf", "hfrepo", "hfrefs", "hfsnaps")
 
     def mode(self, writable: bool = False) -> int:
         """``st_mode``: read-only views are 0444 files / 0555 directories."""

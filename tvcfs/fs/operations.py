@@ -23,7 +23,7 @@ log = logging.getLogger("tvcfs.fs")
 
 IMMUTABLE_TIMEOUT = 3600.0  # seconds: entries/attrs inside a commit never change
 DYNAMIC_TIMEOUT = 1.0       # seconds: ref-level entries (also invalidated on change)
-ROOT_NAMES = ("HEAD", "branches", "commits", "tags", ".tvcfs")
+ROOT_NAMES = ("HEAD", "branches", "commits", "tags", "hf", ".tvcfs")
 CTL_FILES = ("stats", "prefetch")
 
 
@@ -115,15 +115,17 @@ class ReadOnlyOperations(pyfuse3.Operations):
             size = len(self._head_target())
         elif node.kind == "ctlfile" and node.name == "stats":
             size = len(self._ctl_content(node.name))
+        elif node.kind == "hfref":
+            size = 40  # a commit id (hf.layout.commit_id), no newline
         a.st_size = size
         a.st_blocks = (size + 511) // 512
         ns = t * 1_000_000_000
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
         immutable = node.kind == "tree"
         a.attr_timeout = IMMUTABLE_TIMEOUT if immutable else DYNAMIC_TIMEOUT
-        if immutable and (node.path or (node.view == "commits" and _is_full_cid(node.view_name))):
-            a.entry_timeout = IMMUTABLE_TIMEOUT  # inside a commit, or commits/<full CID>
-        elif immutable or node.kind == "head":
+        if immutable and (node.path or node.view == "hf" or (node.view == "commits" and _is_full_cid(node.view_name))):
+            a.entry_timeout = IMMUTABLE_TIMEOUT  # inside a commit, commits/<full CID>, hf/…/snapshots/<id>
+        elif immutable or node.kind in ("head", "hfref"):
             a.entry_timeout = 0  # tags/NAME, commits/NAME~N, HEAD: a ref decides, ask every time
         else:
             a.entry_timeout = DYNAMIC_TIMEOUT
@@ -154,10 +156,12 @@ class ReadOnlyOperations(pyfuse3.Operations):
 
         return self.inodes.intern(key, make)
 
-    def _rev_root(self, parent: Node, view: str, name: str, commit: bytes) -> Node:
+    def _rev_root(self, parent: Node, view: str, name: str, commit: bytes, view_name: str | None = None) -> Node:
+        """The directory ``name`` in ``parent`` holding ``commit``'s tree, reached
+        through ``view`` as ``view_name`` (default ``name``)."""
         tree = self.repo.read_commit(commit).tree
         entry = stat_node(self._get, tree, name)
-        return self._tree_node(parent, view, name, commit, "", entry)
+        return self._tree_node(parent, view, name if view_name is None else view_name, commit, "", entry)
 
     def _refdir(self, parent: Node, prefix: str, name: str) -> Node:
         return self.inodes.intern(("refdir", prefix), lambda ino: Node(
@@ -177,7 +181,11 @@ class ReadOnlyOperations(pyfuse3.Operations):
                 return self.inodes.intern(("commits",), lambda ino: Node(ino, "commits", (), name=name))
             if name == ".tvcfs":
                 return self.inodes.intern(("ctl",), lambda ino: Node(ino, "ctl", (), name=name))
+            if name == "hf":
+                return self.inodes.intern(("hf",), lambda ino: Node(ino, "hf", (), name=name))
             raise _err(errno.ENOENT)
+        if k.startswith("hf"):
+            return self._hf_child(parent, name)
         if k == "ctl":
             if name in CTL_FILES:
                 return self.inodes.intern(("ctlfile", name), lambda ino: Node(
@@ -229,7 +237,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
         """``[(name, Node)]`` of a directory node, in readdir order."""
         k = node.kind
         if k == "root":
-            names = ["HEAD", "branches", "commits", "tags", ".tvcfs"]
+            names = list(ROOT_NAMES)
         elif k == "ctl":
             names = list(CTL_FILES)
         elif k == "refdir":
@@ -238,6 +246,8 @@ class ReadOnlyOperations(pyfuse3.Operations):
             names = [cid_str(c) for c in self.reachable_commits()]
         elif k == "tree":
             names = list(self._dir_entries(node.entry.cid))
+        elif k.startswith("hf") and node.is_dir:
+            names = self._hf_names(node)
         else:
             raise _err(errno.ENOTDIR)
         out = []
@@ -247,6 +257,117 @@ class ReadOnlyOperations(pyfuse3.Operations):
             except pyfuse3.FUSEError:
                 continue
         return out
+
+    # --- the Hugging Face cache view (hf/; docs/mount.md) -------------------------
+    def _hf_repos(self) -> dict:
+        """``{repo_id: ref prefix}`` shown under ``hf/`` (:func:`tvcfs.hf.layout.repos`)."""
+        from ..hf.layout import repos
+
+        return repos(self.repo.store)
+
+    def _hf_revisions(self, repo_id: str) -> dict:
+        """``{HF revision: commit CID}`` of ``repo_id``'s branches and tags."""
+        from ..hf.layout import revisions
+
+        prefixes = self._hf_repos()
+        if repo_id not in prefixes:
+            raise _err(errno.ENOENT)
+        return revisions(self.repo.ref_db.all(), prefixes[repo_id], prefixes.values())
+
+    def _hf_snapshots(self, repo_id: str) -> dict:
+        """``{commit id: CID}`` of every commit reachable from ``repo_id``'s refs,
+        newest first (cached per refs state), plus ids resolved through ``refs/REV``."""
+        from ..hf.layout import commit_id
+
+        revs = self._hf_revisions(repo_id)
+        key = (repo_id, tuple(sorted(revs.items())))
+        cache = self.__dict__.setdefault("_hf_snap_cache", {})
+        out = cache.get(key)
+        if out is None:
+            cids = sorted(self.repo.ancestors(revs.values(), missing_ok=True),
+                          key=lambda c: (-self.commit_time(c), c))
+            out = {}
+            for c in cids:
+                out.setdefault(commit_id(c, self.repo.read_commit(c)), c)
+            if len(cache) > 64:
+                cache.clear()
+            cache[key] = out
+        extra = self.__dict__.setdefault("_hf_extra", {})
+        return {**extra.get(repo_id, {}), **out}
+
+    def _hf_resolve(self, repo_id: str, rev: str) -> bytes | None:
+        """The commit HF revision ``rev`` names in ``repo_id``: one of its refs, else
+        any tvcfs revision (a CID, ``main~1``); ``None`` if none."""
+        from ..hf.layout import commit_id
+
+        cid = self._hf_revisions(repo_id).get(rev)
+        if cid is None:
+            prefix = self._hf_repos()[repo_id]
+            for r in ((prefix + rev) if prefix else rev, rev):
+                try:
+                    cid = self.repo.resolve(r)
+                    break
+                except (TvcfsError, ValueError):
+                    continue
+            else:
+                return None
+            # reachable from no ref of the repository, perhaps: remember its id
+            self.__dict__.setdefault("_hf_extra", {}).setdefault(repo_id, {})[
+                commit_id(cid, self.repo.read_commit(cid))] = cid
+        return cid
+
+    def _hf_ref_id(self, node: Node) -> str:
+        from ..hf.layout import commit_id
+
+        cid = self._hf_resolve(node.extra["repo_id"], node.extra["rev"])
+        if cid is None:
+            raise _err(errno.ENOENT)
+        return commit_id(cid, self.repo.read_commit(cid))
+
+    def _hf_node(self, parent: Node, kind: str, name: str, repo_id: str = "", prefix: str = "", **extra) -> Node:
+        key = (kind, repo_id, prefix, extra.get("rev", ""))
+        return self.inodes.intern(key, lambda ino: Node(ino, kind, (), parent=parent.ino, name=name,
+                                                        prefix=prefix, extra=dict(extra, repo_id=repo_id)))
+
+    def _hf_child(self, parent: Node, name: str) -> Node:
+        """Lookup inside ``hf/``: ``models--ORG--NAME/{refs,snapshots}/…``."""
+        from ..hf.layout import folder_name
+
+        k, rid = parent.kind, parent.extra.get("repo_id", "")
+        if k == "hf":
+            for repo_id in self._hf_repos():
+                if folder_name(repo_id) == name:
+                    return self._hf_node(parent, "hfrepo", name, repo_id)
+        elif k == "hfrepo":
+            if name == "refs":
+                return self._hf_node(parent, "hfrefs", name, rid, "")
+            if name == "snapshots":
+                return self._hf_node(parent, "hfsnaps", name, rid)
+        elif k == "hfrefs":
+            rev = parent.prefix + name
+            revs = self._hf_revisions(rid)
+            if rev not in revs and any(r.startswith(rev + "/") for r in revs):
+                return self._hf_node(parent, "hfrefs", name, rid, rev + "/")
+            if self._hf_resolve(rid, rev) is not None:
+                return self._hf_node(parent, "hfref", name, rid, rev=rev)
+        elif k == "hfsnaps":
+            cid = self._hf_snapshots(rid).get(name)
+            if cid is not None:
+                return self._rev_root(parent, "hf", name, cid, f"{folder_name(rid)}/snapshots/{name}")
+        raise _err(errno.ENOENT)
+
+    def _hf_names(self, node: Node) -> list:
+        from ..hf.layout import folder_name
+
+        k, rid = node.kind, node.extra.get("repo_id", "")
+        if k == "hf":
+            return sorted(folder_name(r) for r in self._hf_repos())
+        if k == "hfrepo":
+            return ["refs", "snapshots"]
+        if k == "hfrefs":
+            revs = [r[len(node.prefix):] for r in self._hf_revisions(rid) if r.startswith(node.prefix)]
+            return sorted({r.split("/", 1)[0] for r in revs})
+        return list(self._hf_snapshots(rid))
 
     def reachable_commits(self) -> list:
         """Commits reachable from refs, newest first (cached per refs state)."""
@@ -317,6 +438,13 @@ class ReadOnlyOperations(pyfuse3.Operations):
 
     async def open(self, inode, flags, ctx):
         node = self.node(inode)
+        if node.kind == "hfref":
+            if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+                raise _err(errno.EROFS)
+            fh = self.next_fh
+            self.next_fh += 1
+            self.handles[fh] = ("hfref", self._hf_ref_id(node).encode())
+            return pyfuse3.FileInfo(fh=fh, direct_io=True)  # the ref may move: never cached
         if node.kind == "ctlfile":
             wr = flags & (os.O_WRONLY | os.O_RDWR)
             if wr and node.name != "prefetch":
