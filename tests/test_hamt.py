@@ -9,6 +9,8 @@ Checked against the independent JS stack in ``tests/interop`` (``ipfs-unixfs-imp
   and reads it;
 * a HAMT directory made by the JS importer is listed, read, checked out, walked by
   gc/fsck/export and mounted by tvcfs;
+* a CAR in Kubo's default ``ipfs add`` layout (CIDv0, dag-pb leaves) imports and reads
+  byte-identically (cat, checkout, mount);
 * the murmur3 hash equals the JS importer's.
 """
 
@@ -21,7 +23,7 @@ import pytest
 
 from conftest import run_tvcfs
 from test_writes_support import Mounted
-from tvcfs.dag import KIND_DIR, dir_links, resolve_path, walk_dag
+from tvcfs.dag import KIND_DIR, FileIndex, dir_links, resolve_path, walk_dag
 from tvcfs.encoding.cid import DAG_PB, cid_from_str, cid_str
 from tvcfs.encoding.unixfs import HAMT, build_directory, decode_pb_unixfs
 from tvcfs.repo import Repo
@@ -194,6 +196,51 @@ def test_hamt_from_js_is_listed_read_checked_out_walked_and_mounted(js_hamt, tmp
         for rel in ("f123.bin", "sub/g5.txt", "sub/deeper/x.bin"):
             with open(os.path.join(d, rel), "rb") as f:
                 assert f.read() == files[rel], rel
+
+
+@pytest.mark.timeout(300)
+def test_kubo_default_car_cidv0_dag_pb_leaves_imports_and_reads(js, tmp_path):
+    """``ipfs add`` without options: CIDv0 everywhere (roots, sections, links) and
+    file leaves that are dag-pb UnixFS nodes holding the data, 256 KiB chunks, 174
+    links per node. Used to fail with "unsupported CID" and abort the import."""
+    src = tmp_path / "src"
+    files = {
+        "model.bin": os.urandom(3 * (1 << 20) + 4321),   # 13 leaves under one node
+        "small.txt": b"hello\n",                          # one dag-pb node with the data
+        "empty": b"",
+        "sub/mid.bin": os.urandom(300_000),
+    }
+    _write_tree(src, files)
+    car = tmp_path / "v0.car"
+    made = js.reimport(src, chunk_size=262144, max_children=174, cid_version=0, raw_leaves=False, car_out=car)
+    assert made["root"].startswith("Qm")
+    repo = tmp_path / "repo"
+    run_tvcfs("init", repo)
+    out = run_tvcfs("import", car, cwd=repo).stdout.decode()
+    root = cid_from_str(made["root"])  # the CIDv1 dag-pb equal of the Qm… root
+    assert cid_str(root) in out
+    big = next(e["cid"] for e in made["entries"] if e["path"] == "model.bin")
+    assert run_tvcfs("cat", big, cwd=repo).stdout == files["model.bin"]
+    with Repo.open(str(repo)) as r:
+        _graft(r, {"ipfs": (root, 0)}, "kubo default")
+        # the leaves are dag-pb nodes: indexed (13 of them) without holding their data
+        idx = FileIndex.build(r.get, cid_from_str(big))
+        assert len(idx.leaves) == 13 and all(idx.leaves[i][1] == DAG_PB for i in range(13))
+        assert set(idx.inline) == set(range(13)) and set(idx.inline.values()) == {None}
+    for rel, data in files.items():
+        assert run_tvcfs("cat", f"main:ipfs/{rel}", cwd=repo).stdout == data, rel
+    run_tvcfs("checkout", "main:ipfs", tmp_path / "co", cwd=repo)
+    assert _read_tree(tmp_path / "co") == files
+    assert "ok" in run_tvcfs("fsck", cwd=repo).stdout.decode()
+    with Mounted(repo, tmp_path / "mnt") as m:
+        d = m.branch("main", "ipfs")
+        for rel, data in files.items():
+            assert os.path.getsize(os.path.join(d, rel)) == len(data), rel
+            with open(os.path.join(d, rel), "rb") as f:
+                assert f.read() == data, rel
+        with open(os.path.join(d, "model.bin"), "rb") as f:  # a read across dag-pb leaves
+            f.seek(262144 - 10)
+            assert f.read(300_000) == files["model.bin"][262144 - 10: 262144 - 10 + 300_000]
 
 
 def test_path_request_into_a_sharded_directory_carries_the_shards(tmp_repo):

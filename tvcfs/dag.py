@@ -126,8 +126,13 @@ class FileIndex:
     """Offset → leaf map of one UnixFS file, built from its internal nodes only.
 
     ``starts``: list of leaf start offsets (bytes, ascending); ``leaves``: list of leaf
-    CIDs (raw leaves, or dag-pb leaves with inline data); ``size``: file size (bytes).
-    Inline data of internal nodes is held in ``inline`` as ``{leaf_index: bytes}``.
+    CIDs (raw leaves, or dag-pb nodes whose UnixFS ``Data`` holds the bytes);
+    ``size``: file size (bytes). ``inline`` marks the leaves that are not raw blocks
+    (already read while indexing): ``{leaf_index: bytes}`` for the own data of a node
+    that also has links, ``{leaf_index: None}`` for a dag-pb leaf node (a UnixFS
+    ``File``/``Raw`` without links, as ``ipfs add`` writes without ``--raw-leaves``),
+    whose bytes :meth:`leaf_data` decodes from its block when read, so an index never
+    holds file content beyond such small inline parts.
     """
 
     __slots__ = ("cid", "size", "starts", "leaves", "sizes", "inline", "mode")
@@ -170,7 +175,7 @@ class FileIndex:
                 mode = u.mode
             begin = pos
             if u.data:
-                inline[len(leaves)] = u.data
+                inline[len(leaves)] = u.data if links else None
                 starts.append(pos)
                 leaves.append(c)
                 sizes.append(len(u.data))
@@ -199,14 +204,21 @@ class FileIndex:
         return range(first, last + 1)
 
     def leaf_data(self, get: Getter, i: int):
-        """Bytes of leaf ``i`` (raw leaf block or inline node data), exactly
-        ``sizes[i]`` of them. Raises :class:`~tvcfs.errors.CorruptBlock` for a leaf
-        whose length is not what its parent's blocksizes say (never shifted data),
-        whatever ``get`` raises (:class:`~tvcfs.errors.BlockNotFound`, and
-        :class:`~tvcfs.errors.CorruptBlock` from a verifying store read)."""
+        """Bytes of leaf ``i`` (a raw leaf block, a dag-pb leaf node's ``Data``, or a
+        node's inline data), exactly ``sizes[i]`` of them. Raises
+        :class:`~tvcfs.errors.CorruptBlock` for a leaf whose length is not what its
+        parent's blocksizes say (never shifted data), :class:`MalformedObject` for a
+        dag-pb leaf that does not decode, whatever ``get`` raises
+        (:class:`~tvcfs.errors.BlockNotFound`, and :class:`~tvcfs.errors.CorruptBlock`
+        from a verifying store read)."""
         if i in self.inline:
-            return self.inline[i]
-        data = get(self.leaves[i])
+            data = self.inline[i]
+            if data is not None:
+                return data
+            _, u = decode_pb_unixfs(get(self.leaves[i]))
+            data = u.data or b""
+        else:
+            data = get(self.leaves[i])
         if len(data) != self.sizes[i]:
             raise CorruptBlock(f"block {cid_str(self.leaves[i])} has {len(data)} bytes, its parent's "
                                f"blocksizes say {self.sizes[i]}")
