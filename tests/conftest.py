@@ -13,6 +13,8 @@ Fixtures
                     (``stdout``/``stderr`` as bytes).
 ``finetune``        ``make(dst_dir) -> FineTune``: a fine-tuned copy of the real model
                     directory (see :func:`make_finetune`).
+``js``              module: the independent JS IPFS harness (``tests/interop/jsharness.py``)
+                    with its pinned npm packages installed; skips without Node.js >= 20.
 
 Helpers (importable as ``from conftest import ...``): :func:`make_finetune`,
 :func:`tree_bytes`, :func:`assert_same_tree`, :func:`write_safetensors_raw`,
@@ -244,6 +246,20 @@ def run_tvcfs(*args, cwd=None, env=None, ok: bool | None = True, input: bytes | 
     elif ok is False:
         assert proc.returncode != 0, (args, proc.stdout[-2000:])
     return proc
+
+
+@pytest.fixture(scope="module")
+def js():
+    """The JS IPFS harness module (``tests/interop/jsharness.py``: ``car_check``,
+    ``reimport``, ``murmur``) with its npm packages installed (``npm ci``, once).
+    Skips the test when Node.js >= 20 with npm is not installed."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "interop"))
+    import jsharness
+
+    if not jsharness.node_available():
+        pytest.skip("Node.js >= 20 with npm is not installed: the JS IPFS interop checks need it")
+    jsharness.ensure_node_modules()
+    return jsharness
 
 
 @pytest.fixture

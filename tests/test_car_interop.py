@@ -31,13 +31,6 @@ pytestmark = pytest.mark.skipif(not jsharness.node_available(),
 
 
 @pytest.fixture(scope="module")
-def js():
-    """The JS harness with its npm packages installed."""
-    jsharness.ensure_node_modules()
-    return jsharness
-
-
-@pytest.fixture(scope="module")
 def exported(tmp_path_factory, real_model_dir):
     """The real model committed with the CLI (then a fine-tune on top), the base
     commit exported as a CAR with ``tvcfs export``."""

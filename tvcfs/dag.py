@@ -14,7 +14,8 @@ from typing import Callable, Iterator
 
 from .encoding.cid import DAG_CBOR, DAG_PB, RAW, cid_codec, cid_str
 from .encoding.commit import cbor_links
-from .encoding.dagpb import decode_node
+from .encoding.dagpb import PBLink, decode_node
+from .encoding.hamt import find_in_shard, iter_shard
 from .encoding.unixfs import DIRECTORY, FILE, HAMT, RAW_T, SYMLINK, decode_pb_unixfs
 from .errors import CorruptBlock, MalformedObject, PathNotFound
 
@@ -49,7 +50,7 @@ def stat_node(get: Getter, cid: bytes, name: str = "", tsize: int = 0) -> Entry:
     if codec != DAG_PB:
         raise MalformedObject(f"{cid_str(cid)} is not a UnixFS node")
     _, u = decode_pb_unixfs(get(cid))
-    if u.type == DIRECTORY:
+    if u.type in (DIRECTORY, HAMT):
         return Entry(name, cid, KIND_DIR, 0, u.mode if u.mode is not None else 0o755, tsize=tsize)
     if u.type in (FILE, RAW_T):
         size = u.filesize if u.filesize is not None else len(u.data or b"")
@@ -57,20 +58,42 @@ def stat_node(get: Getter, cid: bytes, name: str = "", tsize: int = 0) -> Entry:
     if u.type == SYMLINK:
         target = (u.data or b"").decode("utf-8", "replace")
         return Entry(name, cid, KIND_SYMLINK, len(target.encode()), 0o777, target, tsize=tsize)
-    if u.type == HAMT:
-        raise MalformedObject(f"{cid_str(cid)}: HAMT-sharded directories are not supported")
     raise MalformedObject(f"{cid_str(cid)}: unsupported UnixFS type {u.type}")
 
 
-def dir_links(get: Getter, cid: bytes) -> list:
-    """The raw links ``[PBLink(hash, name, tsize)]`` of a UnixFS directory, name order.
-    Raises :class:`MalformedObject` if ``cid`` is not a directory."""
+def _dir_node(get: Getter, cid: bytes):
     if cid_codec(cid) != DAG_PB:
         raise MalformedObject(f"{cid_str(cid)} is not a directory")
     links, u = decode_pb_unixfs(get(cid))
-    if u.type != DIRECTORY:
+    if u.type not in (DIRECTORY, HAMT):
         raise MalformedObject(f"{cid_str(cid)} is not a directory")
+    return links, u
+
+
+def dir_links(get: Getter, cid: bytes) -> list:
+    """The entries ``[PBLink(hash, name, tsize)]`` of a UnixFS directory, plain or
+    HAMT-sharded (the shards are read through ``get`` and their slot labels taken
+    off the names): the one reader of both layouts (docs/format.md). A plain
+    directory's links come in its stored order (sorted by name bytes when tvcfs
+    wrote it), a sharded one's sorted by name bytes. Raises
+    :class:`MalformedObject` if ``cid`` is not a directory or a shard is malformed."""
+    links, u = _dir_node(get, cid)
+    if u.type == HAMT:
+        return sorted(iter_shard(get, cid, links, u), key=lambda link: link.name.encode("utf-8"))
     return links
+
+
+def dir_lookup(get: Getter, cid: bytes, name: str) -> PBLink | None:
+    """The entry ``name`` of directory ``cid`` (``PBLink`` with the entry's name) or
+    ``None``. In a sharded directory only the shards on the name's hash path are
+    read. Raises :class:`MalformedObject` as :func:`dir_links`."""
+    links, u = _dir_node(get, cid)
+    if u.type == HAMT:
+        return find_in_shard(get, cid, name, links, u)
+    for link in links:
+        if link.name == name:
+            return link
+    return None
 
 
 def read_dir(get: Getter, cid: bytes) -> dict:
@@ -92,12 +115,10 @@ def resolve_path(get: Getter, tree: bytes, path: str) -> Entry:
     for i, part in enumerate(parts):
         if cur.kind != KIND_DIR:
             raise PathNotFound(f"{'/'.join(parts[:i])} is not a directory")
-        for link in dir_links(get, cur.cid):
-            if link.name == part:
-                cur = stat_node(get, link.hash, part, link.tsize)
-                break
-        else:
+        link = dir_lookup(get, cur.cid, part)
+        if link is None:
             raise PathNotFound(f"path not found: {'/'.join(parts[:i + 1])}")
+        cur = stat_node(get, link.hash, part, link.tsize)
     return cur
 
 
@@ -105,8 +126,13 @@ class FileIndex:
     """Offset → leaf map of one UnixFS file, built from its internal nodes only.
 
     ``starts``: list of leaf start offsets (bytes, ascending); ``leaves``: list of leaf
-    CIDs (raw leaves, or dag-pb leaves with inline data); ``size``: file size (bytes).
-    Inline data of internal nodes is held in ``inline`` as ``{leaf_index: bytes}``.
+    CIDs (raw leaves, or dag-pb nodes whose UnixFS ``Data`` holds the bytes);
+    ``size``: file size (bytes). ``inline`` marks the leaves that are not raw blocks
+    (already read while indexing): ``{leaf_index: bytes}`` for the own data of a node
+    that also has links, ``{leaf_index: None}`` for a dag-pb leaf node (a UnixFS
+    ``File``/``Raw`` without links, as ``ipfs add`` writes without ``--raw-leaves``),
+    whose bytes :meth:`leaf_data` decodes from its block when read, so an index never
+    holds file content beyond such small inline parts.
     """
 
     __slots__ = ("cid", "size", "starts", "leaves", "sizes", "inline", "mode")
@@ -149,7 +175,7 @@ class FileIndex:
                 mode = u.mode
             begin = pos
             if u.data:
-                inline[len(leaves)] = u.data
+                inline[len(leaves)] = u.data if links else None
                 starts.append(pos)
                 leaves.append(c)
                 sizes.append(len(u.data))
@@ -178,14 +204,21 @@ class FileIndex:
         return range(first, last + 1)
 
     def leaf_data(self, get: Getter, i: int):
-        """Bytes of leaf ``i`` (raw leaf block or inline node data), exactly
-        ``sizes[i]`` of them. Raises :class:`~tvcfs.errors.CorruptBlock` for a leaf
-        whose length is not what its parent's blocksizes say (never shifted data),
-        whatever ``get`` raises (:class:`~tvcfs.errors.BlockNotFound`, and
-        :class:`~tvcfs.errors.CorruptBlock` from a verifying store read)."""
+        """Bytes of leaf ``i`` (a raw leaf block, a dag-pb leaf node's ``Data``, or a
+        node's inline data), exactly ``sizes[i]`` of them. Raises
+        :class:`~tvcfs.errors.CorruptBlock` for a leaf whose length is not what its
+        parent's blocksizes say (never shifted data), :class:`MalformedObject` for a
+        dag-pb leaf that does not decode, whatever ``get`` raises
+        (:class:`~tvcfs.errors.BlockNotFound`, and :class:`~tvcfs.errors.CorruptBlock`
+        from a verifying store read)."""
         if i in self.inline:
-            return self.inline[i]
-        data = get(self.leaves[i])
+            data = self.inline[i]
+            if data is not None:
+                return data
+            _, u = decode_pb_unixfs(get(self.leaves[i]))
+            data = u.data or b""
+        else:
+            data = get(self.leaves[i])
         if len(data) != self.sizes[i]:
             raise CorruptBlock(f"block {cid_str(self.leaves[i])} has {len(data)} bytes, its parent's "
                                f"blocksizes say {self.sizes[i]}")

@@ -23,8 +23,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from .chunking import plan_spans
 from .chunking.safetensors import MAX_LEAF
 from .encoding.cid import RAW, cid_from_digest, make_cid
-from .encoding.unixfs import (EXEC_FILE_MODE, build_directory, build_file, build_symlink, check_entry_name,
-                              printable_name)
+from .encoding.hamt import build_directory_dag
+from .encoding.unixfs import EXEC_FILE_MODE, build_file, build_symlink, check_entry_name, printable_name
 from .errors import TvcfsError
 
 REPO_DIR = ".tvcfs"
@@ -244,7 +244,10 @@ class Importer:
         return added
 
     def add_directory(self, entries) -> tuple[bytes, int]:
-        """Store one directory node over ``entries`` ``[(name, cid, tsize)]``."""
-        cid, tsize, block = build_directory(entries)
-        self.txn.put_block(cid, block)
+        """Store the directory over ``entries`` ``[(name, cid, tsize)]``: one node, or
+        HAMT shards when that node would pass the threshold (docs/format.md).
+        Returns ``(dir_cid, tsize)``."""
+        cid, tsize, blocks = build_directory_dag(entries)
+        for c, b in blocks:
+            self.txn.put_block(c, b)
         return cid, tsize

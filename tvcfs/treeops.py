@@ -17,7 +17,7 @@ from typing import Callable
 
 from .dag import KIND_DIR, dir_links, stat_node
 from .encoding.cid import cid_str
-from .encoding.unixfs import build_directory
+from .encoding.hamt import build_directory_dag
 from .refs import HEADS
 
 
@@ -83,8 +83,9 @@ def apply_changes(get: Callable, put: Callable, tree: bytes | None, changes: dic
             base = entries.get(head)
             base_cid = base[0] if base and stat_node(get, base[0]).kind == KIND_DIR else None
             entries[head] = rec(base_cid, chs)
-        cid, tsize, block = build_directory((n, c, t) for n, (c, t) in entries.items())
-        put(cid, block)
+        cid, tsize, blocks = build_directory_dag((n, c, t) for n, (c, t) in entries.items())
+        for c, b in blocks:
+            put(c, b)
         return cid, tsize
 
     return rec(tree, changes)

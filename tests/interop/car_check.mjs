@@ -3,6 +3,8 @@
 //
 //   node car_check.mjs FILE.car [--path a/b/file] [--out OUT] [--list] [--no-content]
 //   node car_check.mjs --reimport PATH [--chunk-size N] [--max-children N] [--car-out OUT.car]
+//                      [--shard-threshold BYTES] [--cid-version 0|1] [--dag-pb-leaves]
+//   node car_check.mjs --murmur NAMES.json
 //
 // Check mode prints one JSON object on stdout (or, with --list, a plain
 // "path<TAB>size<TAB>cid" listing) and exits 0 when `ok` is true, 1 when the
@@ -26,7 +28,14 @@
 //
 // Reimport mode imports a file or a directory with ipfs-unixfs-importer
 // (CIDv1, raw leaves, balanced layout, fixed-size chunks of 1 MiB by default)
-// and prints the CIDs it gets, to cross-check tvcfs CIDs.
+// and prints the CIDs it gets, to cross-check tvcfs CIDs. --shard-threshold sets
+// shardSplitThresholdBytes with the `unixfs-v1-2025` profile's 'block-bytes'
+// estimation (a directory whose node would be larger is HAMT-sharded);
+// --cid-version 0 --dag-pb-leaves gives Kubo's default `ipfs add` layout (CIDv0,
+// UnixFS File leaves wrapped in dag-pb).
+//
+// Murmur mode prints {name: hex} of the HAMT hash the importer uses for each name
+// of a JSON list (murmur3-x64-128's first 64 bits, bytes as the importer orders them).
 
 import { createHash } from 'node:crypto'
 import fs from 'node:fs'
@@ -43,6 +52,7 @@ import { exporter } from 'ipfs-unixfs-exporter'
 import { importer } from 'ipfs-unixfs-importer'
 import { fixedSize } from 'ipfs-unixfs-importer/chunker'
 import { balanced } from 'ipfs-unixfs-importer/layout'
+import { murmur3128 } from '@multiformats/murmur3'
 import { CID } from 'multiformats/cid'
 import * as raw from 'multiformats/codecs/raw'
 
@@ -60,8 +70,8 @@ function usage (msg) {
 }
 
 function parseArgs (argv) {
-  const opts = { car: null, path: null, out: null, list: false, content: true, reimport: null, chunkSize: 1048576, maxChildren: 1024, carOut: null }
-  const takesValue = { '--path': 'path', '--out': 'out', '--reimport': 'reimport', '--chunk-size': 'chunkSize', '--max-children': 'maxChildren', '--car-out': 'carOut' }
+  const opts = { car: null, path: null, out: null, list: false, content: true, reimport: null, chunkSize: 1048576, maxChildren: 1024, carOut: null, shardThreshold: null, cidVersion: 1, rawLeaves: true, murmur: null }
+  const takesValue = { '--path': 'path', '--out': 'out', '--reimport': 'reimport', '--chunk-size': 'chunkSize', '--max-children': 'maxChildren', '--car-out': 'carOut', '--shard-threshold': 'shardThreshold', '--cid-version': 'cidVersion', '--murmur': 'murmur' }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     if (a in takesValue) {
@@ -69,6 +79,8 @@ function parseArgs (argv) {
       opts[takesValue[a]] = argv[++i]
     } else if (a === '--list') {
       opts.list = true
+    } else if (a === '--dag-pb-leaves') {
+      opts.rawLeaves = false
     } else if (a === '--no-content') {
       opts.content = false
     } else if (a === '-h' || a === '--help') {
@@ -83,7 +95,9 @@ function parseArgs (argv) {
   }
   opts.chunkSize = Number(opts.chunkSize)
   opts.maxChildren = Number(opts.maxChildren)
-  if (opts.reimport == null && opts.car == null) usage('no CAR file given')
+  opts.cidVersion = Number(opts.cidVersion)
+  if (opts.shardThreshold != null) opts.shardThreshold = Number(opts.shardThreshold)
+  if (opts.reimport == null && opts.murmur == null && opts.car == null) usage('no CAR file given')
   if (opts.out != null && opts.path == null) usage('--out needs --path')
   return opts
 }
@@ -507,12 +521,16 @@ async function reimportMode (opts) {
   const put = blocks.put.bind(blocks)
   blocks.put = (cid, bytes, o) => { written.set(cid.toString(), cid); return put(cid, bytes, o) }
   const options = {
-    cidVersion: 1,
-    rawLeaves: true,
+    cidVersion: opts.cidVersion,
+    rawLeaves: opts.rawLeaves,
     reduceSingleLeafToSelf: true,
     chunker: fixedSize({ chunkSize: opts.chunkSize }),
     layout: balanced({ maxChildrenPerNode: opts.maxChildren }),
     wrapWithDirectory: st.isDirectory()
+  }
+  if (opts.shardThreshold != null) {
+    options.shardSplitThresholdBytes = opts.shardThreshold
+    options.shardSplitStrategy = 'block-bytes'
   }
   const source = st.isDirectory()
     ? walkLocal(opts.reimport)
@@ -524,7 +542,7 @@ async function reimportMode (opts) {
   const root = entries[entries.length - 1]
   const out = {
     reimport: path.resolve(opts.reimport),
-    options: { cidVersion: 1, rawLeaves: true, chunkSize: opts.chunkSize, maxChildrenPerNode: opts.maxChildren, layout: 'balanced' },
+    options: { cidVersion: opts.cidVersion, rawLeaves: opts.rawLeaves, chunkSize: opts.chunkSize, maxChildrenPerNode: opts.maxChildren, layout: 'balanced', shardSplitThresholdBytes: opts.shardThreshold },
     root: root.cid,
     blocks: written.size,
     entries: entries.filter(e => e !== root || !st.isDirectory())
@@ -544,11 +562,24 @@ async function reimportMode (opts) {
   return out
 }
 
+// The hash function of ipfs-unixfs-importer's dir-sharded.js (hamtHashFn), verbatim.
+async function murmurMode (opts) {
+  const names = JSON.parse(await fsp.readFile(opts.murmur, 'utf8'))
+  const out = {}
+  for (const name of names) {
+    const h = (await murmur3128.encode(new TextEncoder().encode(name))).slice(0, 8).reverse()
+    out[name] = Buffer.from(h).toString('hex')
+  }
+  return out
+}
+
 // ---------------------------------------------------------------- main
 
 const opts = parseArgs(process.argv.slice(2))
 try {
-  if (opts.reimport != null) {
+  if (opts.murmur != null) {
+    process.stdout.write(JSON.stringify(await murmurMode(opts)) + '\n')
+  } else if (opts.reimport != null) {
     process.stdout.write(JSON.stringify(await reimportMode(opts), null, 2) + '\n')
   } else {
     const result = await checkMode(opts)

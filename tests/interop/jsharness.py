@@ -30,6 +30,7 @@ __all__ = [
     "ensure_node_modules",
     "car_check",
     "reimport",
+    "murmur",
     "selftest",
 ]
 
@@ -165,6 +166,9 @@ def reimport(
     chunk_size: int = 1 << 20,
     max_children: int = 1024,
     car_out: str | os.PathLike | None = None,
+    shard_threshold: int | None = None,
+    cid_version: int = 1,
+    raw_leaves: bool = True,
     timeout: float = 600,
 ) -> dict:
     """Import a file or directory with ipfs-unixfs-importer (CIDv1, raw leaves,
@@ -173,11 +177,28 @@ def reimport(
     For a file of at most `chunk_size` bytes the root is its raw leaf CID,
     which tvcfs must reproduce whatever its chunker. A directory is wrapped:
     root is the directory CID, entries list every file and subdirectory.
+    `shard_threshold` (bytes): HAMT-shard every directory whose node would be
+    larger (the `unixfs-v1-2025` 'block-bytes' estimation). `cid_version=0,
+    raw_leaves=False`: Kubo's default `ipfs add` layout (CIDv0, dag-pb leaves).
     """
-    args = ["--reimport", str(Path(src).resolve()), "--chunk-size", str(chunk_size), "--max-children", str(max_children)]
+    args = ["--reimport", str(Path(src).resolve()), "--chunk-size", str(chunk_size), "--max-children", str(max_children),
+            "--cid-version", str(cid_version)]
     if car_out is not None:
         args += ["--car-out", str(Path(car_out).resolve())]
+    if shard_threshold is not None:
+        args += ["--shard-threshold", str(shard_threshold)]
+    if not raw_leaves:
+        args.append("--dag-pb-leaves")
     return _run(args, timeout, ok_codes=(0,))
+
+
+def murmur(names: list[str], workdir: str | os.PathLike, timeout: float = 120) -> dict:
+    """``{name: bytes}``: the 8-byte HAMT hash ipfs-unixfs-importer computes for each
+    name (its ``hamtHashFn``: murmur3-x64-128's first 8 bytes, reversed; the trie is
+    consumed from the last byte)."""
+    p = Path(workdir) / "murmur-names.json"
+    p.write_text(json.dumps(names))
+    return {k: bytes.fromhex(v) for k, v in _run(["--murmur", str(p.resolve())], timeout, ok_codes=(0,)).items()}
 
 
 def selftest(workdir: str | os.PathLike) -> dict:

@@ -1,8 +1,9 @@
 """Encoding of tvcfs objects as IPFS-compatible IPLD blocks.
 
 Submodules: :mod:`.cid` (CIDv1, sha2-256), :mod:`.dagpb` (the dag-pb protobuf),
-:mod:`.unixfs` (UnixFS files, directories and symlinks on dag-pb), :mod:`.commit`
-(dag-cbor commits) and :mod:`.car` (CAR v1 archives). See ``docs/format.md``.
+:mod:`.unixfs` (UnixFS files, directories and symlinks on dag-pb), :mod:`.hamt`
+(HAMT-sharded directories), :mod:`.commit` (dag-cbor commits) and :mod:`.car` (CAR v1
+archives), :mod:`.varint` (the one varint). See ``docs/format.md``.
 """
 
 from .cid import (  # noqa: F401

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import BinaryIO, Iterable, Iterator
 
 from ..errors import MalformedObject
-from .cid import cid_codec, verify_block
+from .cid import cid_codec, cid_v1, verify_block
 from .varint import encode_varint, read_varint
 
 MAX_SECTION = 8 << 20  # bytes; tvcfs blocks are at most ~1 MiB
@@ -53,7 +53,9 @@ def read_car(f: BinaryIO, verify: bool = True) -> tuple[list[bytes], Iterator[tu
 
     Raises :class:`MalformedObject` for a bad header or section (while iterating, for
     sections) and :class:`~tvcfs.errors.CorruptBlock` for a block that does not match
-    its CID. Only CIDv1 sha2-256 raw/dag-pb/dag-cbor blocks are accepted.
+    its CID. Only sha2-256 raw/dag-pb/dag-cbor blocks are accepted: CIDv1, and
+    CIDv0 (Kubo's default ``ipfs add``), whose roots and blocks come out as their
+    CIDv1 dag-pb equals (:func:`~tvcfs.encoding.cid.cid_v1`).
     """
     from .dagcbor import Link, decode
 
@@ -72,19 +74,20 @@ def read_car(f: BinaryIO, verify: bool = True) -> tuple[list[bytes], Iterator[tu
         raise MalformedObject("bad CAR header: not a map with a list of root CIDs")
     if header.get("version") != 1:
         raise MalformedObject(f"unsupported CAR version {header.get('version')!r} (only v1)")
-    roots = [bytes(r) for r in header["roots"]]
+    roots = [cid_v1(bytes(r)) for r in header["roots"]]
 
     def blocks():
         while True:
             ln = read_varint(f)
             if ln is None:
                 return
-            if ln > MAX_SECTION or ln < 36:
+            if ln > MAX_SECTION or ln < 34:
                 raise MalformedObject(f"CAR section of {ln} bytes out of range")
             sec = f.read(ln)
             if len(sec) != ln:
                 raise MalformedObject("CAR section truncated")
-            cid, data = sec[:36], sec[36:]
+            n = 34 if sec[:2] == b"\x12\x20" else 36  # CIDv0: a bare sha2-256 multihash
+            cid, data = cid_v1(sec[:n]), sec[n:]
             try:
                 cid_codec(cid)
             except Exception as e:

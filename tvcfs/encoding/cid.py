@@ -52,6 +52,16 @@ def cid_codec(cid: bytes) -> int:
     return cid[1]
 
 
+def cid_v1(cid: bytes) -> bytes:
+    """The CIDv1 that tvcfs keys a block by: a binary CIDv0 (a bare sha2-256
+    multihash ``12 20 ‖ digest``, 34 bytes, always dag-pb) becomes the equal CIDv1
+    dag-pb ``01 70 12 20 ‖ digest`` (same multihash, so the same block); any other
+    CID is returned unchanged (docs/format.md, CIDs)."""
+    if len(cid) == 34 and cid[0] == 0x12 and cid[1] == 0x20:
+        return _PREFIX[DAG_PB] + bytes(cid[2:])
+    return cid
+
+
 def cid_digest(cid: bytes) -> bytes:
     """The 32-byte sha-256 digest inside a binary CID."""
     return cid[4:]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..errors import MalformedObject
+from .cid import cid_v1
 from .varint import decode_varint, encode_varint  # noqa: F401  (the one varint)
 
 
@@ -62,7 +63,9 @@ def _read_bytes(buf, pos):
 
 
 def decode_link(buf) -> PBLink:
-    """Decode one PBLink message body. Raises :class:`MalformedObject`."""
+    """Decode one PBLink message body. A CIDv0 ``Hash`` (Kubo's default) is read as
+    its CIDv1 dag-pb equal, the key tvcfs stores that block under
+    (:func:`~tvcfs.encoding.cid.cid_v1`). Raises :class:`MalformedObject`."""
     pos = 0
     h = None
     name = ""
@@ -83,7 +86,7 @@ def decode_link(buf) -> PBLink:
             raise MalformedObject(f"unexpected field tag {tag:#x} in PBLink")
     if h is None:
         raise MalformedObject("PBLink without Hash")
-    return PBLink(h, name, tsize)
+    return PBLink(cid_v1(h), name, tsize)
 
 
 def decode_node(buf) -> tuple[list[PBLink], bytes | None]:

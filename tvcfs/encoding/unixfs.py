@@ -41,7 +41,8 @@ NAME_MAX = 255  # bytes of UTF-8 in one entry name, as Linux's NAME_MAX (docs/fo
 class UnixFSData(NamedTuple):
     """Decoded UnixFS ``Data``: ``type`` (int), ``data`` (bytes or None), ``filesize``
     (bytes, or None), ``blocksizes`` (list of content bytes per child), ``mode``
-    (int or None), ``fanout`` (int or None)."""
+    (int or None), ``fanout`` (int or None), ``hash_type`` (multicodec of a HAMT
+    shard's hash function, int or None)."""
 
     type: int
     data: bytes | None
@@ -49,10 +50,12 @@ class UnixFSData(NamedTuple):
     blocksizes: list
     mode: int | None
     fanout: int | None
+    hash_type: int | None = None
 
 
 def encode_unixfs(type_: int, data: bytes | None = None, filesize: int | None = None,
-                  blocksizes=(), mode: int | None = None) -> bytes:
+                  blocksizes=(), mode: int | None = None, hash_type: int | None = None,
+                  fanout: int | None = None) -> bytes:
     """Encode a UnixFS ``Data`` protobuf (fields in field-number order)."""
     parts = [b"\x08", encode_varint(type_)]
     if data is not None:
@@ -61,6 +64,10 @@ def encode_unixfs(type_: int, data: bytes | None = None, filesize: int | None = 
         parts += [b"\x18", encode_varint(filesize)]
     for bs in blocksizes:
         parts += [b"\x20", encode_varint(bs)]
+    if hash_type is not None:
+        parts += [b"\x28", encode_varint(hash_type)]
+    if fanout is not None:
+        parts += [b"\x30", encode_varint(fanout)]
     if mode is not None:
         parts += [b"\x38", encode_varint(mode)]
     return b"".join(parts)
@@ -75,6 +82,7 @@ def decode_unixfs(buf) -> UnixFSData:
     blocksizes = []
     mode = None
     fanout = None
+    hash_type = None
     n = len(buf)
     while pos < n:
         tag, pos = decode_varint(buf, pos)
@@ -87,6 +95,8 @@ def decode_unixfs(buf) -> UnixFSData:
                 filesize = val
             elif field == 4:
                 blocksizes.append(val)
+            elif field == 5:
+                hash_type = val
             elif field == 6:
                 fanout = val
             elif field == 7:
@@ -108,7 +118,7 @@ def decode_unixfs(buf) -> UnixFSData:
             raise MalformedObject(f"unsupported wire type {wire} in UnixFS Data")
     if type_ is None:
         raise MalformedObject("UnixFS Data without Type")
-    return UnixFSData(type_, data, filesize, blocksizes, mode, fanout)
+    return UnixFSData(type_, data, filesize, blocksizes, mode, fanout, hash_type)
 
 
 def decode_pb_unixfs(block) -> tuple[list[PBLink], UnixFSData]:
@@ -193,15 +203,11 @@ def check_entry_name(name: str | bytes, path=None, action: str = "") -> str:
     return name if isinstance(name, str) else bytes(name).decode("utf-8")
 
 
-def build_directory(entries) -> tuple[bytes, int, bytes]:
-    """Build one UnixFS directory node.
-
-    ``entries``: iterable of ``(name: str, cid: bytes, tsize: int)``; names must be
-    unique and valid (:func:`entry_name_error`). Links are sorted by the UTF-8 bytes
-    of the name. Returns ``(cid, tsize, block)``. Raises
-    :class:`~tvcfs.errors.InvalidEntryName` (a ``ValueError``) for a bad name,
-    ``ValueError`` for a duplicate.
-    """
+def directory_links(entries) -> list[PBLink]:
+    """The links of a directory over ``entries`` (iterable of ``(name: str, cid:
+    bytes, tsize: int)``), checked and sorted by the UTF-8 bytes of the names.
+    Raises :class:`~tvcfs.errors.InvalidEntryName` (a ``ValueError``) for a bad name
+    (:func:`entry_name_error`), ``ValueError`` for a duplicate."""
     items = []
     for name, cid, tsize in entries:
         check_entry_name(name)
@@ -210,8 +216,28 @@ def build_directory(entries) -> tuple[bytes, int, bytes]:
     for a, b in zip(items, items[1:]):
         if a[0] == b[0]:
             raise ValueError(f"duplicate entry name {a[1].name!r}")
-    block = encode_node([link for _, link in items], encode_unixfs(DIRECTORY))
-    return make_cid(DAG_PB, block), len(block) + sum(link.tsize for _, link in items), block
+    return [link for _, link in items]
+
+
+def encode_directory(links) -> bytes:
+    """The single-node UnixFS directory block over ``links`` (already sorted)."""
+    return encode_node(links, encode_unixfs(DIRECTORY))
+
+
+def build_directory(entries) -> tuple[bytes, int, bytes]:
+    """Build one plain (never sharded) UnixFS directory node, whatever its size.
+
+    ``entries``: iterable of ``(name: str, cid: bytes, tsize: int)``; names must be
+    unique and valid (:func:`entry_name_error`). Links are sorted by the UTF-8 bytes
+    of the name. Returns ``(cid, tsize, block)``. Raises
+    :class:`~tvcfs.errors.InvalidEntryName` (a ``ValueError``) for a bad name,
+    ``ValueError`` for a duplicate. Writers use
+    :func:`tvcfs.encoding.hamt.build_directory_dag`, which shards a directory whose
+    node would pass the HAMT threshold as IPFS does (docs/format.md).
+    """
+    links = directory_links(entries)
+    block = encode_directory(links)
+    return make_cid(DAG_PB, block), len(block) + sum(link.tsize for link in links), block
 
 
 def build_symlink(target: str) -> tuple[bytes, int, bytes]:

@@ -29,7 +29,8 @@ from .. import dtypes
 from ..chunking.safetensors import MAX_LEAF, parse_header, tensor_spans
 from ..dag import KIND_DIR, KIND_FILE, dir_links, stat_node
 from ..encoding.cid import RAW, cid_str, make_cid
-from ..encoding.unixfs import EXEC_FILE_MODE, build_directory, build_file
+from ..encoding.hamt import build_directory_dag
+from ..encoding.unixfs import EXEC_FILE_MODE, build_file
 from ..errors import TvcfsError
 from .stview import DataReader, StoredSafetensors, data_reader, numel, open_safetensors, tensors_equal
 from .strategies import SUM_BLOCK, Strategy, StrategyError, parse_params, parse_strategy_spec
@@ -478,8 +479,9 @@ class _Writer:
             return plan.cid, plan.tsize
         if isinstance(plan, _DirPlan):
             entries = [(name, *self.node(p)) for name, p in plan.entries]
-            cid, tsize, block = build_directory(entries)
-            self.txn.put_block(cid, block)
+            cid, tsize, blocks = build_directory_dag(entries)
+            for c, b in blocks:
+                self.txn.put_block(c, b)
             return cid, tsize
         return self.file(plan)
 

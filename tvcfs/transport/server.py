@@ -137,7 +137,7 @@ def iter_selection(backend: BlockBackend, req: P.DagRequest):
         yield from _walk(backend, req.roots, have, known, sel.history, leaves=not sel.skeleton)
         return
     # PATH / RANGE: the chain of nodes down to the target, then the target's sub-graph
-    from ..dag import FileIndex, dir_links
+    from ..dag import FileIndex, dir_lookup
 
     node = req.root
     data = get(node)
@@ -157,15 +157,28 @@ def iter_selection(backend: BlockBackend, req: P.DagRequest):
     parts = [p for p in sel.path.strip("/").split("/") if p and p != "."]
     for part in parts:
         cache = {node: data}
-        links = dir_links(lambda c: cache[c] if c in cache else get(c), node)
-        for link in links:
-            if link.name == part:
-                node = link.hash
-                break
-        else:
+        shards = []  # the HAMT shard nodes on the way to ``part`` (none in a plain directory)
+
+        def dir_get(c):
+            if c not in cache:
+                b = get(c)
+                if b is None:
+                    from ..errors import BlockNotFound
+
+                    raise BlockNotFound(c)
+                cache[c] = b
+                shards.append(c)
+            return cache[c]
+
+        link = dir_lookup(dir_get, node, part)
+        for c in shards:
+            if c not in have:
+                yield c, cache[c]
+        if link is None:
             from ..errors import PathNotFound
 
             raise PathNotFound(f"path not found: {sel.path}")
+        node = link.hash
         data = get(node)
         if data is None:
             yield node, None
