@@ -55,15 +55,25 @@ class Importer:
 
     ``window``: leaves hashed ahead of storing (bounds memory at ``window`` MiB).
     ``stats``: ``files``, ``bytes`` (content bytes seen); the transaction itself
-    counts ``new_bytes`` / ``new_blocks``.
+    counts ``new_bytes`` / ``new_blocks``. ``progress``: a callback
+    ``progress(done, total)`` (content bytes read so far; ``total`` the bytes of the
+    tree being added, counted by :meth:`add_tree` first) called as leaves are stored.
     """
 
-    def __init__(self, txn, window: int = 16):
+    def __init__(self, txn, window: int = 16, progress=None):
         self.txn = txn
         self.window = window
         self.files = 0
         self.bytes = 0
+        self.progress = progress
+        self._done = 0
+        self._total: int | None = None
         self._bufs: list | None = None
+
+    def _advance(self, nbytes: int) -> None:
+        self._done += nbytes
+        if self.progress is not None:
+            self.progress(self._done, self._total)
 
     def _buffers(self) -> list:
         """``window + 1`` page-aligned 1 MiB read buffers, reused for every leaf of
@@ -114,6 +124,7 @@ class Importer:
             leaves = [self._leaf(b"")]
         elif len(spans) == 1 or max(ln for _, ln in spans) > MAX_LEAF:
             leaves = [self._leaf(os.pread(fd, ln, off)) for off, ln in spans]
+            self._advance(size)
         else:
             # Leaf i is read into buffer i % (window + 1): the window + 1 buffers let
             # leaf i + window be read while leaf i is still being stored.
@@ -135,6 +146,7 @@ class Importer:
                     cid = cid_from_digest(RAW, digest)
                     self.txn.put_block(cid, data)  # LMDB copies the bytes into the map
                     leaves.append((cid, len(data)))
+                    self._advance(len(data))
             except BaseException:
                 for fut in pending:  # no reader may still fill a buffer after we return
                     fut.cancel()
@@ -160,6 +172,8 @@ class Importer:
         Returns ``(dir_cid, tsize)``. Raises :class:`~tvcfs.errors.InvalidEntryName`
         naming the file whose name cannot be stored (longer than 255 bytes, not UTF-8),
         :class:`TvcfsError` for a symlink whose target is not UTF-8."""
+        if self.progress is not None and self._total is None:
+            self._total = tree_size(path, exclude)
         entries = []
         with os.scandir(path) as it:
             items = sorted(it, key=lambda e: e.name.encode("utf-8", "surrogateescape"))
@@ -191,3 +205,25 @@ class Importer:
         cid, tsize, block = build_directory(entries)
         self.txn.put_block(cid, block)
         return cid, tsize
+
+
+def tree_size(path: str, exclude=(REPO_DIR,)) -> int:
+    """Bytes of the regular files below ``path`` (symlinks not followed, ``exclude``
+    names skipped at every level): the total a progress bar counts towards. Entries
+    that cannot be read count 0 (the import itself reports them)."""
+    total = 0
+    try:
+        with os.scandir(path) as it:
+            for e in it:
+                if e.name in exclude:
+                    continue
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        total += tree_size(e.path, exclude)
+                    elif e.is_file(follow_symlinks=False):
+                        total += e.stat(follow_symlinks=False).st_size
+                except OSError:
+                    pass
+    except OSError:
+        pass
+    return total
