@@ -407,6 +407,13 @@ def test_bad_input_gives_one_line_errors(small_repo, tmp_path):
         (("fetch",), "origin"),
         (("mount", r, tmp_path / "nomnt"), "nomnt"),
         (("commit", d, "--meta", "lr=nan"), "nan"),
+        # unwritable or unreadable places, even for root
+        (("export", "HEAD", "/proc/x.car"), "/proc/x.car"),
+        (("checkout", "HEAD", "/proc/newdir"), "/proc/newdir"),
+        (("import", "/proc/self/mem"), "/proc/self/mem"),
+        (("init", "/proc/newrepo"), "/proc/newrepo"),
+        (("cat", "HEAD:"), "HEAD:"),
+        (("show", "HEAD:sub/c.txt/x"), "HEAD:sub/c.txt/x"),
     ]
     for args, needle in cases:
         p = tv("-C", r, *args, ok=None)

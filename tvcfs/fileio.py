@@ -58,4 +58,9 @@ def open_input(path: str) -> Iterator[BinaryIO]:
     except OSError as e:
         raise TvcfsError(f"cannot read {os_error_message(e)}") from None
     with f:
-        yield f
+        try:
+            yield f
+        except OSError as e:
+            if e.filename is not None:
+                raise
+            raise TvcfsError(f"cannot read {shown}: {e.strerror or e}") from None

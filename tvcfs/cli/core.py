@@ -12,6 +12,7 @@ from . import add_no_verify, emit_json, open_repo, split_pathspec
 from .progress import progress_bar
 from ..dag import KIND_DIR, KIND_SYMLINK
 from ..encoding.cid import cid_str
+from ..names import printable_name
 
 
 def fmt_bytes(n: float) -> str:
@@ -55,6 +56,20 @@ def entry_dict(e, path: str | None = None) -> dict:
     return d
 
 
+def revpath(repo, spec: str):
+    """``(commit, path, Entry)`` of ``REV[:PATH]``; a path that is not in the tree is
+    an error naming the whole ``spec`` and how to list what is there."""
+    from ..errors import PathNotFound
+
+    commit, path = repo.split_revpath(spec)
+    try:
+        return commit, path, repo.entry(commit, path)
+    except PathNotFound as e:
+        rev = spec.partition(":")[0] or "HEAD"
+        raise PathNotFound(f"{printable_name(spec)}: {e}; `tvcfs ls -r {printable_name(rev)}` lists "
+                           "the paths of that revision") from None
+
+
 def cmd_init(args):
     from ..repo import Repo
 
@@ -74,13 +89,14 @@ def cmd_commit(args):
     meta = parse_metadata(args.meta)
     with open_repo(args) as repo:
         if args.dir is None:  # the staging index (tvcfs add / rm)
-            from ..index import commit_index
+            from ..index import commit_index, staged_changes
 
             if args.base or args.allow_empty:
                 from ..errors import TvcfsError
 
                 raise TvcfsError("--base and --allow-empty apply to `tvcfs commit DIR`; "
                                  "the index is committed from the commit it was staged on")
+            nstaged = len(staged_changes(repo))
             res = commit_index(repo, message=args.message or "", author=_author(args),
                                metadata=meta, branch=args.branch)
             what = "the index"
@@ -102,9 +118,16 @@ def cmd_commit(args):
                   f"{fmt_bytes(res.bytes)})")
             return 0
         print(f"[{res.branch} {cid_str(res.cid)}] {args.message or ''}".rstrip())
-        if res.replayed:
+        if res.replayed and args.dir is None:
+            print(f" {res.branch} moved since the changes were staged: they were replayed onto "
+                  f"{short(res.head)}")
+        elif res.replayed:
             print(f" {res.branch} had changes {what} does not show (its base: {short(res.base)}): "
                   f"its changes were replayed onto {short(res.head)}; check out again to see them all")
+        if args.dir is None:
+            print(f" {nstaged} staged change{'s' if nstaged != 1 else ''} committed (tvcfs add/rm); "
+                  f"the index is empty")
+            return 0
         print(f" {res.files} files, {fmt_bytes(res.bytes)} scanned, {fmt_bytes(res.new_bytes)} new "
               f"in {res.new_blocks} blocks ({res.new_bytes} bytes), {dt:.2f} s")
     return 0
@@ -245,7 +268,7 @@ def _kind_char(e):
 
 def cmd_ls(args):
     with open_repo(args) as repo:
-        commit, path = repo.split_revpath(args.spec)
+        commit, path, _ = revpath(repo, args.spec)
         if args.recursive:
             items = [(p, e) for p, e in repo.walk(commit, path) if e.kind != KIND_DIR]
             if args.json:
@@ -278,7 +301,12 @@ def cmd_cat(args):
                 raise TvcfsError(f"cat needs REV:PATH or a file CID, got {args.spec!r} "
                                  "(e.g. tvcfs cat HEAD:config.json)")
         else:
-            commit, path = repo.split_revpath(args.spec)
+            commit, path, e = revpath(repo, args.spec)
+            if e.kind == KIND_DIR:
+                from ..errors import TvcfsError
+
+                raise TvcfsError(f"{printable_name(args.spec)} is a directory, not a file "
+                                 f"(`tvcfs ls {printable_name(args.spec)}` lists what it holds)")
             it = repo.read_file(commit, path)
         out = sys.stdout.buffer
         for chunk in it:
@@ -306,7 +334,7 @@ def tensor_table(repo, cid: bytes) -> list:
 
 def cmd_show(args):
     with open_repo(args) as repo:
-        commit, path = repo.split_revpath(args.spec)
+        commit, path, e = revpath(repo, args.spec)
         if ":" not in args.spec:
             com = repo.read_commit(commit)
             files = [(p, e) for p, e in repo.walk(commit, "") if e.kind != KIND_DIR]
@@ -330,7 +358,6 @@ def cmd_show(args):
             for p, e in files:
                 print(f"{e.size:>12}  {p}")
             return 0
-        e = repo.entry(commit, path)
         d = entry_dict(e, path)
         if e.kind == KIND_DIR:
             d["entries"] = [entry_dict(c) for c in repo.ls(commit, path)]
@@ -362,7 +389,7 @@ def cmd_show(args):
 
 def cmd_checkout(args):
     with open_repo(args) as repo:
-        commit, path = repo.split_revpath(args.rev)
+        commit, path, _ = revpath(repo, args.rev)
         branch = None if path else repo.branch_of(args.rev.partition(":")[0] or "HEAD")
         t0 = time.monotonic()
         with progress_bar(args, "Checking out") as bar:
@@ -382,8 +409,8 @@ def cmd_export(args):
     from ..fileio import atomic_output
 
     with open_repo(args) as repo:
-        commit, path = repo.split_revpath(args.rev)
-        root = repo.entry(commit, path).cid if path else commit
+        commit, path, e = revpath(repo, args.rev)
+        root = e.cid if path else commit
         with progress_bar(args, "Exporting") as bar, atomic_output(args.file) as f:
             n = repo.export_car(commit, f, path, history=args.history, progress=bar)
         if args.json:
