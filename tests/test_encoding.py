@@ -301,10 +301,28 @@ def test_commit_round_trip():
     assert _commit(message="other").cid_and_block()[0] != cid
 
 
-@pytest.mark.parametrize("meta", [{"lr": 3e-4}, {"x": {"y": [1, 2.0]}}, {"f": float("nan")}])
-def test_commit_rejects_floats(meta):
-    with pytest.raises(ValueError, match="float"):
+@pytest.mark.parametrize("meta", [{"f": float("nan")}, {"x": {"y": [1, float("inf")]}},
+                                  {"g": -float("inf")}])
+def test_commit_rejects_non_finite_floats(meta):
+    with pytest.raises(ValueError, match="finite"):
         _commit(metadata=meta).encode()
+
+
+@pytest.mark.parametrize("meta", [{"lr": 3e-4}, {"x": {"y": [1, 2.0]}}, {"z": -0.0}])
+def test_commit_finite_floats_are_binary64(meta):
+    """A finite float is always the 9-byte binary64 form (0xfb + 8 bytes), so the same
+    value gives the same CID; it decodes (strict decoder) to the same commit."""
+    import struct
+
+    from tvcfs.encoding.commit import decode_commit
+
+    cid, block = _commit(metadata=meta).cid_and_block()
+    first = [v for v in meta.values()][0]
+    f = first if isinstance(first, float) else 2.0
+    assert b"\xfb" + struct.pack(">d", f) in block
+    back = decode_commit(block)
+    assert back.metadata == meta and back.encode() == block
+    assert _commit(metadata=meta).cid_and_block()[0] == cid
 
 
 def test_commit_rejects_non_string_keys():

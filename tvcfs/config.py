@@ -31,6 +31,7 @@ KEYS: dict[str, tuple[type, Any, str]] = {
     "peer_scores": (dict, {}, "peer URL -> reputation record"),
     "worktrees": (dict, {}, "real path -> {branch, base, tree} of directories made by checkout"),
     "hf.repo_id": (str, None, "the Hugging Face repository ID (org/name) of this repository"),
+    "index": (dict, None, "the staging index: {branch, base, tree} (tvcfs add / rm / restore)"),
     "hf.imported": (dict, {}, "repo_id -> {prefix, snapshots: {hash: {commit, files}}, refs} of tvcfs import-hf"),
 }
 

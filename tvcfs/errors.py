@@ -48,6 +48,10 @@ class PathNotFound(TvcfsError, FileNotFoundError):
     """A path does not exist in a tree."""
 
 
+class NotADirectory(TvcfsError, NotADirectoryError):
+    """A path that must be a directory (``tvcfs commit DIR``) is missing or is not one."""
+
+
 class RefConflict(TvcfsError):
     """A compare-and-swap ref update found another value than expected.
 
@@ -122,3 +126,34 @@ class CommitConflict(TvcfsError):
     def __init__(self, msg: str, result):
         self.result = result
         super().__init__(msg)
+
+
+_OS_ADVICE = {
+    "ENOENT": "check the path",
+    "EACCES": "check its permissions",
+    "EPERM": "check its permissions",
+    "EISDIR": "it is a directory: name a file",
+    "ENOTDIR": "a part of the path is not a directory",
+    "ENOTEMPTY": "the directory is not empty",
+    "EEXIST": "it exists already: remove it or choose another name",
+    "ENOSPC": "free some space and try again",
+    "EDQUOT": "the disk quota is exhausted: free some space and try again",
+    "EROFS": "the file system is read-only: choose a writable place",
+    "ENAMETOOLONG": "choose a shorter name",
+    "EXDEV": "source and destination are on different file systems",
+}
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an ``OSError``: the path(s) it names (printable), what failed and
+    what to do, never the exception's class name; e.g. ``/x/a.car.tmp: No such file
+    or directory (check the path)``."""
+    import errno as errno_mod
+
+    where = printable_name(e.filename) if e.filename is not None else ""
+    if e.filename2 is not None:
+        where += f" -> {printable_name(e.filename2)}"
+    what = e.strerror or str(e) or "input/output error"
+    advice = _OS_ADVICE.get(errno_mod.errorcode.get(e.errno or 0, ""), "")
+    line = f"{where}: {what}" if where else what
+    return line + (f" ({advice})" if advice else "")

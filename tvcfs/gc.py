@@ -59,9 +59,10 @@ def _roots(repo, expire_days: float) -> set:
     return roots
 
 
-def mark(repo, roots) -> set:
+def mark(repo, roots, progress=None) -> set:
     """Every CID reachable from ``roots`` (commits follow their parents), whether or
-    not the block is stored locally."""
+    not the block is stored locally. ``progress(blocks marked, None, "marking")``
+    is called every 1000 blocks."""
     seen: set[bytes] = set()
     stack = list(roots)
     with repo.store.view(verify=False) as blocks:
@@ -70,6 +71,8 @@ def mark(repo, roots) -> set:
             if c in seen:
                 continue
             seen.add(c)
+            if progress is not None and len(seen) % 1000 == 0:
+                progress(len(seen), None, "marking")
             if cid_codec(c) == RAW:
                 continue
             block = blocks.get(c)
@@ -84,17 +87,24 @@ def mark(repo, roots) -> set:
                 except MalformedObject:
                     pass
             stack.extend(block_links(c, block))
+    if progress is not None:
+        progress(len(seen), len(seen), "marking")
     return seen
 
 
-def collect_garbage(repo, dry_run: bool = False, expire_days: float = DEFAULT_EXPIRE_DAYS) -> dict:
+def collect_garbage(repo, dry_run: bool = False, expire_days: float = DEFAULT_EXPIRE_DAYS,
+                    progress=None) -> dict:
     """Delete unreachable blocks. Returns ``{"kept", "deleted", "deleted_bytes"}``
-    (counts and bytes). With ``dry_run`` nothing is deleted."""
-    live = mark(repo, _roots(repo, expire_days))
+    (counts and bytes). With ``dry_run`` nothing is deleted. ``progress``: a callback
+    ``progress(blocks, total blocks | None, phase)`` (phases "marking", "sweeping")."""
+    live = mark(repo, _roots(repo, expire_days), progress)
     dead = []
     nbytes = 0
+    total = repo.store.stat()["blocks"] if progress is not None else 0
     with repo.store.view(verify=False) as blocks:
-        for cid, v in blocks.items():
+        for i, (cid, v) in enumerate(blocks.items(), 1):
+            if progress is not None and (i % 1000 == 0 or i == total):
+                progress(i, total, "sweeping")
             if cid not in live:
                 dead.append(cid)
                 nbytes += len(v)
@@ -105,15 +115,19 @@ def collect_garbage(repo, dry_run: bool = False, expire_days: float = DEFAULT_EX
     return {"kept": len(live), "deleted": len(dead), "deleted_bytes": nbytes}
 
 
-def fsck(repo, lazy_ok: bool = False) -> list:
+def fsck(repo, lazy_ok: bool = False, progress=None) -> list:
     """Check the repository. Returns a list of problems (strings); empty means sound:
     every stored block hashes to its CID and decodes, and every ref's commit, tree
-    and file nodes are present (and leaves too unless ``lazy_ok``)."""
+    and file nodes are present (and leaves too unless ``lazy_ok``). ``progress``: a
+    callback ``progress(blocks re-hashed, total blocks, "verifying")``."""
     import hashlib
 
     problems = []
+    total = repo.store.stat()["blocks"] if progress is not None else 0
     with repo.store.view(verify=False) as blocks:
-        for cid, v in blocks.items():
+        for i, (cid, v) in enumerate(blocks.items(), 1):
+            if progress is not None and (i % 64 == 0 or i == total):
+                progress(i, total, "verifying")
             if hashlib.sha256(v).digest() != cid[4:]:
                 problems.append(f"corrupt block {cid_str(cid)}")
     for ref, cid in sorted(repo.refs().items()):

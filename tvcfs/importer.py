@@ -68,16 +68,26 @@ class Importer:
     ``stats``: ``files``, ``bytes`` (content bytes seen); the transaction itself
     counts ``new_bytes`` / ``new_blocks``. ``note``: called with one line of text
     for each symlink :meth:`add_tree` follows out of the tree (default
-    :func:`stderr_note`; ``None`` says nothing).
+    :func:`stderr_note`; ``None`` says nothing). ``progress``: a callback
+    ``progress(done, total)`` (content bytes read so far; ``total`` the bytes of the
+    tree being added, counted by :meth:`add_tree` first) called as leaves are stored.
     """
 
-    def __init__(self, txn, window: int = 16, note=stderr_note):
+    def __init__(self, txn, window: int = 16, note=stderr_note, progress=None):
         self.txn = txn
         self.note = note
         self.window = window
         self.files = 0
         self.bytes = 0
+        self.progress = progress
+        self._done = 0
+        self._total: int | None = None
         self._bufs: list | None = None
+
+    def _advance(self, nbytes: int) -> None:
+        self._done += nbytes
+        if self.progress is not None:
+            self.progress(self._done, self._total)
 
     def _buffers(self) -> list:
         """``window + 1`` page-aligned 1 MiB read buffers, reused for every leaf of
@@ -128,6 +138,7 @@ class Importer:
             leaves = [self._leaf(b"")]
         elif len(spans) == 1 or max(ln for _, ln in spans) > MAX_LEAF:
             leaves = [self._leaf(os.pread(fd, ln, off)) for off, ln in spans]
+            self._advance(size)
         else:
             # Leaf i is read into buffer i % (window + 1): the window + 1 buffers let
             # leaf i + window be read while leaf i is still being stored.
@@ -149,6 +160,7 @@ class Importer:
                     cid = cid_from_digest(RAW, digest)
                     self.txn.put_block(cid, data)  # LMDB copies the bytes into the map
                     leaves.append((cid, len(data)))
+                    self._advance(len(data))
             except BaseException:
                 for fut in pending:  # no reader may still fill a buffer after we return
                     fut.cancel()
@@ -182,6 +194,8 @@ class Importer:
         :class:`~tvcfs.errors.InvalidEntryName` naming the file whose name cannot be
         stored (longer than 255 bytes, not UTF-8), :class:`TvcfsError` for a symlink
         whose target is not UTF-8 or a cycle of followed links."""
+        if self.progress is not None and self._total is None:
+            self._total = tree_size(path, exclude)
         root = _root if _root is not None else os.path.realpath(path)
         entries = []
         with os.scandir(path) as it:
@@ -251,3 +265,25 @@ class Importer:
         for c, b in blocks:
             self.txn.put_block(c, b)
         return cid, tsize
+
+
+def tree_size(path: str, exclude=(REPO_DIR,)) -> int:
+    """Bytes of the regular files below ``path`` (symlinks not followed, ``exclude``
+    names skipped at every level): the total a progress bar counts towards. Entries
+    that cannot be read count 0 (the import itself reports them)."""
+    total = 0
+    try:
+        with os.scandir(path) as it:
+            for e in it:
+                if e.name in exclude:
+                    continue
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        total += tree_size(e.path, exclude)
+                    elif e.is_file(follow_symlinks=False):
+                        total += e.stat(follow_symlinks=False).st_size
+                except OSError:
+                    pass
+    except OSError:
+        pass
+    return total

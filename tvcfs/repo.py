@@ -10,7 +10,6 @@ Layers (after dulwich): encoding (:mod:`tvcfs.encoding`) → chunking
 from __future__ import annotations
 
 import getpass
-import heapq
 import os
 import socket
 import subprocess
@@ -23,8 +22,9 @@ from .encoding.car import read_car, write_car_block, write_car_header
 from .encoding.cid import DAG_CBOR, cid_codec, cid_from_str, cid_str, verify_block
 from .encoding.commit import Commit, decode_commit
 from .encoding.unixfs import check_entry_name
+from .names import printable_name
 from .errors import (
-    AmbiguousRevision, BlockNotFound, CommitConflict, InvalidCID, NotARepository, RefConflict,
+    AmbiguousRevision, BlockNotFound, CommitConflict, InvalidCID, NotADirectory, NotARepository, RefConflict,
     RefExists, RevisionNotFound, TvcfsError, naming,
 )
 from .importer import REPO_DIR, Importer
@@ -524,27 +524,13 @@ class Repo:
 
     def log(self, rev: str | bytes | None = None, max_count: int | None = None,
             first_parent: bool = False) -> Iterator[tuple[bytes, Commit]]:
-        """Commits reachable from ``rev`` (default HEAD), newest first by timestamp."""
-        start = self._rev_to_cid(rev)
-        seen = {start}
-        heap = [(-self.read_commit(start).timestamp, 0, start)]
-        n = 0
-        seq = 1
-        while heap and (max_count is None or n < max_count):
-            _, _, c = heapq.heappop(heap)
-            com = self.read_commit(c)
-            yield c, com
-            n += 1
-            parents = com.parents[:1] if first_parent else com.parents
-            for p in parents:
-                if p not in seen:
-                    seen.add(p)
-                    try:
-                        ts = self.read_commit(p).timestamp
-                    except BlockNotFound:
-                        continue
-                    heapq.heappush(heap, (-ts, seq, p))
-                    seq += 1
+        """Commits reachable from ``rev`` (default HEAD), newest first by timestamp
+        (:func:`tvcfs.history.walk_log`; ``log --all``, paths and graphs are there too)."""
+        from itertools import islice
+
+        from .history import walk_log
+
+        yield from islice(walk_log(self, [self._rev_to_cid(rev)], first_parent), max_count)
 
     def merge_base(self, a: bytes, b: bytes) -> bytes | None:
         """A best common ancestor of commits ``a`` and ``b`` (the newest by timestamp
@@ -619,7 +605,7 @@ class Repo:
     def commit_dir(self, path: str, branch: str | None = None, message: str = "",
                    author: Author | None = None, expected=_UNSET, timestamp: int | None = None,
                    allow_empty: bool = False, metadata: dict | None = None,
-                   base=_UNSET) -> CommitResult:
+                   base=_UNSET, progress=None) -> CommitResult:
         """Commit directory ``path`` on ``branch`` (default: the branch of the
         worktree ``path``, else HEAD's branch).
 
@@ -642,13 +628,18 @@ class Repo:
           reflog as rejected).
 
         Nothing changed and not ``allow_empty``: no commit, ``result.cid is None``.
-        Raises ``NotADirectoryError`` for a non-directory, ``ValueError`` when both
-        ``expected`` and ``base`` are given.
+        ``progress``: a callback ``progress(bytes read, total bytes)`` (see
+        :class:`~tvcfs.importer.Importer`). Raises :class:`NotADirectory` naming ``path``
+        when it is missing or not a directory, ``ValueError`` when both ``expected``
+        and ``base`` are given.
         """
         if not os.path.isdir(path):
-            raise NotADirectoryError(f"not a directory: {path}")
+            what = "does not exist" if not os.path.lexists(path) else "is not a directory"
+            raise NotADirectory(f"{printable_name(path)} {what}: `tvcfs commit` takes a directory "
+                             "(to commit single files, `tvcfs add` them, then `tvcfs commit`)")
 
         def build(imp):
+            imp.progress = progress
             return imp.add_tree(path)[0]
 
         return self._commit(build, branch, message, author, expected, timestamp, allow_empty, metadata,
@@ -657,12 +648,13 @@ class Repo:
     def commit_tree(self, tree: bytes, branch: str | None = None, message: str = "",
                     author: Author | None = None, expected=_UNSET, parents: list | None = None,
                     timestamp: int | None = None, allow_empty: bool = True,
-                    metadata: dict | None = None) -> CommitResult:
+                    metadata: dict | None = None, base=_UNSET) -> CommitResult:
         """Record a commit of an already stored ``tree`` on ``branch``; ``parents``
-        defaults to ``[expected head]``. Same transaction and conflict rules as
-        :meth:`commit_dir`."""
+        defaults to ``[expected head]``; ``base``: the commit the tree was made from
+        (replayed onto a branch that moved, as :meth:`commit_dir`). Same transaction
+        and conflict rules as :meth:`commit_dir`."""
         return self._commit(lambda imp: tree, branch, message, author, expected, timestamp,
-                            allow_empty, metadata, parents)
+                            allow_empty, metadata, parents, base=base)
 
     def commit_build(self, build, branch=None, message: str = "", author=None, expected=_UNSET,
                      timestamp=None, allow_empty: bool = False, metadata=None, parents=None) -> CommitResult:
@@ -762,7 +754,7 @@ class Repo:
         return result
 
     # --- checkout / export -----------------------------------------------------
-    def checkout(self, rev, dest: str, path: str = "", branch=_UNSET) -> int:
+    def checkout(self, rev, dest: str, path: str = "", branch=_UNSET, progress=None) -> int:
         """Materialise ``rev`` (or its sub-path ``path``) into directory ``dest``, which
         must be missing or empty. Returns the bytes written. Raises
         :class:`TvcfsError` if ``dest`` is not empty.
@@ -772,14 +764,25 @@ class Repo:
         ``branch`` (default: the branch ``rev`` names, if it is a branch name or
         ``HEAD``), so that :meth:`commit_dir` of it replays its changes onto a branch
         that moved instead of reverting what it did not see (docs/writes.md,
-        "Worktrees"). A checkout into a path recorded before replaces its record."""
+        "Worktrees"). A checkout into a path recorded before replaces its record.
+        ``progress``: a callback ``progress(bytes written, total bytes)``."""
         commit = self._rev_to_cid(rev)
         e = self.entry(commit, path)
         if os.path.exists(dest):
             if not os.path.isdir(dest) or os.listdir(dest):
-                raise TvcfsError(f"destination {dest} exists and is not an empty directory")
+                raise TvcfsError(f"destination {printable_name(dest)} exists and is not an empty "
+                                 "directory: name a new or empty directory")
+        counter = None
+        if progress is not None:
+            total = e.size if e.kind == KIND_FILE else sum(
+                x.size for _, x in self.walk(commit, path) if x.kind == KIND_FILE)
+            done = [0]
+
+            def counter(n):
+                done[0] += n
+                progress(done[0], total)
         try:
-            n = self._materialise(e, dest)
+            n = self._materialise(e, dest, counter)
         except OSError as err:
             # a write error (a full disk above all) names no file: say which one, and
             # that the repository is untouched
@@ -826,7 +829,7 @@ class Repo:
                       "exists": os.path.isdir(p)}
         return out
 
-    def _materialise(self, e: Entry, dest: str) -> int:
+    def _materialise(self, e: Entry, dest: str, counter=None) -> int:
         """Write entry ``e`` at ``dest``; returns bytes written. A directory whose
         entry names are not valid (``..``, ``/``, NUL, over 255 bytes: a hostile CAR
         or peer) raises :class:`InvalidEntryName` before any of its entries is written,
@@ -839,21 +842,22 @@ class Repo:
             os.makedirs(dest, exist_ok=True)
             total = 0
             for name, child in children.items():
-                total += self._materialise(child, os.path.join(dest, name))
+                total += self._materialise(child, os.path.join(dest, name), counter)
             return total
         if e.kind == KIND_SYMLINK:
             os.symlink(e.target, dest)
             return 0
-        return self.write_file(e.cid, dest, e.mode)
+        return self.write_file(e.cid, dest, e.mode, counter)
 
-    def write_file(self, cid: bytes, dest: str, mode: int = 0o644) -> int:
+    def write_file(self, cid: bytes, dest: str, mode: int = 0o644, counter=None) -> int:
         """Write the content of file ``cid`` to the path ``dest`` from zero-copy store
         buffers (through the block layer: blocks missing locally come from the
         configured backends), each block checked against its CID first; returns bytes
         written.
         Raises :class:`BlockNotFound`, :class:`CorruptBlock` / :class:`MalformedObject`
         naming ``dest`` and the CID (``dest`` is then removed: no partial file is
-        left), ``OSError`` naming ``dest``."""
+        left), ``OSError`` naming ``dest``. ``counter(nbytes)`` is called after each
+        leaf is written."""
         with store_view(self.blocks) as blocks, naming(dest):
             def get(c):
                 v = blocks.get(c)
@@ -866,9 +870,12 @@ class Repo:
             try:
                 for i in range(len(idx.leaves)):
                     view = memoryview(idx.leaf_data(get, i))
+                    nleaf = len(view)
                     while view:
                         n = os.write(fd, view)
                         view = view[n:]
+                    if counter is not None:
+                        counter(nleaf)
             except OSError as e:
                 if e.filename is None:  # os.write's error names no file
                     raise OSError(e.errno, e.strerror, dest) from e
@@ -882,29 +889,42 @@ class Repo:
             os.chmod(dest, 0o755 & ~_umask())
         return idx.size
 
-    def export_car(self, rev, out: BinaryIO, path: str = "", history: bool = False) -> int:
+    def export_car(self, rev, out: BinaryIO, path: str = "", history: bool = False,
+                   progress=None) -> int:
         """Write a CAR v1 of ``rev`` (its commit block and tree; with ``path``, only
         the DAG at that path, which becomes the root). ``history`` adds every ancestor
-        commit and its tree. Returns the number of blocks written."""
+        commit and its tree. Returns the number of blocks written. ``progress``: a
+        callback ``progress(block bytes written)``."""
         commit = self._rev_to_cid(rev)
         root = self.entry(commit, path).cid if path else commit
         write_car_header(out, [root])
-        n = 0
+        n = nbytes = 0
         for cid, block in walk_dag(self.get, root, follow_parents=history):
             write_car_block(out, cid, block)
             n += 1
+            nbytes += len(block)
+            if progress is not None:
+                progress(nbytes)
         return n
 
-    def import_car(self, f: BinaryIO, branch: str | None = None) -> tuple[list, int]:
+    def import_car(self, f: BinaryIO, branch: str | None = None,
+                   progress=None) -> tuple[list, int]:
         """Import every block of a CAR v1 stream (each verified against its CID) in one
         transaction. With ``branch``, point it at the CAR's first root (a commit).
         Returns ``(roots, new_blocks)``. Raises :class:`MalformedObject` /
-        :class:`CorruptBlock`; nothing is stored then."""
+        :class:`CorruptBlock`; nothing is stored then. ``progress``: a callback
+        ``progress(bytes of the stream read, its size or None)``."""
+        try:
+            size = os.fstat(f.fileno()).st_size
+        except (AttributeError, OSError, ValueError):
+            size = None
         roots, blocks = read_car(f, verify=True)
         with self.store.write() as w:
             n = 0
             for cid, block in blocks:
                 n += w.put_block(cid, block)
+                if progress is not None:
+                    progress(f.tell(), size)
             if branch:
                 if not roots or cid_codec(roots[0]) != DAG_CBOR:
                     raise TvcfsError("the CAR's root is not a commit: cannot set a branch to it")

@@ -1,9 +1,11 @@
 """The ``tvcfs`` command line: thin porcelain over :class:`tvcfs.Repo`.
 
 Each command group lives in its own module exposing ``register(subparsers)``; every
-command function takes the parsed ``args`` and returns an exit code. Errors print one
-line (``tvcfs: error: …``) and exit non-zero, never a traceback (``TVCFS_DEBUG=1``
-shows it).
+command function takes the parsed ``args`` and returns an exit code. The global
+options (``--repo/-C``, ``--quiet/-q``, ``--json``) are accepted before and after
+the verb. Errors print one line (``tvcfs: error: …``, the path or revision and what
+to do, never an exception's class name) and exit non-zero, never a traceback
+(``TVCFS_DEBUG=1`` shows it).
 """
 
 from __future__ import annotations
@@ -13,12 +15,23 @@ import importlib
 import os
 import sys
 
-_GROUPS = ("core", "mount", "status", "remote", "merge", "hf")
+_GROUPS = ("core", "index", "mount", "status", "remote", "merge", "hf", "completion")
+
+# (flags, keyword arguments): given before the verb they land on the top-level
+# parser, after it on the command's parser (whose default is SUPPRESS so that a
+# value given before the verb is not overwritten).
+GLOBAL_OPTIONS = (
+    (("--repo", "-C"), dict(metavar="PATH", help="repository (default: found from the current directory)")),
+    (("--quiet", "-q"), dict(action="store_true", help="no progress bars or progress lines")),
+    (("--json",), dict(action="store_true", help="one JSON document on stdout (CIDs as strings)")),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``tvcfs`` argument parser, every command group registered."""
     p = argparse.ArgumentParser(prog="tvcfs", description="Version-controlled filesystem for ML models.")
-    p.add_argument("--repo", "-C", metavar="PATH", help="repository (default: found from the current directory)")
+    for flags, kw in GLOBAL_OPTIONS:
+        p.add_argument(*flags, **kw)
     p.add_argument("--version", action="version", version=f"tvcfs {__import__('tvcfs').__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -30,15 +43,33 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         mod.register(sub)
+    _add_global_options(sub)
     return p
+
+
+def _add_global_options(sub) -> None:
+    """Give every command (and sub-command) parser the global options, so that they
+    are accepted after the verb too."""
+    for parser in set(sub.choices.values()):
+        for flags, kw in GLOBAL_OPTIONS:
+            if not any(f in parser._option_string_actions for f in flags):
+                parser.add_argument(*flags, **{**kw, "default": argparse.SUPPRESS})
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_global_options(action)
 
 
 def main(argv=None) -> int:
     """Entry point of the ``tvcfs`` console script."""
-    from ..errors import TvcfsError
-
+    for stream in (sys.stdout, sys.stderr):
+        try:  # a non-UTF-8 file name given on the command line must not crash a print
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):
+            pass
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         rc = args.func(args)
     except KeyboardInterrupt as e:
@@ -51,14 +82,44 @@ def main(argv=None) -> int:
         except Exception:
             pass
         return 0
-    except (TvcfsError, OSError, ValueError) as e:
+    except Exception as e:
         if os.environ.get("TVCFS_DEBUG"):
             raise
-        msg = str(e) if isinstance(e, TvcfsError) else f"{type(e).__name__}: {e}"
-        print(f"tvcfs: error: {msg}", file=sys.stderr)
+        print(f"tvcfs: error: {error_line(e)}", file=sys.stderr)
         _hints(e)
         return getattr(e, "exit_code", 1)
     return rc or 0
+
+
+def error_line(e: BaseException) -> str:
+    """The one line the CLI prints for ``e``: a tvcfs error's message, an
+    ``OSError``'s path, reason and advice (:func:`tvcfs.errors.os_error_message`),
+    a ``ValueError``'s message; anything else is reported as an unexpected failure.
+    Never the exception's class name; multi-line messages are cut to their first line."""
+    from ..errors import TvcfsError, os_error_message
+
+    if isinstance(e, TvcfsError):
+        msg = str(e)
+    elif isinstance(e, OSError):
+        msg = os_error_message(e)
+    elif isinstance(e, (ValueError, LookupError)) and str(e):
+        msg = str(e)
+    else:
+        msg = (f"unexpected failure ({e or 'no message'}); this is a bug in tvcfs: run again with "
+               "TVCFS_DEBUG=1 for the traceback and report it")
+    return (msg.strip().splitlines() or ["failed"])[0]
+
+
+def split_pathspec(args, positionals: list) -> tuple[list, list]:
+    """``(revisions, paths)`` from a command's positional arguments: what followed
+    ``--`` on the command line is paths (``log [REV] -- PATH…``), else everything
+    after the first ``nrevs`` is."""
+    argv = getattr(args, "argv", [])
+    positionals = [p for p in positionals if p is not None]
+    if "--" in argv:
+        k = len(argv) - argv.index("--") - 1
+        return (positionals[:-k], positionals[-k:]) if k else (positionals, [])
+    return positionals, []
 
 
 def _hints(e: BaseException) -> None:
@@ -85,6 +146,25 @@ def add_no_verify(p) -> None:
     p.add_argument("--no-verify", action="store_true",
                    help="do not check blocks against their CIDs before their bytes leave the "
                         "store (by default each is hashed once per process; a damaged one is an error)")
+
+
+def emit_json(obj) -> None:
+    """Print ``obj`` as one JSON document on stdout: binary CIDs (``bytes``) and
+    ``multiformats.CID`` objects become their base32 strings."""
+    import json
+
+    from ..encoding.cid import cid_str
+
+    def default(o):
+        if isinstance(o, (bytes, bytearray, memoryview)):
+            return cid_str(bytes(o))
+        if type(o).__name__ == "CID":  # multiformats.CID in commit metadata
+            return o.encode("base32")
+        if isinstance(o, (set, frozenset, tuple)):
+            return list(o)
+        raise TypeError(f"cannot encode {type(o).__name__} as JSON")
+
+    print(json.dumps(obj, indent=1, default=default, ensure_ascii=False))
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ import os
 import sys
 import time
 
-from . import add_no_verify, open_repo
+from . import add_no_verify, emit_json, open_repo, split_pathspec
+from .progress import progress_bar
 from ..dag import KIND_DIR, KIND_SYMLINK
 from ..encoding.cid import cid_str
+from ..names import printable_name
 
 
 def fmt_bytes(n: float) -> str:
@@ -34,6 +36,40 @@ def _author(args):
     return Author.parse(args.author) if getattr(args, "author", None) else None
 
 
+def commit_dict(cid: bytes, com, refs=None) -> dict:
+    """A commit as JSON-ready data (binary CIDs become strings in :func:`emit_json`)."""
+    d = {"commit": cid, "parents": list(com.parents), "tree": com.tree,
+         "author": {"name": com.author_name, "email": com.author_email},
+         "timestamp": com.timestamp, "message": com.message, "metadata": com.metadata}
+    if refs is not None:
+        d["refs"] = refs
+    return d
+
+
+def entry_dict(e, path: str | None = None) -> dict:
+    """A directory entry as JSON-ready data."""
+    d = {"name": e.name, "kind": e.kind, "mode": e.mode, "size": e.size, "cid": e.cid}
+    if path is not None:
+        d["path"] = path
+    if e.kind == KIND_SYMLINK:
+        d["target"] = e.target
+    return d
+
+
+def revpath(repo, spec: str):
+    """``(commit, path, Entry)`` of ``REV[:PATH]``; a path that is not in the tree is
+    an error naming the whole ``spec`` and how to list what is there."""
+    from ..errors import PathNotFound
+
+    commit, path = repo.split_revpath(spec)
+    try:
+        return commit, path, repo.entry(commit, path)
+    except PathNotFound as e:
+        rev = spec.partition(":")[0] or "HEAD"
+        raise PathNotFound(f"{printable_name(spec)}: {e}; `tvcfs ls -r {printable_name(rev)}` lists "
+                           "the paths of that revision") from None
+
+
 def cmd_init(args):
     from ..repo import Repo
 
@@ -46,83 +82,183 @@ def cmd_init(args):
 
 
 def cmd_commit(args):
+    from ..encoding.commit import parse_metadata
+    from ..names import printable_name
+
     t0 = time.monotonic()
+    meta = parse_metadata(args.meta)
     with open_repo(args) as repo:
-        kw = {"base": repo.resolve(args.base)} if args.base else {}
-        res = repo.commit_dir(args.dir, branch=args.branch, message=args.message or "",
-                              author=_author(args), allow_empty=args.allow_empty, **kw)
+        if args.dir is None:  # the staging index (tvcfs add / rm)
+            from ..index import commit_index, staged_changes
+
+            if args.base or args.allow_empty:
+                from ..errors import TvcfsError
+
+                raise TvcfsError("--base and --allow-empty apply to `tvcfs commit DIR`; "
+                                 "the index is committed from the commit it was staged on")
+            nstaged = len(staged_changes(repo))
+            res = commit_index(repo, message=args.message or "", author=_author(args),
+                               metadata=meta, branch=args.branch)
+            what = "the index"
+        else:
+            kw = {"base": repo.resolve(args.base)} if args.base else {}
+            with progress_bar(args, "Committing") as bar:
+                res = repo.commit_dir(args.dir, branch=args.branch, message=args.message or "",
+                                      author=_author(args), allow_empty=args.allow_empty,
+                                      metadata=meta, progress=bar, **kw)
+            what = printable_name(args.dir)
         dt = time.monotonic() - t0
+        if args.json:
+            emit_json({"changed": res.changed, "commit": res.cid, "branch": res.branch, "tree": res.tree,
+                       "files": res.files, "bytes": res.bytes, "new_bytes": res.new_bytes,
+                       "new_blocks": res.new_blocks, "replayed": res.replayed, "seconds": round(dt, 3)})
+            return 0
         if not res.changed:
-            print(f"nothing to commit: {args.dir} matches {res.branch} ({res.files} files, "
+            print(f"nothing to commit: {what} matches {res.branch} ({res.files} files, "
                   f"{fmt_bytes(res.bytes)})")
             return 0
         print(f"[{res.branch} {cid_str(res.cid)}] {args.message or ''}".rstrip())
-        if res.replayed:
-            print(f" {res.branch} had changes {args.dir} does not show (its base: {short(res.base)}): "
+        if res.replayed and args.dir is None:
+            print(f" {res.branch} moved since the changes were staged: they were replayed onto "
+                  f"{short(res.head)}")
+        elif res.replayed:
+            print(f" {res.branch} had changes {what} does not show (its base: {short(res.base)}): "
                   f"its changes were replayed onto {short(res.head)}; check out again to see them all")
+        if args.dir is None:
+            print(f" {nstaged} staged change{'s' if nstaged != 1 else ''} committed (tvcfs add/rm); "
+                  f"the index is empty")
+            return 0
         print(f" {res.files} files, {fmt_bytes(res.bytes)} scanned, {fmt_bytes(res.new_bytes)} new "
               f"in {res.new_blocks} blocks ({res.new_bytes} bytes), {dt:.2f} s")
     return 0
 
 
 def cmd_log(args):
+    from .. import history
+
+    revs, paths = split_pathspec(args, [args.rev, *args.paths])
+    if len(revs) > 1:
+        from ..errors import TvcfsError
+
+        raise TvcfsError(f"log takes one revision, got {' '.join(revs)}: separate paths with "
+                         "`--` (tvcfs log REV -- PATH…)")
     with open_repo(args) as repo:
-        if repo.head() is None and not args.rev:
-            print("(no commits yet)")
+        if repo.head() is None and not revs and not (args.all and repo.refs()):
+            if args.json:
+                emit_json([])
+            else:
+                print("(no commits yet)")
             return 0
-        names = {}
-        for name, cid in repo.branches().items():
-            names.setdefault(cid, []).append(name)
-        for name, cid in repo.tags().items():
-            names.setdefault(cid, []).append(f"tag: {name}")
-        for cid, com in repo.log(args.rev, max_count=args.max_count, first_parent=args.first_parent):
+        names = history.decorations(repo)
+        commits = history.log(repo, revs, all_refs=args.all, first_parent=args.first_parent,
+                              paths=paths, max_count=args.max_count, topo=args.graph)
+        rows = (history.graph(commits, args.first_parent) if args.graph
+                else (history.GraphRow(c, m, "", []) for c, m in commits))
+        if args.json:
+            out = []
+            for r in rows:
+                d = commit_dict(r.cid, r.commit, names.get(r.cid, []))
+                if args.graph:
+                    d["graph"] = [r.prefix.rstrip(), *r.after]
+                out.append(d)
+            emit_json(out)
+            return 0
+        for row in rows:
+            cid, com, g = row.cid, row.commit, row.prefix
+            pad = g.replace("*", "|" if com.parents else " ")
             deco = f" ({', '.join(names[cid])})" if cid in names else ""
             if args.oneline:
-                print(f"{short(cid)}{deco} {com.message.splitlines()[0] if com.message else ''}")
+                print(f"{g}{short(cid)}{deco} {com.message.splitlines()[0] if com.message else ''}")
+                for line in row.after:
+                    print(line)
                 continue
-            print(f"commit {cid_str(cid)}{deco}")
-            if len(com.parents) > 1:
-                print("Merge: " + " ".join(short(p) for p in com.parents))
-            print(f"Author: {com.author_name} <{com.author_email}>")
-            print(f"Date:   {time.strftime('%a %b %d %H:%M:%S %Y %z', time.localtime(com.timestamp))}")
-            print()
-            for line in (com.message or "").splitlines() or [""]:
-                print(f"    {line}")
-            print()
+            _print_commit(cid, com, deco, g, pad)
+            for line in row.after:
+                print(line)
     return 0
+
+
+def _print_commit(cid, com, deco, g="", pad=""):
+    """A commit as ``tvcfs log`` prints it; ``g``/``pad``: the graph drawn before the
+    commit line and before the lines after it."""
+    print(f"{g}commit {cid_str(cid)}{deco}")
+    if len(com.parents) > 1:
+        print(f"{pad}Merge: " + " ".join(short(p) for p in com.parents))
+    print(f"{pad}Author: {com.author_name} <{com.author_email}>")
+    print(f"{pad}Date:   {time.strftime('%a %b %d %H:%M:%S %Y %z', time.localtime(com.timestamp))}")
+    if com.metadata:
+        print(f"{pad}Meta:   {_meta_text(com.metadata)}")
+    print(pad.rstrip())
+    for line in (com.message or "").splitlines() or [""]:
+        print(f"{pad}    {line}")
+    print(pad.rstrip())
+
+
+def _meta_text(metadata: dict) -> str:
+    return json.dumps(metadata, default=lambda b: str(b) if type(b).__name__ == "CID" else cid_str(bytes(b)))
+
+
+def _first_line(repo, cid) -> str:
+    m = repo.read_commit(cid).message
+    return m.splitlines()[0] if m else ""
 
 
 def cmd_branch(args):
     with open_repo(args) as repo:
         if args.delete:
+            done = []
             for name in args.delete:
                 cid = repo.delete_branch(name)
-                print(f"Deleted branch {name} (was {short(cid)}).")
+                done.append({"deleted": name, "commit": cid})
+                if not args.json:
+                    print(f"Deleted branch {name} (was {short(cid)}).")
+            if args.json:
+                emit_json(done)
             return 0
         if args.name:
             cid = repo.create_branch(args.name, args.start, force=args.force)
-            print(f"Created branch {args.name} at {short(cid)}")
+            if args.json:
+                emit_json({"created": args.name, "commit": cid})
+            else:
+                print(f"Created branch {args.name} at {short(cid)}")
             return 0
         head = repo.head_branch()
-        for name, cid in sorted(repo.branches().items()):
-            mark = "*" if name == head else " "
-            print(f"{mark} {name:<24} {short(cid)} {repo.read_commit(cid).message.splitlines()[0] if repo.read_commit(cid).message else ''}")
+        rows = [{"name": name, "commit": cid, "head": name == head, "message": _first_line(repo, cid)}
+                for name, cid in sorted(repo.branches().items())]
+        if args.json:
+            emit_json(rows)
+            return 0
+        for r in rows:
+            mark = "*" if r["head"] else " "
+            print(f"{mark} {r['name']:<24} {short(r['commit'])} {r['message']}")
     return 0
 
 
 def cmd_tag(args):
     with open_repo(args) as repo:
         if args.delete:
+            done = []
             for name in args.delete:
                 cid = repo.delete_tag(name)
-                print(f"Deleted tag {name} (was {short(cid)})")
+                done.append({"deleted": name, "commit": cid})
+                if not args.json:
+                    print(f"Deleted tag {name} (was {short(cid)})")
+            if args.json:
+                emit_json(done)
             return 0
         if args.name:
             cid = repo.create_tag(args.name, args.rev, force=args.force)
-            print(f"Tagged {short(cid)} as {args.name}")
+            if args.json:
+                emit_json({"created": args.name, "commit": cid})
+            else:
+                print(f"Tagged {short(cid)} as {args.name}")
             return 0
-        for name, cid in sorted(repo.tags().items()):
-            print(f"{name:<24} {short(cid)}")
+        rows = [{"name": name, "commit": cid} for name, cid in sorted(repo.tags().items())]
+        if args.json:
+            emit_json(rows)
+            return 0
+        for r in rows:
+            print(f"{r['name']:<24} {short(r['commit'])}")
     return 0
 
 
@@ -132,14 +268,20 @@ def _kind_char(e):
 
 def cmd_ls(args):
     with open_repo(args) as repo:
-        commit, path = repo.split_revpath(args.spec)
+        commit, path, _ = revpath(repo, args.spec)
         if args.recursive:
-            for p, e in repo.walk(commit, path):
-                if e.kind == KIND_DIR:
-                    continue
+            items = [(p, e) for p, e in repo.walk(commit, path) if e.kind != KIND_DIR]
+            if args.json:
+                emit_json([entry_dict(e, p) for p, e in items])
+                return 0
+            for p, e in items:
                 print(f"{_kind_char(e)}{e.mode:04o} {e.size:>12} {cid_str(e.cid)}  {p}")
             return 0
-        for e in repo.ls(commit, path):
+        entries = repo.ls(commit, path)
+        if args.json:
+            emit_json([entry_dict(e) for e in entries])
+            return 0
+        for e in entries:
             suffix = "/" if e.kind == KIND_DIR else (f" -> {e.target}" if e.kind == KIND_SYMLINK else "")
             size = "-" if e.kind == KIND_DIR else str(e.size)
             print(f"{_kind_char(e)}{e.mode:04o} {size:>12} {cid_str(e.cid)}  {e.name}{suffix}")
@@ -156,9 +298,15 @@ def cmd_cat(args):
             else:
                 from ..errors import TvcfsError
 
-                raise TvcfsError(f"cat needs REV:PATH or a file CID, got {args.spec!r}")
+                raise TvcfsError(f"cat needs REV:PATH or a file CID, got {args.spec!r} "
+                                 "(e.g. tvcfs cat HEAD:config.json)")
         else:
-            commit, path = repo.split_revpath(args.spec)
+            commit, path, e = revpath(repo, args.spec)
+            if e.kind == KIND_DIR:
+                from ..errors import TvcfsError
+
+                raise TvcfsError(f"{printable_name(args.spec)} is a directory, not a file "
+                                 f"(`tvcfs ls {printable_name(args.spec)}` lists what it holds)")
             it = repo.read_file(commit, path)
         out = sys.stdout.buffer
         for chunk in it:
@@ -186,9 +334,15 @@ def tensor_table(repo, cid: bytes) -> list:
 
 def cmd_show(args):
     with open_repo(args) as repo:
-        commit, path = repo.split_revpath(args.spec)
+        commit, path, e = revpath(repo, args.spec)
         if ":" not in args.spec:
             com = repo.read_commit(commit)
+            files = [(p, e) for p, e in repo.walk(commit, "") if e.kind != KIND_DIR]
+            if args.json:
+                d = commit_dict(commit, com)
+                d["files"] = [entry_dict(e, p) for p, e in files]
+                emit_json(d)
+                return 0
             print(f"commit {cid_str(commit)}")
             for p in com.parents:
                 print(f"parent {cid_str(p)}")
@@ -199,70 +353,95 @@ def cmd_show(args):
             for line in (com.message or "").splitlines():
                 print(f"    {line}")
             if com.metadata:
-                print(f"    metadata: {json.dumps(com.metadata, default=lambda b: cid_str(bytes(b)))}")
+                print(f"    metadata: {_meta_text(com.metadata)}")
             print()
-            for p, e in repo.walk(commit, ""):
-                if e.kind != KIND_DIR:
-                    print(f"{e.size:>12}  {p}")
+            for p, e in files:
+                print(f"{e.size:>12}  {p}")
             return 0
-        e = repo.entry(commit, path)
+        d = entry_dict(e, path)
+        if e.kind == KIND_DIR:
+            d["entries"] = [entry_dict(c) for c in repo.ls(commit, path)]
+        elif e.kind != KIND_SYMLINK:
+            d["leaves"] = len(repo.file_index(e.cid).leaves)
+            d["tensors"] = [{"name": n, "dtype": dt, "shape": list(sh), "bytes": nb, "first_leaf": fl,
+                             "leaves": nl} for n, dt, sh, nb, fl, nl in tensor_table(repo, e.cid)]
+        if args.json:
+            emit_json(d)
+            return 0
         print(f"{path}: {e.kind}, {e.size} bytes, mode {e.mode:04o}, CID {cid_str(e.cid)}")
         if e.kind == KIND_DIR:
-            for c in repo.ls(commit, path):
-                print(f"  {c.name}{'/' if c.kind == KIND_DIR else ''}")
+            for c in d["entries"]:
+                print(f"  {c['name']}{'/' if c['kind'] == KIND_DIR else ''}")
             return 0
         if e.kind == KIND_SYMLINK:
             print(f"  -> {e.target}")
             return 0
-        idx = repo.file_index(e.cid)
-        print(f"  {len(idx.leaves)} leaves")
-        rows = tensor_table(repo, e.cid)
+        print(f"  {d['leaves']} leaves")
+        rows = d["tensors"]
         if rows:
             print(f"  {len(rows)} tensors:")
             print(f"  {'name':<56} {'dtype':<8} {'shape':<18} {'bytes':>12} {'leaves':>6}")
-            for name, dtype, shape, nbytes, _, nleaves in rows:
-                print(f"  {name:<56} {dtype:<8} {str(list(shape)):<18} {nbytes:>12} {nleaves:>6}")
+            for t in rows:
+                print(f"  {t['name']:<56} {t['dtype']:<8} {str(t['shape']):<18} {t['bytes']:>12} "
+                      f"{t['leaves']:>6}")
     return 0
 
 
 def cmd_checkout(args):
     with open_repo(args) as repo:
-        commit, path = repo.split_revpath(args.rev)
+        commit, path, _ = revpath(repo, args.rev)
         branch = None if path else repo.branch_of(args.rev.partition(":")[0] or "HEAD")
         t0 = time.monotonic()
-        n = repo.checkout(commit, args.dir, path, branch=branch)
+        with progress_bar(args, "Checking out") as bar:
+            n = repo.checkout(commit, args.dir, path, branch=branch, progress=bar)
+        dt = time.monotonic() - t0
+        if args.json:
+            emit_json({"commit": commit, "path": path, "dir": args.dir, "bytes": n, "branch": branch,
+                       "seconds": round(dt, 3)})
+            return 0
         print(f"checked out {short(commit)}{':' + path if path else ''} into {args.dir} "
-              f"({fmt_bytes(n)}, {time.monotonic() - t0:.2f} s)"
+              f"({fmt_bytes(n)}, {dt:.2f} s)"
               + (f"; a worktree of branch {branch}" if branch else ""))
     return 0
 
 
 def cmd_export(args):
+    from ..fileio import atomic_output
+
     with open_repo(args) as repo:
-        commit, path = repo.split_revpath(args.rev)
-        tmp = args.file + ".tmp"
-        try:
-            with open(tmp, "wb") as f:
-                n = repo.export_car(commit, f, path, history=args.history)
-        except BaseException:
-            os.unlink(tmp)  # a damaged block or a full disk: no partial CAR left behind
-            raise
-        os.replace(tmp, args.file)
-        print(f"wrote {n} blocks to {args.file} (root {cid_str(repo.entry(commit, path).cid) if path else cid_str(commit)})")
+        commit, path, e = revpath(repo, args.rev)
+        root = e.cid if path else commit
+        with progress_bar(args, "Exporting") as bar, atomic_output(args.file) as f:
+            n = repo.export_car(commit, f, path, history=args.history, progress=bar)
+        if args.json:
+            emit_json({"file": args.file, "blocks": n, "root": root})
+            return 0
+        print(f"wrote {n} blocks to {args.file} (root {cid_str(root)})")
     return 0
 
 
 def cmd_import(args):
+    from ..fileio import open_input
+
     with open_repo(args) as repo:
-        with open(args.file, "rb") as f:
-            roots, n = repo.import_car(f, branch=args.branch)
+        with open_input(args.file) as f, progress_bar(args, "Importing") as bar:
+            roots, n = repo.import_car(f, branch=args.branch, progress=bar)
+        if args.json:
+            emit_json({"file": args.file, "new_blocks": n, "roots": roots, "branch": args.branch})
+            return 0
         print(f"imported {n} new blocks; roots: {' '.join(cid_str(r) for r in roots)}")
     return 0
 
 
 def cmd_reflog(args):
+    from ..history import reflog_newest_first
+
     with open_repo(args) as repo:
-        for e in repo.reflog(args.ref):
+        entries = reflog_newest_first(repo, args.ref)
+        if args.json:
+            emit_json(entries)
+            return 0
+        for e in entries:
             t = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"]))
             rej = " [rejected]" if e.get("rejected") else ""
             new = (e["new"] or "(deleted)")[:16]
@@ -275,13 +454,23 @@ def cmd_pin(args):
         if args.action == "add":
             for c in args.cids:
                 repo.pin(c)
-                print(f"pinned {c}")
+                if not args.json:
+                    print(f"pinned {c}")
         elif args.action == "rm":
             for c in args.cids:
-                print(("unpinned " if repo.unpin(c) else "not pinned: ") + c)
+                ok = repo.unpin(c)
+                if not args.json:
+                    print(("unpinned " if ok else "not pinned: ") + c)
         else:
-            for c, info in repo.pin_db.all().items():
+            pins = repo.pin_db.all()
+            if args.json:
+                emit_json([{"cid": c, **info} for c, info in pins.items()])
+                return 0
+            for c, info in pins.items():
                 print(f"{cid_str(c)} {info.get('name', '')}")
+            return 0
+        if args.json:
+            emit_json({"action": args.action, "cids": args.cids})
     return 0
 
 
@@ -293,22 +482,30 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("commit", help="commit a directory onto a branch (a checkout's changes are "
-                       "replayed if the branch moved; other directories are snapshots)")
-    p.add_argument("dir", help="directory to commit")
+                       "replayed if the branch moved; other directories are snapshots), or "
+                       "without DIR the staged index (tvcfs add)")
+    p.add_argument("dir", nargs="?", help="directory to commit (default: commit what `tvcfs add` staged)")
     p.add_argument("-b", "--branch", help="branch (default: the checkout's branch, else HEAD's; "
                    "a new branch starts at the directory's base, else at HEAD)")
     p.add_argument("--base", metavar="REV", help="the commit DIR was made from: if the branch moved "
                    "since, DIR's changes are replayed onto it (or saved on a conflicts/ branch)")
     p.add_argument("-m", "--message", default="")
     p.add_argument("--author", help='"Name <email>" (default: TVCFS_AUTHOR_NAME/EMAIL, then git config)')
+    p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                   help="commit metadata (repeatable); integers and decimal numbers (lr=3e-5) "
+                        "are stored as numbers, true/false as booleans, anything else as text")
     p.add_argument("--allow-empty", action="store_true", help="commit even if nothing changed")
     p.set_defaults(func=cmd_commit)
 
-    p = sub.add_parser("log", help="show commit history")
-    p.add_argument("rev", nargs="?")
+    p = sub.add_parser("log", help="show commit history",
+                       usage="tvcfs log [options] [REV] [-- PATH ...]")
+    p.add_argument("rev", nargs="?", metavar="REV")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="after --: only commits changing these paths")
     p.add_argument("-n", "--max-count", type=int)
     p.add_argument("--oneline", action="store_true")
     p.add_argument("--first-parent", action="store_true")
+    p.add_argument("--all", action="store_true", help="every branch, tag and remote-tracking ref")
+    p.add_argument("--graph", action="store_true", help="draw the history as a graph (topological order)")
     p.set_defaults(func=cmd_log)
 
     p = sub.add_parser("branch", help="list, create or delete branches")
@@ -358,7 +555,7 @@ def register(sub) -> None:
     p.add_argument("-b", "--branch", help="point this branch at the CAR's root commit")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("reflog", help="show ref changes")
+    p = sub.add_parser("reflog", help="show ref changes, newest first")
     p.add_argument("ref", nargs="?")
     p.set_defaults(func=cmd_reflog)
 

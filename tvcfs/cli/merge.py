@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
-from . import add_no_verify, open_repo
+from . import add_no_verify, emit_json, open_repo, split_pathspec
 
 STRATEGY_NAMES = ("ours", "theirs", "base", "average-ours-theirs", "average-all", "average-ours-base",
                   "average-theirs-base", "task-arithmetic", "ties", "dare", "slerp")
@@ -14,9 +13,20 @@ STRATEGY_NAMES = ("ours", "theirs", "base", "average-ours-theirs", "average-all"
 def cmd_diff(args) -> int:
     from ..diff import diff_commits, format_diff, format_stat
 
+    revs, paths = split_pathspec(args, [args.rev1, args.rev2, *args.paths])
+    if "--" not in getattr(args, "argv", []):  # REV REV2 PATH…: the first two are revisions
+        revs, paths = revs[:2], revs[2:]
+    if len(revs) > 2:
+        from ..errors import TvcfsError
+
+        raise TvcfsError(f"diff compares at most two revisions, got {' '.join(revs)}: separate paths "
+                         "with `--` (tvcfs diff REV [REV2] -- PATH…)")
     with open_repo(args) as repo:
-        rev_b = args.rev2 or "HEAD"
-        d = diff_commits(repo, args.rev1, rev_b, args.paths, numeric=not args.stat or args.json)
+        # one revision: against the head of the branch HEAD is on (git's `diff REV`
+        # compares with the working tree; tvcfs's working state is the branch head)
+        rev_a = revs[0] if revs else "HEAD"
+        rev_b = revs[1] if len(revs) > 1 else "HEAD"
+        d = diff_commits(repo, rev_a, rev_b, paths, numeric=not args.stat or args.json)
         if args.json:
             print(d.to_json())
         elif args.stat:
@@ -37,13 +47,21 @@ def cmd_merge(args) -> int:
         author = Author.parse(args.author) if args.author else None
         r = merge(repo, args.rev, branch=args.branch, strategies=args.strategy, params=args.param,
                   message=args.message, author=author, no_ff=args.no_ff, dry_run=args.dry_run)
+        unused = r.kind in (FAST_FORWARD, UP_TO_DATE) and bool(args.strategy)
         if args.json:
-            print(json.dumps(r.to_dict(), indent=2))
+            emit_json({**r.to_dict(), "strategies_unused": unused})
             return 1 if r.kind == CONFLICT else 0
+        if unused:
+            note = (f"; strategy {', '.join(args.strategy)} not used: "
+                    + ("there is nothing to merge" if r.kind == UP_TO_DATE else
+                       "a fast-forward merges no tensors (--no-ff records a merge commit; a "
+                       "strategy applies only to tensors changed on both sides)"))
+        else:
+            note = ""
         if r.kind == UP_TO_DATE:
-            print("Already up to date.")
+            print(f"Already up to date{note}.")
         elif r.kind == FAST_FORWARD:
-            print(f"Fast-forward to {cid_str(r.theirs)}" + (" (dry run)" if args.dry_run else ""))
+            print(f"Fast-forward to {cid_str(r.theirs)}" + (" (dry run)" if args.dry_run else "") + note)
         elif r.kind == MERGED:
             s = r.stats
             if args.dry_run:
@@ -66,11 +84,11 @@ def register(sub) -> None:
     p = sub.add_parser("diff", help="tensor-level diff of two revisions",
                        description="Files added/removed/modified between REV1 and REV2 (default HEAD); inside "
                                    "safetensors files, tensors added/removed/modified with numeric summaries.")
-    p.add_argument("rev1")
-    p.add_argument("rev2", nargs="?")
-    p.add_argument("paths", nargs="*", metavar="PATH", help="limit to these files or directories")
+    p.add_argument("rev1", nargs="?", metavar="REV", help="default HEAD; alone: compared with HEAD")
+    p.add_argument("rev2", nargs="?", metavar="REV2")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="limit to these files or directories "
+                   "(after `--` when fewer than two revisions are given)")
     p.add_argument("--stat", action="store_true", help="one summary line per file")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--exit-code", action="store_true", help="exit 1 if there are differences")
     add_no_verify(p)
     p.set_defaults(func=cmd_diff)
@@ -91,6 +109,5 @@ def register(sub) -> None:
     p.add_argument("--into", dest="branch", metavar="BRANCH", help="branch to merge into (default: HEAD's)")
     p.add_argument("--no-ff", action="store_true", help="create a merge commit even when fast-forward is possible")
     p.add_argument("--dry-run", "-n", action="store_true", help="report the outcome without writing")
-    p.add_argument("--json", action="store_true", help="machine-readable result")
     add_no_verify(p)
     p.set_defaults(func=cmd_merge)

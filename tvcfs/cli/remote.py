@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import sys
 
-from . import add_no_verify, open_repo
+from . import add_no_verify, emit_json, open_repo
+from .progress import progress_bar
 
 
 def _short(c) -> str:
@@ -153,30 +154,39 @@ def cmd_remote(args) -> int:
             try:
                 parse_url(args.url)
             except ValueError as e:
-                raise ValueError(str(e)) from None
+                from ..errors import TvcfsError
+
+                raise TvcfsError(f"remote {args.name}: {e}") from None
             repo.add_remote(args.name, args.url)
             return 0
         if args.action == "remove":
             repo.remove_remote(args.name)
+            return 0
+        if args.json:
+            scores = peer_scores(repo)
+            emit_json([{"name": name, "url": url, "bad_blocks": _bad_blocks(scores, url)}
+                       for name, url in sorted(repo.remotes().items())])
             return 0
         scores = peer_scores(repo) if args.verbose else {}
         for name, url in sorted(repo.remotes().items()):
             if not args.verbose:
                 print(name)
                 continue
-            extra = ""
-            try:
-                u = parse_url(url)
-                if u.peer_id:
-                    from ..transport.identity import format_peer_id
-
-                    bad = scores.get(format_peer_id(u.peer_id), {}).get("bad_blocks", 0)
-                    if bad:
-                        extra = f"  ({bad} bad blocks)"
-            except ValueError:
-                pass
-            print(f"{name}\t{url}{extra}")
+            bad = _bad_blocks(scores, url)
+            print(f"{name}\t{url}" + (f"  ({bad} bad blocks)" if bad else ""))
     return 0
+
+
+def _bad_blocks(scores: dict, url: str) -> int:
+    """Bad blocks counted against the peer of ``url`` (0 if none or no peer ID)."""
+    from ..transport.client import parse_url
+    from ..transport.identity import format_peer_id
+
+    try:
+        u = parse_url(url)
+    except ValueError:
+        return 0
+    return scores.get(format_peer_id(u.peer_id), {}).get("bad_blocks", 0) if u.peer_id else 0
 
 
 # ------------------------------------------------------------------ clone / fetch / pull / push
@@ -197,7 +207,9 @@ def cmd_clone(args) -> int:
         repo, _ = lazy_clone(args.url, dest, engine=args.engine, quiet=args.quiet)
         repo.close()
         return 0
-    repo, res = clone(args.url, dest, quiet=args.quiet, engine=args.engine)
+    with progress_bar(args, "Receiving") as bar:
+        repo, res = clone(args.url, dest, quiet=args.quiet, engine=args.engine,
+                          progress=bar if bar.enabled else None)
     try:
         _summary(res, args.quiet)
         if not args.quiet:
@@ -218,7 +230,9 @@ def cmd_fetch(args) -> int:
     with open_repo(args) as repo:
         remotes = list(repo.remotes()) if args.all else [args.remote or "origin"]
         for remote in remotes:
-            res = fetch(repo, remote, quiet=args.quiet, engine=args.engine)
+            with progress_bar(args, f"Receiving from {remote}") as bar:
+                res = fetch(repo, remote, quiet=args.quiet, engine=args.engine,
+                            progress=bar if bar.enabled else None)
             _summary(res, args.quiet)
             if not args.quiet:
                 if res.updated:
@@ -236,8 +250,9 @@ def cmd_pull(args) -> int:
 
     _engine(args)
     with open_repo(args) as repo:
-        r = pull(repo, args.remote or "origin", args.branch, quiet=args.quiet,
-                 engine=args.engine)
+        with progress_bar(args, "Receiving") as bar:
+            r = pull(repo, args.remote or "origin", args.branch, quiet=args.quiet,
+                     engine=args.engine, progress=bar if bar.enabled else None)
         _summary(r.fetch, args.quiet)
         if r.kind == "up-to-date":
             print("Already up to date.")
@@ -255,8 +270,9 @@ def cmd_push(args) -> int:
 
     _engine(args)
     with open_repo(args) as repo:
-        r = push(repo, args.remote or "origin", args.branch, force=args.force,
-                 quiet=args.quiet, engine=args.engine)
+        with progress_bar(args, "Sending") as bar:
+            r = push(repo, args.remote or "origin", args.branch, force=args.force,
+                     quiet=args.quiet, engine=args.engine, progress=bar if bar.enabled else None)
         if r.kind == "up-to-date":
             print("Everything up-to-date.")
         else:
@@ -269,7 +285,6 @@ def cmd_push(args) -> int:
 # ------------------------------------------------------------------ register
 def register(sub) -> None:
     def transfer_opts(p):
-        p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
         p.add_argument("--engine", choices=("qh3", "aioquic"),
                        help="QUIC engine (default: $TVCFS_QUIC_ENGINE or qh3)")
 
@@ -299,7 +314,6 @@ def register(sub) -> None:
                         "none; 0: any]; the gateway's URL is printed after the tvcfs:// one")
     p.add_argument("--http-only", action="store_true",
                    help="serve only the HTTP gateway (no QUIC/TCP peer transport)")
-    p.add_argument("--quiet", "-q", action="store_true", help="log warnings only")
     add_no_verify(p)
     p.set_defaults(func=cmd_serve)
 

@@ -7,7 +7,8 @@ import json
 import os
 import time
 
-from . import open_repo
+from . import emit_json, open_repo
+from .progress import progress_bar
 from ..encoding.cid import cid_str
 from ..encoding.unixfs import printable_name
 from ..errors import TvcfsError
@@ -26,81 +27,71 @@ def _mount_target(path: str):
     return m[0], branch
 
 
-def _pending_changes(repo, state_dir: str) -> list:
-    """``[(status, path, staged bytes | None)]`` of a staging directory (its snapshot
-    and journal), against its base commit. A state that cannot be read gives one
-    ``("unreadable", reason, None)`` line."""
-    from ..fs.workspace import Workspace
-
-    try:
-        ws = Workspace.load(repo, state_dir)
-    except (OSError, ValueError, KeyError, TvcfsError) as e:
-        return [("unreadable", str(e), None)]
-    try:
-        return ws.changes()
-    except TvcfsError as e:
-        return [("unreadable", str(e), None)]
-    finally:
-        ws._close_journal(unlink=False)
+def _clock(t) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t or 0))
 
 
 def cmd_status(args):
-    from ..fs.workspace import pending_workspaces
     from ..repo import Repo
+    from ..status import status_report
 
     branch = None
     if args.path:
         tgt = _mount_target(args.path)
         if tgt is None:
-            raise TvcfsError(f"{args.path} is not inside a tvcfs mount")
+            raise TvcfsError(f"{printable_name(args.path)} is not inside a tvcfs mount: give "
+                             "MOUNT/branches/NAME, or no path for the whole repository")
         repo = Repo.open(tgt[0])
         branch = tgt[1]
     else:
         repo = open_repo(args)
     with repo:
-        head = repo.head_branch()
-        print(f"On branch {head}" if head else "HEAD detached")
-        branches = repo.branches()
-        for b in ([branch] if branch else sorted(branches)):
-            cid = branches.get(b)
-            if cid is None:
-                print(f"  {b}: no commits yet")
-                continue
-            com = repo.read_commit(cid)
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(com.timestamp))
-            first = com.message.splitlines()[0] if com.message else ""
-            print(f"  {b}: {cid_str(cid)[:16]} {when} {first}")
-        pend = [p for p in pending_workspaces(repo) if branch is None or p["branch"] == branch]
-        if pend:
-            print("\nStaged changes not yet committed:")
-            for p in pend:
-                state = f"mount pid {p['pid']} running" if p["alive"] else "mount gone: run `tvcfs recover`"
-                print(f"  branch {p['branch']} ({state}; {p['dir']})")
-                if p.get("error"):
-                    e = p["error"]
-                    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.get("time", 0)))
-                    if e.get("skipped"):
-                        print(f"    committed at {when} without these entries (their names cannot be stored):")
-                        _print_skipped(e["skipped"], "    ")
-                    else:
-                        print(f"    last commit attempt failed at {when} ({e.get('attempts', 1)} in a row): "
-                              f"{e.get('error')}")
-                        print("    (retried automatically; `fsync` a file or the directory to retry now)")
-                for status, path, size in _pending_changes(repo, p["dir"]):
-                    extra = f" ({size} bytes staged)" if size is not None else ""
-                    print(f"    {status}: {printable_name(path)}{extra}")
-        else:
-            print("\nNo staged changes.")
-        _print_worktrees(repo, branch)
-        conflicts = repo.config.conflicts
-        conflicts = [c for c in conflicts if branch is None or c["branch"] == branch]
-        if conflicts:
-            print("\nConflicts (writes saved on their own branch; merge them by hand):")
-            for c in conflicts:
-                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c["time"]))
-                print(f"  {when} {c['branch']}: saved as {c['saved_as']} ({c['commit'][:16]}); "
-                      f"colliding paths: {', '.join(c['paths'])}")
-        _print_lazy_mounts(repo)
+        r = status_report(repo, branch)
+    if args.json:
+        emit_json(r)
+        return 0
+    print(f"On branch {r['head']}" if r["head"] else "HEAD detached")
+    for b in r["branches"]:
+        if b["commit"] is None:
+            print(f"  {b['name']}: no commits yet")
+            continue
+        print(f"  {b['name']}: {cid_str(b['commit'])[:16]} {_clock(b['time'])} {b['message']}")
+    idx = r["index"]
+    if idx and idx["changes"]:
+        print(f"\nChanges staged for commit on {idx['branch']} (tvcfs commit -m MSG; "
+              "tvcfs restore --staged to unstage):")
+        for c in idx["changes"]:
+            print(f"  {c['status']}: {printable_name(c['path'])}")
+        if idx["branch_moved"]:
+            print(f"  ({idx['branch']} moved since they were staged: the commit replays them onto its head)")
+    pend = r["mount_changes"]
+    if pend:
+        print("\nStaged changes not yet committed:")
+        for p in pend:
+            state = f"mount pid {p['pid']} running" if p["alive"] else "mount gone: run `tvcfs recover`"
+            print(f"  branch {p['branch']} ({state}; {p['dir']})")
+            if p.get("error"):
+                e = p["error"]
+                when = _clock(e.get("time", 0))
+                if e.get("skipped"):
+                    print(f"    committed at {when} without these entries (their names cannot be stored):")
+                    _print_skipped(e["skipped"], "    ")
+                else:
+                    print(f"    last commit attempt failed at {when} ({e.get('attempts', 1)} in a row): "
+                          f"{e.get('error')}")
+                    print("    (retried automatically; `fsync` a file or the directory to retry now)")
+            for c in p["changes"]:
+                extra = f" ({c['staged_bytes']} bytes staged)" if c["staged_bytes"] is not None else ""
+                print(f"    {c['status']}: {printable_name(c['path'])}{extra}")
+    elif not (idx and idx["changes"]):
+        print("\nNo staged changes.")
+    _print_worktrees(r)
+    if r["conflicts"]:
+        print("\nConflicts (writes saved on their own branch; merge them by hand):")
+        for c in r["conflicts"]:
+            print(f"  {_clock(c['time'])} {c['branch']}: saved as {c['saved_as']} ({c['commit'][:16]}); "
+                  f"colliding paths: {', '.join(c['paths'])}")
+    _print_lazy_mounts(r["lazy_mounts"])
     return 0
 
 
@@ -116,44 +107,30 @@ def _print_skipped(skipped: list, indent: str) -> None:
         print(f"{indent}  not committed: {path}: {why}; {what}")
 
 
-def _print_worktrees(repo, branch: str | None) -> None:
+def _print_worktrees(r: dict) -> None:
     """The directories made by ``tvcfs checkout`` (path, branch, base, whether the
-    directory is still there; docs/writes.md, "Worktrees") and the live mounts of
-    ``repo``; with ``branch``, only that branch's worktrees."""
-    from ..fs.daemon import repo_mounts
-
-    wts = {p: r for p, r in sorted(repo.worktrees().items()) if branch is None or r["branch"] == branch}
-    if wts:
+    directory is still there; docs/writes.md, "Worktrees") and the live mounts."""
+    if r["worktrees"]:
         print("\nWorktrees (tvcfs checkout; `tvcfs commit DIR` replays onto their branch if it moved):")
-        heads = repo.branches()
-        for p, r in wts.items():
-            tip = heads.get(r["branch"]) if r["branch"] else None
-            state = "" if r["exists"] else " [directory gone]"
-            behind = ""
-            if tip is not None and (tip != r["base"] or repo.read_commit(tip).tree != r["tree"]):
-                behind = f"; {r['branch']} is at {cid_str(tip)[:16]}"
-            print(f"  {p}  branch {r['branch'] or '(none)'} base {cid_str(r['base'])[:16]}{behind}{state}")
-    mounts = repo_mounts(repo.root)
-    if mounts:
+        for w in r["worktrees"]:
+            state = "" if w["exists"] else " [directory gone]"
+            behind = f"; {w['branch']} is at {cid_str(w['branch_head'])[:16]}" if w["branch_moved"] else ""
+            print(f"  {w['path']}  branch {w['branch'] or '(none)'} base {cid_str(w['base'])[:16]}{behind}{state}")
+    if r["mounts"]:
         print("\nMounts:")
-        for mnt, pid in mounts:
-            print(f"  {mnt}" + (f" (pid {pid})" if pid else ""))
+        for m in r["mounts"]:
+            print(f"  {m['mountpoint']}" + (f" (pid {m['pid']})" if m["pid"] else ""))
 
 
-def _print_lazy_mounts(repo) -> None:
+def _print_lazy_mounts(statuses: list) -> None:
     """The peers of the repository's running lazy mounts, from the status files the
     mounts publish (``tvcfs.fs.remote.mount_statuses``, docs/lazy.md): state, since
     when, why a peer is down, and the last read that failed."""
-    from ..fs.remote import mount_statuses
-
-    def clock(t):
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t or 0))
-
-    for st in mount_statuses(repo.control):
+    for st in statuses:
         print(f"\nLazy mount {st.get('mountpoint')} (pid {st.get('pid')}; a read waits at most "
               f"{st.get('timeout_s', 0):g} s for its blocks):")
         for name, p in sorted(st.get("peers", {}).items()):
-            line = f"  peer {name} {p.get('state')} since {clock(p.get('since'))}"
+            line = f"  peer {name} {p.get('state')} since {_clock(p.get('since'))}"
             if p.get("state") != "ready" and p.get("last_error"):
                 line += f": {p['last_error']}"
             elif p.get("suspect"):
@@ -161,7 +138,7 @@ def _print_lazy_mounts(repo) -> None:
             print(line)
         e = st.get("last_read_error")
         if e:
-            print(f"  last failed read at {clock(e.get('time'))}: {e.get('path')}: {e.get('error')}")
+            print(f"  last failed read at {_clock(e.get('time'))}: {e.get('path')}: {e.get('error')}")
 
 
 def cmd_recover(args):
@@ -213,7 +190,11 @@ def cmd_gc(args):
     from ..gc import collect_garbage
 
     with open_repo(args) as repo:
-        r = collect_garbage(repo, dry_run=args.dry_run, expire_days=args.expire)
+        with progress_bar(args, "Collecting garbage", unit="blocks") as bar:
+            r = collect_garbage(repo, dry_run=args.dry_run, expire_days=args.expire, progress=bar)
+        if args.json:
+            emit_json({**r, "dry_run": args.dry_run})
+            return 0
         verb = "would delete" if args.dry_run else "deleted"
         print(f"{verb} {r['deleted']} blocks ({r['deleted_bytes']} bytes); {r['kept']} reachable")
     return 0
@@ -223,11 +204,15 @@ def cmd_fsck(args):
     from ..gc import fsck
 
     with open_repo(args) as repo:
-        problems = fsck(repo, lazy_ok=args.lazy_ok)
+        with progress_bar(args, "Checking", unit="blocks") as bar:
+            problems = fsck(repo, lazy_ok=args.lazy_ok, progress=bar)
+        if args.json:
+            emit_json({"ok": not problems, "problems": problems})
+            return 1 if problems else 0
         for p in problems:
             print(p)
         if problems:
-            raise TvcfsError(f"{len(problems)} problem(s) found")
+            raise TvcfsError(f"{len(problems)} problem(s) found in {repo.root}: see the lines above")
         print("ok: every block matches its CID and every ref points at a complete commit")
     return 0
 
@@ -241,7 +226,8 @@ def cmd_stats(args):
         with open(path) as f:
             data = json.load(f)
     except OSError as e:
-        raise TvcfsError(f"{args.mountpoint} is not a tvcfs mount ({e.strerror})") from None
+        raise TvcfsError(f"{printable_name(args.mountpoint)} is not a tvcfs mount ({e.strerror}): "
+                         "give the directory `tvcfs mount` mounted") from None
     if args.json:
         print(json.dumps(data, indent=1, sort_keys=True))
         return 0
@@ -262,7 +248,6 @@ def cmd_stats(args):
 def register_maintenance(sub) -> None:
     p = sub.add_parser("stats", help="counters of a mount (fetches per priority and peer, cache hits)")
     p.add_argument("mountpoint")
-    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("gc", help="delete blocks no ref, recent reflog entry, pin or mount uses")

@@ -7,12 +7,17 @@ Shape (docs/format.md)::
 
 Encoded with the ``dag-cbor`` library (spec: https://ipld.io/specs/codecs/dag-cbor/spec/,
 map keys in length-first canonical order, CIDs as tag 42), decoded with the strict,
-fast :mod:`tvcfs.encoding.dagcbor`. Floats are refused in ``metadata`` so that a
-commit's CID never depends on float formatting.
+fast :mod:`tvcfs.encoding.dagcbor`. Numbers in ``metadata`` are ints or finite
+floats: DAG-CBOR always encodes a float as an IEEE-754 binary64 (major type 7,
+``0xfb``), never a shorter form, so a float parsed from the same decimal text is the
+same eight bytes and gives the same CID (see docs/format.md, "Commit metadata");
+NaN and infinities are refused (DAG-CBOR forbids them).
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 
 from ..errors import MalformedObject
@@ -24,8 +29,8 @@ from .dagcbor import Link
 @dataclass(frozen=True)
 class Commit:
     """A decoded commit. ``tree`` and ``parents`` are binary CIDs; ``timestamp`` is
-    Unix seconds (int); ``metadata`` a map of str keys to ints, strings, bytes, lists,
-    maps or CID links as ``multiformats.CID`` objects (no floats); decoding keeps
+    Unix seconds (int); ``metadata`` a map of str keys to ints, finite floats,
+    strings, bools, bytes, lists, maps or CID links as ``multiformats.CID`` objects; decoding keeps
     them as ``CID`` objects so that ``decode_commit(b).encode() == b``."""
 
     tree: bytes
@@ -41,7 +46,7 @@ class Commit:
         import dag_cbor
         from multiformats import CID
 
-        _check_no_floats(self.metadata)
+        check_metadata(self.metadata)
         obj = {
             "tree": CID.decode(self.tree),
             "parents": [CID.decode(p) for p in self.parents],
@@ -58,17 +63,55 @@ class Commit:
         return make_cid(DAG_CBOR, block), block
 
 
-def _check_no_floats(obj, path="metadata"):
-    if isinstance(obj, float):
-        raise ValueError(f"floats are not allowed in hashed objects ({path})")
+def check_metadata(obj, path="metadata") -> None:
+    """Refuse what DAG-CBOR cannot hold in commit metadata: non-string map keys, NaN
+    and infinite floats. Raises :class:`MalformedObject` naming the key."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise MalformedObject(f"{path} is {obj}: commit metadata numbers must be finite "
+                              "(DAG-CBOR has no NaN or infinity); store it as text instead")
     if isinstance(obj, dict):
         for k, v in obj.items():
             if not isinstance(k, str):
-                raise ValueError(f"metadata keys must be strings ({path})")
-            _check_no_floats(v, f"{path}.{k}")
+                raise MalformedObject(f"metadata keys must be strings ({path})")
+            check_metadata(v, f"{path}.{k}")
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
-            _check_no_floats(v, f"{path}[{i}]")
+            check_metadata(v, f"{path}[{i}]")
+
+
+_INT = re.compile(r"[+-]?[0-9]+\Z")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
+
+
+def parse_meta_value(text: str):
+    """A ``--meta KEY=VALUE`` value: an ``int`` for integer text (``3``, ``-12``), a
+    ``float`` for decimal text (``3e-5``, ``0.1``: Python's correctly rounded
+    parse, so the same text always gives the same binary64 and the same CID),
+    ``True``/``False`` for ``true``/``false``, else the text itself (``0x10``,
+    ``1_000`` stay strings). NaN and infinities raise :class:`MalformedObject`."""
+    if _INT.match(text):
+        return int(text)
+    if _FLOAT.match(text):
+        return float(text)
+    if text in ("true", "false"):
+        return text == "true"
+    if text.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        raise MalformedObject(f"{text!r} is not a finite number: commit metadata cannot hold NaN "
+                              "or infinities (DAG-CBOR forbids them); use another value")
+    return text
+
+
+def parse_metadata(items) -> dict:
+    """``{"lr": 3e-05, "epochs": 3}`` from ``["lr=3e-5", "epochs=3"]`` (each
+    ``KEY=VALUE``, values by :func:`parse_meta_value`; a later key wins). Raises
+    :class:`MalformedObject` for an item without ``=`` or with an empty key."""
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MalformedObject(f"--meta {item!r}: expected KEY=VALUE (e.g. --meta lr=3e-5)")
+        out[key.strip()] = parse_meta_value(value)
+    return out
 
 
 def decode_commit(block) -> Commit:

@@ -761,6 +761,8 @@ class Workspace:
             log.debug("describe: %s", e)
             return f"Update {self.branch} from mount"
         files = d.files
+        if not files:  # only directories changed (mkdir, rmdir): say which
+            return _describe_dirs(get, old_tree, new_tree, self.branch)
         head = f"Update {len(files)} file{'s' if len(files) != 1 else ''} on {self.branch}"
         lines = [head, ""]
         for fc in files:
@@ -768,6 +770,26 @@ class Workspace:
             for t in getattr(fc, "tensors", None) or []:
                 lines.append(f"    tensor {t.status}: {t.name}")
         return "\n".join(lines)
+
+
+def _describe_dirs(get, old_tree, new_tree, branch: str) -> str:
+    """A commit message for a change of empty directories only: ``Add directory x on
+    main`` / ``Remove directories a, b on main`` and one line per directory."""
+    from ..treeops import changed_paths
+
+    ch = changed_paths(get, old_tree, new_tree)
+    added = sorted(p for p, v in ch.items() if v is not None)
+    removed = sorted(p for p, v in ch.items() if v is None)
+    parts = []
+    for verb, paths in (("Add", added), ("Remove", removed)):
+        if paths:
+            word = "directory" if len(paths) == 1 else "directories"
+            parts.append(f"{verb} {word} {', '.join(paths[:3])}{', …' if len(paths) > 3 else ''}")
+    if not parts:
+        return f"Update {branch} from mount"
+    lines = [f"{'; '.join(parts)} on {branch}", ""]
+    lines += [f"added: {p}/" for p in added] + [f"removed: {p}/" for p in removed]
+    return "\n".join(lines)
 
 
 def _join(head: str, name: str) -> str:

@@ -68,11 +68,14 @@ class ConnectionFailed(TvcfsError):
 class Progress:
     """A progress line on stderr: bytes, rate, blocks. Updates at most 5 times a
     second on a terminal (carriage return), every 5 s otherwise; :meth:`done`
-    prints the final line. ``quiet`` shows nothing."""
+    prints the final line. ``quiet`` shows nothing. With ``callback`` (the caller's
+    progress bar: ``callback(bytes so far, None)``) it prints no line of its own and
+    hands every update to the callback."""
 
-    def __init__(self, label: str, quiet: bool = False, stream=None):
+    def __init__(self, label: str, quiet: bool = False, stream=None, callback=None):
         self.label = label
-        self.quiet = quiet
+        self.callback = callback
+        self.quiet = quiet or callback is not None
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.t0 = time.monotonic()
@@ -90,6 +93,8 @@ class Progress:
     def __call__(self, blocks: int, nbytes: int) -> None:
         self.blocks = self.base_blocks + blocks
         self.nbytes = self.base_bytes + nbytes
+        if self.callback is not None:
+            self.callback(self.nbytes, None)
         if self.quiet:
             return
         now = time.monotonic()
@@ -312,9 +317,10 @@ async def _fetch_async(repo, remote: str, url: str, *, progress: Progress | None
 
 
 def fetch(repo, remote: str = "origin", *, quiet: bool = False, engine: str | None = None,
-          out=None) -> FetchResult:
+          out=None, progress=None) -> FetchResult:
     """Fetch the branches and tags of ``remote`` (a configured name, or a URL) into
-    ``repo``. Raises :class:`FetchIncomplete`, :class:`ConnectionFailed`,
+    ``repo``. ``progress``: a callback ``progress(bytes received, None)`` that
+    replaces the progress line on ``out``. Raises :class:`FetchIncomplete`, :class:`ConnectionFailed`,
     :class:`~.client.RemoteError`, :class:`~.quic.TransportError`,
     :class:`~.identity.PeerIdMismatch`."""
     url = _url_of(repo, remote)
@@ -328,7 +334,7 @@ def fetch(repo, remote: str = "origin", *, quiet: bool = False, engine: str | No
                            updated=lr.updated, blocks=lr.blocks, nbytes=lr.nbytes,
                            seconds=lr.seconds)
     err = out or sys.stderr
-    prog = Progress(f"Receiving from {remote}", quiet, err)
+    prog = Progress(f"Receiving from {remote}", quiet, err, progress)
 
     def warn(msg):
         print(msg, file=err, flush=True)
@@ -343,7 +349,7 @@ def fetch(repo, remote: str = "origin", *, quiet: bool = False, engine: str | No
 
 # ------------------------------------------------------------------ clone
 def clone(url: str, dest: str, *, quiet: bool = False, engine: str | None = None,
-          remote: str = "origin", out=None) -> tuple:
+          remote: str = "origin", out=None, progress=None) -> tuple:
     """Clone ``url`` into a new repository at ``dest``: fetch every branch and tag
     (verified, resumable), create the local branches, point HEAD at the remote's
     HEAD branch, add the remote ``origin``. Running it again on an interrupted
@@ -376,7 +382,7 @@ def clone(url: str, dest: str, *, quiet: bool = False, engine: str | None = None
         err = out or sys.stderr
         if resume and not quiet:
             print(f"Resuming the interrupted clone into {dest}", file=err, flush=True)
-        res = fetch(repo, remote, quiet=quiet, engine=engine, out=err)
+        res = fetch(repo, remote, quiet=quiet, engine=engine, out=err, progress=progress)
         updates = {}
         for name, cid in res.refs.items():
             if name.startswith(HEADS) and repo.ref_db.get(name) is None:
@@ -423,14 +429,14 @@ class PullResult:
 
 
 def pull(repo, remote: str = "origin", branch: str | None = None, *, quiet: bool = False,
-         engine: str | None = None, out=None) -> PullResult:
+         engine: str | None = None, out=None, progress=None) -> PullResult:
     """Fetch ``remote``, then fast-forward local ``branch`` (default: HEAD's) to
     ``refs/remotes/REMOTE/BRANCH``. Raises :class:`NotFastForward` when the branches
     have diverged (merge with ``tvcfs merge REMOTE/BRANCH``)."""
     branch = branch or repo.head_branch()
     if not branch:
         raise TvcfsError("HEAD is detached: name the branch to pull")
-    res = fetch(repo, remote, quiet=quiet, engine=engine, out=out)
+    res = fetch(repo, remote, quiet=quiet, engine=engine, out=out, progress=progress)
     name = remote if "://" not in remote else "FETCH"
     target = res.refs.get(HEADS + branch)
     if target is None:
@@ -471,7 +477,7 @@ class PushResult:
 
 
 def push(repo, remote: str = "origin", branch: str | None = None, *, force: bool = False,
-         quiet: bool = False, engine: str | None = None, out=None) -> PushResult:
+         quiet: bool = False, engine: str | None = None, out=None, progress=None) -> PushResult:
     """Push local ``branch`` (default: HEAD's) to the same branch of ``remote``.
 
     Only blocks the remote lacks are sent; the ref is then changed with a
@@ -490,7 +496,7 @@ def push(repo, remote: str = "origin", branch: str | None = None, *, force: bool
     ref = HEADS + branch
     ident = repo.identity()
     err = out or sys.stderr
-    prog = Progress(f"Sending to {remote}", quiet, err)
+    prog = Progress(f"Sending to {remote}", quiet, err, progress)
 
     async def main():
         t0 = time.monotonic()
