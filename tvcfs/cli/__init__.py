@@ -13,7 +13,7 @@ import importlib
 import os
 import sys
 
-_GROUPS = ("core", "mount", "status", "remote", "merge")
+_GROUPS = ("core", "mount", "status", "remote", "merge", "hub")
 
 
 def build_parser() -> argparse.ArgumentParser:
