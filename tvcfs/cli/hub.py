@@ -162,7 +162,8 @@ def register(sub) -> None:
                         "HF_HUB_DISABLE_XET=1); default: every file inline in the commit")
     p.add_argument("--read-timeout", type=float, default=30.0, metavar="S",
                    help="close a connection that sends nothing for S seconds (slow clients)")
-    p.add_argument("--keep-alive", type=float, default=20.0, metavar="S", help="idle keep-alive timeout")
+    p.add_argument("--keep-alive", type=float, default=5.0, metavar="S",
+                   help="close a connection idle (or still sending its first request head) for S seconds")
     p.set_defaults(func=cmd_hub_serve)
 
     up = hs.add_parser("user", help="users and tokens").add_subparsers(dest="user_command", metavar="ACTION")

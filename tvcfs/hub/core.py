@@ -148,12 +148,17 @@ class Hub:
 
     # --- repositories ----------------------------------------------------------
     def create_repo(self, repo_id: str, private: bool = False, owner: str | None = None) -> Repo:
-        """Create repository ``ORG/NAME`` (an empty tvcfs repository with branch
-        ``main``). Raises :class:`HubError` 409 if it exists, :class:`InvalidName`."""
+        """Create repository ``ORG/NAME``: a tvcfs repository whose branch ``main``
+        holds one commit of an empty tree. Raises :class:`HubError` 409 if it exists, :class:`InvalidName`."""
         path = self.repo_dir(repo_id)
         self.state.add_repo(repo_id, private, owner)
         try:
-            return self._remember(repo_id, Repo.init(path))
+            repo = self._remember(repo_id, Repo.init(path))
+            # like the Hugging Face Hub, a new repository has a first (empty) commit on
+            # main, so clients find the branch and ask for files (404 EntryNotFound)
+            repo.commit_build(lambda imp: imp.add_directory([])[0], "main", "initial commit",
+                              Author(owner or "tvcfs-hub", ""), allow_empty=True)
+            return repo
         except BaseException:
             self.state.remove_repo(repo_id)
             raise
@@ -361,7 +366,7 @@ class Hub:
                     raise
                 time.sleep(0.01 * (attempt + 1))
                 continue
-            self.record_hashes(repo_id, {k: v for k, v in hashes.items() if v.get("sha1")})
+            self.record_hashes(repo_id, {k: {n: x for n, x in v.items() if x} for k, v in hashes.items()})
             return res, (res.cid or head_for_tree)
         raise HubError(f"{repo_id}: branch {branch} kept moving; try the upload again", 409)
 

@@ -13,7 +13,7 @@ import sys
 import trio
 
 
-def hypercorn_config(listen: str, read_timeout: float = 30.0, keep_alive: float = 20.0):
+def hypercorn_config(listen: str, read_timeout: float = 30.0, keep_alive: float = 5.0):
     """A Hypercorn ``Config`` bound to ``listen`` (``HOST:PORT``; port 0 picks one)."""
     from hypercorn.config import Config
 
@@ -31,7 +31,7 @@ def hypercorn_config(listen: str, read_timeout: float = 30.0, keep_alive: float 
 
 
 async def serve(root: str, listen: str, *, max_body: int = 64 << 30, lfs_threshold: int | None = None,
-                read_timeout: float = 30.0, keep_alive: float = 20.0, gateway=None,
+                read_timeout: float = 30.0, keep_alive: float = 5.0, gateway=None,
                 task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve the hub at ``root`` on ``listen`` until SIGINT/SIGTERM. ``task_status``
     gets the list of bound URLs (``["http://127.0.0.1:PORT"]``)."""
