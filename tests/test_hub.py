@@ -493,3 +493,28 @@ def test_many_concurrent_downloads(hub, real_model_dir):
     for t in ts:
         t.join(300)
     assert got == [(200, want)] * 16
+
+
+def test_systemd_unit_of_the_hub(tmp_path):
+    """packaging/install.sh installs tvcfs-hub.service with the tvcfs path filled in;
+    systemd-analyze accepts it (when available)."""
+    import shutil
+    import subprocess
+
+    from conftest import REPO_ROOT, tvcfs_executable
+
+    dest = tmp_path / "root"
+    r = subprocess.run(["sh", os.path.join(REPO_ROOT, "packaging", "install.sh"), "--destdir", str(dest),
+                        "--tvcfs", tvcfs_executable()[0]], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    unit = dest / "etc" / "systemd" / "system" / "tvcfs-hub.service"
+    text = unit.read_text()
+    start = [ln for ln in text.splitlines() if ln.startswith("ExecStart=")][0]
+    assert "@TVCFS@" not in text and " hub serve ${TVCFS_HUB_ROOT} --listen ${TVCFS_HUB_LISTEN}" in start
+    if shutil.which("systemd-analyze"):
+        r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+    r = subprocess.run(["sh", os.path.join(REPO_ROOT, "packaging", "install.sh"), "--destdir", str(dest),
+                        "--uninstall"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and not unit.exists()

@@ -192,12 +192,14 @@ class Hub:
 
     def repo(self, repo_id: str) -> Repo:
         """The open :class:`Repo` of ``ORG/NAME``. Raises :class:`HubError` 404."""
+        if self.state.repo(repo_id) is None:  # deleted by the CLI while we serve: forget it
+            with self._lock:
+                self._aliases.pop(repo_id, None)
+            raise HubError(f"repository {repo_id} not found", 404)
         with self._lock:
             r = self._repos.get(repo_id)
         if r is not None:
             return r
-        if self.state.repo(repo_id) is None:
-            raise HubError(f"repository {repo_id} not found", 404)
         return self._remember(repo_id, Repo.open(self.repo_dir(repo_id)))
 
     def visible_repos(self, user: str | None) -> list:
