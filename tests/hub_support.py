@@ -17,6 +17,19 @@ import urllib.parse
 from conftest import run_tvcfs, tvcfs_executable
 
 
+def stop_process(proc, timeout: float = 15) -> None:
+    """End a child process: SIGTERM (a clean stop), then SIGKILL if it hangs."""
+    for stop in (proc.terminate, proc.kill):
+        if proc.poll() is not None:
+            return
+        stop()
+        try:
+            proc.wait(timeout)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 @contextlib.contextmanager
 def running_hub(root: str, *extra, log: str | None = None):
     """Start ``tvcfs hub serve ROOT --listen 127.0.0.1:0 EXTRA…``; yield its URL
@@ -42,13 +55,7 @@ def running_hub(root: str, *extra, log: str | None = None):
         sel.close()
         yield line.split(b"\n")[0].decode().strip()
     finally:
-        for stop in (proc.terminate, proc.kill):  # SIGTERM: a clean stop; SIGKILL if it hangs
-            stop()
-            try:
-                proc.wait(15)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_process(proc)
         proc.stdout.close()
         errf.close()
 

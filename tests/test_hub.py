@@ -333,7 +333,7 @@ def test_traversal_malformed_and_oversized(hub):
                  f"/{ORG}/model/resolve/main/.tvcfs%2Fstore%2Fdata.mdb"):
         st, _, body = request(url, "GET", path)
         assert st == 422 and b"invalid path" in body, (path, st, body)
-    for path in (f"/api/models/..%2F..%2Fetc/passwd", f"/api/models/{ORG}/..", f"/%2E%2E/x/resolve/main/a"):
+    for path in ("/api/models/..%2F..%2Fetc/passwd", f"/api/models/{ORG}/..", "/%2E%2E/x/resolve/main/a"):
         st, _, body = request(url, "GET", path)
         assert st in (404, 405, 422) and b"hub.json" not in body and "error" in json.loads(body), (path, st)
     assert get_json(url, "/api/repos/create", tok, "POST", {"name": "..", "organization": ORG})[0] == 422
