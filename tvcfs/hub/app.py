@@ -21,7 +21,9 @@ import base64
 import binascii
 import json
 import os
+import threading
 import time
+from collections import OrderedDict
 from urllib.parse import unquote
 
 import anyio
@@ -42,6 +44,7 @@ MIB = 1 << 20
 SPAN = 4 * MIB          # bytes read per worker-thread trip when streaming a file
 JSON_LIMIT = 16 * MIB   # JSON request bodies (pre-upload, batch, create)
 UPLOAD_TTL = 3600       # seconds an LFS upload URL stays valid
+INDEX_CACHE = 512       # file leaf indexes kept (by file CID)
 _HF_CODE = {404: "RepoNotFound"}
 
 
@@ -93,6 +96,8 @@ class HubApp:
         self.max_body = max_body
         self.lfs_threshold = lfs_threshold
         self.gateway = gateway
+        self._indexes: OrderedDict = OrderedDict()
+        self._index_lock = threading.Lock()
 
     # --- plumbing ---------------------------------------------------------------
     def wrap(self, fn, hf: bool = False):
@@ -181,6 +186,22 @@ class HubApp:
         return str(request.base_url).rstrip("/")
 
     # --- file download (resolve, REST file) --------------------------------------
+    def file_index(self, repo_id: str, cid: bytes):
+        """The leaf index of file ``cid`` (immutable, so cached: the last
+        :data:`INDEX_CACHE` files; building one reads every interior node of the file,
+        ~20 ms for 1 GiB)."""
+        with self._index_lock:
+            idx = self._indexes.get(cid)
+            if idx is not None:
+                self._indexes.move_to_end(cid)
+                return idx
+        idx = self.hub.repo(repo_id).file_index(cid)
+        with self._index_lock:
+            self._indexes[cid] = idx
+            while len(self._indexes) > INDEX_CACHE:
+                self._indexes.popitem(last=False)
+        return idx
+
     async def serve_file(self, request: Request, repo_id: str, rev: str, path: str, hf: bool) -> Response:
         self.access(request, repo_id)
         check_path(path)
@@ -191,7 +212,7 @@ class HubApp:
             e = hub.repo(repo_id).entry(commit, path)
             if e.kind != KIND_FILE:
                 raise PathNotFound(f"{path} is a {e.kind}, not a file")
-            return commit, e, hub.repo(repo_id).file_index(e.cid)
+            return commit, e, self.file_index(repo_id, e.cid)
 
         try:
             commit, e, idx = await self.thread(lookup)
