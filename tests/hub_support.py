@@ -31,9 +31,10 @@ def stop_process(proc, timeout: float = 15) -> None:
 
 
 @contextlib.contextmanager
-def running_hub(root: str, *extra, log: str | None = None):
+def running_hub(root: str, *extra, log: str | None = None, lines: int = 1):
     """Start ``tvcfs hub serve ROOT --listen 127.0.0.1:0 EXTRA…``; yield its URL
-    (``http://127.0.0.1:PORT``); terminate it (then kill) whatever happens."""
+    (``http://127.0.0.1:PORT``), or with ``lines=2`` (``--transport-listen`` given)
+    ``(http URL, tvcfs URL)``; terminate it (then kill) whatever happens."""
     log = log or os.path.join(os.path.dirname(os.path.abspath(root)), "hub-serve.log")
     errf = open(log, "ab")
     proc = subprocess.Popen(tvcfs_executable() + ["hub", "serve", str(root), "--listen", "127.0.0.1:0",
@@ -44,7 +45,7 @@ def running_hub(root: str, *extra, log: str | None = None):
         sel.register(proc.stdout, selectors.EVENT_READ)
         deadline = time.monotonic() + 60
         line = b""
-        while not line.endswith(b"\n"):
+        while line.count(b"\n") < lines:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"hub did not start: {open(log, 'rb').read()[-2000:].decode(errors='replace')}")
             if sel.select(timeout=0.5):
@@ -53,7 +54,8 @@ def running_hub(root: str, *extra, log: str | None = None):
                     continue
                 line += b
         sel.close()
-        yield line.split(b"\n")[0].decode().strip()
+        urls = [x.decode().strip() for x in line.split(b"\n")[:lines]]
+        yield urls[0] if lines == 1 else tuple(urls)
     finally:
         stop_process(proc)
         proc.stdout.close()

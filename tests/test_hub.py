@@ -518,3 +518,45 @@ def test_systemd_unit_of_the_hub(tmp_path):
     r = subprocess.run(["sh", os.path.join(REPO_ROOT, "packaging", "install.sh"), "--destdir", str(dest),
                         "--uninstall"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and not unit.exists()
+
+
+@pytest.mark.fuse
+def test_block_exchange_clone_push_and_lazy_mount_through_the_hub(hub, real_model_dir, tmp_path):
+    """--transport-listen serves every repository's blocks from the hub's process:
+    tvcfs clone / push / lazy mount of tvcfs://PEERID@HOST:PORT/ORG/NAME, pushes and
+    private reads allowed by the peer IDs users registered."""
+    from lazy_support import lazy_mount, wait_peers_ready
+
+    root = hub["root"]
+    with running_hub(root, "--transport-listen", "127.0.0.1:0", lines=2) as (_, turl):
+        url = f"{turl}{ORG}/model"
+        clone = tmp_path / "clone"
+        run_tvcfs("clone", "-q", url, clone)
+        assert run_tvcfs("-C", clone, "cat", "v1:config.json").stdout == \
+            open(os.path.join(real_model_dir, "config.json"), "rb").read()
+        err = run_tvcfs("clone", "-q", f"{turl}{ORG}/nope", tmp_path / "nope", ok=False).stderr.decode()
+        assert "no repository 'acme/nope'" in err
+        # a private repository needs a registered peer ID with read access
+        run_tvcfs("clone", "-q", f"{turl}{ORG}/secret", tmp_path / "s1", ok=False)
+        peer = run_tvcfs("-C", clone, "id").stdout.decode().strip()
+        run_tvcfs("hub", "user", "key", "bob", peer, "--root", root)
+        (tmp_path / "work").mkdir()
+        (tmp_path / "work" / "new.txt").write_text("pushed over QUIC\n")
+        run_tvcfs("-C", clone, "commit", str(tmp_path / "work"), "-m", "from bob")
+        p = run_tvcfs("-C", clone, "push", ok=False)
+        assert b"unauthorised" in p.stderr  # bob may read, not write
+        run_tvcfs("hub", "user", "key", "bob", peer, "--remove", "--root", root)
+        run_tvcfs("hub", "user", "key", "alice", peer, "--root", root)
+        run_tvcfs("-C", clone, "push")
+        assert run_tvcfs("-C", _repo_path(hub, "model"), "cat", "main:new.txt").stdout == b"pushed over QUIC\n"
+        st, h, _ = request(hub["url"], "HEAD", f"/{ORG}/model/resolve/main/new.txt")
+        assert st == 200  # the HTTP side sees the push at once
+        s2 = tmp_path / "s2"
+        run_tvcfs("-C", clone, "remote", "add", "secret", f"{turl}{ORG}/secret")
+        run_tvcfs("-C", clone, "fetch", "secret")  # alice's peer may read the private repository
+        # lazy mount of a lazy clone: only what is read moves
+        run_tvcfs("clone", "--lazy", "-q", url, s2)
+        with lazy_mount(str(s2), str(tmp_path / "mnt"), "--fetch-timeout", 20) as m:
+            wait_peers_ready(m)
+            got = open(os.path.join(m, "tags", "v1", "config.json"), "rb").read()
+        assert got == open(os.path.join(real_model_dir, "config.json"), "rb").read()

@@ -34,7 +34,8 @@ def cmd_hub_serve(args) -> int:
     Hub.init(args.root_pos)
     return main_serve(os.path.abspath(args.root_pos), args.listen, max_body=int(args.max_body),
                       lfs_threshold=int(args.lfs_threshold) if args.lfs_threshold else None,
-                      read_timeout=args.read_timeout, keep_alive=args.keep_alive)
+                      read_timeout=args.read_timeout, keep_alive=args.keep_alive,
+                      transport_listen=args.transport_listen)
 
 
 def cmd_user_add(args) -> int:
@@ -70,6 +71,13 @@ def cmd_user_list(args) -> int:
 def cmd_user_revoke(args) -> int:
     n = _hub(args).state.revoke(args.name)
     print(f"revoked {n} token{'s' * (n != 1)} of {args.name}")
+    return 0
+
+
+def cmd_user_key(args) -> int:
+    _hub(args).state.set_peer(args.name, args.peer_id, remove=args.remove)
+    print(f"peer ID {args.peer_id} {'removed from' if args.remove else 'now counts as'} {args.name} "
+          "on the block exchange")
     return 0
 
 
@@ -164,6 +172,9 @@ def register(sub) -> None:
                    help="close a connection that sends nothing for S seconds (slow clients)")
     p.add_argument("--keep-alive", type=float, default=5.0, metavar="S",
                    help="close a connection idle (or still sending its first request head) for S seconds")
+    p.add_argument("--transport-listen", metavar="HOST:PORT",
+                   help="also serve every repository's blocks over QUIC and TLS/TCP "
+                        "(tvcfs://PEERID@HOST:PORT/ORG/NAME; printed on the second line)")
     p.set_defaults(func=cmd_hub_serve)
 
     up = hs.add_parser("user", help="users and tokens").add_subparsers(dest="user_command", metavar="ACTION")
@@ -176,6 +187,12 @@ def register(sub) -> None:
     p = with_root(up.add_parser("token", help="issue another token for a user (last line)"))
     p.add_argument("name")
     p.set_defaults(func=cmd_user_token)
+    p = with_root(up.add_parser("key", help="register a node peer ID of a user (tvcfs id prints it) for "
+                                           "clone, push and mount over the block exchange"))
+    p.add_argument("name")
+    p.add_argument("peer_id", metavar="PEERID")
+    p.add_argument("--remove", action="store_true")
+    p.set_defaults(func=cmd_user_key)
     p = with_root(up.add_parser("list", help="list users"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_user_list)

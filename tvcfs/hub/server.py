@@ -32,9 +32,12 @@ def hypercorn_config(listen: str, read_timeout: float = 30.0, keep_alive: float 
 
 async def serve(root: str, listen: str, *, max_body: int = 64 << 30, lfs_threshold: int | None = None,
                 read_timeout: float = 30.0, keep_alive: float = 5.0, gateway=None,
-                task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve the hub at ``root`` on ``listen`` until SIGINT/SIGTERM. ``task_status``
-    gets the list of bound URLs (``["http://127.0.0.1:PORT"]``)."""
+                transport_listen: str | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the hub at ``root`` on ``listen`` until SIGINT/SIGTERM; with
+    ``transport_listen`` (``HOST:PORT``) also the block exchange of every repository
+    (QUIC and TLS/TCP, :mod:`tvcfs.hub.blocks`) in the same trio loop.
+    ``task_status`` gets the list of URLs (``["http://127.0.0.1:PORT",
+    "tvcfs://PEERID@127.0.0.1:PORT2/"]``)."""
     from hypercorn.trio import serve as hserve
 
     from .app import HubApp
@@ -56,6 +59,15 @@ async def serve(root: str, listen: str, *, max_body: int = 64 << 30, lfs_thresho
             n.start_soon(signals)
             binds = await n.start(lambda task_status: hserve(app, cfg, shutdown_trigger=stop.wait,
                                                              task_status=task_status))
+            if transport_listen:
+                from ..transport.ops import serve_config
+                from .blocks import transport_config
+
+                host, _, port = transport_listen.rpartition(":")
+                tcfg = transport_config(hub)
+                url, _, _ = await n.start(lambda task_status: serve_config(
+                    tcfg, host.strip("[]"), int(port), task_status=task_status))
+                binds = [*binds, url]
             task_status.started(binds)
             await stop.wait()
             n.cancel_scope.deadline = trio.current_time() + cfg.graceful_timeout + 1

@@ -10,7 +10,7 @@ is enough; see docs/hub.md, "Users and tokens").
 Layout::
 
     {"format": 1,
-     "users": {NAME: {"email", "orgs": [ORG…], "created", "disabled": bool,
+     "users": {NAME: {"email", "orgs": [ORG…], "created", "disabled": bool, "peers": [PEERID…],
                       "tokens": [{"id", "sha256", "created", "revoked": bool}]}},
      "repos": {"ORG/NAME": {"private": bool, "owner": NAME | null,
                             "collaborators": [NAME…], "created"}}}
@@ -167,6 +167,24 @@ class HubState:
                 t["revoked"] = True
             u["disabled"] = True
             return n
+
+    def set_peer(self, name: str, peer: str, remove: bool = False) -> None:
+        """Register (or ``remove``) a node peer ID of user ``name``: the block exchange
+        treats that peer as the user (docs/hub.md). Raises :class:`HubError` (404,
+        422 for a malformed peer ID)."""
+        from ..transport.identity import IdentityError, format_peer_id, parse_peer_id
+
+        try:
+            peer = format_peer_id(parse_peer_id(peer))
+        except IdentityError as e:
+            raise HubError(f"invalid peer ID {peer!r}: {e}", 422) from None
+        with self.change() as d:
+            u = d["users"].get(name)
+            if u is None:
+                raise HubError(f"no user {name!r}", 404)
+            s = set(u.get("peers", []))
+            (s.discard if remove else s.add)(peer)
+            u["peers"] = sorted(s)
 
     def users(self) -> dict:
         """``{name: record}`` (records hold token hashes, never tokens)."""

@@ -104,6 +104,9 @@ class ServerConfig:
     ledger: PeerLedger | None = field(default_factory=PeerLedger)
     # optional server-wide bandwidth limit
     rate_limit: RateLimit | None = None
+    # several repositories behind one endpoint (a hub): ``resolve(name)`` gives the
+    # ServerConfig of the repository a session's Hello names, or None (not found)
+    resolve: object = None
 
 
 # ---------------------------------------------------------------- traversal
@@ -325,6 +328,12 @@ class _Session:
         if hello.version != P.PROTOCOL_VERSION:
             await ch.send(P.Error(0, P.E_PROTOCOL, f"unsupported version {hello.version}"))
             return
+        if cfg.resolve is not None:
+            sub = await trio.to_thread.run_sync(cfg.resolve, hello.repo)
+            if sub is None:
+                await ch.send(P.Error(0, P.E_NOT_FOUND, f"no repository {hello.repo!r} on this server"))
+                return
+            self.cfg = cfg = sub
         lim = cfg.limits
         await ch.send(P.Welcome(P.PROTOCOL_VERSION, cfg.identity.peer_id, self.nonce,
                                 lim.max_message, lim.max_wantlist, lim.max_inflight,
