@@ -544,7 +544,7 @@ def test_block_exchange_clone_push_and_lazy_mount_through_the_hub(hub, real_mode
         (tmp_path / "work" / "new.txt").write_text("pushed over QUIC\n")
         run_tvcfs("-C", clone, "commit", str(tmp_path / "work"), "-m", "from bob")
         p = run_tvcfs("-C", clone, "push", ok=False)
-        assert b"unauthorised" in p.stderr  # bob may read, not write
+        assert b"unauthorised" in p.stderr and b"tvcfs hub user key USER " in p.stderr  # bob may read, not write
         run_tvcfs("hub", "user", "key", "bob", peer, "--remove", "--root", root)
         run_tvcfs("hub", "user", "key", "alice", peer, "--root", root)
         run_tvcfs("-C", clone, "push")

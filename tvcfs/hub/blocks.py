@@ -50,7 +50,10 @@ def transport_config(hub):
         with lock:
             cfg = configs.get(name)
             if cfg is None:
-                cfg = configs[name] = ServerConfig(RepoBackend(hub.repo(name)), ident)
+                cfg = configs[name] = ServerConfig(
+                    RepoBackend(hub.repo(name)), ident,
+                    grant_hint=f"of the hub to register it for a user with access to {name}: "
+                               "`tvcfs hub user key USER {peer}`")
         cfg.private = bool(rec.get("private"))
         cfg.allow_push = peers(lambda u: hub.state.can_write(u, name))
         cfg.allow_read = peers(lambda u: hub.state.can_read(u, name))

@@ -57,8 +57,11 @@ async def serve(root: str, listen: str, *, max_body: int = 64 << 30, lfs_thresho
     try:
         async with trio.open_nursery() as n:
             n.start_soon(signals)
-            binds = await n.start(lambda task_status: hserve(app, cfg, shutdown_trigger=stop.wait,
-                                                             task_status=task_status))
+            async def http(task_status):
+                await hserve(app, cfg, shutdown_trigger=stop.wait, task_status=task_status)
+                n.cancel_scope.cancel()  # HTTP drained: end the block exchange too
+
+            binds = await n.start(http)
             if transport_listen:
                 from ..transport.ops import serve_config
                 from .blocks import transport_config

@@ -107,6 +107,9 @@ class ServerConfig:
     # several repositories behind one endpoint (a hub): ``resolve(name)`` gives the
     # ServerConfig of the repository a session's Hello names, or None (not found)
     resolve: object = None
+    # what a refused peer is told to ask for ({peer}: its peer ID; {private}: the
+    # "--private " of a read refusal)
+    grant_hint: str = "to run `tvcfs serve {private}--allow-push {peer}`"
 
 
 # ---------------------------------------------------------------- traversal
@@ -309,7 +312,7 @@ class _Session:
         log.warning("refused read from %s: peer ID not allowed on this private server",
                     self.who())
         return (f"this server is private and peer ID {pid} may not read it; ask its owner "
-                f"to run `tvcfs serve --private --allow-push {pid}`")
+                + self.cfg.grant_hint.format(peer=pid, private="--private "))
 
     def who(self) -> str:
         return f"{format_peer_id(self.peer) if self.peer else 'anonymous'} ({self.addr})"
@@ -445,7 +448,7 @@ class _Session:
             await ch.send(P.RefResult(
                 msg.request_id, False, cfg.backend.refs().get(msg.name),
                 f"unauthorised: peer ID {who} may not push to this repository; ask its owner "
-                f"to run `tvcfs serve --allow-push {who if self.peer else 'PEERID'}`"))
+                + cfg.grant_hint.format(peer=who if self.peer else "PEERID", private="")))
             return
         await self.flush_pending()
         if msg.new is not None:
