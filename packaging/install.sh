@@ -8,6 +8,7 @@
 #   SBINDIR/mount.fuse.tvcfs     so `mount -t fuse.tvcfs REPO MNT` and fstab lines work
 #   SBINDIR/umount.fuse.tvcfs    so `umount MNT` waits for pending commits
 #   UNITDIR/tvcfs-mount@.service systemd unit template (not with --no-systemd)
+#   UNITDIR/tvcfs-hub.service    systemd unit of a hub (not with --no-systemd)
 #   /etc/tvcfs/mounts/           directory for the unit's INSTANCE.conf files
 # with @TVCFS@ replaced by the absolute path of the tvcfs executable (--tvcfs, else
 # the `tvcfs` found on PATH). SBINDIR defaults to /sbin (mount(8) looks only there;
@@ -38,7 +39,7 @@ done
 if [ "$uninstall" = 1 ]; then
   rm -f "$destdir$sbindir/mount.fuse.tvcfs" "$destdir$sbindir/umount.fuse.tvcfs"
   if [ "$systemd" = 1 ]; then
-    rm -f "$destdir$unitdir/tvcfs-mount@.service"
+    rm -f "$destdir$unitdir/tvcfs-mount@.service" "$destdir$unitdir/tvcfs-hub.service"
     if [ -z "$destdir" ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
       systemctl daemon-reload || true
     fi
@@ -77,7 +78,8 @@ echo "installed $destdir$sbindir/mount.fuse.tvcfs and umount.fuse.tvcfs (tvcfs: 
 if [ "$systemd" = 1 ]; then
   mkdir -p "$destdir$unitdir" "$destdir/etc/tvcfs/mounts"
   subst "$here/tvcfs-mount@.service" "$destdir$unitdir/tvcfs-mount@.service" 0644
-  echo "installed $destdir$unitdir/tvcfs-mount@.service"
+  subst "$here/tvcfs-hub.service" "$destdir$unitdir/tvcfs-hub.service" 0644
+  echo "installed $destdir$unitdir/tvcfs-mount@.service and tvcfs-hub.service"
   if [ -z "$destdir" ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     systemctl daemon-reload
   fi

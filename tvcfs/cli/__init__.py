@@ -15,7 +15,7 @@ import importlib
 import os
 import sys
 
-_GROUPS = ("core", "index", "mount", "status", "remote", "merge", "hf", "completion")
+_GROUPS = ("core", "index", "mount", "status", "remote", "merge", "hf", "hub", "completion")
 
 # (flags, keyword arguments): given before the verb they land on the top-level
 # parser, after it on the command's parser (whose default is SUPPRESS so that a

@@ -564,12 +564,8 @@ async def serve_async(repo, host: str, port: int, *, private: bool = False,
     port number until cancelled. ``on_ready(url, port)`` is called once both listen.
     ``rate_limit``: bytes per second for all peers together (``None``: unlimited)."""
     from .identity import parse_peer_id
-    from .quic import QuicSettings, serve_quic
-    from .server import RateLimit, ServerConfig, handle_session
-    from .tcp import serve_tcp
+    from .server import RateLimit, ServerConfig
 
-    if not quic and not tcp:
-        raise TvcfsError("nothing to serve: both --no-quic and --no-tcp given")
     ident = repo.identity()
     allowed = set()
     for p in allow_push:
@@ -579,6 +575,23 @@ async def serve_async(repo, host: str, port: int, *, private: bool = False,
             raise TvcfsError(f"--allow-push {p}: {e}") from None
     cfg = ServerConfig(RepoBackend(repo), ident, private=private, allow_push=allowed,
                        rate_limit=RateLimit(rate_limit) if rate_limit else None)
+    await serve_config(cfg, host, port, quic=quic, tcp=tcp, engine=engine, on_ready=on_ready,
+                       task_status=task_status)
+
+
+async def serve_config(cfg, host: str, port: int, *, quic: bool = True, tcp: bool = True,
+                       engine: str | None = None, on_ready=None, task_status=trio.TASK_STATUS_IGNORED):
+    """Serve sessions configured by ``cfg`` (a :class:`~.server.ServerConfig`: its
+    identity is the TLS key; with ``cfg.resolve`` set, each session's repository is
+    chosen by the name in its ``Hello``) on ``host:port`` over QUIC and TLS-over-TCP
+    (same port number) until cancelled; see :func:`serve_async`."""
+    from .quic import QuicSettings, serve_quic
+    from .server import handle_session
+    from .tcp import serve_tcp
+
+    if not quic and not tcp:
+        raise TvcfsError("nothing to serve: both --no-quic and --no-tcp given")
+    ident = cfg.identity
 
     async def handler(stream):
         await handle_session(stream, cfg)

@@ -104,6 +104,12 @@ class ServerConfig:
     ledger: PeerLedger | None = field(default_factory=PeerLedger)
     # optional server-wide bandwidth limit
     rate_limit: RateLimit | None = None
+    # several repositories behind one endpoint (a hub): ``resolve(name)`` gives the
+    # ServerConfig of the repository a session's Hello names, or None (not found)
+    resolve: object = None
+    # what a refused peer is told to ask for ({peer}: its peer ID; {private}: the
+    # "--private " of a read refusal)
+    grant_hint: str = "to run `tvcfs serve {private}--allow-push {peer}`"
 
 
 # ---------------------------------------------------------------- traversal
@@ -319,7 +325,7 @@ class _Session:
         log.warning("refused read from %s: peer ID not allowed on this private server",
                     self.who())
         return (f"this server is private and peer ID {pid} may not read it; ask its owner "
-                f"to run `tvcfs serve --private --allow-push {pid}`")
+                + self.cfg.grant_hint.format(peer=pid, private="--private "))
 
     def who(self) -> str:
         return f"{format_peer_id(self.peer) if self.peer else 'anonymous'} ({self.addr})"
@@ -338,6 +344,12 @@ class _Session:
         if hello.version != P.PROTOCOL_VERSION:
             await ch.send(P.Error(0, P.E_PROTOCOL, f"unsupported version {hello.version}"))
             return
+        if cfg.resolve is not None:
+            sub = await trio.to_thread.run_sync(cfg.resolve, hello.repo)
+            if sub is None:
+                await ch.send(P.Error(0, P.E_NOT_FOUND, f"no repository {hello.repo!r} on this server"))
+                return
+            self.cfg = cfg = sub
         lim = cfg.limits
         await ch.send(P.Welcome(P.PROTOCOL_VERSION, cfg.identity.peer_id, self.nonce,
                                 lim.max_message, lim.max_wantlist, lim.max_inflight,
@@ -449,7 +461,7 @@ class _Session:
             await ch.send(P.RefResult(
                 msg.request_id, False, cfg.backend.refs().get(msg.name),
                 f"unauthorised: peer ID {who} may not push to this repository; ask its owner "
-                f"to run `tvcfs serve --allow-push {who if self.peer else 'PEERID'}`"))
+                + cfg.grant_hint.format(peer=who if self.peer else "PEERID", private="")))
             return
         await self.flush_pending()
         if msg.new is not None:

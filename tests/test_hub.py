@@ -1,0 +1,562 @@
+"""The hub (docs/hub.md): a real ``tvcfs hub serve`` on loopback, real Hugging Face
+clients (``huggingface_hub``, ``transformers``, ``sentence-transformers``) in
+subprocesses with ``HF_ENDPOINT`` pointed at it, tokens, private repositories, the
+REST API and abuse (traversal, oversized and malformed bodies, races, disconnects,
+slow clients, many concurrent downloads)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import stat
+import threading
+import time
+
+import pytest
+
+from conftest import assert_same_tree, run_tvcfs
+from hub_support import add_user, get_json, hf_env, ndjson, request, run_py, running_hub
+
+pytestmark = pytest.mark.slow
+
+ORG = "acme"
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory, real_model_dir):
+    """A hub with users alice (member of acme: writes), bob (no rights), carol
+    (revoked in a test), repositories acme/model (public: the real model, tag v1)
+    and acme/secret (private); served for the whole module."""
+    base = tmp_path_factory.mktemp("hub")
+    root = str(base / "root")
+    run_tvcfs("hub", "init", root)
+    tokens = {"alice": add_user(root, "alice", "--org", ORG), "bob": add_user(root, "bob"),
+              "carol": add_user(root, "carol", "--org", ORG)}
+    run_tvcfs("hub", "repo", "create", f"{ORG}/model", "--root", root)
+    run_tvcfs("hub", "repo", "create", f"{ORG}/secret", "--private", "--root", root)
+    model_repo = os.path.join(root, "repos", ORG, "model")
+    run_tvcfs("-C", model_repo, "commit", real_model_dir, "-m", "the real model")
+    run_tvcfs("-C", model_repo, "tag", "v1")
+    secret_src = base / "secret"
+    secret_src.mkdir()
+    (secret_src / "weights.txt").write_text("classified\n")
+    run_tvcfs("-C", os.path.join(root, "repos", ORG, "secret"), "commit", str(secret_src), "-m", "s")
+    with running_hub(root) as url:
+        yield {"root": root, "url": url, "tokens": tokens, "base": base}
+
+
+def _env(hub, who: str | None = None, **more):
+    home = hub["base"] / f"hf-{who or 'anon'}"
+    return hf_env(hub["url"], str(home), hub["tokens"].get(who) if who else None, **more)
+
+
+def _repo_path(hub, name: str) -> str:
+    return os.path.join(hub["root"], "repos", ORG, name)
+
+
+def _assert_same_files(src: str, snap: str) -> None:
+    """Every file of ``src`` is in ``snap`` (a Hugging Face snapshot: symlinks into its
+    blob store, followed) with the same bytes, and nothing else is."""
+    names = set()
+    for d, _, files in os.walk(src):
+        for f in files:
+            rel = os.path.relpath(os.path.join(d, f), src)
+            names.add(rel)
+            assert open(os.path.join(snap, rel), "rb").read() == open(os.path.join(d, f), "rb").read(), rel
+    got = {os.path.relpath(os.path.join(d, f), snap) for d, _, files in os.walk(snap) for f in files}
+    assert got == names
+
+
+def _new_leaf_bytes(repo_dir: str, old_rev: str, new_rev: str) -> int:
+    """Bytes of raw leaves reachable from ``new_rev`` and not from ``old_rev``."""
+    from tvcfs.dag import KIND_FILE
+    from tvcfs.repo import Repo
+
+    def leaves(repo, rev):
+        out = {}
+        for _, e in repo.walk(rev):
+            if e.kind == KIND_FILE:
+                idx = repo.file_index(e.cid)
+                out.update(zip(idx.leaves, idx.sizes))
+        return out
+
+    with Repo.open(repo_dir) as repo:
+        a, b = leaves(repo, repo.resolve(old_rev)), leaves(repo, repo.resolve(new_rev))
+    return sum(n for c, n in b.items() if c not in a)
+
+
+# --------------------------------------------------------------------------- download
+def test_hf_download_snapshot_and_file(hub, real_model_dir, tmp_path):
+    out = run_py(f"""
+import json
+from huggingface_hub import snapshot_download, hf_hub_download, HfApi
+p = snapshot_download("{ORG}/model", revision="v1")
+f = hf_hub_download("{ORG}/model", "config.json")
+info = HfApi().model_info("{ORG}/model", revision="v1")
+print(json.dumps({{"snap": p, "file": f, "sha": info.sha, "n": len(info.siblings)}}))
+""", _env(hub))
+    r = json.loads(out.strip().splitlines()[-1])
+    _assert_same_files(real_model_dir, r["snap"])
+    assert open(r["file"], "rb").read() == open(os.path.join(real_model_dir, "config.json"), "rb").read()
+    assert len(r["sha"]) == 40 and os.path.basename(r["snap"]) == r["sha"]
+    # the 40-hex alias, the full CID and the tag name resolve to the same commit and bytes
+    cid = run_tvcfs("-C", _repo_path(hub, "model"), "log", "-n", "1", "--oneline").stdout.split()[0].decode()
+    st, h, body = request(hub["url"], "GET", f"/{ORG}/model/resolve/{r['sha']}/config.json")
+    assert st == 200 and h["x-repo-commit"] == r["sha"]
+    full = json.loads(request(hub["url"], "GET", f"/api/models/{ORG}/model")[2])["tvcfsCommit"]
+    assert full.startswith(cid)
+    st2, h2, body2 = request(hub["url"], "GET", f"/{ORG}/model/resolve/{full}/config.json")
+    assert (st2, body2, h2["etag"]) == (200, body, h["etag"])
+    # ETag is the file's CID; Range gives 206 with the right slice
+    ls = run_tvcfs("-C", _repo_path(hub, "model"), "ls", "v1").stdout.decode()
+    file_cid = [line.split()[-2] for line in ls.splitlines() if line.endswith(" config.json")][0]
+    assert h["etag"] == f'"{file_cid}"'
+    st, h, part = request(hub["url"], "GET", f"/{ORG}/model/resolve/v1/model.safetensors",
+                          headers={"Range": "bytes=100-1099"})
+    whole = open(os.path.join(real_model_dir, "model.safetensors"), "rb").read()
+    assert st == 206 and part == whole[100:1100] and h["content-range"] == f"bytes 100-1099/{len(whole)}"
+    st, h, _ = request(hub["url"], "HEAD", f"/{ORG}/model/resolve/v1/model.safetensors")
+    assert st == 200 and int(h["content-length"]) == len(whole) and h["accept-ranges"] == "bytes"
+    st, h, _ = request(hub["url"], "GET", f"/{ORG}/model/resolve/v1/model.safetensors",
+                       headers={"Range": f"bytes={len(whole)}-"})
+    assert st == 416
+    st, h, _ = request(hub["url"], "GET", f"/{ORG}/model/resolve/v1/nope.json")
+    assert st == 404 and h["x-error-code"] == "EntryNotFound" and h["x-repo-commit"] == r["sha"]
+    st, h, _ = request(hub["url"], "GET", f"/{ORG}/model/resolve/nobranch/config.json")
+    assert st == 404 and h["x-error-code"] == "RevisionNotFound"
+
+
+@pytest.mark.ml
+def test_transformers_and_sentence_transformers_from_hub(hub, real_model_dir):
+    code = f"""
+import json, numpy as np, torch
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModel, AutoTokenizer
+s = ["the hub serves models", "a second sentence"]
+a = SentenceTransformer("{ORG}/model").encode(s)
+b = SentenceTransformer({real_model_dir!r}).encode(s)
+tok = AutoTokenizer.from_pretrained({real_model_dir!r})
+x = tok(s, return_tensors="pt", padding=True)
+with torch.no_grad():
+    h = AutoModel.from_pretrained("{ORG}/model", revision="v1")(**x).last_hidden_state
+    l = AutoModel.from_pretrained({real_model_dir!r})(**x).last_hidden_state
+print(json.dumps({{"st": bool(np.array_equal(a, b)), "tf": bool(torch.equal(h, l)), "shape": list(a.shape)}}))
+"""
+    r = json.loads(run_py(code, _env(hub)).strip().splitlines()[-1])
+    assert r == {"st": True, "tf": True, "shape": [2, 384]}
+
+
+# --------------------------------------------------------------------------- upload
+def test_hf_upload_folder_and_create_commit(hub, real_model_dir, finetune, tmp_path):
+    ft = finetune(tmp_path / "ft")
+    out = run_py(f"""
+import json
+from huggingface_hub import HfApi, CommitOperationAdd, CommitOperationDelete
+api = HfApi()
+api.create_repo("{ORG}/up")
+a = api.upload_folder(folder_path={real_model_dir!r}, repo_id="{ORG}/up", commit_message="original")
+again = api.upload_folder(folder_path={real_model_dir!r}, repo_id="{ORG}/up")
+b = api.upload_folder(folder_path={str(tmp_path / 'ft')!r}, repo_id="{ORG}/up", commit_message="fine-tune")
+c = api.create_commit("{ORG}/up", [CommitOperationAdd("notes/a.txt", b"hello"),
+                                    CommitOperationDelete("README.md")], commit_message="notes")
+print(json.dumps([a.oid, again.oid, b.oid, c.oid]))
+""", _env(hub, "alice"))
+    a, again, b, c = json.loads(out.strip().splitlines()[-1])
+    assert a == again  # nothing changed: no commit
+    repo = _repo_path(hub, "up")
+    log = run_tvcfs("-C", repo, "log", "--oneline").stdout.decode().splitlines()
+    assert [line.split(None, 1)[1].split(") ", 1)[-1] for line in log] == ["notes", "fine-tune", "original",
+                                                                          "initial commit"]
+    # every upload is one commit; the fine-tune stored only its changed tensors and header
+    new = _new_leaf_bytes(repo, "main~2", "main~1")
+    assert new <= ft.changed_bytes + ft.added_bytes + ft.header_bytes + (1 << 20), (new, ft)
+    run_tvcfs("-C", repo, "checkout", "main~1", str(tmp_path / "co"))
+    assert_same_tree(str(tmp_path / "ft"), str(tmp_path / "co"))
+    assert run_tvcfs("-C", repo, "cat", "main:notes/a.txt").stdout == b"hello"
+    assert run_tvcfs("-C", repo, "cat", "main:README.md", ok=False).returncode == 1
+
+
+def test_hf_upload_through_lfs_batch(hub, real_model_dir, tmp_path):
+    """With --lfs-threshold, large files go through the LFS batch API (basic
+    transfer to a signed URL, verify), which clients use without hf_xet."""
+    with running_hub(hub["root"], "--lfs-threshold", "1M") as url:
+        env = hf_env(url, str(tmp_path / "hf"), hub["tokens"]["alice"], HF_HUB_DISABLE_XET="1")
+        out = run_py(f"""
+import json
+from huggingface_hub import HfApi
+api = HfApi()
+api.create_repo("{ORG}/lfs")
+a = api.upload_folder(folder_path={real_model_dir!r}, repo_id="{ORG}/lfs")
+t = [f for f in api.list_repo_tree("{ORG}/lfs") if f.path == "model.safetensors"][0]
+print(json.dumps([a.oid, t.lfs.sha256 if t.lfs else None]))
+""", env)
+    oid, sha = json.loads(out.strip().splitlines()[-1])
+    whole = open(os.path.join(real_model_dir, "model.safetensors"), "rb").read()
+    assert sha == hashlib.sha256(whole).hexdigest()
+    assert run_tvcfs("-C", _repo_path(hub, "lfs"), "cat", "main:model.safetensors").stdout == whole
+    assert os.listdir(os.path.join(hub["root"], "uploads", ORG, "lfs")) == []  # committed, not left staged
+
+
+@pytest.mark.ml
+def test_push_to_hub_of_a_fine_tune_stores_only_changed_tensors(hub, real_model_dir):
+    out = run_py(f"""
+import json, torch
+from transformers import AutoModel
+m = AutoModel.from_pretrained({real_model_dir!r})
+m.push_to_hub("{ORG}/ft", commit_message="base")
+sd = m.state_dict()
+changed = ["encoder.layer.2.attention.self.query.weight", "encoder.layer.4.output.dense.weight"]
+with torch.no_grad():
+    for k in changed:
+        sd[k].add_(torch.randn_like(sd[k]) * 1e-3)
+m.push_to_hub("{ORG}/ft", commit_message="tuned")
+print(json.dumps(sum(sd[k].numel() * sd[k].element_size() for k in changed)))
+""", _env(hub, "alice"))
+    changed = json.loads(out.strip().splitlines()[-1])
+    repo = _repo_path(hub, "ft")
+    msgs = run_tvcfs("-C", repo, "log", "--oneline").stdout.decode()
+    assert "tuned" in msgs and "base" in msgs
+    new = _new_leaf_bytes(repo, "main~1", "main")
+    total = os.path.getsize(os.path.join(real_model_dir, "model.safetensors"))
+    assert changed <= new <= changed + (1 << 20), (new, changed, total)
+
+
+# --------------------------------------------------------------------------- tokens
+def test_tokens_and_private_repositories(hub, tmp_path):
+    url, tok = hub["url"], hub["tokens"]
+    body = ndjson({"key": "header", "value": {"summary": "x"}},
+                  {"key": "file", "value": {"path": "x.txt", "content": "eA==", "encoding": "base64"}})
+    commit = f"/api/models/{ORG}/model/commit/main"
+    head = run_tvcfs("-C", _repo_path(hub, "model"), "log", "-n1", "--oneline").stdout
+    # no token: 401 for writes and for private reads
+    assert request(url, "POST", commit, body)[0] == 401
+    assert request(url, "GET", f"/api/models/{ORG}/secret")[0] == 401
+    assert request(url, "GET", f"/{ORG}/secret/resolve/main/weights.txt")[0] == 401
+    # bob may read public repositories but not push (403); the private one does not exist for him
+    assert request(url, "GET", f"/api/models/{ORG}/model", token=tok["bob"])[0] == 200
+    assert request(url, "POST", commit, body, tok["bob"])[0] == 403
+    assert request(url, "GET", f"/api/models/{ORG}/secret", token=tok["bob"])[0] == 404
+    ids = [r["id"] for r in get_json(url, "/api/repos", tok["bob"])[1]]
+    assert f"{ORG}/model" in ids and f"{ORG}/secret" not in ids
+    assert f"{ORG}/secret" not in [r["id"] for r in get_json(url, "/api/repos")[1]]
+    assert f"{ORG}/secret" in [r["id"] for r in get_json(url, "/api/repos", tok["alice"])[1]]
+    st, _, data = request(url, "GET", f"/{ORG}/secret/resolve/main/weights.txt", token=tok["alice"])
+    assert (st, data) == (200, b"classified\n")
+    # a wrong token is 401 even on a public repository
+    assert request(url, "GET", f"/api/models/{ORG}/model", token="tvcfs_wrong")[0] == 401
+    # revoked: 401 where it worked before
+    assert request(url, "GET", f"/api/models/{ORG}/secret", token=tok["carol"])[0] == 200
+    run_tvcfs("hub", "user", "revoke", "carol", "--root", hub["root"])
+    assert request(url, "GET", f"/api/models/{ORG}/secret", token=tok["carol"])[0] == 401
+    assert request(url, "POST", commit, body, tok["carol"])[0] == 401
+    assert run_tvcfs("-C", _repo_path(hub, "model"), "log", "-n1", "--oneline").stdout == head  # nothing landed
+    # the client maps them as huggingface_hub users expect
+    out = run_py(f"""
+from huggingface_hub import HfApi, CommitOperationAdd
+from huggingface_hub.errors import HfHubHTTPError
+try:
+    HfApi().create_commit("{ORG}/model", [CommitOperationAdd("y.txt", b"y")], commit_message="no")
+except HfHubHTTPError as e:
+    print(e.response.status_code)
+""", _env(hub, "bob"))
+    assert out.strip().splitlines()[-1] == "403"
+    # the token file keeps only hashes
+    state = open(os.path.join(hub["root"], "hub.json")).read()
+    assert all(t not in state for t in tok.values())
+
+
+def test_cli_users_repos_login(hub, tmp_path):
+    root = hub["root"]
+    out = run_tvcfs("hub", "user", "add", "dave", "--email", "d@example.org", "--root", root).stdout.decode()
+    token = out.strip().splitlines()[-1]
+    assert token.startswith("tvcfs_") and token not in open(os.path.join(root, "hub.json")).read()
+    assert "dave" in run_tvcfs("hub", "user", "list", "--root", root).stdout.decode()
+    for bad in ("../evil", "/abs/x", "a/b/c", "a/..", "a/b\x01", ".hidden/x"):
+        p = run_tvcfs("hub", "repo", "create", bad, "--root", root, ok=False)
+        err = p.stderr.decode().strip()
+        assert err.startswith("tvcfs: error: invalid") and len(err.splitlines()) == 1, err
+    assert not os.path.exists(os.path.join(root, "evil"))
+    cfg = tmp_path / "cfg"
+    run_tvcfs("login", hub["url"], "--token", token, env={"XDG_CONFIG_HOME": str(cfg)})
+    f = cfg / "tvcfs" / "tokens.json"
+    assert json.loads(f.read_text()) == {hub["url"]: token} and stat.S_IMODE(f.stat().st_mode) == 0o600
+    p = run_tvcfs("login", hub["url"], "--token", "tvcfs_nope", env={"XDG_CONFIG_HOME": str(cfg)}, ok=False)
+    assert p.stderr.decode().startswith("tvcfs: error: the hub at") and b"401" in p.stderr
+    run_tvcfs("hub", "repo", "create", "dave/tmp", "--root", root)
+    assert "dave/tmp" in run_tvcfs("hub", "repo", "list", "--root", root).stdout.decode()
+    run_tvcfs("hub", "repo", "delete", "dave/tmp", "--root", root)
+    assert not os.path.exists(os.path.join(root, "repos", "dave", "tmp"))
+
+
+# --------------------------------------------------------------------------- REST API
+def test_rest_api(hub):
+    url, tok = hub["url"], hub["tokens"]
+    st, repos = get_json(url, "/api/repos")
+    assert st == 200 and {"id": f"{ORG}/model"}.items() <= repos[[r["id"] for r in repos].index(f"{ORG}/model")].items()
+    st, created = get_json(url, "/api/repos", tok["alice"], "POST", {"namespace": ORG, "name": "rest"})
+    assert st == 201 and created["id"] == f"{ORG}/rest"
+    assert get_json(url, "/api/repos", tok["alice"], "POST", {"namespace": ORG, "name": "rest"})[0] == 409
+    assert get_json(url, "/api/repos", tok["bob"], "POST", {"namespace": ORG, "name": "x"})[0] == 403
+    st, err = get_json(url, "/api/repos", None, "POST", {"name": "x"})
+    assert st == 401 and "error" in err
+    st, refs = get_json(url, f"/api/repos/{ORG}/model/refs")
+    assert st == 200 and refs["tags"]["v1"] == refs["branches"]["main"]
+    st, log = get_json(url, f"/api/repos/{ORG}/model/log?rev=v1")
+    assert st == 200 and log[0]["cid"] == refs["tags"]["v1"] and log[0]["message"] == "the real model"
+    st, tree = get_json(url, f"/api/repos/{ORG}/model/tree/v1")
+    assert st == 200 and "model.safetensors" in [e["name"] for e in tree]
+    st, h, data = request(url, "GET", f"/api/repos/{ORG}/model/file/v1/config.json", headers={"Range": "bytes=0-1"})
+    assert st == 206 and len(data) == 2 and h["etag"].startswith('"bafk')
+    st, table = get_json(url, f"/api/repos/{ORG}/model/tensors/v1/model.safetensors")
+    assert st == 200 and len(table) > 50 and {"name", "dtype", "shape", "bytes"} <= set(table[0])
+    assert get_json(url, f"/api/repos/{ORG}/model/tensors/v1/config.json")[0] == 422
+    st, diff = get_json(url, f"/api/repos/{ORG}/model/diff/v1/main")
+    assert st == 200 and isinstance(diff, dict)
+    st, spec = get_json(url, "/openapi.json")
+    assert st == 200 and spec["openapi"].startswith("3.") and "/api/repos" in spec["paths"]
+    assert get_json(url, f"/api/repos/{ORG}/rest", tok["bob"], "DELETE")[0] == 403
+    assert get_json(url, f"/api/repos/{ORG}/rest", tok["alice"], "DELETE")[0] == 200
+    assert get_json(url, f"/api/repos/{ORG}/rest")[0] == 404
+    st, err = get_json(url, f"/{ORG}/model/ipfs/bafkqaaa")
+    assert st == 404 and "gateway" in err["error"]
+
+
+# --------------------------------------------------------------------------- abuse
+def test_traversal_malformed_and_oversized(hub):
+    url, tok = hub["url"], hub["tokens"]["alice"]
+    root = hub["root"]
+    head = run_tvcfs("-C", _repo_path(hub, "model"), "log", "-n1", "--oneline").stdout
+    for path in (f"/{ORG}/model/resolve/main/..%2F..%2F..%2Fhub.json", f"/{ORG}/model/resolve/main/%2Fetc%2Fpasswd",
+                 f"/{ORG}/model/resolve/main/a%00b", f"/api/repos/{ORG}/model/file/main/..%2Fsecret",
+                 f"/{ORG}/model/resolve/main/.tvcfs%2Fstore%2Fdata.mdb"):
+        st, _, body = request(url, "GET", path)
+        assert st == 422 and b"invalid path" in body, (path, st, body)
+    for path in ("/api/models/..%2F..%2Fetc/passwd", f"/api/models/{ORG}/..", "/%2E%2E/x/resolve/main/a"):
+        st, _, body = request(url, "GET", path)
+        assert st in (404, 405, 422) and b"hub.json" not in body and "error" in json.loads(body), (path, st)
+    assert get_json(url, "/api/repos/create", tok, "POST", {"name": "..", "organization": ORG})[0] == 422
+    assert get_json(url, "/api/repos/create", tok, "POST", {"name": "x", "organization": "../../tmp"})[0] == 422
+    commit = f"/api/models/{ORG}/model/commit/main"
+    bad = [
+        ndjson({"key": "header", "value": {"summary": "t"}},
+               {"key": "file", "value": {"path": "../../escape.txt", "content": "eA==", "encoding": "base64"}}),
+        ndjson({"key": "header", "value": {"summary": "t"}},
+               {"key": "file", "value": {"path": "ok.txt", "content": "not base64!", "encoding": "base64"}}),
+        ndjson({"key": "header", "value": {"summary": "t"}}) + b"{this is not json\n",
+        ndjson({"key": "header", "value": {"summary": "t"}}, {"key": "lfsFile", "value": {"path": "w", "oid": "0" * 64}}),
+        ndjson({"key": "file", "value": {"path": "nohdr.txt", "content": "eA=="}}),
+        b"\xff\xfe garbage",
+    ]
+    for b in bad:
+        st, _, body = request(url, "POST", commit, b, tok)
+        assert st == 422 and "error" in json.loads(body), (b, st, body)
+    st, _, body = request(url, "POST", f"/api/models/{ORG}/model/preupload/main", b"{not json", tok,
+                          {"Content-Type": "application/json"})
+    assert st == 422 and "error" in json.loads(body)
+    st, _, body = request(url, "POST", f"/{ORG}/model.git/info/lfs/objects/batch", b'{"objects": 3}', tok)
+    assert st == 422
+    # a body declared larger than the limit is refused before it is read
+    st, _, body = request(url, "POST", commit, b"x", tok, {"Content-Length": str(1 << 50)})
+    assert st == 413 and "error" in json.loads(body)
+    assert run_tvcfs("-C", _repo_path(hub, "model"), "log", "-n1", "--oneline").stdout == head
+    assert not os.path.exists(os.path.join(root, "escape.txt"))
+    assert os.listdir(os.path.join(root, "tmp")) == []
+
+
+def test_streamed_body_over_the_limit_and_slow_clients(hub):
+    tok = hub["tokens"]["alice"]
+    head = run_tvcfs("-C", _repo_path(hub, "model"), "log", "-n1", "--oneline").stdout
+    with running_hub(hub["root"], "--max-body", "1M", "--read-timeout", "2", "--keep-alive", "3") as url:
+        # chunked (no Content-Length) and larger than the limit: 413, nothing committed
+        import base64
+        import http.client
+
+        big = ndjson({"key": "header", "value": {"summary": "big"}},
+                     {"key": "file", "value": {"path": "big.bin", "content": base64.b64encode(os.urandom(2 << 20)).decode(),
+                                               "encoding": "base64"}})
+        c = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=30)
+        c.request("POST", f"/api/models/{ORG}/model/commit/main", body=iter([big[i:i + 65536] for i in
+                                                                              range(0, len(big), 65536)]),
+                  headers={"Authorization": f"Bearer {tok}", "Transfer-Encoding": "chunked"}, encode_chunked=True)
+        try:
+            assert c.getresponse().status == 413
+        except (ConnectionError, http.client.HTTPException):
+            pass  # the server may close the connection while the client is still sending
+        c.close()
+        # slow-loris: a connection that sends half a request head and then nothing, or
+        # dribbles a byte now and then, is closed by the timeouts (read, keep-alive)
+        for dribble in (False, True):
+            s = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+            s.sendall(b"GET /api/repos HTTP/1.1\r\nHost: x\r\n")
+            s.settimeout(0.5)
+            t0 = time.monotonic()
+            closed = False
+            while time.monotonic() - t0 < 20 and not closed:
+                try:
+                    closed = s.recv(4096) == b""
+                except socket.timeout:
+                    if dribble:
+                        try:
+                            s.sendall(b"X")
+                        except OSError:
+                            closed = True
+                except OSError:
+                    closed = True
+            assert closed and time.monotonic() - t0 < 10, (dribble, time.monotonic() - t0)
+            s.close()
+        assert request(url, "GET", "/api/repos")[0] == 200  # others are still served
+    assert run_tvcfs("-C", _repo_path(hub, "model"), "log", "-n1", "--oneline").stdout == head
+    assert os.listdir(os.path.join(hub["root"], "tmp")) == []
+
+
+def test_push_race_compare_and_swap(hub):
+    url, tok = hub["url"], hub["tokens"]["alice"]
+    assert get_json(url, "/api/repos", tok, "POST", {"namespace": ORG, "name": "race"})[0] == 201
+    commit = f"/api/models/{ORG}/race/commit/main"
+
+    def body(path, parent=None):
+        hdr = {"summary": path, **({"parentCommit": parent} if parent else {})}
+        return ndjson({"key": "header", "value": hdr},
+                      {"key": "file", "value": {"path": path, "content": "eA==", "encoding": "base64"}})
+
+    st, _, out = request(url, "POST", commit, body("base.txt"), tok)
+    assert st == 200
+    base = json.loads(out)["commitOid"]
+    # two pushes from the same parent: one wins, the other gets 412 and nothing is lost
+    st1, _, _ = request(url, "POST", commit, body("one.txt", base), tok)
+    st2, _, out2 = request(url, "POST", commit, body("two.txt", base), tok)
+    assert (st1, st2) == (200, 412) and "error" in json.loads(out2)
+    # concurrent pushes without a parent are serialised: every file lands
+    results = []
+
+    def push(i):
+        results.append(request(url, "POST", commit, body(f"c{i}.txt"), tok)[0])
+
+    ts = [threading.Thread(target=push, args=(i,)) for i in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    assert results == [200] * 8
+    ls = run_tvcfs("-C", _repo_path(hub, "race"), "ls", "main").stdout.decode()
+    assert all(f"c{i}.txt" in ls for i in range(8)) and "one.txt" in ls and "two.txt" not in ls
+
+
+def test_disconnect_mid_upload_leaves_nothing(hub):
+    url, tok = hub["url"], hub["tokens"]["alice"]
+    port = int(url.rsplit(":", 1)[1])
+    head = run_tvcfs("-C", _repo_path(hub, "model"), "log", "-n1", "--oneline").stdout
+    import base64
+
+    body = ndjson({"key": "header", "value": {"summary": "half"}},
+                  {"key": "file", "value": {"path": "half.bin", "content": base64.b64encode(os.urandom(1 << 20)).decode(),
+                                            "encoding": "base64"}})
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall((f"POST /api/models/{ORG}/model/commit/main HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tok}\r\n"
+               f"Content-Type: application/x-ndjson\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+              + body[: len(body) // 2])
+    time.sleep(0.5)
+    s.close()
+    # an LFS object cut off half-way is not kept either
+    st, batch = get_json(url, f"/{ORG}/model.git/info/lfs/objects/batch", tok, "POST",
+                         {"operation": "upload", "objects": [{"oid": "ab" * 32, "size": 1 << 20}]})
+    href = batch["objects"][0]["actions"]["upload"]["href"]
+    path = href[len(url):]
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall((f"PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {1 << 20}\r\n\r\n").encode() + b"x" * 1000)
+    time.sleep(0.5)
+    s.close()
+    deadline = time.monotonic() + 30
+    while os.listdir(os.path.join(hub["root"], "tmp")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert os.listdir(os.path.join(hub["root"], "tmp")) == []
+    assert not os.path.exists(os.path.join(hub["root"], "uploads", ORG, "model", "ab" * 32))
+    assert run_tvcfs("-C", _repo_path(hub, "model"), "log", "-n1", "--oneline").stdout == head
+    # a forged or tampered upload URL is refused
+    assert request(url, "PUT", path.replace("sig=", "sig=0"), b"x")[0] == 403
+
+
+def test_many_concurrent_downloads(hub, real_model_dir):
+    url = hub["url"]
+    want = hashlib.sha256(open(os.path.join(real_model_dir, "model.safetensors"), "rb").read()).hexdigest()
+    got = []
+
+    def fetch():
+        st, _, data = request(url, "GET", f"/{ORG}/model/resolve/v1/model.safetensors", timeout=300)
+        got.append((st, hashlib.sha256(data).hexdigest()))
+
+    ts = [threading.Thread(target=fetch) for _ in range(16)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(300)
+    assert got == [(200, want)] * 16
+
+
+def test_systemd_unit_of_the_hub(tmp_path):
+    """packaging/install.sh installs tvcfs-hub.service with the tvcfs path filled in;
+    systemd-analyze accepts it (when available)."""
+    import shutil
+    import subprocess
+
+    from conftest import REPO_ROOT, tvcfs_executable
+
+    dest = tmp_path / "root"
+    r = subprocess.run(["sh", os.path.join(REPO_ROOT, "packaging", "install.sh"), "--destdir", str(dest),
+                        "--tvcfs", tvcfs_executable()[0]], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    unit = dest / "etc" / "systemd" / "system" / "tvcfs-hub.service"
+    text = unit.read_text()
+    start = [ln for ln in text.splitlines() if ln.startswith("ExecStart=")][0]
+    assert "@TVCFS@" not in text and " hub serve ${TVCFS_HUB_ROOT} --listen ${TVCFS_HUB_LISTEN}" in start
+    if shutil.which("systemd-analyze"):
+        r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+    r = subprocess.run(["sh", os.path.join(REPO_ROOT, "packaging", "install.sh"), "--destdir", str(dest),
+                        "--uninstall"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and not unit.exists()
+
+
+@pytest.mark.fuse
+def test_block_exchange_clone_push_and_lazy_mount_through_the_hub(hub, real_model_dir, tmp_path):
+    """--transport-listen serves every repository's blocks from the hub's process:
+    tvcfs clone / push / lazy mount of tvcfs://PEERID@HOST:PORT/ORG/NAME, pushes and
+    private reads allowed by the peer IDs users registered."""
+    from lazy_support import lazy_mount, wait_peers_ready
+
+    root = hub["root"]
+    with running_hub(root, "--transport-listen", "127.0.0.1:0", lines=2) as (_, turl):
+        url = f"{turl}{ORG}/model"
+        clone = tmp_path / "clone"
+        run_tvcfs("clone", "-q", url, clone)
+        assert run_tvcfs("-C", clone, "cat", "v1:config.json").stdout == \
+            open(os.path.join(real_model_dir, "config.json"), "rb").read()
+        err = run_tvcfs("clone", "-q", f"{turl}{ORG}/nope", tmp_path / "nope", ok=False).stderr.decode()
+        assert "no repository 'acme/nope'" in err
+        # a private repository needs a registered peer ID with read access
+        run_tvcfs("clone", "-q", f"{turl}{ORG}/secret", tmp_path / "s1", ok=False)
+        peer = run_tvcfs("-C", clone, "id").stdout.decode().strip()
+        run_tvcfs("hub", "user", "key", "bob", peer, "--root", root)
+        (tmp_path / "work").mkdir()
+        (tmp_path / "work" / "new.txt").write_text("pushed over QUIC\n")
+        run_tvcfs("-C", clone, "commit", str(tmp_path / "work"), "-m", "from bob")
+        p = run_tvcfs("-C", clone, "push", ok=False)
+        assert b"unauthorised" in p.stderr and b"tvcfs hub user key USER " in p.stderr  # bob may read, not write
+        run_tvcfs("hub", "user", "key", "bob", peer, "--remove", "--root", root)
+        run_tvcfs("hub", "user", "key", "alice", peer, "--root", root)
+        run_tvcfs("-C", clone, "push")
+        assert run_tvcfs("-C", _repo_path(hub, "model"), "cat", "main:new.txt").stdout == b"pushed over QUIC\n"
+        st, h, _ = request(hub["url"], "HEAD", f"/{ORG}/model/resolve/main/new.txt")
+        assert st == 200  # the HTTP side sees the push at once
+        s2 = tmp_path / "s2"
+        run_tvcfs("-C", clone, "remote", "add", "secret", f"{turl}{ORG}/secret")
+        run_tvcfs("-C", clone, "fetch", "secret")  # alice's peer may read the private repository
+        # lazy mount of a lazy clone: only what is read moves
+        run_tvcfs("clone", "--lazy", "-q", url, s2)
+        with lazy_mount(str(s2), str(tmp_path / "mnt"), "--fetch-timeout", 20) as m:
+            wait_peers_ready(m)
+            got = open(os.path.join(m, "tags", "v1", "config.json"), "rb").read()
+        assert got == open(os.path.join(real_model_dir, "config.json"), "rb").read()
