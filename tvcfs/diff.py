@@ -472,7 +472,7 @@ def diff_commits(repo, rev_a, rev_b, paths: Iterable[str] | None = None, numeric
     ca = rev_a if isinstance(rev_a, bytes) else repo.resolve(rev_a)
     cb = rev_b if isinstance(rev_b, bytes) else repo.resolve(rev_b)
     ta, tb = repo.read_commit(ca).tree, repo.read_commit(cb).tree
-    with data_reader(repo.store) as reader:
+    with data_reader(repo.store, repo.blocks) as reader:
         d = diff_trees(repo.get, ta, tb, paths, numeric, reader)
     d.a, d.b = cid_str(ca), cid_str(cb)
     return d

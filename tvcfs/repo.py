@@ -163,11 +163,15 @@ class Repo:
         """The repository's block layer: its LMDB store alone, or a
         :class:`~tvcfs.store.router.Router` with the local store first and the
         backends selected by ``TVCFS_BACKENDS`` / :func:`tvcfs.store.set_default_backend`
-        after it (see ``docs/architecture.md``)."""
+        after it — and, for a lazy clone, its ``tvcfs://`` peers last
+        (:class:`~tvcfs.store.peers.PeerStore`; see ``docs/architecture.md``)."""
         if self._blocks is None:
             from .store import get_backend, selected_names
 
             names = selected_names()
+            if self.config.lazy and "peers" not in names and any(
+                    u.startswith("tvcfs") for u in self.config.remotes.values()):
+                names = [*names, "peers"]  # a lazy clone: missing leaves come from its peers
             if names == ["lmdb"]:
                 self._blocks = self.store
             else:

@@ -625,7 +625,7 @@ def merge(repo, theirs, *, branch: str | None = None, strategies: StrategyRules 
     holder = {}
 
     def build(imp):
-        with data_reader(repo.store) as reader:
+        with data_reader(repo.store, repo.blocks) as reader:
             tree, _ = write_plan(imp.txn, plan, stats, reader)
         holder["tree"] = tree
         return tree

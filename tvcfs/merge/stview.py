@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 
 from ..chunking.safetensors import MAX_HEADER, NotSafetensors, SafetensorsHeader, TensorInfo, parse_header
 from ..dag import FileIndex
+from ..errors import BlockNotFound
 from ..store.lmdb_store import MADV_DONTNEED, MADV_WILLNEED, buffer_address, madvise
 
 Getter = Callable[[bytes], "bytes | memoryview"]
@@ -44,14 +45,20 @@ class DataReader:
     inside the map (bytes objects, inline data), so they can be called on anything.
     """
 
-    def __init__(self, store, blocks):
+    def __init__(self, store, blocks, fallback=None):
         self.store = store
         self._blocks = blocks
+        self._fallback = fallback
         self._map = store.map_range()
 
     def get(self, cid: bytes):
         self.store.blocks_read += 1
-        return self._blocks.block(cid)
+        v = self._blocks.get(cid)
+        if v is None and self._fallback is not None:
+            v = self._fallback.get(cid)  # the block layer's later tiers (a lazy clone's peers)
+        if v is None:
+            raise BlockNotFound(cid)
+        return v
 
     def _advise(self, buf, advice: int, inward: bool) -> None:
         if self._map is None or not isinstance(buf, memoryview) or buf.obj is not None or not buf.nbytes:
@@ -80,12 +87,13 @@ class DataReader:
 
 
 @contextmanager
-def data_reader(store) -> Iterator[DataReader]:
+def data_reader(store, fallback=None) -> Iterator[DataReader]:
     """Open a :class:`DataReader` on ``store`` (a :class:`~tvcfs.store.lmdb_store.LMDBStore`)
-    for the duration of the ``with`` block. Views obtained from it must not be used
-    after the block ends."""
+    for the duration of the ``with`` block; blocks it lacks come from ``fallback`` (the
+    repository's block layer, ``Repo.blocks``, when it has more tiers than the store).
+    Views obtained from it must not be used after the block ends."""
     with store.view() as blocks:
-        yield DataReader(store, blocks)
+        yield DataReader(store, blocks, None if fallback is store else fallback)
 
 
 class StoredSafetensors:

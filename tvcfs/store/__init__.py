@@ -167,3 +167,12 @@ register_backend("lmdb", _lmdb_factory)
 register_backend("memory", _memory_factory)
 register_backend("s3", _s3_factory)
 register_backend("gateway", _gateway_factory)
+
+
+def _peers_factory(repo=None, **options):
+    from .peers import peers_factory
+
+    return peers_factory(repo=repo, **options)
+
+
+register_backend("peers", _peers_factory)

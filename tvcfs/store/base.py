@@ -33,11 +33,17 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Protocol, runtime_checkable
 
+from ..errors import TvcfsError
+
 ZERO_COPY = "zero-copy"
 MAP_OFFSETS = "map-offsets"
 PERSISTENT = "persistent"
 REMOTE = "remote"
 TRANSACTIONS = "transactions"
+
+
+class ReadOnlyStore(TvcfsError):
+    """A write to a store that only reads (a gateway, the peer tier)."""
 
 
 @runtime_checkable

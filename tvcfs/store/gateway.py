@@ -29,16 +29,12 @@ from typing import Iterable, Iterator
 from ..encoding.car import MAX_SECTION
 from ..encoding.cid import cid_str
 from ..errors import BlockUnavailable, TvcfsError
-from .base import REMOTE, StoreBase
+from .base import REMOTE, ReadOnlyStore, StoreBase
 from .verify import verify_many
 
 __all__ = ["GatewayStore", "ReadOnlyStore", "parse_gateways"]
 
 RAW_TYPE = "application/vnd.ipld.raw"
-
-
-class ReadOnlyStore(TvcfsError):
-    """A write to a store that only reads (a gateway)."""
 
 
 def parse_gateways(urls) -> list:
