@@ -95,16 +95,11 @@ def _is_package_parent(a: str, b: str) -> bool:
     return b.startswith(a + ".") or a.startswith(b + ".")
 
 
-# Being removed by the block-layer redesign (the peer scheduler moves out of fs/remote
-# into the block layer); listed so that no *new* cycle gets in meanwhile.
-KNOWN_CYCLES = [["tvcfs.fs.remote", "tvcfs.transport.ops"]]
-
-
 def test_no_import_cycles():
     graph = _graph()
     # a package's __init__ re-exporting its own submodules is not a layering cycle
     pruned = {m: {t for t in deps if not _is_package_parent(m, t)} for m, deps in graph.items()}
-    cycles = [c for c in _cycles(pruned) if c not in KNOWN_CYCLES]
+    cycles = _cycles(pruned)
     assert not cycles, "import cycles between tvcfs modules: " + "; ".join(" <-> ".join(c) for c in cycles)
 
 

@@ -167,7 +167,7 @@ def test_lazy_clone_then_one_tensor_moves_only_its_bytes(model_server, real_mode
 def test_safe_open_three_named_tensors_moves_only_those(model_server, real_model_dir, tmp_path):
     from safetensors import safe_open
 
-    from tvcfs.fs.remote import lazy_clone
+    from tvcfs.transport.lazysync import lazy_clone
 
     repo, res = lazy_clone(model_server.url, str(tmp_path / "clone"))
     repo.close()

@@ -23,7 +23,7 @@ def cmd_mount(args):
         raise TvcfsError(f"{args.mountpoint} is already mounted")
     if is_url:
         # mount URL MNT: a lazy clone in the cache (made or refreshed), leaves on demand
-        from ..fs.remote import prepare_url_mount
+        from ..transport.lazysync import prepare_url_mount
 
         repo_root = prepare_url_mount(args.source, quiet=False)
     extra = {"commit_delay": args.commit_delay}

@@ -202,7 +202,7 @@ def cmd_clone(args) -> int:
         dest = os.path.basename(u.repo.rstrip("/")) or f"{u.host}-{u.port}"
     if getattr(args, "lazy", False):
         # refs, commits, trees and file indexes only; leaves on demand (tvcfs.fs.remote)
-        from ..fs.remote import lazy_clone
+        from ..transport.lazysync import lazy_clone
 
         repo, _ = lazy_clone(args.url, dest, engine=args.engine, quiet=args.quiet)
         repo.close()

@@ -27,14 +27,11 @@ import time
 from ..chunking.safetensors import NotSafetensors, parse_header
 from ..dag import FileIndex
 from ..errors import BlockNotFound, CorruptBlock, MalformedObject
+from ..store.base import PRIO_FOREGROUND, PRIO_PREFETCH, PRIO_SEQUENTIAL, PRIO_TENSOR  # noqa: F401 (the fetch priorities)
 from ..store.lmdb_store import buffer_address
 
 log = logging.getLogger("tvcfs.fs")
 
-# Fetch priorities (higher is more urgent; docs/lazy.md): a foreground read waits on
-# its leaves; readahead of the rest of a tensor; a growing sequential window; an
-# explicit prefetch of whole files, which yields to everything else.
-PRIO_FOREGROUND, PRIO_TENSOR, PRIO_SEQUENTIAL, PRIO_PREFETCH = 3, 2, 1, 0
 
 SEQ_WINDOW_MIN = 4 << 20   # bytes; first sequential readahead window
 SEQ_WINDOW_MAX = 64 << 20  # bytes; the window doubles up to this

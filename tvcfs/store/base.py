@@ -42,6 +42,12 @@ REMOTE = "remote"
 TRANSACTIONS = "transactions"
 
 
+# Fetch priorities of the block layer, higher is more urgent (docs/lazy.md, "Reads and
+# priorities"): a foreground read waits on its blocks; tensor readahead pulls the rest
+# of a tensor being read; sequential readahead follows a scan; prefetch fills idle time.
+PRIO_FOREGROUND, PRIO_TENSOR, PRIO_SEQUENTIAL, PRIO_PREFETCH = 3, 2, 1, 0
+
+
 class ReadOnlyStore(TvcfsError):
     """A write to a store that only reads (a gateway, the peer tier)."""
 

@@ -33,7 +33,7 @@ from ..refs import HEADS, TAGS
 from .backend import RepoBackend
 from .client import open_session, parse_url
 from .identity import IdentityError, format_peer_id
-from .quic import QuicConnectionLost
+from .runner import ConnectionFailed, remote_url, run_sync  # noqa: F401 (ConnectionFailed re-exported)
 
 __all__ = [
     "FetchIncomplete",
@@ -58,10 +58,6 @@ class FetchIncomplete(TvcfsError):
 
 class NotFastForward(TvcfsError):
     """A pull or push would not be a fast-forward."""
-
-
-class ConnectionFailed(TvcfsError):
-    """The connection to a remote broke during a transfer (resumable)."""
 
 
 # ------------------------------------------------------------------ progress
@@ -135,39 +131,6 @@ def _short(c: bytes | None) -> str:
 
 
 # ------------------------------------------------------------------ helpers
-def _url_of(repo, remote: str) -> str:
-    """URL of the configured remote ``remote``, or ``remote`` itself if it is a URL."""
-    if "://" in remote:
-        parse_url(remote)
-        return remote
-    rem = repo.remotes()
-    if remote not in rem:
-        known = ", ".join(sorted(rem)) or "none configured"
-        raise TvcfsError(f"no remote named {remote!r} ({known}); add one with "
-                         f"`tvcfs remote add {remote} tvcfs://PEERID@HOST:PORT/`")
-    return rem[remote]
-
-
-def _run(fn, *args):
-    """``trio.run`` with transport failures turned into one-line TvcfsErrors."""
-    from .quic import _single
-
-    try:
-        return trio.run(fn, *args)
-    except BaseExceptionGroup as eg:
-        exc = _single(eg)
-        if exc is None:
-            raise
-    except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
-        exc = e
-    if isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError)):
-        reason = exc.reason if isinstance(exc, QuicConnectionLost) else (str(exc) or
-                                                                         type(exc).__name__)
-        raise ConnectionFailed(f"connection to the remote was lost: {reason or 'closed'}; "
-                               "run the command again to resume") from None
-    raise exc
-
-
 def is_ancestor(repo, a: bytes, b: bytes) -> bool:
     """True if commit ``a`` is ``b`` or an ancestor of it (only stored commits walked)."""
     if a == b:
@@ -323,11 +286,11 @@ def fetch(repo, remote: str = "origin", *, quiet: bool = False, engine: str | No
     replaces the progress line on ``out``. Raises :class:`FetchIncomplete`, :class:`ConnectionFailed`,
     :class:`~.client.RemoteError`, :class:`~.quic.TransportError`,
     :class:`~.identity.PeerIdMismatch`."""
-    url = _url_of(repo, remote)
+    url = remote_url(repo, remote)
     if repo.config.lazy:
         # a lazy clone keeps fetching only the skeleton (commits, trees, file indexes);
         # leaves come on demand through a mount
-        from ..fs.remote import lazy_fetch
+        from .lazysync import lazy_fetch
 
         lr = lazy_fetch(repo, remote, engine=engine)
         return FetchResult(remote=lr.remote, url=lr.url, refs=lr.refs, head=lr.head,
@@ -340,7 +303,7 @@ def fetch(repo, remote: str = "origin", *, quiet: bool = False, engine: str | No
         print(msg, file=err, flush=True)
 
     try:
-        res = _run(lambda: _fetch_async(repo, remote, url, progress=prog, engine=engine,
+        res = run_sync(lambda: _fetch_async(repo, remote, url, progress=prog, engine=engine,
                                         warn=warn))
     finally:
         prog.done()
@@ -492,7 +455,7 @@ def push(repo, remote: str = "origin", branch: str | None = None, *, force: bool
     local = repo.ref_db.get(HEADS + branch)
     if local is None:
         raise TvcfsError(f"no local branch {branch!r}")
-    url = _url_of(repo, remote)
+    url = remote_url(repo, remote)
     ref = HEADS + branch
     ident = repo.identity()
     err = out or sys.stderr
@@ -522,7 +485,7 @@ def push(repo, remote: str = "origin", branch: str | None = None, *, force: bool
             return PushResult("pushed", ref, cur, local, nb, nbytes, time.monotonic() - t0)
 
     try:
-        res = _run(main)
+        res = run_sync(main)
     finally:
         prog.done()
     if "://" not in remote and res.kind == "pushed":

@@ -1,0 +1,48 @@
+"""Running the transport from blocking code: ``trio.run`` with transport failures as
+one-line errors, and remote names resolved to URLs. Shared by the sync verbs
+(:mod:`tvcfs.transport.ops`) and lazy clones (:mod:`tvcfs.transport.lazysync`)."""
+
+from __future__ import annotations
+
+import trio
+
+from ..errors import TvcfsError
+from .client import parse_url
+from .quic import QuicConnectionLost
+
+
+class ConnectionFailed(TvcfsError):
+    """The connection to a remote broke during a transfer (resumable)."""
+
+
+def remote_url(repo, remote: str) -> str:
+    """URL of the configured remote ``remote``, or ``remote`` itself if it is a URL."""
+    if "://" in remote:
+        parse_url(remote)
+        return remote
+    rem = repo.remotes()
+    if remote not in rem:
+        known = ", ".join(sorted(rem)) or "none configured"
+        raise TvcfsError(f"no remote named {remote!r} ({known}); add one with "
+                         f"`tvcfs remote add {remote} tvcfs://PEERID@HOST:PORT/`")
+    return rem[remote]
+
+
+def run_sync(fn, *args):
+    """``trio.run`` with transport failures turned into one-line TvcfsErrors."""
+    from .quic import _single
+
+    try:
+        return trio.run(fn, *args)
+    except BaseExceptionGroup as eg:
+        exc = _single(eg)
+        if exc is None:
+            raise
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+        exc = e
+    if isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError)):
+        reason = exc.reason if isinstance(exc, QuicConnectionLost) else (str(exc) or
+                                                                         type(exc).__name__)
+        raise ConnectionFailed(f"connection to the remote was lost: {reason or 'closed'}; "
+                               "run the command again to resume") from None
+    raise exc
