@@ -33,7 +33,7 @@ from .store import view as store_view
 from .config import RepoConfig
 from .store.lmdb_refs import PinStore, Reflog, RefStore
 from .store.lmdb_store import LMDBStore, store_exists
-from .treeops import conflict_message, land_on_branch, record_conflict, txn_getter
+from .treeops import commit_landing, land_on_branch, txn_getter
 
 FORMAT_VERSION = 1
 WORKTREES = "worktrees"  # meta key: {real path: {"branch", "base", "tree", "time"}}
@@ -705,12 +705,15 @@ class Repo:
             imp = Importer(w)
             tree = build(imp)
             land = None
+            cid = None
+            ts = int(time.time() if timestamp is None else timestamp)
             if base is not None:  # from a base: replay onto the head, or a conflicts branch
                 land = land_on_branch(w, txn_getter(w, self.get), self.read_commit, branch, base,
                                       base_tree, tree)
                 parents, new_tree, target = ([land.parent] if land.parent else []), land.tree, land.branch
-                if land.conflict:
-                    message = conflict_message(branch, land, worktree or "the directory", message)
+                cid, message = commit_landing(w, branch, land, message, author.name, author.email, ts,
+                                              metadata, who=worktree or "the directory",
+                                              source=worktree or "commit", allow_empty=allow_empty)
             else:  # snapshot: the branch becomes the tree
                 start = cur if expected is _UNSET else expected
                 if start is None and cur is None and expected is _UNSET:
@@ -720,23 +723,17 @@ class Repo:
                 if parents is None:
                     parents = [start] if start else []
                 new_tree, target = tree, branch
-            cid = None
-            if (allow_empty or (land is not None and land.conflict) or len(parents) != 1
-                    or decode_commit(w.get_block(parents[0])).tree != new_tree):
+            if land is None and (allow_empty or len(parents) != 1
+                                 or decode_commit(w.get_block(parents[0])).tree != new_tree):
                 com = Commit(tree=new_tree, parents=tuple(parents), author_name=author.name,
-                             author_email=author.email, message=message,
-                             timestamp=int(time.time() if timestamp is None else timestamp),
+                             author_email=author.email, message=message, timestamp=ts,
                              metadata=metadata or {})
                 cid, block = com.cid_and_block()
                 w.put_block(cid, block)
                 expect_ref = cur if expected is _UNSET else expected
-                if land is None and cur != expect_ref:
+                if cur != expect_ref:
                     w.append_reflog(ref, cur, cid, f"commit (rejected, branch moved): {message}", rejected=True)
                     conflict = RefConflict(ref, expect_ref, cur, cid)
-                elif land is not None and land.conflict:
-                    tref = HEADS + target
-                    w.set_ref(tref, cid, w.get_ref(tref), message=f"commit (conflict): {message.splitlines()[0]}")
-                    record_conflict(w, branch, land, cid, worktree or "commit")
                 else:
                     w.set_ref(ref, cid, cur, message=f"commit: {message}")
             if wt is not None and conflict is None and not (land is not None and land.conflict):

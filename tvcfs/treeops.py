@@ -178,6 +178,36 @@ def conflict_message(branch: str, landing: Landing, who: str, message: str) -> s
             f"{', '.join(landing.collisions)}\n\n" + message)
 
 
+def commit_landing(w, branch: str, landing: Landing, message: str, author_name: str,
+                   author_email: str, timestamp: int, metadata: dict, who: str, source: str,
+                   reflog_label: str = "commit", allow_empty: bool = False) -> tuple:
+    """The one way a commit worked on from a base is recorded — by a mount's
+    workspace and by ``Repo`` (worktrees, ``--base``, the staging index) alike: in
+    write transaction ``w``, the commit of ``landing`` (from :func:`land_on_branch`)
+    is stored, its branch (or its ``conflicts/…`` branch, with the message prefixed by
+    :func:`conflict_message` naming ``who``) is moved, and a conflict is recorded for
+    ``tvcfs status`` under ``source``. Returns ``(cid, message)``: the commit's binary
+    CID and its message, or ``(None, message)`` when nothing changed (the tree equals
+    the parent's and not ``allow_empty``). ``timestamp``: Unix seconds."""
+    from .encoding.commit import Commit
+
+    if not landing.conflict and not allow_empty and landing.tree == landing.parent_tree:
+        return None, message
+    if landing.conflict:
+        message = conflict_message(branch, landing, who, message)
+    com = Commit(tree=landing.tree, parents=(landing.parent,) if landing.parent else (),
+                 author_name=author_name, author_email=author_email, message=message,
+                 timestamp=int(timestamp), metadata=metadata or {})
+    cid, block = com.cid_and_block()
+    w.put_block(cid, block)
+    ref = HEADS + landing.branch
+    label = f"{reflog_label} (conflict)" if landing.conflict else reflog_label
+    w.set_ref(ref, cid, w.get_ref(ref), message=f"{label}: {message.splitlines()[0] if message else ''}")
+    if landing.conflict:
+        record_conflict(w, branch, landing, cid, source)
+    return cid, message
+
+
 def record_conflict(w, branch: str, landing: Landing, commit: bytes, source: str) -> None:
     """Append the conflict to the repository's ``conflicts`` record (meta, listed by
     ``tvcfs status``) inside write transaction ``w``. ``source``: who wrote it

@@ -34,8 +34,7 @@ from ..encoding.cid import cid_from_str, cid_str
 from ..encoding.unixfs import entry_name_error, printable_name
 from ..errors import TvcfsError
 from ..importer import Importer
-from ..refs import HEADS
-from ..treeops import changed_paths, conflict_message, land_on_branch, record_conflict, txn_getter
+from ..treeops import changed_paths, commit_landing, land_on_branch, txn_getter
 
 log = logging.getLogger("tvcfs.fs")
 
@@ -506,7 +505,6 @@ class Workspace:
         imported files, the directory nodes, the commit and the ref update. Reads the
         workspace tree but does not change it (safe in a worker thread while writes
         to the workspace wait)."""
-        from ..encoding.commit import Commit
         from ..repo import Author
 
         repo = self.repo
@@ -532,18 +530,10 @@ class Workspace:
                 result["collisions"] = land.collisions
             if land.tree == land.parent_tree and not land.conflict:
                 return result
-            msg = message or self.describe(get, land.parent_tree, land.tree)
-            if land.conflict:
-                msg = conflict_message(self.branch, land, "this mount", msg)
-            com = Commit(tree=land.tree, parents=(land.parent,) if land.parent else (),
-                         author_name=author.name, author_email=author.email, message=msg,
-                         timestamp=int(time.time()), metadata={"source": "mount"})
-            cid, block = com.cid_and_block()
-            w.put_block(cid, block)
-            tref = HEADS + target_branch
-            w.set_ref(tref, cid, w.get_ref(tref), message=f"commit (mount): {msg.splitlines()[0]}")
-            if land.conflict:
-                record_conflict(w, self.branch, land, cid, "mount")
+            cid, msg = commit_landing(
+                w, self.branch, land, message or self.describe(get, land.parent_tree, land.tree),
+                author.name, author.email, time.time(), {"source": "mount"}, who="this mount",
+                source="mount", reflog_label="commit (mount)")
             result.update(commit=cid, branch=target_branch, new_bytes=w.new_bytes, message=msg)
         if result["conflict"]:
             log.warning("branch %s moved; staged changes saved as %s (%s)", self.branch,
