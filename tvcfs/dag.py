@@ -17,7 +17,7 @@ from .encoding.commit import cbor_links
 from .encoding.dagpb import PBLink, decode_node
 from .encoding.hamt import find_in_shard, iter_shard
 from .encoding.unixfs import DIRECTORY, FILE, HAMT, RAW_T, SYMLINK, decode_pb_unixfs
-from .errors import CorruptBlock, MalformedObject, PathNotFound
+from .errors import BlockNotFound, CorruptBlock, MalformedObject, PathNotFound
 
 Getter = Callable[[bytes], "bytes | memoryview"]
 
@@ -263,25 +263,71 @@ def block_links(cid: bytes, block) -> list:
     return []
 
 
-def walk_dag(get: Getter, root: bytes, skip: Callable[[bytes], bool] | None = None,
-             follow_parents: bool = False) -> Iterator[tuple[bytes, object]]:
-    """Depth-first pre-order traversal of every block under ``root`` (each CID once):
-    yields ``(cid, block)``. For a commit, only its ``tree`` is followed unless
-    ``follow_parents``. ``skip(cid)`` returning ``True`` prunes that sub-DAG."""
+def traverse(get: Getter, roots, *, parents: bool = False, read_leaves: bool = True,
+             skip: Callable[[bytes], bool] | None = None, missing_ok: bool = False,
+             on_error: Callable | None = None) -> Iterator[tuple[bytes, object]]:
+    """The one DAG traversal: depth-first pre-order over every block reachable from
+    ``roots`` (binary CIDs), each CID once, yielding ``(cid, block)``.
+
+    Selectors: a commit links its ``tree``, and its ``parents`` too with ``parents``
+    (history; any other dag-cbor block links every CID it holds); ``read_leaves=False`` yields raw leaves as ``(cid, None)`` without
+    reading them (garbage collection, skeletons); ``skip(cid)`` returning true prunes
+    that sub-DAG (e.g. "the store has it"); ``missing_ok`` yields a block ``get``
+    lacks (``None`` or :class:`BlockNotFound`) as ``(cid, None)`` instead of raising;
+    ``on_error(cid, exc)`` is called for a block that does not decode
+    (:class:`MalformedObject`, :class:`~tvcfs.errors.CorruptBlock`) instead of raising,
+    and its links are not followed. HAMT shards are plain dag-pb links, so sharded
+    directories are walked like any other. Used by export, verify, gc and fsck."""
     from .encoding.commit import decode_commit
 
     seen: set[bytes] = set()
-    stack = [root]
+    stack = list(reversed(list(roots)))
     while stack:
         c = stack.pop()
         if c in seen or (skip and skip(c)):
             continue
         seen.add(c)
-        block = get(c)
+        codec = cid_codec(c)
+        if codec == RAW and not read_leaves:
+            yield c, None
+            continue
+        try:
+            block = get(c)
+        except BlockNotFound:
+            if not missing_ok:
+                raise
+            block = None
+        except CorruptBlock as e:
+            if on_error is None:
+                raise
+            on_error(c, e)
+            continue
+        if block is None:
+            if not missing_ok:
+                raise BlockNotFound(c)
+            yield c, None
+            continue
         yield c, block
-        if cid_codec(c) == DAG_CBOR:
-            com = decode_commit(block)
-            links = [com.tree] + (list(com.parents) if follow_parents else [])
-        else:
-            links = block_links(c, block)
+        try:
+            links = None
+            if codec == DAG_CBOR:
+                try:
+                    com = decode_commit(block)
+                    links = [com.tree] + (list(com.parents) if parents else [])
+                except MalformedObject:
+                    pass  # dag-cbor that is not a commit: every CID it holds is a link
+            if links is None:
+                links = block_links(c, block)
+        except (MalformedObject, CorruptBlock) as e:
+            if on_error is None:
+                raise
+            on_error(c, e)
+            continue
         stack.extend(reversed(links))
+
+
+def walk_dag(get: Getter, root: bytes, skip: Callable[[bytes], bool] | None = None,
+             follow_parents: bool = False) -> Iterator[tuple[bytes, object]]:
+    """Every ``(cid, block)`` under ``root``: :func:`traverse` of one root (commits
+    follow their parents with ``follow_parents``)."""
+    return traverse(get, [root], parents=follow_parents, skip=skip)

@@ -18,10 +18,9 @@ import json
 import os
 import time
 
-from .dag import block_links
-from .encoding.cid import DAG_CBOR, RAW, cid_codec, cid_from_str, cid_str
-from .encoding.commit import decode_commit
-from .errors import CorruptBlock, MalformedObject
+from .dag import traverse
+from .encoding.cid import RAW, cid_codec, cid_from_str, cid_str
+from .errors import CorruptBlock
 
 DEFAULT_EXPIRE_DAYS = 90
 
@@ -61,32 +60,16 @@ def _roots(repo, expire_days: float) -> set:
 
 def mark(repo, roots, progress=None) -> set:
     """Every CID reachable from ``roots`` (commits follow their parents), whether or
-    not the block is stored locally. ``progress(blocks marked, None, "marking")``
-    is called every 1000 blocks."""
+    not the block is stored locally (:func:`tvcfs.dag.traverse`: raw leaves are not
+    read; a block that does not decode keeps only itself). ``progress(blocks marked,
+    None, "marking")`` is called every 1000 blocks."""
     seen: set[bytes] = set()
-    stack = list(roots)
     with repo.store.view(verify=False) as blocks:
-        while stack:
-            c = stack.pop()
-            if c in seen:
-                continue
+        for c, _ in traverse(blocks.get, roots, parents=True, read_leaves=False, missing_ok=True,
+                             on_error=lambda c, e: None):
             seen.add(c)
             if progress is not None and len(seen) % 1000 == 0:
                 progress(len(seen), None, "marking")
-            if cid_codec(c) == RAW:
-                continue
-            block = blocks.get(c)
-            if block is None:
-                continue
-            if cid_codec(c) == DAG_CBOR:
-                try:
-                    com = decode_commit(block)
-                    stack.append(com.tree)
-                    stack.extend(com.parents)
-                    continue
-                except MalformedObject:
-                    pass
-            stack.extend(block_links(c, block))
     if progress is not None:
         progress(len(seen), len(seen), "marking")
     return seen
@@ -131,27 +114,12 @@ def fsck(repo, lazy_ok: bool = False, progress=None) -> list:
             if hashlib.sha256(v).digest() != cid[4:]:
                 problems.append(f"corrupt block {cid_str(cid)}")
     for ref, cid in sorted(repo.refs().items()):
-        stack, seen = [cid], set()
-        while stack:
-            c = stack.pop()
-            if c in seen:
-                continue
-            seen.add(c)
-            try:
-                block = repo.store.get(c)
-            except CorruptBlock:
-                continue  # listed above
-            if block is None:
-                if not (lazy_ok and cid_codec(c) == RAW):
-                    problems.append(f"{ref}: missing block {cid_str(c)}")
-                continue
-            try:
-                if cid_codec(c) == DAG_CBOR:
-                    com = decode_commit(block)
-                    stack.append(com.tree)
-                    stack.extend(com.parents)
-                else:
-                    stack.extend(block_links(c, block))
-            except (MalformedObject, CorruptBlock) as e:
+        def broken(c, e, ref=ref):
+            if not isinstance(e, CorruptBlock):  # a damaged block is listed above
                 problems.append(f"{ref}: {cid_str(c)}: {e}")
+
+        for c, block in traverse(repo.store.get, [cid], parents=True, read_leaves=not lazy_ok,
+                                 missing_ok=True, on_error=broken):
+            if block is None and not (lazy_ok and cid_codec(c) == RAW):
+                problems.append(f"{ref}: missing block {cid_str(c)}")
     return problems
