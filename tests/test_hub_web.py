@@ -33,7 +33,7 @@ LONG = 130  # commits of acme/long: three log pages
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, real_model_dir):
-    """A hub with alice (member of acme) and bob (no rights); acme/model (public: an
+    """A hub with alice and carol (members of acme) and bob (no rights); acme/model (public: an
     initial commit, the real model tagged v1, a fine-tune with commit metadata),
     acme/secret (private), acme/xss (hostile names and texts), acme/long (LONG
     commits); served for the module."""
@@ -42,7 +42,8 @@ def site(tmp_path_factory, real_model_dir):
     base = tmp_path_factory.mktemp("web")
     root = str(base / "root")
     run_tvcfs("hub", "init", root)
-    tokens = {"alice": add_user(root, "alice", "--org", "acme"), "bob": add_user(root, "bob")}
+    tokens = {"alice": add_user(root, "alice", "--org", "acme"), "bob": add_user(root, "bob"),
+              "carol": add_user(root, "carol", "--org", "acme")}
     for rid, extra in (("acme/model", ()), ("acme/secret", ("--private",)), ("acme/xss", ()), ("acme/long", ())):
         run_tvcfs("hub", "repo", "create", rid, "--root", root, *extra)
     repo_dir = lambda rid: os.path.join(root, "repos", rid)  # noqa: E731
@@ -391,3 +392,52 @@ def test_long_log_pages_and_api_routes_beside_the_pages(site):
     st, _, _ = request(url, "POST", "/login", body=f"token={site['tokens']['alice']}".encode(),
                        headers={"Origin": "http://evil.example", "Content-Type": "application/x-www-form-urlencoded"})
     assert st == 403
+
+
+def test_session_ends_when_its_token_is_revoked(site):
+    """A session keeps the token's hash, not the token: revoking the user's tokens
+    (tvcfs hub user revoke) ends the session at the next request."""
+    url = site["url"]
+    form = lambda tok: {"body": f"token={tok}&next=/acme/secret".encode(),  # noqa: E731
+                        "headers": {"Content-Type": "application/x-www-form-urlencoded"}}
+    st, headers, _ = request(url, "POST", "/login", **form(site["tokens"]["carol"]))
+    assert st == 303 and headers["location"] == "/acme/secret"
+    cookie = headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie.replace("Lax", "lax") and site["tokens"]["carol"] not in cookie
+    sid = cookie.split(";")[0]
+    assert request(url, path="/acme/secret", headers={"Cookie": sid})[0] == 200
+    assert request(url, path="/acme/secret/resolve/main/weights.txt", headers={"Cookie": sid})[2] == b"classified\n"
+    # the cookie is no credential for writes
+    st, _, _ = request(url, "POST", "/api/repos", body=b'{"name": "x"}', headers={"Cookie": sid})
+    assert st == 401
+    run_tvcfs("hub", "user", "revoke", "carol", "--root", site["root"])
+    assert request(url, path="/acme/secret", headers={"Cookie": sid})[0] == 401
+    # a next= that leaves the hub is ignored
+    st, headers, _ = request(url, "POST", "/login", body=f"token={site['tokens']['alice']}&next=//evil.example/".encode(),
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert st == 303 and headers["location"] == "/"
+
+
+def test_clone_and_mount_snippets_name_the_block_exchange(site):
+    """With --transport-listen, the repository page's snippets carry the hub's
+    tvcfs://PEERID@HOST:PORT/ORG/NAME."""
+    with running_hub(site["root"], "--transport-listen", "127.0.0.1:0", lines=2,
+                     log=str(site["base"] / "hub-transport.log")) as (url, turl):
+        st, _, body = request(url, path="/acme/model")
+        assert st == 200
+        assert f"tvcfs clone {turl.rstrip('/')}/acme/model model" in body.decode()
+        assert f"tvcfs clone --lazy {turl.rstrip('/')}/acme/model" in body.decode()
+
+
+@pytest.mark.parametrize("name,parsed", [
+    ("encoder.layer.3.attention.self.query.weight", ("encoder", 3, "attention.self.query.weight")),
+    ("model.layers.7.mlp.down_proj.weight", ("model", 7, "mlp.down_proj.weight")),
+    ("transformer.h.11.attn.c_attn.bias", ("transformer", 11, "attn.c_attn.bias")),
+    ("layers.0.w", ("", 0, "w")),
+    ("embeddings.word_embeddings.weight", (None, None, "embeddings.word_embeddings.weight")),
+    ("lm_head.weight", (None, None, "lm_head.weight")),
+])
+def test_heat_map_rows_and_columns_from_tensor_names(name, parsed):
+    from tvcfs.hub.web.charts import parse_tensor_name
+
+    assert parse_tensor_name(name) == parsed
