@@ -28,6 +28,9 @@ MAX_LOGS = 64          # log orders kept (one per head)
 
 
 class _LRU:
+    """A small thread-safe least-recently-used map (``get`` → ``None`` when absent;
+    ``put`` returns the value)."""
+
     def __init__(self, size: int):
         self.size, self.d, self.lock = size, OrderedDict(), threading.Lock()
 

@@ -36,13 +36,14 @@ from ..core import commit_alias
 from ..names import InvalidName, check_path, parse_repo_id
 from ..state import HubError
 from .session import COOKIE, SESSION_TTL
-from .stats import RepoStats
+from .stats import _LRU, RepoStats
 
 PAGE = 50                  # commits per log page
 TEXT_LIMIT = 512 * 1024    # bytes of a plain file shown inline (larger: download only)
 CARD_LIMIT = 512 * 1024    # bytes of README.md rendered
 FORM_LIMIT = 64 * 1024     # bytes of a login form body
 RESERVED = {"api"}         # first path segments that are never an organisation here
+DIFFS = 64                 # diff results kept (by repository and commit pair)
 _TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 
 
@@ -121,6 +122,7 @@ class WebViews:
         self.app = hubapp
         self.hub = hubapp.hub
         self.stats = RepoStats()
+        self.diffs = _LRU(DIFFS)
         self._env = None
         self._md = None
 
@@ -472,7 +474,16 @@ class WebViews:
     def diff_context(self, repo_id: str, repo, ca: bytes | None, cb: bytes) -> dict:
         """The diff of commits ``ca`` → ``cb`` (``ca=None``: against an empty tree) as
         template data: files, their changed tensors and a heat map per safetensors
-        file (``tvcfs.diff``, as the REST diff route)."""
+        file (``tvcfs.diff``, as the REST diff route). Commits never change, so the
+        last :data:`DIFFS` results are kept (a diff of a big fine-tune reads every
+        changed tensor: seconds for gigabytes)."""
+        key = (repo_id, ca, cb)
+        got = self.diffs.get(key)
+        if got is not None:
+            return got
+        return self.diffs.put(key, self._diff_context(repo_id, repo, ca, cb))
+
+    def _diff_context(self, repo_id: str, repo, ca: bytes | None, cb: bytes) -> dict:
         from ...cli.core import tensor_table
         from ...diff import diff_trees
         from .charts import change_heatmap
