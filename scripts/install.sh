@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything tvcfs needs on a fresh Debian 12 machine (run as root or with sudo):
 # Debian packages (FUSE 3, headers for pyfuse3, Node.js for the IPFS interop test, nginx
-# for scripts/bench/hub.py),
+# for scripts/bench/hub.py, Chromium and its WebDriver for the hub's web page tests),
 # then a virtual environment .venv with tvcfs, its test extras and CPU PyTorch 2.13.0.
 # Idempotent: a second run only checks.
 set -euo pipefail
@@ -10,7 +10,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 need_apt=""
-for pkg in fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv nginx; do
+for pkg in fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv nginx chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt="$need_apt $pkg"
 done
 command -v node >/dev/null 2>&1 || need_apt="$need_apt nodejs npm"

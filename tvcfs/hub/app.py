@@ -39,6 +39,7 @@ from ..repo import Author
 from .core import HashingWriter, Hub, Upload, commit_alias
 from .names import InvalidName, check_path, parse_repo_id
 from .state import HubError
+from .web.session import COOKIE, Sessions
 
 MIB = 1 << 20
 SPAN = 4 * MIB          # bytes read per worker-thread trip when streaming a file
@@ -98,6 +99,8 @@ class HubApp:
         self.gateway = gateway
         self._indexes: OrderedDict = OrderedDict()
         self._index_lock = threading.Lock()
+        self.sessions = Sessions(hub.state)
+        self.transport_url: str | None = None  # tvcfs://PEERID@HOST:PORT/ once the block exchange listens
 
     # --- plumbing ---------------------------------------------------------------
     def wrap(self, fn, hf: bool = False):
@@ -122,9 +125,14 @@ class HubApp:
 
     def user(self, request: Request) -> str | None:
         """The user of the request's bearer token; ``None`` without one. A token that
-        is unknown or revoked is a 401, whatever the route."""
+        is unknown or revoked is a 401, whatever the route. Without a token, a
+        ``GET``/``HEAD`` counts as the user of its web session cookie (so a logged-in
+        browser downloads files of private repositories; nothing that writes accepts
+        the cookie)."""
         auth = request.headers.get("authorization", "")
         if not auth:
+            if request.method in ("GET", "HEAD"):
+                return self.sessions.user(request.cookies.get(COOKIE))
             return None
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -901,7 +909,21 @@ class HubApp:
             Route("/api/repos/{org}/{name}/diff/{rest:path}", w(self.api_diff)),
             Route("/{org}/{name}/ipfs/{rest:path}", w(self.gateway_route), methods=["GET", "HEAD"]),
             Route("/{org}/{name}/resolve/{rest:path}", hf(self.hf_resolve), methods=["GET", "HEAD"]),
+            *self.web_routes(),
         ]
+
+    def web_routes(self) -> list:
+        """The web pages (:mod:`tvcfs.hub.web.views`; after every API route, so they
+        never shadow one). Without Jinja2 installed the hub serves the API alone."""
+        try:
+            import jinja2  # noqa: F401
+        except ImportError:
+            return []
+        from .web.views import WebViews
+
+        self.web = WebViews(self)
+        self.web.warm()
+        return self.web.routes()
 
     def app(self):
         """The ASGI application (Starlette, plus the per-repository gateway mount)."""

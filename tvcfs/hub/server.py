@@ -44,7 +44,8 @@ async def serve(root: str, listen: str, *, max_body: int = 64 << 30, lfs_thresho
     from .core import Hub
 
     hub = Hub.open(root)
-    app = HubApp(hub, max_body=max_body, lfs_threshold=lfs_threshold, gateway=gateway).app()
+    hubapp = HubApp(hub, max_body=max_body, lfs_threshold=lfs_threshold, gateway=gateway)
+    app = hubapp.app()
     cfg = hypercorn_config(listen, read_timeout, keep_alive)
     stop = trio.Event()
 
@@ -71,6 +72,7 @@ async def serve(root: str, listen: str, *, max_body: int = 64 << 30, lfs_thresho
                 url, _, _ = await n.start(lambda task_status: serve_config(
                     tcfg, host.strip("[]"), int(port), task_status=task_status))
                 binds = [*binds, url]
+                hubapp.transport_url = url  # the pages' clone / mount snippets
             task_status.started(binds)
             await stop.wait()
             n.cancel_scope.deadline = trio.current_time() + cfg.graceful_timeout + 1

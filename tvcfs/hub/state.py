@@ -194,7 +194,12 @@ class HubState:
         """The user a live token belongs to, else ``None`` (unknown or revoked)."""
         if not token:
             return None
-        h = token_hash(token)
+        return self.user_for_hash(token_hash(token))
+
+    def user_for_hash(self, h: str) -> str | None:
+        """The user whose live token has sha-256 ``h`` (hex), else ``None`` (a web
+        session keeps the hash of the token it was opened with: revoking the token
+        ends the session)."""
         for name, u in self.data()["users"].items():
             for t in u["tokens"]:
                 if secrets.compare_digest(t["sha256"], h):
