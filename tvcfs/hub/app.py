@@ -24,7 +24,6 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from urllib.parse import unquote
 
 import anyio
 from starlette.applications import Starlette
@@ -37,6 +36,7 @@ from ..encoding.cid import cid_str
 from ..errors import (InvalidEntryName, PathNotFound, RefConflict, RevisionNotFound, TvcfsError)
 from ..repo import Author
 from .core import HashingWriter, Hub, Upload, commit_alias
+from .http import ApiError, raw_tail as _raw_tail
 from .names import InvalidName, check_path, parse_repo_id
 from .state import HubError
 from .web.session import COOKIE, Sessions
@@ -47,14 +47,6 @@ JSON_LIMIT = 16 * MIB   # JSON request bodies (pre-upload, batch, create)
 UPLOAD_TTL = 3600       # seconds an LFS upload URL stays valid
 INDEX_CACHE = 512       # file leaf indexes kept (by file CID)
 _HF_CODE = {404: "RepoNotFound"}
-
-
-class ApiError(Exception):
-    """An HTTP error answer: ``status``, one-line ``message``, optional HF ``code``."""
-
-    def __init__(self, status: int, message: str, code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.code = status, message, code
 
 
 def _error(status: int, message: str, code: str | None = None) -> JSONResponse:
@@ -72,14 +64,6 @@ def _iso(ts: int) -> str:
 def _repo_id(request: Request) -> str:
     """``ORG/NAME`` from the route's path parameters (validated by :meth:`HubApp.access`)."""
     return f"{request.path_params['org']}/{request.path_params['name']}"
-
-
-def _raw_tail(request: Request, skip: int) -> list:
-    """The request path's segments after the first ``skip``, each percent-decoded
-    separately (so a revision ``refs%2Fpr%2F1`` stays one segment)."""
-    raw = request.scope.get("raw_path") or request.url.path.encode()
-    raw = raw.split(b"?", 1)[0].decode("latin-1")
-    return [unquote(s) for s in raw.split("/")[1:]][skip:]
 
 
 class HubApp:

@@ -212,7 +212,7 @@ class WebViews:
 
     def user(self, request: Request) -> str | None:
         """The user of a bearer token (the API's rule) or of the session cookie."""
-        from ..app import ApiError
+        from ..http import ApiError
 
         try:
             return self.app.user(request)
@@ -271,7 +271,7 @@ class WebViews:
         return self.tree(request, repo_id, repo, repo.head_branch() or "main", "", card=True)
 
     def tree_page(self, request: Request, user):
-        from ..app import _raw_tail
+        from ..http import raw_tail as _raw_tail
 
         tail = _raw_tail(request, 3)
         repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
@@ -333,7 +333,7 @@ class WebViews:
 
     # --- files ------------------------------------------------------------------------
     def blob_page(self, request: Request, user):
-        from ..app import _raw_tail
+        from ..http import raw_tail as _raw_tail
         from ...chunking.safetensors import NotSafetensors, read_header_with
 
         tail = _raw_tail(request, 3)
@@ -398,7 +398,7 @@ class WebViews:
 
     # --- the log ------------------------------------------------------------------------
     def commits_page(self, request: Request, user):
-        from ..app import _raw_tail
+        from ..http import raw_tail as _raw_tail
 
         repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
         repo = self.access(user, repo_id)
@@ -435,7 +435,7 @@ class WebViews:
     def commit_page(self, request: Request, user):
         repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
         repo = self.access(user, repo_id)
-        from ..app import _raw_tail
+        from ..http import raw_tail as _raw_tail
 
         tail = _raw_tail(request, 3)
         if len(tail) != 1 or not tail[0]:
@@ -456,7 +456,7 @@ class WebViews:
         return "commit.html", ctx
 
     def compare_page(self, request: Request, user):
-        from ..app import _raw_tail
+        from ..http import raw_tail as _raw_tail
 
         repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
         repo = self.access(user, repo_id)
