@@ -52,9 +52,10 @@ from dataclasses import dataclass
 
 import trio
 
-from ..encoding.cid import DAG_PB, cid_codec, cid_str, verify_block
+from ..encoding.cid import DAG_PB, cid_codec, cid_str
 from ..errors import BlockNotFound, CorruptBlock, InvalidCID, TvcfsError
 from ..transport import protocol as P
+from ..store.verify import verify_many
 from .reader import PRIO_FOREGROUND, PRIO_PREFETCH, PRIO_SEQUENTIAL, PRIO_TENSOR
 
 __all__ = [
@@ -1264,16 +1265,14 @@ def _verify_and_store(store, batch, stored_hook=None):
     (one LMDB transaction, no msync), then ``stored_hook(cids)``. Returns ``(stored
     cids, bad indexes, duplicate indexes, failed)``."""
     good = []
-    bad = []
     dup = []
     with store.view(verify=False) as blocks:
         present = [blocks.has(cid) for cid, *_ in batch]
+    _, bad_cids = verify_many([(cid, data) for cid, data, _p, _w in batch])
+    bad_cids = set(bad_cids)
+    bad = [k for k, (cid, *_) in enumerate(batch) if cid in bad_cids]
     for k, (cid, data, _p, _w) in enumerate(batch):
-        try:
-            cid_codec(cid)
-            verify_block(cid, data)
-        except (CorruptBlock, InvalidCID):
-            bad.append(k)
+        if cid in bad_cids:
             continue
         if present[k]:
             dup.append(k)

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from ..encoding.cid import cid_str, verify_block
+from ..encoding.cid import DAG_CBOR, DAG_PB, RAW, cid_str, verify_block
 from ..errors import CorruptBlock
 from .base import TRANSACTIONS
 
@@ -32,14 +32,19 @@ def _executor() -> ThreadPoolExecutor:
     return _pool
 
 
+_PREFIXES = {bytes((1, codec, 0x12, 0x20)) for codec in (RAW, DAG_PB, DAG_CBOR)}
+
+
 def _ok(item) -> bool:
+    """A CIDv1 sha2-256 of a codec tvcfs reads, whose digest the data hashes to."""
     cid, data = item
-    return hashlib.sha256(data).digest() == bytes(cid[4:])
+    return len(cid) == 36 and bytes(cid[:4]) in _PREFIXES and hashlib.sha256(data).digest() == bytes(cid[4:])
 
 
 def verify_many(blocks: Iterable[tuple[bytes, bytes]]) -> tuple[list, list]:
     """Hash every ``(cid, data)`` pair; return ``(good, bad)``: ``good`` the pairs whose
-    data hashes to their CID, in input order; ``bad`` the CIDs that do not."""
+    data hashes to their CID, in input order; ``bad`` the CIDs that do not, or that are
+    no CIDv1 sha2-256 of a codec tvcfs reads (raw, dag-pb, dag-cbor)."""
     items = list(blocks)
     if sum(len(d) for _, d in items) < PARALLEL_BYTES or len(items) < 2:
         oks = list(map(_ok, items))

@@ -10,7 +10,6 @@ session's ``peer_id`` reports it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import time
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -22,6 +21,7 @@ import trio
 
 from ..encoding.cid import cid_codec, verify_block
 from ..errors import CorruptBlock, InvalidCID, TvcfsError
+from ..store.verify import verify_many
 from . import protocol as P
 from .backend import BlockBackend, is_leaf
 from .channel import MessageChannel
@@ -461,24 +461,10 @@ _ROOTS_PER_REQUEST = 4096  # ~150 KB of CIDs per DagRequest (limit: Limits.max_l
 
 def _verify(batch):
     """``(good [(cid, data)], good bytes, bad [cid])`` of a batch (run in a thread)."""
-    good = []
-    bad = []
-    nbytes = 0
-    sha256 = hashlib.sha256
-    for cid, data in batch:
-        if type(data) is P.BlockParts:
-            data = data.tobytes()  # the one copy of a received block, off the event loop
-        if len(cid) != 36 or cid[0] != 1 or cid[1] not in _CODECS or cid[2:4] != b"\x12\x20" or \
-                sha256(data).digest() != cid[4:]:
-            try:
-                cid_codec(cid)
-                verify_block(cid, data)
-            except (CorruptBlock, InvalidCID):
-                bad.append(cid)
-                continue
-        good.append((cid, data))
-        nbytes += len(data)
-    return good, nbytes, bad
+    # the one copy of a received block (its received chunks joined), off the event loop
+    good, bad = verify_many([(cid, data.tobytes() if type(data) is P.BlockParts else data)
+                             for cid, data in batch])
+    return good, sum(len(d) for _, d in good), bad
 
 
 @asynccontextmanager
