@@ -153,7 +153,7 @@ class BlockReader:
 
         idx = FileIndex.build(get, cid)
         if len(nodes) > 1 or (nodes and len(idx.leaves) > 1):
-            self.preloader.guess(idx, [buffer_address(v) for v in nodes])
+            self.preloader.guess(idx, [buffer_address(v) for v in nodes if isinstance(v, memoryview)])
         self.indexes[cid] = idx
         if len(self.indexes) > INDEX_CACHE:
             old, _ = self.indexes.popitem(last=False)
@@ -585,7 +585,9 @@ class Preloader:
                         self._exact_reads(False)
                 if v is None:
                     return
-                addr = buffer_address(v)
+                # a packed block arrives decoded (bytes, cached by the store), not as
+                # a buffer into the map: it has no file offset to learn from
+                addr = buffer_address(v) if isinstance(v, memoryview) else 0
                 if self.check is not None:
                     self.check(cid, v)  # the pages are in memory now: CPU only
             finally:
@@ -593,7 +595,7 @@ class Preloader:
         except Exception:  # environment closing, map full, a corrupt leaf...: a hint only
             return
         with self.cv:
-            if self.map_addr:
+            if self.map_addr and addr:
                 if len(self.offsets) >= (1 << 20):  # ~100 MB of hints: start over
                     self.offsets.clear()
                 self.offsets[cid] = addr - self.map_addr
