@@ -236,9 +236,10 @@ def _encode_task(store, lf: Leaf, base: bytes | None, base_depth: int):
     return lf.cid, value
 
 
-def pack(repo, keep_hot: int = 1, progress=None, threads: int | None = None) -> PackResult:
+def pack(repo, keep_hot: int = 1, progress=None, threads: int | None = None, hot=()) -> PackResult:
     """Pack the history of ``repo`` (see the module docstring). ``keep_hot``: how many
-    newest commits of each branch and tag stay raw (0: pack everything).
+    newest commits of each branch and tag stay raw (0: pack everything); ``hot``:
+    more commits (binary CIDs) whose blocks stay raw (``tvcfs pack --hot REV``).
     ``progress(done bytes, total bytes, phase)``. Returns a :class:`PackResult`.
     Raises :class:`~tvcfs.store.lmdb_store.StoreFull` (nothing changed by the failed
     batch), :class:`CorruptBlock` when a block does not decode."""
@@ -247,7 +248,7 @@ def pack(repo, keep_hot: int = 1, progress=None, threads: int | None = None) -> 
     heads = [c for c in repo.refs().values() if cid_codec(c) == DAG_CBOR]
     commits, children, order = commit_graph(repo, heads)
     res.commits = len(commits)
-    hot = hot_commits(repo, commits, keep_hot)
+    hot = hot_commits(repo, commits, keep_hot) | {c for c in hot if c in commits}
     res.hot_commits = len(hot)
     hot_blocks = reachable_blocks(repo, hot)
 

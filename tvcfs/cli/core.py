@@ -508,8 +508,9 @@ def run_pack(args, repo) -> dict:
         from ..errors import TvcfsError
 
         raise TvcfsError(f"--keep-hot takes a number of commits (0, 1, 2, ...), not {keep}")
+    hot = [repo.resolve(r) for r in getattr(args, "hot", None) or []]
     with progress_bar(args, "Packing") as bar:
-        return {**pack(repo, keep_hot=keep, progress=bar).as_dict(), "keep_hot": keep}
+        return {**pack(repo, keep_hot=keep, progress=bar, hot=hot).as_dict(), "keep_hot": keep}
 
 
 def pack_summary(r: dict) -> str:
@@ -561,6 +562,8 @@ def add_keep_hot(p) -> None:
     p.add_argument("--keep-hot", type=int, metavar="N", help="newest commits of each branch and tag "
                    "kept raw, read at full speed by mounts (default: the pack.keep_hot setting, 1); "
                    "0 packs everything")
+    p.add_argument("--hot", action="append", metavar="REV", help="also keep REV's blocks raw "
+                   "(repeatable; e.g. the base model its fine-tunes are deltas against)")
 
 
 def register(sub) -> None:

@@ -436,6 +436,9 @@ class Preloader:
         self.offsets: dict[bytes, int] = {}  # leaf cid -> file offset of its data
         self.anchors: dict[bytes, tuple] = {}  # file cid -> (leaf index, offset, verified)
         self.advised: set = set()
+        # files with packed leaves (tvcfs pack): no map offsets to predict, and their
+        # page faults read around (a packed value is read whole, then decoded)
+        self.packed_files: set = set()
         self.cums: collections.OrderedDict = collections.OrderedDict()  # file cid -> span prefix sums
         self.threads: list = []
         self.closed = False
@@ -534,7 +537,7 @@ class Preloader:
     def _advise(self, idx: FileIndex, first: int, stop: int) -> None:
         """``posix_fadvise(WILLNEED)`` the predicted range of leaves ``first`` ..
         ``stop - 1`` and of the queued leaves that follow (up to ADVISE_AHEAD)."""
-        if not self.map_addr:
+        if not self.map_addr or idx.cid in self.packed_files:
             return
         cum = self._cum(idx)
         with self.cv:
@@ -572,7 +575,8 @@ class Preloader:
         cid = idx.leaves[i]
         # reads are exact (no read-around) until the file's layout is verified
         a = self.anchors.get(idx.cid)
-        exact = self.map_addr and len(idx.leaves) > 1 and not (a and a[2]) and cid not in self.offsets
+        exact = (self.map_addr and len(idx.leaves) > 1 and not (a and a[2]) and cid not in self.offsets
+                 and idx.cid not in self.packed_files)
         try:
             blocks = self.store.snapshot(verify=False)
             try:
@@ -594,8 +598,14 @@ class Preloader:
                 blocks.close()
         except Exception:  # environment closing, map full, a corrupt leaf...: a hint only
             return
+        if not addr:  # packed: decoded into the store's bounded cache, never "resident"
+            with self.cv:
+                if len(self.packed_files) > 4096:
+                    self.packed_files.clear()
+                self.packed_files.add(idx.cid)
+            return
         with self.cv:
-            if self.map_addr and addr:
+            if self.map_addr:
                 if len(self.offsets) >= (1 << 20):  # ~100 MB of hints: start over
                     self.offsets.clear()
                 self.offsets[cid] = addr - self.map_addr

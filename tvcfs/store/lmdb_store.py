@@ -65,7 +65,7 @@ from .base import MAP_OFFSETS, PERSISTENT, TRANSACTIONS, ZERO_COPY
 
 DEFAULT_MAP_SIZE = 1 << 40  # bytes of address space (sparse); 1 TiB
 _DBS = (b"blocks", b"refs", b"reflog", b"pins", b"meta", b"packed", b"packbase")
-DECODED_CACHE = 64 << 20  # bytes of decoded packed blocks kept per environment
+DECODED_CACHE = 128 << 20  # bytes of decoded packed blocks kept per environment
 
 _registry: dict[str, tuple[lmdb.Environment, dict, list]] = {}
 _registry_lock = threading.Lock()
@@ -129,12 +129,30 @@ class MissingBase(CorruptBlock):
 class DecodedCache:
     """Decoded packed blocks (``bytes``, checked against their CIDs), least recently
     used dropped first once more than ``limit`` bytes are held. Thread-safe. Blocks
-    are immutable, so entries never go stale."""
+    are immutable, so entries never go stale. :meth:`claim` lets one thread decode a
+    block while others wanting it wait for the result instead of decoding it again
+    (the mount's preload threads and its reader often want the same leaf)."""
 
     def __init__(self, limit: int = DECODED_CACHE):
         self.limit, self.size = limit, 0
         self._d: "dict[bytes, bytes]" = {}
         self._lock = threading.Lock()
+        self._busy: "dict[bytes, threading.Event]" = {}
+
+    def claim(self, cid: bytes) -> "threading.Event | None":
+        """``None`` when the caller is to decode ``cid`` (then :meth:`release` it);
+        else the event another thread decoding it sets when done."""
+        with self._lock:
+            ev = self._busy.get(cid)
+            if ev is None:
+                self._busy[cid] = threading.Event()
+            return ev
+
+    def release(self, cid: bytes) -> None:
+        with self._lock:
+            ev = self._busy.pop(cid, None)
+        if ev is not None:
+            ev.set()
 
     def get(self, cid: bytes) -> bytes | None:
         with self._lock:
@@ -582,7 +600,7 @@ class LMDBView:
         """The block bytes of packed value ``value`` of ``cid`` (bases read from this
         snapshot), checked against the CID; ``fresh``: decoded and hashed now even if
         cached (fsck). Raises :class:`CorruptBlock`, :class:`MissingBase`."""
-        return self.store._unpack(self.txn, cid, value, cache=not fresh)
+        return self.store._unpack(self.txn, cid, value, fresh=fresh)
 
     def close(self) -> None:
         self.txn.abort()
@@ -775,21 +793,37 @@ class LMDBStore:
         p = txn.get(cid, db=self.dbs["packed"])
         return None if p is None else self._unpack(txn, cid, p)
 
-    def _unpack(self, txn, cid: bytes, value, depth: int = 0, final: bool = True,
-                cache: bool = True) -> bytes:
-        """Decode packed ``value`` of block ``cid`` (its bases from ``txn``), hash it
-        against the CID (unless :attr:`verify_reads` is off) and cache it. Bases met
-        on the way are decoded unchecked and not cached (``final=False``): the final
-        hash covers them, and only when it fails are they checked, to name the
-        damaged one. ``cache=False`` decodes afresh (fsck). Raises
-        :class:`CorruptBlock` naming the CID, :class:`MissingBase`."""
-        if cache:
+    def _unpack(self, txn, cid: bytes, value, fresh: bool = False) -> bytes:
+        """The bytes of packed ``value`` of block ``cid`` (bases from ``txn``): from the
+        decoded cache, else decoded (one thread per block at a time: others wait for
+        its result), hashed against the CID unless :attr:`verify_reads` is off, and
+        cached. ``fresh``: decoded and hashed now whatever the cache holds (fsck).
+        Raises :class:`CorruptBlock` naming the CID, :class:`MissingBase`."""
+        if fresh:
+            return self._decode(txn, cid, value, check=True)
+        hit = self.decoded.get(cid)
+        if hit is not None:
+            return hit
+        ev = self.decoded.claim(cid)
+        if ev is not None:  # another thread is decoding it
+            ev.wait(10)
             hit = self.decoded.get(cid)
-            if hit is not None:
-                return hit
-        base = bcid = None
+            return hit if hit is not None else self._decode(txn, cid, value, self.verify_reads)
+        try:
+            data = self._decode(txn, cid, value, self.verify_reads)
+            self.decoded.put(cid, data)
+            return data
+        finally:
+            self.decoded.release(cid)
+
+    def _decode(self, txn, cid: bytes, value, check: bool, depth: int = 0) -> bytes:
+        """Decode packed ``value`` of ``cid``; with ``check`` hash the result against
+        the CID. Bases met on the way are decoded unchecked (the final hash covers
+        them; only when it fails are they checked, to name the damaged one)."""
+        bcid = None
         try:
             h = encodings.header(value)
+            base = None
             if h.base is not None:
                 if depth >= encodings.MAX_DEPTH:
                     raise CorruptBlock(f"its delta chain is longer than {encodings.MAX_DEPTH}")
@@ -799,7 +833,7 @@ class LMDBStore:
                     bv = txn.get(bcid, db=self.dbs["packed"])
                     if bv is None:
                         raise MissingBase(cid, bcid, self.path)
-                    base = self._unpack(txn, bcid, bv, depth + 1, final=False, cache=cache)
+                    base = self.decoded.get(bcid) or self._decode(txn, bcid, bv, False, depth + 1)
             data = encodings.decode(value, base)
         except MissingBase:
             raise
@@ -809,9 +843,7 @@ class LMDBStore:
             raise CorruptBlock(f"stored block {cid_str(cid)} is packed and does not decode ({e}): "
                                f"the store {self.path} is damaged (tvcfs fsck lists the damaged "
                                "blocks)") from None
-        if not final:
-            return data
-        if self.verify_reads or not cache:
+        if check:
             try:
                 self.verified.check(cid, data, always=True)
             except CorruptBlock:
@@ -820,8 +852,6 @@ class LMDBStore:
                 raise CorruptBlock(f"stored block {cid_str(cid)} is packed and decodes to bytes that "
                                    f"do not hash to its CID: the store {self.path} is damaged "
                                    "(tvcfs fsck lists the damaged blocks)") from None
-        if cache:
-            self.decoded.put(cid, data)
         return data
 
     def _check_chain(self, txn, cid: bytes) -> None:
@@ -829,7 +859,7 @@ class LMDBStore:
         first that does not hash to its CID."""
         v = txn.get(cid, db=self.dbs["blocks"])
         if v is None:
-            self._unpack(txn, cid, txn.get(cid, db=self.dbs["packed"]), cache=False)
+            self._decode(txn, cid, txn.get(cid, db=self.dbs["packed"]), check=True)
         else:
             self.check(cid, v)
 
