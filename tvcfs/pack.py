@@ -330,6 +330,8 @@ def _apply(store, pool, todo: list, depth: dict, res: PackResult) -> None:
                 depth[cid] = 0
                 res.kept_raw += 1
                 continue
+            if w.info(cid) is None:  # deleted meanwhile (a gc in another process)
+                continue
             h = encodings.header(value)
             if h.base is not None and (w.base_depth(h.base) is None or w.dependents(cid)):
                 depth[cid] = 0  # the base went away, or the block became a base: keep raw
