@@ -33,6 +33,7 @@ KEYS: dict[str, tuple[type, Any, str]] = {
     "hf.repo_id": (str, None, "the Hugging Face repository ID (org/name) of this repository"),
     "index": (dict, None, "the staging index: {branch, base, tree} (tvcfs add / rm / restore)"),
     "hf.imported": (dict, {}, "repo_id -> {prefix, snapshots: {hash: {commit, files}}, refs} of tvcfs import-hf"),
+    "pack.keep_hot": (int, 1, "newest commits of each branch and tag whose blocks tvcfs pack keeps raw"),
 }
 
 # huggingface_hub's validate_repo_id: [namespace/]name of word characters, '-', '.';
@@ -52,8 +53,19 @@ def parse_hf_repo_id(value: str) -> str:
     return value
 
 
+def parse_keep_hot(value: str) -> int:
+    """A count of commits (an integer >= 0). Raises :class:`ConfigError`."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise ConfigError(f"pack.keep_hot takes a number of commits (0, 1, 2, ...), not {value!r}")
+    return n
+
+
 # keys a user may set with `tvcfs config KEY VALUE`: key -> parser of the command line's text
-USER_KEYS: dict[str, Callable[[str], Any]] = {"hf.repo_id": parse_hf_repo_id}
+USER_KEYS: dict[str, Callable[[str], Any]] = {"hf.repo_id": parse_hf_repo_id, "pack.keep_hot": parse_keep_hot}
 
 
 def _check(key: str, value) -> None:

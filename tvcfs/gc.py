@@ -6,9 +6,11 @@ update stays recoverable for that long), from pins, from the staged state of
 mounts (their base commits and every CID their ``state.json`` names) and from the
 worktree records (the base commit and tree of each ``tvcfs checkout`` directory),
 then deletes the
-rest in one LMDB transaction. Freed pages are reused by LMDB (the file does not
-shrink). :func:`fsck` re-hashes blocks and checks that every ref points at a complete
-commit. Blocks missing from a lazy clone are not errors for GC (they are simply not
+rest in one LMDB transaction. The base of every packed delta that is kept is kept
+too (and its base, along the chain: :func:`mark_bases`), so a kept delta always
+decodes. Freed pages are reused by LMDB (the file does not shrink). :func:`fsck`
+re-hashes blocks (packed ones decoded afresh) and checks that every ref points at a
+complete commit. Blocks missing from a lazy clone are not errors for GC (they are simply not
 there); ``fsck --lazy-ok`` accepts missing leaves.
 """
 
@@ -21,6 +23,7 @@ import time
 from .dag import traverse
 from .encoding.cid import RAW, cid_codec, cid_from_str, cid_str
 from .errors import CorruptBlock
+from .store.encodings import header
 
 DEFAULT_EXPIRE_DAYS = 90
 
@@ -58,14 +61,15 @@ def _roots(repo, expire_days: float) -> set:
     return roots
 
 
-def mark(repo, roots, progress=None) -> set:
-    """Every CID reachable from ``roots`` (commits follow their parents), whether or
-    not the block is stored locally (:func:`tvcfs.dag.traverse`: raw leaves are not
+def mark(repo, roots, progress=None, parents: bool = True) -> set:
+    """Every CID reachable from ``roots`` (commits follow their parents, unless not
+    ``parents``: then only their trees), whether or not the block is stored locally
+    (:func:`tvcfs.dag.traverse`: raw leaves are named by their parents' links, never
     read; a block that does not decode keeps only itself). ``progress(blocks marked,
     None, "marking")`` is called every 1000 blocks."""
     seen: set[bytes] = set()
     with repo.store.view(verify=False) as blocks:
-        for c, _ in traverse(blocks.get, roots, parents=True, read_leaves=False, missing_ok=True,
+        for c, _ in traverse(blocks.get, roots, parents=parents, read_leaves=False, missing_ok=True,
                              on_error=lambda c, e: None):
             seen.add(c)
             if progress is not None and len(seen) % 1000 == 0:
@@ -75,25 +79,56 @@ def mark(repo, roots, progress=None) -> set:
     return seen
 
 
+def _depth(value) -> int:
+    try:
+        return header(value).depth
+    except CorruptBlock:
+        return 0
+
+
+def mark_bases(repo, live: set) -> set:
+    """Add to ``live`` (in place, and return it) the delta base of every live packed
+    block, and their bases, along each chain."""
+    with repo.store.view(verify=False) as blocks:
+        todo = [c for c, v, packed in blocks.stored() if packed and c in live]
+        while todo:
+            nxt = []
+            for c in todo:
+                try:
+                    info = blocks.info(c)
+                except CorruptBlock:  # a damaged header: fsck reports it
+                    continue
+                if info is not None and info.base is not None and info.base not in live:
+                    live.add(info.base)
+                    nxt.append(info.base)
+            todo = nxt
+    return live
+
+
 def collect_garbage(repo, dry_run: bool = False, expire_days: float = DEFAULT_EXPIRE_DAYS,
                     progress=None) -> dict:
-    """Delete unreachable blocks. Returns ``{"kept", "deleted", "deleted_bytes"}``
-    (counts and bytes). With ``dry_run`` nothing is deleted. ``progress``: a callback
-    ``progress(blocks, total blocks | None, phase)`` (phases "marking", "sweeping")."""
-    live = mark(repo, _roots(repo, expire_days), progress)
+    """Delete unreachable blocks (raw or packed), never the base of a kept delta.
+    Returns ``{"kept", "deleted", "deleted_bytes"}`` (counts, stored bytes). With
+    ``dry_run`` nothing is deleted. ``progress``: a callback ``progress(blocks, total
+    blocks | None, phase)`` (phases "marking", "sweeping")."""
+    live = mark_bases(repo, mark(repo, _roots(repo, expire_days), progress))
     dead = []
     nbytes = 0
     total = repo.store.stat()["blocks"] if progress is not None else 0
     with repo.store.view(verify=False) as blocks:
-        for i, (cid, v) in enumerate(blocks.items(), 1):
+        for i, (cid, v, packed) in enumerate(blocks.stored(), 1):
             if progress is not None and (i % 1000 == 0 or i == total):
                 progress(i, total, "sweeping")
             if cid not in live:
-                dead.append(cid)
+                # dead deltas first (deepest first), then what they were based on: a
+                # base is never deleted before its dead dependents (which would
+                # otherwise be re-encoded without it, for nothing)
+                dead.append((-_depth(v) if packed else 1, cid))
                 nbytes += len(v)
     if not dry_run and dead:
+        dead.sort()
         with repo.store.write() as w:
-            for c in dead:
+            for _, c in dead:
                 w.delete_block(c)
     return {"kept": len(live), "deleted": len(dead), "deleted_bytes": nbytes}
 
@@ -108,9 +143,15 @@ def fsck(repo, lazy_ok: bool = False, progress=None) -> list:
     problems = []
     total = repo.store.stat()["blocks"] if progress is not None else 0
     with repo.store.view(verify=False) as blocks:
-        for i, (cid, v) in enumerate(blocks.items(), 1):
+        for i, (cid, v, packed) in enumerate(blocks.stored(), 1):
             if progress is not None and (i % 64 == 0 or i == total):
                 progress(i, total, "verifying")
+            if packed:
+                try:
+                    v = blocks.decode(cid, v, fresh=True)
+                except CorruptBlock as e:  # a missing base, a damaged value
+                    problems.append(f"corrupt block {cid_str(cid)} (packed): {e}")
+                    continue
             if hashlib.sha256(v).digest() != cid[4:]:
                 problems.append(f"corrupt block {cid_str(cid)}")
     for ref, cid in sorted(repo.refs().items()):

@@ -35,7 +35,8 @@ from .store.lmdb_refs import PinStore, Reflog, RefStore
 from .store.lmdb_store import LMDBStore, store_exists
 from .treeops import commit_landing, land_on_branch, txn_getter
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the store may hold packed blocks (docs/repository.md, "Packing")
+PACKED_FORMAT = 2
 WORKTREES = "worktrees"  # meta key: {real path: {"branch", "base", "tree", "time"}}
 _UNSET = object()
 
@@ -196,7 +197,7 @@ class Repo:
             config = RepoConfig(st)
             with st.write() as w:
                 if config.get("format", w) is None:
-                    config.set("format", FORMAT_VERSION, w)
+                    config.set("format", 1, w)  # 1 until packed blocks are written (PACKED_FORMAT)
                     config.set("created", int(time.time()), w)
                     w.set_symref("HEAD", HEADS + default_branch)
         finally:

@@ -88,6 +88,10 @@ def cmd_commit(args):
     t0 = time.monotonic()
     meta = parse_metadata(args.meta)
     with open_repo(args) as repo:
+        if args.delta_base:
+            from ..pack import DELTA_BASE_KEY
+
+            meta[DELTA_BASE_KEY] = cid_str(repo.resolve(args.delta_base))
         if args.dir is None:  # the staging index (tvcfs add / rm)
             from ..index import commit_index, staged_changes
 
@@ -154,12 +158,17 @@ def cmd_log(args):
                               paths=paths, max_count=args.max_count, topo=args.graph)
         rows = (history.graph(commits, args.first_parent) if args.graph
                 else (history.GraphRow(c, m, "", []) for c, m in commits))
+        stat = None
+        if args.stat:
+            from ..pack import commit_storage as stat
         if args.json:
             out = []
             for r in rows:
                 d = commit_dict(r.cid, r.commit, names.get(r.cid, []))
                 if args.graph:
                     d["graph"] = [r.prefix.rstrip(), *r.after]
+                if stat:
+                    d["storage"] = stat(repo, r.cid)
                 out.append(d)
             emit_json(out)
             return 0
@@ -169,13 +178,37 @@ def cmd_log(args):
             deco = f" ({', '.join(names[cid])})" if cid in names else ""
             if args.oneline:
                 print(f"{g}{short(cid)}{deco} {com.message.splitlines()[0] if com.message else ''}")
-                for line in row.after:
-                    print(line)
-                continue
-            _print_commit(cid, com, deco, g, pad)
+            else:
+                _print_commit(cid, com, deco, g, pad)
+            if stat:
+                for line in storage_lines(stat(repo, cid), new_only=True):
+                    print(f"{pad} {line}")
+                if not args.oneline:
+                    print(pad.rstrip())
             for line in row.after:
                 print(line)
     return 0
+
+
+def _ratio(stored: int, raw: int) -> str:
+    return f"{stored / raw:.2f}" if raw else "-"
+
+
+def storage_lines(st: dict, new_only: bool = False) -> list:
+    """Lines describing :func:`tvcfs.pack.commit_storage` output: the bytes a commit
+    added (raw, stored, ratio, encodings), then per file (``new_only``: files with new
+    bytes only)."""
+    encs = ", ".join(f"{n} {k}" for k, n in sorted(st["encodings"].items()))
+    lines = [f"stored: {st['new_blocks']} new blocks, {fmt_bytes(st['new_raw'])} raw, "
+             f"{fmt_bytes(st['new_stored'])} stored ({_ratio(st['new_stored'], st['new_raw'])})"
+             + (f"; {encs}" if encs else "")
+             + f"; whole tree {fmt_bytes(st['raw'])} raw, {fmt_bytes(st['stored'])} stored"]
+    for f in st["files"]:
+        if new_only and not f["new_raw"]:
+            continue
+        lines.append(f"  {f['new_raw']:>12} raw {f['new_stored']:>12} stored new  "
+                     f"({f['raw']} raw, {f['stored']} stored in all)  {printable_name(f['path'])}")
+    return lines
 
 
 def _print_commit(cid, com, deco, g="", pad=""):
@@ -337,10 +370,14 @@ def cmd_show(args):
         commit, path, e = revpath(repo, args.spec)
         if ":" not in args.spec:
             com = repo.read_commit(commit)
+            from ..pack import commit_storage
+
             files = [(p, e) for p, e in repo.walk(commit, "") if e.kind != KIND_DIR]
+            storage = commit_storage(repo, commit)
             if args.json:
                 d = commit_dict(commit, com)
                 d["files"] = [entry_dict(e, p) for p, e in files]
+                d["storage"] = storage
                 emit_json(d)
                 return 0
             print(f"commit {cid_str(commit)}")
@@ -357,14 +394,23 @@ def cmd_show(args):
             print()
             for p, e in files:
                 print(f"{e.size:>12}  {p}")
+            print()
+            for line in storage_lines(storage):
+                print(line)
             return 0
         d = entry_dict(e, path)
         if e.kind == KIND_DIR:
             d["entries"] = [entry_dict(c) for c in repo.ls(commit, path)]
         elif e.kind != KIND_SYMLINK:
+            from ..pack import tensor_storage
+
             d["leaves"] = len(repo.file_index(e.cid).leaves)
+            stored = tensor_storage(repo, e.cid)
+            none = {"raw": 0, "stored": 0, "encodings": {}}
             d["tensors"] = [{"name": n, "dtype": dt, "shape": list(sh), "bytes": nb, "first_leaf": fl,
-                             "leaves": nl} for n, dt, sh, nb, fl, nl in tensor_table(repo, e.cid)]
+                             "leaves": nl, "stored": stored.get(n, none)["stored"],
+                             "encodings": stored.get(n, none)["encodings"]}
+                            for n, dt, sh, nb, fl, nl in tensor_table(repo, e.cid)]
         if args.json:
             emit_json(d)
             return 0
@@ -380,10 +426,13 @@ def cmd_show(args):
         rows = d["tensors"]
         if rows:
             print(f"  {len(rows)} tensors:")
-            print(f"  {'name':<56} {'dtype':<8} {'shape':<18} {'bytes':>12} {'leaves':>6}")
+            print(f"  {'name':<56} {'dtype':<8} {'shape':<18} {'bytes':>12} {'leaves':>6} "
+                  f"{'stored':>12} {'ratio':>5}  encoding")
             for t in rows:
+                encs = ",".join(f"{k}" if len(t["encodings"]) == 1 else f"{k}:{n}"
+                                for k, n in sorted(t["encodings"].items()))
                 print(f"  {t['name']:<56} {t['dtype']:<8} {str(t['shape']):<18} {t['bytes']:>12} "
-                      f"{t['leaves']:>6}")
+                      f"{t['leaves']:>6} {t['stored']:>12} {_ratio(t['stored'], t['bytes']):>5}  {encs}")
     return 0
 
 
@@ -449,6 +498,40 @@ def cmd_reflog(args):
     return 0
 
 
+def run_pack(args, repo) -> dict:
+    """Run :func:`tvcfs.pack.pack` for ``tvcfs pack`` / ``tvcfs gc --pack`` (``--keep-hot``,
+    else the ``pack.keep_hot`` setting) with a progress bar; returns its result as a dict."""
+    from ..pack import pack
+
+    keep = args.keep_hot if args.keep_hot is not None else repo.config.get("pack.keep_hot")
+    if keep < 0:
+        from ..errors import TvcfsError
+
+        raise TvcfsError(f"--keep-hot takes a number of commits (0, 1, 2, ...), not {keep}")
+    hot = [repo.resolve(r) for r in getattr(args, "hot", None) or []]
+    with progress_bar(args, "Packing") as bar:
+        return {**pack(repo, keep_hot=keep, progress=bar, hot=hot).as_dict(), "keep_hot": keep}
+
+
+def pack_summary(r: dict) -> str:
+    """One line about a pack run (:func:`run_pack`)."""
+    return (f"packed {r['packed']} blocks ({r['deltas']} as deltas): {fmt_bytes(r['raw_bytes'])} raw -> "
+            f"{fmt_bytes(r['stored_bytes'])} stored ({_ratio(r['stored_bytes'], r['raw_bytes'])}); "
+            f"{r['kept_raw']} kept raw (no gain), {r['unpacked']} hot again unpacked; "
+            f"{r['hot_commits']} of {r['commits']} commits kept hot (--keep-hot {r['keep_hot']}); "
+            f"{fmt_bytes(r['saved'])} saved")
+
+
+def cmd_pack(args):
+    with open_repo(args) as repo:
+        r = run_pack(args, repo)
+        if args.json:
+            emit_json(r)
+            return 0
+        print(pack_summary(r))
+    return 0
+
+
 def cmd_pin(args):
     with open_repo(args) as repo:
         if args.action == "add":
@@ -474,6 +557,15 @@ def cmd_pin(args):
     return 0
 
 
+def add_keep_hot(p) -> None:
+    """The ``--keep-hot N`` option of ``pack`` and ``gc --pack``."""
+    p.add_argument("--keep-hot", type=int, metavar="N", help="newest commits of each branch and tag "
+                   "kept raw, read at full speed by mounts (default: the pack.keep_hot setting, 1); "
+                   "0 packs everything")
+    p.add_argument("--hot", action="append", metavar="REV", help="also keep REV's blocks raw "
+                   "(repeatable; e.g. the base model its fine-tunes are deltas against)")
+
+
 def register(sub) -> None:
     """Add the core commands to the ``tvcfs`` parser's subparsers."""
     p = sub.add_parser("init", help="create a repository")
@@ -495,6 +587,9 @@ def register(sub) -> None:
                    help="commit metadata (repeatable); integers and decimal numbers (lr=3e-5) "
                         "are stored as numbers, true/false as booleans, anything else as text")
     p.add_argument("--allow-empty", action="store_true", help="commit even if nothing changed")
+    p.add_argument("--delta-base", metavar="REV", help="the model this one was fine-tuned from: "
+                   "recorded in the commit's metadata (delta_base); tvcfs pack stores its tensors "
+                   "as deltas against REV's")
     p.set_defaults(func=cmd_commit)
 
     p = sub.add_parser("log", help="show commit history",
@@ -506,6 +601,8 @@ def register(sub) -> None:
     p.add_argument("--first-parent", action="store_true")
     p.add_argument("--all", action="store_true", help="every branch, tag and remote-tracking ref")
     p.add_argument("--graph", action="store_true", help="draw the history as a graph (topological order)")
+    p.add_argument("--stat", action="store_true", help="bytes each commit added to the store, raw and "
+                   "as stored (packed), per file")
     p.set_defaults(func=cmd_log)
 
     p = sub.add_parser("branch", help="list, create or delete branches")
@@ -558,6 +655,11 @@ def register(sub) -> None:
     p = sub.add_parser("reflog", help="show ref changes, newest first")
     p.add_argument("ref", nargs="?")
     p.set_defaults(func=cmd_reflog)
+
+    p = sub.add_parser("pack", help="store older history packed (byte-grouped zstd, tensor deltas "
+                       "against the same tensor in a neighbouring commit); the newest commits stay raw")
+    add_keep_hot(p)
+    p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("pin", help="pin DAG roots against garbage collection")
     p.add_argument("action", choices=("add", "rm", "ls"))

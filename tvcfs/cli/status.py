@@ -192,11 +192,20 @@ def cmd_gc(args):
     with open_repo(args) as repo:
         with progress_bar(args, "Collecting garbage", unit="blocks") as bar:
             r = collect_garbage(repo, dry_run=args.dry_run, expire_days=args.expire, progress=bar)
+        packed = None
+        if args.pack and not args.dry_run:
+            from .core import run_pack
+
+            packed = run_pack(args, repo)
         if args.json:
-            emit_json({**r, "dry_run": args.dry_run})
+            emit_json({**r, "dry_run": args.dry_run, **({"pack": packed} if packed else {})})
             return 0
         verb = "would delete" if args.dry_run else "deleted"
         print(f"{verb} {r['deleted']} blocks ({r['deleted_bytes']} bytes); {r['kept']} reachable")
+        if packed:
+            from .core import pack_summary
+
+            print(pack_summary(packed))
     return 0
 
 
@@ -254,6 +263,10 @@ def register_maintenance(sub) -> None:
     p.add_argument("-n", "--dry-run", action="store_true")
     p.add_argument("--expire", type=float, default=90, metavar="DAYS",
                    help="keep commits in the reflog younger than this (default 90)")
+    p.add_argument("--pack", action="store_true", help="then pack older history (tvcfs pack)")
+    from .core import add_keep_hot
+
+    add_keep_hot(p)
     p.set_defaults(func=cmd_gc)
 
     p = sub.add_parser("fsck", help="verify every block and that refs point at complete commits")

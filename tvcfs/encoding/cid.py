@@ -95,10 +95,11 @@ class VerifiedSet:
     def __contains__(self, cid: bytes) -> bool:
         return cid in self._cur or cid in self._old
 
-    def check(self, cid: bytes, data) -> None:
+    def check(self, cid: bytes, data, always: bool = False) -> None:
         """Raise :class:`CorruptBlock` if ``data`` (bytes-like) does not hash to
-        ``cid``; remember it when it does."""
-        if cid in self._cur or cid in self._old:
+        ``cid``; remember it when it does. ``always``: hash even if ``cid`` was
+        checked before (bytes computed afresh, e.g. a decoded packed block)."""
+        if not always and (cid in self._cur or cid in self._old):
             return
         verify_block(cid, data)
         if len(self._cur) >= self.limit:

@@ -150,7 +150,7 @@ class BlockReader:
 
         idx = FileIndex.build(get, cid)
         if len(nodes) > 1 or (nodes and len(idx.leaves) > 1):
-            self.preloader.guess(idx, [buffer_address(v) for v in nodes])
+            self.preloader.guess(idx, [buffer_address(v) for v in nodes if isinstance(v, memoryview)])
         self.indexes[cid] = idx
         if len(self.indexes) > INDEX_CACHE:
             old, _ = self.indexes.popitem(last=False)
@@ -433,6 +433,9 @@ class Preloader:
         self.offsets: dict[bytes, int] = {}  # leaf cid -> file offset of its data
         self.anchors: dict[bytes, tuple] = {}  # file cid -> (leaf index, offset, verified)
         self.advised: set = set()
+        # files with packed leaves (tvcfs pack): no map offsets to predict, and their
+        # page faults read around (a packed value is read whole, then decoded)
+        self.packed_files: set = set()
         self.cums: collections.OrderedDict = collections.OrderedDict()  # file cid -> span prefix sums
         self.threads: list = []
         self.closed = False
@@ -531,7 +534,7 @@ class Preloader:
     def _advise(self, idx: FileIndex, first: int, stop: int) -> None:
         """``posix_fadvise(WILLNEED)`` the predicted range of leaves ``first`` ..
         ``stop - 1`` and of the queued leaves that follow (up to ADVISE_AHEAD)."""
-        if not self.map_addr:
+        if not self.map_addr or idx.cid in self.packed_files:
             return
         cum = self._cum(idx)
         with self.cv:
@@ -569,7 +572,8 @@ class Preloader:
         cid = idx.leaves[i]
         # reads are exact (no read-around) until the file's layout is verified
         a = self.anchors.get(idx.cid)
-        exact = self.map_addr and len(idx.leaves) > 1 and not (a and a[2]) and cid not in self.offsets
+        exact = (self.map_addr and len(idx.leaves) > 1 and not (a and a[2]) and cid not in self.offsets
+                 and idx.cid not in self.packed_files)
         try:
             blocks = self.store.snapshot(verify=False)
             try:
@@ -582,12 +586,20 @@ class Preloader:
                         self._exact_reads(False)
                 if v is None:
                     return
-                addr = buffer_address(v)
+                # a packed block arrives decoded (bytes, cached by the store), not as
+                # a buffer into the map: it has no file offset to learn from
+                addr = buffer_address(v) if isinstance(v, memoryview) else 0
                 if self.check is not None:
                     self.check(cid, v)  # the pages are in memory now: CPU only
             finally:
                 blocks.close()
         except Exception:  # environment closing, map full, a corrupt leaf...: a hint only
+            return
+        if not addr:  # packed: decoded into the store's bounded cache, never "resident"
+            with self.cv:
+                if len(self.packed_files) > 4096:
+                    self.packed_files.clear()
+                self.packed_files.add(idx.cid)
             return
         with self.cv:
             if self.map_addr:

@@ -2,7 +2,9 @@
 
 Named sub-databases:
 
-``blocks``  binary CID → block bytes
+``blocks``  binary CID → block bytes (hot blocks, read zero-copy)
+``packed``  binary CID → a packed value (:mod:`tvcfs.store.encodings`): header + zstd frame
+``packbase`` base CID ‖ delta CID → ``b""`` (which stored deltas need which base)
 ``refs``    ``refs/heads/NAME``, ``refs/tags/NAME`` → binary CID; ``HEAD`` → ``ref: refs/heads/NAME``
 ``reflog``  ``REF \\0 seq(8 bytes BE)`` → JSON ``{old, new, time, message, rejected}``
 ``pins``    binary CID → JSON ``{name, time}``
@@ -28,6 +30,17 @@ new pages can land in (``posix_fallocate`` past the last used page, ahead of the
 bytes it puts, in growing steps): a full disk then raises :class:`StoreFull` before
 any page is touched, the transaction is aborted and nothing committed is lost.
 
+Packed blocks (``tvcfs pack``, docs/repository.md "Packing") live in ``packed``,
+under the same CID: every read (:meth:`LMDBView.get`, :meth:`LMDBStore.get`,
+``get_many``, ``has``, iteration, ``stat``) sees them, decoding on the fly (bases
+first, a chain of at most :data:`~tvcfs.store.encodings.MAX_DEPTH`) and hashing
+every decoded block against its CID; decoded blocks are kept in a small per-process
+cache (:class:`DecodedCache`). A packed block reads as ``bytes`` (not a buffer into
+the map). A delta whose base is missing raises :class:`MissingBase` (a
+:class:`CorruptBlock`), never wrong bytes. A block that stored deltas use as their
+base is never turned into a delta itself, and deleting it first re-encodes those
+deltas without it (:meth:`WriteTxn.delete_block`).
+
 LMDB must not be opened twice in one process: environments are shared through a
 per-process registry keyed by real path.
 """
@@ -40,16 +53,19 @@ import os
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import lmdb
 
 from ..encoding.cid import VerifiedSet, cid_str
 from ..errors import BlockNotFound, CorruptBlock, RefConflict, TvcfsError
+from . import encodings
 from .base import MAP_OFFSETS, PERSISTENT, TRANSACTIONS, ZERO_COPY
 
 DEFAULT_MAP_SIZE = 1 << 40  # bytes of address space (sparse); 1 TiB
-_DBS = (b"blocks", b"refs", b"reflog", b"pins", b"meta")
+_DBS = (b"blocks", b"refs", b"reflog", b"pins", b"meta", b"packed", b"packbase")
+DECODED_CACHE = 128 << 20  # bytes of decoded packed blocks kept per environment
 
 _registry: dict[str, tuple[lmdb.Environment, dict, list]] = {}
 _registry_lock = threading.Lock()
@@ -93,6 +109,84 @@ def store_exists(path: str) -> bool:
 
 class StoreFull(TvcfsError):
     """The LMDB map or the disk is full; the transaction was rolled back, nothing lost."""
+
+
+class MissingBase(CorruptBlock):
+    """A packed delta's base block is not in the store (the store is damaged: the
+    delta cannot be decoded). ``.cid``: the delta; ``.base``: the missing base."""
+
+    def __init__(self, cid, base: bytes | None = None, path: str = ""):
+        if base is None:  # a message alone (re-raised with a path prefixed: errors.naming)
+            self.cid = self.base = None
+            super().__init__(cid)
+            return
+        self.cid, self.base = cid, base
+        super().__init__(f"stored block {cid_str(cid)} is a delta against {cid_str(base)}, which is "
+                         f"missing from the store {path}: it cannot be decoded "
+                         "(tvcfs fsck lists the damaged blocks; fetch the block again from a peer)")
+
+
+class DecodedCache:
+    """Decoded packed blocks (``bytes``, checked against their CIDs), least recently
+    used dropped first once more than ``limit`` bytes are held. Thread-safe. Blocks
+    are immutable, so entries never go stale. :meth:`claim` lets one thread decode a
+    block while others wanting it wait for the result instead of decoding it again
+    (the mount's preload threads and its reader often want the same leaf)."""
+
+    def __init__(self, limit: int = DECODED_CACHE):
+        self.limit, self.size = limit, 0
+        self._d: "dict[bytes, bytes]" = {}
+        self._lock = threading.Lock()
+        self._busy: "dict[bytes, threading.Event]" = {}
+
+    def claim(self, cid: bytes) -> "threading.Event | None":
+        """``None`` when the caller is to decode ``cid`` (then :meth:`release` it);
+        else the event another thread decoding it sets when done."""
+        with self._lock:
+            ev = self._busy.get(cid)
+            if ev is None:
+                self._busy[cid] = threading.Event()
+            return ev
+
+    def release(self, cid: bytes) -> None:
+        with self._lock:
+            ev = self._busy.pop(cid, None)
+        if ev is not None:
+            ev.set()
+
+    def get(self, cid: bytes) -> bytes | None:
+        with self._lock:
+            v = self._d.pop(cid, None)
+            if v is not None:
+                self._d[cid] = v  # most recent last
+            return v
+
+    def put(self, cid: bytes, data: bytes) -> None:
+        if len(data) > self.limit // 4:
+            return
+        with self._lock:
+            if cid in self._d:
+                return
+            self._d[cid] = data
+            self.size += len(data)
+            while self.size > self.limit:
+                old = next(iter(self._d))
+                self.size -= len(self._d.pop(old))
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    """How a block is stored: ``stored`` bytes on disk (the value), ``raw`` bytes of
+    the block, ``encoding`` (``"raw"``, ``"zstd"``, ``"grouped"``, ``"delta"``),
+    ``base`` (the delta base's CID or ``None``), ``depth`` (delta chain bound, 0 for
+    self-contained), ``elem`` (element size used for byte grouping)."""
+
+    stored: int
+    raw: int
+    encoding: str
+    base: bytes | None = None
+    depth: int = 0
+    elem: int = 1
 
 
 RESERVE_MIN = 1 << 20  # bytes: smallest step by which the allocated part of data.mdb grows
@@ -167,7 +261,7 @@ def _open_env(path: str, map_size: int):
             reservation.close()
             env.close()
             raise
-        _registry[real] = (env, dbs, [1, reservation, VerifiedSet()])
+        _registry[real] = (env, dbs, [1, reservation, VerifiedSet(), DecodedCache()])
         return real, env, dbs
 
 
@@ -191,6 +285,33 @@ def _reservation(real: str) -> _Reservation:
 def _verified(real: str) -> VerifiedSet:
     with _registry_lock:
         return _registry[real][2][2]
+
+
+def _decoded(real: str) -> DecodedCache:
+    with _registry_lock:
+        return _registry[real][2][3]
+
+
+def _info(txn, dbs: dict, cid: bytes) -> BlockInfo | None:
+    v = txn.get(cid, db=dbs["blocks"])
+    if v is not None:
+        return BlockInfo(len(v), len(v), "raw")
+    p = txn.get(cid, db=dbs["packed"])
+    if p is None:
+        return None
+    h = encodings.header(p)
+    return BlockInfo(len(p), h.raw_len, h.name, h.base, h.depth, h.elem)
+
+
+def _dependents(txn, dbs: dict, base: bytes) -> list:
+    out = []
+    with txn.cursor(db=dbs["packbase"]) as cur:
+        if cur.set_range(base):
+            for k in cur.iternext(keys=True, values=False):
+                if k[:len(base)] != base:
+                    break
+                out.append(bytes(k[len(base):]))
+    return out
 
 
 class WriteTxn:
@@ -219,9 +340,12 @@ class WriteTxn:
 
     # blocks
     def put_block(self, cid: bytes, block) -> bool:
-        """Store a block unless present; return ``True`` if it was new (and count it in
-        ``new_bytes`` / ``new_blocks``). Raises :class:`StoreFull` when the disk is full."""
+        """Store a block unless present (raw or packed); return ``True`` if it was new
+        (and count it in ``new_bytes`` / ``new_blocks``). Raises :class:`StoreFull`
+        when the disk is full."""
         self._grow(len(block))
+        if self.txn.get(cid, db=self.db["packed"]) is not None:
+            return False
         if self.txn.put(cid, block, overwrite=False, db=self.db["blocks"]):
             self.new_bytes += len(block)
             self.new_blocks += 1
@@ -229,14 +353,115 @@ class WriteTxn:
         return False
 
     def has_block(self, cid: bytes) -> bool:
-        return self.txn.get(cid, db=self.db["blocks"]) is not None
+        return (self.txn.get(cid, db=self.db["blocks"]) is not None
+                or self.txn.get(cid, db=self.db["packed"]) is not None)
 
     def get_block(self, cid: bytes):
-        return self.txn.get(cid, db=self.db["blocks"])
+        """The block's bytes (a buffer, or decoded ``bytes`` when packed) or ``None``;
+        unverified when raw. Raises :class:`CorruptBlock` / :class:`MissingBase` for a
+        packed block that does not decode to its CID."""
+        return self.store._lookup(self.txn, cid, verify=False)
 
     def delete_block(self, cid: bytes) -> bool:
+        """Delete a block (raw or packed); ``True`` if it was there. Deltas stored
+        against it are first re-encoded without it (self-contained), so no stored
+        block loses its base."""
         self._grow(0)  # copied B-tree pages
-        return self.txn.delete(cid, db=self.db["blocks"])
+        for dep in self.dependents(cid):
+            self._rebase(dep)
+        if self.txn.delete(cid, db=self.db["blocks"]):
+            return True
+        v = self.txn.get(cid, db=self.db["packed"])
+        if v is None:
+            return False
+        self._forget_base(cid, v)
+        return self.txn.delete(cid, db=self.db["packed"])
+
+    # packing (tvcfs pack; docs/repository.md "Packing")
+    def dependents(self, base: bytes) -> list:
+        """CIDs of the stored deltas whose base is ``base``."""
+        return _dependents(self.txn, self.db, base)
+
+    def info(self, cid: bytes) -> "BlockInfo | None":
+        """How block ``cid`` is stored (:class:`BlockInfo`), or ``None``."""
+        return _info(self.txn, self.db, cid)
+
+    def _forget_base(self, cid: bytes, value) -> None:
+        h = encodings.header(value)
+        if h.base is not None:
+            self.txn.delete(h.base + cid, db=self.db["packbase"])
+
+    def _rebase(self, cid: bytes) -> None:
+        """Re-encode the delta ``cid`` without its base (self-contained, or raw)."""
+        v = self.txn.get(cid, db=self.db["packed"])
+        if v is None:
+            return
+        h = encodings.header(v)
+        data = self.store._lookup(self.txn, cid, verify=True)
+        value = encodings.encode(data, h.elem)
+        if value is None:
+            self.unpack_block(cid)
+        else:
+            self.pack_block(cid, value)
+
+    def pack_block(self, cid: bytes, value: bytes) -> int:
+        """Store block ``cid`` (held raw or packed) as packed value ``value`` (made by
+        :func:`tvcfs.store.encodings.encode` from its bytes: the caller checks that it
+        decodes to them). Returns the change in stored bytes (negative: saved).
+
+        Raises ``ValueError`` when the block is not held, when ``value`` is a delta and
+        ``cid`` is itself the base of stored deltas (chains must not grow behind
+        their back), when its base is missing, is ``cid`` itself, or is deeper than
+        the value's depth allows."""
+        h = encodings.header(value)
+        raw = self.txn.get(cid, db=self.db["blocks"])
+        old = self.txn.get(cid, db=self.db["packed"]) if raw is None else None
+        if raw is None and old is None:
+            raise ValueError(f"block {cid_str(cid)} is not in the store")
+        if h.base is not None:
+            if h.base == cid:
+                raise ValueError(f"block {cid_str(cid)} cannot be its own delta base")
+            if self.dependents(cid):
+                raise ValueError(f"block {cid_str(cid)} is the base of stored deltas: it may be "
+                                 "packed only self-contained")
+            bd = self.base_depth(h.base)
+            if bd is None:
+                raise ValueError(f"delta base {cid_str(h.base)} of {cid_str(cid)} is not in the store")
+            if bd + 1 > h.depth:
+                raise ValueError(f"delta of {cid_str(cid)} on {cid_str(h.base)} (depth {bd}) "
+                                 f"claims depth {h.depth}")
+        before = len(raw) if raw is not None else len(old)
+        self._grow(len(value))
+        if old is not None:
+            self._forget_base(cid, old)
+        else:
+            self.txn.delete(cid, db=self.db["blocks"])
+        self.txn.put(cid, value, db=self.db["packed"])
+        if h.base is not None:
+            self.txn.put(h.base + cid, b"", db=self.db["packbase"])
+        return len(value) - before
+
+    def unpack_block(self, cid: bytes) -> int:
+        """Store packed block ``cid`` raw again (decoded and checked against its CID);
+        returns the change in stored bytes (0 when it was not packed). Raises
+        :class:`CorruptBlock` / :class:`MissingBase` when it does not decode."""
+        v = self.txn.get(cid, db=self.db["packed"])
+        if v is None:
+            return 0
+        data = self.store._lookup(self.txn, cid, verify=True)
+        before = len(v)
+        self._grow(len(data))
+        self._forget_base(cid, v)
+        self.txn.delete(cid, db=self.db["packed"])
+        self.txn.put(cid, data, db=self.db["blocks"])
+        return len(data) - before
+
+    def base_depth(self, cid: bytes) -> int | None:
+        """Delta depth of a stored block (0 raw or self-contained), ``None`` if absent."""
+        if self.txn.get(cid, db=self.db["blocks"]) is not None:
+            return 0
+        v = self.txn.get(cid, db=self.db["packed"])
+        return None if v is None else encodings.header(v).depth
 
     # refs
     def get_ref(self, name: str) -> bytes | None:
@@ -308,42 +533,74 @@ class WriteTxn:
 
 class LMDBView:
     """A read snapshot of the store (one LMDB read transaction): ``get(cid)`` gives a
-    zero-copy, read-only buffer into the map or ``None``; ``block(cid)`` the same but
-    raises :class:`BlockNotFound`; ``has(cid)``. Buffers are valid until
-    :meth:`close`. With ``verify`` every buffer is checked first
-    (:meth:`LMDBStore.check`: once per CID per process). Obtained from
+    zero-copy, read-only buffer into the map (a hot block), decoded ``bytes`` (a packed
+    block), or ``None``; ``block(cid)`` the same but raises :class:`BlockNotFound`;
+    ``has(cid)``. Buffers are valid until :meth:`close`. With ``verify`` every raw
+    buffer is checked first (:meth:`LMDBStore.check`: once per CID per process); a
+    decoded block is checked on every decode whatever ``verify`` says. Obtained from
     :meth:`LMDBStore.view` (a ``with`` block) or :meth:`LMDBStore.snapshot` (closed by
     the caller, e.g. renewed every second by the mount's reader)."""
 
-    __slots__ = ("store", "txn", "db", "verify")
+    __slots__ = ("store", "txn", "db", "packed", "verify")
 
     def __init__(self, store: "LMDBStore", verify: bool = True):
         self.store, self.db, self.verify = store, store.dbs["blocks"], verify
+        self.packed = store.dbs["packed"]
         self.txn = store.env.begin(buffers=True)
 
     def get(self, cid: bytes):
         v = self.txn.get(cid, db=self.db)
-        if v is not None and self.verify:
-            self.store.check(cid, v)
-        return v
-
-    def block(self, cid: bytes):
-        v = self.txn.get(cid, db=self.db)
         if v is None:
-            raise BlockNotFound(cid)
+            p = self.txn.get(cid, db=self.packed)
+            return None if p is None else self.store._unpack(self.txn, cid, p)
         if self.verify:
             self.store.check(cid, v)
         return v
 
+    def block(self, cid: bytes):
+        v = self.get(cid)
+        if v is None:
+            raise BlockNotFound(cid)
+        return v
+
     def has(self, cid: bytes) -> bool:
-        return self.txn.get(cid, db=self.db) is not None
+        return (self.txn.get(cid, db=self.db) is not None
+                or self.txn.get(cid, db=self.packed) is not None)
+
+    def is_packed(self, cid: bytes) -> bool:
+        """True if the block is stored packed (reads decode it)."""
+        return self.txn.get(cid, db=self.packed) is not None
+
+    def info(self, cid: bytes) -> BlockInfo | None:
+        """How block ``cid`` is stored (:class:`BlockInfo`), or ``None`` if it is not.
+        Raises :class:`CorruptBlock` for a packed value with a bad header."""
+        return _info(self.txn, self.store.dbs, cid)
+
+    def dependents(self, base: bytes) -> list:
+        """CIDs of the stored deltas whose base is ``base``."""
+        return _dependents(self.txn, self.store.dbs, base)
 
     def items(self):
-        """Every ``(cid, buffer)`` stored, in key order, *unverified* (for fsck and the
-        garbage collector's sweep)."""
-        with self.txn.cursor(db=self.db) as cur:
-            for k, v in cur.iternext():
-                yield bytes(k), v
+        """Every ``(cid, block bytes)`` stored, raw blocks first then packed ones
+        (decoded: raises :class:`CorruptBlock` for a damaged one), each group in key
+        order; raw buffers *unverified*."""
+        for cid, v, packed in self.stored():
+            yield cid, (self.store._unpack(self.txn, cid, v) if packed else v)
+
+    def stored(self):
+        """Every ``(cid, stored value, packed)`` — the bytes as they sit on disk, raw
+        blocks then packed values, unverified and not decoded (for fsck and the garbage
+        collector's sweep)."""
+        for db, packed in ((self.db, False), (self.packed, True)):
+            with self.txn.cursor(db=db) as cur:
+                for k, v in cur.iternext():
+                    yield bytes(k), v, packed
+
+    def decode(self, cid: bytes, value, fresh: bool = False) -> bytes:
+        """The block bytes of packed value ``value`` of ``cid`` (bases read from this
+        snapshot), checked against the CID; ``fresh``: decoded and hashed now even if
+        cached (fsck). Raises :class:`CorruptBlock`, :class:`MissingBase`."""
+        return self.store._unpack(self.txn, cid, value, fresh=fresh)
 
     def close(self) -> None:
         self.txn.abort()
@@ -367,6 +624,7 @@ class LMDBStore:
         # blocks of this environment already checked against their CIDs in this
         # process (shared by its LMDBStore objects); see block()
         self.verified = _verified(self._real)
+        self.decoded = _decoded(self._real)
         self.verify_reads = True
         self._closed = False
         self.blocks_read = 0  # count of block gets (for tests of lazy behaviour)
@@ -523,6 +781,93 @@ class LMDBStore:
                                f"({len(data)} bytes): the store {self.path} is damaged "
                                "(tvcfs fsck lists the damaged blocks)") from None
 
+    # packed blocks
+    def _lookup(self, txn, cid: bytes, verify: bool = True):
+        """Block ``cid`` in read or write transaction ``txn``: a raw buffer (checked
+        when ``verify``), decoded ``bytes``, or ``None``."""
+        v = txn.get(cid, db=self.dbs["blocks"])
+        if v is not None:
+            if verify:
+                self.check(cid, v)
+            return v
+        p = txn.get(cid, db=self.dbs["packed"])
+        return None if p is None else self._unpack(txn, cid, p)
+
+    def _unpack(self, txn, cid: bytes, value, fresh: bool = False) -> bytes:
+        """The bytes of packed ``value`` of block ``cid`` (bases from ``txn``): from the
+        decoded cache, else decoded (one thread per block at a time: others wait for
+        its result), hashed against the CID unless :attr:`verify_reads` is off, and
+        cached. ``fresh``: decoded and hashed now whatever the cache holds (fsck).
+        Raises :class:`CorruptBlock` naming the CID, :class:`MissingBase`."""
+        if fresh:
+            return self._decode(txn, cid, value, check=True)
+        hit = self.decoded.get(cid)
+        if hit is not None:
+            return hit
+        ev = self.decoded.claim(cid)
+        if ev is not None:  # another thread is decoding it
+            ev.wait(10)
+            hit = self.decoded.get(cid)
+            return hit if hit is not None else self._decode(txn, cid, value, self.verify_reads)
+        try:
+            data = self._decode(txn, cid, value, self.verify_reads)
+            self.decoded.put(cid, data)
+            return data
+        finally:
+            self.decoded.release(cid)
+
+    def _decode(self, txn, cid: bytes, value, check: bool, depth: int = 0) -> bytes:
+        """Decode packed ``value`` of ``cid``; with ``check`` hash the result against
+        the CID. Bases met on the way are decoded unchecked (the final hash covers
+        them; only when it fails are they checked, to name the damaged one)."""
+        bcid = None
+        try:
+            h = encodings.header(value)
+            base = None
+            if h.base is not None:
+                if depth >= encodings.MAX_DEPTH:
+                    raise CorruptBlock(f"its delta chain is longer than {encodings.MAX_DEPTH}")
+                bcid = h.base
+                base = txn.get(bcid, db=self.dbs["blocks"])
+                if base is None:
+                    bv = txn.get(bcid, db=self.dbs["packed"])
+                    if bv is None:
+                        raise MissingBase(cid, bcid, self.path)
+                    base = self.decoded.get(bcid) or self._decode(txn, bcid, bv, False, depth + 1)
+            data = encodings.decode(value, base)
+        except MissingBase:
+            raise
+        except CorruptBlock as e:
+            if str(e).startswith("stored block"):
+                raise
+            raise CorruptBlock(f"stored block {cid_str(cid)} is packed and does not decode ({e}): "
+                               f"the store {self.path} is damaged (tvcfs fsck lists the damaged "
+                               "blocks)") from None
+        if check:
+            try:
+                self.verified.check(cid, data, always=True)
+            except CorruptBlock:
+                if bcid is not None:  # name the damaged block: the delta or a base
+                    self._check_chain(txn, bcid)
+                raise CorruptBlock(f"stored block {cid_str(cid)} is packed and decodes to bytes that "
+                                   f"do not hash to its CID: the store {self.path} is damaged "
+                                   "(tvcfs fsck lists the damaged blocks)") from None
+        return data
+
+    def _check_chain(self, txn, cid: bytes) -> None:
+        """Hash base ``cid`` (and its bases); raises :class:`CorruptBlock` naming the
+        first that does not hash to its CID."""
+        v = txn.get(cid, db=self.dbs["blocks"])
+        if v is None:
+            self._decode(txn, cid, txn.get(cid, db=self.dbs["packed"]), check=True)
+        else:
+            self.check(cid, v)
+
+    def info(self, cid: bytes) -> BlockInfo | None:
+        """How block ``cid`` is stored (:meth:`LMDBView.info`)."""
+        with self.view(verify=False) as v:
+            return v.info(cid)
+
     # BlockStore protocol
     def get(self, cid: bytes) -> bytes | None:
         """The block's bytes (a copy, checked by :meth:`check`), or ``None``. Raises
@@ -538,17 +883,15 @@ class LMDBStore:
     def get_many(self, cids: Iterable[bytes]) -> Iterator[tuple[bytes, bytes | None]]:
         """``(cid, bytes | None)`` in input order, each checked. Raises :class:`CorruptBlock`."""
         with self.env.begin(buffers=True) as txn:
-            db = self.dbs["blocks"]
             for cid in cids:
                 self.blocks_read += 1
-                v = txn.get(cid, db=db)
-                if v is not None:
-                    self.check(cid, v)
+                v = self._lookup(txn, cid)
                 yield cid, (bytes(v) if v is not None else None)
 
     def has(self, cid: bytes) -> bool:
         with self.env.begin(buffers=True) as txn:
-            return txn.get(cid, db=self.dbs["blocks"]) is not None
+            return (txn.get(cid, db=self.dbs["blocks"]) is not None
+                    or txn.get(cid, db=self.dbs["packed"]) is not None)
 
     def put(self, cid: bytes, block) -> bool:
         with self.write() as w:
@@ -572,17 +915,22 @@ class LMDBStore:
             return w.delete_block(cid)
 
     def __iter__(self) -> Iterator[bytes]:
+        """Every CID held, raw blocks then packed ones."""
         with self.env.begin() as txn:
-            with txn.cursor(db=self.dbs["blocks"]) as cur:
-                for key in cur.iternext(keys=True, values=False):
-                    yield bytes(key)
+            for db in (self.dbs["blocks"], self.dbs["packed"]):
+                with txn.cursor(db=db) as cur:
+                    for key in cur.iternext(keys=True, values=False):
+                        yield bytes(key)
 
     def stat(self) -> dict:
-        """``{"blocks": count, "bytes": approximate stored bytes on disk}``."""
+        """``{"blocks": count (raw and packed), "packed": count of packed blocks,
+        "bytes": approximate stored bytes on disk}``."""
         with self.env.begin() as txn:
-            st = txn.stat(self.dbs["blocks"])
+            raw = txn.stat(self.dbs["blocks"])["entries"]
+            packed = txn.stat(self.dbs["packed"])["entries"]
         info = self.env.info()
-        return {"blocks": st["entries"], "bytes": info["last_pgno"] * self.env.stat()["psize"]}
+        return {"blocks": raw + packed, "packed": packed,
+                "bytes": info["last_pgno"] * self.env.stat()["psize"]}
 
     def get_meta(self, key: str, default=None):
         with self.env.begin() as txn:

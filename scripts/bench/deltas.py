@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""Packed blocks: what a fine-tune costs after `tvcfs pack`, decode speed, and the
+mount's cold read of a packed commit (issue 22; docs/performance.md "Packed blocks").
+
+Usage (root: it drops the page cache for the cold reads)::
+
+    python scripts/bench/deltas.py [--bf16-mib 256] [--steps 30] [--repeat 3]
+                                   [--workdir DIR] [--keep] [--json OUT.json]
+
+In one run:
+
+``real_fp32``  a real fine-tune of all-MiniLM-L6-v2 (``scripts/make_finetune.py real``:
+               ``--steps`` AdamW steps, lr 2e-5, torch on CPU, seed 0) committed on
+               top of the base with ``--delta-base``, then ``tvcfs pack --keep-hot 0``:
+               stored bytes of the blocks the fine-tune added / their raw size
+               (target <= 0.45)
+``bf16``       a synthetic LLaMA-style bf16 model of ``--bf16-mib`` MiB and its
+               fine-tune (every tensor, updates of relative size 1e-3;
+               ``scripts/make_finetune.py synth-bf16``), the same way: the fine-tune
+               (target <= 0.20) and the base, a unique bf16 model with no base to
+               delta against (target <= 0.75)
+``decode``     single-thread decode throughput of the bf16 fine-tune's packed leaves
+               (zstd, un-grouping, XOR with the base's bytes given; target >= 1 GB/s
+               per core), and the store's full read path per leaf (bases decoded,
+               every block hashed against its CID: ``LMDBStore.get``, cache cleared)
+``mount``      sequential cold read (after ``drop_caches``, a fresh mount process) of the
+               bf16 fine-tune's file through the mount, packed (delta on the packed
+               base: two decodes per leaf) against the same commit raw in a second
+               repository: packed / raw (target >= 0.5); and packed with the base kept
+               raw (``--hot BASE``: one decode per leaf) / raw; medians of ``--repeat``
+
+The bytes a push with thin deltas moves are not measured: transfers send raw blocks
+(docs/protocol.md). Throughputs are GB/s (10^9 bytes/s). Prints a summary and one
+JSON object (also written to ``--json``); the load average is recorded (the machine
+may be shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, ROOT)
+
+from tvcfs.encoding.cid import cid_str  # noqa: E402
+from tvcfs.fs import mount  # noqa: E402
+from tvcfs.pack import DELTA_BASE_KEY, commit_storage, pack  # noqa: E402
+from tvcfs.repo import Author, Repo  # noqa: E402
+from tvcfs.store import encodings  # noqa: E402
+
+AUTHOR = Author("bench", "bench@example.org")
+
+
+def _load(path: str, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def commit_pair(repo_dir: str, base_dir: str, ft_dir: str, do_pack: bool, base_hot: bool = False) -> dict:
+    """Commit ``base_dir`` then ``ft_dir`` (naming the base with ``delta_base``) into a
+    fresh repository; pack everything when ``do_pack`` (but the base when
+    ``base_hot``: ``tvcfs pack --keep-hot 0 --hot BASE``). Returns the storage of both
+    commits (:func:`tvcfs.pack.commit_storage`) and the pack's figures."""
+    shutil.rmtree(repo_dir, ignore_errors=True)
+    out = {}
+    with Repo.init(repo_dir) as repo:
+        c1 = repo.commit_dir(base_dir, "main", "base", AUTHOR).cid
+        c2 = repo.commit_dir(ft_dir, "main", "fine-tune", AUTHOR,
+                             metadata={DELTA_BASE_KEY: cid_str(c1)}).cid  # tvcfs commit --delta-base
+        if do_pack:
+            t = time.perf_counter()
+            res = pack(repo, keep_hot=0, hot=[c1] if base_hot else ())
+            out["pack_s"] = round(time.perf_counter() - t, 2)
+            out["pack"] = res.as_dict()
+        out["base"] = commit_storage(repo, c1)
+        out["ft"] = commit_storage(repo, c2)
+        out["commits"] = (c1, c2)
+    return out
+
+
+def ratio(st: dict) -> float:
+    return round(st["new_stored"] / st["new_raw"], 4)
+
+
+def decode_speed(repo_dir: str, commit: bytes) -> dict:
+    """Decode throughput per core of the packed leaves ``commit`` added (GB/s of
+    decoded bytes per CPU second of the one thread doing it, so that other jobs on a
+    shared machine count less): ``decode`` (zstd + un-grouping + XOR, bases' bytes in
+    memory) and ``read`` (the store's path: bases decoded, every block hashed, no
+    cache)."""
+    from tvcfs.pack import reachable_blocks
+
+    with Repo.open(repo_dir) as repo:
+        com = repo.read_commit(commit)
+        mine = reachable_blocks(repo, [commit]) - reachable_blocks(repo, com.parents)
+        st = repo.store
+        items = []
+        with st.view() as v:
+            for c in mine:
+                info = v.info(c)
+                if info is None or info.encoding == "raw":
+                    continue
+                value = bytes(v.txn.get(c, db=st.dbs["packed"]))
+                base = bytes(v.get(info.base)) if info.base else None
+                items.append((c, value, base, info.raw))
+        nbytes = sum(i[3] for i in items)
+        t = time.thread_time()
+        for _, value, base, _ in items:
+            encodings.decode(value, base)
+        dec = nbytes / (time.thread_time() - t) / 1e9
+        st.decoded.__init__()
+        st.verified.__init__()
+        t = time.thread_time()
+        for c, *_ in items:
+            st.get(c)
+            st.decoded.__init__()
+        read = nbytes / (time.thread_time() - t) / 1e9
+    return {"leaves": len(items), "bytes": nbytes, "decode_gbps": round(dec, 3), "read_gbps": round(read, 3)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bf16-mib", type=float, default=256, help="size of the synthetic bf16 model (MiB)")
+    ap.add_argument("--steps", type=int, default=30, help="AdamW steps of the real fine-tune")
+    ap.add_argument("--repeat", type=int, default=3, help="cold reads per repository")
+    ap.add_argument("--workdir")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--json", help="also write the result here")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("deltas.py: needs root (drop_caches for the cold reads)", file=sys.stderr)
+        return 2
+    mf = _load(os.path.join(ROOT, "scripts", "make_finetune.py"), "make_finetune")
+    mr = _load(os.path.join(HERE, "mount_read.py"), "mount_read")
+    work = args.workdir or tempfile.mkdtemp(prefix="tvcfs-bench-deltas-", dir="/var/tmp")
+    os.makedirs(work, exist_ok=True)
+    result: dict = {"loadavg_start": os.getloadavg(), "bf16_mib": args.bf16_mib, "steps": args.steps}
+    try:
+        # real fp32 fine-tune
+        t = time.perf_counter()
+        real_ft = os.path.join(work, "real-ft")
+        shutil.rmtree(real_ft, ignore_errors=True)
+        info = mf.real_finetune(real_ft, steps=args.steps, lr=2e-5, seed=0)
+        result["real_fp32"] = {"finetune_s": round(time.perf_counter() - t, 1), "changed_tensors": info["changed"],
+                               "tensors": info["tensors"], "loss": [info["loss_first"], info["loss_last"]]}
+        r = commit_pair(os.path.join(work, "repo-real"), mf.real_model_dir(), real_ft, True)
+        result["real_fp32"].update(ft_ratio=ratio(r["ft"]), ft_new_raw=r["ft"]["new_raw"],
+                                   ft_new_stored=r["ft"]["new_stored"], base_ratio=ratio(r["base"]),
+                                   pack_s=r["pack_s"], encodings=r["ft"]["encodings"])
+
+        # synthetic bf16 base and fine-tune
+        t = time.perf_counter()
+        synth_dir = os.path.join(work, "bf16")
+        shutil.rmtree(synth_dir, ignore_errors=True)
+        s = mf.synth_bf16(synth_dir, size_mib=args.bf16_mib, delta=1e-3, seed=0)
+        result["bf16"] = {"bytes": s["bytes"], "make_s": round(time.perf_counter() - t, 1)}
+        base_dir, ft_dir = os.path.dirname(s["base"]), os.path.dirname(s["ft"])
+        packed_repo = os.path.join(work, "repo-bf16-packed")
+        hotbase_repo = os.path.join(work, "repo-bf16-hotbase")
+        raw_repo = os.path.join(work, "repo-bf16-raw")
+        r = commit_pair(packed_repo, base_dir, ft_dir, True)
+        _, ft_commit = r["commits"]
+        result["bf16"].update(ft_ratio=ratio(r["ft"]), base_ratio=ratio(r["base"]), pack_s=r["pack_s"],
+                              pack_mbps=round((r["base"]["new_raw"] + r["ft"]["new_raw"]) / r["pack_s"] / 1e6, 1),
+                              encodings=r["ft"]["encodings"])
+        commit_pair(raw_repo, base_dir, ft_dir, False)
+        commit_pair(hotbase_repo, base_dir, ft_dir, True, base_hot=True)
+
+        # decode
+        result["decode"] = decode_speed(packed_repo, ft_commit)
+
+        # mount cold read: packed vs raw, same commit
+        size = os.path.getsize(s["ft"])
+        mnt = os.path.join(work, "mnt")
+        cold = {"packed": [], "raw": [], "hotbase": []}
+        for _ in range(args.repeat):
+            for name, repo_dir in (("raw", raw_repo), ("packed", packed_repo), ("hotbase", hotbase_repo)):
+                with mount(repo_dir, mnt) as m:
+                    path = os.path.join(m, "branches", "main", "model.safetensors")
+                    mr.drop_caches()
+                    dt, n = mr.seq_read(path)
+                    assert n == size
+                    cold[name].append(n / dt / 1e9)
+        ratios = [p / q for p, q in zip(cold["packed"], cold["raw"])]
+        hot_ratios = [p / q for p, q in zip(cold["hotbase"], cold["raw"])]
+        result["mount"] = {"cold_raw_gbps": round(statistics.median(cold["raw"]), 3),
+                           "cold_packed_gbps": round(statistics.median(cold["packed"]), 3),
+                           "cold_hotbase_gbps": round(statistics.median(cold["hotbase"]), 3),
+                           "packed_over_raw": round(statistics.median(ratios), 3),
+                           "hotbase_over_raw": round(statistics.median(hot_ratios), 3),
+                           "runs": {k: [round(x, 3) for x in v] for k, v in cold.items()}}
+        result["loadavg_end"] = os.getloadavg()
+    finally:
+        if not args.keep and not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+    targets = [("real fp32 fine-tune stored / raw", result["real_fp32"]["ft_ratio"], "<=", 0.45),
+               ("bf16 fine-tune stored / raw", result["bf16"]["ft_ratio"], "<=", 0.20),
+               ("unique bf16 model stored / raw", result["bf16"]["base_ratio"], "<=", 0.75),
+               ("decode GB/s per core", result["decode"]["decode_gbps"], ">=", 1.0),
+               ("mount cold read packed / raw", result["mount"]["packed_over_raw"], ">=", 0.5),
+               ("  the same, base kept raw (--hot)", result["mount"]["hotbase_over_raw"], ">=", 0.5)]
+    for what, v, op, goal in targets:
+        ok = v <= goal if op == "<=" else v >= goal
+        print(f"{what:<36} {v:>8}  target {op} {goal}  {'ok' if ok else 'MISSED'}")
+    print(f"store read path (bases decoded, hashed) {result['decode']['read_gbps']} GB/s per core; "
+          f"cold read raw {result['mount']['cold_raw_gbps']} GB/s, packed {result['mount']['cold_packed_gbps']}, "
+          f"base kept raw {result['mount']['cold_hotbase_gbps']}; "
+          f"load {result['loadavg_start']} -> {result['loadavg_end']}")
+    print(json.dumps(result, default=str))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

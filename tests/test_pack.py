@@ -1,0 +1,446 @@
+"""Packed blocks: storage encodings below the CID (docs/format.md "Packed blocks",
+docs/repository.md "Packing"): byte-grouped zstd and XOR deltas of tensors, chains
+bounded, every decoded block checked against its CID, gc keeping the bases kept
+deltas need, corrupted or base-less packed blocks refused (never wrong bytes), and
+checkouts and mount reads of packed commits byte-identical."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+from conftest import assert_same_tree, write_safetensors_raw
+
+from tvcfs.dtypes import DTYPES, from_float32
+from tvcfs.encoding.cid import RAW, cid_codec, cid_str, make_cid
+from tvcfs.errors import CorruptBlock
+from tvcfs.gc import collect_garbage, fsck
+from tvcfs.pack import commit_storage, pack
+from tvcfs.store import encodings
+from tvcfs.store.lmdb_store import LMDBStore, MissingBase
+
+AUTHOR = {"TVCFS_AUTHOR_NAME": "t", "TVCFS_AUTHOR_EMAIL": "t@example.org"}
+
+
+# --------------------------------------------------------------------------- helpers
+def tensor_bytes(dtype: str, n: int, rng, scale: float = 0.02, values=None) -> tuple[bytes, np.ndarray]:
+    """``n`` elements of ``dtype`` (weights for floats, small counts for integers,
+    random bits for BOOL) and the float32/int values they came from."""
+    kind = DTYPES[dtype].kind
+    if kind == "f":
+        x = values if values is not None else (rng.standard_normal(n) * scale).astype(np.float32)
+        return from_float32(x, dtype), x
+    if kind == "b":
+        x = values if values is not None else rng.integers(0, 2, n).astype(np.uint8)
+        return x.astype(np.uint8).tobytes(), x
+    st = np.dtype(DTYPES[dtype].storage)
+    x = values if values is not None else rng.integers(0, 100, n).astype(st)
+    return x.astype(st).tobytes(), x
+
+
+def perturb(dtype: str, x: np.ndarray, rng) -> np.ndarray:
+    """A fine-tune's small update of values ``x``: relative 1e-3 noise for floats, a
+    few changed elements for integers and bools."""
+    kind = DTYPES[dtype].kind
+    if kind == "f":
+        return (x * (1 + rng.standard_normal(len(x)).astype(np.float32) * 1e-3)).astype(np.float32)
+    y = x.copy()
+    idx = rng.integers(0, len(x), max(1, len(x) // 100))
+    y[idx] = (y[idx] + 1) % (2 if kind == "b" else 100)
+    return y
+
+
+def model_pair(d: str, dtypes, n_elems: int = 300_001, seed: int = 0) -> tuple[str, str]:
+    """Write ``d/base/model.safetensors`` and ``d/ft/model.safetensors`` (a fine-tune:
+    every tensor changed a little), one tensor per dtype of ``n_elems`` elements (an
+    odd count: trailing bytes past the last whole plane group; F32 tensors span
+    several 1 MiB leaves), plus a small config file that differs between them."""
+    rng = np.random.default_rng(seed)
+    base, ft = [], []
+    for dt in dtypes:
+        raw, x = tensor_bytes(dt, n_elems, rng)
+        raw2, _ = tensor_bytes(dt, n_elems, rng, values=perturb(dt, x, rng))
+        shape = (n_elems,)
+        base.append((f"t.{dt.lower()}", dt, shape, raw))
+        ft.append((f"t.{dt.lower()}", dt, shape, raw2))
+    out = []
+    for name, tensors in (("base", base), ("ft", ft)):
+        os.makedirs(os.path.join(d, name))
+        write_safetensors_raw(os.path.join(d, name, "model.safetensors"), tensors, {"format": "pt"})
+        with open(os.path.join(d, name, "config.json"), "w") as f:
+            f.write('{"name": "%s", "hidden": 384}\n' % name * 40)
+        out.append(os.path.join(d, name))
+    return out[0], out[1]
+
+
+def file_sha(repo, commit, path="model.safetensors") -> str:
+    return hashlib.sha256(b"".join(bytes(b) for b in repo.read_file(commit, path))).hexdigest()
+
+
+def disk_sha(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def packed_infos(repo) -> dict:
+    """``{cid: BlockInfo}`` of every packed block."""
+    out = {}
+    with repo.store.view(verify=False) as v:
+        for cid, _, packed in v.stored():
+            if packed:
+                out[cid] = v.info(cid)
+    return out
+
+
+def fresh_reads(repo) -> None:
+    """Forget what this process decoded and verified (a new process's view)."""
+    repo.store.decoded.__init__()
+    repo.store.verified.__init__()
+
+
+def chain_length(repo, cid) -> int:
+    n = 0
+    with repo.store.view(verify=False) as v:
+        info = v.info(cid)
+        while info is not None and info.base is not None:
+            n += 1
+            info = v.info(info.base)
+    return n
+
+
+def put_raw_value(repo, db: str, cid: bytes, value: bytes | None) -> None:
+    """Damage the store behind tvcfs's back: set (or delete) ``cid`` in sub-database
+    ``db`` with a plain LMDB write."""
+    st = repo.store
+    with st.env.begin(write=True) as txn:
+        if value is None:
+            txn.delete(cid, db=st.dbs[db])
+        else:
+            txn.put(cid, value, db=st.dbs[db])
+
+
+# --------------------------------------------------------------------------- encodings
+@pytest.mark.parametrize("elem", [1, 2, 4, 8])
+@pytest.mark.parametrize("n", [0, 1, 7, 4099, 1 << 16])
+def test_group_ungroup_and_encode_round_trip(elem, n):
+    rng = np.random.default_rng(n * 10 + elem)
+    data = (rng.integers(0, 4, n, dtype=np.uint8) * 3).tobytes()
+    assert encodings.ungroup(encodings.group(data, elem), elem).tobytes() == data
+    base = bytes(rng.integers(0, 4, n, dtype=np.uint8))
+    bcid = make_cid(RAW, base)
+    if n == 0:
+        assert encodings.encode(data, elem, pays=1e9) is None  # nothing to gain: raw
+        return
+    near = data[:-1] + b"\x01"  # a base the delta wins against
+    for b in (None, base, near):
+        value = encodings.encode(data, elem, bcid if b else None, b, 2, pays=1e9)
+        h = encodings.header(value)
+        assert h.raw_len == n and h.elem == elem
+        if b is near and n > 1000:  # (tiny blocks: the base CID costs more than it saves)
+            assert h.encoding == encodings.XOR_DELTA and h.depth == 3 and h.base == bcid
+        assert encodings.decode(value, b if h.base else None) == data
+
+
+def test_encode_refuses_too_deep_a_base_and_header_checks():
+    data = bytes(4096)
+    with pytest.raises(ValueError, match="exceeds"):
+        encodings.encode(data, 4, make_cid(RAW, data), data, encodings.MAX_DEPTH)
+    v = bytearray(encodings.encode(data, 4, make_cid(RAW, b"x" * 4096), b"x" * 4096, 1))
+    v[3] = encodings.MAX_DEPTH + 1  # the depth byte
+    with pytest.raises(CorruptBlock, match="bad header"):
+        encodings.header(bytes(v))
+    with pytest.raises(CorruptBlock):
+        encodings.decode(b"\x01\x02")
+
+
+# --------------------------------------------------------------------------- every dtype
+ALL_DTYPES = ["F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "I8", "I16", "I32", "I64", "U8", "BOOL", "F64",
+              "U16", "U32", "U64"]
+
+
+def test_every_dtype_round_trips_packed_and_unpacked(tmp_repo, tmp_path):
+    base, ft = model_pair(str(tmp_path / "src"), ALL_DTYPES)
+    repo = tmp_repo
+    c1 = repo.commit_dir(base, message="base").cid
+    c2 = repo.commit_dir(ft, message="ft").cid
+    res = pack(repo, keep_hot=0)
+    assert res.packed > 0 and res.deltas > 0 and res.saved > 0
+    infos = packed_infos(repo)
+    # every tensor leaf of the fine-tune is a delta on the base's, grouped by its dtype's size
+    from tvcfs.pack import file_leaves
+
+    leaves = file_leaves(repo.get, repo.entry(c2, "model.safetensors").cid)
+    seen = set()
+    for lf in leaves:
+        if lf.tensor is None:
+            continue
+        info = infos.get(lf.cid)
+        assert info is not None, f"{lf.tensor} leaf stayed raw"
+        assert info.encoding == "delta" and info.depth == 1, (lf.tensor, info)
+        assert info.elem == DTYPES[lf.dtype].itemsize
+        seen.add(lf.dtype)
+    assert seen == set(ALL_DTYPES)
+    fresh_reads(repo)
+    assert file_sha(repo, c1) == disk_sha(os.path.join(base, "model.safetensors"))
+    assert file_sha(repo, c2) == disk_sha(os.path.join(ft, "model.safetensors"))
+    assert fsck(repo) == []
+    # hot again: the head's blocks go back to raw, reads unchanged
+    res = pack(repo, keep_hot=1)
+    assert res.unpacked > 0
+    for lf in leaves:
+        assert repo.store.info(lf.cid).encoding == "raw"
+    fresh_reads(repo)
+    assert file_sha(repo, c1) == disk_sha(os.path.join(base, "model.safetensors"))
+    assert file_sha(repo, c2) == disk_sha(os.path.join(ft, "model.safetensors"))
+    assert fsck(repo) == []
+
+
+# --------------------------------------------------------------------------- missing bases
+def two_commits_packed(repo, tmp_path, dtypes=("F32",)):
+    base, ft = model_pair(str(tmp_path / "src"), dtypes, n_elems=70_001)
+    c1 = repo.commit_dir(base, message="base").cid
+    c2 = repo.commit_dir(ft, message="ft").cid
+    pack(repo, keep_hot=0)
+    fresh_reads(repo)
+    return base, ft, c1, c2
+
+
+def test_delta_whose_base_is_missing_is_a_clear_error(tmp_repo, tmp_path, tvcfs_cli):
+    repo = tmp_repo
+    base, ft, c1, c2 = two_commits_packed(repo, tmp_path)
+    deltas = {c: i for c, i in packed_infos(repo).items() if i.encoding == "delta"}
+    cid, info = next(iter(deltas.items()))
+    # the base goes missing behind tvcfs's back (a damaged store)
+    with repo.store.view(verify=False) as v:
+        where = "blocks" if not v.is_packed(info.base) else "packed"
+    put_raw_value(repo, where, info.base, None)
+    fresh_reads(repo)
+    with pytest.raises(MissingBase) as e:
+        repo.store.get(cid)
+    assert cid_str(cid) in str(e.value) and cid_str(info.base) in str(e.value)
+    assert isinstance(e.value, CorruptBlock)
+    with pytest.raises(CorruptBlock):
+        file_sha(repo, c2)
+    problems = fsck(repo)
+    assert any(cid_str(cid) in p and "missing" in p for p in problems), problems
+    r = tvcfs_cli("-C", repo.root, "cat", f"{cid_str(c2)}:model.safetensors", ok=False)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.count("\n") == 1 and err.startswith("tvcfs: error: ")
+    assert "missing from the store" in err and "Traceback" not in err
+
+
+def test_deleting_a_base_reencodes_its_deltas(tmp_repo, tmp_path):
+    repo = tmp_repo
+    base, ft, c1, c2 = two_commits_packed(repo, tmp_path)
+    deltas = {c: i for c, i in packed_infos(repo).items() if i.encoding == "delta"}
+    cid, info = next(iter(deltas.items()))
+    assert repo.store.delete(info.base)
+    after = repo.store.info(cid)
+    assert after is not None and after.base is None
+    fresh_reads(repo)
+    assert hashlib.sha256(repo.store.get(cid)).digest() == cid[4:]
+
+
+# --------------------------------------------------------------------------- chains
+def test_delta_chains_stay_bounded(tmp_repo, tmp_path):
+    """Ten fine-tunes in a row, each of the one before: every chain ≤ MAX_DEPTH, and
+    every commit reads back; the store refuses deltas that would lengthen a chain."""
+    repo = tmp_repo
+    rng = np.random.default_rng(1)
+    raw, x = tensor_bytes("BF16", 200_000, rng)
+    shas, commits = [], []
+    src = tmp_path / "m"
+    src.mkdir()
+    for i in range(10):
+        path = str(src / "model.safetensors")
+        write_safetensors_raw(path, [("w", "BF16", (200_000,), raw)])
+        commits.append(repo.commit_dir(str(src), message=f"step {i}").cid)
+        shas.append(disk_sha(path))
+        x = perturb("BF16", x, rng)
+        raw, _ = tensor_bytes("BF16", 200_000, rng, values=x)
+    pack(repo, keep_hot=0)
+    infos = packed_infos(repo)
+    depths = [i.depth for i in infos.values()]
+    assert max(depths) == encodings.MAX_DEPTH and min(depths) == 0
+    for c in infos:
+        assert chain_length(repo, c) <= encodings.MAX_DEPTH
+    fresh_reads(repo)
+    for c, sha in zip(commits, shas):
+        assert file_sha(repo, c) == sha
+    # a block that deltas use as base may not become a delta itself
+    based = next(i.base for i in infos.values() if i.base is not None)
+    other = next(c for c in infos if c != based)
+    data = repo.store.get(based)
+    value = encodings.encode(data, 2, other, repo.store.get(other), 0, pays=1e9)
+    with pytest.raises(ValueError, match="base of stored deltas"):
+        with repo.store.write() as w:
+            w.pack_block(based, value)
+
+
+# --------------------------------------------------------------------------- gc
+def test_gc_keeps_the_bases_kept_deltas_need(tmp_repo, tmp_path):
+    """A fine-tune recorded as a root commit of its own branch, naming its base with
+    ``delta_base`` (what ``tvcfs commit --delta-base`` records): once the base's
+    branch is deleted and its reflog expired, gc deletes what only the base used but
+    keeps the base leaves the fine-tune's deltas need."""
+    repo = tmp_repo
+    base, ft = model_pair(str(tmp_path / "src"), ["F32", "BF16"], n_elems=70_001)
+    c1 = repo.commit_dir(base, branch="main", message="base").cid
+    tree = repo.commit_dir(ft, branch="tmp", message="x").tree
+    c2 = repo.commit_tree(tree, branch="ft", message="ft", parents=[], expected=None,
+                          metadata={"delta_base": cid_str(c1)}).cid
+    repo.delete_branch("tmp")
+    assert not repo.read_commit(c2).parents
+    res = pack(repo, keep_hot=0)
+    assert res.deltas > 0
+    needed = {i.base for i in packed_infos(repo).values() if i.base is not None}
+    assert needed
+    repo.set_head("ft")
+    repo.delete_branch("main")
+    r = collect_garbage(repo, expire_days=-1)
+    assert r["deleted"] > 0  # the base's commit, tree, header, config: gone
+    assert not repo.has(c1)
+    for c in needed:
+        assert repo.has(c), f"gc deleted delta base {cid_str(c)}"
+    fresh_reads(repo)
+    assert file_sha(repo, c2) == disk_sha(os.path.join(ft, "model.safetensors"))
+    assert fsck(repo) == []
+
+
+# --------------------------------------------------------------------------- corruption
+def test_corrupted_packed_block_is_rejected_by_its_cid(tmp_repo, tmp_path, tvcfs_cli):
+    repo = tmp_repo
+    base, ft, c1, c2 = two_commits_packed(repo, tmp_path, dtypes=("F32", "BF16"))
+    infos = packed_infos(repo)
+    grouped = next(c for c, i in infos.items() if i.encoding == "grouped" and i.raw > 4096)
+    with repo.store.view(verify=False) as v:
+        value = bytearray(bytes(v.txn.get(grouped, db=repo.store.dbs["packed"])))
+    # one flipped bit in the middle of the zstd frame: decodes (or not) to other bytes
+    value[len(value) // 2] ^= 0x10
+    put_raw_value(repo, "packed", grouped, bytes(value))
+    fresh_reads(repo)
+    with pytest.raises(CorruptBlock) as e:
+        repo.store.get(grouped)
+    assert cid_str(grouped) in str(e.value)
+    problems = fsck(repo)
+    assert any(cid_str(grouped) in p for p in problems), problems
+    r = tvcfs_cli("-C", repo.root, "fsck", ok=False)
+    assert r.returncode == 1 and cid_str(grouped) in r.stdout.decode()
+    r = tvcfs_cli("-C", repo.root, "cat", f"{cid_str(c1)}:model.safetensors", ok=False)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.startswith("tvcfs: error: ") and err.count("\n") == 1
+    assert cid_str(grouped) in err
+
+
+# --------------------------------------------------------------------------- CLI, checkout
+def test_cli_pack_show_log_stat_and_checkout(tmp_path, tvcfs_cli):
+    env = dict(os.environ, **AUTHOR)
+    root = str(tmp_path / "repo")
+    base, ft = model_pair(str(tmp_path / "src"), ["F32", "BF16", "I32"], n_elems=70_001)
+    tvcfs_cli("init", root, env=env)
+    tvcfs_cli("-C", root, "commit", base, "-m", "base", env=env)
+    tvcfs_cli("-C", root, "tag", "v0", env=env)
+    tvcfs_cli("-C", root, "commit", ft, "-m", "ft", "--delta-base", "v0", env=env)
+    r = tvcfs_cli("-C", root, "pack", "--keep-hot", "0", "--json", env=env)
+    import json
+
+    res = json.loads(r.stdout)
+    assert res["deltas"] > 0 and res["keep_hot"] == 0
+    log = json.loads(tvcfs_cli("-C", root, "log", "--stat", "--json", env=env).stdout)
+    ft_stat = log[0]["storage"]
+    assert log[0]["metadata"]["delta_base"] == log[1]["commit"]
+    assert 0 < ft_stat["new_stored"] < 0.7 * ft_stat["new_raw"]
+    assert ft_stat["encodings"].get("delta", 0) > 0
+    text = tvcfs_cli("-C", root, "log", "--stat", env=env).stdout.decode()
+    assert "stored:" in text and "model.safetensors" in text
+    show = json.loads(tvcfs_cli("-C", root, "show", "HEAD:model.safetensors", "--json", env=env).stdout)
+    for t in show["tensors"]:
+        assert t["encodings"] == {"delta": t["leaves"]} and t["stored"] < t["bytes"]
+    text = tvcfs_cli("-C", root, "show", "HEAD", env=env).stdout.decode()
+    assert "stored:" in text
+    # checkouts of both packed commits are byte-identical (another process: cold reads)
+    tvcfs_cli("-C", root, "checkout", "HEAD", str(tmp_path / "co2"), env=env)
+    tvcfs_cli("-C", root, "checkout", "v0", str(tmp_path / "co1"), env=env)
+    assert_same_tree(ft, str(tmp_path / "co2"))
+    assert_same_tree(base, str(tmp_path / "co1"))
+    r = tvcfs_cli("-C", root, "gc", "--pack", env=env)
+    assert "packed" in r.stdout.decode()
+    tvcfs_cli("-C", root, "fsck", env=env)
+    r = tvcfs_cli("-C", root, "pack", "--keep-hot", "-1", ok=False, env=env)
+    assert r.returncode == 1 and r.stderr.decode().startswith("tvcfs: error: --keep-hot")
+
+
+@pytest.mark.fuse
+def test_mount_reads_of_a_packed_commit_are_byte_identical(tmp_path):
+    from test_writes_support import Mounted
+
+    from tvcfs.repo import Repo
+
+    base, ft = model_pair(str(tmp_path / "src"), ["F32", "BF16", "F8_E4M3"], n_elems=300_001)
+    with Repo.init(str(tmp_path / "repo")) as repo:
+        c1 = repo.commit_dir(base, message="base").cid
+        repo.commit_dir(ft, message="ft")
+        pack(repo, keep_hot=0)
+        assert commit_storage(repo, c1)["new_stored"] < commit_storage(repo, c1)["new_raw"]
+    with Mounted(tmp_path / "repo", tmp_path / "mnt") as m:
+        assert_same_tree(ft, m.branch("main"))
+        assert_same_tree(base, m.path("commits", cid_str(c1)))
+        # random offsets across leaf boundaries (1 MiB leaves, decoded once, served in pieces)
+        path = m.branch("main", "model.safetensors")
+        with open(os.path.join(ft, "model.safetensors"), "rb") as f:
+            want = f.read()
+        rng = np.random.default_rng(3)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for _ in range(200):
+                off = int(rng.integers(0, len(want)))
+                n = int(rng.integers(1, 3 << 20))
+                assert os.pread(fd, n, off) == want[off:off + n]
+        finally:
+            os.close(fd)
+
+
+# --------------------------------------------------------------------------- store level
+def test_put_of_a_packed_block_is_not_new_and_iteration_sees_it(tmp_path):
+    st = LMDBStore(str(tmp_path / "s"))
+    try:
+        data = np.arange(100_000, dtype=np.float32).tobytes()
+        cid = make_cid(RAW, data)
+        assert st.put(cid, data)
+        with st.write() as w:
+            w.pack_block(cid, encodings.encode(data, 4))
+        assert st.info(cid).encoding == "grouped"
+        assert st.put(cid, data) is False
+        assert st.has(cid) and list(st) == [cid]
+        assert st.stat()["blocks"] == 1 and st.stat()["packed"] == 1
+        got = st.get(cid)
+        assert isinstance(got, bytes) and got == data
+        assert dict(st.get_many([cid])) == {cid: data}
+        with st.view() as v:
+            assert v.get(cid) == data and v.has(cid)
+            assert dict(v.items()) == {cid: data}
+        assert cid_codec(cid) == RAW
+        assert st.delete(cid) and not st.has(cid)
+    finally:
+        st.close()
+
+
+def test_packing_marks_the_repository_format(tmp_repo, real_model_dir):
+    """A repository that holds packed blocks says so, so that a tvcfs without the
+    decoder refuses it instead of reporting its packed blocks missing."""
+    from tvcfs.pack import pack
+    from tvcfs.repo import PACKED_FORMAT, Repo
+
+    tmp_repo.commit_dir(real_model_dir, message="one")
+    assert tmp_repo.config.get("format") == 1
+    pack(tmp_repo, keep_hot=0)
+    assert tmp_repo.config.get("format") == PACKED_FORMAT
+    tmp_repo.config.set("format", PACKED_FORMAT + 1)
+    try:
+        Repo.open(tmp_repo.root)
+    except Exception as e:  # noqa: BLE001 - the one clear refusal is what is tested
+        assert f"repository format {PACKED_FORMAT + 1} is newer" in str(e)
+    else:
+        raise AssertionError("a newer format was opened")
