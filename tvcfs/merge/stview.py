@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from math import prod
 from typing import Callable, Iterator
 
-from ..chunking.safetensors import MAX_HEADER, NotSafetensors, SafetensorsHeader, TensorInfo, parse_header
+from ..chunking.safetensors import NotSafetensors, SafetensorsHeader, TensorInfo, read_header_with
 from ..dag import FileIndex
 from ..errors import BlockNotFound
 from ..store.lmdb_store import MADV_DONTNEED, MADV_WILLNEED, buffer_address, madvise
@@ -181,14 +181,8 @@ def open_safetensors(get: Getter, cid: bytes, index: FileIndex | None = None) ->
     """Open the stored file ``cid`` as safetensors, or return ``None`` if it is not a
     well-formed safetensors file (same test as the chunker). Reads only the header."""
     idx = index or FileIndex.build(get, cid)
-    if idx.size < 10:
-        return None
-    first = idx.read(get, 0, 8)
-    n = int.from_bytes(first, "little")
-    if n < 2 or n > MAX_HEADER or 8 + n > idx.size:
-        return None
     try:
-        header = parse_header(first + idx.read(get, 8, n), idx.size)
+        header = read_header_with(lambda offset, length: idx.read(get, offset, length), idx.size)
     except NotSafetensors:
         return None
     return StoredSafetensors(get, idx, header)
