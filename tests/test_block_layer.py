@@ -252,3 +252,29 @@ def test_checkout_reads_through_backends(tmp_path, real_model_dir, monkeypatch):
         assert st["hits"] == far.stat()["blocks"] - 0 or st["hits"] > 0
         assert st["written_back"] == st["hits"]
         assert dst.has(root)
+
+
+def test_mount_stats_show_per_tier_counters(tmp_path, real_model_dir):
+    """A mount whose repository reads through a router exports each tier's counters
+    in ``.tvcfs/stats`` (what ``tvcfs stats`` prints)."""
+    import json
+    import subprocess
+    import sys
+
+    from tvcfs.fs import mount
+    from tvcfs.repo import Repo
+
+    with Repo.init(str(tmp_path / "r")) as r:
+        r.commit_dir(real_model_dir, message="m")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env = dict(os.environ, TVCFS_BACKENDS="lmdb,memory")
+    with mount(str(tmp_path / "r"), str(mnt), env=env):
+        with open(mnt / "branches" / "main" / "config.json", "rb") as f:
+            f.read()
+        stats = json.loads((mnt / ".tvcfs" / "stats").read_text())
+        assert set(stats["tiers"]) == {"lmdb", "memory"}
+        assert stats["tiers"]["lmdb"]["hits"] > 0 and stats["tiers"]["memory"]["hits"] == 0
+        out = subprocess.run([sys.executable, "-m", "tvcfs.cli", "stats", str(mnt), "--json"],
+                             capture_output=True, text=True, check=True, env=env).stdout
+        assert "memory" in json.loads(out)["tiers"]

@@ -142,6 +142,9 @@ class ReadOnlyOperations(pyfuse3.Operations):
             d["inodes"] = len(self.inodes.by_ino)
             if hasattr(self.reader.remote, "stats_dict"):  # lazy mount (tvcfs.fs.remote)
                 d["remote"] = self.reader.remote.stats_dict()
+            blocks = self.repo._blocks
+            if blocks is not None and hasattr(blocks, "stats"):  # a router: per-tier counters
+                d["tiers"] = blocks.stats()
             return (json.dumps(d, indent=1, sort_keys=True) + "\n").encode()
         return b""
 
