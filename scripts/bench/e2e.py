@@ -41,7 +41,9 @@ elif kind == "pt":
         n = 0
         with safe_open(path, "pt") as f:
             for k in f.keys():
-                n += f.get_tensor(k).nbytes
+                # get_tensor may hand out a view of the file's mmap: clone() makes it a
+                # tensor in memory (what loading a model into parameters does)
+                n += f.get_tensor(k).clone().nbytes
         return n
 else:
     raise SystemExit("unknown kind " + kind)
@@ -114,6 +116,22 @@ def odirect_read(path: str, request: int = 8 * MIB, limit: int | None = None) ->
         os.close(fd)
         mv.release()
         buf.close()
+
+
+def daemon_pid(repo_dir: str, mnt: str, timeout: float = 10.0) -> int:
+    """PID of the mount process serving ``mnt`` (its pidfile, written just after
+    mounting: waited for up to ``timeout`` seconds)."""
+    from tvcfs.fs.daemon import _pidfile
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(_pidfile(os.path.join(repo_dir, ".tvcfs"), mnt)) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def rss_anon(pid: int) -> int:
