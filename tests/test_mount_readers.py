@@ -138,7 +138,8 @@ def test_first_reads_import_no_numpy(synth_repo, tmp_path):
     """Reading a file through a fresh mount (leaves paged in, positions learnt from
     their addresses, header parsed) does not load numpy into the mount process: its
     import reads ~30 MB of files, 0.4 s after the page cache was dropped, on the first
-    read of every fresh mount."""
+    read of every fresh mount. The first read had to wait for its leaf to be paged
+    in: ``.tvcfs/stats`` counts it (``cold_reads``, ``cold_wait_s``)."""
     from tvcfs.fs import mount
     from tvcfs.fs.daemon import _pidfile
 
@@ -146,8 +147,12 @@ def test_first_reads_import_no_numpy(synth_repo, tmp_path):
     with mount(src, str(tmp_path / "mnt")) as m:
         with open(_pidfile(os.path.join(src, ".tvcfs"), m)) as f:
             pid = int(f.read())
+        s0 = stats(m)
+        assert s0["cold_reads"] == 0 and s0["cold_wait_s"] == 0
         with open(os.path.join(m, "branches", "main", MODEL), "rb") as f:
             f.read(64 * MIB)
+        s1 = stats(m)
+        assert 1 <= s1["cold_reads"] <= s1["reads"] and s1["cold_wait_s"] > 0
         with open(os.path.join(m, "branches", "main", "blob.bin"), "rb") as f:
             f.read()
         with open(f"/proc/{pid}/maps") as f:

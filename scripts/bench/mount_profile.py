@@ -107,7 +107,8 @@ def main() -> int:
             print(f"[{v}] mount {fig}  native {nat}  O_DIRECT {limit:.2f} GB/s | daemon per GiB served: "
                   f"user {d['user'] / gib:.2f} s, sys {d['sys'] / gib:.2f} s, {d['minflt'] / gib:.0f} minor / "
                   f"{d['majflt'] / gib:.0f} major faults, disk read {(b1 - b0) / 2**30 / gib:.2f} GiB, "
-                  f"{(s1['reads'] - s0['reads']) / gib:.0f} requests", flush=True)
+                  f"{(s1['reads'] - s0['reads']) / gib:.0f} requests, {(s1['cold_reads'] - s0['cold_reads']) / gib:.0f} "
+                  f"of them waited {s1['cold_wait_s'] - s0['cold_wait_s']:.2f} s for a page-in", flush=True)
     print(f"load average {loadavg()}")
     return 0
 

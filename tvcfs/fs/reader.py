@@ -50,9 +50,14 @@ INDEX_CACHE = 256          # file indexes kept (LRU)
 class Stats:
     """Counters of a mount (exported under ``.tvcfs/stats``): ``reads`` (requests),
     ``bytes_served`` (to the kernel), ``leaf_bytes`` (read from the store),
-    ``leaves``, ``readahead_bytes`` (scheduled), ``errors`` (EIO replies)."""
+    ``leaves``, ``readahead_bytes`` (scheduled), ``errors`` (EIO replies),
+    ``cold_reads`` (requests that waited for leaves to be paged in and hashed: the
+    preload threads had not got there first) and ``cold_wait_s`` (seconds they
+    waited, in all)."""
 
     def __init__(self):
+        self.cold_reads = 0
+        self.cold_wait_s = 0.0
         self.reads = 0
         self.bytes_served = 0
         self.leaf_bytes = 0
@@ -201,7 +206,10 @@ class BlockReader:
             # (GIL released) so the trio thread keeps serving other requests.
             import trio
 
+            t = time.perf_counter()
             await trio.to_thread.run_sync(self.preloader.load, idx, cold)
+            self.stats.cold_reads += 1
+            self.stats.cold_wait_s += time.perf_counter() - t
         try:
             return self.read(idx, offset, size)
         except BlockNotFound:
