@@ -214,6 +214,16 @@ def raw_leaf_count(repo_path: str) -> int:
         return sum(1 for c in r.store if cid_codec(c) == 0x55 and r.store.get(c))
 
 
+def drop_file_cache(path: str) -> None:
+    """Drop the page cache of ``path`` (``POSIX_FADV_DONTNEED``): its next read goes
+    to the file system (on a mount: to the mount process)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def safetensors_header(path: str) -> tuple[int, dict]:
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")

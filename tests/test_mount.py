@@ -40,6 +40,7 @@ import numpy as np
 import pytest
 
 from conftest import tvcfs_executable
+from lazy_support import drop_file_cache
 from tvcfs.encoding.cid import cid_str
 from tvcfs.fs.daemon import is_mounted
 from tvcfs.repo import Author, Repo
@@ -241,12 +242,7 @@ def _assert_same_tree(src: str, mounted: str) -> None:
             assert _read(os.path.join(mounted, rel)) == _read(os.path.join(src, rel)), f"{rel} differs"
 
 
-def _drop_file_cache(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+_drop_file_cache = drop_file_cache
 
 
 def _st_header(path: str) -> tuple[int, dict]:

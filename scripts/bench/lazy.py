@@ -216,18 +216,23 @@ def main() -> int:
                 if "layer" not in skip:
                     names = [k for k in hdr if k.startswith("model.layers.7.")]
                     layer_bytes = sum(hdr[k]["data_offsets"][1] - hdr[k]["data_offsets"][0] for k in names)
-                    w0 = remote(m)["wire_bytes"]
+                    r0 = remote(m)
+                    w0 = r0["wire_bytes"]
                     t = time.perf_counter()
                     with safe_open(path, "np") as f:
                         for k in names:
                             f.get_tensor(k)
                     dt = time.perf_counter() - t
-                    moved = quiet(m)["wire_bytes"] - w0
+                    r1 = quiet(m)
+                    moved = r1["wire_bytes"] - w0
+                    by_class = {k: round((v["bytes"] - r0["classes"][k]["bytes"]) / MIB, 1)
+                                for k, v in r1["classes"].items()}
+                    res["layer_MiB_by_class"] = by_class
                     res["layer_bytes"] = layer_bytes
                     res["layer_moved"] = moved
                     res["layer_ratio"] = round(moved / layer_bytes, 4)
                     print(f"load layer 7 ({len(names)} tensors, {layer_bytes / MIB:.1f} MiB): moved "
-                          f"{moved / MIB:.1f} MiB = {moved / layer_bytes:.3f}x in {dt:.2f} s")
+                          f"{moved / MIB:.1f} MiB = {moved / layer_bytes:.3f}x in {dt:.2f} s (MiB by class: {by_class})")
                 # 3. foreground latency with / without background prefetch
                 if "latency" not in skip:
                     blob = os.path.join(mnt, "branches", "main", "blob.bin")

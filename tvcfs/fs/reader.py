@@ -36,6 +36,8 @@ log = logging.getLogger("tvcfs.fs")
 SEQ_WINDOW_MIN = 4 << 20   # bytes; first sequential readahead window
 SEQ_WINDOW_MAX = 64 << 20  # bytes; the window doubles up to this
 SCAN_TENSORS = 2           # times a sequential run must move on to a later tensor to be a scan
+SCAN_LEAD_DIV = 32         # a lazy mount's scan reads ahead of its tensor 1/32 of what the run read
+SCAN_LEAD_MIN = 1 << 20    # bytes: ... or at least this (the next tensor's first leaf)
 SEQ_REORDER = 1 << 20      # bytes: concurrent reads complete out of order, still sequential
 SPILL_MAX = 2 << 20        # bytes: how far the kernel's readahead may run past what is read
 SEQ_REMOTE_STEP = 2 << 20  # bytes: a lazy mount's sequential window grows in requests this big
@@ -45,9 +47,14 @@ INDEX_CACHE = 256          # file indexes kept (LRU)
 class Stats:
     """Counters of a mount (exported under ``.tvcfs/stats``): ``reads`` (requests),
     ``bytes_served`` (to the kernel), ``leaf_bytes`` (read from the store),
-    ``leaves``, ``readahead_bytes`` (scheduled), ``errors`` (EIO replies)."""
+    ``leaves``, ``readahead_bytes`` (scheduled), ``errors`` (EIO replies),
+    ``cold_reads`` (requests that waited for leaves to be paged in and hashed: the
+    preload threads had not got there first) and ``cold_wait_s`` (seconds they
+    waited, in all)."""
 
     def __init__(self):
+        self.cold_reads = 0
+        self.cold_wait_s = 0.0
         self.reads = 0
         self.bytes_served = 0
         self.leaf_bytes = 0
@@ -196,7 +203,10 @@ class BlockReader:
             # (GIL released) so the trio thread keeps serving other requests.
             import trio
 
+            t = time.perf_counter()
             await trio.to_thread.run_sync(self.preloader.load, idx, cold)
+            self.stats.cold_reads += 1
+            self.stats.cold_wait_s += time.perf_counter() - t
         try:
             return self.read(idx, offset, size)
         except BlockNotFound:
@@ -280,6 +290,7 @@ class BlockReader:
             tm = self.tensor_map(idx)
             spill = scan = False
             if tm is not None and self._probe(fh, tm, offset, size):
+                self._probed(fh, idx, tm)
                 return
             if tm is not None:  # local mounts too: loading one tensor reads ~only it
                 spill, scan = self._remote_run(fh, tm, offset, size)
@@ -307,11 +318,18 @@ class BlockReader:
                 return
             s[0] = max(s[0], offset + size)
             target = min(offset + size + s[1], idx.size)
-            if tm is not None and not scan:
+            if tm is not None and (not scan or self.remote is not None):
                 # the window stays inside the current tensor (none on a spill) until the
-                # run is a scan (local mounts too: the disk and page cache are not free)
+                # run is a scan (local mounts too: the disk and page cache are not free).
+                # On a lazy mount a scan's window runs past the tensor by a share of what
+                # the run has read, so a reader that stops (one layer's tensors, then
+                # another part of the file) has moved at most ~1/SCAN_LEAD_DIV more
+                # bytes over the network than it read
                 t = tm.tensor_of(offset, size)
                 end = offset + size if spill or t is None else max(t[1], offset + size)
+                if scan:
+                    run = self.seq_run.get(fh)
+                    end += max((s[0] - run[2]) // SCAN_LEAD_DIV if run else 0, SCAN_LEAD_MIN)
                 target = min(target, end)
             if target > s[2] and (self.remote is None or target >= idx.size
                                   or target - max(s[2], offset + size) >= SEQ_REMOTE_STEP):
@@ -339,6 +357,21 @@ class BlockReader:
         t = tm.tensor_at(s[0] - 1)
         return t is not None and offset < t[1] <= offset + size and tm.tensor_at(offset) == t
 
+    def _probed(self, fh: int, idx: FileIndex, tm: TensorMap) -> None:
+        """After a probe (:meth:`_probe`): the program is copying the tensor its run
+        is in, whatever the run took its first reads for (the head of a tensor that
+        follows a small one is within ``SPILL_MAX`` of the run's anchor and looked
+        like the kernel's readahead spilling over): the run is anchored at that
+        tensor's end and its rest is scheduled at tensor priority."""
+        s, run = self.seq[fh], self.seq_run.get(fh)
+        t = tm.tensor_at(s[0] - 1)
+        if run is not None and run[0] < t[1]:
+            run[0] = t[1]
+            run[1] += 1
+        if s[2] < t[1]:
+            self.stats.readahead_bytes += self._schedule(idx, max(s[0], s[2]), t[1], PRIO_TENSOR)
+            s[2] = t[1]
+
     def _remote_run(self, fh: int, tm: TensorMap, offset: int, size: int) -> tuple[bool, bool]:
         """``(spill, scan)`` for a read of ``[offset, offset+size)`` (safetensors).
 
@@ -352,9 +385,10 @@ class BlockReader:
         ``SEQ_REORDER``) continue the run."""
         here = tm.tensor_of(offset, size)
         s = self.seq.get(fh)
-        run = self.seq_run.get(fh)  # [anchor, times moved on]
+        run = self.seq_run.get(fh)  # [anchor, times moved on, where the run began]
         if run is None or s is None or not s[0] - SEQ_REORDER <= offset <= s[0] + SEQ_REORDER:
-            self.seq_run[fh] = [here[1] if here else offset + size, 0]  # a new run
+            # a new run
+            self.seq_run[fh] = [here[1] if here else offset + size, 0, here[0] if here else offset]
             return False, False
         if offset < run[0]:
             return False, run[1] >= SCAN_TENSORS
@@ -403,6 +437,7 @@ class Preloader:
     (each rounded up to pages), so the next ones follow from a known one; every
     read corrects the prediction. Queued leaves go highest priority first (tensor >
     sequential > prefetch), FIFO within a priority; at most ``max_pending`` wait.
+    ``threads``: how many (default one per core, 2 to 8).
     ``resident`` remembers the last ``max_resident`` leaves paged in (a hint: the
     kernel may evict them; the trio thread's read then faults them in itself).
     Memory stays bounded: the data lives in the page cache, which the kernel sizes.
@@ -413,8 +448,12 @@ class Preloader:
     then raises :class:`CorruptBlock`).
     """
 
-    def __init__(self, store, map_addr: int = 0, threads: int = 2, max_pending: int = 1 << 16,
+    def __init__(self, store, map_addr: int = 0, threads: int | None = None, max_pending: int = 1 << 16,
                  max_resident: int | None = None, check=None):
+        if threads is None:
+            # hashing (sha-256, ~1.75 GB/s per core here) is ~40 % of a cold read's CPU
+            # in the mount: one thread per core (2..8) so it scales with the machine
+            threads = min(8, max(2, os.cpu_count() or 2))
         if max_resident is None:  # leaves (<= 1 MiB) in half of the RAM
             try:
                 max_resident = max(1024, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (2 << 20))

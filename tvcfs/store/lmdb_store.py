@@ -93,13 +93,37 @@ def madvise(addr: int, length: int, advice: int) -> bool:
     return bool(_madvise_fn) and _madvise_fn(addr, length, advice) == 0
 
 
+_buffer_api = None
+
+
 def buffer_address(buf) -> int:
     """Address of the first byte of a contiguous buffer (read-only ones included, e.g.
     a zero-copy LMDB value: its offset in ``data.mdb`` is this minus the start of
-    :meth:`LMDBStore.map_range`)."""
-    import numpy as np
+    :meth:`LMDBStore.map_range`). Through the buffer protocol (``PyObject_GetBuffer``,
+    ~1.3 µs), not numpy: the mount's first read must not import numpy (0.4 s from a
+    cold page cache)."""
+    global _buffer_api
+    if _buffer_api is None:
+        import ctypes
 
-    return np.frombuffer(buf, dtype=np.uint8).ctypes.data
+        class PyBuffer(ctypes.Structure):  # Py_buffer (Include/pybuffer.h)
+            _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
+                        ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
+                        ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p),
+                        ("strides", ctypes.c_void_p), ("suboffsets", ctypes.c_void_p),
+                        ("internal", ctypes.c_void_p)]
+
+        get, release = ctypes.pythonapi.PyObject_GetBuffer, ctypes.pythonapi.PyBuffer_Release
+        get.argtypes, get.restype = (ctypes.py_object, ctypes.POINTER(PyBuffer), ctypes.c_int), ctypes.c_int
+        release.argtypes, release.restype = (ctypes.POINTER(PyBuffer),), None
+        _buffer_api = (PyBuffer, get, release, ctypes.byref)
+    cls, get, release, byref = _buffer_api
+    view = cls()
+    get(buf, byref(view), 0)  # PyBUF_SIMPLE: raises TypeError/BufferError like memoryview()
+    try:
+        return view.buf or 0
+    finally:
+        release(byref(view))
 
 
 def store_exists(path: str) -> bool:
