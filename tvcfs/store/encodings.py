@@ -32,7 +32,6 @@ import struct
 import threading
 from dataclasses import dataclass
 
-import numpy as np
 
 from ..errors import CorruptBlock
 
@@ -44,7 +43,21 @@ LEVEL = 3               # zstd level of packing
 PAYS = 0.95             # an encoding is kept only below this fraction of the raw length
 _HDR = struct.Struct("<BBBBI")
 CID_LEN = 36
-_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+_UINT = {1: "uint8", 2: "uint16", 4: "uint32", 8: "uint64"}  # element size -> numpy dtype name
+
+
+class _Numpy:
+    """numpy, imported on first use: ``import tvcfs`` (and the CLI's start-up) must not
+    pay for it when nothing is packed or unpacked."""
+
+    def __getattr__(self, name):
+        import numpy
+
+        globals()["np"] = numpy
+        return getattr(numpy, name)
+
+
+np = _Numpy()
 
 _local = threading.local()
 
@@ -131,7 +144,7 @@ def ungroup(data, elem: int) -> np.ndarray:
     planes = [a[j * n:(j + 1) * n] for j in range(elem)]
     width = 1
     while len(planes) > 1:  # pairs of planes into words twice as wide: ~5 GB/s
-        t = _UINT[2 * width]
+        t = getattr(np, _UINT[2 * width])
         nxt = []
         for lo, hi in zip(planes[0::2], planes[1::2]):
             w = lo.astype(t)
