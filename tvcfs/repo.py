@@ -161,21 +161,24 @@ class Repo:
     @property
     def blocks(self):
         """The repository's block layer: its LMDB store alone, or a
-        :class:`~tvcfs.store.router.Router` with the local store first and the
+        :class:`~tvcfs.store.router.Router` with the local store first, the
         backends selected by ``TVCFS_BACKENDS`` / :func:`tvcfs.store.set_default_backend`
-        after it (see ``docs/architecture.md``)."""
+        after it, then one tier per ``s3://`` remote (:func:`tvcfs.store.remote_tiers`:
+        the bucket, read on a local miss, verified and written back; see
+        ``docs/architecture.md``, ``docs/backends.md``)."""
         if self._blocks is None:
-            from .store import get_backend, selected_names
+            from .store import get_backend, remote_tiers, selected_names
 
             names = selected_names()
-            if names == ["lmdb"]:
+            remotes = remote_tiers(self.remotes())  # s3:// remotes: the bucket behind the local store
+            if names == ["lmdb"] and not remotes:
                 self._blocks = self.store
             else:
                 if "lmdb" not in names:
                     names = ["lmdb", *names]  # the local store is always the first tier
                 from .store.router import Router, Tier
 
-                self._blocks = Router([Tier(n, get_backend(n, repo=self)) for n in names])
+                self._blocks = Router([Tier(n, get_backend(n, repo=self)) for n in names] + remotes)
         return self._blocks
 
     # --- opening ---------------------------------------------------------------

@@ -1321,15 +1321,23 @@ def mount_statuses(control: str) -> list:
 
 
 # ====================================================================== mounting
-def attach_remote(repo, ops, remotes=None, fetch_timeout=None, prefetch=None, **_ignored):
+def attach_remote(repo, ops, remotes=None, fetch_timeout=None, prefetch=None, cache_size=None,
+                  **_ignored):
     """Install a :class:`RemoteFetcher` as ``ops.reader.remote`` when the mount has
     peers: the ``remotes`` URLs given, plus the repository's remotes when it is a
-    lazy clone. Returns the fetcher (the caller runs :meth:`RemoteFetcher.run` in
-    its nursery) or None."""
+    lazy clone. ``s3://`` remotes get an :class:`~tvcfs.fs.s3source.S3BlockSource`
+    instead (with the bounded cache ``cache_size``, bytes). Returns the fetcher (the
+    caller runs its ``run`` in its nursery) or None."""
     urls = list(remotes or [])
     if repo.config.lazy:
         urls += list(repo.remotes().values())
     urls = list(dict.fromkeys(urls))
+    s3 = [u for u in urls if u.startswith("s3://")]
+    if s3:
+        from .s3source import attach_s3
+
+        return attach_s3(repo, ops, s3, fetch_timeout=fetch_timeout, prefetch=prefetch,
+                         cache_size=cache_size)
     if not urls:
         if prefetch:
             log.info("--prefetch without remotes: local leaves are read ahead by the kernel")
@@ -1411,45 +1419,6 @@ async def fetch_skeleton(sess, store, roots) -> tuple[int, int]:
     return blocks, nbytes
 
 
-def _apply_refs(repo, remote: str, refs: dict, fast_forward_local: bool) -> list:
-    """Remote-tracking refs ``refs/remotes/REMOTE/*`` and new tags, as
-    :func:`tvcfs.transport.ops.fetch` does; with ``fast_forward_local``, local
-    branches that still equal the old tracking value (or do not exist) follow."""
-    from ..refs import HEADS, TAGS
-
-    updates: dict = {}
-    updated = []
-    prefix = f"refs/remotes/{remote}/"
-    current = repo.ref_db.all(prefix)
-    local_heads = repo.ref_db.all(HEADS)
-    for name, cid in refs.items():
-        if not name.startswith(HEADS):
-            continue
-        short = name[len(HEADS):]
-        track = prefix + short
-        old = current.get(track)
-        if old != cid:
-            updates[track] = cid
-            updated.append((track, old, cid))
-        if fast_forward_local:
-            loc = local_heads.get(name)
-            if loc is None or (loc == old and loc != cid):
-                updates[name] = cid
-                updated.append((name, loc, cid))
-    for track in current:
-        if HEADS + track[len(prefix):] not in refs:
-            updates[track] = None
-            updated.append((track, current[track], None))
-    local_tags = repo.ref_db.all(TAGS)
-    for name, cid in refs.items():
-        if name.startswith(TAGS) and name not in local_tags:
-            updates[name] = cid
-            updated.append((name, None, cid))
-    if updates:
-        repo.update_refs(updates, message=f"lazy fetch {remote}")
-    return updated
-
-
 async def _lazy_fetch_async(repo, remote: str, url: str, engine, fast_forward_local: bool):
     from ..refs import HEADS, TAGS
     from ..transport.client import open_session
@@ -1461,7 +1430,10 @@ async def _lazy_fetch_async(repo, remote: str, url: str, engine, fast_forward_lo
         wire0 = sess.ch.bytes_in
         blocks, nbytes = await fetch_skeleton(sess, repo.store, list(dict.fromkeys(refs.values())))
         wire = sess.ch.bytes_in - wire0
-    updated = _apply_refs(repo, remote, refs, fast_forward_local)
+    from ..sync import update_tracking_refs
+
+    updated = update_tracking_refs(repo, remote, refs, fast_forward_local=fast_forward_local,
+                                   message=f"lazy fetch {remote}")
     return LazyFetchResult(remote, url, refs, head, updated, blocks, nbytes, wire,
                            time.monotonic() - t0)
 

@@ -302,6 +302,7 @@ class S3Store(StoreBase):
         self._loaded_at: float | None = None
         self._pool: ThreadPoolExecutor | None = None
         self.written = {"packs": 0, "bytes": 0}  # what this object uploaded (packs and their bytes)
+        self.read = {"requests": 0, "bytes": 0}  # ranged GETs of packs this object made, bytes received
 
     # --- indexes -----------------------------------------------------------------
     def refresh(self) -> int:
@@ -379,12 +380,34 @@ class S3Store(StoreBase):
             return self._where(cid) is not None
         return self._where(cid) is not None
 
-    def get_many(self, cids: Iterable[bytes]) -> Iterator[tuple[bytes, bytes | None]]:
+    def has_many(self, cids: Iterable[bytes], refresh: bool = False) -> list:
+        """``[bool]`` per CID from the indexes already loaded (one listing the first
+        time; ``refresh``: list again once if any is missing). A pending block counts
+        as held. Raises :class:`BlockUnavailable`."""
+        keys = [bytes(c) for c in cids]
+        self._ensure_loaded()
+        out = [self._where(k) is not None for k in keys]
+        if refresh and not all(out):
+            self.refresh()
+            out = [self._where(k) is not None for k in keys]
+        return out
+
+    def size_of(self, cid: bytes) -> int | None:
+        """Length in bytes of a block the loaded indexes (or pending buffer) hold,
+        else ``None``; no request is made."""
+        w = self._where(bytes(cid))
+        if w is None:
+            return None
+        return len(w[1]) if w[0] == "pending" else w[1][2]
+
+    def get_many(self, cids: Iterable[bytes], verify: bool = True) -> Iterator[tuple[bytes, bytes | None]]:
         """``(cid, bytes | None)`` in input order. Blocks of one pack that lie within
         ``MAX_GAP`` of each other are read with one ranged GET (at most ``MAX_RANGE``
         bytes); the GETs run ``threads`` at a time; every block is verified. Raises
         :class:`BlockUnavailable` if a GET fails or a block does not hash to its CID
-        (naming the pack)."""
+        (naming the pack). ``verify=False`` leaves the hashing to the caller, which
+        must then pass the blocks through :func:`tvcfs.store.verify.verify_and_put`
+        (the sync module does: one hash per block, not two)."""
         cids = list(cids)
         keys = [bytes(c) for c in cids]
         self._ensure_loaded()
@@ -393,20 +416,29 @@ class S3Store(StoreBase):
             where = {k: self._where(k) for k in keys}
         found = {k: w[1] for k, w in where.items() if w is not None and w[0] == "pending"}
         wanted = {k: w[1] for k, w in where.items() if w is not None and w[0] == "pack"}
-        for got in self._map(self._read_range, _ranges(wanted)):
+        read = self._read_range if verify else self._read_range_unverified
+        for got in self._map(read, _ranges(wanted)):
             found.update(got)
         for c, k in zip(cids, keys):
             yield c, found.get(k)
 
-    def _read_range(self, rng) -> dict:
+    def _read_range_unverified(self, rng) -> dict:
+        return self._read_range(rng, verify=False)
+
+    def _read_range(self, rng, verify: bool = True) -> dict:
         pack, start, end, members = rng
         data, _ = self._b.get(f"packs/{pack}.pack", start, end)
+        with self._lock:
+            self.read["requests"] += 1
+            self.read["bytes"] += len(data) if data is not None else 0
         if data is None:
             raise BlockUnavailable(f"{self.url}: pack {pack} is listed in an index but its object is missing",
                                    tier=self.url)
         blocks = [(cid, data[off - start: off - start + n]) for cid, off, n in members]
         if any(len(d) != n for (_, d), (_, _, n) in zip(blocks, members)):
             raise BlockUnavailable(f"{self.url}: pack {pack} is shorter than its index says", tier=self.url)
+        if not verify:
+            return dict(blocks)
         good, bad = verify_many(blocks)
         if bad:
             raise BlockUnavailable(f"{self.url}: block {cid_str(bad[0])} in pack {pack} does not hash to its CID "
@@ -578,6 +610,24 @@ class S3Refs:
         """The binary CID ``name`` points at, or ``None``. Raises
         :class:`BlockUnavailable`."""
         return self._read(name)[0]
+
+    def head(self) -> str:
+        """The ref the bucket's ``PREFIX/HEAD`` names (``"refs/heads/main"``), or
+        ``""`` when there is none (a bucket no branch was pushed to yet). Raises
+        :class:`BlockUnavailable`."""
+        data, _ = self._b.get("HEAD")
+        text = (data or b"").decode("utf-8", "replace").strip()
+        return text[5:].strip() if text.startswith("ref: ") else ""
+
+    def init_head(self, ref: str) -> bool:
+        """Create ``PREFIX/HEAD`` naming ``ref`` (``ref: refs/heads/NAME``) unless it
+        exists (a conditional create: an existing HEAD is never changed). ``True`` if
+        this call created it. Raises :class:`BlockUnavailable`."""
+        try:
+            self._b.put("HEAD", f"ref: {self._check(ref)}".encode(), IfNoneMatch="*")
+            return True
+        except _Precondition:
+            return False
 
     def list(self, prefix: str = "refs/") -> dict:
         """``{ref name: binary CID}`` for every ref whose name starts with ``prefix``."""
