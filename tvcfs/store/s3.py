@@ -53,6 +53,7 @@ arguments override them.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import logging
@@ -272,7 +273,10 @@ class S3Store(StoreBase):
     ``pack_target``: bytes pending before a pack is written (default 64 MiB);
     ``refresh_interval``: seconds between index listings caused by misses;
     ``connect_timeout``/``read_timeout``: seconds per attempt; ``retries``: attempts
-    per request; ``threads``: concurrent ranged GETs in :meth:`get_many`.
+    per request; ``threads``: concurrent ranged GETs in :meth:`get_many`;
+    ``background_packs``: full packs written on a writer thread while ``put_many``
+    goes on buffering (at most this many at once; 0: written synchronously). Packs
+    are written one after another, in the order they filled.
 
     ``put``/``put_many`` buffer blocks and write a pack whenever ``pack_target``
     bytes are pending; :meth:`flush` (and :meth:`close`) write the rest. Pending
@@ -285,8 +289,9 @@ class S3Store(StoreBase):
                  endpoint_url: str | None = None, profile: str | None = None, region: str | None = None,
                  pack_target: int = PACK_TARGET, refresh_interval: float = 1.0,
                  connect_timeout: float = 3.0, read_timeout: float = 30.0, retries: int = 2,
-                 threads: int = 8):
+                 threads: int = 8, background_packs: int = 1):
         self.pack_target = int(pack_target)
+        self.background_packs = max(0, int(background_packs))
         self.refresh_interval = float(refresh_interval)
         self.threads = max(1, int(threads))
         self._b = _bucket(url, bucket, prefix, endpoint_url, profile, region, connect_timeout, read_timeout,
@@ -297,8 +302,12 @@ class S3Store(StoreBase):
         self._index: dict[bytes, tuple[str, int, int]] = {}  # cid -> (pack id, offset, length)
         self._packs: set[str] = set()
         self._deleted: set[bytes] = set()
-        self._pending: dict[bytes, bytes] = {}
+        self._pending: dict[bytes, bytes] = {}  # not in a written pack yet (readable)
         self._pending_bytes = 0
+        self._open: dict[bytes, None] = {}  # pending and not handed to the writer yet, in order
+        self._open_bytes = 0
+        self._inflight: collections.deque = collections.deque()  # (future, items) of packs being written
+        self._writer: ThreadPoolExecutor | None = None
         self._loaded_at: float | None = None
         self._pool: ThreadPoolExecutor | None = None
         self.written = {"packs": 0, "bytes": 0}  # what this object uploaded (packs and their bytes)
@@ -474,40 +483,76 @@ class S3Store(StoreBase):
                 data = bytes(block)
                 self._pending[key] = data
                 self._pending_bytes += len(data)
+                self._open[key] = None
+                self._open_bytes += len(data)
                 new += 1
-                full = self._pending_bytes >= self.pack_target
+                full = self._open_bytes >= self.pack_target
             if full:
-                self.flush()
+                with self._flush_lock:
+                    self._seal()
         for key in undelete:
             self._b.delete(f"deleted/{cid_str(key)}")
         return new
 
     def flush(self) -> str | None:
-        """Write the pending blocks as one pack (pack object first, then its index);
-        return the pack id, or ``None`` if nothing was pending. Raises
-        :class:`BlockUnavailable`; the blocks stay pending then."""
+        """Write the pending blocks as one pack (pack object first, then its index)
+        and wait for every pack being written in the background; return the id of
+        the last pack written, or ``None`` if nothing was pending. Raises
+        :class:`BlockUnavailable`; the blocks of a pack that failed stay pending."""
         with self._flush_lock:
+            if self._open:
+                self._seal()
+            last = None
+            while self._inflight:
+                last = self._reap()
+            return last
+
+    def _seal(self) -> None:
+        """Hand the open blocks to the writer thread as one pack; wait while more than
+        ``background_packs`` packs are being written. Call with ``_flush_lock``."""
+        with self._lock:
+            items = [(k, self._pending[k]) for k in self._open if k in self._pending]
+            self._open.clear()
+            self._open_bytes = 0
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tvcfs-s3-pack")
+        if items:
+            self._inflight.append((self._writer.submit(self._write_pack, items), items))
+        while len(self._inflight) > self.background_packs:
+            self._reap()
+
+    def _reap(self):
+        """Wait for the oldest pack being written; its id. On failure its blocks are
+        open again (written by the next flush) and the error is raised."""
+        fut, items = self._inflight.popleft()
+        try:
+            return fut.result()
+        except BaseException:
             with self._lock:
-                items = list(self._pending.items())
-            if not items:
-                return None
-            entries, off = [], _HEADER.size
-            for cid, data in items:
-                entries.append((cid, off, len(data)))
-                off += len(data)
-            pack, idx = encode_index(entries)
-            body = b"".join([_HEADER.pack(PACK_MAGIC, VERSION, len(items))] + [d for _, d in items])
-            self._b.put(f"packs/{pack}.pack", body)
-            self._b.put(f"packs/{pack}.idx", idx)
-            with self._lock:
-                for cid, o, n in entries:
-                    self._index.setdefault(cid, (pack, o, n))
-                    if self._pending.pop(cid, None) is not None:
-                        self._pending_bytes -= n
-                self._packs.add(pack)
-                self.written["packs"] += 1
-                self.written["bytes"] += len(body) + len(idx)
-            return pack
+                for k, d in items:
+                    if k in self._pending and k not in self._open:
+                        self._open[k] = None
+                        self._open_bytes += len(d)
+            raise
+
+    def _write_pack(self, items) -> str:
+        entries, off = [], _HEADER.size
+        for cid, data in items:
+            entries.append((cid, off, len(data)))
+            off += len(data)
+        pack, idx = encode_index(entries)
+        body = b"".join([_HEADER.pack(PACK_MAGIC, VERSION, len(items))] + [d for _, d in items])
+        self._b.put(f"packs/{pack}.pack", body)
+        self._b.put(f"packs/{pack}.idx", idx)
+        with self._lock:
+            for cid, o, n in entries:
+                self._index.setdefault(cid, (pack, o, n))
+                if self._pending.pop(cid, None) is not None:
+                    self._pending_bytes -= n
+            self._packs.add(pack)
+            self.written["packs"] += 1
+            self.written["bytes"] += len(body) + len(idx)
+        return pack
 
     def delete(self, cid: bytes) -> bool:
         """Mark-only: a pending block is dropped; a packed one gets a tombstone
@@ -519,6 +564,8 @@ class S3Store(StoreBase):
             data = self._pending.pop(key, None)
             if data is not None:
                 self._pending_bytes -= len(data)
+                if self._open.pop(key, 0) is None:
+                    self._open_bytes -= len(data)
             packed = key in self._index and key not in self._deleted
         if packed:
             self._b.put(f"deleted/{cid_str(key)}", b"")
@@ -555,6 +602,9 @@ class S3Store(StoreBase):
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
 
 
 def _ranges(wanted: dict) -> list:
