@@ -38,7 +38,7 @@ import trio
 
 from ..encoding.cid import RAW, cid_codec, cid_str
 from ..errors import BlockNotFound, TvcfsError
-from .reader import PRIO_FOREGROUND
+from .reader import PRIO_FOREGROUND, PRIO_SEQUENTIAL
 from .remote import DEFAULT_TIMEOUT, PRIO_NAMES, READAHEAD_KB, RemoteFetcher
 
 __all__ = ["S3BlockSource", "attach_s3", "prepare_s3_mount", "parse_size"]
@@ -46,8 +46,9 @@ __all__ = ["S3BlockSource", "attach_s3", "prepare_s3_mount", "parse_size"]
 log = logging.getLogger("tvcfs.fs.s3source")
 
 MIB = 1 << 20
-BACKGROUND_JOBS = 4        # readahead/prefetch get_many calls running at once
+BACKGROUND_JOBS = 8        # readahead/prefetch get_many calls running at once
 JOB_BYTES = 16 * MIB       # a background job asks for at most this many bytes
+SEQ_MIN = 16 * MIB         # bytes: a sequential readahead request is widened to this
 EVICT_INTERVAL = 0.25      # seconds between cache checks (and after every fetch)
 
 
@@ -191,7 +192,17 @@ class S3BlockSource:
 
     def schedule_range(self, idx, lo: int, hi: int, cids, priority: int) -> None:
         """The reader's readahead of bytes ``[lo, hi)`` of ``idx``: the missing
-        leaves ``cids`` in file order (ranged GETs merge neighbours)."""
+        leaves ``cids`` in file order (ranged GETs merge neighbours). A sequential
+        window is widened to at least :data:`SEQ_MIN` bytes (an S3 request costs
+        tens of milliseconds whatever its size), inside the current tensor unless
+        the reader's window already runs past it (a scan)."""
+        if priority == PRIO_SEQUENTIAL and hi - lo < SEQ_MIN and self.reader is not None:
+            tm = self.reader.tensor_map(idx)
+            t = tm.tensor_at(lo) if tm is not None else None
+            end = lo + SEQ_MIN if t is None or hi > t[1] else t[1]
+            end = min(idx.size, max(hi, min(end, lo + SEQ_MIN)))
+            if end > hi:
+                cids = self.reader.missing(idx, lo, end - lo)
         self.schedule(cids, priority)
 
     def note_read_error(self, path: str, error: str) -> None:
@@ -253,6 +264,13 @@ class S3BlockSource:
                 continue
             await self._bg_limit.acquire()
             negp, _, job = heapq.heappop(self._queue)
+            # jobs of the same priority queued meanwhile go in the same request (fewer,
+            # larger ranged GETs)
+            size = sum(self.bg.size_of(c) or MIB for c in job)
+            while self._queue and self._queue[0][0] == negp and size < JOB_BYTES:
+                more = heapq.heappop(self._queue)[2]
+                job = job + more
+                size += sum(self.bg.size_of(c) or MIB for c in more)
             job = [c for c in job if (p := self._pending.get(c)) is not None and not p.started]
             if not job:
                 self._bg_limit.release()
