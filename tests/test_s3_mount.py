@@ -19,6 +19,8 @@ from lazy_support import lazy_mount, remote_stats, tensor_range
 
 from tvcfs.repo import Repo
 
+pytestmark = [pytest.mark.fuse]
+
 MiB = 1 << 20
 MODEL = "model.safetensors"
 
@@ -52,6 +54,7 @@ def s3_bytes(mnt: str, settle: bool = True, timeout: float = 10.0) -> int:
         time.sleep(0.02)
 
 
+@pytest.mark.ml
 def test_mount_s3_loads_model_with_sentence_transformers(pushed, tmp_path, real_model_dir):
     mnt = tmp_path / "mnt"
     with lazy_mount(pushed, str(mnt), "--fetch-timeout", 20) as m:

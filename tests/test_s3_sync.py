@@ -131,6 +131,7 @@ def test_concurrent_pushes_one_wins_other_gets_branch_moved(s3_endpoint, model_r
     err = results[loser].stderr.decode().strip().splitlines()
     # one line naming what happened and what to do (no traceback)
     line = next(x for x in err if x.startswith("tvcfs: error:"))
+    print("\nloser:", line)
     # lost the compare-and-swap ("moved while pushing"), or — if the winner was done
     # before the loser read the refs — refused before uploading ("the remote moved on")
     assert ("moved on origin while pushing" in line and "nothing was overwritten" in line) or \
