@@ -32,6 +32,7 @@ import itertools
 import logging
 import os
 import sys
+import threading
 import time
 
 import trio
@@ -107,6 +108,9 @@ class S3BlockSource:
         self._bg_limit = trio.Semaphore(BACKGROUND_JOBS)
         self._nursery = None
         self._unsynced = 0
+        # worker threads abandoned at unmount must not write into a closing store
+        self._store_lock = threading.Lock()
+        self._closed = False
         self.prefetch_patterns: list[str] = []
         # statistics
         self.classes = {n: {"blocks": 0, "bytes": 0, "requested": 0} for n in PRIO_NAMES.values()}
@@ -233,7 +237,10 @@ class S3BlockSource:
             self.close()
 
     def close(self) -> None:
-        """Make what was stored durable (one msync); release the S3 clients."""
+        """Make what was stored durable (one msync); release the S3 clients. Fetches
+        still running on worker threads store nothing after this."""
+        with self._store_lock:
+            self._closed = True
         RemoteFetcher.close(self)
         for s in (self.fg, self.bg):
             try:
@@ -336,8 +343,11 @@ class S3BlockSource:
         got = list(s3.get_many(cids, verify=False))
         present = [(c, d) for c, d in got if d is not None]
         absent = [c for c, d in got if d is None]
-        with self.store.write(sync=False) as w:
-            res = verify_and_put(self.store, present, txn=w)
+        with self._store_lock:
+            if self._closed:
+                return [], [], []
+            with self.store.write(sync=False) as w:
+                res = verify_and_put(self.store, present, txn=w)
         bad = set(res.bad)
         stored = [(c, len(d)) for c, d in present if c not in bad]
         return stored, absent, res.bad
@@ -401,14 +411,18 @@ class S3BlockSource:
         victims = [c for c, h in zip(victims, held) if h]
         for c in [c for c, h in zip(victims, held) if not h]:
             self.lru.pop(c, None)  # local-only leaf: never evicted, not counted against the cache
+        # files opened while the bucket was asked are pinned too: the last check and the
+        # delete run here, in the trio thread, with no await between them (an open
+        # handler runs in this thread too)
+        pinned = self._open_leaves()
+        victims = [c for c in victims if c not in pinned and c not in self._pending]
         if not victims:
             return 0
-
-        def delete():
+        with self._store_lock:
+            if self._closed:
+                return 0
             with self.store.write(sync=False) as w:
-                return sum(self.lru[c] for c in victims if w.delete_block(c))
-
-        freed = await trio.to_thread.run_sync(delete)
+                freed = sum(self.lru[c] for c in victims if w.delete_block(c))
         for c in victims:
             self.cached_bytes -= self.lru.pop(c, 0)
         self.evicted["blocks"] += len(victims)
