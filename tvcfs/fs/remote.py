@@ -1321,23 +1321,16 @@ def mount_statuses(control: str) -> list:
 
 
 # ====================================================================== mounting
-def attach_remote(repo, ops, remotes=None, fetch_timeout=None, prefetch=None, cache_size=None,
-                  **_ignored):
+def attach_remote(repo, ops, remotes=None, fetch_timeout=None, prefetch=None, **_ignored):
     """Install a :class:`RemoteFetcher` as ``ops.reader.remote`` when the mount has
     peers: the ``remotes`` URLs given, plus the repository's remotes when it is a
-    lazy clone. ``s3://`` remotes get an :class:`~tvcfs.fs.s3source.S3BlockSource`
-    instead (with the bounded cache ``cache_size``, bytes). Returns the fetcher (the
-    caller runs its ``run`` in its nursery) or None."""
+    lazy clone. Returns the fetcher (the caller runs :meth:`RemoteFetcher.run` in
+    its nursery) or None. (``tvcfs.fs.s3source.attach_lazy`` picks between this and
+    an S3 bucket.)"""
     urls = list(remotes or [])
     if repo.config.lazy:
         urls += list(repo.remotes().values())
     urls = list(dict.fromkeys(urls))
-    s3 = [u for u in urls if u.startswith("s3://")]
-    if s3:
-        from .s3source import attach_s3
-
-        return attach_s3(repo, ops, s3, fetch_timeout=fetch_timeout, prefetch=prefetch,
-                         cache_size=cache_size)
     if not urls:
         if prefetch:
             log.info("--prefetch without remotes: local leaves are read ahead by the kernel")

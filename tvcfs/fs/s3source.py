@@ -40,9 +40,9 @@ import trio
 from ..encoding.cid import RAW, cid_codec, cid_str
 from ..errors import BlockNotFound, TvcfsError
 from .reader import PRIO_FOREGROUND, PRIO_SEQUENTIAL
-from .remote import DEFAULT_TIMEOUT, PRIO_NAMES, READAHEAD_KB, RemoteFetcher
+from .remote import DEFAULT_TIMEOUT, PRIO_NAMES, READAHEAD_KB, RemoteFetcher, attach_remote
 
-__all__ = ["S3BlockSource", "attach_s3", "prepare_s3_mount", "parse_size"]
+__all__ = ["S3BlockSource", "attach_lazy", "attach_s3", "prepare_s3_mount", "parse_size"]
 
 log = logging.getLogger("tvcfs.fs.s3source")
 
@@ -475,6 +475,19 @@ def attach_s3(repo, ops, urls, fetch_timeout=None, prefetch=None, cache_size=Non
     log.info("lazy mount from %s; fetch timeout %g s; cache %s", urls[0], src.timeout,
              f"{cache_size} bytes" if cache_size else "unbounded")
     return src
+
+
+def attach_lazy(repo, ops, remotes=None, fetch_timeout=None, prefetch=None, cache_size=None):
+    """The lazy mount's block source: an :class:`S3BlockSource` when the mount's
+    remotes (``remotes`` given, plus the repository's when it is a lazy clone)
+    include ``s3://`` URLs, else :func:`tvcfs.fs.remote.attach_remote` (peers), else
+    None. Returns it; the mount daemon runs its ``run``."""
+    urls = list(remotes or []) + (list(repo.remotes().values()) if repo.config.lazy else [])
+    s3 = [u for u in dict.fromkeys(urls) if u.startswith("s3://")]
+    if s3:
+        return attach_s3(repo, ops, s3, fetch_timeout=fetch_timeout, prefetch=prefetch,
+                         cache_size=cache_size)
+    return attach_remote(repo, ops, remotes=remotes, fetch_timeout=fetch_timeout, prefetch=prefetch)
 
 
 def cache_dir_for_s3(url: str) -> str:
