@@ -162,25 +162,28 @@ class Repo:
     @property
     def blocks(self):
         """The repository's block layer: its LMDB store alone, or a
-        :class:`~tvcfs.store.router.Router` with the local store first and the
+        :class:`~tvcfs.store.router.Router` with the local store first, the
         backends selected by ``TVCFS_BACKENDS`` / :func:`tvcfs.store.set_default_backend`
-        after it — and, for a lazy clone, its ``tvcfs://`` peers last
-        (:class:`~tvcfs.store.peers.PeerStore`; see ``docs/architecture.md``)."""
+        after it, then one tier per ``s3://`` remote (:func:`tvcfs.store.remote_tiers`:
+        the bucket, read on a local miss, verified and written back; see
+        ``docs/architecture.md``, ``docs/backends.md``) — and, for a lazy clone of
+        ``tvcfs://`` peers, the peers last (:class:`~tvcfs.store.peers.PeerStore`)."""
         if self._blocks is None:
-            from .store import get_backend, selected_names
+            from .store import get_backend, remote_tiers, selected_names
 
             names = selected_names()
             if self.config.lazy and "peers" not in names and any(
                     u.startswith("tvcfs") for u in self.config.remotes.values()):
                 names = [*names, "peers"]  # a lazy clone: missing leaves come from its peers
-            if names == ["lmdb"]:
+            remotes = remote_tiers(self.remotes())  # s3:// remotes: the bucket behind the local store
+            if names == ["lmdb"] and not remotes:
                 self._blocks = self.store
             else:
                 if "lmdb" not in names:
                     names = ["lmdb", *names]  # the local store is always the first tier
                 from .store.router import Router, Tier
 
-                self._blocks = Router([Tier(n, get_backend(n, repo=self)) for n in names])
+                self._blocks = Router([Tier(n, get_backend(n, repo=self)) for n in names] + remotes)
         return self._blocks
 
     # --- opening ---------------------------------------------------------------

@@ -14,6 +14,7 @@ def cmd_mount(args):
     from ..repo import find_repo_root
 
     is_url = "://" in args.source
+    is_s3 = args.source.startswith("s3://")
     repo_root = find_repo_root(args.source) if os.path.isdir(args.source) else None
     if repo_root is None and not is_url:
         raise TvcfsError(f"not a tvcfs repository: {args.source}")
@@ -21,7 +22,12 @@ def cmd_mount(args):
         raise TvcfsError(f"mount point {args.mountpoint} is not a directory")
     if is_mounted(args.mountpoint):
         raise TvcfsError(f"{args.mountpoint} is already mounted")
-    if is_url:
+    if is_s3:
+        # mount s3://BUCKET/PREFIX MNT: a lazy clone in the cache, leaves from the bucket
+        from ..fs.s3source import prepare_s3_mount
+
+        repo_root = prepare_s3_mount(args.source, quiet=getattr(args, "quiet", False))
+    elif is_url:
         # mount URL MNT: a lazy clone in the cache (made or refreshed), leaves on demand
         from ..transport.lazysync import prepare_url_mount
 
@@ -36,6 +42,8 @@ def cmd_mount(args):
         extra["prefetch"] = list(args.prefetch)
     if args.read_ahead_kb is not None:
         extra["read_ahead_kb"] = args.read_ahead_kb
+    if args.cache_size is not None:
+        extra["cache_size"] = args.cache_size
     if args.foreground:
         # This process is the mount daemon and does no linear algebra; numpy comes in
         # for buffer addresses, and OpenBLAS's thread pool would then spin a core
@@ -61,6 +69,8 @@ def cmd_mount(args):
         argv += ["--prefetch", pat]
     if args.read_ahead_kb is not None:
         argv += ["--read-ahead-kb", str(args.read_ahead_kb)]
+    if args.cache_size is not None:
+        argv += ["--cache-size", str(args.cache_size)]
     try:
         pid = start_background(argv, os.path.join(repo_root, ".tvcfs"), args.mountpoint)
     except RuntimeError as e:
@@ -116,8 +126,8 @@ def cmd_prefetch(args):
 
 def register(sub) -> None:
     p = sub.add_parser("mount", help="mount a repository (branches/, tags/, commits/)")
-    p.add_argument("source", metavar="REPO", help="repository path, or a tvcfs:// URL (lazy: "
-                   "a cache repository under ~/.cache/tvcfs, leaves fetched on demand)")
+    p.add_argument("source", metavar="REPO", help="repository path, or a tvcfs:// or s3://BUCKET/PREFIX "
+                   "URL (lazy: a cache repository under ~/.cache/tvcfs, leaves fetched on demand)")
     p.add_argument("mountpoint")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument("--debug", action="store_true", help="log every request (implies verbose log)")
@@ -143,6 +153,10 @@ def register(sub) -> None:
     p.add_argument("--prefetch", action="append", default=[], metavar="PATTERN",
                    help="fetch files of HEAD matching this glob in the background, lowest "
                         "priority (repeatable; @FILE: paths in the order to fetch them)")
+    p.add_argument("--cache-size", type=_size, default=None, metavar="BYTES",
+                   help="s3:// lazy mounts: keep at most this many bytes of file leaves in the local "
+                        "store (K, M, G suffixes); least recently used leaves are evicted, never those "
+                        "of open files, only those the bucket holds (default: unbounded)")
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("unmount", aliases=["umount"], help="unmount (waits for pending commits)")
@@ -154,6 +168,17 @@ def register(sub) -> None:
     p.add_argument("paths", nargs="+")
     p.add_argument("--wait", action="store_true", help="read everything now, then return")
     p.set_defaults(func=cmd_prefetch)
+
+
+def _size(text: str) -> int:
+    import argparse
+
+    from ..fs.s3source import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 10G)") from None
 
 
 def argparse_suppress():

@@ -146,13 +146,14 @@ def cmd_serve(args) -> int:
 
 # ------------------------------------------------------------------ remote
 def cmd_remote(args) -> int:
+    from ..sync import check_url, is_block_url
     from ..transport.client import parse_url
     from ..transport.ops import peer_scores
 
     with open_repo(args) as repo:
         if args.action == "add":
             try:
-                parse_url(args.url)
+                check_url(args.url) if is_block_url(args.url) else parse_url(args.url)
             except ValueError as e:
                 from ..errors import TvcfsError
 
@@ -190,9 +191,58 @@ def _bad_blocks(scores: dict, url: str) -> int:
 
 
 # ------------------------------------------------------------------ clone / fetch / pull / push
+def _is_block_remote(repo, remote: str) -> bool:
+    """Whether ``remote`` (a name or URL) is a block remote handled by tvcfs.sync (s3://)."""
+    from ..sync import is_block_url
+
+    return is_block_url(remote if "://" in remote else repo.remotes().get(remote))
+
+
+def _warn(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _sync_summary(res, quiet: bool) -> None:
+    """The summary line of a fetch from a block remote (tvcfs.sync.FetchResult)."""
+    if quiet or not res.blocks:
+        return
+    rate = res.nbytes / res.seconds if res.seconds else 0.0
+    print(f"Received {res.blocks} blocks, {_fmt(res.nbytes)} ({res.nbytes} bytes) from "
+          f"{res.remote} ({res.url}) in {res.seconds:.2f} s ({_fmt(rate)}/s)", file=sys.stderr)
+
+
+def _clone_block_remote(args) -> int:
+    """clone [--lazy] s3://BUCKET/PREFIX [DIR] (tvcfs.sync)."""
+    from ..store.s3 import parse_s3_url
+    from ..sync import clone
+
+    dest = args.dir
+    if dest is None:
+        bucket, prefix = parse_s3_url(args.url)
+        dest = os.path.basename(prefix) or bucket
+    with progress_bar(args, "Receiving") as bar:
+        repo, res = clone(args.url, dest, lazy=args.lazy, progress=bar if bar.enabled else None,
+                          warn=None if args.quiet else _warn, quiet=args.quiet)
+    try:
+        _sync_summary(res, args.quiet)
+        if not args.quiet:
+            nb = sum(1 for k in res.refs if k.startswith("refs/heads/"))
+            what = "Lazy clone of" if args.lazy else "Cloned"
+            print(f"{what} {args.url} into {repo.root}: {nb} branch(es), {len(res.refs) - nb} "
+                  f"tag(s), HEAD -> {repo.head_branch() or '(detached)'} {_short(repo.head())}"
+                  + ("; file contents are fetched on demand by `tvcfs mount`" if args.lazy else ""),
+                  file=sys.stderr)
+    finally:
+        repo.close()
+    return 0
+
+
 def cmd_clone(args) -> int:
+    from ..sync import is_block_url
     from ..transport.ops import clone
 
+    if is_block_url(args.url):
+        return _clone_block_remote(args)
     _engine(args)
     dest = args.dir
     if dest is None:
@@ -231,9 +281,16 @@ def cmd_fetch(args) -> int:
         remotes = list(repo.remotes()) if args.all else [args.remote or "origin"]
         for remote in remotes:
             with progress_bar(args, f"Receiving from {remote}") as bar:
-                res = fetch(repo, remote, quiet=args.quiet, engine=args.engine,
-                            progress=bar if bar.enabled else None)
-            _summary(res, args.quiet)
+                if _is_block_remote(repo, remote):
+                    from .. import sync
+
+                    res = sync.fetch(repo, remote, progress=bar if bar.enabled else None,
+                                     warn=None if args.quiet else _warn)
+                    _sync_summary(res, args.quiet)
+                else:
+                    res = fetch(repo, remote, quiet=args.quiet, engine=args.engine,
+                                progress=bar if bar.enabled else None)
+                    _summary(res, args.quiet)
             if not args.quiet:
                 if res.updated:
                     print(f"From {res.url}", file=sys.stderr)
@@ -250,10 +307,20 @@ def cmd_pull(args) -> int:
 
     _engine(args)
     with open_repo(args) as repo:
+        remote = args.remote or "origin"
         with progress_bar(args, "Receiving") as bar:
-            r = pull(repo, args.remote or "origin", args.branch, quiet=args.quiet,
-                     engine=args.engine, progress=bar if bar.enabled else None)
-        _summary(r.fetch, args.quiet)
+            if _is_block_remote(repo, remote):
+                from .. import sync
+
+                r = sync.pull(repo, remote, args.branch, progress=bar if bar.enabled else None,
+                              warn=None if args.quiet else _warn)
+            else:
+                r = pull(repo, remote, args.branch, quiet=args.quiet,
+                         engine=args.engine, progress=bar if bar.enabled else None)
+        if _is_block_remote(repo, remote):
+            _sync_summary(r.fetch, args.quiet)
+        else:
+            _summary(r.fetch, args.quiet)
         if r.kind == "up-to-date":
             print("Already up to date.")
         elif r.kind == "ahead":
@@ -270,9 +337,16 @@ def cmd_push(args) -> int:
 
     _engine(args)
     with open_repo(args) as repo:
+        remote = args.remote or "origin"
         with progress_bar(args, "Sending") as bar:
-            r = push(repo, args.remote or "origin", args.branch, force=args.force,
-                     quiet=args.quiet, engine=args.engine, progress=bar if bar.enabled else None)
+            if _is_block_remote(repo, remote):
+                from .. import sync
+
+                r = sync.push(repo, remote, args.branch, force=args.force,
+                              progress=bar if bar.enabled else None)
+            else:
+                r = push(repo, remote, args.branch, force=args.force, quiet=args.quiet,
+                         engine=args.engine, progress=bar if bar.enabled else None)
         if r.kind == "up-to-date":
             print("Everything up-to-date.")
         else:
@@ -320,7 +394,7 @@ def register(sub) -> None:
     p = sub.add_parser("remote", help="manage remotes (add, list, remove)")
     rs = p.add_subparsers(dest="action", metavar="ACTION")
     p.set_defaults(func=cmd_remote, action="list", verbose=False)
-    a = rs.add_parser("add", help="add a remote: NAME tvcfs://PEERID@HOST:PORT/")
+    a = rs.add_parser("add", help="add a remote: NAME tvcfs://PEERID@HOST:PORT/ or NAME s3://BUCKET/PREFIX")
     a.add_argument("name")
     a.add_argument("url")
     a = rs.add_parser("remove", aliases=["rm"], help="remove a remote and its tracking refs")
@@ -331,7 +405,7 @@ def register(sub) -> None:
     p.add_argument("--verbose", "-v", action="store_true", help="URLs and bad-block counts")
 
     p = sub.add_parser("clone", help="clone a remote repository into a new directory")
-    p.add_argument("url", metavar="URL", help="tvcfs://PEERID@HOST:PORT/")
+    p.add_argument("url", metavar="URL", help="tvcfs://PEERID@HOST:PORT/ or s3://BUCKET/PREFIX")
     p.add_argument("dir", nargs="?", metavar="DIR")
     p.add_argument("--lazy", action="store_true",
                    help="refs, commits, directories and file indexes only: file contents are "

@@ -158,12 +158,12 @@ def run_foreground(repo_root: str, mountpoint: str, debug: bool = False, verify:
     repo.store.verify_reads = verify
     if ops_factory is None:
         ops_factory = default_ops_factory()
-    remote_opts = {k: ops_kwargs.pop(k) for k in ("remotes", "fetch_timeout", "prefetch")
+    remote_opts = {k: ops_kwargs.pop(k) for k in ("remotes", "fetch_timeout", "prefetch", "cache_size")
                    if k in ops_kwargs}
     ops = ops_factory(repo, **ops_kwargs)
-    from .remote import attach_remote
+    from .s3source import attach_lazy
 
-    fetcher = attach_remote(repo, ops, **remote_opts)  # lazy mount: leaves from peers
+    fetcher = attach_lazy(repo, ops, **remote_opts)  # lazy mount: leaves from peers or a bucket
     options = set(pyfuse3.default_options)
     options.add(f"fsname=tvcfs:{repo.root}")
     options.add("subtype=tvcfs")

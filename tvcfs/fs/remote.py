@@ -1319,7 +1319,8 @@ def attach_remote(repo, ops, remotes=None, fetch_timeout=None, prefetch=None, **
     """Install a :class:`RemoteFetcher` as ``ops.reader.remote`` when the mount has
     peers: the ``remotes`` URLs given, plus the repository's remotes when it is a
     lazy clone. Returns the fetcher (the caller runs :meth:`RemoteFetcher.run` in
-    its nursery) or None."""
+    its nursery) or None. (``tvcfs.fs.s3source.attach_lazy`` picks between this and
+    an S3 bucket.)"""
     urls = list(remotes or [])
     if repo.config.lazy:
         urls += list(repo.remotes().values())

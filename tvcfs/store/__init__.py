@@ -27,7 +27,7 @@ from .base import (  # noqa: F401
 )
 
 __all__ = ["BlockStore", "BlockView", "StoreBase", "view", "register_backend", "get_backend",
-           "set_default_backend", "backend_names", "UnknownBackend", "ZERO_COPY", "MAP_OFFSETS",
+           "set_default_backend", "backend_names", "remote_tiers", "UnknownBackend", "ZERO_COPY", "MAP_OFFSETS",
            "PERSISTENT", "REMOTE", "TRANSACTIONS"]
 
 _factories: dict[str, Callable] = {}
@@ -106,6 +106,48 @@ def get_backend(name: str | None = None, repo=None, **options):
     from .router import Router, Tier
 
     return Router([Tier(n, s) for n, s in stores])
+
+
+def remote_tiers(remotes: dict) -> list:
+    """Router tiers for a repository's remotes that are block stores
+    (``{name: url}``; today ``s3://BUCKET/PREFIX``), in name order: tier ``remote
+    NAME``, read-only and untrusted (every block verified, written back into the
+    local store). The backend is built on the tier's first use, so a command that
+    never misses locally never loads its client library. Other URLs give no tier."""
+    from .router import Tier
+
+    tiers = []
+    for name, url in sorted(remotes.items()):
+        if isinstance(url, str) and url.startswith("s3://"):
+            tiers.append(Tier(f"remote {name}", _OnFirstUse(lambda url=url: get_backend("s3", url=url),
+                                                            url, frozenset({REMOTE, PERSISTENT})),
+                              writable=False, trusted=False))
+    return tiers
+
+
+class _OnFirstUse:
+    """A backend built by ``build()`` when first used (``capabilities`` known before)."""
+
+    def __init__(self, build: Callable, name: str, capabilities: frozenset):
+        self._build, self.name, self.capabilities = build, name, capabilities
+        self._store = None
+        self._lock = threading.Lock()
+
+    def _get(self):
+        with self._lock:
+            if self._store is None:
+                self._store = self._build()
+            return self._store
+
+    def __getattr__(self, name):
+        return getattr(self._get(), name)
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
 
 
 def _lmdb_factory(repo=None, path: str | None = None, **_):

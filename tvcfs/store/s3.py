@@ -53,6 +53,7 @@ arguments override them.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import logging
@@ -272,7 +273,10 @@ class S3Store(StoreBase):
     ``pack_target``: bytes pending before a pack is written (default 64 MiB);
     ``refresh_interval``: seconds between index listings caused by misses;
     ``connect_timeout``/``read_timeout``: seconds per attempt; ``retries``: attempts
-    per request; ``threads``: concurrent ranged GETs in :meth:`get_many`.
+    per request; ``threads``: concurrent ranged GETs in :meth:`get_many`;
+    ``background_packs``: full packs written on a writer thread while ``put_many``
+    goes on buffering (at most this many at once; 0: written synchronously). Packs
+    are written one after another, in the order they filled.
 
     ``put``/``put_many`` buffer blocks and write a pack whenever ``pack_target``
     bytes are pending; :meth:`flush` (and :meth:`close`) write the rest. Pending
@@ -285,8 +289,9 @@ class S3Store(StoreBase):
                  endpoint_url: str | None = None, profile: str | None = None, region: str | None = None,
                  pack_target: int = PACK_TARGET, refresh_interval: float = 1.0,
                  connect_timeout: float = 3.0, read_timeout: float = 30.0, retries: int = 2,
-                 threads: int = 8):
+                 threads: int = 8, background_packs: int = 1):
         self.pack_target = int(pack_target)
+        self.background_packs = max(0, int(background_packs))
         self.refresh_interval = float(refresh_interval)
         self.threads = max(1, int(threads))
         self._b = _bucket(url, bucket, prefix, endpoint_url, profile, region, connect_timeout, read_timeout,
@@ -297,11 +302,16 @@ class S3Store(StoreBase):
         self._index: dict[bytes, tuple[str, int, int]] = {}  # cid -> (pack id, offset, length)
         self._packs: set[str] = set()
         self._deleted: set[bytes] = set()
-        self._pending: dict[bytes, bytes] = {}
+        self._pending: dict[bytes, bytes] = {}  # not in a written pack yet (readable)
         self._pending_bytes = 0
+        self._open: dict[bytes, None] = {}  # pending and not handed to the writer yet, in order
+        self._open_bytes = 0
+        self._inflight: collections.deque = collections.deque()  # (future, items) of packs being written
+        self._writer: ThreadPoolExecutor | None = None
         self._loaded_at: float | None = None
         self._pool: ThreadPoolExecutor | None = None
         self.written = {"packs": 0, "bytes": 0}  # what this object uploaded (packs and their bytes)
+        self.read = {"requests": 0, "bytes": 0}  # ranged GETs of packs this object made, bytes received
 
     # --- indexes -----------------------------------------------------------------
     def refresh(self) -> int:
@@ -379,12 +389,34 @@ class S3Store(StoreBase):
             return self._where(cid) is not None
         return self._where(cid) is not None
 
-    def get_many(self, cids: Iterable[bytes]) -> Iterator[tuple[bytes, bytes | None]]:
+    def has_many(self, cids: Iterable[bytes], refresh: bool = False) -> list:
+        """``[bool]`` per CID from the indexes already loaded (one listing the first
+        time; ``refresh``: list again once if any is missing). A pending block counts
+        as held. Raises :class:`BlockUnavailable`."""
+        keys = [bytes(c) for c in cids]
+        self._ensure_loaded()
+        out = [self._where(k) is not None for k in keys]
+        if refresh and not all(out):
+            self.refresh()
+            out = [self._where(k) is not None for k in keys]
+        return out
+
+    def size_of(self, cid: bytes) -> int | None:
+        """Length in bytes of a block the loaded indexes (or pending buffer) hold,
+        else ``None``; no request is made."""
+        w = self._where(bytes(cid))
+        if w is None:
+            return None
+        return len(w[1]) if w[0] == "pending" else w[1][2]
+
+    def get_many(self, cids: Iterable[bytes], verify: bool = True) -> Iterator[tuple[bytes, bytes | None]]:
         """``(cid, bytes | None)`` in input order. Blocks of one pack that lie within
         ``MAX_GAP`` of each other are read with one ranged GET (at most ``MAX_RANGE``
         bytes); the GETs run ``threads`` at a time; every block is verified. Raises
         :class:`BlockUnavailable` if a GET fails or a block does not hash to its CID
-        (naming the pack)."""
+        (naming the pack). ``verify=False`` leaves the hashing to the caller, which
+        must then pass the blocks through :func:`tvcfs.store.verify.verify_and_put`
+        (the sync module does: one hash per block, not two)."""
         cids = list(cids)
         keys = [bytes(c) for c in cids]
         self._ensure_loaded()
@@ -393,20 +425,29 @@ class S3Store(StoreBase):
             where = {k: self._where(k) for k in keys}
         found = {k: w[1] for k, w in where.items() if w is not None and w[0] == "pending"}
         wanted = {k: w[1] for k, w in where.items() if w is not None and w[0] == "pack"}
-        for got in self._map(self._read_range, _ranges(wanted)):
+        read = self._read_range if verify else self._read_range_unverified
+        for got in self._map(read, _ranges(wanted)):
             found.update(got)
         for c, k in zip(cids, keys):
             yield c, found.get(k)
 
-    def _read_range(self, rng) -> dict:
+    def _read_range_unverified(self, rng) -> dict:
+        return self._read_range(rng, verify=False)
+
+    def _read_range(self, rng, verify: bool = True) -> dict:
         pack, start, end, members = rng
         data, _ = self._b.get(f"packs/{pack}.pack", start, end)
+        with self._lock:
+            self.read["requests"] += 1
+            self.read["bytes"] += len(data) if data is not None else 0
         if data is None:
             raise BlockUnavailable(f"{self.url}: pack {pack} is listed in an index but its object is missing",
                                    tier=self.url)
         blocks = [(cid, data[off - start: off - start + n]) for cid, off, n in members]
         if any(len(d) != n for (_, d), (_, _, n) in zip(blocks, members)):
             raise BlockUnavailable(f"{self.url}: pack {pack} is shorter than its index says", tier=self.url)
+        if not verify:
+            return dict(blocks)
         good, bad = verify_many(blocks)
         if bad:
             raise BlockUnavailable(f"{self.url}: block {cid_str(bad[0])} in pack {pack} does not hash to its CID "
@@ -442,40 +483,76 @@ class S3Store(StoreBase):
                 data = bytes(block)
                 self._pending[key] = data
                 self._pending_bytes += len(data)
+                self._open[key] = None
+                self._open_bytes += len(data)
                 new += 1
-                full = self._pending_bytes >= self.pack_target
+                full = self._open_bytes >= self.pack_target
             if full:
-                self.flush()
+                with self._flush_lock:
+                    self._seal()
         for key in undelete:
             self._b.delete(f"deleted/{cid_str(key)}")
         return new
 
     def flush(self) -> str | None:
-        """Write the pending blocks as one pack (pack object first, then its index);
-        return the pack id, or ``None`` if nothing was pending. Raises
-        :class:`BlockUnavailable`; the blocks stay pending then."""
+        """Write the pending blocks as one pack (pack object first, then its index)
+        and wait for every pack being written in the background; return the id of
+        the last pack written, or ``None`` if nothing was pending. Raises
+        :class:`BlockUnavailable`; the blocks of a pack that failed stay pending."""
         with self._flush_lock:
+            if self._open:
+                self._seal()
+            last = None
+            while self._inflight:
+                last = self._reap()
+            return last
+
+    def _seal(self) -> None:
+        """Hand the open blocks to the writer thread as one pack; wait while more than
+        ``background_packs`` packs are being written. Call with ``_flush_lock``."""
+        with self._lock:
+            items = [(k, self._pending[k]) for k in self._open if k in self._pending]
+            self._open.clear()
+            self._open_bytes = 0
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tvcfs-s3-pack")
+        if items:
+            self._inflight.append((self._writer.submit(self._write_pack, items), items))
+        while len(self._inflight) > self.background_packs:
+            self._reap()
+
+    def _reap(self):
+        """Wait for the oldest pack being written; its id. On failure its blocks are
+        open again (written by the next flush) and the error is raised."""
+        fut, items = self._inflight.popleft()
+        try:
+            return fut.result()
+        except BaseException:
             with self._lock:
-                items = list(self._pending.items())
-            if not items:
-                return None
-            entries, off = [], _HEADER.size
-            for cid, data in items:
-                entries.append((cid, off, len(data)))
-                off += len(data)
-            pack, idx = encode_index(entries)
-            body = b"".join([_HEADER.pack(PACK_MAGIC, VERSION, len(items))] + [d for _, d in items])
-            self._b.put(f"packs/{pack}.pack", body)
-            self._b.put(f"packs/{pack}.idx", idx)
-            with self._lock:
-                for cid, o, n in entries:
-                    self._index.setdefault(cid, (pack, o, n))
-                    if self._pending.pop(cid, None) is not None:
-                        self._pending_bytes -= n
-                self._packs.add(pack)
-                self.written["packs"] += 1
-                self.written["bytes"] += len(body) + len(idx)
-            return pack
+                for k, d in items:
+                    if k in self._pending and k not in self._open:
+                        self._open[k] = None
+                        self._open_bytes += len(d)
+            raise
+
+    def _write_pack(self, items) -> str:
+        entries, off = [], _HEADER.size
+        for cid, data in items:
+            entries.append((cid, off, len(data)))
+            off += len(data)
+        pack, idx = encode_index(entries)
+        body = b"".join([_HEADER.pack(PACK_MAGIC, VERSION, len(items))] + [d for _, d in items])
+        self._b.put(f"packs/{pack}.pack", body)
+        self._b.put(f"packs/{pack}.idx", idx)
+        with self._lock:
+            for cid, o, n in entries:
+                self._index.setdefault(cid, (pack, o, n))
+                if self._pending.pop(cid, None) is not None:
+                    self._pending_bytes -= n
+            self._packs.add(pack)
+            self.written["packs"] += 1
+            self.written["bytes"] += len(body) + len(idx)
+        return pack
 
     def delete(self, cid: bytes) -> bool:
         """Mark-only: a pending block is dropped; a packed one gets a tombstone
@@ -487,6 +564,8 @@ class S3Store(StoreBase):
             data = self._pending.pop(key, None)
             if data is not None:
                 self._pending_bytes -= len(data)
+                if self._open.pop(key, 0) is None:
+                    self._open_bytes -= len(data)
             packed = key in self._index and key not in self._deleted
         if packed:
             self._b.put(f"deleted/{cid_str(key)}", b"")
@@ -523,6 +602,9 @@ class S3Store(StoreBase):
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
 
 
 def _ranges(wanted: dict) -> list:
@@ -578,6 +660,24 @@ class S3Refs:
         """The binary CID ``name`` points at, or ``None``. Raises
         :class:`BlockUnavailable`."""
         return self._read(name)[0]
+
+    def head(self) -> str:
+        """The ref the bucket's ``PREFIX/HEAD`` names (``"refs/heads/main"``), or
+        ``""`` when there is none (a bucket no branch was pushed to yet). Raises
+        :class:`BlockUnavailable`."""
+        data, _ = self._b.get("HEAD")
+        text = (data or b"").decode("utf-8", "replace").strip()
+        return text[5:].strip() if text.startswith("ref: ") else ""
+
+    def init_head(self, ref: str) -> bool:
+        """Create ``PREFIX/HEAD`` naming ``ref`` (``ref: refs/heads/NAME``) unless it
+        exists (a conditional create: an existing HEAD is never changed). ``True`` if
+        this call created it. Raises :class:`BlockUnavailable`."""
+        try:
+            self._b.put("HEAD", f"ref: {self._check(ref)}".encode(), IfNoneMatch="*")
+            return True
+        except _Precondition:
+            return False
 
     def list(self, prefix: str = "refs/") -> dict:
         """``{ref name: binary CID}`` for every ref whose name starts with ``prefix``."""

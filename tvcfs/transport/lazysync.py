@@ -81,45 +81,6 @@ async def fetch_skeleton(sess, store, roots) -> tuple[int, int]:
     return blocks, nbytes
 
 
-def _apply_refs(repo, remote: str, refs: dict, fast_forward_local: bool) -> list:
-    """Remote-tracking refs ``refs/remotes/REMOTE/*`` and new tags, as
-    :func:`tvcfs.transport.ops.fetch` does; with ``fast_forward_local``, local
-    branches that still equal the old tracking value (or do not exist) follow."""
-    from ..refs import HEADS, TAGS
-
-    updates: dict = {}
-    updated = []
-    prefix = f"refs/remotes/{remote}/"
-    current = repo.ref_db.all(prefix)
-    local_heads = repo.ref_db.all(HEADS)
-    for name, cid in refs.items():
-        if not name.startswith(HEADS):
-            continue
-        short = name[len(HEADS):]
-        track = prefix + short
-        old = current.get(track)
-        if old != cid:
-            updates[track] = cid
-            updated.append((track, old, cid))
-        if fast_forward_local:
-            loc = local_heads.get(name)
-            if loc is None or (loc == old and loc != cid):
-                updates[name] = cid
-                updated.append((name, loc, cid))
-    for track in current:
-        if HEADS + track[len(prefix):] not in refs:
-            updates[track] = None
-            updated.append((track, current[track], None))
-    local_tags = repo.ref_db.all(TAGS)
-    for name, cid in refs.items():
-        if name.startswith(TAGS) and name not in local_tags:
-            updates[name] = cid
-            updated.append((name, None, cid))
-    if updates:
-        repo.update_refs(updates, message=f"lazy fetch {remote}")
-    return updated
-
-
 async def _lazy_fetch_async(repo, remote: str, url: str, engine, fast_forward_local: bool):
     from ..refs import HEADS, TAGS
     from .client import open_session
@@ -131,7 +92,10 @@ async def _lazy_fetch_async(repo, remote: str, url: str, engine, fast_forward_lo
         wire0 = sess.ch.bytes_in
         blocks, nbytes = await fetch_skeleton(sess, repo.store, list(dict.fromkeys(refs.values())))
         wire = sess.ch.bytes_in - wire0
-    updated = _apply_refs(repo, remote, refs, fast_forward_local)
+    from ..sync import update_tracking_refs
+
+    updated = update_tracking_refs(repo, remote, refs, fast_forward_local=fast_forward_local,
+                                   message=f"lazy fetch {remote}")
     return LazyFetchResult(remote, url, refs, head, updated, blocks, nbytes, wire,
                            time.monotonic() - t0)
 

@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 import trio
 
 from ..encoding.cid import cid_str
-from ..errors import RefConflict, TvcfsError
+from ..errors import TvcfsError
 from ..refs import HEADS, TAGS
+from ..sync import (FetchIncomplete, NotFastForward, PullResult, PushResult, check_fast_forward, fast_forward, is_ancestor,  # noqa: F401
+                    update_tracking_refs)
 from .backend import RepoBackend
 from .client import open_session, parse_url
 from .identity import IdentityError, format_peer_id
@@ -52,12 +54,6 @@ PENALTY_LIMIT = 16  # bad blocks after which a peer is no longer used as a fallb
 REMOTES = "refs/remotes/"
 
 
-class FetchIncomplete(TvcfsError):
-    """Some blocks could not be obtained from any remote (interrupted, missing or bad)."""
-
-
-class NotFastForward(TvcfsError):
-    """A pull or push would not be a fast-forward."""
 
 
 # ------------------------------------------------------------------ progress
@@ -131,11 +127,6 @@ def _short(c: bytes | None) -> str:
 
 
 # ------------------------------------------------------------------ helpers
-def is_ancestor(repo, a: bytes, b: bytes) -> bool:
-    """True if commit ``a`` is ``b`` or an ancestor of it (only stored commits walked)."""
-    if a == b:
-        return True
-    return any(c == a for c in repo.ancestors([b], missing_ok=True))
 
 
 def peer_scores(repo) -> dict:
@@ -254,28 +245,7 @@ async def _fetch_async(repo, remote: str, url: str, *, progress: Progress | None
     if "://" in remote:
         return res  # a bare URL: blocks only, no remote-tracking refs (like FETCH_HEAD)
     # all DAGs complete: update remote-tracking refs and create new tags
-    updates: dict = {}
-    prefix = f"{REMOTES}{remote}/"
-    current = repo.ref_db.all(prefix)
-    for name, cid in refs.items():
-        if name.startswith(HEADS):
-            local = prefix + name[len(HEADS):]
-            if current.get(local) != cid:
-                updates[local] = cid
-                res.updated.append((local, current.get(local), cid))
-    for local in current:
-        if HEADS + local[len(prefix):] not in refs:
-            updates[local] = None  # branch deleted on the remote
-            res.updated.append((local, current[local], None))
-    local_tags = repo.ref_db.all(TAGS)
-    for name, cid in refs.items():
-        if name.startswith(TAGS) and name not in local_tags:
-            updates[name] = cid
-            res.updated.append((name, None, cid))
-        elif name.startswith(TAGS) and local_tags[name] != cid and warn:
-            warn(f"warning: tag {name[len(TAGS):]} differs on {remote}; local tag kept")
-    if updates:
-        repo.update_refs(updates, message=f"fetch {remote}")
+    res.updated = update_tracking_refs(repo, remote, refs, warn=warn, message=f"fetch {remote}")
     return res
 
 
@@ -379,18 +349,6 @@ def clone(url: str, dest: str, *, quiet: bool = False, engine: str | None = None
 
 
 # ------------------------------------------------------------------ pull
-@dataclass
-class PullResult:
-    """``kind``: "up-to-date", "fast-forward", "created" or "ahead"; ``branch``;
-    ``old`` / ``new`` commits; ``fetch``: the :class:`FetchResult`."""
-
-    kind: str
-    branch: str
-    old: bytes | None
-    new: bytes | None
-    fetch: FetchResult
-
-
 def pull(repo, remote: str = "origin", branch: str | None = None, *, quiet: bool = False,
          engine: str | None = None, out=None, progress=None) -> PullResult:
     """Fetch ``remote``, then fast-forward local ``branch`` (default: HEAD's) to
@@ -400,45 +358,10 @@ def pull(repo, remote: str = "origin", branch: str | None = None, *, quiet: bool
     if not branch:
         raise TvcfsError("HEAD is detached: name the branch to pull")
     res = fetch(repo, remote, quiet=quiet, engine=engine, out=out, progress=progress)
-    name = remote if "://" not in remote else "FETCH"
-    target = res.refs.get(HEADS + branch)
-    if target is None:
-        raise TvcfsError(f"remote {remote} has no branch {branch!r}")
-    local = repo.ref_db.get(HEADS + branch)
-    if local == target:
-        return PullResult("up-to-date", branch, local, target, res)
-    if local is None:
-        repo.update_ref(HEADS + branch, target, None, message=f"pull {remote} {branch}: created")
-        return PullResult("created", branch, None, target, res)
-    if is_ancestor(repo, local, target):
-        try:
-            repo.update_ref(HEADS + branch, target, local,
-                            message=f"pull {remote} {branch}: fast-forward")
-        except RefConflict as e:
-            raise TvcfsError(f"branch {branch} moved during the pull ({e}); pull again") from None
-        return PullResult("fast-forward", branch, local, target, res)
-    if is_ancestor(repo, target, local):
-        return PullResult("ahead", branch, local, target, res)
-    raise NotFastForward(
-        f"cannot fast-forward {branch}: it and {name}/{branch} have diverged "
-        f"(local {_short(local)}, remote {_short(target)}); merge them with "
-        f"`tvcfs merge {name}/{branch}`" + (" then `tvcfs push`" if name != "FETCH" else ""))
+    return PullResult(*fast_forward(repo, remote, branch, res.refs), res)
 
 
 # ------------------------------------------------------------------ push
-@dataclass
-class PushResult:
-    """``kind``: "up-to-date", "pushed"; ``ref``; ``old``/``new``; ``blocks``/``nbytes`` sent."""
-
-    kind: str
-    ref: str
-    old: bytes | None
-    new: bytes
-    blocks: int = 0
-    nbytes: int = 0
-    seconds: float = 0.0
-
-
 def push(repo, remote: str = "origin", branch: str | None = None, *, force: bool = False,
          quiet: bool = False, engine: str | None = None, out=None, progress=None) -> PushResult:
     """Push local ``branch`` (default: HEAD's) to the same branch of ``remote``.
@@ -469,16 +392,7 @@ def push(repo, remote: str = "origin", branch: str | None = None, *, force: bool
             if cur == local:
                 return PushResult("up-to-date", ref, cur, local)
             if cur is not None and not force and sess.can_push:
-                if not repo.has(cur):
-                    raise NotFastForward(
-                        f"push rejected: {branch} on {remote} is at {_short(cur)}, a commit "
-                        f"you do not have (the remote moved on); run `tvcfs pull {remote} "
-                        f"{branch}` (and `tvcfs merge` if it cannot fast-forward), then push")
-                if not is_ancestor(repo, cur, local):
-                    raise NotFastForward(
-                        f"push rejected: not a fast-forward: {branch} on {remote} "
-                        f"({_short(cur)}) is not an ancestor of your {branch} ({_short(local)}); "
-                        f"merge with `tvcfs merge {remote}/{branch}`, or push --force")
+                check_fast_forward(repo, remote, branch, cur, local)
             complete = {v for v in refs.values() if repo.has(v)}
             nb, nbytes = await sess.push(RepoBackend(repo), ref, local, expected_old=cur,
                                          remote_complete=complete, progress=prog)

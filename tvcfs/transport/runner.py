@@ -16,16 +16,14 @@ class ConnectionFailed(TvcfsError):
 
 
 def remote_url(repo, remote: str) -> str:
-    """URL of the configured remote ``remote``, or ``remote`` itself if it is a URL."""
-    if "://" in remote:
-        parse_url(remote)
-        return remote
-    rem = repo.remotes()
-    if remote not in rem:
-        known = ", ".join(sorted(rem)) or "none configured"
-        raise TvcfsError(f"no remote named {remote!r} ({known}); add one with "
-                         f"`tvcfs remote add {remote} tvcfs://PEERID@HOST:PORT/`")
-    return rem[remote]
+    """The ``tvcfs://`` URL of the configured remote ``remote``, or ``remote`` itself if
+    it is a URL (:func:`tvcfs.sync.remote_url`), checked as a tvcfs URL. Raises
+    :class:`TvcfsError`."""
+    from ..sync import remote_url as configured_url
+
+    url = configured_url(repo, remote)
+    parse_url(url)
+    return url
 
 
 def run_sync(fn, *args):

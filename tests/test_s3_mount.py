@@ -1,0 +1,217 @@
+"""Lazy mounts of S3 buckets (tvcfs/fs/s3source.py; docs/backends.md "Lazy mounts"):
+`tvcfs mount s3://BUCKET/PREFIX MNT` against moto's real S3 server on loopback, real
+FUSE mounts in child processes: sentence-transformers loads the model from the mount,
+one tensor moves ≤ 1.1× its bytes, the bucket unreachable gives EIO within the
+timeout, and `--cache-size` evicts least recently used leaves but never those of an
+open file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import bucket_objects, new_bucket, run_tvcfs
+from lazy_support import lazy_mount, remote_stats, tensor_range
+
+from tvcfs.repo import Repo
+
+pytestmark = [pytest.mark.fuse]
+
+MiB = 1 << 20
+MODEL = "model.safetensors"
+
+
+@pytest.fixture
+def pushed(s3_endpoint, tmp_path, real_model_dir, monkeypatch):
+    """The real model committed and pushed to a fresh bucket; the environment points
+    the mount's child processes at moto and at a private cache directory. Returns the
+    ``s3://`` URL."""
+    bucket = new_bucket(s3_endpoint)
+    url = f"s3://{bucket}/models/minilm"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("TVCFS_CACHE_DIR", str(tmp_path / "cache"))
+    src = tmp_path / "src"
+    with Repo.init(str(src)) as r:
+        r.commit_dir(real_model_dir, message="model")
+        r.add_remote("origin", url)
+    run_tvcfs("-C", src, "push")
+    assert bucket_objects(s3_endpoint, bucket)
+    return url
+
+
+def s3_bytes(mnt: str, settle: bool = True, timeout: float = 10.0) -> int:
+    """Bytes the mount received from the bucket (ranged GETs); with ``settle`` wait
+    until no fetch is pending or queued."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = remote_stats(mnt)
+        if not settle or (not r["pending_wants"] and not r["queued_jobs"]) or time.monotonic() > deadline:
+            return r["s3"]["bytes"]
+        time.sleep(0.02)
+
+
+@pytest.mark.ml
+def test_mount_s3_loads_model_with_sentence_transformers(pushed, tmp_path, real_model_dir):
+    mnt = tmp_path / "mnt"
+    with lazy_mount(pushed, str(mnt), "--fetch-timeout", 20) as m:
+        path = os.path.join(m, "branches", "main")
+        code = f"""
+import json, numpy as np
+from sentence_transformers import SentenceTransformer
+s = ["an S3 bucket mounted lazily", "a second sentence"]
+a = SentenceTransformer({path!r}, device="cpu").encode(s)
+b = SentenceTransformer({real_model_dir!r}, device="cpu").encode(s)
+print(json.dumps({{"same": bool(np.array_equal(a, b)), "shape": list(a.shape)}}))
+"""
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert json.loads(p.stdout.strip().splitlines()[-1]) == {"same": True, "shape": [2, 384]}
+        r = remote_stats(m)
+        assert r["source"] == "s3" and r["s3"]["bytes"] > 0 and r["bad_blocks"] == 0
+
+
+def test_one_tensor_moves_at_most_1_1x_its_bytes(pushed, tmp_path, real_model_dir):
+    src_file = os.path.join(real_model_dir, MODEL)
+    name = "embeddings.word_embeddings.weight"
+    a, b = tensor_range(src_file, name)
+    with open(src_file, "rb") as f:
+        want = f.read()[a:b]
+    mnt = tmp_path / "mnt"
+    with lazy_mount(pushed, str(mnt), "--fetch-timeout", 20, log_path=str(tmp_path / "mount.log")) as m:
+        fd = os.open(os.path.join(m, "branches", "main", MODEL), os.O_RDONLY)
+        try:
+            n = int.from_bytes(os.pread(fd, 8, 0), "little")
+            os.pread(fd, n, 8)  # the header (safe_open's first read)
+            w1 = s3_bytes(m)
+            got = os.pread(fd, b - a, a)
+            w2 = s3_bytes(m)
+            assert got == want
+            moved = w2 - w1
+            print(f"\ntensor {b - a} B moved {moved} B from S3 ({moved / (b - a):.3f}x)")
+            assert moved <= 1.1 * (b - a)
+            # a second read is local
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            assert os.pread(fd, b - a, a) == want
+            assert s3_bytes(m) == w2
+        finally:
+            os.close(fd)
+
+
+def test_corrupt_pack_read_is_eio_naming_the_block(pushed, s3_endpoint, tmp_path):
+    from conftest import s3_client
+
+    bucket = pushed.split("/")[2]
+    cl = s3_client(s3_endpoint)
+    key = max(((k, v) for k, v in bucket_objects(s3_endpoint, bucket).items() if k.endswith(".pack")),
+              key=lambda kv: kv[1])[0]
+    body = bytearray(cl.get_object(Bucket=bucket, Key=key)["Body"].read())
+    for off in range(1 << 20, len(body), 1 << 20):  # damage every leaf-sized stretch
+        body[off] ^= 0xFF
+    cl.put_object(Bucket=bucket, Key=key, Body=bytes(body))
+    mnt = tmp_path / "mnt"
+    with lazy_mount(pushed, str(mnt), "--fetch-timeout", 10) as m:
+        path = os.path.join(m, "branches", "main", MODEL)
+        with pytest.raises(OSError) as ei:
+            with open(path, "rb") as f:
+                while f.read(4 * MiB):
+                    pass
+        assert ei.value.errno == 5  # EIO
+        r = remote_stats(m)
+        assert r["bad_blocks"] >= 1
+        assert "does not hash to its CID" in (r["last_read_error"] or {}).get("error", "") + r["last_error"]
+
+
+def test_bucket_unreachable_eio_within_timeout(pushed, tmp_path, monkeypatch):
+    import socket
+
+    # make the cache (lazy clone) while the bucket is there, then point at a dead endpoint
+    mnt = tmp_path / "mnt"
+    with lazy_mount(pushed, str(mnt)):
+        pass
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    cache = [os.path.join(tmp_path / "cache", d) for d in os.listdir(tmp_path / "cache")]
+    assert len(cache) == 1
+    monkeypatch.setenv("AWS_ENDPOINT_URL", dead)  # the mount of the cache repository reads from here
+    log = tmp_path / "mount.log"
+    with lazy_mount(cache[0], str(mnt), "--fetch-timeout", 3, log_path=str(log)) as m:
+        t0 = time.monotonic()
+        with pytest.raises(OSError) as ei:
+            with open(os.path.join(m, "branches", "main", MODEL), "rb") as f:
+                f.read(1 << 20)
+        dt = time.monotonic() - t0
+        assert ei.value.errno == 5 and dt < 10, dt
+        err = remote_stats(m)["last_error"]
+        assert "cannot connect" in err and pushed in err, err
+
+
+def test_cache_size_evicts_lru_but_never_open_files(pushed, tmp_path, real_model_dir):
+    limit = 8 * MiB
+    mnt = tmp_path / "mnt"
+    src_file = os.path.join(real_model_dir, MODEL)
+    with open(src_file, "rb") as f:
+        want = f.read()
+    with lazy_mount(pushed, str(mnt), "--fetch-timeout", 20, "--cache-size", "8M") as m:
+        path = os.path.join(m, "branches", "main", MODEL)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            # read the whole 87 MiB file through one open handle: its leaves are pinned
+            # while it is open, so the cache goes over the limit and nothing of it is evicted
+            got = bytearray()
+            while len(got) < len(want):
+                got += os.pread(fd, 4 * MiB, len(got))
+            assert bytes(got) == want
+            # the keeper has run over the limit (it pinned the open file's leaves) ...
+            deadline = time.monotonic() + 10
+            while remote_stats(m)["cache"]["pinned_blocks"] <= 50:
+                assert time.monotonic() < deadline, remote_stats(m)["cache"]
+                time.sleep(0.05)
+            r = remote_stats(m)
+            # ... and evicted nothing of it
+            assert r["cache"]["evicted_blocks"] == 0
+            assert r["cache"]["bytes"] > limit
+            # re-reading moves nothing from S3
+            w = s3_bytes(m)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            assert os.pread(fd, len(want), 0) == want
+            assert s3_bytes(m) == w
+        finally:
+            os.close(fd)
+        # closed: the keeper evicts down to the limit
+        deadline = time.monotonic() + 10
+        while remote_stats(m)["cache"]["bytes"] > limit:
+            assert time.monotonic() < deadline, remote_stats(m)["cache"]
+            time.sleep(0.05)
+        r = remote_stats(m)
+        assert r["cache"]["evicted_blocks"] > 50
+        # reads keep working, and the evicted leaves come back from the bucket once the
+        # mount's read snapshot is renewed (every 0.25 s; until then it still holds the
+        # deleted leaves, as LMDB keeps a snapshot's pages). O_DIRECT: not from the
+        # kernel's page cache, which still holds the pages read above.
+        import mmap
+
+        w = s3_bytes(m)
+        buf = mmap.mmap(-1, 4 * MiB)
+        deadline = time.monotonic() + 10
+        while True:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+            try:
+                got, off = bytearray(), 0
+                while off < len(want):
+                    n = os.preadv(fd, [buf], off)
+                    assert n > 0
+                    got += buf[:n]
+                    off += n
+            finally:
+                os.close(fd)
+            assert bytes(got) == want
+            if s3_bytes(m) > w:
+                break
+            assert time.monotonic() < deadline, "evicted leaves never fetched again"
+            time.sleep(0.05)

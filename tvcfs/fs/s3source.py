@@ -1,0 +1,533 @@
+"""The block source of a lazy mount over S3-compatible object storage.
+
+``tvcfs mount s3://BUCKET/PREFIX MNT`` (or a ``clone --lazy s3://…`` mounted) reads
+file leaves from the bucket on demand: :class:`S3BlockSource` is the mount's
+``BlockReader.remote`` (the interface of :class:`tvcfs.fs.remote.RemoteFetcher`:
+``async fetch(cids, priority)``, ``schedule(cids, priority)``). Blocks come from
+:meth:`tvcfs.store.s3.S3Store.get_many` (ranged GETs of the packs) on worker
+threads (``trio.to_thread``), are verified and stored into the local LMDB store by
+:func:`tvcfs.store.verify.verify_and_put`, then served from there.
+
+Priorities (``tvcfs.fs.reader.PRIO_*``, docs/lazy.md): a foreground read starts
+its GETs at once, on its own S3 client and thread pool, so it never queues behind
+readahead; readahead and prefetch jobs wait in a priority queue and at most
+:data:`BACKGROUND_JOBS` of them (each at most :data:`JOB_BYTES`) run at a time.
+
+**Bounded cache** (``--cache-size BYTES``): the local store keeps at most that many
+bytes of raw leaves; beyond it the least recently used leaves are deleted
+(:meth:`S3BlockSource.evict`), never a leaf of a file that is open in the mount
+(they are pinned, and refreshed in the LRU order, while open), and only leaves the
+bucket's pack indexes list (a leaf written locally, e.g. through ``branches/``, is
+never evicted). Recency is the time a leaf was fetched or its file was last seen
+open. LMDB reuses the freed pages; the file does not shrink. See
+docs/backends.md ("Lazy mounts").
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import heapq
+import itertools
+import logging
+import os
+import sys
+import threading
+import time
+
+import trio
+
+from ..encoding.cid import RAW, cid_codec, cid_str
+from ..errors import BlockNotFound, TvcfsError
+from .reader import PRIO_FOREGROUND, PRIO_SEQUENTIAL
+from .remote import DEFAULT_TIMEOUT, PRIO_NAMES, READAHEAD_KB, RemoteFetcher, attach_remote
+
+__all__ = ["S3BlockSource", "attach_lazy", "attach_s3", "prepare_s3_mount", "parse_size"]
+
+log = logging.getLogger("tvcfs.fs.s3source")
+
+MIB = 1 << 20
+BACKGROUND_JOBS = 8        # readahead/prefetch get_many calls running at once
+JOB_BYTES = 16 * MIB       # a background job asks for at most this many bytes
+SEQ_MIN = 16 * MIB         # bytes: a sequential readahead request is widened to this
+EVICT_INTERVAL = 0.25      # seconds between cache checks (and after every fetch)
+
+
+def parse_size(text: str) -> int:
+    """``"512M"``, ``"10G"``, ``"1048576"`` → bytes (K, M, G, T: powers of 1024).
+    Raises ``ValueError``."""
+    t = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
+    v = float(t[:-1] if t[-1:] in "KMGT" else t) * mult
+    if v <= 0:
+        raise ValueError(f"not a positive size: {text!r}")
+    return int(v)
+
+
+class _Pending:
+    __slots__ = ("event", "error", "prio", "started")
+
+    def __init__(self, prio: int):
+        self.event = trio.Event()
+        self.error: str | None = None
+        self.prio = prio
+        self.started = False
+
+
+class S3BlockSource:
+    """Remote block source of a lazy mount backed by an S3 bucket.
+
+    ``repo``: the mount's repository (blocks are stored into ``repo.store``);
+    ``url``: ``s3://BUCKET/PREFIX``; ``timeout``: seconds a foreground read waits
+    for its blocks before it fails (``BlockNotFound`` → ``EIO``); ``cache_size``:
+    bytes of raw leaves the local store may keep (``None``: unbounded);
+    ``s3_options``: :class:`~tvcfs.store.s3.S3Store` options (timeouts default to
+    fit ``timeout``). Start :meth:`run` in the mount's nursery."""
+
+    def __init__(self, repo, url: str, *, timeout: float = DEFAULT_TIMEOUT, cache_size: int | None = None,
+                 reader=None, ops=None, s3_options: dict | None = None):
+        from ..store.s3 import S3Store
+
+        opts = {"connect_timeout": min(3.0, timeout), "read_timeout": max(1.0, min(30.0, timeout / 2)),
+                "retries": 2, **(s3_options or {})}
+        self.url = url
+        self.repo, self.store, self.reader, self.ops = repo, repo.store, reader, ops
+        self.timeout = float(timeout)
+        self.cache_size = cache_size
+        # two clients and thread pools: foreground GETs never wait behind readahead GETs
+        self.fg = S3Store(url, **opts)
+        self.bg = S3Store(url, **opts)
+        self.readahead_kb = READAHEAD_KB
+        self.status_path: str | None = None  # set by the mount daemon (unused: no peers)
+        self.mountpoint = ""
+        self._pending: dict[bytes, _Pending] = {}
+        self._queue: list = []
+        self._seq = itertools.count()
+        self._wake = trio.Event()
+        self._cache_wake = trio.Event()
+        self._bg_limit = trio.Semaphore(BACKGROUND_JOBS)
+        self._nursery = None
+        self._unsynced = 0
+        # worker threads abandoned at unmount must not write into a closing store
+        self._store_lock = threading.Lock()
+        self._closed = False
+        self.prefetch_patterns: list[str] = []
+        # statistics
+        self.classes = {n: {"blocks": 0, "bytes": 0, "requested": 0} for n in PRIO_NAMES.values()}
+        self.fetch_calls = 0
+        self.fetch_timeouts = 0
+        self.cache_hit_reads = 0
+        self.bad_blocks = 0
+        self.last_error = ""
+        self.last_read_error: dict | None = None
+        self.fg_latency = collections.deque(maxlen=2000)
+        # the bounded cache: raw leaves in the local store, least recently used first
+        self.lru: collections.OrderedDict = collections.OrderedDict()
+        self.cached_bytes = 0
+        self.evicted = {"blocks": 0, "bytes": 0}
+        self.pinned = 0
+
+    # reuse the lazy mount's start-up and --prefetch logic (they only call
+    # self.repo, self.reader, self.readahead_kb and schedule_range)
+    warm = RemoteFetcher.warm
+    prefetch_matching = RemoteFetcher.prefetch_matching
+
+    # ------------------------------------------------------------------ API
+    async def fetch(self, cids, priority: int = PRIO_FOREGROUND) -> None:
+        """Fetch ``cids`` from the bucket and return once all are stored (verified)
+        locally. Raises :class:`BlockNotFound` naming the first block that could
+        not be had within ``timeout`` seconds (the bucket unreachable, the block
+        absent or corrupt there), with the reason."""
+        self.fetch_calls += 1
+        t0 = trio.current_time()
+        cids = list(dict.fromkeys(bytes(c) for c in cids))
+        todo = self._not_local(cids)
+        if not todo:
+            self.cache_hit_reads += 1
+            return
+        if self._nursery is None:
+            raise BlockNotFound(todo[0], f"block {cid_str(todo[0])} is not stored locally and the S3 "
+                                         "block source is not running")
+        mine = []
+        waits = []
+        for c in todo:
+            p = self._pending.get(c)
+            if p is None or not p.started:  # new, or queued for readahead: take it now
+                if p is None:
+                    p = self._pending[c] = _Pending(priority)
+                p.prio = max(p.prio, priority)
+                p.started = True
+                mine.append(c)
+            waits.append((c, p))
+        self.classes[PRIO_NAMES[priority]]["requested"] += len(mine)
+        if mine:
+            self._nursery.start_soon(self._job, mine, priority, self.fg)
+        with trio.move_on_after(self.timeout):
+            for _, p in waits:
+                await p.event.wait()
+        self.fg_latency.append(trio.current_time() - t0)
+        for c, p in waits:
+            if not p.event.is_set():
+                self.fetch_timeouts += 1
+                raise BlockNotFound(c, f"block {cid_str(c)} could not be fetched from {self.url} within "
+                                       f"{self.timeout:g} s" + (f" ({self.last_error})" if self.last_error else ""))
+            if p.error:
+                raise BlockNotFound(c, p.error)
+
+    def schedule(self, cids, priority: int) -> None:
+        """Fetch ``cids`` in the background at ``priority`` (non-blocking)."""
+        new = [bytes(c) for c in dict.fromkeys(cids) if bytes(c) not in self._pending]
+        new = self._not_local(new)
+        if not new:
+            return
+        for c in new:
+            self._pending[c] = _Pending(priority)
+        self.classes[PRIO_NAMES[priority]]["requested"] += len(new)
+        job, size = [], 0
+        for c in new:  # cut into jobs of at most JOB_BYTES
+            job.append(c)
+            size += self.bg.size_of(c) or MIB
+            if size >= JOB_BYTES:
+                heapq.heappush(self._queue, (-priority, next(self._seq), job))
+                job, size = [], 0
+        if job:
+            heapq.heappush(self._queue, (-priority, next(self._seq), job))
+        self._wake.set()
+
+    def schedule_range(self, idx, lo: int, hi: int, cids, priority: int) -> None:
+        """The reader's readahead of bytes ``[lo, hi)`` of ``idx``: the missing
+        leaves ``cids`` in file order (ranged GETs merge neighbours). A sequential
+        window is widened to at least :data:`SEQ_MIN` bytes (an S3 request costs
+        tens of milliseconds whatever its size), inside the current tensor unless
+        the reader's window already runs past it (a scan)."""
+        if priority == PRIO_SEQUENTIAL and hi - lo < SEQ_MIN and self.reader is not None:
+            tm = self.reader.tensor_map(idx)
+            t = tm.tensor_at(lo) if tm is not None else None
+            end = lo + SEQ_MIN if t is None or hi > t[1] else t[1]
+            end = min(idx.size, max(hi, min(end, lo + SEQ_MIN)))
+            if end > hi:
+                cids = self.reader.missing(idx, lo, end - lo)
+        self.schedule(cids, priority)
+
+    def note_read_error(self, path: str, error: str) -> None:
+        """Remember the last failed read (``.tvcfs/stats``)."""
+        self.last_read_error = {"time": time.time(), "path": path, "error": error}
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve fetches until cancelled: the background dispatcher and the cache
+        keeper. Loads the bucket's pack indexes first (a failure is logged: reads
+        then fail with the reason and retry)."""
+        try:
+            async with trio.open_nursery() as n:
+                self._nursery = n
+                n.start_soon(self._dispatcher)
+                n.start_soon(self._load)
+                if self.cache_size is not None:
+                    await trio.to_thread.run_sync(self._scan_cache)
+                    n.start_soon(self._cache_keeper)
+                task_status.started()
+                try:
+                    self.warm()
+                    if self.prefetch_patterns:
+                        self.prefetch_matching(self.prefetch_patterns)
+                except Exception:  # noqa: BLE001 - only an optimisation
+                    log.exception("warming the mount")
+        finally:
+            self._nursery = None
+            self.close()
+
+    def close(self) -> None:
+        """Make what was stored durable (one msync); release the S3 clients. Fetches
+        still running on worker threads store nothing after this."""
+        with self._store_lock:
+            self._closed = True
+        RemoteFetcher.close(self)
+        for s in (self.fg, self.bg):
+            try:
+                s.close()
+            except TvcfsError:
+                pass
+
+    # ------------------------------------------------------------------ work
+    def _not_local(self, cids) -> list:
+        if not cids:
+            return []
+        with self.store.view(verify=False) as v:
+            return [c for c in cids if not v.has(c)]
+
+    async def _load(self) -> None:
+        for s in (self.fg, self.bg):
+            try:
+                await trio.to_thread.run_sync(s.refresh)
+            except TvcfsError as e:
+                self.last_error = str(e)
+                log.warning("%s", e)
+
+    async def _dispatcher(self) -> None:
+        while True:
+            if not self._queue:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            await self._bg_limit.acquire()
+            negp, _, job = heapq.heappop(self._queue)
+            # jobs of the same priority queued meanwhile go in the same request (fewer,
+            # larger ranged GETs)
+            size = sum(self.bg.size_of(c) or MIB for c in job)
+            while self._queue and self._queue[0][0] == negp and size < JOB_BYTES:
+                more = heapq.heappop(self._queue)[2]
+                job = job + more
+                size += sum(self.bg.size_of(c) or MIB for c in more)
+            job = [c for c in job if (p := self._pending.get(c)) is not None and not p.started]
+            if not job:
+                self._bg_limit.release()
+                continue
+            for c in job:
+                self._pending[c].started = True
+            self._nursery.start_soon(self._bg_job, job, -negp)
+
+    async def _bg_job(self, cids, prio) -> None:
+        try:
+            await self._job(cids, prio, self.bg)
+        finally:
+            self._bg_limit.release()
+
+    async def _job(self, cids, prio: int, s3) -> None:
+        """Get ``cids`` from ``s3`` on a worker thread, verify and store them; wake
+        the waiters (with the error, if any)."""
+        error = None
+        stored: list = []
+        try:
+            stored, absent, bad = await trio.to_thread.run_sync(self._get_and_store, s3, cids,
+                                                                abandon_on_cancel=True)
+        except Exception as e:  # noqa: BLE001 - a failed fetch fails its reads, not the mount
+            error = f"block {cid_str(cids[0])}: {e}" if isinstance(e, (TvcfsError, OSError)) else \
+                f"block {cid_str(cids[0])}: {type(e).__name__}: {e}"
+            if not isinstance(e, (TvcfsError, OSError)):
+                log.exception("fetching from %s", self.url)
+            absent, bad = [], []
+        if bad:
+            self.bad_blocks += len(bad)
+            error = (f"block {cid_str(bad[0])} from {self.url} does not hash to its CID (corrupt object); "
+                     "not stored")
+        if absent:
+            error = error or f"block {cid_str(absent[0])} is not in {self.url}"
+        if error:
+            self.last_error = error
+            log.warning("%s", error)
+        else:
+            self.last_error = ""
+        cls = self.classes[PRIO_NAMES.get(prio, "prefetch")]
+        for c, n in stored:
+            cls["blocks"] += 1
+            cls["bytes"] += n
+            if cid_codec(c) == RAW:
+                self.lru[c] = n
+                self.lru.move_to_end(c)
+                self.cached_bytes += n
+        self._unsynced += len(stored)
+        ok = {c for c, _ in stored}
+        for c in cids:
+            p = self._pending.pop(c, None)
+            if p is not None:
+                if c not in ok and not self.store.has(c):
+                    p.error = error or f"block {cid_str(c)} could not be fetched from {self.url}"
+                p.event.set()
+        if self.cache_size is not None and self.cached_bytes > self.cache_size:
+            self._cache_wake.set()
+
+    def _get_and_store(self, s3, cids):
+        """Worker thread: ``(stored [(cid, bytes)], absent cids, bad cids)``."""
+        from ..store.verify import verify_and_put
+
+        got = list(s3.get_many(cids, verify=False))
+        present = [(c, d) for c, d in got if d is not None]
+        absent = [c for c, d in got if d is None]
+        with self._store_lock:
+            if self._closed:
+                return [], [], []
+            with self.store.write(sync=False) as w:
+                res = verify_and_put(self.store, present, txn=w)
+        bad = set(res.bad)
+        stored = [(c, len(d)) for c, d in present if c not in bad]
+        return stored, absent, res.bad
+
+    # ------------------------------------------------------------------ cache
+    def _scan_cache(self) -> None:
+        """Worker thread: count the raw leaves already in the local store."""
+        with self.store.view(verify=False) as v:
+            for c, data in v.items():
+                if c[1:2] == b"\x55" and c not in self.lru:  # CIDv1 raw
+                    self.lru[c] = len(data)
+                    self.cached_bytes += len(data)
+
+    def _open_leaves(self) -> set:
+        from ..dag import FileIndex
+
+        out: set = set()
+        for h in list(getattr(self.ops, "handles", {}).values()):
+            if not isinstance(h, FileIndex):
+                # a file opened in a writable branch view (tvcfs.fs.writable.Handle): the
+                # committed file it reads, by its root CID
+                cid = getattr(getattr(h, "w", None), "cid", None)
+                if cid is None or self.reader is None:
+                    continue
+                try:
+                    h = self.reader.index(cid)
+                except TvcfsError:
+                    continue
+            out.update(h.leaves)
+        return out
+
+    async def _cache_keeper(self) -> None:
+        while True:
+            with trio.move_on_after(EVICT_INTERVAL):
+                await self._cache_wake.wait()
+            self._cache_wake = trio.Event()
+            if self.cached_bytes > self.cache_size:
+                await self.evict()
+
+    async def evict(self) -> int:
+        """Delete least recently used raw leaves until the cache holds at most
+        ``cache_size`` bytes, skipping leaves of open files (pinned; moved to the
+        recent end) and leaves the bucket does not hold. Returns bytes freed."""
+        pinned = self._open_leaves()
+        self.pinned = len(pinned)
+        for c in pinned:
+            if c in self.lru:
+                self.lru.move_to_end(c)
+        over = self.cached_bytes - self.cache_size
+        victims, size = [], 0
+        for c, n in self.lru.items():
+            if size >= over:
+                break
+            if c in pinned or c in self._pending:
+                continue
+            victims.append(c)
+            size += n
+        if not victims:
+            return 0
+        held = await trio.to_thread.run_sync(self.bg.has_many, victims)
+        victims = [c for c, h in zip(victims, held) if h]
+        for c in [c for c, h in zip(victims, held) if not h]:
+            self.lru.pop(c, None)  # local-only leaf: never evicted, not counted against the cache
+        # files opened while the bucket was asked are pinned too: the last check and the
+        # delete run here, in the trio thread, with no await between them (an open
+        # handler runs in this thread too)
+        pinned = self._open_leaves()
+        victims = [c for c in victims if c not in pinned and c not in self._pending]
+        if not victims:
+            return 0
+        with self._store_lock:
+            if self._closed:
+                return 0
+            with self.store.write(sync=False) as w:
+                freed = sum(self.lru[c] for c in victims if w.delete_block(c))
+        for c in victims:
+            self.cached_bytes -= self.lru.pop(c, 0)
+        self.evicted["blocks"] += len(victims)
+        self.evicted["bytes"] += freed
+        log.info("cache: evicted %d leaves, %d bytes (%d bytes cached, limit %d)", len(victims), freed,
+                 self.cached_bytes, self.cache_size)
+        return freed
+
+    # ------------------------------------------------------------------ statistics
+    def stats_dict(self) -> dict:
+        """``.tvcfs/stats`` under ``"remote"``: per priority class blocks/bytes;
+        ``s3`` requests and bytes received (``wire_bytes``); pending work; the
+        cache (limit, bytes, evictions, pinned leaves); the last error."""
+        lat = sorted(self.fg_latency)
+        return {
+            "source": "s3",
+            "url": self.url,
+            "classes": self.classes,
+            "s3": {"requests": self.fg.read["requests"] + self.bg.read["requests"],
+                   "bytes": self.fg.read["bytes"] + self.bg.read["bytes"]},
+            "wire_bytes": self.fg.read["bytes"] + self.bg.read["bytes"],
+            "peers": {},
+            "pending_wants": len(self._pending),
+            "queued_jobs": len(self._queue),
+            "foreground_fetches": self.fetch_calls,
+            "foreground_timeouts": self.fetch_timeouts,
+            "foreground_latency_ms": {"p50": 1000 * lat[len(lat) // 2] if lat else None,
+                                      "p99": 1000 * lat[int(len(lat) * 0.99)] if lat else None,
+                                      "n": len(lat)},
+            "cache_hit_reads": self.cache_hit_reads,
+            "bad_blocks": self.bad_blocks,
+            "last_error": self.last_error,
+            "last_read_error": self.last_read_error,
+            "cache": {"limit_bytes": self.cache_size, "bytes": self.cached_bytes, "blocks": len(self.lru),
+                      "evicted_blocks": self.evicted["blocks"], "evicted_bytes": self.evicted["bytes"],
+                      "pinned_blocks": self.pinned},
+        }
+
+
+# ====================================================================== mounting
+def attach_s3(repo, ops, urls, fetch_timeout=None, prefetch=None, cache_size=None) -> S3BlockSource:
+    """Install an :class:`S3BlockSource` over the first of ``urls`` as
+    ``ops.reader.remote``; returns it (the caller runs :meth:`S3BlockSource.run`)."""
+    if len(urls) > 1:
+        log.warning("lazy mount: several s3:// remotes; reading from %s only", urls[0])
+    src = S3BlockSource(repo, urls[0], timeout=float(fetch_timeout) if fetch_timeout else DEFAULT_TIMEOUT,
+                        cache_size=cache_size, reader=ops.reader, ops=ops)
+    src.prefetch_patterns = list(prefetch or [])
+    ops.reader.remote = src
+    log.info("lazy mount from %s; fetch timeout %g s; cache %s", urls[0], src.timeout,
+             f"{cache_size} bytes" if cache_size else "unbounded")
+    return src
+
+
+def attach_lazy(repo, ops, remotes=None, fetch_timeout=None, prefetch=None, cache_size=None):
+    """The lazy mount's block source: an :class:`S3BlockSource` when the mount's
+    remotes (``remotes`` given, plus the repository's when it is a lazy clone)
+    include ``s3://`` URLs, else :func:`tvcfs.fs.remote.attach_remote` (peers), else
+    None. Returns it; the mount daemon runs its ``run``."""
+    urls = list(remotes or []) + (list(repo.remotes().values()) if repo.config.lazy else [])
+    s3 = [u for u in dict.fromkeys(urls) if u.startswith("s3://")]
+    if s3:
+        return attach_s3(repo, ops, s3, fetch_timeout=fetch_timeout, prefetch=prefetch,
+                         cache_size=cache_size)
+    return attach_remote(repo, ops, remotes=remotes, fetch_timeout=fetch_timeout, prefetch=prefetch)
+
+
+def cache_dir_for_s3(url: str) -> str:
+    """Cache repository of ``tvcfs mount s3://…``: ``$TVCFS_CACHE_DIR`` or
+    ``$XDG_CACHE_HOME/tvcfs`` (default ``~/.cache/tvcfs``), then ``s3-BUCKET-PREFIX``
+    and a short hash of the URL and endpoint."""
+    from ..store.s3 import parse_s3_url
+
+    bucket, prefix = parse_s3_url(url)
+    base = os.environ.get("TVCFS_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tvcfs")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
+    tag = hashlib.sha256(f"{url}\n{endpoint}".encode()).hexdigest()[:8]
+    name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"s3-{bucket}-{prefix}")
+    return os.path.join(base, f"{name}-{tag}")
+
+
+def prepare_s3_mount(url: str, *, quiet: bool = True, out=None) -> str:
+    """Cache repository for ``tvcfs mount s3://… MNT``: a lazy clone of ``url`` in
+    :func:`cache_dir_for_s3` the first time, else a refresh of its refs (branches
+    not changed locally follow; the cached refs are kept when the bucket cannot be
+    reached). Returns its path. Raises :class:`TvcfsError` when the first clone
+    fails."""
+    from .. import sync
+    from ..repo import Repo
+
+    d = cache_dir_for_s3(url)
+    err = out or sys.stderr
+    if os.path.isdir(os.path.join(d, ".tvcfs")):
+        with Repo.open(d) as repo:
+            if repo.remotes().get("origin") != url:
+                repo.config.update("remotes", lambda rem: rem.update(origin=url))
+            if repo.config.lazy and repo.branches():
+                try:
+                    sync.fetch(repo, "origin", fast_forward_local=True)
+                except TvcfsError as e:
+                    print(f"warning: could not refresh {url}: {e}; mounting the cached refs", file=err)
+                return d
+    os.makedirs(os.path.dirname(d), exist_ok=True)
+    repo, _ = sync.clone(url, d, lazy=True, quiet=quiet, out=out)
+    repo.close()
+    return d
+
