@@ -125,7 +125,8 @@ async def _lazy_fetch_async(repo, remote: str, url: str, engine, fast_forward_lo
     from .client import open_session
 
     t0 = time.monotonic()
-    async with open_session(url, identity=repo.identity(), engine=engine, auth="auto") as sess:
+    async with open_session(url, identity=repo.identity(), engine=engine, auth="auto",
+                            refs_prefix="refs/") as sess:
         refs, head = await sess.list_refs("refs/")
         refs = {k: v for k, v in refs.items() if k.startswith((HEADS, TAGS))}
         wire0 = sess.ch.bytes_in

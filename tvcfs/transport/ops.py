@@ -209,7 +209,8 @@ async def _fetch_async(repo, remote: str, url: str, *, progress: Progress | None
     others.sort(key=lambda nu: _bad_count(repo, nu[1]))
     if not fallbacks:
         others = []
-    async with open_session(url, identity=ident, engine=engine, auth="auto") as sess:
+    async with open_session(url, identity=ident, engine=engine, auth="auto",
+                            refs_prefix="refs/") as sess:
         refs, head = await sess.list_refs("refs/")
         refs = {k: v for k, v in refs.items() if k.startswith((HEADS, TAGS))}
         complete = set(repo.refs().values())
@@ -463,7 +464,8 @@ def push(repo, remote: str = "origin", branch: str | None = None, *, force: bool
 
     async def main():
         t0 = time.monotonic()
-        async with open_session(url, identity=ident, engine=engine) as sess:
+        async with open_session(url, identity=ident, engine=engine,
+                                refs_prefix="refs/") as sess:
             refs, _ = await sess.list_refs("refs/")
             cur = refs.get(ref)
             if cur == local:
