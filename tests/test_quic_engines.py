@@ -114,6 +114,24 @@ def test_peer_certificate_and_send_backlog_adapters():
 
 
 # ---------------------------------------------------------------- resumption, 0-RTT
+async def _wait_for_ticket(tickets: SessionTickets) -> None:
+    """The ticket comes after the handshake: wait for it (10 s at most)."""
+    with trio.fail_after(10):
+        while not tickets._entries:
+            await trio.sleep(0.01)
+
+
+async def _stoppable_server(nursery, ident, name="qh3"):
+    """An echo server; returns ``(port, cancel scope that stops it)``."""
+    scope = trio.CancelScope()
+
+    async def run(task_status=trio.TASK_STATUS_IGNORED):
+        with scope:
+            await serve_quic(_echo, "127.0.0.1", 0, identity=ident,
+                             settings=QuicSettings(engine=name), task_status=task_status)
+
+    return (await nursery.start(run)).address[1], scope
+
 @pytest.mark.parametrize("name", ENGINES)
 def test_reconnect_resumes_and_sends_early_data(name, tmp_path):
     ident = NodeIdentity.generate()
@@ -135,10 +153,7 @@ def test_reconnect_resumes_and_sends_early_data(name, tmp_path):
                                         first_data=b"first %d" % i) as conn:
                     got = await conn.first_stream.receive_some()
                     seen.append((conn.resumed, conn.early_data, conn.peer_id, got))
-                    # the ticket comes after the handshake: wait for it
-                    with trio.fail_after(10):
-                        while not tickets._entries:
-                            await trio.sleep(0.01)
+                    await _wait_for_ticket(tickets)
             assert seen[0] == (False, False, ident.peer_id, b"first 0")
             assert seen[1] == (True, True, ident.peer_id, b"first 1")
             assert seen[2] == (True, True, ident.peer_id, b"first 2")
@@ -154,19 +169,10 @@ def test_a_ticket_does_not_vouch_for_another_server_on_the_same_port():
 
     async def main():
         async with trio.open_nursery() as n:
-            scope = trio.CancelScope()
-
-            async def run_a(task_status=trio.TASK_STATUS_IGNORED):
-                with scope:
-                    await serve_quic(_echo, "127.0.0.1", 0, identity=a, task_status=task_status)
-
-            srv = await n.start(run_a)
-            port = srv.address[1]
+            port, scope = await _stoppable_server(n, a)
             async with connect_quic("127.0.0.1", port, tickets=tickets) as conn:
                 assert conn.peer_id == a.peer_id
-                with trio.fail_after(10):
-                    while not tickets._entries:
-                        await trio.sleep(0.01)
+                await _wait_for_ticket(tickets)
             scope.cancel()
             await trio.sleep(0.1)
             # server B on the same port, URL pinned to A: the ticket is not B's,
@@ -206,9 +212,7 @@ def test_refs_asked_with_hello_in_early_data(tmp_path, private):
                     refs, head = await sess.list_refs("refs/")
                     assert refs == src.refs() and head == "refs/heads/main"
                     early.append(sess.early_data)
-                    with trio.fail_after(10):
-                        while not tickets._entries:
-                            await trio.sleep(0.01)
+                    await _wait_for_ticket(tickets)
             assert early == [False, True]
             n.cancel_scope.cancel()
 
@@ -233,18 +237,9 @@ def test_early_data_to_a_peer_that_stopped_answering_fails_cleanly(name):
 
     async def main():
         async with trio.open_nursery() as n:
-            scope = trio.CancelScope()
-
-            async def run(task_status=trio.TASK_STATUS_IGNORED):
-                with scope:
-                    await serve_quic(_echo, "127.0.0.1", 0, identity=ident,
-                                     settings=QuicSettings(engine=name), task_status=task_status)
-
-            port = (await n.start(run)).address[1]
+            port, scope = await _stoppable_server(n, ident, name)
             async with connect_quic("127.0.0.1", port, engine=name, tickets=tickets):
-                with trio.fail_after(10):
-                    while not tickets._entries:
-                        await trio.sleep(0.01)
+                await _wait_for_ticket(tickets)
             scope.cancel()
             await trio.sleep(0.1)
             silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
