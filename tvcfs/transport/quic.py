@@ -118,7 +118,7 @@ class QuicSettings:
 
     engine: str | None = None
     max_datagram_size: int | None = None
-    loopback_datagram_size: int | None = None  # None: 32768 for qh3, 16384 for aioquic
+    loopback_datagram_size: int | None = None  # None: 65000 for qh3, 16384 for aioquic
     max_data: int = 64 * MIB
     max_stream_data: int = 32 * MIB
     idle_timeout: float = 30.0
@@ -147,7 +147,7 @@ class QuicSettings:
             return max(1200, min(int(env), 65000))
         if not _is_loopback(host):
             return 1452
-        return self.loopback_datagram_size or (32768 if engine == "qh3" else 16384)
+        return self.loopback_datagram_size or (65000 if engine == "qh3" else 16384)
 
 
 def _is_loopback(host: str) -> bool:
