@@ -256,3 +256,38 @@ def test_early_data_to_a_peer_that_stopped_answering_fails_cleanly(name):
             n.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_fetches_of_a_repository_resume_from_its_ticket_file(tmp_path):
+    """The tickets of a repository's transfers live in REPO/.tvcfs/quic-tickets.json
+    (mode 0600): the next command that talks to the same peer — another process;
+    here the in-process cache is dropped — resumes and sends its first requests
+    as 0-RTT early data."""
+    import time
+
+    from lazy_support import Server
+
+    from tvcfs.transport import ops, runner
+    from test_transport import write_files
+
+    make_repo(tmp_path / "a", {"f.bin": rnd(300_000, 4)}).close()
+    srv = Server(str(tmp_path / "a" / "repo"))
+    try:
+        repo, res = ops.clone(srv.url, str(tmp_path / "b"), quiet=True)
+        assert not res.stats[0][1].resumed
+        path = os.path.join(repo.control, "quic-tickets.json")
+        deadline = time.monotonic() + 10
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the ticket comes after the handshake
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        runner._TICKETS.clear()  # as if this were the next `tvcfs fetch`
+        src = Repo.open(str(tmp_path / "a" / "repo"))
+        write_files(tmp_path / "a" / "wt", {"g.bin": rnd(200_000, 5)})
+        src.commit_dir(str(tmp_path / "a" / "wt"), message="c2", timestamp=1_700_000_100)
+        src.close()
+        res = ops.fetch(repo, "origin", quiet=True)
+        st = res.stats[0][1]
+        assert st.resumed and st.early_data and st.blocks > 0 and not st.missing
+        repo.close()
+    finally:
+        srv.kill()

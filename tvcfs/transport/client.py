@@ -86,7 +86,8 @@ class FetchStats:
     """Outcome of a fetch: ``blocks``/``nbytes`` stored (new, verified),
     ``bad_blocks`` (failed verification, dropped), ``bad_cids``, ``missing``
     (frontier CIDs still absent), ``seconds``, ``first_block_s`` (time to the
-    first block of the first request, seconds)."""
+    first block of the first request, seconds), ``resumed``/``early_data`` (QUIC
+    session resumption, 0-RTT)."""
 
     blocks: int = 0
     nbytes: int = 0
@@ -99,6 +100,8 @@ class FetchStats:
     first_block_s: float | None = None
     first_block_at: float | None = None  # time.perf_counter() at the first block
     transport: str = ""
+    resumed: bool = False  # QUIC: the handshake resumed a session (a ticket)
+    early_data: bool = False  # QUIC: the first requests went out as 0-RTT early data
 
 
 ProgressFn = Callable[[int, int], None]  # (blocks, bytes) so far
@@ -238,7 +241,8 @@ class RemoteSession:
         (the caller asks another remote). Returns :class:`FetchStats`;
         ``missing`` is non-empty when this remote could not supply everything.
         """
-        st = FetchStats(transport=self.transport)
+        st = FetchStats(transport=self.transport, resumed=self.resumed,
+                        early_data=self.early_data)
         t0 = time.perf_counter()
         wire0 = self.ch.bytes_in
         complete = set(complete)

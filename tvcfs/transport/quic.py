@@ -787,7 +787,7 @@ class SessionTickets:
 
         data = {k: {"ticket": _ticket_to_json(t), "peer_id": (p or b"").hex()}
                 for k, (t, p) in self._entries.items()}
-        tmp = f"{self.path}.tmp"
+        tmp = f"{self.path}.{os.getpid()}.tmp"  # several processes may share the file
         try:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
