@@ -15,7 +15,6 @@ import pytest
 import trio
 
 from tvcfs.repo import Repo
-from tvcfs.transport import protocol as P
 from tvcfs.transport.backend import RepoBackend
 from tvcfs.transport.client import open_session
 from tvcfs.transport.engines import EngineChanged, check_internals, engine

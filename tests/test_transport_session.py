@@ -6,7 +6,6 @@ with no network and no event loop."""
 
 from __future__ import annotations
 
-import random
 
 import pytest
 from hypothesis import HealthCheck, given, settings

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import trio
 
 from ..encoding.cid import cid_codec, verify_block
-from ..errors import CorruptBlock, InvalidCID, TvcfsError
+from ..errors import CorruptBlock, InvalidCID
 from . import protocol as P
 from .backend import BlockBackend, is_leaf
 from .channel import MessageChannel
