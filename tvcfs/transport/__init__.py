@@ -1,8 +1,12 @@
 """TensorSwap: tvcfs's block exchange over QUIC (qh3 / aioquic driven from trio)
 and TLS-over-TCP. See docs/protocol.md.
 
-Modules: :mod:`.quic` (transport, no tvcfs knowledge), :mod:`.tcp`,
-:mod:`.identity`, :mod:`.protocol` (sans-I/O messages), :mod:`.channel`,
-:mod:`.server`, :mod:`.client`, :mod:`.backend`, :mod:`.ops` (clone, fetch, pull,
-push, serve: the repository-level operations behind the CLI verbs).
+Layers (after aioquic: a protocol core with no I/O, small drivers that move bytes):
+:mod:`.protocol` (messages, framing), :mod:`.session` (the server's and client's
+sessions, sans-I/O), :mod:`.selection` (what a DAG request selects), :mod:`.ledger`
+(fair share between peers); the drivers :mod:`.server`, :mod:`.client`,
+:mod:`.wants` over :mod:`.channel`, :mod:`.quic` (QUIC on trio), :mod:`.tickets` (resumption, 0-RTT),
+:mod:`.engines` (qh3 / aioquic and their checked internals) and :mod:`.tcp`;
+:mod:`.identity`, :mod:`.backend`; :mod:`.ops` (clone, fetch, pull, push, serve:
+the repository-level operations behind the CLI verbs).
 """

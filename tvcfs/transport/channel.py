@@ -8,6 +8,7 @@ import trio
 
 from .protocol import (DEFAULT_LIMITS, FrameDecoder, Limits, Message, ProtocolError,
                        block_frame_header, encode)
+from .quic import aclose_quietly
 
 __all__ = ["MessageChannel"]
 
@@ -33,6 +34,12 @@ class MessageChannel:
         # QUIC streams hand over the engine's chunks as they are (no joining copy)
         self._receive = getattr(stream, "receive_chunks", None)
         self._pending: deque = deque()
+
+    def use_decoder(self, decoder: FrameDecoder) -> None:
+        """Decode with ``decoder`` from now on (a protocol session's own, so that
+        the session and this channel's :meth:`receive` share one decoding state)."""
+        decoder.bytes_in += self._dec.bytes_in
+        self._dec = decoder
 
     @property
     def zero_copy(self) -> bool:
@@ -69,6 +76,19 @@ class MessageChannel:
                 await self.stream.send_all(data)
         self.bytes_out += len(header) + len(data)
 
+    async def send_parts(self, parts) -> None:
+        """Send already-encoded buffers (frames; a block's header and data) in
+        order, in one write where the stream can."""
+        n = sum(len(p) for p in parts)
+        async with self._lock:
+            send_parts = getattr(self.stream, "send_parts", None)
+            if send_parts is not None:
+                await send_parts(parts)
+            else:
+                for p in parts:
+                    await self.stream.send_all(p)
+        self.bytes_out += n
+
     async def send_many(self, msgs) -> None:
         """Send several messages in one write."""
         data = b"".join(encode(m) for m in msgs)
@@ -99,9 +119,4 @@ class MessageChannel:
             pending.extend(chunks)
 
     async def aclose(self) -> None:
-        with trio.move_on_after(1) as scope:
-            scope.shield = True
-            try:
-                await self.stream.aclose()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+        await aclose_quietly(self.stream)

@@ -20,14 +20,15 @@ from urllib.parse import urlsplit
 import trio
 
 from ..encoding.cid import cid_codec, verify_block
-from ..errors import CorruptBlock, InvalidCID, TvcfsError
+from ..errors import CorruptBlock, InvalidCID
 from ..store.verify import verify_many
 from . import protocol as P
 from .backend import BlockBackend, is_leaf
 from .channel import MessageChannel
-from .identity import NodeIdentity, PeerIdMismatch, auth_message, parse_peer_id
-from .quic import QuicSettings, TransportError, _collapse_groups, connect_quic
-from .server import iter_selection, missing_in_dag
+from .identity import NodeIdentity, parse_peer_id
+from .quic import CLIENT_TICKETS, QuicSettings, TransportError, _collapse_groups, connect_quic
+from .selection import iter_selection, missing_in_dag
+from .session import ClientSession, PushRejected, RemoteError
 from .tcp import connect_tcp
 
 __all__ = [
@@ -43,18 +44,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 4740
-
-
-class RemoteError(TvcfsError):
-    """The remote refused a request (unauthorised, rejected push, protocol error)."""
-
-
-class PushRejected(RemoteError):
-    """The remote refused a ref update; ``current`` is the remote ref's value."""
-
-    def __init__(self, message: str, current: bytes | None = None):
-        super().__init__(message)
-        self.current = current
 
 
 @dataclass
@@ -97,7 +86,8 @@ class FetchStats:
     """Outcome of a fetch: ``blocks``/``nbytes`` stored (new, verified),
     ``bad_blocks`` (failed verification, dropped), ``bad_cids``, ``missing``
     (frontier CIDs still absent), ``seconds``, ``first_block_s`` (time to the
-    first block of the first request, seconds)."""
+    first block of the first request, seconds), ``resumed``/``early_data`` (QUIC
+    session resumption, 0-RTT)."""
 
     blocks: int = 0
     nbytes: int = 0
@@ -110,52 +100,84 @@ class FetchStats:
     first_block_s: float | None = None
     first_block_at: float | None = None  # time.perf_counter() at the first block
     transport: str = ""
+    resumed: bool = False  # QUIC: the handshake resumed a session (a ticket)
+    early_data: bool = False  # QUIC: the first requests went out as 0-RTT early data
 
 
 ProgressFn = Callable[[int, int], None]  # (blocks, bytes) so far
 
 
 class RemoteSession:
-    """Client side of one session. Requests are issued one after another.
+    """Client side of one session: the I/O around a :class:`~.session.ClientSession`.
 
-    ``peer_id``: the server's verified peer ID; ``welcome``: the server's
+    ``ch``: the :class:`~.channel.MessageChannel` on the session's stream (it
+    decodes with the protocol session's decoder); ``proto``: the
+    :class:`~.session.ClientSession` holding the conversation's state; ``peer_id``:
+    the server's verified peer ID; ``welcome``: the server's
     :class:`~.protocol.Welcome`; ``can_push``: set after :meth:`authenticate`.
+    Requests are issued one after another (:class:`~.wants.MuxSession` runs many
+    at once on the same classes).
     """
 
-    def __init__(self, ch: MessageChannel, transport_peer: bytes | None, transport: str):
+    def __init__(self, ch: MessageChannel, transport_peer: bytes | None, transport: str,
+                 proto: ClientSession | None = None):
+        self.proto = proto or ClientSession(transport_peer, ch.limits)
+        if transport_peer is not None:
+            self.proto.peer_id = transport_peer
+        ch.use_decoder(self.proto.decoder)
         self.ch = ch
-        self.peer_id = transport_peer
         self.transport = transport
-        self.welcome: P.Welcome | None = None
-        self.can_push = False
-        self._rid = 0
+        self.resumed = False  # QUIC: the handshake resumed a session (ticket)
+        self.early_data = False  # QUIC: the first requests went out as 0-RTT
+        self._early_refs: tuple = (None, None)  # (request id, prefix) sent with Hello
+        self._early_answer: P.Message | None = None
 
-    def _next_id(self) -> int:
-        self._rid += 1
-        return self._rid
+    @property
+    def peer_id(self) -> bytes | None:
+        return self.proto.peer_id
 
-    async def _recv(self) -> P.Message:
-        msg = await self.ch.receive()
-        if msg is None:
-            raise RemoteError("remote closed the session")
-        if isinstance(msg, P.Error) and msg.request_id == 0:
-            raise RemoteError(f"remote error: {msg.message}")
-        return msg
+    @property
+    def welcome(self) -> P.Welcome | None:
+        return self.proto.welcome
+
+    @property
+    def can_push(self) -> bool:
+        return self.proto.can_push
+
+    async def flush(self) -> None:
+        """Send what the protocol session has queued."""
+        parts = self.proto.data_to_send()
+        if parts:
+            await self.ch.send_parts(parts)
+
+    async def _recv(self, keep_early: bool = True) -> P.Message:
+        """The next checked message; the answer to the refs asked with ``Hello``
+        is put aside for :meth:`list_refs` (unless ``keep_early`` is False)."""
+        while True:
+            msg = await self.ch.receive()
+            if msg is None:
+                raise RemoteError("remote closed the session")
+            msg = self.proto.handle_message(msg)
+            rid = self._early_refs[0]
+            if (keep_early and rid is not None and type(msg) in (P.Refs, P.Error)
+                    and msg.request_id == rid):
+                self._early_answer = msg
+                self._early_refs = (None, self._early_refs[1])
+                continue
+            return msg
 
     async def start(self, identity: NodeIdentity | None = None, auth: str = "always",
                     repo: str = "") -> P.Welcome:
         """Send Hello, check the Welcome (its peer ID must equal the TLS-verified one),
         then authenticate with ``identity`` when given: ``auth="always"``, or
         ``"auto"`` = only when the server says reads are private. Raises
-        :class:`RemoteError`."""
-        await self.ch.send(P.Hello(P.PROTOCOL_VERSION, repo))
+        :class:`RemoteError`, :class:`~.identity.PeerIdMismatch`."""
+        if not self.proto.hello_sent:
+            self.proto.hello(repo)
+            await self.flush()
         w = await self._recv()
         if not isinstance(w, P.Welcome):
             raise RemoteError(f"unexpected {type(w).__name__} instead of Welcome")
-        if self.peer_id is not None and w.peer_id != self.peer_id:
-            raise PeerIdMismatch(self.peer_id, w.peer_id)
-        self.peer_id = w.peer_id
-        self.welcome = w
         if identity is not None and (auth == "always" or (w.flags & 1)):
             if callable(identity):  # created on demand (a fresh clone needs no key)
                 identity = identity()
@@ -164,18 +186,31 @@ class RemoteSession:
 
     async def authenticate(self, identity: NodeIdentity) -> bool:
         """Prove ``identity`` to the server (signed nonce); returns whether it may push."""
-        msg = auth_message(self.welcome.peer_id, self.welcome.nonce)
-        await self.ch.send(P.Auth(identity.public_key_proto, identity.sign(msg)))
+        self.proto.authenticate(identity)
+        await self.flush()
         r = await self._recv()
         if not isinstance(r, P.AuthOk):
             raise RemoteError(f"authentication failed: {getattr(r, 'message', r)}")
-        self.can_push = r.can_push
         return r.can_push
 
     async def list_refs(self, prefix: str = "") -> tuple[dict[str, bytes], str]:
         """``({full ref name: CID}, head ref name)`` of the remote."""
-        rid = self._next_id()
-        await self.ch.send(P.ListRefs(rid, prefix))
+        early_rid, early_prefix = self._early_refs
+        if early_prefix == prefix and (early_rid is not None or self._early_answer is not None):
+            self._early_refs = (None, None)
+            r = self._early_answer
+            self._early_answer = None
+            while r is None:  # asked with Hello: its answer is on its way
+                r = await self._recv(keep_early=False)
+                if type(r) not in (P.Refs, P.Error) or r.request_id != early_rid:
+                    raise RemoteError(f"unexpected {type(r).__name__}")
+            if not (type(r) is P.Error and r.code == P.E_UNAUTHORIZED):
+                if type(r) is P.Error:
+                    raise RemoteError(r.message)
+                return r.refs, r.head
+            # refused before authenticating: ask again (authenticated by now, or refused)
+        rid = self.proto.list_refs(prefix)
+        await self.flush()
         r = await self._recv()
         if isinstance(r, P.Error):
             raise RemoteError(r.message)
@@ -206,12 +241,12 @@ class RemoteSession:
         (the caller asks another remote). Returns :class:`FetchStats`;
         ``missing`` is non-empty when this remote could not supply everything.
         """
-        st = FetchStats(transport=self.transport)
+        st = FetchStats(transport=self.transport, resumed=self.resumed,
+                        early_data=self.early_data)
         t0 = time.perf_counter()
         wire0 = self.ch.bytes_in
         complete = set(complete)
         roots = list(dict.fromkeys(roots))
-        window = min(64, P.DEFAULT_LIMITS.max_requests)
 
         async def frontier_of():
             return await trio.to_thread.run_sync(missing_in_dag, backend, roots, complete,
@@ -228,14 +263,14 @@ class RemoteSession:
                     # the shape first (small), so that the leaves asked next are
                     # exactly the missing ones
                     await self._fetch_frontier(backend, interior, complete, history, st, t0,
-                                               progress, window, skeleton=True)
+                                               progress, skeleton=True)
                     if stop_on_bad and st.bad_blocks > bad_before:
                         break
                     frontier = await frontier_of()
                     if not frontier:
                         break
                 clean = await self._fetch_frontier(backend, frontier, complete, history, st,
-                                                   t0, progress, window)
+                                                   t0, progress)
                 if clean:
                     # every answer complete, every block verified and stored: the
                     # DAGs are whole without walking them again
@@ -255,136 +290,112 @@ class RemoteSession:
         return st
 
     async def _fetch_frontier(self, backend, frontier, complete, history, st, t0, progress,
-                              window, skeleton=False):
-        # pipeline: this task receives and frames blocks (each as the chunks it
-        # arrived in, no copy); _WORKERS threads each take a batch, join its blocks
-        # (one copy), hash them against their CIDs and store the good ones with
-        # put_many (hashlib, bytes.join of bytes and LMDB release the GIL; no
-        # msync: one sync at the end of the fetch)
-        batch_send, batch_recv = trio.open_memory_channel(2)
+                              skeleton=False) -> bool:
+        """Ask for ``frontier`` in pipelined multi-root requests and store what comes;
+        True when every answer was complete and every block good."""
         have_roots = [c for c in complete if _is_commit(c)][:1000]
+        # several roots per request: one answer sends a block they share once
+        groups = [frontier[i:i + _ROOTS_PER_REQUEST]
+                  for i in range(0, len(frontier), _ROOTS_PER_REQUEST)]
+        sel = P.Selector(P.SEL_ALL, history=history, skeleton=skeleton)
+        # leaves are asked exactly: no pruning to compute for them
+        hr = have_roots if any(not is_leaf(c) for c in frontier) else []
+        bad_before, dont_have_before = st.bad_blocks, st.dont_have
+        async with _storing(backend, st, progress) as store:
+            answers = await self._receive_answers(groups, sel, hr, st, t0, store)
+        return answers and st.bad_blocks == bad_before and st.dont_have == dont_have_before
 
-        def verify_and_store(batch):
-            good, nbytes, bad = _verify(batch)
-            if good:
-                backend.put_many(good)
-            return len(good), nbytes, bad
-
-        async def worker(recv):
-            async with recv:
-                async for batch in recv:
-                    n, nbytes, bad = await trio.to_thread.run_sync(verify_and_store, batch)
-                    st.bad_blocks += len(bad)
-                    st.bad_cids += bad
-                    st.blocks += n
-                    st.nbytes += nbytes
-                    if progress and n:
-                        progress(st.blocks, st.nbytes)
-
-        error: Exception | None = None
-        zc = self.ch.zero_copy
-        self.ch.zero_copy = True
+    async def _receive_answers(self, groups, sel, have_roots, st, t0, store) -> bool:
+        """Send the requests for ``groups`` (at most ``_WINDOW`` outstanding) and
+        hand every block to ``store``; True when every ``DagDone`` said ok.
+        What arrived before an error is stored; the error is re-raised."""
+        proto, ch = self.proto, self.ch
+        zero_copy = ch.zero_copy
+        ch.zero_copy = True  # blocks are joined by the storing threads, off the event loop
+        pending = proto.requests
+        queue = list(reversed(groups))
+        all_ok = True
         try:
-            async with _collapse_groups(), trio.open_nursery() as nursery:
-                for _ in range(_WORKERS):
-                    nursery.start_soon(worker, batch_recv.clone())
-                await batch_recv.aclose()
-                async with batch_send:
-                    pending: dict[int, list] = {}
-                    # several roots per request: one answer sends a block they share once
-                    queue = [frontier[i:i + _ROOTS_PER_REQUEST]
-                             for i in range(0, len(frontier), _ROOTS_PER_REQUEST)]
-                    sel = P.Selector(P.SEL_ALL, history=history, skeleton=skeleton)
-                    # leaves are asked exactly: no pruning to compute for them
-                    hr = have_roots if any(not is_leaf(c) for c in frontier) else []
-                    bad_before, dont_have_before = st.bad_blocks, st.dont_have
-                    all_ok = True
-                    batch: list = []
-                    batch_bytes = 0
-                    try:
-                        while queue or pending:
-                            reqs = []
-                            while queue and len(pending) < window:
-                                rid = self._next_id()
-                                group = queue.pop(0)
-                                pending[rid] = group
-                                reqs.append(P.DagRequest(rid, group[0], sel, [], hr,
-                                                         more_roots=group[1:]))
-                            if reqs:
-                                await self.ch.send_many(reqs)
-                            msg = await self._recv()
-                            t = type(msg)
-                            if t is P.Block:
-                                if st.first_block_s is None:
-                                    st.first_block_at = time.perf_counter()
-                                    st.first_block_s = st.first_block_at - t0
-                                batch.append((msg.cid, msg.data))
-                                batch_bytes += len(msg.data)
-                                if batch_bytes >= _BATCH_BYTES or len(batch) >= 512:
-                                    await batch_send.send(batch)
-                                    batch, batch_bytes = [], 0
-                            elif t is P.DontHave:
-                                st.dont_have += 1
-                            elif t is P.DagDone:
-                                pending.pop(msg.request_id, None)
-                                if msg.status != P.DONE_OK:
-                                    all_ok = False
-                            elif t is P.Error:
-                                pending.pop(msg.request_id, None)
-                                raise RemoteError(f"remote refused request: {msg.message}")
-                            else:
-                                raise RemoteError(f"unexpected {t.__name__} during fetch")
-                    except Exception as e:  # noqa: BLE001 - keep what arrived, then re-raise
-                        error = e
-                    if batch:
-                        # on success and on interruption alike: what arrived is verified and kept
-                        await batch_send.send(batch)
+            while queue or pending:
+                if queue and len(pending) < _WINDOW:
+                    while queue and len(pending) < _WINDOW:
+                        proto.request_dag(queue.pop(), sel, have_roots=have_roots)
+                    await self.flush()
+                msg = await self._recv()
+                t = type(msg)
+                if t is P.Block:
+                    if st.first_block_s is None:
+                        st.first_block_at = time.perf_counter()
+                        st.first_block_s = st.first_block_at - t0
+                    await store.add(msg.cid, msg.data)
+                elif t is P.DontHave:
+                    st.dont_have += 1
+                elif t is P.DagDone:
+                    if msg.status != P.DONE_OK:
+                        all_ok = False
+                elif t is P.Error:
+                    raise RemoteError(f"remote refused request: {msg.message}")
+                else:
+                    raise RemoteError(f"unexpected {t.__name__} during fetch")
         finally:
-            self.ch.zero_copy = zc
-        if error is not None:
-            raise error
-        return (all_ok and st.bad_blocks == bad_before and st.dont_have == dont_have_before)
+            ch.zero_copy = zero_copy
+        return all_ok
 
     async def want(self, cids: list[bytes], priority: int = 1) -> dict[bytes, bytes]:
         """Bitswap-style: ask for blocks by CID; returns ``{cid: verified data}`` for
         those the server had (others are absent from the result)."""
         out: dict[bytes, bytes] = {}
-        lim = self.welcome.max_wantlist if self.welcome else 1024
+        proto = self.proto
+        lim = proto.max_wantlist
         for i in range(0, len(cids), lim):
-            chunk = cids[i : i + lim]
-            await self.ch.send(P.WantList([P.WantEntry(c, priority) for c in chunk]))
+            chunk = cids[i:i + lim]
+            proto.want(chunk, priority)
+            await self.flush()
             waiting = set(chunk)
             while waiting:
                 msg = await self._recv()
-                if isinstance(msg, P.Block) and msg.cid in waiting:
+                t = type(msg)
+                if t is P.Block and msg.cid in waiting:
                     waiting.discard(msg.cid)
                     try:
                         verify_block(msg.cid, msg.data)
                         out[msg.cid] = msg.data
                     except CorruptBlock:
                         pass
-                elif isinstance(msg, P.DontHave):
+                elif t is P.DontHave:
                     waiting.discard(msg.cid)
+                elif t is P.Error:
+                    raise RemoteError(msg.message)
         return out
 
     async def has_many(self, cids: list[bytes]) -> set[bytes]:
         """Which of ``cids`` the remote holds (want-have entries)."""
         found: set[bytes] = set()
-        lim = self.welcome.max_wantlist if self.welcome else 1024
+        proto = self.proto
+        lim = proto.max_wantlist
         for i in range(0, len(cids), lim):
-            chunk = cids[i : i + lim]
-            await self.ch.send(P.WantList([P.WantEntry(c, 1, P.WANT_HAVE | P.SEND_DONT_HAVE)
-                                           for c in chunk]))
+            chunk = cids[i:i + lim]
+            proto.want(chunk, 1, P.WANT_HAVE | P.SEND_DONT_HAVE)
+            await self.flush()
             waiting = set(chunk)
             while waiting:
                 msg = await self._recv()
-                if isinstance(msg, (P.Have, P.DontHave)):
+                t = type(msg)
+                if t is P.Have or t is P.DontHave:
                     waiting.discard(msg.cid)
-                    if isinstance(msg, P.Have):
+                    if t is P.Have:
                         found.add(msg.cid)
-                elif isinstance(msg, P.Error):
+                elif t is P.Error:
                     raise RemoteError(msg.message)
         return found
+
+    async def _ref_result(self, rid: int) -> P.RefResult:
+        while True:
+            r = await self._recv()
+            if type(r) is P.RefResult and r.request_id == rid:
+                return r
+            if type(r) is P.Error:
+                raise RemoteError(r.message)
 
     async def push(self, backend: BlockBackend, ref: str, new: bytes, *,
                    expected_old: bytes | None, remote_complete: set[bytes] = frozenset(),
@@ -395,19 +406,16 @@ class RemoteSession:
         ``(blocks sent, bytes sent)``. Raises :class:`RemoteError` with the
         server's reason when the update is refused (stale base, unauthorised).
         """
+        proto = self.proto
         if not self.can_push:
             # no blocks: ask for the ref update only, so the server refuses (and logs) it
-            rid = self._next_id()
-            await self.ch.send(P.RefUpdate(rid, ref, expected_old, new))
-            reason = "unauthorised: this peer ID may not push"
-            while True:
-                r = await self._recv()
-                if isinstance(r, P.RefResult) and r.request_id == rid:
-                    reason = r.message or reason
-                    break
-                if isinstance(r, P.Error):
-                    reason = r.message
-                    break
+            rid = proto.update_ref(ref, expected_old, new)
+            await self.flush()
+            try:
+                r = await self._ref_result(rid)
+                reason = r.message or "unauthorised: this peer ID may not push"
+            except RemoteError as e:
+                reason = str(e)
             raise PushRejected(f"push refused by the remote: {reason}")
         have_roots = [c for c in remote_complete if backend.has(c)]
         req = P.DagRequest(0, new, P.Selector(P.SEL_ALL, history=True), [], have_roots)
@@ -419,25 +427,85 @@ class RemoteSession:
             if c in present:
                 continue
             data = backend.get(c)
-            await self.ch.send(P.Block(c, data))
+            proto.push_block(c, data)
+            await self.flush()
             nb += 1
             nbytes += len(data)
             if progress:
                 progress(nb, nbytes)
-        rid = self._next_id()
-        await self.ch.send(P.RefUpdate(rid, ref, expected_old, new))
-        while True:
-            r = await self._recv()
-            if isinstance(r, P.RefResult) and r.request_id == rid:
-                break
-            if isinstance(r, P.Error):
-                raise RemoteError(r.message)
+        rid = proto.update_ref(ref, expected_old, new)
+        await self.flush()
+        r = await self._ref_result(rid)
         if not r.ok:
             raise PushRejected(f"push to {ref} refused: {r.message}", current=r.current)
         return nb, nbytes
 
     async def aclose(self) -> None:
         await self.ch.aclose()
+
+
+class _Store:
+    """The receiving end of a fetch: blocks (each as the chunks it arrived in) are
+    collected into batches of ``_BATCH_BYTES``; ``_WORKERS`` threads each take a
+    batch, join its blocks (one copy), hash them against their CIDs and store
+    the good ones with ``put_many`` (hashlib, ``bytes.join`` of ``bytes`` and LMDB
+    release the GIL; no msync: one sync at the end of the fetch). Leaving the
+    ``async with`` hands over the last batch and waits for the threads, also
+    when the transfer failed: what arrived is verified and kept."""
+
+    def __init__(self, backend, st: FetchStats, progress):
+        self.backend = backend
+        self.st = st
+        self.progress = progress
+        self.batch: list = []
+        self.batch_bytes = 0
+
+    def _verify_and_store(self, batch):
+        good, nbytes, bad = _verify(batch)
+        if good:
+            self.backend.put_many(good)
+        return len(good), nbytes, bad
+
+    async def _worker(self, recv) -> None:
+        st = self.st
+        async with recv:
+            async for batch in recv:
+                n, nbytes, bad = await trio.to_thread.run_sync(self._verify_and_store, batch)
+                st.bad_blocks += len(bad)
+                st.bad_cids += bad
+                st.blocks += n
+                st.nbytes += nbytes
+                if self.progress and n:
+                    self.progress(st.blocks, st.nbytes)
+
+    async def add(self, cid: bytes, data) -> None:
+        batch = self.batch
+        batch.append((cid, data))
+        self.batch_bytes += len(data)
+        if self.batch_bytes >= _BATCH_BYTES or len(batch) >= 512:
+            self.batch, self.batch_bytes = [], 0
+            await self.send.send(batch)
+
+
+@asynccontextmanager
+async def _storing(backend, st: FetchStats, progress) -> AsyncIterator[_Store]:
+    """A :class:`_Store` with its threads running (see there)."""
+    store = _Store(backend, st, progress)
+    error: Exception | None = None
+    async with _collapse_groups(), trio.open_nursery() as nursery:
+        store.send, recv = trio.open_memory_channel(2)
+        for _ in range(_WORKERS):
+            nursery.start_soon(store._worker, recv.clone())
+        await recv.aclose()
+        async with store.send:
+            try:
+                yield store
+            except Exception as e:  # noqa: BLE001 - keep what arrived, then re-raise
+                error = e
+            if store.batch:
+                await store.send.send(store.batch)
+    if error is not None:
+        raise error
 
 
 def _is_empty(backend) -> bool:
@@ -457,6 +525,7 @@ _WORKERS = 2  # verify+store threads: measured faster than 1 or 3 on 2 cores
 _CODECS = (0x55, 0x70, 0x71)  # raw, dag-pb, dag-cbor (one-byte varints)
 _BATCH_BYTES = 4 << 20
 _ROOTS_PER_REQUEST = 4096  # ~150 KB of CIDs per DagRequest (limit: Limits.max_list)
+_WINDOW = min(64, P.DEFAULT_LIMITS.max_requests)  # DAG requests outstanding in a fetch
 
 
 def _verify(batch):
@@ -476,18 +545,29 @@ async def open_session(
     engine: str | None = None,
     fallback_timeout: float = 1.5,
     auth: str = "always",
+    refs_prefix: str | None = None,
+    tickets=CLIENT_TICKETS,
 ) -> AsyncIterator[RemoteSession]:
     """Connect to ``url`` and yield a started :class:`RemoteSession`.
 
     ``identity`` (optional) authenticates (``auth="always"``, or ``"auto"``: only
     when the server is private). Transport "auto" tries QUIC
-    for ``fallback_timeout`` seconds, then TLS-over-TCP. Raises
-    :class:`~.quic.TransportError`, :class:`~.identity.PeerIdMismatch`,
-    :class:`RemoteError`.
+    for ``fallback_timeout`` seconds, then TLS-over-TCP. ``refs_prefix``: also
+    ask for the remote's refs under that prefix in the first flight, behind
+    ``Hello`` (:meth:`RemoteSession.list_refs` with the same prefix then answers
+    without another round trip). Over QUIC, with a session ticket from an earlier
+    connection to the same peer (``tickets``: :data:`~.quic.CLIENT_TICKETS` by
+    default, or a :class:`~.quic.SessionTickets`), that first flight is 0-RTT
+    early data (``sess.early_data``). Raises :class:`~.quic.TransportError`,
+    :class:`~.identity.PeerIdMismatch`, :class:`RemoteError`.
     """
     if isinstance(url, str):
         url = parse_url(url)
     settings = settings or QuicSettings()
+    proto = ClientSession(url.peer_id)
+    proto.hello(url.repo)
+    early_rid = proto.list_refs(refs_prefix) if refs_prefix is not None else None
+    first = b"".join(proto.data_to_send())
     async with AsyncExitStack() as stack:
         sess = None
         if url.transport in ("auto", "quic"):
@@ -498,20 +578,23 @@ async def open_session(
             try:
                 conn = await stack.enter_async_context(
                     connect_quic(url.host, url.port, expected_peer_id=url.peer_id,
-                                 settings=s, engine=engine))
+                                 settings=s, engine=engine, tickets=tickets, first_data=first))
             except TransportError:
                 if url.transport == "quic":
                     raise
                 log.info("QUIC to %s:%s got no answer; falling back to TLS over TCP",
                          url.host, url.port)
             else:
-                stream = await conn.open_stream()
-                sess = RemoteSession(MessageChannel(stream), conn.peer_id, f"quic/{conn.engine}")
+                sess = RemoteSession(MessageChannel(conn.first_stream), conn.peer_id,
+                                     f"quic/{conn.engine}", proto=proto)
+                sess.resumed, sess.early_data = conn.resumed, conn.early_data
         if sess is None:
             stream = await stack.enter_async_context(
                 connect_tcp(url.host, url.port, expected_peer_id=url.peer_id,
                             connect_timeout=settings.connect_timeout))
-            sess = RemoteSession(MessageChannel(stream), stream.peer_id, "tcp")
+            await stream.send_all(first)
+            sess = RemoteSession(MessageChannel(stream), stream.peer_id, "tcp", proto=proto)
+        sess._early_refs = (early_rid, refs_prefix)
         await sess.start(identity, auth=auth, repo=url.repo)
         yield sess
         await sess.aclose()

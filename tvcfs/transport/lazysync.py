@@ -84,9 +84,11 @@ async def fetch_skeleton(sess, store, roots) -> tuple[int, int]:
 async def _lazy_fetch_async(repo, remote: str, url: str, engine, fast_forward_local: bool):
     from ..refs import HEADS, TAGS
     from .client import open_session
+    from .runner import repo_tickets
 
     t0 = time.monotonic()
-    async with open_session(url, identity=repo.identity(), engine=engine, auth="auto") as sess:
+    async with open_session(url, identity=repo.identity(), engine=engine, auth="auto",
+                            refs_prefix="refs/", tickets=repo_tickets(repo)) as sess:
         refs, head = await sess.list_refs("refs/")
         refs = {k: v for k, v in refs.items() if k.startswith((HEADS, TAGS))}
         wire0 = sess.ch.bytes_in

@@ -35,7 +35,7 @@ from ..sync import (FetchIncomplete, NotFastForward, PullResult, PushResult, che
 from .backend import RepoBackend
 from .client import open_session, parse_url
 from .identity import IdentityError, format_peer_id
-from .runner import ConnectionFailed, remote_url, run_sync  # noqa: F401 (ConnectionFailed re-exported)
+from .runner import ConnectionFailed, remote_url, repo_tickets, run_sync  # noqa: F401 (ConnectionFailed re-exported)
 
 __all__ = [
     "FetchIncomplete",
@@ -200,7 +200,9 @@ async def _fetch_async(repo, remote: str, url: str, *, progress: Progress | None
     others.sort(key=lambda nu: _bad_count(repo, nu[1]))
     if not fallbacks:
         others = []
-    async with open_session(url, identity=ident, engine=engine, auth="auto") as sess:
+    tickets = repo_tickets(repo)
+    async with open_session(url, identity=ident, engine=engine, auth="auto",
+                            refs_prefix="refs/", tickets=tickets) as sess:
         refs, head = await sess.list_refs("refs/")
         refs = {k: v for k, v in refs.items() if k.startswith((HEADS, TAGS))}
         complete = set(repo.refs().values())
@@ -224,7 +226,7 @@ async def _fetch_async(repo, remote: str, url: str, *, progress: Progress | None
                 progress.rebase()
             try:
                 async with open_session(other, identity=ident, engine=engine,
-                                        auth="auto") as s2:
+                                        auth="auto", tickets=tickets) as s2:
                     st = await s2.fetch(backend, roots, complete=complete, progress=progress)
             except (TvcfsError, trio.BrokenResourceError) as e:
                 if warn:
@@ -386,7 +388,8 @@ def push(repo, remote: str = "origin", branch: str | None = None, *, force: bool
 
     async def main():
         t0 = time.monotonic()
-        async with open_session(url, identity=ident, engine=engine) as sess:
+        async with open_session(url, identity=ident, engine=engine,
+                                refs_prefix="refs/", tickets=repo_tickets(repo)) as sess:
             refs, _ = await sess.list_refs("refs/")
             cur = refs.get(ref)
             if cur == local:

@@ -31,12 +31,10 @@ Connections are demultiplexed by remote address (no connection migration).
 from __future__ import annotations
 
 import errno
-import importlib
 import logging
 import math
 import os
 import socket
-import ssl
 from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -45,8 +43,10 @@ from typing import AsyncIterator, Awaitable, Callable
 import trio
 
 from ..errors import TvcfsError
+from .engines import ALPN, ENGINES, Engine, engine as _engine  # noqa: F401 (re-exported)
 from .identity import NodeIdentity, PeerIdMismatch, peer_id_from_certificate_der
 from .malloc import tune_malloc
+from .tickets import CLIENT_TICKETS, ServerTickets, SessionTickets  # noqa: F401 (re-exported)
 
 __all__ = [
     "ALPN",
@@ -55,6 +55,8 @@ __all__ = [
     "QuicConnectionLost",
     "QuicSettings",
     "QuicStream",
+    "ServerTickets",
+    "SessionTickets",
     "TransportError",
     "connect_quic",
     "default_engine",
@@ -63,10 +65,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ALPN = "tvcfs/1"
-ENGINES = ("qh3", "aioquic")
 _RECV_BATCH = 256
-_CID_LEN = 8
 MIB = 1 << 20
 
 
@@ -119,7 +118,7 @@ class QuicSettings:
 
     engine: str | None = None
     max_datagram_size: int | None = None
-    loopback_datagram_size: int | None = None  # None: 32768 for qh3, 16384 for aioquic
+    loopback_datagram_size: int | None = None  # None: 65000 for qh3, 16384 for aioquic
     max_data: int = 64 * MIB
     max_stream_data: int = 32 * MIB
     idle_timeout: float = 30.0
@@ -148,199 +147,11 @@ class QuicSettings:
             return max(1200, min(int(env), 65000))
         if not _is_loopback(host):
             return 1452
-        return self.loopback_datagram_size or (32768 if engine == "qh3" else 16384)
+        return self.loopback_datagram_size or (65000 if engine == "qh3" else 16384)
 
 
 def _is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
-
-
-# ------------------------------------------------------------------ engines
-class _Engine:
-    """The few places where qh3 and aioquic differ."""
-
-    def __init__(self, name: str):
-        if name not in ENGINES:
-            raise ValueError(f"unknown QUIC engine {name!r}; choose from {ENGINES}")
-        self.name = name
-        self.configuration = importlib.import_module(f"{name}.quic.configuration")
-        self.connection = importlib.import_module(f"{name}.quic.connection")
-        self.events = importlib.import_module(f"{name}.quic.events")
-        self.packet = importlib.import_module(f"{name}.quic.packet")
-        ev = self.events
-        self.StreamDataReceived = ev.StreamDataReceived
-        self.StreamReset = ev.StreamReset
-        self.StopSendingReceived = getattr(ev, "StopSendingReceived", ())
-        self.HandshakeCompleted = ev.HandshakeCompleted
-        self.ConnectionTerminated = ev.ConnectionTerminated
-
-    def make_config(self, settings: QuicSettings, *, is_client: bool, host: str,
-                    identity: NodeIdentity | None, rcvbuf: int | None = None):
-        max_data, max_stream_data = settings.max_data, settings.max_stream_data
-        if rcvbuf:
-            # never let the peer have more in flight than our socket can queue: a
-            # datagram dropped for a full receive buffer costs a loss recovery and
-            # a congestion-window cut (RFC 9002) — measured: ~1000 drops and half
-            # the throughput for a 1 GB clone with 8 MiB buffers and 64 MiB windows
-            cap = max(512 * 1024, rcvbuf // 2)  # Linux reports twice what it accounts
-            max_data, max_stream_data = min(max_data, cap), min(max_stream_data, cap)
-        kw = dict(
-            is_client=is_client,
-            alpn_protocols=[ALPN],
-            max_datagram_size=settings.datagram_size_for(host, self.name),
-            max_data=max_data,
-            max_stream_data=max_stream_data,
-            idle_timeout=settings.idle_timeout,
-        )
-        if settings.initial_rtt is not None:
-            kw["initial_rtt"] = settings.initial_rtt
-        if self.name == "aioquic":
-            kw["congestion_control_algorithm"] = settings.congestion_control
-        else:
-            kw["probe_datagram_size"] = False
-        if is_client:
-            # The server certificate is self-signed: no CA check, the peer ID pin
-            # (checked after the handshake) replaces it. The engine still checks
-            # the CertificateVerify signature, i.e. possession of the key.
-            kw["verify_mode"] = ssl.CERT_NONE
-            kw["server_name"] = "tvcfs"
-        cfg = self.configuration.QuicConfiguration(**kw)
-        if is_client and self.name == "qh3":
-            from qh3.tls import SignatureAlgorithm as SA
-
-            cfg.tvcfs_post_quantum = settings.post_quantum
-
-            # qh3 leaves EdDSA out of the client's list by default; node keys are Ed25519.
-            cfg.signature_algorithms = [
-                SA.ED25519,
-                SA.ECDSA_SECP256R1_SHA256,
-                SA.RSA_PSS_RSAE_SHA256,
-                SA.RSA_PKCS1_SHA256,
-            ]
-        if identity is not None and not is_client:
-            if self.name == "qh3":
-                from qh3._hazmat import Certificate, Ed25519PrivateKey
-
-                cfg.certificate = Certificate(identity.certificate_der)
-                cfg.private_key = Ed25519PrivateKey(identity.private_key_der())
-            else:
-                from cryptography import x509
-
-                cfg.certificate = x509.load_der_x509_certificate(identity.certificate_der)
-                cfg.private_key = identity.private_key
-        return cfg
-
-    def new_client(self, cfg):
-        if self.name == "qh3":
-            return _qh3_client_class()(configuration=cfg)
-        return self.connection.QuicConnection(configuration=cfg)
-
-    def initial_dcid(self, data: bytes) -> bytes | None:
-        """Destination CID of a client Initial packet, or None if ``data`` isn't one."""
-        if len(data) < 1200 or not data[0] & 0x80:
-            return None
-        try:
-            if self.name == "qh3":
-                from qh3._hazmat import pull_quic_header
-
-                h = pull_quic_header(data, 0, _CID_LEN)
-                if h[1] != int(self.packet.QuicPacketType.INITIAL):
-                    return None
-                return h[3]
-            from aioquic.buffer import Buffer
-
-            h = self.packet.pull_quic_header(Buffer(data=data), host_cid_length=_CID_LEN)
-            if h.packet_type != self.packet.QuicPacketType.INITIAL:
-                return None
-            return h.destination_cid
-        except Exception:
-            return None
-
-    def new_server(self, cfg, odcid: bytes):
-        return self.connection.QuicConnection(
-            configuration=cfg, original_destination_connection_id=odcid
-        )
-
-    def peer_certificate_der(self, quic) -> bytes | None:
-        if self.name == "qh3":
-            cert = quic.get_peercert()
-            return None if cert is None else cert.public_bytes()
-        from cryptography.hazmat.primitives import serialization
-
-        cert = getattr(quic.tls, "_peer_certificate", None)
-        return None if cert is None else cert.public_bytes(serialization.Encoding.DER)
-
-    def send_backlog(self, quic, stream_id: int) -> int:
-        """Bytes of ``stream_id`` the engine still holds to send (qh3: unsent; aioquic: unacked)."""
-        if self.name == "qh3":
-            return quic.get_send_buffer_size(stream_id)
-        stream = quic._streams.get(stream_id)
-        return 0 if stream is None else len(stream.sender._buffer)
-
-
-_QH3_CLIENT = None
-
-
-def _qh3_client_class():
-    """qh3's client advertises a hard-coded ``max_udp_payload_size`` of 1472
-    (RFC 9000 §18.2), which caps what the server sends. This subclass rewrites
-    that transport parameter to the configured ``max_datagram_size`` so a loopback
-    or jumbo-frame path can use large datagrams in the server→client direction."""
-    global _QH3_CLIENT
-    if _QH3_CLIENT is None:
-        from qh3._hazmat import Buffer
-        from qh3.quic.connection import QuicConnection
-        from qh3.quic.packet import (
-            pull_quic_transport_parameters,
-            push_quic_transport_parameters,
-        )
-        from qh3.quic.tls_bridge import QuicTlsBridge
-
-        from qh3.tls import Group
-
-        class _Bridge(QuicTlsBridge):
-            def __init__(self, configuration, *args, **kw):
-                super().__init__(configuration, *args, **kw)
-                if not getattr(configuration, "tvcfs_post_quantum", True):
-                    # X25519 alone: no ML-KEM-768 key pair per ClientHello (its
-                    # generation and the server's encapsulation cost milliseconds)
-                    self.tls._supported_groups = [
-                        g for g in self.tls._supported_groups if g != Group.X25519ML768]
-
-            def serialize_transport_parameters(self) -> bytes:
-                data = super().serialize_transport_parameters()
-                size = self.configuration.max_datagram_size
-                if size <= 1472:
-                    return data
-                params = pull_quic_transport_parameters(Buffer(data=data))
-                params.max_udp_payload_size = size
-                buf = Buffer(capacity=len(data) + 64)
-                push_quic_transport_parameters(buf, params)
-                return buf.data
-
-        class _Client(QuicConnection):
-            def _create_tls(self, remote_source_cid):
-                import qh3.quic.connection as m
-
-                orig = m.QuicTlsBridge
-                m.QuicTlsBridge = _Bridge
-                try:
-                    return super()._create_tls(remote_source_cid)
-                finally:
-                    m.QuicTlsBridge = orig
-
-        _QH3_CLIENT = _Client
-    return _QH3_CLIENT
-
-
-_ENGINE_CACHE: dict[str, _Engine] = {}
-
-
-def _engine(name: str) -> _Engine:
-    e = _ENGINE_CACHE.get(name)
-    if e is None:
-        e = _ENGINE_CACHE[name] = _Engine(name)
-    return e
 
 
 # ------------------------------------------------------------------ UDP socket
@@ -664,7 +475,7 @@ class QuicConn:
     layer), ``datagram_size`` (bytes).
     """
 
-    def __init__(self, engine: _Engine, quic, udp: _UdpSocket, remote, *,
+    def __init__(self, engine: Engine, quic, udp: _UdpSocket, remote, *,
                  is_client: bool, settings: QuicSettings):
         self.engine = engine.name
         self._eng = engine
@@ -693,11 +504,17 @@ class QuicConn:
         self._many = engine.name == "qh3"
         self.bytes_received = 0
         self.bytes_sent = 0
+        self.datagrams_received = 0
         self.closed_by_peer = False
         self._ping_uid = 0
+        self.resumed = False  # client: the handshake resumed a session (ticket)
+        self.early_data = False  # client: first data went out as 0-RTT
+        self.first_stream: QuicStream | None = None
+        self._verified = False
 
     # ---- engine plumbing (synchronous) ----
     def _feed(self, batch: list) -> None:
+        self.datagrams_received += len(batch)
         now = trio.current_time()
         quic = self._quic
         if self._many and self._handshake_done and len(batch) > 1:
@@ -734,7 +551,13 @@ class QuicConn:
                     self._on_terminated(ev.error_code, ev.reason_phrase or "")
                 ev = quic.next_event()
         if not self._udp.closed:
-            out = quic.datagrams_to_send(trio.current_time())
+            try:
+                out = quic.datagrams_to_send(trio.current_time())
+            except Exception as e:  # noqa: BLE001 - an engine error ends the connection
+                # (e.g. qh3 probing an unanswered 0-RTT flight: "missing OneRtt packet key")
+                if self._lost is None:
+                    self._on_terminated(0x1, f"engine refused: {e}")
+                return
             if out:
                 self._udp.send(out)
         self._progress.set()
@@ -840,7 +663,10 @@ class QuicConn:
                 now = trio.current_time()
                 t2 = quic.get_timer()
                 if t2 is not None and t2 <= now:
-                    quic.handle_timer(now)
+                    try:
+                        self._call(quic.handle_timer, now)  # an engine error ends it
+                    except QuicConnectionLost:
+                        return
                 self._service()
 
     # ---- public API ----
@@ -892,6 +718,7 @@ class QuicConn:
         await self._terminated.wait()
 
 
+
 # ------------------------------------------------------------------ client
 def _single(exc: BaseException) -> BaseException | None:
     while isinstance(exc, BaseExceptionGroup):
@@ -939,6 +766,17 @@ async def run_stream_handler(handler, stream, on_failure: Callable[[], None]) ->
         on_failure()
 
 
+async def aclose_quietly(stream, timeout: float = 1.0) -> None:
+    """Close ``stream`` (any trio stream) within ``timeout`` seconds, even when the
+    caller is being cancelled; a stream already broken or closed is no error."""
+    with trio.move_on_after(timeout) as scope:
+        scope.shield = True
+        try:
+            await stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
 def _resolve(host: str, port: int) -> tuple[int, tuple]:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     if not infos:
@@ -955,8 +793,19 @@ async def connect_quic(
     expected_peer_id: bytes | None = None,
     settings: QuicSettings | None = None,
     engine: str | None = None,
+    tickets: SessionTickets | None = CLIENT_TICKETS,
+    first_data: bytes | None = None,
 ) -> AsyncIterator[QuicConn]:
     """Connect to a QUIC server; yields a :class:`QuicConn` after the handshake.
+
+    ``tickets``: where session tickets are kept per peer (default: this
+    process's :data:`CLIENT_TICKETS`; None: no resumption). With a ticket from an
+    earlier connection to the same peer the handshake resumes (no certificate is
+    sent; ``conn.resumed``), and ``first_data`` — bytes for a first stream, e.g.
+    the protocol's first requests — goes out in the first flight as 0-RTT early
+    data (``conn.early_data``; the engines re-send it if the server refuses early
+    data). Without a ticket ``first_data`` is sent right after the handshake. The
+    stream it went out on is ``conn.first_stream``.
 
     ``expected_peer_id``: the binary peer ID the server's certificate key must
     hash to (pinning, see :mod:`.identity`); None accepts any server (its ID is
@@ -971,12 +820,23 @@ async def connect_quic(
     eng = _engine(engine or settings.engine_name())
     fam, addr = _resolve(host, port)
     udp = _UdpSocket(fam, settings)
+    key = SessionTickets.key(eng.name, host, port, expected_peer_id)
+    entry = tickets.take(key) if tickets is not None else None
     cfg = eng.make_config(settings, is_client=True, host=host, identity=None,
-                          rcvbuf=udp.rcvbuf)
+                          rcvbuf=udp.rcvbuf, session_ticket=entry[0] if entry else None)
     try:
         udp.sock.bind(("::", 0) if fam == socket.AF_INET6 else ("0.0.0.0", 0))
         udp.sock.connect(addr)
-        quic = eng.new_client(cfg)
+        new_tickets: list = []
+
+        def on_ticket(ticket):
+            # a ticket may arrive before the peer ID is checked: kept until then
+            if conn.peer_id is not None and tickets is not None and conn._verified:
+                tickets.put(key, ticket, conn.peer_id)
+            else:
+                new_tickets.append(ticket)
+
+        quic = eng.new_client(cfg, ticket_handler=on_ticket)
         conn = QuicConn(eng, quic, udp, addr, is_client=True, settings=settings)
         conn.datagram_size = cfg.max_datagram_size
 
@@ -1004,20 +864,43 @@ async def connect_quic(
             nursery.start_soon(udp.flush_loop)
             nursery.start_soon(conn._timer_loop)
             quic.connect(addr, now=trio.current_time())
+            early = (first_data is not None and entry is not None
+                     and entry[0].max_early_data_size)
+            if early:
+                # 0-RTT: the first requests leave with the ClientHello
+                conn.first_stream = await conn.open_stream()
+                conn._call(quic.send_stream_data, conn.first_stream.stream_id, first_data,
+                           False)
+                conn.early_data = True
             conn._service()
             with trio.move_on_after(settings.connect_timeout):
                 await conn._handshake.wait()
             if not conn._handshake_done:
-                reason = conn._lost.reason if conn._lost else "no answer"
+                # nothing came back: the peer gave no answer, whatever the engine
+                # made of that (qh3 fails its 0-RTT probe instead of timing out)
+                reason = conn._lost.reason if conn._lost and conn.datagrams_received else \
+                    "no answer"
                 conn.close(0x1, "handshake timeout")
                 raise TransportError(
                     f"QUIC handshake with {host}:{port} failed: {reason}"
                 )
             der = eng.peer_certificate_der(quic)
-            conn.peer_id = peer_id_from_certificate_der(der) if der else None
+            if der:
+                conn.peer_id = peer_id_from_certificate_der(der)
+            elif entry is not None:
+                # resumed: the ticket's secret authenticated the server that issued it
+                conn.peer_id, conn.resumed = entry[1], True
             if expected_peer_id is not None and conn.peer_id != expected_peer_id:
                 conn.close(0x100, "peer ID mismatch")
                 raise PeerIdMismatch(expected_peer_id, conn.peer_id or b"")
+            conn._verified = True
+            if tickets is not None and conn.peer_id is not None:
+                for t in new_tickets:
+                    tickets.put(key, t, conn.peer_id)
+            new_tickets.clear()
+            if first_data is not None and conn.first_stream is None:
+                conn.first_stream = await conn.open_stream()
+                await conn.first_stream.send_all(first_data)
             try:
                 yield conn
             finally:
@@ -1051,9 +934,14 @@ async def serve_quic(
     identity: NodeIdentity,
     settings: QuicSettings | None = None,
     engine: str | None = None,
+    tickets: ServerTickets | None = None,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve QUIC on ``host:port`` (UDP) until cancelled.
+
+    Clients get session tickets (``tickets``, a new :class:`ServerTickets` by
+    default), so a reconnecting client resumes without certificates and may send
+    its first requests as 0-RTT early data.
 
     Every peer-initiated stream runs ``await handler(stream)`` in its own task;
     an exception in a handler is logged and resets that stream only. The
@@ -1064,6 +952,7 @@ async def serve_quic(
     """
     settings = settings or QuicSettings()
     eng = _engine(engine or settings.engine_name())
+    tickets = tickets if tickets is not None else ServerTickets()
     fam, addr = _resolve(host, port)
     udp = _UdpSocket(fam, settings)
     cfg = eng.make_config(settings, is_client=False, host=host, identity=identity,
@@ -1118,7 +1007,7 @@ async def serve_quic(
                         odcid = eng.initial_dcid(items[0][0])
                         if odcid is None:
                             continue
-                        quic = eng.new_server(cfg, odcid)
+                        quic = eng.new_server(cfg, odcid, tickets)
                         conn = QuicConn(eng, quic, udp, raddr, is_client=False,
                                         settings=settings)
                         conn.datagram_size = cfg.max_datagram_size

@@ -4,11 +4,30 @@ one-line errors, and remote names resolved to URLs. Shared by the sync verbs
 
 from __future__ import annotations
 
+import os
+
 import trio
 
 from ..errors import TvcfsError
 from .client import parse_url
 from .quic import QuicConnectionLost
+
+
+_TICKETS: dict = {}
+
+
+def repo_tickets(repo):
+    """The QUIC session tickets of ``repo``'s transfers: kept in
+    ``REPO/.tvcfs/quic-tickets.json`` (mode 0600), so the next command that talks
+    to the same peer resumes its session and sends its first requests as 0-RTT
+    early data (:class:`~.quic.SessionTickets`; one object per file per process)."""
+    from .quic import SessionTickets
+
+    path = os.path.join(repo.control, "quic-tickets.json")
+    tickets = _TICKETS.get(path)
+    if tickets is None:
+        tickets = _TICKETS[path] = SessionTickets(path)
+    return tickets
 
 
 class ConnectionFailed(TvcfsError):

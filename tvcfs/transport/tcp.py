@@ -19,7 +19,7 @@ import trio
 
 from .identity import NodeIdentity, PeerIdMismatch, peer_id_from_certificate_der
 from .malloc import tune_malloc
-from .quic import ALPN, TransportError, run_stream_handler
+from .quic import ALPN, TransportError, aclose_quietly, run_stream_handler
 
 __all__ = ["TLSStream", "connect_tcp", "serve_tcp", "server_ssl_context"]
 
@@ -258,12 +258,7 @@ async def serve_tcp(
             # handler error ends this connection only
             await run_stream_handler(handler, stream, lambda: None)
         finally:
-            with trio.move_on_after(1) as s:
-                s.shield = True
-                try:
-                    await stream.aclose()
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
+            await aclose_quietly(stream)
 
     async with trio.open_nursery() as nursery:
         task_status.started(listeners[0].socket.getsockname()[:2])
@@ -303,9 +298,4 @@ async def connect_tcp(
         stream.peer_id = peer
         yield stream
     finally:
-        with trio.move_on_after(1) as s:
-            s.shield = True
-            try:
-                await stream.aclose()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+        await aclose_quietly(stream)

@@ -16,7 +16,7 @@ answer and hands it to a handler object:
   about that request (status ``DONE_ERROR``).
 
 ``run`` returns when the server ends the session and raises
-:class:`~.client.RemoteError` on a session-level ``Error`` (and the transport's own
+:class:`~.session.RemoteError` on a session-level ``Error`` (and the transport's own
 errors when the connection breaks). ``bytes_in`` counts framed bytes received.
 """
 
@@ -26,7 +26,7 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 from . import protocol as P
-from .client import RemoteError, RemoteSession, open_session
+from .client import RemoteSession, open_session
 
 __all__ = ["MuxSession", "open_mux"]
 
@@ -34,17 +34,19 @@ __all__ = ["MuxSession", "open_mux"]
 class MuxSession:
     """Several outstanding requests on one session (see the module docstring).
 
-    ``sess``: a started :class:`~.client.RemoteSession`; ``handler``: the object
-    receiving answers. ``peer_id``: the server's verified peer ID.
+    ``sess``: a started :class:`~.client.RemoteSession`, whose protocol session
+    (:class:`~.session.ClientSession`: request ids, outstanding requests and
+    wants) this one shares; ``handler``: the object receiving answers.
+    ``peer_id``: the server's verified peer ID.
     """
 
     def __init__(self, sess: RemoteSession, handler):
         self.sess = sess
+        self.proto = sess.proto
         self.ch = sess.ch
         self.handler = handler
         self.peer_id = sess.peer_id
         self.transport = sess.transport
-        self._rid = 1 << 20  # well away from ids the RemoteSession may have used
         self.closed = False
 
     @property
@@ -56,47 +58,50 @@ class MuxSession:
         return self.ch.bytes_out
 
     def next_id(self) -> int:
-        self._rid += 1
-        return self._rid
+        """A new request id (shared with the session's other requests)."""
+        return self.proto.next_id()
 
     async def send_wants(self, entries: list[P.WantEntry]) -> None:
         """Add want-list entries (want-block with send-dont-have unless flags say otherwise)."""
-        if entries:
-            await self.ch.send(P.WantList(list(entries)))
+        self.proto.want_entries(entries)
+        await self.sess.flush()
 
     async def cancel_wants(self, cids) -> None:
         """Drop want-list entries the client no longer needs."""
-        cids = list(cids)
-        if cids:
-            await self.ch.send(P.WantList([P.WantEntry(c, 0, P.CANCEL) for c in cids]))
+        self.proto.cancel_wants(cids)
+        await self.sess.flush()
 
     async def request_range(self, root: bytes, start: int, end: int, *, have=(),
                             priority: int = 1, rid: int | None = None) -> int:
         """Ask for the blocks of file ``root`` overlapping bytes ``[start, end)`` (a
         byte-range DAG request: the file's interior nodes, then the leaves), except
         the CIDs in ``have``. Returns the request id (``rid`` if given)."""
-        rid = rid if rid is not None else self.next_id()
-        await self.ch.send(P.DagRequest(rid, root, P.Selector(P.SEL_RANGE, "", start, end),
-                                        list(have), [], priority))
+        rid = self.proto.request_range(root, start, end, have=have, priority=priority, rid=rid)
+        await self.sess.flush()
         return rid
 
     async def cancel_request(self, rid: int) -> None:
-        await self.ch.send(P.Cancel(rid))
+        self.proto.cancel(rid)
+        await self.sess.flush()
 
     async def send_many(self, msgs) -> None:
-        """Several messages in one write (wants, requests, cancels)."""
-        if msgs:
-            await self.ch.send_many(msgs)
+        """Several request messages (wants, requests, cancels) in one write."""
+        for m in msgs:
+            self.proto.send(m)
+        await self.sess.flush()
 
     async def run(self) -> None:
-        """Read answers until the session ends; dispatch them to the handler."""
+        """Read answers until the session ends; dispatch them to the handler.
+        Raises :class:`~.session.RemoteError` on a session-level ``Error``."""
         h = self.handler
         receive = self.ch.receive
+        check = self.proto.handle_message
         try:
             while True:
                 msg = await receive()
                 if msg is None:
                     return
+                msg = check(msg)
                 t = type(msg)
                 if t is P.Block:
                     await h.on_block(self, msg.cid, msg.data)
@@ -107,8 +112,6 @@ class MuxSession:
                 elif t is P.Have:
                     h.on_have(self, msg.cid)
                 elif t is P.Error:
-                    if msg.request_id == 0:
-                        raise RemoteError(f"remote error: {msg.message}")
                     h.on_done(self, msg.request_id, P.DONE_ERROR, msg.message)
                 # Refs / RefResult / AuthOk are not expected here: ignored
         finally:
