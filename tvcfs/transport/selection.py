@@ -54,21 +54,23 @@ def iter_selection(backend: BlockBackend, req: P.DagRequest):
     # PATH / RANGE: the chain of nodes down to the target, then the target's sub-graph
     from ..dag import FileIndex, dir_lookup
 
+    def visit(c):
+        """``(block or None, what to send for it)``: a missing node is sent as
+        ``(cid, None)``, one the client has is not sent."""
+        d = get(c)
+        return d, ([(c, None)] if d is None else [] if c in have else [(c, d)])
+
     node = req.root
-    data = get(node)
+    data, out = visit(node)
+    yield from out
     if data is None:
-        yield node, None
         return
-    if node not in have:
-        yield node, data
     if cid_codec(node) == DAG_CBOR:
         node = links_of(node, data, history=False)[0]
-        data = get(node)
+        data, out = visit(node)
+        yield from out
         if data is None:
-            yield node, None
             return
-        if node not in have:
-            yield node, data
     parts = [p for p in sel.path.strip("/").split("/") if p and p != "."]
     for part in parts:
         cache = {node: data}
@@ -94,12 +96,10 @@ def iter_selection(backend: BlockBackend, req: P.DagRequest):
 
             raise PathNotFound(f"path not found: {sel.path}")
         node = link.hash
-        data = get(node)
+        data, out = visit(node)
+        yield from out
         if data is None:
-            yield node, None
             return
-        if node not in have:
-            yield node, data
     if sel.kind == P.SEL_PATH:
         yield from ((c, d) for c, d in _walk(backend, [node], have, known, False) if c != node)
         return
