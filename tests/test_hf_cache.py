@@ -365,3 +365,24 @@ def test_several_repositories_in_one(tmp_path):
         c_refs = os.path.join(hfdir, "models--acme--c", "refs")
         assert os.listdir(c_refs) == ["main"]  # not acme/a/… nor acme/b/…
         assert open(os.path.join(c_refs, "main")).read() == hc
+
+
+def test_import_hf_progress_bar_on_a_terminal(tmp_path):
+    """import-hf shows a progress bar over snapshots on a terminal, none in a pipe."""
+    from test_cli_habits import run_in_pty
+
+    d = tmp_path / "src"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model": "p"}))
+    cache = str(tmp_path / "cache")
+    h = fake_hash("progress")
+    build_hf_cache(cache, "acme/p", [(h, str(d), T0)], {"main": h})
+    repo = str(tmp_path / "repo")
+    run_tvcfs("init", repo)
+    rc, term = run_in_pty("--repo", repo, "import-hf", "--cache-dir", cache)
+    assert rc == 0 and "import-hf" in term and "snapshots" in term and "\r" in term, term
+    repo2 = str(tmp_path / "repo2")
+    run_tvcfs("init", repo2)
+    p = run_tvcfs("--repo", repo2, "import-hf", "--cache-dir", cache)
+    err = p.stderr if isinstance(p.stderr, str) else p.stderr.decode()
+    assert "\r" not in err and "snapshots/s" not in err

@@ -114,8 +114,8 @@ class RepoConfig:
         return value
 
     def user_values(self) -> dict:
-        """``{key: value}`` of the user keys that are set."""
-        return {k: v for k in sorted(USER_KEYS) if (v := self.get(k)) is not None}
+        """``{key: value}`` of the user keys that are set (not their defaults)."""
+        return {k: self.get(k) for k in sorted(USER_KEYS) if self.store.get_meta(k) is not None}
 
     def update(self, key: str, fn: Callable, txn=None):
         """Read-modify-write ``key`` in one transaction: ``fn(value)`` returns the new

@@ -12,12 +12,14 @@ from . import open_repo
 def cmd_import_hf(args):
     from ..hf.cache import default_cache_dir, import_cache
     from .core import fmt_bytes, short
+    from .progress import progress_bar
 
     cache_dir = args.cache_dir or default_cache_dir()
-    with open_repo(args) as repo:
+    with open_repo(args) as repo, progress_bar(args, "import-hf", unit="snapshots") as bar:
         reports = import_cache(
             repo, cache_dir, args.repo_ids, tags=args.tag, branches=args.branch,
-            on_commit=lambda rid, h, cid: print(f" {rid} {h[:12]} -> {short(cid)}", flush=True))
+            on_commit=lambda rid, h, cid: print(f" {rid} {h[:12]} -> {short(cid)}", flush=True),
+            progress=bar)
     incomplete = 0
     for r in reports:
         for n in r.notes:

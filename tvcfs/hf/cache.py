@@ -182,11 +182,12 @@ class ImportReport:
 
 
 def import_cache(repo, cache_dir: str | None = None, repo_ids=(), tags=(), branches=(),
-                 on_commit=None) -> list:
+                 on_commit=None, progress=None) -> list:
     """Import the model repositories of a Hugging Face cache into ``repo`` (a
     :class:`tvcfs.Repo`): all, or those named in ``repo_ids``. ``tags`` /
     ``branches``: revision names to import as tags / branches whatever they look
-    like. ``on_commit(repo_id, hash, cid)`` is called after each new commit.
+    like. ``on_commit(repo_id, hash, cid)`` is called after each new commit;
+    ``progress(snapshots done, snapshots of the repository, repo_id)`` after each snapshot.
 
     One repository imported into a repository without ``hf.repo_id`` (or with it
     equal) gets plain branch and tag names and sets ``hf.repo_id``; any other gets
@@ -204,7 +205,7 @@ def import_cache(repo, cache_dir: str | None = None, repo_ids=(), tags=(), branc
     reports = []
     for c in cached:
         prefix = "" if c.repo_id == primary else c.repo_id + "/"
-        reports.append(_import_repo(repo, c, prefix, set(tags), set(branches), on_commit))
+        reports.append(_import_repo(repo, c, prefix, set(tags), set(branches), on_commit, progress))
     if primary and any(r.prefix == "" for r in reports):
         with repo.store.write() as w:
             if repo.config.get("hf.repo_id", w) != primary:
@@ -235,7 +236,7 @@ def _line(c: CachedRepo, complete: dict, tags, branches) -> tuple[list, dict]:
     return line, parents
 
 
-def _import_repo(repo, c: CachedRepo, prefix: str, tags, branches, on_commit) -> ImportReport:
+def _import_repo(repo, c: CachedRepo, prefix: str, tags, branches, on_commit, progress=None) -> ImportReport:
     rep = ImportReport(c.repo_id, prefix)
     for b in c.partial_blobs:
         rep.warnings.append(f"{c.repo_id}: an interrupted download left blobs/{b} in {c.path}: a snapshot "
@@ -257,6 +258,8 @@ def _import_repo(repo, c: CachedRepo, prefix: str, tags, branches, on_commit) ->
     line, side_parent = _line(c, complete, tags, branches)
     order = line + [h for h in side_parent]
     for i, h in enumerate(order):
+        if progress is not None:
+            progress(i, len(order), c.repo_id)
         s = complete[h]
         if s.absent:
             rep.notes.append(f"{c.repo_id}: snapshot {h} holds {len(s.absent)} file(s) fewer than its revision "
@@ -277,6 +280,8 @@ def _import_repo(repo, c: CachedRepo, prefix: str, tags, branches, on_commit) ->
         rep.imported.append((h, cid))
         if on_commit is not None:
             on_commit(c.repo_id, h, cid)
+    if progress is not None:
+        progress(len(order), len(order), c.repo_id)
     _set_refs(repo, c, prefix, known, previous, line, record, tags, branches, rep)
     return rep
 
