@@ -30,11 +30,13 @@ from .errors import (
 from .importer import REPO_DIR, Importer
 from .refs import HEADS, TAGS, check_name, split_suffixes
 from .store import view as store_view
+from .store.verify import executor as verify_executor
 from .config import RepoConfig
 from .store.lmdb_refs import PinStore, Reflog, RefStore
 from .store.lmdb_store import LMDBStore, store_exists
 from .treeops import commit_landing, land_on_branch, txn_getter
 
+VERIFY_AHEAD = 8  # leaves hashed ahead of the one checkout writes (1 MiB each at most)
 FORMAT_VERSION = 2  # 2: the store may hold packed blocks (docs/repository.md, "Packing")
 PACKED_FORMAT = 2
 WORKTREES = "worktrees"  # meta key: {real path: {"branch", "base", "tree", "time"}}
@@ -863,7 +865,10 @@ class Repo:
         naming ``dest`` and the CID (``dest`` is then removed: no partial file is
         left), ``OSError`` naming ``dest``. ``counter(nbytes)`` is called after each
         leaf is written."""
-        with store_view(self.blocks) as blocks, naming(dest):
+        # the leaves ahead of the one being written are hashed on the verify pool (the
+        # GIL is released), so checking them costs the other core, not the writer's time
+        ahead = self.blocks is self.store and self.store.verify_reads
+        with store_view(self.blocks) as blocks, self.store.view(verify=False) as raw, naming(dest):
             def get(c):
                 v = blocks.get(c)
                 if v is None:
@@ -871,10 +876,35 @@ class Repo:
                 return v
 
             idx = FileIndex.build(get, cid)
+            checks: dict = {}
+            checked: set = set()
+
+            def leaf_get(c):
+                if c in checked:  # hashed ahead, found right
+                    v = raw.get(c)
+                    if v is not None:
+                        return v
+                return get(c)
+
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
             try:
+                pool = verify_executor() if ahead else None
+                scheduled = 0
                 for i in range(len(idx.leaves)):
-                    view = memoryview(idx.leaf_data(get, i))
+                    if pool is not None:
+                        while scheduled < min(len(idx.leaves), i + VERIFY_AHEAD):
+                            c = idx.leaves[scheduled]
+                            scheduled += 1
+                            if c in checks or c in checked or (scheduled - 1) in idx.inline:
+                                continue
+                            buf = raw.get(c)
+                            if buf is not None:
+                                checks[c] = pool.submit(self.store.check, c, buf)
+                        fut = checks.pop(idx.leaves[i], None)
+                        if fut is not None:
+                            fut.result()  # raises CorruptBlock for a damaged leaf
+                            checked.add(idx.leaves[i])
+                    view = memoryview(idx.leaf_data(leaf_get, i))
                     nleaf = len(view)
                     while view:
                         n = os.write(fd, view)
@@ -889,6 +919,12 @@ class Repo:
                 os.unlink(dest)
                 raise
             finally:
+                for fut in checks.values():  # an error ended the loop: let the hashes finish
+                    fut.cancel()
+                    try:
+                        fut.result()
+                    except BaseException:  # noqa: BLE001 - the first error is the one raised
+                        pass
                 os.close(fd)
         if mode & 0o111:
             os.chmod(dest, 0o755 & ~_umask())

@@ -24,6 +24,12 @@ PARALLEL_BYTES = 4 << 20  # bytes: batches smaller than this are hashed on the c
 _pool: ThreadPoolExecutor | None = None
 
 
+def executor() -> ThreadPoolExecutor:
+    """The process's verify pool (2–4 threads): hashing releases the GIL, so blocks
+    checked here use the other cores."""
+    return _executor()
+
+
 def _executor() -> ThreadPoolExecutor:
     global _pool
     if _pool is None:
