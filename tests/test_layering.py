@@ -1,6 +1,8 @@
 """Layering rules checked on the source (docs/architecture.md): no import cycles
 between tvcfs modules (imports inside functions count: a lazy import is still a
-dependency), and nothing outside ``tvcfs/store`` imports ``lmdb``."""
+dependency), nothing outside ``tvcfs/store`` imports ``lmdb``, and the file system
+(``tvcfs/fs``) does not know the wire protocol: it imports nothing of
+``tvcfs.transport`` (a lazy mount reads through a block source of ``tvcfs/store``)."""
 
 from __future__ import annotations
 
@@ -116,6 +118,15 @@ def test_lmdb_only_inside_the_store():
             if any(n == "lmdb" or n.startswith("lmdb.") for n in names):
                 offenders.append(f"{name}:{node.lineno}")
     assert not offenders, "lmdb imported outside tvcfs/store: " + ", ".join(offenders)
+
+
+def test_fs_does_not_import_the_transport():
+    graph = _graph()
+    offenders = sorted(f"{m} -> {t}" for m, deps in graph.items()
+                       if m == "tvcfs.fs" or m.startswith("tvcfs.fs.")
+                       for t in deps if t == "tvcfs.transport" or t.startswith("tvcfs.transport."))
+    assert not offenders, ("the mount (tvcfs/fs) imports the transport; read through a block "
+                           "source of tvcfs/store instead: " + ", ".join(offenders))
 
 
 def test_checker_sees_a_cycle():

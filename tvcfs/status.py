@@ -37,7 +37,7 @@ def status_report(repo, branch: str | None = None) -> dict:
     ``conflicts`` (the recorded conflicts), ``lazy_mounts`` (status files of lazy
     mounts). CIDs are binary."""
     from .fs.daemon import repo_mounts
-    from .fs.remote import mount_statuses
+    from .fs.lazy import mount_statuses
     from .fs.workspace import pending_workspaces
     from .index import load_index, staged_changes
 

@@ -33,7 +33,7 @@ def cmd_mount(args):
 
         repo_root = prepare_url_mount(args.source, quiet=False)
     extra = {"commit_delay": args.commit_delay}
-    # lazy mounts (tvcfs.fs.remote): extra peers, read timeout, background prefetch
+    # lazy mounts (tvcfs.fs.lazy): extra peers, read timeout, background prefetch
     if args.remote:
         extra["remotes"] = list(args.remote)
     if args.fetch_timeout is not None:

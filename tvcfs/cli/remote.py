@@ -251,7 +251,7 @@ def cmd_clone(args) -> int:
         u = parse_url(args.url)
         dest = os.path.basename(u.repo.rstrip("/")) or f"{u.host}-{u.port}"
     if getattr(args, "lazy", False):
-        # refs, commits, trees and file indexes only; leaves on demand (tvcfs.fs.remote)
+        # refs, commits, trees and file indexes only; leaves on demand (tvcfs.fs.lazy)
         from ..transport.lazysync import lazy_clone
 
         repo, _ = lazy_clone(args.url, dest, engine=args.engine, quiet=args.quiet)

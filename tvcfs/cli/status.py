@@ -124,7 +124,7 @@ def _print_worktrees(r: dict) -> None:
 
 def _print_lazy_mounts(statuses: list) -> None:
     """The peers of the repository's running lazy mounts, from the status files the
-    mounts publish (``tvcfs.fs.remote.mount_statuses``, docs/lazy.md): state, since
+    mounts publish (``tvcfs.fs.lazy.mount_statuses``, docs/lazy.md): state, since
     when, why a peer is down, and the last read that failed."""
     for st in statuses:
         print(f"\nLazy mount {st.get('mountpoint')} (pid {st.get('pid')}; a read waits at most "

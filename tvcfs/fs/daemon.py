@@ -177,7 +177,7 @@ def run_foreground(repo_root: str, mountpoint: str, debug: bool = False, verify:
     with open(pidfile, "w") as f:
         f.write(str(os.getpid()))
     if fetcher is not None:  # peer states and the last failed read, for `tvcfs status`
-        from .remote import STATUS_SUFFIX
+        from .lazy import STATUS_SUFFIX
 
         fetcher.status_path = pidfile[:-len(".pid")] + STATUS_SUFFIX
         fetcher.mountpoint = mount_path(mountpoint)
@@ -217,7 +217,9 @@ def run_foreground(repo_root: str, mountpoint: str, debug: bool = False, verify:
             nursery.start_soon(signals)
             # a lazy mount fetches whole leaves for every page the kernel reads: a smaller
             # readahead (mmap read-around) moves fewer bytes that nobody asked for
-            ra_kb = read_ahead_kb or (fetcher.readahead_kb if fetcher is not None else 1024)
+            from .lazy import READAHEAD_KB
+
+            ra_kb = read_ahead_kb or (READAHEAD_KB if fetcher is not None else 1024)
             await trio.to_thread.run_sync(set_readahead, mountpoint, ra_kb)
 
     ok = True

@@ -140,7 +140,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
             d = self.reader.stats.as_dict()
             d["open_files"] = len(self.handles)
             d["inodes"] = len(self.inodes.by_ino)
-            if hasattr(self.reader.remote, "stats_dict"):  # lazy mount (tvcfs.fs.remote)
+            if self.reader.remote is not None:  # lazy mount: its block source (tvcfs.store.source)
                 d["remote"] = self.reader.remote.stats_dict()
             blocks = self.repo._blocks
             if blocks is not None and hasattr(blocks, "stats"):  # a router: per-tier counters
@@ -491,9 +491,8 @@ class ReadOnlyOperations(pyfuse3.Operations):
         fetcher (its status file shows the last failed read, docs/lazy.md)."""
         self.reader.stats.errors += 1
         log.error("read of %s at %d+%d: %s", path, off, size, e)
-        note = getattr(self.reader.remote, "note_read_error", None)
-        if note is not None:
-            note(path, str(e))
+        if self.reader.remote is not None:  # a lazy mount's block source
+            self.reader.remote.note_read_error(path, str(e))
 
     async def release(self, fh):
         self.handle_paths.pop(fh, None)

@@ -121,8 +121,8 @@ class BlockReader:
         self.seq: dict[int, list] = {}  # fh -> [next_offset, window, ra_until]
         # fh -> [anchor, times moved on] of the current sequential run (see _remote_run)
         self.seq_run: dict[int, list] = {}
-        # Remote block source of a lazy mount (tvcfs.fs.remote), or None: an object
-        # with ``async fetch(cids, priority)`` and ``schedule(cids, priority)``.
+        # Block source of a lazy mount (tvcfs.store.source.BlockSource: the peer tier's
+        # fetcher or an S3 bucket; installed by tvcfs.fs.lazy), or None.
         self.remote = None
 
     def close(self):
@@ -275,11 +275,8 @@ class BlockReader:
         if self.remote is not None:
             miss = self.missing(idx, lo, hi - lo)
             if miss:
-                if hasattr(self.remote, "schedule_range"):
-                    # one byte-range DAG request per contiguous run (tvcfs.fs.remote)
-                    self.remote.schedule_range(idx, lo, hi, miss, priority)
-                else:
-                    self.remote.schedule(miss, priority)
+                # one byte-range request per contiguous run (tvcfs.store.source)
+                self.remote.schedule_range(idx, lo, hi, miss, priority)
         return self._fadvise_leaves(idx, rng, priority)
 
     def readahead(self, fh: int, idx: FileIndex, offset: int, size: int) -> None:
@@ -483,6 +480,18 @@ class Preloader:
         if map_addr:
             self.warm = threading.Thread(target=self._warm_btree, name="tvcfs-btree", daemon=True)
             self.warm.start()
+
+    def mark_resident(self, cids) -> None:
+        """``cids`` were just written through the map (a lazy mount's fetched leaves),
+        so they are in memory: reading them needs no page-in. Thread-safe (the lazy
+        source's storing thread calls it)."""
+        res = self.resident
+        with self.cv:
+            for c in cids:
+                res[c] = True
+                res.move_to_end(c)
+            while len(res) > self.max_resident:
+                res.popitem(last=False)
 
     def cold(self, idx: FileIndex, offset: int, size: int) -> list:
         """Leaf indexes of ``[offset, offset+size)`` not known to be in memory."""

@@ -2,13 +2,14 @@
 
 ``tvcfs mount s3://BUCKET/PREFIX MNT`` (or a ``clone --lazy s3://…`` mounted) reads
 file leaves from the bucket on demand: :class:`S3BlockSource` is the mount's
-``BlockReader.remote`` (the interface of :class:`tvcfs.fs.remote.RemoteFetcher`:
-``async fetch(cids, priority)``, ``schedule(cids, priority)``). Blocks come from
+``BlockReader.remote``: a :class:`tvcfs.store.source.BlockSource` (``async
+fetch(cids, priority)``, ``schedule``, ``schedule_range``, ``stats_dict``), as the
+peers' fetcher is. Blocks come from
 :meth:`tvcfs.store.s3.S3Store.get_many` (ranged GETs of the packs) on worker
 threads (``trio.to_thread``), are verified and stored into the local LMDB store by
 :func:`tvcfs.store.verify.verify_and_put`, then served from there.
 
-Priorities (``tvcfs.fs.reader.PRIO_*``, docs/lazy.md): a foreground read starts
+Priorities (``tvcfs.store.base.PRIO_*``, docs/lazy.md): a foreground read starts
 its GETs at once, on its own S3 client and thread pool, so it never queues behind
 readahead; readahead and prefetch jobs wait in a priority queue and at most
 :data:`BACKGROUND_JOBS` of them (each at most :data:`JOB_BYTES`) run at a time.
@@ -39,8 +40,9 @@ import trio
 
 from ..encoding.cid import RAW, cid_codec, cid_str
 from ..errors import BlockNotFound, TvcfsError
+from ..store.source import DEFAULT_FETCH_TIMEOUT as DEFAULT_TIMEOUT, PRIO_NAMES, SourceBase
+from .lazy import attach_remote, start_hook
 from .reader import PRIO_FOREGROUND, PRIO_SEQUENTIAL
-from .remote import DEFAULT_TIMEOUT, PRIO_NAMES, READAHEAD_KB, RemoteFetcher, attach_remote
 
 __all__ = ["S3BlockSource", "attach_lazy", "attach_s3", "prepare_s3_mount", "parse_size"]
 
@@ -74,7 +76,7 @@ class _Pending:
         self.started = False
 
 
-class S3BlockSource:
+class S3BlockSource(SourceBase):
     """Remote block source of a lazy mount backed by an S3 bucket.
 
     ``repo``: the mount's repository (blocks are stored into ``repo.store``);
@@ -97,7 +99,6 @@ class S3BlockSource:
         # two clients and thread pools: foreground GETs never wait behind readahead GETs
         self.fg = S3Store(url, **opts)
         self.bg = S3Store(url, **opts)
-        self.readahead_kb = READAHEAD_KB
         self.status_path: str | None = None  # set by the mount daemon (unused: no peers)
         self.mountpoint = ""
         self._pending: dict[bytes, _Pending] = {}
@@ -111,7 +112,7 @@ class S3BlockSource:
         # worker threads abandoned at unmount must not write into a closing store
         self._store_lock = threading.Lock()
         self._closed = False
-        self.prefetch_patterns: list[str] = []
+        self.on_started = None  # set by attach_s3: warm the mount, --prefetch
         # statistics
         self.classes = {n: {"blocks": 0, "bytes": 0, "requested": 0} for n in PRIO_NAMES.values()}
         self.fetch_calls = 0
@@ -126,11 +127,6 @@ class S3BlockSource:
         self.cached_bytes = 0
         self.evicted = {"blocks": 0, "bytes": 0}
         self.pinned = 0
-
-    # reuse the lazy mount's start-up and --prefetch logic (they only call
-    # self.repo, self.reader, self.readahead_kb and schedule_range)
-    warm = RemoteFetcher.warm
-    prefetch_matching = RemoteFetcher.prefetch_matching
 
     # ------------------------------------------------------------------ API
     async def fetch(self, cids, priority: int = PRIO_FOREGROUND) -> None:
@@ -213,35 +209,22 @@ class S3BlockSource:
         """Remember the last failed read (``.tvcfs/stats``)."""
         self.last_read_error = {"time": time.time(), "path": path, "error": error}
 
-    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Serve fetches until cancelled: the background dispatcher and the cache
-        keeper. Loads the bucket's pack indexes first (a failure is logged: reads
-        then fail with the reason and retry)."""
-        try:
-            async with trio.open_nursery() as n:
-                self._nursery = n
-                n.start_soon(self._dispatcher)
-                n.start_soon(self._load)
-                if self.cache_size is not None:
-                    await trio.to_thread.run_sync(self._scan_cache)
-                    n.start_soon(self._cache_keeper)
-                task_status.started()
-                try:
-                    self.warm()
-                    if self.prefetch_patterns:
-                        self.prefetch_matching(self.prefetch_patterns)
-                except Exception:  # noqa: BLE001 - only an optimisation
-                    log.exception("warming the mount")
-        finally:
-            self._nursery = None
-            self.close()
+    async def _start(self, n) -> None:
+        """(:meth:`run`: serve fetches until cancelled.) The background dispatcher and
+        the cache keeper; the bucket's pack indexes are loaded first (a failure is
+        logged: reads then fail with the reason and retry)."""
+        n.start_soon(self._dispatcher)
+        n.start_soon(self._load)
+        if self.cache_size is not None:
+            await trio.to_thread.run_sync(self._scan_cache)
+            n.start_soon(self._cache_keeper)
 
     def close(self) -> None:
         """Make what was stored durable (one msync); release the S3 clients. Fetches
         still running on worker threads store nothing after this."""
         with self._store_lock:
             self._closed = True
-        RemoteFetcher.close(self)
+        self.sync_stored()
         for s in (self.fg, self.bg):
             try:
                 s.close()
@@ -470,7 +453,7 @@ def attach_s3(repo, ops, urls, fetch_timeout=None, prefetch=None, cache_size=Non
         log.warning("lazy mount: several s3:// remotes; reading from %s only", urls[0])
     src = S3BlockSource(repo, urls[0], timeout=float(fetch_timeout) if fetch_timeout else DEFAULT_TIMEOUT,
                         cache_size=cache_size, reader=ops.reader, ops=ops)
-    src.prefetch_patterns = list(prefetch or [])
+    src.on_started = start_hook(src, repo, ops.reader, list(prefetch or []))
     ops.reader.remote = src
     log.info("lazy mount from %s; fetch timeout %g s; cache %s", urls[0], src.timeout,
              f"{cache_size} bytes" if cache_size else "unbounded")
@@ -480,7 +463,7 @@ def attach_s3(repo, ops, urls, fetch_timeout=None, prefetch=None, cache_size=Non
 def attach_lazy(repo, ops, remotes=None, fetch_timeout=None, prefetch=None, cache_size=None):
     """The lazy mount's block source: an :class:`S3BlockSource` when the mount's
     remotes (``remotes`` given, plus the repository's when it is a lazy clone)
-    include ``s3://`` URLs, else :func:`tvcfs.fs.remote.attach_remote` (peers), else
+    include ``s3://`` URLs, else :func:`tvcfs.fs.lazy.attach_remote` (peers), else
     None. Returns it; the mount daemon runs its ``run``."""
     urls = list(remotes or []) + (list(repo.remotes().values()) if repo.config.lazy else [])
     s3 = [u for u in dict.fromkeys(urls) if u.startswith("s3://")]

@@ -46,6 +46,9 @@ TRANSACTIONS = "transactions"
 # priorities"): a foreground read waits on its blocks; tensor readahead pulls the rest
 # of a tensor being read; sequential readahead follows a scan; prefetch fills idle time.
 PRIO_FOREGROUND, PRIO_TENSOR, PRIO_SEQUENTIAL, PRIO_PREFETCH = 3, 2, 1, 0
+PRIO_NAMES = {PRIO_FOREGROUND: "foreground", PRIO_TENSOR: "tensor",
+              PRIO_SEQUENTIAL: "sequential", PRIO_PREFETCH: "prefetch"}
+DEFAULT_FETCH_TIMEOUT = 30.0  # seconds a foreground fetch of a block source waits
 
 
 class ReadOnlyStore(TvcfsError):

@@ -6,12 +6,15 @@ this store as a tier after the local one (``Repo.blocks`` adds it for a lazy
 repository), every reader of the block layer — ``cat``, ``checkout``, ``export``,
 ``diff``, ``merge``, the gateway and the hub — gets a missing leaf from the peers,
 verified against its CID and written back into the local store, as the lazy mount
-does for its reads (docs/lazy.md). The mount keeps its own prioritised fetcher
-(``tvcfs.fs.remote``) for reads that must not wait behind each other.
+does for its reads (docs/lazy.md). Readers that must not wait behind each other (the
+lazy mount) use the same peers through :func:`peer_source`: the prioritised,
+asynchronous fetcher (:class:`tvcfs.transport.fetcher.RemoteFetcher`), a
+:class:`~tvcfs.store.source.BlockSource`.
 
 Sessions live on one background thread running a trio loop; blocking callers hand
 it their requests. Peers are tried in order; a peer that fails is skipped for
-``backoff`` seconds. Errors: ``BlockUnavailable`` when no peer could answer (the
+``backoff`` seconds (the back-off rule of :mod:`tvcfs.transport.peerscore`, with a
+fixed delay). Errors: ``BlockUnavailable`` when no peer could answer (the
 message names each peer and why), ``None`` from ``get`` when every peer that answered
 lacks the block.
 """
@@ -39,8 +42,10 @@ class PeerStore(StoreBase):
         if not urls:
             raise ValueError("a peer store needs at least one peer URL")
         self.urls = list(dict.fromkeys(urls))
+        from ..transport.peerscore import Backoff
+
         self.identity, self.timeout, self.backoff = identity, timeout, backoff
-        self._down: dict[str, tuple[float, str]] = {}  # url -> (until, reason)
+        self._backoff = {u: Backoff(backoff, backoff) for u in self.urls}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._token = None
@@ -113,21 +118,22 @@ class PeerStore(StoreBase):
         errors = []
         now = time.monotonic()
         for url in self.urls:
-            until, why = self._down.get(url, (0.0, ""))
-            if until > now:
-                errors.append(f"{url}: {why} (retrying in {until - now:.0f} s)")
+            backoff = self._backoff[url]
+            wait = backoff.remaining(now)
+            if wait > 0:
+                errors.append(f"{url}: {backoff.reason} (retrying in {wait:.0f} s)")
                 continue
             try:
                 with trio.fail_after(self.timeout):
                     sess = await self._session(url)
                     got = await sess.want(list(cids))
-                self._down.pop(url, None)
+                backoff.succeeded()
                 return got, errors
             except trio.TooSlowError:
                 why = f"no answer within {self.timeout:g} s"
             except Exception as e:  # noqa: BLE001 - transport errors of every kind
                 why = str(e).splitlines()[0] if str(e) else type(e).__name__
-            self._down[url] = (time.monotonic() + self.backoff, why)
+            backoff.failed(why)
             self._sessions.pop(url, None)
             errors.append(f"{url}: {why}")
         return None, errors
@@ -170,8 +176,8 @@ class PeerStore(StoreBase):
         return iter(())
 
     def stat(self) -> dict:
-        return {"blocks": 0, "bytes": 0, "peers": {u: ("down: " + self._down[u][1]) if u in self._down else "ok"
-                                                   for u in self.urls}}
+        return {"blocks": 0, "bytes": 0, "peers": {u: ("down: " + b.reason) if b.reason else "ok"
+                                                   for u, b in self._backoff.items()}}
 
     def close(self) -> None:
         if self._thread is not None and self._token is not None:
@@ -194,3 +200,20 @@ def peers_factory(repo=None, urls=None, **_):
         raise TvcfsError("the peers backend needs tvcfs:// URLs (a remote of the repository, or urls=)")
     identity = repo.identity() if repo is not None else None
     return PeerStore(urls, identity=identity)
+
+
+def peer_source(store, urls: list, *, identity=None, timeout: float | None = None):
+    """The peers ``urls`` as a :class:`~tvcfs.store.source.BlockSource` over ``store``
+    (an :class:`~tvcfs.store.lmdb_store.LMDBStore`: blocks are verified, then stored
+    there): the prioritised fetcher of :mod:`tvcfs.transport.fetcher` (want-lists and
+    byte-range DAG requests on one multiplexed session per peer; docs/lazy.md).
+    ``timeout``: seconds a foreground fetch waits (default
+    :data:`~tvcfs.store.base.DEFAULT_FETCH_TIMEOUT`); ``identity``: the node key for
+    private peers. Raises ``ValueError`` without URLs. Start its ``run`` in a trio
+    nursery."""
+    from ..transport.fetcher import FetchSettings, RemoteFetcher
+
+    from .base import DEFAULT_FETCH_TIMEOUT
+
+    settings = FetchSettings(timeout=float(timeout) if timeout else DEFAULT_FETCH_TIMEOUT)
+    return RemoteFetcher(store, urls, settings=settings, identity=identity)

@@ -130,19 +130,25 @@ def _short(c: bytes | None) -> str:
 
 
 def peer_scores(repo) -> dict:
-    """``{peer ID (base58): {"bad_blocks": n, "last_bad": unix time}}``."""
+    """``{peer ID (base58): {"bad_blocks": n, "last_bad": unix time}}``: the
+    :meth:`~tvcfs.transport.peerscore.PeerScore.record` of each peer that sent bad
+    blocks."""
     return repo.config.peer_scores
 
 
 def _penalise(repo, peer: bytes | None, bad: int) -> None:
+    """Count ``bad`` bad blocks against ``peer`` in the repository's ``peer_scores``
+    (the rule of :class:`~tvcfs.transport.peerscore.PeerScore`)."""
+    from .peerscore import PeerScore
+
     if not peer or not bad:
         return
     key = format_peer_id(peer)
 
     def penalise(scores):
-        e = scores.setdefault(key, {"bad_blocks": 0})
-        e["bad_blocks"] += bad
-        e["last_bad"] = int(time.time())
+        score = PeerScore.from_record(scores.get(key))
+        score.bad(bad)
+        scores[key] = score.record()
 
     repo.config.update("peer_scores", penalise)
 

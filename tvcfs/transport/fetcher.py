@@ -1,13 +1,14 @@
-"""Lazy remote mounts: leaves fetched on demand, by priority, from one or several peers.
+"""The peer tier's prioritised fetcher: blocks by priority from one or several peers.
 
-A *lazy clone* (:func:`lazy_clone`) holds the refs, commits, directories and the
-interior nodes of every file (the leaf index), but no raw leaves. Mounting it (or
-mounting a URL directly: :func:`prepare_url_mount` makes a cache repository under
-``~/.cache/tvcfs/``) installs a :class:`RemoteFetcher` as the mount's block source
-(``BlockReader.remote``). The fetcher runs in the mount's trio loop and keeps one
-multiplexed session (:class:`~tvcfs.transport.wants.MuxSession`) per peer.
+:class:`RemoteFetcher` is a block source (:class:`tvcfs.store.source.BlockSource`)
+of the block layer: the lazy mount's reader asks it for leaves it lacks
+(``tvcfs.fs.lazy.attach_remote`` builds it through
+:func:`tvcfs.store.peers.peer_source`; the mount never sees the wire protocol). It
+runs in the caller's trio loop, keeps one multiplexed session
+(:class:`~tvcfs.transport.wants.MuxSession`) per peer, and verifies every block
+before it stores it into the local store.
 
-Priorities (docs/lazy.md; ``tvcfs.fs.reader.PRIO_*``): foreground read (3) >
+Priorities (docs/lazy.md; ``tvcfs.store.base.PRIO_*``): foreground read (3) >
 tensor readahead (2) > sequential readahead (1) > background prefetch (0).
 
 * A foreground read's missing leaves are sent at once as want-list entries
@@ -26,8 +27,9 @@ tensor readahead (2) > sequential readahead (1) > background prefetch (0).
 * Every block is hashed against its CID (in a worker thread) before it is stored;
   a bad block penalises the sending peer and the CID is asked of another peer.
 * Peers are chosen by the expected completion time (latency + outstanding bytes /
-  throughput, times a penalty for bad blocks). A peer whose connection breaks is
-  dropped and reconnected with back-off; a peer silent for ``stall_timeout``
+  throughput, times a penalty for bad blocks: :class:`~tvcfs.transport.peerscore.PeerScore`).
+  A peer whose connection breaks is dropped and reconnected with the back-off of
+  :class:`~tvcfs.transport.peerscore.Backoff`; a peer silent for ``stall_timeout``
   seconds with requests outstanding is marked suspect and its wants move to other
   peers. Wants answered elsewhere, or no longer needed, are cancelled.
 * :meth:`RemoteFetcher.stats_dict` (in the mount's ``.tvcfs/stats`` under
@@ -41,7 +43,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import fnmatch
 import json
 import heapq
 import itertools
@@ -54,29 +55,22 @@ import trio
 
 from ..encoding.cid import DAG_PB, cid_codec, cid_str
 from ..errors import BlockNotFound, CorruptBlock, InvalidCID, TvcfsError
-from ..transport import protocol as P
+from ..store.base import (DEFAULT_FETCH_TIMEOUT as DEFAULT_TIMEOUT, PRIO_FOREGROUND, PRIO_NAMES,
+                          PRIO_PREFETCH, PRIO_SEQUENTIAL)
+from ..store.source import SourceBase
 from ..store.verify import verify_many
-from .reader import PRIO_FOREGROUND, PRIO_PREFETCH, PRIO_SEQUENTIAL, PRIO_TENSOR
+from . import protocol as P
+from .peerscore import Backoff, PeerScore
 
-__all__ = [
-    "FetchSettings",
-    "RemoteFetcher",
-    "attach_remote",
-    "mount_statuses",
-]
+__all__ = ["FetchSettings", "RemoteFetcher"]
 
-log = logging.getLogger("tvcfs.fs.remote")
+log = logging.getLogger("tvcfs.transport.fetcher")
 
 MIB = 1 << 20
-PRIO_NAMES = {PRIO_FOREGROUND: "foreground", PRIO_TENSOR: "tensor",
-              PRIO_SEQUENTIAL: "sequential", PRIO_PREFETCH: "prefetch"}
 DEFAULT_LEAF = 1 * MIB        # size assumed for a CID whose size is not known
-DEFAULT_TIMEOUT = 30.0        # seconds a foreground read waits for its blocks
-READAHEAD_KB = 128            # kernel readahead of a lazy mount (local mounts: 1024)
 FAIL_HOLDOFF = 1.0            # seconds a CID that just timed out fails at once
 INLINE_STORE = 2 * MIB        # foreground blocks up to this are verified+stored in the loop
 ARRIVING = 2 * MIB            # a read waits for a leaf this close to the head of a streaming answer
-STATUS_SUFFIX = ".remote.json"  # REPO/.tvcfs/mounts/<mount hash>.remote.json: peer states
 
 
 @dataclass
@@ -182,7 +176,7 @@ class Peer:
     """State and statistics of one remote (``url``)."""
 
     def __init__(self, url: str):
-        from ..transport.client import parse_url
+        from .client import parse_url
 
         self.url = url
         u = parse_url(url)
@@ -204,9 +198,8 @@ class Peer:
         self.out_bytes = 0
         self.busy_since = 0.0
         self.last_rx = 0.0
-        self.lat = 0.005          # EWMA seconds, request sent → first block
-        self.thr = 100e6          # EWMA bytes/s while busy
-        self.penalty = 1.0
+        self.rating = PeerScore()  # latency, throughput, penalty for bad blocks
+        self.backoff = Backoff(0.2, 5.0)  # reconnection attempts
         self.tick_bytes = 0
         self.wire_done = 0        # framed bytes received on finished sessions
         # counters
@@ -232,18 +225,18 @@ class Peer:
 
     def est(self, nbytes: int) -> float:
         """Expected seconds until ``nbytes`` more would be delivered by this peer."""
-        return (self.lat + (self.out_bytes + nbytes) / max(self.thr, 1e6)) * self.penalty
+        return self.rating.est(self.out_bytes, nbytes)
 
     def score(self) -> float:
-        """Higher is better: MiB per second expected for a 1 MiB request now."""
-        return round(1.0 / max(self.est(MIB), 1e-6), 3)
+        """Higher is better: 1 / the expected seconds for a 1 MiB request now."""
+        return self.rating.score(self.out_bytes)
 
     def send(self, msg) -> None:
         self.outbox.append(msg)
         self.out_ev.set()
 
 
-class RemoteFetcher:
+class RemoteFetcher(SourceBase):
     """Block source of a lazy mount: fetches blocks by priority from ``urls``.
 
     ``store``: the repository's :class:`~tvcfs.store.lmdb_store.LMDBStore` (blocks
@@ -252,16 +245,24 @@ class RemoteFetcher:
     :meth:`fetch` (blocking, foreground), :meth:`schedule` and
     :meth:`schedule_range` (non-blocking). Start :meth:`run` in the mount's
     nursery.
+
+    Hooks the caller may set (all optional): ``on_started()`` runs once the
+    fetcher serves requests (the mount warms its files there); ``on_stored(cids)``
+    runs in the storing worker thread after ``cids`` were written (the mount's
+    page-in threads learn they are resident); ``read_count()`` gives the reads
+    served so far (``cache_hit_reads`` in :meth:`stats_dict`).
     """
 
     def __init__(self, store, urls, *, settings: FetchSettings | None = None,
-                 identity=None, reader=None):
+                 identity=None):
         if not urls:
             raise ValueError("a remote fetcher needs at least one peer URL")
         self.store = store
         self.settings = settings or FetchSettings()
         self.identity = identity
-        self.reader = reader
+        self.on_started = None
+        self.on_stored = None
+        self.read_count = None
         self.peers = [Peer(u) for u in dict.fromkeys(urls)]
         self.wants: dict[bytes, _Want] = {}
         self.orphans: list[_Want] = []
@@ -278,10 +279,6 @@ class RemoteFetcher:
         self._interior: collections.OrderedDict = collections.OrderedDict()
         self._nursery = None
         self._unsynced = 0
-        self.prefetch_patterns: list[str] = []
-        self.readahead_kb = READAHEAD_KB  # the mount's kernel readahead (read_ahead_kb)
-        self.ops = None
-        self.repo = None
         # statistics
         self.classes = {n: {"blocks": 0, "bytes": 0, "requested": 0} for n in PRIO_NAMES.values()}
         self.fetch_calls = 0
@@ -409,42 +406,22 @@ class RemoteFetcher:
         if items:
             self._push_job(_Job(priority, idx, items))
 
-    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Connect to the peers and serve wants until cancelled."""
-        try:
-            async with trio.open_nursery() as n:
-                self._nursery = n
-                for p in self.peers:
-                    n.start_soon(self._peer_main, p)
-                n.start_soon(self._dispatcher)
-                n.start_soon(self._storer, True)
-                n.start_soon(self._storer, False)
-                n.start_soon(self._watchdog)
-                task_status.started()
-                try:
-                    self.warm()
-                except Exception:  # noqa: BLE001 - only an optimisation
-                    log.exception("warming the mount")
-                if self.prefetch_patterns:
-                    try:
-                        self.prefetch_matching(self.prefetch_patterns)
-                    except Exception:  # noqa: BLE001 - a bad pattern must not stop the mount
-                        log.exception("--prefetch")
-        finally:
-            self._nursery = None
-            self.close()
-            if self.status_path:
-                with contextlib.suppress(OSError):
-                    os.unlink(self.status_path)
+    async def _start(self, n) -> None:
+        """(:meth:`run`, of :class:`~tvcfs.store.source.SourceBase`: connect to the
+        peers and serve wants until cancelled.)"""
+        for p in self.peers:
+            n.start_soon(self._peer_main, p)
+        n.start_soon(self._dispatcher)
+        n.start_soon(self._storer, True)
+        n.start_soon(self._storer, False)
+        n.start_soon(self._watchdog)
 
     def close(self) -> None:
-        """Make what was stored durable (one msync)."""
-        if self._unsynced:
-            try:
-                self.store.sync()
-            except Exception:  # noqa: BLE001 - shutting down
-                log.exception("sync")
-            self._unsynced = 0
+        """Make what was stored durable (one msync); remove the status file."""
+        self.sync_stored()
+        if self.status_path:
+            with contextlib.suppress(OSError):
+                os.unlink(self.status_path)
 
     async def wait_ready(self, timeout: float = 10.0) -> bool:
         """Wait until at least one peer is connected (tests, benchmarks)."""
@@ -453,76 +430,6 @@ class RemoteFetcher:
                 await trio.sleep(0.01)
             return True
         return False
-
-    # ------------------------------------------------------------------ prefetch
-    def warm(self) -> int:
-        """At mount start: build the leaf indexes of HEAD's safetensors files (so
-        ``open`` is instant) and fetch, at tensor priority, the leaves the kernel's
-        first read of each covers (its readahead from offset 0: the header, which
-        the chunker gives its own leaves, and the first tensor's first leaf), so
-        ``safe_open`` runs locally. A longer header is completed on first use.
-        Returns bytes scheduled."""
-        if self.repo is None or self.reader is None:
-            return 0
-        head = self.repo.head()
-        if head is None:
-            return 0
-        n = 0
-        for path, e in self.repo.walk(head):
-            if e.kind != "file" or not path.endswith(".safetensors"):
-                continue
-            try:
-                idx = self.reader.index(e.cid)
-            except TvcfsError:
-                continue
-            # the leaves of the kernel's first read of the file (its readahead from 0):
-            # the header (the chunker gives it its own leaves) and what follows it
-            hi = min(idx.size, self.readahead_kb * 1024)
-            miss = self.reader.missing(idx, 0, hi)
-            if miss:
-                self.schedule_range(idx, 0, hi, miss, PRIO_TENSOR)
-                n += sum(idx.sizes[i] for i in idx.leaf_range(0, hi))
-        return n
-
-    def prefetch_matching(self, patterns) -> int:
-        """Schedule background prefetch of files of the HEAD commit whose path (or
-        base name) matches a glob in ``patterns``; ``@FILE`` names a file listing
-        paths in the order to fetch them (a recorded access order). Returns bytes
-        scheduled."""
-        if self.repo is None or self.reader is None:
-            return 0
-        head = self.repo.head()
-        if head is None:
-            return 0
-        files = [(path, e) for path, e in self.repo.walk(head) if e.kind == "file"]
-        chosen: list = []
-        for pat in patterns:
-            if pat.startswith("@"):
-                with open(pat[1:]) as f:
-                    order = [ln.strip().strip("/") for ln in f if ln.strip()]
-                by_path = dict(files)
-                for path in order:
-                    e = by_path.get(path)
-                    if e is not None:
-                        chosen.append(e)
-                    else:
-                        log.info("prefetch: %s is not in HEAD", path)
-                continue
-            for path, e in files:
-                if fnmatch.fnmatchcase(path, pat) or fnmatch.fnmatchcase(os.path.basename(path), pat):
-                    chosen.append(e)
-        n = 0
-        seen = set()
-        for e in chosen:
-            if e.cid in seen:
-                continue
-            seen.add(e.cid)
-            try:
-                n += self.reader.prefetch(self.reader.index(e.cid))
-            except TvcfsError as err:
-                log.info("prefetch %s: %s", e.name, err)
-        log.info("prefetch scheduled: %d file(s), %d bytes", len(seen), n)
-        return n
 
     # ------------------------------------------------------------------ bookkeeping
     def _new_want(self, cid: bytes, prio: int, size: int, now: float) -> _Want:
@@ -815,13 +722,12 @@ class RemoteFetcher:
     # ------------------------------------------------------------------ peers
     async def _peer_main(self, p: Peer) -> None:
         """Keep a session with ``p``: connect, serve, and after a failure reconnect
-        (at once after a lost connection, then with back-off 0.2 s doubling to 5 s,
+        (at once after a lost connection, then with ``p.backoff``: 0.2 s doubling to 5 s,
         or at once when a read finds no peer connected: ``p.kick``). State changes
         are logged once each (down with the reason, back up), not once per attempt."""
         from ..transport.quic import QuicSettings
         from ..transport.wants import open_mux
 
-        backoff = 0.2
         s = self.settings
         while True:
             reason = "session closed by the peer"
@@ -853,7 +759,7 @@ class RemoteFetcher:
                         connected_at = self._last_connect = trio.current_time()
                         p.last_rx = trio.current_time()
                         p.outbox.clear()
-                        backoff = 0.2
+                        p.backoff.succeeded()
                         self._kick()
                         try:
                             async with trio.open_nursery() as n:
@@ -885,10 +791,9 @@ class RemoteFetcher:
                     self._set_state(p, "down")
                 else:
                     log.debug("peer %s still down: %s", p.name, p.last_error)
-            with trio.move_on_after(backoff):
+            with trio.move_on_after(p.backoff.failed(p.last_error)):
                 await p.kick.wait()
             p.kick = trio.Event()
-            backoff = min(backoff * 2, 5.0)
 
     def _set_state(self, p: Peer, state: str) -> None:
         if p.state != state:
@@ -956,12 +861,12 @@ class RemoteFetcher:
         if w is not None and not w.pending:
             rid = w.at.get(p)
             if rid == 0:
-                self._sample_latency(p, now - w.sent_at)
+                p.rating.sample_latency(now - w.sent_at)
             elif rid is not None:
                 r = p.reqs.get(rid)
                 if r is not None and not r.first:
                     r.first = True
-                    self._sample_latency(p, now - r.sent_at)
+                    p.rating.sample_latency(now - r.sent_at)
             w.pending = True
             self._detach(w, p)
             urgent = w.fg > 0
@@ -1007,9 +912,6 @@ class RemoteFetcher:
             log.info("peer %s: request %d failed: %s", p.name, rid, message)
         self._kick()
 
-    def _sample_latency(self, p: Peer, dt: float) -> None:
-        p.lat = 0.8 * p.lat + 0.2 * max(dt, 1e-5)
-
     # ------------------------------------------------------------------ storing
     async def _storer(self, urgent: bool) -> None:
         q = self._rx[urgent]
@@ -1026,9 +928,9 @@ class RemoteFetcher:
                 batch.append(item)
                 nb += len(item[1])
             try:
-                # the reader's page-in threads (tvcfs.fs.reader.Preloader) learn that the
-                # leaves just written are in memory: reading them needs no thread hop
-                hint = self._resident_hint
+                # the caller learns which leaves were just written (the mount's page-in
+                # threads: they are in memory, reading them needs no thread hop)
+                hint = self.on_stored
                 if urgent and nb <= INLINE_STORE:
                     # a read waits for it: no thread hop (~1 ms of hashing per MiB)
                     result = _verify_and_store(self.store, batch, hint)
@@ -1057,7 +959,7 @@ class RemoteFetcher:
                     continue
                 p.bad_blocks += 1
                 self.bad_blocks += 1
-                p.penalty = min(p.penalty * 4.0, 1e6)
+                p.rating.bad()
                 log.warning("peer %s sent a corrupt block %s: dropped, asking another peer",
                             p.name, cid_str(cid))
                 if w is not None and self.wants.get(cid) is w:
@@ -1093,27 +995,6 @@ class RemoteFetcher:
                 x.pending = False
                 x.event.set()
 
-    def _resident_hint(self, cids) -> None:
-        """Tell the reader's page-in threads that ``cids`` (just written through the
-        map, so in memory) are resident. Runs in the storing thread."""
-        pre = getattr(self.reader, "preloader", None)
-        if pre is None:
-            return
-        mark = getattr(pre, "mark_resident", None)
-        if mark is not None:
-            mark(cids)
-            return
-        res, cv = getattr(pre, "resident", None), getattr(pre, "cv", None)
-        if res is None or cv is None or not hasattr(res, "move_to_end"):
-            return
-        with cv:
-            for c in cids:
-                res[c] = True
-                res.move_to_end(c)
-            limit = getattr(pre, "max_resident", 1 << 16)
-            while len(res) > limit:
-                res.popitem(last=False)
-
     # ------------------------------------------------------------------ watchdog
     async def _watchdog(self) -> None:
         tick = 0.05
@@ -1128,17 +1009,16 @@ class RemoteFetcher:
             for p in self.peers:
                 busy = p.out_bytes > 0
                 if busy and p.tick_bytes:
-                    p.thr = 0.7 * p.thr + 0.3 * (p.tick_bytes / dt)
+                    p.rating.sample_throughput(p.tick_bytes, dt)
                 p.tick_bytes = 0
-                if p.penalty > 1.0:
-                    p.penalty = max(1.0, p.penalty * 0.5 ** (dt / 120))  # halves in 2 minutes
+                p.rating.decay(dt)
                 if not p.ready or not busy:
                     continue
                 since = max(p.last_rx, p.busy_since)
                 if now - since > stall and not p.suspect:
                     p.suspect = True
                     p.stalls += 1
-                    p.thr = max(p.thr * 0.25, 1e6)
+                    p.rating.stalled()
                     self._status_dirty = True
                     if any(q is not p for q in usable):
                         self._evacuate(p)
@@ -1227,11 +1107,12 @@ class RemoteFetcher:
                 "stalls": p.stalls, "failures": p.failures, "connects": p.connects,
                 "cancels_sent": p.cancels, "requests_sent": p.requests,
                 "outstanding_wants": len(p.wants), "outstanding_requests": len(p.reqs),
-                "latency_ms": round(p.lat * 1000, 3), "throughput_MBps": round(p.thr / 1e6, 1),
-                "penalty": round(p.penalty, 2), "score": p.score(), "last_error": p.last_error,
+                "latency_ms": round(p.rating.lat * 1000, 3),
+                "throughput_MBps": round(p.rating.thr / 1e6, 1),
+                "penalty": round(p.rating.penalty, 2), "score": p.score(), "last_error": p.last_error,
                 "since": round(p.since, 3),
             }
-        reads = self.reader.stats.reads if self.reader is not None else 0
+        reads = self.read_count() if self.read_count is not None else 0
         return {
             "classes": self.classes,
             "peers": peers,
@@ -1287,58 +1168,3 @@ def _verify_and_store(store, batch, stored_hook=None):
             except Exception:  # noqa: BLE001 - a hint only
                 pass
     return stored, bad, dup, False
-
-
-def mount_statuses(control: str) -> list:
-    """The status files of the running lazy mounts of a repository (``control``:
-    its ``.tvcfs`` directory): a list of :meth:`RemoteFetcher.status` dicts, by
-    mount point. Files of mounts whose process is gone are skipped."""
-    from .workspace import _process_alive
-
-    d = os.path.join(control, "mounts")
-    out = []
-    try:
-        names = sorted(os.listdir(d))
-    except OSError:
-        return out
-    for name in names:
-        if not name.endswith(STATUS_SUFFIX):
-            continue
-        try:
-            with open(os.path.join(d, name)) as f:
-                st = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if isinstance(st, dict) and _process_alive(st.get("pid")):
-            out.append(st)
-    return sorted(out, key=lambda st: st.get("mountpoint", ""))
-
-
-# ====================================================================== mounting
-def attach_remote(repo, ops, remotes=None, fetch_timeout=None, prefetch=None, **_ignored):
-    """Install a :class:`RemoteFetcher` as ``ops.reader.remote`` when the mount has
-    peers: the ``remotes`` URLs given, plus the repository's remotes when it is a
-    lazy clone. Returns the fetcher (the caller runs :meth:`RemoteFetcher.run` in
-    its nursery) or None. (``tvcfs.fs.s3source.attach_lazy`` picks between this and
-    an S3 bucket.)"""
-    urls = list(remotes or [])
-    if repo.config.lazy:
-        urls += list(repo.remotes().values())
-    urls = list(dict.fromkeys(urls))
-    if not urls:
-        if prefetch:
-            log.info("--prefetch without remotes: local leaves are read ahead by the kernel")
-        return None
-    settings = FetchSettings(timeout=float(fetch_timeout) if fetch_timeout else DEFAULT_TIMEOUT)
-    f = RemoteFetcher(repo.store, urls, settings=settings, identity=repo.identity(),
-                      reader=ops.reader)
-    f.repo = repo
-    f.ops = ops
-    f.prefetch_patterns = list(prefetch or [])
-    ops.reader.remote = f
-    log.info("lazy mount: %d peer(s): %s; fetch timeout %g s", len(urls), ", ".join(urls),
-             settings.timeout)
-    return f
-
-
-# ====================================================================== lazy clone
