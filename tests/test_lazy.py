@@ -167,9 +167,9 @@ def test_lazy_clone_then_one_tensor_moves_only_its_bytes(model_server, real_mode
 def test_safe_open_three_named_tensors_moves_only_those(model_server, real_model_dir, tmp_path):
     from safetensors import safe_open
 
-    from tvcfs.transport.lazysync import lazy_clone
+    from tvcfs.sync import clone
 
-    repo, res = lazy_clone(model_server.url, str(tmp_path / "clone"))
+    repo, res = clone(model_server.url, str(tmp_path / "clone"), lazy=True, quiet=True)
     repo.close()
     assert res.refs and res.blocks > 0
     names = ["encoder.layer.1.intermediate.dense.weight", "encoder.layer.3.output.dense.weight",

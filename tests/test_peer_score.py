@@ -42,19 +42,19 @@ def test_penalty_rule_and_the_persisted_record():
 
 
 def test_clone_fetch_scores_are_peer_score_records(tmp_repo):
-    """What a fetch counts against a peer (``transport.ops._penalise``) is a
+    """What a fetch counts against a peer (``transport.peer.penalise``) is a
     ``PeerScore`` record, and ``tvcfs remote list -v`` reads it back."""
     from tvcfs.transport.identity import NodeIdentity, format_peer_id
-    from tvcfs.transport.ops import _bad_count, _penalise, peer_scores
+    from tvcfs.transport.peer import bad_count, penalise, peer_scores
 
     peer = NodeIdentity.generate().peer_id
-    _penalise(tmp_repo, peer, 3)
-    _penalise(tmp_repo, peer, 2)
+    penalise(tmp_repo, peer, 3)
+    penalise(tmp_repo, peer, 2)
     rec = peer_scores(tmp_repo)[format_peer_id(peer)]
     assert set(rec) == {"bad_blocks", "last_bad"} and rec["bad_blocks"] == 5
     assert PeerScore.from_record(rec).bad_blocks == 5
     url = f"tvcfs://{format_peer_id(peer)}@127.0.0.1:1/"
-    assert _bad_count(tmp_repo, url) == 5
+    assert bad_count(tmp_repo, url) == 5
 
 
 def test_peer_tier_skips_a_failed_peer_by_the_back_off_rule():

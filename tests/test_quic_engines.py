@@ -266,13 +266,14 @@ def test_fetches_of_a_repository_resume_from_its_ticket_file(tmp_path):
 
     from lazy_support import Server
 
-    from tvcfs.transport import ops, runner
+    from tvcfs import sync
+    from tvcfs.transport import runner
     from test_transport import write_files
 
     make_repo(tmp_path / "a", {"f.bin": rnd(300_000, 4)}).close()
     srv = Server(str(tmp_path / "a" / "repo"))
     try:
-        repo, res = ops.clone(srv.url, str(tmp_path / "b"), quiet=True)
+        repo, res = sync.clone(srv.url, str(tmp_path / "b"), quiet=True)
         assert not res.stats[0][1].resumed
         path = os.path.join(repo.control, "quic-tickets.json")
         deadline = time.monotonic() + 10
@@ -284,7 +285,7 @@ def test_fetches_of_a_repository_resume_from_its_ticket_file(tmp_path):
         write_files(tmp_path / "a" / "wt", {"g.bin": rnd(200_000, 5)})
         src.commit_dir(str(tmp_path / "a" / "wt"), message="c2", timestamp=1_700_000_100)
         src.close()
-        res = ops.fetch(repo, "origin", quiet=True)
+        res = sync.fetch(repo, "origin")
         st = res.stats[0][1]
         assert st.resumed and st.early_data and st.blocks > 0 and not st.missing
         repo.close()

@@ -6,6 +6,7 @@ with real `tvcfs` subprocesses and the real model."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 
@@ -306,7 +307,7 @@ def test_killed_push_and_killed_clone_resume_moving_only_what_is_missing(s3_endp
     res = tv(s3_endpoint, "clone", url, str(dest))
     err = res.stderr.decode()
     assert "Resuming the interrupted clone" in err
-    got = int(err.split(" bytes) from ")[0].rsplit("(", 1)[1])
+    got = int(re.search(r"\((\d+) bytes, \d+ on the wire\) from origin over s3 ", err).group(1))
     assert got <= total - have
     with Repo.open(str(dest)) as a, Repo.open(big_repo) as b:
         assert a.head() == b.head()

@@ -1,12 +1,19 @@
-"""Push, fetch, pull and clone against remotes that are a block store plus refs.
+"""The sync verbs — clone, fetch, pull, push and the lazy (skeleton) fetch — once,
+for every remote kind (docs/architecture.md, "Sync").
 
-A *block remote* (:class:`BlockRemote`) is the small interface this module needs
-from the other side: list its refs (and the ref its HEAD names), move one ref by
-compare-and-swap, and ``has_many`` / ``get_many`` / ``put_many`` / ``flush`` of
-blocks. :class:`S3Remote` implements it over S3-compatible object storage
-(:class:`~tvcfs.store.s3.S3Store` packs and :class:`~tvcfs.store.s3.S3Refs`); the
-tvcfs:// block exchange can implement the same interface later and share the walks
-below. See docs/backends.md ("Verbs") for the user's view.
+A *remote* (:class:`BlockRemote`) is the small interface these verbs need from the
+other side: list its refs (and the ref its HEAD names) and ``has_many`` /
+``get_many`` of blocks; for a push, ``put_many`` / ``flush`` and a compare-and-swap
+of one ref. Two implementations: :class:`S3Remote` (``s3://BUCKET/PREFIX``, over
+:class:`~tvcfs.store.s3.S3Store` packs and :class:`~tvcfs.store.s3.S3Refs`) and
+:class:`~tvcfs.transport.peer.PeerRemote` (``tvcfs://PEERID@HOST:PORT/REPO``, one
+session of the block exchange over QUIC or TLS/TCP). A remote may offer two
+optional capabilities, used when present: ``fetch_dags(repo, roots, complete=…)``
+("send me these DAGs, I already hold these roots": the peer answers whole-DAG
+requests it walks itself instead of one round trip per level) and
+``push_dag(repo, ref, new, expected)`` (a push the peer checks and applies with
+its own compare-and-swap). :func:`open_remote` picks the implementation by URL.
+See docs/backends.md ("Verbs") and docs/protocol.md for the users' view.
 
 * **push** walks the local DAG of the pushed commit (history included) children
   first, skips every sub-DAG whose root the remote already holds, uploads the rest
@@ -16,16 +23,22 @@ below. See docs/backends.md ("Verbs") for the user's view.
   written in order, each pack before its index), a block the remote holds has its
   whole sub-DAG there: re-running an interrupted push moves only what is missing.
   A lost race is :class:`BranchMoved` ("branch moved"): nothing is overwritten.
-* **fetch** reads the remote refs, walks their DAGs breadth first and fetches the
-  missing blocks level by level with ``get_many`` (in batches of
-  :data:`BATCH_BYTES`), every block through
-  :func:`tvcfs.store.verify.verify_and_put`; the remote-tracking refs
+  Refused before sending anything when not a fast-forward (unless forced).
+* **fetch** reads the remote refs and fetches the blocks of their DAGs the local
+  store lacks (``fetch_dags``, or the breadth-first walk :func:`walk_dags`: level
+  by level with ``get_many`` in batches of :data:`BATCH_BYTES`); every block is
+  verified against its CID before it is stored (:mod:`tvcfs.store.verify`). The
+  **resume rule**: local blocks are walked again (an interrupted fetch stored
+  parents before children) but never fetched again, so re-running resumes. When
+  the remote lacks blocks or sent bad ones, the **next remote** is asked for the
+  same roots (:func:`fallback_remotes`: the other configured remotes, fewest bad
+  blocks first; a peer over :data:`~tvcfs.transport.peer.PENALTY_LIMIT` bad blocks
+  is skipped); bad blocks count against the sending peer. The remote-tracking refs
   ``refs/remotes/NAME/*`` (and new tags) are set by :func:`update_tracking_refs`
-  only once every DAG is complete. Local blocks are walked again (an interrupted
-  fetch stored parents before children) but never fetched again: re-running
-  resumes. ``skeleton=True`` (a lazy clone) fetches everything but raw leaves.
-* **pull** = fetch + fast-forward; **clone** = a new repository + fetch + local
-  branches and HEAD.
+  only once every DAG is complete. ``skeleton=True`` (a lazy repository) fetches
+  everything but raw leaves.
+* **pull** = fetch + :func:`fast_forward`; **clone** = a new repository + fetch +
+  local branches and HEAD (re-running an interrupted clone resumes it).
 """
 
 from __future__ import annotations
@@ -45,18 +58,25 @@ __all__ = [
     "BATCH_BYTES",
     "BlockRemote",
     "BranchMoved",
+    "FetchIncomplete",
     "FetchResult",
+    "NotFastForward",
     "PullResult",
     "PushResult",
     "S3Remote",
+    "cache_dir_for",
+    "check_url",
     "clone",
+    "fallback_remotes",
     "fetch",
     "is_ancestor",
     "is_block_url",
     "open_remote",
+    "prepare_url_mount",
     "pull",
     "push",
     "update_tracking_refs",
+    "walk_dags",
 ]
 
 REMOTES = "refs/remotes/"
@@ -79,11 +99,23 @@ class FetchIncomplete(TvcfsError):
 
 # ------------------------------------------------------------------ the remote
 class BlockRemote(Protocol):
-    """What sync needs from a remote. ``url``: shown in messages. Errors are
-    :class:`TvcfsError` subclasses with one-line messages (``BlockUnavailable``
-    for an unreachable remote)."""
+    """What sync needs from a remote. ``url``: shown in messages; ``transport``:
+    how blocks travel ("s3", "quic/qh3", "tcp"); ``peer_id``: the binary peer ID
+    bad blocks count against (``None``: no peer). Errors are :class:`TvcfsError`
+    subclasses with one-line messages (``BlockUnavailable`` or ``TransportError``
+    for an unreachable remote).
+
+    Optional capabilities (looked up with ``getattr``): ``fetch_dags(repo, roots,
+    *, complete, progress, stop_on_bad) -> FetchStats`` fetches whole DAGs into
+    ``repo`` (verified) instead of :func:`walk_dags`; ``push_dag(repo, ref, new,
+    expected, progress) -> (blocks, bytes)`` replaces ``has_many``/``put_many``/
+    ``flush``/``compare_and_swap``/``init_head`` for a push; ``can_push``
+    (default True): False skips the local fast-forward check so that the remote
+    gives its own refusal."""
 
     url: str
+    transport: str
+    peer_id: bytes | None
 
     def list_refs(self) -> dict:
         """``{full ref name: binary commit CID}`` of branches and tags."""
@@ -133,6 +165,8 @@ class S3Remote:
         self.store = S3Store(url, **options)
         self.refs = S3Refs(url, **ref_opts)
         self.url = self.store.url
+        self.transport = "s3"
+        self.peer_id = None
 
     def list_refs(self) -> dict:
         return {k: v for k, v in self.refs.list("refs/").items() if k.startswith((HEADS, TAGS))}
@@ -172,25 +206,42 @@ class S3Remote:
 
 
 def is_block_url(url: str | None) -> bool:
-    """True for URLs of block remotes handled here (``s3://…``)."""
+    """True for URLs of object-store remotes (``s3://…``)."""
     return bool(url) and url.startswith(BLOCK_SCHEMES)
 
 
 def check_url(url: str) -> str:
-    """Validate a block-remote URL; return it. Raises :class:`TvcfsError`."""
-    from .store.s3 import parse_s3_url
+    """Validate a remote URL (``s3://BUCKET/PREFIX`` or
+    ``tvcfs[+quic|+tcp]://PEERID@HOST:PORT/REPO``); return it. Raises
+    :class:`TvcfsError` saying what is wrong."""
+    if is_block_url(url):
+        from .store.s3 import parse_s3_url
 
-    parse_s3_url(url)
+        parse_s3_url(url)
+        return url
+    from .transport.client import parse_url
+
+    try:
+        parse_url(url)
+    except ValueError as e:
+        raise TvcfsError(f"{e} (remote URLs: tvcfs://PEERID@HOST:PORT/ or s3://BUCKET/PREFIX)") from None
     return url
 
 
-def open_remote(url: str, **options) -> BlockRemote:
-    """The :class:`BlockRemote` for ``url`` (``s3://BUCKET/PREFIX``). Raises
-    :class:`TvcfsError` for another scheme."""
-    if url.startswith("s3://"):
-        check_url(url)
-        return S3Remote(url, **options)
-    raise TvcfsError(f"not a block remote URL: {url!r} (expected s3://BUCKET/PREFIX)")
+def open_remote(url: str, repo=None, *, engine: str | None = None, auth: str = "auto",
+                options: dict | None = None) -> BlockRemote:
+    """The :class:`BlockRemote` for ``url``: :class:`S3Remote` for ``s3://…``
+    (``options``: endpoint, profile, timeouts…), else a
+    :class:`~tvcfs.transport.peer.PeerRemote` for ``tvcfs://…`` (connected; ``repo``
+    gives the node identity and session tickets, ``engine`` the QUIC engine,
+    ``auth`` "auto" or "always"). Close it (or use ``with``). Raises
+    :class:`TvcfsError` (a bad URL, an unreachable remote)."""
+    check_url(url)
+    if is_block_url(url):
+        return S3Remote(url, **(options or {}))
+    from .transport.peer import PeerRemote
+
+    return PeerRemote(url, repo, engine=engine, auth=auth)
 
 
 def remote_url(repo, remote: str) -> str:
@@ -310,16 +361,20 @@ def _post_order_missing(get, root: bytes, remote: BlockRemote) -> Iterator[tuple
 
 
 def push(repo, remote: str = "origin", branch: str | None = None, *, force: bool = False,
-         progress=None, options: dict | None = None) -> PushResult:
-    """Push local ``branch`` (default: HEAD's) to the same branch of the block remote
-    ``remote`` (a configured name or an ``s3://`` URL): upload the blocks it lacks,
-    then move its branch by compare-and-swap from the value read first.
+         progress=None, engine: str | None = None, options: dict | None = None) -> PushResult:
+    """Push local ``branch`` (default: HEAD's) to the same branch of ``remote`` (a
+    configured name or a URL, ``s3://`` or ``tvcfs://``): upload the blocks it
+    lacks, then move its branch by compare-and-swap from the value read first (a
+    peer does both with ``push_dag``; its server checks the swap).
 
     Refused before uploading when the remote branch is not an ancestor of the local
-    one (unless ``force``). ``progress(bytes uploaded, None)``. Raises
+    one (unless ``force``). ``progress(bytes uploaded, None)``; ``engine``: QUIC
+    engine of a tvcfs:// remote; ``options``: of an s3:// one. Raises
     :class:`NotFastForward`, :class:`BranchMoved` (another push won the race:
-    nothing overwritten), :class:`~tvcfs.errors.BlockUnavailable` (the remote
-    cannot be reached), :class:`TvcfsError`."""
+    nothing overwritten), :class:`~tvcfs.transport.client.PushRejected` (a peer's
+    refusal: unauthorised, stale base), :class:`~tvcfs.errors.BlockUnavailable` /
+    :class:`~tvcfs.transport.quic.TransportError` (the remote cannot be reached),
+    :class:`TvcfsError`."""
     branch = branch or repo.head_branch()
     if not branch:
         raise TvcfsError("HEAD is detached: name the branch to push")
@@ -330,23 +385,27 @@ def push(repo, remote: str = "origin", branch: str | None = None, *, force: bool
     url = remote_url(repo, remote)
     name = remote if "://" not in remote else url
     t0 = time.monotonic()
-    with open_remote(url, **(options or {})) as rem:
+    with open_remote(url, repo, engine=engine, auth="always", options=options) as rem:
         cur = rem.list_refs().get(ref)
         if cur == local:
             res = PushResult("up-to-date", ref, cur, local)
         else:
-            if cur is not None and not force:
+            if cur is not None and not force and getattr(rem, "can_push", True):
                 check_fast_forward(repo, name, branch, cur, local)
-            blocks, nbytes = _upload(repo, rem, local, progress)
-            try:
-                rem.compare_and_swap(ref, cur, local)
-            except RefConflict as e:
-                raise BranchMoved(
-                    f"push rejected: branch {branch} moved on {name} while pushing (expected "
-                    f"{_short(cur)}, found {_short(e.actual)}); nothing was overwritten (the "
-                    f"{blocks} uploaded blocks stay); run `tvcfs pull {name} {branch}`, merge if "
-                    f"needed, then push again") from None
-            rem.init_head(ref)
+            push_dag = getattr(rem, "push_dag", None)
+            if push_dag is not None:
+                blocks, nbytes = push_dag(repo, ref, local, cur, progress)
+            else:
+                blocks, nbytes = _upload(repo, rem, local, progress)
+                try:
+                    rem.compare_and_swap(ref, cur, local)
+                except RefConflict as e:
+                    raise BranchMoved(
+                        f"push rejected: branch {branch} moved on {name} while pushing (expected "
+                        f"{_short(cur)}, found {_short(e.actual)}); nothing was overwritten (the "
+                        f"{blocks} uploaded blocks stay); run `tvcfs pull {name} {branch}`, merge "
+                        f"if needed, then push again") from None
+                rem.init_head(ref)
             res = PushResult("pushed", ref, cur, local, blocks, nbytes)
     res.seconds = time.monotonic() - t0
     if "://" not in remote and res.kind == "pushed":
@@ -406,38 +465,42 @@ def _upload(repo, rem: BlockRemote, root: bytes, progress) -> tuple[int, int]:
 class FetchResult:
     """What a fetch did: ``remote`` name, ``url``, ``refs`` (the remote's ``{name:
     cid}``), ``head`` (the ref the remote HEAD names), ``updated`` (``[(ref, old,
-    new)]``), ``blocks``/``nbytes`` fetched (verified, new), ``seconds``."""
+    new)]``), ``stats`` (per remote asked, the first one and any fallbacks: ``[(name,
+    FetchStats)]``), ``blocks``/``nbytes`` fetched in all (verified, new),
+    ``seconds``."""
 
     remote: str
     url: str
     refs: dict
     head: str
     updated: list = field(default_factory=list)
+    stats: list = field(default_factory=list)
     blocks: int = 0
     nbytes: int = 0
     seconds: float = 0.0
 
 
-def fetch_dags(repo, rem: BlockRemote, roots: Iterable[bytes], *, complete=(), skeleton: bool = False,
-               progress=None, counter: list | None = None) -> list:
+def walk_dags(repo, rem: BlockRemote, roots: Iterable[bytes], *, complete=(), skeleton: bool = False,
+              progress=None):
     """Fetch every block under ``roots`` (commits with history) missing from
     ``repo``'s local store, breadth first, with ``rem.get_many`` in batches of
     about :data:`BATCH_BYTES`, each batch verified and stored
     (:func:`~tvcfs.store.verify.verify_and_put`, one transaction, synced once at
     the end) while the next one downloads. ``complete``: commits whose DAGs are
     known complete locally (not walked). ``skeleton``: leave raw leaves out (the
-    empty leaf is made locally). ``counter``: ``[blocks, bytes]`` added to.
-    Returns the CIDs the remote did not have (empty when complete). Raises
+    empty leaf is made locally). ``progress(bytes, None)``. Returns a
+    :class:`~tvcfs.transport.backend.FetchStats` whose ``missing`` lists the CIDs
+    the remote did not have (empty when complete). Raises
     :class:`~tvcfs.errors.CorruptBlock` naming a block that does not hash to its
     CID (nothing of that batch's bad blocks is stored), ``BlockUnavailable``."""
-    from .transport.backend import links_of
+    from .transport.backend import FetchStats, links_of
 
+    t0 = time.perf_counter()
+    st = FetchStats(transport=getattr(rem, "transport", ""))
     store = repo.store
-    counter = counter if counter is not None else [0, 0]
     empty = make_cid(RAW, b"")
     seen = set(complete)
     level = [c for c in dict.fromkeys(roots) if c not in seen]
-    missing: list = []
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tvcfs-sync")
     try:
         while level:
@@ -450,7 +513,7 @@ def fetch_dags(repo, rem: BlockRemote, roots: Iterable[bytes], *, complete=(), s
                     if h and cid_codec(c) != RAW:
                         nxt.extend(links_of(c, bytes(v.get(c)), history=True))
             need = [c for c, h in zip(level, here) if not h]
-            for cid, data in _fetch_batches(store, rem, need, pool, progress, counter, missing):
+            for cid, data in _fetch_batches(store, rem, need, pool, progress, st, t0):
                 if cid_codec(cid) != RAW:
                     nxt.extend(links_of(cid, data, history=True))
             level = []
@@ -465,8 +528,9 @@ def fetch_dags(repo, rem: BlockRemote, roots: Iterable[bytes], *, complete=(), s
                 level.append(c)
     finally:
         pool.shutdown(wait=True)
+        st.seconds = time.perf_counter() - t0
     store.sync()
-    return missing
+    return st
 
 
 def _is_raw(c: bytes) -> bool:
@@ -476,9 +540,10 @@ def _is_raw(c: bytes) -> bool:
         return False
 
 
-def _fetch_batches(store, rem, need, pool, progress, counter, missing):
+def _fetch_batches(store, rem, need, pool, progress, st, t0):
     """Yield ``(cid, data)`` of the blocks ``need`` after they are verified and
-    stored; download batch ``i+1`` (on ``pool``) while batch ``i`` is stored."""
+    stored; download batch ``i+1`` (on ``pool``) while batch ``i`` is stored.
+    Counts into ``st`` (a FetchStats); CIDs the remote lacks go to ``st.missing``."""
     from .store.verify import verify_and_put
 
     batches, cur, cur_bytes = [], [], 0
@@ -495,7 +560,11 @@ def _fetch_batches(store, rem, need, pool, progress, counter, missing):
         got = fut.result()
         fut = pool.submit(lambda b: list(rem.get_many(b)), batches[i + 1]) if i + 1 < len(batches) else None
         present = [(c, d) for c, d in got if d is not None]
-        missing.extend(c for c, d in got if d is None)
+        st.missing.extend(c for c, d in got if d is None)
+        if present and st.first_block_s is None:
+            st.first_block_at = time.perf_counter()
+            st.first_block_s = st.first_block_at - t0
+        st.wire_bytes += sum(len(d) for _, d in present)
         with store.write(sync=False) as w:
             res = verify_and_put(store, present, txn=w)
         if res.bad:
@@ -505,44 +574,109 @@ def _fetch_batches(store, rem, need, pool, progress, counter, missing):
                                f"(corrupt object in the bucket"
                                + (f"; {len(res.bad) - 1} more" if len(res.bad) > 1 else "")
                                + "); it was not stored; the fetch stopped, nothing else changed")
-        counter[0] += res.stored
-        counter[1] += res.bytes_new
+        st.blocks += res.stored
+        st.nbytes += res.bytes_new
         if progress:
-            progress(counter[1], None)
+            progress(st.nbytes, None)
         yield from present
 
 
+def fallback_remotes(repo, remote: str, url: str) -> list:
+    """The one choice of which remote to ask next when ``remote`` (at ``url``) could
+    not supply every block: the other configured remotes, fewest bad blocks counted
+    against their peer first, without those over
+    :data:`~tvcfs.transport.peer.PENALTY_LIMIT` (used only when named). Returns
+    ``[(name, url)]``."""
+    from .transport.peer import PENALTY_LIMIT, bad_count
+
+    others = [(n, u) for n, u in repo.remotes().items()
+              if n != remote and u != url and bad_count(repo, u) < PENALTY_LIMIT]
+    others.sort(key=lambda nu: bad_count(repo, nu[1]))
+    return others
+
+
+def _fetch_from(repo, rem: BlockRemote, name: str, roots: list, complete: set, skeleton: bool,
+                progress, stop_on_bad: bool, res: FetchResult, warn) -> list:
+    """Fetch ``roots`` from one remote into ``repo`` (its ``fetch_dags`` capability,
+    else :func:`walk_dags`), add its stats to ``res``, count bad blocks against its
+    peer; returns the CIDs still missing."""
+    base = res.nbytes
+    prog = (lambda n, total=None: progress(base + n, None)) if progress else None
+    fetch_dags = getattr(rem, "fetch_dags", None)
+    if fetch_dags is not None and not skeleton:
+        st = fetch_dags(repo, roots, complete=complete, progress=prog, stop_on_bad=stop_on_bad)
+    else:
+        st = walk_dags(repo, rem, roots, complete=complete, skeleton=skeleton, progress=prog)
+    res.stats.append((name, st))
+    res.blocks += st.blocks
+    res.nbytes += st.nbytes
+    if st.bad_blocks:
+        from .transport.identity import format_peer_id
+        from .transport.peer import penalise
+
+        peer = getattr(rem, "peer_id", None)
+        penalise(repo, peer, st.bad_blocks)
+        if warn:
+            warn(f"warning: {name} ({format_peer_id(peer) if peer else rem.url}) sent "
+                 f"{st.bad_blocks} bad block(s): dropped and counted against that peer")
+    return st.missing
+
+
 def fetch(repo, remote: str = "origin", *, skeleton: bool | None = None, progress=None, warn=None,
-          fast_forward_local: bool | None = None, options: dict | None = None) -> FetchResult:
-    """Fetch the branches and tags of the block remote ``remote`` (a configured name
-    or an ``s3://`` URL) into ``repo``: missing blocks (verified), then — once every
-    DAG is complete — the remote-tracking refs and new tags
-    (:func:`update_tracking_refs`; a bare URL updates no refs). A lazy repository
-    (``clone --lazy``) fetches only the skeleton (``skeleton`` default) and its
-    unchanged local branches follow. ``progress(bytes, None)``; ``warn(text)``.
-    Raises :class:`FetchIncomplete`, :class:`~tvcfs.errors.CorruptBlock`,
-    :class:`~tvcfs.errors.BlockUnavailable`."""
+          fast_forward_local: bool | None = None, engine: str | None = None,
+          options: dict | None = None, fallbacks: bool = True) -> FetchResult:
+    """Fetch the branches and tags of ``remote`` (a configured name or a URL,
+    ``s3://`` or ``tvcfs://``) into ``repo``: missing blocks (verified; what is
+    stored is never asked again, so an interrupted fetch resumes), asking the
+    other configured remotes (:func:`fallback_remotes`) for what ``remote`` lacks
+    or sent bad, then — once every DAG is complete — the remote-tracking refs and
+    new tags (:func:`update_tracking_refs`; a bare URL updates no refs). A lazy
+    repository (``clone --lazy``) fetches only the skeleton (``skeleton`` default)
+    and its unchanged local branches follow. ``progress(bytes, None)``;
+    ``warn(text)``; ``engine``: QUIC engine of tvcfs:// remotes; ``options``: of
+    s3:// ones; ``fallbacks``: ask other remotes. Raises :class:`FetchIncomplete`,
+    :class:`~tvcfs.errors.CorruptBlock`, :class:`~tvcfs.errors.BlockUnavailable`,
+    transport errors (:class:`TvcfsError` subclasses)."""
     url = remote_url(repo, remote)
     lazy = repo.config.lazy
     skeleton = lazy if skeleton is None else skeleton
     ff = lazy if fast_forward_local is None else fast_forward_local
     t0 = time.monotonic()
-    with open_remote(url, **(options or {})) as rem:
+    others = fallback_remotes(repo, remote, url) if fallbacks else []
+    with open_remote(url, repo, engine=engine, options=options) as rem:
         refs = rem.list_refs()
         head = rem.head() or (HEADS + "main" if HEADS + "main" in refs else "")
         complete = set(repo.refs().values())
-        counter = [0, 0]
-        missing = fetch_dags(repo, rem, refs.values(), complete=complete, skeleton=skeleton,
-                             progress=progress, counter=counter)
-    res = FetchResult(remote, url, refs, head, blocks=counter[0], nbytes=counter[1])
+        roots = [c for c in dict.fromkeys(refs.values()) if c not in complete]
+        res = FetchResult(remote, url, refs, head)
+        missing = []
+        if roots:
+            # a bad block is not asked of the same peer again when another remote exists
+            missing = _fetch_from(repo, rem, remote, roots, complete, skeleton, progress,
+                                  bool(others), res, warn)
+    for name, other in others:
+        if not missing:
+            break
+        if warn:
+            warn(f"{len(missing)}+ block(s) still missing after {remote}; asking remote {name}")
+        try:
+            with open_remote(other, repo, engine=engine) as rem:
+                missing = _fetch_from(repo, rem, name, roots, complete, skeleton, progress,
+                                      False, res, warn)
+        except TvcfsError as e:
+            if warn:
+                warn(f"warning: remote {name} failed: {e}")
+    res.seconds = time.monotonic() - t0
     if missing:
+        bad = sum(st.bad_blocks for _, st in res.stats)
         raise FetchIncomplete(
-            f"fetch from {remote} incomplete: {len(missing)} block(s) are not in {url} (first "
-            f"{cid_str(missing[0])}); nothing was updated; push them there, or fetch again")
+            f"fetch from {remote} incomplete: {len(missing)}{'+' if len(missing) >= 1000 else ''} "
+            f"block(s) missing (first {cid_str(missing[0])})"
+            + (f", {bad} bad block(s) dropped" if bad else "")
+            + f"; nothing was updated; run again to resume, push them to {url}, or add another remote")
     if "://" not in remote:
         res.updated = update_tracking_refs(repo, remote, refs, fast_forward_local=ff, warn=warn,
                                            message=f"fetch {remote}")
-    res.seconds = time.monotonic() - t0
     return res
 
 
@@ -560,14 +694,15 @@ class PullResult:
 
 
 def pull(repo, remote: str = "origin", branch: str | None = None, *, progress=None, warn=None,
-         options: dict | None = None) -> PullResult:
-    """Fetch ``remote``, then fast-forward local ``branch`` (default: HEAD's) to the
-    remote's branch. Raises :class:`NotFastForward` when they have diverged (merge
-    with ``tvcfs merge REMOTE/BRANCH``), and what :func:`fetch` raises."""
+         engine: str | None = None, options: dict | None = None) -> PullResult:
+    """Fetch ``remote`` (:func:`fetch`), then fast-forward local ``branch`` (default:
+    HEAD's) to the remote's branch (:func:`fast_forward`). Raises
+    :class:`NotFastForward` when they have diverged (merge with ``tvcfs merge
+    REMOTE/BRANCH``), and what :func:`fetch` raises."""
     branch = branch or repo.head_branch()
     if not branch:
         raise TvcfsError("HEAD is detached: name the branch to pull")
-    res = fetch(repo, remote, progress=progress, warn=warn, options=options)
+    res = fetch(repo, remote, progress=progress, warn=warn, engine=engine, options=options)
     return PullResult(*fast_forward(repo, remote, branch, res.refs), res)
 
 
@@ -603,13 +738,16 @@ def fast_forward(repo, remote: str, branch: str, refs: dict) -> tuple:
 
 # ------------------------------------------------------------------ clone
 def clone(url: str, dest: str, *, lazy: bool = False, remote: str = "origin", progress=None,
-          warn=None, out=None, quiet: bool = False, options: dict | None = None) -> tuple:
-    """Clone the block remote ``url`` into a new repository at ``dest``: remote
-    ``origin``, every branch and tag (verified), local branches, HEAD at the remote
-    HEAD's branch. ``lazy``: only commits, directories and file nodes (no raw
-    leaves); the repository is marked lazy, so ``tvcfs mount`` fetches leaves on
-    demand. Re-running on an interrupted clone of the same URL resumes it; a clone
-    that stored nothing leaves no directory behind. Returns ``(repo,
+          warn=None, out=None, quiet: bool = False, engine: str | None = None,
+          options: dict | None = None) -> tuple:
+    """Clone ``url`` (``s3://`` or ``tvcfs://``) into a new repository at ``dest``:
+    remote ``origin``, every branch and tag (verified), local branches, HEAD at the
+    remote HEAD's branch. ``lazy``: only commits, directories and file nodes (no
+    raw leaves); the repository is marked lazy, so ``tvcfs mount`` fetches leaves
+    on demand. Re-running on an interrupted clone of the same URL resumes it (the
+    "Resuming" line goes to ``out``, default stderr, unless ``quiet``); a clone
+    that stored nothing leaves no directory behind. ``progress``, ``warn``,
+    ``engine``, ``options``: as for :func:`fetch`. Returns ``(repo,
     FetchResult)`` (the caller closes the repo). Raises :class:`TvcfsError`."""
     from .repo import Repo
 
@@ -635,7 +773,8 @@ def clone(url: str, dest: str, *, lazy: bool = False, remote: str = "origin", pr
                     repo.config.set("lazy", True, w)
         elif not quiet:
             print(f"Resuming the interrupted clone into {dest}", file=out or sys.stderr, flush=True)
-        res = fetch(repo, remote, progress=progress, warn=warn, fast_forward_local=True, options=options)
+        res = fetch(repo, remote, progress=progress, warn=warn, fast_forward_local=True,
+                    engine=engine, options=options)
         if res.head.startswith(HEADS) and res.head in res.refs:
             repo.set_head(res.head[len(HEADS):])
         elif res.refs and warn:
@@ -651,7 +790,59 @@ def clone(url: str, dest: str, *, lazy: bool = False, remote: str = "origin", pr
 
             shutil.rmtree(dest if created else os.path.join(dest, ".tvcfs"), ignore_errors=True)
             raise
-        if isinstance(e, TvcfsError):
+        if isinstance(e, TvcfsError) and "resume" not in str(e):  # ConnectionFailed says so
             e.add_note(f"{kept} verified blocks are kept in {dest}; run the same `tvcfs clone` "
                        f"again to resume")
         raise
+
+
+# ------------------------------------------------------------------ URL mounts
+def cache_dir_for(url: str) -> str:
+    """Cache repository of a URL mount (``tvcfs mount tvcfs://… MNT``):
+    ``$TVCFS_CACHE_DIR`` or ``$XDG_CACHE_HOME/tvcfs`` (default
+    ``~/.cache/tvcfs``), then the server's peer ID (or ``host-port``) and the
+    repository name. Raises ``ValueError`` for a URL that is not tvcfs://."""
+    from .transport.client import parse_url
+    from .transport.identity import format_peer_id
+
+    u = parse_url(url)
+    base = os.environ.get("TVCFS_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tvcfs")
+    key = format_peer_id(u.peer_id) if u.peer_id else f"{u.host}-{u.port}"
+    if u.repo:
+        key += "-" + "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in u.repo)
+    return os.path.join(base, key)
+
+
+def prepare_url_mount(url: str, *, engine: str | None = None, quiet: bool = True,
+                      out=None) -> str:
+    """Cache repository for ``tvcfs mount URL MNT``: a lazy :func:`clone` of ``url``
+    into :func:`cache_dir_for` the first time, else a :func:`fetch` of its refs
+    and skeleton (fast-forwarding branches not changed locally; the cached refs
+    are kept, with a warning on ``out``, when the remote cannot be reached).
+    Returns the repository path. Raises :class:`TvcfsError`."""
+    from .repo import Repo
+
+    d = cache_dir_for(url)
+    err = out or sys.stderr
+    if os.path.isdir(os.path.join(d, ".tvcfs")):
+        repo = Repo.open(d)
+        try:
+            if repo.remotes().get("origin") != url:
+                repo.config.update("remotes", lambda rem: rem.update(origin=url))
+            try:
+                fetch(repo, "origin", skeleton=True, fast_forward_local=True, engine=engine,
+                      fallbacks=False)
+            except TvcfsError as e:
+                print(f"warning: could not refresh {url}: {e}; mounting the cached refs", file=err)
+        finally:
+            repo.close()
+        return d
+    os.makedirs(os.path.dirname(d), exist_ok=True)
+    repo, res = clone(url, d, lazy=True, engine=engine, quiet=quiet, out=err)
+    if not quiet:
+        print(f"Lazy clone of {url} into {d}: {len(res.refs)} ref(s), {res.blocks} skeleton "
+              f"block(s), {res.nbytes} bytes in {res.seconds:.2f} s; file contents are fetched "
+              "on demand by `tvcfs mount`", file=err)
+    repo.close()
+    return d

@@ -29,7 +29,7 @@ def cmd_mount(args):
         repo_root = prepare_s3_mount(args.source, quiet=getattr(args, "quiet", False))
     elif is_url:
         # mount URL MNT: a lazy clone in the cache (made or refreshed), leaves on demand
-        from ..transport.lazysync import prepare_url_mount
+        from ..sync import prepare_url_mount
 
         repo_root = prepare_url_mount(args.source, quiet=False)
     extra = {"commit_delay": args.commit_delay}

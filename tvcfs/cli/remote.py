@@ -20,9 +20,12 @@ def _short(c) -> str:
 
 
 def _fmt(n: float) -> str:
-    from ..transport.ops import _fmt as f
-
-    return f(n)
+    """``n`` bytes in B, KiB, MiB or GiB (one decimal above bytes)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
 
 
 def _engine(args):
@@ -33,6 +36,7 @@ def _engine(args):
 
 
 def _summary(res, quiet: bool) -> None:
+    """One line per remote a fetch asked (tvcfs.sync.FetchResult.stats)."""
     if quiet:
         return
     for name, st in res.stats:
@@ -43,6 +47,10 @@ def _summary(res, quiet: bool) -> None:
                   f"{st.seconds:.2f} s ({_fmt(rate)}/s)"
                   + (f"; {st.bad_blocks} bad block(s) dropped" if st.bad_blocks else ""),
                   file=sys.stderr)
+
+
+def _warn(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------ id
@@ -146,17 +154,15 @@ def cmd_serve(args) -> int:
 
 # ------------------------------------------------------------------ remote
 def cmd_remote(args) -> int:
-    from ..sync import check_url, is_block_url
-    from ..transport.client import parse_url
-    from ..transport.ops import peer_scores
+    from ..errors import TvcfsError
+    from ..sync import check_url
+    from ..transport.peer import bad_count
 
     with open_repo(args) as repo:
         if args.action == "add":
             try:
-                check_url(args.url) if is_block_url(args.url) else parse_url(args.url)
-            except ValueError as e:
-                from ..errors import TvcfsError
-
+                check_url(args.url)
+            except TvcfsError as e:
                 raise TvcfsError(f"remote {args.name}: {e}") from None
             repo.add_remote(args.name, args.url)
             return 0
@@ -164,67 +170,49 @@ def cmd_remote(args) -> int:
             repo.remove_remote(args.name)
             return 0
         if args.json:
-            scores = peer_scores(repo)
-            emit_json([{"name": name, "url": url, "bad_blocks": _bad_blocks(scores, url)}
+            emit_json([{"name": name, "url": url, "bad_blocks": bad_count(repo, url)}
                        for name, url in sorted(repo.remotes().items())])
             return 0
-        scores = peer_scores(repo) if args.verbose else {}
         for name, url in sorted(repo.remotes().items()):
             if not args.verbose:
                 print(name)
                 continue
-            bad = _bad_blocks(scores, url)
+            bad = bad_count(repo, url)
             print(f"{name}\t{url}" + (f"  ({bad} bad blocks)" if bad else ""))
     return 0
 
 
-def _bad_blocks(scores: dict, url: str) -> int:
-    """Bad blocks counted against the peer of ``url`` (0 if none or no peer ID)."""
-    from ..transport.client import parse_url
-    from ..transport.identity import format_peer_id
-
-    try:
-        u = parse_url(url)
-    except ValueError:
-        return 0
-    return scores.get(format_peer_id(u.peer_id), {}).get("bad_blocks", 0) if u.peer_id else 0
-
-
 # ------------------------------------------------------------------ clone / fetch / pull / push
-def _is_block_remote(repo, remote: str) -> bool:
-    """Whether ``remote`` (a name or URL) is a block remote handled by tvcfs.sync (s3://)."""
-    from ..sync import is_block_url
-
-    return is_block_url(remote if "://" in remote else repo.remotes().get(remote))
+# one path for every remote kind (s3:// and tvcfs://): tvcfs.sync
 
 
-def _warn(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+def _default_dest(url: str) -> str:
+    """``clone URL`` without DIR: the last part of the bucket prefix or repository
+    name, else the bucket or ``HOST-PORT``."""
+    from ..sync import check_url, is_block_url
+
+    check_url(url)
+    if is_block_url(url):
+        from ..store.s3 import parse_s3_url
+
+        bucket, prefix = parse_s3_url(url)
+        return os.path.basename(prefix.rstrip("/")) or bucket
+    from ..transport.client import parse_url
+
+    u = parse_url(url)
+    return os.path.basename(u.repo.rstrip("/")) or f"{u.host}-{u.port}"
 
 
-def _sync_summary(res, quiet: bool) -> None:
-    """The summary line of a fetch from a block remote (tvcfs.sync.FetchResult)."""
-    if quiet or not res.blocks:
-        return
-    rate = res.nbytes / res.seconds if res.seconds else 0.0
-    print(f"Received {res.blocks} blocks, {_fmt(res.nbytes)} ({res.nbytes} bytes) from "
-          f"{res.remote} ({res.url}) in {res.seconds:.2f} s ({_fmt(rate)}/s)", file=sys.stderr)
-
-
-def _clone_block_remote(args) -> int:
-    """clone [--lazy] s3://BUCKET/PREFIX [DIR] (tvcfs.sync)."""
-    from ..store.s3 import parse_s3_url
+def cmd_clone(args) -> int:
     from ..sync import clone
 
-    dest = args.dir
-    if dest is None:
-        bucket, prefix = parse_s3_url(args.url)
-        dest = os.path.basename(prefix) or bucket
+    engine = _engine(args)
+    dest = args.dir if args.dir is not None else _default_dest(args.url)
     with progress_bar(args, "Receiving") as bar:
         repo, res = clone(args.url, dest, lazy=args.lazy, progress=bar if bar.enabled else None,
-                          warn=None if args.quiet else _warn, quiet=args.quiet)
+                          warn=None if args.quiet else _warn, quiet=args.quiet, engine=engine)
     try:
-        _sync_summary(res, args.quiet)
+        _summary(res, args.quiet)
         if not args.quiet:
             nb = sum(1 for k in res.refs if k.startswith("refs/heads/"))
             what = "Lazy clone of" if args.lazy else "Cloned"
@@ -237,60 +225,17 @@ def _clone_block_remote(args) -> int:
     return 0
 
 
-def cmd_clone(args) -> int:
-    from ..sync import is_block_url
-    from ..transport.ops import clone
-
-    if is_block_url(args.url):
-        return _clone_block_remote(args)
-    _engine(args)
-    dest = args.dir
-    if dest is None:
-        from ..transport.client import parse_url
-
-        u = parse_url(args.url)
-        dest = os.path.basename(u.repo.rstrip("/")) or f"{u.host}-{u.port}"
-    if getattr(args, "lazy", False):
-        # refs, commits, trees and file indexes only; leaves on demand (tvcfs.fs.lazy)
-        from ..transport.lazysync import lazy_clone
-
-        repo, _ = lazy_clone(args.url, dest, engine=args.engine, quiet=args.quiet)
-        repo.close()
-        return 0
-    with progress_bar(args, "Receiving") as bar:
-        repo, res = clone(args.url, dest, quiet=args.quiet, engine=args.engine,
-                          progress=bar if bar.enabled else None)
-    try:
-        _summary(res, args.quiet)
-        if not args.quiet:
-            nb = sum(1 for k in res.refs if k.startswith("refs/heads/"))
-            nt = len(res.refs) - nb
-            print(f"Cloned {args.url} into {repo.root}: {nb} branch(es), {nt} tag(s), "
-                  f"HEAD -> {repo.head_branch() or '(detached)'} {_short(repo.head())}",
-                  file=sys.stderr)
-    finally:
-        repo.close()
-    return 0
-
-
 def cmd_fetch(args) -> int:
-    from ..transport.ops import fetch
+    from ..sync import fetch
 
-    _engine(args)
+    engine = _engine(args)
     with open_repo(args) as repo:
         remotes = list(repo.remotes()) if args.all else [args.remote or "origin"]
         for remote in remotes:
             with progress_bar(args, f"Receiving from {remote}") as bar:
-                if _is_block_remote(repo, remote):
-                    from .. import sync
-
-                    res = sync.fetch(repo, remote, progress=bar if bar.enabled else None,
-                                     warn=None if args.quiet else _warn)
-                    _sync_summary(res, args.quiet)
-                else:
-                    res = fetch(repo, remote, quiet=args.quiet, engine=args.engine,
-                                progress=bar if bar.enabled else None)
-                    _summary(res, args.quiet)
+                res = fetch(repo, remote, progress=bar if bar.enabled else None,
+                            warn=None if args.quiet else _warn, engine=engine)
+            _summary(res, args.quiet)
             if not args.quiet:
                 if res.updated:
                     print(f"From {res.url}", file=sys.stderr)
@@ -303,24 +248,14 @@ def cmd_fetch(args) -> int:
 
 
 def cmd_pull(args) -> int:
-    from ..transport.ops import pull
+    from ..sync import pull
 
-    _engine(args)
+    engine = _engine(args)
     with open_repo(args) as repo:
-        remote = args.remote or "origin"
         with progress_bar(args, "Receiving") as bar:
-            if _is_block_remote(repo, remote):
-                from .. import sync
-
-                r = sync.pull(repo, remote, args.branch, progress=bar if bar.enabled else None,
-                              warn=None if args.quiet else _warn)
-            else:
-                r = pull(repo, remote, args.branch, quiet=args.quiet,
-                         engine=args.engine, progress=bar if bar.enabled else None)
-        if _is_block_remote(repo, remote):
-            _sync_summary(r.fetch, args.quiet)
-        else:
-            _summary(r.fetch, args.quiet)
+            r = pull(repo, args.remote or "origin", args.branch, progress=bar if bar.enabled else None,
+                     warn=None if args.quiet else _warn, engine=engine)
+        _summary(r.fetch, args.quiet)
         if r.kind == "up-to-date":
             print("Already up to date.")
         elif r.kind == "ahead":
@@ -333,20 +268,13 @@ def cmd_pull(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from ..transport.ops import push
+    from ..sync import push
 
-    _engine(args)
+    engine = _engine(args)
     with open_repo(args) as repo:
-        remote = args.remote or "origin"
         with progress_bar(args, "Sending") as bar:
-            if _is_block_remote(repo, remote):
-                from .. import sync
-
-                r = sync.push(repo, remote, args.branch, force=args.force,
-                              progress=bar if bar.enabled else None)
-            else:
-                r = push(repo, remote, args.branch, force=args.force, quiet=args.quiet,
-                         engine=args.engine, progress=bar if bar.enabled else None)
+            r = push(repo, args.remote or "origin", args.branch, force=args.force,
+                     progress=bar if bar.enabled else None, engine=engine)
         if r.kind == "up-to-date":
             print("Everything up-to-date.")
         else:

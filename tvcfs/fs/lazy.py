@@ -2,7 +2,7 @@
 from, what it warms at start, ``--prefetch``, and the status files ``tvcfs status``
 reads.
 
-A *lazy clone* (``tvcfs clone --lazy``, :mod:`tvcfs.transport.lazysync`) holds the
+A *lazy clone* (``tvcfs clone --lazy``, :mod:`tvcfs.sync`) holds the
 refs, commits, directories and the interior nodes of every file (the leaf index),
 but no raw leaves. Mounting it (or a URL directly) installs a block source
 (:class:`tvcfs.store.source.BlockSource`) as the reader's ``remote``: the peers'

@@ -7,6 +7,7 @@ sessions, sans-I/O), :mod:`.selection` (what a DAG request selects), :mod:`.ledg
 (fair share between peers); the drivers :mod:`.server`, :mod:`.client`,
 :mod:`.wants` over :mod:`.channel`, :mod:`.quic` (QUIC on trio), :mod:`.tickets` (resumption, 0-RTT),
 :mod:`.engines` (qh3 / aioquic and their checked internals) and :mod:`.tcp`;
-:mod:`.identity`, :mod:`.backend`; :mod:`.ops` (clone, fetch, pull, push, serve:
-the repository-level operations behind the CLI verbs).
+:mod:`.identity`, :mod:`.backend`; :mod:`.peer` (the tvcfs:// remote of the sync
+verbs in :mod:`tvcfs.sync`, with the peer reputation) and :mod:`.ops` (serving a
+repository: ``tvcfs serve``).
 """

@@ -7,10 +7,35 @@ can be served. Binary CIDs (bytes) everywhere.
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from typing import Iterable, Protocol
 
 from ..encoding.cid import DAG_CBOR, RAW, cid_codec
 from ..errors import InvalidCID
+
+
+@dataclass
+class FetchStats:
+    """Outcome of a fetch from one remote (every remote kind: tvcfs/sync.py):
+    ``blocks``/``nbytes`` stored (new, verified), ``wire_bytes`` received,
+    ``bad_blocks`` (failed verification, dropped), ``bad_cids``, ``missing``
+    (frontier CIDs still absent), ``seconds``, ``first_block_s`` (time to the
+    first block of the first request, seconds), ``transport`` ("quic/qh3", "tcp",
+    "s3"), ``resumed``/``early_data`` (QUIC session resumption, 0-RTT)."""
+
+    blocks: int = 0
+    nbytes: int = 0
+    wire_bytes: int = 0
+    bad_blocks: int = 0
+    bad_cids: list = field(default_factory=list)
+    dont_have: int = 0
+    missing: list = field(default_factory=list)
+    seconds: float = 0.0
+    first_block_s: float | None = None
+    first_block_at: float | None = None  # time.perf_counter() at the first block
+    transport: str = ""
+    resumed: bool = False  # QUIC: the handshake resumed a session (a ticket)
+    early_data: bool = False  # QUIC: the first requests went out as 0-RTT early data
 
 
 class BlockBackend(Protocol):

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import time
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
@@ -23,7 +23,7 @@ from ..encoding.cid import cid_codec, verify_block
 from ..errors import CorruptBlock, InvalidCID
 from ..store.verify import verify_many
 from . import protocol as P
-from .backend import BlockBackend, is_leaf
+from .backend import BlockBackend, FetchStats, is_leaf
 from .channel import MessageChannel
 from .identity import NodeIdentity, parse_peer_id
 from .quic import CLIENT_TICKETS, QuicSettings, TransportError, _collapse_groups, connect_quic
@@ -79,29 +79,6 @@ def parse_url(url: str) -> RemoteURL:
         raise ValueError(f"no host in {url}")
     return RemoteURL(transports[u.scheme], u.hostname, u.port or DEFAULT_PORT, peer,
                      u.path.strip("/"))
-
-
-@dataclass
-class FetchStats:
-    """Outcome of a fetch: ``blocks``/``nbytes`` stored (new, verified),
-    ``bad_blocks`` (failed verification, dropped), ``bad_cids``, ``missing``
-    (frontier CIDs still absent), ``seconds``, ``first_block_s`` (time to the
-    first block of the first request, seconds), ``resumed``/``early_data`` (QUIC
-    session resumption, 0-RTT)."""
-
-    blocks: int = 0
-    nbytes: int = 0
-    wire_bytes: int = 0
-    bad_blocks: int = 0
-    bad_cids: list = field(default_factory=list)
-    dont_have: int = 0
-    missing: list = field(default_factory=list)
-    seconds: float = 0.0
-    first_block_s: float | None = None
-    first_block_at: float | None = None  # time.perf_counter() at the first block
-    transport: str = ""
-    resumed: bool = False  # QUIC: the handshake resumed a session (a ticket)
-    early_data: bool = False  # QUIC: the first requests went out as 0-RTT early data
 
 
 ProgressFn = Callable[[int, int], None]  # (blocks, bytes) so far

@@ -1,6 +1,7 @@
-"""Running the transport from blocking code: ``trio.run`` with transport failures as
-one-line errors, and remote names resolved to URLs. Shared by the sync verbs
-(:mod:`tvcfs.transport.ops`) and lazy clones (:mod:`tvcfs.transport.lazysync`)."""
+"""Running the transport from blocking code: ``trio.run`` (or a trio loop kept in a
+thread, :class:`~.peer.PeerRemote`) with transport failures as one-line errors, and
+the QUIC session tickets of a repository. Used by :mod:`tvcfs.transport.peer` (the
+tvcfs:// remote of the sync verbs, tvcfs/sync.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,7 @@ import os
 import trio
 
 from ..errors import TvcfsError
-from .client import parse_url
 from .quic import QuicConnectionLost
-
 
 _TICKETS: dict = {}
 
@@ -34,32 +33,30 @@ class ConnectionFailed(TvcfsError):
     """The connection to a remote broke during a transfer (resumable)."""
 
 
-def remote_url(repo, remote: str) -> str:
-    """The ``tvcfs://`` URL of the configured remote ``remote``, or ``remote`` itself if
-    it is a URL (:func:`tvcfs.sync.remote_url`), checked as a tvcfs URL. Raises
-    :class:`TvcfsError`."""
-    from ..sync import remote_url as configured_url
+def plain_error(exc: BaseException) -> BaseException:
+    """The exception to show for a transport failure ``exc``: a one-exception group
+    unwrapped; a broken or closed stream as :class:`ConnectionFailed` ("run the
+    command again to resume"); anything else as it is (a group of several too)."""
+    from .quic import _single
 
-    url = configured_url(repo, remote)
-    parse_url(url)
-    return url
+    one = _single(exc) if isinstance(exc, BaseExceptionGroup) else exc
+    if one is None:
+        return exc
+    if isinstance(one, (trio.BrokenResourceError, trio.ClosedResourceError)):
+        reason = one.reason if isinstance(one, QuicConnectionLost) else (str(one) or
+                                                                         type(one).__name__)
+        return ConnectionFailed(f"connection to the remote was lost: {reason or 'closed'}; "
+                                "run the command again to resume")
+    return one
 
 
 def run_sync(fn, *args):
-    """``trio.run`` with transport failures turned into one-line TvcfsErrors."""
-    from .quic import _single
-
+    """``trio.run`` with transport failures turned into one-line TvcfsErrors
+    (:func:`plain_error`)."""
     try:
         return trio.run(fn, *args)
-    except BaseExceptionGroup as eg:
-        exc = _single(eg)
-        if exc is None:
+    except (BaseExceptionGroup, trio.BrokenResourceError, trio.ClosedResourceError) as e:
+        exc = plain_error(e)
+        if exc is e:
             raise
-    except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
-        exc = e
-    if isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError)):
-        reason = exc.reason if isinstance(exc, QuicConnectionLost) else (str(exc) or
-                                                                         type(exc).__name__)
-        raise ConnectionFailed(f"connection to the remote was lost: {reason or 'closed'}; "
-                               "run the command again to resume") from None
-    raise exc
+    raise exc from None
