@@ -20,7 +20,7 @@ def _short(c) -> str:
 
 
 def _fmt(n: float) -> str:
-    from ..transport.ops import _fmt as f
+    from ..formatting import human_size as f
 
     return f(n)
 
