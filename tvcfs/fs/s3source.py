@@ -38,6 +38,7 @@ import time
 import trio
 
 from ..encoding.cid import RAW, cid_codec, cid_str
+from .options import parse_size  # noqa: F401  (re-exported: the one size parser)
 from ..errors import BlockNotFound, TvcfsError
 from .reader import PRIO_FOREGROUND, PRIO_SEQUENTIAL
 from .remote import DEFAULT_TIMEOUT, PRIO_NAMES, READAHEAD_KB, RemoteFetcher, attach_remote
@@ -51,17 +52,6 @@ BACKGROUND_JOBS = 8        # readahead/prefetch get_many calls running at once
 JOB_BYTES = 16 * MIB       # a background job asks for at most this many bytes
 SEQ_MIN = 16 * MIB         # bytes: a sequential readahead request is widened to this
 EVICT_INTERVAL = 0.25      # seconds between cache checks (and after every fetch)
-
-
-def parse_size(text: str) -> int:
-    """``"512M"``, ``"10G"``, ``"1048576"`` → bytes (K, M, G, T: powers of 1024).
-    Raises ``ValueError``."""
-    t = str(text).strip().upper().removesuffix("B").removesuffix("I")
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
-    v = float(t[:-1] if t[-1:] in "KMGT" else t) * mult
-    if v <= 0:
-        raise ValueError(f"not a positive size: {text!r}")
-    return int(v)
 
 
 class _Pending:
