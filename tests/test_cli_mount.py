@@ -47,3 +47,30 @@ def test_stats_prefetch_and_status_of_a_mount(tmp_path, real_model_dir):
         assert bad.returncode != 0 and "not a tvcfs mount" in bad.stderr and "Traceback" not in bad.stderr
         bad = tvcfs("prefetch", str(tmp_path), check=False)
         assert bad.returncode != 0 and "not inside a tvcfs mount" in bad.stderr
+
+
+def test_mount_api_the_commands_call(tmp_path, real_model_dir):
+    """``tvcfs prefetch``, ``stats`` and ``status MOUNT/branches/NAME`` are thin over
+    :mod:`tvcfs.fs.daemon`: the same functions, called directly."""
+    from tvcfs.errors import TvcfsError
+    from tvcfs.fs.daemon import branch_in_mount, mount_stats, prefetch
+
+    root = str(tmp_path / "repo")
+    with Repo.init(root) as repo:
+        repo.commit_dir(real_model_dir, message="model")
+    mnt = str(tmp_path / "mnt")
+    with mount(root, mnt):
+        tree = os.path.join(mnt, "branches", "main")
+        assert branch_in_mount(os.path.join(tree, "config.json")) == (os.path.realpath(root), "main")
+        assert branch_in_mount(os.path.join(mnt, "tags")) == (os.path.realpath(root), None)
+        assert branch_in_mount(str(tmp_path)) is None
+        size = sum(os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(real_model_dir)
+                   for n in names if not os.path.islink(os.path.join(d, n)))
+        assert prefetch(tree, wait=True) == size
+        stats = mount_stats(mnt)
+        assert stats["prefetch_bytes"] >= os.path.getsize(os.path.join(real_model_dir, "model.safetensors"))
+        assert stats["bytes_served"] >= size
+        with pytest.raises(TvcfsError, match="not inside a tvcfs mount"):
+            prefetch(str(tmp_path))
+        with pytest.raises(TvcfsError, match="not a tvcfs mount"):
+            mount_stats(str(tmp_path))

@@ -11,21 +11,34 @@ model, local or from a peer, verified leaf by leaf as it arrives: :mod:`tvcfs.st
 the CLI ``tvcfs`` is porcelain over them.
 """
 
-from .api import (  # noqa: F401
-    add_bytes, add_path, block_get, block_put, cat, current_repo, get_to_path, pin, unpin, use_repo,
-)
-from .encoding.cid import CID  # noqa: F401
-from .errors import TvcfsError  # noqa: F401
-from .repo import Author, CommitResult, Repo  # noqa: F401
-from .store import get_backend, register_backend, set_default_backend  # noqa: F401
-
 __version__ = "0.1.0"
+
+# Every public name is imported on first use (PEP 562): ``import tvcfs`` and the
+# start of the ``tvcfs`` command stay lean (no LMDB, no DAG code, no trio, no
+# transport until a command needs them). ``from tvcfs import Repo`` works as before.
+_LAZY = {
+    "tvcfs.api": ("add_bytes", "add_path", "block_get", "block_put", "cat", "current_repo", "get_to_path",
+                  "pin", "unpin", "use_repo"),
+    "tvcfs.encoding.cid": ("CID",),
+    "tvcfs.errors": ("TvcfsError",),
+    "tvcfs.repo": ("Author", "CommitResult", "Repo"),
+    "tvcfs.store": ("get_backend", "register_backend", "set_default_backend"),
+    "tvcfs.stream": ("stream_tensor", "TensorStream"),
+}
+_HOME = {name: module for module, names in _LAZY.items() for name in names}
+__all__ = sorted(_HOME)
 
 
 def __getattr__(name: str):
-    # imported on first use: ``import tvcfs`` stays lean (no trio, no transport)
-    if name in ("stream_tensor", "TensorStream"):
-        from . import stream
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tvcfs' has no attribute {name!r}")
+    import importlib
 
-        return getattr(stream, name)
-    raise AttributeError(f"module 'tvcfs' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_HOME))

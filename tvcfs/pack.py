@@ -120,7 +120,8 @@ class PackResult:
     """What :func:`pack` did: ``commits`` (considered), ``hot_commits``,
     ``packed`` blocks (``deltas`` of them against a base), ``kept_raw`` (encoding did
     not pay), ``unpacked`` (hot again), ``raw_bytes`` of the blocks packed and their
-    ``stored_bytes`` after, ``saved`` bytes in total (negative: grew)."""
+    ``stored_bytes`` after, ``saved`` bytes in total (negative: grew); ``keep_hot``:
+    the newest commits of each branch and tag that stayed raw (the setting used)."""
 
     commits: int = 0
     hot_commits: int = 0
@@ -131,6 +132,7 @@ class PackResult:
     raw_bytes: int = 0
     stored_bytes: int = 0
     saved: int = 0
+    keep_hot: int = 1
 
     def as_dict(self) -> dict:
         return dict(vars(self))
@@ -236,16 +238,24 @@ def _encode_task(store, lf: Leaf, base: bytes | None, base_depth: int):
     return lf.cid, value
 
 
-def pack(repo, keep_hot: int = 1, progress=None, threads: int | None = None, hot=()) -> PackResult:
+def pack(repo, keep_hot: int | None = None, progress=None, threads: int | None = None, hot=()) -> PackResult:
     """Pack the history of ``repo`` (see the module docstring). ``keep_hot``: how many
-    newest commits of each branch and tag stay raw (0: pack everything); ``hot``:
+    newest commits of each branch and tag stay raw (0: pack everything; ``None``: the
+    repository's ``pack.keep_hot`` setting, 1 unless set); ``hot``:
     more commits (binary CIDs) whose blocks stay raw (``tvcfs pack --hot REV``).
     ``progress(done bytes, total bytes, phase)``. Returns a :class:`PackResult`.
     Raises :class:`~tvcfs.store.lmdb_store.StoreFull` (nothing changed by the failed
-    batch), :class:`CorruptBlock` when a block does not decode."""
+    batch), :class:`CorruptBlock` when a block does not decode, :class:`TvcfsError`
+    for a negative ``keep_hot`` (nothing changed)."""
     from .repo import PACKED_FORMAT
 
-    res = PackResult()
+    if keep_hot is None:
+        keep_hot = repo.config.get("pack.keep_hot")
+    if keep_hot < 0:
+        from .errors import TvcfsError
+
+        raise TvcfsError(f"--keep-hot takes a number of commits (0, 1, 2, ...), not {keep_hot}")
+    res = PackResult(keep_hot=keep_hot)
     store = repo.store
     # a tvcfs that cannot decode packed blocks must refuse this repository, not call
     # its packed blocks missing: mark the format before the first one is written

@@ -15,13 +15,14 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, NamedTuple
 
 from .dag import KIND_DIR, KIND_FILE, KIND_SYMLINK, Entry, FileIndex, read_dir, resolve_path, walk_dag
 from .encoding.car import read_car, write_car_block, write_car_header
 from .encoding.cid import DAG_CBOR, cid_codec, cid_from_str, cid_str, verify_block
 from .encoding.commit import Commit, decode_commit
 from .encoding.unixfs import check_entry_name
+from .formatting import short_cid
 from .names import printable_name
 from .errors import (
     AmbiguousRevision, BlockNotFound, CommitConflict, InvalidCID, NotADirectory, NotARepository, RefConflict,
@@ -41,6 +42,17 @@ FORMAT_VERSION = 2  # 2: the store may hold packed blocks (docs/repository.md, "
 PACKED_FORMAT = 2
 WORKTREES = "worktrees"  # meta key: {real path: {"branch", "base", "tree", "time"}}
 _UNSET = object()
+
+
+class TensorInfo(NamedTuple):
+    """One tensor of a safetensors file in the store (:meth:`Repo.tensors`)."""
+
+    name: str
+    dtype: str
+    shape: tuple
+    nbytes: int  # bytes
+    first_leaf: int | None  # index of the file's leaf the tensor starts in
+    leaves: int  # leaves the tensor's bytes span
 
 
 @dataclass(frozen=True)
@@ -599,6 +611,26 @@ class Repo:
         """The leaf index of file ``cid``."""
         return FileIndex.build(self.get, cid)
 
+    def tensors(self, cid: bytes) -> list:
+        """The tensors of the safetensors file ``cid``, read from its header leaves only
+        (no tensor data): :class:`TensorInfo` rows ``(name, dtype, shape, nbytes,
+        first_leaf, leaves)`` in header order (``nbytes`` in bytes; ``first_leaf`` the
+        index of the leaf the tensor starts in, ``None`` for an empty tensor;
+        ``leaves`` how many leaves it spans). ``[]`` if the file is not safetensors.
+        Raises :class:`BlockNotFound` for a missing header block."""
+        from .chunking.safetensors import NotSafetensors, read_header_with
+
+        index = self.file_index(cid)
+        try:
+            header = read_header_with(lambda offset, length: index.read(self.get, offset, length), index.size)
+        except NotSafetensors:
+            return []
+        rows = []
+        for t in header.tensors:
+            span = index.leaf_range(t.start, t.nbytes)
+            rows.append(TensorInfo(t.name, t.dtype, t.shape, t.nbytes, span.start if span else None, len(span)))
+        return rows
+
     def read_file(self, rev, path: str) -> Iterator[bytes]:
         """Stream the file at ``path`` in ``rev``. Raises :class:`PathNotFound` or
         :class:`TvcfsError` if it is a directory."""
@@ -753,8 +785,8 @@ class Repo:
             raise conflict
         if result.conflict:
             err = CommitConflict(
-                f"{branch} moved to {cid_str(cur)[:16]} since the base of {worktree or 'the directory'} "
-                f"({cid_str(base)[:16]}), and both changed {', '.join(result.collisions)}: the commit is "
+                f"{branch} moved to {short_cid(cur)} since the base of {worktree or 'the directory'} "
+                f"({short_cid(base)}), and both changed {', '.join(result.collisions)}: the commit is "
                 f"saved as branch {target} ({cid_str(result.cid)}), {branch} is unchanged", result)
             err.add_note(f"merge it by hand: tvcfs merge {target} --into {branch}")
             raise err

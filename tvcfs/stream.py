@@ -300,7 +300,7 @@ async def _remote_transfer(url, rev, path, tensor_name, identity, engine, timeou
 
     from .dag import FileIndex, resolve_path
     from .errors import BlockNotFound
-    from .transport import protocol as P
+    from .transport import protocol
     from .transport.backend import links_of
     from .transport.client import open_session
 
@@ -320,18 +320,18 @@ async def _remote_transfer(url, rev, path, tensor_name, identity, engine, timeou
             with trio.fail_after(timeout):
                 msg = await sess._recv()
             t = type(msg)
-            if t is P.Block:
-                data = P.block_bytes(msg.data)
+            if t is protocol.Block:
+                data = protocol.block_bytes(msg.data)
                 verify_block(msg.cid, data)  # CorruptBlock: the stream stops
                 if keep(msg.cid):
                     blocks[msg.cid] = data
                 return msg.cid
-            if t is P.DontHave:
+            if t is protocol.DontHave:
                 raise TvcfsError(f"{url} lacks block {cid_str(msg.cid)} of {path}")
-            if t is P.Error:
+            if t is protocol.Error:
                 raise TvcfsError(f"{url} refused the request: {msg.message}")
-            if t is P.DagDone and msg.request_id == rid:
-                if msg.status != P.DONE_OK:
+            if t is protocol.DagDone and msg.request_id == rid:
+                if msg.status != protocol.DONE_OK:
                     raise TvcfsError(f"{url}: {msg.message or 'incomplete answer'} ({path})")
                 return None
 
@@ -345,7 +345,7 @@ async def _remote_transfer(url, rev, path, tensor_name, identity, engine, timeou
         proto = sess.proto
         commit = await _remote_revision(sess, rev, url)
         # the nodes down the path, the file's interior nodes and its first leaf
-        await fetch_all(sess, proto.request_dag([commit], P.Selector(P.SEL_RANGE, path, 0, 8)))
+        await fetch_all(sess, proto.request_dag([commit], protocol.Selector(protocol.SEL_RANGE, path, 0, 8)))
         tree = links_of(commit, get(commit), history=False)[0] \
             if cid_codec(commit) == DAG_CBOR else commit
         fcid = resolve_path(get, tree, path).cid

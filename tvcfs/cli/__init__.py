@@ -143,9 +143,9 @@ def open_repo(args, path: str | None = None):
 
 def add_no_verify(p) -> None:
     """Add ``--no-verify`` to the parser of a command that reads blocks out."""
-    p.add_argument("--no-verify", action="store_true",
-                   help="do not check blocks against their CIDs before their bytes leave the "
-                        "store (by default each is hashed once per process; a damaged one is an error)")
+    from ..fs.options import NO_VERIFY_HELP
+
+    p.add_argument("--no-verify", action="store_true", help=NO_VERIFY_HELP)
 
 
 def emit_json(obj) -> None:

@@ -8,26 +8,11 @@ import os
 import sys
 import time
 
+from ..encoding.cid import cid_str
+from ..formatting import clock, commit_date, human_size, ratio, short_cid
+from ..names import printable_name
 from . import add_no_verify, emit_json, open_repo, split_pathspec
 from .progress import progress_bar
-from ..dag import KIND_DIR, KIND_SYMLINK
-from ..encoding.cid import cid_str
-from ..names import printable_name
-
-
-def fmt_bytes(n: float) -> str:
-    """Human-readable size: ``1.5 MiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
-def short(cid: bytes) -> str:
-    """Abbreviated CID string (the first 16 characters: unique in practice and
-    accepted back as a revision prefix)."""
-    return cid_str(cid)[:16]
 
 
 def _author(args):
@@ -48,6 +33,8 @@ def commit_dict(cid: bytes, com, refs=None) -> dict:
 
 def entry_dict(e, path: str | None = None) -> dict:
     """A directory entry as JSON-ready data."""
+    from ..dag import KIND_SYMLINK
+
     d = {"name": e.name, "kind": e.kind, "mode": e.mode, "size": e.size, "cid": e.cid}
     if path is not None:
         d["path"] = path
@@ -119,20 +106,20 @@ def cmd_commit(args):
             return 0
         if not res.changed:
             print(f"nothing to commit: {what} matches {res.branch} ({res.files} files, "
-                  f"{fmt_bytes(res.bytes)})")
+                  f"{human_size(res.bytes)})")
             return 0
         print(f"[{res.branch} {cid_str(res.cid)}] {args.message or ''}".rstrip())
         if res.replayed and args.dir is None:
             print(f" {res.branch} moved since the changes were staged: they were replayed onto "
-                  f"{short(res.head)}")
+                  f"{short_cid(res.head)}")
         elif res.replayed:
-            print(f" {res.branch} had changes {what} does not show (its base: {short(res.base)}): "
-                  f"its changes were replayed onto {short(res.head)}; check out again to see them all")
+            print(f" {res.branch} had changes {what} does not show (its base: {short_cid(res.base)}): "
+                  f"its changes were replayed onto {short_cid(res.head)}; check out again to see them all")
         if args.dir is None:
             print(f" {nstaged} staged change{'s' if nstaged != 1 else ''} committed (tvcfs add/rm); "
                   f"the index is empty")
             return 0
-        print(f" {res.files} files, {fmt_bytes(res.bytes)} scanned, {fmt_bytes(res.new_bytes)} new "
+        print(f" {res.files} files, {human_size(res.bytes)} scanned, {human_size(res.new_bytes)} new "
               f"in {res.new_blocks} blocks ({res.new_bytes} bytes), {dt:.2f} s")
     return 0
 
@@ -177,7 +164,7 @@ def cmd_log(args):
             pad = g.replace("*", "|" if com.parents else " ")
             deco = f" ({', '.join(names[cid])})" if cid in names else ""
             if args.oneline:
-                print(f"{g}{short(cid)}{deco} {com.message.splitlines()[0] if com.message else ''}")
+                print(f"{g}{short_cid(cid)}{deco} {com.message.splitlines()[0] if com.message else ''}")
             else:
                 _print_commit(cid, com, deco, g, pad)
             if stat:
@@ -190,19 +177,15 @@ def cmd_log(args):
     return 0
 
 
-def _ratio(stored: int, raw: int) -> str:
-    return f"{stored / raw:.2f}" if raw else "-"
-
-
 def storage_lines(st: dict, new_only: bool = False) -> list:
     """Lines describing :func:`tvcfs.pack.commit_storage` output: the bytes a commit
     added (raw, stored, ratio, encodings), then per file (``new_only``: files with new
     bytes only)."""
     encs = ", ".join(f"{n} {k}" for k, n in sorted(st["encodings"].items()))
-    lines = [f"stored: {st['new_blocks']} new blocks, {fmt_bytes(st['new_raw'])} raw, "
-             f"{fmt_bytes(st['new_stored'])} stored ({_ratio(st['new_stored'], st['new_raw'])})"
+    lines = [f"stored: {st['new_blocks']} new blocks, {human_size(st['new_raw'])} raw, "
+             f"{human_size(st['new_stored'])} stored ({ratio(st['new_stored'], st['new_raw'])})"
              + (f"; {encs}" if encs else "")
-             + f"; whole tree {fmt_bytes(st['raw'])} raw, {fmt_bytes(st['stored'])} stored"]
+             + f"; whole tree {human_size(st['raw'])} raw, {human_size(st['stored'])} stored"]
     for f in st["files"]:
         if new_only and not f["new_raw"]:
             continue
@@ -216,9 +199,9 @@ def _print_commit(cid, com, deco, g="", pad=""):
     commit line and before the lines after it."""
     print(f"{g}commit {cid_str(cid)}{deco}")
     if len(com.parents) > 1:
-        print(f"{pad}Merge: " + " ".join(short(p) for p in com.parents))
+        print(f"{pad}Merge: " + " ".join(short_cid(p) for p in com.parents))
     print(f"{pad}Author: {com.author_name} <{com.author_email}>")
-    print(f"{pad}Date:   {time.strftime('%a %b %d %H:%M:%S %Y %z', time.localtime(com.timestamp))}")
+    print(f"{pad}Date:   {commit_date(com.timestamp)}")
     if com.metadata:
         print(f"{pad}Meta:   {_meta_text(com.metadata)}")
     print(pad.rstrip())
@@ -244,7 +227,7 @@ def cmd_branch(args):
                 cid = repo.delete_branch(name)
                 done.append({"deleted": name, "commit": cid})
                 if not args.json:
-                    print(f"Deleted branch {name} (was {short(cid)}).")
+                    print(f"Deleted branch {name} (was {short_cid(cid)}).")
             if args.json:
                 emit_json(done)
             return 0
@@ -253,7 +236,7 @@ def cmd_branch(args):
             if args.json:
                 emit_json({"created": args.name, "commit": cid})
             else:
-                print(f"Created branch {args.name} at {short(cid)}")
+                print(f"Created branch {args.name} at {short_cid(cid)}")
             return 0
         head = repo.head_branch()
         rows = [{"name": name, "commit": cid, "head": name == head, "message": _first_line(repo, cid)}
@@ -263,7 +246,7 @@ def cmd_branch(args):
             return 0
         for r in rows:
             mark = "*" if r["head"] else " "
-            print(f"{mark} {r['name']:<24} {short(r['commit'])} {r['message']}")
+            print(f"{mark} {r['name']:<24} {short_cid(r['commit'])} {r['message']}")
     return 0
 
 
@@ -275,7 +258,7 @@ def cmd_tag(args):
                 cid = repo.delete_tag(name)
                 done.append({"deleted": name, "commit": cid})
                 if not args.json:
-                    print(f"Deleted tag {name} (was {short(cid)})")
+                    print(f"Deleted tag {name} (was {short_cid(cid)})")
             if args.json:
                 emit_json(done)
             return 0
@@ -284,22 +267,26 @@ def cmd_tag(args):
             if args.json:
                 emit_json({"created": args.name, "commit": cid})
             else:
-                print(f"Tagged {short(cid)} as {args.name}")
+                print(f"Tagged {short_cid(cid)} as {args.name}")
             return 0
         rows = [{"name": name, "commit": cid} for name, cid in sorted(repo.tags().items())]
         if args.json:
             emit_json(rows)
             return 0
         for r in rows:
-            print(f"{r['name']:<24} {short(r['commit'])}")
+            print(f"{r['name']:<24} {short_cid(r['commit'])}")
     return 0
 
 
 def _kind_char(e):
+    from ..dag import KIND_DIR, KIND_SYMLINK
+
     return {KIND_DIR: "d", KIND_SYMLINK: "l"}.get(e.kind, "-")
 
 
 def cmd_ls(args):
+    from ..dag import KIND_DIR, KIND_SYMLINK
+
     with open_repo(args) as repo:
         commit, path, _ = revpath(repo, args.spec)
         if args.recursive:
@@ -322,6 +309,8 @@ def cmd_ls(args):
 
 
 def cmd_cat(args):
+    from ..dag import KIND_DIR
+
     with open_repo(args) as repo:
         if ":" not in args.spec:
             from ..encoding.cid import is_cid_str
@@ -348,24 +337,9 @@ def cmd_cat(args):
     return 0
 
 
-def tensor_table(repo, cid: bytes) -> list:
-    """Rows ``(name, dtype, shape, bytes, first leaf index, leaves)`` of a safetensors
-    file ``cid`` from its header leaves (reads no tensor data); ``[]`` if not one."""
-    from ..chunking.safetensors import NotSafetensors, read_header_with
-
-    idx = repo.file_index(cid)
-    try:
-        hdr = read_header_with(lambda offset, length: idx.read(repo.get, offset, length), idx.size)
-    except NotSafetensors:
-        return []
-    rows = []
-    for t in hdr.tensors:
-        lr = idx.leaf_range(t.start, t.nbytes)
-        rows.append((t.name, t.dtype, t.shape, t.nbytes, lr.start if lr else None, len(lr)))
-    return rows
-
-
 def cmd_show(args):
+    from ..dag import KIND_DIR, KIND_SYMLINK
+
     with open_repo(args) as repo:
         commit, path, e = revpath(repo, args.spec)
         if ":" not in args.spec:
@@ -385,7 +359,7 @@ def cmd_show(args):
                 print(f"parent {cid_str(p)}")
             print(f"tree   {cid_str(com.tree)}")
             print(f"Author: {com.author_name} <{com.author_email}>")
-            print(f"Date:   {time.strftime('%a %b %d %H:%M:%S %Y %z', time.localtime(com.timestamp))}")
+            print(f"Date:   {commit_date(com.timestamp)}")
             print()
             for line in (com.message or "").splitlines():
                 print(f"    {line}")
@@ -410,7 +384,7 @@ def cmd_show(args):
             d["tensors"] = [{"name": n, "dtype": dt, "shape": list(sh), "bytes": nb, "first_leaf": fl,
                              "leaves": nl, "stored": stored.get(n, none)["stored"],
                              "encodings": stored.get(n, none)["encodings"]}
-                            for n, dt, sh, nb, fl, nl in tensor_table(repo, e.cid)]
+                            for n, dt, sh, nb, fl, nl in repo.tensors(e.cid)]
         if args.json:
             emit_json(d)
             return 0
@@ -432,7 +406,7 @@ def cmd_show(args):
                 encs = ",".join(f"{k}" if len(t["encodings"]) == 1 else f"{k}:{n}"
                                 for k, n in sorted(t["encodings"].items()))
                 print(f"  {t['name']:<56} {t['dtype']:<8} {str(t['shape']):<18} {t['bytes']:>12} "
-                      f"{t['leaves']:>6} {t['stored']:>12} {_ratio(t['stored'], t['bytes']):>5}  {encs}")
+                      f"{t['leaves']:>6} {t['stored']:>12} {ratio(t['stored'], t['bytes']):>5}  {encs}")
     return 0
 
 
@@ -448,8 +422,8 @@ def cmd_checkout(args):
             emit_json({"commit": commit, "path": path, "dir": args.dir, "bytes": n, "branch": branch,
                        "seconds": round(dt, 3)})
             return 0
-        print(f"checked out {short(commit)}{':' + path if path else ''} into {args.dir} "
-              f"({fmt_bytes(n)}, {dt:.2f} s)"
+        print(f"checked out {short_cid(commit)}{':' + path if path else ''} into {args.dir} "
+              f"({human_size(n)}, {dt:.2f} s)"
               + (f"; a worktree of branch {branch}" if branch else ""))
     return 0
 
@@ -491,35 +465,29 @@ def cmd_reflog(args):
             emit_json(entries)
             return 0
         for e in entries:
-            t = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"]))
-            rej = " [rejected]" if e.get("rejected") else ""
-            new = (e["new"] or "(deleted)")[:16]
-            print(f"{t} {e['ref']:<28} {new:<16}{rej} {e['message']}")
+            rejected = " [rejected]" if e.get("rejected") else ""
+            print(f"{clock(e['time'])} {e['ref']:<28} {short_cid(e['new'], none='(deleted)'):<16}{rejected} "
+                  f"{e['message']}")
     return 0
 
 
 def run_pack(args, repo) -> dict:
     """Run :func:`tvcfs.pack.pack` for ``tvcfs pack`` / ``tvcfs gc --pack`` (``--keep-hot``,
-    else the ``pack.keep_hot`` setting) with a progress bar; returns its result as a dict."""
+    ``--hot``) with a progress bar; returns its result as a dict."""
     from ..pack import pack
 
-    keep = args.keep_hot if args.keep_hot is not None else repo.config.get("pack.keep_hot")
-    if keep < 0:
-        from ..errors import TvcfsError
-
-        raise TvcfsError(f"--keep-hot takes a number of commits (0, 1, 2, ...), not {keep}")
     hot = [repo.resolve(r) for r in getattr(args, "hot", None) or []]
     with progress_bar(args, "Packing") as bar:
-        return {**pack(repo, keep_hot=keep, progress=bar, hot=hot).as_dict(), "keep_hot": keep}
+        return pack(repo, keep_hot=args.keep_hot, progress=bar, hot=hot).as_dict()
 
 
 def pack_summary(r: dict) -> str:
     """One line about a pack run (:func:`run_pack`)."""
-    return (f"packed {r['packed']} blocks ({r['deltas']} as deltas): {fmt_bytes(r['raw_bytes'])} raw -> "
-            f"{fmt_bytes(r['stored_bytes'])} stored ({_ratio(r['stored_bytes'], r['raw_bytes'])}); "
+    return (f"packed {r['packed']} blocks ({r['deltas']} as deltas): {human_size(r['raw_bytes'])} raw -> "
+            f"{human_size(r['stored_bytes'])} stored ({ratio(r['stored_bytes'], r['raw_bytes'])}); "
             f"{r['kept_raw']} kept raw (no gain), {r['unpacked']} hot again unpacked; "
             f"{r['hot_commits']} of {r['commits']} commits kept hot (--keep-hot {r['keep_hot']}); "
-            f"{fmt_bytes(r['saved'])} saved")
+            f"{human_size(r['saved'])} saved")
 
 
 def cmd_pack(args):

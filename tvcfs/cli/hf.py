@@ -6,19 +6,19 @@ from __future__ import annotations
 import sys
 
 from ..encoding.cid import cid_str
+from ..formatting import human_size, short_cid
 from . import open_repo
 
 
 def cmd_import_hf(args):
     from ..hf.cache import default_cache_dir, import_cache
-    from .core import fmt_bytes, short
     from .progress import progress_bar
 
     cache_dir = args.cache_dir or default_cache_dir()
     with open_repo(args) as repo, progress_bar(args, "import-hf", unit="snapshots") as bar:
         reports = import_cache(
             repo, cache_dir, args.repo_ids, tags=args.tag, branches=args.branch,
-            on_commit=lambda rid, h, cid: print(f" {rid} {h[:12]} -> {short(cid)}", flush=True),
+            on_commit=lambda rid, h, cid: print(f" {rid} {h[:12]} -> {short_cid(cid)}", flush=True),
             progress=bar)
     incomplete = 0
     for r in reports:
@@ -28,7 +28,7 @@ def cmd_import_hf(args):
             print(f"tvcfs: warning: {w}", file=sys.stderr)
         print(f"{r.repo_id}: {len(r.imported)} snapshots imported, {r.known} already imported"
               + (f", {r.incomplete} incomplete (not imported)" if r.incomplete else "")
-              + f"; {r.files} files, {fmt_bytes(r.bytes)} read, {fmt_bytes(r.new_bytes)} new")
+              + f"; {r.files} files, {human_size(r.bytes)} read, {human_size(r.new_bytes)} new")
         for full, cid in r.refs:
             kind, name = ("branch", full[len("refs/heads/"):]) if full.startswith("refs/heads/") else \
                 ("tag", full[len("refs/tags/"):])

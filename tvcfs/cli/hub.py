@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
+
+from ..formatting import day
 
 
 def _root(args) -> str:
@@ -96,7 +97,7 @@ def cmd_repo_list(args) -> int:
     for rid, rec in sorted(hub.state.repos().items()):
         flags = "private" if rec.get("private") else "public"
         collab = ",".join(rec.get("collaborators", []))
-        print(f"{rid:<40} {flags:<8} {time.strftime('%Y-%m-%d', time.localtime(rec.get('created', 0)))}"
+        print(f"{rid:<40} {flags:<8} {day(rec.get('created'))}"
               f"{'  collaborators: ' + collab if collab else ''}")
     return 0
 

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
+from ..formatting import short_cid
+from ..names import printable_name
 from . import emit_json, open_repo
 from .progress import progress_bar
-from ..encoding.cid import cid_str
-from ..names import printable_name
 
 
 def cmd_add(args):
@@ -19,7 +19,7 @@ def cmd_add(args):
             emit_json([{"path": p, "cid": c} for p, c in added])
             return 0
         for p, c in added:
-            print(f"staged {printable_name(p) or '(whole tree)'} {cid_str(c)[:16]}")
+            print(f"staged {printable_name(p) or '(whole tree)'} {short_cid(c)}")
     return 0
 
 

@@ -20,12 +20,9 @@ def _short(c) -> str:
 
 
 def _fmt(n: float) -> str:
-    """``n`` bytes in B, KiB, MiB or GiB (one decimal above bytes)."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
+    from ..formatting import human_size as f
+
+    return f(n)
 
 
 def _engine(args):

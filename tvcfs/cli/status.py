@@ -4,59 +4,42 @@ worktrees (directories made by ``tvcfs checkout``), live mounts, conflicts."""
 from __future__ import annotations
 
 import json
-import os
-import time
 
+from ..encoding.cid import cid_str
+from ..errors import TvcfsError
+from ..formatting import clock, short_cid
+from ..names import printable_name
 from . import emit_json, open_repo
 from .progress import progress_bar
-from ..encoding.cid import cid_str
-from ..encoding.unixfs import printable_name
-from ..errors import TvcfsError
-
-
-def _mount_target(path: str):
-    """``(repo_root, branch)`` if ``path`` is ``MOUNT/branches/NAME[/...]`` of a tvcfs
-    mount (``branch`` is ``None`` elsewhere in the mount), else ``None``."""
-    from ..fs.daemon import find_tvcfs_mount
-
-    m = find_tvcfs_mount(path)
-    if m is None:
-        return None
-    rel = m[2].split(os.sep)
-    branch = rel[1] if len(rel) > 1 and rel[0] == "branches" else None
-    return m[0], branch
-
-
-def _clock(t) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t or 0))
 
 
 def cmd_status(args):
+    from ..fs.daemon import branch_in_mount
     from ..repo import Repo
     from ..status import status_report
 
     branch = None
     if args.path:
-        tgt = _mount_target(args.path)
-        if tgt is None:
+        target = branch_in_mount(args.path)
+        if target is None:
             raise TvcfsError(f"{printable_name(args.path)} is not inside a tvcfs mount: give "
                              "MOUNT/branches/NAME, or no path for the whole repository")
-        repo = Repo.open(tgt[0])
-        branch = tgt[1]
+        repo = Repo.open(target[0])
+        branch = target[1]
     else:
         repo = open_repo(args)
     with repo:
-        r = status_report(repo, branch)
+        report = status_report(repo, branch)
     if args.json:
-        emit_json(r)
+        emit_json(report)
         return 0
-    print(f"On branch {r['head']}" if r["head"] else "HEAD detached")
-    for b in r["branches"]:
+    print(f"On branch {report['head']}" if report["head"] else "HEAD detached")
+    for b in report["branches"]:
         if b["commit"] is None:
             print(f"  {b['name']}: no commits yet")
             continue
-        print(f"  {b['name']}: {cid_str(b['commit'])[:16]} {_clock(b['time'])} {b['message']}")
-    idx = r["index"]
+        print(f"  {b['name']}: {short_cid(b['commit'])} {clock(b['time'])} {b['message']}")
+    idx = report["index"]
     if idx and idx["changes"]:
         print(f"\nChanges staged for commit on {idx['branch']} (tvcfs commit -m MSG; "
               "tvcfs restore --staged to unstage):")
@@ -64,15 +47,15 @@ def cmd_status(args):
             print(f"  {c['status']}: {printable_name(c['path'])}")
         if idx["branch_moved"]:
             print(f"  ({idx['branch']} moved since they were staged: the commit replays them onto its head)")
-    pend = r["mount_changes"]
-    if pend:
+    pending = report["mount_changes"]
+    if pending:
         print("\nStaged changes not yet committed:")
-        for p in pend:
-            state = f"mount pid {p['pid']} running" if p["alive"] else "mount gone: run `tvcfs recover`"
-            print(f"  branch {p['branch']} ({state}; {p['dir']})")
-            if p.get("error"):
-                e = p["error"]
-                when = _clock(e.get("time", 0))
+        for staged in pending:
+            state = f"mount pid {staged['pid']} running" if staged["alive"] else "mount gone: run `tvcfs recover`"
+            print(f"  branch {staged['branch']} ({state}; {staged['dir']})")
+            if staged.get("error"):
+                e = staged["error"]
+                when = clock(e.get("time", 0))
                 if e.get("skipped"):
                     print(f"    committed at {when} without these entries (their names cannot be stored):")
                     _print_skipped(e["skipped"], "    ")
@@ -80,18 +63,18 @@ def cmd_status(args):
                     print(f"    last commit attempt failed at {when} ({e.get('attempts', 1)} in a row): "
                           f"{e.get('error')}")
                     print("    (retried automatically; `fsync` a file or the directory to retry now)")
-            for c in p["changes"]:
+            for c in staged["changes"]:
                 extra = f" ({c['staged_bytes']} bytes staged)" if c["staged_bytes"] is not None else ""
                 print(f"    {c['status']}: {printable_name(c['path'])}{extra}")
     elif not (idx and idx["changes"]):
         print("\nNo staged changes.")
-    _print_worktrees(r)
-    if r["conflicts"]:
+    _print_worktrees(report)
+    if report["conflicts"]:
         print("\nConflicts (writes saved on their own branch; merge them by hand):")
-        for c in r["conflicts"]:
-            print(f"  {_clock(c['time'])} {c['branch']}: saved as {c['saved_as']} ({c['commit'][:16]}); "
+        for c in report["conflicts"]:
+            print(f"  {clock(c['time'])} {c['branch']}: saved as {c['saved_as']} ({short_cid(c['commit'])}); "
                   f"colliding paths: {', '.join(c['paths'])}")
-    _print_lazy_mounts(r["lazy_mounts"])
+    _print_lazy_mounts(report["lazy_mounts"])
     return 0
 
 
@@ -107,18 +90,20 @@ def _print_skipped(skipped: list, indent: str) -> None:
         print(f"{indent}  not committed: {path}: {why}; {what}")
 
 
-def _print_worktrees(r: dict) -> None:
+def _print_worktrees(report: dict) -> None:
     """The directories made by ``tvcfs checkout`` (path, branch, base, whether the
     directory is still there; docs/writes.md, "Worktrees") and the live mounts."""
-    if r["worktrees"]:
+    if report["worktrees"]:
         print("\nWorktrees (tvcfs checkout; `tvcfs commit DIR` replays onto their branch if it moved):")
-        for w in r["worktrees"]:
-            state = "" if w["exists"] else " [directory gone]"
-            behind = f"; {w['branch']} is at {cid_str(w['branch_head'])[:16]}" if w["branch_moved"] else ""
-            print(f"  {w['path']}  branch {w['branch'] or '(none)'} base {cid_str(w['base'])[:16]}{behind}{state}")
-    if r["mounts"]:
+        for worktree in report["worktrees"]:
+            state = "" if worktree["exists"] else " [directory gone]"
+            behind = (f"; {worktree['branch']} is at {short_cid(worktree['branch_head'])}"
+                      if worktree["branch_moved"] else "")
+            print(f"  {worktree['path']}  branch {worktree['branch'] or '(none)'} "
+                  f"base {short_cid(worktree['base'])}{behind}{state}")
+    if report["mounts"]:
         print("\nMounts:")
-        for m in r["mounts"]:
+        for m in report["mounts"]:
             print(f"  {m['mountpoint']}" + (f" (pid {m['pid']})" if m["pid"] else ""))
 
 
@@ -126,48 +111,46 @@ def _print_lazy_mounts(statuses: list) -> None:
     """The peers of the repository's running lazy mounts, from the status files the
     mounts publish (``tvcfs.fs.lazy.mount_statuses``, docs/lazy.md): state, since
     when, why a peer is down, and the last read that failed."""
-    for st in statuses:
-        print(f"\nLazy mount {st.get('mountpoint')} (pid {st.get('pid')}; a read waits at most "
-              f"{st.get('timeout_s', 0):g} s for its blocks):")
-        for name, p in sorted(st.get("peers", {}).items()):
-            line = f"  peer {name} {p.get('state')} since {_clock(p.get('since'))}"
+    for status in statuses:
+        print(f"\nLazy mount {status.get('mountpoint')} (pid {status.get('pid')}; a read waits at most "
+              f"{status.get('timeout_s', 0):g} s for its blocks):")
+        for name, p in sorted(status.get("peers", {}).items()):
+            line = f"  peer {name} {p.get('state')} since {clock(p.get('since'))}"
             if p.get("state") != "ready" and p.get("last_error"):
                 line += f": {p['last_error']}"
             elif p.get("suspect"):
                 line += " (silent with requests outstanding)"
             print(line)
-        e = st.get("last_read_error")
+        e = status.get("last_read_error")
         if e:
-            print(f"  last failed read at {_clock(e.get('time'))}: {e.get('path')}: {e.get('error')}")
+            print(f"  last failed read at {clock(e.get('time'))}: {e.get('path')}: {e.get('error')}")
 
 
 def cmd_recover(args):
-    from ..fs.workspace import pending_workspaces, recover
+    from ..fs.workspace import discard_pending, pending_workspaces, recover
 
     with open_repo(args) as repo:
-        pend = pending_workspaces(repo)
-        if not pend:
+        pending = pending_workspaces(repo)
+        if not pending:
             print("nothing to recover")
             return 0
         rc = 0
-        for p in pend:
-            if p["alive"] and not args.force:
-                print(f"skipping {p['dir']}: its mount (pid {p['pid']}) is still running")
+        for staged in pending:
+            if staged["alive"] and not args.force:
+                print(f"skipping {staged['dir']}: its mount (pid {staged['pid']}) is still running")
                 continue
             if args.discard:
-                import shutil
-
-                shutil.rmtree(p["dir"], ignore_errors=True)
-                print(f"discarded staged changes of branch {p['branch']} ({p['dir']})")
+                discard_pending(staged["dir"])
+                print(f"discarded staged changes of branch {staged['branch']} ({staged['dir']})")
                 continue
-            res = recover(repo, p["dir"], args.message)
+            res = recover(repo, staged["dir"], args.message)
             if res["commit"]:
                 kind = "conflict: saved as" if res["conflict"] else "committed on"
-                print(f"recovered branch {p['branch']}: {kind} {res['branch']} {cid_str(res['commit'])}")
+                print(f"recovered branch {staged['branch']}: {kind} {res['branch']} {cid_str(res['commit'])}")
             elif not res.get("skipped"):
-                print(f"branch {p['branch']}: staged state matches the branch; nothing to commit")
+                print(f"branch {staged['branch']}: staged state matches the branch; nothing to commit")
             if res.get("skipped"):
-                print(f"branch {p['branch']}: entries left staged in {p['dir']}:")
+                print(f"branch {staged['branch']}: entries left staged in {staged['dir']}:")
                 _print_skipped(res["skipped"], "")
                 rc = 1
         return rc
@@ -230,13 +213,9 @@ def cmd_stats(args):
     """Print a mount's counters (``MOUNT/.tvcfs/stats``): bytes served and read from
     the store, readahead, and for lazy mounts bytes fetched per priority class and
     per peer, cache hits and pending wants."""
-    path = os.path.join(args.mountpoint, ".tvcfs", "stats")
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except OSError as e:
-        raise TvcfsError(f"{printable_name(args.mountpoint)} is not a tvcfs mount ({e.strerror}): "
-                         "give the directory `tvcfs mount` mounted") from None
+    from ..fs.daemon import mount_stats
+
+    data = mount_stats(args.mountpoint)
     if args.json:
         print(json.dumps(data, indent=1, sort_keys=True))
         return 0

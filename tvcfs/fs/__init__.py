@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
-import tempfile
-import time
 
 
 @contextlib.contextmanager
@@ -26,6 +22,11 @@ def mount(repo: str, mountpoint: str, *, timeout: float = 30.0, extra_args=(), e
     ``log_path``: a file that receives the child's stdout and stderr (its log),
     appended; by default an anonymous temporary file.
     """
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
     from .daemon import is_mounted, unmount
 
     os.makedirs(mountpoint, exist_ok=True)

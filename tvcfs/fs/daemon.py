@@ -61,6 +61,117 @@ def find_tvcfs_mount(path: str):
     return best[0], best[1], os.path.relpath(real, best[1])
 
 
+def branch_in_mount(path: str):
+    """``(repo_root, branch)`` if ``path`` lies in a tvcfs mount: ``branch`` is ``NAME``
+    for ``MOUNT/branches/NAME[/...]`` and ``None`` elsewhere in the mount. ``None``
+    if ``path`` is not in a tvcfs mount."""
+    found = find_tvcfs_mount(path)
+    if found is None:
+        return None
+    parts = found[2].split(os.sep)
+    return found[0], (parts[1] if len(parts) > 1 and parts[0] == "branches" else None)
+
+
+def prefetch(path: str, wait: bool = False) -> int:
+    """Ask the mount holding ``path`` to load the file or tree at lowest priority: the
+    path is written to ``MOUNT/.tvcfs/prefetch`` (the mount schedules every leaf below
+    it, local leaves through the kernel's readahead, remote ones at background
+    priority). ``wait``: then read everything, so it is local when this returns.
+    Returns the bytes read (0 without ``wait``). Raises :class:`TvcfsError` if
+    ``path`` is not in a tvcfs mount, ``OSError`` for a failed read."""
+    from ..errors import TvcfsError
+
+    found = find_tvcfs_mount(path)
+    if found is None:
+        raise TvcfsError(f"{path} is not inside a tvcfs mount")
+    _, mountpoint, rel = found
+    with open(os.path.join(mountpoint, ".tvcfs", "prefetch"), "w") as f:
+        f.write(("" if rel == "." else rel) + "\n")
+    if not wait:
+        return 0
+    total = 0
+    files = [path] if not os.path.isdir(path) else [os.path.join(d, n) for d, _, ns in os.walk(path) for n in ns]
+    for file_path in files:
+        if os.path.islink(file_path):
+            continue
+        with open(file_path, "rb", buffering=0) as f:
+            while chunk := f.read(1 << 20):
+                total += len(chunk)
+    return total
+
+
+def mount_stats(mountpoint: str) -> dict:
+    """A mount's counters (``MOUNT/.tvcfs/stats``, a JSON object): bytes served and
+    read from the store, readahead, and for lazy mounts bytes fetched per priority
+    class and per peer, cache hits and pending wants. Raises :class:`TvcfsError` if
+    ``mountpoint`` is not a tvcfs mount."""
+    import json
+
+    from ..errors import TvcfsError
+    from ..names import printable_name
+
+    try:
+        with open(os.path.join(mountpoint, ".tvcfs", "stats")) as f:
+            return json.load(f)
+    except OSError as e:
+        raise TvcfsError(f"{printable_name(mountpoint)} is not a tvcfs mount ({e.strerror}): "
+                         "give the directory `tvcfs mount` mounted") from None
+
+
+def prepare_mount(source: str, mountpoint: str, quiet: bool = False) -> str:
+    """Check that ``mountpoint`` can take a mount of ``source`` and return the root of
+    the repository to serve: ``source`` itself (a repository path), or for a
+    ``tvcfs://`` or ``s3://BUCKET/PREFIX`` URL a lazy clone in the cache (made or
+    refreshed; leaves fetched on demand). Raises :class:`TvcfsError` for a source that
+    is neither, a mount point that is not a directory or is already mounted."""
+    from ..errors import TvcfsError
+    from ..repo import find_repo_root
+
+    is_url = "://" in source
+    repo_root = find_repo_root(source) if os.path.isdir(source) else None
+    if repo_root is None and not is_url:
+        raise TvcfsError(f"not a tvcfs repository: {source}")
+    if not os.path.isdir(mountpoint):
+        raise TvcfsError(f"mount point {mountpoint} is not a directory")
+    if is_mounted(mountpoint):
+        raise TvcfsError(f"{mountpoint} is already mounted")
+    if source.startswith("s3://"):
+        from .s3source import prepare_s3_mount
+
+        return prepare_s3_mount(source, quiet=quiet)
+    if is_url:
+        from ..sync import prepare_url_mount
+
+        return prepare_url_mount(source, quiet=False)
+    return repo_root
+
+
+def mount_in_background(repo_root: str, mountpoint: str, options=None, timeout: float = 30.0) -> int:
+    """Start a detached mount process of the repository at ``repo_root`` on
+    ``mountpoint`` (``tvcfs mount -f`` with ``options``: parsed arguments or a dict
+    of :data:`tvcfs.fs.options.MOUNT_OPTIONS` values; its log goes to
+    ``REPO/.tvcfs/mount.log`` and the system log) and wait until the mount is live.
+    Returns the process ID. Raises :class:`TvcfsError` with the log's tail if the mount
+    does not come up within ``timeout`` seconds."""
+    import sys
+
+    from ..errors import TvcfsError
+    from .options import command_line
+
+    argv = [sys.executable, "-m", "tvcfs.cli", "mount", "-f", repo_root, os.path.abspath(mountpoint),
+            *command_line({**_as_dict(options), "syslog": True})]
+    try:
+        return start_background(argv, os.path.join(repo_root, ".tvcfs"), mountpoint, timeout)
+    except RuntimeError as e:
+        raise TvcfsError(str(e)) from None
+
+
+def _as_dict(options) -> dict:
+    if options is None:
+        return {}
+    return dict(options) if isinstance(options, dict) else dict(vars(options))
+
+
 def repo_mounts(repo_root: str) -> list:
     """``[(mountpoint, pid | None)]`` of the live tvcfs mounts of the repository at
     ``repo_root`` (from ``/proc/mounts``, never touching the mounts; ``pid`` from the
@@ -145,6 +256,10 @@ def run_foreground(repo_root: str, mountpoint: str, debug: bool = False, verify:
     ``ops_factory(repo, **ops_kwargs)`` builds the operations object (default: the
     writable mount of :mod:`tvcfs.fs.writable` if present, else read-only).
     """
+    # This process is the mount daemon and does no linear algebra; numpy comes in
+    # for buffer addresses, and OpenBLAS's thread pool would then spin a core
+    # (~0.1 CPU-s per GiB read, measured) that the program loading the model needs.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import pyfuse3
     import trio
 

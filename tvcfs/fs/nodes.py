@@ -55,7 +55,7 @@ class Node:
         if self.kind == "tree":
             return self.entry.kind == KIND_DIR
         if self.kind == "ws":
-            return self.extra["w"].kind == KIND_DIR
+            return self.extra["entry"].kind == KIND_DIR
         return self.kind in ("root", "refdir", "commits", "ctl", "hf", "hfrepo", "hfrefs", "hfsnaps")
 
     def mode(self, writable: bool = False) -> int:

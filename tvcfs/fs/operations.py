@@ -562,8 +562,8 @@ class ReadOnlyOperations(pyfuse3.Operations):
     def _file_cids(self, node: Node, out: list, depth: int = 0) -> None:
         if node.kind == "tree" and node.entry.kind == KIND_FILE:
             out.append(node.entry.cid)
-        elif node.kind == "ws" and node.extra["w"].kind == KIND_FILE and node.extra["w"].cid:
-            out.append(node.extra["w"].cid)
+        elif node.kind == "ws" and node.extra["entry"].kind == KIND_FILE and node.extra["entry"].cid:
+            out.append(node.extra["entry"].cid)
         elif node.is_dir and node.kind in ("tree", "ws") and depth < 64:
             for _, child in self._list(node):
                 self._file_cids(child, out, depth + 1)

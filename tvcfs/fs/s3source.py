@@ -39,6 +39,7 @@ import time
 import trio
 
 from ..encoding.cid import RAW, cid_codec, cid_str
+from .options import parse_size  # noqa: F401  (re-exported: the one size parser)
 from ..errors import BlockNotFound, TvcfsError
 from ..store.source import DEFAULT_FETCH_TIMEOUT as DEFAULT_TIMEOUT, PRIO_NAMES, SourceBase
 from .lazy import attach_remote, start_hook
@@ -53,17 +54,6 @@ BACKGROUND_JOBS = 8        # readahead/prefetch get_many calls running at once
 JOB_BYTES = 16 * MIB       # a background job asks for at most this many bytes
 SEQ_MIN = 16 * MIB         # bytes: a sequential readahead request is widened to this
 EVICT_INTERVAL = 0.25      # seconds between cache checks (and after every fetch)
-
-
-def parse_size(text: str) -> int:
-    """``"512M"``, ``"10G"``, ``"1048576"`` → bytes (K, M, G, T: powers of 1024).
-    Raises ``ValueError``."""
-    t = str(text).strip().upper().removesuffix("B").removesuffix("I")
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
-    v = float(t[:-1] if t[-1:] in "KMGT" else t) * mult
-    if v <= 0:
-        raise ValueError(f"not a positive size: {text!r}")
-    return int(v)
 
 
 class _Pending:
@@ -97,8 +87,8 @@ class S3BlockSource(SourceBase):
         self.timeout = float(timeout)
         self.cache_size = cache_size
         # two clients and thread pools: foreground GETs never wait behind readahead GETs
-        self.fg = S3Store(url, **opts)
-        self.bg = S3Store(url, **opts)
+        self.foreground_client = S3Store(url, **opts)
+        self.background_client = S3Store(url, **opts)
         self.status_path: str | None = None  # set by the mount daemon (unused: no peers)
         self.mountpoint = ""
         self._pending: dict[bytes, _Pending] = {}
@@ -121,7 +111,7 @@ class S3BlockSource(SourceBase):
         self.bad_blocks = 0
         self.last_error = ""
         self.last_read_error: dict | None = None
-        self.fg_latency = collections.deque(maxlen=2000)
+        self.foreground_latency = collections.deque(maxlen=2000)
         # the bounded cache: raw leaves in the local store, least recently used first
         self.lru: collections.OrderedDict = collections.OrderedDict()
         self.cached_bytes = 0
@@ -157,11 +147,11 @@ class S3BlockSource(SourceBase):
             waits.append((c, p))
         self.classes[PRIO_NAMES[priority]]["requested"] += len(mine)
         if mine:
-            self._nursery.start_soon(self._job, mine, priority, self.fg)
+            self._nursery.start_soon(self._job, mine, priority, self.foreground_client)
         with trio.move_on_after(self.timeout):
             for _, p in waits:
                 await p.event.wait()
-        self.fg_latency.append(trio.current_time() - t0)
+        self.foreground_latency.append(trio.current_time() - t0)
         for c, p in waits:
             if not p.event.is_set():
                 self.fetch_timeouts += 1
@@ -182,7 +172,7 @@ class S3BlockSource(SourceBase):
         job, size = [], 0
         for c in new:  # cut into jobs of at most JOB_BYTES
             job.append(c)
-            size += self.bg.size_of(c) or MIB
+            size += self.background_client.size_of(c) or MIB
             if size >= JOB_BYTES:
                 heapq.heappush(self._queue, (-priority, next(self._seq), job))
                 job, size = [], 0
@@ -225,9 +215,9 @@ class S3BlockSource(SourceBase):
         with self._store_lock:
             self._closed = True
         self.sync_stored()
-        for s in (self.fg, self.bg):
+        for client in (self.foreground_client, self.background_client):
             try:
-                s.close()
+                client.close()
             except TvcfsError:
                 pass
 
@@ -239,9 +229,9 @@ class S3BlockSource(SourceBase):
             return [c for c in cids if not v.has(c)]
 
     async def _load(self) -> None:
-        for s in (self.fg, self.bg):
+        for client in (self.foreground_client, self.background_client):
             try:
-                await trio.to_thread.run_sync(s.refresh)
+                await trio.to_thread.run_sync(client.refresh)
             except TvcfsError as e:
                 self.last_error = str(e)
                 log.warning("%s", e)
@@ -256,11 +246,11 @@ class S3BlockSource(SourceBase):
             negp, _, job = heapq.heappop(self._queue)
             # jobs of the same priority queued meanwhile go in the same request (fewer,
             # larger ranged GETs)
-            size = sum(self.bg.size_of(c) or MIB for c in job)
+            size = sum(self.background_client.size_of(c) or MIB for c in job)
             while self._queue and self._queue[0][0] == negp and size < JOB_BYTES:
                 more = heapq.heappop(self._queue)[2]
                 job = job + more
-                size += sum(self.bg.size_of(c) or MIB for c in more)
+                size += sum(self.background_client.size_of(c) or MIB for c in more)
             job = [c for c in job if (p := self._pending.get(c)) is not None and not p.started]
             if not job:
                 self._bg_limit.release()
@@ -271,7 +261,7 @@ class S3BlockSource(SourceBase):
 
     async def _bg_job(self, cids, prio) -> None:
         try:
-            await self._job(cids, prio, self.bg)
+            await self._job(cids, prio, self.background_client)
         finally:
             self._bg_limit.release()
 
@@ -352,7 +342,7 @@ class S3BlockSource(SourceBase):
             if not isinstance(h, FileIndex):
                 # a file opened in a writable branch view (tvcfs.fs.writable.Handle): the
                 # committed file it reads, by its root CID
-                cid = getattr(getattr(h, "w", None), "cid", None)
+                cid = getattr(getattr(h, "entry", None), "cid", None)
                 if cid is None or self.reader is None:
                     continue
                 try:
@@ -390,7 +380,7 @@ class S3BlockSource(SourceBase):
             size += n
         if not victims:
             return 0
-        held = await trio.to_thread.run_sync(self.bg.has_many, victims)
+        held = await trio.to_thread.run_sync(self.background_client.has_many, victims)
         victims = [c for c, h in zip(victims, held) if h]
         for c in [c for c, h in zip(victims, held) if not h]:
             self.lru.pop(c, None)  # local-only leaf: never evicted, not counted against the cache
@@ -419,14 +409,14 @@ class S3BlockSource(SourceBase):
         """``.tvcfs/stats`` under ``"remote"``: per priority class blocks/bytes;
         ``s3`` requests and bytes received (``wire_bytes``); pending work; the
         cache (limit, bytes, evictions, pinned leaves); the last error."""
-        lat = sorted(self.fg_latency)
+        lat = sorted(self.foreground_latency)
         return {
             "source": "s3",
             "url": self.url,
             "classes": self.classes,
-            "s3": {"requests": self.fg.read["requests"] + self.bg.read["requests"],
-                   "bytes": self.fg.read["bytes"] + self.bg.read["bytes"]},
-            "wire_bytes": self.fg.read["bytes"] + self.bg.read["bytes"],
+            "s3": {"requests": self.foreground_client.read["requests"] + self.background_client.read["requests"],
+                   "bytes": self.foreground_client.read["bytes"] + self.background_client.read["bytes"]},
+            "wire_bytes": self.foreground_client.read["bytes"] + self.background_client.read["bytes"],
             "peers": {},
             "pending_wants": len(self._pending),
             "queued_jobs": len(self._queue),

@@ -93,7 +93,7 @@ class Workspace:
             self.root.children = {}
             self.root.dirty = True
         self.dir = dirpath or os.path.join(repo.control, "staging", uuid.uuid4().hex)
-        self.n = 0
+        self.staged_files = 0
         self.writers = 0
         self.last_activity = 0.0
         self.pending = False      # there are changes not committed yet
@@ -144,8 +144,8 @@ class Workspace:
 
     def _data_path(self) -> str:
         os.makedirs(os.path.join(self.dir, "data"), exist_ok=True)
-        self.n += 1
-        return os.path.join(self.dir, "data", f"{self.n}-{uuid.uuid4().hex[:8]}")
+        self.staged_files += 1
+        return os.path.join(self.dir, "data", f"{self.staged_files}-{uuid.uuid4().hex[:8]}")
 
     def stage(self, e: WEntry, truncate_to: int | None = None) -> str:
         """Make file ``e`` staged (copy-on-write); returns the data path. With
@@ -808,20 +808,26 @@ def pending_workspaces(repo) -> list:
         p = os.path.join(root, name, STATE)
         try:
             with open(p) as f:
-                st = json.load(f)
+                state = json.load(f)
         except (OSError, ValueError):
             continue
-        if not st.get("pending"):
+        if not state.get("pending"):
             continue
-        alive = _process_alive(st.get("pid"))
+        alive = _process_alive(state.get("pid"))
         try:
             with open(os.path.join(root, name, COMMIT_ERROR)) as f:
                 error = json.load(f)
         except (OSError, ValueError):
             error = None
-        out.append({"dir": os.path.join(root, name), "branch": st["branch"], "base": st.get("base"),
-                    "pid": st.get("pid"), "time": st.get("time"), "alive": alive, "error": error})
+        out.append({"dir": os.path.join(root, name), "branch": state["branch"], "base": state.get("base"),
+                    "pid": state.get("pid"), "time": state.get("time"), "alive": alive, "error": error})
     return out
+
+
+def discard_pending(dirpath: str) -> None:
+    """Delete the staging directory ``dirpath`` (one of :func:`pending_workspaces`)
+    and the uncommitted changes in it (``tvcfs recover --discard``)."""
+    shutil.rmtree(dirpath, ignore_errors=True)
 
 
 def recover(repo, dirpath: str, message: str | None = None) -> dict:

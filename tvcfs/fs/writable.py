@@ -44,10 +44,10 @@ def _attached(ws: Workspace, w: WEntry) -> bool:
 class Handle:
     """An open file in a branch: the workspace, its entry, whether it writes."""
 
-    __slots__ = ("ws", "w", "writable")
+    __slots__ = ("workspace", "entry", "writable")
 
-    def __init__(self, ws, w, writable):
-        self.ws, self.w, self.writable = ws, w, writable
+    def __init__(self, workspace, entry, writable):
+        self.workspace, self.entry, self.writable = workspace, entry, writable
 
 
 class WritableOperations(ReadOnlyOperations):
@@ -104,14 +104,14 @@ class WritableOperations(ReadOnlyOperations):
         return ws
 
     def ws_node(self, ws: Workspace, w: WEntry, parent_ino: int) -> Node:
-        if w.ino and w.ino in self.inodes.by_ino and self.inodes.by_ino[w.ino].extra.get("w") is w:
+        if w.ino and w.ino in self.inodes.by_ino and self.inodes.by_ino[w.ino].extra.get("entry") is w:
             return self.inodes.by_ino[w.ino]
         key = ("ws", id(w))
 
         def make(ino):
             n = Node(ino, "ws", key, parent=parent_ino, name=w.name or ws.branch)
-            n.extra["w"] = w
-            n.extra["ws"] = ws
+            n.extra["entry"] = w
+            n.extra["workspace"] = ws
             return n
 
         node = self.inodes.intern(key, make)
@@ -130,7 +130,7 @@ class WritableOperations(ReadOnlyOperations):
                 return self.ws_node(ws, ws.root, parent.ino)
             return super()._child(parent, name)
         if parent.kind == "ws":
-            w, ws = parent.extra["w"], parent.extra["ws"]
+            w, ws = parent.extra["entry"], parent.extra["workspace"]
             if w.kind != KIND_DIR:
                 raise _err(errno.ENOTDIR)
             c = self._children(ws, w).get(name)
@@ -148,7 +148,7 @@ class WritableOperations(ReadOnlyOperations):
 
     def _list(self, node: Node) -> list:
         if node.kind == "ws":
-            w, ws = node.extra["w"], node.extra["ws"]
+            w, ws = node.extra["entry"], node.extra["workspace"]
             return [(n, self.ws_node(ws, c, node.ino)) for n, c in self._children(ws, w).items()]
         out = super()._list(node)
         if node.kind == "refdir" and node.prefix.startswith(HEADS):
@@ -166,7 +166,7 @@ class WritableOperations(ReadOnlyOperations):
     def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
         if node.kind != "ws":
             return super().attrs(node)
-        w, ws = node.extra["w"], node.extra["ws"]
+        w, ws = node.extra["entry"], node.extra["workspace"]
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.ino
         if w.kind == KIND_DIR:
@@ -198,7 +198,7 @@ class WritableOperations(ReadOnlyOperations):
     async def readlink(self, inode, ctx):
         node = self.node(inode)
         if node.kind == "ws":
-            w = node.extra["w"]
+            w = node.extra["entry"]
             if w.kind != KIND_SYMLINK:
                 raise _err(errno.EINVAL)
             return w.target.encode()
@@ -207,7 +207,7 @@ class WritableOperations(ReadOnlyOperations):
     def _ws_dir(self, inode) -> tuple:
         node = self.node(inode)
         if node.kind == "ws":
-            w, ws = node.extra["w"], node.extra["ws"]
+            w, ws = node.extra["entry"], node.extra["workspace"]
             if w.kind != KIND_DIR:
                 raise _err(errno.ENOTDIR)
             if not _attached(ws, w):  # removed or replaced meanwhile (cwd in it)
@@ -250,7 +250,7 @@ class WritableOperations(ReadOnlyOperations):
         node = self.node(inode)
         if node.kind != "ws":
             return await super().open(inode, flags, ctx)
-        w, ws = node.extra["w"], node.extra["ws"]
+        w, ws = node.extra["entry"], node.extra["workspace"]
         if w.kind == KIND_DIR:
             raise _err(errno.EISDIR)
         if w.kind != KIND_FILE:
@@ -344,14 +344,14 @@ class WritableOperations(ReadOnlyOperations):
         h = self.handles.get(fh)
         if not isinstance(h, Handle):
             return await super().read(fh, off, size)
-        w = h.w
+        w = h.entry
         if w.staged:
             return os.pread(self._fd(w), size, off)
         try:
             idx = await self.reader.index_async(w.cid)
             data = await self.reader.read_async(idx, off, size)
         except (BlockNotFound, CorruptBlock, MalformedObject) as e:
-            self.read_failed(f"branches/{h.ws.branch}/{w.path()}", off, size, e)
+            self.read_failed(f"branches/{h.workspace.branch}/{w.path()}", off, size, e)
             raise _err(errno.EIO) from None
         self.reader.readahead(fh, idx, off, len(data))
         return data
@@ -362,7 +362,7 @@ class WritableOperations(ReadOnlyOperations):
             return await super().write(fh, off, buf)
         if not h.writable:
             raise _err(errno.EBADF)
-        ws, w = h.ws, h.w
+        ws, w = h.workspace, h.entry
         await self._writing(ws)
         if not w.staged:
             await self._stage(ws, w)
@@ -386,15 +386,15 @@ class WritableOperations(ReadOnlyOperations):
         h = self.handles.pop(fh, None)
         if isinstance(h, Handle):
             self.reader.forget_handle(fh)
-            h.w.opens -= 1
+            h.entry.opens -= 1
             if h.writable:
-                h.w.writers -= 1
-                h.ws.writers -= 1
-                h.ws.last_activity = time.monotonic()
-                if h.ws.writers == 0 and h.ws.pending:
-                    self._arm_quiet(h.ws)
-            if h.w.parent is None and h.w.opens == 0 and h.w.staged and h.w is not h.ws.root:
-                self._drop_staged(h.w)
+                h.entry.writers -= 1
+                h.workspace.writers -= 1
+                h.workspace.last_activity = time.monotonic()
+                if h.workspace.writers == 0 and h.workspace.pending:
+                    self._arm_quiet(h.workspace)
+            if h.entry.parent is None and h.entry.opens == 0 and h.entry.staged and h.entry is not h.workspace.root:
+                self._drop_staged(h.entry)
             return
         await super().release(fh)
 
@@ -404,19 +404,19 @@ class WritableOperations(ReadOnlyOperations):
     async def fsync(self, fh, datasync):
         h = self.handles.get(fh)
         if isinstance(h, Handle):
-            await self.commit_workspace(h.ws, reason="fsync", errors=True)
+            await self.commit_workspace(h.workspace, reason="fsync", errors=True)
 
     async def fsyncdir(self, fh, datasync):
         ino = self.dir_handles.get(fh, (0, []))[0]
         node = self.inodes.get(ino)
         if node is not None and node.kind == "ws":
-            await self.commit_workspace(node.extra["ws"], reason="fsync", errors=True)
+            await self.commit_workspace(node.extra["workspace"], reason="fsync", errors=True)
 
     async def setattr(self, inode, attr, fields, fh, ctx):
         node = self.node(inode)
         if node.kind != "ws":
             raise _err(errno.EROFS)
-        w, ws = node.extra["w"], node.extra["ws"]
+        w, ws = node.extra["entry"], node.extra["workspace"]
         await self._writing(ws)
         if fields.update_size:
             if w.kind != KIND_FILE:
@@ -517,16 +517,16 @@ class WritableOperations(ReadOnlyOperations):
         pold, pnew = self.node(parent_inode_old), self.node(parent_inode_new)
         if pold.kind != "ws" or pnew.kind != "ws":
             raise _err(errno.EROFS if "ws" not in (pold.kind, pnew.kind) else errno.EXDEV)
-        if pold.extra["ws"] is not pnew.extra["ws"]:
+        if pold.extra["workspace"] is not pnew.extra["workspace"]:
             raise _err(errno.EXDEV)
         if flags:
             raise _err(errno.EINVAL)  # RENAME_NOREPLACE / EXCHANGE not supported
-        ws = pold.extra["ws"]
+        ws = pold.extra["workspace"]
         if len(name_old) > NAME_MAX:
             raise _err(errno.ENAMETOOLONG)
         so, sn = os.fsdecode(name_old), new_entry_name(name_new)
         await self._writing(ws)
-        d_old, d_new = pold.extra["w"], pnew.extra["w"]
+        d_old, d_new = pold.extra["entry"], pnew.extra["entry"]
         if not (_attached(ws, d_old) and _attached(ws, d_new)):
             raise _err(errno.ENOENT)
         src = self._children(ws, d_old).get(so)

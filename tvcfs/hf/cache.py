@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from ..encoding.cid import cid_from_str, cid_str
 from ..encoding.commit import Commit
 from ..errors import TvcfsError
+from ..formatting import short_cid
 from ..importer import Importer
 from ..refs import HEADS, TAGS, InvalidRefName, check_name
 from .layout import COMMIT_HASH, IMPORTED, folder_name, parse_folder, ref_of_revision
@@ -348,9 +349,9 @@ def _set_refs(repo, c: CachedRepo, prefix: str, known: dict, previous: dict, lin
                     w.set_ref(full, cid, cur, message=f"import-hf: {c.repo_id} {rev or 'newest snapshot'} {h}")
                     rep.refs.append((full, cid))
                 else:
-                    rep.warnings.append(f"{c.repo_id}: {kind} {full.split('/', 2)[2]} is at {cid_str(cur)[:16]}, "
+                    rep.warnings.append(f"{c.repo_id}: {kind} {full.split('/', 2)[2]} is at {short_cid(cur)}, "
                                         f"not the cache's {rev} ({h}): left alone (tvcfs {kind} -f "
-                                        f"{full.split('/', 2)[2]} {cid_str(cid)[:16]} to move it)")
+                                        f"{full.split('/', 2)[2]} {short_cid(cid)} to move it)")
                     continue
             if rev is not None:
                 new_refs[rev] = h

@@ -565,21 +565,21 @@ class HubApp:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) != size:
             raise ApiError(422, f"object {oid} is {size} bytes, the request carries {declared}")
-        w = HashingWriter(self.hub.tmp_dir())
+        writer = HashingWriter(self.hub.tmp_dir())
         try:
             async for chunk in request.stream():
-                if w.size + len(chunk) > size:
+                if writer.size + len(chunk) > size:
                     raise ApiError(422, f"object {oid}: more than the {size} bytes announced")
-                w.write(chunk)
-            w.close()
-            if w.size != size or w.sha256.hexdigest() != oid:
-                raise ApiError(422, f"object {oid}: received {w.size} bytes hashing to "
-                                    f"{w.sha256.hexdigest()}, expected {size} bytes hashing to {oid}")
+                writer.write(chunk)
+            writer.close()
+            if writer.size != size or writer.sha256.hexdigest() != oid:
+                raise ApiError(422, f"object {oid}: received {writer.size} bytes hashing to "
+                                    f"{writer.sha256.hexdigest()}, expected {size} bytes hashing to {oid}")
             d = self.hub.upload_dir(repo_id)
             os.makedirs(d, exist_ok=True)
-            os.replace(w.path, os.path.join(d, oid))
+            os.replace(writer.path, os.path.join(d, oid))
         except BaseException:
-            w.discard()
+            writer.discard()
             raise
         return Response(status_code=200)
 
@@ -645,12 +645,12 @@ class HubApp:
                         data = base64.b64decode(value.get("content", ""), validate=True)
                     except (binascii.Error, ValueError, TypeError) as e:
                         raise ApiError(422, f"line {lineno}: content of {path} is not base64: {e}")
-                    w = HashingWriter(hub.tmp_dir(), len(data))
-                    staged.append(w)
-                    await anyio.to_thread.run_sync(w.write, data)
-                    w.close()
-                    files.append(Upload(path, tmp=w.path, size=len(data), sha256=w.sha256.hexdigest(),
-                                        sha1=w.sha1.hexdigest()))
+                    writer = HashingWriter(hub.tmp_dir(), len(data))
+                    staged.append(writer)
+                    await anyio.to_thread.run_sync(writer.write, data)
+                    writer.close()
+                    files.append(Upload(path, tmp=writer.path, size=len(data), sha256=writer.sha256.hexdigest(),
+                                        sha1=writer.sha1.hexdigest()))
                 elif key == "lfsFile":
                     path = check_path(value.get("path", ""))
                     oid = value.get("oid")
@@ -820,13 +820,11 @@ class HubApp:
         hub = self.hub
 
         def table():
-            from ..cli.core import tensor_table
-
             repo = hub.repo(repo_id)
             e = repo.entry(hub.resolve(repo_id, rev), path)
             if e.kind != KIND_FILE:
                 raise ApiError(422, f"{path} is not a file")
-            rows = tensor_table(repo, e.cid)
+            rows = repo.tensors(e.cid)
             if not rows:
                 raise ApiError(422, f"{path} is not a safetensors file")
             return [{"name": n, "dtype": d, "shape": list(s), "bytes": b, "first_leaf": fl, "leaves": nl}

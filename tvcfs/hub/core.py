@@ -69,24 +69,24 @@ class HashingWriter:
     def __init__(self, dir: str, size: int | None = None):
         os.makedirs(dir, exist_ok=True)
         fd, self.path = tempfile.mkstemp(dir=dir, prefix="up-")
-        self.f = os.fdopen(fd, "wb")
+        self.file = os.fdopen(fd, "wb")
         self.sha256 = hashlib.sha256()
         self.sha1 = hashlib.sha1(f"blob {size}\0".encode()) if size is not None else None
         self.size = 0
 
     def write(self, data) -> None:
-        self.f.write(data)
+        self.file.write(data)
         self.sha256.update(data)
         if self.sha1 is not None:
             self.sha1.update(data)
         self.size += len(data)
 
     def close(self) -> None:
-        self.f.close()
+        self.file.close()
 
     def discard(self) -> None:
         try:
-            self.f.close()
+            self.file.close()
         finally:
             try:
                 os.unlink(self.path)

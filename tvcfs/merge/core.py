@@ -415,7 +415,7 @@ class _Stream:
     """
 
     def __init__(self, t: _TensorOut, reader: DataReader | None, stats: dict):
-        self.t = t
+        self.tensor = t
         self.sides = _used_sides(t)
         self.reader = reader
         self.stats = stats
@@ -456,7 +456,7 @@ class _Stream:
     def piece(self, lo: int, hi: int) -> bytes:
         e0, e1 = lo // self.isz, -(-hi // self.isz)
         raws, arrs = zip(*(self._side(k, e0, e1) for k in range(3)))
-        out = dtypes.from_float32(self.fn(*arrs, e0), self.t.dtype)
+        out = dtypes.from_float32(self.fn(*arrs, e0), self.tensor.dtype)
         self._drop(*raws)
         a = lo - e0 * self.isz
         return out[a:a + hi - lo]

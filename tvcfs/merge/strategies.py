@@ -211,10 +211,10 @@ class MagnitudeTrim:
     """
 
     def __init__(self, n: int, density: float):
-        self.n = n
-        self.k = n if density >= 1 else int(density * n)
-        self.keys = np.empty(n, dtype=F32) if 0 < self.k < n else None
-        self.thr = None
+        self.numel = n
+        self.keep_count = n if density >= 1 else int(density * n)
+        self.keys = np.empty(n, dtype=F32) if 0 < self.keep_count < n else None
+        self.threshold = None
         self.budget = 0
         self.pos = 0
 
@@ -224,11 +224,11 @@ class MagnitudeTrim:
 
     def finish(self) -> "MagnitudeTrim":
         if self.keys is not None:
-            keys, k = self.keys, self.k
+            keys, k = self.keys, self.keep_count
             keys.partition(k - 1)
-            self.thr = F32(keys[k - 1])
-            below = np.isnan(keys) if np.isnan(self.thr) else keys < self.thr
-            self.budget = k - (keys.size - int(np.count_nonzero(below)) if np.isnan(self.thr)
+            self.threshold = F32(keys[k - 1])
+            below = np.isnan(keys) if np.isnan(self.threshold) else keys < self.threshold
+            self.budget = k - (keys.size - int(np.count_nonzero(below)) if np.isnan(self.threshold)
                                else int(np.count_nonzero(below)))
             self.keys = None
         return self
@@ -238,15 +238,15 @@ class MagnitudeTrim:
         if offset != self.pos:
             raise ValueError(f"trim pieces must come in order: expected offset {self.pos}, got {offset}")
         self.pos += d.size
-        if self.k >= self.n:
+        if self.keep_count >= self.numel:
             return d.copy()
-        if self.k <= 0:
+        if self.keep_count <= 0:
             return np.zeros_like(d)
         key = -np.abs(d)
-        if np.isnan(self.thr):
+        if np.isnan(self.threshold):
             keep, eq = ~np.isnan(key), np.isnan(key)
         else:
-            keep, eq = key < self.thr, key == self.thr
+            keep, eq = key < self.threshold, key == self.threshold
         if self.budget > 0:
             idx = np.flatnonzero(eq)[: self.budget]
             keep.reshape(-1)[idx] = True

@@ -19,7 +19,6 @@ blocks is only used when named explicitly (:func:`bad_count`).
 from __future__ import annotations
 
 import threading
-import time
 
 import trio
 

@@ -10,6 +10,8 @@ import re
 
 from markupsafe import Markup, escape
 
+from ...formatting import human_size
+
 # ``encoder.layer.3.attention.self.query.weight``, ``model.layers.7.mlp.down_proj.weight``,
 # ``transformer.h.0.attn.c_attn.weight``, ``blocks.2.norm1.weight``
 _LAYER = re.compile(r"^(?:(?P<stack>.*?)\.)?(?:layers?|h|blocks?)\.(?P<layer>\d+)\.(?P<kind>.+)$")
@@ -24,12 +26,6 @@ def parse_tensor_name(name: str) -> tuple:
     if not m:
         return None, None, name
     return m.group("stack") or "", int(m.group("layer")), m.group("kind")
-
-
-def _fmt_bytes(n: float) -> str:
-    from ...cli.core import fmt_bytes
-
-    return fmt_bytes(n)
 
 
 # --------------------------------------------------------------------------- storage chart
@@ -62,7 +58,7 @@ def storage_chart(bars: list, width: int = 760, height: int = 200) -> Markup:
         ty = y(v)
         out.append(f'<line x1="{left}" x2="{width - right}" y1="{ty:.1f}" y2="{ty:.1f}" class="grid"/>')
         out.append(f'<text x="{left - 4}" y="{ty + 4:.1f}" text-anchor="end" class="tick">'
-                   f'{escape(_fmt_bytes(v))}</text>')
+                   f'{escape(human_size(v))}</text>')
         v *= 32
     slot = plot_w / max(n, 1)
     bw = max(1.0, min(28.0, slot * 0.8))

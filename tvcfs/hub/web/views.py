@@ -57,9 +57,9 @@ class PageError(Exception):
 
 
 def fmt_bytes(n) -> str:
-    from ...cli.core import fmt_bytes as f
+    from ...formatting import human_size
 
-    return "—" if n is None else f(n)
+    return "—" if n is None else human_size(n)
 
 
 def fmt_time(ts: int) -> str:
@@ -484,7 +484,6 @@ class WebViews:
         return self.diffs.put(key, self._diff_context(repo_id, repo, ca, cb))
 
     def _diff_context(self, repo_id: str, repo, ca: bytes | None, cb: bytes) -> dict:
-        from ...cli.core import tensor_table
         from ...diff import diff_trees
         from .charts import change_heatmap
 
@@ -512,7 +511,7 @@ class WebViews:
 
                 changed = {t.name: t for t in f.tensors}
                 cells = []
-                for name, *_ in tensor_table(repo, cid_from_str(f.cid_b)):
+                for name, *_ in repo.tensors(cid_from_str(f.cid_b)):
                     t = changed.get(name)
                     cells.append({"name": name, "status": t.status if t else "unchanged",
                                   "rel": t.rel_change if t else 0.0})
