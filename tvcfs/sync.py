@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Protocol
 
 from .encoding.cid import RAW, cid_codec, cid_str, make_cid
+from .formatting import short_cid as _short
 from .errors import CorruptBlock, InvalidCID, RefConflict, TvcfsError
 from .refs import HEADS, TAGS
 
@@ -305,10 +306,6 @@ def update_tracking_refs(repo, remote: str, refs: dict, *, fast_forward_local: b
     if updates:
         repo.update_refs(updates, message=message or f"fetch {remote}")
     return updated
-
-
-def _short(c: bytes | None) -> str:
-    return cid_str(c)[:16] if c else "(none)"
 
 
 # ------------------------------------------------------------------ push

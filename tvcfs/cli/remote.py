@@ -10,19 +10,8 @@ import os
 import sys
 
 from . import add_no_verify, emit_json, open_repo
+from ..formatting import human_size as _fmt, short_cid as _short
 from .progress import progress_bar
-
-
-def _short(c) -> str:
-    from ..encoding.cid import cid_str
-
-    return cid_str(c)[:16] if c else "(none)"
-
-
-def _fmt(n: float) -> str:
-    from ..formatting import human_size as f
-
-    return f(n)
 
 
 def _engine(args):
@@ -65,18 +54,16 @@ def cmd_id(args) -> int:
 
 # ------------------------------------------------------------------ serve
 def _parse_rate(text: str) -> float:
-    """``"50M"`` → 52428800.0 bytes per second (K, M, G are powers of 1024)."""
+    """``"50M"`` or ``"50MB/s"`` → 52428800.0 bytes per second (the sizes of
+    :func:`tvcfs.fs.options.parse_size`). Raises ``argparse.ArgumentTypeError``."""
     import argparse
 
-    t = text.strip().upper().removesuffix("B").removesuffix("/S")
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    from ..fs.options import parse_size
+
     try:
-        v = float(t[:-1] if t[-1:] in "KMG" else t) * mult
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a rate: {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError("the rate must be positive")
-    return v
+        return float(parse_size(text.strip().upper().removesuffix("/S")))
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"not a positive rate: {text!r}") from None
 
 
 def cmd_serve(args) -> int:
