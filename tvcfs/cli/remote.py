@@ -341,9 +341,13 @@ def cmd_push(args) -> int:
         with progress_bar(args, "Sending") as bar:
             if _is_block_remote(repo, remote):
                 from .. import sync
+                from ..pack import DeltaSource
 
+                # tensor leaves go up as deltas against the bucket's copy of their parent
+                head = repo.ref_db.get("refs/heads/" + (args.branch or repo.head_branch() or ""))
                 r = sync.push(repo, remote, args.branch, force=args.force,
-                              progress=bar if bar.enabled else None)
+                              progress=bar if bar.enabled else None,
+                              options={"deltas": DeltaSource(repo, [head])})
             else:
                 r = push(repo, remote, args.branch, force=args.force, quiet=args.quiet,
                          engine=args.engine, progress=bar if bar.enabled else None)
