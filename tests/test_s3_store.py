@@ -79,6 +79,27 @@ def test_old_raw_packs_still_read_and_new_packs_are_compressed(s3_endpoint):
     assert {e.encoding for e in got} == {1} and all(e.raw > e.length for e in got)
 
 
+def test_encoded_value_of_other_bytes_is_refused_by_its_cid(s3_endpoint):
+    """A pack whose encoded value decodes to bytes other than its CID's (a damaged or
+    forged object) is never returned as that block."""
+    import struct
+
+    from tvcfs.store import encodings
+    from tvcfs.store.s3 import Entry
+
+    bucket = new_bucket(s3_endpoint)
+    data = b"weights " * 20000
+    cid = make_cid(RAW, data)
+    value = encodings.encode(b"forged! " * 20000, 1)
+    pack, idx = encode_index([Entry(cid, 16, len(value), encodings.ZSTD, 0, len(data), None)])
+    cl = s3_client(s3_endpoint)
+    cl.put_object(Bucket=bucket, Key=f"m/packs/{pack}.pack", Body=struct.pack(">8sII", b"TVCFSPAK", 2, 1) + value)
+    cl.put_object(Bucket=bucket, Key=f"m/packs/{pack}.idx", Body=idx)
+    with S3Store(f"s3://{bucket}/m", endpoint_url=s3_endpoint) as st:
+        with pytest.raises(BlockUnavailable, match="does not hash to its CID"):
+            st.get(cid)
+
+
 def test_packs_few_objects_dedup_and_only_new_blocks_written(s3_endpoint):
     bucket = new_bucket(s3_endpoint)
     url = f"s3://{bucket}/m"

@@ -517,9 +517,9 @@ class S3Store(StoreBase):
         """``{cid: block bytes}`` of ``wanted`` (``{cid: Loc}``) when some are stored
         encoded: their values are read, the delta bases they need are read too
         (whether or not tombstoned: a tombstone leaves the bytes), every value is
-        decoded, bases before their deltas, and each decoded block is checked against
-        its CID before it is used as a base or returned (``verify=False``: the blocks
-        returned are left to the caller to verify, as raw ones are). Raises
+        decoded, bases before their deltas, and the blocks returned are checked
+        against their CIDs in one batch (``verify=False``: left to the caller, as
+        raw ones are; a damaged base makes its deltas fail that check). Raises
         :class:`BlockUnavailable` naming the pack when a value does not decode, a
         decoded block does not hash to its CID, or a base is in no pack."""
         locs = dict(wanted)
@@ -556,15 +556,18 @@ class S3Store(StoreBase):
                     raise BlockUnavailable(f"{self.url}: block {cid_str(cid)} in pack {loc.pack} does not decode "
                                            f"(corrupt object: {e})",
                                            cid=cid, tier=self.url) from None
-            if cid in wanted and not verify:
-                out[cid] = value
-                continue
-            _, bad = verify_many([(cid, value)])
-            if bad:
-                raise BlockUnavailable(f"{self.url}: block {cid_str(cid)} in pack {loc.pack or '(pending)'} does not "
-                                       f"hash to its CID (corrupt object)", cid=cid, tier=self.url)
             out[cid] = value
-        return {c: out[c] for c in wanted}
+        got = [(c, out[c]) for c in wanted]
+        if verify:
+            _, bad = verify_many(got)
+            if bad:
+                # name the first block whose own bytes are wrong: a delta on a damaged base is not
+                bases = [locs[b].base for b in bad if locs[b].base is not None]
+                _, bad_bases = verify_many([(b, out[b]) for b in bases])
+                c = (bad_bases or bad)[0]
+                raise BlockUnavailable(f"{self.url}: block {cid_str(c)} in pack {locs[c].pack or '(pending)'} does "
+                                       f"not hash to its CID (corrupt object)", cid=bad[0], tier=self.url)
+        return dict(got)
 
     def _read_range_unverified(self, rng) -> dict:
         return self._read_range(rng, verify=False)

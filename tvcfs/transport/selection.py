@@ -26,7 +26,7 @@ __all__ = ["held_blocks", "iter_selection", "missing_in_dag", "thin_plan"]
 _RANGE_INDEX: collections.OrderedDict = collections.OrderedDict()
 
 
-def iter_selection(backend: BlockBackend, req: P.DagRequest):
+def iter_selection(backend: BlockBackend, req: P.DagRequest, known: set | None = None):
     """Yield ``(cid, data | None)`` for the blocks ``req`` selects, depth-first
     pre-order; ``None`` data = the server does not have it (its sub-graph is skipped).
 
@@ -34,12 +34,15 @@ def iter_selection(backend: BlockBackend, req: P.DagRequest):
     (``SEL_ALL``) reach it. With ``selector.skeleton`` raw leaves are neither read
     nor yielded. Blocks in ``req.have`` are traversed but not yielded; sub-graphs
     under ``req.have_roots`` (and blocks reachable from those commits' trees) are
-    pruned. Raises ``TvcfsError`` subclasses (path not found, malformed object).
+    pruned. ``known``: :func:`held_blocks` of ``req.have_roots`` when the caller has
+    it already (a session answering many requests with the same have-roots).
+    Raises ``TvcfsError`` subclasses (path not found, malformed object).
     """
     get = backend.get
     sel = req.selector
     have = set(req.have)
-    known = held_blocks(backend, req.have_roots)
+    if known is None:
+        known = held_blocks(backend, req.have_roots)
     if sel.kind == P.SEL_ALL:
         yield from _walk(backend, req.roots, have, known, sel.history, leaves=not sel.skeleton)
         return
@@ -150,13 +153,14 @@ def held_blocks(backend, have_roots) -> set:
     return known
 
 
-def thin_plan(backend, heads, have_roots) -> dict:
+def thin_plan(backend, heads, have_roots, known: set | None = None) -> dict:
     """``{leaf CID: (element size, base CID)}``: how a thin transfer may send the raw
     tensor leaves of the commits reachable from ``heads`` that a peer holding the
     commits ``have_roots`` complete lacks — as the XOR with the same tensor (name,
     dtype, shape, offset) in the commit's named delta base or a parent, where that
     block is one the peer holds (:func:`held_blocks`). ``{}`` when ``backend`` is not
-    over a repository (no ``repo``) or ``have_roots`` is empty. See
+    over a repository (no ``repo``) or ``have_roots`` is empty. ``known``: the
+    :func:`held_blocks` of ``have_roots`` if already computed. See
     :func:`tvcfs.pack.delta_hints`."""
     repo = getattr(backend, "repo", None)
     have_roots = [c for c in have_roots if cid_codec(c) == DAG_CBOR]
@@ -164,7 +168,8 @@ def thin_plan(backend, heads, have_roots) -> dict:
         return {}
     from ..pack import delta_hints
 
-    known = held_blocks(backend, have_roots)
+    if known is None:
+        known = held_blocks(backend, have_roots)
     held = set(repo.ancestors(have_roots, missing_ok=True))
     out = {}
     for cid, h in delta_hints(repo, heads, lambda cs: [c in held for c in cs]).items():

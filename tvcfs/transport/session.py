@@ -39,7 +39,7 @@ from . import protocol as P
 from .backend import is_leaf, read_view
 from .identity import (IdentityError, PeerIdMismatch, auth_message, format_peer_id,
                        verify_signature)
-from .selection import iter_selection, missing_in_dag, thin_plan
+from .selection import held_blocks, iter_selection, missing_in_dag, thin_plan
 
 __all__ = [
     "ClientSession",
@@ -225,6 +225,7 @@ class ServerSession:
         self.sent_seq: dict[bytes, int] = {}
         self.seq = 0
         self._thin_cache: dict = {}  # {frozenset(have_roots): thin plan}
+        self._held_cache: dict = {}  # {frozenset(have_roots): blocks the client holds}
 
     # ---------------------------------------------------------------- output
     def data_to_send(self) -> bytes:
@@ -507,10 +508,11 @@ class ServerSession:
         try:
             # one read snapshot per answer: raw leaves go out as zero-copy views
             view = a.stack.enter_context(read_view(self.cfg.backend))
-            a.it = iter_selection(view, a.req)
+            known = self._held(view, a.req.have_roots) if a.req.have_roots else None
+            a.it = iter_selection(view, a.req, known)
             if a.req.selector.thin and self.thin:
                 a.view = view
-                a.thin = self._thin_plan(view, a.req)
+                a.thin = self._thin_plan(view, a.req, known)
         except TvcfsError as e:
             a.status, a.message = P.DONE_ERROR, str(e)
         self.active.append(a)
@@ -552,7 +554,19 @@ class ServerSession:
         a.nbytes += len(blk.data)
         return blk
 
-    def _thin_plan(self, view, req: P.DagRequest) -> dict:
+    def _held(self, view, have_roots) -> set:
+        """:func:`~.selection.held_blocks` of ``have_roots``, cached for the session
+        (a fetch sends many requests with the same have-roots; a ref update on this
+        server does not change what the client holds)."""
+        key = frozenset(have_roots)
+        known = self._held_cache.get(key)
+        if known is None:
+            if len(self._held_cache) >= 4:
+                self._held_cache.clear()
+            known = self._held_cache[key] = held_blocks(view, have_roots)
+        return known
+
+    def _thin_plan(self, view, req: P.DagRequest, known: set | None = None) -> dict:
         """How the leaves this thin request may select can go out as deltas: planned
         over the server's refs and the request's commit roots, against the blocks of
         the client's ``have_roots`` (cached per set of have-roots for the session).
@@ -562,7 +576,7 @@ class ServerSession:
         if key not in cache:
             heads = [c for c in req.roots if not is_leaf(c)] + list(self.cfg.backend.refs().values())
             try:
-                cache[key] = thin_plan(view, heads, req.have_roots)
+                cache[key] = thin_plan(view, heads, req.have_roots, known)
             except TvcfsError as e:
                 log.warning("no thin plan for a request from %s: %s", self.addr, e)
                 cache[key] = {}
