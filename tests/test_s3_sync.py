@@ -370,3 +370,45 @@ def test_finetune_push_stores_deltas_against_the_base_in_the_bucket(s3_endpoint,
     with S3Store(url, endpoint_url=s3_endpoint) as st:
         with pytest.raises(BlockUnavailable, match="delta base"):
             st.get(deltas[0].cid)
+
+
+def test_s3_delta_chains_stay_bounded(s3_endpoint, tmp_path):
+    """Six successive fine-tunes, each pushed: every tensor leaf is a delta on the
+    previous push's, until the chain would pass MAX_DEPTH; then it is stored
+    self-contained and the next chain starts on it. A clone reads the last one back."""
+    import numpy as np
+    from conftest import write_safetensors_raw
+
+    from tvcfs.store import encodings
+    from tvcfs.store.s3 import decode_index
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(600_001) * 0.02).astype(np.float32)
+    src = str(tmp_path / "src")
+    bucket = new_bucket(s3_endpoint)
+    url = f"s3://{bucket}/chain"
+    with Repo.init(src):
+        pass
+    tv(s3_endpoint, "-C", src, "remote", "add", "origin", url)
+    depths = []
+    for i in range(6):
+        wt = tmp_path / f"wt{i}"
+        wt.mkdir()
+        write_safetensors_raw(str(wt / "model.safetensors"), [("w", "F32", (len(x),), x.tobytes())])
+        tv(s3_endpoint, "-C", src, "commit", str(wt), "-m", f"step {i}")
+        before = set(packs(bucket_objects(s3_endpoint, bucket)))
+        tv(s3_endpoint, "-C", src, "push")
+        cl = s3_client(s3_endpoint)
+        new = [k for k in packs(bucket_objects(s3_endpoint, bucket)) if k not in before]
+        entries = [e for k in new for e in
+                   decode_index(cl.get_object(Bucket=bucket, Key=k[:-5] + ".idx")["Body"].read())]
+        big = [e for e in entries if e.raw >= 256 * 1024]  # the tensor's leaves
+        depths.append(sorted({e.depth for e in big}))
+        x = (x * (1 + rng.standard_normal(len(x)).astype(np.float32) * 1e-3)).astype(np.float32)
+    assert depths == [[0], [1], [2], [3], [4], [0]], depths
+    assert encodings.MAX_DEPTH == 4
+    dest = tmp_path / "clone"
+    tv(s3_endpoint, "clone", url, str(dest))
+    with Repo.open(str(dest)) as b:
+        b.checkout("main", str(tmp_path / "out"))
+    assert_same_tree(str(tmp_path / "wt5"), str(tmp_path / "out"))
