@@ -546,6 +546,9 @@ class S3Store(StoreBase):
                     locs[b] = todo[b] = bl
             if not todo:
                 break
+        else:  # a chain longer than any this tvcfs writes: damaged indexes
+            raise BlockUnavailable(f"{self.url}: the delta chains of pack {next(iter(todo.values())).pack} are deeper "
+                                   f"than {encodings.MAX_DEPTH} (corrupt index)", tier=self.url)
         out: dict = {}
         for cid in sorted(locs, key=lambda c: locs[c].depth):
             loc, value = locs[cid], values[cid]
