@@ -441,3 +441,44 @@ def test_heat_map_rows_and_columns_from_tensor_names(name, parsed):
     from tvcfs.hub.web.charts import parse_tensor_name
 
     assert parse_tensor_name(name) == parsed
+
+
+def test_commit_and_file_pages_report_stored_bytes_raw_and_encoded(site, tmp_path):
+    """A packed fine-tune's commit page gives the bytes it stored, raw and encoded, and
+    its file page the same per tensor — the figures `tvcfs show` prints (the same
+    function, tvcfs.pack.commit_storage / tensor_storage)."""
+    import json
+    import re
+
+    from test_pack import model_pair
+
+    root, url = site["root"], site["url"]
+    rid = "acme/packed"
+    run_tvcfs("hub", "repo", "create", rid, "--root", root)
+    d = site["repo_dir"](rid)
+    base_dir, ft_dir = model_pair(str(tmp_path / "m"), ("F32", "BF16"), n_elems=300_001)
+    run_tvcfs("-C", d, "commit", base_dir, "-m", "base")
+    run_tvcfs("-C", d, "commit", ft_dir, "-m", "fine-tune")
+    run_tvcfs("-C", d, "pack", "--keep-hot", "0")
+    show = json.loads(run_tvcfs("-C", d, "show", "--json", "main").stdout)
+    st = show["storage"]
+    assert st["new_stored"] < 0.6 * st["new_raw"]  # packed: deltas on the base
+
+    status, _, body = request(url, path=f"/{rid}/commit/{show['commit']}")
+    assert status == 200, body[:300]
+    html = body.decode()
+    cell = re.search(r'id="bytes-stored" ([^>]*)>', html).group(1)
+    attrs = {k: int(v) for k, v in re.findall(r'data-([a-z-]+)="(\d+)"', cell)}
+    assert attrs == {"new-raw": st["new_raw"], "new-stored": st["new_stored"], "raw": st["raw"],
+                     "stored": st["stored"]}
+    files = {p: (int(a), int(b)) for p, a, b in
+             re.findall(r'class="storage-file" data-path="([^"]+)" data-new-raw="(\d+)" data-new-stored="(\d+)"', html)}
+    assert files == {f["path"]: (f["new_raw"], f["new_stored"]) for f in st["files"]}
+
+    tensors = json.loads(run_tvcfs("-C", d, "show", "--json", "main:model.safetensors").stdout)["tensors"]
+    status, _, body = request(url, path=f"/{rid}/blob/main/model.safetensors")
+    assert status == 200
+    rows = re.findall(r'class="tensor" data-raw="(\d+)" data-stored="(\d+)"><td class="mono">([^<]+)<',
+                      body.decode())
+    assert {n: int(s) for _, s, n in rows} == {t["name"]: t["stored"] for t in tensors}
+    assert all(int(s) < int(r) for r, s, _ in rows)

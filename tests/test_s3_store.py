@@ -39,9 +39,65 @@ def packs_of(objects: dict) -> dict:
 def test_index_roundtrip_and_pack_id_is_content():
     entries = [(make_cid(RAW, bytes([i])), 16 + i, 1) for i in range(5)]
     pack, idx = encode_index(list(reversed(entries)))
-    assert decode_index(idx) == sorted(entries)
+    assert [e[:3] for e in decode_index(idx)] == sorted(entries)
+    assert all(e.encoding == 0 and e.raw == e.length and e.base is None for e in decode_index(idx))
     assert encode_index(entries)[0] == pack  # same blocks, same pack name
-    assert len(idx) == 16 + 48 * 5 + 32
+    assert len(idx) == 16 + 90 * 5 + 32
+    # version 1 (raw blocks only, 48-byte entries) still decodes
+    _, old = encode_index(entries, version=1)
+    assert len(old) == 16 + 48 * 5 + 32
+    assert [e[:3] for e in decode_index(old)] == sorted(entries)
+
+
+def test_old_raw_packs_still_read_and_new_packs_are_compressed(s3_endpoint):
+    import struct
+
+    bucket = new_bucket(s3_endpoint)
+    url = f"s3://{bucket}/m"
+    old = [(make_cid(RAW, b"old %d " % i * 1000), b"old %d " % i * 1000) for i in range(3)]
+    # a version 1 pack, as tvcfs wrote them before encodings: raw blocks, 48-byte entries
+    entries, off = [], 16
+    for c, d in old:
+        entries.append((c, off, len(d)))
+        off += len(d)
+    pack, idx = encode_index(entries, version=1)
+    cl = s3_client(s3_endpoint)
+    cl.put_object(Bucket=bucket, Key=f"m/packs/{pack}.pack",
+                  Body=struct.pack(">8sII", b"TVCFSPAK", 1, 3) + b"".join(d for _, d in old))
+    cl.put_object(Bucket=bucket, Key=f"m/packs/{pack}.idx", Body=idx)
+    text = [(make_cid(RAW, b"config %d\n" % i * 5000), b"config %d\n" % i * 5000) for i in range(3)]
+    with S3Store(url, endpoint_url=s3_endpoint) as st:
+        assert dict(st.get_many([c for c, _ in old])) == dict(old)
+        assert st.put_many(old + text) == 3  # the old ones are held already
+    with S3Store(url, endpoint_url=s3_endpoint) as st:
+        assert dict(st.get_many([c for c, _ in old + text])) == dict(old + text)
+        s = st.stat()
+        assert s["raw_bytes"] == sum(len(d) for _, d in old + text)
+        assert s["bytes"] < sum(len(d) for _, d in old) + sum(len(d) for _, d in text) / 10  # zstd
+    new = [k for k in packs_of(bucket_objects(s3_endpoint, bucket)) if pack not in k]
+    got = decode_index(cl.get_object(Bucket=bucket, Key=new[0][:-5] + ".idx")["Body"].read())
+    assert {e.encoding for e in got} == {1} and all(e.raw > e.length for e in got)
+
+
+def test_encoded_value_of_other_bytes_is_refused_by_its_cid(s3_endpoint):
+    """A pack whose encoded value decodes to bytes other than its CID's (a damaged or
+    forged object) is never returned as that block."""
+    import struct
+
+    from tvcfs.store import encodings
+    from tvcfs.store.s3 import Entry
+
+    bucket = new_bucket(s3_endpoint)
+    data = b"weights " * 20000
+    cid = make_cid(RAW, data)
+    value = encodings.encode(b"forged! " * 20000, 1)
+    pack, idx = encode_index([Entry(cid, 16, len(value), encodings.ZSTD, 0, len(data), None)])
+    cl = s3_client(s3_endpoint)
+    cl.put_object(Bucket=bucket, Key=f"m/packs/{pack}.pack", Body=struct.pack(">8sII", b"TVCFSPAK", 2, 1) + value)
+    cl.put_object(Bucket=bucket, Key=f"m/packs/{pack}.idx", Body=idx)
+    with S3Store(f"s3://{bucket}/m", endpoint_url=s3_endpoint) as st:
+        with pytest.raises(BlockUnavailable, match="does not hash to its CID"):
+            st.get(cid)
 
 
 def test_packs_few_objects_dedup_and_only_new_blocks_written(s3_endpoint):
@@ -62,7 +118,7 @@ def test_packs_few_objects_dedup_and_only_new_blocks_written(s3_endpoint):
     with S3Store(url, endpoint_url=s3_endpoint) as st:
         assert st.put_many(first) == 0
         assert st.flush() is None
-        assert st.written == {"packs": 0, "bytes": 0}
+        assert st.written == {"packs": 0, "bytes": 0, "raw": 0}
     assert bucket_objects(s3_endpoint, bucket) == objs
 
     # a second set sharing 190 of its 200 blocks: one pack with the 10 new ones

@@ -51,7 +51,8 @@ def test_push_clone_real_model_identical_then_finetune_pushes_only_new_packs(
     model_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(real_model_dir) for f in fs)
     # a handful of pack objects, not one object per block
     assert 1 <= len(packs(first)) <= 4
-    assert sum(packs(first).values()) >= model_bytes * 0.99
+    # stored byte-grouped and compressed (measured 0.84 of the model's bytes)
+    assert model_bytes * 0.75 <= sum(packs(first).values()) <= model_bytes * 0.90
 
     # a second push of the same commit moves nothing
     p = tv(s3_endpoint, "-C", model_repo, "push")
@@ -80,8 +81,8 @@ def test_push_clone_real_model_identical_then_finetune_pushes_only_new_packs(
     after = bucket_objects(s3_endpoint, bucket)
     added = {k: v for k, v in after.items() if k not in first}
     assert len(packs(added)) == 1
-    # the new pack holds exactly the new blocks (16-byte header), far less than the model
-    assert sum(packs(added).values()) == new_bytes + 16
+    # the new pack holds the new blocks (encoded: at most their raw bytes), far less than the model
+    assert sum(packs(added).values()) <= new_bytes + 16
     assert new_bytes < model_bytes / 4
     assert ft.changed_bytes <= new_bytes
 
@@ -196,7 +197,7 @@ def test_corrupt_object_rejected_and_nothing_updated(s3_endpoint, model_repo, tm
     dest = tmp_path / "clone"
     p = tv(s3_endpoint, "clone", url, str(dest), ok=False)
     err = p.stderr.decode()
-    assert "does not hash to its CID" in err and "corrupt object" in err, err
+    assert ("does not hash to its CID" in err or "does not decode" in err) and "corrupt object" in err, err
     assert "Traceback" not in err
     if dest.exists():  # what verified is kept (resumable); no branch was created
         with Repo.open(str(dest)) as r:
@@ -312,3 +313,103 @@ def test_killed_push_and_killed_clone_resume_moving_only_what_is_missing(s3_endp
     with Repo.open(str(dest)) as a, Repo.open(big_repo) as b:
         assert a.head() == b.head()
         assert set(a.store) == set(b.store)
+
+
+# measured 2026-12-07 (F32 + BF16 tensors of 1 000 001 elements, relative 1e-3 updates):
+# the fine-tune's new packs hold 0.39 of the raw bytes of its new blocks (0.88 without deltas)
+FT_STORED_FRACTION = 0.39
+
+
+def test_finetune_push_stores_deltas_against_the_base_in_the_bucket(s3_endpoint, tmp_path):
+    from test_pack import model_pair
+
+    from tvcfs.errors import BlockUnavailable
+    from tvcfs.store.s3 import S3Store, decode_index
+
+    base_dir, ft_dir = model_pair(str(tmp_path / "m"), ("F32", "BF16"), n_elems=1_000_001)
+    src = str(tmp_path / "src")
+    with Repo.init(src) as r:
+        r.commit_dir(base_dir, message="base", timestamp=1_700_000_000)
+    bucket = new_bucket(s3_endpoint)
+    url = f"s3://{bucket}/ft"
+    tv(s3_endpoint, "-C", src, "remote", "add", "origin", url)
+    tv(s3_endpoint, "-C", src, "push")
+    first = bucket_objects(s3_endpoint, bucket)
+    with Repo.open(src) as r:
+        before = set(r.store)
+        r.commit_dir(ft_dir, message="fine-tune", timestamp=1_700_000_100)
+        new_raw = sum(len(r.store.get(c)) for c in r.store if c not in before)
+        ft_head = r.head()
+    tv(s3_endpoint, "-C", src, "push")
+    after = bucket_objects(s3_endpoint, bucket)
+    added = {k: v for k, v in packs(after).items() if k not in first}
+    frac = sum(added.values()) / new_raw
+    print(f"fine-tune pack bytes / raw bytes of its new blocks: {frac:.3f}")
+    assert frac <= FT_STORED_FRACTION * 1.15, frac  # a regression (no deltas: 0.88) fails
+    assert frac >= FT_STORED_FRACTION * 0.5, frac
+
+    # the index records the encodings: the tensor leaves are deltas on blocks of the first push
+    cl = s3_client(s3_endpoint)
+    entries = [e for k in added for e in
+               decode_index(cl.get_object(Bucket=bucket, Key=k[:-5] + ".idx")["Body"].read())]
+    deltas = [e for e in entries if e.base is not None]
+    first_blocks = {e.cid for k in packs(first) for e in
+                    decode_index(cl.get_object(Bucket=bucket, Key=k[:-5] + ".idx")["Body"].read())}
+    assert len(deltas) >= 5 and all(e.base in first_blocks and e.depth == 1 for e in deltas)
+
+    # a clone decodes them (each block checked against its CID): byte-identical checkout
+    dest = tmp_path / "clone"
+    tv(s3_endpoint, "clone", url, str(dest))
+    with Repo.open(str(dest)) as b:
+        assert b.head() == ft_head
+        b.checkout("main", str(tmp_path / "out"))
+    assert_same_tree(ft_dir, str(tmp_path / "out"))
+
+    # the bases gone from the bucket: reading a delta is a clear error, never wrong bytes
+    for k in packs(first):
+        cl.delete_object(Bucket=bucket, Key=k[:-5] + ".idx")
+    with S3Store(url, endpoint_url=s3_endpoint) as st:
+        with pytest.raises(BlockUnavailable, match="delta base"):
+            st.get(deltas[0].cid)
+
+
+def test_s3_delta_chains_stay_bounded(s3_endpoint, tmp_path):
+    """Six successive fine-tunes, each pushed: every tensor leaf is a delta on the
+    previous push's, until the chain would pass MAX_DEPTH; then it is stored
+    self-contained and the next chain starts on it. A clone reads the last one back."""
+    import numpy as np
+    from conftest import write_safetensors_raw
+
+    from tvcfs.store import encodings
+    from tvcfs.store.s3 import decode_index
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(600_001) * 0.02).astype(np.float32)
+    src = str(tmp_path / "src")
+    bucket = new_bucket(s3_endpoint)
+    url = f"s3://{bucket}/chain"
+    with Repo.init(src):
+        pass
+    tv(s3_endpoint, "-C", src, "remote", "add", "origin", url)
+    depths = []
+    for i in range(6):
+        wt = tmp_path / f"wt{i}"
+        wt.mkdir()
+        write_safetensors_raw(str(wt / "model.safetensors"), [("w", "F32", (len(x),), x.tobytes())])
+        tv(s3_endpoint, "-C", src, "commit", str(wt), "-m", f"step {i}")
+        before = set(packs(bucket_objects(s3_endpoint, bucket)))
+        tv(s3_endpoint, "-C", src, "push")
+        cl = s3_client(s3_endpoint)
+        new = [k for k in packs(bucket_objects(s3_endpoint, bucket)) if k not in before]
+        entries = [e for k in new for e in
+                   decode_index(cl.get_object(Bucket=bucket, Key=k[:-5] + ".idx")["Body"].read())]
+        big = [e for e in entries if e.raw >= 256 * 1024]  # the tensor's leaves
+        depths.append(sorted({e.depth for e in big}))
+        x = (x * (1 + rng.standard_normal(len(x)).astype(np.float32) * 1e-3)).astype(np.float32)
+    assert depths == [[0], [1], [2], [3], [4], [0]], depths
+    assert encodings.MAX_DEPTH == 4
+    dest = tmp_path / "clone"
+    tv(s3_endpoint, "clone", url, str(dest))
+    with Repo.open(str(dest)) as b:
+        b.checkout("main", str(tmp_path / "out"))
+    assert_same_tree(str(tmp_path / "wt5"), str(tmp_path / "out"))

@@ -160,7 +160,9 @@ def test_dag_request_several_roots_and_skeleton():
     raw = bytearray(_payload(P.DagRequest(1, CID)))
     flags_at = 1 + 1 + 1 + 36 + 1 + 1 + 1 + 1  # type, id, len+CID, kind, path, start, end
     assert raw[flags_at] == 0
-    raw[flags_at] = 4
+    raw[flags_at] = 4  # thin
+    assert P.decode_message(bytes(raw)).selector.thin
+    raw[flags_at] = 8
     with pytest.raises(P.ProtocolError, match="selector flags"):
         P.decode_message(bytes(raw))
     with pytest.raises(P.ProtocolError, match="more roots"):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -113,6 +114,31 @@ class Layout:
         if lf.tensor is None:
             return None
         return self.by_path.get((lf.path, *lf.key)) or self.by_name.get(lf.key)
+
+
+class Layouts:
+    """``layouts(commit CID) -> Layout`` of the commits in ``commits`` (CID →
+    :class:`~tvcfs.encoding.commit.Commit`), cached, with the leaves of each file
+    read once however many commits hold it."""
+
+    def __init__(self, repo, commits: dict):
+        self.repo, self.commits = repo, commits
+        self.layouts: dict = {}
+        self.files: dict = {}
+
+    def __call__(self, c: bytes) -> Layout:
+        lay = self.layouts.get(c)
+        if lay is None:
+            leaves = []
+            for path, f in _walk_tree(self.repo, self.commits[c].tree):
+                if f not in self.files:
+                    self.files[f] = file_leaves(self.repo.get, f, path)
+                fl = self.files[f]
+                leaves.extend(fl if fl[:1] and fl[0].path == path else
+                              [Leaf(x.cid, x.size, path, x.tensor, x.dtype, x.shape, x.rel, x.elem)
+                               for x in fl])
+            lay = self.layouts[c] = Layout(leaves)
+        return lay
 
 
 @dataclass
@@ -276,23 +302,7 @@ def pack(repo, keep_hot: int | None = None, progress=None, threads: int | None =
                 res.saved -= w.unpack_block(c)
                 res.unpacked += 1
 
-    layouts: dict = {}
-    files: dict = {}
-
-    def layout(c: bytes) -> Layout:
-        lay = layouts.get(c)
-        if lay is None:
-            leaves = []
-            for path, f in _walk_tree(repo, commits[c].tree):
-                if f not in files:
-                    files[f] = file_leaves(repo.get, f, path)
-                fl = files[f]
-                leaves.extend(fl if fl[:1] and fl[0].path == path else
-                              [Leaf(x.cid, x.size, path, x.tensor, x.dtype, x.shape, x.rel, x.elem)
-                               for x in fl])
-            lay = layouts[c] = Layout(leaves)
-        return lay
-
+    layout = Layouts(repo, commits)
     depth: dict = {c: 0 for c in hot_blocks}  # settled blocks: CID -> delta depth
     cold = [c for c in order if c not in hot]
     total = sum(lf.size for c in cold for lf in layout(c).leaves)
@@ -420,3 +430,80 @@ def tensor_storage(repo, file_cid: bytes) -> dict:
             for k, n in encs.items():
                 d["encodings"][k] = d["encodings"].get(k, 0) + n
     return out
+
+
+# ------------------------------------------------------------------ transfer hints
+@dataclass(frozen=True)
+class Hint:
+    """How a leaf may be encoded when it is sent or stored elsewhere: ``elem`` (bytes
+    per element, for byte grouping) and ``bases`` (CIDs of candidate delta bases of
+    the same length — the same tensor name, dtype, shape and offset in the commit's
+    named delta base, then in its parents — best first)."""
+
+    elem: int = 1
+    bases: tuple = ()
+
+
+def delta_hints(repo, heads, held=None) -> dict:
+    """``{leaf CID: Hint}`` for the raw leaves of the commits reachable from ``heads``
+    (binary commit CIDs) that ``held`` does not report held — what a push sends.
+    ``held(list of commit CIDs) -> [bool]`` (a remote's ``has_many``; ``None``: send
+    everything). Candidate bases come from :func:`delta_base_of` and the parents,
+    as in :func:`pack` (same path first, then the same tensor name). Blocks not held
+    locally (a lazy clone) are listed all the same; nothing is read but commits,
+    directories, file indexes and safetensors headers."""
+    heads = [c for c in heads if c is not None and cid_codec(c) == DAG_CBOR]
+    commits, _, order = commit_graph(repo, heads)
+    todo = list(order)
+    if held is not None and todo:
+        todo = [c for c, h in zip(todo, held(todo)) if not h]
+    layout = Layouts(repo, commits)
+    out: dict = {}
+    for c in todo:
+        com = commits[c]
+        neigh = [x for x in dict.fromkeys([delta_base_of(com), *com.parents]) if x is not None and x in commits]
+        for lf in layout(c).leaves:
+            if lf.cid in out:
+                continue
+            bases = []
+            if lf.tensor is not None:
+                for n in neigh:
+                    y = layout(n).match(lf)
+                    if y is not None and y != lf.cid and y not in bases:
+                        bases.append(y)
+            out[lf.cid] = Hint(lf.elem, tuple(bases))
+    return out
+
+
+class DeltaSource:
+    """What a sender needs to encode the leaves of a push: :meth:`hint` per CID (from
+    :func:`delta_hints`, computed on first use) and :meth:`get` for the bytes of a base
+    from the local store. ``repo``: the local repository; ``heads``: the commits being
+    pushed. A store that receives one calls :meth:`attach` with its ``has_many`` so
+    that commits the receiver already holds are not planned."""
+
+    def __init__(self, repo, heads):
+        self.repo = repo
+        self.heads = list(heads)
+        self._held = None
+        self._hints: dict | None = None
+        self._lock = threading.Lock()
+
+    def attach(self, held) -> None:
+        """``held(list of commit CIDs) -> [bool]``: the receiver's commits."""
+        self._held = held
+
+    def hint(self, cid: bytes) -> Hint | None:
+        """The :class:`Hint` of leaf ``cid``, or ``None`` when it is no planned leaf."""
+        with self._lock:
+            if self._hints is None:
+                self._hints = delta_hints(self.repo, self.heads, self._held)
+        return self._hints.get(bytes(cid))
+
+    def get(self, cid: bytes) -> bytes | None:
+        """The raw bytes of block ``cid`` from the local store (verified), or ``None``."""
+        try:
+            d = self.repo.store.get(cid)
+        except TvcfsError:
+            return None
+        return None if d is None else bytes(d)

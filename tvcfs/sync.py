@@ -381,6 +381,11 @@ def push(repo, remote: str = "origin", branch: str | None = None, *, force: bool
         raise TvcfsError(f"no local branch {branch!r}")
     url = remote_url(repo, remote)
     name = remote if "://" not in remote else url
+    if is_block_url(url) and "deltas" not in (options or {}):
+        from .pack import DeltaSource
+
+        # tensor leaves go up as deltas against the bucket's copy of their parent
+        options = {**(options or {}), "deltas": DeltaSource(repo, [local])}
     t0 = time.monotonic()
     with open_remote(url, repo, engine=engine, auth="always", options=options) as rem:
         cur = rem.list_refs().get(ref)

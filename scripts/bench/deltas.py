@@ -6,6 +6,7 @@ Usage (root: it drops the page cache for the cold reads)::
 
     python scripts/bench/deltas.py [--bf16-mib 256] [--steps 30] [--repeat 3]
                                    [--workdir DIR] [--keep] [--json OUT.json]
+    python scripts/bench/deltas.py --transfer [--bf16-mib 64] [--steps 30]   # no root needed
 
 In one run:
 
@@ -29,8 +30,13 @@ In one run:
                repository: packed / raw (target >= 0.5); and packed with the base kept
                raw (``--hot BASE``: one decode per leaf) / raw; medians of ``--repeat``
 
-The bytes a push with thin deltas moves are not measured: transfers send raw blocks
-(docs/protocol.md). Throughputs are GB/s (10^9 bytes/s). Prints a summary and one
+``--transfer`` measures instead what a push of each fine-tune (real fp32, bf16) moves
+to a peer that holds its base: over ``tvcfs://`` (``tvcfs serve`` in a child process,
+QUIC on loopback, the push of ``tvcfs push``: thin transfers, docs/protocol.md) the
+bytes sent / the raw bytes of the fine-tune's new blocks, and to ``s3://`` (moto's
+S3 server in this process, the push of ``tvcfs push``) the pack bytes the push added /
+the same raw bytes; and the unique bf16 base pushed to an empty bucket (stored /
+raw). Throughputs are GB/s (10^9 bytes/s). Prints a summary and one
 JSON object (also written to ``--json``); the load average is recorded (the machine
 may be shared).
 """
@@ -43,6 +49,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -129,6 +136,129 @@ def decode_speed(repo_dir: str, commit: bytes) -> dict:
     return {"leaves": len(items), "bytes": nbytes, "decode_gbps": round(dec, 3), "read_gbps": round(read, 3)}
 
 
+T0 = 1_700_000_000  # commit timestamps of --transfer: both sides make the same base commit
+
+
+def _base_and_ft(repo_dir: str, base_dir: str, ft_dir: str | None):
+    """A repository holding ``base_dir`` committed at :data:`T0` (and ``ft_dir`` on top,
+    naming the base with ``delta_base``); returns ``(base CID, fine-tune CID | None,
+    raw bytes of the blocks the fine-tune added)``."""
+    shutil.rmtree(repo_dir, ignore_errors=True)
+    with Repo.init(repo_dir) as repo:
+        c1 = repo.commit_dir(base_dir, "main", "base", AUTHOR, timestamp=T0).cid
+        if ft_dir is None:
+            return c1, None, sum(len(repo.store.get(c)) for c in repo.store)
+        before = set(repo.store)
+        c2 = repo.commit_dir(ft_dir, "main", "fine-tune", AUTHOR, timestamp=T0 + 1,
+                             metadata={DELTA_BASE_KEY: cid_str(c1)}).cid
+        raw = sum(len(repo.store.get(c)) for c in repo.store if c not in before)
+    return c1, c2, raw
+
+
+def wire_push(work: str, name: str, base_dir: str, ft_dir: str) -> dict:
+    """Push the fine-tune over tvcfs:// (QUIC) to a ``tvcfs serve`` holding the base:
+    bytes sent / raw bytes of the fine-tune's new blocks."""
+    from tvcfs.transport import ops
+    from tvcfs.transport.identity import format_peer_id
+
+    tr = _load(os.path.join(HERE, "transfer.py"), "transfer_bench")
+    srv, local = os.path.join(work, f"{name}-srv"), os.path.join(work, f"{name}-local")
+    _base_and_ft(srv, base_dir, None)
+    _, ft, raw = _base_and_ft(local, base_dir, ft_dir)
+    with Repo.open(local) as repo:
+        peer = format_peer_id(repo.identity().peer_id)
+    cmd = [sys.executable, "-m", "tvcfs.cli", "serve", srv, "--listen", "127.0.0.1:0", "-q", "--no-tcp",
+           "--allow-push", peer]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline().strip()
+        url = "tvcfs+quic" + line[line.index("://"):]
+        with Repo.open(local) as repo:
+            t = time.perf_counter()
+            r = ops.push(repo, url, "main", quiet=True)
+            secs = time.perf_counter() - t
+        with Repo.open(srv) as repo:
+            assert repo.refs()["refs/heads/main"] == ft
+    finally:
+        tr._stop(proc)
+    return {"raw": raw, "sent": r.nbytes, "ratio": round(r.nbytes / raw, 4), "seconds": round(secs, 2)}
+
+
+def s3_push(work: str, endpoint: str, name: str, base_dir: str, ft_dir: str | None) -> dict:
+    """Push the base (then the fine-tune) to a new bucket with ``tvcfs push``'s code;
+    the pack bytes the last push added / the raw bytes of what it pushed."""
+    import uuid
+
+    import boto3
+
+    from tvcfs import sync
+    from tvcfs.pack import DeltaSource
+
+    bucket = f"bench-{uuid.uuid4().hex[:12]}"
+    client = boto3.session.Session().client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=bucket)
+
+    def objects():
+        page = client.list_objects_v2(Bucket=bucket)
+        return {o["Key"]: o["Size"] for o in page.get("Contents", ()) if o["Key"].endswith(".pack")}
+
+    url = f"s3://{bucket}/m"
+    local = os.path.join(work, f"{name}-s3")
+    base, ft, raw = _base_and_ft(local, base_dir, ft_dir)
+    with Repo.open(local) as repo:
+        if ft is not None:  # the bucket holds the base first
+            repo.update_ref("refs/heads/main", base, ft)
+            sync.push(repo, url, "main", options={"endpoint_url": endpoint, "deltas": DeltaSource(repo, [base])})
+            repo.update_ref("refs/heads/main", ft, base)
+        before = objects()
+        head = repo.ref_db.get("refs/heads/main")
+        t = time.perf_counter()
+        sync.push(repo, url, "main", options={"endpoint_url": endpoint, "deltas": DeltaSource(repo, [head])})
+        secs = time.perf_counter() - t
+    added = sum(v for k, v in objects().items() if k not in before)
+    return {"raw": raw, "stored": added, "ratio": round(added / raw, 4), "seconds": round(secs, 2)}
+
+
+def transfer_main(args, mf, work: str) -> dict:
+    """``--transfer``: :func:`wire_push` and :func:`s3_push` of both fine-tunes."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                       "AWS_DEFAULT_REGION": "us-east-1"})
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    result: dict = {"loadavg_start": os.getloadavg(), "bf16_mib": args.bf16_mib, "steps": args.steps}
+    real_ft = os.path.join(work, "real-ft")
+    shutil.rmtree(real_ft, ignore_errors=True)
+    mf.real_finetune(real_ft, steps=args.steps, lr=2e-5, seed=0)
+    synth_dir = os.path.join(work, "bf16")
+    shutil.rmtree(synth_dir, ignore_errors=True)
+    s = mf.synth_bf16(synth_dir, size_mib=args.bf16_mib, delta=1e-3, seed=0)
+    pairs = {"real_fp32": (mf.real_model_dir(), real_ft),
+             "bf16": (os.path.dirname(s["base"]), os.path.dirname(s["ft"]))}
+    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    srv.start()
+    try:
+        host, port = srv.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        for name, (b, f) in pairs.items():
+            result[name] = {"wire": wire_push(work, name, b, f), "s3": s3_push(work, endpoint, name, b, f)}
+        result["bf16_unique_s3"] = s3_push(work, endpoint, "bf16-base", pairs["bf16"][0], None)
+    finally:
+        srv.stop()
+    result["loadavg_end"] = os.getloadavg()
+    targets = [("real fp32 fine-tune: push sent / raw", result["real_fp32"]["wire"]["ratio"], 0.45),
+               ("real fp32 fine-tune: S3 stored / raw", result["real_fp32"]["s3"]["ratio"], 0.45),
+               ("bf16 fine-tune: push sent / raw", result["bf16"]["wire"]["ratio"], 0.20),
+               ("bf16 fine-tune: S3 stored / raw", result["bf16"]["s3"]["ratio"], 0.20),
+               ("unique bf16 model: S3 stored / raw", result["bf16_unique_s3"]["ratio"], 0.75)]
+    for what, v, goal in targets:
+        print(f"{what:<40} {v:>8}  target <= {goal}  {'ok' if v <= goal else 'MISSED'}")
+    print(f"load {result['loadavg_start']} -> {result['loadavg_end']}")
+    return result
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bf16-mib", type=float, default=256, help="size of the synthetic bf16 model (MiB)")
@@ -137,7 +267,23 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--json", help="also write the result here")
+    ap.add_argument("--transfer", action="store_true",
+                    help="measure the bytes a push moves (tvcfs:// thin, S3) instead")
     args = ap.parse_args(argv)
+    if args.transfer:
+        mf = _load(os.path.join(ROOT, "scripts", "make_finetune.py"), "make_finetune")
+        work = args.workdir or tempfile.mkdtemp(prefix="tvcfs-bench-deltas-", dir="/var/tmp")
+        os.makedirs(work, exist_ok=True)
+        try:
+            result = transfer_main(args, mf, work)
+        finally:
+            if not args.keep and not args.workdir:
+                shutil.rmtree(work, ignore_errors=True)
+        print(json.dumps(result, default=str))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1, default=str)
+        return 0
     if os.geteuid() != 0:
         print("deltas.py: needs root (drop_caches for the cold reads)", file=sys.stderr)
         return 2

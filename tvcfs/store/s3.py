@@ -12,16 +12,29 @@ Blocks are packed (as git packfiles and Xet xorbs do) so that a model of 100 000
 leaves is a few hundred objects, not 100 000: a pack fills up to ``pack_target``
 bytes (64 MiB by default) and is written by multipart upload.
 
-**Pack** (``.pack``): ``b"TVCFSPAK"``, version (u32 big-endian, 1), block count (u32),
-then the blocks' bytes back to back in index order. Offsets in the index count from
-the start of the object (header included).
+**Pack** (``.pack``): ``b"TVCFSPAK"``, version (u32 big-endian, 2), block count (u32),
+then the blocks' stored values back to back in index order. Offsets in the index
+count from the start of the object (header included). A stored value is the block's
+raw bytes or a packed value of :mod:`tvcfs.store.encodings` (docs/format.md, "Packed
+blocks"): byte-grouped zstd, or the XOR with a delta base then byte-grouped zstd.
 
-**Index** (``.idx``): ``b"TVCFSIDX"``, version (u32, 1), entry count ``n`` (u32); ``n``
-entries of 48 bytes sorted by CID: binary CIDv1 (36 bytes), offset (u64), length
-(u32); then the SHA-256 (32 bytes) of everything before it. The pack id is the
-lower-case hex SHA-256 of the ``n`` entries, so writing the same blocks twice names
-the same objects. A pack is uploaded before its index: an index that is listed
-names a complete pack.
+**Index** (``.idx``): ``b"TVCFSIDX"``, version (u32, 2), entry count ``n`` (u32); ``n``
+entries of 90 bytes sorted by CID: binary CIDv1 (36 bytes), offset (u64), stored
+length (u32), encoding (u8: 0 raw, 1 zstd, 2 byte-grouped zstd, 3 XOR delta), delta
+depth (u8), raw length (u32), base CID (36 bytes, zeros unless a delta); then the
+SHA-256 (32 bytes) of everything before it. Version 1 indexes (entries of 48 bytes:
+CID, offset, length; every block raw) are still read. The pack id is the lower-case
+hex SHA-256 of the ``n`` entries, so writing the same values twice names the same
+objects. A pack is uploaded before its index: an index that is listed names a
+complete pack.
+
+**Encodings** (below the CID: names, DAGs and what a reader gets are unchanged).
+When a pack is written every block is encoded if that saves 5 %; with ``deltas`` (a
+:class:`~tvcfs.pack.DeltaSource` of the commits being pushed) a tensor leaf is
+stored as the XOR with the same tensor (name, dtype, shape, offset) of the pushed
+commit's named delta base or parent when the bucket already holds that block, with
+chains at most :data:`~tvcfs.store.encodings.MAX_DEPTH` deep. A read decodes values
+(fetching their bases), and every decoded block is hashed against its CID.
 
 **Consistency.** Packs and indexes are immutable once written. A reader lists
 ``PREFIX/packs/*.idx`` once and caches every index it has read; a lookup that misses
@@ -61,12 +74,13 @@ import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 from urllib.parse import urlsplit
 
 from ..encoding.cid import CID_LEN, cid_from_str
 from ..encoding.multibase import cid_str
-from ..errors import BlockUnavailable, RefConflict, TvcfsError
+from ..errors import BlockUnavailable, CorruptBlock, RefConflict, TvcfsError
+from . import encodings
 from .base import PERSISTENT, REMOTE, StoreBase
 from .verify import verify_many
 
@@ -78,15 +92,50 @@ MiB = 1 << 20
 PACK_TARGET = 64 * MiB  # bytes: a pack is written once this many bytes are pending
 PACK_MAGIC = b"TVCFSPAK"
 IDX_MAGIC = b"TVCFSIDX"
-VERSION = 1
+VERSION = 2  # of packs and indexes written now; version 1 (raw blocks only) is still read
 _HEADER = struct.Struct(">8sII")  # magic, version, count: 16 bytes
-_ENTRY = struct.Struct(f">{CID_LEN}sQI")  # CID, offset, length: 48 bytes
+_ENTRY_V1 = struct.Struct(f">{CID_LEN}sQI")  # CID, offset, length: 48 bytes
+_ENTRY = struct.Struct(f">{CID_LEN}sQIBBI{CID_LEN}s")  # + encoding, depth, raw length, base: 90 bytes
+_NO_BASE = bytes(CID_LEN)
 MAX_GAP = 1 * MiB  # bytes: neighbouring blocks at most this far apart are read in one GET
 MAX_RANGE = 16 * MiB  # bytes: a merged ranged GET is cut at this size
 
 
 class BadIndex(TvcfsError, ValueError):
     """A pack index object does not decode (truncated, wrong magic, bad checksum)."""
+
+
+class Entry(NamedTuple):
+    """One index entry: the block ``cid`` (binary), where its stored value lies in the
+    pack (``offset``, ``length`` in bytes), its ``encoding`` (0 raw, else the codes of
+    :mod:`tvcfs.store.encodings`), delta ``depth`` (0 unless a delta), ``raw`` length
+    of the block in bytes, and the delta ``base`` CID (``None`` unless a delta)."""
+
+    cid: bytes
+    offset: int
+    length: int
+    encoding: int = 0
+    depth: int = 0
+    raw: int = -1
+    base: bytes | None = None
+
+
+class Loc(NamedTuple):
+    """Where a block is: ``pack`` id, ``offset``/``length`` of its stored value,
+    ``encoding``, ``depth``, ``raw`` length, ``base`` (as in :class:`Entry`)."""
+
+    pack: str
+    offset: int
+    length: int
+    encoding: int = 0
+    depth: int = 0
+    raw: int = 0
+    base: bytes | None = None
+
+
+def _entry(e) -> Entry:
+    e = Entry(*e)
+    return e._replace(cid=bytes(e.cid), raw=e.length if e.raw < 0 else e.raw)
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -99,27 +148,44 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return parts.netloc, parts.path.strip("/")
 
 
-def encode_index(entries: list) -> tuple[str, bytes]:
-    """``entries``: ``(cid, offset, length)`` triples (any order) → ``(pack_id,
-    index bytes)`` in the format of the module docstring."""
-    body = b"".join(_ENTRY.pack(bytes(c), o, n) for c, o, n in sorted(entries, key=lambda e: bytes(e[0])))
-    head = _HEADER.pack(IDX_MAGIC, VERSION, len(entries)) + body
+def encode_index(entries: list, version: int = VERSION) -> tuple[str, bytes]:
+    """``entries``: :class:`Entry` tuples or ``(cid, offset, length)`` triples (raw
+    blocks), any order → ``(pack_id, index bytes)`` in the format of the module
+    docstring. ``version=1`` writes the old raw-only format (entries must be raw)."""
+    es = sorted((_entry(e) for e in entries), key=lambda e: e.cid)
+    if version == 1:
+        if any(e.encoding for e in es):
+            raise ValueError("a version 1 pack index cannot record encoded blocks")
+        body = b"".join(_ENTRY_V1.pack(e.cid, e.offset, e.length) for e in es)
+    else:
+        body = b"".join(_ENTRY.pack(e.cid, e.offset, e.length, e.encoding, e.depth, e.raw, e.base or _NO_BASE)
+                        for e in es)
+    head = _HEADER.pack(IDX_MAGIC, version, len(es)) + body
     return hashlib.sha256(body).hexdigest(), head + hashlib.sha256(head).digest()
 
 
 def decode_index(data: bytes) -> list:
-    """Index bytes → list of ``(cid, offset, length)`` sorted by CID. Raises
+    """Index bytes (version 1 or 2) → list of :class:`Entry` sorted by CID. Raises
     :class:`BadIndex`."""
     data = bytes(data)
     if len(data) < _HEADER.size + 32:
         raise BadIndex("pack index truncated")
     magic, version, n = _HEADER.unpack_from(data)
-    if magic != IDX_MAGIC or version != VERSION:
+    if magic != IDX_MAGIC or version not in (1, 2):
         raise BadIndex(f"not a tvcfs pack index (magic {magic!r}, version {version})")
-    end = _HEADER.size + n * _ENTRY.size
+    fmt = _ENTRY_V1 if version == 1 else _ENTRY
+    end = _HEADER.size + n * fmt.size
     if len(data) != end + 32 or hashlib.sha256(data[:end]).digest() != data[end:]:
         raise BadIndex("pack index checksum does not match (truncated or corrupt)")
-    return list(_ENTRY.iter_unpack(data[_HEADER.size:end]))
+    if version == 1:
+        return [Entry(c, o, ln, 0, 0, ln, None) for c, o, ln in fmt.iter_unpack(data[_HEADER.size:end])]
+    out = []
+    for c, o, ln, enc, depth, raw, base in fmt.iter_unpack(data[_HEADER.size:end]):
+        if enc not in (0, *encodings.NAMES) or depth > encodings.MAX_DEPTH \
+                or (enc == encodings.XOR_DELTA) != (base != _NO_BASE):
+            raise BadIndex(f"pack index entry of {cid_str(c)} has a bad encoding ({enc}, depth {depth})")
+        out.append(Entry(c, o, ln, enc, depth, raw, base if enc == encodings.XOR_DELTA else None))
+    return out
 
 
 def _client_errors():
@@ -276,7 +342,9 @@ class S3Store(StoreBase):
     per request; ``threads``: concurrent ranged GETs in :meth:`get_many`;
     ``background_packs``: full packs written on a writer thread while ``put_many``
     goes on buffering (at most this many at once; 0: written synchronously). Packs
-    are written one after another, in the order they filled.
+    are written one after another, in the order they filled. ``encode``: store
+    blocks encoded when that pays (default); ``deltas``: a
+    :class:`~tvcfs.pack.DeltaSource` giving element sizes and delta bases.
 
     ``put``/``put_many`` buffer blocks and write a pack whenever ``pack_target``
     bytes are pending; :meth:`flush` (and :meth:`close`) write the rest. Pending
@@ -289,8 +357,12 @@ class S3Store(StoreBase):
                  endpoint_url: str | None = None, profile: str | None = None, region: str | None = None,
                  pack_target: int = PACK_TARGET, refresh_interval: float = 1.0,
                  connect_timeout: float = 3.0, read_timeout: float = 30.0, retries: int = 2,
-                 threads: int = 8, background_packs: int = 1):
+                 threads: int = 8, background_packs: int = 1, encode: bool = True, deltas=None):
         self.pack_target = int(pack_target)
+        self.encode = bool(encode)
+        self.deltas = deltas
+        if deltas is not None:
+            deltas.attach(self._has_written)
         self.background_packs = max(0, int(background_packs))
         self.refresh_interval = float(refresh_interval)
         self.threads = max(1, int(threads))
@@ -299,7 +371,7 @@ class S3Store(StoreBase):
         self.name = self.url = self._b.url
         self._lock = threading.RLock()
         self._flush_lock = threading.Lock()
-        self._index: dict[bytes, tuple[str, int, int]] = {}  # cid -> (pack id, offset, length)
+        self._index: dict[bytes, Loc] = {}  # cid -> where its value is, how it is encoded
         self._packs: set[str] = set()
         self._deleted: set[bytes] = set()
         self._pending: dict[bytes, bytes] = {}  # not in a written pack yet (readable)
@@ -310,7 +382,8 @@ class S3Store(StoreBase):
         self._writer: ThreadPoolExecutor | None = None
         self._loaded_at: float | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self.written = {"packs": 0, "bytes": 0}  # what this object uploaded (packs and their bytes)
+        # what this object uploaded: packs, their bytes (with indexes), the raw bytes of their blocks
+        self.written = {"packs": 0, "bytes": 0, "raw": 0}
         self.read = {"requests": 0, "bytes": 0}  # ranged GETs of packs this object made, bytes received
 
     # --- indexes -----------------------------------------------------------------
@@ -328,8 +401,8 @@ class S3Store(StoreBase):
                 if entries is None:
                     continue
                 self._packs.add(pack)
-                for cid, off, n in entries:
-                    self._index.setdefault(cid, (pack, off, n))
+                for e in entries:
+                    self._index.setdefault(e.cid, Loc(pack, *e[1:]))
             self._deleted = deleted
             self._loaded_at = time.monotonic()
         return sum(e is not None for e in loaded)
@@ -401,13 +474,19 @@ class S3Store(StoreBase):
             out = [self._where(k) is not None for k in keys]
         return out
 
+    def _has_written(self, cids) -> list:
+        """``[bool]``: whether a written pack (not the pending buffer) holds each CID."""
+        self._ensure_loaded()
+        with self._lock:
+            return [bytes(c) in self._index and bytes(c) not in self._deleted for c in cids]
+
     def size_of(self, cid: bytes) -> int | None:
         """Length in bytes of a block the loaded indexes (or pending buffer) hold,
         else ``None``; no request is made."""
         w = self._where(bytes(cid))
         if w is None:
             return None
-        return len(w[1]) if w[0] == "pending" else w[1][2]
+        return len(w[1]) if w[0] == "pending" else w[1].raw
 
     def get_many(self, cids: Iterable[bytes], verify: bool = True) -> Iterator[tuple[bytes, bytes | None]]:
         """``(cid, bytes | None)`` in input order. Blocks of one pack that lie within
@@ -425,11 +504,73 @@ class S3Store(StoreBase):
             where = {k: self._where(k) for k in keys}
         found = {k: w[1] for k, w in where.items() if w is not None and w[0] == "pending"}
         wanted = {k: w[1] for k, w in where.items() if w is not None and w[0] == "pack"}
-        read = self._read_range if verify else self._read_range_unverified
-        for got in self._map(read, _ranges(wanted)):
-            found.update(got)
+        if any(loc.encoding for loc in wanted.values()):
+            found.update(self._read_encoded(wanted, verify))
+        else:
+            read = self._read_range if verify else self._read_range_unverified
+            for got in self._map(read, _ranges(wanted)):
+                found.update(got)
         for c, k in zip(cids, keys):
             yield c, found.get(k)
+
+    def _read_encoded(self, wanted: dict, verify: bool) -> dict:
+        """``{cid: block bytes}`` of ``wanted`` (``{cid: Loc}``) when some are stored
+        encoded: their values are read, the delta bases they need are read too
+        (whether or not tombstoned: a tombstone leaves the bytes), every value is
+        decoded, bases before their deltas, and the blocks returned are checked
+        against their CIDs in one batch (``verify=False``: left to the caller, as
+        raw ones are; a damaged base makes its deltas fail that check). Raises
+        :class:`BlockUnavailable` naming the pack when a value does not decode, a
+        decoded block does not hash to its CID, or a base is in no pack."""
+        locs = dict(wanted)
+        values: dict = {}
+        todo = dict(wanted)
+        for _ in range(encodings.MAX_DEPTH + 1):
+            for got in self._map(self._read_range_unverified, _ranges(todo)):
+                values.update(got)
+            todo = {}
+            for loc in list(locs.values()):
+                b = loc.base
+                if b is None or b in locs:
+                    continue
+                with self._lock:
+                    pending = self._pending.get(b)
+                    bl = self._index.get(b)
+                if pending is not None:
+                    locs[b] = Loc("", 0, len(pending), 0, 0, len(pending))
+                    values[b] = pending
+                elif bl is None:
+                    raise BlockUnavailable(f"{self.url}: block {cid_str(loc.base)}, the delta base of a block in pack "
+                                           f"{loc.pack}, is in no pack (the bucket lost it)", cid=b, tier=self.url)
+                else:
+                    locs[b] = todo[b] = bl
+            if not todo:
+                break
+        else:  # a chain longer than any this tvcfs writes: damaged indexes
+            raise BlockUnavailable(f"{self.url}: the delta chains of pack {next(iter(todo.values())).pack} are deeper "
+                                   f"than {encodings.MAX_DEPTH} (corrupt index)", tier=self.url)
+        out: dict = {}
+        for cid in sorted(locs, key=lambda c: locs[c].depth):
+            loc, value = locs[cid], values[cid]
+            if loc.encoding:
+                try:
+                    value = encodings.decode(value, out.get(loc.base) if loc.base is not None else None)
+                except (CorruptBlock, ValueError) as e:
+                    raise BlockUnavailable(f"{self.url}: block {cid_str(cid)} in pack {loc.pack} does not decode "
+                                           f"(corrupt object: {e})",
+                                           cid=cid, tier=self.url) from None
+            out[cid] = value
+        got = [(c, out[c]) for c in wanted]
+        if verify:
+            _, bad = verify_many(got)
+            if bad:
+                # name the first block whose own bytes are wrong: a delta on a damaged base is not
+                bases = [locs[b].base for b in bad if locs[b].base is not None]
+                _, bad_bases = verify_many([(b, out[b]) for b in bases])
+                c = (bad_bases or bad)[0]
+                raise BlockUnavailable(f"{self.url}: block {cid_str(c)} in pack {locs[c].pack or '(pending)'} does "
+                                       f"not hash to its CID (corrupt object)", cid=bad[0], tier=self.url)
+        return dict(got)
 
     def _read_range_unverified(self, rng) -> dict:
         return self._read_range(rng, verify=False)
@@ -535,23 +676,59 @@ class S3Store(StoreBase):
                         self._open_bytes += len(d)
             raise
 
+    def _encode(self, cid: bytes, data: bytes, here: dict):
+        """``(value, encoding, depth, base)`` for block ``data`` in a new pack: with
+        :attr:`deltas`, a tensor leaf becomes the XOR with the first candidate base
+        that the bucket holds (or that ``here`` — ``{cid: depth}`` of the blocks
+        encoded earlier in this pack — holds) at a depth below
+        :data:`~tvcfs.store.encodings.MAX_DEPTH` and whose bytes the local store
+        has, byte-grouped and compressed, or is only byte-grouped and compressed,
+        whichever is smaller; other blocks get plain zstd; raw when no encoding saves
+        5 %. Every value is decoded and compared with the block first."""
+        if not self.encode:
+            return data, 0, 0, None
+        hint = self.deltas.hint(cid) if self.deltas is not None else None
+        elem, base, bdata, bdepth = (hint.elem if hint else 1), None, None, 0
+        for b in (hint.bases if hint else ()):
+            with self._lock:
+                loc = self._index.get(b) if b not in self._deleted else None
+            d = here[b] if b in here else loc.depth if loc is not None else None
+            if d is None or d >= encodings.MAX_DEPTH:
+                continue
+            bdata = self.deltas.get(b)
+            if bdata is not None and len(bdata) == len(data):
+                base, bdepth = b, d
+                break
+            bdata = None
+        value = encodings.encode(data, elem, base, bdata, bdepth)
+        if value is None:
+            return data, 0, 0, None
+        h = encodings.header(value)
+        if encodings.decode(value, bdata) != data:
+            raise CorruptBlock(f"encoding {cid_str(cid)} for {self.url} did not round-trip (a bug in tvcfs)")
+        return value, h.encoding, h.depth, h.base
+
     def _write_pack(self, items) -> str:
-        entries, off = [], _HEADER.size
+        entries, values, off, here = [], [], _HEADER.size, {}
         for cid, data in items:
-            entries.append((cid, off, len(data)))
-            off += len(data)
+            value, enc, depth, base = self._encode(cid, data, here)
+            here[cid] = depth
+            entries.append(Entry(cid, off, len(value), enc, depth, len(data), base))
+            values.append(value)
+            off += len(value)
         pack, idx = encode_index(entries)
-        body = b"".join([_HEADER.pack(PACK_MAGIC, VERSION, len(items))] + [d for _, d in items])
+        body = b"".join([_HEADER.pack(PACK_MAGIC, VERSION, len(items))] + values)
         self._b.put(f"packs/{pack}.pack", body)
         self._b.put(f"packs/{pack}.idx", idx)
         with self._lock:
-            for cid, o, n in entries:
-                self._index.setdefault(cid, (pack, o, n))
-                if self._pending.pop(cid, None) is not None:
-                    self._pending_bytes -= n
+            for e in entries:
+                self._index.setdefault(e.cid, Loc(pack, *e[1:]))
+                if self._pending.pop(e.cid, None) is not None:
+                    self._pending_bytes -= e.raw
             self._packs.add(pack)
             self.written["packs"] += 1
             self.written["bytes"] += len(body) + len(idx)
+            self.written["raw"] += sum(e.raw for e in entries)
         return pack
 
     def delete(self, cid: bytes) -> bool:
@@ -583,14 +760,16 @@ class S3Store(StoreBase):
         return iter(keys)
 
     def stat(self) -> dict:
-        """``{"blocks", "bytes", "packs", "pending"}``: blocks held and their bytes
-        (tombstoned ones excluded; pack headers and indexes not counted), packs
+        """``{"blocks", "bytes", "raw_bytes", "packs", "pending"}``: blocks held, their
+        stored (encoded) bytes and their raw bytes (tombstoned ones excluded; pack
+        headers and indexes not counted), packs
         known, blocks pending (not yet in a pack)."""
         self.refresh()
         with self._lock:
-            live = [v[2] for c, v in self._index.items() if c not in self._deleted]
+            live = [v for c, v in self._index.items() if c not in self._deleted]
             extra = [len(d) for c, d in self._pending.items() if c not in self._index or c in self._deleted]
-            return {"blocks": len(live) + len(extra), "bytes": sum(live) + sum(extra),
+            return {"blocks": len(live) + len(extra), "bytes": sum(v.length for v in live) + sum(extra),
+                    "raw_bytes": sum(v.raw for v in live) + sum(extra),
                     "packs": len(self._packs), "pending": len(self._pending)}
 
     def close(self) -> None:
@@ -612,7 +791,7 @@ def _ranges(wanted: dict) -> list:
     blocks of one pack merged while the gap is at most ``MAX_GAP`` and the range at
     most ``MAX_RANGE`` bytes."""
     by_pack: dict = {}
-    for cid, (pack, off, n) in wanted.items():
+    for cid, (pack, off, n, *_) in wanted.items():
         by_pack.setdefault(pack, []).append((cid, off, n))
     out = []
     for pack, members in by_pack.items():

@@ -27,8 +27,8 @@ from .backend import BlockBackend, FetchStats, is_leaf
 from .channel import MessageChannel
 from .identity import NodeIdentity, parse_peer_id
 from .quic import CLIENT_TICKETS, QuicSettings, TransportError, _collapse_groups, connect_quic
-from .selection import iter_selection, missing_in_dag
-from .session import ClientSession, PushRejected, RemoteError
+from .selection import iter_selection, missing_in_dag, thin_plan
+from .session import ClientSession, PushRejected, RemoteError, decode_thin, thin_value
 from .tcp import connect_tcp
 
 __all__ = [
@@ -274,9 +274,12 @@ class RemoteSession:
         # several roots per request: one answer sends a block they share once
         groups = [frontier[i:i + _ROOTS_PER_REQUEST]
                   for i in range(0, len(frontier), _ROOTS_PER_REQUEST)]
-        sel = P.Selector(P.SEL_ALL, history=history, skeleton=skeleton)
-        # leaves are asked exactly: no pruning to compute for them
-        hr = have_roots if any(not is_leaf(c) for c in frontier) else []
+        # thin: leaves may come as deltas against blocks of the commits we hold
+        thin = self.proto.thin and not skeleton
+        sel = P.Selector(P.SEL_ALL, history=history, skeleton=skeleton, thin=thin)
+        # leaves are asked exactly: no pruning to compute for them (but a thin
+        # answer needs the have-roots to know which bases we hold)
+        hr = have_roots if thin or any(not is_leaf(c) for c in frontier) else []
         bad_before, dont_have_before = st.bad_blocks, st.dont_have
         async with _storing(backend, st, progress) as store:
             answers = await self._receive_answers(groups, sel, hr, st, t0, store)
@@ -305,6 +308,11 @@ class RemoteSession:
                         st.first_block_at = time.perf_counter()
                         st.first_block_s = st.first_block_at - t0
                     await store.add(msg.cid, msg.data)
+                elif t is P.DeltaBlock:
+                    if st.first_block_s is None:
+                        st.first_block_at = time.perf_counter()
+                        st.first_block_s = st.first_block_at - t0
+                    await store.add(msg.cid, _Thin(msg.value))
                 elif t is P.DontHave:
                     st.dont_have += 1
                 elif t is P.DagDone:
@@ -379,8 +387,11 @@ class RemoteSession:
                    progress: ProgressFn | None = None) -> tuple[int, int]:
         """Send the blocks of ``new`` the remote lacks, then compare-and-swap ``ref``
         from ``expected_old`` to ``new``. ``remote_complete``: commits the remote
-        holds completely (its ref values that we also have). Returns
-        ``(blocks sent, bytes sent)``. Raises :class:`RemoteError` with the
+        holds completely (its ref values that we also have). To a server that
+        offers thin transfers, tensor leaves go as ``DeltaBlock`` against the same
+        tensor in the pushed commit's named delta base or parent when the remote
+        holds that block (:func:`~.selection.thin_plan`). Returns ``(blocks sent,
+        bytes sent)`` (bytes on the wire: encoded values as sent). Raises :class:`RemoteError` with the
         server's reason when the update is refused (stale base, unauthorised).
         """
         proto = self.proto
@@ -399,15 +410,22 @@ class RemoteSession:
         cands = await trio.to_thread.run_sync(
             lambda: [c for c, d in iter_selection(backend, req) if d is not None])
         present = await self.has_many(cands) if cands else set()
+        plan = {}
+        if proto.thin and have_roots:  # leaves as deltas against blocks the remote holds
+            plan = await trio.to_thread.run_sync(thin_plan, backend, [new], have_roots)
         nb = nbytes = 0
         for c in cands:
             if c in present:
                 continue
             data = backend.get(c)
-            proto.push_block(c, data)
+            value = None
+            if c in plan:
+                elem, base = plan[c]
+                value = await trio.to_thread.run_sync(thin_value, data, elem, base, backend.get(base))
+            proto.push_block(c, data if value is None else value, delta=value is not None)
             await self.flush()
             nb += 1
-            nbytes += len(data)
+            nbytes += len(data if value is None else value)
             if progress:
                 progress(nb, nbytes)
         rid = proto.update_ref(ref, expected_old, new)
@@ -419,6 +437,18 @@ class RemoteSession:
 
     async def aclose(self) -> None:
         await self.ch.aclose()
+
+
+class _Thin:
+    """A received ``DeltaBlock`` value waiting for :class:`_Store` to decode it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __len__(self) -> int:
+        return len(self.value)
 
 
 class _Store:
@@ -438,10 +468,22 @@ class _Store:
         self.batch_bytes = 0
 
     def _verify_and_store(self, batch):
-        good, nbytes, bad = _verify(batch)
+        if any(type(d) is _Thin for _, d in batch):
+            batch = [(c, self._decode(c, d.value) if type(d) is _Thin else d) for c, d in batch]
+        good, nbytes, bad = _verify([(c, d) for c, d in batch if d is not None])
+        bad += [c for c, d in batch if d is None]
         if good:
             self.backend.put_many(good)
         return len(good), nbytes, bad
+
+    def _decode(self, cid: bytes, value) -> bytes | None:
+        """A thin block's bytes, decoded against its base from our store (``None``,
+        counted bad, when it does not decode or its base is not here)."""
+        try:
+            return decode_thin(cid, value, self.backend.get)
+        except CorruptBlock as e:
+            log.warning("dropping a thin block: %s", e)
+            return None
 
     async def _worker(self, recv) -> None:
         st = self.st

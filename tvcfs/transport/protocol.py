@@ -34,6 +34,7 @@ __all__ = [
     "Cancel",
     "DagDone",
     "DagRequest",
+    "DeltaBlock",
     "DontHave",
     "Error",
     "FrameDecoder",
@@ -56,6 +57,10 @@ __all__ = [
 
 PROTOCOL_VERSION = 1
 MIB = 1 << 20
+
+# Welcome flags: capabilities of the server (an old peer ignores bits it does not know)
+WELCOME_PRIVATE = 1  # reads need authentication
+WELCOME_THIN = 2  # the server takes DeltaBlock in a push and sends it to a thin request
 
 
 class ProtocolError(Exception):
@@ -183,7 +188,8 @@ class Hello(Message):
 @dataclass
 class Welcome(Message):
     """Server → client answer to Hello: version, server peer ID, 32-byte auth nonce,
-    the server's limits, flags (bit 0: reads need authentication)."""
+    the server's limits, flags (bit 0 ``WELCOME_PRIVATE``: reads need
+    authentication; bit 1 ``WELCOME_THIN``: thin transfers, :class:`DeltaBlock`)."""
 
     TYPE: ClassVar[int] = 0x02
     version: int
@@ -306,6 +312,27 @@ class Block(Message):
 
 
 @dataclass
+class DeltaBlock(Message):
+    """One block sent encoded (thin transfers, docs/protocol.md "Thin transfers"):
+    binary CID and a packed value of :mod:`tvcfs.store.encodings` — usually the XOR
+    with a base block the receiver holds (its CID is in the value's header), byte
+    grouped and compressed. The receiver decodes it and checks the result against
+    ``cid``. Sent only to a peer that asked for it: a client whose request has the
+    selector's ``thin`` flag, a server whose ``Welcome`` has ``WELCOME_THIN``."""
+
+    TYPE: ClassVar[int] = 0x14
+    cid: bytes
+    value: bytes
+
+    def body(self):
+        return _bytes(self.cid) + _bytes(self.value)
+
+    @classmethod
+    def parse(cls, r):
+        return cls(r.cid(), r.bytes(r.limits.max_block + 64))
+
+
+@dataclass
 class Have(Message):
     """The sender has the block (answer to a want-have)."""
 
@@ -357,10 +384,12 @@ class Selector:
     end: int = 0
     history: bool = False
     skeleton: bool = False  # SEL_ALL only: interior nodes only, no raw leaves
+    thin: bool = False  # the client takes DeltaBlock answers (only to a WELCOME_THIN server)
 
 
 _SEL_HISTORY = 1  # selector flags (the field was a 0/1 "history" before skeleton)
 _SEL_SKELETON = 2
+_SEL_THIN = 4
 
 
 @dataclass
@@ -391,7 +420,8 @@ class DagRequest(Message):
 
     def body(self):
         s = self.selector
-        flags = (_SEL_HISTORY if s.history else 0) | (_SEL_SKELETON if s.skeleton else 0)
+        flags = ((_SEL_HISTORY if s.history else 0) | (_SEL_SKELETON if s.skeleton else 0)
+                 | (_SEL_THIN if s.thin else 0))
         parts = [_uv(self.request_id), _bytes(self.root), _uv(s.kind), _str(s.path),
                  _uv(s.start), _uv(s.end), _uv(flags), _uv(self.priority),
                  _uv(len(self.have))]
@@ -410,10 +440,10 @@ class DagRequest(Message):
         if kind not in (SEL_ALL, SEL_PATH, SEL_RANGE):
             raise ProtocolError(f"unknown selector kind {kind}")
         path, start, end, flags = r.str(), r.uv(), r.uv(), r.uv()
-        if flags & ~(_SEL_HISTORY | _SEL_SKELETON):
+        if flags & ~(_SEL_HISTORY | _SEL_SKELETON | _SEL_THIN):
             raise ProtocolError(f"unknown selector flags {flags}")
         sel = Selector(kind, path, start, end, bool(flags & _SEL_HISTORY),
-                       bool(flags & _SEL_SKELETON))
+                       bool(flags & _SEL_SKELETON), bool(flags & _SEL_THIN))
         prio = r.uv()
         have = [r.cid() for _ in range(r.count(r.limits.max_list))]
         have_roots = [r.cid() for _ in range(r.count(r.limits.max_list))]
@@ -576,7 +606,7 @@ class Error(Message):
 
 MESSAGE_TYPES: dict[int, type[Message]] = {
     m.TYPE: m
-    for m in (Hello, Welcome, Auth, AuthOk, WantList, Block, Have, DontHave, DagRequest,
+    for m in (Hello, Welcome, Auth, AuthOk, WantList, Block, DeltaBlock, Have, DontHave, DagRequest,
               DagDone, Cancel, ListRefs, Refs, RefUpdate, RefResult, Error)
 }
 
@@ -588,11 +618,12 @@ def encode(msg: Message) -> bytes:
     return _uv(len(body) + 1) + bytes((msg.TYPE,)) + body
 
 
-def block_frame_header(cid: bytes, nbytes: int) -> bytes:
-    """The bytes of a ``Block`` frame that precede its ``nbytes`` of data: send
-    ``header ‖ data`` to frame a block without copying the data."""
+def block_frame_header(cid: bytes, nbytes: int, msg_type: int = Block.TYPE) -> bytes:
+    """The bytes of a ``Block`` frame (``msg_type=DeltaBlock.TYPE``: a ``DeltaBlock``
+    frame) that precede its ``nbytes`` of data: send ``header ‖ data`` to frame a
+    block without copying the data."""
     cid_part = _uv(len(cid)) + cid + _uv(nbytes)
-    return _uv(1 + len(cid_part) + nbytes) + bytes((Block.TYPE,)) + cid_part
+    return _uv(1 + len(cid_part) + nbytes) + bytes((msg_type,)) + cid_part
 
 
 def decode_message(payload, limits: Limits = DEFAULT_LIMITS) -> Message:

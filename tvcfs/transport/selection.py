@@ -17,7 +17,7 @@ from ..errors import InvalidCID, TvcfsError
 from . import protocol as P
 from .backend import BlockBackend, is_leaf, links_of
 
-__all__ = ["iter_selection", "missing_in_dag"]
+__all__ = ["held_blocks", "iter_selection", "missing_in_dag", "thin_plan"]
 
 
 # Leaf indexes of files recently answered with byte-range selectors ({file CID:
@@ -26,7 +26,7 @@ __all__ = ["iter_selection", "missing_in_dag"]
 _RANGE_INDEX: collections.OrderedDict = collections.OrderedDict()
 
 
-def iter_selection(backend: BlockBackend, req: P.DagRequest):
+def iter_selection(backend: BlockBackend, req: P.DagRequest, known: set | None = None):
     """Yield ``(cid, data | None)`` for the blocks ``req`` selects, depth-first
     pre-order; ``None`` data = the server does not have it (its sub-graph is skipped).
 
@@ -34,20 +34,15 @@ def iter_selection(backend: BlockBackend, req: P.DagRequest):
     (``SEL_ALL``) reach it. With ``selector.skeleton`` raw leaves are neither read
     nor yielded. Blocks in ``req.have`` are traversed but not yielded; sub-graphs
     under ``req.have_roots`` (and blocks reachable from those commits' trees) are
-    pruned. Raises ``TvcfsError`` subclasses (path not found, malformed object).
+    pruned. ``known``: :func:`held_blocks` of ``req.have_roots`` when the caller has
+    it already (a session answering many requests with the same have-roots).
+    Raises ``TvcfsError`` subclasses (path not found, malformed object).
     """
     get = backend.get
     sel = req.selector
     have = set(req.have)
-    known: set[bytes] = set()
-    for hr in req.have_roots:
-        known.add(hr)
-        data = get(hr)
-        if data is not None and cid_codec(hr) == DAG_CBOR:
-            # blocks of the commit's tree that the client already holds
-            for c, _ in _walk(backend, links_of(hr, data, history=False)[:1], set(), set(),
-                              False, read_have=False):
-                known.add(c)
+    if known is None:
+        known = held_blocks(backend, req.have_roots)
     if sel.kind == P.SEL_ALL:
         yield from _walk(backend, req.roots, have, known, sel.history, leaves=not sel.skeleton)
         return
@@ -141,6 +136,47 @@ def iter_selection(backend: BlockBackend, req: P.DagRequest):
         if i in idx.inline or c in have or c in known:
             continue
         yield c, get(c)
+
+
+def held_blocks(backend, have_roots) -> set:
+    """The blocks a peer holds when it holds the commits ``have_roots`` complete:
+    those CIDs and every block of their trees (not their parents). Reads the
+    interior nodes, never a raw leaf."""
+    known: set[bytes] = set()
+    for hr in have_roots:
+        known.add(hr)
+        data = backend.get(hr)
+        if data is not None and cid_codec(hr) == DAG_CBOR:
+            for c, _ in _walk(backend, links_of(hr, data, history=False)[:1], set(), set(),
+                              False, read_have=False):
+                known.add(c)
+    return known
+
+
+def thin_plan(backend, heads, have_roots, known: set | None = None) -> dict:
+    """``{leaf CID: (element size, base CID)}``: how a thin transfer may send the raw
+    tensor leaves of the commits reachable from ``heads`` that a peer holding the
+    commits ``have_roots`` complete lacks — as the XOR with the same tensor (name,
+    dtype, shape, offset) in the commit's named delta base or a parent, where that
+    block is one the peer holds (:func:`held_blocks`). ``{}`` when ``backend`` is not
+    over a repository (no ``repo``) or ``have_roots`` is empty. ``known``: the
+    :func:`held_blocks` of ``have_roots`` if already computed. See
+    :func:`tvcfs.pack.delta_hints`."""
+    repo = getattr(backend, "repo", None)
+    have_roots = [c for c in have_roots if cid_codec(c) == DAG_CBOR]
+    if repo is None or not have_roots:
+        return {}
+    from ..pack import delta_hints
+
+    if known is None:
+        known = held_blocks(backend, have_roots)
+    held = set(repo.ancestors(have_roots, missing_ok=True))
+    out = {}
+    for cid, h in delta_hints(repo, heads, lambda cs: [c in held for c in cs]).items():
+        base = next((b for b in h.bases if b in known), None)
+        if base is not None:
+            out[cid] = (h.elem, base)
+    return out
 
 
 def _walk(backend, roots, have, known, history, read_have=True, leaves=True):

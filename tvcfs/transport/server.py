@@ -86,7 +86,9 @@ class ServerConfig:
     ``backend``: the repository (:class:`~.backend.BlockBackend`); ``identity``:
     the node key; ``private``: reads need an authenticated peer ID in ``allow_read``
     or ``allow_push``; ``allow_push``: binary peer IDs that may push; ``limits``;
-    ``corrupt_hook``: test hook ``f(cid, data) -> data`` applied to outgoing blocks.
+    ``corrupt_hook``: test hook ``f(cid, data) -> data`` applied to outgoing blocks;
+    ``thin``: offer thin transfers (``WELCOME_THIN``: deltas against blocks the peer
+    holds, docs/protocol.md "Thin transfers"; off: behave as a server before them).
     """
 
     backend: BlockBackend
@@ -97,6 +99,7 @@ class ServerConfig:
     limits: P.Limits = P.DEFAULT_LIMITS
     stats: ServerStats = field(default_factory=ServerStats)
     corrupt_hook: object = None
+    thin: bool = True
     write_lock: trio.Lock = field(default_factory=trio.Lock)
     # bytes sent per peer; shares sending fairly between peers (None: no gate)
     ledger: PeerLedger | None = field(default_factory=PeerLedger)
@@ -255,10 +258,16 @@ class _Driver:
                 await self.work.wait()
                 continue
             cfg = sess.cfg
-            n = len(blk.data)
+            data, kind = blk.data, P.Block.TYPE
+            if blk.base is not None:  # a thin answer: the delta, when it pays
+                value = await trio.to_thread.run_sync(blk.thin_value)
+                if value is not None:
+                    data, kind = value, P.DeltaBlock.TYPE
+                    cfg.stats.bytes_sent -= len(blk.data) - len(value)
+            n = len(data)
             if cfg.ledger is not None:
                 await cfg.ledger.turn(blk.peer, n)
             if cfg.rate_limit is not None:
                 await cfg.rate_limit.take(n)
             # header + data, no copy of the data
-            await self.flush((P.block_frame_header(blk.cid, n), blk.data))
+            await self.flush((P.block_frame_header(blk.cid, n, kind), data))

@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from ..encoding.cid import cid_codec, cid_str, verify_block
 from ..errors import CorruptBlock, InvalidCID, RefConflict, TvcfsError
 from . import protocol as P
-from .backend import read_view
+from .backend import is_leaf, read_view
 from .identity import (IdentityError, PeerIdMismatch, auth_message, format_peer_id,
                        verify_signature)
-from .selection import iter_selection, missing_in_dag
+from .selection import held_blocks, iter_selection, missing_in_dag, thin_plan
 
 __all__ = [
     "ClientSession",
@@ -116,18 +116,58 @@ class Closed:
 @dataclass
 class OutgoingBlock:
     """A block to send now: ``cid``, ``data`` (a buffer valid until the next call
-    of :meth:`ServerSession.next_block`), and ``peer`` (the ledger key)."""
+    of :meth:`ServerSession.next_block`), and ``peer`` (the ledger key). For a thin
+    answer ``base``/``base_data``/``elem`` name a block the client holds to send it
+    against: the driver calls :meth:`thin_value` (off the event loop) and sends a
+    ``DeltaBlock`` when that gives a value."""
 
     cid: bytes
     data: object
     peer: object
+    base: bytes | None = None
+    base_data: object = None
+    elem: int = 1
+
+    def thin_value(self) -> bytes | None:
+        """The packed value to send instead of ``data`` (the XOR with the base or
+        plain byte-grouped compression, whichever is smaller), or ``None`` when
+        neither saves 5 % (send the block raw)."""
+        return thin_value(self.data, self.elem, self.base, self.base_data)
+
+
+def thin_value(data, elem: int, base: bytes | None, base_data) -> bytes | None:
+    """A packed value of block bytes ``data`` for a thin transfer (see
+    :func:`tvcfs.store.encodings.encode`; the receiver decodes it at once, so the
+    delta's depth is 1), or ``None`` when sending it raw is as good."""
+    from ..store import encodings
+
+    return encodings.encode(data, elem, base, base_data, 0)
+
+
+def decode_thin(cid: bytes, value, get) -> bytes:
+    """The block bytes of a received ``DeltaBlock`` value, checked against ``cid``.
+    ``get(base CID) -> bytes | None`` reads the receiver's store. Raises
+    :class:`CorruptBlock` when the value does not decode, its base is not held, or
+    the result does not hash to ``cid``."""
+    from ..store import encodings
+
+    h = encodings.header(value)
+    base = None
+    if h.base is not None:
+        base = get(h.base)
+        if base is None:
+            raise CorruptBlock(f"the delta of block {cid_str(cid)} needs base {cid_str(h.base)}, "
+                               "which this store does not hold")
+    data = encodings.decode(value, base)
+    verify_block(cid, data)
+    return data
 
 
 class _Answer:
     """A DAG request being answered: its traversal and read snapshot."""
 
     __slots__ = ("req", "arrival", "it", "stack", "blocks", "nbytes", "status", "message",
-                 "cancelled")
+                 "cancelled", "thin", "view")
 
     def __init__(self, req: P.DagRequest, arrival: int):
         self.req = req
@@ -139,6 +179,8 @@ class _Answer:
         self.status = P.DONE_OK
         self.message = ""
         self.cancelled = False
+        self.thin: dict = {}  # {leaf CID: (element size, base CID)} of a thin request
+        self.view = None
 
     @property
     def priority(self) -> int:
@@ -182,6 +224,8 @@ class ServerSession:
         # {cid: sequence number} of blocks sent while requests were outstanding
         self.sent_seq: dict[bytes, int] = {}
         self.seq = 0
+        self._thin_cache: dict = {}  # {frozenset(have_roots): thin plan}
+        self._held_cache: dict = {}  # {frozenset(have_roots): blocks the client holds}
 
     # ---------------------------------------------------------------- output
     def data_to_send(self) -> bytes:
@@ -262,6 +306,8 @@ class ServerSession:
             self._on_hello(msg)
         elif t is P.Block:
             self._on_pushed_block(msg)
+        elif t is P.DeltaBlock:
+            self._on_pushed_delta(msg)
         elif t is P.WantList:
             self._on_wantlist(msg)
         elif t is P.DagRequest:
@@ -316,7 +362,13 @@ class ServerSession:
         self.state = "open"
         self._send(P.Welcome(P.PROTOCOL_VERSION, cfg.identity.peer_id, self.nonce,
                              lim.max_message, lim.max_wantlist, lim.max_inflight,
-                             int(cfg.private)))
+                             (P.WELCOME_PRIVATE if cfg.private else 0)
+                             | (P.WELCOME_THIN if self.thin else 0)))
+
+    @property
+    def thin(self) -> bool:
+        """Whether this server does thin transfers (``cfg.thin``, default on)."""
+        return bool(getattr(self.cfg, "thin", True))
 
     def _on_auth(self, msg: P.Auth) -> None:
         try:
@@ -456,7 +508,11 @@ class ServerSession:
         try:
             # one read snapshot per answer: raw leaves go out as zero-copy views
             view = a.stack.enter_context(read_view(self.cfg.backend))
-            a.it = iter_selection(view, a.req)
+            known = self._held(view, a.req.have_roots) if a.req.have_roots else None
+            a.it = iter_selection(view, a.req, known)
+            if a.req.selector.thin and self.thin:
+                a.view = view
+                a.thin = self._thin_plan(view, a.req, known)
         except TvcfsError as e:
             a.status, a.message = P.DONE_ERROR, str(e)
         self.active.append(a)
@@ -486,9 +542,45 @@ class ServerSession:
         if self.sent_seq.get(cid, -1) > a.arrival:
             return None  # sent since this request arrived (e.g. to a foreground want)
         blk = self._outgoing(cid, data)
+        plan = a.thin.get(cid) if a.thin else None
+        if plan is not None:
+            try:
+                bdata = a.view.get(plan[1])
+            except TvcfsError:
+                bdata = None
+            if bdata is not None and len(bdata) == len(data):
+                blk.elem, blk.base, blk.base_data = plan[0], plan[1], bdata
         a.blocks += 1
         a.nbytes += len(blk.data)
         return blk
+
+    def _held(self, view, have_roots) -> set:
+        """:func:`~.selection.held_blocks` of ``have_roots``, cached for the session
+        (a fetch sends many requests with the same have-roots; a ref update on this
+        server does not change what the client holds)."""
+        key = frozenset(have_roots)
+        known = self._held_cache.get(key)
+        if known is None:
+            if len(self._held_cache) >= 4:
+                self._held_cache.clear()
+            known = self._held_cache[key] = held_blocks(view, have_roots)
+        return known
+
+    def _thin_plan(self, view, req: P.DagRequest, known: set | None = None) -> dict:
+        """How the leaves this thin request may select can go out as deltas: planned
+        over the server's refs and the request's commit roots, against the blocks of
+        the client's ``have_roots`` (cached per set of have-roots for the session).
+        Blocking (reads commits, trees, file indexes): a few per session."""
+        key = frozenset(req.have_roots)
+        cache = self._thin_cache
+        if key not in cache:
+            heads = [c for c in req.roots if not is_leaf(c)] + list(self.cfg.backend.refs().values())
+            try:
+                cache[key] = thin_plan(view, heads, req.have_roots, known)
+            except TvcfsError as e:
+                log.warning("no thin plan for a request from %s: %s", self.addr, e)
+                cache[key] = {}
+        return cache[key]
 
     def _finish(self, a: _Answer) -> None:
         self.active.remove(a)
@@ -508,13 +600,14 @@ class ServerSession:
         return OutgoingBlock(cid, data, self.peer or self.addr)
 
     # ---------------------------------------------------------------- push
-    def _on_pushed_block(self, msg: P.Block) -> None:
+    def _on_pushed_block(self, msg: P.Block, verified: bool = False) -> None:
         if not self.can_push:
             self._send(P.Error(0, P.E_UNAUTHORIZED, "push not allowed for this peer"))
             raise P.ProtocolError("unauthorised push")
         try:
             cid_codec(msg.cid)
-            verify_block(msg.cid, msg.data)
+            if not verified:
+                verify_block(msg.cid, msg.data)
         except (InvalidCID, CorruptBlock) as e:
             self.cfg.stats.bad_blocks_received += 1
             raise P.ProtocolError(f"pushed block rejected: {e}") from None
@@ -523,6 +616,22 @@ class ServerSession:
         self.pushed_bytes += len(msg.data)
         if self.pushed_bytes >= min(self.cfg.limits.max_inflight, PUSH_FLUSH):
             self._events.append(self._flush_pushed())
+
+    def _on_pushed_delta(self, msg: P.DeltaBlock) -> None:
+        """A pushed ``DeltaBlock``: decoded against its base (which this store must
+        hold), checked against its CID, then handled as a pushed ``Block``."""
+        if not self.thin:
+            raise P.ProtocolError("DeltaBlock sent to a server that did not offer thin transfers")
+        if not self.can_push:
+            self._send(P.Error(0, P.E_UNAUTHORIZED, "push not allowed for this peer"))
+            raise P.ProtocolError("unauthorised push")
+        try:
+            cid_codec(msg.cid)
+            data = decode_thin(msg.cid, msg.value, self.cfg.backend.get)
+        except (InvalidCID, CorruptBlock) as e:
+            self.cfg.stats.bad_blocks_received += 1
+            raise P.ProtocolError(f"pushed block rejected: {e}") from None
+        self._on_pushed_block(P.Block(msg.cid, data), verified=True)
 
     def _flush_pushed(self) -> StoreBlocks:
         batch, self.pushed, self.pushed_bytes = self.pushed, [], 0
@@ -602,8 +711,8 @@ def _end_answer(a: _Answer) -> None:
 
 # ====================================================================== client
 # messages only a server sends (a client receiving anything else: protocol error)
-_TO_CLIENT = frozenset((P.Welcome, P.AuthOk, P.Block, P.Have, P.DontHave, P.DagDone,
-                        P.Refs, P.RefResult, P.Error))
+_TO_CLIENT = frozenset((P.Welcome, P.AuthOk, P.Block, P.DeltaBlock, P.Have, P.DontHave,
+                        P.DagDone, P.Refs, P.RefResult, P.Error))
 
 
 class ClientSession:
@@ -735,9 +844,20 @@ class ClientSession:
         if cids:
             self.send(P.WantList([P.WantEntry(c, 0, P.CANCEL) for c in cids]))
 
-    def push_block(self, cid: bytes, data) -> None:
-        """Queue a pushed ``Block`` (header and data as two buffers: no copy)."""
-        self._out.append(P.block_frame_header(cid, len(data)))
+    @property
+    def thin(self) -> bool:
+        """Whether the server offered thin transfers (``Welcome`` flag
+        ``WELCOME_THIN``): requests may ask for ``DeltaBlock`` answers and a push
+        may send them."""
+        return bool(self.welcome is not None and self.welcome.flags & P.WELCOME_THIN)
+
+    def push_block(self, cid: bytes, data, delta: bool = False) -> None:
+        """Queue a pushed ``Block`` (header and data as two buffers: no copy);
+        ``delta``: ``data`` is a packed value, sent as a ``DeltaBlock`` (only to a
+        server that offered thin transfers: raises ``ValueError`` otherwise)."""
+        if delta and not self.thin:
+            raise ValueError("the server did not offer thin transfers")
+        self._out.append(P.block_frame_header(cid, len(data), P.DeltaBlock.TYPE if delta else P.Block.TYPE))
         self._out.append(data)
 
     def update_ref(self, name: str, old: bytes | None, new: bytes | None) -> int:

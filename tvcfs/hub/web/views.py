@@ -373,15 +373,20 @@ class WebViews:
                     ctx["parent_alias"] = commit_alias(com.parents[0])
                 except BlockNotFound:
                     parent = None
+            from ...pack import tensor_storage
+
+            stored = tensor_storage(repo, e.cid)  # what `tvcfs show REV:PATH` reports
             rows = []
             for t in hdr.tensors:
                 lr = idx.leaf_range(t.start, t.nbytes)
+                held = stored.get(t.name, {"raw": 0, "stored": 0, "encodings": {}})
                 new = sum(1 for i in lr if parent is None or idx.leaves[i] not in parent)
                 state = "new" if new == len(lr) and len(lr) else "shared" if new == 0 else f"{new} of {len(lr)} leaves new"
                 if new:
                     ctx["new_tensor_bytes"] += t.nbytes
                 rows.append({"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "bytes": t.nbytes,
-                             "leaves": len(lr), "state": state})
+                             "leaves": len(lr), "state": state, "raw": held["raw"], "stored": held["stored"],
+                             "encodings": ", ".join(f"{n} {k}" for k, n in sorted(held["encodings"].items()))})
             rows.sort(key=lambda r: r["name"])
             ctx["tensors"] = rows
             ctx["metadata"] = sorted((str(k), str(v)) for k, v in hdr.metadata.items())
@@ -451,9 +456,20 @@ class WebViews:
                         "parents": [(cid_str(p), commit_alias(p)) for p in com.parents],
                         "tree": cid_str(com.tree)},
                    new=new, total=total, title=f"commit {commit_alias(commit)[:7]} · {repo_id}",
+                   storage=self.storage(repo, commit),
                    compare_url=f"/{_q(repo_id)}/compare/{cid_str(parent)}...{cid_str(commit)}" if parent else None)
         ctx.update(self.diff_context(repo_id, repo, parent, commit))
         return "commit.html", ctx
+
+    def storage(self, repo, commit: bytes) -> dict:
+        """Stored bytes of ``commit``, raw and encoded, for the page: what `tvcfs show`
+        and `log --stat` print (:func:`tvcfs.pack.commit_storage`), plus the ratio."""
+        from ...pack import commit_storage
+
+        st = commit_storage(repo, commit)
+        st["ratio"] = f"{st['new_stored'] / st['new_raw']:.2f}" if st["new_raw"] else "-"
+        st["encodings"] = sorted(st["encodings"].items())
+        return st
 
     def compare_page(self, request: Request, user):
         from ..http import raw_tail as _raw_tail
