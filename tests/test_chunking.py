@@ -14,7 +14,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import MIB, make_finetune, write_safetensors_raw
+from support import MIB
+from support.model import make_finetune
+from support.safetensors import write_safetensors_raw
 from tvcfs.chunking import plan_spans
 from tvcfs.chunking.cdc import cdc_spans
 from tvcfs.chunking.safetensors import MAX_LEAF, NotSafetensors, parse_header, read_header, tensor_spans
