@@ -1,7 +1,7 @@
 """A lazy mount tells the user why a read fails (issue 14, item 7; docs/lazy.md,
 "Failure behaviour").
 
-Real server processes (tests/lazy_support.py), real QUIC on loopback, real FUSE
+Real server processes (tests/support/server.py), real QUIC on loopback, real FUSE
 mounts, the real ``tvcfs`` CLI. What is shown:
 
 * every peer down: a read of a file not fetched yet fails with ``EIO`` within the

@@ -4,7 +4,7 @@ Directories made by ``tvcfs checkout`` are *worktrees*: the repository records t
 commit and tree they came from, and ``tvcfs commit DIR`` replays their changes onto
 a branch that moved, or saves them on a ``conflicts/…`` branch and exits non-zero —
 the rule the writable mount follows (docs/writes.md, "Worktrees"). Real ``tvcfs``
-subprocesses, a real FUSE mount (:class:`test_writes_support.Mounted`), real LMDB.
+subprocesses, a real FUSE mount (:class:`support.mount.Mounted`), real LMDB.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Writes into ``MOUNT/branches/NAME/`` become commits (docs/writes.md).
 
 Real FUSE mounts (``tvcfs mount -f`` in a child process, see
-:class:`test_writes_support.Mounted`), real LMDB, the real all-MiniLM-L6-v2 model.
+:class:`support.mount.Mounted`), real LMDB, the real all-MiniLM-L6-v2 model.
 """
 
 from __future__ import annotations
