@@ -457,9 +457,11 @@ def test_mount_prefetch_option_fetches_in_background(model_server, real_model_di
     mnt = tmp_path / "mnt"
     with lazy_mount(str(tmp_path / "clone"), str(mnt), "--prefetch", "*.safetensors") as m:
         size = os.path.getsize(os.path.join(real_model_dir, MODEL))
-        wait_until(lambda: remote_stats(m)["classes"]["prefetch"]["bytes"] >= size * 0.95, 60,
-                   what="the prefetch of 95 % of the model")
-        r = remote_stats(m)
+        # done = at least 95 % of the file's bytes arrived and nothing is in flight (at
+        # 95 % alone the last leaves may still be coming: the read below would count them)
+        r = wait_until(lambda: (r := remote_stats(m))["classes"]["prefetch"]["bytes"] >= size * 0.95
+                       and not r["pending_wants"] and not r["queued_jobs"] and r, 60,
+                       what="the prefetch of the model to finish")
         assert r["classes"]["foreground"]["bytes"] == 0
         w = r["wire_bytes"]
         # now local: reading it moves nothing

@@ -40,7 +40,7 @@ import pytest
 
 from support.cli import tvcfs_executable
 from support.model import ADDED, make_finetune
-from support.mount import Mounted, abort_all, drop_file_cache
+from support.mount import Mounted, abort_all, drop_file_cache, os_err
 from support.safetensors import read_safetensors_header
 from support.wait import wait_until
 from tvcfs.encoding.cid import cid_str
@@ -80,14 +80,6 @@ def _watchdog():
         yield
     finally:
         t.cancel()
-
-
-def _errno_of(fn, *a, **kw):
-    try:
-        fn(*a, **kw)
-    except OSError as e:
-        return e.errno
-    return 0
 
 
 # --------------------------------------------------------------------------- data
@@ -245,8 +237,8 @@ def test_enoent_for_unknown_revisions_and_paths(world):
               "commits/v2", "tags/nosuch", "branches/nosuch", "nosuch",
               "tags/v1/nosuch.json", f"commits/{full1}/1_Pooling/nosuch",
               ".tvcfs/nosuch"):
-        assert _errno_of(os.stat, os.path.join(m, p)) == errno.ENOENT, p
-    assert _errno_of(os.listdir, os.path.join(m, "tags", "v1", "config.json")) == errno.ENOTDIR
+        assert os_err(os.stat, os.path.join(m, p)) == errno.ENOENT, p
+    assert os_err(os.listdir, os.path.join(m, "tags", "v1", "config.json")) == errno.ENOTDIR
 
 
 def test_stat_fields(world):
@@ -307,7 +299,7 @@ def test_writes_fail_with_erofs(world, view):
     }
     for what, fn in attempts.items():
         # hard links are refused everywhere (EPERM, "not supported"), elsewhere EROFS
-        assert _errno_of(fn) in ((errno.EROFS, errno.EPERM) if what == "link" else (errno.EROFS,)), what
+        assert os_err(fn) in ((errno.EROFS, errno.EPERM) if what == "link" else (errno.EROFS,)), what
     assert _read(f) == before
     assert "new.txt" not in os.listdir(root)
 
@@ -549,8 +541,8 @@ def test_missing_and_corrupt_blocks_give_eio(tmp_path, real_model_dir):
                 s, e = idx.starts[gone], idx.starts[gone] + idx.sizes[gone]
                 dfd = os.open(p, os.O_RDONLY | os.O_DIRECT)
                 try:
-                    assert _errno_of(os.pread, dfd, 1, s) == errno.EIO
-                    assert _errno_of(os.pread, dfd, 1, e - 1) == errno.EIO
+                    assert os_err(os.pread, dfd, 1, s) == errno.EIO
+                    assert os_err(os.pread, dfd, 1, e - 1) == errno.EIO
                     assert os.pread(dfd, 4096, s - 4096) == orig[s - 4096:s]
                     assert os.pread(dfd, 4096, e) == orig[e:e + 4096]
                 finally:
@@ -581,7 +573,7 @@ def test_missing_and_corrupt_blocks_give_eio(tmp_path, real_model_dir):
             dfd = os.open(p, os.O_RDONLY | os.O_DIRECT)
             try:
                 s = idx.starts[wrong]
-                assert _errno_of(os.pread, dfd, 4096, s & ~4095) == errno.EIO
+                assert os_err(os.pread, dfd, 4096, s & ~4095) == errno.EIO
                 assert os.pread(dfd, 4096, 0) == orig[:4096]
             finally:
                 os.close(dfd)

@@ -22,7 +22,7 @@ import trio
 from support.cli import tvcfs_executable
 from support.model import make_finetune
 from test_remote_cli import ENV, all_blocks, err_of, received, refs_of, stored_bytes, tv
-from test_transport import start_server
+from support.server import start_server
 
 from tvcfs.repo import Repo
 from tvcfs.transport.backend import RepoBackend

@@ -57,9 +57,7 @@ def _serve_main(argv) -> None:
     from tvcfs.repo import Repo
     from tvcfs.transport.backend import RepoBackend
     from tvcfs.transport.identity import NodeIdentity
-    from tvcfs.transport.quic import QuicSettings, serve_quic
-    from tvcfs.transport.server import ServerConfig, handle_session
-    from tvcfs.transport.tcp import serve_tcp
+    from tvcfs.transport.server import ServerConfig
 
     repo = Repo.open(a.repo)
     ident = NodeIdentity.load_or_create(a.key) if a.key else NodeIdentity.generate()
@@ -73,22 +71,37 @@ def _serve_main(argv) -> None:
 
     async def main():
         async with trio.open_nursery() as n:
-            if a.transport == "tcp":
-                addr = await n.start(lambda task_status: serve_tcp(
-                    lambda s: handle_session(s, cfg), "127.0.0.1", a.port, identity=ident,
-                    task_status=task_status))
-                url = f"tvcfs+tcp://{ident.peer_id_str}@127.0.0.1:{addr[1]}/"
-            else:
-                srv = await n.start(lambda task_status: serve_quic(
-                    lambda s: handle_session(s, cfg), "127.0.0.1", a.port, identity=ident,
-                    settings=QuicSettings(), task_status=task_status))
-                url = f"tvcfs+quic://{ident.peer_id_str}@127.0.0.1:{srv.address[1]}/"
+            url = await start_server(n, cfg, a.transport, engine=None, port=a.port)
             print("READY", url, flush=True)
 
     try:
         trio.run(main)
     except KeyboardInterrupt:
         pass
+
+
+async def start_server(nursery, cfg, transport: str = "quic", engine: str | None = "qh3", port: int = 0) -> str:
+    """Serve the block-exchange protocol with ``cfg`` (a
+    ``tvcfs.transport.server.ServerConfig``) in ``nursery`` (trio) on 127.0.0.1:``port``
+    (0: a free port) over ``transport`` ("quic" with QUIC ``engine`` — ``None``: the
+    default — or "tcp"); return its ``tvcfs+quic://`` / ``tvcfs+tcp://`` URL."""
+    from tvcfs.transport.identity import format_peer_id
+    from tvcfs.transport.quic import QuicSettings, serve_quic
+    from tvcfs.transport.server import handle_session
+    from tvcfs.transport.tcp import serve_tcp
+
+    pid = format_peer_id(cfg.identity.peer_id)
+    if transport == "quic":
+        settings = QuicSettings() if engine is None else QuicSettings(engine=engine)
+        srv = await nursery.start(lambda task_status: serve_quic(
+            lambda s: handle_session(s, cfg), "127.0.0.1", port, identity=cfg.identity,
+            settings=settings, task_status=task_status))
+        return f"tvcfs+quic://{pid}@127.0.0.1:{srv.address[1]}/"
+    assert transport == "tcp", transport
+    addr = await nursery.start(lambda task_status: serve_tcp(
+        lambda s: handle_session(s, cfg), "127.0.0.1", port, identity=cfg.identity,
+        task_status=task_status))
+    return f"tvcfs+tcp://{pid}@127.0.0.1:{addr[1]}/"
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
