@@ -29,7 +29,7 @@ import time
 import pytest
 from support.repo import fetch_levels
 from support.trees import assert_same_tree
-from support.server import TvcfsServe, gateway_thread
+from support.server import ServerProcess, TvcfsServe, gateway_thread
 
 from tvcfs.dag import FileIndex, iter_file, resolve_path, walk_dag
 from tvcfs.encoding.car import read_car
@@ -361,12 +361,9 @@ def test_gateway_store_reads_blocks_the_js_importer_made(tmp_path):
     files = {"d/a.bin": os.urandom(700_000), "d/b.txt": b"made by ipfs-unixfs-importer\n", "big.bin": os.urandom(2 * MIB + 7)}
     for rel, data in files.items():
         (src / rel).write_bytes(data)
-    proc = subprocess.Popen(["node", os.path.join(INTEROP, "gateway.mjs"), "serve", str(src)], cwd=INTEROP,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        line = proc.stdout.readline().decode()
-        assert line, proc.stderr.read().decode()[-3000:]
-        info = json.loads(line)
+    with ServerProcess(["node", os.path.join(INTEROP, "gateway.mjs"), "serve", str(src)], cwd=INTEROP,
+                       name="js-gateway") as srv:
+        info = json.loads(srv.lines[0])
         root = info["roots"][str(src)]
         with GatewayStore([info["url"]]) as gw:
             router = Router([Tier("local", MemoryStore()), Tier("helia", gw)])
@@ -377,12 +374,3 @@ def test_gateway_store_reads_blocks_the_js_importer_made(tmp_path):
             # every block came from the JS gateway once, verified, then was read locally
             assert st["hits"] > 3 and st["corrupt"] == 0 and st["unavailable"] == 0
             assert router.tiers[0].store.stat()["blocks"] == st["hits"]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        proc.stdout.close()
-        proc.stderr.close()

@@ -123,14 +123,15 @@ class ServerProcess:
 
     ``argv``: the command; ``log_path``: a file receiving its stderr (default: a
     temporary file named after ``name``, deleted when the server stops); ``env``: see
-    :func:`support.cli.cli_env`; ``timeout``: seconds to wait for the lines. Raises
+    :func:`support.cli.cli_env`; ``cwd``: its working directory; ``timeout``: seconds
+    to wait for the lines. Raises
     ``AssertionError`` with the log's tail if the process exits or stays silent; the
     process is stopped then. ``lines`` (list of str) holds what it printed, ``proc``
     the ``Popen``. Use as a context manager or call :meth:`stop`.
     """
 
     def __init__(self, argv: list, *, lines: int = 1, log_path: str | None = None, env: dict | None = None,
-                 timeout: float = 60.0, name: str = "server"):
+                 timeout: float = 60.0, name: str = "server", cwd: str | None = None):
         import tempfile
 
         if log_path:
@@ -140,7 +141,7 @@ class ServerProcess:
             self._log = tempfile.NamedTemporaryFile(prefix=f"tvcfs-test-{name}-", suffix=".log", delete=False)
             self.log_path, self._temp_log = self._log.name, True
         self.proc = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=self._log, env=cli_env(env))
+                                     stderr=self._log, env=cli_env(env), cwd=cwd)
         try:
             self.lines = self._read_lines(lines, timeout)
         except BaseException:
