@@ -10,7 +10,7 @@ import threading
 import pytest
 
 import tvcfs
-from conftest import assert_same_tree
+from support.trees import assert_same_tree
 from tvcfs.encoding.cid import CID, RAW, make_cid
 from tvcfs.errors import BlockNotFound, BlockUnavailable
 from tvcfs.gc import collect_garbage

@@ -18,7 +18,9 @@ import sys
 
 import pytest
 
-from conftest import make_finetune, run_tvcfs, tree_bytes
+from support.cli import run_tvcfs
+from support.model import make_finetune
+from support.trees import tree_bytes
 from tvcfs.encoding.cid import RAW, cid_str, make_cid
 from tvcfs.encoding.unixfs import MAX_LINKS, build_file
 from tvcfs.repo import Repo

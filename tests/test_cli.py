@@ -7,7 +7,9 @@ import re
 
 import pytest
 
-from conftest import assert_same_tree, make_finetune, run_tvcfs
+from support.cli import run_tvcfs
+from support.model import make_finetune
+from support.trees import assert_same_tree
 from tvcfs.repo import Repo
 
 CID_RE = re.compile(r"\bbafyrei[a-z2-7]{52}\b")

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import run_tvcfs, tvcfs_executable
+from support.cli import run_tvcfs, tvcfs_executable
 from tvcfs.repo import Repo
 
 pytestmark = pytest.mark.timeout(300)
@@ -251,7 +251,8 @@ def test_json_of_every_listing_command(history_repo, tmp_path):
 # ------------------------------------------------------------------ mount: mkdir / rmdir, stats --json
 @pytest.mark.fuse
 def test_mkdir_rmdir_through_the_mount_say_what_changed(small_repo, tmp_path):
-    from test_writes_support import Mounted, head, wait_head_change
+    from support.mount import Mounted
+    from support.repo import head, wait_head_change
 
     r, _ = small_repo
     with Repo.open(str(r)) as repo:
@@ -330,13 +331,13 @@ def test_progress_bars_only_on_a_terminal(tmp_path):
 
 
 def test_progress_bar_of_a_clone(tmp_path):
-    from test_remote_cli import Server
+    from support.server import TvcfsServe
 
     src = tmp_path / "src"
     tv("init", src)
     write(tmp_path / "m" / "w.bin", os.urandom(6 << 20))
     tv("-C", src, "commit", tmp_path / "m", "-m", "m")
-    s = Server(str(src), tmp_path)
+    s = TvcfsServe(str(src), tmp_path)
     try:
         rc, term = run_in_pty("clone", s.url, tmp_path / "c1")
         assert rc == 0 and "Receiving" in term and "[00:" in term and "B/s" in term, term

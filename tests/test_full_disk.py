@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import subprocess
 import sys
 
 import pytest
 
-from conftest import MIB, assert_same_tree, run_tvcfs
-from test_writes_support import Mounted, head
+from support import MIB
+from support.cli import run_tvcfs
+from support.trees import assert_same_tree
+from support.mount import Mounted
+from support.repo import head
+from support.server import TvcfsServe
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (root only)")
 
@@ -236,7 +239,7 @@ def test_quiet_commits_back_off_while_the_disk_is_full(small_disk, tmp_path):
         with open(os.path.join(m.branch(), "weights.bin"), "wb") as f:
             f.write(data)
         t0 = time.monotonic()
-        time.sleep(4.0)
+        time.sleep(4.0)  # the behaviour under test: how many retries fit in 4 s (the back-off)
         attempts = m.log().count("commit of branch main failed")
         # at ~0.2 s, then 1, 2 s later (and perhaps one more at the edge); a retry at
         # every 0.25 s tick would have made ~15
@@ -265,10 +268,8 @@ def test_clone_into_full_disk_stops_cleanly_and_resumes(small_disk, real_model_d
     run_tvcfs("init", src)
     run_tvcfs("--repo", src, "commit", real_model_dir, "-m", "model")
     commit = _head(src)
-    srv = subprocess.Popen([*_tvcfs(), "--repo", src, "serve", "--listen", "127.0.0.1:0"],
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
-        url = srv.stdout.readline().decode().strip()
+    with TvcfsServe(src, tmp_path) as srv:
+        url = srv.url
         assert url.startswith("tvcfs://"), url
         disk = small_disk(40 * MIB)
         dest = os.path.join(disk.path, "clone")
@@ -283,13 +284,6 @@ def test_clone_into_full_disk_stops_cleanly_and_resumes(small_disk, real_model_d
         run_tvcfs("--repo", dest, "fsck")
         run_tvcfs("--repo", dest, "checkout", "main", tmp_path / "co")
         assert_same_tree(str(tmp_path / "co"), real_model_dir)
-    finally:
-        srv.send_signal(signal.SIGTERM)
-        try:
-            srv.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            srv.kill()
-            srv.wait()
 
 
 def _head(root: str) -> bytes | None:
@@ -301,9 +295,3 @@ def _head(root: str) -> bytes | None:
         return head(r)
     finally:
         r.close()
-
-
-def _tvcfs():
-    from conftest import tvcfs_executable
-
-    return tvcfs_executable()

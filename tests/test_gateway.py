@@ -27,8 +27,9 @@ import sys
 import time
 
 import pytest
-from conftest import assert_same_tree, fetch_levels
-from gateway_support import ServeHTTP, gateway_thread
+from support.repo import fetch_levels
+from support.trees import assert_same_tree
+from support.server import ServerProcess, TvcfsServe, gateway_thread
 
 from tvcfs.dag import FileIndex, iter_file, resolve_path, walk_dag
 from tvcfs.encoding.car import read_car
@@ -228,7 +229,7 @@ def test_gateway_store_reads_the_real_model_from_tvcfs_serve_http(real_model_dir
         n_blocks = len(list(walk_dag(src.get, commit)))
     finally:
         src.close()
-    srv = ServeHTTP(str(tmp_path / "src"), tmp_path)  # peers and HTTP from one process
+    srv = TvcfsServe(str(tmp_path / "src"), tmp_path, "--http", "127.0.0.1:0")  # peers and HTTP from one process
     try:
         assert srv.peer_url and srv.peer_url.startswith("tvcfs://")
         monkeypatch.setenv("TVCFS_BACKENDS", "gateway")
@@ -252,7 +253,7 @@ def test_gateway_store_reads_the_real_model_from_tvcfs_serve_http(real_model_dir
 
 def test_serve_http_only_and_bad_address(tmp_path, tvcfs_cli):
     Repo.init(str(tmp_path / "r")).close()
-    srv = ServeHTTP(str(tmp_path / "r"), tmp_path, "--http-only")
+    srv = TvcfsServe(str(tmp_path / "r"), tmp_path, "--http", "127.0.0.1:0", "--http-only")
     try:
         assert srv.peer_url is None
         r = httpx2.get(f"{srv.url}/ipfs/bafkqaaa?format=raw", timeout=30)
@@ -336,7 +337,7 @@ def test_helia_verified_fetch_reads_a_tvcfs_file_by_cid(real_model_dir, tmp_path
         files = {p: repo.entry(None, p) for p in ("config.json", "tokenizer.json", "model.safetensors")}
     finally:
         repo.close()
-    srv = ServeHTTP(str(tmp_path / "r"), tmp_path, "--http-only")
+    srv = TvcfsServe(str(tmp_path / "r"), tmp_path, "--http", "127.0.0.1:0", "--http-only")
     try:
         for rel, e in files.items():
             out = tmp_path / f"js-{rel}"
@@ -360,12 +361,9 @@ def test_gateway_store_reads_blocks_the_js_importer_made(tmp_path):
     files = {"d/a.bin": os.urandom(700_000), "d/b.txt": b"made by ipfs-unixfs-importer\n", "big.bin": os.urandom(2 * MIB + 7)}
     for rel, data in files.items():
         (src / rel).write_bytes(data)
-    proc = subprocess.Popen(["node", os.path.join(INTEROP, "gateway.mjs"), "serve", str(src)], cwd=INTEROP,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        line = proc.stdout.readline().decode()
-        assert line, proc.stderr.read().decode()[-3000:]
-        info = json.loads(line)
+    with ServerProcess(["node", os.path.join(INTEROP, "gateway.mjs"), "serve", str(src)], cwd=INTEROP,
+                       name="js-gateway") as srv:
+        info = json.loads(srv.lines[0])
         root = info["roots"][str(src)]
         with GatewayStore([info["url"]]) as gw:
             router = Router([Tier("local", MemoryStore()), Tier("helia", gw)])
@@ -376,12 +374,3 @@ def test_gateway_store_reads_blocks_the_js_importer_made(tmp_path):
             # every block came from the JS gateway once, verified, then was read locally
             assert st["hits"] > 3 and st["corrupt"] == 0 and st["unavailable"] == 0
             assert router.tiers[0].store.stat()["blocks"] == st["hits"]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        proc.stdout.close()
-        proc.stderr.close()

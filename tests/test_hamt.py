@@ -21,8 +21,8 @@ import os
 
 import pytest
 
-from conftest import run_tvcfs
-from test_writes_support import Mounted
+from support.cli import run_tvcfs
+from support.mount import Mounted
 from tvcfs.dag import KIND_DIR, FileIndex, dir_links, resolve_path, walk_dag
 from tvcfs.encoding.cid import DAG_PB, cid_from_str, cid_str
 from tvcfs.encoding.unixfs import HAMT, build_directory, decode_pb_unixfs

@@ -25,8 +25,10 @@ import sys
 
 import pytest
 
-from conftest import assert_same_tree, make_finetune, run_tvcfs
-from test_writes_support import Mounted
+from support.cli import run_tvcfs
+from support.model import make_finetune
+from support.trees import assert_same_tree
+from support.mount import Mounted
 
 hf = pytest.importorskip("huggingface_hub")
 try:  # recent huggingface_hub keeps each commit's file listing in trees/HASH.json

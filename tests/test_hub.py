@@ -16,8 +16,11 @@ import time
 
 import pytest
 
-from conftest import assert_same_tree, run_tvcfs
-from hub_support import add_user, get_json, hf_env, ndjson, request, run_py, running_hub
+from support.cli import run_tvcfs
+from support.trees import assert_same_tree
+from support.hub import add_user, get_json, hf_env, ndjson, request, run_py
+from support.server import running_hub
+from support.wait import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -457,7 +460,7 @@ def test_disconnect_mid_upload_leaves_nothing(hub):
     s.sendall((f"POST /api/models/{ORG}/model/commit/main HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tok}\r\n"
                f"Content-Type: application/x-ndjson\r\nContent-Length: {len(body)}\r\n\r\n").encode()
               + body[: len(body) // 2])
-    time.sleep(0.5)
+    time.sleep(0.5)  # the hub reads the half body (no signal to wait on), then the client vanishes
     s.close()
     # an LFS object cut off half-way is not kept either
     st, batch = get_json(url, f"/{ORG}/model.git/info/lfs/objects/batch", tok, "POST",
@@ -466,12 +469,10 @@ def test_disconnect_mid_upload_leaves_nothing(hub):
     path = href[len(url):]
     s = socket.create_connection(("127.0.0.1", port))
     s.sendall((f"PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {1 << 20}\r\n\r\n").encode() + b"x" * 1000)
-    time.sleep(0.5)
+    time.sleep(0.5)  # the hub starts the upload (no signal to wait on), then the client vanishes
     s.close()
-    deadline = time.monotonic() + 30
-    while os.listdir(os.path.join(hub["root"], "tmp")) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert os.listdir(os.path.join(hub["root"], "tmp")) == []
+    wait_until(lambda: os.listdir(os.path.join(hub["root"], "tmp")) == [], 30,
+               what="the hub to remove the cut-off upload's temporary file")
     assert not os.path.exists(os.path.join(hub["root"], "uploads", ORG, "model", "ab" * 32))
     assert run_tvcfs("-C", _repo_path(hub, "model"), "log", "-n1", "--oneline").stdout == head
     # a forged or tampered upload URL is refused
@@ -501,7 +502,8 @@ def test_systemd_unit_of_the_hub(tmp_path):
     import shutil
     import subprocess
 
-    from conftest import REPO_ROOT, tvcfs_executable
+    from support import REPO_ROOT
+    from support.cli import tvcfs_executable
 
     dest = tmp_path / "root"
     r = subprocess.run(["sh", os.path.join(REPO_ROOT, "packaging", "install.sh"), "--destdir", str(dest),
@@ -525,7 +527,7 @@ def test_block_exchange_clone_push_and_lazy_mount_through_the_hub(hub, real_mode
     """--transport-listen serves every repository's blocks from the hub's process:
     tvcfs clone / push / lazy mount of tvcfs://PEERID@HOST:PORT/ORG/NAME, pushes and
     private reads allowed by the peer IDs users registered."""
-    from lazy_support import lazy_mount, wait_peers_ready
+    from support.mount import lazy_mount, wait_peers_ready
 
     root = hub["root"]
     with running_hub(root, "--transport-listen", "127.0.0.1:0", lines=2) as (_, turl):

@@ -17,8 +17,11 @@ import time
 
 import pytest
 
-from conftest import make_finetune, run_tvcfs, write_safetensors_raw
-from hub_support import add_user, get_json, request, running_hub
+from support.cli import run_tvcfs
+from support.model import make_finetune
+from support.safetensors import write_safetensors_raw
+from support.hub import add_user, get_json, request
+from support.server import running_hub
 
 pytestmark = pytest.mark.slow
 

@@ -29,8 +29,12 @@ import time
 import numpy as np
 import pytest
 
-from lazy_support import (MIB, Server, lazy_mount, remote_stats, run, tensor_range,
-                          wait_peers_ready, wire_bytes)
+from support import MIB
+from support.cli import run_tvcfs_text as run
+from support.mount import lazy_mount, remote_stats, wait_peers_ready, wire_bytes
+from support.safetensors import tensor_range
+from support.server import Server
+from support.wait import wait_until
 
 pytestmark = [pytest.mark.fuse]
 
@@ -79,7 +83,7 @@ def _sha(path: str) -> str:
 
 @pytest.fixture(scope="module")
 def model_src(tmp_path_factory, real_model_dir):
-    from lazy_support import commit_dir
+    from support.repo import commit_dir
 
     d = tmp_path_factory.mktemp("lazy-model")
     commit_dir(str(d / "src"), real_model_dir)
@@ -96,7 +100,7 @@ def model_server(model_src, tmp_path_factory):
 @pytest.fixture(scope="module")
 def big_src(tmp_path_factory):
     """A repository with ``big.bin``: 192 MiB of random bytes (CDC-chunked)."""
-    from lazy_support import commit_dir
+    from support.repo import commit_dir
 
     d = tmp_path_factory.mktemp("lazy-big")
     wt = d / "wt"
@@ -210,7 +214,7 @@ def test_safe_open_three_named_tensors_moves_only_those(model_server, real_model
 # --------------------------------------------------------------------------- URL mount, full read
 @pytest.mark.timeout(180)
 def test_mount_url_directly_full_read_is_byte_identical(model_server, real_model_dir, tmp_path):
-    from conftest import tree_bytes
+    from support.trees import tree_bytes
 
     from tvcfs.fs.daemon import is_mounted
 
@@ -235,9 +239,9 @@ def test_mount_url_directly_full_read_is_byte_identical(model_server, real_model
         assert moved <= 1.1 * total
         assert r["foreground_timeouts"] == 0 and r["bad_blocks"] == 0
     finally:
-        run("unmount", mnt, ok=False)
+        run("unmount", mnt, ok=None)
         if is_mounted(str(mnt)):
-            run("unmount", "-z", mnt, ok=False)
+            run("unmount", "-z", mnt, ok=None)
     # the cache is a lazy clone holding what was read; mounting again reuses it
     run("mount", model_server.url, mnt, env=env)
     try:
@@ -246,7 +250,7 @@ def test_mount_url_directly_full_read_is_byte_identical(model_server, real_model
             assert f.read(1 << 20) == open(os.path.join(real_model_dir, MODEL), "rb").read(1 << 20)
         assert remote_stats(str(mnt))["wire_bytes"] < 1 << 20
     finally:
-        run("unmount", mnt, ok=False)
+        run("unmount", mnt, ok=None)
 
 
 # --------------------------------------------------------------------------- failures
@@ -379,7 +383,7 @@ def test_no_peers_eio_within_timeout_then_next_read_works(model_src, real_model_
 @pytest.fixture(scope="module")
 def gib_src(tmp_path_factory):
     """A repository with ``big.bin``: 1 GiB of random bytes."""
-    from lazy_support import commit_dir
+    from support.repo import commit_dir
 
     d = tmp_path_factory.mktemp("lazy-gib")
     wt = d / "wt"
@@ -421,10 +425,8 @@ def test_foreground_read_during_background_prefetch_of_1gib(gib_src, tmp_path):
                 # background prefetch of the whole file (lowest priority)
                 with open(os.path.join(m, ".tvcfs", "prefetch"), "w") as f:
                     f.write("branches/main/big.bin\n")
-                deadline = time.monotonic() + 30
-                while remote_stats(m)["classes"]["prefetch"]["bytes"] < 32 * MIB:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.01)
+                wait_until(lambda: remote_stats(m)["classes"]["prefetch"]["bytes"] >= 32 * MIB, 30,
+                           what="32 MiB of background prefetch", interval=0.01)
                 p0 = remote_stats(m)["classes"]["prefetch"]["bytes"]
                 # a burst of reads while the prefetch is running (it yields to them)
                 loaded = _timed_reads(fd, [rnd.randrange(size // 2, size - 4096) for _ in range(40)])
@@ -432,7 +434,7 @@ def test_foreground_read_during_background_prefetch_of_1gib(gib_src, tmp_path):
                 # single reads landing in the running prefetch, one every 150 ms
                 spaced = []
                 for _ in range(8):
-                    time.sleep(0.15)
+                    time.sleep(0.15)  # the spacing is the load pattern under test
                     spaced += _timed_reads(fd, [rnd.randrange(size // 2, size - 4096)])
                 p2 = remote_stats(m)["classes"]["prefetch"]["bytes"]
             finally:
@@ -455,11 +457,11 @@ def test_mount_prefetch_option_fetches_in_background(model_server, real_model_di
     mnt = tmp_path / "mnt"
     with lazy_mount(str(tmp_path / "clone"), str(mnt), "--prefetch", "*.safetensors") as m:
         size = os.path.getsize(os.path.join(real_model_dir, MODEL))
-        deadline = time.monotonic() + 60
-        while remote_stats(m)["classes"]["prefetch"]["bytes"] < size * 0.95:
-            assert time.monotonic() < deadline, remote_stats(m)
-            time.sleep(0.05)
-        r = remote_stats(m)
+        # done = at least 95 % of the file's bytes arrived and nothing is in flight (at
+        # 95 % alone the last leaves may still be coming: the read below would count them)
+        r = wait_until(lambda: (r := remote_stats(m))["classes"]["prefetch"]["bytes"] >= size * 0.95
+                       and not r["pending_wants"] and not r["queued_jobs"] and r, 60,
+                       what="the prefetch of the model to finish")
         assert r["classes"]["foreground"]["bytes"] == 0
         w = r["wire_bytes"]
         # now local: reading it moves nothing

@@ -1,7 +1,7 @@
 """A lazy mount tells the user why a read fails (issue 14, item 7; docs/lazy.md,
 "Failure behaviour").
 
-Real server processes (tests/lazy_support.py), real QUIC on loopback, real FUSE
+Real server processes (tests/support/server.py), real QUIC on loopback, real FUSE
 mounts, the real ``tvcfs`` CLI. What is shown:
 
 * every peer down: a read of a file not fetched yet fails with ``EIO`` within the
@@ -31,8 +31,12 @@ import time
 import numpy as np
 import pytest
 
-from lazy_support import MIB, Server, commit_dir, lazy_mount, remote_stats, run
-from test_writes_support import wait_for
+from support import MIB
+from support.cli import run_tvcfs_text as run
+from support.mount import lazy_mount, remote_stats
+from support.repo import commit_dir
+from support.server import Server
+from support.wait import wait_until
 
 pytestmark = [pytest.mark.fuse]
 
@@ -115,7 +119,7 @@ def test_peer_down_eio_reason_shown_then_reads_resume(two_files, tmp_path):
             assert dt <= TIMEOUT + MARGIN
 
             # the foreground mount's stderr: the peer, why, and the file that failed
-            log = wait_for(lambda: _log_matching(log_path, "b.bin"),
+            log = wait_until(lambda: _log_matching(log_path, "b.bin"),
                            10, what="the failed read in the mount's log")
             down = [ln for ln in log.splitlines() if re.search(rf"peer {re.escape(peer)} down", ln)]
             assert len(down) == 1, log[-4000:]  # once per state change, not per attempt
@@ -124,7 +128,7 @@ def test_peer_down_eio_reason_shown_then_reads_resume(two_files, tmp_path):
             assert any(peer in ln and "unreachable" in ln for ln in failed), failed
 
             # tvcfs status (in the repository) and tvcfs stats (of the mount)
-            wait_for(lambda: _status_matching(clone, rf"peer {re.escape(peer)} down.*unreachable",
+            wait_until(lambda: _status_matching(clone, rf"peer {re.escape(peer)} down.*unreachable",
                                               r"last failed read .*branches/main/b.bin"),
                      10, what="tvcfs status to show the peer down and the failed read")
             stats = run("stats", m).stdout
@@ -142,15 +146,15 @@ def test_peer_down_eio_reason_shown_then_reads_resume(two_files, tmp_path):
             # the peer comes back (same port, same key): reads work without remounting
             servers.append(Server(src, key=key, port=port))
             t1 = time.monotonic()
-            wait_for(lambda: _timed_read(os.path.join(main, "b.bin"))[2] == data["b.bin"],
+            wait_until(lambda: _timed_read(os.path.join(main, "b.bin"))[2] == data["b.bin"],
                      TIMEOUT + 10, what="b.bin to read again after the peer restarted")
             print(f"read again {time.monotonic() - t1:.2f} s after the peer restarted")
             assert remote_stats(m)["peers"][peer]["state"] == "ready"
-            log = wait_for(lambda: _log_matching(log_path, rf"peer {re.escape(peer)} back up"),
+            log = wait_until(lambda: _log_matching(log_path, rf"peer {re.escape(peer)} back up"),
                 10, what="the peer's return in the mount's log")
             assert sum(1 for ln in log.splitlines()
                        if re.search(rf"peer {re.escape(peer)} back up", ln)) == 1
-            wait_for(lambda: _status_matching(clone, rf"peer {re.escape(peer)} ready"),
+            wait_until(lambda: _status_matching(clone, rf"peer {re.escape(peer)} ready"),
                      10, what="tvcfs status to show the peer ready")
             assert "state: ready" in run("stats", m).stdout
         # unmounted: the status file is gone, status no longer lists the mount
@@ -188,18 +192,18 @@ def test_silent_peer_background_mount_fails_within_timeout_with_reason(two_files
             print(f"\nEIO after {dt:.2f} s (fetch timeout {TIMEOUT} s)")
             assert err is not None and err.errno == errno.EIO, err
             assert dt <= TIMEOUT + MARGIN
-            p = wait_for(lambda: _peer_down(str(mnt), peer), 15, what="the silent peer to be marked down")
+            p = wait_until(lambda: _peer_down(str(mnt), peer), 15, what="the silent peer to be marked down")
             assert "unreachable" in p["last_error"] and "no answer" in p["last_error"], p
-            wait_for(lambda: _status_matching(
+            wait_until(lambda: _status_matching(
                 clone, rf"peer {re.escape(peer)} down.*unreachable.*no answer",
                 r"last failed read .*branches/main/b.bin"), 10, what="tvcfs status")
             log = _read_log(clone / ".tvcfs" / "mount.log")
             assert re.search(rf"peer {re.escape(peer)} down: unreachable.*no answer", log), log
             assert re.search(r"read of branches/main/b.bin .*no answer", log), log
         finally:
-            run("unmount", mnt, ok=False)
+            run("unmount", mnt, ok=None)
             if is_mounted(str(mnt)):
-                run("unmount", "-z", mnt, ok=False)
+                run("unmount", "-z", mnt, ok=None)
     finally:
         hole.close()
 
@@ -226,15 +230,15 @@ def test_hung_peer_is_dropped_and_reads_resume_when_it_wakes(two_files, tmp_path
                 print(f"\nEIO after {dt:.2f} s (fetch timeout {TIMEOUT} s)")
                 assert err is not None and err.errno == errno.EIO, err
                 assert dt <= TIMEOUT + MARGIN
-                p = wait_for(lambda: _peer_down(m, peer), 15, what="the hung peer to be marked down")
+                p = wait_until(lambda: _peer_down(m, peer), 15, what="the hung peer to be marked down")
                 assert "no answer" in p["last_error"], p
-                wait_for(lambda: _status_matching(tmp_path / "clone",
+                wait_until(lambda: _status_matching(tmp_path / "clone",
                                                   rf"peer {re.escape(peer)} down.*no answer"),
                          10, what="tvcfs status to show the hung peer down")
             finally:
                 os.kill(server.proc.pid, signal.SIGCONT)
             t1 = time.monotonic()
-            wait_for(lambda: _timed_read(os.path.join(main, "b.bin"))[2] == data["b.bin"],
+            wait_until(lambda: _timed_read(os.path.join(main, "b.bin"))[2] == data["b.bin"],
                      TIMEOUT + 10, what="b.bin to read after the peer woke up")
             print(f"read again {time.monotonic() - t1:.2f} s after the peer woke up")
         log = _read_log(log_path)

@@ -21,11 +21,12 @@ from tvcfs.encoding.cid import DAG_PB, cid_codec
 from tvcfs.repo import Repo
 from tvcfs.transport import protocol as P
 from tvcfs.transport.backend import RepoBackend
-from tvcfs.transport.identity import NodeIdentity, format_peer_id
+from tvcfs.transport.identity import NodeIdentity
 from tvcfs.transport.ledger import PeerLedger
-from tvcfs.transport.server import ServerConfig, handle_session
-from tvcfs.transport.tcp import serve_tcp
+from tvcfs.transport.server import ServerConfig
 from tvcfs.transport.wants import open_mux
+
+from support.server import start_server
 
 MIB = 1 << 20
 
@@ -48,13 +49,6 @@ def _repo_with_file(path, size: int, seed: int):
                 interior.append(ch)
                 stack.append(ch)
     return repo, idx, interior
-
-
-async def _serve(nursery, cfg):
-    addr = await nursery.start(lambda task_status: serve_tcp(
-        lambda s: handle_session(s, cfg), "127.0.0.1", 0, identity=cfg.identity,
-        task_status=task_status))
-    return f"tvcfs+tcp://{format_peer_id(cfg.identity.peer_id)}@127.0.0.1:{addr[1]}/"
 
 
 class Recorder:
@@ -101,7 +95,7 @@ def test_priority_preemption_and_no_duplicates(tmp_path):
 
     async def main():
         async with trio.open_nursery() as n:
-            url = await _serve(n, cfg)
+            url = await start_server(n, cfg, "tcp")
             rec = Recorder()
             async with open_mux(url, rec) as mux, trio.open_nursery() as inner:
                 inner.start_soon(mux.run)
@@ -138,7 +132,7 @@ def test_byte_range_request_one_round_trip_exact_leaves(tmp_path):
 
     async def main():
         async with trio.open_nursery() as n:
-            url = await _serve(n, cfg)
+            url = await start_server(n, cfg, "tcp")
             rec = Recorder()
             async with open_mux(url, rec) as mux, trio.open_nursery() as inner:
                 inner.start_soon(mux.run)
@@ -194,7 +188,7 @@ def test_greedy_peer_does_not_starve_another(tmp_path):
 
     async def main():
         async with trio.open_nursery() as n:
-            url = await _serve(n, cfg)
+            url = await start_server(n, cfg, "tcp")
             greedy, modest = Recorder(), Recorder()
             async with open_mux(url, greedy, identity=NodeIdentity.generate()) as mg, \
                     open_mux(url, modest, identity=NodeIdentity.generate()) as mm, \

@@ -236,7 +236,7 @@ def test_ties_and_task_arithmetic_on_repo(repo, tmp_path):
     assert r.kind == MERGED and r.commit is None
     r = merge(repo, "theirs", branch="main", strategies="ties:density=0.5")
     assert r.kind == MERGED
-    # same hand computation as tests/test_merge_strategies.py::test_ties
+    # same hand computation as tests/unit/test_merge_strategies.py::test_ties
     assert load(read_file(repo, "main", "m.safetensors"))["w"].tolist() == [1.0, 3.0, 3.0, -3.0]
     assert "ties" in repo.read_commit(r.commit).metadata["merge-strategies"]
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import gc
-import json
 import mmap
 import os
 import random
@@ -39,8 +38,11 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from conftest import tvcfs_executable
-from lazy_support import drop_file_cache
+from support.cli import tvcfs_executable
+from support.model import ADDED, make_finetune
+from support.mount import Mounted, abort_all, drop_file_cache, os_err
+from support.safetensors import read_safetensors_header
+from support.wait import wait_until
 from tvcfs.encoding.cid import cid_str
 from tvcfs.fs.daemon import is_mounted
 from tvcfs.repo import Author, Repo
@@ -54,8 +56,6 @@ WATCHDOG = TEST_TIMEOUT - 20  # abort this module's mounts before the timeout fi
 
 AUTHOR = Author("Mount Test", "mount-test@example.org")
 T1, T2, T3 = 1_700_000_000, 1_700_003_600, 1_700_007_200
-CHANGED = ("encoder.layer.2.attention.self.query.weight", "encoder.layer.4.output.dense.weight")
-ADDED = "embeddings.adapter.weight"
 BIG_TENSOR = "embeddings.word_embeddings.weight"
 
 pytestmark = [pytest.mark.fuse, pytest.mark.timeout(TEST_TIMEOUT)]
@@ -64,103 +64,16 @@ if not (os.path.exists("/dev/fuse") and shutil.which("fusermount3")):
 
 
 # --------------------------------------------------------------------------- mounts
-class _Mount:
-    """A ``tvcfs mount -f`` child process serving ``path``."""
-
-    def __init__(self, repo: str, path: str, proc: subprocess.Popen, log: str):
-        self.repo, self.path, self.proc, self.log = repo, path, proc, log
-        self.dev = None
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def p(self, *parts) -> str:
-        return os.path.join(self.path, *parts)
-
-    def stats(self) -> dict:
-        with open(self.p(".tvcfs", "stats")) as f:
-            return json.load(f)
-
-    def log_text(self) -> str:
-        try:
-            with open(self.log, "rb") as f:
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
-
-    def abort(self) -> None:
-        """Make every request pending on this mount fail at once (never blocks):
-        abort the FUSE connection, kill the mount process, detach the mount."""
-        if self.dev is not None:
-            try:
-                with open(f"/sys/fs/fuse/connections/{os.minor(self.dev)}/abort", "w") as f:
-                    f.write("1")
-            except OSError:
-                pass
-        if self.proc.poll() is None:
-            self.proc.kill()
-        subprocess.run(["fusermount3", "-u", "-z", self.path], capture_output=True, timeout=30)
-
-    def close(self) -> None:
-        """Unmount (politely, then lazily), wait for the process, kill it if needed."""
-        try:
-            if is_mounted(self.path):
-                r = subprocess.run(["fusermount3", "-u", self.path], capture_output=True, timeout=30)
-                if r.returncode != 0:
-                    subprocess.run(["fusermount3", "-u", "-z", self.path], capture_output=True, timeout=30)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.abort()
-                self.proc.wait(timeout=20)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            if is_mounted(self.path):
-                subprocess.run(["fusermount3", "-u", "-z", self.path], capture_output=True, timeout=30)
-
-
-_ACTIVE: dict[str, _Mount] = {}
-
-
-@contextlib.contextmanager
-def _mounted(repo: str, path: str, *args: str, timeout: float = 30.0):
-    """Mount ``repo`` on ``path`` (``tvcfs mount -f ARGS``) for the ``with`` block;
-    yields a :class:`_Mount`. Always unmounts."""
-    repo, path = os.fspath(repo), os.fspath(path)
-    os.makedirs(path, exist_ok=True)
-    assert not is_mounted(path), f"{path} is already mounted"
-    log = path.rstrip("/") + ".log"
-    with open(log, "ab") as logf:
-        proc = subprocess.Popen([sys.executable, "-m", "tvcfs.cli", "mount", "-f", *args, repo, path],
-                                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
-    m = _Mount(repo, path, proc, log)
-    _ACTIVE[path] = m
-    try:
-        deadline = time.monotonic() + timeout
-        while not is_mounted(path):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mount of {repo} on {path} failed:\n{m.log_text()}")
-            time.sleep(0.02)
-        m.dev = os.stat(path).st_dev
-        yield m
-    finally:
-        _ACTIVE.pop(path, None)
-        m.close()
-
-
-def _abort_all():
-    for m in list(_ACTIVE.values()):
-        m.abort()
+#: options of this module's mounts (support.mount.Mounted): the CLI's commit delay,
+#: the module's per-test watchdog instead of a per-mount one, no log check
+MOUNT_OPTS = {"commit_delay": None, "limit": None, "check_log": False}
 
 
 @pytest.fixture(autouse=True)
 def _watchdog():
-    """Abort this module's mounts if a test runs close to its timeout (a blocked
+    """Abort this process's mounts if a test runs close to its timeout (a blocked
     request then fails with ENOTCONN, so the timeout and the fixtures can act)."""
-    t = threading.Timer(WATCHDOG, _abort_all)
+    t = threading.Timer(WATCHDOG, abort_all)
     t.daemon = True
     t.start()
     try:
@@ -169,46 +82,7 @@ def _watchdog():
         t.cancel()
 
 
-def _wait(cond, timeout=10.0, step=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(step)
-
-
-def _errno_of(fn, *a, **kw):
-    try:
-        fn(*a, **kw)
-    except OSError as e:
-        return e.errno
-    return 0
-
-
 # --------------------------------------------------------------------------- data
-def _finetune(src: str, dst: str, seed: int = 0) -> None:
-    """Copy model directory ``src`` to ``dst``; in its model.safetensors change two
-    tensors slightly and add one (its name sorts early, so later tensors move)."""
-    from safetensors import safe_open
-    from safetensors.numpy import save_file
-
-    shutil.copytree(src, dst)
-    path = os.path.join(dst, "model.safetensors")
-    with safe_open(path, "np") as f:
-        meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    rng = np.random.default_rng(seed)
-    for name in CHANGED:
-        t = tensors[name]
-        tensors[name] = (t + rng.standard_normal(t.shape).astype(t.dtype) * 1e-3).astype(t.dtype)
-    tensors[ADDED] = rng.standard_normal((384, 64)).astype(np.float32)
-    os.unlink(path)
-    save_file(tensors, path, metadata=meta)
-
-
 def _files(root: str) -> dict:
     """``{relpath: ("file", mode & 0o111) | ("link", target) | ("dir",)}`` under root."""
     out = {}
@@ -242,15 +116,6 @@ def _assert_same_tree(src: str, mounted: str) -> None:
             assert _read(os.path.join(mounted, rel)) == _read(os.path.join(src, rel)), f"{rel} differs"
 
 
-_drop_file_cache = drop_file_cache
-
-
-def _st_header(path: str) -> tuple[int, dict]:
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        return 8 + n, json.loads(f.read(n))
-
-
 @dataclass
 class World:
     base: str
@@ -261,18 +126,18 @@ class World:
     c1: bytes
     c2: bytes
     c3: bytes
-    m: _Mount
+    m: Mounted
 
     @property
     def mnt(self) -> str:
-        return self.m.path
+        return self.m.mnt
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, real_model_dir):
     base = str(tmp_path_factory.mktemp("mount"))
     src2 = os.path.join(base, "src2")
-    _finetune(real_model_dir, src2)
+    make_finetune(real_model_dir, src2)
     src3 = os.path.join(base, "src3")
     shutil.copytree(real_model_dir, src3)
     with open(os.path.join(src3, "run.sh"), "w") as f:
@@ -290,7 +155,7 @@ def world(tmp_path_factory, real_model_dir):
         c2 = repo.commit_dir(src2, "main", "fine-tune", AUTHOR, timestamp=T2).cid
         repo.create_branch("exp", c1)
         c3 = repo.commit_dir(src3, "exp", "extras", AUTHOR, timestamp=T3).cid
-        with _mounted(repo.root, os.path.join(base, "mnt")) as m:
+        with Mounted(repo.root, os.path.join(base, "mnt"), **MOUNT_OPTS) as m:
             yield World(base, repo, real_model_dir, src2, src3, c1, c2, c3, m)
     finally:
         repo.close()
@@ -372,8 +237,8 @@ def test_enoent_for_unknown_revisions_and_paths(world):
               "commits/v2", "tags/nosuch", "branches/nosuch", "nosuch",
               "tags/v1/nosuch.json", f"commits/{full1}/1_Pooling/nosuch",
               ".tvcfs/nosuch"):
-        assert _errno_of(os.stat, os.path.join(m, p)) == errno.ENOENT, p
-    assert _errno_of(os.listdir, os.path.join(m, "tags", "v1", "config.json")) == errno.ENOTDIR
+        assert os_err(os.stat, os.path.join(m, p)) == errno.ENOENT, p
+    assert os_err(os.listdir, os.path.join(m, "tags", "v1", "config.json")) == errno.ENOTDIR
 
 
 def test_stat_fields(world):
@@ -434,7 +299,7 @@ def test_writes_fail_with_erofs(world, view):
     }
     for what, fn in attempts.items():
         # hard links are refused everywhere (EPERM, "not supported"), elsewhere EROFS
-        assert _errno_of(fn) in ((errno.EROFS, errno.EPERM) if what == "link" else (errno.EROFS,)), what
+        assert os_err(fn) in ((errno.EROFS, errno.EPERM) if what == "link" else (errno.EROFS,)), what
     assert _read(f) == before
     assert "new.txt" not in os.listdir(root)
 
@@ -453,7 +318,7 @@ def test_random_offset_reads_8_threads(world):
     data = {}
     for rel, src in files:
         p = os.path.join(world.mnt, rel)
-        _drop_file_cache(p)
+        drop_file_cache(p)
         data[p] = _read(os.path.join(src, *rel.split("/")[2:]))
     before = world.m.stats()
     errors = []
@@ -520,10 +385,10 @@ def test_readahead_and_1mib_requests(world):
     st = os.stat(world.mnt)
     bdi = f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb"
     if os.geteuid() == 0:
-        _wait(lambda: open(bdi).read().strip() == "1024", 5, what="read_ahead_kb = 1024")
+        wait_until(lambda: open(bdi).read().strip() == "1024", 5, what="read_ahead_kb = 1024")
     p = os.path.join(world.mnt, "commits", cid_str(world.c2), "model.safetensors")
     size = os.path.getsize(p)
-    _drop_file_cache(p)
+    drop_file_cache(p)
     s0 = world.m.stats()
     with open(p, "rb", buffering=0) as f:
         while f.read(MIB):
@@ -582,21 +447,21 @@ def test_branch_moves_while_mounted(tmp_path):
     with Repo.init(str(tmp_path / "repo")) as repo:
         c1 = repo.commit_dir(str(a), "main", "one", AUTHOR, timestamp=T1).cid
         repo.create_tag("v1", c1)
-        with _mounted(repo.root, str(tmp_path / "mnt")) as m:
-            br = m.p("branches", "main")
+        with Mounted(repo.root, str(tmp_path / "mnt"), **MOUNT_OPTS) as m:
+            br = m.path("branches", "main")
             assert _read(os.path.join(br, "note.txt")) == b"old\n"
             f = open(os.path.join(br, "blob.bin"), "rb", buffering=0)
             try:
                 assert f.read(MIB) == old_blob[:MIB]
                 st_old = os.fstat(f.fileno())
                 c2 = repo.commit_dir(str(b), "main", "two", AUTHOR, timestamp=T2).cid
-                _wait(lambda: _read(os.path.join(br, "note.txt")) == b"new note\n", 10,
+                wait_until(lambda: _read(os.path.join(br, "note.txt")) == b"new note\n", 10,
                       what="branches/main to follow the branch")
                 assert sorted(os.listdir(br)) == ["added.txt", "blob.bin", "note.txt"]
                 assert _read(os.path.join(br, "blob.bin")) == new_blob
                 assert os.stat(os.path.join(br, "blob.bin")).st_size == len(new_blob)
                 # (branches/ is the writable layer's: its mtimes are not asserted here)
-                st = os.stat(m.p("commits", "main", "blob.bin"))
+                st = os.stat(m.path("commits", "main", "blob.bin"))
                 assert st.st_size == len(new_blob) and st.st_mtime == T2
                 # the open file still reads the old content, also after its cache is dropped
                 os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
@@ -605,14 +470,14 @@ def test_branch_moves_while_mounted(tmp_path):
                 assert os.fstat(f.fileno()).st_size == st_old.st_size == len(old_blob)
             finally:
                 f.close()
-            assert _read(m.p("tags", "v1", "note.txt")) == b"old\n"
-            assert _read(m.p("commits", "main~1", "note.txt")) == b"old\n"
-            assert _read(m.p("commits", "main", "note.txt")) == b"new note\n"
-            assert os.listdir(m.p("commits")) == [cid_str(c2), cid_str(c1)]
+            assert _read(m.path("tags", "v1", "note.txt")) == b"old\n"
+            assert _read(m.path("commits", "main~1", "note.txt")) == b"old\n"
+            assert _read(m.path("commits", "main", "note.txt")) == b"new note\n"
+            assert os.listdir(m.path("commits")) == [cid_str(c2), cid_str(c1)]
             # a new branch appears too
             repo.create_branch("feature", c1)
-            _wait(lambda: "feature" in os.listdir(m.p("branches")), 10, what="new branch")
-            assert _read(m.p("branches", "feature", "note.txt")) == b"old\n"
+            wait_until(lambda: "feature" in os.listdir(m.path("branches")), 10, what="new branch")
+            assert _read(m.path("branches", "feature", "note.txt")) == b"old\n"
 
 
 def test_missing_and_corrupt_blocks_give_eio(tmp_path, real_model_dir):
@@ -623,7 +488,8 @@ def test_missing_and_corrupt_blocks_give_eio(tmp_path, real_model_dir):
     from safetensors import safe_open
 
     orig = _read(os.path.join(real_model_dir, "model.safetensors"))
-    hdr_len, hdr = _st_header(os.path.join(real_model_dir, "model.safetensors"))
+    json_len, hdr = read_safetensors_header(os.path.join(real_model_dir, "model.safetensors"))
+    hdr_len = 8 + json_len
     with Repo.init(str(tmp_path / "repo")) as repo:
         c1 = repo.commit_dir(real_model_dir, "main", "real", AUTHOR, timestamp=T1).cid
         idx = repo.file_index(repo.entry(c1, "model.safetensors").cid)
@@ -638,8 +504,8 @@ def test_missing_and_corrupt_blocks_give_eio(tmp_path, real_model_dir):
                      key=lambda k: -(hdr[k]["data_offsets"][1] - hdr[k]["data_offsets"][0]))
         gone, bad, wrong = inner_leaf(big[0]), inner_leaf(big[1]), inner_leaf(big[2])
         gone_cid, bad_cid = idx.leaves[gone], idx.leaves[bad]
-        with _mounted(repo.root, str(tmp_path / "mnt")) as m:
-            p = m.p("commits", "main", "model.safetensors")
+        with Mounted(repo.root, str(tmp_path / "mnt"), **MOUNT_OPTS) as m:
+            p = m.path("commits", "main", "model.safetensors")
             assert os.path.getsize(p) == len(orig)
             assert repo.store.delete(gone_cid)
             with repo.store.write() as w:  # a truncated copy of another leaf
@@ -675,8 +541,8 @@ def test_missing_and_corrupt_blocks_give_eio(tmp_path, real_model_dir):
                 s, e = idx.starts[gone], idx.starts[gone] + idx.sizes[gone]
                 dfd = os.open(p, os.O_RDONLY | os.O_DIRECT)
                 try:
-                    assert _errno_of(os.pread, dfd, 1, s) == errno.EIO
-                    assert _errno_of(os.pread, dfd, 1, e - 1) == errno.EIO
+                    assert os_err(os.pread, dfd, 1, s) == errno.EIO
+                    assert os_err(os.pread, dfd, 1, e - 1) == errno.EIO
                     assert os.pread(dfd, 4096, s - 4096) == orig[s - 4096:s]
                     assert os.pread(dfd, 4096, e) == orig[e:e + 4096]
                 finally:
@@ -690,10 +556,10 @@ def test_missing_and_corrupt_blocks_give_eio(tmp_path, real_model_dir):
                     if k not in damaged:
                         assert np.array_equal(f.get_tensor(k), o.get_tensor(k)), k
             # the mount keeps serving everything else
-            assert _read(m.p("tags", "..", "commits", "main", "config.json")) == \
+            assert _read(m.path("tags", "..", "commits", "main", "config.json")) == \
                 _read(os.path.join(real_model_dir, "config.json"))
             assert m.stats()["errors"] >= len(failed)
-        log = m.log_text()
+        log = m.log()
         assert cid_str(gone_cid) in log and cid_str(bad_cid) in log
 
         # --verify-reads: same size, wrong bytes -> EIO; the rest is fine
@@ -702,29 +568,29 @@ def test_missing_and_corrupt_blocks_give_eio(tmp_path, real_model_dir):
             blk = bytearray(w.get_block(wrong_cid))
             blk[100] ^= 0xFF
             w.txn.put(wrong_cid, bytes(blk), db=w.db["blocks"])
-        with _mounted(repo.root, str(tmp_path / "mnt2"), "--verify-reads") as m2:
-            p = m2.p("commits", "main", "model.safetensors")
+        with Mounted(repo.root, str(tmp_path / "mnt2"), extra=["--verify-reads"], **MOUNT_OPTS) as m2:
+            p = m2.path("commits", "main", "model.safetensors")
             dfd = os.open(p, os.O_RDONLY | os.O_DIRECT)
             try:
                 s = idx.starts[wrong]
-                assert _errno_of(os.pread, dfd, 4096, s & ~4095) == errno.EIO
+                assert os_err(os.pread, dfd, 4096, s & ~4095) == errno.EIO
                 assert os.pread(dfd, 4096, 0) == orig[:4096]
             finally:
                 os.close(dfd)
-        assert cid_str(wrong_cid) in m2.log_text()
+        assert cid_str(wrong_cid) in m2.log()
 
 
 # --------------------------------------------------------------------------- lifecycle
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_to_foreground_mount_unmounts(world, tmp_path, sig):
     mnt = str(tmp_path / "mnt")
-    with _mounted(world.repo.root, mnt) as m:
-        assert _read(m.p("tags", "v1", "config.json")) == _read(os.path.join(world.src1, "config.json"))
+    with Mounted(world.repo.root, mnt, **MOUNT_OPTS) as m:
+        assert _read(m.path("tags", "v1", "config.json")) == _read(os.path.join(world.src1, "config.json"))
         os.kill(m.pid, sig)
-        assert m.proc.wait(timeout=20) == 0, m.log_text()
+        assert m.proc.wait(timeout=20) == 0, m.log()
         assert not is_mounted(mnt)
         assert os.listdir(mnt) == []
-        assert "unmounted" in m.log_text()
+        assert "unmounted" in m.log()
 
 
 def test_background_mount_and_unmount_cli(world, tmp_path):
@@ -800,20 +666,20 @@ def test_no_mount_left_behind(tmp_path, world):
         REPO, MNTS = {world.repo.root!r}, {mnts!r}
 
         def test_fails():
-            with tm._mounted(REPO, MNTS[0]) as m:
-                assert os.listdir(m.p("tags")) == ["v1"]
+            with tm.Mounted(REPO, MNTS[0], **tm.MOUNT_OPTS) as m:
+                assert os.listdir(m.path("tags")) == ["v1"]
                 assert False, "deliberate failure"
 
         @pytest.mark.timeout(2)
         def test_times_out():
-            with tm._mounted(REPO, MNTS[1]):
+            with tm.Mounted(REPO, MNTS[1], **tm.MOUNT_OPTS):
                 time.sleep(60)
 
         @pytest.mark.timeout(8)
         def test_hangs():
-            with tm._mounted(REPO, MNTS[2]) as m:
+            with tm.Mounted(REPO, MNTS[2], **tm.MOUNT_OPTS) as m:
                 os.kill(m.pid, signal.SIGSTOP)  # the mount stops answering
-                os.stat(m.p("commits", "never-answered"))
+                os.stat(m.path("commits", "never-answered"))
     """)
     (tmp_path / "test_inner.py").write_text(code)
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
@@ -872,7 +738,7 @@ def test_mount_helper_parses_options(world, tmp_path):
         if os.geteuid() == 0:  # the mount set its bdi's readahead to the option's value
             st = os.stat(mnt)
             bdi = f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb"
-            _wait(lambda: open(bdi).read().strip() == "256", 5, what="read_ahead_kb = 256")
+            wait_until(lambda: open(bdi).read().strip() == "256", 5, what="read_ahead_kb = 256")
     finally:
         _unmount_external(world.repo, mnt)
 

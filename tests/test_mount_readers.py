@@ -29,8 +29,11 @@ import random
 
 import pytest
 
-from lazy_support import (MIB, Server, drop_file_cache, lazy_mount, run, safetensors_header, stats,
-                          wait_peers_ready, wire_bytes)
+from support import MIB
+from support.cli import run_tvcfs_text as run
+from support.mount import drop_file_cache, lazy_mount, stats, wait_peers_ready, wire_bytes
+from support.safetensors import read_safetensors_header
+from support.server import Server
 
 pytestmark = [pytest.mark.fuse]
 
@@ -46,7 +49,7 @@ def _synth():
 
 
 def _header(path: str) -> tuple[int, dict]:
-    n, h = safetensors_header(path)
+    n, h = read_safetensors_header(path)
     h.pop("__metadata__", None)
     return n, h
 
@@ -61,7 +64,7 @@ def synth_repo(tmp_path_factory):
     ``blob.bin`` committed on ``main``."""
     import numpy as np
 
-    from lazy_support import commit_dir
+    from support.repo import commit_dir
 
     d = tmp_path_factory.mktemp("synth")
     wt = d / "wt"

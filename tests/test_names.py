@@ -15,8 +15,9 @@ import sys
 
 import pytest
 
-from conftest import run_tvcfs
-from test_writes_support import Mounted, fsync_dir, head, os_err
+from support.cli import run_tvcfs
+from support.mount import Mounted, fsync_dir, os_err
+from support.repo import head
 from tvcfs.encoding.cid import DAG_PB, cid_str, make_cid
 from tvcfs.encoding.commit import Commit
 from tvcfs.encoding.dagpb import PBLink, encode_node

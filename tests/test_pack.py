@@ -11,7 +11,8 @@ import os
 
 import numpy as np
 import pytest
-from conftest import assert_same_tree, write_safetensors_raw
+from support.safetensors import write_safetensors_raw
+from support.trees import assert_same_tree
 
 from tvcfs.dtypes import DTYPES, from_float32
 from tvcfs.encoding.cid import RAW, cid_codec, cid_str, make_cid
@@ -374,7 +375,7 @@ def test_cli_pack_show_log_stat_and_checkout(tmp_path, tvcfs_cli):
 
 @pytest.mark.fuse
 def test_mount_reads_of_a_packed_commit_are_byte_identical(tmp_path):
-    from test_writes_support import Mounted
+    from support.mount import Mounted
 
     from tvcfs.repo import Repo
 

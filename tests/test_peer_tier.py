@@ -8,16 +8,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 
-from conftest import assert_same_tree
-from lazy_support import Server, run, tvcfs_argv
+from support.trees import assert_same_tree
+from support.cli import run_tvcfs, run_tvcfs_text as run
+from support.server import Server
 from tvcfs.repo import Repo
 
 
 def cat_bytes(repo, spec) -> bytes:
-    return subprocess.run([*tvcfs_argv(), "-C", str(repo), "cat", spec], check=True,
-                          capture_output=True, timeout=120).stdout
+    return run_tvcfs("-C", str(repo), "cat", spec, timeout=120).stdout
 
 
 def test_lazy_clone_reads_through_the_peer_tier(tmp_path, real_model_dir, finetune):

@@ -262,9 +262,8 @@ def test_fetches_of_a_repository_resume_from_its_ticket_file(tmp_path):
     (mode 0600): the next command that talks to the same peer — another process;
     here the in-process cache is dropped — resumes and sends its first requests
     as 0-RTT early data."""
-    import time
-
-    from lazy_support import Server
+    from support.server import Server
+    from support.wait import wait_until
 
     from tvcfs import sync
     from tvcfs.transport import runner
@@ -276,9 +275,7 @@ def test_fetches_of_a_repository_resume_from_its_ticket_file(tmp_path):
         repo, res = sync.clone(srv.url, str(tmp_path / "b"), quiet=True)
         assert not res.stats[0][1].resumed
         path = os.path.join(repo.control, "quic-tickets.json")
-        deadline = time.monotonic() + 10
-        while not os.path.exists(path) and time.monotonic() < deadline:
-            time.sleep(0.05)  # the ticket comes after the handshake
+        wait_until(lambda: os.path.exists(path), 10, what="the session ticket (it comes after the handshake)")
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         runner._TICKETS.clear()  # as if this were the next `tvcfs fetch`
         src = Repo.open(str(tmp_path / "a" / "repo"))

@@ -15,7 +15,10 @@ import time
 
 import pytest
 
-from conftest import assert_same_tree, make_finetune, run_tvcfs, tvcfs_executable
+from support.cli import run_tvcfs, tvcfs_executable
+from support.model import make_finetune
+from support.trees import assert_same_tree
+from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -23,58 +26,6 @@ ENV = {"TVCFS_AUTHOR_NAME": "Test Author", "TVCFS_AUTHOR_EMAIL": "test@example.o
 
 
 # ------------------------------------------------------------------ helpers
-class Server:
-    """A ``tvcfs serve`` subprocess; ``url``, ``port``, ``peer_id``; stderr in a file."""
-
-    def __init__(self, repo: str, tmp, *args, listen="127.0.0.1:0", name="srv"):
-        self.repo = repo
-        self.log_path = os.path.join(str(tmp), f"{name}-{time.monotonic_ns()}.log")
-        self._log = open(self.log_path, "wb")
-        env = dict(os.environ, **ENV)
-        env.pop("TVCFS_DEBUG", None)
-        self.proc = subprocess.Popen(
-            tvcfs_executable() + ["serve", repo, "--listen", listen, *args],
-            stdout=subprocess.PIPE, stderr=self._log, env=env)
-        line = self.proc.stdout.readline().decode().strip()
-        assert line.startswith("tvcfs"), (line, self.log())
-        self.url = line
-        m = re.match(r"tvcfs(?:\+\w+)?://(\w+)@[^:]+:(\d+)/", line)
-        self.peer_id, self.port = m.group(1), int(m.group(2))
-
-    def log(self) -> str:
-        with open(self.log_path, "rb") as f:
-            return f.read().decode(errors="replace")
-
-    def kill9(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.proc.stdout.close()
-        self._log.close()
-
-
-@pytest.fixture
-def servers():
-    started: list[Server] = []
-
-    def start(repo, tmp, *args, **kw) -> Server:
-        s = Server(str(repo), tmp, *args, **kw)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.stop()
-
-
 def tv(*args, ok=True, **kw):
     return run_tvcfs(*args, ok=ok, env=ENV, timeout=100, **kw)
 
@@ -272,8 +223,8 @@ def test_unauthorised_push_and_peer_id_mismatch(model_repo, tmp_path, servers):
     assert len(msg.splitlines()) == 1, msg
     assert "unauthorised" in msg and me in msg and "--allow-push" in msg, msg
     assert refs_of(src) == refs_before and all_blocks(src) == blocks_before
-    time.sleep(0.2)
-    assert re.search(rf"refused push to refs/heads/main from {me}", srv.log()), srv.log()
+    wait_until(lambda: re.search(rf"refused push to refs/heads/main from {me}", srv.log()), 10,
+               what="the server to log the refused push")
     # peer-ID mismatch: the URL pins another node's key
     other = tv("-C", dst, "id").stdout.decode().strip()
     bad = srv.url.replace(srv.peer_id, other)
@@ -283,8 +234,8 @@ def test_unauthorised_push_and_peer_id_mismatch(model_repo, tmp_path, servers):
                    f"server presented {srv.peer_id}"), msg
     assert not (tmp_path / "c2" / ".tvcfs" / "store").exists() or not refs_of(tmp_path / "c2").get(
         "refs/heads/main")
-    time.sleep(0.3)
-    assert "closed by the client: peer ID mismatch" in srv.log(), srv.log()
+    wait_until(lambda: "closed by the client: peer ID mismatch" in srv.log(), 10,
+               what="the server to log the client's peer-ID close")
     # a private server: only allowed peers may read
     priv = servers(src, tmp_path, "--private", "--allow-push", me, name="private")
     p = tv("clone", priv.url, tmp_path / "c3", ok=False)  # a new clone has a new key

@@ -15,7 +15,9 @@ import time
 import numpy as np
 import pytest
 
-from conftest import MIB, assert_same_tree, make_finetune, tree_bytes
+from support import MIB
+from support.model import make_finetune
+from support.trees import assert_same_tree, tree_bytes
 from tvcfs.dag import KIND_FILE, KIND_SYMLINK
 from tvcfs.encoding.cid import DAG_CBOR, RAW, cid_codec, cid_str, make_cid
 from tvcfs.errors import (
@@ -530,7 +532,7 @@ def test_kill_9_during_a_big_commit_leaves_a_consistent_repository(tmp_repo, tmp
 def test_file_shrinking_while_added_is_refused(tmp_repo, tmp_path):
     """The leaf plan comes from the header; if the file is shorter when its leaves are
     read, the commit fails (nothing stored) instead of recording a short file."""
-    from conftest import write_safetensors_raw
+    from support.safetensors import write_safetensors_raw
     from tvcfs.importer import FileChanged, Importer
 
     path = str(tmp_path / "m.safetensors")

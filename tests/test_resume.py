@@ -19,10 +19,10 @@ import time
 import pytest
 import trio
 
-from conftest import make_finetune, tvcfs_executable
+from support.cli import tvcfs_executable
+from support.model import make_finetune
 from test_remote_cli import ENV, all_blocks, err_of, received, refs_of, stored_bytes, tv
-from test_remote_cli import servers  # noqa: F401 - the fixture
-from test_transport import start_server
+from support.server import start_server
 
 from tvcfs.repo import Repo
 from tvcfs.transport.backend import RepoBackend

@@ -14,8 +14,11 @@ import sys
 import time
 
 import pytest
-from conftest import bucket_objects, new_bucket, run_tvcfs
-from lazy_support import lazy_mount, remote_stats, tensor_range
+from support.cli import run_tvcfs
+from support.s3 import bucket_objects, new_bucket
+from support.mount import lazy_mount, remote_stats, settled_remote_stats
+from support.safetensors import tensor_range
+from support.wait import wait_until
 
 from tvcfs.repo import Repo
 
@@ -46,12 +49,7 @@ def pushed(s3_endpoint, tmp_path, real_model_dir, monkeypatch):
 def s3_bytes(mnt: str, settle: bool = True, timeout: float = 10.0) -> int:
     """Bytes the mount received from the bucket (ranged GETs); with ``settle`` wait
     until no fetch is pending or queued."""
-    deadline = time.monotonic() + timeout
-    while True:
-        r = remote_stats(mnt)
-        if not settle or (not r["pending_wants"] and not r["queued_jobs"]) or time.monotonic() > deadline:
-            return r["s3"]["bytes"]
-        time.sleep(0.02)
+    return settled_remote_stats(mnt, settle, timeout)["s3"]["bytes"]
 
 
 @pytest.mark.ml
@@ -103,7 +101,7 @@ def test_one_tensor_moves_at_most_1_1x_its_bytes(pushed, tmp_path, real_model_di
 
 
 def test_corrupt_pack_read_is_eio_naming_the_block(pushed, s3_endpoint, tmp_path):
-    from conftest import s3_client
+    from support.s3 import s3_client
 
     bucket = pushed.split("/")[2]
     cl = s3_client(s3_endpoint)
@@ -168,10 +166,8 @@ def test_cache_size_evicts_lru_but_never_open_files(pushed, tmp_path, real_model
                 got += os.pread(fd, 4 * MiB, len(got))
             assert bytes(got) == want
             # the keeper has run over the limit (it pinned the open file's leaves) ...
-            deadline = time.monotonic() + 10
-            while remote_stats(m)["cache"]["pinned_blocks"] <= 50:
-                assert time.monotonic() < deadline, remote_stats(m)["cache"]
-                time.sleep(0.05)
+            wait_until(lambda: remote_stats(m)["cache"]["pinned_blocks"] > 50, 10,
+                       what="the keeper to pin the open file's leaves")
             r = remote_stats(m)
             # ... and evicted nothing of it
             assert r["cache"]["evicted_blocks"] == 0
@@ -184,10 +180,8 @@ def test_cache_size_evicts_lru_but_never_open_files(pushed, tmp_path, real_model
         finally:
             os.close(fd)
         # closed: the keeper evicts down to the limit
-        deadline = time.monotonic() + 10
-        while remote_stats(m)["cache"]["bytes"] > limit:
-            assert time.monotonic() < deadline, remote_stats(m)["cache"]
-            time.sleep(0.05)
+        wait_until(lambda: remote_stats(m)["cache"]["bytes"] <= limit, 10,
+                   what="the keeper to evict down to the limit")
         r = remote_stats(m)
         assert r["cache"]["evicted_blocks"] > 50
         # reads keep working, and the evicted leaves come back from the bucket once the

@@ -10,7 +10,9 @@ import threading
 import time
 
 import pytest
-from conftest import assert_same_tree, bucket_objects, fetch_levels, new_bucket, s3_client
+from support.repo import fetch_levels
+from support.s3 import bucket_objects, new_bucket, s3_client
+from support.trees import assert_same_tree
 
 from tvcfs.encoding.cid import CID, RAW, make_cid
 from tvcfs.errors import BlockUnavailable, RefConflict, TvcfsError

@@ -11,7 +11,9 @@ import shutil
 import threading
 
 import pytest
-from conftest import assert_same_tree, bucket_objects, new_bucket, run_tvcfs, s3_client
+from support.cli import run_tvcfs
+from support.s3 import bucket_objects, new_bucket, s3_client
+from support.trees import assert_same_tree
 
 from tvcfs.repo import Repo
 
@@ -247,7 +249,7 @@ def _kill_when(proc, cond, timeout=120.0):
 def _popen_tvcfs(endpoint, *args):
     import subprocess
 
-    from conftest import tvcfs_executable
+    from support.cli import tvcfs_executable
 
     return subprocess.Popen(tvcfs_executable() + [str(a) for a in args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env={**os.environ, **env_for(endpoint)})

@@ -15,8 +15,8 @@ import tvcfs
 from tvcfs.errors import CorruptBlock, TvcfsError
 from tvcfs.repo import Repo
 
-from conftest import write_safetensors_raw
-from lazy_support import Server
+from support.safetensors import write_safetensors_raw
+from support.server import Server
 
 MIB = 1 << 20
 

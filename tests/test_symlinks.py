@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from conftest import run_tvcfs
+from support.cli import run_tvcfs
 from tvcfs.dag import KIND_DIR, KIND_FILE, KIND_SYMLINK
 
 

@@ -7,15 +7,15 @@ from __future__ import annotations
 import pytest
 import trio
 
+from support.server import start_server
+
 from tvcfs.encoding.cid import RAW
 from tvcfs.repo import Repo
 from tvcfs.transport import protocol as P
 from tvcfs.transport.backend import RepoBackend
 from tvcfs.transport.client import RemoteError, open_session, parse_url
 from tvcfs.transport.identity import NodeIdentity, PeerIdMismatch, format_peer_id
-from tvcfs.transport.quic import QuicSettings, serve_quic
-from tvcfs.transport.server import ServerConfig, handle_session, missing_in_dag
-from tvcfs.transport.tcp import serve_tcp
+from tvcfs.transport.server import ServerConfig, missing_in_dag
 
 ENGINES = ["qh3", "aioquic"]
 
@@ -38,20 +38,6 @@ def rnd(n, seed):
     import random
 
     return random.Random(seed).randbytes(n)
-
-
-async def start_server(nursery, cfg: ServerConfig, transport="quic", engine="qh3"):
-    """Start a server; return its URL."""
-    pid = format_peer_id(cfg.identity.peer_id)
-    if transport == "quic":
-        srv = await nursery.start(lambda task_status: serve_quic(
-            lambda s: handle_session(s, cfg), "127.0.0.1", 0, identity=cfg.identity,
-            settings=QuicSettings(engine=engine), task_status=task_status))
-        return f"tvcfs+quic://{pid}@127.0.0.1:{srv.address[1]}/"
-    addr = await nursery.start(lambda task_status: serve_tcp(
-        lambda s: handle_session(s, cfg), "127.0.0.1", 0, identity=cfg.identity,
-        task_status=task_status))
-    return f"tvcfs+tcp://{pid}@127.0.0.1:{addr[1]}/"
 
 
 def all_cids(repo):

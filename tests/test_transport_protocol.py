@@ -16,7 +16,8 @@ from tvcfs.transport.identity import (IdentityError, NodeIdentity, auth_message,
 from tvcfs.transport.quic import connect_quic
 from tvcfs.transport.server import ServerConfig
 
-from test_transport import all_cids, make_repo, rnd, start_server
+from support.server import start_server
+from test_transport import all_cids, make_repo, rnd
 
 CID = b"\x01\x55\x12\x20" + bytes(range(32))
 

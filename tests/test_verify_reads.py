@@ -18,8 +18,9 @@ import os
 import numpy as np
 import pytest
 
-from conftest import run_tvcfs, write_safetensors_raw
-from test_writes_support import Mounted
+from support.cli import run_tvcfs
+from support.safetensors import write_safetensors_raw
+from support.mount import Mounted
 from tvcfs.encoding.cid import cid_str
 from tvcfs.repo import Repo
 

@@ -4,7 +4,7 @@ Directories made by ``tvcfs checkout`` are *worktrees*: the repository records t
 commit and tree they came from, and ``tvcfs commit DIR`` replays their changes onto
 a branch that moved, or saves them on a ``conflicts/…`` branch and exits non-zero —
 the rule the writable mount follows (docs/writes.md, "Worktrees"). Real ``tvcfs``
-subprocesses, a real FUSE mount (:class:`test_writes_support.Mounted`), real LMDB.
+subprocesses, a real FUSE mount (:class:`support.mount.Mounted`), real LMDB.
 """
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ import time
 
 import pytest
 
-from conftest import assert_same_tree, run_tvcfs, tree_bytes
-from test_writes_support import Mounted, check_refs_complete, fsync_dir, head
+from support.cli import run_tvcfs
+from support.trees import assert_same_tree, tree_bytes
+from support.mount import Mounted, fsync_dir
+from support.repo import check_refs_complete, head
+from support.wait import wait_until
 from tvcfs.encoding.cid import cid_str
 from tvcfs.repo import Repo
 
@@ -81,10 +84,8 @@ def test_cli_commit_of_stale_checkout_keeps_the_mounts_commit(seeded, tmp_path):
         assert files["weights.bin"] == random.Random(1).randbytes(MIB)
         assert not [b for b in seeded.branches() if b.startswith("conflicts/")]
         # the mount (nothing pending) follows the branch: it shows both sides
-        deadline = time.monotonic() + 10
-        while not os.path.exists(m.branch("main", "from-cli.txt")):
-            assert time.monotonic() < deadline, "the mount did not follow the CLI commit"
-            time.sleep(0.02)
+        wait_until(lambda: os.path.exists(m.branch("main", "from-cli.txt")), 10,
+                   what="the mount to follow the CLI commit")
     check_refs_complete(seeded)
 
 

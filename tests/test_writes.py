@@ -1,7 +1,7 @@
 """Writes into ``MOUNT/branches/NAME/`` become commits (docs/writes.md).
 
 Real FUSE mounts (``tvcfs mount -f`` in a child process, see
-:class:`test_writes_support.Mounted`), real LMDB, the real all-MiniLM-L6-v2 model.
+:class:`support.mount.Mounted`), real LMDB, the real all-MiniLM-L6-v2 model.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import assert_same_tree, run_tvcfs
-from test_writes_support import (AUTHOR, MIB, Mounted, block_set, check_refs_complete, commit_count,
-                                 fsync_dir, head, new_block_bytes, os_err, wait_for, wait_head_change)
+from support.cli import run_tvcfs
+from support.trees import assert_same_tree
+from support import MIB
+from support.mount import AUTHOR, Mounted, fsync_dir, os_err
+from support.repo import block_set, check_refs_complete, commit_count, head, new_block_bytes, wait_head_change
+from support.wait import wait_until
 from tvcfs.encoding.cid import cid_str
 
 pytestmark = [pytest.mark.fuse]
@@ -135,7 +138,7 @@ def test_save_pretrained_is_one_commit(model_repo, real_model_dir, tmp_path, mon
         new = wait_head_change(model_repo, base, timeout=60)
         import time
 
-        time.sleep(2.0)
+        time.sleep(2.0)  # a quiet period: a second (spurious) commit would land within it
         assert head(model_repo) == new
         for name in os.listdir(plain):
             with open(plain / name, "rb") as a, open(m.branch("main", name), "rb") as b:
@@ -162,7 +165,7 @@ def test_finetune_stores_only_changed_tensors(model_repo, real_model_dir, tmp_pa
     """Saving a fine-tune stores new blocks of about the changed tensors' bytes."""
     from safetensors.numpy import save_file
 
-    from conftest import make_finetune
+    from support.model import make_finetune
 
     before = block_set(model_repo)
     base = head(model_repo)
@@ -461,7 +464,7 @@ def test_branch_mkdir_rmdir_and_readonly_views(model_repo, tmp_path):
         dfd = os.open(m.branch("tmp"), os.O_RDONLY | os.O_DIRECTORY)
         try:
             run_tvcfs("--repo", model_repo.root, "branch", "-d", "tmp")
-            wait_for(lambda: "tmp" not in os.listdir(m.path("branches")), 5, what="tmp to disappear")
+            wait_until(lambda: "tmp" not in os.listdir(m.path("branches")), 5, what="tmp to disappear")
             assert not os.path.exists(m.branch("tmp"))
             assert os_err(os.open, "x", os.O_CREAT | os.O_WRONLY, dir_fd=dfd) == errno.ENOENT
         finally:
@@ -528,7 +531,7 @@ def test_branch_moved_without_collision_rebases(model_repo, tmp_path):
         assert b"".join(model_repo.read_file(new, "vocab.txt")) == b"their vocab"
         assert b"".join(model_repo.read_file(new, "1_Pooling/config.json")).endswith(b"\n")
         # the mount now shows both sides
-        wait_for(lambda: os.path.exists(m.branch("main", "theirs.txt")), 5, what="theirs.txt in the mount")
+        wait_until(lambda: os.path.exists(m.branch("main", "theirs.txt")), 5, what="theirs.txt in the mount")
         with open(m.branch("main", "vocab.txt"), "rb") as f:
             assert f.read() == b"their vocab"
         with open(m.branch("main", "sub", "deep", "t.txt"), "rb") as f:
@@ -582,7 +585,7 @@ def test_branch_moved_with_collision_goes_to_conflicts_branch(model_repo, tmp_pa
         assert b"".join(model_repo.read_file(c2, "held.txt")) == b"before after"
         assert b"".join(model_repo.read_file(theirs, "config.json")) == b'{"theirs": true}'
         # the mount's branch directory now shows the branch (their version) ...
-        wait_for(lambda: open(m.branch("main", "config.json"), "rb").read() == b'{"theirs": true}', 5,
+        wait_until(lambda: open(m.branch("main", "config.json"), "rb").read() == b'{"theirs": true}', 5,
                  what="their config.json in the mount")
         assert not os.path.exists(m.branch("main", "ours-only.txt"))
         # ... and ours is visible on the conflicts branch

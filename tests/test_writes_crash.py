@@ -17,8 +17,11 @@ import time
 
 import pytest
 
-from conftest import run_tvcfs
-from test_writes_support import MIB, Mounted, _fusermount, check_refs_complete, fsync_dir, head, wait_for
+from support.cli import run_tvcfs
+from support import MIB
+from support.mount import Mounted, fusermount, fsync_dir
+from support.repo import check_refs_complete, head
+from support.wait import wait_until
 from tvcfs.fs.daemon import is_mounted
 
 pytestmark = [pytest.mark.fuse, pytest.mark.slow]
@@ -103,12 +106,12 @@ def test_kill9_while_writing_1gib_file(tmp_repo, tmp_path):
         os.chmod(m.branch("main", "weights.bin"), 0o755)  # a mode-only change survives too
         writer = subprocess.Popen([sys.executable, "-c", WRITER, m.branch("main", "big.bin"), "1024"],
                                   stderr=subprocess.PIPE)
-        wait_for(lambda: os.path.exists(m.branch("main", "big.bin")) and os.stat(m.branch("main", "big.bin")).st_size
-                 > 0, 20, what="the writer to start")
-        time.sleep(0.5)
+        big = m.branch("main", "big.bin")
+        wait_until(lambda: os.path.exists(big) and os.stat(big).st_size >= 8 * MIB, 20,
+                   what="the writer to be 8 MiB into its 1 GiB file")
         assert writer.poll() is None, "the writer finished before the kill: not a crash test"
         m.kill9()
-        _fusermount("-u", "-z", m.mnt)
+        fusermount("-u", "-z", m.mnt)
         rc = writer.wait(timeout=30)  # ENOTCONN once the mount process is gone
         assert rc != 0
     finally:
@@ -162,10 +165,10 @@ def test_kill9_during_commit(tmp_repo, tmp_path):
         assert head(tmp_repo) == base
         t = threading.Thread(target=commit, daemon=True)
         t.start()
-        time.sleep(0.4)
+        time.sleep(0.4)  # the crash lands inside the commit: nothing outside to wait on
         assert not done.is_set(), "the commit finished before the kill: not a crash test"
         m.kill9()
-        _fusermount("-u", "-z", m.mnt)
+        fusermount("-u", "-z", m.mnt)
         t.join(30)
         assert done.is_set() and err, "fsync must fail once the mount process is gone"
     finally:
@@ -265,7 +268,7 @@ def test_kill9_after_many_namespace_changes_then_recover(tmp_repo, tmp_path):
         assert_same(snapshot(m.branch("main"), check_size=True), snapshot(str(plain)), "mount vs plain")
         assert head(tmp_repo) == base
         m.kill9()
-        _fusermount("-u", "-z", m.mnt)
+        fusermount("-u", "-z", m.mnt)
     finally:
         m.stop()
     # the staged state on disk is a snapshot plus a journal of the later changes

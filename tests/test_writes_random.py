@@ -24,10 +24,12 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, rule
 
-from conftest import run_tvcfs
+from support.cli import run_tvcfs
 from tvcfs.errors import RefConflict
 from tvcfs.treeops import apply_changes
-from test_writes_support import MIB, Mounted, check_refs_complete, fsync_dir, head
+from support import MIB
+from support.mount import Mounted, fsync_dir
+from support.repo import check_refs_complete, head
 
 pytestmark = [pytest.mark.fuse, pytest.mark.slow]
 

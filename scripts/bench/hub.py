@@ -215,7 +215,7 @@ def main() -> int:
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     root, model, alias = prepare(args.workdir, args.size_gib)
-    from hub_support import running_hub, stop_process
+    from support.server import running_hub, stop_process
 
     nginx, nurl = start_nginx(args.workdir, model, alias)
     res = {"hub": {"dl": [], "conc": [], "ttfb": []}, "nginx": {"dl": [], "conc": [], "ttfb": []}}

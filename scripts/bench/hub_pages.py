@@ -7,7 +7,7 @@
    commits made quickly with ``Repo.commit_tree`` on small trees (a README with front
    matter, a config, and a 16-tensor safetensors file of 4 layers × 4 kinds, one
    tensor changed per commit).
-2. Starts ``tvcfs hub serve`` (tests/hub_support.py) and requests each page once
+2. Starts ``tvcfs hub serve`` (tests/support/server.py) and requests each page once
    (cold: the process computes the log order and the per-commit figures it caches)
    and then ``--repeat`` times (warm), on a keep-alive connection.
 3. Prints, per page, the server time (the ``Server-Timing: app;dur=`` header the
@@ -117,7 +117,7 @@ def main() -> int:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--repeat", type=int, default=20)
     args = ap.parse_args()
-    from hub_support import running_hub
+    from support.server import running_hub
 
     work = args.workdir or tempfile.mkdtemp(prefix="tvcfs-bench-pages-")
     root = prepare(work, args.commits)

@@ -70,7 +70,7 @@ def _router_lmdb(tmp_path, request=None):
 
 
 def _s3(tmp_path, request):
-    from conftest import new_bucket
+    from support.s3 import new_bucket
 
     from tvcfs.store.s3 import S3Store
 
@@ -87,7 +87,7 @@ class _ServedGateway(StoreBase):
     gateway cannot be listed)."""
 
     def __init__(self, tmp_path):
-        from gateway_support import gateway_thread
+        from support.server import gateway_thread
 
         from tvcfs.repo import Repo
         from tvcfs.store.gateway import GatewayStore

@@ -1,20 +1,20 @@
 """Chunking: the tensor-aligned safetensors plan, the fallback to content-defined
-chunking for malformed files, dtype-agnostic byte-identical round trips, and
-bounded memory on large files (docs/format.md, "Chunking")."""
+chunking for malformed files, dtype-agnostic byte-identical round trips
+(docs/format.md, "Chunking"). Bounded memory on large files, measured in
+subprocesses: tests/test_chunking_memory.py."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 
-from conftest import MIB, make_finetune, write_safetensors_raw
+from support import MIB
+from support.model import make_finetune
+from support.safetensors import write_safetensors_raw
 from tvcfs.chunking import plan_spans
 from tvcfs.chunking.cdc import cdc_spans
 from tvcfs.chunking.safetensors import MAX_LEAF, NotSafetensors, parse_header, read_header, tensor_spans
@@ -233,73 +233,3 @@ def test_every_dtype_round_trips_byte_identically(tmp_path, tmp_repo):
         assert torch.equal(f.get_tensor("w.f8_e5m2").view(torch.uint8), t_e5m2.view(torch.uint8))
         assert f.get_tensor("w.f8_e4m3").dtype == torch.float8_e4m3fn
         assert np.array_equal(f.get_tensor("w.f16").numpy(), f32.astype(np.float16))
-
-
-# --------------------------------------------------------------------------- memory
-_MEM_SCRIPT = textwrap.dedent(r"""
-    import json, os, sys
-    def hwm():
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    from tvcfs.repo import Repo
-    from tvcfs.chunking import plan_spans
-    import numpy, lmdb, dag_cbor, multiformats  # everything imported before the baseline
-    src, repo_dir = sys.argv[1], sys.argv[2]
-    repo = Repo.init(repo_dir)
-    repo.add_bytes(b"warm up")
-    before = hwm()
-    res = repo.commit_dir(src, message="big")
-    after = hwm()
-    idx = repo.file_index(repo.entry("main", "big.bin").cid)
-    print(json.dumps({"before": before, "after": after, "bytes": res.bytes, "new_bytes": res.new_bytes,
-                      "leaves": len(idx.leaves), "size": idx.size}))
-""")
-
-
-def _measure(src_dir, tmp_path):
-    proc = subprocess.run([sys.executable, "-c", _MEM_SCRIPT, str(src_dir), str(tmp_path / "r")],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
-
-
-def _sparse(path, size, islands, header: bytes = b""):
-    with open(path, "wb") as f:
-        f.write(header)
-        f.truncate(size)
-        for i in range(islands):  # a few non-zero islands so leaves differ
-            f.seek(len(header) + (i + 1) * (size // (islands + 1)))
-            f.write(os.urandom(4096))
-
-
-@pytest.mark.slow
-def test_commit_of_2gb_safetensors_streams_in_bounded_memory(tmp_path):
-    """A 2 GiB (sparse) safetensors file commits with peak RSS growth far below its
-    size: only ``window`` leaves of 1 MiB are in flight (VmHWM, measured in a fresh
-    subprocess)."""
-    size = 2 << 30
-    d = tmp_path / "src"
-    d.mkdir()
-    hdr = json.dumps({"__metadata__": {"format": "pt"},
-                      "w": {"dtype": "U8", "shape": [size - 256], "data_offsets": [0, size - 256]}}).encode()
-    hdr += b" " * (256 - 8 - len(hdr))
-    _sparse(d / "big.bin", size, 8, len(hdr).to_bytes(8, "little") + hdr)
-    r = _measure(d, tmp_path)
-    assert r["size"] == size and r["bytes"] == size
-    assert r["leaves"] == 1 + -(-(size - 256) // MIB)  # header leaf + 1 MiB tensor pieces
-    growth = r["after"] - r["before"]
-    assert growth < 96 * MIB, f"peak RSS grew by {growth / MIB:.0f} MiB for a {size / MIB:.0f} MiB file"
-
-
-@pytest.mark.slow
-def test_commit_of_large_non_safetensors_streams_in_bounded_memory(tmp_path):
-    """Same through the content-defined chunker (a 512 MiB sparse file)."""
-    size = 512 << 20
-    d = tmp_path / "src"
-    d.mkdir()
-    _sparse(d / "big.bin", size, 8)
-    r = _measure(d, tmp_path)
-    assert r["size"] == size
-    growth = r["after"] - r["before"]
-    assert growth < 96 * MIB, f"peak RSS grew by {growth / MIB:.0f} MiB for a {size / MIB:.0f} MiB file"

@@ -32,7 +32,7 @@ def test_gc_deletes_only_unreachable_blocks(tmp_path):
         assert not repo.has(orphan)
         assert repo.has(pinned)
 
-        time.sleep(1.1)
+        time.sleep(1.1)  # the reflog entries age past expire_days=0 (whole seconds)
         r = collect_garbage(repo, expire_days=0)
         assert r["deleted"] >= 3 and r["deleted_bytes"] >= 2 << 20
         assert not repo.has(drop.cid)

@@ -1,65 +1,17 @@
-"""Helpers for the hub tests (and scripts/bench/hub.py): a real ``tvcfs hub serve``
-on loopback, always stopped; Python snippets run with Hugging Face clients pointed at
-it; plain HTTP requests with the standard library."""
+"""Client-side helpers for the hub tests (and scripts/bench/hub.py): Python snippets
+run with Hugging Face clients pointed at a hub, plain HTTP requests with the standard
+library, hub users. The hub itself runs in :func:`support.server.running_hub`."""
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
-import selectors
 import subprocess
 import sys
-import time
 import urllib.parse
 
-from conftest import run_tvcfs, tvcfs_executable
-
-
-def stop_process(proc, timeout: float = 15) -> None:
-    """End a child process: SIGTERM (a clean stop), then SIGKILL if it hangs."""
-    for stop in (proc.terminate, proc.kill):
-        if proc.poll() is not None:
-            return
-        stop()
-        try:
-            proc.wait(timeout)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-@contextlib.contextmanager
-def running_hub(root: str, *extra, log: str | None = None, lines: int = 1):
-    """Start ``tvcfs hub serve ROOT --listen 127.0.0.1:0 EXTRA…``; yield its URL
-    (``http://127.0.0.1:PORT``), or with ``lines=2`` (``--transport-listen`` given)
-    ``(http URL, tvcfs URL)``; terminate it (then kill) whatever happens."""
-    log = log or os.path.join(os.path.dirname(os.path.abspath(root)), "hub-serve.log")
-    errf = open(log, "ab")
-    proc = subprocess.Popen(tvcfs_executable() + ["hub", "serve", str(root), "--listen", "127.0.0.1:0",
-                                                   *map(str, extra)],
-                            stdout=subprocess.PIPE, stderr=errf)
-    try:
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + 60
-        line = b""
-        while line.count(b"\n") < lines:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"hub did not start: {open(log, 'rb').read()[-2000:].decode(errors='replace')}")
-            if sel.select(timeout=0.5):
-                b = proc.stdout.read1(4096) if hasattr(proc.stdout, "read1") else os.read(proc.stdout.fileno(), 4096)
-                if not b:
-                    continue
-                line += b
-        sel.close()
-        urls = [x.decode().strip() for x in line.split(b"\n")[:lines]]
-        yield urls[0] if lines == 1 else tuple(urls)
-    finally:
-        stop_process(proc)
-        proc.stdout.close()
-        errf.close()
+from support.cli import run_tvcfs
 
 
 def hf_env(url: str, home: str, token: str | None = None, **more) -> dict:

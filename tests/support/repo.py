@@ -1,0 +1,89 @@
+"""Read a repository's refs, blocks and DAGs in tests (docs/testing.md)."""
+
+from __future__ import annotations
+
+import os
+
+from support.wait import wait_until
+from tvcfs.dag import walk_dag
+from tvcfs.encoding.cid import cid_str
+
+
+def fetch_levels(blocks, root: bytes) -> int:
+    """Fetch the DAG under ``root`` through the block store ``blocks`` level by level
+    (one ``get_many`` per level: remote tiers batch it, a router verifies and writes
+    the blocks back into its local store); assert every block was found; return how
+    many were fetched."""
+    from tvcfs.dag import block_links
+
+    frontier, fetched = [root], 0
+    while frontier:
+        got = list(blocks.get_many(frontier))
+        assert all(d is not None for _, d in got), [c for c, d in got if d is None][:3]
+        fetched += len(got)
+        frontier = list(dict.fromkeys(c for cid, d in got for c in block_links(cid, d)))
+    return fetched
+
+
+def head(repo, branch: str = "main") -> bytes | None:
+    """The commit CID (bytes) of ``branch`` in the open ``repo``, or ``None``."""
+    return repo.ref_db.get("refs/heads/" + branch)
+
+
+def wait_head_change(repo, old: bytes | None, branch: str = "main", timeout: float = 20.0) -> bytes:
+    """Wait (up to ``timeout`` seconds) until ``branch`` points to a commit other than
+    ``old``; return it."""
+    return wait_until(lambda: (h := head(repo, branch)) != old and h, timeout, what=f"a commit on {branch}")
+
+
+def commit_count(repo, branch: str = "main") -> int:
+    """Number of commits in the history of ``branch``."""
+    return sum(1 for _ in repo.log(branch))
+
+
+def check_refs_complete(repo) -> int:
+    """Every ref (and every commit its history reaches) resolves to blocks that are
+    all present: walk the whole DAG from each ref, parents included. Returns the
+    number of distinct blocks walked."""
+    seen: set = set()
+
+    def get(c):
+        b = repo.store.get(c)
+        assert b is not None, f"missing block {cid_str(c)}"
+        return b
+
+    for name, cid in repo.refs().items():
+        for c, _ in walk_dag(get, cid, skip=lambda c: c in seen, follow_parents=True):
+            seen.add(c)
+    return len(seen)
+
+
+def block_set(repo) -> set:
+    """The set of CIDs (bytes) stored in ``repo``."""
+    return set(repo.store)
+
+
+def new_block_bytes(repo, before: set) -> int:
+    """Bytes of the blocks stored in ``repo`` that are not in ``before``."""
+    return sum(len(repo.store.get(c)) for c in set(repo.store) - before)
+
+
+def commit_dir(repo_path: str, src_dir: str, message: str = "model") -> None:
+    """Commit directory ``src_dir`` on ``main`` of the repository at ``repo_path``
+    (created if missing)."""
+    from tvcfs.repo import Repo
+
+    r = Repo.init(repo_path) if not os.path.isdir(os.path.join(repo_path, ".tvcfs")) else Repo.open(repo_path)
+    try:
+        r.commit_dir(src_dir, branch="main", message=message)
+    finally:
+        r.close()
+
+
+def raw_leaf_count(repo_path: str) -> int:
+    """Number of raw (codec 0x55) leaf blocks stored in the repository at ``repo_path``."""
+    from tvcfs.encoding.cid import cid_codec
+    from tvcfs.repo import Repo
+
+    with Repo.open(repo_path) as r:
+        return sum(1 for c in r.store if cid_codec(c) == 0x55 and r.store.get(c))
