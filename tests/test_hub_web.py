@@ -73,7 +73,7 @@ def site(tmp_path_factory, real_model_dir):
                           [(f"layers.0.{HOSTILE}", "F32", [2], np.zeros(2, np.float32).tobytes())],
                           metadata={"note": "<script>alert('meta')</script>"})
     run_tvcfs("-C", repo_dir("acme/xss"), "commit", str(xss), "-m", f"<script>alert('msg')</script> {HOSTILE}",
-              "--author", f"{HOSTILE} <x@example.org>", "--meta", f"k=<script>alert('m')</script>")
+              "--author", f"{HOSTILE} <x@example.org>", "--meta", "k=<script>alert('m')</script>")
 
     start = int(time.time()) + 10  # after the initial commit
     with Repo.open(repo_dir("acme/long")) as r:  # LONG small commits, quickly
@@ -453,7 +453,7 @@ def test_commit_and_file_pages_report_stored_bytes_raw_and_encoded(site, tmp_pat
     import json
     import re
 
-    from test_pack import model_pair
+    from support.model import model_pair
 
     root, url = site["root"], site["url"]
     rid = "acme/packed"

@@ -12,9 +12,10 @@ import os
 import numpy as np
 import pytest
 from support.safetensors import write_safetensors_raw
+from support.model import model_pair, perturb, tensor_bytes
 from support.trees import assert_same_tree
 
-from tvcfs.dtypes import DTYPES, from_float32
+from tvcfs.dtypes import DTYPES
 from tvcfs.encoding.cid import RAW, cid_codec, cid_str, make_cid
 from tvcfs.errors import CorruptBlock
 from tvcfs.gc import collect_garbage, fsck
@@ -26,56 +27,6 @@ AUTHOR = {"TVCFS_AUTHOR_NAME": "t", "TVCFS_AUTHOR_EMAIL": "t@example.org"}
 
 
 # --------------------------------------------------------------------------- helpers
-def tensor_bytes(dtype: str, n: int, rng, scale: float = 0.02, values=None) -> tuple[bytes, np.ndarray]:
-    """``n`` elements of ``dtype`` (weights for floats, small counts for integers,
-    random bits for BOOL) and the float32/int values they came from."""
-    kind = DTYPES[dtype].kind
-    if kind == "f":
-        x = values if values is not None else (rng.standard_normal(n) * scale).astype(np.float32)
-        return from_float32(x, dtype), x
-    if kind == "b":
-        x = values if values is not None else rng.integers(0, 2, n).astype(np.uint8)
-        return x.astype(np.uint8).tobytes(), x
-    st = np.dtype(DTYPES[dtype].storage)
-    x = values if values is not None else rng.integers(0, 100, n).astype(st)
-    return x.astype(st).tobytes(), x
-
-
-def perturb(dtype: str, x: np.ndarray, rng) -> np.ndarray:
-    """A fine-tune's small update of values ``x``: relative 1e-3 noise for floats, a
-    few changed elements for integers and bools."""
-    kind = DTYPES[dtype].kind
-    if kind == "f":
-        return (x * (1 + rng.standard_normal(len(x)).astype(np.float32) * 1e-3)).astype(np.float32)
-    y = x.copy()
-    idx = rng.integers(0, len(x), max(1, len(x) // 100))
-    y[idx] = (y[idx] + 1) % (2 if kind == "b" else 100)
-    return y
-
-
-def model_pair(d: str, dtypes, n_elems: int = 300_001, seed: int = 0) -> tuple[str, str]:
-    """Write ``d/base/model.safetensors`` and ``d/ft/model.safetensors`` (a fine-tune:
-    every tensor changed a little), one tensor per dtype of ``n_elems`` elements (an
-    odd count: trailing bytes past the last whole plane group; F32 tensors span
-    several 1 MiB leaves), plus a small config file that differs between them."""
-    rng = np.random.default_rng(seed)
-    base, ft = [], []
-    for dt in dtypes:
-        raw, x = tensor_bytes(dt, n_elems, rng)
-        raw2, _ = tensor_bytes(dt, n_elems, rng, values=perturb(dt, x, rng))
-        shape = (n_elems,)
-        base.append((f"t.{dt.lower()}", dt, shape, raw))
-        ft.append((f"t.{dt.lower()}", dt, shape, raw2))
-    out = []
-    for name, tensors in (("base", base), ("ft", ft)):
-        os.makedirs(os.path.join(d, name))
-        write_safetensors_raw(os.path.join(d, name, "model.safetensors"), tensors, {"format": "pt"})
-        with open(os.path.join(d, name, "config.json"), "w") as f:
-            f.write('{"name": "%s", "hidden": 384}\n' % name * 40)
-        out.append(os.path.join(d, name))
-    return out[0], out[1]
-
-
 def file_sha(repo, commit, path="model.safetensors") -> str:
     return hashlib.sha256(b"".join(bytes(b) for b in repo.read_file(commit, path))).hexdigest()
 

@@ -23,7 +23,7 @@ from tvcfs.transport.quic import (QuicSettings, SessionTickets, connect_quic, se
 from tvcfs.transport.server import ServerConfig, handle_session
 
 from test_quic import _echo
-from test_transport import make_repo, rnd
+from support.repo import make_repo, rnd
 
 ENGINES = ["qh3", "aioquic"]
 
@@ -267,7 +267,7 @@ def test_fetches_of_a_repository_resume_from_its_ticket_file(tmp_path):
 
     from tvcfs import sync
     from tvcfs.transport import runner
-    from test_transport import write_files
+    from support.repo import write_files
 
     make_repo(tmp_path / "a", {"f.bin": rnd(300_000, 4)}).close()
     srv = Server(str(tmp_path / "a" / "repo"))

@@ -97,7 +97,7 @@ def test_fresh_fetch_of_refs_sharing_blocks_moves_each_block_once(tmp_path, shar
 def test_fresh_fetch_of_many_refs_on_one_tree_moves_it_once(tmp_path, transport, engine):
     """100 branches, each a different commit of the same tree (more refs than
     requests a client may pipeline): the tree's blocks cross the wire once."""
-    from test_transport import make_repo, rnd
+    from support.repo import make_repo, rnd
 
     src = make_repo(tmp_path / "a", {"w.bin": rnd(3 << 20, 7), "c.json": b"{}"})
     tree = src.tree_of("main")

@@ -323,7 +323,7 @@ FT_STORED_FRACTION = 0.39
 
 
 def test_finetune_push_stores_deltas_against_the_base_in_the_bucket(s3_endpoint, tmp_path):
-    from test_pack import model_pair
+    from support.model import model_pair
 
     from tvcfs.errors import BlockUnavailable
     from tvcfs.store.s3 import S3Store, decode_index
@@ -380,7 +380,7 @@ def test_s3_delta_chains_stay_bounded(s3_endpoint, tmp_path):
     previous push's, until the chain would pass MAX_DEPTH; then it is stored
     self-contained and the next chain starts on it. A clone reads the last one back."""
     import numpy as np
-    from conftest import write_safetensors_raw
+    from support.safetensors import write_safetensors_raw
 
     from tvcfs.store import encodings
     from tvcfs.store.s3 import decode_index

@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import new_bucket, run_tvcfs
-from lazy_support import Server
-from test_transport import make_repo, rnd, write_files
+from support.s3 import new_bucket
+from support.cli import run_tvcfs
+from support.server import Server
+from support.repo import make_repo, rnd, write_files
 
 from tvcfs import sync
 from tvcfs.encoding.cid import RAW, cid_codec

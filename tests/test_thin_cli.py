@@ -10,7 +10,8 @@ import sys
 import time
 
 import pytest
-from conftest import run_tvcfs, write_safetensors_raw
+from support.cli import run_tvcfs
+from support.safetensors import write_safetensors_raw
 
 
 # --------------------------------------------------------------------------- formatting

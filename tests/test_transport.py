@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import trio
 
+from support.repo import all_cids, make_repo, rnd, write_files
 from support.server import start_server
 
 from tvcfs.encoding.cid import RAW
@@ -18,31 +19,6 @@ from tvcfs.transport.identity import NodeIdentity, PeerIdMismatch, format_peer_i
 from tvcfs.transport.server import ServerConfig, missing_in_dag
 
 ENGINES = ["qh3", "aioquic"]
-
-
-def make_repo(path, files: dict[str, bytes], message="c1") -> Repo:
-    repo = Repo.init(str(path / "repo"))
-    write_files(path / "wt", files)
-    repo.commit_dir(str(path / "wt"), message=message, timestamp=1_700_000_000)
-    return repo
-
-
-def write_files(wt, files):
-    for name, data in files.items():
-        p = wt / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-
-
-def rnd(n, seed):
-    import random
-
-    return random.Random(seed).randbytes(n)
-
-
-def all_cids(repo):
-    with repo.store.read() as txn:
-        return {bytes(k) for k, _ in txn.cursor(db=repo.store.dbs["blocks"])}
 
 
 @pytest.mark.parametrize("transport,engine", [("quic", "qh3"), ("quic", "aioquic"), ("tcp", None)])

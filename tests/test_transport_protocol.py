@@ -17,7 +17,7 @@ from tvcfs.transport.quic import connect_quic
 from tvcfs.transport.server import ServerConfig
 
 from support.server import start_server
-from test_transport import all_cids, make_repo, rnd
+from support.repo import all_cids, make_repo, rnd
 
 CID = b"\x01\x55\x12\x20" + bytes(range(32))
 

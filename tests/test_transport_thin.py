@@ -10,8 +10,9 @@ import hashlib
 
 import pytest
 import trio
-from test_pack import model_pair
-from test_transport import all_cids, start_server
+from support.model import model_pair
+from support.repo import all_cids
+from support.server import start_server
 
 from tvcfs.repo import Repo
 from tvcfs.transport import protocol as P

@@ -11,7 +11,7 @@ are converted through their raw bit patterns:
   64-bit floats and all integers;
 * encoding (float32 -> bytes) rounds to nearest, ties to even, and is bit-for-bit
   identical to ``torch.Tensor.to(dtype)`` of torch 2.13 on CPU, NaN and infinity
-  included (checked in ``tests/test_dtypes.py``):
+  included (checked in ``tests/unit/test_dtypes.py``):
 
   - BF16: ``(bits + 0x7FFF + ((bits >> 16) & 1)) >> 16`` (the rounding used by
     c10::BFloat16); every NaN becomes ``0xFFFF`` as torch 2.13 produces.

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from support.safetensors import read_safetensors_header
+from support.safetensors import read_safetensors_header, write_safetensors_raw
+from tvcfs.dtypes import DTYPES, from_float32
 
 
 def real_model_path() -> str:
@@ -80,3 +81,54 @@ def make_finetune(src_dir: str, dst_dir: str, seed: int = 0) -> FineTune:
              old_hdr[k]["data_offsets"] != new_hdr[k]["data_offsets"]]
     return FineTune(path, list(CHANGED), ADDED, changed_bytes, added.nbytes, 8 + n, moved,
                     len(new_hdr) - ("__metadata__" in new_hdr))
+
+
+# --------------------------------------------------------------- synthetic fine-tunes
+def tensor_bytes(dtype: str, n: int, rng, scale: float = 0.02, values=None) -> tuple[bytes, np.ndarray]:
+    """``n`` elements of ``dtype`` (weights for floats, small counts for integers,
+    random bits for BOOL) and the float32/int values they came from."""
+    kind = DTYPES[dtype].kind
+    if kind == "f":
+        x = values if values is not None else (rng.standard_normal(n) * scale).astype(np.float32)
+        return from_float32(x, dtype), x
+    if kind == "b":
+        x = values if values is not None else rng.integers(0, 2, n).astype(np.uint8)
+        return x.astype(np.uint8).tobytes(), x
+    st = np.dtype(DTYPES[dtype].storage)
+    x = values if values is not None else rng.integers(0, 100, n).astype(st)
+    return x.astype(st).tobytes(), x
+
+
+def perturb(dtype: str, x: np.ndarray, rng) -> np.ndarray:
+    """A fine-tune's small update of values ``x``: relative 1e-3 noise for floats, a
+    few changed elements for integers and bools."""
+    kind = DTYPES[dtype].kind
+    if kind == "f":
+        return (x * (1 + rng.standard_normal(len(x)).astype(np.float32) * 1e-3)).astype(np.float32)
+    y = x.copy()
+    idx = rng.integers(0, len(x), max(1, len(x) // 100))
+    y[idx] = (y[idx] + 1) % (2 if kind == "b" else 100)
+    return y
+
+
+def model_pair(d: str, dtypes, n_elems: int = 300_001, seed: int = 0) -> tuple[str, str]:
+    """Write ``d/base/model.safetensors`` and ``d/ft/model.safetensors`` (a fine-tune:
+    every tensor changed a little), one tensor per dtype of ``n_elems`` elements (an
+    odd count: trailing bytes past the last whole plane group; F32 tensors span
+    several 1 MiB leaves), plus a small config file that differs between them."""
+    rng = np.random.default_rng(seed)
+    base, ft = [], []
+    for dt in dtypes:
+        raw, x = tensor_bytes(dt, n_elems, rng)
+        raw2, _ = tensor_bytes(dt, n_elems, rng, values=perturb(dt, x, rng))
+        shape = (n_elems,)
+        base.append((f"t.{dt.lower()}", dt, shape, raw))
+        ft.append((f"t.{dt.lower()}", dt, shape, raw2))
+    out = []
+    for name, tensors in (("base", base), ("ft", ft)):
+        os.makedirs(os.path.join(d, name))
+        write_safetensors_raw(os.path.join(d, name, "model.safetensors"), tensors, {"format": "pt"})
+        with open(os.path.join(d, name, "config.json"), "w") as f:
+            f.write('{"name": "%s", "hidden": 384}\n' % name * 40)
+        out.append(os.path.join(d, name))
+    return out[0], out[1]

@@ -7,6 +7,7 @@ import os
 from support.wait import wait_until
 from tvcfs.dag import walk_dag
 from tvcfs.encoding.cid import cid_str
+from tvcfs.repo import Repo
 
 
 def fetch_levels(blocks, root: bytes) -> int:
@@ -87,3 +88,34 @@ def raw_leaf_count(repo_path: str) -> int:
 
     with Repo.open(repo_path) as r:
         return sum(1 for c in r.store if cid_codec(c) == 0x55 and r.store.get(c))
+
+
+# --------------------------------------------------------------- small repositories
+def make_repo(path, files: dict[str, bytes], message="c1") -> Repo:
+    """A new repository at ``path/repo`` with one commit of ``files`` (name -> bytes,
+    written under ``path/wt``) at a fixed timestamp."""
+    repo = Repo.init(str(path / "repo"))
+    write_files(path / "wt", files)
+    repo.commit_dir(str(path / "wt"), message=message, timestamp=1_700_000_000)
+    return repo
+
+
+def write_files(wt, files):
+    """Write ``files`` (relative name -> bytes) under the ``pathlib.Path`` ``wt``."""
+    for name, data in files.items():
+        p = wt / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+
+
+def rnd(n, seed):
+    """``n`` pseudo-random bytes, the same for the same ``seed``."""
+    import random
+
+    return random.Random(seed).randbytes(n)
+
+
+def all_cids(repo):
+    """The set of binary CIDs of every raw-stored block in ``repo``'s LMDB store."""
+    with repo.store.read() as txn:
+        return {bytes(k) for k, _ in txn.cursor(db=repo.store.dbs["blocks"])}

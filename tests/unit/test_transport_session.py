@@ -23,7 +23,7 @@ from tvcfs.transport.session import (ClientSession, Closed, RemoteError, ServerS
                                      StoreBlocks, UpdateRef)
 
 from test_lazy_server import _repo_with_file
-from test_transport import make_repo, rnd
+from support.repo import make_repo, rnd
 
 MIB = 1 << 20
 CID = b"\x01\x55\x12\x20" + bytes(range(32))

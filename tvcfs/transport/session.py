@@ -9,7 +9,7 @@ together with *events* for the few things only the driver can do (wait, run a
 thread, take a lock). The drivers — :func:`.server.handle_session`, the client's
 :class:`.client.RemoteSession` and :class:`.wants.MuxSession` — only move bytes
 between a session and a QUIC stream or TLS connection, so these classes are
-tested without sockets (``tests/test_transport_session.py``).
+tested without sockets (``tests/unit/test_transport_session.py``).
 
 :class:`ServerSession` — the server's side of one session::
 
