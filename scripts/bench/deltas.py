@@ -6,7 +6,11 @@ Usage (root: it drops the page cache for the cold reads)::
 
     python scripts/bench/deltas.py [--bf16-mib 256] [--steps 30] [--repeat 3]
                                    [--workdir DIR] [--keep] [--json OUT.json]
-    python scripts/bench/deltas.py --transfer [--bf16-mib 64] [--steps 30]   # no root needed
+    python scripts/bench/deltas.py --transfer [--bf16-mib 64] [--steps 30]   # the push part only; no root needed
+
+The push measurement (``--transfer``'s: bytes a push of each fine-tune moves to a
+tvcfs:// peer and an S3 bucket that hold its base) runs after the figures below in
+the same run unless ``--no-transfer``.
 
 In one run:
 
@@ -268,7 +272,9 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--json", help="also write the result here")
     ap.add_argument("--transfer", action="store_true",
-                    help="measure the bytes a push moves (tvcfs:// thin, S3) instead")
+                    help="measure only the bytes a push moves (tvcfs:// thin, S3)")
+    ap.add_argument("--no-transfer", action="store_true",
+                    help="leave the push measurement (run by default after the storage figures) out")
     args = ap.parse_args(argv)
     if args.transfer:
         mf = _load(os.path.join(ROOT, "scripts", "make_finetune.py"), "make_finetune")
@@ -347,6 +353,10 @@ def main(argv=None) -> int:
                            "hotbase_over_raw": round(statistics.median(hot_ratios), 3),
                            "runs": {k: [round(x, 3) for x in v] for k, v in cold.items()}}
         result["loadavg_end"] = os.getloadavg()
+        if not args.no_transfer:  # the bytes a push moves, in the same run (prints its own targets)
+            tdir = os.path.join(work, "transfer")
+            os.makedirs(tdir, exist_ok=True)
+            result["transfer"] = transfer_main(args, mf, tdir)
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
