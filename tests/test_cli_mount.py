@@ -53,7 +53,7 @@ def test_mount_api_the_commands_call(tmp_path, real_model_dir):
     with Repo.init(root) as repo:
         repo.commit_dir(real_model_dir, message="model")
     mnt = str(tmp_path / "mnt")
-    with mount(root, mnt):
+    with Mounted(root, mnt, commit_delay=None):
         tree = os.path.join(mnt, "branches", "main")
         assert branch_in_mount(os.path.join(tree, "config.json")) == (os.path.realpath(root), "main")
         assert branch_in_mount(os.path.join(mnt, "tags")) == (os.path.realpath(root), None)
