@@ -138,8 +138,11 @@ def test_fsck_records_the_checksums_an_older_store_lacks(repo_root):
     # reads of such a store hash against the CID and succeed
     p = run_tvcfs("--repo", repo_root, "cat", "main:model.safetensors")
     assert len(p.stdout) > MIB
-    run_tvcfs("--repo", repo_root, "fsck")
+    p = run_tvcfs("--repo", repo_root, "fsck")
+    assert f"recorded the at-rest checksums of {n} block(s) that had none" in p.stdout.decode()
     assert assert_checksummed(repo_root) == n
+    p = run_tvcfs("--repo", repo_root, "fsck")  # nothing left to record
+    assert "recorded" not in p.stdout.decode()
 
 
 def test_a_damaged_checksum_record_is_an_error_and_fsck_records_it_again(repo_root):
