@@ -400,7 +400,7 @@ class WriteTxn:
         ``block`` must be bytes that hash to ``cid``: computed from them (a commit) or
         checked (:func:`tvcfs.store.verify.verify_and_put`). Their :func:`checksum` is
         recorded with them, and later reads trust bytes that match it."""
-        self._grow(len(block) + 64)
+        self._grow(len(block))
         if self.txn.get(cid, db=self.db["packed"]) is not None:
             return False
         if self.txn.put(cid, block, overwrite=False, db=self.db["blocks"]):
