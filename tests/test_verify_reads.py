@@ -19,10 +19,12 @@ import numpy as np
 import pytest
 
 from support.cli import run_tvcfs
-from support.safetensors import write_safetensors_raw
 from support.mount import Mounted
+from support.repo import forget_checksums
+from support.safetensors import write_safetensors_raw
 from tvcfs.encoding.cid import cid_str
 from tvcfs.repo import Repo
+from tvcfs.store.lmdb_store import checksum
 
 MIB = 1 << 20
 AUTHOR = {"TVCFS_AUTHOR_NAME": "Verify Tester", "TVCFS_AUTHOR_EMAIL": "verify@example.org"}
@@ -202,3 +204,78 @@ def test_no_verify_skips_the_hash_not_the_length(world, tmp_path):
     world.damage("short")
     p = run_tvcfs("--repo", world.root, "cat", "--no-verify", spec, ok=False)
     _one_line_error(p, world.bad)
+
+
+# --------------------------------------------------------------------------- at-rest checksums
+# Reads check a block against the xxh3 checksum recorded when it was stored; a block
+# without one (a store made before checksums) is hashed against its CID, and so is
+# every block with ``verify.reads = "cid"`` (docs/repository.md, "Verified reads").
+
+def _read_through_mount(world, mnt: str, extra=()) -> None:
+    """The damaged leaf is EIO through a mount, the rest of the file is right."""
+    with Mounted(world.root, mnt, allow_errors=(cid_str(world.bad),), extra=extra) as m:
+        path = m.path("commits", cid_str(world.c1), "model.safetensors")
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        try:
+            with pytest.raises(OSError) as ei:
+                os.pread(fd, 4096, world.bad_start)
+            assert ei.value.errno == errno.EIO
+            assert os.pread(fd, 4096, world.bad_start - 4096) == world.orig1[world.bad_start - 4096:world.bad_start]
+        finally:
+            os.close(fd)
+    assert cid_str(world.bad) in m.log()
+
+
+def test_flipped_byte_is_caught_by_the_recorded_checksum(world, tmp_path):
+    world.damage("flip")
+    spec = f"{cid_str(world.c1)}:model.safetensors"
+    err = _one_line_error(run_tvcfs("--repo", world.root, "cat", spec, ok=False), world.bad)
+    assert "does not match the checksum recorded when it was stored" in err, err
+    _read_through_mount(world, str(tmp_path / "mnt"))
+    p = run_tvcfs("--repo", world.root, "fsck", ok=False)
+    assert (f"corrupt block {cid_str(world.bad)} (it does not match the checksum recorded when it was "
+            "stored either)") in p.stdout.decode()
+
+
+@pytest.mark.parametrize("kind", ["flip", "short"])
+def test_store_without_checksums_hashes_against_the_cid(world, tmp_path, kind):
+    """A store made before checksums: every read hashes against the CID, the damaged
+    leaf is still never served; fsck records the checksums of the sound blocks only."""
+    forget_checksums(world.root)
+    world.damage(kind)
+    spec = f"{cid_str(world.c1)}:model.safetensors"
+    p = run_tvcfs("--repo", world.root, "cat", spec, ok=False)
+    assert "does not hash to its CID" in _one_line_error(p, world.bad)
+    assert world.orig1.startswith(p.stdout) and len(p.stdout) <= world.bad_start
+    _read_through_mount(world, str(tmp_path / "mnt"))
+    p = run_tvcfs("--repo", world.root, "fsck", ok=False)
+    assert cid_str(world.bad) in p.stdout.decode()
+    with Repo.open(world.root) as repo, repo.store.view(verify=False) as v:
+        missing = [cid for cid, _, _ in v.stored() if v.recorded_checksum(cid) is None]
+    assert missing == [world.bad]  # the sound blocks have theirs now, the damaged one none
+    assert run_tvcfs("--repo", world.root, "cat", f"{cid_str(world.c2)}:model.safetensors").stdout == world.orig2
+    p = run_tvcfs("--repo", world.root, "cat", spec, ok=False)
+    assert "does not hash to its CID" in _one_line_error(p, world.bad)
+
+
+def test_verify_reads_cid_hashes_every_block(world, tmp_path):
+    """``tvcfs config verify.reads cid``: bytes that match their recorded checksum but
+    not their CID (as a path that stored them unchecked would leave them) are an
+    error for the CLI and EIO in the mount; the default trusts the checksum."""
+    world.damage("flip")
+    with Repo.open(world.root) as repo, repo.store.write() as w:
+        w.record_checksum(world.bad, checksum(w.txn.get(world.bad, db=w.db["blocks"])))
+    spec = f"{cid_str(world.c1)}:model.safetensors"
+    p = run_tvcfs("--repo", world.root, "cat", spec)  # the checksum path: what was recorded
+    assert len(p.stdout) == len(world.orig1) and p.stdout != world.orig1
+
+    p = run_tvcfs("--repo", world.root, "config", "verify.reads", "sha", ok=False)
+    assert p.stderr.decode().startswith("tvcfs: error: verify.reads takes 'checksum'")
+    run_tvcfs("--repo", world.root, "config", "verify.reads", "cid")
+    assert run_tvcfs("--repo", world.root, "config", "verify.reads").stdout == b"cid\n"
+    p = run_tvcfs("--repo", world.root, "cat", spec, ok=False)
+    assert "does not hash to its CID" in _one_line_error(p, world.bad)
+    assert world.orig1.startswith(p.stdout) and len(p.stdout) <= world.bad_start
+    _read_through_mount(world, str(tmp_path / "mnt"))
+    p = run_tvcfs("--repo", world.root, "fsck", ok=False)  # fsck hashes whatever the mode
+    assert f"corrupt block {cid_str(world.bad)}" in p.stdout.decode()

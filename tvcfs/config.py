@@ -34,6 +34,8 @@ KEYS: dict[str, tuple[type, Any, str]] = {
     "index": (dict, None, "the staging index: {branch, base, tree} (tvcfs add / rm / restore)"),
     "hf.imported": (dict, {}, "repo_id -> {prefix, snapshots: {hash: {commit, files}}, refs} of tvcfs import-hf"),
     "pack.keep_hot": (int, 1, "newest commits of each branch and tag whose blocks tvcfs pack keeps raw"),
+    "verify.reads": (str, "checksum", "how reads check stored blocks: 'checksum' (the xxh3 recorded when "
+                     "each was stored; sha-256 against the CID where none is) or 'cid' (sha-256 always)"),
 }
 
 # huggingface_hub's validate_repo_id: [namespace/]name of word characters, '-', '.';
@@ -64,8 +66,22 @@ def parse_keep_hot(value: str) -> int:
     return n
 
 
+VERIFY_READS = ("checksum", "cid")
+
+
+def parse_verify_reads(value: str) -> str:
+    """``"checksum"`` or ``"cid"`` (docs/repository.md, "Verified reads"); read by
+    :class:`~tvcfs.store.lmdb_store.LMDBStore` when it opens. Raises :class:`ConfigError`."""
+    if value not in VERIFY_READS:
+        raise ConfigError(f"verify.reads takes 'checksum' (the default: blocks checked against the checksum "
+                          f"recorded when they were stored) or 'cid' (every block hashed against its CID), "
+                          f"not {value!r}")
+    return value
+
+
 # keys a user may set with `tvcfs config KEY VALUE`: key -> parser of the command line's text
-USER_KEYS: dict[str, Callable[[str], Any]] = {"hf.repo_id": parse_hf_repo_id, "pack.keep_hot": parse_keep_hot}
+USER_KEYS: dict[str, Callable[[str], Any]] = {"hf.repo_id": parse_hf_repo_id, "pack.keep_hot": parse_keep_hot,
+                                             "verify.reads": parse_verify_reads}
 
 
 def _check(key: str, value) -> None:

@@ -9,8 +9,10 @@ then deletes the
 rest in one LMDB transaction. The base of every packed delta that is kept is kept
 too (and its base, along the chain: :func:`mark_bases`), so a kept delta always
 decodes. Freed pages are reused by LMDB (the file does not shrink). :func:`fsck`
-re-hashes blocks (packed ones decoded afresh) and checks that every ref points at a
-complete commit. Blocks missing from a lazy clone are not errors for GC (they are simply not
+re-hashes blocks against their CIDs (packed ones decoded afresh; sha-256 whatever
+checksums are recorded), compares them with the checksums recorded at rest and records
+those missing (a store made before checksums were), and checks that every ref points
+at a complete commit. Blocks missing from a lazy clone are not errors for GC (they are simply not
 there); ``fsck --lazy-ok`` accepts missing leaves.
 """
 
@@ -133,27 +135,51 @@ def collect_garbage(repo, dry_run: bool = False, expire_days: float = DEFAULT_EX
     return {"kept": len(live), "deleted": len(dead), "deleted_bytes": nbytes}
 
 
-def fsck(repo, lazy_ok: bool = False, progress=None) -> list:
+def fsck(repo, lazy_ok: bool = False, progress=None, stats: dict | None = None) -> list:
     """Check the repository. Returns a list of problems (strings); empty means sound:
-    every stored block hashes to its CID and decodes, and every ref's commit, tree
-    and file nodes are present (and leaves too unless ``lazy_ok``). ``progress``: a
-    callback ``progress(blocks re-hashed, total blocks, "verifying")``."""
+    every stored block hashes to its CID (sha-256) and decodes, matches the checksum
+    recorded when it was stored, and every ref's commit, tree and file nodes are
+    present (and leaves too unless ``lazy_ok``). ``progress``: a callback
+    ``progress(blocks re-hashed, total blocks, "verifying")``.
+
+    Writes one thing: the checksum (:func:`tvcfs.store.lmdb_store.checksum`) of every
+    block that hashes to its CID and has none recorded (stored by older code), or
+    whose record disagrees with it (a damaged record: listed as a problem too), so
+    that reads check it at xxh3's speed from then on (docs/repository.md, "Verified
+    reads"). ``stats``, if given, gets ``{"blocks", "checksums_recorded"}`` (counts)."""
     import hashlib
 
+    from .store.lmdb_store import checksum
+
     problems = []
+    record = []  # (cid, checksum) of blocks that hash to their CIDs, their record missing or wrong
     total = repo.store.stat()["blocks"] if progress is not None else 0
+    n = 0
     with repo.store.view(verify=False) as blocks:
-        for i, (cid, v, packed) in enumerate(blocks.stored(), 1):
-            if progress is not None and (i % 64 == 0 or i == total):
-                progress(i, total, "verifying")
+        for n, (cid, v, packed) in enumerate(blocks.stored(), 1):
+            if progress is not None and (n % 64 == 0 or n == total):
+                progress(n, total, "verifying")
             if packed:
                 try:
                     v = blocks.decode(cid, v, fresh=True)
                 except CorruptBlock as e:  # a missing base, a damaged value
                     problems.append(f"corrupt block {cid_str(cid)} (packed): {e}")
                     continue
+            want, got = blocks.recorded_checksum(cid), checksum(v)
             if hashlib.sha256(v).digest() != cid[4:]:
-                problems.append(f"corrupt block {cid_str(cid)}")
+                problems.append(f"corrupt block {cid_str(cid)}" + (
+                    " (it does not match the checksum recorded when it was stored either)"
+                    if want is not None and want != got else ""))
+            elif want != got:
+                if want is not None:
+                    problems.append(f"block {cid_str(cid)} hashes to its CID but its recorded checksum "
+                                    "is damaged (recorded again now)")
+                record.append((cid, got))
+    if record:
+        with repo.store.write() as w:
+            record = [c for c, s in record if w.record_checksum(c, s)]
+    if stats is not None:
+        stats.update(blocks=n, checksums_recorded=len(record))
     for ref, cid in sorted(repo.refs().items()):
         def broken(c, e, ref=ref):
             if not isinstance(e, CorruptBlock):  # a damaged block is listed above

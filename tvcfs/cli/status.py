@@ -196,13 +196,17 @@ def cmd_fsck(args):
     from ..gc import fsck
 
     with open_repo(args) as repo:
+        stats: dict = {}
         with progress_bar(args, "Checking", unit="blocks") as bar:
-            problems = fsck(repo, lazy_ok=args.lazy_ok, progress=bar)
+            problems = fsck(repo, lazy_ok=args.lazy_ok, progress=bar, stats=stats)
         if args.json:
             emit_json({"ok": not problems, "problems": problems})
             return 1 if problems else 0
         for p in problems:
             print(p)
+        if stats.get("checksums_recorded"):
+            print(f"recorded the at-rest checksums of {stats['checksums_recorded']} block(s) that had none "
+                  "(later reads check them against it instead of hashing them)")
         if problems:
             raise TvcfsError(f"{len(problems)} problem(s) found in {repo.root}: see the lines above")
         print("ok: every block matches its CID and every ref points at a complete commit")

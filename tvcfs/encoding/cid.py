@@ -102,6 +102,11 @@ class VerifiedSet:
         if not always and (cid in self._cur or cid in self._old):
             return
         verify_block(cid, data)
+        self.add(cid)
+
+    def add(self, cid: bytes) -> None:
+        """Remember ``cid`` as checked (by the caller: e.g. its bytes matched the
+        checksum recorded when they were stored, docs/repository.md)."""
         if len(self._cur) >= self.limit:
             self._old, self._cur = self._cur, set()
         self._cur.add(cid)

@@ -9,6 +9,8 @@ Named sub-databases:
 ``reflog``  ``REF \\0 seq(8 bytes BE)`` → JSON ``{old, new, time, message, rejected}``
 ``pins``    binary CID → JSON ``{name, time}``
 ``meta``    str keys → JSON values (format version, remotes, config)
+``sums``    binary CID → 8 bytes: the xxh3-64 checksum (big-endian) of the block's bytes
+            (decoded bytes for a packed block), recorded when the block was stored
 
 The environment is opened with ``writemap=True, map_async=True`` and synced once per
 write transaction (``env.sync(True)``): 1 GiB puts at ~2.5 GB/s instead of 0.4, durable
@@ -17,10 +19,23 @@ transaction intact (LMDB's copy-on-write B+tree). Reads use zero-copy buffers in
 a read transaction (:meth:`LMDBStore.read`).
 
 Every block read for its bytes goes through :meth:`LMDBStore.check` (or
-:meth:`LMDBStore.get`, a copy of it), which checks it against its CID the first time
-this process reads it (a bounded per-environment :class:`VerifiedSet`): a disk or
-file-system fault that changed a stored block is an error naming the CID, never
-wrong bytes. ``LMDBStore.verify_reads = False`` (``--no-verify``) skips the check.
+:meth:`LMDBStore.get`, a copy of it), which checks it the first time this process
+reads it (a bounded per-environment :class:`VerifiedSet`): a disk or file-system
+fault that changed a stored block is an error naming the CID, never wrong bytes.
+
+Blocks are verified on entry and checksummed at rest, as git does (objects hashed
+when fetched or written; zlib's Adler-32 and the pack index's CRC32 re-checked on
+read; ``git fsck`` for the full hash). Every block enters the store through
+:meth:`WriteTxn.put_block`, whose callers established that its bytes hash to its CID
+(a commit computed the CID from them; blocks from outside pass
+:func:`tvcfs.store.verify.verify_and_put`); in the same transaction its xxh3-64
+checksum (:func:`checksum`, ~20 GB/s per core against sha-256's ~1.7) goes into
+``sums``. A read compares the bytes with that checksum; a block without one (stored
+by older code) is hashed with sha-256 against its CID. ``verify.reads = "cid"`` in
+the repository's configuration (:mod:`tvcfs.config`) hashes every block against its
+CID as before; ``tvcfs fsck`` always does, and records the checksums a store made
+before them lacks (docs/repository.md, "Verified reads").
+``LMDBStore.verify_reads = False`` (``--no-verify``) skips the check.
 
 Disk space is reserved before it is written. With ``writemap`` LMDB writes new pages
 straight into the map of a sparse ``data.mdb``; on a full file system the kernel
@@ -64,10 +79,24 @@ from . import encodings
 from .base import MAP_OFFSETS, PERSISTENT, TRANSACTIONS, ZERO_COPY
 
 DEFAULT_MAP_SIZE = 1 << 40  # bytes of address space (sparse); 1 TiB
-_DBS = (b"blocks", b"refs", b"reflog", b"pins", b"meta", b"packed", b"packbase")
+_DBS = (b"blocks", b"refs", b"reflog", b"pins", b"meta", b"packed", b"packbase", b"sums")
 DECODED_CACHE = 128 << 20  # bytes of decoded packed blocks kept per environment
 
 _registry: dict[str, tuple[lmdb.Environment, dict, list]] = {}
+_xxh3 = None
+SUM_BYTES = 8  # bytes of a recorded checksum (xxh3-64, big-endian)
+
+
+def checksum(data) -> bytes:
+    """The at-rest checksum of a block's bytes ``data`` (bytes-like): its xxh3-64
+    digest, 8 bytes big-endian (``xxhash``; ~20 GB/s per core here). Not a CID: it
+    detects bytes that changed on disk since they were stored, not a forged block."""
+    global _xxh3
+    if _xxh3 is None:
+        import xxhash
+
+        _xxh3 = xxhash.xxh3_64_digest
+    return _xxh3(data)
 _registry_lock = threading.Lock()
 
 
@@ -366,15 +395,33 @@ class WriteTxn:
     def put_block(self, cid: bytes, block) -> bool:
         """Store a block unless present (raw or packed); return ``True`` if it was new
         (and count it in ``new_bytes`` / ``new_blocks``). Raises :class:`StoreFull`
-        when the disk is full."""
+        when the disk is full.
+
+        ``block`` must be bytes that hash to ``cid``: computed from them (a commit) or
+        checked (:func:`tvcfs.store.verify.verify_and_put`). Their :func:`checksum` is
+        recorded with them, and later reads trust bytes that match it."""
         self._grow(len(block))
         if self.txn.get(cid, db=self.db["packed"]) is not None:
             return False
         if self.txn.put(cid, block, overwrite=False, db=self.db["blocks"]):
+            self.txn.put(cid, checksum(block), db=self.db["sums"])
             self.new_bytes += len(block)
             self.new_blocks += 1
             return True
         return False
+
+    def record_checksum(self, cid: bytes, digest: bytes) -> bool:
+        """Record ``digest`` (:func:`checksum` of the block's bytes, 8 bytes, those
+        bytes just hashed against the CID) for block ``cid`` (fsck, for blocks stored
+        before checksums were, or to replace a damaged record). ``False`` (nothing
+        recorded) when the block is no longer held."""
+        if len(digest) != SUM_BYTES:
+            raise ValueError(f"a checksum is {SUM_BYTES} bytes, not {len(digest)}")
+        if not self.has_block(cid):
+            return False
+        self._grow(64)
+        self.txn.put(cid, digest, db=self.db["sums"])
+        return True
 
     def has_block(self, cid: bytes) -> bool:
         return (self.txn.get(cid, db=self.db["blocks"]) is not None
@@ -393,6 +440,7 @@ class WriteTxn:
         self._grow(0)  # copied B-tree pages
         for dep in self.dependents(cid):
             self._rebase(dep)
+        self.txn.delete(cid, db=self.db["sums"])
         if self.txn.delete(cid, db=self.db["blocks"]):
             return True
         v = self.txn.get(cid, db=self.db["packed"])
@@ -578,7 +626,7 @@ class LMDBView:
             p = self.txn.get(cid, db=self.packed)
             return None if p is None else self.store._unpack(self.txn, cid, p)
         if self.verify:
-            self.store.check(cid, v)
+            self.store.check(cid, v, self.txn)
         return v
 
     def block(self, cid: bytes):
@@ -594,6 +642,11 @@ class LMDBView:
     def is_packed(self, cid: bytes) -> bool:
         """True if the block is stored packed (reads decode it)."""
         return self.txn.get(cid, db=self.packed) is not None
+
+    def recorded_checksum(self, cid: bytes) -> bytes | None:
+        """The :func:`checksum` recorded when block ``cid`` was stored (8 bytes), or
+        ``None`` (stored by code older than checksums, or not held)."""
+        return self.store._recorded(self.txn, cid)
 
     def info(self, cid: bytes) -> BlockInfo | None:
         """How block ``cid`` is stored (:class:`BlockInfo`), or ``None`` if it is not.
@@ -650,6 +703,9 @@ class LMDBStore:
         self.verified = _verified(self._real)
         self.decoded = _decoded(self._real)
         self.verify_reads = True
+        # "cid": hash every block against its CID (config verify.reads); else trust
+        # bytes matching the checksum recorded when they were stored
+        self.verify_cid = self.get_meta("verify.reads") == "cid"
         self._closed = False
         self.blocks_read = 0  # count of block gets (for tests of lazy behaviour)
         self._advise_fd = -1
@@ -790,20 +846,46 @@ class LMDBStore:
             pass
 
     # verified reads
-    def check(self, cid: bytes, data) -> None:
-        """Check stored bytes ``data`` (bytes-like) of block ``cid`` against the CID,
-        once per CID per process (see :class:`VerifiedSet`; sha-256 at ~1.5 GB/s per
-        core, the GIL released, so threads may call this in parallel). Nothing when
-        :attr:`verify_reads` is off. Raises :class:`CorruptBlock` naming the CID and
-        the store."""
+    def check(self, cid: bytes, data, txn=None) -> None:
+        """Check stored bytes ``data`` (bytes-like) of block ``cid``, once per CID per
+        process (see :class:`VerifiedSet`): against the :func:`checksum` recorded when
+        it was stored (xxh3-64, ~20 GB/s per core), or, when none is recorded or
+        :attr:`verify_cid` is set, against the CID (sha-256, ~1.7 GB/s per core). Both
+        release the GIL for large buffers, so threads may call this in parallel.
+        ``txn``: the read or write transaction ``data`` came from (else a short read
+        transaction looks the checksum up). Nothing when :attr:`verify_reads` is off.
+        Raises :class:`CorruptBlock` naming the CID and the store."""
         if not self.verify_reads or cid in self.verified:
             return
+        self._check(cid, data, txn)
+
+    def _check(self, cid: bytes, data, txn, always: bool = False, what: str = "", strict: bool = False) -> None:
+        """:meth:`check` whatever :attr:`verify_reads` says; ``always``: whatever the
+        cache says too (bytes decoded afresh); ``strict``: against the CID whatever
+        is recorded (fsck); ``what`` replaces "does" in the error (``"is packed and
+        decodes to bytes that do"``)."""
+        want = None if strict or self.verify_cid else self._recorded(txn, cid)
+        if want is not None:
+            if checksum(data) != want:
+                raise CorruptBlock(f"stored block {cid_str(cid)} {what or 'does'} not match the checksum "
+                                   f"recorded when it was stored ({len(data)} bytes): the store "
+                                   f"{self.path} is damaged (tvcfs fsck lists the damaged blocks)")
+            self.verified.add(cid)
+            return
         try:
-            self.verified.check(cid, data)
+            self.verified.check(cid, data, always=always)
         except CorruptBlock:
-            raise CorruptBlock(f"stored block {cid_str(cid)} does not hash to its CID "
+            raise CorruptBlock(f"stored block {cid_str(cid)} {what or 'does'} not hash to its CID "
                                f"({len(data)} bytes): the store {self.path} is damaged "
                                "(tvcfs fsck lists the damaged blocks)") from None
+
+    def _recorded(self, txn, cid: bytes) -> bytes | None:
+        """The checksum recorded for ``cid`` in ``txn`` (or a fresh read transaction)."""
+        if txn is None:
+            with self.env.begin(buffers=True) as t:
+                return self._recorded(t, cid)
+        v = txn.get(cid, db=self.dbs["sums"])
+        return None if v is None or len(v) < SUM_BYTES else bytes(v[:SUM_BYTES])
 
     # packed blocks
     def _lookup(self, txn, cid: bytes, verify: bool = True):
@@ -812,7 +894,7 @@ class LMDBStore:
         v = txn.get(cid, db=self.dbs["blocks"])
         if v is not None:
             if verify:
-                self.check(cid, v)
+                self.check(cid, v, txn)
             return v
         p = txn.get(cid, db=self.dbs["packed"])
         return None if p is None else self._unpack(txn, cid, p)
@@ -820,11 +902,12 @@ class LMDBStore:
     def _unpack(self, txn, cid: bytes, value, fresh: bool = False) -> bytes:
         """The bytes of packed ``value`` of block ``cid`` (bases from ``txn``): from the
         decoded cache, else decoded (one thread per block at a time: others wait for
-        its result), hashed against the CID unless :attr:`verify_reads` is off, and
-        cached. ``fresh``: decoded and hashed now whatever the cache holds (fsck).
+        its result), checked (:meth:`check`: its recorded checksum, else its CID)
+        unless :attr:`verify_reads` is off, and cached. ``fresh``: decoded and hashed
+        against the CID now whatever the cache and the checksums hold (fsck).
         Raises :class:`CorruptBlock` naming the CID, :class:`MissingBase`."""
         if fresh:
-            return self._decode(txn, cid, value, check=True)
+            return self._decode(txn, cid, value, check=True, strict=True)
         hit = self.decoded.get(cid)
         if hit is not None:
             return hit
@@ -840,10 +923,11 @@ class LMDBStore:
         finally:
             self.decoded.release(cid)
 
-    def _decode(self, txn, cid: bytes, value, check: bool, depth: int = 0) -> bytes:
-        """Decode packed ``value`` of ``cid``; with ``check`` hash the result against
-        the CID. Bases met on the way are decoded unchecked (the final hash covers
-        them; only when it fails are they checked, to name the damaged one)."""
+    def _decode(self, txn, cid: bytes, value, check: bool, depth: int = 0, strict: bool = False) -> bytes:
+        """Decode packed ``value`` of ``cid``; with ``check`` compare the result with
+        its recorded checksum (with ``strict``, or none recorded: hash it against the
+        CID). Bases met on the way are decoded unchecked (the final check covers them;
+        only when it fails are they checked, to name the damaged one)."""
         bcid = None
         try:
             h = encodings.header(value)
@@ -869,23 +953,22 @@ class LMDBStore:
                                "blocks)") from None
         if check:
             try:
-                self.verified.check(cid, data, always=True)
+                self._check(cid, data, txn, always=True, strict=strict,
+                            what="is packed and decodes to bytes that do")
             except CorruptBlock:
                 if bcid is not None:  # name the damaged block: the delta or a base
-                    self._check_chain(txn, bcid)
-                raise CorruptBlock(f"stored block {cid_str(cid)} is packed and decodes to bytes that "
-                                   f"do not hash to its CID: the store {self.path} is damaged "
-                                   "(tvcfs fsck lists the damaged blocks)") from None
+                    self._check_chain(txn, bcid, strict)
+                raise
         return data
 
-    def _check_chain(self, txn, cid: bytes) -> None:
-        """Hash base ``cid`` (and its bases); raises :class:`CorruptBlock` naming the
-        first that does not hash to its CID."""
+    def _check_chain(self, txn, cid: bytes, strict: bool = False) -> None:
+        """Check base ``cid`` (and its bases; against the CID when ``strict``); raises
+        :class:`CorruptBlock` naming the first that is damaged."""
         v = txn.get(cid, db=self.dbs["blocks"])
         if v is None:
-            self._decode(txn, cid, txn.get(cid, db=self.dbs["packed"]), check=True)
+            self._decode(txn, cid, txn.get(cid, db=self.dbs["packed"]), check=True, strict=strict)
         else:
-            self.check(cid, v)
+            self._check(cid, v, txn, always=strict, strict=strict)
 
     def info(self, cid: bytes) -> BlockInfo | None:
         """How block ``cid`` is stored (:meth:`LMDBView.info`)."""

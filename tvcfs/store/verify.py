@@ -2,6 +2,11 @@
 a CAR file, a remote backend) is hashed against its CID here before it is stored or
 served (``docs/format.md``: CIDv1 sha2-256).
 
+This is what lets the local store trust its blocks later: :meth:`WriteTxn.put_block
+<tvcfs.store.lmdb_store.WriteTxn.put_block>` records an at-rest checksum of each block
+it stores, and reads compare against that instead of the CID (docs/repository.md,
+"Verified reads"), so nothing unverified may reach it.
+
 Hashing releases the GIL (hashlib does for buffers over 2 KiB), so large batches are
 split over a small thread pool and use the machine's other cores.
 """
