@@ -22,7 +22,7 @@ import trio
 from ..encoding.cid import cid_codec, verify_block
 from ..errors import CorruptBlock, InvalidCID
 from ..store.verify import verify_many
-from . import protocol as P
+from . import protocol
 from .backend import BlockBackend, FetchStats, is_leaf
 from .channel import MessageChannel
 from .identity import NodeIdentity, parse_peer_id
@@ -107,14 +107,14 @@ class RemoteSession:
         self.resumed = False  # QUIC: the handshake resumed a session (ticket)
         self.early_data = False  # QUIC: the first requests went out as 0-RTT
         self._early_refs: tuple = (None, None)  # (request id, prefix) sent with Hello
-        self._early_answer: P.Message | None = None
+        self._early_answer: protocol.Message | None = None
 
     @property
     def peer_id(self) -> bytes | None:
         return self.proto.peer_id
 
     @property
-    def welcome(self) -> P.Welcome | None:
+    def welcome(self) -> protocol.Welcome | None:
         return self.proto.welcome
 
     @property
@@ -127,7 +127,7 @@ class RemoteSession:
         if parts:
             await self.ch.send_parts(parts)
 
-    async def _recv(self, keep_early: bool = True) -> P.Message:
+    async def _recv(self, keep_early: bool = True) -> protocol.Message:
         """The next checked message; the answer to the refs asked with ``Hello``
         is put aside for :meth:`list_refs` (unless ``keep_early`` is False)."""
         while True:
@@ -136,7 +136,7 @@ class RemoteSession:
                 raise RemoteError("remote closed the session")
             msg = self.proto.handle_message(msg)
             rid = self._early_refs[0]
-            if (keep_early and rid is not None and type(msg) in (P.Refs, P.Error)
+            if (keep_early and rid is not None and type(msg) in (protocol.Refs, protocol.Error)
                     and msg.request_id == rid):
                 self._early_answer = msg
                 self._early_refs = (None, self._early_refs[1])
@@ -144,7 +144,7 @@ class RemoteSession:
             return msg
 
     async def start(self, identity: NodeIdentity | None = None, auth: str = "always",
-                    repo: str = "") -> P.Welcome:
+                    repo: str = "") -> protocol.Welcome:
         """Send Hello, check the Welcome (its peer ID must equal the TLS-verified one),
         then authenticate with ``identity`` when given: ``auth="always"``, or
         ``"auto"`` = only when the server says reads are private. Raises
@@ -153,7 +153,7 @@ class RemoteSession:
             self.proto.hello(repo)
             await self.flush()
         w = await self._recv()
-        if not isinstance(w, P.Welcome):
+        if not isinstance(w, protocol.Welcome):
             raise RemoteError(f"unexpected {type(w).__name__} instead of Welcome")
         if identity is not None and (auth == "always" or (w.flags & 1)):
             if callable(identity):  # created on demand (a fresh clone needs no key)
@@ -166,7 +166,7 @@ class RemoteSession:
         self.proto.authenticate(identity)
         await self.flush()
         r = await self._recv()
-        if not isinstance(r, P.AuthOk):
+        if not isinstance(r, protocol.AuthOk):
             raise RemoteError(f"authentication failed: {getattr(r, 'message', r)}")
         return r.can_push
 
@@ -179,19 +179,19 @@ class RemoteSession:
             self._early_answer = None
             while r is None:  # asked with Hello: its answer is on its way
                 r = await self._recv(keep_early=False)
-                if type(r) not in (P.Refs, P.Error) or r.request_id != early_rid:
+                if type(r) not in (protocol.Refs, protocol.Error) or r.request_id != early_rid:
                     raise RemoteError(f"unexpected {type(r).__name__}")
-            if not (type(r) is P.Error and r.code == P.E_UNAUTHORIZED):
-                if type(r) is P.Error:
+            if not (type(r) is protocol.Error and r.code == protocol.E_UNAUTHORIZED):
+                if type(r) is protocol.Error:
                     raise RemoteError(r.message)
                 return r.refs, r.head
             # refused before authenticating: ask again (authenticated by now, or refused)
         rid = self.proto.list_refs(prefix)
         await self.flush()
         r = await self._recv()
-        if isinstance(r, P.Error):
+        if isinstance(r, protocol.Error):
             raise RemoteError(r.message)
-        if not isinstance(r, P.Refs) or r.request_id != rid:
+        if not isinstance(r, protocol.Refs) or r.request_id != rid:
             raise RemoteError(f"unexpected {type(r).__name__}")
         return r.refs, r.head
 
@@ -276,7 +276,7 @@ class RemoteSession:
                   for i in range(0, len(frontier), _ROOTS_PER_REQUEST)]
         # thin: leaves may come as deltas against blocks of the commits we hold
         thin = self.proto.thin and not skeleton
-        sel = P.Selector(P.SEL_ALL, history=history, skeleton=skeleton, thin=thin)
+        sel = protocol.Selector(protocol.SEL_ALL, history=history, skeleton=skeleton, thin=thin)
         # leaves are asked exactly: no pruning to compute for them (but a thin
         # answer needs the have-roots to know which bases we hold)
         hr = have_roots if thin or any(not is_leaf(c) for c in frontier) else []
@@ -303,22 +303,22 @@ class RemoteSession:
                     await self.flush()
                 msg = await self._recv()
                 t = type(msg)
-                if t is P.Block:
+                if t is protocol.Block:
                     if st.first_block_s is None:
                         st.first_block_at = time.perf_counter()
                         st.first_block_s = st.first_block_at - t0
                     await store.add(msg.cid, msg.data)
-                elif t is P.DeltaBlock:
+                elif t is protocol.DeltaBlock:
                     if st.first_block_s is None:
                         st.first_block_at = time.perf_counter()
                         st.first_block_s = st.first_block_at - t0
                     await store.add(msg.cid, _Thin(msg.value))
-                elif t is P.DontHave:
+                elif t is protocol.DontHave:
                     st.dont_have += 1
-                elif t is P.DagDone:
-                    if msg.status != P.DONE_OK:
+                elif t is protocol.DagDone:
+                    if msg.status != protocol.DONE_OK:
                         all_ok = False
-                elif t is P.Error:
+                elif t is protocol.Error:
                     raise RemoteError(f"remote refused request: {msg.message}")
                 else:
                     raise RemoteError(f"unexpected {t.__name__} during fetch")
@@ -340,16 +340,16 @@ class RemoteSession:
             while waiting:
                 msg = await self._recv()
                 t = type(msg)
-                if t is P.Block and msg.cid in waiting:
+                if t is protocol.Block and msg.cid in waiting:
                     waiting.discard(msg.cid)
                     try:
                         verify_block(msg.cid, msg.data)
                         out[msg.cid] = msg.data
                     except CorruptBlock:
                         pass
-                elif t is P.DontHave:
+                elif t is protocol.DontHave:
                     waiting.discard(msg.cid)
-                elif t is P.Error:
+                elif t is protocol.Error:
                     raise RemoteError(msg.message)
         return out
 
@@ -360,26 +360,26 @@ class RemoteSession:
         lim = proto.max_wantlist
         for i in range(0, len(cids), lim):
             chunk = cids[i:i + lim]
-            proto.want(chunk, 1, P.WANT_HAVE | P.SEND_DONT_HAVE)
+            proto.want(chunk, 1, protocol.WANT_HAVE | protocol.SEND_DONT_HAVE)
             await self.flush()
             waiting = set(chunk)
             while waiting:
                 msg = await self._recv()
                 t = type(msg)
-                if t is P.Have or t is P.DontHave:
+                if t is protocol.Have or t is protocol.DontHave:
                     waiting.discard(msg.cid)
-                    if t is P.Have:
+                    if t is protocol.Have:
                         found.add(msg.cid)
-                elif t is P.Error:
+                elif t is protocol.Error:
                     raise RemoteError(msg.message)
         return found
 
-    async def _ref_result(self, rid: int) -> P.RefResult:
+    async def _ref_result(self, rid: int) -> protocol.RefResult:
         while True:
             r = await self._recv()
-            if type(r) is P.RefResult and r.request_id == rid:
+            if type(r) is protocol.RefResult and r.request_id == rid:
                 return r
-            if type(r) is P.Error:
+            if type(r) is protocol.Error:
                 raise RemoteError(r.message)
 
     async def push(self, backend: BlockBackend, ref: str, new: bytes, *,
@@ -406,7 +406,7 @@ class RemoteSession:
                 reason = str(e)
             raise PushRejected(f"push refused by the remote: {reason}")
         have_roots = [c for c in remote_complete if backend.has(c)]
-        req = P.DagRequest(0, new, P.Selector(P.SEL_ALL, history=True), [], have_roots)
+        req = protocol.DagRequest(0, new, protocol.Selector(protocol.SEL_ALL, history=True), [], have_roots)
         cands = await trio.to_thread.run_sync(
             lambda: [c for c, d in iter_selection(backend, req) if d is not None])
         present = await self.has_many(cands) if cands else set()
@@ -462,7 +462,7 @@ class _Store:
 
     def __init__(self, backend, st: FetchStats, progress):
         self.backend = backend
-        self.st = st
+        self.stats = st
         self.progress = progress
         self.batch: list = []
         self.batch_bytes = 0
@@ -486,7 +486,7 @@ class _Store:
             return None
 
     async def _worker(self, recv) -> None:
-        st = self.st
+        st = self.stats
         async with recv:
             async for batch in recv:
                 n, nbytes, bad = await trio.to_thread.run_sync(self._verify_and_store, batch)
@@ -544,13 +544,13 @@ _WORKERS = 2  # verify+store threads: measured faster than 1 or 3 on 2 cores
 _CODECS = (0x55, 0x70, 0x71)  # raw, dag-pb, dag-cbor (one-byte varints)
 _BATCH_BYTES = 4 << 20
 _ROOTS_PER_REQUEST = 4096  # ~150 KB of CIDs per DagRequest (limit: Limits.max_list)
-_WINDOW = min(64, P.DEFAULT_LIMITS.max_requests)  # DAG requests outstanding in a fetch
+_WINDOW = min(64, protocol.DEFAULT_LIMITS.max_requests)  # DAG requests outstanding in a fetch
 
 
 def _verify(batch):
     """``(good [(cid, data)], good bytes, bad [cid])`` of a batch (run in a thread)."""
     # the one copy of a received block (its received chunks joined), off the event loop
-    good, bad = verify_many([(cid, data.tobytes() if type(data) is P.BlockParts else data)
+    good, bad = verify_many([(cid, data.tobytes() if type(data) is protocol.BlockParts else data)
                              for cid, data in batch])
     return good, sum(len(d) for _, d in good), bad
 

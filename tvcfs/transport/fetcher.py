@@ -59,7 +59,7 @@ from ..store.base import (DEFAULT_FETCH_TIMEOUT as DEFAULT_TIMEOUT, PRIO_FOREGRO
                           PRIO_PREFETCH, PRIO_SEQUENTIAL)
 from ..store.source import SourceBase
 from ..store.verify import verify_many
-from . import protocol as P
+from . import protocol
 from .peerscore import Backoff, PeerScore
 
 __all__ = ["FetchSettings", "RemoteFetcher"]
@@ -126,8 +126,8 @@ class _Want:
     """One CID the mount wants: its priority, where it is outstanding (``at``:
     ``{peer: request id, 0 = want-list entry}``), peers that failed it, waiters."""
 
-    __slots__ = ("cid", "prio", "size", "at", "tried", "event", "fg", "pending", "sent_at",
-                 "t0", "pf")
+    __slots__ = ("cid", "prio", "size", "at", "tried", "event", "foreground_waiters", "pending", "sent_at",
+                 "t0", "prefetch_counted")
 
     def __init__(self, cid: bytes, prio: int, size: int, now: float):
         self.cid = cid
@@ -136,11 +136,11 @@ class _Want:
         self.at: dict = {}
         self.tried: set = set()
         self.event = trio.Event()
-        self.fg = 0            # foreground reads waiting on it
+        self.foreground_waiters = 0  # foreground reads waiting on it
         self.pending = False   # received, being verified/stored
         self.sent_at = now
         self.t0 = now
-        self.pf = 0            # bytes of it counted in the prefetch window
+        self.prefetch_counted = 0  # bytes of it counted in the prefetch window
 
 
 class _Req:
@@ -341,7 +341,7 @@ class RemoteFetcher(SourceBase):
                 w = self._new_want(c, priority, DEFAULT_LEAF, now)
             if priority > w.prio:
                 w.prio = priority
-            w.fg += 1
+            w.foreground_waiters += 1
             ws.append(w)
             if w.pending:
                 continue
@@ -372,7 +372,7 @@ class RemoteFetcher(SourceBase):
             self.fg_waiting -= 1
             self.fg_last = trio.current_time()
             for w in ws:
-                w.fg -= 1
+                w.foreground_waiters -= 1
         missing = [w for w in ws if not w.event.is_set()]
         self.fg_latency.append(trio.current_time() - now)
         if missing:
@@ -381,7 +381,7 @@ class RemoteFetcher(SourceBase):
             t_fail = trio.current_time()
             for w in missing:
                 self._failed[w.cid] = t_fail
-                if w.fg == 0:
+                if w.foreground_waiters == 0:
                     self._abandon(w)
             raise BlockNotFound(missing[0].cid, (
                 f"block {cid_str(missing[0].cid)} could not be fetched within "
@@ -466,8 +466,8 @@ class RemoteFetcher(SourceBase):
             p.busy_since = trio.current_time()
             p.out_bytes = 0
         p.out_bytes += w.size
-        if w.prio == PRIO_PREFETCH and not w.pf:
-            w.pf = w.size  # counted in the prefetch window until answered or moved
+        if w.prio == PRIO_PREFETCH and not w.prefetch_counted:
+            w.prefetch_counted = w.size  # counted in the prefetch window until answered or moved
             self.prefetch_inflight += w.size
 
     def _detach(self, w: _Want, p: Peer):
@@ -481,9 +481,9 @@ class RemoteFetcher(SourceBase):
             r = p.reqs.get(rid)
             if r is not None:
                 r.cids.discard(w.cid)
-        if w.pf and not w.at:
-            self.prefetch_inflight -= w.pf
-            w.pf = 0
+        if w.prefetch_counted and not w.at:
+            self.prefetch_inflight -= w.prefetch_counted
+            w.prefetch_counted = 0
             self._kick()
         if not p.wants and not any(r.cids for r in p.reqs.values()):
             p.out_bytes = 0
@@ -496,13 +496,13 @@ class RemoteFetcher(SourceBase):
         if rid is None or not p.ready:
             return
         if rid == 0:
-            p.send(P.WantList([P.WantEntry(w.cid, 0, P.CANCEL)]))
+            p.send(protocol.WantList([protocol.WantEntry(w.cid, 0, protocol.CANCEL)]))
             p.cancels += 1
             self.cancels += 1
         else:
             r = p.reqs.get(rid)
             if r is not None and not r.cids:
-                p.send(P.Cancel(rid))
+                p.send(protocol.Cancel(rid))
                 p.cancels += 1
                 self.cancels += 1
 
@@ -562,9 +562,9 @@ class RemoteFetcher(SourceBase):
                 continue
             self._attach(w, p, 0)
             w.sent_at = now
-            entries.append(P.WantEntry(w.cid, prio, P.SEND_DONT_HAVE))
+            entries.append(protocol.WantEntry(w.cid, prio, protocol.SEND_DONT_HAVE))
         if entries:
-            p.send(P.WantList(entries))
+            p.send(protocol.WantList(entries))
             p.requests += 1
 
     def _interior_of(self, root: bytes) -> list:
@@ -625,7 +625,7 @@ class RemoteFetcher(SourceBase):
                     continue
                 p = self._pick(w.tried, w.size)
                 if p is None:
-                    if not w.fg and names <= w.tried:
+                    if not w.foreground_waiters and names <= w.tried:
                         del self.wants[w.cid]  # background want no peer can serve: drop it
                         continue
                     keep.append(w)
@@ -712,7 +712,7 @@ class RemoteFetcher(SourceBase):
             for _, w in run:
                 self._attach(w, p, rid)
             have = self._interior_of(idx.cid)
-            p.send(P.DagRequest(rid, idx.cid, P.Selector(P.SEL_RANGE, "", start, end),
+            p.send(protocol.DagRequest(rid, idx.cid, protocol.Selector(protocol.SEL_RANGE, "", start, end),
                                 have, [], job.prio))
             p.requests += 1
         if singles:
@@ -869,7 +869,7 @@ class RemoteFetcher(SourceBase):
                     p.rating.sample_latency(now - r.sent_at)
             w.pending = True
             self._detach(w, p)
-            urgent = w.fg > 0
+            urgent = w.foreground_waiters > 0
         self._rx[urgent].append((cid, data, p, w))
         self._rx_bytes += n
         self._rx_ev[urgent].set()
@@ -908,7 +908,7 @@ class RemoteFetcher(SourceBase):
             if not w.at and not w.pending:
                 self._orphan(w)
         p.reqs.pop(rid, None)
-        if status == P.DONE_ERROR and message != "cancelled":
+        if status == protocol.DONE_ERROR and message != "cancelled":
             log.info("peer %s: request %d failed: %s", p.name, rid, message)
         self._kick()
 

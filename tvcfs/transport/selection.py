@@ -14,7 +14,7 @@ import collections
 
 from ..encoding.cid import DAG_CBOR, DAG_PB, cid_codec
 from ..errors import InvalidCID, TvcfsError
-from . import protocol as P
+from . import protocol
 from .backend import BlockBackend, is_leaf, links_of
 
 __all__ = ["held_blocks", "iter_selection", "missing_in_dag", "thin_plan"]
@@ -26,7 +26,7 @@ __all__ = ["held_blocks", "iter_selection", "missing_in_dag", "thin_plan"]
 _RANGE_INDEX: collections.OrderedDict = collections.OrderedDict()
 
 
-def iter_selection(backend: BlockBackend, req: P.DagRequest, known: set | None = None):
+def iter_selection(backend: BlockBackend, req: protocol.DagRequest, known: set | None = None):
     """Yield ``(cid, data | None)`` for the blocks ``req`` selects, depth-first
     pre-order; ``None`` data = the server does not have it (its sub-graph is skipped).
 
@@ -43,7 +43,7 @@ def iter_selection(backend: BlockBackend, req: P.DagRequest, known: set | None =
     have = set(req.have)
     if known is None:
         known = held_blocks(backend, req.have_roots)
-    if sel.kind == P.SEL_ALL:
+    if sel.kind == protocol.SEL_ALL:
         yield from _walk(backend, req.roots, have, known, sel.history, leaves=not sel.skeleton)
         return
     # PATH / RANGE: the chain of nodes down to the target, then the target's sub-graph
@@ -95,7 +95,7 @@ def iter_selection(backend: BlockBackend, req: P.DagRequest, known: set | None =
         yield from out
         if data is None:
             return
-    if sel.kind == P.SEL_PATH:
+    if sel.kind == protocol.SEL_PATH:
         yield from ((c, d) for c, d in _walk(backend, [node], have, known, False) if c != node)
         return
     # RANGE: interior nodes of the file (recorded while indexing), then leaves in range

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from . import protocol as P
+from . import protocol
 from .backend import BlockBackend
 from .identity import NodeIdentity
 from .ledger import PeerLedger
@@ -96,7 +96,7 @@ class ServerConfig:
     private: bool = False
     allow_push: set = field(default_factory=set)
     allow_read: set = field(default_factory=set)
-    limits: P.Limits = P.DEFAULT_LIMITS
+    limits: protocol.Limits = protocol.DEFAULT_LIMITS
     stats: ServerStats = field(default_factory=ServerStats)
     corrupt_hook: object = None
     thin: bool = True
@@ -258,11 +258,11 @@ class _Driver:
                 await self.work.wait()
                 continue
             cfg = sess.cfg
-            data, kind = blk.data, P.Block.TYPE
+            data, kind = blk.data, protocol.Block.TYPE
             if blk.base is not None:  # a thin answer: the delta, when it pays
                 value = await trio.to_thread.run_sync(blk.thin_value)
                 if value is not None:
-                    data, kind = value, P.DeltaBlock.TYPE
+                    data, kind = value, protocol.DeltaBlock.TYPE
                     cfg.stats.bytes_sent -= len(blk.data) - len(value)
             n = len(data)
             if cfg.ledger is not None:
@@ -270,4 +270,4 @@ class _Driver:
             if cfg.rate_limit is not None:
                 await cfg.rate_limit.take(n)
             # header + data, no copy of the data
-            await self.flush((P.block_frame_header(blk.cid, n, kind), data))
+            await self.flush((protocol.block_frame_header(blk.cid, n, kind), data))

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from ..encoding.cid import cid_codec, cid_str, verify_block
 from ..errors import CorruptBlock, InvalidCID, RefConflict, TvcfsError
-from . import protocol as P
+from . import protocol
 from .backend import is_leaf, read_view
 from .identity import (IdentityError, PeerIdMismatch, auth_message, format_peer_id,
                        verify_signature)
@@ -100,7 +100,7 @@ class UpdateRef:
     then, when that returns True, :meth:`ServerSession.apply_ref_update` under the
     write lock."""
 
-    message: P.RefUpdate
+    message: protocol.RefUpdate
 
 
 @dataclass
@@ -169,14 +169,14 @@ class _Answer:
     __slots__ = ("req", "arrival", "it", "stack", "blocks", "nbytes", "status", "message",
                  "cancelled", "thin", "view")
 
-    def __init__(self, req: P.DagRequest, arrival: int):
+    def __init__(self, req: protocol.DagRequest, arrival: int):
         self.req = req
         self.arrival = arrival
         self.it = None
         self.stack: ExitStack | None = None
         self.blocks = 0
         self.nbytes = 0
-        self.status = P.DONE_OK
+        self.status = protocol.DONE_OK
         self.message = ""
         self.cancelled = False
         self.thin: dict = {}  # {leaf CID: (element size, base CID)} of a thin request
@@ -208,11 +208,11 @@ class ServerSession:
         self.cfg = cfg
         self.addr = addr
         self.nonce = nonce if nonce is not None else os.urandom(32)
-        self.decoder = P.FrameDecoder(cfg.limits, zero_copy=False)
+        self.decoder = protocol.FrameDecoder(cfg.limits, zero_copy=False)
         self.peer: bytes | None = None
         self.can_push = False
         self.state = "hello"  # hello → resolving → open → closed
-        self.wants: dict[bytes, tuple[P.WantEntry, int]] = {}  # cid → (entry, arrival)
+        self.wants: dict[bytes, tuple[protocol.WantEntry, int]] = {}  # cid → (entry, arrival)
         self.queued: list[_Answer] = []  # DAG requests not started, arrival order
         self.active: list[_Answer] = []  # started answers; the last one is sending
         self.eof = False
@@ -236,8 +236,8 @@ class ServerSession:
         self._out = []
         return out[0] if len(out) == 1 else b"".join(out)
 
-    def _send(self, msg: P.Message) -> None:
-        self._out.append(P.encode(msg))
+    def _send(self, msg: protocol.Message) -> None:
+        self._out.append(protocol.encode(msg))
 
     @property
     def has_work(self) -> bool:
@@ -273,7 +273,7 @@ class ServerSession:
                 if msg is None:
                     if self.eof:
                         if self.decoder.buffered:
-                            raise P.ProtocolError("stream ended inside a message")
+                            raise protocol.ProtocolError("stream ended inside a message")
                         if self.pushed:
                             return self._flush_pushed()
                         if not self.has_work:
@@ -281,13 +281,13 @@ class ServerSession:
                             return Closed()
                     return None
                 self._handle(msg)
-            except P.ProtocolError as e:
+            except protocol.ProtocolError as e:
                 return self._violation(str(e))
 
     def _violation(self, reason: str) -> Closed:
         self.cfg.stats.protocol_errors += 1
         log.warning("closed session from %s: protocol error: %s", self.addr, reason)
-        self._send(P.Error(0, P.E_PROTOCOL, reason[:500]))
+        self._send(protocol.Error(0, protocol.E_PROTOCOL, reason[:500]))
         self.close()
         return Closed(reason)
 
@@ -300,40 +300,40 @@ class ServerSession:
         self.wants.clear()
         self._events.clear()
 
-    def _handle(self, msg: P.Message) -> None:
+    def _handle(self, msg: protocol.Message) -> None:
         t = type(msg)
         if self.state == "hello":
             self._on_hello(msg)
-        elif t is P.Block:
+        elif t is protocol.Block:
             self._on_pushed_block(msg)
-        elif t is P.DeltaBlock:
+        elif t is protocol.DeltaBlock:
             self._on_pushed_delta(msg)
-        elif t is P.WantList:
+        elif t is protocol.WantList:
             self._on_wantlist(msg)
-        elif t is P.DagRequest:
+        elif t is protocol.DagRequest:
             self._on_dag_request(msg)
-        elif t is P.Cancel:
+        elif t is protocol.Cancel:
             self._on_cancel(msg.request_id)
-        elif t is P.ListRefs:
+        elif t is protocol.ListRefs:
             if not self.may_read():
-                self._send(P.Error(msg.request_id, P.E_UNAUTHORIZED, self.private_refusal()))
+                self._send(protocol.Error(msg.request_id, protocol.E_UNAUTHORIZED, self.private_refusal()))
                 return
             backend = self.cfg.backend
             refs = {k: v for k, v in backend.refs().items() if k.startswith(msg.prefix)}
-            self._send(P.Refs(msg.request_id, refs, backend.head()))
-        elif t is P.Auth:
+            self._send(protocol.Refs(msg.request_id, refs, backend.head()))
+        elif t is protocol.Auth:
             self._on_auth(msg)
-        elif t is P.RefUpdate:
+        elif t is protocol.RefUpdate:
             self._on_ref_update(msg)
         else:
-            raise P.ProtocolError(f"unexpected message {t.__name__}")
+            raise protocol.ProtocolError(f"unexpected message {t.__name__}")
 
     # ---------------------------------------------------------------- handshake
     def _on_hello(self, msg) -> None:
-        if type(msg) is not P.Hello:
-            raise P.ProtocolError("expected Hello")
-        if msg.version != P.PROTOCOL_VERSION:
-            self._send(P.Error(0, P.E_PROTOCOL, f"unsupported version {msg.version}"))
+        if type(msg) is not protocol.Hello:
+            raise protocol.ProtocolError("expected Hello")
+        if msg.version != protocol.PROTOCOL_VERSION:
+            self._send(protocol.Error(0, protocol.E_PROTOCOL, f"unsupported version {msg.version}"))
             self.close()
             self._events.append(Closed())
             return
@@ -348,7 +348,7 @@ class ServerSession:
         """The answer to :class:`ResolveRepository`: that repository's
         configuration, or ``None`` (not found: the session ends with ``Error``)."""
         if cfg is None:
-            self._send(P.Error(0, P.E_NOT_FOUND,
+            self._send(protocol.Error(0, protocol.E_NOT_FOUND,
                                f"no repository {self._resolving!r} on this server"))
             self.close()
             self._events.append(Closed())
@@ -360,27 +360,27 @@ class ServerSession:
         cfg, lim = self.cfg, self.cfg.limits
         self.decoder.limits = lim
         self.state = "open"
-        self._send(P.Welcome(P.PROTOCOL_VERSION, cfg.identity.peer_id, self.nonce,
+        self._send(protocol.Welcome(protocol.PROTOCOL_VERSION, cfg.identity.peer_id, self.nonce,
                              lim.max_message, lim.max_wantlist, lim.max_inflight,
-                             (P.WELCOME_PRIVATE if cfg.private else 0)
-                             | (P.WELCOME_THIN if self.thin else 0)))
+                             (protocol.WELCOME_PRIVATE if cfg.private else 0)
+                             | (protocol.WELCOME_THIN if self.thin else 0)))
 
     @property
     def thin(self) -> bool:
         """Whether this server does thin transfers (``cfg.thin``, default on)."""
         return bool(getattr(self.cfg, "thin", True))
 
-    def _on_auth(self, msg: P.Auth) -> None:
+    def _on_auth(self, msg: protocol.Auth) -> None:
         try:
             peer = verify_signature(msg.public_key,
                                     auth_message(self.cfg.identity.peer_id, self.nonce),
                                     msg.signature)
         except IdentityError as e:
-            self._send(P.Error(0, P.E_UNAUTHORIZED, f"authentication failed: {e}"))
-            raise P.ProtocolError(f"bad Auth: {e}") from None
+            self._send(protocol.Error(0, protocol.E_UNAUTHORIZED, f"authentication failed: {e}"))
+            raise protocol.ProtocolError(f"bad Auth: {e}") from None
         self.peer = peer
         self.can_push = peer in self.cfg.allow_push
-        self._send(P.AuthOk(peer, self.can_push))
+        self._send(protocol.AuthOk(peer, self.can_push))
 
     # ---------------------------------------------------------------- reads
     def may_read(self) -> bool:
@@ -404,18 +404,18 @@ class ServerSession:
     def who(self) -> str:
         return f"{format_peer_id(self.peer) if self.peer else 'anonymous'} ({self.addr})"
 
-    def _on_wantlist(self, msg: P.WantList) -> None:
+    def _on_wantlist(self, msg: protocol.WantList) -> None:
         seq = self.seq
         _apply_wantlist(self.wants, msg, lambda e: (e, seq))
         if len(self.wants) > self.cfg.limits.max_wantlist:
-            raise P.ProtocolError("want-list too long")
+            raise protocol.ProtocolError("want-list too long")
 
-    def _on_dag_request(self, msg: P.DagRequest) -> None:
+    def _on_dag_request(self, msg: protocol.DagRequest) -> None:
         if not self.may_read():
-            self._send(P.Error(msg.request_id, P.E_UNAUTHORIZED, self.private_refusal()))
+            self._send(protocol.Error(msg.request_id, protocol.E_UNAUTHORIZED, self.private_refusal()))
             return
         if len(self.queued) + len(self.active) >= self.cfg.limits.max_requests:
-            raise P.ProtocolError("too many outstanding requests")
+            raise protocol.ProtocolError("too many outstanding requests")
         self.queued.append(_Answer(msg, self.seq))
 
     def _on_cancel(self, rid: int) -> None:
@@ -426,7 +426,7 @@ class ServerSession:
         for a in self.queued:
             if a.req.request_id == rid:
                 self.queued.remove(a)
-                self._send(P.DagDone(rid, P.DONE_ERROR, 0, 0, "cancelled"))
+                self._send(protocol.DagDone(rid, protocol.DONE_ERROR, 0, 0, "cancelled"))
                 return
 
     def next_block(self) -> OutgoingBlock | None:
@@ -440,7 +440,7 @@ class ServerSession:
             if active:
                 cur = active[-1]
                 if cur.cancelled:
-                    cur.status, cur.message = P.DONE_ERROR, "cancelled"
+                    cur.status, cur.message = protocol.DONE_ERROR, "cancelled"
                     self._finish(cur)
                     continue
                 if self.wants:
@@ -483,11 +483,11 @@ class ServerSession:
         cid, e, arrival = best
         del self.wants[cid]
         if not self.may_read():
-            self._send(P.DontHave(cid))
+            self._send(protocol.DontHave(cid))
             return True, None
         backend = self.cfg.backend
         if e.want_have:
-            self._send(P.Have(cid) if backend.has(cid) else P.DontHave(cid))
+            self._send(protocol.Have(cid) if backend.has(cid) else protocol.DontHave(cid))
             return True, None
         if self.sent_seq.get(cid, -1) > arrival:
             return True, None  # sent since it was asked for (by a DAG answer): on its way
@@ -497,8 +497,8 @@ class ServerSession:
             log.error("not sending a damaged block: %s", err)
             data = None
         if data is None:
-            if e.flags & P.SEND_DONT_HAVE:
-                self._send(P.DontHave(cid))
+            if e.flags & protocol.SEND_DONT_HAVE:
+                self._send(protocol.DontHave(cid))
             return True, None
         return True, self._outgoing(cid, data)
 
@@ -514,7 +514,7 @@ class ServerSession:
                 a.view = view
                 a.thin = self._thin_plan(view, a.req, known)
         except TvcfsError as e:
-            a.status, a.message = P.DONE_ERROR, str(e)
+            a.status, a.message = protocol.DONE_ERROR, str(e)
         self.active.append(a)
 
     def _advance(self, a: _Answer) -> OutgoingBlock | None:
@@ -528,7 +528,7 @@ class ServerSession:
         except TvcfsError as e:
             if isinstance(e, CorruptBlock):
                 log.error("DAG answer stopped at a damaged block: %s", e)
-            a.status, a.message = P.DONE_ERROR, str(e)
+            a.status, a.message = protocol.DONE_ERROR, str(e)
             self._finish(a)
             return None
         if item is None:
@@ -536,8 +536,8 @@ class ServerSession:
             return None
         cid, data = item
         if data is None:
-            self._send(P.DontHave(cid))
-            a.status = P.DONE_PARTIAL
+            self._send(protocol.DontHave(cid))
+            a.status = protocol.DONE_PARTIAL
             return None
         if self.sent_seq.get(cid, -1) > a.arrival:
             return None  # sent since this request arrived (e.g. to a foreground want)
@@ -566,7 +566,7 @@ class ServerSession:
             known = self._held_cache[key] = held_blocks(view, have_roots)
         return known
 
-    def _thin_plan(self, view, req: P.DagRequest, known: set | None = None) -> dict:
+    def _thin_plan(self, view, req: protocol.DagRequest, known: set | None = None) -> dict:
         """How the leaves this thin request may select can go out as deltas: planned
         over the server's refs and the request's commit roots, against the blocks of
         the client's ``have_roots`` (cached per set of have-roots for the session).
@@ -585,7 +585,7 @@ class ServerSession:
     def _finish(self, a: _Answer) -> None:
         self.active.remove(a)
         _end_answer(a)
-        self._send(P.DagDone(a.req.request_id, a.status, a.blocks, a.nbytes, a.message))
+        self._send(protocol.DagDone(a.req.request_id, a.status, a.blocks, a.nbytes, a.message))
 
     def _outgoing(self, cid: bytes, data) -> OutgoingBlock:
         hook = self.cfg.corrupt_hook
@@ -600,50 +600,50 @@ class ServerSession:
         return OutgoingBlock(cid, data, self.peer or self.addr)
 
     # ---------------------------------------------------------------- push
-    def _on_pushed_block(self, msg: P.Block, verified: bool = False) -> None:
+    def _on_pushed_block(self, msg: protocol.Block, verified: bool = False) -> None:
         if not self.can_push:
-            self._send(P.Error(0, P.E_UNAUTHORIZED, "push not allowed for this peer"))
-            raise P.ProtocolError("unauthorised push")
+            self._send(protocol.Error(0, protocol.E_UNAUTHORIZED, "push not allowed for this peer"))
+            raise protocol.ProtocolError("unauthorised push")
         try:
             cid_codec(msg.cid)
             if not verified:
                 verify_block(msg.cid, msg.data)
         except (InvalidCID, CorruptBlock) as e:
             self.cfg.stats.bad_blocks_received += 1
-            raise P.ProtocolError(f"pushed block rejected: {e}") from None
+            raise protocol.ProtocolError(f"pushed block rejected: {e}") from None
         self.cfg.stats.blocks_received += 1
         self.pushed.append((msg.cid, msg.data))
         self.pushed_bytes += len(msg.data)
         if self.pushed_bytes >= min(self.cfg.limits.max_inflight, PUSH_FLUSH):
             self._events.append(self._flush_pushed())
 
-    def _on_pushed_delta(self, msg: P.DeltaBlock) -> None:
+    def _on_pushed_delta(self, msg: protocol.DeltaBlock) -> None:
         """A pushed ``DeltaBlock``: decoded against its base (which this store must
         hold), checked against its CID, then handled as a pushed ``Block``."""
         if not self.thin:
-            raise P.ProtocolError("DeltaBlock sent to a server that did not offer thin transfers")
+            raise protocol.ProtocolError("DeltaBlock sent to a server that did not offer thin transfers")
         if not self.can_push:
-            self._send(P.Error(0, P.E_UNAUTHORIZED, "push not allowed for this peer"))
-            raise P.ProtocolError("unauthorised push")
+            self._send(protocol.Error(0, protocol.E_UNAUTHORIZED, "push not allowed for this peer"))
+            raise protocol.ProtocolError("unauthorised push")
         try:
             cid_codec(msg.cid)
             data = decode_thin(msg.cid, msg.value, self.cfg.backend.get)
         except (InvalidCID, CorruptBlock) as e:
             self.cfg.stats.bad_blocks_received += 1
-            raise P.ProtocolError(f"pushed block rejected: {e}") from None
-        self._on_pushed_block(P.Block(msg.cid, data), verified=True)
+            raise protocol.ProtocolError(f"pushed block rejected: {e}") from None
+        self._on_pushed_block(protocol.Block(msg.cid, data), verified=True)
 
     def _flush_pushed(self) -> StoreBlocks:
         batch, self.pushed, self.pushed_bytes = self.pushed, [], 0
         return StoreBlocks(batch)
 
-    def _on_ref_update(self, msg: P.RefUpdate) -> None:
+    def _on_ref_update(self, msg: protocol.RefUpdate) -> None:
         cfg = self.cfg
         if not self.can_push:
             who = format_peer_id(self.peer) if self.peer else "an unauthenticated peer"
             log.warning("refused push to %s from %s (%s): peer ID not in the allow-list",
                         msg.name, who, self.addr)
-            self._send(P.RefResult(
+            self._send(protocol.RefResult(
                 msg.request_id, False, cfg.backend.refs().get(msg.name),
                 f"unauthorised: peer ID {who} may not push to this repository; ask its owner "
                 + cfg.grant_hint.format(peer=who if self.peer else "PEERID", private="")))
@@ -652,7 +652,7 @@ class ServerSession:
             self._events.append(self._flush_pushed())
         self._events.append(UpdateRef(msg))
 
-    def check_ref_update(self, msg: P.RefUpdate) -> bool:
+    def check_ref_update(self, msg: protocol.RefUpdate) -> bool:
         """Whether the DAG of ``msg.new`` is complete in the store (blocking: run
         it in a thread); when it is not, the refusal is queued and False returned."""
         backend = self.cfg.backend
@@ -660,12 +660,12 @@ class ServerSession:
             return True
         missing = missing_in_dag(backend, msg.new, set(backend.refs().values()), True, 1)
         if missing:
-            self._send(P.RefResult(msg.request_id, False, backend.refs().get(msg.name),
+            self._send(protocol.RefResult(msg.request_id, False, backend.refs().get(msg.name),
                                    f"incomplete push: block {cid_str(missing[0])} missing"))
             return False
         return True
 
-    def apply_ref_update(self, msg: P.RefUpdate) -> None:
+    def apply_ref_update(self, msg: protocol.RefUpdate) -> None:
         """Compare-and-swap the ref (call under the write lock); queues the
         ``RefResult``."""
         backend = self.cfg.backend
@@ -675,20 +675,20 @@ class ServerSession:
             log.warning("rejected push to %s from %s: stale base", msg.name, self.who())
             cur = cid_str(e.actual)[:16] if e.actual else "(none)"
             base = cid_str(msg.old)[:16] if msg.old else "(none)"
-            self._send(P.RefResult(
+            self._send(protocol.RefResult(
                 msg.request_id, False, e.actual,
                 f"rejected: {msg.name} has moved (stale base: you expected {base}, it is at "
                 f"{cur}); fetch and merge, then push again"))
             return
         except TvcfsError as e:
-            self._send(P.RefResult(msg.request_id, False, None, f"rejected: {e}"))
+            self._send(protocol.RefResult(msg.request_id, False, None, f"rejected: {e}"))
             return
         log.info("push from %s: %s -> %s", self.who(), msg.name,
                  cid_str(msg.new) if msg.new else "(deleted)")
-        self._send(P.RefResult(msg.request_id, True, msg.new, "ok"))
+        self._send(protocol.RefResult(msg.request_id, True, msg.new, "ok"))
 
 
-def _apply_wantlist(table: dict, msg: P.WantList, value) -> None:
+def _apply_wantlist(table: dict, msg: protocol.WantList, value) -> None:
     """Apply a want-list update to ``table`` (``{cid: value(entry)}``): ``full``
     replaces it, cancels remove entries, others add or replace theirs."""
     if msg.full:
@@ -711,8 +711,8 @@ def _end_answer(a: _Answer) -> None:
 
 # ====================================================================== client
 # messages only a server sends (a client receiving anything else: protocol error)
-_TO_CLIENT = frozenset((P.Welcome, P.AuthOk, P.Block, P.DeltaBlock, P.Have, P.DontHave,
-                        P.DagDone, P.Refs, P.RefResult, P.Error))
+_TO_CLIENT = frozenset((protocol.Welcome, protocol.AuthOk, protocol.Block, protocol.DeltaBlock, protocol.Have, protocol.DontHave,
+                        protocol.DagDone, protocol.Refs, protocol.RefResult, protocol.Error))
 
 
 class ClientSession:
@@ -739,12 +739,12 @@ class ClientSession:
     """
 
     def __init__(self, expected_peer: bytes | None = None,
-                 limits: P.Limits = P.DEFAULT_LIMITS, zero_copy: bool = False):
-        self.decoder = P.FrameDecoder(limits, zero_copy=zero_copy)
+                 limits: protocol.Limits = protocol.DEFAULT_LIMITS, zero_copy: bool = False):
+        self.decoder = protocol.FrameDecoder(limits, zero_copy=zero_copy)
         self.peer_id = expected_peer
-        self.welcome: P.Welcome | None = None
+        self.welcome: protocol.Welcome | None = None
         self.can_push = False
-        self.requests: dict[int, P.DagRequest] = {}
+        self.requests: dict[int, protocol.DagRequest] = {}
         self.ref_requests: set[int] = set()
         self.wanted: dict[bytes, int] = {}
         self._rid = 0
@@ -766,23 +766,23 @@ class ClientSession:
     def max_wantlist(self) -> int:
         return self.welcome.max_wantlist if self.welcome else 1024
 
-    def send(self, msg: P.Message) -> None:
+    def send(self, msg: protocol.Message) -> None:
         """Queue any request message, with its bookkeeping (a ``DagRequest`` is
         outstanding until its ``DagDone``, want-list entries until answered or
         cancelled, ``ListRefs``/``RefUpdate`` until their answer)."""
         t = type(msg)
-        if t is P.DagRequest:
+        if t is protocol.DagRequest:
             self.requests[msg.request_id] = msg
-        elif t is P.WantList:
+        elif t is protocol.WantList:
             _apply_wantlist(self.wanted, msg, lambda e: e.priority)
-        elif t is P.ListRefs or t is P.RefUpdate:
+        elif t is protocol.ListRefs or t is protocol.RefUpdate:
             self.ref_requests.add(msg.request_id)
-        self._out.append(P.encode(msg))
+        self._out.append(protocol.encode(msg))
 
     def hello(self, repo: str = "") -> None:
         """Queue ``Hello`` (the first frame of a session)."""
         self.hello_sent = True
-        self.send(P.Hello(P.PROTOCOL_VERSION, repo))
+        self.send(protocol.Hello(protocol.PROTOCOL_VERSION, repo))
 
     def authenticate(self, identity) -> None:
         """Queue ``Auth``: ``identity``'s signature of the server's nonce (needs
@@ -790,25 +790,25 @@ class ClientSession:
         if self.welcome is None:
             raise SessionError("cannot authenticate before the server's Welcome")
         msg = auth_message(self.welcome.peer_id, self.welcome.nonce)
-        self.send(P.Auth(identity.public_key_proto, identity.sign(msg)))
+        self.send(protocol.Auth(identity.public_key_proto, identity.sign(msg)))
 
     def list_refs(self, prefix: str = "") -> int:
         """Queue ``ListRefs``; returns its request id."""
         rid = self.next_id()
-        self.send(P.ListRefs(rid, prefix))
+        self.send(protocol.ListRefs(rid, prefix))
         return rid
 
-    def request_dag(self, roots: list, selector: P.Selector | None = None, *,
+    def request_dag(self, roots: list, selector: protocol.Selector | None = None, *,
                     have=(), have_roots=(), priority: int = 1, rid: int | None = None) -> int:
         """Queue a ``DagRequest`` for ``roots`` (several only with the all-selector);
         returns its request id. Raises ``ValueError`` for more than one root with
         another selector (the server would end the session)."""
-        selector = selector or P.Selector()
+        selector = selector or protocol.Selector()
         roots = list(roots)
-        if not roots or (len(roots) > 1 and selector.kind != P.SEL_ALL):
+        if not roots or (len(roots) > 1 and selector.kind != protocol.SEL_ALL):
             raise ValueError("a DAG request has one root, or several with the all-selector")
         rid = self.next_id() if rid is None else rid
-        self.send(P.DagRequest(rid, roots[0], selector, list(have), list(have_roots), priority,
+        self.send(protocol.DagRequest(rid, roots[0], selector, list(have), list(have_roots), priority,
                                roots[1:]))
         return rid
 
@@ -817,39 +817,39 @@ class ClientSession:
         """Queue a byte-range request: the blocks of file ``root`` overlapping bytes
         ``[start, end)`` (its interior nodes, then the leaves in file order),
         except ``have``. Returns the request id."""
-        return self.request_dag([root], P.Selector(P.SEL_RANGE, "", start, end), have=have,
+        return self.request_dag([root], protocol.Selector(protocol.SEL_RANGE, "", start, end), have=have,
                                 priority=priority, rid=rid)
 
     def cancel(self, rid: int) -> None:
         """Queue ``Cancel`` of DAG request ``rid`` (its ``DagDone`` still comes)."""
         if rid in self.requests:
-            self.send(P.Cancel(rid))
+            self.send(protocol.Cancel(rid))
 
-    def want(self, cids, priority: int = 1, flags: int = P.SEND_DONT_HAVE) -> None:
+    def want(self, cids, priority: int = 1, flags: int = protocol.SEND_DONT_HAVE) -> None:
         """Queue want-list entries (split into lists of at most ``max_wantlist``)."""
         cids = list(cids)
         lim = self.max_wantlist
         for i in range(0, len(cids), lim):
-            self.send(P.WantList([P.WantEntry(c, priority, flags) for c in cids[i:i + lim]]))
+            self.send(protocol.WantList([protocol.WantEntry(c, priority, flags) for c in cids[i:i + lim]]))
 
     def want_entries(self, entries) -> None:
         """Queue want-list entries as given (their own priorities and flags)."""
         entries = list(entries)
         if entries:
-            self.send(P.WantList(entries))
+            self.send(protocol.WantList(entries))
 
     def cancel_wants(self, cids) -> None:
         """Queue cancels of want-list entries."""
         cids = list(cids)
         if cids:
-            self.send(P.WantList([P.WantEntry(c, 0, P.CANCEL) for c in cids]))
+            self.send(protocol.WantList([protocol.WantEntry(c, 0, protocol.CANCEL) for c in cids]))
 
     @property
     def thin(self) -> bool:
         """Whether the server offered thin transfers (``Welcome`` flag
         ``WELCOME_THIN``): requests may ask for ``DeltaBlock`` answers and a push
         may send them."""
-        return bool(self.welcome is not None and self.welcome.flags & P.WELCOME_THIN)
+        return bool(self.welcome is not None and self.welcome.flags & protocol.WELCOME_THIN)
 
     def push_block(self, cid: bytes, data, delta: bool = False) -> None:
         """Queue a pushed ``Block`` (header and data as two buffers: no copy);
@@ -857,13 +857,13 @@ class ClientSession:
         server that offered thin transfers: raises ``ValueError`` otherwise)."""
         if delta and not self.thin:
             raise ValueError("the server did not offer thin transfers")
-        self._out.append(P.block_frame_header(cid, len(data), P.DeltaBlock.TYPE if delta else P.Block.TYPE))
+        self._out.append(protocol.block_frame_header(cid, len(data), protocol.DeltaBlock.TYPE if delta else protocol.Block.TYPE))
         self._out.append(data)
 
     def update_ref(self, name: str, old: bytes | None, new: bytes | None) -> int:
         """Queue ``RefUpdate`` (compare-and-swap ``name`` from ``old`` to ``new``)."""
         rid = self.next_id()
-        self.send(P.RefUpdate(rid, name, old, new))
+        self.send(protocol.RefUpdate(rid, name, old, new))
         return rid
 
     # ---------------------------------------------------------------- input
@@ -878,38 +878,38 @@ class ClientSession:
             return None
         return self.handle_message(msg)
 
-    def handle_message(self, msg: P.Message):
+    def handle_message(self, msg: protocol.Message):
         """Check and book one decoded message (what :meth:`next_event` does after
         decoding); returns it."""
         t = type(msg)
-        if t is P.Block:
+        if t is protocol.Block:
             self.wanted.pop(msg.cid, None)
-        elif t is P.DagDone:
+        elif t is protocol.DagDone:
             self.requests.pop(msg.request_id, None)
-        elif t is P.DontHave or t is P.Have:
+        elif t is protocol.DontHave or t is protocol.Have:
             self.wanted.pop(msg.cid, None)
-        elif t is P.Error:
+        elif t is protocol.Error:
             if msg.request_id == 0:
                 raise SessionError(f"remote error: {msg.message}")
             self.requests.pop(msg.request_id, None)
             self.ref_requests.discard(msg.request_id)
-        elif t is P.Refs or t is P.RefResult:
+        elif t is protocol.Refs or t is protocol.RefResult:
             if msg.request_id not in self.ref_requests:
-                raise P.ProtocolError(f"{t.__name__} for request {msg.request_id}, "
+                raise protocol.ProtocolError(f"{t.__name__} for request {msg.request_id}, "
                                       "which was not asked")
             self.ref_requests.discard(msg.request_id)
-        elif t is P.Welcome:
+        elif t is protocol.Welcome:
             if self.welcome is not None:
-                raise P.ProtocolError("a second Welcome")
-            if msg.version != P.PROTOCOL_VERSION:
+                raise protocol.ProtocolError("a second Welcome")
+            if msg.version != protocol.PROTOCOL_VERSION:
                 raise SessionError(f"the remote speaks protocol version {msg.version}, "
-                                   f"this tvcfs {P.PROTOCOL_VERSION}")
+                                   f"this tvcfs {protocol.PROTOCOL_VERSION}")
             if self.peer_id is not None and msg.peer_id != self.peer_id:
                 raise PeerIdMismatch(self.peer_id, msg.peer_id)
             self.peer_id = msg.peer_id
             self.welcome = msg
-        elif t is P.AuthOk:
+        elif t is protocol.AuthOk:
             self.can_push = msg.can_push
         elif t not in _TO_CLIENT:
-            raise P.ProtocolError(f"a server does not send {t.__name__}")
+            raise protocol.ProtocolError(f"a server does not send {t.__name__}")
         return msg

@@ -25,7 +25,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
-from . import protocol as P
+from . import protocol
 from .client import RemoteSession, open_session
 
 __all__ = ["MuxSession", "open_mux"]
@@ -61,7 +61,7 @@ class MuxSession:
         """A new request id (shared with the session's other requests)."""
         return self.proto.next_id()
 
-    async def send_wants(self, entries: list[P.WantEntry]) -> None:
+    async def send_wants(self, entries: list[protocol.WantEntry]) -> None:
         """Add want-list entries (want-block with send-dont-have unless flags say otherwise)."""
         self.proto.want_entries(entries)
         await self.sess.flush()
@@ -103,16 +103,16 @@ class MuxSession:
                     return
                 msg = check(msg)
                 t = type(msg)
-                if t is P.Block:
+                if t is protocol.Block:
                     await h.on_block(self, msg.cid, msg.data)
-                elif t is P.DontHave:
+                elif t is protocol.DontHave:
                     h.on_dont_have(self, msg.cid)
-                elif t is P.DagDone:
+                elif t is protocol.DagDone:
                     h.on_done(self, msg.request_id, msg.status, msg.message)
-                elif t is P.Have:
+                elif t is protocol.Have:
                     h.on_have(self, msg.cid)
-                elif t is P.Error:
-                    h.on_done(self, msg.request_id, P.DONE_ERROR, msg.message)
+                elif t is protocol.Error:
+                    h.on_done(self, msg.request_id, protocol.DONE_ERROR, msg.message)
                 # Refs / RefResult / AuthOk are not expected here: ignored
         finally:
             self.closed = True
