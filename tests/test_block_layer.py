@@ -117,20 +117,6 @@ def test_corrupt_block_from_untrusted_tier_is_rejected():
     assert not local.has(cid)
 
 
-def test_verify_many_on_the_calling_thread_agrees_with_the_pool():
-    # a fetch's storing threads hash on their own thread (parallel=False), from a
-    # generator that joins each block as it is asked for
-    from tvcfs.store.verify import PARALLEL_BYTES, verify_many
-
-    blocks = [blk(i, size=1 << 20) for i in range(PARALLEL_BYTES // (1 << 20) + 2)]
-    bad_cid = blocks[2][0]
-    blocks[2] = (bad_cid, b"y" + blocks[2][1][1:])
-    pooled = verify_many(blocks)
-    here = verify_many(((c, d) for c, d in blocks), parallel=False)
-    assert here == pooled
-    assert here[1] == [bad_cid] and [c for c, _ in here[0]] == [c for c, _ in blocks if c != bad_cid]
-
-
 def test_tier_timeout_falls_back():
     cid, data = blk(5)
     release = threading.Event()

@@ -47,24 +47,10 @@ def _ok(item) -> bool:
     return len(cid) == 36 and bytes(cid[:4]) in _PREFIXES and hashlib.sha256(data).digest() == bytes(cid[4:])
 
 
-def verify_many(blocks: Iterable[tuple[bytes, bytes]], *, parallel: bool = True) -> tuple[list, list]:
+def verify_many(blocks: Iterable[tuple[bytes, bytes]]) -> tuple[list, list]:
     """Hash every ``(cid, data)`` pair; return ``(good, bad)``: ``good`` the pairs whose
     data hashes to their CID, in input order; ``bad`` the CIDs that do not, or that are
-    no CIDv1 sha2-256 of a codec tvcfs reads (raw, dag-pb, dag-cbor).
-
-    ``parallel``: hash batches of ``PARALLEL_BYTES`` or more on the verify pool.
-    ``False`` hashes every block on the calling thread as ``blocks`` yields it
-    (for callers that already run several verifying threads, such as a fetch's
-    storing threads: no hand-off to the pool and back per batch, and a block
-    produced by a generator is hashed while it is still in the CPU's cache)."""
-    if not parallel:
-        good, bad = [], []
-        for item in blocks:
-            if _ok(item):
-                good.append(item)
-            else:
-                bad.append(item[0])
-        return good, bad
+    no CIDv1 sha2-256 of a codec tvcfs reads (raw, dag-pb, dag-cbor)."""
     items = list(blocks)
     if sum(len(d) for _, d in items) < PARALLEL_BYTES or len(items) < 2:
         oks = list(map(_ok, items))

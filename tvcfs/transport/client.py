@@ -548,13 +548,10 @@ _WINDOW = min(64, P.DEFAULT_LIMITS.max_requests)  # DAG requests outstanding in 
 
 
 def _verify(batch):
-    """``(good [(cid, data)], good bytes, bad [cid])`` of a batch (run in one of the
-    ``_WORKERS`` storing threads, which hash on their own thread: see
-    :func:`~tvcfs.store.verify.verify_many`'s ``parallel``)."""
-    # the one copy of a received block (its received chunks joined), off the event
-    # loop, each block hashed right after its join
-    good, bad = verify_many(((cid, data.tobytes() if type(data) is P.BlockParts else data)
-                             for cid, data in batch), parallel=False)
+    """``(good [(cid, data)], good bytes, bad [cid])`` of a batch (run in a thread)."""
+    # the one copy of a received block (its received chunks joined), off the event loop
+    good, bad = verify_many([(cid, data.tobytes() if type(data) is P.BlockParts else data)
+                             for cid, data in batch])
     return good, sum(len(d) for _, d in good), bad
 
 
