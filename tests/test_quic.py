@@ -27,6 +27,30 @@ async def _start(nursery, handler, ident, engine, **kw):
         task_status=task_status))
 
 
+BLOCK = bytes(range(256)) * 4096  # 1 MiB
+_TWICE = BLOCK * 2
+
+
+def _block_sender(total: int):
+    """A server stream handler: after the client's first bytes, ``total`` bytes of
+    ``BLOCK`` in 1 MiB writes, then FIN."""
+    async def sender(stream):
+        await stream.receive_some()
+        for _ in range(total // len(BLOCK)):
+            await stream.send_all(BLOCK)
+        await stream.send_eof()
+    return sender
+
+
+def _check_chunks(chunks, got: int) -> int:
+    """Assert ``chunks`` continue the ``BLOCK`` stream at offset ``got``; the new offset."""
+    for c in chunks:
+        off = got % len(BLOCK)
+        assert c == _TWICE[off:off + len(c)]
+        got += len(c)
+    return got
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_echo_many_streams_and_half_close(engine):
     ident = NodeIdentity.generate()
@@ -145,18 +169,10 @@ def test_slow_reader_bounds_what_the_client_buffers(engine):
     byte still arrives, in order."""
     ident = NodeIdentity.generate()
     total = 24 << 20
-    block = bytes(range(256)) * 4096  # 1 MiB
-    twice = block * 2
-
-    async def sender(stream):
-        await stream.receive_some()
-        for _ in range(total // len(block)):
-            await stream.send_all(block)
-        await stream.send_eof()
 
     async def main():
         async with trio.open_nursery() as n:
-            srv = await _start(n, sender, ident, engine)
+            srv = await _start(n, _block_sender(total), ident, engine)
             high = 1 << 20
             st = QuicSettings(engine=engine, receive_high_water=high)
             async with connect_quic("127.0.0.1", srv.address[1], settings=st) as conn:
@@ -168,14 +184,41 @@ def test_slow_reader_bounds_what_the_client_buffers(engine):
                 got = 0
                 peak = 0
                 while chunks := await s.receive_chunks():
-                    for c in chunks:
-                        off = got % len(block)
-                        assert c == twice[off:off + len(c)]
-                        got += len(c)
+                    got = _check_chunks(chunks, got)
                     peak = max(peak, s.buffered)
                     await trio.sleep(0.001)
                 assert got == total
                 assert peak <= high + 256 * conn.datagram_size
+            n.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_receive_chunks_after_waiting_does_not_join(engine):
+    """A reader that keeps up with the network waits before nearly every batch;
+    what arrived meanwhile comes back as the engine's chunks (each at most one
+    datagram's payload), not joined into one buffer on the event loop."""
+    ident = NodeIdentity.generate()
+    total = 8 << 20
+
+    async def main():
+        async with trio.open_nursery() as n:
+            srv = await _start(n, _block_sender(total), ident, engine)
+            async with connect_quic("127.0.0.1", srv.address[1], engine=engine) as conn:
+                s = await conn.open_stream()
+                await s.send_all(b"go")
+                got, waited_for_several = 0, 0
+                while True:
+                    waits = not s.buffered
+                    chunks = await s.receive_chunks()
+                    if not chunks:
+                        break
+                    waited_for_several += waits and len(chunks) > 1
+                    assert max(map(len, chunks)) <= conn.datagram_size
+                    got = _check_chunks(chunks, got)
+                assert got == total
+                assert waited_for_several  # the case this test is about happened
             n.cancel_scope.cancel()
 
     trio.run(main)

@@ -9,9 +9,11 @@
 2. For each of QUIC/qh3, QUIC/aioquic and TLS-over-TCP: starts ``tvcfs serve`` in a
    child process, clones the repository in another fresh child process
    (``tvcfs.sync.clone``, the code behind ``tvcfs clone``), and reports the
-   clone's MB/s (stored block bytes / time from connect to the last sync) and the
+   clone's MB/s (stored block bytes / time from connect to the last sync), the
    time to the first block of that fresh connection (in a fresh process: it
-   includes importing the engine).
+   includes importing the engine), the server's CPU and the client's: from after
+   its imports (printed apart), in total and per thread role (:class:`ThreadCPU`:
+   the event loop, the hashing pool, the worker threads that join and store).
 3. Ceilings and comparisons, the same bytes:
    * ``http``: ``python -m http.server`` serving the model directory, fetched with
      curl (urllib when curl is missing) into a file;
@@ -53,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Self
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -96,27 +99,108 @@ def _stop(proc) -> None:
             proc.wait()
 
 
-def _cpu_of(pid: int) -> float:
-    """CPU seconds (user + system) used so far by process ``pid`` (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
+def _cpu_of(pid: int, tid: int | None = None) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (Linux /proc), or
+    by its thread ``tid``."""
+    with open(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# thread roles of a clone process, by Python thread name (docs/performance.md)
+_ROLES = (("tvcfs-peer", "loop"), ("tvcfs-verify", "hash"))
+
+
+class ThreadCPU:
+    """CPU seconds per thread role of this process while it runs a clone: ``loop``
+    (the session's trio thread: socket, QUIC/TLS, framing), ``hash`` (the verify
+    pool: SHA-256), ``main``, and ``workers`` (every other thread: trio's worker
+    threads joining blocks, writing LMDB, the final msync, the DAG walks). Samples
+    ``/proc/self/task`` every ``interval`` seconds from a thread of its own (not
+    counted), so a thread that ends keeps its last sample (at most ``interval`` of
+    its CPU is missed)."""
+
+    def __init__(self, interval: float = 0.05):
+        import threading
+
+        self._threading = threading
+        self.interval = interval
+        self._start: dict = {}
+        self._last: dict = {}
+        self._role: dict = {}
+        self._first = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        names = {t.native_id: t.name for t in self._threading.enumerate()}
+        main = self._threading.main_thread().native_id
+        me = self._thread.native_id
+        for tid in map(int, os.listdir("/proc/self/task")):
+            if tid == me:
+                continue
+            try:
+                cpu = _cpu_of(os.getpid(), tid)
+            except OSError:
+                continue
+            self._start.setdefault(tid, cpu if self._first else 0.0)  # new thread: all its CPU
+            self._last[tid] = cpu
+            name = names.get(tid, "")
+            role = "main" if tid == main else next(
+                (r for prefix, r in _ROLES if name.startswith(prefix)), "workers")
+            self._role[tid] = role
+        self._first = False
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        while self._thread.native_id is None:
+            time.sleep(0.001)
+        self._sample()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def by_role(self) -> dict:
+        """``{role: CPU seconds}`` between entering and leaving."""
+        out: dict = {}
+        for tid, cpu in self._last.items():
+            role = self._role[tid]
+            out[role] = out.get(role, 0.0) + cpu - self._start[tid]
+        return out
 
 
 # ------------------------------------------------------------------ children
 def child_clone(url: str, dest: str, engine: str) -> dict:
     """Fresh process: clone ``url`` into ``dest``; time from before the first
     transport import (clone start) to the end, and to the first block."""
+    import resource
+
     t_start = time.perf_counter()
     if engine != "tcp":
         os.environ["TVCFS_QUIC_ENGINE"] = engine
-    import tvcfs.transport.peer  # noqa: F401 - the transport's imports before the CPU clock starts
+    i0 = resource.getrusage(resource.RUSAGE_SELF)
+    # the imports before the CPU clock starts (reported apart: with
+    # PYTHONDONTWRITEBYTECODE, as on the shared VM, every module is compiled from
+    # source in each process): the transport, and what the clone imports lazily —
+    # the repository module and the QUIC engine
+    import tvcfs.repo
+    import tvcfs.transport.peer  # noqa: F401
     from tvcfs import sync
 
-    import resource
+    if engine != "tcp":
+        from tvcfs.transport.engines import engine as load_engine
 
+        load_engine(engine)
     r0 = resource.getrusage(resource.RUSAGE_SELF)
-    repo, res = sync.clone(url, dest, quiet=True)
+    with ThreadCPU() as threads:
+        repo, res = sync.clone(url, dest, quiet=True)
     total = time.perf_counter() - t_start
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
@@ -124,6 +208,8 @@ def child_clone(url: str, dest: str, engine: str) -> dict:
     repo.close()
     return {"seconds": total, "fetch_seconds": st.seconds, "bytes": st.nbytes,
             "wire": st.wire_bytes, "blocks": st.blocks, "cpu": cpu,
+            "import_cpu": (r0.ru_utime - i0.ru_utime) + (r0.ru_stime - i0.ru_stime),
+            "threads": threads.by_role(),
             # from the clone's start in this fresh process: imports, repository
             # creation, connection, refs, the DAG request, the first block
             "first_block": (st.first_block_at or time.perf_counter()) - t_start}
@@ -544,10 +630,18 @@ def main() -> None:
                     print(f"clone {t:8s} {r['bytes'] / MB:7.0f} MB in {r['fetch_seconds']:5.2f} s = "
                           f"{rates[-1]:6.0f} MB/s (whole clone command {r['seconds']:.2f} s; wire "
                           f"{r['wire'] / MB:.0f} MB; first block {r['first_block'] * 1000:.0f} ms "
-                          f"in a fresh process); CPU: client {r['cpu']:.2f} s, server {scpu:.2f} s",
+                          f"in a fresh process); CPU: client {r['cpu']:.2f} s (+ imports "
+                          f"{r['import_cpu']:.2f} s), server {scpu:.2f} s",
                           flush=True)
+                    print("         client CPU-s per GB by thread: " + ", ".join(
+                        f"{role} {sec / (r['bytes'] / 1e9):.2f}"
+                        for role, sec in sorted(r["threads"].items(), key=lambda kv: -kv[1])),
+                        flush=True)
                 res[t] = statistics.median(rates)
                 res[f"cpu-{t}"] = r["cpu"] / (r["bytes"] / 1e9)  # client CPU-s per GB
+                res[f"import-cpu-{t}"] = r["import_cpu"]  # client CPU-s of its imports (apart)
+                res[f"cpu-{t}-by-thread"] = {role: sec / (r["bytes"] / 1e9)
+                                             for role, sec in r["threads"].items()}
                 if len(rates) > 1:
                     print(f"clone {t:8s} median of {len(rates)}: {res[t]:6.0f} MB/s", flush=True)
                 if "first" in only:

@@ -315,19 +315,16 @@ class QuicStream(trio.abc.HalfCloseableStream):
             self._over = False
             self.connection._rx_room()
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        await trio.lowlevel.checkpoint()
-        if max_bytes is not None and max_bytes < 1:
-            raise ValueError("max_bytes must be >= 1")
+    async def _wait_readable(self) -> None:
+        """Wait until the stream holds data, the peer's FIN or a reset (no
+        checkpoint when it already does). Raises ``trio.ClosedResourceError``
+        after :meth:`aclose`, :class:`QuicConnectionLost` when the connection is
+        gone."""
         while True:
             if self._closed:
                 raise trio.ClosedResourceError("stream closed")
-            if self._chunks:
-                return self._take(max_bytes or 1 << 20)
-            if self._reset_code is not None:
-                raise QuicConnectionLost(self._reset_code, "stream reset by peer")
-            if self._eof_received:
-                return b""
+            if self._chunks or self._reset_code is not None or self._eof_received:
+                return
             conn = self.connection
             conn._raise_if_lost()
             self._readable = trio.Event()
@@ -339,27 +336,41 @@ class QuicStream(trio.abc.HalfCloseableStream):
             if not self._readable.is_set():
                 conn.ping()
 
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        await self._wait_readable()
+        if self._chunks:
+            return self._take(max_bytes or 1 << 20)
+        if self._reset_code is not None:
+            raise QuicConnectionLost(self._reset_code, "stream reset by peer")
+        return b""
+
     async def receive_chunks(self) -> list:
         """Every chunk of stream data buffered now, as the engine delivered them (no
         joining copy; each up to one datagram's payload), waiting for at least one;
         ``[]`` after the peer's FIN. Raises like :meth:`receive_some`."""
-        chunks = self._chunks
-        if not chunks or self._closed:
-            first = await self.receive_some()  # waits, checkpoints
-            if not first:
-                return []
-            out = [first]
-            out.extend(chunks)
-            chunks.clear()
-            self._buffered = 0
-            self._taken()
+        if self._chunks and not self._closed:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            out = self._take_all()
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return out
-        await trio.lowlevel.checkpoint_if_cancelled()
-        out = list(chunks)
-        chunks.clear()
+        await trio.lowlevel.checkpoint()
+        await self._wait_readable()
+        # what arrived while waiting is taken as it is too (not joined): a reader
+        # that keeps up with the network waits before nearly every batch
+        if self._chunks:
+            return self._take_all()
+        if self._reset_code is not None:
+            raise QuicConnectionLost(self._reset_code, "stream reset by peer")
+        return []
+
+    def _take_all(self) -> list:
+        out = list(self._chunks)
+        self._chunks.clear()
         self._buffered = 0
         self._taken()
-        await trio.lowlevel.cancel_shielded_checkpoint()
         return out
 
     def _take(self, limit: int) -> bytes:
