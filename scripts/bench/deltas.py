@@ -162,7 +162,7 @@ def _base_and_ft(repo_dir: str, base_dir: str, ft_dir: str | None):
 def wire_push(work: str, name: str, base_dir: str, ft_dir: str) -> dict:
     """Push the fine-tune over tvcfs:// (QUIC) to a ``tvcfs serve`` holding the base:
     bytes sent / raw bytes of the fine-tune's new blocks."""
-    from tvcfs.transport import ops
+    from tvcfs import sync
     from tvcfs.transport.identity import format_peer_id
 
     tr = _load(os.path.join(HERE, "transfer.py"), "transfer_bench")
@@ -179,7 +179,7 @@ def wire_push(work: str, name: str, base_dir: str, ft_dir: str) -> dict:
         url = "tvcfs+quic" + line[line.index("://"):]
         with Repo.open(local) as repo:
             t = time.perf_counter()
-            r = ops.push(repo, url, "main", quiet=True)
+            r = sync.push(repo, url, "main")
             secs = time.perf_counter() - t
         with Repo.open(srv) as repo:
             assert repo.refs()["refs/heads/main"] == ft
