@@ -7,7 +7,8 @@ command (a script under scripts/bench/ of *this* checkout, so both sides are
 measured the same way) ``--rounds`` times for each, alternating old/new, with
 ``PYTHONPATH`` pointing at the revision's worktree (so the library and the ``tvcfs``
 console script of the shared venv run that revision's code). The benchmark must take
-``--json PATH``; every numeric figure in its JSON (nested keys joined with ``.``) is
+``--json PATH``; ``{side}`` in its arguments becomes ``old`` or ``new`` (a work
+directory per side, so neither reuses a repository the other revision wrote); every numeric figure in its JSON (nested keys joined with ``.``) is
 reported as the median per side and the ratio new/old.
 
 Prints one line per figure and, with ``--json OUT``, writes ``{figure: {old, new,
@@ -68,7 +69,8 @@ def main() -> int:
                 out = os.path.join(tmp, f"{side}-{r}.json")
                 env = dict(os.environ, PYTHONPATH=trees[side])
                 print(f"== round {r + 1}/{a.rounds}: {side} ({a.old if side == 'old' else a.new})", flush=True)
-                subprocess.run([sys.executable, *bench, "--json", out], env=env, check=True)
+                argv = [x.replace("{side}", side) for x in bench]  # e.g. --workdir /tmp/w-{side}
+                subprocess.run([sys.executable, *argv, "--json", out], env=env, check=True)
                 with open(out) as f:
                     runs[side].append(flatten(json.load(f)))
         keys = sorted(set(runs["old"][0]) & set(runs["new"][0]))
