@@ -879,6 +879,12 @@ class LMDBStore:
                                f"({len(data)} bytes): the store {self.path} is damaged "
                                "(tvcfs fsck lists the damaged blocks)") from None
 
+    def has_checksum(self, cid: bytes, txn=None) -> bool:
+        """Whether an at-rest :func:`checksum` is recorded for block ``cid`` (so that
+        :meth:`check` costs an xxh3, not a sha-256); ``txn``: a read transaction to
+        look in (else a short one)."""
+        return self._recorded(txn, cid) is not None
+
     def _recorded(self, txn, cid: bytes) -> bytes | None:
         """The checksum recorded for ``cid`` in ``txn`` (or a fresh read transaction)."""
         if txn is None:
