@@ -824,6 +824,16 @@ class LMDBStore:
         except OSError:
             pass
 
+    def read_into(self, offset: int, buf) -> int:
+        """Read ``len(buf)`` bytes of ``data.mdb`` at ``offset`` into the writable
+        buffer ``buf`` with ``pread`` (the kernel's read path: its readahead, no page
+        faults on the map); returns the bytes read (fewer at the end of the file).
+        Raises ``OSError``."""
+        fd = self._advise_fd
+        if fd < 0:
+            fd = self._advise_fd = os.open(os.path.join(self._real, "data.mdb"), os.O_RDONLY | os.O_CLOEXEC)
+        return os.preadv(fd, [buf], offset)
+
     def random_access(self, on: bool) -> None:
         """``MADV_RANDOM`` on the whole map (page faults read exactly the pages
         touched) or back to ``MADV_NORMAL`` (faults read around). A hint."""
