@@ -10,7 +10,8 @@ cache holds it; the process keeps only indexes).
 
 Every block is checked against its CID before its bytes are first served
 (:meth:`~tvcfs.store.lmdb_store.LMDBStore.check`, unless the store's
-``verify_reads`` is off): the preload threads that page leaves in hash them there,
+``verify_reads`` is off): the preload threads that page leaves in check them there
+(a ``pread`` copy of the leaf's bytes),
 ahead of the reader and on the other core, so the trio thread finds them verified.
 """
 
