@@ -709,6 +709,7 @@ class LMDBStore:
         self._closed = False
         self.blocks_read = 0  # count of block gets (for tests of lazy behaviour)
         self._advise_fd = -1
+        self._data_fd_lock = threading.Lock()
         self._psize = self.env.stat()["psize"]
 
     def map_range(self) -> tuple[int, int] | None:
@@ -813,26 +814,27 @@ class LMDBStore:
     def advise(self, offset: int, length: int) -> None:
         """``posix_fadvise(WILLNEED)`` bytes ``[offset, offset+length)`` of ``data.mdb``:
         the kernel reads them asynchronously. A hint: errors are ignored."""
-        fd = self._advise_fd
-        if fd < 0:
-            try:
-                fd = self._advise_fd = os.open(os.path.join(self._real, "data.mdb"), os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                return
         try:
-            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+            os.posix_fadvise(self._data_fd(), offset, length, os.POSIX_FADV_WILLNEED)
         except OSError:
             pass
+
+    def _data_fd(self) -> int:
+        """A read-only descriptor of ``data.mdb`` (for hints and ``pread``), opened on
+        first use by whichever thread needs it first, closed with the store. Raises
+        ``OSError``."""
+        if self._advise_fd < 0:
+            with self._data_fd_lock:
+                if self._advise_fd < 0:
+                    self._advise_fd = os.open(os.path.join(self._real, "data.mdb"), os.O_RDONLY | os.O_CLOEXEC)
+        return self._advise_fd
 
     def read_into(self, offset: int, buf) -> int:
         """Read ``len(buf)`` bytes of ``data.mdb`` at ``offset`` into the writable
         buffer ``buf`` with ``pread`` (the kernel's read path: its readahead, no page
         faults on the map); returns the bytes read (fewer at the end of the file).
         Raises ``OSError``."""
-        fd = self._advise_fd
-        if fd < 0:
-            fd = self._advise_fd = os.open(os.path.join(self._real, "data.mdb"), os.O_RDONLY | os.O_CLOEXEC)
-        return os.preadv(fd, [buf], offset)
+        return os.preadv(self._data_fd(), [buf], offset)
 
     def random_access(self, on: bool) -> None:
         """``MADV_RANDOM`` on the whole map (page faults read exactly the pages
