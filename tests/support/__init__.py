@@ -25,3 +25,13 @@ import os
 MIB = 1 << 20
 #: the repository's top directory (str)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def read_log(path: str) -> str:
+    """The text of the log file ``path`` (undecodable bytes replaced); "" when it
+    cannot be read (not written yet, or a temporary log already deleted)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""

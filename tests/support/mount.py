@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 
+from support import read_log
 from support.cli import cli_env
 from support.wait import wait_until
 from tvcfs.fs.daemon import is_mounted
@@ -176,11 +177,7 @@ class Mounted:
 
     # --- helpers -----------------------------------------------------------------
     def log(self) -> str:
-        try:
-            with open(self.logpath, "rb") as f:
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
+        return read_log(self.logpath)
 
     def check_log(self) -> None:
         bad = [ln for ln in self.log().splitlines()

@@ -34,6 +34,7 @@ import time
 if __package__ in (None, ""):  # run as a script: make ``support`` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from support import read_log  # noqa: E402
 from support.cli import cli_env, tvcfs_executable  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -173,11 +174,7 @@ class ServerProcess:
 
     def log(self) -> str:
         """The server's stderr so far ("" once a temporary log is deleted)."""
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.log_path)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to this server (by its PID) and wait for it (SIGKILL after 10 s)."""
