@@ -10,8 +10,7 @@ cache holds it; the process keeps only indexes).
 
 Every block is checked against its CID before its bytes are first served
 (:meth:`~tvcfs.store.lmdb_store.LMDBStore.check`, unless the store's
-``verify_reads`` is off): the preload threads that page leaves in check them there
-(a ``pread`` copy of the leaf's bytes),
+``verify_reads`` is off): the preload threads that page leaves in hash them there,
 ahead of the reader and on the other core, so the trio thread finds them verified.
 """
 
@@ -461,7 +460,6 @@ class Preloader:
         self.store, self.map_addr = store, map_addr
         self.span, self.value_header = store.value_span, store.VALUE_HEADER
         self.check = check
-        self._local = threading.local()  # per preload thread: the buffer _copy_of reads into
         self.exact = 0  # threads reading with the map's read-around off (see _exact_reads)
         self.nthreads, self.max_pending, self.max_resident = threads, max_pending, max_resident
         self.cv = threading.Condition()
@@ -640,7 +638,7 @@ class Preloader:
                 # a buffer into the map: it has no file offset to learn from
                 addr = buffer_address(v) if isinstance(v, memoryview) else 0
                 if self.check is not None:
-                    self.check(cid, self._copy_of(v, addr))
+                    self.check(cid, v)  # the pages are in memory now: CPU only
             finally:
                 blocks.close()
         except Exception:  # environment closing, map full, a corrupt leaf...: a hint only
@@ -661,26 +659,6 @@ class Preloader:
             self.resident.move_to_end(cid)
             while len(self.resident) > self.max_resident:
                 self.resident.popitem(last=False)
-
-    def _copy_of(self, v, addr: int):
-        """The bytes to check of a leaf whose value is ``v`` at map address ``addr``:
-        a ``pread`` copy of them into this thread's buffer when the leaf is raw in the
-        map (the kernel reads the file ahead of the copy, where touching the map would
-        take a page fault per 64 KiB in this thread), else ``v`` itself. The copy is
-        of the same file pages the reader then serves."""
-        if not addr or not self.map_addr:
-            return v
-        n = len(v)
-        buf = getattr(self._local, "buf", None)
-        if buf is None or len(buf) < n:
-            buf = self._local.buf = bytearray(max(n, 1 << 20))
-        view = memoryview(buf)[:n]
-        try:
-            if self.store.read_into(addr - self.map_addr, view) != n:
-                return v
-        except OSError:
-            return v
-        return view
 
     def _exact_reads(self, on: bool) -> None:
         """While any thread reads a leaf whose place is not known yet, the map is

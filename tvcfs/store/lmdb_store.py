@@ -820,7 +820,7 @@ class LMDBStore:
             pass
 
     def _data_fd(self) -> int:
-        """A read-only descriptor of ``data.mdb`` (for hints and ``pread``), opened on
+        """A read-only descriptor of ``data.mdb`` (for :meth:`advise`), opened on
         first use by whichever thread needs it first, closed with the store. Raises
         ``OSError``."""
         if self._advise_fd < 0:
@@ -828,13 +828,6 @@ class LMDBStore:
                 if self._advise_fd < 0:
                     self._advise_fd = os.open(os.path.join(self._real, "data.mdb"), os.O_RDONLY | os.O_CLOEXEC)
         return self._advise_fd
-
-    def read_into(self, offset: int, buf) -> int:
-        """Read ``len(buf)`` bytes of ``data.mdb`` at ``offset`` into the writable
-        buffer ``buf`` with ``pread`` (the kernel's read path: its readahead, no page
-        faults on the map); returns the bytes read (fewer at the end of the file).
-        Raises ``OSError``."""
-        return os.preadv(self._data_fd(), [buf], offset)
 
     def random_access(self, on: bool) -> None:
         """``MADV_RANDOM`` on the whole map (page faults read exactly the pages
