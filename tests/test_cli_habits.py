@@ -7,18 +7,16 @@ pseudo-terminal only, one-line errors for bad input, shell completion."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import struct
 import subprocess
-import termios
 import time
 
 import pytest
 
-from support.cli import run_tvcfs, tvcfs_executable
+from support.cli import run_in_pty, run_tvcfs
 from tvcfs.repo import Repo
 
 pytestmark = pytest.mark.timeout(300)
@@ -271,35 +269,6 @@ def test_mkdir_rmdir_through_the_mount_say_what_changed(small_repo, tmp_path):
 
 
 # ------------------------------------------------------------------ progress bars
-def run_in_pty(*args, cwd=None) -> tuple[int, str]:
-    """Run ``tvcfs ARGS`` with stderr on a pseudo-terminal (80x24); returns (exit
-    status, everything written to the terminal)."""
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    env = dict(os.environ, TVCFS_AUTHOR_NAME="T", TVCFS_AUTHOR_EMAIL="t@example.org")
-    env.pop("TVCFS_DEBUG", None)
-    proc = subprocess.Popen(tvcfs_executable() + [str(a) for a in args], cwd=cwd, env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
-    os.close(slave)
-    chunks = []
-    try:
-        while True:
-            try:
-                b = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not b:
-                break
-            chunks.append(b)
-        rc = proc.wait(timeout=120)
-    finally:
-        os.close(master)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return rc, b"".join(chunks).decode(errors="replace")
-
-
 def test_progress_bars_only_on_a_terminal(tmp_path):
     r = tmp_path / "r"
     tv("init", r)

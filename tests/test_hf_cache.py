@@ -371,7 +371,7 @@ def test_several_repositories_in_one(tmp_path):
 
 def test_import_hf_progress_bar_on_a_terminal(tmp_path):
     """import-hf shows a progress bar over snapshots on a terminal, none in a pipe."""
-    from test_cli_habits import run_in_pty
+    from support.cli import run_in_pty
 
     d = tmp_path / "src"
     d.mkdir()

@@ -11,14 +11,10 @@
 
 from __future__ import annotations
 
-import random
 
 import pytest
 import trio
 
-from tvcfs.dag import FileIndex, block_links, resolve_path
-from tvcfs.encoding.cid import DAG_PB, cid_codec
-from tvcfs.repo import Repo
 from tvcfs.transport import protocol as P
 from tvcfs.transport.backend import RepoBackend
 from tvcfs.transport.identity import NodeIdentity
@@ -26,29 +22,10 @@ from tvcfs.transport.ledger import PeerLedger
 from tvcfs.transport.server import ServerConfig
 from tvcfs.transport.wants import open_mux
 
+from support.repo import repo_with_file
 from support.server import start_server
 
 MIB = 1 << 20
-
-
-def _repo_with_file(path, size: int, seed: int):
-    repo = Repo.init(str(path / "repo"))
-    wt = path / "wt"
-    wt.mkdir()
-    (wt / "f.bin").write_bytes(random.Random(seed).randbytes(size))
-    repo.commit_dir(str(wt), message="f", timestamp=1_700_000_000)
-    tree = repo.read_commit(repo.head()).tree
-    cid = resolve_path(repo.get, tree, "f.bin").cid
-    idx = FileIndex.build(repo.get, cid)
-    interior = [cid]
-    stack = [cid]
-    while stack:
-        c = stack.pop()
-        for ch in block_links(c, repo.get(c)):
-            if cid_codec(ch) == DAG_PB:
-                interior.append(ch)
-                stack.append(ch)
-    return repo, idx, interior
 
 
 class Recorder:
@@ -87,7 +64,7 @@ class Recorder:
 
 @pytest.mark.timeout(60)
 def test_priority_preemption_and_no_duplicates(tmp_path):
-    repo, idx, interior = _repo_with_file(tmp_path, 48 * MIB, 1)
+    repo, idx, interior = repo_with_file(tmp_path, 48 * MIB, 1)
     cfg = ServerConfig(RepoBackend(repo), NodeIdentity.generate())
     n_leaves = len(idx.leaves)
     mid = n_leaves // 2
@@ -125,7 +102,7 @@ def test_priority_preemption_and_no_duplicates(tmp_path):
 
 @pytest.mark.timeout(60)
 def test_byte_range_request_one_round_trip_exact_leaves(tmp_path):
-    repo, idx, interior = _repo_with_file(tmp_path, 12 * MIB, 2)
+    repo, idx, interior = repo_with_file(tmp_path, 12 * MIB, 2)
     cfg = ServerConfig(RepoBackend(repo), NodeIdentity.generate())
     start, end = 3 * MIB + 17, 7 * MIB - 5
     want = [idx.leaves[i] for i in idx.leaf_range(start, end - start)]
@@ -182,7 +159,7 @@ def test_ledger_holds_back_the_peer_that_is_ahead():
 
 @pytest.mark.timeout(90)
 def test_greedy_peer_does_not_starve_another(tmp_path):
-    repo, idx, interior = _repo_with_file(tmp_path, 96 * MIB, 3)
+    repo, idx, interior = repo_with_file(tmp_path, 96 * MIB, 3)
     cfg = ServerConfig(RepoBackend(repo), NodeIdentity.generate())
     small_end = idx.starts[len(idx.leaves) // 6]
 

@@ -42,6 +42,7 @@ from support.cli import tvcfs_executable
 from support.model import ADDED, make_finetune
 from support.mount import Mounted, abort_all, drop_file_cache, os_err
 from support.safetensors import read_safetensors_header
+from support.trees import assert_same, snapshot
 from support.wait import wait_until
 from tvcfs.encoding.cid import cid_str
 from tvcfs.fs.daemon import is_mounted
@@ -83,37 +84,13 @@ def _watchdog():
 
 
 # --------------------------------------------------------------------------- data
-def _files(root: str) -> dict:
-    """``{relpath: ("file", mode & 0o111) | ("link", target) | ("dir",)}`` under root."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for n in dirnames + filenames:
-            p = os.path.join(dirpath, n)
-            rel = os.path.relpath(p, root)
-            st = os.lstat(p)
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(p))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir",)
-            else:
-                out[rel] = ("file", bool(st.st_mode & 0o111))
-    return out
-
-
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
 
 
 def _assert_same_tree(src: str, mounted: str) -> None:
-    a, b = _files(src), _files(mounted)
-    assert sorted(a) == sorted(b), sorted(set(a) ^ set(b))
-    for rel, kind in a.items():
-        assert b[rel] == kind, rel
-        if kind[0] == "file":
-            sa, sb = os.stat(os.path.join(src, rel)), os.stat(os.path.join(mounted, rel))
-            assert sb.st_size == sa.st_size, rel
-            assert _read(os.path.join(mounted, rel)) == _read(os.path.join(src, rel)), f"{rel} differs"
+    assert_same(snapshot(src), snapshot(mounted, check_size=True), f"{mounted} against {src}")
 
 
 @dataclass
@@ -249,19 +226,19 @@ def test_stat_fields(world):
         root = os.path.join(world.mnt, view)
         st = os.stat(root)
         assert stat.S_IMODE(st.st_mode) == 0o555 and stat.S_ISDIR(st.st_mode), view
-        for rel, kind in _files(src).items():
+        for rel, kind in snapshot(src).items():
             p = os.path.join(root, rel)
             st = os.lstat(p)
             assert st.st_mtime == ts, (view, rel)
             assert st.st_uid == os.getuid() and st.st_gid == os.getgid()
-            if kind[0] == "dir":
+            if kind[0] == "d":
                 assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o555, (view, rel)
-            elif kind[0] == "link":
+            elif kind[0] == "l":
                 assert stat.S_ISLNK(st.st_mode) and os.readlink(p) == kind[1]
             else:
                 size = os.path.getsize(os.path.join(src, rel))
                 assert stat.S_ISREG(st.st_mode), (view, rel)
-                assert stat.S_IMODE(st.st_mode) == (0o555 if kind[1] else 0o444), (view, rel)
+                assert stat.S_IMODE(st.st_mode) == (0o555 if kind[2] else 0o444), (view, rel)
                 assert st.st_size == size, (view, rel)
                 assert st.st_blocks == (size + 511) // 512, (view, rel)
                 assert st.st_nlink == 1

@@ -5,20 +5,12 @@ from __future__ import annotations
 import pytest
 import trio
 
+from support.server import echo_stream
 from tvcfs.transport.identity import NodeIdentity, PeerIdMismatch
 from tvcfs.transport.quic import (QuicConnectionLost, QuicSettings, TransportError,
                                   connect_quic, serve_quic)
 
 ENGINES = ["qh3", "aioquic"]
-
-
-async def _echo(stream):
-    while True:
-        data = await stream.receive_some()
-        if not data:
-            break
-        await stream.send_all(data)
-    await stream.send_eof()
 
 
 async def _start(nursery, handler, ident, engine, **kw):
@@ -57,7 +49,7 @@ def test_echo_many_streams_and_half_close(engine):
 
     async def main():
         async with trio.open_nursery() as n:
-            srv = await _start(n, _echo, ident, engine)
+            srv = await _start(n, echo_stream, ident, engine)
             async with connect_quic("127.0.0.1", srv.address[1], expected_peer_id=ident.peer_id,
                                     engine=engine) as conn:
                 assert conn.peer_id == ident.peer_id and conn.engine == engine
@@ -110,7 +102,7 @@ def test_peer_id_pin_and_timeout(engine):
 
     async def main():
         async with trio.open_nursery() as n:
-            srv = await _start(n, _echo, ident, engine)
+            srv = await _start(n, echo_stream, ident, engine)
             with pytest.raises(PeerIdMismatch):
                 async with connect_quic("127.0.0.1", srv.address[1],
                                         expected_peer_id=other.peer_id, engine=engine):
@@ -141,7 +133,7 @@ def test_idle_timeout_detects_dead_server(engine):
 
             async def server(task_status):
                 with scope:
-                    await serve_quic(_echo, "127.0.0.1", 0, identity=ident,
+                    await serve_quic(echo_stream, "127.0.0.1", 0, identity=ident,
                                      settings=QuicSettings(engine=engine),
                                      task_status=task_status)
 

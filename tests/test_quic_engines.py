@@ -22,7 +22,7 @@ from tvcfs.transport.identity import NodeIdentity, PeerIdMismatch
 from tvcfs.transport.quic import (QuicSettings, SessionTickets, connect_quic, serve_quic)
 from tvcfs.transport.server import ServerConfig, handle_session
 
-from test_quic import _echo
+from support.server import echo_stream
 from support.repo import make_repo, rnd
 
 ENGINES = ["qh3", "aioquic"]
@@ -126,7 +126,7 @@ async def _stoppable_server(nursery, ident, name="qh3"):
 
     async def run(task_status=trio.TASK_STATUS_IGNORED):
         with scope:
-            await serve_quic(_echo, "127.0.0.1", 0, identity=ident,
+            await serve_quic(echo_stream, "127.0.0.1", 0, identity=ident,
                              settings=QuicSettings(engine=name), task_status=task_status)
 
     return (await nursery.start(run)).address[1], scope
@@ -139,7 +139,7 @@ def test_reconnect_resumes_and_sends_early_data(name, tmp_path):
     async def main():
         async with trio.open_nursery() as n:
             srv = await n.start(lambda task_status: serve_quic(
-                _echo, "127.0.0.1", 0, identity=ident, settings=QuicSettings(engine=name),
+                echo_stream, "127.0.0.1", 0, identity=ident, settings=QuicSettings(engine=name),
                 task_status=task_status))
             port = srv.address[1]
             tickets = SessionTickets(path)
@@ -177,7 +177,7 @@ def test_a_ticket_does_not_vouch_for_another_server_on_the_same_port():
             # server B on the same port, URL pinned to A: the ticket is not B's,
             # so B must show its certificate, and the pin refuses it
             await n.start(lambda task_status: serve_quic(
-                _echo, "127.0.0.1", port, identity=b, task_status=task_status))
+                echo_stream, "127.0.0.1", port, identity=b, task_status=task_status))
             with pytest.raises(PeerIdMismatch):
                 async with connect_quic("127.0.0.1", port, expected_peer_id=a.peer_id,
                                         tickets=tickets, first_data=b"x"):

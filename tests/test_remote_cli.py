@@ -15,64 +15,19 @@ import time
 
 import pytest
 
-from support.cli import run_tvcfs, tvcfs_executable
+from support.cli import AUTHOR_ENV, err_of, received, run_tvcfs, tvcfs_executable
 from support.model import make_finetune
+from support.repo import all_blocks, refs_of, stored_bytes
 from support.trees import assert_same_tree
 from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
-ENV = {"TVCFS_AUTHOR_NAME": "Test Author", "TVCFS_AUTHOR_EMAIL": "test@example.org"}
 
 
 # ------------------------------------------------------------------ helpers
 def tv(*args, ok=True, **kw):
-    return run_tvcfs(*args, ok=ok, env=ENV, timeout=100, **kw)
-
-
-def err_of(proc) -> str:
-    return proc.stderr.decode(errors="replace")
-
-
-def all_blocks(repo_path) -> dict:
-    """``{cid: size}`` of every block in a repository (opened read-only here)."""
-    from tvcfs.repo import Repo
-
-    with Repo.open(str(repo_path)) as r:
-        with r.store.read() as txn:
-            return {bytes(k): len(v) for k, v in txn.cursor(db=r.store.dbs["blocks"])}
-
-
-def stored_bytes(repo_path) -> int:
-    """Bytes of blocks committed so far in a repository another process is writing
-    (LMDB readers see each committed transaction at once); 0 before it exists."""
-    from tvcfs.repo import Repo
-
-    try:
-        r = Repo.open(str(repo_path))
-    except Exception:  # noqa: BLE001 - not created yet
-        return 0
-    with r:
-        with r.store.read() as txn:
-            return sum(len(v) for _, v in txn.cursor(db=r.store.dbs["blocks"]))
-
-
-def refs_of(repo_path) -> dict:
-    from tvcfs.repo import Repo
-
-    with Repo.open(str(repo_path)) as r:
-        return r.refs()
-
-
-def received(proc) -> tuple[int, int, int]:
-    """(blocks, bytes stored, bytes on the wire) summed over the summary lines."""
-    nb = nbytes = wire = 0
-    for m in re.finditer(r"Received (\d+) blocks, .*?\((\d+) bytes, (\d+) on the wire\)",
-                         err_of(proc)):
-        nb += int(m.group(1))
-        nbytes += int(m.group(2))
-        wire += int(m.group(3))
-    return nb, nbytes, wire
+    return run_tvcfs(*args, ok=ok, env=AUTHOR_ENV, timeout=100, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -343,7 +298,7 @@ def test_server_killed_mid_clone_resumes_with_missing_bytes_only(tmp_path, serve
     # paced so that the kill lands mid-clone whatever the machine's speed
     srv = servers(src, tmp_path, "--rate-limit", "60M")
     dst = tmp_path / "clone"
-    env = dict(os.environ, **ENV)
+    env = dict(os.environ, **AUTHOR_ENV)
     client = subprocess.Popen(tvcfs_executable() + ["clone", srv.url, str(dst)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:

@@ -19,9 +19,9 @@ import time
 import pytest
 import trio
 
-from support.cli import tvcfs_executable
+from support.cli import AUTHOR_ENV, err_of, received, run_tvcfs, tvcfs_executable
 from support.model import make_finetune
-from test_remote_cli import ENV, all_blocks, err_of, received, refs_of, stored_bytes, tv
+from support.repo import all_blocks, refs_of, stored_bytes
 from support.server import start_server
 
 from tvcfs.repo import Repo
@@ -170,7 +170,7 @@ def test_cli_clone_killed_and_resumed_moves_only_missing_bytes(tmp_path, shared_
     dst = tmp_path / "clone"
     client = subprocess.Popen(tvcfs_executable() + ["clone", url, str(dst)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              env=dict(os.environ, **ENV))
+                              env=dict(os.environ, **AUTHOR_ENV))
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and client.poll() is None:
@@ -184,7 +184,7 @@ def test_cli_clone_killed_and_resumed_moves_only_missing_bytes(tmp_path, shared_
     have = sum(blocks[c] for c in all_blocks(dst))
     missing = total - have
     assert 0 < have < total, (have, total)
-    p = tv("clone", url, dst)
+    p = run_tvcfs("clone", url, dst)
     assert srv.proc.poll() is None  # the killed client ended its connection only
     assert "Resuming" in err_of(p)
     _, nbytes, wire = received(p)
@@ -192,7 +192,7 @@ def test_cli_clone_killed_and_resumed_moves_only_missing_bytes(tmp_path, shared_
     assert wire <= 1.05 * missing, (wire, missing, have)
     assert all_blocks(dst) == blocks
     assert refs_of(dst)["refs/heads/b1"] == refs_of(path)["refs/heads/b1"]
-    p = tv("clone", url, tmp_path / "fresh")
+    p = run_tvcfs("clone", url, tmp_path / "fresh")
     _, nbytes, wire = received(p)
     assert nbytes == total and wire <= 1.05 * total, (nbytes, wire, total)
 
@@ -214,7 +214,7 @@ def test_rate_limit_is_sustained_after_idle_time(tmp_path, real_model_dir, serve
     time.sleep(4)  # the stimulus: both servers idle (an old-style limiter banks 40 MB)
     for url in ("tvcfs+quic" + quic.url[quic.url.index("://"):],
                 "tvcfs+tcp" + tcp.url[tcp.url.index("://"):]):
-        p = tv("clone", url, tmp_path / url.split("+")[1][:4])
+        p = run_tvcfs("clone", url, tmp_path / url.split("+")[1][:4])
         m = _SUMMARY.search(err_of(p))
         assert m, err_of(p)
         nbytes, seconds = int(m.group(1)), float(m.group(2))

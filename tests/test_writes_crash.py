@@ -252,7 +252,7 @@ def test_kill9_after_many_namespace_changes_then_recover(tmp_repo, tmp_path):
     worth, so a snapshot and a journal replay are both involved), then kill -9:
     ``tvcfs recover`` commits exactly the tree a plain directory has after the same
     operations."""
-    from test_writes_random import assert_same, snapshot
+    from support.trees import assert_same, snapshot
 
     base = _seed_repo(tmp_repo, tmp_path)
     plain = tmp_path / "plain"

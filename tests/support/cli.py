@@ -7,11 +7,15 @@ command itself, e.g. :class:`support.server.ServerProcess`).
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
+import re
 import shutil
+import struct
 import subprocess
 import sys
+import termios
 
 AUTHOR_ENV = {"TVCFS_AUTHOR_NAME": "Test Author", "TVCFS_AUTHOR_EMAIL": "test@example.org"}
 
@@ -64,3 +68,48 @@ def run_tvcfs(*args, cwd=None, env=None, ok: bool | None = True, input: bytes | 
 
 #: :func:`run_tvcfs` with ``text=True`` (``stdout``/``stderr`` as ``str``).
 run_tvcfs_text = functools.partial(run_tvcfs, text=True)
+
+
+def run_in_pty(*args, cwd=None) -> tuple[int, str]:
+    """Run ``tvcfs ARGS`` with stderr on a pseudo-terminal (80x24); returns (exit
+    status, everything written to the terminal)."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = dict(os.environ, TVCFS_AUTHOR_NAME="T", TVCFS_AUTHOR_EMAIL="t@example.org")
+    env.pop("TVCFS_DEBUG", None)
+    proc = subprocess.Popen(tvcfs_executable() + [str(a) for a in args], cwd=cwd, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            try:
+                b = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not b:
+                break
+            chunks.append(b)
+        rc = proc.wait(timeout=120)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return rc, b"".join(chunks).decode(errors="replace")
+
+
+def err_of(proc) -> str:
+    """The stderr of a bytes-mode ``CompletedProcess`` as text."""
+    return proc.stderr.decode(errors="replace")
+
+
+def received(proc) -> tuple[int, int, int]:
+    """(blocks, bytes stored, bytes on the wire) summed over the summary lines."""
+    nb = nbytes = wire = 0
+    for m in re.finditer(r"Received (\d+) blocks, .*?\((\d+) bytes, (\d+) on the wire\)",
+                         err_of(proc)):
+        nb += int(m.group(1))
+        nbytes += int(m.group(2))
+        wire += int(m.group(3))
+    return nb, nbytes, wire

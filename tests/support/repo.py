@@ -115,6 +115,29 @@ def rnd(n, seed):
     return random.Random(seed).randbytes(n)
 
 
+def repo_with_file(path, size: int, seed: int):
+    """A new repository at ``path/repo`` with one commit of ``f.bin``: ``size`` random
+    bytes (seeded by ``seed``). Returns ``(repo, index, interior)``: the open
+    :class:`~tvcfs.repo.Repo`, the file's :class:`~tvcfs.dag.FileIndex` and the CIDs
+    of its interior (dag-pb) nodes, root first."""
+    from tvcfs.dag import FileIndex, block_links, resolve_path
+    from tvcfs.encoding.cid import DAG_PB, cid_codec
+
+    repo = make_repo(path, {"f.bin": rnd(size, seed)}, message="f")
+    tree = repo.read_commit(repo.head()).tree
+    cid = resolve_path(repo.get, tree, "f.bin").cid
+    idx = FileIndex.build(repo.get, cid)
+    interior = [cid]
+    stack = [cid]
+    while stack:
+        c = stack.pop()
+        for ch in block_links(c, repo.get(c)):
+            if cid_codec(ch) == DAG_PB:
+                interior.append(ch)
+                stack.append(ch)
+    return repo, idx, interior
+
+
 def all_cids(repo):
     """The set of binary CIDs of every raw-stored block in ``repo``'s LMDB store."""
     with repo.store.read() as txn:
@@ -128,3 +151,34 @@ def forget_checksums(root: str) -> int:
         for k in keys:
             w.txn.delete(k, db=w.db["sums"])
     return len(keys)
+
+
+def all_blocks(repo_path) -> dict:
+    """``{cid: size}`` of every block in a repository (opened read-only here)."""
+    from tvcfs.repo import Repo
+
+    with Repo.open(str(repo_path)) as r:
+        with r.store.read() as txn:
+            return {bytes(k): len(v) for k, v in txn.cursor(db=r.store.dbs["blocks"])}
+
+
+def stored_bytes(repo_path) -> int:
+    """Bytes of blocks committed so far in a repository another process is writing
+    (LMDB readers see each committed transaction at once); 0 before it exists."""
+    from tvcfs.repo import Repo
+
+    try:
+        r = Repo.open(str(repo_path))
+    except Exception:  # noqa: BLE001 - not created yet
+        return 0
+    with r:
+        with r.store.read() as txn:
+            return sum(len(v) for _, v in txn.cursor(db=r.store.dbs["blocks"]))
+
+
+def refs_of(repo_path) -> dict:
+    """``{ref name: commit CID}`` of the repository at ``repo_path``."""
+    from tvcfs.repo import Repo
+
+    with Repo.open(str(repo_path)) as r:
+        return r.refs()

@@ -356,3 +356,14 @@ if __name__ == "__main__":
         _serve_main(sys.argv[2:])
     else:
         print(__doc__)
+
+
+async def echo_stream(stream):
+    """A transport stream handler (QUIC or TLS/TCP): send back every byte received,
+    then end the stream when the peer ends its side."""
+    while True:
+        data = await stream.receive_some()
+        if not data:
+            break
+        await stream.send_all(data)
+    await stream.send_eof()

@@ -22,8 +22,7 @@ from tvcfs.transport.server import ServerConfig
 from tvcfs.transport.session import (ClientSession, Closed, RemoteError, ServerSession,
                                      StoreBlocks, UpdateRef)
 
-from test_lazy_server import _repo_with_file
-from support.repo import make_repo, rnd
+from support.repo import make_repo, repo_with_file, rnd
 
 MIB = 1 << 20
 CID = b"\x01\x55\x12\x20" + bytes(range(32))
@@ -73,7 +72,7 @@ def opened(cfg, **kw) -> ServerSession:
 
 @pytest.fixture
 def big_file(tmp_path):
-    repo, idx, interior = _repo_with_file(tmp_path, 12 * MIB, 3)
+    repo, idx, interior = repo_with_file(tmp_path, 12 * MIB, 3)
     cfg = ServerConfig(RepoBackend(repo), NodeIdentity.generate(), ledger=None)
     yield repo, cfg, idx, interior
     repo.close()
