@@ -150,3 +150,24 @@ def test_nothing_above_the_store_reaches_into_lmdb():
                 if pattern.search(line) and not line.lstrip().startswith("#"):
                     offenders.append(f"{name}:{n}: {line.strip()}")
     assert not offenders, "LMDB internals used above the block layer:\n" + "\n".join(offenders)
+
+
+def test_no_test_file_imports_another():
+    """What two test files share lives in ``tests/support`` (docs/testing.md): a test
+    module that imports another runs its fixtures and module-level set-up twice."""
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    found = []
+    for sub in ("", "unit"):
+        d = os.path.join(tests_dir, sub)
+        for name in sorted(os.listdir(d)):
+            if not (name.startswith("test_") and name.endswith(".py")):
+                continue
+            with open(os.path.join(d, name)) as f:
+                tree = ast.parse(f.read())
+            for node in ast.walk(tree):
+                mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                        else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                for m in mods:
+                    if m.split(".")[0].startswith("test_") and m != name[:-3]:
+                        found.append(f"{sub}/{name}: {m}")
+    assert not found, found
