@@ -22,7 +22,6 @@ mounts (``tvcfs.fs.mount``), ``safetensors.safe_open`` as the reader.
 
 from __future__ import annotations
 
-import importlib.util
 import multiprocessing
 import os
 import random
@@ -31,6 +30,7 @@ import pytest
 
 from support import MIB
 from support.cli import run_tvcfs_text as run
+from support.model import synth_model
 from support.mount import drop_file_cache, lazy_mount, stats, wait_peers_ready, wire_bytes
 from support.safetensors import read_safetensors_header
 from support.server import Server
@@ -41,11 +41,7 @@ MODEL = "model.safetensors"
 
 
 def _synth():
-    spec = importlib.util.spec_from_file_location(
-        "synth_model", os.path.join(os.path.dirname(__file__), "..", "scripts", "synth_model.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return synth_model()
 
 
 def _header(path: str) -> tuple[int, dict]:

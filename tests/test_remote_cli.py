@@ -278,14 +278,11 @@ trio.run(main)
 def test_server_killed_mid_clone_resumes_with_missing_bytes_only(tmp_path, servers):
     """kill -9 of the server while a ~200 MB clone runs; after a restart on the same
     port, running the clone again moves less than what was missing plus 5 %."""
-    import importlib.util
+    from support.model import synth_model
 
     from tvcfs.repo import Repo
 
-    spec = importlib.util.spec_from_file_location(
-        "synth_model", os.path.join(os.path.dirname(__file__), "..", "scripts", "synth_model.py"))
-    synth = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(synth)
+    synth = synth_model()
     wt = tmp_path / "wt"
     wt.mkdir()
     synth.write_model(str(wt / "model.safetensors"), synth.plan_config(1e8), "f16", seed=3)

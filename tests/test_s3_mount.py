@@ -33,13 +33,20 @@ def pushed(s3_endpoint, tmp_path, real_model_dir, monkeypatch):
     """The real model committed and pushed to a fresh bucket; the environment points
     the mount's child processes at moto and at a private cache directory. Returns the
     ``s3://`` URL."""
+    return push_dir(s3_endpoint, monkeypatch, tmp_path, real_model_dir, "models/minilm")
+
+
+def push_dir(s3_endpoint, monkeypatch, tmp_path, directory: str, prefix: str) -> str:
+    """Commit ``directory`` into a new repository, push it to ``s3://NEW-BUCKET/prefix``
+    and point the mount's child processes at moto and a private cache directory;
+    returns the URL."""
     bucket = new_bucket(s3_endpoint)
-    url = f"s3://{bucket}/models/minilm"
+    url = f"s3://{bucket}/{prefix}"
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
     monkeypatch.setenv("TVCFS_CACHE_DIR", str(tmp_path / "cache"))
     src = tmp_path / "src"
     with Repo.init(str(src)) as r:
-        r.commit_dir(real_model_dir, message="model")
+        r.commit_dir(directory, message="model")
         r.add_remote("origin", url)
     run_tvcfs("-C", src, "push")
     assert bucket_objects(s3_endpoint, bucket)
@@ -209,3 +216,45 @@ def test_cache_size_evicts_lru_but_never_open_files(pushed, tmp_path, real_model
                 break
             assert time.monotonic() < deadline, "evicted leaves never fetched again"
             time.sleep(0.05)
+
+
+def test_sequential_read_gets_each_pack_slot_once(s3_endpoint, tmp_path, monkeypatch):
+    """A scan of a lazily mounted file asks for whole pack slots (S3Store.slot_of: the
+    ~16 MiB slices of a pack), one ranged GET each, and moves each stored byte once.
+    (Before: the reader's window grew in 2 MiB steps and each step's leaves, cut at
+    16 MiB of block bytes without regard to packs, became GETs of ~6 MiB on average,
+    each of which a server like moto pays for with a copy of the whole pack.)"""
+    from support.model import synth_model
+
+    from tvcfs.store.s3 import MAX_RANGE
+
+    synth = synth_model()
+    wt = tmp_path / "wt"
+    wt.mkdir()
+    # a synthetic f16 transformer of ~250 MiB (the shape of scripts/bench/s3.py's model:
+    # large matrices and small norms, byte-grouped and compressed in ~4 packs)
+    synth.write_model(str(wt / MODEL), synth.plan_config(1.3e8), "f16", seed=3)
+    want = (wt / MODEL).read_bytes()
+    url = push_dir(s3_endpoint, monkeypatch, tmp_path, str(wt), "seq")
+    bucket = url.split("/")[2]
+    packs = {k: n for k, n in bucket_objects(s3_endpoint, bucket, "seq/packs/").items() if k.endswith(".pack")}
+    assert len(packs) >= 2
+
+    with lazy_mount(url, str(tmp_path / "mnt"), "--fetch-timeout", 30) as m:
+        s0 = settled_remote_stats(m)["s3"]
+        got = bytearray()
+        with open(os.path.join(m, "branches", "main", MODEL), "rb", buffering=0) as f:
+            while b := f.read(4 * MiB):
+                got += b
+                if len(got) < len(want) // 2 <= len(got) + 4 * MiB:
+                    s1 = settled_remote_stats(m)["s3"]  # the scan is under way by now
+        assert bytes(got) == want
+        s2 = settled_remote_stats(m)["s3"]
+    moved = s2["bytes"] - s0["bytes"]
+    gets, scan_bytes = s2["requests"] - s1["requests"], s2["bytes"] - s1["bytes"]
+    print(f"\n{len(want) / MiB:.0f} MiB read: {s2['requests'] - s0['requests']} GETs, {moved / MiB:.1f} MiB "
+          f"moved ({len(packs)} packs, {sum(packs.values()) / MiB:.1f} MiB); second half {gets} GETs of "
+          f"{scan_bytes / MiB:.1f} MiB")
+    assert moved <= sum(packs.values())  # every stored byte at most once
+    # the scan: one GET per pack slot (~16 MiB; the last slot of a pack 8-24 MiB)
+    assert scan_bytes >= gets * 0.75 * MAX_RANGE, (gets, scan_bytes)

@@ -83,6 +83,18 @@ def make_finetune(src_dir: str, dst_dir: str, seed: int = 0) -> FineTune:
                     len(new_hdr) - ("__metadata__" in new_hdr))
 
 
+def synth_model():
+    """The module ``scripts/synth_model.py`` (synthetic LLaMA-style safetensors models:
+    ``plan_config(n_params)``, ``write_model(path, config, dtype, seed)``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "synth_model", os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "synth_model.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 # --------------------------------------------------------------- synthetic fine-tunes
 def tensor_bytes(dtype: str, n: int, rng, scale: float = 0.02, values=None) -> tuple[bytes, np.ndarray]:
     """``n`` elements of ``dtype`` (weights for floats, small counts for integers,

@@ -6,13 +6,14 @@ file leaves from the bucket on demand: :class:`S3BlockSource` is the mount's
 fetch(cids, priority)``, ``schedule``, ``schedule_range``, ``stats_dict``), as the
 peers' fetcher is. Blocks come from
 :meth:`tvcfs.store.s3.S3Store.get_many` (ranged GETs of the packs) on worker
-threads (``trio.to_thread``), are verified and stored into the local LMDB store by
-:func:`tvcfs.store.verify.verify_and_put`, then served from there.
+threads (``trio.to_thread``), are verified (:func:`tvcfs.store.verify.verify_many`,
+outside the store lock) and stored into the local LMDB store, then served from there.
 
 Priorities (``tvcfs.store.base.PRIO_*``, docs/lazy.md): a foreground read starts
 its GETs at once, on its own S3 client and thread pool, so it never queues behind
 readahead; readahead and prefetch jobs wait in a priority queue and at most
-:data:`BACKGROUND_JOBS` of them (each at most :data:`JOB_BYTES`) run at a time.
+:data:`BACKGROUND_JOBS` of them (each the blocks of one pack slot, one ranged GET,
+at most :data:`JOB_MAX` bytes) run at a time.
 
 **Bounded cache** (``--cache-size BYTES``): the local store keeps at most that many
 bytes of raw leaves; beyond it the least recently used leaves are deleted
@@ -51,7 +52,8 @@ log = logging.getLogger("tvcfs.fs.s3source")
 
 MIB = 1 << 20
 BACKGROUND_JOBS = 8        # readahead/prefetch get_many calls running at once
-JOB_BYTES = 16 * MIB       # a background job asks for at most this many bytes
+JOB_BYTES = 16 * MIB       # bytes: queued background jobs smaller than this are merged
+JOB_MAX = 64 * MIB         # bytes of blocks a background job asks for at most (one pack slot)
 SEQ_MIN = 16 * MIB         # bytes: a sequential readahead request is widened to this
 EVICT_INTERVAL = 0.25      # seconds between cache checks (and after every fetch)
 
@@ -169,13 +171,16 @@ class S3BlockSource(SourceBase):
         for c in new:
             self._pending[c] = _Pending(priority)
         self.classes[PRIO_NAMES[priority]]["requested"] += len(new)
-        job, size = [], 0
-        for c in new:  # cut into jobs of at most JOB_BYTES
-            job.append(c)
-            size += self.background_client.size_of(c) or MIB
-            if size >= JOB_BYTES:
+        s3 = self.background_client
+        job, size, slot = [], 0, None
+        for c in new:  # one job per slot of a pack (one GET), at most JOB_MAX
+            n, sl = s3.size_of(c) or MIB, s3.slot_of(c)
+            if job and (size + n > JOB_MAX or sl != slot):
                 heapq.heappush(self._queue, (-priority, next(self._seq), job))
                 job, size = [], 0
+            job.append(c)
+            size += n
+            slot = sl
         if job:
             heapq.heappush(self._queue, (-priority, next(self._seq), job))
         self._wake.set()
@@ -185,15 +190,34 @@ class S3BlockSource(SourceBase):
         leaves ``cids`` in file order (ranged GETs merge neighbours). A sequential
         window is widened to at least :data:`SEQ_MIN` bytes (an S3 request costs
         tens of milliseconds whatever its size), inside the current tensor unless
-        the reader's window already runs past it (a scan)."""
-        if priority == PRIO_SEQUENTIAL and hi - lo < SEQ_MIN and self.reader is not None:
+        the reader's window already runs past it (a scan), and then to the end of the
+        pack slot (:meth:`~tvcfs.store.s3.S3Store.slot_of`) its last leaf is in: the
+        reader's window grows in small steps (``SEQ_REMOTE_STEP``), and a scan then
+        asks for whole slots, one ranged GET of ~``MAX_RANGE`` bytes each, not a
+        small GET per step."""
+        if priority == PRIO_SEQUENTIAL and self.reader is not None:
             tm = self.reader.tensor_map(idx)
             t = tm.tensor_at(lo) if tm is not None else None
-            end = lo + SEQ_MIN if t is None or hi > t[1] else t[1]
-            end = min(idx.size, max(hi, min(end, lo + SEQ_MIN)))
+            stop = idx.size if t is None or hi > t[1] else t[1]
+            end = min(stop, max(hi, lo + SEQ_MIN))
+            end = self._slot_end(idx, end, stop)
             if end > hi:
                 cids = self.reader.missing(idx, lo, end - lo)
         self.schedule(cids, priority)
+
+    def _slot_end(self, idx, end: int, stop: int) -> int:
+        """``end`` moved on over the leaves of ``idx`` that lie in the same pack slot
+        as the leaf before ``end``, up to ``stop`` (bytes, file offsets)."""
+        s3 = self.background_client
+        if end <= 0 or end >= stop:
+            return min(end, stop)
+        slot = s3.slot_of(idx.leaves[idx.leaf_range(end - 1, 1)[0]])
+        if slot is None:
+            return end
+        for i in idx.leaf_range(end, stop - end):
+            if i in idx.inline or s3.slot_of(idx.leaves[i]) != slot:
+                return max(end, idx.starts[i])
+        return stop
 
     def note_read_error(self, path: str, error: str) -> None:
         """Remember the last failed read (``.tvcfs/stats``)."""
@@ -311,19 +335,20 @@ class S3BlockSource(SourceBase):
 
     def _get_and_store(self, s3, cids):
         """Worker thread: ``(stored [(cid, bytes)], absent cids, bad cids)``."""
-        from ..store.verify import verify_and_put
+        from ..store.verify import verify_many
 
         got = list(s3.get_many(cids, verify=False))
-        present = [(c, d) for c, d in got if d is not None]
         absent = [c for c, d in got if d is None]
+        # hashed before the store lock: jobs verify in parallel, only the LMDB writes
+        # are serialised (one write transaction at a time)
+        good, bad = verify_many([(c, d) for c, d in got if d is not None])
         with self._store_lock:
             if self._closed:
                 return [], [], []
             with self.store.write(sync=False) as w:
-                res = verify_and_put(self.store, present, txn=w)
-        bad = set(res.bad)
-        stored = [(c, len(d)) for c, d in present if c not in bad]
-        return stored, absent, res.bad
+                for c, d in good:
+                    w.put_block(c, d)
+        return [(c, len(d)) for c, d in good], absent, bad
 
     # ------------------------------------------------------------------ cache
     def _scan_cache(self) -> None:

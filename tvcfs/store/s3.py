@@ -373,6 +373,7 @@ class S3Store(StoreBase):
         self._flush_lock = threading.Lock()
         self._index: dict[bytes, Loc] = {}  # cid -> where its value is, how it is encoded
         self._packs: set[str] = set()
+        self._slots: dict[str, int] = {}  # pack -> number of MAX_RANGE slices (slot_of)
         self._deleted: set[bytes] = set()
         self._pending: dict[bytes, bytes] = {}  # not in a written pack yet (readable)
         self._pending_bytes = 0
@@ -400,12 +401,22 @@ class S3Store(StoreBase):
             for pack, entries in zip(new, loaded):
                 if entries is None:
                     continue
-                self._packs.add(pack)
+                self._add_pack(pack, entries)
                 for e in entries:
                     self._index.setdefault(e.cid, Loc(pack, *e[1:]))
             self._deleted = deleted
             self._loaded_at = time.monotonic()
         return sum(e is not None for e in loaded)
+
+    def _add_pack(self, pack: str, entries) -> None:
+        # a pack of L bytes has round(L / MAX_RANGE) slots (at least one): its last
+        # slot takes a remainder under half a slot, so no GET of a scan is a small tail
+        end = max((e.offset + e.length for e in entries), default=0)
+        self._packs.add(pack)
+        self._slots[pack] = max(1, round(end / MAX_RANGE))
+
+    def _slot(self, pack: str, offset: int) -> int:
+        return min(offset // MAX_RANGE, self._slots.get(pack, 1 << 62) - 1)
 
     def _read_index(self, pack: str):
         data, _ = self._b.get(f"packs/{pack}.idx")
@@ -488,6 +499,18 @@ class S3Store(StoreBase):
             return None
         return len(w[1]) if w[0] == "pending" else w[1].raw
 
+    def slot_of(self, cid: bytes) -> tuple[str, int] | None:
+        """``(pack, n)``: the block's value starts in the ``n``-th slot of that pack: its
+        :data:`MAX_RANGE`-byte slices, the last one taking a remainder shorter than
+        half a slice; from the loaded indexes; ``None``
+        for a block pending here or in no pack. No request is made. Blocks of one slot
+        are read with one ranged GET (:meth:`get_many`); a scan that asks for whole
+        slots makes GETs of ~``MAX_RANGE`` bytes (docs/backends.md, "Lazy mounts")."""
+        w = self._where(bytes(cid))
+        if w is None or w[0] != "pack":
+            return None
+        return w[1].pack, self._slot(w[1].pack, w[1].offset)
+
     def get_many(self, cids: Iterable[bytes], verify: bool = True) -> Iterator[tuple[bytes, bytes | None]]:
         """``(cid, bytes | None)`` in input order. Blocks of one pack that lie within
         ``MAX_GAP`` of each other are read with one ranged GET (at most ``MAX_RANGE``
@@ -508,7 +531,7 @@ class S3Store(StoreBase):
             found.update(self._read_encoded(wanted, verify))
         else:
             read = self._read_range if verify else self._read_range_unverified
-            for got in self._map(read, _ranges(wanted)):
+            for got in self._map(read, _ranges(wanted, self._slot)):
                 found.update(got)
         for c, k in zip(cids, keys):
             yield c, found.get(k)
@@ -526,7 +549,7 @@ class S3Store(StoreBase):
         values: dict = {}
         todo = dict(wanted)
         for _ in range(encodings.MAX_DEPTH + 1):
-            for got in self._map(self._read_range_unverified, _ranges(todo)):
+            for got in self._map(self._read_range_views, _ranges(todo, self._slot)):
                 values.update(got)
             todo = {}
             for loc in list(locs.values()):
@@ -559,7 +582,7 @@ class S3Store(StoreBase):
                     raise BlockUnavailable(f"{self.url}: block {cid_str(cid)} in pack {loc.pack} does not decode "
                                            f"(corrupt object: {e})",
                                            cid=cid, tier=self.url) from None
-            out[cid] = value
+            out[cid] = value if loc.encoding else bytes(value)  # a raw value: a view of its GET
         got = [(c, out[c]) for c in wanted]
         if verify:
             _, bad = verify_many(got)
@@ -575,7 +598,12 @@ class S3Store(StoreBase):
     def _read_range_unverified(self, rng) -> dict:
         return self._read_range(rng, verify=False)
 
-    def _read_range(self, rng, verify: bool = True) -> dict:
+    def _read_range_views(self, rng) -> dict:
+        # values to be decoded: memoryviews of the GET's body, not copies (a copy of
+        # every value cost as much CPU as the SHA-256 of the blocks; docs/performance.md)
+        return self._read_range(rng, verify=False, views=True)
+
+    def _read_range(self, rng, verify: bool = True, views: bool = False) -> dict:
         pack, start, end, members = rng
         data, _ = self._b.get(f"packs/{pack}.pack", start, end)
         with self._lock:
@@ -584,7 +612,8 @@ class S3Store(StoreBase):
         if data is None:
             raise BlockUnavailable(f"{self.url}: pack {pack} is listed in an index but its object is missing",
                                    tier=self.url)
-        blocks = [(cid, data[off - start: off - start + n]) for cid, off, n in members]
+        body = memoryview(data) if views else data
+        blocks = [(cid, body[off - start: off - start + n]) for cid, off, n in members]
         if any(len(d) != n for (_, d), (_, _, n) in zip(blocks, members)):
             raise BlockUnavailable(f"{self.url}: pack {pack} is shorter than its index says", tier=self.url)
         if not verify:
@@ -725,7 +754,7 @@ class S3Store(StoreBase):
                 self._index.setdefault(e.cid, Loc(pack, *e[1:]))
                 if self._pending.pop(e.cid, None) is not None:
                     self._pending_bytes -= e.raw
-            self._packs.add(pack)
+            self._add_pack(pack, entries)
             self.written["packs"] += 1
             self.written["bytes"] += len(body) + len(idx)
             self.written["raw"] += sum(e.raw for e in entries)
@@ -786,10 +815,11 @@ class S3Store(StoreBase):
                 self._writer = None
 
 
-def _ranges(wanted: dict) -> list:
+def _ranges(wanted: dict, slot=lambda pack, off: off // MAX_RANGE) -> list:
     """``{cid: (pack, off, len)}`` → ``[(pack, start, end, [(cid, off, len)…])…]``:
     blocks of one pack merged while the gap is at most ``MAX_GAP`` and the range at
-    most ``MAX_RANGE`` bytes."""
+    most ``MAX_RANGE`` bytes, or the block starts in the same ``slot(pack, offset)``
+    of the pack as the range (:meth:`S3Store.slot_of`: one slot, one GET)."""
     by_pack: dict = {}
     for cid, (pack, off, n, *_) in wanted.items():
         by_pack.setdefault(pack, []).append((cid, off, n))
@@ -798,7 +828,8 @@ def _ranges(wanted: dict) -> list:
         members.sort(key=lambda m: m[1])
         cur = None
         for cid, off, n in members:
-            if cur and off - cur[2] <= MAX_GAP and off + n - cur[1] <= MAX_RANGE:
+            if cur and off - cur[2] <= MAX_GAP and (off + n - cur[1] <= MAX_RANGE
+                                                    or slot(pack, off) == slot(pack, cur[1])):
                 cur[2] = max(cur[2], off + n)
                 cur[3].append((cid, off, n))
             else:
