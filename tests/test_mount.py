@@ -632,7 +632,7 @@ def test_python_mount_api_survives_a_log_flood(world, tmp_path):
 
 def test_no_mount_left_behind(tmp_path, world):
     """Tests that fail, time out or hang inside a mount leave nothing mounted."""
-    mnts = [str(tmp_path / f"m{i}") for i in range(3)]
+    mnts = [str(tmp_path / f"m{i}") for i in range(4)]
     code = textwrap.dedent(f"""
         import os, signal, sys, time
         import pytest
@@ -657,14 +657,31 @@ def test_no_mount_left_behind(tmp_path, world):
             with tm.Mounted(REPO, MNTS[2], **tm.MOUNT_OPTS) as m:
                 os.kill(m.pid, signal.SIGSTOP)  # the mount stops answering
                 os.stat(m.path("commits", "never-answered"))
+
+        @pytest.mark.timeout(0.2)
+        def test_times_out_while_mounting():
+            with tm.Mounted(REPO, MNTS[3], **tm.MOUNT_OPTS):  # interrupted before the mount is up
+                time.sleep(60)
     """)
     (tmp_path / "test_inner.py").write_text(code)
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
                         str(tmp_path / "test_inner.py")], capture_output=True, text=True, timeout=120,
                        cwd=str(tmp_path))
-    assert "3 failed" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "4 failed" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
     for mnt in mnts:
         assert not is_mounted(mnt), mnt
+    # ... and no mount process is left to mount later (one still starting when its
+    # test gave up used to mount after the check above)
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(m.encode() in argv for m in mnts):
+            left.append((pid, argv))
+    assert not left, left
     with open("/proc/mounts") as f:
         assert str(tmp_path) not in f.read()
 

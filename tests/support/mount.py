@@ -90,11 +90,18 @@ class Mounted:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=env)
         deadline = time.monotonic() + self.timeout
-        while not is_mounted(self.mnt):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"mount of {self.repo_root} on {self.mnt} failed:\n{self.log()[-3000:]}")
-            time.sleep(0.02)
+        try:
+            while not is_mounted(self.mnt):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"mount of {self.repo_root} on {self.mnt} failed:\n{self.log()[-3000:]}")
+                time.sleep(0.02)
+        except BaseException:
+            # failed, or interrupted while waiting (a test's timeout, Ctrl-C): the child
+            # may still be starting and mount after we give up -- end it now (it has
+            # nothing to commit yet), then detach whatever it mounted meanwhile
+            self.kill9()
+            self.stop()
+            raise
         self.dev = os.stat(self.mnt).st_dev
         ACTIVE.add(self)
         if self.limit is not None:
@@ -154,11 +161,11 @@ class Mounted:
         try:
             self.unmount()
         finally:
-            if is_mounted(self.mnt):
-                fusermount("-u", "-z", self.mnt)
             if self.proc is not None and self.proc.poll() is None:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+            if is_mounted(self.mnt):  # after the kill: a child still starting may have mounted
+                fusermount("-u", "-z", self.mnt)
             if not self._log.closed:
                 self._log.close()
 
