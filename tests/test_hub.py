@@ -603,9 +603,10 @@ def _conn_owner(pids: list, local_port: int) -> int | None:
 
 
 def test_workers_share_the_port_and_the_repositories(hub, real_model_dir):
-    """--workers 2: two HTTP processes on one port (SO_REUSEPORT) each serve downloads,
-    a push through one is visible through the other at once, and the workers end with
-    the first process (SIGTERM, or SIGKILL of the first: the kernel signals them)."""
+    """--workers 2: two HTTP processes on one port (SO_REUSEPORT) each serve downloads
+    and know the block exchange's URL (it runs in the first process only), a push
+    through one is visible through the other at once, and the workers end with the
+    first process (SIGTERM, or SIGKILL of the first: the kernel signals them)."""
     import http.client
 
     from support.cli import tvcfs_executable
@@ -613,9 +614,11 @@ def test_workers_share_the_port_and_the_repositories(hub, real_model_dir):
 
     root, tok = hub["root"], hub["tokens"]["alice"]
     want = open(os.path.join(real_model_dir, "config.json"), "rb").read()
-    with ServerProcess(tvcfs_executable() + ["hub", "serve", root, "--listen", "127.0.0.1:0", "--workers", "2"],
-                       name="hub-workers") as srv:
-        url = srv.lines[0]
+    err = run_tvcfs("hub", "serve", root, "--workers", "0", ok=False).stderr.decode()
+    assert err.startswith("tvcfs: error: --workers 0") and "Traceback" not in err
+    with ServerProcess(tvcfs_executable() + ["hub", "serve", root, "--listen", "127.0.0.1:0", "--workers", "2",
+                                             "--transport-listen", "127.0.0.1:0"], lines=2, name="hub-workers") as srv:
+        url, turl = srv.lines
         port = int(url.rsplit(":", 1)[1])
         pids = _listening_pids(srv.pid)
         assert len(pids) == 2, pids
@@ -638,8 +641,10 @@ def test_workers_share_the_port_and_the_repositories(hub, real_model_dir):
             r = c.getresponse()
             return r.status, r.read()
 
-        for c in conns.values():  # both serve downloads
+        for c in conns.values():  # both serve downloads, both pages show the tvcfs:// URL
             assert get(c, f"/{ORG}/model/resolve/v1/config.json") == (200, want)
+            st, page = get(c, f"/{ORG}/model")
+            assert st == 200 and f"{turl.rstrip('/')}/{ORG}/model".encode() in page, page[:2000]
         a, b = conns[pids[0]], conns[pids[1]]
         body = ndjson({"key": "header", "value": {"summary": "through worker A"}},
                       {"key": "file", "value": {"path": "workers.txt", "content": "d29ya2Vycw==",
