@@ -562,3 +562,102 @@ def test_block_exchange_clone_push_and_lazy_mount_through_the_hub(hub, real_mode
             wait_peers_ready(m)
             got = open(os.path.join(m, "tags", "v1", "config.json"), "rb").read()
         assert got == open(os.path.join(real_model_dir, "config.json"), "rb").read()
+
+
+def _listening_pids(root_pid: int) -> list:
+    """``root_pid`` and its descendant processes."""
+    out, todo = [], [root_pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(x) for x in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _conn_owner(pids: list, local_port: int) -> int | None:
+    """Which of ``pids`` holds the server end of the loopback TCP connection whose
+    client port is ``local_port`` (``/proc/net/tcp`` inode → ``/proc/PID/fd``)."""
+    inodes = set()
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            cols = line.split()
+            if int(cols[2].split(":")[1], 16) == local_port and cols[3] == "01":  # remote = client, ESTABLISHED
+                inodes.add(cols[9])
+    for p in pids:
+        try:
+            fds = os.listdir(f"/proc/{p}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{p}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                return p
+    return None
+
+
+def test_workers_share_the_port_and_the_repositories(hub, real_model_dir):
+    """--workers 2: two HTTP processes on one port (SO_REUSEPORT) each serve downloads
+    and know the block exchange's URL (it runs in the first process only), a push
+    through one is visible through the other at once, and the workers end with the
+    first process (SIGTERM, or SIGKILL of the first: the kernel signals them)."""
+    import http.client
+
+    from support.cli import tvcfs_executable
+    from support.server import ServerProcess
+
+    root, tok = hub["root"], hub["tokens"]["alice"]
+    want = open(os.path.join(real_model_dir, "config.json"), "rb").read()
+    err = run_tvcfs("hub", "serve", root, "--workers", "0", ok=False).stderr.decode()
+    assert err.startswith("tvcfs: error: --workers 0") and "Traceback" not in err
+    with ServerProcess(tvcfs_executable() + ["hub", "serve", root, "--listen", "127.0.0.1:0", "--workers", "2",
+                                             "--transport-listen", "127.0.0.1:0"], lines=2, name="hub-workers") as srv:
+        url, turl = srv.lines
+        port = int(url.rsplit(":", 1)[1])
+        pids = _listening_pids(srv.pid)
+        assert len(pids) == 2, pids
+        # keep-alive connections until each worker holds at least one (the kernel
+        # spreads new connections over the two sockets by their ports' hash)
+        conns: dict = {}
+        deadline = time.monotonic() + 60
+        while set(conns) != set(pids):
+            assert time.monotonic() < deadline, f"connections reached only {set(conns)} of {pids}"
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            c.connect()
+            owner = wait_until(lambda: _conn_owner(pids, c.sock.getsockname()[1]), timeout=10)
+            if owner in conns:
+                c.close()
+            else:
+                conns[owner] = c
+
+        def get(c, path, headers=None):
+            c.request("GET", path, headers=headers or {})
+            r = c.getresponse()
+            return r.status, r.read()
+
+        for c in conns.values():  # both serve downloads, both pages show the tvcfs:// URL
+            assert get(c, f"/{ORG}/model/resolve/v1/config.json") == (200, want)
+            st, page = get(c, f"/{ORG}/model")
+            assert st == 200 and f"{turl.rstrip('/')}/{ORG}/model".encode() in page, page[:2000]
+        a, b = conns[pids[0]], conns[pids[1]]
+        body = ndjson({"key": "header", "value": {"summary": "through worker A"}},
+                      {"key": "file", "value": {"path": "workers.txt", "content": "d29ya2Vycw==",
+                                                "encoding": "base64"}})
+        a.request("POST", f"/api/models/{ORG}/model/commit/main", body=body,
+                  headers={"Authorization": f"Bearer {tok}", "Content-Type": "application/x-ndjson"})
+        r = a.getresponse()
+        assert r.status == 200, r.read()
+        r.read()
+        assert get(b, f"/{ORG}/model/resolve/main/workers.txt") == (200, b"workers")
+        for c in conns.values():
+            c.close()
+        srv.kill9()  # a crash of the first process ends the workers too
+        wait_until(lambda: not any(os.path.exists(f"/proc/{p}") and
+                                   open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+                                   for p in pids[1:]), timeout=30)

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """The hub's downloads against nginx serving the same bytes, loopback, one run.
 
-    python scripts/bench/hub.py [--size-gib 1] [--workdir DIR] [--repeat 2] [--clients 16]
+    python scripts/bench/hub.py [--size-gib 1] [--workdir DIR] [--repeat 2] [--clients 16] [--hub-workers N]
 
 1. Builds a ~1 GiB synthetic safetensors model (scripts/synth_model.py, f16), makes a
    hub in ``--workdir`` and commits it to ``bench/model`` (kept for re-runs).
-2. Starts ``tvcfs hub serve`` and nginx (Debian package ``nginx``; a private config
+2. Starts ``tvcfs hub serve`` (``--workers N`` with ``--hub-workers N``) and nginx (Debian package ``nginx``; a private config
    in the workdir: one worker per core, ``sendfile``, the same file under
    ``/bench/model/resolve/REV/…`` with the ``X-Repo-Commit`` header
    ``huggingface_hub`` requires, so the same client code runs against both).
@@ -13,7 +13,9 @@
    * ``hf_hub_download`` of the big file in a fresh process with ``HF_ENDPOINT`` at
      the server (fresh cache each run; the time of the call alone), MB/s;
    * ``--clients`` concurrent plain GETs of the big file (threads, 1 MiB reads,
-     bytes discarded), aggregate MB/s;
+     bytes discarded), aggregate MB/s, and the CPU seconds per GB the server's
+     processes spent meanwhile (user + system, from ``/proc``: less sensitive to
+     the machine's load than MB/s);
    * time to first byte: a warm keep-alive connection, ``GET`` of ``config.json``
      and of the first 64 KiB of the big file, median of 30, milliseconds.
 4. Prints every run, then the ratios hub / nginx (targets: >= 0.8 for both
@@ -149,8 +151,26 @@ def hf_download(url: str, work: str) -> float:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def concurrent(url: str, clients: int) -> float:
-    """Aggregate MB/s of ``clients`` simultaneous GETs of the big file."""
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` and its descendants."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(x) for x in f.read().split()]
+        except OSError:
+            continue
+    return total
+
+
+def concurrent(url: str, clients: int, pid: int | None = None) -> tuple:
+    """``(aggregate MB/s, server CPU seconds per GB)`` of ``clients`` simultaneous
+    GETs of the big file; the CPU figure is of process ``pid`` and its children
+    (``None`` without a ``pid``)."""
     host, port = url.rsplit("/", 1)[-1].split(":")
     total = [0]
     lock = threading.Lock()
@@ -174,11 +194,14 @@ def concurrent(url: str, clients: int) -> float:
     ts = [threading.Thread(target=one) for _ in range(clients)]
     for t in ts:
         t.start()
+    c0 = tree_cpu(pid) if pid else None
     start.wait()
     t0 = time.perf_counter()
     for t in ts:
         t.join()
-    return total[0] / (time.perf_counter() - t0) / MB
+    dt = time.perf_counter() - t0
+    cpu = (tree_cpu(pid) - c0) / (total[0] / 1e9) if pid else None
+    return total[0] / dt / MB, cpu
 
 
 def ttfb(url: str, n: int = 30) -> dict:
@@ -212,35 +235,47 @@ def main() -> int:
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "tvcfs-bench-hub"))
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--hub-workers", type=int, default=1, metavar="N",
+                    help="tvcfs hub serve --workers N (HTTP processes; default 1)")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     root, model, alias = prepare(args.workdir, args.size_gib)
-    from support.server import running_hub, stop_process
+    from support.cli import tvcfs_executable
+    from support.server import ServerProcess, stop_process
 
     nginx, nurl = start_nginx(args.workdir, model, alias)
-    res = {"hub": {"dl": [], "conc": [], "ttfb": []}, "nginx": {"dl": [], "conc": [], "ttfb": []}}
+    res = {"hub": {"dl": [], "conc": [], "cpu": [], "ttfb": []},
+           "nginx": {"dl": [], "conc": [], "cpu": [], "ttfb": []}}
     try:
-        with running_hub(root, log=os.path.join(args.workdir, "hub.log")) as hurl:
+        with ServerProcess(tvcfs_executable() + ["hub", "serve", root, "--listen", "127.0.0.1:0",
+                                                 "--workers", str(args.hub_workers)],
+                           log_path=os.path.join(args.workdir, "hub.log"), name="hub") as hub:
+            hurl = hub.lines[0]
             for i in range(args.repeat):
-                for name, url in (("hub", hurl), ("nginx", nurl)) if i % 2 == 0 else (("nginx", nurl), ("hub", hurl)):
+                for name, url, pid in (("hub", hurl, hub.pid), ("nginx", nurl, nginx.pid)) if i % 2 == 0 else \
+                        (("nginx", nurl, nginx.pid), ("hub", hurl, hub.pid)):
                     r = res[name]
                     r["dl"].append(hf_download(url, args.workdir))
-                    r["conc"].append(concurrent(url, args.clients))
+                    rate, cpu = concurrent(url, args.clients, pid)
+                    r["conc"].append(rate)
+                    r["cpu"].append(cpu)
                     r["ttfb"].append(ttfb(url))
                     print(f"run {i + 1} {name:<5}: hf_hub_download {r['dl'][-1]:8.1f} MB/s   "
-                          f"{args.clients} concurrent {r['conc'][-1]:8.1f} MB/s   "
-                          f"TTFB small {r['ttfb'][-1]['small']:.2f} ms, range {r['ttfb'][-1]['big-range']:.2f} ms",
-                          flush=True)
+                          f"{args.clients} concurrent {rate:8.1f} MB/s ({cpu:.2f} server CPU-s/GB)   "
+                          f"TTFB small {r['ttfb'][-1]['small']:.2f} ms, range {r['ttfb'][-1]['big-range']:.2f} ms   "
+                          f"load {os.getloadavg()[0]:.1f}", flush=True)
     finally:
         stop_process(nginx)
     med = {k: {"dl": statistics.median(v["dl"]), "conc": statistics.median(v["conc"]),
+               "cpu_per_gb": statistics.median(v["cpu"]),
                "ttfb_small": statistics.median(t["small"] for t in v["ttfb"]),
                "ttfb_range": statistics.median(t["big-range"] for t in v["ttfb"])} for k, v in res.items()}
     h, n = med["hub"], med["nginx"]
     print(f"hf_hub_download: hub {h['dl']:.1f} MB/s, nginx {n['dl']:.1f} MB/s, ratio {h['dl'] / n['dl']:.2f} "
           "(target >= 0.8)")
     print(f"{args.clients} concurrent: hub {h['conc']:.1f} MB/s, nginx {n['conc']:.1f} MB/s, "
-          f"ratio {h['conc'] / n['conc']:.2f} (target >= 0.8)")
+          f"ratio {h['conc'] / n['conc']:.2f} (target >= 0.8); server CPU-s/GB hub {h['cpu_per_gb']:.2f}, "
+          f"nginx {n['cpu_per_gb']:.2f} (hub workers: {args.hub_workers}; load {os.getloadavg()[0]:.1f})")
     print(f"TTFB: hub {h['ttfb_small']:.2f} ms (small), {h['ttfb_range']:.2f} ms (range); nginx "
           f"{n['ttfb_small']:.2f} / {n['ttfb_range']:.2f} ms (target <= 20 ms)")
     print(json.dumps({"median": med, "ratio_dl": h["dl"] / n["dl"], "ratio_conc": h["conc"] / n["conc"]}))

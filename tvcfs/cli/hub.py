@@ -32,11 +32,15 @@ def cmd_hub_serve(args) -> int:
     from ..hub.core import Hub
     from ..hub.server import main_serve
 
+    if args.workers < 1:
+        from ..errors import TvcfsError
+
+        raise TvcfsError(f"--workers {args.workers}: give at least 1 HTTP process")
     Hub.init(args.root_pos)
     return main_serve(os.path.abspath(args.root_pos), args.listen, max_body=int(args.max_body),
                       lfs_threshold=int(args.lfs_threshold) if args.lfs_threshold else None,
                       read_timeout=args.read_timeout, keep_alive=args.keep_alive,
-                      transport_listen=args.transport_listen)
+                      transport_listen=args.transport_listen, workers=args.workers)
 
 
 def cmd_user_add(args) -> int:
@@ -176,6 +180,9 @@ def register(sub) -> None:
     p.add_argument("--transport-listen", metavar="HOST:PORT",
                    help="also serve every repository's blocks over QUIC and TLS/TCP "
                         "(tvcfs://PEERID@HOST:PORT/ORG/NAME; printed on the second line)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="HTTP processes sharing --listen through SO_REUSEPORT (default 1: HTTP and the block "
+                        "exchange in one process; more uses more cores for many concurrent downloads)")
     p.set_defaults(func=cmd_hub_serve)
 
     up = hs.add_parser("user", help="users and tokens").add_subparsers(dest="user_command", metavar="ACTION")

@@ -33,7 +33,7 @@ from ..refs import HEADS, check_name as check_ref_name
 from ..repo import Author, Repo
 from ..treeops import apply_changes, txn_getter
 from .names import check_name, check_path, parse_repo_id
-from .state import HubError, HubState
+from .state import HubError, HubState, file_lock
 
 _ALIAS_HEX = 40
 _MISSING = object()
@@ -176,7 +176,7 @@ class Hub:
             gone = tempfile.mkdtemp(dir=self.tmp_dir(), prefix="deleted-")
             os.replace(path, os.path.join(gone, "repo"))
             shutil.rmtree(gone, ignore_errors=True)
-        for p in (self._index_path(repo_id), ):
+        for p in (self._index_path(repo_id), self._index_path(repo_id) + ".lock"):
             if os.path.exists(p):
                 os.unlink(p)
         shutil.rmtree(self.upload_dir(repo_id), ignore_errors=True)
@@ -192,9 +192,10 @@ class Hub:
 
     def repo(self, repo_id: str) -> Repo:
         """The open :class:`Repo` of ``ORG/NAME``. Raises :class:`HubError` 404."""
-        if self.state.repo(repo_id) is None:  # deleted by the CLI while we serve: forget it
+        if self.state.repo(repo_id) is None:  # deleted by the CLI or another worker: forget it
             with self._lock:
                 self._aliases.pop(repo_id, None)
+                self._repos.pop(repo_id, None)  # not closed: a request may still read it
             raise HubError(f"repository {repo_id} not found", 404)
         with self._lock:
             r = self._repos.get(repo_id)
@@ -257,14 +258,15 @@ class Hub:
             return {}
 
     def record_hashes(self, repo_id: str, entries: dict) -> None:
-        """Merge ``entries`` (as :meth:`file_hashes`) into the index, atomically."""
+        """Merge ``entries`` (as :meth:`file_hashes`) into the index, atomically, under
+        a lock that other processes (HTTP workers, docs/hub.md) respect too."""
         if not entries:
             return
         p = self._index_path(repo_id)
-        with self._index_lock:
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with self._index_lock, file_lock(p + ".lock"):
             d = self.file_hashes(repo_id)
             d.update(entries)
-            os.makedirs(os.path.dirname(p), exist_ok=True)
             tmp = p + f".{os.getpid()}.tmp"
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(d, f)

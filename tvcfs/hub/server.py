@@ -1,13 +1,23 @@
 """Running the hub: the Starlette application on Hypercorn's trio worker, in one trio
 loop (``tvcfs hub serve ROOT --listen HOST:PORT``; docs/hub.md, "Running a hub").
 
+``--workers N`` (N > 1) adds N - 1 HTTP worker processes, forked before any trio loop
+or LMDB environment exists: every process has its own listening socket bound to the
+same address with ``SO_REUSEPORT`` (the kernel spreads connections over them), its own
+:class:`~tvcfs.hub.core.Hub` on the same root (LMDB and ``hub.json`` are safe across
+processes) and its own caches (keyed by CID: never stale). The block exchange runs in
+the first process only; it tells the others its URL through a pipe (the pages' clone
+snippets). A worker gets SIGTERM when the first process exits, however it exits.
+
 Hypercorn's timeouts bound slow clients: ``read_timeout`` (a connection that sends
 nothing for that long is closed: slow-loris), ``keep_alive_timeout`` (idle
 keep-alive connections), ``h11_max_incomplete_size`` (request head size)."""
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import sys
 
 import trio
@@ -32,12 +42,20 @@ def hypercorn_config(listen: str, read_timeout: float = 30.0, keep_alive: float 
 
 async def serve(root: str, listen: str, *, max_body: int = 64 << 30, lfs_threshold: int | None = None,
                 read_timeout: float = 30.0, keep_alive: float = 5.0, gateway=None,
-                transport_listen: str | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                transport_listen: str | None = None, listen_fd: int | None = None,
+                url_pipes: tuple = (), url_pipe: int | None = None,
+                task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve the hub at ``root`` on ``listen`` until SIGINT/SIGTERM; with
     ``transport_listen`` (``HOST:PORT``) also the block exchange of every repository
     (QUIC and TLS/TCP, :mod:`tvcfs.hub.blocks`) in the same trio loop.
     ``task_status`` gets the list of URLs (``["http://127.0.0.1:PORT",
-    "tvcfs://PEERID@127.0.0.1:PORT2/"]``)."""
+    "tvcfs://PEERID@127.0.0.1:PORT2/"]``).
+
+    Workers (:func:`main_serve`): ``listen_fd`` is a bound, listening socket to serve
+    instead of binding ``listen`` (the file descriptor is taken over and closed);
+    ``url_pipes``: write ends of pipes that get the block exchange's URL (one line)
+    once it listens, then are closed; ``url_pipe``: the read end of such a pipe, whose
+    line becomes the pages' ``transport_url``."""
     from hypercorn.trio import serve as hserve
 
     from .app import HubApp
@@ -46,7 +64,7 @@ async def serve(root: str, listen: str, *, max_body: int = 64 << 30, lfs_thresho
     hub = Hub.open(root)
     hubapp = HubApp(hub, max_body=max_body, lfs_threshold=lfs_threshold, gateway=gateway)
     app = hubapp.app()
-    cfg = hypercorn_config(listen, read_timeout, keep_alive)
+    cfg = hypercorn_config(listen if listen_fd is None else f"fd://{listen_fd}", read_timeout, keep_alive)
     stop = trio.Event()
 
     async def signals():
@@ -73,6 +91,9 @@ async def serve(root: str, listen: str, *, max_body: int = 64 << 30, lfs_thresho
                     tcfg, host.strip("[]"), int(port), task_status=task_status))
                 binds = [*binds, url]
                 hubapp.transport_url = url  # the pages' clone / mount snippets
+            _tell_url(url_pipes, hubapp.transport_url)
+            if url_pipe is not None:
+                n.start_soon(_learn_url, url_pipe, hubapp)
             task_status.started(binds)
             await stop.wait()
             n.cancel_scope.deadline = trio.current_time() + cfg.graceful_timeout + 1
@@ -80,18 +101,163 @@ async def serve(root: str, listen: str, *, max_body: int = 64 << 30, lfs_thresho
         hub.close()
 
 
-def main_serve(root: str, listen: str, **kw) -> int:
+def _tell_url(fds, url: str | None) -> None:
+    """Write ``url`` (a line; nothing when ``None``) to each pipe in ``fds``, close them."""
+    for fd in fds:
+        try:
+            if url:
+                os.write(fd, url.encode() + b"\n")
+        except OSError:  # that worker is gone
+            pass
+        finally:
+            os.close(fd)
+
+
+async def _learn_url(fd: int, hubapp) -> None:
+    """Read the block exchange's URL (one line, or nothing) from pipe ``fd`` into
+    ``hubapp.transport_url``."""
+    data = b""
+    async with trio.lowlevel.FdStream(fd) as s:
+        while not data.endswith(b"\n"):
+            chunk = await s.receive_some(4096)
+            if not chunk:
+                break
+            data += chunk
+    if data.strip():
+        hubapp.transport_url = data.decode().strip()
+
+
+def listen_sockets(listen: str, n: int) -> list:
+    """``n`` TCP sockets bound to ``listen`` (``HOST:PORT``; port 0: one free port for
+    all) with ``SO_REUSEPORT``, listening. Raises :class:`~tvcfs.errors.TvcfsError`
+    when the address cannot be bound."""
+    from ..errors import TvcfsError
+
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        port_n = int(port)
+    except ValueError:
+        raise TvcfsError(f"--listen {listen}: expected HOST:PORT") from None
+    socks: list = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.bind((host, port_n))
+            port_n = s.getsockname()[1]
+            s.listen(1024)
+    except OSError as e:
+        for s in socks:
+            s.close()
+        raise TvcfsError(f"cannot listen on {listen}: {e.strerror or e} (pick another --listen)") from None
+    return socks
+
+
+def _worker(root: str, sock, url_pipe: int, parent: int, kw: dict) -> None:
+    """Body of a forked HTTP worker: serve ``sock`` until SIGTERM (sent by the kernel
+    when the first process exits), then leave with ``os._exit``."""
+    code = 0
+    try:
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() != parent:  # the first process died before prctl
+            os._exit(0)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)  # only the first process prints the URLs
+        os.close(null)
+        kw = dict(kw, transport_listen=None)
+        trio.run(lambda: serve(root, "", listen_fd=sock.detach(), url_pipe=url_pipe, **kw))
+    except BaseException:  # noqa: BLE001 - a worker never returns into the parent's code
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _stop_workers(pids: list, timeout: float = 10.0) -> None:
+    """SIGTERM the worker ``pids``, wait ``timeout`` s for them, SIGKILL what is left."""
+    import time
+
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    left = set(pids)
+    while left:
+        for pid in list(left):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                left.discard(pid)
+        if left and time.monotonic() > deadline:
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass
+            return
+        if left:
+            time.sleep(0.05)
+
+
+def main_serve(root: str, listen: str, workers: int = 1, **kw) -> int:
     """Blocking entry of ``tvcfs hub serve``: prints the URL (one line, stdout) once
-    listening."""
+    listening. ``workers`` > 1: that many HTTP processes on ``listen`` (module
+    docstring); raises :class:`~tvcfs.errors.TvcfsError` when ``listen`` cannot be
+    bound."""
+    pids: list = []
+    extra: dict = {}
+    if workers > 1:
+        socks = listen_sockets(listen, workers)
+        me, pipes = os.getpid(), []
+        for s in socks[1:]:
+            r, w = os.pipe()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                os.close(w)
+                for fd in pipes:
+                    os.close(fd)
+                for o in socks:
+                    if o is not s:
+                        o.close()
+                _worker(root, s, r, me, kw)
+            os.close(r)
+            s.close()
+            pids.append(pid)
+            pipes.append(w)
+        extra = {"listen_fd": socks[0].detach(), "url_pipes": tuple(pipes)}
+
     async def run():
         async def announce(task_status=trio.TASK_STATUS_IGNORED):
-            await serve(root, listen, task_status=task_status, **kw)
+            await serve(root, listen, task_status=task_status, **extra, **kw)
 
         async with trio.open_nursery() as n:
             binds = await n.start(announce)
             for b in binds:
                 print(b, flush=True)
-            print(f"tvcfs hub: serving {root}", file=sys.stderr, flush=True)
+            print(f"tvcfs hub: serving {root}" + (f" ({workers} HTTP processes)" if workers > 1 else ""),
+                  file=sys.stderr, flush=True)
 
-    trio.run(run)
+    try:
+        trio.run(run)
+    finally:
+        _stop_workers(pids)
     return 0

@@ -52,6 +52,19 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+@contextlib.contextmanager
+def file_lock(path: str):
+    """Hold an exclusive ``flock`` of ``path`` (created 0600 if missing) for the
+    ``with`` block: excludes other threads and other processes (the CLI, other HTTP
+    workers of ``tvcfs hub serve --workers``)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _empty() -> dict:
     return {"format": FORMAT, "users": {}, "repos": {}}
 
@@ -105,9 +118,7 @@ class HubState:
         under the exclusive file lock; it is written back atomically when the block
         ends without an exception (nothing is written otherwise)."""
         os.makedirs(self.root, exist_ok=True)
-        fd = os.open(os.path.join(self.root, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with file_lock(os.path.join(self.root, LOCK_FILE)):
             d = self._load()
             yield d
             tmp = f"{self.path}.{os.getpid()}.{threading.get_ident()}.tmp"
@@ -121,8 +132,6 @@ class HubState:
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
-        finally:
-            os.close(fd)  # releases the lock
         with self._lock:
             self._stamp = None  # reload on the next read
 
