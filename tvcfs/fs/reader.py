@@ -44,6 +44,15 @@ SEQ_REMOTE_STEP = 2 << 20  # bytes: a lazy mount's sequential window grows in re
 INDEX_CACHE = 256          # file indexes kept (LRU)
 
 
+def _continues(end: int, offset: int, size: int) -> bool:
+    """Whether a read of ``[offset, offset+size)`` continues a sequential run that has
+    read up to byte ``end``: it starts at most ``SEQ_REORDER`` past it, and it ends at
+    most ``SEQ_REORDER`` before it. Concurrent requests (the kernel's readahead sends
+    several; a packed leaf's decode holds one back) complete out of order: a read that
+    started before the last one completed ends ``size`` bytes or more before ``end``."""
+    return end - SEQ_REORDER <= offset + size and offset <= end + SEQ_REORDER
+
+
 class Stats:
     """Counters of a mount (exported under ``.tvcfs/stats``): ``reads`` (requests),
     ``bytes_served`` (to the kernel), ``leaf_bytes`` (read from the store),
@@ -310,7 +319,7 @@ class BlockReader:
             if s is None:
                 self.seq[fh] = [offset + size, SEQ_WINDOW_MIN, 0]
                 return
-            if not s[0] - SEQ_REORDER <= offset <= s[0] + SEQ_REORDER:
+            if not _continues(s[0], offset, size):
                 s[0], s[1] = offset + size, SEQ_WINDOW_MIN
                 return
             s[0] = max(s[0], offset + size)
@@ -383,7 +392,7 @@ class BlockReader:
         here = tm.tensor_of(offset, size)
         s = self.seq.get(fh)
         run = self.seq_run.get(fh)  # [anchor, times moved on, where the run began]
-        if run is None or s is None or not s[0] - SEQ_REORDER <= offset <= s[0] + SEQ_REORDER:
+        if run is None or s is None or not _continues(s[0], offset, size):
             # a new run
             self.seq_run[fh] = [here[1] if here else offset + size, 0, here[0] if here else offset]
             return False, False
