@@ -135,24 +135,31 @@ def group(data, elem: int) -> bytes:
     return out.data
 
 
-def ungroup(data, elem: int) -> np.ndarray:
-    """Inverse of :func:`group`: the block's bytes as a ``uint8`` array (a new one)."""
+def ungroup(data, elem: int, out=None) -> np.ndarray:
+    """Inverse of :func:`group`: the block's bytes as a ``uint8`` array — ``out`` (a
+    writable ``uint8`` array of ``len(data)`` bytes, filled) or a new one. ``out``
+    must not overlap ``data``."""
     a = np.frombuffer(data, np.uint8)
+    if out is None:
+        out = np.empty(len(a), np.uint8)
     n = len(a) // elem
     if elem == 1 or n == 0:
-        return a.copy()
+        out[:] = a
+        return out
     planes = [a[j * n:(j + 1) * n] for j in range(elem)]
     width = 1
     while len(planes) > 1:  # pairs of planes into words twice as wide: ~5 GB/s
         t = getattr(np, _UINT[2 * width])
+        last = len(planes) == 2
         nxt = []
         for lo, hi in zip(planes[0::2], planes[1::2]):
-            w = lo.astype(t)
-            w |= hi.astype(t) << t(8 * width)
+            # the last pair is combined in the output itself: no temporary, no copy
+            w = out[:n * elem].view(t) if last else np.empty(n, t)
+            np.copyto(w, hi, casting="unsafe")
+            w <<= t(8 * width)
+            w |= lo
             nxt.append(w)
         planes, width = nxt, 2 * width
-    out = np.empty(len(a), np.uint8)
-    out[:n * elem] = planes[0].view(np.uint8)
     out[n * elem:] = a[n * elem:]
     return out
 
@@ -217,18 +224,61 @@ def decode(value, base_data=None) -> bytes:
     :class:`CorruptBlock` when the value is damaged (bad header, zstd error or checksum
     mismatch, wrong length) and ``ValueError`` when a delta is given no base."""
     h = header(value)
+    out = np.empty(h.raw_len, np.uint8)
+    decode_into(value, out, base_data, h)
+    return out.tobytes()
+
+
+def decode_into(value, out, base_data=None, h: Header | None = None) -> None:
+    """Decode packed value ``value`` into ``out``, a writable ``uint8`` numpy array of
+    its raw length (``h``: its :func:`header`, if parsed already), without making
+    ``bytes`` on the way: the zstd frame is decompressed into a per-thread scratch
+    buffer, un-grouped into ``out``, and a delta's base XORed in place. The heavy
+    parts (zstd, numpy on whole planes) release the GIL. Errors as :func:`decode`;
+    ``ValueError`` too when ``out`` has another length than the block."""
+    if h is None:
+        h = header(value)
+    if len(out) != h.raw_len:
+        raise ValueError(f"decode of a {h.raw_len}-byte block into {len(out)} bytes")
+    frame = memoryview(value)[h.offset:]
+    z = _zstd()
     try:
-        planes = _decompressor().decompress(memoryview(value)[h.offset:],
-                                            max_output_size=h.raw_len)
-    except _zstd().ZstdError as e:
+        size = z.frame_content_size(frame)
+        if size != h.raw_len:
+            raise CorruptBlock(f"packed value decodes to {size} bytes, its header says {h.raw_len}")
+        if h.elem == 1:  # nothing to un-group: straight into the output
+            planes = out
+        else:
+            planes = scratch(h.raw_len)
+        got = _decompressor().stream_reader(frame, read_size=len(frame),
+                                             read_across_frames=False).readinto(planes) if h.raw_len else 0
+    except z.ZstdError as e:
         raise CorruptBlock(f"packed value does not decompress: {e}") from None
-    if len(planes) != h.raw_len:
-        raise CorruptBlock(f"packed value decodes to {len(planes)} bytes, its header says {h.raw_len}")
-    out = ungroup(planes, h.elem)
+    if got != h.raw_len:
+        raise CorruptBlock(f"packed value decodes to {got} bytes, its header says {h.raw_len}")
+    if planes is not out:
+        ungroup(planes, h.elem, out)
     if h.encoding == XOR_DELTA:
         if base_data is None:
             raise ValueError("a delta needs its base")
         if len(base_data) != h.raw_len:
             raise CorruptBlock(f"delta base has {len(base_data)} bytes, the delta {h.raw_len}")
         _xor_into(out, np.frombuffer(base_data, np.uint8))
-    return out.tobytes()
+
+
+SCRATCH_MAX = 16 << 20  # bytes of the largest scratch buffer a thread keeps
+
+
+def scratch(n: int, slot: int = 0) -> np.ndarray:
+    """A per-thread ``uint8`` work buffer of ``n`` bytes (its contents undefined), one
+    per ``slot``: reused by the next call in this thread with the same slot, so it is
+    only valid until then. Buffers over :data:`SCRATCH_MAX` are not kept."""
+    bufs = getattr(_local, "scratch", None)
+    if bufs is None:
+        bufs = _local.scratch = {}
+    b = bufs.get(slot)
+    if b is None or len(b) < n:
+        b = np.empty(n, np.uint8)
+        if n <= SCRATCH_MAX:
+            bufs[slot] = b
+    return b[:n]
