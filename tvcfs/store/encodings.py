@@ -229,41 +229,64 @@ def decode(value, base_data=None) -> bytes:
     return out.tobytes()
 
 
-def decode_into(value, out, base_data=None, h: Header | None = None) -> None:
+def decode_into(value, out, base_data=None, h: Header | None = None, base_planes=None) -> None:
     """Decode packed value ``value`` into ``out``, a writable ``uint8`` numpy array of
     its raw length (``h``: its :func:`header`, if parsed already), without making
     ``bytes`` on the way: the zstd frame is decompressed into a per-thread scratch
-    buffer, un-grouped into ``out``, and a delta's base XORed in place. The heavy
-    parts (zstd, numpy on whole planes) release the GIL. Errors as :func:`decode`;
-    ``ValueError`` too when ``out`` has another length than the block."""
+    buffer, un-grouped into ``out``, and a delta's base XORed in place. A delta's
+    base is ``base_data`` (its bytes) or ``base_planes`` (its bytes grouped by this
+    value's element size, as :func:`planes_into` gives them for a packed base: XOR
+    commutes with grouping, so the XOR is done on the planes and only the result is
+    un-grouped). The heavy parts (zstd, numpy on whole planes) release the GIL.
+    Errors as :func:`decode`; ``ValueError`` too when ``out`` has another length
+    than the block."""
     if h is None:
         h = header(value)
     if len(out) != h.raw_len:
         raise ValueError(f"decode of a {h.raw_len}-byte block into {len(out)} bytes")
+    if h.elem == 1:  # nothing to un-group: straight into the output
+        planes_into(value, out, base_planes if base_planes is not None else base_data, h)
+        return
+    planes = scratch(h.raw_len)
+    planes_into(value, planes, base_planes, h, need_base=base_data is None)
+    ungroup(planes, h.elem, out)
+    if h.encoding == XOR_DELTA and base_planes is None:
+        _xor_into(out, _base_array(base_data, h))
+
+
+def planes_into(value, out, base_planes=None, h: Header | None = None, need_base: bool = True) -> None:
+    """The bytes of packed value ``value``'s block grouped by its element size (what
+    :func:`group` makes of them; the bytes themselves for element size 1) into
+    ``out``, a writable ``uint8`` array of its raw length. A delta needs
+    ``base_planes``: its base's bytes grouped by the same element size (unless
+    ``need_base`` is false: then ``out`` holds the grouped XOR with the base).
+    Errors as :func:`decode`."""
+    if h is None:
+        h = header(value)
     frame = memoryview(value)[h.offset:]
     z = _zstd()
     try:
         size = z.frame_content_size(frame)
         if size != h.raw_len:
             raise CorruptBlock(f"packed value decodes to {size} bytes, its header says {h.raw_len}")
-        if h.elem == 1:  # nothing to un-group: straight into the output
-            planes = out
-        else:
-            planes = scratch(h.raw_len)
         got = _decompressor().stream_reader(frame, read_size=len(frame),
-                                             read_across_frames=False).readinto(planes) if h.raw_len else 0
+                                             read_across_frames=False).readinto(out) if h.raw_len else 0
     except z.ZstdError as e:
         raise CorruptBlock(f"packed value does not decompress: {e}") from None
     if got != h.raw_len:
         raise CorruptBlock(f"packed value decodes to {got} bytes, its header says {h.raw_len}")
-    if planes is not out:
-        ungroup(planes, h.elem, out)
-    if h.encoding == XOR_DELTA:
-        if base_data is None:
-            raise ValueError("a delta needs its base")
-        if len(base_data) != h.raw_len:
-            raise CorruptBlock(f"delta base has {len(base_data)} bytes, the delta {h.raw_len}")
-        _xor_into(out, np.frombuffer(base_data, np.uint8))
+    if h.encoding == XOR_DELTA and (base_planes is not None or need_base):
+        _xor_into(out, _base_array(base_planes, h))
+
+
+def _base_array(base, h: Header) -> np.ndarray:
+    """A delta's base (bytes-like) as a ``uint8`` array; ``ValueError`` when there is
+    none, :class:`CorruptBlock` when its length is not the delta's."""
+    if base is None:
+        raise ValueError("a delta needs its base")
+    if len(base) != h.raw_len:
+        raise CorruptBlock(f"delta base has {len(base)} bytes, the delta {h.raw_len}")
+    return np.frombuffer(base, np.uint8)
 
 
 SCRATCH_MAX = 16 << 20  # bytes of the largest scratch buffer a thread keeps

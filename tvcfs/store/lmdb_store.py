@@ -987,7 +987,7 @@ class LMDBStore:
         base is read once per file, so it is not cached). Returns a read-only
         ``memoryview`` of a new ``uint8`` array (no ``bytes`` copy: the mount serves
         slices of it), or fills ``out`` and returns it."""
-        bcid = None
+        bcid = bplanes = None
         self._read_ahead(value)
         try:
             h = encodings.header(value)
@@ -1006,11 +1006,14 @@ class LMDBStore:
                     base = self.decoded.get(bcid)
                     if base is None:
                         bh = encodings.header(bv)
-                        base = self._decode(txn, bcid, bv, False, depth + 1,
-                                            out=encodings.scratch(bh.raw_len, depth + 1))
+                        if h.elem == bh.elem > 1:  # XOR on the planes: one un-grouping
+                            bplanes = self._planes(txn, bcid, bv, bh, depth + 1)
+                        if bplanes is None:
+                            base = self._decode(txn, bcid, bv, False, depth + 1,
+                                                out=encodings.scratch(bh.raw_len, depth + 1))
             if out is None:
                 out = encodings.np.empty(h.raw_len, encodings.np.uint8)
-            encodings.decode_into(value, out, base, h)
+            encodings.decode_into(value, out, base, h, base_planes=bplanes)
         except MissingBase:
             raise
         except CorruptBlock as e:
@@ -1031,6 +1034,31 @@ class LMDBStore:
                     self._check_chain(txn, bcid, strict)
                 raise
         return data
+
+    def _planes(self, txn, cid: bytes, value, h, depth: int):
+        """The bytes of packed block ``cid`` (``value``, header ``h``) grouped by its
+        element size (:func:`encodings.planes_into`), in the per-thread scratch slot
+        ``depth``, unchecked; ``None`` when its chain reaches a raw base or changes
+        element size (grouping those would cost what it saves: decode instead)."""
+        if depth > encodings.MAX_DEPTH:
+            raise CorruptBlock(f"its delta chain is longer than {encodings.MAX_DEPTH}")
+        self._read_ahead(value)
+        bplanes = None
+        if h.base is not None:
+            if txn.get(h.base, db=self.dbs["blocks"]) is not None:
+                return None
+            bv = txn.get(h.base, db=self.dbs["packed"])
+            if bv is None:
+                raise MissingBase(cid, h.base, self.path)
+            bh = encodings.header(bv)
+            if bh.elem != h.elem:
+                return None
+            bplanes = self._planes(txn, h.base, bv, bh, depth + 1)
+            if bplanes is None:
+                return None
+        out = encodings.scratch(h.raw_len, depth)
+        encodings.planes_into(value, out, bplanes, h)
+        return out
 
     def _check_chain(self, txn, cid: bytes, strict: bool = False) -> None:
         """Check base ``cid`` (and its bases; against the CID when ``strict``); raises
