@@ -558,3 +558,19 @@ def test_reading_a_packed_leaf_reads_the_next_values_ahead(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     assert float(r.stdout) > 0.9, r.stdout
+
+
+def test_values_packed_at_another_zstd_level_still_decode():
+    """The packing level (:data:`encodings.LEVEL`, 1 since issue 22's second round;
+    3 before) is not part of the format: a value whose frame was written at level 3
+    (a repository packed by an earlier tvcfs) decodes to the same bytes."""
+    import zstandard
+
+    rng = np.random.default_rng(9)
+    data = rng.standard_normal(200_003).astype(np.float32).tobytes()
+    new = encodings.encode(data, 4)
+    h = encodings.header(new)
+    level3 = zstandard.ZstdCompressor(level=3, write_checksum=False, write_content_size=True)
+    old = new[:h.offset] + level3.compress(encodings.group(data, 4))
+    assert old != new
+    assert encodings.decode(old) == encodings.decode(new) == data

@@ -192,8 +192,9 @@ class MissingBase(CorruptBlock):
 
 
 class DecodedCache:
-    """Decoded packed blocks (read-only ``memoryview``\ s of ``uint8`` arrays, checked
-    against their CIDs), least recently used dropped first once more than ``limit`` bytes are held. Thread-safe. Blocks
+    """Decoded packed blocks (read-only ``memoryview`` objects over ``uint8`` arrays,
+    checked against their CIDs), least recently used dropped first once more than
+    ``limit`` bytes are held. Thread-safe. Blocks
     are immutable, so entries never go stale. :meth:`claim` lets one thread decode a
     block while others wanting it wait for the result instead of decoding it again
     (the mount's preload threads and its reader often want the same leaf)."""
