@@ -647,8 +647,8 @@ class Preloader:
                         self._exact_reads(False)
                 if v is None:
                     return
-                # a packed block arrives decoded (a view of a numpy array, cached by the store), not as
-                # a buffer into the map: it has no file offset to learn from
+                # a packed block arrives decoded (a view of a numpy array, cached by
+                # the store), not as a buffer into the map: no file offset to learn
                 addr = buffer_address(v) if is_map_buffer(v) else 0
                 if self.check is not None:
                     self.check(cid, v)  # the pages are in memory now: CPU only

@@ -53,8 +53,8 @@ every decoded block against its CID; decoded blocks are kept in a small per-proc
 cache (:class:`DecodedCache`). A packed block reads as a read-only ``memoryview`` of
 the ``uint8`` array it was decoded into, not a buffer into the map
 (:func:`is_map_buffer` tells them apart); reading a packed value advises the kernel
-to read the values after it (:meth:`LMDBStore._read_ahead`). A delta whose base is missing raises :class:`MissingBase` (a
-:class:`CorruptBlock`), never wrong bytes. A block that stored deltas use as their
+to read the values after it (:meth:`LMDBStore._read_ahead`). A delta whose base is
+missing raises :class:`MissingBase` (a :class:`CorruptBlock`), never wrong bytes. A block that stored deltas use as their
 base is never turned into a delta itself, and deleting it first re-encodes those
 deltas without it (:meth:`WriteTxn.delete_block`).
 
@@ -194,10 +194,10 @@ class MissingBase(CorruptBlock):
 class DecodedCache:
     """Decoded packed blocks (read-only ``memoryview`` objects over ``uint8`` arrays,
     checked against their CIDs), least recently used dropped first once more than
-    ``limit`` bytes are held. Thread-safe. Blocks
-    are immutable, so entries never go stale. :meth:`claim` lets one thread decode a
-    block while others wanting it wait for the result instead of decoding it again
-    (the mount's preload threads and its reader often want the same leaf)."""
+    ``limit`` bytes are held. Thread-safe. Blocks are immutable, so entries never go
+    stale. :meth:`claim` lets one thread decode a block while others wanting it wait
+    for the result instead of decoding it again (the mount's preload threads and its
+    reader often want the same leaf)."""
 
     def __init__(self, limit: int = DECODED_CACHE):
         self.limit, self.size = limit, 0
