@@ -396,3 +396,181 @@ def test_packing_marks_the_repository_format(tmp_repo, real_model_dir):
         assert f"repository format {PACKED_FORMAT + 1} is newer" in str(e)
     else:
         raise AssertionError("a newer format was opened")
+
+
+def test_reads_completing_out_of_order_keep_the_sequential_readahead(tmp_repo, tmp_path):
+    """A sequential read whose 1 MiB requests complete out of order (the kernel sends
+    several at once; a packed leaf's decode holds one back) is still one run: its
+    readahead window grows and runs past the current tensor, instead of starting
+    over at 4 MiB within the tensor on every late request (the preload threads of a
+    packed commit then ran 1-5 leaves ahead of the reader, docs/performance.md
+    "Packed blocks")."""
+    from tvcfs.fs.reader import SEQ_WINDOW_MIN, BlockReader
+
+    mib = 1 << 20
+    rng = np.random.default_rng(0)
+    tensors = [(f"t{k}", "BF16", (3 * mib // 2,), rng.bytes(3 * mib)) for k in range(12)]
+    src = tmp_path / "src"
+    src.mkdir()
+    write_safetensors_raw(str(src / "model.safetensors"), tensors)
+    c = tmp_repo.commit_dir(str(src), message="m").cid
+    reader = BlockReader(tmp_repo.store)
+    try:
+        idx = reader.index(tmp_repo.entry(c, "model.safetensors").cid)
+        order = []  # 1 MiB requests, each pair completing second one first
+        for k in range(0, idx.size // mib - 1, 2):
+            order += [k + 1, k]
+        for k in order:
+            reader.readahead(7, idx, k * mib, mib)
+        end, window, until = reader.seq[7]
+        assert window > SEQ_WINDOW_MIN, reader.seq[7]
+        assert reader.seq_run[7][1] >= 2  # moved on tensor by tensor: a scan
+    finally:
+        reader.close()
+
+
+def test_decode_into_rejects_damaged_frames_and_is_thread_safe():
+    """:func:`encodings.decode_into` (zstd straight into a per-thread scratch buffer,
+    un-grouped into the output): a truncated frame, a frame of another length than
+    the header says and a short output are errors, never wrong bytes; threads
+    decoding at once (each with its own scratch buffers) all get the right bytes."""
+    import threading
+
+    rng = np.random.default_rng(5)
+    data = (rng.standard_normal(300_001).astype(np.float32) * 1e-2).tobytes()
+    base = bytearray(data)
+    base[::7] = b"\x00" * len(base[::7])
+    bcid = make_cid(RAW, bytes(base))
+    value = encodings.encode(data, 4, bcid, bytes(base))
+    assert encodings.header(value).name == "delta"
+    out = np.empty(len(data), np.uint8)
+    encodings.decode_into(value, out, bytes(base))
+    assert out.tobytes() == data
+    h = encodings.header(value)
+    with pytest.raises(CorruptBlock):
+        encodings.decode_into(value[:-100], out, bytes(base))
+    other = encodings._compressor().compress(b"\x00" * (len(data) - 4))  # a frame 4 bytes short
+    with pytest.raises(CorruptBlock, match="decodes to"):
+        encodings.decode_into(value[:h.offset] + other, out, bytes(base))
+    with pytest.raises(ValueError, match="into"):
+        encodings.decode_into(value, out[:-1], bytes(base))
+    grouped = encodings.encode(data, 4)
+    wrong = []
+
+    def work():
+        for _ in range(20):
+            if encodings.decode(value, bytes(base)) != data or encodings.decode(grouped) != data:
+                wrong.append(1)
+
+    ts = [threading.Thread(target=work) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not wrong
+
+
+def test_a_decoded_leaf_is_served_from_one_buffer_and_is_not_cold(tmp_repo, tmp_path):
+    """A packed leaf decodes into one buffer that reads return views of (no ``bytes``
+    copy per read: the mount serves slices of it), and once the preload threads have
+    decoded it the mount's reader does not hand the request to a worker thread
+    (``Preloader.cold``), as it does for a raw leaf already paged in."""
+    from tvcfs.fs.reader import BlockReader
+    from tvcfs.pack import file_leaves
+
+    _, ft, _, c2 = two_commits_packed(tmp_repo, tmp_path, ("BF16",))
+    st = tmp_repo.store
+    fcid = tmp_repo.entry(c2, "model.safetensors").cid
+    leaf = next(lf for lf in file_leaves(tmp_repo.get, fcid) if st.info(lf.cid).encoding == "delta")
+    with st.view() as v:
+        a, b = v.get(leaf.cid), v.get(leaf.cid)
+        assert isinstance(a, memoryview) and a.readonly
+        assert a.obj is b.obj  # one decoded buffer, cached
+        assert bytes(a[3:50]) == bytes(st.get(leaf.cid))[3:50]
+    reader = BlockReader(st)
+    try:
+        idx = reader.index(fcid)
+        i = idx.leaves.index(leaf.cid)
+        fresh_reads(tmp_repo)
+        assert i in reader.preloader.cold(idx, idx.starts[i], 1)
+        reader.preloader.load(idx, [i])  # what a preload thread does
+        assert reader.preloader.cold(idx, idx.starts[i], 1) == []
+        with open(os.path.join(ft, "model.safetensors"), "rb") as f:
+            f.seek(idx.starts[i])
+            assert bytes(reader.read(idx, idx.starts[i], idx.sizes[i])) == f.read(idx.sizes[i])
+    finally:
+        reader.close()
+
+
+_RESIDENT_AFTER_READ = r"""
+import ctypes, mmap, os, sys, time
+from tvcfs.store.lmdb_store import LMDBStore, buffer_address
+
+path, cid = sys.argv[1], bytes.fromhex(sys.argv[2])
+data = os.path.join(path, "data.mdb")
+fd = os.open(data, os.O_RDONLY)
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # nothing of the store in memory
+st = LMDBStore(path)
+with st.view(verify=False) as v:
+    v.get(cid)  # decode the first packed leaf
+    value = v.txn.get(cid, db=st.dbs["packed"])
+    end = buffer_address(value) - st.map_range()[0] + len(value)
+size = os.fstat(fd).st_size
+lo, hi = (end + (1 << 20)) // 4096 * 4096, min(end + (4 << 20), size) // 4096 * 4096
+assert hi - lo >= 1 << 20, (lo, hi, size)
+mm = mmap.mmap(fd, hi - lo, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE, offset=lo)
+base = ctypes.addressof(ctypes.c_char.from_buffer(mm)) - lo  # never written: the file's pages
+libc = ctypes.CDLL(None, use_errno=True)
+vec = (ctypes.c_ubyte * ((hi - lo) // 4096))()
+deadline = time.monotonic() + 10
+while True:
+    assert libc.mincore(ctypes.c_void_p(base + lo), ctypes.c_size_t(hi - lo), vec) == 0
+    share = sum(b & 1 for b in vec) / len(vec)
+    if share > 0.9 or time.monotonic() > deadline:
+        break
+    time.sleep(0.05)
+print(share)
+"""
+
+
+def test_reading_a_packed_leaf_reads_the_next_values_ahead(tmp_path):
+    """Reading a packed value (or a delta's base) advises the kernel to read the
+    bytes of ``data.mdb`` after it (``tvcfs pack`` writes a commit's values in file
+    order: the next leaves' values are there), so a sequential read of packed
+    history is not one synchronous page fault per ``read_ahead_kb``: in a fresh
+    process with nothing of the store cached, decoding the first packed leaf of a
+    file brings the next 1-4 MiB of the file into the page cache."""
+    import subprocess
+    import sys
+
+    from tvcfs.pack import file_leaves
+    from tvcfs.repo import Repo
+
+    base, ft = model_pair(str(tmp_path / "src"), ["F32"], n_elems=6_000_001)  # 24 MB
+    with Repo.init(str(tmp_path / "repo")) as repo:
+        repo.commit_dir(base, message="base")
+        c2 = repo.commit_dir(ft, message="ft").cid
+        pack(repo, keep_hot=0)
+        leaves = file_leaves(repo.get, repo.entry(c2, "model.safetensors").cid)
+        first = next(lf.cid for lf in leaves if repo.store.info(lf.cid).encoding == "delta")
+        path = repo.store.path
+    r = subprocess.run([sys.executable, "-c", _RESIDENT_AFTER_READ, path, first.hex()],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert float(r.stdout) > 0.9, r.stdout
+
+
+def test_values_packed_at_another_zstd_level_still_decode():
+    """The packing level (:data:`encodings.LEVEL`, 1 since issue 22's second round;
+    3 before) is not part of the format: a value whose frame was written at level 3
+    (a repository packed by an earlier tvcfs) decodes to the same bytes."""
+    import zstandard
+
+    rng = np.random.default_rng(9)
+    data = rng.standard_normal(200_003).astype(np.float32).tobytes()
+    new = encodings.encode(data, 4)
+    h = encodings.header(new)
+    level3 = zstandard.ZstdCompressor(level=3, write_checksum=False, write_content_size=True)
+    old = new[:h.offset] + level3.compress(encodings.group(data, 4))
+    assert old != new
+    assert encodings.decode(old) == encodings.decode(new) == data

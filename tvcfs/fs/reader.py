@@ -28,7 +28,7 @@ from ..chunking.safetensors import NotSafetensors, parse_header
 from ..dag import FileIndex
 from ..errors import BlockNotFound, CorruptBlock, MalformedObject
 from ..store.base import PRIO_FOREGROUND, PRIO_PREFETCH, PRIO_SEQUENTIAL, PRIO_TENSOR  # noqa: F401 (the fetch priorities)
-from ..store.lmdb_store import buffer_address
+from ..store.lmdb_store import buffer_address, is_map_buffer
 
 log = logging.getLogger("tvcfs.fs")
 
@@ -42,6 +42,15 @@ SEQ_REORDER = 1 << 20      # bytes: concurrent reads complete out of order, stil
 SPILL_MAX = 2 << 20        # bytes: how far the kernel's readahead may run past what is read
 SEQ_REMOTE_STEP = 2 << 20  # bytes: a lazy mount's sequential window grows in requests this big
 INDEX_CACHE = 256          # file indexes kept (LRU)
+
+
+def _continues(end: int, offset: int, size: int) -> bool:
+    """Whether a read of ``[offset, offset+size)`` continues a sequential run that has
+    read up to byte ``end``: it starts at most ``SEQ_REORDER`` past it, and it ends at
+    most ``SEQ_REORDER`` before it. Concurrent requests (the kernel's readahead sends
+    several; a packed leaf's decode holds one back) complete out of order: a read that
+    started before the last one completed ends ``size`` bytes or more before ``end``."""
+    return end - SEQ_REORDER <= offset + size and offset <= end + SEQ_REORDER
 
 
 class Stats:
@@ -157,7 +166,7 @@ class BlockReader:
 
         idx = FileIndex.build(get, cid)
         if len(nodes) > 1 or (nodes and len(idx.leaves) > 1):
-            self.preloader.guess(idx, [buffer_address(v) for v in nodes if isinstance(v, memoryview)])
+            self.preloader.guess(idx, [buffer_address(v) for v in nodes if is_map_buffer(v)])
         self.indexes[cid] = idx
         if len(self.indexes) > INDEX_CACHE:
             old, _ = self.indexes.popitem(last=False)
@@ -310,7 +319,7 @@ class BlockReader:
             if s is None:
                 self.seq[fh] = [offset + size, SEQ_WINDOW_MIN, 0]
                 return
-            if not s[0] - SEQ_REORDER <= offset <= s[0] + SEQ_REORDER:
+            if not _continues(s[0], offset, size):
                 s[0], s[1] = offset + size, SEQ_WINDOW_MIN
                 return
             s[0] = max(s[0], offset + size)
@@ -383,7 +392,7 @@ class BlockReader:
         here = tm.tensor_of(offset, size)
         s = self.seq.get(fh)
         run = self.seq_run.get(fh)  # [anchor, times moved on, where the run began]
-        if run is None or s is None or not s[0] - SEQ_REORDER <= offset <= s[0] + SEQ_REORDER:
+        if run is None or s is None or not _continues(s[0], offset, size):
             # a new run
             self.seq_run[fh] = [here[1] if here else offset + size, 0, here[0] if here else offset]
             return False, False
@@ -460,6 +469,8 @@ class Preloader:
         self.store, self.map_addr = store, map_addr
         self.span, self.value_header = store.value_span, store.VALUE_HEADER
         self.check = check
+        # decoded packed blocks (a leaf held there needs no page-in); a set-like view
+        self.decoded = getattr(store, "decoded", None) or ()
         self.exact = 0  # threads reading with the map's read-around off (see _exact_reads)
         self.nthreads, self.max_pending, self.max_resident = threads, max_pending, max_resident
         self.cv = threading.Condition()
@@ -494,12 +505,14 @@ class Preloader:
                 res.popitem(last=False)
 
     def cold(self, idx: FileIndex, offset: int, size: int) -> list:
-        """Leaf indexes of ``[offset, offset+size)`` not known to be in memory."""
+        """Leaf indexes of ``[offset, offset+size)`` not known to be in memory: neither
+        paged in (raw) nor decoded in the store's cache (packed: the preload threads
+        decode them ahead, and the reader's request then needs no worker thread)."""
         if offset >= idx.size:
             return []
-        res = self.resident
+        res, dec = self.resident, self.decoded
         return [i for i in idx.leaf_range(offset, min(size, idx.size - offset))
-                if i not in idx.inline and idx.leaves[i] not in res]
+                if i not in idx.inline and idx.leaves[i] not in res and idx.leaves[i] not in dec]
 
     def schedule(self, idx: FileIndex, leaves, priority: int) -> int:
         """Queue leaves ``leaves`` (indexes) of ``idx`` for paging in; returns the
@@ -634,9 +647,9 @@ class Preloader:
                         self._exact_reads(False)
                 if v is None:
                     return
-                # a packed block arrives decoded (bytes, cached by the store), not as
-                # a buffer into the map: it has no file offset to learn from
-                addr = buffer_address(v) if isinstance(v, memoryview) else 0
+                # a packed block arrives decoded (a view of a numpy array, cached by
+                # the store), not as a buffer into the map: no file offset to learn
+                addr = buffer_address(v) if is_map_buffer(v) else 0
                 if self.check is not None:
                     self.check(cid, v)  # the pages are in memory now: CPU only
             finally:

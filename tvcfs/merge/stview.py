@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 from ..chunking.safetensors import NotSafetensors, SafetensorsHeader, TensorInfo, read_header_with
 from ..dag import FileIndex
 from ..errors import BlockNotFound
-from ..store.lmdb_store import MADV_DONTNEED, MADV_WILLNEED, buffer_address, madvise
+from ..store.lmdb_store import MADV_DONTNEED, MADV_WILLNEED, buffer_address, is_map_buffer, madvise
 
 Getter = Callable[[bytes], "bytes | memoryview"]
 
@@ -61,7 +61,7 @@ class DataReader:
         return v
 
     def _advise(self, buf, advice: int, inward: bool) -> None:
-        if self._map is None or not isinstance(buf, memoryview) or buf.obj is not None or not buf.nbytes:
+        if self._map is None or not is_map_buffer(buf) or not buf.nbytes:
             return
         a = buffer_address(buf)
         e = a + buf.nbytes

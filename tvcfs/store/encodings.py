@@ -39,7 +39,11 @@ VERSION = 1
 ZSTD, GROUPED, XOR_DELTA = 1, 2, 3
 NAMES = {0: "raw", ZSTD: "zstd", GROUPED: "grouped", XOR_DELTA: "delta"}
 MAX_DEPTH = 4           # bases a read of one delta may decode, at most
-LEVEL = 3               # zstd level of packing
+LEVEL = 1               # zstd level of packing (any level decodes: the frame is plain zstd)
+# Level 1 over 3 (measured on issue 22's models, docs/performance.md "Packed blocks"):
+# float planes gain little from matches, and level 3's short matches cost more than
+# they save — level 1 stores less (bf16 base 0.684 vs 0.709, bf16 delta 0.1524 vs
+# 0.1530, fp32 delta 0.397 vs 0.404) and its frames decompress ~1.3x faster.
 PAYS = 0.95             # an encoding is kept only below this fraction of the raw length
 _HDR = struct.Struct("<BBBBI")
 CID_LEN = 36
@@ -135,24 +139,31 @@ def group(data, elem: int) -> bytes:
     return out.data
 
 
-def ungroup(data, elem: int) -> np.ndarray:
-    """Inverse of :func:`group`: the block's bytes as a ``uint8`` array (a new one)."""
+def ungroup(data, elem: int, out=None) -> np.ndarray:
+    """Inverse of :func:`group`: the block's bytes as a ``uint8`` array — ``out`` (a
+    writable ``uint8`` array of ``len(data)`` bytes, filled) or a new one. ``out``
+    must not overlap ``data``."""
     a = np.frombuffer(data, np.uint8)
+    if out is None:
+        out = np.empty(len(a), np.uint8)
     n = len(a) // elem
     if elem == 1 or n == 0:
-        return a.copy()
+        out[:] = a
+        return out
     planes = [a[j * n:(j + 1) * n] for j in range(elem)]
     width = 1
     while len(planes) > 1:  # pairs of planes into words twice as wide: ~5 GB/s
         t = getattr(np, _UINT[2 * width])
+        last = len(planes) == 2
         nxt = []
         for lo, hi in zip(planes[0::2], planes[1::2]):
-            w = lo.astype(t)
-            w |= hi.astype(t) << t(8 * width)
+            # the last pair is combined in the output itself: no temporary, no copy
+            w = out[:n * elem].view(t) if last else np.empty(n, t)
+            np.copyto(w, hi, casting="unsafe")
+            w <<= t(8 * width)
+            w |= lo
             nxt.append(w)
         planes, width = nxt, 2 * width
-    out = np.empty(len(a), np.uint8)
-    out[:n * elem] = planes[0].view(np.uint8)
     out[n * elem:] = a[n * elem:]
     return out
 
@@ -217,18 +228,84 @@ def decode(value, base_data=None) -> bytes:
     :class:`CorruptBlock` when the value is damaged (bad header, zstd error or checksum
     mismatch, wrong length) and ``ValueError`` when a delta is given no base."""
     h = header(value)
-    try:
-        planes = _decompressor().decompress(memoryview(value)[h.offset:],
-                                            max_output_size=h.raw_len)
-    except _zstd().ZstdError as e:
-        raise CorruptBlock(f"packed value does not decompress: {e}") from None
-    if len(planes) != h.raw_len:
-        raise CorruptBlock(f"packed value decodes to {len(planes)} bytes, its header says {h.raw_len}")
-    out = ungroup(planes, h.elem)
-    if h.encoding == XOR_DELTA:
-        if base_data is None:
-            raise ValueError("a delta needs its base")
-        if len(base_data) != h.raw_len:
-            raise CorruptBlock(f"delta base has {len(base_data)} bytes, the delta {h.raw_len}")
-        _xor_into(out, np.frombuffer(base_data, np.uint8))
+    out = np.empty(h.raw_len, np.uint8)
+    decode_into(value, out, base_data, h)
     return out.tobytes()
+
+
+def decode_into(value, out, base_data=None, h: Header | None = None, base_planes=None) -> None:
+    """Decode packed value ``value`` into ``out``, a writable ``uint8`` numpy array of
+    its raw length (``h``: its :func:`header`, if parsed already), without making
+    ``bytes`` on the way: the zstd frame is decompressed into a per-thread scratch
+    buffer, un-grouped into ``out``, and a delta's base XORed in place. A delta's
+    base is ``base_data`` (its bytes) or ``base_planes`` (its bytes grouped by this
+    value's element size, as :func:`planes_into` gives them for a packed base: XOR
+    commutes with grouping, so the XOR is done on the planes and only the result is
+    un-grouped). The heavy parts (zstd, numpy on whole planes) release the GIL.
+    Errors as :func:`decode`; ``ValueError`` too when ``out`` has another length
+    than the block."""
+    if h is None:
+        h = header(value)
+    if len(out) != h.raw_len:
+        raise ValueError(f"decode of a {h.raw_len}-byte block into {len(out)} bytes")
+    if h.elem == 1:  # nothing to un-group: straight into the output
+        planes_into(value, out, base_planes if base_planes is not None else base_data, h)
+        return
+    planes = scratch(h.raw_len)
+    planes_into(value, planes, base_planes, h, need_base=base_data is None)
+    ungroup(planes, h.elem, out)
+    if h.encoding == XOR_DELTA and base_planes is None:
+        _xor_into(out, _base_array(base_data, h))
+
+
+def planes_into(value, out, base_planes=None, h: Header | None = None, need_base: bool = True) -> None:
+    """The bytes of packed value ``value``'s block grouped by its element size (what
+    :func:`group` makes of them; the bytes themselves for element size 1) into
+    ``out``, a writable ``uint8`` array of its raw length. A delta needs
+    ``base_planes``: its base's bytes grouped by the same element size (unless
+    ``need_base`` is false: then ``out`` holds the grouped XOR with the base).
+    Errors as :func:`decode`."""
+    if h is None:
+        h = header(value)
+    frame = memoryview(value)[h.offset:]
+    z = _zstd()
+    try:
+        size = z.frame_content_size(frame)
+        if size != h.raw_len:
+            raise CorruptBlock(f"packed value decodes to {size} bytes, its header says {h.raw_len}")
+        got = _decompressor().stream_reader(frame, read_size=len(frame),
+                                             read_across_frames=False).readinto(out) if h.raw_len else 0
+    except z.ZstdError as e:
+        raise CorruptBlock(f"packed value does not decompress: {e}") from None
+    if got != h.raw_len:
+        raise CorruptBlock(f"packed value decodes to {got} bytes, its header says {h.raw_len}")
+    if h.encoding == XOR_DELTA and (base_planes is not None or need_base):
+        _xor_into(out, _base_array(base_planes, h))
+
+
+def _base_array(base, h: Header) -> np.ndarray:
+    """A delta's base (bytes-like) as a ``uint8`` array; ``ValueError`` when there is
+    none, :class:`CorruptBlock` when its length is not the delta's."""
+    if base is None:
+        raise ValueError("a delta needs its base")
+    if len(base) != h.raw_len:
+        raise CorruptBlock(f"delta base has {len(base)} bytes, the delta {h.raw_len}")
+    return np.frombuffer(base, np.uint8)
+
+
+SCRATCH_MAX = 16 << 20  # bytes of the largest scratch buffer a thread keeps
+
+
+def scratch(n: int, slot: int = 0) -> np.ndarray:
+    """A per-thread ``uint8`` work buffer of ``n`` bytes (its contents undefined), one
+    per ``slot``: reused by the next call in this thread with the same slot, so it is
+    only valid until then. Buffers over :data:`SCRATCH_MAX` are not kept."""
+    bufs = getattr(_local, "scratch", None)
+    if bufs is None:
+        bufs = _local.scratch = {}
+    b = bufs.get(slot)
+    if b is None or len(b) < n:
+        b = np.empty(n, np.uint8)
+        if n <= SCRATCH_MAX:
+            bufs[slot] = b
+    return b[:n]

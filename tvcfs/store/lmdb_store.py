@@ -50,9 +50,11 @@ under the same CID: every read (:meth:`LMDBView.get`, :meth:`LMDBStore.get`,
 ``get_many``, ``has``, iteration, ``stat``) sees them, decoding on the fly (bases
 first, a chain of at most :data:`~tvcfs.store.encodings.MAX_DEPTH`) and hashing
 every decoded block against its CID; decoded blocks are kept in a small per-process
-cache (:class:`DecodedCache`). A packed block reads as ``bytes`` (not a buffer into
-the map). A delta whose base is missing raises :class:`MissingBase` (a
-:class:`CorruptBlock`), never wrong bytes. A block that stored deltas use as their
+cache (:class:`DecodedCache`). A packed block reads as a read-only ``memoryview`` of
+the ``uint8`` array it was decoded into, not a buffer into the map
+(:func:`is_map_buffer` tells them apart); reading a packed value advises the kernel
+to read the values after it (:meth:`LMDBStore._read_ahead`). A delta whose base is
+missing raises :class:`MissingBase` (a :class:`CorruptBlock`), never wrong bytes. A block that stored deltas use as their
 base is never turned into a delta itself, and deleting it first re-encodes those
 deltas without it (:meth:`WriteTxn.delete_block`).
 
@@ -62,6 +64,7 @@ per-process registry keyed by real path.
 
 from __future__ import annotations
 
+import collections
 import errno
 import json
 import os
@@ -81,6 +84,8 @@ from .base import MAP_OFFSETS, PERSISTENT, TRANSACTIONS, ZERO_COPY
 DEFAULT_MAP_SIZE = 1 << 40  # bytes of address space (sparse); 1 TiB
 _DBS = (b"blocks", b"refs", b"reflog", b"pins", b"meta", b"packed", b"packbase", b"sums")
 DECODED_CACHE = 128 << 20  # bytes of decoded packed blocks kept per environment
+PACKED_AHEAD = 8 << 20     # bytes of data.mdb advised after a packed value or a delta base read
+ADVISE_PIECE = 1 << 20     # bytes per posix_fadvise call (the kernel reads at most ~ra_pages each)
 
 _registry: dict[str, tuple[lmdb.Environment, dict, list]] = {}
 _xxh3 = None
@@ -123,6 +128,13 @@ def madvise(addr: int, length: int, advice: int) -> bool:
 
 
 _buffer_api = None
+
+
+def is_map_buffer(buf) -> bool:
+    """Whether ``buf`` (what a view's ``get`` returned) is a zero-copy buffer into the
+    store's map (a raw block, py-lmdb's ``memoryview`` of no Python object), not a
+    decoded packed block (a ``memoryview`` of a numpy array)."""
+    return isinstance(buf, memoryview) and buf.obj is None
 
 
 def buffer_address(buf) -> int:
@@ -180,11 +192,12 @@ class MissingBase(CorruptBlock):
 
 
 class DecodedCache:
-    """Decoded packed blocks (``bytes``, checked against their CIDs), least recently
-    used dropped first once more than ``limit`` bytes are held. Thread-safe. Blocks
-    are immutable, so entries never go stale. :meth:`claim` lets one thread decode a
-    block while others wanting it wait for the result instead of decoding it again
-    (the mount's preload threads and its reader often want the same leaf)."""
+    """Decoded packed blocks (read-only ``memoryview`` objects over ``uint8`` arrays,
+    checked against their CIDs), least recently used dropped first once more than
+    ``limit`` bytes are held. Thread-safe. Blocks are immutable, so entries never go
+    stale. :meth:`claim` lets one thread decode a block while others wanting it wait
+    for the result instead of decoding it again (the mount's preload threads and its
+    reader often want the same leaf)."""
 
     def __init__(self, limit: int = DECODED_CACHE):
         self.limit, self.size = limit, 0
@@ -207,14 +220,18 @@ class DecodedCache:
         if ev is not None:
             ev.set()
 
-    def get(self, cid: bytes) -> bytes | None:
+    def __contains__(self, cid: bytes) -> bool:
+        """Whether ``cid`` is held (a hint: it may be dropped right after)."""
+        return cid in self._d
+
+    def get(self, cid: bytes):
         with self._lock:
             v = self._d.pop(cid, None)
             if v is not None:
                 self._d[cid] = v  # most recent last
             return v
 
-    def put(self, cid: bytes, data: bytes) -> None:
+    def put(self, cid: bytes, data) -> None:
         if len(data) > self.limit // 4:
             return
         with self._lock:
@@ -710,6 +727,8 @@ class LMDBStore:
         self.blocks_read = 0  # count of block gets (for tests of lazy behaviour)
         self._advise_fd = -1
         self._data_fd_lock = threading.Lock()
+        self._map_span: tuple | None = None  # map_range(), read once (see _read_ahead)
+        self._ahead: collections.deque = collections.deque(maxlen=8)  # (lo, hi) advised
         self._psize = self.env.stat()["psize"]
 
     def map_range(self) -> tuple[int, int] | None:
@@ -818,6 +837,31 @@ class LMDBStore:
             os.posix_fadvise(self._data_fd(), offset, length, os.POSIX_FADV_WILLNEED)
         except OSError:
             pass
+
+    def _read_ahead(self, buf) -> None:
+        """``buf`` (a zero-copy value: a packed value or a delta's base) was just read:
+        advise (:meth:`advise`) the :data:`PACKED_AHEAD` bytes of ``data.mdb`` after
+        it, unless a recent call covered them. ``tvcfs pack`` writes a commit's values
+        in file order, and a base file's leaves (raw or packed) lie in order too, so
+        the next leaves' values are there: without this, each is read by synchronous
+        page faults, ``read_ahead_kb`` at a time (one disk round trip per 128 KiB, and
+        under load a wait for the CPU after each). Nothing for other buffers."""
+        if not is_map_buffer(buf):
+            return
+        span = self._map_span
+        if span is None:
+            span = self._map_span = self.map_range() or (0, 0)
+        a = buffer_address(buf)
+        if not span[0] <= a < span[1]:
+            return
+        end = a - span[0] + len(buf)
+        with self._data_fd_lock:
+            for lo, hi in self._ahead:
+                if lo <= end and end + PACKED_AHEAD // 2 <= hi:
+                    return
+            self._ahead.append((end, end + PACKED_AHEAD))
+        for o in range(end, end + PACKED_AHEAD, ADVISE_PIECE):
+            self.advise(o, ADVISE_PIECE)
 
     def _data_fd(self) -> int:
         """A read-only descriptor of ``data.mdb`` (for :meth:`advise`), opened on
@@ -934,12 +978,18 @@ class LMDBStore:
         finally:
             self.decoded.release(cid)
 
-    def _decode(self, txn, cid: bytes, value, check: bool, depth: int = 0, strict: bool = False) -> bytes:
+    def _decode(self, txn, cid: bytes, value, check: bool, depth: int = 0, strict: bool = False,
+                out=None):
         """Decode packed ``value`` of ``cid``; with ``check`` compare the result with
         its recorded checksum (with ``strict``, or none recorded: hash it against the
         CID). Bases met on the way are decoded unchecked (the final check covers them;
-        only when it fails are they checked, to name the damaged one)."""
-        bcid = None
+        only when it fails are they checked, to name the damaged one), each into a
+        per-thread scratch buffer (:func:`encodings.scratch`, one slot per depth: a
+        base is read once per file, so it is not cached). Returns a read-only
+        ``memoryview`` of a new ``uint8`` array (no ``bytes`` copy: the mount serves
+        slices of it), or fills ``out`` and returns it."""
+        bcid = bplanes = None
+        self._read_ahead(value)
         try:
             h = encodings.header(value)
             base = None
@@ -948,12 +998,23 @@ class LMDBStore:
                     raise CorruptBlock(f"its delta chain is longer than {encodings.MAX_DEPTH}")
                 bcid = h.base
                 base = txn.get(bcid, db=self.dbs["blocks"])
-                if base is None:
+                if base is not None:
+                    self._read_ahead(base)
+                else:
                     bv = txn.get(bcid, db=self.dbs["packed"])
                     if bv is None:
                         raise MissingBase(cid, bcid, self.path)
-                    base = self.decoded.get(bcid) or self._decode(txn, bcid, bv, False, depth + 1)
-            data = encodings.decode(value, base)
+                    base = self.decoded.get(bcid)
+                    if base is None:
+                        bh = encodings.header(bv)
+                        if h.elem == bh.elem > 1:  # XOR on the planes: one un-grouping
+                            bplanes = self._planes(txn, bcid, bv, bh, depth + 1)
+                        if bplanes is None:
+                            base = self._decode(txn, bcid, bv, False, depth + 1,
+                                                out=encodings.scratch(bh.raw_len, depth + 1))
+            if out is None:
+                out = encodings.np.empty(h.raw_len, encodings.np.uint8)
+            encodings.decode_into(value, out, base, h, base_planes=bplanes)
         except MissingBase:
             raise
         except CorruptBlock as e:
@@ -962,6 +1023,9 @@ class LMDBStore:
             raise CorruptBlock(f"stored block {cid_str(cid)} is packed and does not decode ({e}): "
                                f"the store {self.path} is damaged (tvcfs fsck lists the damaged "
                                "blocks)") from None
+        if depth:
+            return out
+        data = memoryview(out).toreadonly()
         if check:
             try:
                 self._check(cid, data, txn, always=True, strict=strict,
@@ -971,6 +1035,31 @@ class LMDBStore:
                     self._check_chain(txn, bcid, strict)
                 raise
         return data
+
+    def _planes(self, txn, cid: bytes, value, h, depth: int):
+        """The bytes of packed block ``cid`` (``value``, header ``h``) grouped by its
+        element size (:func:`encodings.planes_into`), in the per-thread scratch slot
+        ``depth``, unchecked; ``None`` when its chain reaches a raw base or changes
+        element size (grouping those would cost what it saves: decode instead)."""
+        if depth > encodings.MAX_DEPTH:
+            raise CorruptBlock(f"its delta chain is longer than {encodings.MAX_DEPTH}")
+        self._read_ahead(value)
+        bplanes = None
+        if h.base is not None:
+            if txn.get(h.base, db=self.dbs["blocks"]) is not None:
+                return None
+            bv = txn.get(h.base, db=self.dbs["packed"])
+            if bv is None:
+                raise MissingBase(cid, h.base, self.path)
+            bh = encodings.header(bv)
+            if bh.elem != h.elem:
+                return None
+            bplanes = self._planes(txn, h.base, bv, bh, depth + 1)
+            if bplanes is None:
+                return None
+        out = encodings.scratch(h.raw_len, depth)
+        encodings.planes_into(value, out, bplanes, h)
+        return out
 
     def _check_chain(self, txn, cid: bytes, strict: bool = False) -> None:
         """Check base ``cid`` (and its bases; against the CID when ``strict``); raises
