@@ -5,11 +5,19 @@ nothing (README; docs/format.md "CAR v1"; docs/backends.md "The IPFS network").
 - ``tvcfs import FILE.car -b BRANCH``: a CAR whose root commit is not in it, or
   whose commit lacks its tree or ancestors, is refused (no branch pointing at an
   incomplete commit, nothing stored); a damaged CAR's error names the file.
+- ``tvcfs serve``: TLS clients that connect and never send their ``Hello`` (or
+  trickle it a byte at a time) are disconnected after ``hello_timeout`` (10 s)
+  instead of holding a socket and a task for ever; real clients are served meanwhile.
 
 Only processes started here are ended (by PID).
 """
 
 from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
 
 import pytest
 from support.cli import err_of, run_tvcfs
@@ -114,3 +122,48 @@ def test_damaged_car_error_names_the_file_and_stores_nothing(two_commits, tmp_pa
         p = run_tvcfs("-C", dst, "import", tmp_path / name, "-b", "x", ok=False)
         one_line_error(p, name, "not a valid CAR v1 file", "nothing was imported")
     assert _blocks_of(dst) == 0
+
+
+# ----------------------------------------------------------------------- block exchange
+HELLO_TIMEOUT = 10.0  # tvcfs.transport.server.HELLO_TIMEOUT (not imported: the test predates it)
+
+def test_serve_drops_clients_that_never_say_hello(two_commits, tmp_path, servers):
+    """20 TLS clients that complete the handshake and send nothing, and one that
+    trickles a byte a second: the server closes every one within its Hello deadline
+    (before: all held for as long as the clients liked — file descriptors and tasks
+    an attacker could exhaust); a clone meanwhile is served."""
+    src, _, _ = two_commits
+    srv = servers(src, tmp_path)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    t0 = time.monotonic()
+    idle = [ctx.wrap_socket(socket.create_connection(("127.0.0.1", srv.port), timeout=10))
+            for _ in range(20)]
+    trickler = ctx.wrap_socket(socket.create_connection(("127.0.0.1", srv.port), timeout=10))
+    stop = threading.Event()
+
+    def trickle():
+        frame = iter(b"\x64\x01" + bytes(200))  # a 100-byte Hello frame, a byte a second
+        try:
+            while not stop.wait(1.0):
+                trickler.send(bytes([next(frame)]))
+        except OSError:
+            pass  # closed by the server
+
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    try:
+        run_tvcfs("clone", srv.peer_url, tmp_path / "cl")  # real clients are not starved
+        for s in [*idle, trickler]:
+            s.settimeout(HELLO_TIMEOUT + 20 - (time.monotonic() - t0))
+            try:
+                assert s.recv(100) == b"", "the server sent something before a Hello"
+            except (ConnectionResetError, ssl.SSLError):
+                pass
+        assert time.monotonic() - t0 < HELLO_TIMEOUT + 20
+    finally:
+        stop.set()
+        t.join(5)
+        for s in [*idle, trickler]:
+            s.close()
+    assert "no Hello within" in srv.log()
