@@ -4,7 +4,8 @@ nothing (README; docs/format.md "CAR v1"; docs/backends.md "The IPFS network").
 
 - ``tvcfs import FILE.car -b BRANCH``: a CAR whose root commit is not in it, or
   whose commit lacks its tree or ancestors, is refused (no branch pointing at an
-  incomplete commit, nothing stored); a damaged CAR's error names the file.
+  incomplete commit, nothing stored); a damaged CAR's error names the file and
+  says what is wrong (an identity-hash CID is "unsupported", not "out of range").
 - ``tvcfs gc`` / ``tvcfs pack`` on a store where a reachable interior block is
   damaged: an error naming it, nothing deleted (before: everything below it was
   deleted as garbage); once the block is restored, everything reads again.
@@ -114,16 +115,22 @@ def test_damaged_car_error_names_the_file_and_stores_nothing(two_commits, tmp_pa
     data = full.read_bytes()
     dst = tmp_path / "dst"
     run_tvcfs("init", dst)
+    with open(full, "rb") as f:
+        read_car(f)  # reads the header only
+        head = data[: f.tell()]  # the header: the sections start after it
+    identity = b"\x01\x55\x00\x05hello"  # an identity-hash CID (Kubo's --inline): 9 bytes
     cases = {
-        "truncated.car": data[: len(data) // 2],
-        "header-cut.car": data[:30],
-        "varint.car": b"\xff" * 16,
-        "empty.car": b"",
+        "truncated.car": (data[: len(data) // 2], "truncated"),
+        "header-cut.car": (data[:30], ""),
+        "varint.car": (b"\xff" * 16, "varint"),
+        "empty.car": (b"", ""),
+        "identity.car": (head + bytes([len(identity) + 5]) + identity + b"hello", "unsupported CID"),
+        "cut-cid.car": (head + b"\x06\x01\x55\x12\x20\x00\x00", "ends inside its CID"),
     }
-    for name, body in cases.items():
+    for name, (body, why) in cases.items():
         (tmp_path / name).write_bytes(body)
         p = run_tvcfs("-C", dst, "import", tmp_path / name, "-b", "x", ok=False)
-        one_line_error(p, name, "not a valid CAR v1 file", "nothing was imported")
+        one_line_error(p, name, "not a valid CAR v1 file", "nothing was imported", why)
     assert _blocks_of(dst) == 0
 
 
