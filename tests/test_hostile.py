@@ -9,6 +9,9 @@ nothing (README; docs/format.md "CAR v1"; docs/backends.md "The IPFS network").
 - ``tvcfs gc`` / ``tvcfs pack`` on a store where a reachable interior block is
   damaged: an error naming it, nothing deleted (before: everything below it was
   deleted as garbage); once the block is restored, everything reads again.
+- damaged ref, reflog and pin records: ``fsck`` lists each (before: it stopped at
+  the first with "unsupported CID 78797a"); ``reflog``, ``gc``, ``pin ls`` name the
+  record instead of a bare JSON decoder message.
 - ``tvcfs serve``: TLS clients that connect and never send their ``Hello`` (or
   trickle it a byte at a time) are disconnected after ``hello_timeout`` (10 s)
   instead of holding a socket and a task for ever; real clients are served meanwhile.
@@ -170,6 +173,27 @@ def test_gc_on_a_damaged_interior_block_deletes_nothing(tmp_path, damage):
     run_tvcfs("-C", root, "gc")
     run_tvcfs("-C", root, "fsck")
     assert run_tvcfs("-C", root, "cat", "main:f.bin").stdout == data
+
+
+def test_damaged_ref_reflog_and_pin_records_are_named(tmp_path):
+    repo = make_repo(tmp_path, {"a.txt": b"a\n"})
+    root = str(tmp_path / "repo")
+    st = repo.store
+    pinned = bytes.fromhex("01551220") + bytes(32)
+    with st.env.begin(write=True) as txn:  # behind tvcfs's back
+        txn.put(b"refs/heads/bad", b"xyz", db=st.dbs["refs"])
+        txn.put(b"refs/heads/main\x00" + (99).to_bytes(8, "big"), b"{not json", db=st.dbs["reflog"])
+        txn.put(pinned, b"\xff\xfe", db=st.dbs["pins"])
+    repo.close()
+    p = run_tvcfs("-C", root, "fsck", ok=False)
+    out = p.stdout.decode()
+    assert "refs/heads/bad: damaged value 78797a (not a CID)" in out, (out, err_of(p))
+    assert "reflog entry 99 of refs/heads/main" in out and cid_str(pinned) in out, out
+    one_line_error(p, "3 problem(s)")
+    for args, needle in ((["reflog"], "reflog entry 99 of refs/heads/main"),
+                         (["gc", "-n"], "reflog entry 99 of refs/heads/main"),
+                         (["pin", "ls"], f"tvcfs pin rm {cid_str(pinned)}")):
+        one_line_error(run_tvcfs("-C", root, *args, ok=False), needle, "is damaged")
 
 
 # ----------------------------------------------------------------------- block exchange

@@ -27,7 +27,7 @@ import time
 
 from .dag import traverse
 from .encoding.cid import RAW, cid_codec, cid_from_str, cid_str
-from .errors import CorruptBlock, TvcfsError
+from .errors import CorruptBlock, InvalidCID, TvcfsError
 from .store.encodings import header
 
 DEFAULT_EXPIRE_DAYS = 90
@@ -161,7 +161,8 @@ def fsck(repo, lazy_ok: bool = False, progress=None, stats: dict | None = None) 
     """Check the repository. Returns a list of problems (strings); empty means sound:
     every stored block hashes to its CID (sha-256) and decodes, matches the checksum
     recorded when it was stored, and every ref's commit, tree and file nodes are
-    present (and leaves too unless ``lazy_ok``). ``progress``: a callback
+    present (and leaves too unless ``lazy_ok``), and that every ref value is a CID and
+    every reflog entry and pin record reads. ``progress``: a callback
     ``progress(blocks re-hashed, total blocks, "verifying")``.
 
     Writes one thing: the checksum (:func:`tvcfs.store.lmdb_store.checksum`) of every
@@ -202,7 +203,18 @@ def fsck(repo, lazy_ok: bool = False, progress=None, stats: dict | None = None) 
             record = [c for c, s in record if w.record_checksum(c, s)]
     if stats is not None:
         stats.update(blocks=n, checksums_recorded=len(record))
+    for records in (repo.reflog_db.entries, repo.pin_db.all):
+        try:
+            records()
+        except TvcfsError as e:  # a damaged reflog entry or pin
+            problems.append(str(e))
     for ref, cid in sorted(repo.refs().items()):
+        try:
+            cid_codec(cid)
+        except InvalidCID:
+            problems.append(f"{ref}: damaged value {cid.hex()[:80]} (not a CID)")
+            continue
+
         def broken(c, e, ref=ref):
             if not isinstance(e, CorruptBlock):  # a damaged block is listed above
                 problems.append(f"{ref}: {cid_str(c)}: {e}")
