@@ -8,7 +8,10 @@ worktree records (the base commit and tree of each ``tvcfs checkout`` directory)
 then deletes the
 rest in one LMDB transaction. The base of every packed delta that is kept is kept
 too (and its base, along the chain: :func:`mark_bases`), so a kept delta always
-decodes. Freed pages are reused by LMDB (the file does not shrink). :func:`fsck`
+decodes. A reachable block that is damaged (does not match its CID or recorded
+checksum) stops the collection before anything is deleted (:class:`DamagedReachable`):
+what it links to cannot be known, and deleting it as garbage would turn one damaged
+block into a lost model. Freed pages are reused by LMDB (the file does not shrink). :func:`fsck`
 re-hashes blocks against their CIDs (packed ones decoded afresh; sha-256 whatever
 checksums are recorded), compares them with the checksums recorded at rest and records
 those missing (a store made before checksums were), and checks that every ref points
@@ -24,7 +27,7 @@ import time
 
 from .dag import traverse
 from .encoding.cid import RAW, cid_codec, cid_from_str, cid_str
-from .errors import CorruptBlock
+from .errors import CorruptBlock, InvalidCID, TvcfsError
 from .store.encodings import header
 
 DEFAULT_EXPIRE_DAYS = 90
@@ -63,16 +66,35 @@ def _roots(repo, expire_days: float) -> set:
     return roots
 
 
+class DamagedReachable(TvcfsError):
+    """A block reachable from the roots of :func:`mark` is damaged (does not match its
+    CID or its recorded checksum, or does not decode): what it links to cannot be
+    known, so garbage collection and packing stop before changing anything."""
+
+
 def mark(repo, roots, progress=None, parents: bool = True) -> set:
     """Every CID reachable from ``roots`` (commits follow their parents, unless not
     ``parents``: then only their trees), whether or not the block is stored locally
     (:func:`tvcfs.dag.traverse`: raw leaves are named by their parents' links, never
-    read; a block that does not decode keeps only itself). ``progress(blocks marked,
-    None, "marking")`` is called every 1000 blocks."""
+    read). Every interior block read is verified (its recorded checksum, else its
+    CID): a damaged one raises :class:`DamagedReachable` naming it — skipping it
+    would drop everything below it as garbage; a block whose bytes are authentic
+    but do not decode keeps only itself. ``progress(blocks marked, None,
+    "marking")`` is called every 1000 blocks."""
     seen: set[bytes] = set()
-    with repo.store.view(verify=False) as blocks:
+
+    def damaged(c: bytes, e: Exception):
+        if not isinstance(e, CorruptBlock):
+            return  # authentic bytes that do not decode (e.g. a pinned foreign block): no links
+        raise DamagedReachable(
+            f"block {cid_str(c)}, reachable from the refs, is damaged in {repo.root}: the blocks "
+            "it links to cannot be told apart from garbage, so nothing was changed; restore it "
+            "(tvcfs fetch from a remote that has it, or tvcfs import a CAR holding it) and run "
+            "again (tvcfs fsck lists every damaged block)") from None
+
+    with repo.store.view(verify=True) as blocks:
         for c, _ in traverse(blocks.get, roots, parents=parents, read_leaves=False, missing_ok=True,
-                             on_error=lambda c, e: None):
+                             on_error=damaged):
             seen.add(c)
             if progress is not None and len(seen) % 1000 == 0:
                 progress(len(seen), None, "marking")
@@ -139,7 +161,8 @@ def fsck(repo, lazy_ok: bool = False, progress=None, stats: dict | None = None) 
     """Check the repository. Returns a list of problems (strings); empty means sound:
     every stored block hashes to its CID (sha-256) and decodes, matches the checksum
     recorded when it was stored, and every ref's commit, tree and file nodes are
-    present (and leaves too unless ``lazy_ok``). ``progress``: a callback
+    present (and leaves too unless ``lazy_ok``), and that every ref value is a CID and
+    every reflog entry and pin record reads. ``progress``: a callback
     ``progress(blocks re-hashed, total blocks, "verifying")``.
 
     Writes one thing: the checksum (:func:`tvcfs.store.lmdb_store.checksum`) of every
@@ -180,7 +203,18 @@ def fsck(repo, lazy_ok: bool = False, progress=None, stats: dict | None = None) 
             record = [c for c, s in record if w.record_checksum(c, s)]
     if stats is not None:
         stats.update(blocks=n, checksums_recorded=len(record))
+    for records in (repo.reflog_db.entries, repo.pin_db.all):
+        try:
+            records()
+        except TvcfsError as e:  # a damaged reflog entry or pin
+            problems.append(str(e))
     for ref, cid in sorted(repo.refs().items()):
+        try:
+            cid_codec(cid)
+        except InvalidCID:
+            problems.append(f"{ref}: damaged value {cid.hex()[:80]} (not a CID)")
+            continue
+
         def broken(c, e, ref=ref):
             if not isinstance(e, CorruptBlock):  # a damaged block is listed above
                 problems.append(f"{ref}: {cid_str(c)}: {e}")

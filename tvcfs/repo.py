@@ -25,8 +25,8 @@ from .encoding.unixfs import check_entry_name
 from .formatting import short_cid
 from .names import printable_name
 from .errors import (
-    AmbiguousRevision, BlockNotFound, CommitConflict, InvalidCID, NotADirectory, NotARepository, RefConflict,
-    RefExists, RevisionNotFound, TvcfsError, naming,
+    AmbiguousRevision, BlockNotFound, CommitConflict, InvalidCID, MalformedObject, NotADirectory, NotARepository,
+    RefConflict, RefExists, RevisionNotFound, TvcfsError, naming,
 )
 from .importer import REPO_DIR, Importer
 from .refs import HEADS, TAGS, check_name, split_suffixes
@@ -1000,36 +1000,72 @@ class Repo:
     def import_car(self, f: BinaryIO, branch: str | None = None,
                    progress=None) -> tuple[list, int]:
         """Import every block of a CAR v1 stream (each verified against its CID) in one
-        transaction. With ``branch``, point it at the CAR's first root (a commit).
-        Returns ``(roots, new_blocks)``. Raises :class:`MalformedObject` /
-        :class:`CorruptBlock`; nothing is stored then. ``progress``: a callback
-        ``progress(bytes of the stream read, its size or None)``."""
+        transaction. With ``branch``, point it at the CAR's first root: a commit that,
+        with what the store already holds, is complete (its tree, files, leaves and
+        ancestors: what ``tvcfs fsck`` checks of every ref). Returns ``(roots,
+        new_blocks)``. Raises :class:`MalformedObject` (a damaged or truncated CAR,
+        naming the file), :class:`CorruptBlock` (a block that does not hash to its
+        CID) or :class:`TvcfsError` (``branch`` given and the root is not a complete
+        commit); nothing is stored then. ``progress``: a callback ``progress(bytes of
+        the stream read, its size or None)``."""
+        name = getattr(f, "name", "") or "the CAR"
+        if branch:
+            check_name(branch)
         try:
             size = os.fstat(f.fileno()).st_size
         except (AttributeError, OSError, ValueError):
             size = None
-        roots, blocks = read_car(f, verify=False)  # verified below, by the one path for blocks from outside
-        with self.store.write() as w:
-            n = 0
-            batch, nbytes = [], 0
-            for cid, block in blocks:
-                batch.append((cid, block))
-                nbytes += len(block)
-                if nbytes >= 16 << 20:
-                    n += self._import_batch(w, batch, f)
-                    batch, nbytes = [], 0
-                    if progress is not None:
-                        progress(f.tell(), size)
-            n += self._import_batch(w, batch, f)
-            if progress is not None:
-                progress(f.tell(), size)
-            if branch:
-                if not roots or cid_codec(roots[0]) != DAG_CBOR:
-                    raise TvcfsError("the CAR's root is not a commit: cannot set a branch to it")
-                decode_commit(w.get_block(roots[0]))
-                check_name(branch)
-                w.set_ref(HEADS + branch, roots[0], w.get_ref(HEADS + branch), message="import")
+        complete = set(self.refs().values()) if branch else set()
+        try:
+            roots, blocks = read_car(f, verify=False)  # verified below, by the one path for blocks from outside
+            with self.store.write() as w:
+                n = 0
+                batch, nbytes = [], 0
+                for cid, block in blocks:
+                    batch.append((cid, block))
+                    nbytes += len(block)
+                    if nbytes >= 16 << 20:
+                        n += self._import_batch(w, batch, f)
+                        batch, nbytes = [], 0
+                        if progress is not None:
+                            progress(f.tell(), size)
+                n += self._import_batch(w, batch, f)
+                if progress is not None:
+                    progress(f.tell(), size)
+                if branch:
+                    self._check_import_root(w, roots, name, complete)
+                    w.set_ref(HEADS + branch, roots[0], w.get_ref(HEADS + branch), message="import")
+        except MalformedObject as e:
+            raise MalformedObject(f"{name}: not a valid CAR v1 file ({e}); nothing was imported") from None
         return roots, n
+
+    def _check_import_root(self, w, roots: list, name: str, complete: set) -> None:
+        """Refuse (:class:`TvcfsError`) to point a branch at the first of ``roots``
+        unless it is a commit whose whole DAG, history included, is in the write
+        transaction ``w`` (the commits in ``complete``, the repository's ref values, are
+        taken as complete, as fetch does)."""
+        from .dag import traverse
+        from .encoding.cid import RAW
+
+        if not roots or cid_codec(roots[0]) != DAG_CBOR:
+            raise TvcfsError(f"the root of {name} is not a commit: cannot set a branch to it; "
+                             "nothing was imported")
+        root = roots[0]
+        if not w.has_block(root):
+            raise TvcfsError(f"the root commit {cid_str(root)} of {name} is not in it (nor in this "
+                             "repository): cannot set a branch to it; nothing was imported")
+        try:
+            decode_commit(w.get_block(root))
+        except MalformedObject as e:
+            raise TvcfsError(f"the root of {name} is not a commit ({e}): cannot set a branch to it; "
+                             "nothing was imported") from None
+        for c, block in traverse(w.get_block, [root], parents=True, read_leaves=False,
+                                 skip=complete.__contains__, missing_ok=True):
+            if block is None and (cid_codec(c) != RAW or not w.has_block(c)):
+                raise TvcfsError(
+                    f"{name} lacks block {cid_str(c)} of commit {cid_str(root)} (nor is it in this "
+                    "repository): cannot set a branch to an incomplete commit; export it with "
+                    "--history, or import without -b; nothing was imported")
 
     def verify(self, root: bytes) -> int:
         """Re-hash every block under ``root``; returns the count. Raises

@@ -12,7 +12,7 @@ from typing import BinaryIO, Iterable, Iterator
 
 from ..errors import MalformedObject
 from .cid import cid_codec, cid_v1, verify_block
-from .varint import encode_varint, read_varint
+from .varint import decode_varint, encode_varint, read_varint
 
 MAX_SECTION = 8 << 20  # bytes; tvcfs blocks are at most ~1 MiB
 
@@ -44,6 +44,27 @@ def write_car(out: BinaryIO, roots: list[bytes], blocks: Iterable[tuple[bytes, b
     for cid, block in blocks:
         write_car_block(out, cid, block)
         n += 1
+    return n
+
+
+def _cid_length(sec: bytes) -> int:
+    """Bytes of the CID at the start of a CAR section: 34 for a CIDv0 (a bare sha2-256
+    multihash), else ``version ‖ codec ‖ multihash code ‖ digest length ‖ digest``
+    whatever the hash (so an unsupported one is named as such, not mistaken for a
+    short section). Raises :class:`MalformedObject` when the section ends inside it."""
+    if sec[:2] == b"\x12\x20":
+        n = 34
+    else:
+        try:
+            pos = 0
+            for _ in range(3):  # version, codec, multihash code
+                _, pos = decode_varint(sec, pos)
+            size, pos = decode_varint(sec, pos)
+        except MalformedObject:
+            raise MalformedObject("CAR section ends inside its CID") from None
+        n = pos + size
+    if n > len(sec):
+        raise MalformedObject("CAR section ends inside its CID")
     return n
 
 
@@ -81,12 +102,12 @@ def read_car(f: BinaryIO, verify: bool = True) -> tuple[list[bytes], Iterator[tu
             ln = read_varint(f)
             if ln is None:
                 return
-            if ln > MAX_SECTION or ln < 34:
+            if ln > MAX_SECTION or ln < 2:
                 raise MalformedObject(f"CAR section of {ln} bytes out of range")
             sec = f.read(ln)
             if len(sec) != ln:
                 raise MalformedObject("CAR section truncated")
-            n = 34 if sec[:2] == b"\x12\x20" else 36  # CIDv0: a bare sha2-256 multihash
+            n = _cid_length(sec)
             cid, data = cid_v1(sec[:n]), sec[n:]
             try:
                 cid_codec(cid)

@@ -12,6 +12,7 @@ HTTP side. See ``docs/backends.md``, "The IPFS network".
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -28,6 +29,7 @@ IMMUTABLE = "public, max-age=29030400, immutable"  # Cache-Control of every /ipf
 PROBE_CID = "bafkqaaa"
 PROBE_BYTES = b"\x01\x55\x00\x00"
 SCOPES = ("block", "entity", "all")
+_ENTITY_BYTES = re.compile(r"(-?[0-9]{1,20}):(\*|-?[0-9]{1,20})")  # FROM:TO (the spec's integers)
 
 Getter = Callable[[bytes], "bytes | memoryview"]
 
@@ -136,17 +138,16 @@ def negotiate(fmt: str | None, accept: str | None, car_version: str | None = Non
 def parse_entity_bytes(text: str) -> tuple[int, int | None]:
     """``entity-bytes=from:to`` → ``(from, to)``: inclusive byte offsets, negative ones
     counted from the end, ``to`` ``None`` for ``*``. Raises :class:`GatewayError` 400
-    for anything else, or for ``from > to`` when both are non-negative."""
-    a, sep, b = text.partition(":")
-    try:
-        lo = int(a)
-        hi = None if b == "*" else int(b)
-    except ValueError:
-        lo = hi = None
-        sep = ""
-    if not sep:
-        raise GatewayError(400, f"invalid entity-bytes={text!r}: expected FROM:TO with integers or * "
+    for anything else (only ASCII digits with an optional ``-``, at most 20 of them:
+    not Python's ``int`` syntax with ``+``, ``_`` or spaces), or for ``from > to``
+    when both are non-negative."""
+    m = _ENTITY_BYTES.fullmatch(text)
+    if m is None:
+        shown = text if len(text) <= 64 else text[:64] + "…"
+        raise GatewayError(400, f"invalid entity-bytes={shown!r}: expected FROM:TO with integers or * "
                                 "(e.g. 0:1023, -1024:*)")
+    lo = int(m.group(1))
+    hi = None if m.group(2) == "*" else int(m.group(2))
     if hi is not None and lo >= 0 and hi >= 0 and hi < lo:
         raise GatewayError(400, f"invalid entity-bytes={text!r}: the range ends before it starts")
     return lo, hi

@@ -10,6 +10,22 @@ from __future__ import annotations
 
 import json
 
+from ..encoding.cid import cid_str
+from ..errors import TvcfsError
+
+
+def _record(v: bytes, what: str, env, fix: str) -> dict:
+    """The JSON object of a reflog or pin record; :class:`TvcfsError` naming the record
+    (``what``), the store and what to do (``fix``) when it is damaged (not UTF-8 JSON,
+    not an object)."""
+    try:
+        e = json.loads(v)
+    except ValueError as exc:  # json.JSONDecodeError, UnicodeDecodeError
+        e = exc
+    if not isinstance(e, dict):
+        raise TvcfsError(f"{what} in {env.path()} is damaged (not a JSON object): {fix}")
+    return e
+
 
 def _prefixed(env, db, prefix: bytes):
     """``(key, value)`` (bytes) of every record of ``db`` whose key starts with ``prefix``."""
@@ -53,9 +69,10 @@ class Reflog:
         out = []
         for k, v in _prefixed(self.env, self.db, (name.encode() + b"\x00") if name else b""):
             # key = REF \0 seq (8 bytes BE); seq bytes may be \0 themselves
-            e = json.loads(v)
-            e["ref"] = k[:-9].decode()
-            e["seq"] = int.from_bytes(k[-8:], "big")
+            ref, seq = k[:-9].decode(errors="replace"), int.from_bytes(k[-8:], "big")
+            e = _record(v, f"reflog entry {seq} of {ref}", self.env,
+                        "restore the store from a backup (tvcfs fsck lists what else is damaged)")
+            e["ref"], e["seq"] = ref, seq
             out.append(e)
         return out
 
@@ -67,7 +84,10 @@ class PinStore:
         self.env, self.db = store.env, store.dbs["pins"]
 
     def all(self) -> dict:
-        """``{binary CID: {"name": str, "time": int}}``."""
+        """``{binary CID: {"name": str, "time": int}}``. Raises :class:`TvcfsError`
+        naming a damaged record."""
         with self.env.begin() as txn:
             with txn.cursor(db=self.db) as cur:
-                return {bytes(k): json.loads(v) for k, v in cur.iternext()}
+                return {bytes(k): _record(v, f"the pin of {cid_str(bytes(k))}", self.env,
+                                          f"run tvcfs pin rm {cid_str(bytes(k))}, then pin it again")
+                        for k, v in cur.iternext()}

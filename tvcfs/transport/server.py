@@ -34,6 +34,7 @@ __all__ = ["RateLimit", "ServerConfig", "ServerStats", "handle_session", "iter_s
            "missing_in_dag"]
 
 log = logging.getLogger(__name__)
+HELLO_TIMEOUT = 10.0  # seconds a new session has to send its whole Hello
 
 
 @dataclass
@@ -89,6 +90,11 @@ class ServerConfig:
     ``corrupt_hook``: test hook ``f(cid, data) -> data`` applied to outgoing blocks;
     ``thin``: offer thin transfers (``WELCOME_THIN``: deltas against blocks the peer
     holds, docs/protocol.md "Thin transfers"; off: behave as a server before them).
+    ``hello_timeout``: seconds a new session may take to deliver its whole ``Hello``
+    (from the moment the stream is handed to :func:`handle_session`); a client that
+    sends nothing, or trickles bytes, is then disconnected so it holds no socket or
+    task for ever. Once the ``Hello`` is in, an idle session is legitimate (a mount's
+    peer connection) and is kept.
     """
 
     backend: BlockBackend
@@ -111,6 +117,7 @@ class ServerConfig:
     # what a refused peer is told to ask for ({peer}: its peer ID; {private}: the
     # "--private " of a read refusal)
     grant_hint: str = "to run `tvcfs serve {private}--allow-push {peer}`"
+    hello_timeout: float = HELLO_TIMEOUT
 
 
 def _peer_address(stream) -> str:
@@ -226,8 +233,19 @@ class _Driver:
 
     async def reader(self):
         sess = self.sess
+        hello_by = trio.current_time() + sess.cfg.hello_timeout
         while True:
-            chunks = await self._receive()
+            if sess.state == "hello":  # an absolute deadline: trickled bytes do not extend it
+                chunks = None
+                with trio.move_on_at(hello_by):
+                    chunks = await self._receive()
+                if chunks is None:
+                    log.warning("closed session from %s: no Hello within %g s", sess.addr,
+                                sess.cfg.hello_timeout)
+                    sess.close()
+                    return None
+            else:
+                chunks = await self._receive()
             for c in chunks:
                 sess.receive_data(c)
                 closed = await self.events()
