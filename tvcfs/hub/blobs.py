@@ -4,7 +4,7 @@
 As the Hugging Face Hub does for LFS files, ``resolve/{rev}/{path}`` of a file of at
 least the blob threshold answers ``302`` to ``http://HOST:BLOBPORT/blobs/{file CID}``
 with an expiring signed token in the query (``repo``, ``exp``, ``sig``: HMAC-SHA256 of
-the CID, the repository and the expiry under the hub's secret ``ROOT/blob.key``), so
+the CID, the repository and the expiry under the hub's secret ``ROOT/secret``), so
 the blob URL reads exactly that file of that repository until it expires, whoever
 holds it, and nothing else; ``huggingface_hub`` reads the file's metadata from the
 302 (``X-Repo-Commit``, ``X-Linked-Etag``, ``X-Linked-Size``, ``Location``) and gets
@@ -24,7 +24,6 @@ never wrong bytes). The snapshot stays open until the socket's send queue is emp
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import os
@@ -40,49 +39,25 @@ from .http import parse_range
 
 BLOB_TTL = 3600          # seconds a signed blob URL stays valid
 HEAD_LIMIT = 16 * 1024   # bytes of a request head (431 beyond)
-KEY_FILE = "blob.key"
 _REASONS = {200: "OK", 206: "Partial Content", 304: "Not Modified", 400: "Bad Request", 403: "Forbidden",
             404: "Not Found", 405: "Method Not Allowed", 416: "Range Not Satisfiable",
             431: "Request Header Fields Too Large", 500: "Internal Server Error"}
 
 
 class BlobSigner:
-    """Signs and checks blob URLs with a per-hub secret (``secret``: bytes)."""
+    """Signs and checks blob URLs with the hub's secret: ``sign(*parts) -> hex`` is
+    :meth:`tvcfs.hub.core.Hub.sign` (HMAC-SHA256 under ``ROOT/secret``, shared by every
+    process of the hub; the parts start with ``"blob"``, so no upload signature opens
+    a blob or the reverse)."""
 
-    def __init__(self, secret: bytes):
-        self.secret = secret
-
-    @classmethod
-    def for_root(cls, root: str) -> "BlobSigner":
-        """The signer of the hub at ``root``: its secret is ``ROOT/blob.key`` (32 random
-        bytes, mode 0600), created on first use; every process of the hub shares it.
-        Raises ``OSError`` when it can be neither read nor created."""
-        path = os.path.join(root, KEY_FILE)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "wb") as f:
-                f.write(os.urandom(32))
-                f.flush()
-                os.fsync(f.fileno())
-        for _ in range(100):  # another process may be writing it right now
-            with open(path, "rb") as f:
-                secret = f.read()
-            if len(secret) >= 32:
-                return cls(secret)
-            time.sleep(0.01)
-        raise OSError(f"{path}: a blob key needs 32 bytes (delete the file to make a new one)")
-
-    def _mac(self, repo_id: str, cid: str, exp: int) -> str:
-        return hmac.new(self.secret, f"{cid}\n{repo_id}\n{exp}".encode(), hashlib.sha256).hexdigest()
+    def __init__(self, sign):
+        self.sign = sign
 
     def query(self, repo_id: str, cid: str, ttl: float = BLOB_TTL, now: float | None = None) -> str:
         """The query string (``repo=…&exp=…&sig=…``) granting ``GET /blobs/{cid}`` of
         file ``cid`` (CID text) of ``repo_id`` for ``ttl`` seconds."""
         exp = int((time.time() if now is None else now) + ttl)
-        return f"repo={quote(repo_id, safe='/')}&exp={exp}&sig={self._mac(repo_id, cid, exp)}"
+        return f"repo={quote(repo_id, safe='/')}&exp={exp}&sig={self.sign('blob', repo_id, cid, exp)}"
 
     def check(self, repo_id: str, cid: str, exp: str, sig: str, now: float | None = None) -> str | None:
         """``None`` when ``sig`` grants file ``cid`` of ``repo_id`` until ``exp`` (unix
@@ -91,7 +66,7 @@ class BlobSigner:
             e = int(exp)
         except ValueError:
             return "malformed blob token"
-        if not hmac.compare_digest(self._mac(repo_id, cid, e), sig):
+        if not hmac.compare_digest(self.sign("blob", repo_id, cid, e), sig):
             return "invalid blob token (ask the hub's resolve URL for a new one)"
         if e < (time.time() if now is None else now):
             return "expired blob token (ask the hub's resolve URL for a new one)"

@@ -132,7 +132,7 @@ async def _start_blobs(n, hub, hubapp, listen: str, blob_listen: str | None, blo
             raise TvcfsError(f"cannot listen on --blob-listen {blob_listen or host + ':0'}: {e} "
                              "(pick another HOST:PORT, or 'none')") from None
     name = listeners[0].socket.getsockname()
-    blobs = BlobServer(hub, BlobSigner.for_root(hub.root), hubapp.file_index, read_timeout, keep_alive)
+    blobs = BlobServer(hub, BlobSigner(hub.sign), hubapp.file_index, read_timeout, keep_alive)
     hubapp.blob_signer, hubapp.blob_port = blobs.signer, name[1]
     hubapp.blob_host = None if name[0] in ("0.0.0.0", "::") else name[0]
     if threshold is not None:
