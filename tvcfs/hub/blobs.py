@@ -33,12 +33,13 @@ from urllib.parse import parse_qs, quote, urlsplit
 import trio
 
 from ..encoding.cid import cid_from_str, cid_str
-from ..errors import TvcfsError
+from ..errors import BlockNotFound, TvcfsError
 from ..store.base import view as store_view
 from .http import parse_range
 
 BLOB_TTL = 3600          # seconds a signed blob URL stays valid
 HEAD_LIMIT = 16 * 1024   # bytes of a request head (431 beyond)
+BATCH = 8                # leaves checked and located per worker-thread trip
 _REASONS = {200: "OK", 206: "Partial Content", 304: "Not Modified", 400: "Bad Request", 403: "Forbidden",
             404: "Not Found", 405: "Method Not Allowed", 416: "Range Not Satisfiable",
             431: "Request Header Fields Too Large", 500: "Internal Server Error"}
@@ -236,32 +237,35 @@ class BlobServer:
             def get(c):
                 b = v.get(c)
                 if b is None:
-                    from ..errors import BlockNotFound
-
                     raise BlockNotFound(c)
                 return b
 
-            def leaf(i):  # checked (the view verifies) and located, in a worker thread
-                data = idx.leaf_data(get, i)
-                return data, (span_of(data) if span_of is not None else None)
+            def leaves(batch):  # checked (the view verifies) and located, in a worker thread
+                out = []
+                for i in batch:
+                    data = idx.leaf_data(get, i)
+                    out.append((i, data, span_of(data) if span_of is not None else None))
+                return out
 
-            for i in idx.leaf_range(start, end - start):
+            todo = idx.leaf_range(start, end - start)
+            for b in range(0, len(todo), BATCH):
                 try:
-                    data, where = await trio.to_thread.run_sync(leaf, i)
+                    got = await trio.to_thread.run_sync(leaves, todo[b:b + BATCH])
                 except TvcfsError:
                     self.stats["aborted"] += 1
                     raise _Close from None
-                s = idx.starts[i]
-                lo, hi = max(start - s, 0), min(end - s, idx.sizes[i])
-                if where is not None:
-                    await self._sendfile(sock, where[0], where[1] + lo, hi - lo)
-                    self.stats["sendfile_bytes"] += hi - lo
-                    self.stats["sendfile_leaves"] += 1
-                else:
-                    with trio.fail_after(self.read_timeout):
-                        await stream.send_all(memoryview(data)[lo:hi])
-                    self.stats["copied_bytes"] += hi - lo
-                    self.stats["copied_leaves"] += 1
+                for i, data, where in got:
+                    s = idx.starts[i]
+                    lo, hi = max(start - s, 0), min(end - s, idx.sizes[i])
+                    if where is not None:
+                        await self._sendfile(sock, where[0], where[1] + lo, hi - lo)
+                        self.stats["sendfile_bytes"] += hi - lo
+                        self.stats["sendfile_leaves"] += 1
+                    else:
+                        with trio.fail_after(self.read_timeout):
+                            await stream.send_all(memoryview(data)[lo:hi])
+                        self.stats["copied_bytes"] += hi - lo
+                        self.stats["copied_leaves"] += 1
             await self._drained(sock)
         finally:
             ctx.__exit__(None, None, None)
