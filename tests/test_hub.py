@@ -392,28 +392,34 @@ def test_streamed_body_over_the_limit_and_slow_clients(hub):
         c.close()
         # slow-loris: a connection that sends half a request head and then nothing, or
         # dribbles a byte now and then, is closed by the timeouts (read, keep-alive)
-        for dribble in (False, True):
-            s = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
-            s.sendall(b"GET /api/repos HTTP/1.1\r\nHost: x\r\n")
-            s.settimeout(0.5)
-            t0 = time.monotonic()
-            closed = False
-            while time.monotonic() - t0 < 20 and not closed:
-                try:
-                    closed = s.recv(4096) == b""
-                except socket.timeout:
-                    if dribble:
-                        try:
-                            s.sendall(b"X")
-                        except OSError:
-                            closed = True
-                except OSError:
-                    closed = True
-            assert closed and time.monotonic() - t0 < 10, (dribble, time.monotonic() - t0)
-            s.close()
+        _assert_slow_loris_closed(int(url.rsplit(":", 1)[1]), b"GET /api/repos HTTP/1.1\r\nHost: x\r\n")
         assert request(url, "GET", "/api/repos")[0] == 200  # others are still served
     assert run_tvcfs("-C", _repo_path(hub, "model"), "log", "-n1", "--oneline").stdout == head
     assert os.listdir(os.path.join(hub["root"], "tmp")) == []
+
+
+def _assert_slow_loris_closed(port: int, head: bytes) -> None:
+    """A connection to ``port`` that sends ``head`` (half a request head) and then
+    nothing, or dribbles a byte now and then, is closed within 10 s."""
+    for dribble in (False, True):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(head)
+        s.settimeout(0.5)
+        t0 = time.monotonic()
+        closed = False
+        while time.monotonic() - t0 < 20 and not closed:
+            try:
+                closed = s.recv(4096) == b""
+            except socket.timeout:
+                if dribble:
+                    try:
+                        s.sendall(b"X")
+                    except OSError:
+                        closed = True
+            except OSError:
+                closed = True
+        assert closed and time.monotonic() - t0 < 10, (dribble, time.monotonic() - t0)
+        s.close()
 
 
 def test_push_race_compare_and_swap(hub):
@@ -828,3 +834,32 @@ def test_corrupted_leaf_ends_the_blob_connection(tmp_path):
             c.close()
         assert len(got) <= bad_start and bytes(got) == data[:len(got)]
         assert _blob_stats(h["location"])["aborted"] == 1
+
+
+def test_blob_port_timeouts(hub, real_model_dir):
+    """The blob port closes slow-loris connections (--read-timeout for a request
+    head, dribbled or not) and a client that stops reading a body."""
+    size = os.path.getsize(os.path.join(real_model_dir, "model.safetensors"))
+    with running_hub(hub["root"], "--read-timeout", "2", "--keep-alive", "3") as url:
+        st, h, _ = request(url, "HEAD", f"/{ORG}/model/resolve/v1/model.safetensors")
+        assert st == 302
+        base, path = _split(h["location"])
+        port = int(base.rsplit(":", 1)[1])
+        _assert_slow_loris_closed(port, f"GET {path} HTTP/1.1\r\nHost: x\r\n".encode())
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        time.sleep(6)  # reads nothing: the server gives up after 2 s without progress
+        s.settimeout(30)
+        got = 0
+        try:
+            while True:
+                b = s.recv(1 << 20)
+                if not b:
+                    break
+                got += len(b)
+        except ConnectionError:
+            pass
+        s.close()
+        assert got < size
+        assert request(base, "GET", path, headers={"Range": "bytes=0-9"})[0] == 206  # others are served
