@@ -863,3 +863,14 @@ def test_blob_port_timeouts(hub, real_model_dir):
         s.close()
         assert got < size
         assert request(base, "GET", path, headers={"Range": "bytes=0-9"})[0] == 206  # others are served
+
+
+def test_blob_listen_in_use_is_a_one_line_error(hub):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        err = run_tvcfs("hub", "serve", hub["root"], "--listen", "127.0.0.1:0", "--blob-listen",
+                        f"127.0.0.1:{port}", ok=False).stderr.decode()
+    assert err.startswith(f"tvcfs: error: cannot listen on --blob-listen 127.0.0.1:{port}") and \
+        "Traceback" not in err and err.count("\n") == 1, err

@@ -82,15 +82,18 @@ async def serve(root: str, listen: str, *, max_body: int = 64 << 30, lfs_thresho
                 return
 
     try:
+        blob_listeners = None
+        if blob_listen is not None or blob_fd is not None:  # bound first: a clear error, not a nursery's
+            blob_listeners = await _blob_listeners(listen, blob_listen, blob_fd)
         async with trio.open_nursery() as n:
             n.start_soon(signals)
             async def http(task_status):
                 await hserve(app, cfg, shutdown_trigger=stop.wait, task_status=task_status)
                 n.cancel_scope.cancel()  # HTTP drained: end the block exchange too
 
-            if blob_listen is not None or blob_fd is not None:
-                await _start_blobs(n, hub, hubapp, listen, blob_listen, blob_fd, blob_threshold,
-                                   read_timeout, keep_alive, announce=url_pipe is None)
+            if blob_listeners:
+                await _start_blobs(n, hub, hubapp, blob_listeners, blob_threshold, read_timeout, keep_alive,
+                                   announce=url_pipe is None)
             binds = await n.start(http)
             if transport_listen:
                 from ..transport.ops import serve_config
@@ -112,25 +115,30 @@ async def serve(root: str, listen: str, *, max_body: int = 64 << 30, lfs_thresho
         hub.close()
 
 
-async def _start_blobs(n, hub, hubapp, listen: str, blob_listen: str | None, blob_fd: int | None,
-                       threshold: int | None, read_timeout: float, keep_alive: float, announce: bool) -> None:
-    """Start the blob responder (:class:`~tvcfs.hub.blobs.BlobServer`) in nursery ``n``
-    on ``blob_fd`` or ``blob_listen`` (``""``: ``listen``'s host, a free port) and tell
-    ``hubapp`` where it is; with ``announce``, log its URL (stderr). Raises
+async def _blob_listeners(listen: str, blob_listen: str | None, blob_fd: int | None) -> list:
+    """Trio listeners of the blob port: ``blob_fd`` (a bound, listening socket), or
+    bound to ``blob_listen`` (``""``: ``listen``'s host, a free port). Raises
     :class:`~tvcfs.errors.TvcfsError` when the address cannot be bound."""
     from ..errors import TvcfsError
-    from .blobs import BlobServer, BlobSigner
 
     if blob_fd is not None:
-        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=blob_fd)))]
-    else:
-        host, _, port = (blob_listen or f"{listen.rpartition(':')[0]}:0").rpartition(":")
-        host = host.strip("[]") or None
-        try:
-            listeners = await trio.open_tcp_listeners(int(port), host=host, backlog=1024)
-        except (OSError, ValueError) as e:
-            raise TvcfsError(f"cannot listen on --blob-listen {blob_listen or host + ':0'}: {e} "
-                             "(pick another HOST:PORT, or 'none')") from None
+        return [trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=blob_fd)))]
+    addr = blob_listen or f"{listen.rpartition(':')[0]}:0"
+    host, _, port = addr.rpartition(":")
+    try:
+        return await trio.open_tcp_listeners(int(port), host=host.strip("[]") or None, backlog=1024)
+    except (OSError, ValueError) as e:
+        raise TvcfsError(f"cannot listen on --blob-listen {addr}: {getattr(e, 'strerror', None) or e} "
+                         "(pick another HOST:PORT, or none)") from None
+
+
+async def _start_blobs(n, hub, hubapp, listeners: list, threshold: int | None, read_timeout: float,
+                       keep_alive: float, announce: bool) -> None:
+    """Start the blob responder (:class:`~tvcfs.hub.blobs.BlobServer`) on
+    ``listeners`` in nursery ``n`` and tell ``hubapp`` where it is; with
+    ``announce``, log its URL (stderr)."""
+    from .blobs import BlobServer, BlobSigner
+
     name = listeners[0].socket.getsockname()
     blobs = BlobServer(hub, BlobSigner(hub.sign), hubapp.file_index, read_timeout, keep_alive)
     hubapp.blob_signer, hubapp.blob_port = blobs.signer, name[1]
@@ -316,6 +324,14 @@ def main_serve(root: str, listen: str, workers: int = 1, **kw) -> int:
 
     try:
         trio.run(run)
+    except BaseExceptionGroup as eg:  # a bind error raised inside the nurseries: show it plainly
+        from ..errors import TvcfsError
+        from ..transport.quic import _single
+
+        one = _single(eg)
+        if isinstance(one, TvcfsError):
+            raise one from None
+        raise
     finally:
         _stop_workers(pids)
     return 0
