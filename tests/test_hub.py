@@ -116,14 +116,16 @@ print(json.dumps({{"snap": p, "file": f, "sha": info.sha, "n": len(info.siblings
     ls = run_tvcfs("-C", _repo_path(hub, "model"), "ls", "v1").stdout.decode()
     file_cid = [line.split()[-2] for line in ls.splitlines() if line.endswith(" config.json")][0]
     assert h["etag"] == f'"{file_cid}"'
+    # (model.safetensors is large: resolve redirects to the blob port, followed here)
     st, h, part = request(hub["url"], "GET", f"/{ORG}/model/resolve/v1/model.safetensors",
-                          headers={"Range": "bytes=100-1099"})
+                          headers={"Range": "bytes=100-1099"}, follow=True)
     whole = open(os.path.join(real_model_dir, "model.safetensors"), "rb").read()
     assert st == 206 and part == whole[100:1100] and h["content-range"] == f"bytes 100-1099/{len(whole)}"
-    st, h, _ = request(hub["url"], "HEAD", f"/{ORG}/model/resolve/v1/model.safetensors")
+    st, h, _ = request(hub["url"], "HEAD", f"/{ORG}/model/resolve/v1/model.safetensors", follow=True)
     assert st == 200 and int(h["content-length"]) == len(whole) and h["accept-ranges"] == "bytes"
+    assert int(h["redirect"]["x-linked-size"]) == len(whole) and h["redirect"]["x-repo-commit"] == r["sha"]
     st, h, _ = request(hub["url"], "GET", f"/{ORG}/model/resolve/v1/model.safetensors",
-                       headers={"Range": f"bytes={len(whole)}-"})
+                       headers={"Range": f"bytes={len(whole)}-"}, follow=True)
     assert st == 416
     st, h, _ = request(hub["url"], "GET", f"/{ORG}/model/resolve/v1/nope.json")
     assert st == 404 and h["x-error-code"] == "EntryNotFound" and h["x-repo-commit"] == r["sha"]
@@ -390,28 +392,34 @@ def test_streamed_body_over_the_limit_and_slow_clients(hub):
         c.close()
         # slow-loris: a connection that sends half a request head and then nothing, or
         # dribbles a byte now and then, is closed by the timeouts (read, keep-alive)
-        for dribble in (False, True):
-            s = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
-            s.sendall(b"GET /api/repos HTTP/1.1\r\nHost: x\r\n")
-            s.settimeout(0.5)
-            t0 = time.monotonic()
-            closed = False
-            while time.monotonic() - t0 < 20 and not closed:
-                try:
-                    closed = s.recv(4096) == b""
-                except socket.timeout:
-                    if dribble:
-                        try:
-                            s.sendall(b"X")
-                        except OSError:
-                            closed = True
-                except OSError:
-                    closed = True
-            assert closed and time.monotonic() - t0 < 10, (dribble, time.monotonic() - t0)
-            s.close()
+        _assert_slow_loris_closed(int(url.rsplit(":", 1)[1]), b"GET /api/repos HTTP/1.1\r\nHost: x\r\n")
         assert request(url, "GET", "/api/repos")[0] == 200  # others are still served
     assert run_tvcfs("-C", _repo_path(hub, "model"), "log", "-n1", "--oneline").stdout == head
     assert os.listdir(os.path.join(hub["root"], "tmp")) == []
+
+
+def _assert_slow_loris_closed(port: int, head: bytes) -> None:
+    """A connection to ``port`` that sends ``head`` (half a request head) and then
+    nothing, or dribbles a byte now and then, is closed within 10 s."""
+    for dribble in (False, True):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(head)
+        s.settimeout(0.5)
+        t0 = time.monotonic()
+        closed = False
+        while time.monotonic() - t0 < 20 and not closed:
+            try:
+                closed = s.recv(4096) == b""
+            except socket.timeout:
+                if dribble:
+                    try:
+                        s.sendall(b"X")
+                    except OSError:
+                        closed = True
+            except OSError:
+                closed = True
+        assert closed and time.monotonic() - t0 < 10, (dribble, time.monotonic() - t0)
+        s.close()
 
 
 def test_push_race_compare_and_swap(hub):
@@ -485,7 +493,7 @@ def test_many_concurrent_downloads(hub, real_model_dir):
     got = []
 
     def fetch():
-        st, _, data = request(url, "GET", f"/{ORG}/model/resolve/v1/model.safetensors", timeout=300)
+        st, _, data = request(url, "GET", f"/{ORG}/model/resolve/v1/model.safetensors", timeout=300, follow=True)
         got.append((st, hashlib.sha256(data).hexdigest()))
 
     ts = [threading.Thread(target=fetch) for _ in range(16)]
@@ -661,3 +669,208 @@ def test_workers_share_the_port_and_the_repositories(hub, real_model_dir):
         wait_until(lambda: not any(os.path.exists(f"/proc/{p}") and
                                    open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
                                    for p in pids[1:]), timeout=30)
+
+
+# --------------------------------------------------------------------------- large files: the blob port
+def _blob_stats(location: str) -> dict:
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(location)
+    return json.loads(request(f"{u.scheme}://{u.netloc}", "GET", "/stats")[2])
+
+
+def _split(location: str) -> tuple:
+    """``(base URL, path?query)`` of a blob URL."""
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(location)
+    return f"{u.scheme}://{u.netloc}", f"{u.path}?{u.query}"
+
+
+def test_large_file_redirects_to_the_blob_port_sent_by_sendfile(hub, real_model_dir):
+    """resolve of a large file: 302 with the metadata huggingface_hub reads and a
+    signed blob URL; hf_hub_download follows it and gets identical bytes, sent by
+    os.sendfile (the responder's counters); Range, 416, ETag on the blob URL; a
+    tampered, expired or foreign token is 403."""
+    from tvcfs.hub.blobs import BlobSigner
+
+    whole = open(os.path.join(real_model_dir, "model.safetensors"), "rb").read()
+    st, h, body = request(hub["url"], "HEAD", f"/{ORG}/model/resolve/v1/model.safetensors")
+    assert st == 302 and body == b"", h
+    assert int(h["x-linked-size"]) == len(whole) and h["x-linked-etag"] == h["etag"] and len(h["x-repo-commit"]) == 40
+    loc = h["location"]
+    assert "/blobs/" + h["etag"].strip('"') + "?" in loc and "sig=" in loc and "exp=" in loc
+    before = _blob_stats(loc)
+    out = run_py(f"""
+from huggingface_hub import hf_hub_download
+print(hf_hub_download("{ORG}/model", "model.safetensors", revision="v1"))
+""", _env(hub, "bob"))
+    assert open(out.strip().splitlines()[-1], "rb").read() == whole
+    after = _blob_stats(loc)
+    assert after["sendfile_bytes"] - before["sendfile_bytes"] >= len(whole), (before, after)
+    assert after["aborted"] == before["aborted"]
+    base, path = _split(loc)
+    st, h2, part = request(base, "GET", path, headers={"Range": "bytes=1000-1999"})
+    assert st == 206 and part == whole[1000:2000] and h2["content-range"] == f"bytes 1000-1999/{len(whole)}"
+    assert h2["etag"] == h["etag"]
+    st, h2, part = request(base, "GET", path, headers={"Range": "bytes=-10"})
+    assert st == 206 and part == whole[-10:]
+    assert request(base, "GET", path, headers={"Range": f"bytes={len(whole)}-"})[0] == 416
+    assert request(base, "GET", path, headers={"If-None-Match": h["etag"]})[0] == 304
+    # tampered signature, another repository, expired, missing: 403
+    assert request(base, "GET", path[:-1] + ("0" if path[-1] != "0" else "1"))[0] == 403
+    assert request(base, "GET", path.replace(f"repo={ORG}/model", f"repo={ORG}/secret"))[0] == 403
+    cid = h["etag"].strip('"')
+    from tvcfs.hub.core import Hub
+
+    signer = BlobSigner(Hub.open(hub["root"]).sign)  # the hub's secret, read by this process
+    old = signer.query(f"{ORG}/model", cid, ttl=-10)
+    st, _, err = request(base, "GET", f"/blobs/{cid}?{old}")
+    assert st == 403 and b"expired" in err
+    ok = signer.query(f"{ORG}/model", cid, ttl=60)
+    assert request(base, "GET", f"/blobs/{cid}?{ok}", headers={"Range": "bytes=0-9"})[2] == whole[:10]
+    assert request(base, "GET", f"/blobs/{cid}")[0] == 403
+    # keep-alive: two requests on one connection
+    import http.client
+
+    c = http.client.HTTPConnection(*base.split("//")[1].split(":"), timeout=60)
+    try:
+        for rng in ("bytes=0-99", "bytes=100-199"):
+            c.request("GET", path, headers={"Range": rng})
+            r = c.getresponse()
+            lo = int(rng[6:].split("-")[0])
+            assert (r.status, r.read()) == (206, whole[lo:lo + 100])
+    finally:
+        c.close()
+
+
+def test_blob_urls_of_a_private_repository(hub):
+    """With --blob-threshold 1 every file redirects: a private repository's file is
+    resolved only for users who may read it, and its blob URL needs the signature
+    made for that file of that repository."""
+    from support.server import ServerProcess
+    from support.cli import tvcfs_executable
+
+    tok = hub["tokens"]
+    with ServerProcess(tvcfs_executable() + ["hub", "serve", hub["root"], "--listen", "127.0.0.1:0",
+                                             "--blob-threshold", "1"], lines=1, name="hub-blob1") as srv:
+        url = srv.lines[0]
+        assert request(url, "HEAD", f"/{ORG}/secret/resolve/main/weights.txt")[0] == 401
+        assert request(url, "HEAD", f"/{ORG}/secret/resolve/main/weights.txt", token=tok["bob"])[0] == 404
+        st, h, _ = request(url, "HEAD", f"/{ORG}/secret/resolve/main/weights.txt", token=tok["alice"])
+        assert st == 302
+        base, path = _split(h["location"])
+        st, _, got = request(base, "GET", path)
+        assert (st, got) == (200, b"classified\n")
+        blob = path.split("?")[0]
+        assert request(base, "GET", blob)[0] == 403  # no token
+        assert request(base, "GET", blob + "?repo=acme/secret&exp=9999999999&sig=" + "0" * 64)[0] == 403
+        # a valid token of a public file does not open the private one
+        st, h2, _ = request(url, "HEAD", f"/{ORG}/model/resolve/v1/config.json")
+        assert st == 302
+        _, public = _split(h2["location"])
+        assert request(base, "GET", blob + "?" + public.split("?")[1])[0] == 403
+        # through huggingface_hub with alice's token
+        out = run_py(f"""
+from huggingface_hub import hf_hub_download
+print(open(hf_hub_download("{ORG}/secret", "weights.txt"), "rb").read().decode(), end="")
+""", _env(hub, "alice"))
+        assert out.endswith("classified\n")
+
+
+def test_corrupted_leaf_ends_the_blob_connection(tmp_path):
+    """A raw leaf whose bytes changed in data.mdb: the blob body stops before it (the
+    client gets a short body and an error), never the wrong bytes."""
+    import http.client
+
+    from support.server import ServerProcess
+    from support.cli import tvcfs_executable
+    from tvcfs.dag import KIND_FILE
+    from tvcfs.repo import Repo
+
+    root = str(tmp_path / "root")
+    run_tvcfs("hub", "init", root)
+    run_tvcfs("hub", "repo", "create", "acme/bad", "--root", root)
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(12 << 20)
+    (src / "big.bin").write_bytes(data)
+    repo_dir = os.path.join(root, "repos", "acme", "bad")
+    run_tvcfs("-C", repo_dir, "commit", str(src), "-m", "big")
+    with Repo.open(repo_dir) as repo:
+        e = repo.entry(repo.resolve("main"), "big.bin")
+        assert e.kind == KIND_FILE
+        idx = repo.file_index(e.cid)
+        k = len(idx.leaves) // 2
+        bad_start = idx.starts[k]
+        mdb = os.path.join(repo.store.path, "data.mdb")
+        with repo.store.view() as v:  # where the leaf's bytes sit in data.mdb
+            _, at = repo.store.file_span(v.get(idx.leaves[k]))
+    with open(mdb, "r+b") as f:
+        f.seek(at + 1000)
+        assert f.read(4096) == data[bad_start + 1000:bad_start + 5096]
+        f.seek(at + 1000)
+        f.write(bytes([data[bad_start + 1000] ^ 0xFF]))
+    with ServerProcess(tvcfs_executable() + ["hub", "serve", root, "--listen", "127.0.0.1:0"],
+                       lines=1, name="hub-corrupt") as srv:
+        st, h, _ = request(srv.lines[0], "HEAD", "/acme/bad/resolve/main/big.bin")
+        assert st == 302
+        base, path = _split(h["location"])
+        c = http.client.HTTPConnection(*base.split("//")[1].split(":"), timeout=60)
+        got = bytearray()
+        try:
+            c.request("GET", path)
+            r = c.getresponse()
+            assert r.status == 200 and int(r.getheader("content-length")) == len(data)
+            try:
+                while True:
+                    b = r.read(1 << 20)
+                    if not b:
+                        break
+                    got += b
+            except ConnectionError:
+                pass
+        finally:
+            c.close()
+        assert len(got) <= bad_start and bytes(got) == data[:len(got)]
+        assert _blob_stats(h["location"])["aborted"] == 1
+
+
+def test_blob_port_timeouts(hub, real_model_dir):
+    """The blob port closes slow-loris connections (--read-timeout for a request
+    head, dribbled or not) and a client that stops reading a body."""
+    size = os.path.getsize(os.path.join(real_model_dir, "model.safetensors"))
+    with running_hub(hub["root"], "--read-timeout", "2", "--keep-alive", "3") as url:
+        st, h, _ = request(url, "HEAD", f"/{ORG}/model/resolve/v1/model.safetensors")
+        assert st == 302
+        base, path = _split(h["location"])
+        port = int(base.rsplit(":", 1)[1])
+        _assert_slow_loris_closed(port, f"GET {path} HTTP/1.1\r\nHost: x\r\n".encode())
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        time.sleep(6)  # reads nothing: the server gives up after 2 s without progress
+        s.settimeout(30)
+        got = 0
+        try:
+            while True:
+                b = s.recv(1 << 20)
+                if not b:
+                    break
+                got += len(b)
+        except ConnectionError:
+            pass
+        s.close()
+        assert got < size
+        assert request(base, "GET", path, headers={"Range": "bytes=0-9"})[0] == 206  # others are served
+
+
+def test_blob_listen_in_use_is_a_one_line_error(hub):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        err = run_tvcfs("hub", "serve", hub["root"], "--listen", "127.0.0.1:0", "--blob-listen",
+                        f"127.0.0.1:{port}", ok=False).stderr.decode()
+    assert err.startswith(f"tvcfs: error: cannot listen on --blob-listen 127.0.0.1:{port}") and \
+        "Traceback" not in err and err.count("\n") == 1, err

@@ -13,7 +13,7 @@
    * ``hf_hub_download`` of the big file in a fresh process with ``HF_ENDPOINT`` at
      the server (fresh cache each run; the time of the call alone), MB/s;
    * ``--clients`` concurrent plain GETs of the big file (threads, 1 MiB reads,
-     bytes discarded), aggregate MB/s, and the CPU seconds per GB the server's
+     bytes discarded; the hub's 302 to its blob port followed), aggregate MB/s, and the CPU seconds per GB the server's
      processes spent meanwhile (user + system, from ``/proc``: less sensitive to
      the machine's load than MB/s);
    * time to first byte: a warm keep-alive connection, ``GET`` of ``config.json``
@@ -181,6 +181,12 @@ def concurrent(url: str, clients: int, pid: int | None = None) -> tuple:
         start.wait()
         c.request("GET", f"/{REPO}/resolve/main/{FILE}")
         r = c.getresponse()
+        if r.status == 302:  # the hub's large files: the blob port (docs/hub.md)
+            r.read()
+            c.close()
+            c, path = _follow(r.getheader("Location"))
+            c.request("GET", path)
+            r = c.getresponse()
         n = 0
         while True:
             b = r.read(1 << 20)
@@ -204,10 +210,20 @@ def concurrent(url: str, clients: int, pid: int | None = None) -> tuple:
     return total[0] / dt / MB, cpu
 
 
+def _follow(location: str) -> tuple:
+    """``(connection, path?query)`` for an absolute redirect ``location``."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(location)
+    return http.client.HTTPConnection(u.hostname, u.port, timeout=600), f"{u.path}?{u.query}"
+
+
 def ttfb(url: str, n: int = 30) -> dict:
-    """Median milliseconds to the first body byte on a warm connection."""
+    """Median milliseconds to the first body byte on a warm connection (a 302 to the
+    hub's blob port is followed on a second warm connection: both counted)."""
     host, port = url.rsplit("/", 1)[-1].split(":")
     c = http.client.HTTPConnection(host, int(port), timeout=60)
+    blob = None
     out = {}
     for name, path, headers in (("small", f"/{REPO}/resolve/main/config.json", {}),
                                 ("big-range", f"/{REPO}/resolve/main/{FILE}", {"Range": "bytes=0-65535"})):
@@ -216,6 +232,12 @@ def ttfb(url: str, n: int = 30) -> dict:
             t0 = time.perf_counter()
             c.request("GET", path, headers=headers)
             r = c.getresponse()
+            if r.status == 302:
+                r.read()
+                if blob is None:
+                    blob = _follow(r.getheader("Location"))[0]
+                blob.request("GET", _follow(r.getheader("Location"))[1], headers=headers)
+                r = blob.getresponse()
             r.read(1)
             dt = time.perf_counter() - t0
             r.read()
@@ -223,6 +245,8 @@ def ttfb(url: str, n: int = 30) -> dict:
                 times.append(dt * 1000)
         out[name] = statistics.median(times)
     c.close()
+    if blob is not None:
+        blob.close()
     return out
 
 

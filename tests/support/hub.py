@@ -40,9 +40,11 @@ def run_py(code: str, env: dict, timeout: float = 600) -> str:
 
 
 def request(url: str, method: str = "GET", path: str = "/", body: bytes | None = None, token: str | None = None,
-            headers: dict | None = None, timeout: float = 60) -> tuple:
+            headers: dict | None = None, timeout: float = 60, follow: bool = False) -> tuple:
     """One HTTP request with ``path`` sent as is (no normalisation); returns
-    ``(status, headers dict with lower-case names, body bytes)``."""
+    ``(status, headers dict with lower-case names, body bytes)``. ``follow``: a 302
+    (a large file's resolve: the blob port) is followed once, without the token, as
+    ``huggingface_hub`` does; the 302's headers are kept under ``"redirect"``."""
     u = urllib.parse.urlsplit(url)
     c = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
     h = dict(headers or {})
@@ -52,9 +54,15 @@ def request(url: str, method: str = "GET", path: str = "/", body: bytes | None =
         c.request(method, path, body=body, headers=h)
         r = c.getresponse()
         data = r.read()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+        out = {k.lower(): v for k, v in r.getheaders()}
     finally:
         c.close()
+    if follow and r.status == 302:
+        loc = urllib.parse.urlsplit(out["location"])
+        st, h2, data = request(f"{loc.scheme}://{loc.netloc}", method, f"{loc.path}?{loc.query}",
+                               headers=headers, timeout=timeout)
+        return st, dict(h2, redirect=out), data
+    return r.status, out, data
 
 
 def get_json(url: str, path: str, token: str | None = None, method: str = "GET", body=None) -> tuple:

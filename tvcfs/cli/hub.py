@@ -40,7 +40,9 @@ def cmd_hub_serve(args) -> int:
     return main_serve(os.path.abspath(args.root_pos), args.listen, max_body=int(args.max_body),
                       lfs_threshold=int(args.lfs_threshold) if args.lfs_threshold else None,
                       read_timeout=args.read_timeout, keep_alive=args.keep_alive,
-                      transport_listen=args.transport_listen, workers=args.workers)
+                      transport_listen=args.transport_listen, workers=args.workers,
+                      blob_listen=None if args.blob_listen.lower() == "none" else args.blob_listen,
+                      blob_threshold=int(args.blob_threshold) if args.blob_threshold is not None else None)
 
 
 def cmd_user_add(args) -> int:
@@ -183,6 +185,12 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="HTTP processes sharing --listen through SO_REUSEPORT (default 1: HTTP and the block "
                         "exchange in one process; more uses more cores for many concurrent downloads)")
+    p.add_argument("--blob-listen", default="", metavar="HOST:PORT",
+                   help="where large files are served by sendfile (resolve answers 302 there, as the Hugging Face "
+                        "Hub does for LFS files); default: the host of --listen and a free port (logged); "
+                        "'none': every file from --listen")
+    p.add_argument("--blob-threshold", type=size, default=None, metavar="BYTES",
+                   help="files at least this large are redirected to the blob port (default 10M)")
     p.set_defaults(func=cmd_hub_serve)
 
     up = hs.add_parser("user", help="users and tokens").add_subparsers(dest="user_command", metavar="ACTION")

@@ -37,7 +37,7 @@ from ..errors import (BlockNotFound, InvalidEntryName, PathNotFound, RefConflict
 from ..repo import Author
 from ..store.base import view as store_view
 from .core import HashingWriter, Hub, Upload, commit_alias
-from .http import ApiError, raw_tail as _raw_tail
+from .http import ApiError, parse_range as _parse_range, raw_tail as _raw_tail
 from .names import InvalidName, check_path, parse_repo_id
 from .state import HubError
 from .web.session import COOKIE, Sessions
@@ -47,6 +47,7 @@ SPAN = 4 * MIB          # bytes per body chunk of a file download (one thread tr
 JSON_LIMIT = 16 * MIB   # JSON request bodies (pre-upload, batch, create)
 UPLOAD_TTL = 3600       # seconds an LFS upload URL stays valid
 INDEX_CACHE = 512       # file leaf indexes kept (by file CID)
+BLOB_THRESHOLD = 10 * MIB  # files at least this large: resolve redirects to the blob port
 _HF_CODE = {404: "RepoNotFound"}
 
 
@@ -86,6 +87,11 @@ class HubApp:
         self._index_lock = threading.Lock()
         self.sessions = Sessions(hub.state)
         self.transport_url: str | None = None  # tvcfs://PEERID@HOST:PORT/ once the block exchange listens
+        # large files on the blob port (tvcfs.hub.blobs): set by the server once it listens
+        self.blob_signer = None
+        self.blob_host: str | None = None  # None: the host the client used
+        self.blob_port: int | None = None
+        self.blob_threshold = BLOB_THRESHOLD
 
     # --- plumbing ---------------------------------------------------------------
     def wrap(self, fn, hf: bool = False):
@@ -224,6 +230,16 @@ class HubApp:
                    "Content-Type": "application/octet-stream", "X-Tvcfs-Commit": cid_str(commit),
                    "Cache-Control": "public, max-age=31536000, immutable" if rev == commit_alias(commit)
                    or rev == cid_str(commit) else "no-cache"}
+        if hf and self.blob_port is not None and idx.size >= self.blob_threshold:
+            # as the Hugging Face Hub does for LFS files: the metadata here, the bytes
+            # from the blob port (os.sendfile), under a signed, expiring URL
+            from .blobs import blob_url
+
+            host = self.blob_host or request.url.hostname or "127.0.0.1"
+            base = f"{request.url.scheme}://{f'[{host}]' if ':' in host else host}:{self.blob_port}"
+            headers["Location"] = blob_url(base, repo_id, cid_str(e.cid), self.blob_signer)
+            headers["Content-Length"] = "0"
+            return Response(status_code=302, headers=headers)
         size, start, end, status = idx.size, 0, idx.size, 200
         rng = request.headers.get("range")
         if rng and request.headers.get("if-range", etag) == etag:
@@ -972,31 +988,6 @@ def _read_span(repo, idx, start: int, end: int) -> bytes:
             lo, hi = max(start - s, 0), min(end - s, idx.sizes[i])
             parts.append(data[lo:hi] if (lo or hi != len(data)) else data)
         return b"".join(parts)
-
-
-def _parse_range(value: str, size: int):
-    """``Range: bytes=A-B`` → ``(start, end)`` (end exclusive); ``False`` for a header
-    this server ignores (several ranges, another unit: the whole file is sent);
-    ``None`` when unsatisfiable (416)."""
-    unit, _, spec = value.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return False
-    a, sep, b = spec.strip().partition("-")
-    if not sep:
-        return False
-    try:
-        if a == "":
-            n = int(b)
-            if n <= 0:
-                return None
-            return max(0, size - n), size
-        start = int(a)
-        end = int(b) + 1 if b else size
-    except ValueError:
-        return False
-    if start >= size or end <= start:
-        return None
-    return start, min(end, size)
 
 
 def openapi_spec() -> dict:

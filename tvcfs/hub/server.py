@@ -43,7 +43,8 @@ def hypercorn_config(listen: str, read_timeout: float = 30.0, keep_alive: float 
 async def serve(root: str, listen: str, *, max_body: int = 64 << 30, lfs_threshold: int | None = None,
                 read_timeout: float = 30.0, keep_alive: float = 5.0, gateway=None,
                 transport_listen: str | None = None, listen_fd: int | None = None,
-                url_pipes: tuple = (), url_pipe: int | None = None,
+                url_pipes: tuple = (), url_pipe: int | None = None, blob_listen: str | None = "",
+                blob_fd: int | None = None, blob_threshold: int | None = None,
                 task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve the hub at ``root`` on ``listen`` until SIGINT/SIGTERM; with
     ``transport_listen`` (``HOST:PORT``) also the block exchange of every repository
@@ -55,7 +56,14 @@ async def serve(root: str, listen: str, *, max_body: int = 64 << 30, lfs_thresho
     instead of binding ``listen`` (the file descriptor is taken over and closed);
     ``url_pipes``: write ends of pipes that get the block exchange's URL (one line)
     once it listens, then are closed; ``url_pipe``: the read end of such a pipe, whose
-    line becomes the pages' ``transport_url``."""
+    line becomes the pages' ``transport_url``.
+
+    Large files (:mod:`tvcfs.hub.blobs`): ``blob_listen`` (``HOST:PORT``) is where the
+    blob responder listens (``""``: the host of ``listen`` and a free port; ``None``:
+    no blob port, every file is answered by the HTTP app itself); ``blob_fd``: a
+    bound, listening socket to serve instead (workers); ``blob_threshold``: bytes from
+    which ``resolve`` redirects there (default
+    :data:`~tvcfs.hub.app.BLOB_THRESHOLD`)."""
     from hypercorn.trio import serve as hserve
 
     from .app import HubApp
@@ -74,12 +82,18 @@ async def serve(root: str, listen: str, *, max_body: int = 64 << 30, lfs_thresho
                 return
 
     try:
+        blob_listeners = None
+        if blob_listen is not None or blob_fd is not None:  # bound first: a clear error, not a nursery's
+            blob_listeners = await _blob_listeners(listen, blob_listen, blob_fd)
         async with trio.open_nursery() as n:
             n.start_soon(signals)
             async def http(task_status):
                 await hserve(app, cfg, shutdown_trigger=stop.wait, task_status=task_status)
                 n.cancel_scope.cancel()  # HTTP drained: end the block exchange too
 
+            if blob_listeners:
+                await _start_blobs(n, hub, hubapp, blob_listeners, blob_threshold, read_timeout, keep_alive,
+                                   announce=url_pipe is None)
             binds = await n.start(http)
             if transport_listen:
                 from ..transport.ops import serve_config
@@ -99,6 +113,43 @@ async def serve(root: str, listen: str, *, max_body: int = 64 << 30, lfs_thresho
             n.cancel_scope.deadline = trio.current_time() + cfg.graceful_timeout + 1
     finally:
         hub.close()
+
+
+async def _blob_listeners(listen: str, blob_listen: str | None, blob_fd: int | None) -> list:
+    """Trio listeners of the blob port: ``blob_fd`` (a bound, listening socket), or
+    bound to ``blob_listen`` (``""``: ``listen``'s host, a free port). Raises
+    :class:`~tvcfs.errors.TvcfsError` when the address cannot be bound."""
+    from ..errors import TvcfsError
+
+    if blob_fd is not None:
+        return [trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=blob_fd)))]
+    addr = blob_listen or f"{listen.rpartition(':')[0]}:0"
+    host, _, port = addr.rpartition(":")
+    try:
+        return await trio.open_tcp_listeners(int(port), host=host.strip("[]") or None, backlog=1024)
+    except (OSError, ValueError) as e:
+        raise TvcfsError(f"cannot listen on --blob-listen {addr}: {getattr(e, 'strerror', None) or e} "
+                         "(pick another HOST:PORT, or none)") from None
+
+
+async def _start_blobs(n, hub, hubapp, listeners: list, threshold: int | None, read_timeout: float,
+                       keep_alive: float, announce: bool) -> None:
+    """Start the blob responder (:class:`~tvcfs.hub.blobs.BlobServer`) on
+    ``listeners`` in nursery ``n`` and tell ``hubapp`` where it is; with
+    ``announce``, log its URL (stderr)."""
+    from .blobs import BlobServer, BlobSigner
+
+    name = listeners[0].socket.getsockname()
+    blobs = BlobServer(hub, BlobSigner(hub.sign), hubapp.file_index, read_timeout, keep_alive)
+    hubapp.blob_signer, hubapp.blob_port = blobs.signer, name[1]
+    hubapp.blob_host = None if name[0] in ("0.0.0.0", "::") else name[0]
+    if threshold is not None:
+        hubapp.blob_threshold = threshold
+    await n.start(blobs.serve, listeners)
+    if announce:
+        shown = name[0] if ":" not in name[0] else f"[{name[0]}]"
+        print(f"tvcfs hub: large files (>= {hubapp.blob_threshold} bytes) on http://{shown}:{name[1]}/blobs/",
+              file=sys.stderr, flush=True)
 
 
 def _tell_url(fds, url: str | None) -> None:
@@ -157,7 +208,7 @@ def listen_sockets(listen: str, n: int) -> list:
     return socks
 
 
-def _worker(root: str, sock, url_pipe: int, parent: int, kw: dict) -> None:
+def _worker(root: str, sock, url_pipe: int, parent: int, kw: dict, blob_sock=None) -> None:
     """Body of a forked HTTP worker: serve ``sock`` until SIGTERM (sent by the kernel
     when the first process exits), then leave with ``os._exit``."""
     code = 0
@@ -174,6 +225,8 @@ def _worker(root: str, sock, url_pipe: int, parent: int, kw: dict) -> None:
         os.dup2(null, 1)  # only the first process prints the URLs
         os.close(null)
         kw = dict(kw, transport_listen=None)
+        if blob_sock is not None:
+            kw["blob_fd"] = blob_sock.detach()
         trio.run(lambda: serve(root, "", listen_fd=sock.detach(), url_pipe=url_pipe, **kw))
     except BaseException:  # noqa: BLE001 - a worker never returns into the parent's code
         import traceback
@@ -225,8 +278,17 @@ def main_serve(root: str, listen: str, workers: int = 1, **kw) -> int:
     extra: dict = {}
     if workers > 1:
         socks = listen_sockets(listen, workers)
+        blob_listen = kw.get("blob_listen", "")
+        blob_socks = [None] * workers
+        if blob_listen is not None:  # every process serves the blob port too (SO_REUSEPORT)
+            try:
+                blob_socks = listen_sockets(blob_listen or f"{listen.rpartition(':')[0]}:0", workers)
+            except BaseException:
+                for o in socks:
+                    o.close()
+                raise
         me, pipes = os.getpid(), []
-        for s in socks[1:]:
+        for s, bs in zip(socks[1:], blob_socks[1:]):
             r, w = os.pipe()
             sys.stdout.flush()
             sys.stderr.flush()
@@ -235,15 +297,19 @@ def main_serve(root: str, listen: str, workers: int = 1, **kw) -> int:
                 os.close(w)
                 for fd in pipes:
                     os.close(fd)
-                for o in socks:
-                    if o is not s:
+                for o in [*socks, *blob_socks]:
+                    if o is not None and o is not s and o is not bs:
                         o.close()
-                _worker(root, s, r, me, kw)
+                _worker(root, s, r, me, kw, bs)
             os.close(r)
             s.close()
+            if bs is not None:
+                bs.close()
             pids.append(pid)
             pipes.append(w)
         extra = {"listen_fd": socks[0].detach(), "url_pipes": tuple(pipes)}
+        if blob_socks[0] is not None:
+            extra["blob_fd"] = blob_socks[0].detach()
 
     async def run():
         async def announce(task_status=trio.TASK_STATUS_IGNORED):
@@ -258,6 +324,14 @@ def main_serve(root: str, listen: str, workers: int = 1, **kw) -> int:
 
     try:
         trio.run(run)
+    except BaseExceptionGroup as eg:  # a bind error raised inside the nurseries: show it plainly
+        from ..errors import TvcfsError
+        from ..transport.quic import _single
+
+        one = _single(eg)
+        if isinstance(one, TvcfsError):
+            raise one from None
+        raise
     finally:
         _stop_workers(pids)
     return 0

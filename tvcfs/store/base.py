@@ -20,7 +20,8 @@ names below) so that callers ask instead of probing with ``isinstance``:
                  (valid only inside the ``with`` block).
 ``MAP_OFFSETS``  ``map_range()`` gives the address range of the store's file map, so
                  a zero-copy buffer's address is a file offset (for readahead hints
-                 with ``posix_fadvise`` / ``madvise``).
+                 with ``posix_fadvise`` / ``madvise``); ``file_span(buf)`` gives
+                 ``(fd, offset)`` of such a buffer (``os.sendfile``: the hub's blob port).
 ``PERSISTENT``   blocks survive the process.
 ``REMOTE``       reads may be slow or unavailable (network): callers should batch,
                  time out, and verify what they receive.

@@ -863,6 +863,24 @@ class LMDBStore:
         for o in range(end, end + PACKED_AHEAD, ADVISE_PIECE):
             self.advise(o, ADVISE_PIECE)
 
+    def file_span(self, buf) -> tuple[int, int] | None:
+        """Where the bytes of ``buf`` (what a view's ``get`` returned) sit in
+        ``data.mdb``: ``(fd, offset)``, a read-only descriptor of the file (owned by the
+        store: do not close it) and the byte offset of ``buf[0]``, or ``None`` for a
+        buffer that is not in the map (a decoded packed block, a copy). For
+        ``os.sendfile``: the bytes at that offset are ``buf``'s only while the read
+        snapshot ``buf`` came from stays open (LMDB reuses freed pages once no reader
+        needs them). Raises ``OSError`` when ``data.mdb`` cannot be opened."""
+        if not is_map_buffer(buf):
+            return None
+        a = buffer_address(buf)
+        span = self._map_span
+        if span is None or not span[0] <= a < span[1]:
+            span = self._map_span = self.map_range() or (0, 0)  # the map moved (or first use)
+        if not (span[0] <= a and a + len(buf) <= span[1]):
+            return None
+        return self._data_fd(), a - span[0]
+
     def _data_fd(self) -> int:
         """A read-only descriptor of ``data.mdb`` (for :meth:`advise`), opened on
         first use by whichever thread needs it first, closed with the store. Raises
