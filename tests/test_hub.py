@@ -740,8 +740,14 @@ print(hf_hub_download("{ORG}/model", "model.safetensors", revision="v1"))
             r = c.getresponse()
             lo = int(rng[6:].split("-")[0])
             assert (r.status, r.read()) == (206, whole[lo:lo + 100])
+            # the body's snapshot stays open until the client's next request or the
+            # connection's end: pages sent by sendfile may still sit unread in the
+            # client's socket on loopback, and must not be reused meanwhile
+            wait_until(lambda: _blob_stats(loc)["snapshots_held"] == 1, 10,
+                       "one snapshot held by the idle keep-alive connection")
     finally:
         c.close()
+    wait_until(lambda: _blob_stats(loc)["snapshots_held"] == 0, 10, "the snapshot released at the connection's end")
 
 
 def test_blob_urls_of_a_private_repository(hub):

@@ -17,8 +17,10 @@ once per CID per process), then a raw leaf in the map goes out with ``os.sendfil
 from ``data.mdb`` at its offset (no copy in user space), anything else (a packed or
 inline leaf, a store without map offsets) as its decoded bytes with a normal send.
 A leaf that fails its check ends the connection (the client sees a short body,
-never wrong bytes). The snapshot stays open until the socket's send queue is empty
-(``SIOCOUTQ``), so no page in flight can be reused by a later write.
+never wrong bytes). The snapshot stays open until the client sends its next request
+on the connection or the connection ends (and at least until the socket's send
+queue is empty, ``SIOCOUTQ``), so no page a client has not read yet can be reused by
+a later write.
 ``GET /stats`` gives this process's counters (JSON).
 """
 
@@ -91,7 +93,7 @@ class BlobServer:
         self.hub, self.signer, self.index_of = hub, signer, index_of
         self.read_timeout, self.keep_alive = read_timeout, keep_alive
         self.stats = {"requests": 0, "sendfile_bytes": 0, "sendfile_leaves": 0, "copied_bytes": 0,
-                      "copied_leaves": 0, "aborted": 0}
+                      "copied_leaves": 0, "aborted": 0, "snapshots_held": 0}
 
     async def serve(self, listeners, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve connections from ``listeners`` (trio listeners) until cancelled."""
@@ -101,15 +103,19 @@ class BlobServer:
     async def handle(self, stream) -> None:
         buf = bytearray()
         first = True
+        held: list = []  # snapshots of bodies the client may not have read yet
         try:
             while True:
                 with trio.move_on_after(self.read_timeout if first or buf else self.keep_alive) as scope:
                     head = await self._read_head(stream, buf)
+                # a new request (HTTP/1.1 clients do not pipeline) means the previous
+                # body was read: its pages may be reused now
+                self._release(held)
                 if scope.cancelled_caught or head is None:
                     return
                 first = False
                 self.stats["requests"] += 1
-                keep = await self._answer(stream, *head)
+                keep = await self._answer(stream, *head, held=held)
                 if not keep:
                     return
         except (_Close, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError):
@@ -117,6 +123,7 @@ class BlobServer:
         finally:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
+            self._release(held)
 
     async def _read_head(self, stream, buf: bytearray):
         """``(method, target, headers, keep_alive)`` of the next request (its head
@@ -170,7 +177,8 @@ class BlobServer:
                 await stream.send_all(body)
         return keep
 
-    async def _answer(self, stream, method: str, target: str, headers: dict, keep: bool) -> bool:
+    async def _answer(self, stream, method: str, target: str, headers: dict, keep: bool,
+                      held: list | None = None) -> bool:
         head = method == "HEAD"
         if method not in ("GET", "HEAD"):
             return await self._send_error(stream, 405, f"{method} is not served on the blob port", keep,
@@ -220,14 +228,28 @@ class BlobServer:
         out["Content-Length"] = str(end - start)
         await self._send_head(stream, status, out, keep)
         if not head:
-            await self._send_body(stream, repo, idx, start, end)
+            await self._send_body(stream, repo, idx, start, end, held)
         return keep
 
+    def _release(self, held: list) -> None:
+        """Close the snapshots in ``held`` (store read views' context managers) and
+        empty it."""
+        while held:
+            held.pop().__exit__(None, None, None)
+            self.stats["snapshots_held"] -= 1
+
     # --- the body ----------------------------------------------------------------------
-    async def _send_body(self, stream, repo, idx, start: int, end: int) -> None:
+    async def _send_body(self, stream, repo, idx, start: int, end: int, held: list | None = None) -> None:
         """Bytes ``[start, end)`` of the file of ``idx``, leaf by leaf, in one snapshot
         of ``repo``'s store. Raises :class:`_Close` (after counting an abort) when a
-        leaf cannot be read or fails its check: the body is then short."""
+        leaf cannot be read or fails its check: the body is then short.
+
+        ``held``: the connection's list of snapshots to keep open after the body was
+        sent (the caller releases them when the client sends its next request or the
+        connection ends): ``sendfile`` queues references to the file's pages, and on
+        loopback they stay in the receiver's queue until the client reads them, after
+        the send queue is empty; an open snapshot keeps LMDB from reusing those pages.
+        Without it the snapshot closes once the send queue is empty."""
         blocks = repo.blocks
         span_of = getattr(blocks, "file_span", None)
         sock = stream.socket
@@ -268,7 +290,11 @@ class BlobServer:
                         self.stats["copied_leaves"] += 1
             await self._drained(sock)
         finally:
-            ctx.__exit__(None, None, None)
+            if held is not None:
+                held.append(ctx)
+                self.stats["snapshots_held"] += 1
+            else:
+                ctx.__exit__(None, None, None)
 
     async def _sendfile(self, sock, fd: int, offset: int, count: int) -> None:
         """``os.sendfile`` ``count`` bytes of ``fd`` from ``offset`` to the non-blocking
