@@ -727,7 +727,7 @@ class LMDBStore:
         self.blocks_read = 0  # count of block gets (for tests of lazy behaviour)
         self._advise_fd = -1
         self._data_fd_lock = threading.Lock()
-        self._map_span: tuple | None = None  # map_range(), read once (see _read_ahead)
+        self._map_span: tuple | None = None  # map_range(), read once (see _file_offset)
         self._ahead: collections.deque = collections.deque(maxlen=8)  # (lo, hi) advised
         self._psize = self.env.stat()["psize"]
 
@@ -846,15 +846,10 @@ class LMDBStore:
         the next leaves' values are there: without this, each is read by synchronous
         page faults, ``read_ahead_kb`` at a time (one disk round trip per 128 KiB, and
         under load a wait for the CPU after each). Nothing for other buffers."""
-        if not is_map_buffer(buf):
+        off = self._file_offset(buf)
+        if off is None:
             return
-        span = self._map_span
-        if span is None:
-            span = self._map_span = self.map_range() or (0, 0)
-        a = buffer_address(buf)
-        if not span[0] <= a < span[1]:
-            return
-        end = a - span[0] + len(buf)
+        end = off + len(buf)
         with self._data_fd_lock:
             for lo, hi in self._ahead:
                 if lo <= end and end + PACKED_AHEAD // 2 <= hi:
@@ -871,6 +866,13 @@ class LMDBStore:
         ``os.sendfile``: the bytes at that offset are ``buf``'s only while the read
         snapshot ``buf`` came from stays open (LMDB reuses freed pages once no reader
         needs them). Raises ``OSError`` when ``data.mdb`` cannot be opened."""
+        off = self._file_offset(buf)
+        return None if off is None else (self._data_fd(), off)
+
+    def _file_offset(self, buf) -> int | None:
+        """The byte offset of ``buf[0]`` in ``data.mdb``, or ``None`` for a buffer that
+        is not wholly in the map. The map's address range is read once
+        (:meth:`map_range`) and again only when a buffer falls outside it."""
         if not is_map_buffer(buf):
             return None
         a = buffer_address(buf)
@@ -879,7 +881,7 @@ class LMDBStore:
             span = self._map_span = self.map_range() or (0, 0)  # the map moved (or first use)
         if not (span[0] <= a and a + len(buf) <= span[1]):
             return None
-        return self._data_fd(), a - span[0]
+        return a - span[0]
 
     def _data_fd(self) -> int:
         """A read-only descriptor of ``data.mdb`` (for :meth:`advise`), opened on
