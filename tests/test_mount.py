@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import gc
 import mmap
 import os
@@ -775,16 +776,21 @@ def installed_helpers():
     Removed afterwards unless they were installed before."""
     if os.geteuid() != 0 or not os.access("/sbin", os.W_OK):
         pytest.skip("installing /sbin/mount.fuse.tvcfs needs root")
-    existed = os.path.exists("/sbin/mount.fuse.tvcfs")
-    r = subprocess.run(["sh", os.path.join(PACKAGING, "install.sh"), "--no-systemd", "--sbindir", "/sbin",
-                        "--tvcfs", tvcfs_executable()[0]], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    try:
-        yield "/sbin/mount.fuse.tvcfs"
-    finally:
-        if not existed:
-            subprocess.run(["sh", os.path.join(PACKAGING, "install.sh"), "--no-systemd", "--sbindir", "/sbin",
-                            "--uninstall"], capture_output=True, timeout=60)
+    # /sbin is shared by every test run on the machine: a second run installing and
+    # removing the helpers between this test's mounts would break it, so the runs take
+    # turns (an exclusive lock held from install to removal).
+    with open("/run/lock/tvcfs-tests-sbin-helpers.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        existed = os.path.exists("/sbin/mount.fuse.tvcfs")
+        r = subprocess.run(["sh", os.path.join(PACKAGING, "install.sh"), "--no-systemd", "--sbindir", "/sbin",
+                            "--tvcfs", tvcfs_executable()[0]], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        try:
+            yield "/sbin/mount.fuse.tvcfs"
+        finally:
+            if not existed:
+                subprocess.run(["sh", os.path.join(PACKAGING, "install.sh"), "--no-systemd", "--sbindir", "/sbin",
+                                "--uninstall"], capture_output=True, timeout=60)
 
 
 def test_mount_t_fuse_tvcfs_and_fstab(world, tmp_path, installed_helpers):
