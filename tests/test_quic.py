@@ -258,3 +258,34 @@ def test_writer_is_not_stalled_by_a_paused_socket(engine):
             n.cancel_scope.cancel()
 
     trio.run(main)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_server_closes_a_connection_that_opens_no_stream(engine):
+    """A client that completes the handshake, opens no stream and keeps the
+    connection alive with PINGs is closed after ``first_stream_timeout`` (before:
+    held for as long as it pinged — a socket entry and a task per connection an
+    attacker could pile up); a client that opens its stream in time is served."""
+    ident = NodeIdentity.generate()
+
+    async def main():
+        async with trio.open_nursery() as n:
+            srv = await _start(n, echo_stream, ident, engine, first_stream_timeout=1.0)
+            async with connect_quic("127.0.0.1", srv.address[1], engine=engine, tickets=None) as idle:
+                t0 = trio.current_time()
+                while not idle.closed and trio.current_time() - t0 < 8:
+                    idle.ping()
+                    await trio.sleep(0.2)
+                assert idle.closed, "a stream-less, pinging connection was held"
+                assert trio.current_time() - t0 >= 0.5
+            async with connect_quic("127.0.0.1", srv.address[1], engine=engine, tickets=None) as conn:
+                await trio.sleep(0.3)
+                s = await conn.open_stream()
+                await s.send_all(b"ping")
+                await s.send_eof()
+                assert await s.receive_some(100) == b"ping"
+                await trio.sleep(1.5)  # past the timeout: a connection with a stream is kept
+                assert not conn.closed
+            n.cancel_scope.cancel()
+
+    trio.run(main)

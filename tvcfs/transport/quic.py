@@ -128,6 +128,9 @@ class QuicSettings:
     connect_timeout: float = 5.0
     congestion_control: str = "cubic"  # aioquic only: "reno" or "cubic"
     ping_interval: float = 1.0  # a stream reader waiting this long pings the peer
+    # a server closes a connection whose peer opens no stream within this many
+    # seconds of the handshake's start (PINGs alone would otherwise hold it for ever)
+    first_stream_timeout: float = 10.0
     # qh3 clients offer the hybrid X25519+ML-KEM-768 key share by default; tvcfs
     # peers are pinned by peer ID and the session keys are short-lived, so the
     # default is plain X25519 (faster handshake). True restores qh3's default.
@@ -986,9 +989,19 @@ async def serve_quic(
                 async with trio.open_nursery() as n:
                     n.start_soon(conn._timer_loop)
                     try:
-                        while True:
-                            s = await conn.accept_stream()
-                            n.start_soon(run_handler, s)
+                        first = None
+                        with trio.move_on_after(settings.first_stream_timeout):
+                            first = await conn.accept_stream()
+                        if first is None:
+                            log.warning("closed connection from %s:%s: no stream within %g s",
+                                        conn.remote_address[0], conn.remote_address[1],
+                                        settings.first_stream_timeout)
+                            conn.close(0, "no stream opened")
+                        else:
+                            n.start_soon(run_handler, first)
+                            while True:
+                                s = await conn.accept_stream()
+                                n.start_soon(run_handler, s)
                     except QuicConnectionLost:
                         pass
                     await conn.wait_closed()
