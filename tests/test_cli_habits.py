@@ -426,3 +426,29 @@ def test_shell_completion_scripts(tmp_path):
     if shutil.which("zsh"):
         z = write(tmp_path / "_tvcfs", zsh.encode())
         assert subprocess.run(["zsh", "-n", z], timeout=30).returncode == 0
+
+
+def test_import_onto_a_branch_only_fast_forwards(history_repo, tmp_path):
+    """``import FILE -b BRANCH`` moves an existing branch only to a commit that
+    descends from it, as git updates a ref; otherwise one line, exit 1 and nothing
+    imported; ``--force`` moves it (the old commit stays in the reflog). Before:
+    main silently jumped to an unrelated commit with exit 0."""
+    r = history_repo
+    heads = {b["name"]: b["commit"] for b in js("-C", r, "branch")}
+    tv("-C", r, "export", "feat", tmp_path / "feat.car", "--history")
+    p = tv("-C", r, "import", tmp_path / "feat.car", "-b", "main", ok=False)
+    err = p.stderr.decode().strip()
+    assert p.returncode == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith("tvcfs: error:") and "not a fast-forward" in err and "--force" in err
+    assert {b["name"]: b["commit"] for b in js("-C", r, "branch")} == heads  # main did not move
+
+    # a fast-forward is taken: a branch at c1 moves to c3 (main's head)
+    tv("-C", r, "branch", "old", "main~1")
+    tv("-C", r, "export", "main", tmp_path / "main.car", "--history")
+    tv("-C", r, "import", tmp_path / "main.car", "-b", "old")
+    assert {b["name"]: b["commit"] for b in js("-C", r, "branch")}["old"] == heads["main"]
+
+    tv("-C", r, "import", tmp_path / "feat.car", "-b", "main", "--force")
+    assert {b["name"]: b["commit"] for b in js("-C", r, "branch")}["main"] == heads["feat"]
+    newest = js("-C", r, "reflog", "main")[0]
+    assert (newest["old"], newest["new"], newest["message"]) == (heads["main"], heads["feat"], "import")

@@ -146,6 +146,28 @@ def find_repo_root(start: str | None = None) -> str:
         path = parent
 
 
+def commit_ancestors(get, starts, missing_ok: bool = False) -> Iterator[bytes]:
+    """Every commit reachable from ``starts`` (binary CIDs; non-commit CIDs are
+    ignored), each once, reading commits with ``get(cid) -> bytes``. Raises
+    :class:`BlockNotFound` for a missing commit unless ``missing_ok`` (then it is
+    skipped), :class:`MalformedObject` for one that does not decode."""
+    seen = set()
+    stack = [s for s in starts if cid_codec(s) == DAG_CBOR]
+    while stack:
+        c = stack.pop()
+        if c in seen:
+            continue
+        seen.add(c)
+        try:
+            com = decode_commit(get(c))
+        except BlockNotFound:
+            if missing_ok:
+                continue
+            raise
+        yield c
+        stack.extend(com.parents)
+
+
 class Repo:
     """A tvcfs repository rooted at ``root`` (the directory holding ``.tvcfs/``).
 
@@ -524,21 +546,7 @@ class Repo:
 
     def ancestors(self, starts, missing_ok: bool = False) -> Iterator[bytes]:
         """Every commit reachable from ``starts`` (binary CIDs), each once."""
-        seen = set()
-        stack = [s for s in starts if cid_codec(s) == DAG_CBOR]
-        while stack:
-            c = stack.pop()
-            if c in seen:
-                continue
-            seen.add(c)
-            try:
-                com = self.read_commit(c)
-            except BlockNotFound:
-                if missing_ok:
-                    continue
-                raise
-            yield c
-            stack.extend(com.parents)
+        return commit_ancestors(self.get, starts, missing_ok)
 
     def read_commit(self, cid: bytes) -> Commit:
         """Decode commit ``cid``. Raises :class:`BlockNotFound`, :class:`MalformedObject`."""
@@ -998,7 +1006,7 @@ class Repo:
         return res.stored
 
     def import_car(self, f: BinaryIO, branch: str | None = None,
-                   progress=None) -> tuple[list, int]:
+                   progress=None, force: bool = False) -> tuple[list, int]:
         """Import every block of a CAR v1 stream (each verified against its CID) in one
         transaction. With ``branch``, point it at the CAR's first root: a commit that,
         with what the store already holds, is complete (its tree, files, leaves and
@@ -1006,8 +1014,9 @@ class Repo:
         new_blocks)``. Raises :class:`MalformedObject` (a damaged or truncated CAR,
         naming the file), :class:`CorruptBlock` (a block that does not hash to its
         CID) or :class:`TvcfsError` (``branch`` given and the root is not a complete
-        commit); nothing is stored then. ``progress``: a callback ``progress(bytes of
-        the stream read, its size or None)``."""
+        commit, or ``branch`` exists and the root does not descend from it — a
+        fast-forward, unless ``force``); nothing is stored then. ``progress``: a
+        callback ``progress(bytes of the stream read, its size or None)``."""
         name = getattr(f, "name", "") or "the CAR"
         if branch:
             check_name(branch)
@@ -1034,10 +1043,33 @@ class Repo:
                     progress(f.tell(), size)
                 if branch:
                     self._check_import_root(w, roots, name, complete)
+                    if not force:
+                        self._check_import_fast_forward(w, branch, roots[0], name)
                     w.set_ref(HEADS + branch, roots[0], w.get_ref(HEADS + branch), message="import")
         except MalformedObject as e:
             raise MalformedObject(f"{name}: not a valid CAR v1 file ({e}); nothing was imported") from None
         return roots, n
+
+    def _check_import_fast_forward(self, w, branch: str, root: bytes, name: str) -> None:
+        """Refuse (:class:`TvcfsError`) to move ``branch`` to ``root`` unless it does
+        not exist yet, already is ``root``, or is an ancestor of it (git's rule for
+        updating a ref without ``--force``)."""
+        old = w.get_ref(HEADS + branch)
+        if old is None or old == root:
+            return
+        def get(cid):
+            block = w.get_block(cid)
+            if block is None:
+                raise BlockNotFound(cid)
+            return block
+
+        if any(c == old for c in commit_ancestors(get, [root], missing_ok=True)):
+            return
+        raise TvcfsError(
+            f"not a fast-forward: branch {branch} is at {cid_str(old)}, which is not an ancestor "
+            f"of {name}'s root commit {cid_str(root)}; import to another branch (-b NEW) and "
+            "merge, or pass --force to move it (the old commit stays in the reflog); "
+            "nothing was imported")
 
     def _check_import_root(self, w, roots: list, name: str, complete: set) -> None:
         """Refuse (:class:`TvcfsError`) to point a branch at the first of ``roots``

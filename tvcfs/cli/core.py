@@ -448,7 +448,7 @@ def cmd_import(args):
 
     with open_repo(args) as repo:
         with open_input(args.file) as f, progress_bar(args, "Importing") as bar:
-            roots, n = repo.import_car(f, branch=args.branch, progress=bar)
+            roots, n = repo.import_car(f, branch=args.branch, progress=bar, force=args.force)
         if args.json:
             emit_json({"file": args.file, "new_blocks": n, "roots": roots, "branch": args.branch})
             return 0
@@ -618,6 +618,8 @@ def register(sub) -> None:
     p = sub.add_parser("import", help="import the blocks of a CAR v1 file")
     p.add_argument("file")
     p.add_argument("-b", "--branch", help="point this branch at the CAR's root commit")
+    p.add_argument("-f", "--force", action="store_true",
+                   help="with -b: move the branch even when the root does not descend from it")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("reflog", help="show ref changes, newest first")
