@@ -714,11 +714,17 @@ def test_mount_helper_parses_options(world, tmp_path):
     r = subprocess.run([helper, world.repo.root, mnt, "-f", "-o", "allow_other"], capture_output=True,
                        text=True, env=env, timeout=30)
     assert r.returncode == 0 and "--allow-other" in r.stderr and not is_mounted(mnt)
+    # every option of the mount table reaches tvcfs: the helper keeps no list of its own
+    # (before: fetch_timeout and cache_size were "unknown" to it)
+    r = subprocess.run([helper, world.repo.root, mnt, "-f", "-o", "_netdev,fetch_timeout=7,cache_size=512M"],
+                       capture_output=True, text=True, env=env, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "--fetch-timeout 7.0" in r.stderr and f"--cache-size {512 << 20}" in r.stderr
     r = subprocess.run([helper, str(tmp_path), mnt], capture_output=True, text=True, env=env, timeout=30)
     assert r.returncode == 32 and not is_mounted(mnt)
     r = subprocess.run([helper, world.repo.root, mnt, "-o", "read_ahead_kb=lots"], capture_output=True,
                        text=True, env=env, timeout=30)
-    assert r.returncode == 1 and "KiB" in r.stderr
+    assert r.returncode == 1 and "read_ahead_kb" in r.stderr and "integer" in r.stderr
     opts = ("rw,nosuid,nodev,noauto,_netdev,nofail,x-systemd.automount,commit_delay=2.5,verify_reads,"
             "read_ahead_kb=256,bogus")
     r = subprocess.run([helper, world.repo.root, mnt, "-n", "-s", "-o", opts, "-t", "fuse.tvcfs"],

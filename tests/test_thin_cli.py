@@ -109,6 +109,10 @@ def test_mount_o_options_use_the_same_table():
         parse_o_options(["read_ahead_kb=lots"])
     with pytest.raises(ValueError, match="takes no value"):
         parse_o_options(["debug=1"])
+    # mount(8)'s generic options are ignored; -s (sloppy) skips unknown ones
+    assert parse_o_options(["rw,nosuid,_netdev,x-systemd.automount,comment=x,allow_other"]) == {
+        "allow_other": True}
+    assert parse_o_options(["bogus=1,debug"], sloppy=True) == {"debug": True}
 
 
 def test_mount_refuses_an_unknown_o_option(tmp_repo, tmp_path):

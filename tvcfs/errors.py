@@ -11,6 +11,14 @@ class TvcfsError(Exception):
     exit_code = 1
 
 
+class UsageError(TvcfsError, ValueError):
+    """The command was given an option or argument it cannot take; the CLI exits
+    with status 2, as for argparse's own usage errors (mount(8) helpers tell such a
+    "bad invocation" from a failed mount by it)."""
+
+    exit_code = 2
+
+
 class NotARepository(TvcfsError):
     """The path is not a tvcfs repository (no ``.tvcfs`` store found)."""
 

@@ -9,14 +9,18 @@ from ..errors import TvcfsError
 
 
 def cmd_mount(args):
+    from ..errors import UsageError
     from ..fs.daemon import mount_in_background, prepare_mount, run_foreground
-    from ..fs.options import daemon_keywords, parse_o_options
+    from ..fs.options import command_line, daemon_keywords, parse_o_options
 
     try:
-        for dest, value in parse_o_options(args.options).items():
+        for dest, value in parse_o_options(args.options, sloppy=args.sloppy).items():
             setattr(args, dest, value)
     except ValueError as e:
-        raise TvcfsError(f"mount {args.source}: {e}") from None
+        raise UsageError(f"mount {args.source}: {e}") from None
+    if args.dry_run:  # mount(8)'s -f ("fake"): the options are checked, nothing is mounted
+        print(" ".join(["tvcfs", "mount", *command_line(args), args.source, args.mountpoint]))
+        return 0
     repo_root = prepare_mount(args.source, args.mountpoint, quiet=getattr(args, "quiet", False))
     if args.foreground:
         return run_foreground(repo_root, args.mountpoint, **daemon_keywords(args))
@@ -55,6 +59,9 @@ def register(sub) -> None:
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[=VALUE],...",
                    help=argparse.SUPPRESS)  # mount(8) spelling of the options below
+    # for mount(8) helpers (packaging/mount.fuse.tvcfs): its -s and -f
+    p.add_argument("--sloppy", action="store_true", help=argparse.SUPPRESS)  # unknown -o options ignored
+    p.add_argument("--dry-run", action="store_true", help=argparse.SUPPRESS)  # check, print, do not mount
     add_arguments(p)
     p.set_defaults(func=cmd_mount)
 

@@ -1,4 +1,4 @@
-"""The options of a mount, defined once (docs/mount.md, "Options").
+"""The options of a mount, defined once (docs/mount.md, "Running a mount").
 
 :data:`MOUNT_OPTIONS` is the one table: ``tvcfs mount`` builds its argument parser
 from it (:func:`add_arguments`), the background start rebuilds the foreground
@@ -12,7 +12,7 @@ Importing this module is cheap (no pyfuse3, no trio): the CLI does it at start.
 
 from __future__ import annotations
 
-__all__ = ["MOUNT_OPTIONS", "NO_VERIFY_HELP", "MountOption", "add_arguments", "command_line",
+__all__ = ["GENERIC_O_OPTIONS", "GENERIC_O_PREFIXES", "MOUNT_OPTIONS", "NO_VERIFY_HELP", "MountOption", "add_arguments", "command_line",
            "daemon_keywords", "parse_o_options", "parse_size"]
 
 def parse_size(text: str) -> int:
@@ -162,10 +162,24 @@ def daemon_keywords(source) -> dict:
     return out
 
 
-def parse_o_options(texts) -> dict:
+# mount(8), fstab and systemd options that are not tvcfs's: ignored in ``-o`` lists
+# (mount(8) passes them to every helper; mount.fuse3 ignores them the same way)
+GENERIC_O_OPTIONS = frozenset((
+    "rw", "ro", "defaults", "auto", "noauto", "user", "users", "nouser", "owner", "group",
+    "_netdev", "nofail", "sync", "async", "atime", "noatime", "relatime", "norelatime",
+    "strictatime", "nostrictatime", "lazytime", "nolazytime", "diratime", "nodiratime",
+    "dev", "nodev", "suid", "nosuid", "exec", "noexec", "default_permissions"))
+GENERIC_O_PREFIXES = ("x-", "X-", "user=", "comment=", "fsname=", "subtype=", "helper=", "uhelper=")
+
+_EXPECTED = {int: "an integer", float: "a number of seconds", parse_size: "a size such as 512M"}
+
+
+def parse_o_options(texts, sloppy: bool = False) -> dict:
     """``{dest: value}`` from ``-o`` lists (``["commit_delay=2,allow_other", …]``), by
-    the ``o_name`` of each option. Raises ``ValueError`` naming an unknown option or a
-    bad value."""
+    the ``o_name`` of each option. The generic options of mount(8), fstab and systemd
+    (:data:`GENERIC_O_OPTIONS`, :data:`GENERIC_O_PREFIXES`) are ignored. Raises
+    ``ValueError`` naming an unknown option (skipped instead when ``sloppy``: mount(8)'s
+    ``-s``) or a bad value."""
     by_name = {o.o_name: o for o in MOUNT_OPTIONS if o.o_name}
     out = {}
     for text in texts:
@@ -173,6 +187,8 @@ def parse_o_options(texts) -> dict:
             name, has_value, value = item.partition("=")
             option = by_name.get(name)
             if option is None:
+                if item in GENERIC_O_OPTIONS or item.startswith(GENERIC_O_PREFIXES) or sloppy:
+                    continue
                 raise ValueError(f"unknown mount option {name!r} in -o (known: {', '.join(sorted(by_name))})")
             if option.kind == "flag":
                 if has_value:
@@ -182,5 +198,6 @@ def parse_o_options(texts) -> dict:
             try:
                 out[option.dest] = option.type(value)
             except ValueError:
-                raise ValueError(f"bad value for mount option {name}: {value!r}") from None
+                expected = _EXPECTED.get(option.type, "a value")
+                raise ValueError(f"bad value for mount option {name}: {value!r} ({expected} expected)") from None
     return out
