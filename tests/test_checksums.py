@@ -22,6 +22,7 @@ from support.safetensors import write_safetensors_raw
 from support.server import Server
 from support.wait import wait_until
 from tvcfs.encoding.cid import cid_str
+from tvcfs.errors import CorruptBlock
 from tvcfs.repo import Repo
 from tvcfs.store.lmdb_store import checksum
 from tvcfs.store.verify import verify_and_put
@@ -154,3 +155,29 @@ def test_a_damaged_checksum_record_is_an_error_and_fsck_records_it_again(repo_ro
     run_tvcfs("--repo", repo_root, "fsck")  # sound again
     assert run_tvcfs("--repo", repo_root, "cat", "main:config.json").stdout == b'{"seed": 0}\n'
     assert_checksummed(repo_root)
+
+
+def test_a_checksum_read_before_the_bytes_is_what_they_are_checked_against(repo_root):
+    """The mount's preload threads read a leaf's checksum before paging the leaf in,
+    in the same read transaction, and hand it to ``check``: bytes that do not match
+    it are refused naming the CID, and ones that match are remembered as checked."""
+    with Repo.open(repo_root) as repo:
+        store = repo.store
+        cid = repo.entry(repo.head(), "config.json").cid
+        view = store.snapshot(verify=False)
+        try:
+            want = view.recorded_checksum(cid)
+            data = view.block(cid)
+            assert want == checksum(data)
+            with pytest.raises(CorruptBlock, match=cid_str(cid)):
+                store.check(cid, data, view.txn, bytes(8))  # a checksum the bytes do not match
+            assert cid not in store.verified
+            flipped = bytearray(data)
+            flipped[0] ^= 1
+            with pytest.raises(CorruptBlock, match=cid_str(cid)):
+                store.check(cid, bytes(flipped), view.txn, want)
+            assert cid not in store.verified
+            store.check(cid, data, view.txn, want)
+            assert cid in store.verified
+        finally:
+            view.close()

@@ -43,6 +43,20 @@ def proc_stat(pid: int) -> dict:
     return {"user": int(x[11]) / tck, "sys": int(x[12]) / tck, "minflt": int(x[7]), "majflt": int(x[9])}
 
 
+def thread_cpu(pid: int) -> dict:
+    """CPU seconds (user + sys) of each thread of process ``pid``: ``{tid: s}``
+    (``/proc/PID/task/TID/stat``; threads that ended are missing)."""
+    tck, out = os.sysconf("SC_CLK_TCK"), {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                x = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(tid)] = (int(x[11]) + int(x[12])) / tck
+    return out
+
+
 def proc_read_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/io") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("read_bytes:"))
@@ -86,7 +100,7 @@ def main() -> int:
                 os.path.getsize(path)
                 time.sleep(0.5)  # the B-tree warm-up of a fresh mount
                 drop_caches()
-                s0, p0, b0 = stats(m), proc_stat(pid), proc_read_bytes(pid)
+                s0, p0, b0, t0 = stats(m), proc_stat(pid), proc_read_bytes(pid), thread_cpu(pid)
                 side = None
                 if a.perf:
                     side = subprocess.Popen(["perf", "record", "-g", "-p", str(pid), "-o", a.perf_out],
@@ -98,15 +112,19 @@ def main() -> int:
                 if side:
                     time.sleep(1.0)
                 fig = run(path, a.mode)
-                s1, p1, b1 = stats(m), proc_stat(pid), proc_read_bytes(pid)
+                s1, p1, b1, t1 = stats(m), proc_stat(pid), proc_read_bytes(pid), thread_cpu(pid)
                 if side:
                     side.send_signal(2)
                     side.wait()
             gib = (s1["bytes_served"] - s0["bytes_served"]) / 2**30
             d = {k: p1[k] - p0[k] for k in p0}
+            # the main thread runs trio (the FUSE loop); the others page in and check
+            main_s = t1.get(pid, 0) - t0.get(pid, 0)
+            others = sum(v - t0.get(k, 0) for k, v in t1.items() if k != pid)
             print(f"[{v}] mount {fig}  native {nat}  O_DIRECT {limit:.2f} GB/s | daemon per GiB served: "
                   f"user {d['user'] / gib:.2f} s, sys {d['sys'] / gib:.2f} s, {d['minflt'] / gib:.0f} minor / "
-                  f"{d['majflt'] / gib:.0f} major faults, disk read {(b1 - b0) / 2**30 / gib:.2f} GiB, "
+                  f"{d['majflt'] / gib:.0f} major faults, CPU s main thread {main_s / gib:.2f} / other threads "
+                  f"{others / gib:.2f}, disk read {(b1 - b0) / 2**30 / gib:.2f} GiB, "
                   f"{(s1['reads'] - s0['reads']) / gib:.0f} requests, {(s1['cold_reads'] - s0['cold_reads']) / gib:.0f} "
                   f"of them waited {s1['cold_wait_s'] - s0['cold_wait_s']:.2f} s for a page-in", flush=True)
     print(f"load average {loadavg()}")

@@ -638,6 +638,12 @@ class Preloader:
         try:
             blocks = self.store.snapshot(verify=False)
             try:
+                # the leaf's checksum is read before its page-in, from the same read
+                # transaction: once the pages are in, the check is the hash alone (no
+                # LMDB call, one GIL hand-off) before the leaf is marked resident
+                want = None
+                if self.check is not None and self.store.verify_reads and cid not in self.store.verified:
+                    want = blocks.recorded_checksum(cid)
                 if exact:
                     self._exact_reads(True)
                 try:
@@ -651,7 +657,7 @@ class Preloader:
                 # the store), not as a buffer into the map: no file offset to learn
                 addr = buffer_address(v) if is_map_buffer(v) else 0
                 if self.check is not None:
-                    self.check(cid, v)  # the pages are in memory now: CPU only
+                    self.check(cid, v, blocks.txn, want)  # the pages are in memory now: CPU only
             finally:
                 blocks.close()
         except Exception:  # environment closing, map full, a corrupt leaf...: a hint only

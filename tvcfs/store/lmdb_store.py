@@ -915,25 +915,29 @@ class LMDBStore:
             pass
 
     # verified reads
-    def check(self, cid: bytes, data, txn=None) -> None:
+    def check(self, cid: bytes, data, txn=None, recorded: bytes | None = None) -> None:
         """Check stored bytes ``data`` (bytes-like) of block ``cid``, once per CID per
         process (see :class:`VerifiedSet`): against the :func:`checksum` recorded when
         it was stored (xxh3-64, ~20 GB/s per core), or, when none is recorded or
         :attr:`verify_cid` is set, against the CID (sha-256, ~1.7 GB/s per core). Both
         release the GIL for large buffers, so threads may call this in parallel.
         ``txn``: the read or write transaction ``data`` came from (else a short read
-        transaction looks the checksum up). Nothing when :attr:`verify_reads` is off.
-        Raises :class:`CorruptBlock` naming the CID and the store."""
+        transaction looks the checksum up). ``recorded``: the checksum the caller
+        already read from that transaction (:meth:`LMDBView.recorded_checksum`, e.g.
+        before paging the block in), so the check makes no LMDB call. Nothing when
+        :attr:`verify_reads` is off. Raises :class:`CorruptBlock` naming the CID and
+        the store."""
         if not self.verify_reads or cid in self.verified:
             return
-        self._check(cid, data, txn)
+        self._check(cid, data, txn, recorded=recorded)
 
-    def _check(self, cid: bytes, data, txn, always: bool = False, what: str = "", strict: bool = False) -> None:
+    def _check(self, cid: bytes, data, txn, always: bool = False, what: str = "", strict: bool = False,
+               recorded: bytes | None = None) -> None:
         """:meth:`check` whatever :attr:`verify_reads` says; ``always``: whatever the
         cache says too (bytes decoded afresh); ``strict``: against the CID whatever
         is recorded (fsck); ``what`` replaces "does" in the error (``"is packed and
-        decodes to bytes that do"``)."""
-        want = None if strict or self.verify_cid else self._recorded(txn, cid)
+        decodes to bytes that do"``); ``recorded``: see :meth:`check`."""
+        want = None if strict or self.verify_cid else (recorded or self._recorded(txn, cid))
         if want is not None:
             if checksum(data) != want:
                 raise CorruptBlock(f"stored block {cid_str(cid)} {what or 'does'} not match the checksum "
