@@ -105,6 +105,10 @@ class S3BlockSource(SourceBase):
         self._store_lock = threading.Lock()
         self._closed = False
         self.on_started = None  # set by attach_s3: warm the mount, --prefetch
+        # set by attach_s3: called in the storing worker thread with the CIDs just
+        # written (the mount's page-in threads learn they are in memory, so serving
+        # them needs no thread hop; tvcfs.fs.reader.Preloader.mark_resident)
+        self.on_stored = None
         # statistics
         self.classes = {n: {"blocks": 0, "bytes": 0, "requested": 0} for n in PRIO_NAMES.values()}
         self.fetch_calls = 0
@@ -348,6 +352,8 @@ class S3BlockSource(SourceBase):
             with self.store.write(sync=False) as w:
                 for c, d in good:
                     w.put_block(c, d)
+        if self.on_stored is not None and good:
+            self.on_stored([c for c, _ in good])
         return [(c, len(d)) for c, d in good], absent, bad
 
     # ------------------------------------------------------------------ cache
@@ -469,6 +475,7 @@ def attach_s3(repo, ops, urls, fetch_timeout=None, prefetch=None, cache_size=Non
     src = S3BlockSource(repo, urls[0], timeout=float(fetch_timeout) if fetch_timeout else DEFAULT_TIMEOUT,
                         cache_size=cache_size, reader=ops.reader, ops=ops)
     src.on_started = start_hook(src, repo, ops.reader, list(prefetch or []))
+    src.on_stored = ops.reader.preloader.mark_resident
     ops.reader.remote = src
     log.info("lazy mount from %s; fetch timeout %g s; cache %s", urls[0], src.timeout,
              f"{cache_size} bytes" if cache_size else "unbounded")
