@@ -452,7 +452,7 @@ class S3BlockSource(SourceBase):
             "s3": {"requests": self.foreground_client.read["requests"] + self.background_client.read["requests"],
                    "bytes": self.foreground_client.read["bytes"] + self.background_client.read["bytes"],
                    # every LIST page and GET (pack indexes and refs too)
-                   "all_requests": self.foreground_client._b.reads + self.background_client._b.reads},
+                   "all_requests": self.foreground_client.requests_sent + self.background_client.requests_sent},
             "wire_bytes": self.foreground_client.read["bytes"] + self.background_client.read["bytes"],
             "peers": {},
             "pending_wants": len(self._pending),

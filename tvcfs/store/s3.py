@@ -431,6 +431,12 @@ class S3Store(StoreBase):
         self.written = {"packs": 0, "bytes": 0, "raw": 0}
         self.read = {"requests": 0, "bytes": 0}  # ranged GETs of packs this object made, bytes received
 
+    @property
+    def requests_sent(self) -> int:
+        """LIST pages and GETs (indexes, packs, anything) this store's client has sent;
+        ``read["requests"]`` counts the ranged GETs of packs alone."""
+        return self._b.reads
+
     # --- indexes -----------------------------------------------------------------
     def refresh(self) -> int:
         """List the bucket's pack indexes and tombstones, read the indexes not seen
