@@ -16,7 +16,7 @@ import time
 import pytest
 from support.cli import run_tvcfs
 from support.s3 import bucket_objects, new_bucket
-from support.mount import lazy_mount, remote_stats, settled_remote_stats
+from support.mount import lazy_mount, remote_stats, settled_remote_stats, stats
 from support.safetensors import tensor_range
 from support.wait import wait_until
 
@@ -99,12 +99,51 @@ def test_one_tensor_moves_at_most_1_1x_its_bytes(pushed, tmp_path, real_model_di
             moved = w2 - w1
             print(f"\ntensor {b - a} B moved {moved} B from S3 ({moved / (b - a):.3f}x)")
             assert moved <= 1.1 * (b - a)
+            # every leaf fetched was written through the map just before it was served:
+            # no read waited for a page-in worker thread (S3BlockSource.on_stored)
+            assert stats(m)["cold_reads"] == 0, stats(m)
             # a second read is local
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             assert os.pread(fd, b - a, a) == want
             assert s3_bytes(m) == w2
         finally:
             os.close(fd)
+
+
+def test_fresh_mount_to_first_tensor_lists_once_and_gets_once(pushed, s3_endpoint, tmp_path, real_model_dir):
+    """The requests of a fresh `tvcfs mount s3://…` up to a tensor's bytes: the bucket
+    is listed once (packs/, deleted/) and each pack index read once — the mount's
+    foreground and background clients share them (before: each client listed and
+    read every index itself) —, the start-up warm reads the header in one ranged GET,
+    and a small tensor further on is one more ranged GET."""
+    from support.safetensors import read_safetensors_header
+
+    bucket = pushed.split("/")[2]
+    n_idx = sum(k.endswith(".idx") for k in bucket_objects(s3_endpoint, bucket))
+    src_file = os.path.join(real_model_dir, MODEL)
+    n, h = read_safetensors_header(src_file)
+    # a small tensor well past the kernel's first read of the file (the warm's)
+    name = min((t for t in h if t != "__metadata__" and h[t]["data_offsets"][0] > 1 * MiB),
+               key=lambda t: h[t]["data_offsets"][1] - h[t]["data_offsets"][0])
+    a, b = tensor_range(src_file, name)
+    with open(src_file, "rb") as f:
+        f.seek(a)
+        want = f.read(b - a)
+    with lazy_mount(pushed, str(tmp_path / "mnt"), "--fetch-timeout", 20) as m:
+        wait_until(lambda: remote_stats(m)["s3"]["requests"] >= 1, 20, what="the warm-up's GET of the header")
+        r0 = settled_remote_stats(m)["s3"]
+        assert r0["requests"] == 1, r0
+        assert r0["all_requests"] == 2 + n_idx + 1, (r0, n_idx)
+        fd = os.open(os.path.join(m, "branches", "main", MODEL), os.O_RDONLY)
+        try:
+            assert os.pread(fd, 8 + n, 0)[8:] == open(src_file, "rb").read(8 + n)[8:]
+            assert os.pread(fd, b - a, a) == want
+        finally:
+            os.close(fd)
+        r1 = settled_remote_stats(m)["s3"]
+    print(f"\n{n_idx} pack indexes; start-up {r0}; tensor {name} ({b - a} B): {r1}")
+    assert r1["requests"] - r0["requests"] == 1, (r0, r1)
+    assert r1["all_requests"] - r0["all_requests"] == 1, (r0, r1)
 
 
 def test_corrupt_pack_read_is_eio_naming_the_block(pushed, s3_endpoint, tmp_path):

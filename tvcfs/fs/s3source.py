@@ -88,9 +88,11 @@ class S3BlockSource(SourceBase):
         self.repo, self.store, self.reader, self.ops = repo, repo.store, reader, ops
         self.timeout = float(timeout)
         self.cache_size = cache_size
-        # two clients and thread pools: foreground GETs never wait behind readahead GETs
+        # two clients and thread pools: foreground GETs never wait behind readahead GETs;
+        # one set of pack indexes between them (the bucket is listed and each index
+        # read once, not once per client)
         self.foreground_client = S3Store(url, **opts)
-        self.background_client = S3Store(url, **opts)
+        self.background_client = S3Store(url, **opts, indexes_of=self.foreground_client)
         self.status_path: str | None = None  # set by the mount daemon (unused: no peers)
         self.mountpoint = ""
         self._pending: dict[bytes, _Pending] = {}
@@ -105,6 +107,10 @@ class S3BlockSource(SourceBase):
         self._store_lock = threading.Lock()
         self._closed = False
         self.on_started = None  # set by attach_s3: warm the mount, --prefetch
+        # set by attach_s3: called in the storing worker thread with the CIDs just
+        # written (the mount's page-in threads learn they are in memory, so serving
+        # them needs no thread hop; tvcfs.fs.reader.Preloader.mark_resident)
+        self.on_stored = None
         # statistics
         self.classes = {n: {"blocks": 0, "bytes": 0, "requested": 0} for n in PRIO_NAMES.values()}
         self.fetch_calls = 0
@@ -253,12 +259,11 @@ class S3BlockSource(SourceBase):
             return [c for c in cids if not v.has(c)]
 
     async def _load(self) -> None:
-        for client in (self.foreground_client, self.background_client):
-            try:
-                await trio.to_thread.run_sync(client.refresh)
-            except TvcfsError as e:
-                self.last_error = str(e)
-                log.warning("%s", e)
+        try:  # the indexes both clients share; unless a fetch loaded them first
+            await trio.to_thread.run_sync(self.foreground_client.has_many, [])
+        except TvcfsError as e:
+            self.last_error = str(e)
+            log.warning("%s", e)
 
     async def _dispatcher(self) -> None:
         while True:
@@ -337,7 +342,9 @@ class S3BlockSource(SourceBase):
         """Worker thread: ``(stored [(cid, bytes)], absent cids, bad cids)``."""
         from ..store.verify import verify_many
 
-        got = list(s3.get_many(cids, verify=False))
+        # buffers: the decoded blocks as they are (no copy each into bytes): they are
+        # hashed, copied into the map and dropped
+        got = list(s3.get_many(cids, verify=False, buffers=True))
         absent = [c for c, d in got if d is None]
         # hashed before the store lock: jobs verify in parallel, only the LMDB writes
         # are serialised (one write transaction at a time)
@@ -348,6 +355,8 @@ class S3BlockSource(SourceBase):
             with self.store.write(sync=False) as w:
                 for c, d in good:
                     w.put_block(c, d)
+        if self.on_stored is not None and good:
+            self.on_stored([c for c, _ in good])
         return [(c, len(d)) for c, d in good], absent, bad
 
     # ------------------------------------------------------------------ cache
@@ -432,7 +441,8 @@ class S3BlockSource(SourceBase):
     # ------------------------------------------------------------------ statistics
     def stats_dict(self) -> dict:
         """``.tvcfs/stats`` under ``"remote"``: per priority class blocks/bytes;
-        ``s3`` requests and bytes received (``wire_bytes``); pending work; the
+        ``s3`` requests (ranged GETs of packs), bytes received (also ``wire_bytes``)
+        and ``all_requests`` (every LIST page and GET, indexes too); pending work; the
         cache (limit, bytes, evictions, pinned leaves); the last error."""
         lat = sorted(self.foreground_latency)
         return {
@@ -440,7 +450,9 @@ class S3BlockSource(SourceBase):
             "url": self.url,
             "classes": self.classes,
             "s3": {"requests": self.foreground_client.read["requests"] + self.background_client.read["requests"],
-                   "bytes": self.foreground_client.read["bytes"] + self.background_client.read["bytes"]},
+                   "bytes": self.foreground_client.read["bytes"] + self.background_client.read["bytes"],
+                   # every LIST page and GET (pack indexes and refs too)
+                   "all_requests": self.foreground_client.requests_sent + self.background_client.requests_sent},
             "wire_bytes": self.foreground_client.read["bytes"] + self.background_client.read["bytes"],
             "peers": {},
             "pending_wants": len(self._pending),
@@ -469,6 +481,7 @@ def attach_s3(repo, ops, urls, fetch_timeout=None, prefetch=None, cache_size=Non
     src = S3BlockSource(repo, urls[0], timeout=float(fetch_timeout) if fetch_timeout else DEFAULT_TIMEOUT,
                         cache_size=cache_size, reader=ops.reader, ops=ops)
     src.on_started = start_hook(src, repo, ops.reader, list(prefetch or []))
+    src.on_stored = ops.reader.preloader.mark_resident
     ops.reader.remote = src
     log.info("lazy mount from %s; fetch timeout %g s; cache %s", urls[0], src.timeout,
              f"{cache_size} bytes" if cache_size else "unbounded")

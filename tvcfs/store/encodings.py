@@ -222,15 +222,17 @@ def encode(data, elem: int = 1, base: bytes | None = None, base_data=None, base_
     return best if len(best) < pays * n else None
 
 
-def decode(value, base_data=None) -> bytes:
+def decode(value, base_data=None, buffer: bool = False):
     """The block bytes of packed value ``value``; ``base_data``: the decoded bytes of
     its base (a delta only). Not checked against a CID (the store does that). Raises
     :class:`CorruptBlock` when the value is damaged (bad header, zstd error or checksum
-    mismatch, wrong length) and ``ValueError`` when a delta is given no base."""
+    mismatch, wrong length) and ``ValueError`` when a delta is given no base.
+    ``buffer``: return a read-only ``memoryview`` of the decoded array instead of
+    ``bytes`` (no copy of the block: a lazy mount stores it and drops it)."""
     h = header(value)
     out = np.empty(h.raw_len, np.uint8)
     decode_into(value, out, base_data, h)
-    return out.tobytes()
+    return out.data.toreadonly() if buffer else out.tobytes()
 
 
 def decode_into(value, out, base_data=None, h: Header | None = None, base_planes=None) -> None:

@@ -67,6 +67,7 @@ arguments override them.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import io
 import logging
@@ -218,6 +219,12 @@ class _Bucket:
                      max_pool_connections=max_connections)
         self.client = session.client("s3", endpoint_url=endpoint_url or None, region_name=region, config=cfg)
         self.endpoint = self.client.meta.endpoint_url
+        self.reads = 0  # LIST pages and GETs sent (any object), for statistics
+        self._reads_lock = threading.Lock()
+
+    def _count(self) -> None:
+        with self._reads_lock:
+            self.reads += 1
 
     def key(self, rel: str) -> str:
         return f"{self.prefix}/{rel}" if self.prefix else rel
@@ -260,6 +267,7 @@ class _Bucket:
             kw = {"Prefix": base}
             if token:
                 kw["ContinuationToken"] = token
+            self._count()
             page = self._call(self.client.list_objects_v2, f"list {base}", **kw)
             out.extend(o["Key"][cut:] for o in page.get("Contents", ()))
             if not page.get("IsTruncated"):
@@ -273,6 +281,7 @@ class _Bucket:
         kw = {"Key": self.key(rel)}
         if start is not None:
             kw["Range"] = f"bytes={start}-{end - 1}"
+        self._count()
         try:
             r = self.client.get_object(Bucket=self.bucket, **kw)
             return r["Body"].read(), r.get("ETag")
@@ -329,6 +338,33 @@ def _bucket(url, bucket, prefix, endpoint_url, profile, region, connect_timeout,
                    read_timeout, retries, max_connections)
 
 
+class _Indexes:
+    """The pack indexes an :class:`S3Store` has loaded (block locations, packs and
+    their slot counts, tombstones, when the bucket was last listed), shareable by
+    stores of one bucket: a lazy mount's foreground and background clients list the
+    bucket and read each index once between them, not once each. ``lock`` guards
+    them; ``refresh_lock`` lets one listing run at a time."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.refresh_lock = threading.RLock()
+        self.index: dict[bytes, Loc] = {}  # cid -> where its value is, how it is encoded
+        self.packs: set[str] = set()
+        self.slots: dict[str, int] = {}  # pack -> number of MAX_RANGE slices (slot_of)
+        self.deleted: set[bytes] = set()
+        self.loaded_at: float | None = None
+
+
+def _shared(name: str, doc: str) -> property:
+    def get(self):
+        return getattr(self._ix, name)
+
+    def put(self, value):
+        setattr(self._ix, name, value)
+
+    return property(get, put, doc=doc)
+
+
 class S3Store(StoreBase):
     """A :class:`~tvcfs.store.base.BlockStore` over S3-compatible object storage
     (capabilities ``REMOTE``, ``PERSISTENT``); layout and formats in the module
@@ -345,6 +381,9 @@ class S3Store(StoreBase):
     are written one after another, in the order they filled. ``encode``: store
     blocks encoded when that pays (default); ``deltas``: a
     :class:`~tvcfs.pack.DeltaSource` giving element sizes and delta bases.
+    ``indexes_of``: another store of the same URL whose loaded pack indexes this one
+    shares (and refreshes with it) instead of listing and reading them again; the
+    clients, connection pools and threads stay separate.
 
     ``put``/``put_many`` buffer blocks and write a pack whenever ``pack_target``
     bytes are pending; :meth:`flush` (and :meth:`close`) write the rest. Pending
@@ -353,11 +392,18 @@ class S3Store(StoreBase):
 
     capabilities = frozenset({REMOTE, PERSISTENT})
 
+    _index = _shared("index", "cid -> :class:`Loc`")
+    _packs = _shared("packs", "pack ids known")
+    _slots = _shared("slots", "pack -> number of MAX_RANGE slices (slot_of)")
+    _deleted = _shared("deleted", "tombstoned CIDs")
+    _loaded_at = _shared("loaded_at", "time.monotonic() of the last listing, None before the first")
+
     def __init__(self, url: str | None = None, *, bucket: str | None = None, prefix: str = "",
                  endpoint_url: str | None = None, profile: str | None = None, region: str | None = None,
                  pack_target: int = PACK_TARGET, refresh_interval: float = 1.0,
                  connect_timeout: float = 3.0, read_timeout: float = 30.0, retries: int = 2,
-                 threads: int = 8, background_packs: int = 1, encode: bool = True, deltas=None):
+                 threads: int = 8, background_packs: int = 1, encode: bool = True, deltas=None,
+                 indexes_of: S3Store | None = None):
         self.pack_target = int(pack_target)
         self.encode = bool(encode)
         self.deltas = deltas
@@ -369,28 +415,36 @@ class S3Store(StoreBase):
         self._b = _bucket(url, bucket, prefix, endpoint_url, profile, region, connect_timeout, read_timeout,
                           retries, self.threads + 2)
         self.name = self.url = self._b.url
-        self._lock = threading.RLock()
+        if indexes_of is not None and indexes_of.url != self.url:
+            raise ValueError(f"{self.url} cannot share the pack indexes of {indexes_of.url}")
+        self._ix = indexes_of._ix if indexes_of is not None else _Indexes()
+        self._lock = self._ix.lock
         self._flush_lock = threading.Lock()
-        self._index: dict[bytes, Loc] = {}  # cid -> where its value is, how it is encoded
-        self._packs: set[str] = set()
-        self._slots: dict[str, int] = {}  # pack -> number of MAX_RANGE slices (slot_of)
-        self._deleted: set[bytes] = set()
         self._pending: dict[bytes, bytes] = {}  # not in a written pack yet (readable)
         self._pending_bytes = 0
         self._open: dict[bytes, None] = {}  # pending and not handed to the writer yet, in order
         self._open_bytes = 0
         self._inflight: collections.deque = collections.deque()  # (future, items) of packs being written
         self._writer: ThreadPoolExecutor | None = None
-        self._loaded_at: float | None = None
         self._pool: ThreadPoolExecutor | None = None
         # what this object uploaded: packs, their bytes (with indexes), the raw bytes of their blocks
         self.written = {"packs": 0, "bytes": 0, "raw": 0}
         self.read = {"requests": 0, "bytes": 0}  # ranged GETs of packs this object made, bytes received
 
+    @property
+    def requests_sent(self) -> int:
+        """LIST pages and GETs (indexes, packs, anything) this store's client has sent;
+        ``read["requests"]`` counts the ranged GETs of packs alone."""
+        return self._b.reads
+
     # --- indexes -----------------------------------------------------------------
     def refresh(self) -> int:
         """List the bucket's pack indexes and tombstones, read the indexes not seen
         yet; return how many new packs were found. Raises :class:`BlockUnavailable`."""
+        with self._ix.refresh_lock:
+            return self._refresh()
+
+    def _refresh(self) -> int:
         keys = self._b.list("packs/")
         deleted = {cid_from_str(k.rsplit("/", 1)[1]) for k in self._b.list("deleted/")}
         new = [k[len("packs/"):-len(".idx")] for k in keys if k.endswith(".idx")]
@@ -430,7 +484,9 @@ class S3Store(StoreBase):
 
     def _ensure_loaded(self) -> None:
         if self._loaded_at is None:
-            self.refresh()
+            with self._ix.refresh_lock:  # another thread (or a sharing store) may be listing
+                if self._loaded_at is None:
+                    self._refresh()
 
     def _refresh_on_miss(self) -> bool:
         """Refresh after a miss unless the last listing is younger than
@@ -511,14 +567,18 @@ class S3Store(StoreBase):
             return None
         return w[1].pack, self._slot(w[1].pack, w[1].offset)
 
-    def get_many(self, cids: Iterable[bytes], verify: bool = True) -> Iterator[tuple[bytes, bytes | None]]:
+    def get_many(self, cids: Iterable[bytes], verify: bool = True,
+                 buffers: bool = False) -> Iterator[tuple[bytes, bytes | None]]:
         """``(cid, bytes | None)`` in input order. Blocks of one pack that lie within
         ``MAX_GAP`` of each other are read with one ranged GET (at most ``MAX_RANGE``
         bytes); the GETs run ``threads`` at a time; every block is verified. Raises
         :class:`BlockUnavailable` if a GET fails or a block does not hash to its CID
         (naming the pack). ``verify=False`` leaves the hashing to the caller, which
         must then pass the blocks through :func:`tvcfs.store.verify.verify_and_put`
-        (the sync module does: one hash per block, not two)."""
+        (the sync module does: one hash per block, not two). ``buffers``: blocks may
+        be read-only ``memoryview``s (of the GET's body or of the decoded array)
+        instead of ``bytes``: no copy per block, for a caller that stores them and
+        lets them go (a lazy mount; a raw block's view keeps its whole GET body)."""
         cids = list(cids)
         keys = [bytes(c) for c in cids]
         self._ensure_loaded()
@@ -528,15 +588,17 @@ class S3Store(StoreBase):
         found = {k: w[1] for k, w in where.items() if w is not None and w[0] == "pending"}
         wanted = {k: w[1] for k, w in where.items() if w is not None and w[0] == "pack"}
         if any(loc.encoding for loc in wanted.values()):
-            found.update(self._read_encoded(wanted, verify))
+            found.update(self._read_encoded(wanted, verify, buffers))
         else:
             read = self._read_range if verify else self._read_range_unverified
+            if buffers:
+                read = functools.partial(self._read_range, verify=verify, views=True)
             for got in self._map(read, _ranges(wanted, self._slot)):
                 found.update(got)
         for c, k in zip(cids, keys):
             yield c, found.get(k)
 
-    def _read_encoded(self, wanted: dict, verify: bool) -> dict:
+    def _read_encoded(self, wanted: dict, verify: bool, buffers: bool = False) -> dict:
         """``{cid: block bytes}`` of ``wanted`` (``{cid: Loc}``) when some are stored
         encoded: their values are read, the delta bases they need are read too
         (whether or not tombstoned: a tombstone leaves the bytes), every value is
@@ -577,12 +639,14 @@ class S3Store(StoreBase):
             loc, value = locs[cid], values[cid]
             if loc.encoding:
                 try:
-                    value = encodings.decode(value, out.get(loc.base) if loc.base is not None else None)
+                    value = encodings.decode(value, out.get(loc.base) if loc.base is not None else None,
+                                             buffer=buffers)
                 except (CorruptBlock, ValueError) as e:
                     raise BlockUnavailable(f"{self.url}: block {cid_str(cid)} in pack {loc.pack} does not decode "
                                            f"(corrupt object: {e})",
                                            cid=cid, tier=self.url) from None
-            out[cid] = value if loc.encoding else bytes(value)  # a raw value: a view of its GET
+            # a raw value is a view of its GET: a copy unless the caller takes buffers
+            out[cid] = value if loc.encoding or buffers else bytes(value)
         got = [(c, out[c]) for c in wanted]
         if verify:
             _, bad = verify_many(got)
