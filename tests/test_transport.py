@@ -149,6 +149,51 @@ def test_bad_block_from_one_remote_is_fetched_from_another(tmp_path):
     trio.run(main)
 
 
+def test_tls_receive_into_decrypts_into_the_callers_buffer(tmp_path):
+    """TLSStream.receive_into writes plaintext into the given buffer (a block's own,
+    see FrameDecoder.receive_buffer), as many bytes as are there up to its size, and
+    leaves the rest of the stream to the next receive; 0 at the end of the stream."""
+    import functools
+
+    from tvcfs.transport.tcp import connect_tcp, serve_tcp
+
+    ident = NodeIdentity.generate()
+    payload = rnd(3 << 20, 9)
+
+    async def handler(stream):
+        await stream.send_all(payload)
+        await stream.aclose()
+
+    async def main():
+        async with trio.open_nursery() as n:
+            host, port = await n.start(functools.partial(serve_tcp, identity=ident), handler, "127.0.0.1", 0)
+            with trio.fail_after(20):
+                async with connect_tcp(host, port, expected_peer_id=ident.peer_id) as stream:
+                    buf = bytearray(len(payload) - 1000)
+                    view = memoryview(buf)
+                    got = 0
+                    calls = 0
+                    while got < len(buf):
+                        k = await stream.receive_into(view[got:])
+                        assert 0 < k <= len(buf) - got
+                        got += k
+                        calls += 1
+                    assert buf == payload[:-1000]
+                    assert calls < 64  # records decrypted in bulk, not one per call
+                    rest = b"".join([c async for c in _chunks(stream)])
+                    assert rest == payload[-1000:]
+                    assert await stream.receive_into(bytearray(10)) == 0
+            n.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+async def _chunks(stream):
+    while chunks := await stream.receive_chunks():
+        for c in chunks:
+            yield c
+
+
 def test_tcp_fallback_when_udp_unanswered(tmp_path):
     src = make_repo(tmp_path / "a", {"f": rnd(200_000, 6)})
     dst = Repo.init(str(tmp_path / "b" / "repo"))
