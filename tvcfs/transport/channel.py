@@ -12,6 +12,8 @@ from .quic import aclose_quietly
 
 __all__ = ["MessageChannel"]
 
+_HEAD_READ = 16384  # bytes read between blocks with receive_into (one TLS record)
+
 
 class MessageChannel:
     """Send and receive :mod:`.protocol` messages on ``stream``.
@@ -38,6 +40,7 @@ class MessageChannel:
         self._receive = getattr(stream, "receive_chunks", None)
         # TLS/TCP decrypts a block's bytes straight into the block's own buffer
         self._receive_into = getattr(stream, "receive_into", None)
+        self._head: memoryview | None = None
         self._pending: deque = deque()
 
     def use_decoder(self, decoder: FrameDecoder) -> None:
@@ -112,7 +115,7 @@ class MessageChannel:
                 # starts in a chunk is then assembled straight from the next ones
                 self._dec.feed(pending.popleft())
                 continue
-            if self._receive_into is not None:
+            if self._receive_into is not None and self._dec.zero_copy:
                 into = self._dec.receive_buffer()
                 if into is not None:
                     n = await self._receive_into(into)
@@ -120,7 +123,13 @@ class MessageChannel:
                         raise ProtocolError("stream ended inside a message")
                     self._dec.filled(n)
                     continue
-            if self._receive is not None:
+                # between blocks: read little, so that the next block's bytes go
+                # to its own buffer as soon as its header is decoded
+                if self._head is None:
+                    self._head = memoryview(bytearray(_HEAD_READ))
+                n = await self._receive_into(self._head)
+                chunks = [bytes(self._head[:n])] if n else []
+            elif self._receive is not None:
                 chunks = await self._receive()
             else:
                 data = await self.stream.receive_some(self._recv_size)

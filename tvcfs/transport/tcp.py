@@ -68,17 +68,20 @@ class TLSStream(trio.abc.Stream):
         self._out = ssl.MemoryBIO()
         self._obj = ctx.wrap_bio(self._in, self._out, server_side=server_side,
                                  server_hostname=server_hostname)
-        self._send_lock = trio.Lock()
-        self._eof = False
-        self._closed = False
-        self._leftover = b""
-        self.peer_id: bytes | None = None
+        self._init_state()
         # a plain TCP socket: receive ciphertext into one reused buffer (no 1 MiB
         # allocation per receive); any other stream: its receive_some
         self._sock = getattr(transport_stream, "socket", None)
         if not hasattr(self._sock, "recv_into"):
             self._sock = None
         self._rbuf = memoryview(bytearray(_RECV)) if self._sock is not None else None
+
+    def _init_state(self) -> None:
+        self._send_lock = trio.Lock()
+        self._eof = False
+        self._closed = False
+        self._leftover = b""
+        self.peer_id: bytes | None = None
 
     def getpeercert(self, binary_form: bool = False):
         return self._obj.getpeercert(binary_form)
@@ -281,7 +284,8 @@ class SocketTLSStream(TLSStream):
     copied into a memory BIO, ~0.1-0.15 CPU-s per GB less than :class:`TLSStream`
     on the receiving side (docs/performance.md, "Transfer cost, fifth round").
     ``tcp``: a connected ``trio.SocketStream``, whose socket this stream takes
-    over (it closes it). Same interface and errors as :class:`TLSStream`.
+    over (it closes it; ``socket``: the ``ssl.SSLSocket``). Same interface and
+    errors as :class:`TLSStream`.
     """
 
     def __init__(self, tcp: trio.SocketStream, ctx: ssl.SSLContext):
@@ -290,13 +294,9 @@ class SocketTLSStream(TLSStream):
         raw.setblocking(False)
         self.transport_stream = None
         self._out = None
-        self._obj = self._sock = ctx.wrap_socket(raw, server_side=False,
-                                                 do_handshake_on_connect=False)
-        self._send_lock = trio.Lock()
-        self._eof = False
-        self._closed = False
-        self._leftover = b""
-        self.peer_id: bytes | None = None
+        self._obj = self._sock = self.socket = ctx.wrap_socket(
+            raw, server_side=False, do_handshake_on_connect=False)
+        self._init_state()
 
     async def _retry(self, op, what: str):
         """``op()`` (an ``SSLSocket`` call), waiting for the socket while OpenSSL
