@@ -226,7 +226,7 @@ def test_tls_channel_receives_blocks_into_their_own_buffers(tmp_path):
                                        "127.0.0.1", 0)
             with trio.fail_after(20):
                 async with connect_tcp(host, port, expected_peer_id=ident.peer_id) as stream:
-                    while readable(stream.socket) < 90_000:  # the first block, whole
+                    while readable(stream.transport_stream.socket) < 90_000:  # the first block, whole
                         await trio.sleep(0.01)
                     ch = MessageChannel(stream, zero_copy=True)
                     for k, (cid, data) in enumerate(blocks):

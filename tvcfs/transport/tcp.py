@@ -21,7 +21,7 @@ from .identity import NodeIdentity, PeerIdMismatch, peer_id_from_certificate_der
 from .malloc import tune_malloc
 from .quic import ALPN, TransportError, aclose_quietly, run_stream_handler
 
-__all__ = ["SocketTLSStream", "TLSStream", "connect_tcp", "serve_tcp", "server_ssl_context"]
+__all__ = ["TLSStream", "connect_tcp", "serve_tcp", "server_ssl_context"]
 
 _RECORD = 16384  # largest TLS plaintext record (RFC 8446 §5.1): one read's worth
 _RECV = 1 << 20  # ciphertext read from the socket per receive
@@ -68,20 +68,17 @@ class TLSStream(trio.abc.Stream):
         self._out = ssl.MemoryBIO()
         self._obj = ctx.wrap_bio(self._in, self._out, server_side=server_side,
                                  server_hostname=server_hostname)
-        self._init_state()
+        self._send_lock = trio.Lock()
+        self._eof = False
+        self._closed = False
+        self._leftover = b""
+        self.peer_id: bytes | None = None
         # a plain TCP socket: receive ciphertext into one reused buffer (no 1 MiB
         # allocation per receive); any other stream: its receive_some
         self._sock = getattr(transport_stream, "socket", None)
         if not hasattr(self._sock, "recv_into"):
             self._sock = None
         self._rbuf = memoryview(bytearray(_RECV)) if self._sock is not None else None
-
-    def _init_state(self) -> None:
-        self._send_lock = trio.Lock()
-        self._eof = False
-        self._closed = False
-        self._leftover = b""
-        self.peer_id: bytes | None = None
 
     def getpeercert(self, binary_form: bool = False):
         return self._obj.getpeercert(binary_form)
@@ -143,7 +140,7 @@ class TLSStream(trio.abc.Stream):
             pass
         except ssl.SSLZeroReturnError:
             self._eof = True
-        except OSError as e:  # ssl.SSLError, or the socket's own (SocketTLSStream)
+        except ssl.SSLError as e:
             raise trio.BrokenResourceError(f"TLS error: {e}") from e
 
     def _read_records(self, out: list) -> None:
@@ -177,7 +174,7 @@ class TLSStream(trio.abc.Stream):
         ends, reading ciphertext from the socket in between."""
         while True:
             got = decrypt()
-            if self._out is not None and self._out.pending:
+            if self._out.pending:
                 await self._flush()  # e.g. post-handshake messages
             if got or self._eof:
                 break
@@ -275,85 +272,6 @@ class TLSStream(trio.abc.Stream):
             await self.transport_stream.aclose()
 
 
-class SocketTLSStream(TLSStream):
-    """TLS on the socket itself: a non-blocking ``ssl.SSLSocket`` waited on through
-    trio (the client's side of TLS/TCP, :func:`connect_tcp`).
-
-    OpenSSL reads each record from the socket into its own buffer and decrypts it
-    into the caller's (:meth:`receive_into`: a block's own buffer): no ciphertext
-    copied into a memory BIO, ~0.1-0.15 CPU-s per GB less than :class:`TLSStream`
-    on the receiving side (docs/performance.md, "Transfer cost, fifth round").
-    ``tcp``: a connected ``trio.SocketStream``, whose socket this stream takes
-    over (it closes it; ``socket``: the ``ssl.SSLSocket``). Same interface and
-    errors as :class:`TLSStream`.
-    """
-
-    def __init__(self, tcp: trio.SocketStream, ctx: ssl.SSLContext):
-        tune_malloc()  # block buffers: reuse freed heap (see .malloc)
-        raw = socket.socket(fileno=tcp.socket.detach())
-        raw.setblocking(False)
-        self.transport_stream = None
-        self._out = None
-        self._obj = self._sock = self.socket = ctx.wrap_socket(
-            raw, server_side=False, do_handshake_on_connect=False)
-        self._init_state()
-
-    async def _retry(self, op, what: str):
-        """``op()`` (an ``SSLSocket`` call), waiting for the socket while OpenSSL
-        wants to read or write; ``trio.BrokenResourceError`` for any other error."""
-        while True:
-            try:
-                return op()
-            except ssl.SSLWantReadError:
-                await trio.lowlevel.wait_readable(self._sock)
-            except ssl.SSLWantWriteError:
-                await trio.lowlevel.wait_writable(self._sock)
-            except OSError as e:  # ssl.SSLError included
-                raise trio.BrokenResourceError(f"{what}: {e}") from e
-
-    async def do_handshake(self) -> None:
-        await self._retry(self._sock.do_handshake, "TLS handshake failed")
-
-    async def _flush(self) -> None:
-        await trio.lowlevel.checkpoint()  # records go to the socket as they are written
-
-    async def _fill(self) -> bool:
-        # OpenSSL reads the socket itself; the reads that follow see the end of the
-        # stream (0 bytes or close_notify)
-        await trio.lowlevel.wait_readable(self._sock)
-        return True
-
-    async def send_parts(self, parts) -> None:
-        if self._closed:
-            raise trio.ClosedResourceError("stream closed")
-        write = self._sock.write
-        async with self._send_lock:
-            for data in parts:
-                view = memoryview(data)
-                while len(view):
-                    n = await self._retry(lambda: write(view), "TLS error")
-                    view = view[n:]
-
-    async def send_all(self, data) -> None:
-        await self.send_parts((data,))
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await trio.lowlevel.wait_writable(self._sock)
-
-    async def aclose(self) -> None:
-        if self._closed:
-            await trio.lowlevel.checkpoint()
-            return
-        self._closed = True
-        try:
-            self._sock.unwrap()  # close_notify; the peer's is not waited for
-        except (OSError, ValueError):
-            pass
-        trio.lowlevel.notify_closing(self._sock)
-        self._sock.close()
-        await trio.lowlevel.checkpoint()
-
-
 def _client_ssl_context() -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
@@ -424,12 +342,12 @@ async def connect_tcp(
     try:
         with trio.fail_after(connect_timeout):
             tcp = await trio.open_tcp_stream(host, port)
-            stream = SocketTLSStream(tcp, _client_ssl_context())
+            stream = TLSStream(tcp, _client_ssl_context(), server_side=False)
             await stream.do_handshake()
     except (OSError, trio.TooSlowError, trio.BrokenResourceError) as e:
         if stream is not None:
             with trio.CancelScope(shield=True):
-                await stream.aclose()
+                await stream.transport_stream.aclose()
         raise TransportError(f"TLS/TCP connection to {host}:{port} failed: {e}") from None
     try:
         der = stream.getpeercert(binary_form=True)
