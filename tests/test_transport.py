@@ -53,14 +53,15 @@ def test_clone_fetch_only_new_blocks(tmp_path, transport, engine):
     trio.run(main)
 
 
-def test_peer_id_mismatch_and_unauthorised_push(tmp_path):
+@pytest.mark.parametrize("transport", ["quic", "tcp"])
+def test_peer_id_mismatch_and_unauthorised_push(tmp_path, transport):
     src = make_repo(tmp_path / "a", {"f": b"hello"})
     cfg = ServerConfig(RepoBackend(src), NodeIdentity.generate())
     other = NodeIdentity.generate()
 
     async def main():
         async with trio.open_nursery() as n:
-            url = await start_server(n, cfg)
+            url = await start_server(n, cfg, transport)
             bad = url.replace(format_peer_id(cfg.identity.peer_id), format_peer_id(other.peer_id))
             with pytest.raises(PeerIdMismatch, match="peer ID mismatch"):
                 async with open_session(bad):
@@ -75,8 +76,8 @@ def test_peer_id_mismatch_and_unauthorised_push(tmp_path):
     trio.run(main)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_push_cas(tmp_path, engine):
+@pytest.mark.parametrize("transport,engine", [("quic", "qh3"), ("quic", "aioquic"), ("tcp", None)])
+def test_push_cas(tmp_path, transport, engine):
     remote = make_repo(tmp_path / "r", {"f": rnd(100_000, 3)})
     local = Repo.init(str(tmp_path / "l" / "repo"))
     me = NodeIdentity.generate()
@@ -84,7 +85,7 @@ def test_push_cas(tmp_path, engine):
 
     async def main():
         async with trio.open_nursery() as n:
-            url = await start_server(n, cfg, "quic", engine)
+            url = await start_server(n, cfg, transport, engine or "qh3")
             async with open_session(url, identity=me, engine=engine) as sess:
                 assert sess.can_push
                 refs, _ = await sess.list_refs()
@@ -147,6 +148,103 @@ def test_bad_block_from_one_remote_is_fetched_from_another(tmp_path):
             n.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_tls_receive_into_decrypts_into_the_callers_buffer(tmp_path):
+    """TLSStream.receive_into writes plaintext into the given buffer (a block's own,
+    see FrameDecoder.receive_buffer), as many bytes as are there up to its size, and
+    leaves the rest of the stream to the next receive; 0 at the end of the stream."""
+    import functools
+
+    from tvcfs.transport.tcp import connect_tcp, serve_tcp
+
+    ident = NodeIdentity.generate()
+    payload = rnd(3 << 20, 9)
+
+    async def handler(stream):
+        await stream.send_all(payload)
+        await stream.aclose()
+
+    async def main():
+        async with trio.open_nursery() as n:
+            host, port = await n.start(functools.partial(serve_tcp, identity=ident), handler, "127.0.0.1", 0)
+            with trio.fail_after(20):
+                async with connect_tcp(host, port, expected_peer_id=ident.peer_id) as stream:
+                    buf = bytearray(len(payload) - 1000)
+                    view = memoryview(buf)
+                    got = 0
+                    calls = 0
+                    while got < len(buf):
+                        k = await stream.receive_into(view[got:])
+                        assert 0 < k <= len(buf) - got
+                        got += k
+                        calls += 1
+                    assert buf == payload[:-1000]
+                    assert calls < 64  # records decrypted in bulk, not one per call
+                    rest = b"".join([c async for c in _chunks(stream)])
+                    assert rest == payload[-1000:]
+                    assert await stream.receive_into(bytearray(10)) == 0
+            n.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_tls_channel_receives_blocks_into_their_own_buffers(tmp_path):
+    """Over TLS/TCP a zero-copy channel reads between blocks in small steps, so each
+    block's bytes are decrypted straight into the block's own buffer (a bytearray:
+    no chunk list, no join), also when the whole block is already waiting in the
+    socket; small frames around the blocks and a large non-Block frame decode as
+    usual."""
+    import fcntl
+    import functools
+    import struct
+    import termios
+
+    from tvcfs.transport.channel import MessageChannel
+    from tvcfs.transport.tcp import connect_tcp, serve_tcp
+
+    ident = NodeIdentity.generate()
+    blocks = [(bytes([1, 0x55, 0x12, 0x20]) + bytes([k]) * 32, rnd(80_000 + 17 * k, k))
+              for k in range(4)]
+    wants = P.WantList([P.WantEntry(blocks[0][0], i) for i in range(3000)])  # > 64 KiB
+
+    async def handler(stream):
+        ch = MessageChannel(stream)
+        for k, (cid, data) in enumerate(blocks):
+            await ch.send_block(cid, data)
+            await ch.send(P.Have(cid))
+            if k == 1:
+                await ch.send(wants)
+        await trio.sleep_forever()
+
+    def readable(sock) -> int:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+
+    async def main():
+        async with trio.open_nursery() as n:
+            host, port = await n.start(functools.partial(serve_tcp, identity=ident), handler,
+                                       "127.0.0.1", 0)
+            with trio.fail_after(20):
+                async with connect_tcp(host, port, expected_peer_id=ident.peer_id) as stream:
+                    while readable(stream.transport_stream.socket) < 90_000:  # the first block, whole
+                        await trio.sleep(0.01)
+                    ch = MessageChannel(stream, zero_copy=True)
+                    for k, (cid, data) in enumerate(blocks):
+                        msg = await ch.receive()
+                        assert msg.cid == cid and type(msg.data) is bytearray
+                        assert msg.data == data
+                        assert await ch.receive() == P.Have(cid)
+                        if k == 1:
+                            assert await ch.receive() == wants
+            n.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+async def _chunks(stream):
+    while chunks := await stream.receive_chunks():
+        for c in chunks:
+            yield c
 
 
 def test_tcp_fallback_when_udp_unanswered(tmp_path):

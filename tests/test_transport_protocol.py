@@ -108,6 +108,59 @@ def test_large_frames_split_anywhere_decode_alike_in_both_modes():
     assert P.block_bytes(dec.next().data) == big1
 
 
+def test_large_block_filled_in_place_through_receive_buffer():
+    """A driver that can write received bytes in place (TLS/TCP) gets the block's own
+    buffer from the decoder, sized from the frame header: the Block's data is that
+    bytearray, no chunk list and no join. Bytes fed while it is being filled (the
+    driver's other path) land in it too, and what follows the frame decodes as usual."""
+    import random
+
+    rng = random.Random(7)
+    big = bytes(rng.getrandbits(8) for _ in range(300_000))
+    wire = P.encode(P.Block(CID, big)) + P.encode(P.Have(CID)) + P.encode(P.Block(CID, big[:100_000]))
+    first_end = len(P.encode(P.Block(CID, big)))
+    dec = P.FrameDecoder(zero_copy=True)
+    assert dec.receive_buffer() is None  # no frame in progress
+    dec.feed(wire[:1000])
+    assert dec.next() is None
+    view = dec.receive_buffer()
+    assert len(view) == first_end - 1000
+    pos = 1000
+    for step in (1, 65_536, 100_000):  # the driver writes some pieces in place
+        view = dec.receive_buffer()
+        view[:step] = wire[pos:pos + step]
+        dec.filled(step)
+        pos += step
+        assert dec.next() is None
+    dec.feed(wire[pos:pos + 5])  # and some arrive by feed
+    pos += 5
+    view = dec.receive_buffer()
+    assert len(view) == first_end - pos
+    with pytest.raises(ValueError):
+        dec.filled(len(view) + 1)
+    dec.feed(wire[pos:])  # the rest of the block and the next two frames in one chunk
+    block = dec.next()
+    assert type(block.data) is bytearray and block.data == big and block.cid == CID
+    assert dec.next() == P.Have(CID)
+    assert P.block_bytes(dec.next().data) == big[:100_000]
+    assert dec.next() is None and dec.buffered == 0
+    assert dec.bytes_in == len(wire)
+    # without zero_copy the decoder keeps collecting chunks (the caller wants bytes)
+    dec = P.FrameDecoder()
+    dec.feed(wire[:1000])
+    assert dec.next() is None and dec.receive_buffer() is None
+
+
+def test_receive_buffer_checks_the_header_before_allocating():
+    lim = P.Limits(max_block=100_000)
+    head = P._uv(1 + 1 + 36 + 3 + 150_000) + b"\x11" + P._uv(36) + CID + P._uv(150_000)
+    dec = P.FrameDecoder(lim, zero_copy=True)
+    dec.feed(head + b"x" * 1000)
+    assert dec.next() is None
+    with pytest.raises(P.ProtocolError, match="exceeds limit"):
+        dec.receive_buffer()
+
+
 def test_large_block_frame_errors():
     lim = P.Limits(max_block=100_000)
     bad = [P._uv(1 + 1 + 36 + 3 + 150_000) + b"\x11" + P._uv(36) + CID + P._uv(150_000),  # > max_block

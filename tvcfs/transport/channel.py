@@ -12,6 +12,8 @@ from .quic import aclose_quietly
 
 __all__ = ["MessageChannel"]
 
+_HEAD_READ = 16384  # bytes read between blocks with receive_into (one TLS record)
+
 
 class MessageChannel:
     """Send and receive :mod:`.protocol` messages on ``stream``.
@@ -20,7 +22,10 @@ class MessageChannel:
     ``receive()`` returns the next message, or None at a clean end of stream.
     Raises :class:`~.protocol.ProtocolError` on malformed/oversized input or a stream
     ending inside a frame, and the stream's own errors (``trio.BrokenResourceError``).
-    ``bytes_in`` / ``bytes_out`` count framed bytes.
+    ``bytes_in`` / ``bytes_out`` count framed bytes. A stream with
+    ``receive_into`` (:class:`~.tcp.TLSStream`) fills each large received block's
+    buffer directly (:meth:`~.protocol.FrameDecoder.receive_buffer`, with
+    ``zero_copy``).
     """
 
     def __init__(self, stream, limits: Limits = DEFAULT_LIMITS, recv_size: int = 1 << 20,
@@ -33,6 +38,9 @@ class MessageChannel:
         self.bytes_out = 0
         # QUIC streams hand over the engine's chunks as they are (no joining copy)
         self._receive = getattr(stream, "receive_chunks", None)
+        # TLS/TCP decrypts a block's bytes straight into the block's own buffer
+        self._receive_into = getattr(stream, "receive_into", None)
+        self._head: memoryview | None = None
         self._pending: deque = deque()
 
     def use_decoder(self, decoder: FrameDecoder) -> None:
@@ -107,7 +115,21 @@ class MessageChannel:
                 # starts in a chunk is then assembled straight from the next ones
                 self._dec.feed(pending.popleft())
                 continue
-            if self._receive is not None:
+            if self._receive_into is not None and self._dec.zero_copy:
+                into = self._dec.receive_buffer()
+                if into is not None:
+                    n = await self._receive_into(into)
+                    if not n:
+                        raise ProtocolError("stream ended inside a message")
+                    self._dec.filled(n)
+                    continue
+                # between blocks: read little, so that the next block's bytes go
+                # to its own buffer as soon as its header is decoded
+                if self._head is None:
+                    self._head = memoryview(bytearray(_HEAD_READ))
+                n = await self._receive_into(self._head)
+                chunks = [bytes(self._head[:n])] if n else []
+            elif self._receive is not None:
                 chunks = await self._receive()
             else:
                 data = await self.stream.receive_some(self._recv_size)

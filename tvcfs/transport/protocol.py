@@ -695,6 +695,14 @@ class FrameDecoder:
     the event loop). Small frames are decoded from the chunk itself, or from a
     small buffer when a frame straddles chunks. ``feed`` copies a chunk that is
     not ``bytes`` (a ``bytearray``/``memoryview`` could change after the call).
+
+    A driver whose stream can decrypt straight into memory (TLS/TCP:
+    :meth:`~.tcp.TLSStream.receive_into`) asks :meth:`receive_buffer` while a large
+    ``Block`` frame is being collected (``zero_copy`` only): the decoder then
+    allocates the block's own ``bytearray`` (size from the frame header, checked
+    against ``limits.max_block`` first) and hands out the unfilled rest of it; the
+    driver writes received bytes there and reports them with :meth:`filled`. That
+    block's ``data`` is then that ``bytearray``: no chunk list and no join.
     """
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS, zero_copy: bool = False):
@@ -707,12 +715,26 @@ class FrameDecoder:
         self._need = 0  # bytes of it still to come
         self._frame = 0  # its length (type + body)
         self._ready: tuple | None = None  # (parts, length): a complete large frame
+        self._into: bytearray | None = None  # a large Block's data, being filled in place
+        self._into_cid = b""
+        self._into_pos = 0  # bytes of _into filled
+        self._done: Message | None = None  # a Block whose _into is complete
 
     def feed(self, data) -> None:
         n = len(data)
         self.bytes_in += n
         if not n:
             return
+        if self._into is not None:
+            need = self._need
+            k = min(n, need)
+            self._into[self._into_pos:self._into_pos + k] = data[:k] if k < n else data
+            self.bytes_in -= k  # counted again by filled()
+            self.filled(k)
+            if k == n:
+                return
+            data = data[k:]
+            n -= k
         if type(data) is not bytes:
             data = bytes(data)
         parts = self._parts
@@ -745,7 +767,46 @@ class FrameDecoder:
         buf += data
         self._buf = buf
 
+    def receive_buffer(self) -> memoryview | None:
+        """Where the rest of the large ``Block`` frame being received belongs: a
+        writable view of the block's own buffer (its unfilled end, as many bytes as
+        the frame still lacks), or None when no such frame is in progress (or not
+        ``zero_copy``). Write received bytes at its start and call :meth:`filled`.
+        Raises :class:`ProtocolError` for a frame header that is malformed or
+        announces a block over ``limits.max_block`` (before allocating)."""
+        if self._into is None:
+            parts = self._parts
+            if parts is None or not self.zero_copy or parts[0][0] != Block.TYPE:
+                return None
+            cid, start, size = self._block_head(parts[0], self._frame)
+            buf = bytearray(size)
+            pos = 0
+            for part in [memoryview(parts[0])[start:]] + parts[1:]:
+                buf[pos:pos + len(part)] = part
+                pos += len(part)
+            self._into, self._into_cid, self._into_pos = buf, cid, pos
+            self._parts = None
+        return memoryview(self._into)[self._into_pos:]
+
+    def filled(self, n: int) -> None:
+        """``n`` bytes were written at the start of the last :meth:`receive_buffer`
+        (0 < ``n`` <= its length); the block is complete once the frame is."""
+        if not 0 < n <= self._need or self._into is None:
+            raise ValueError(f"filled({n}) with {self._need} bytes of a block expected")
+        self.bytes_in += n
+        self._into_pos += n
+        self._need -= n
+        if not self._need:
+            self._done = Block(self._into_cid, self._into)
+            self._into, self._into_cid, self._into_pos = None, b"", 0
+
     def next(self) -> Message | None:
+        done = self._done
+        if done is not None:
+            self._done = None
+            return done
+        if self._into is not None:
+            return None
         ready = self._ready
         if ready is not None:
             self._ready = None
@@ -759,6 +820,15 @@ class FrameDecoder:
         if first[0] != Block.TYPE:
             joined = b"".join(bytes(x) if type(x) is not bytes else x for x in parts)
             return decode_message(joined, self.limits)
+        cid, start, size = self._block_head(first, n)
+        rest = memoryview(first)[start:]
+        data_parts = [rest] + parts[1:] if len(rest) else parts[1:]
+        data = BlockParts(data_parts, size)
+        return Block(cid, data if self.zero_copy else data.tobytes())
+
+    def _block_head(self, first, n: int) -> tuple[bytes, int, int]:
+        """``(cid, offset of the data in first, data size)`` of a ``Block`` frame of
+        ``n`` bytes (type + body) starting at ``first`` (at least its header)."""
         head = memoryview(first)[:_HEAD]
         r = _Reader(head, 1, len(head), self.limits)
         cid = r.cid()
@@ -768,10 +838,7 @@ class FrameDecoder:
         if r.pos + size != n:
             raise ProtocolError("truncated field" if r.pos + size > n
                                 else "trailing bytes in message")
-        rest = memoryview(first)[r.pos:]
-        data_parts = [rest] + parts[1:] if len(rest) else parts[1:]
-        data = BlockParts(data_parts, size)
-        return Block(cid, data if self.zero_copy else data.tobytes())
+        return cid, r.pos, size
 
     def _next_small(self) -> Message | None:
         buf, pos = self._buf, self._pos
@@ -813,8 +880,10 @@ class FrameDecoder:
     def buffered(self) -> int:
         """Bytes received but not yet decoded."""
         n = len(self._buf) - self._pos
-        if self._parts is not None:
+        if self._parts is not None or self._into is not None:
             n += self._frame - self._need
+        if self._done is not None:
+            n += self._frame
         if self._ready is not None:
             n += self._ready[1]
         return n

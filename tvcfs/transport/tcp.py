@@ -12,7 +12,7 @@ import os
 import socket
 import ssl
 import tempfile
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import AsyncIterator, Awaitable, Callable
 
 import trio
@@ -53,7 +53,9 @@ class TLSStream(trio.abc.Stream):
     complete record in it before returning (``trio.SSLStream`` returns one
     16 KiB record per call, each a trip through the scheduler), and
     :meth:`receive_chunks` hands over those records' plaintexts without joining
-    them. Sends encrypt the whole buffer and write the records in one
+    them; :meth:`receive_into` decrypts records straight into a caller's buffer
+    (a block's own, see :meth:`.protocol.FrameDecoder.receive_buffer`: no
+    plaintext ``bytes`` per record, no join). Sends encrypt the whole buffer and write the records in one
     ``send_all``. TLS has no half-close: ``aclose`` sends close_notify.
     Errors: ``trio.BrokenResourceError`` (its ``__cause__`` the ``ssl`` error).
     """
@@ -127,21 +129,83 @@ class TLSStream(trio.abc.Stream):
             await self._flush()
             return
 
+    @contextmanager
+    def _decrypting(self):
+        """Around reads of decrypted records: no complete record left ends the
+        reads quietly, close_notify marks the end of the stream, any other TLS
+        error is ``trio.BrokenResourceError``."""
+        try:
+            yield
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:
+            self._eof = True
+        except ssl.SSLError as e:
+            raise trio.BrokenResourceError(f"TLS error: {e}") from e
+
     def _read_records(self, out: list) -> None:
         read = self._obj.read
-        try:
+        with self._decrypting():
             while True:
                 data = read(_RECORD)
                 if not data:
                     self._eof = True
                     return
                 out.append(data)
-        except ssl.SSLWantReadError:
-            return
-        except ssl.SSLZeroReturnError:
-            self._eof = True
-        except ssl.SSLError as e:
-            raise trio.BrokenResourceError(f"TLS error: {e}") from e
+
+    def _read_into(self, view) -> int:
+        """Decrypt buffered records into ``view`` until it is full or no complete
+        record is left; the number of bytes written."""
+        read = self._obj.read
+        size = len(view)
+        got = 0
+        with self._decrypting():
+            while got < size:
+                k = read(size - got, view[got:])
+                if not k:
+                    self._eof = True
+                    break
+                got += k
+        return got
+
+    async def _until_plaintext(self, decrypt) -> None:
+        """Call ``decrypt()`` (reads of the complete records there are; returns how
+        much plaintext the caller holds now) until it returns non-zero or the stream
+        ends, reading ciphertext from the socket in between."""
+        while True:
+            got = decrypt()
+            if self._out.pending:
+                await self._flush()  # e.g. post-handshake messages
+            if got or self._eof:
+                break
+            if not await self._fill():
+                decrypt()
+                self._eof = True
+                break
+        await trio.lowlevel.checkpoint()
+
+    async def receive_into(self, buffer) -> int:
+        """Decrypt received plaintext straight into ``buffer`` (any writable buffer of
+        bytes), waiting until at least one byte is available; returns the number of
+        bytes written (up to ``len(buffer)``), 0 at the end of the stream. Errors as
+        :meth:`receive_chunks`."""
+        if self._closed:
+            raise trio.ClosedResourceError("stream closed")
+        view = memoryview(buffer)
+        got = 0
+        if self._leftover:
+            got = min(len(self._leftover), len(view))
+            view[:got] = self._leftover[:got]
+            self._leftover = self._leftover[got:]
+
+        def decrypt() -> int:
+            nonlocal got
+            if got < len(view):
+                got += self._read_into(view[got:])
+            return got
+
+        await self._until_plaintext(decrypt)
+        return got
 
     async def receive_chunks(self) -> list:
         """The plaintext of every complete record available (waiting for at least
@@ -152,18 +216,13 @@ class TLSStream(trio.abc.Stream):
         if self._leftover:
             out.append(self._leftover)
             self._leftover = b""
-        while True:
+
+        def decrypt() -> int:
             self._read_records(out)
-            if self._out.pending:
-                await self._flush()  # e.g. post-handshake messages
-            if out or self._eof:
-                await trio.lowlevel.checkpoint()
-                return out
-            if not await self._fill():
-                self._read_records(out)
-                self._eof = True
-                await trio.lowlevel.checkpoint()
-                return out
+            return len(out)
+
+        await self._until_plaintext(decrypt)
+        return out
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         data = b"".join(await self.receive_chunks())
