@@ -568,7 +568,8 @@ def test_damaged_blosc_values_are_errors_never_wrong_bytes():
     """A Blosc value (encodings 4-5, the local store's) whose chunk is cut short, says
     another size than the value's header, or whose compressed bytes are damaged is a
     :class:`CorruptBlock` (the chunk's sizes are checked before a byte is written); an
-    output of the wrong length is a ``ValueError``; it has no planes to give."""
+    output of the wrong length or not contiguous is a ``ValueError``; it has no planes
+    to give."""
     rng = np.random.default_rng(11)
     data = (rng.standard_normal(250_001).astype(np.float32) * 1e-2).tobytes()
     value = encodings.encode(data, 4, codec="blosc")
@@ -586,6 +587,8 @@ def test_damaged_blosc_values_are_errors_never_wrong_bytes():
                 raise CorruptBlock("wrong bytes")  # never silently: the store's CID check
     with pytest.raises(ValueError, match="into"):
         encodings.decode_into(value, out[:-1])
+    with pytest.raises(ValueError, match="contiguous"):  # Blosc writes through the address
+        encodings.decode_into(value, np.empty(2 * len(data), np.uint8)[::2])
     with pytest.raises(ValueError, match="planes"):
         encodings.planes_into(value, out)
     with pytest.raises(ValueError, match="codec"):

@@ -350,9 +350,11 @@ def planes_into(value, out, base_planes=None, h: Header | None = None, need_base
 
 def _blosc_into(value, out, h: Header) -> None:
     """Decompress the Blosc chunk of packed value ``value`` (header ``h``) into ``out``,
-    a ``uint8`` array of ``h.raw_len`` bytes, in one call that releases the GIL.
-    Raises :class:`CorruptBlock` when the chunk's sizes disagree with the header or
+    a contiguous writable ``uint8`` array of ``h.raw_len`` bytes (``ValueError``
+    otherwise), in one call that releases the GIL. Raises :class:`CorruptBlock` when the chunk's sizes disagree with the header or
     the value (checked before anything is written) or it does not decompress."""
+    if not (out.flags.c_contiguous and out.flags.writeable and out.dtype == np.uint8):
+        raise ValueError("a Blosc chunk decodes only into a contiguous, writable uint8 array")
     chunk = memoryview(value)[h.offset:]
     b = _blosc()
     try:
