@@ -74,28 +74,24 @@ def put_raw_value(repo, db: str, cid: bytes, value: bytes | None) -> None:
 
 
 # --------------------------------------------------------------------------- encodings
-@pytest.mark.parametrize("codec", ["zstd", "blosc"])
 @pytest.mark.parametrize("elem", [1, 2, 4, 8])
 @pytest.mark.parametrize("n", [0, 1, 7, 4099, 1 << 16])
-def test_group_ungroup_and_encode_round_trip(elem, n, codec):
+def test_group_ungroup_and_encode_round_trip(elem, n):
     rng = np.random.default_rng(n * 10 + elem)
     data = (rng.integers(0, 4, n, dtype=np.uint8) * 3).tobytes()
     assert encodings.ungroup(encodings.group(data, elem), elem).tobytes() == data
     base = bytes(rng.integers(0, 4, n, dtype=np.uint8))
     bcid = make_cid(RAW, base)
     if n == 0:
-        assert encodings.encode(data, elem, pays=1e9, codec=codec) is None  # nothing to gain: raw
+        assert encodings.encode(data, elem, pays=1e9) is None  # nothing to gain: raw
         return
     near = data[:-1] + b"\x01"  # a base the delta wins against
-    delta = encodings.XOR_DELTA if codec == "zstd" else encodings.BLOSC_DELTA
     for b in (None, base, near):
-        value = encodings.encode(data, elem, bcid if b else None, b, 2, pays=1e9, codec=codec)
+        value = encodings.encode(data, elem, bcid if b else None, b, 2, pays=1e9)
         h = encodings.header(value)
         assert h.raw_len == n and h.elem == elem
-        if b is None:
-            assert h.encoding in ((encodings.ZSTD, encodings.GROUPED) if codec == "zstd" else (encodings.BLOSC,))
         if b is near and n > 1000:  # (tiny blocks: the base CID costs more than it saves)
-            assert h.encoding == delta and h.depth == 3 and h.base == bcid and h.name == "delta"
+            assert h.encoding == encodings.XOR_DELTA and h.depth == 3 and h.base == bcid
         assert encodings.decode(value, b if h.base else None) == data
 
 
@@ -670,75 +666,6 @@ def test_reading_a_packed_leaf_reads_the_next_values_ahead(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     assert float(r.stdout) > 0.9, r.stdout
-
-
-def test_damaged_blosc_values_are_errors_never_wrong_bytes():
-    """A Blosc value (encodings 4-5, the local store's) whose chunk is cut short, says
-    another size than the value's header, or whose compressed bytes are damaged is a
-    :class:`CorruptBlock` (the chunk's sizes are checked before a byte is written); an
-    output of the wrong length or not contiguous is a ``ValueError``; it has no planes
-    to give."""
-    rng = np.random.default_rng(11)
-    data = (rng.standard_normal(250_001).astype(np.float32) * 1e-2).tobytes()
-    value = encodings.encode(data, 4, codec="blosc")
-    h = encodings.header(value)
-    assert h.encoding == encodings.BLOSC and h.name == "grouped"
-    out = np.empty(len(data), np.uint8)
-    encodings.decode_into(value, out)
-    assert out.tobytes() == data
-    other = encodings.encode(data[:-4], 4, codec="blosc")  # a chunk 4 bytes short
-    damaged = bytearray(value)
-    damaged[h.offset + 64:h.offset + 96] = b"\xff" * 32
-    for bad in (value[:-100], value[:h.offset + 10], value[:h.offset] + other[h.offset:], bytes(damaged)):
-        with pytest.raises(CorruptBlock):
-            if encodings.decode(bad) != data:
-                raise CorruptBlock("wrong bytes")  # never silently: the store's CID check
-    with pytest.raises(ValueError, match="into"):
-        encodings.decode_into(value, out[:-1])
-    with pytest.raises(ValueError, match="contiguous"):  # Blosc writes through the address
-        encodings.decode_into(value, np.empty(2 * len(data), np.uint8)[::2])
-    with pytest.raises(ValueError, match="planes"):
-        encodings.planes_into(value, out)
-    with pytest.raises(ValueError, match="codec"):
-        encodings.encode(data, 4, codec="lz4")
-
-
-def test_pack_writes_blosc_values_and_zstd_values_still_read(tmp_repo, tmp_path):
-    """``tvcfs pack`` stores Blosc values (:data:`encodings.LOCAL`: a leaf decodes in
-    one GIL-free call); a repository packed by an earlier tvcfs (zstd values,
-    encodings 1-3) still reads byte-identically, also in mixed chains: a Blosc delta
-    on a zstd base, a zstd delta (XORed on the planes) on a Blosc base."""
-    repo = tmp_repo
-    base, ft, c1, c2 = two_commits_packed(repo, tmp_path, ("BF16", "F32", "I8"))
-    infos = packed_infos(repo)
-    st = repo.store
-    with st.view(verify=False) as v:
-        kinds = {encodings.header(value).encoding for _, value, packed in v.stored() if packed}
-    assert kinds <= {encodings.BLOSC, encodings.BLOSC_DELTA} and encodings.BLOSC_DELTA in kinds
-    deltas = {c: i for c, i in infos.items() if i.encoding == "delta"}
-    bases = {i.base for i in deltas.values()} & set(infos)
-    assert deltas and bases
-
-    def rewrite(cids, codec):
-        """Re-encode ``cids`` with ``codec`` (their kind and base kept)."""
-        values = {}
-        for c in cids:
-            i = st.info(c)
-            bdata = st.get(i.base) if i.base else None
-            values[c] = encodings.encode(st.get(c), i.elem, i.base, bdata, i.depth - 1 if i.base else 0,
-                                         pays=2.0, codec=codec)
-            assert encodings.header(values[c]).base == i.base
-        with st.write() as w:
-            for c, value in values.items():
-                w.pack_block(c, value)
-
-    want = (disk_sha(os.path.join(base, "model.safetensors")), disk_sha(os.path.join(ft, "model.safetensors")))
-    for delta_codec, base_codec in (("blosc", "zstd"), ("zstd", "blosc"), ("zstd", "zstd")):
-        rewrite(bases, base_codec)
-        rewrite(deltas, delta_codec)
-        fresh_reads(repo)
-        assert (file_sha(repo, c1), file_sha(repo, c2)) == want, (delta_codec, base_codec)
-    assert fsck(repo) == []
 
 
 def test_values_packed_at_another_zstd_level_still_decode():

@@ -27,10 +27,7 @@ class _PackingLMDB(LMDBStore):
     """The LMDB store with every block packed right after it is put (``tvcfs pack``'s
     encodings: a delta on the block put before it when the lengths match and that
     pays, else grouped or plain zstd; raw when nothing pays), so the whole suite runs
-    against packed blocks read through the ``packed`` sub-database. ``codec``: the
-    encodings' container (``"zstd"``: 1-3, ``"blosc"``: 4-5, what ``tvcfs pack`` writes)."""
-
-    codec = "zstd"
+    against packed blocks read through the ``packed`` sub-database."""
 
     def put_many(self, blocks, sync=True):
         from tvcfs.store import encodings
@@ -45,8 +42,7 @@ class _PackingLMDB(LMDBStore):
                     depth = w.base_depth(base[0]) if base[0] else 0
                     if base[0] and (depth is None or depth >= encodings.MAX_DEPTH):
                         base, depth = (None, None), 0
-                    value = encodings.encode(data, 4 if len(data) % 4 == 0 else 1, base[0], base[1], depth or 0,
-                                             codec=self.codec)
+                    value = encodings.encode(data, 4 if len(data) % 4 == 0 else 1, base[0], base[1], depth or 0)
                     if value is not None and not (encodings.header(value).base and w.dependents(cid)):
                         w.pack_block(cid, value)
                 prev = (cid, data)
@@ -58,14 +54,6 @@ class _PackingLMDB(LMDBStore):
 
 def _lmdb_packed(tmp_path, request=None):
     return _PackingLMDB(str(tmp_path / "store"))
-
-
-class _BloscPackingLMDB(_PackingLMDB):
-    codec = "blosc"
-
-
-def _lmdb_packed_blosc(tmp_path, request=None):
-    return _BloscPackingLMDB(str(tmp_path / "store"))
 
 
 def _memory(tmp_path, request=None):
@@ -148,7 +136,7 @@ def _gateway(tmp_path, request=None):
     return _ServedGateway(tmp_path)
 
 
-STORES = {"lmdb": _lmdb, "lmdb-packed": _lmdb_packed, "lmdb-packed-blosc": _lmdb_packed_blosc, "memory": _memory, "router-memory": _router_memory, "router-lmdb": _router_lmdb,
+STORES = {"lmdb": _lmdb, "lmdb-packed": _lmdb_packed, "memory": _memory, "router-memory": _router_memory, "router-lmdb": _router_lmdb,
           "s3": _s3, "gateway": _gateway}
 
 

@@ -6,15 +6,13 @@ those bytes sit on disk. A packed value is a fixed header followed by one zstd f
 
     offset size  field
     0      1     version (1)
-    1      1     encoding: 1 zstd, 2 byte-grouped zstd, 3 XOR delta then byte-grouped zstd,
-                 4 a Blosc chunk (shuffle + zstd), 5 XOR delta then a Blosc chunk
+    1      1     encoding: 1 zstd, 2 byte-grouped zstd, 3 XOR delta then byte-grouped zstd
     2      1     element size e in bytes (1, 2, 4 or 8; 1 = no grouping)
     3      1     delta depth: 0 for self-contained encodings, else an upper bound of the
                  number of bases a read decodes (at most MAX_DEPTH)
     4      4     raw length in bytes (u32 little-endian)
     8      36    base CID (encoding 3 only): the block whose bytes are XORed in
-    8|44   ...   encodings 1-3: a zstd frame (content size written); 4-5: a Blosc
-                 chunk (typesize e, byte shuffle, zstd level 1, one block per leaf)
+    8|44   ...   zstd frame (content size and checksum written)
 
 *Byte grouping* (one plane per byte of the element, after ZipNN): the ``n = len // e``
 elements are split into ``e`` planes, plane ``j`` holding byte ``j`` of every element
@@ -23,16 +21,9 @@ not); the ``len % e`` trailing bytes follow the planes as they are. *XOR delta*:
 block XOR a base block of the same length (the same tensor in another commit), so
 bytes that did not change become zero.
 
-Encodings 4 and 5 (*Blosc*, the local store's since 2026-12-07) store the same
-grouping as a C-Blosc chunk: Blosc's shuffle is the byte grouping, done inside its
-decompression, so a leaf decodes in one call that releases the GIL (two and an XOR
-for a delta) where 1-3 take six hand-offs of the GIL per leaf (zstd, XOR, three numpy
-passes of the un-grouping; docs/performance.md "Packed blocks"). Transfers and S3
-packs keep encodings 1-3 (:func:`encode`'s default ``codec``), which every peer reads.
-
 The functions here are pure (bytes in, bytes out); :mod:`tvcfs.store.lmdb_store`
 stores the values and checks every decoded block against its CID. ``zstandard`` is
-and ``blosc`` are imported on first use.
+imported on first use.
 """
 
 from __future__ import annotations
@@ -45,12 +36,8 @@ from dataclasses import dataclass
 from ..errors import CorruptBlock
 
 VERSION = 1
-ZSTD, GROUPED, XOR_DELTA, BLOSC, BLOSC_DELTA = 1, 2, 3, 4, 5
-NAMES = {0: "raw", ZSTD: "zstd", GROUPED: "grouped", XOR_DELTA: "delta",
-         BLOSC: "grouped", BLOSC_DELTA: "delta"}  # the same ideas, another container
-DELTAS = (XOR_DELTA, BLOSC_DELTA)
-LOCAL = "blosc"         # the codec of the local store's packing (tvcfs pack): decodes in one call
-BLOSC_BLOCK = 16 << 20  # bytes: a Blosc chunk's block size (a leaf of up to this is one block)
+ZSTD, GROUPED, XOR_DELTA = 1, 2, 3
+NAMES = {0: "raw", ZSTD: "zstd", GROUPED: "grouped", XOR_DELTA: "delta"}
 MAX_DEPTH = 4           # bases a read of one delta may decode, at most
 LEVEL = 1               # zstd level of packing (any level decodes: the frame is plain zstd)
 # Level 1 over 3 (measured on issue 22's models, docs/performance.md "Packed blocks"):
@@ -83,36 +70,6 @@ def _zstd():
     import zstandard
 
     return zstandard
-
-
-_blosc_mod = None
-
-
-def _blosc():
-    """``blosc`` (python-blosc: C-Blosc 1), imported on first use and set up once:
-    the GIL released during (de)compression, one internal thread (the callers are
-    threads already), blocks of :data:`BLOSC_BLOCK` (a leaf is one block: one zstd
-    stream per leaf, as in encodings 1-3, so the ratio is theirs)."""
-    global _blosc_mod
-    if _blosc_mod is None:
-        import blosc
-
-        blosc.set_releasegil(True)
-        blosc.set_nthreads(1)
-        blosc.set_blocksize(BLOSC_BLOCK)
-        _blosc_mod = blosc
-    return _blosc_mod
-
-
-def warm() -> None:
-    """Import what decoding needs (numpy, ``zstandard``, ``blosc``) now. The mount
-    daemon calls it at start-up when its store holds packed blocks: imported lazily,
-    they came in on the first read of a packed leaf, from the disk after a
-    ``drop_caches`` (~0.1-0.5 s measured, docs/performance.md "Packed blocks"), while
-    every preload thread waited on the import lock."""
-    np.uint8  # noqa: B018 (the attribute imports numpy)
-    _zstd()
-    _blosc()
 
 
 def _compressor():
@@ -154,11 +111,11 @@ def header(value) -> Header:
     if len(value) < _HDR.size:
         raise CorruptBlock(f"packed value of {len(value)} bytes is shorter than its header")
     version, enc, elem, depth, raw_len = _HDR.unpack_from(value, 0)
-    if version != VERSION or enc not in (ZSTD, GROUPED, XOR_DELTA, BLOSC, BLOSC_DELTA) \
-            or elem not in _UINT or depth > MAX_DEPTH or (enc in DELTAS) != (depth > 0):
+    if version != VERSION or enc not in (ZSTD, GROUPED, XOR_DELTA) or elem not in _UINT \
+            or depth > MAX_DEPTH or (enc == XOR_DELTA) != (depth > 0):
         raise CorruptBlock(f"packed value has a bad header (version {version}, encoding {enc}, "
                            f"element size {elem}, depth {depth})")
-    if enc in DELTAS:
+    if enc == XOR_DELTA:
         if len(value) < _HDR.size + CID_LEN:
             raise CorruptBlock("packed delta is shorter than its header")
         return Header(enc, elem, depth, raw_len, bytes(value[_HDR.size:_HDR.size + CID_LEN]),
@@ -237,7 +194,7 @@ def _value(enc: int, elem: int, depth: int, raw_len: int, base: bytes | None, fr
 
 
 def encode(data, elem: int = 1, base: bytes | None = None, base_data=None, base_depth: int = 0,
-           pays: float = PAYS, codec: str = "zstd") -> bytes | None:
+           pays: float = PAYS) -> bytes | None:
     """The smallest packed value for block bytes ``data``, or ``None`` when no encoding
     gets below ``pays`` × its length (keep it raw).
 
@@ -245,33 +202,21 @@ def encode(data, elem: int = 1, base: bytes | None = None, base_data=None, base_
     ``base_data``: the CID and bytes of a delta base of the same length (its own
     chain ``base_depth`` long, so the delta's depth is ``base_depth + 1`` ≤
     :data:`MAX_DEPTH`); without one only the self-contained encodings are tried.
-    ``codec``: ``"zstd"`` (encodings 1-3: what transfers and S3 packs carry) or
-    ``"blosc"`` (4-5, :data:`LOCAL`: the local store's, one GIL-free call to decode).
-    Raises ``ValueError`` for a bad element size, a base too deep or an unknown codec."""
+    Raises ``ValueError`` for a bad element size or a base too deep."""
     if elem not in _UINT:
         raise ValueError(f"element size must be 1, 2, 4 or 8, got {elem}")
-    if codec not in ("zstd", "blosc"):
-        raise ValueError(f"unknown codec {codec!r}")
     n = len(data)
     if n >= 1 << 32:
         return None
-    if codec == "blosc" and n <= _blosc().MAX_BUFFERSIZE:
-        b = _blosc()
-        enc, denc = BLOSC, BLOSC_DELTA
-
-        def pack(x):
-            return b.compress(x, typesize=elem, clevel=LEVEL, shuffle=b.SHUFFLE, cname="zstd")
-    else:
-        c = _compressor()
-        enc, denc = (GROUPED if elem > 1 else ZSTD), XOR_DELTA
-
-        def pack(x):
-            return c.compress(group(x, elem))
-    best = _value(enc, elem, 0, n, None, pack(data))
+    c = _compressor()
+    best = None
+    enc = GROUPED if elem > 1 else ZSTD
+    best = _value(enc, elem, 0, n, None, c.compress(group(data, elem)))
     if base is not None and base_data is not None and len(base_data) == n:
         if base_depth + 1 > MAX_DEPTH:
             raise ValueError(f"a delta on a base of depth {base_depth} exceeds {MAX_DEPTH}")
-        d = _value(denc, elem, base_depth + 1, n, bytes(base), pack(xor(data, base_data)))
+        d = _value(XOR_DELTA, elem, base_depth + 1, n, bytes(base),
+                   c.compress(group(xor(data, base_data), elem)))
         if len(d) < len(best):
             best = d
     return best if len(best) < pays * n else None
@@ -303,13 +248,6 @@ def decode_into(value, out, base_data=None, h: Header | None = None, base_planes
         h = header(value)
     if len(out) != h.raw_len:
         raise ValueError(f"decode of a {h.raw_len}-byte block into {len(out)} bytes")
-    if h.encoding in (BLOSC, BLOSC_DELTA):  # one call un-groups too; a delta: one XOR
-        if base_planes is not None:
-            raise ValueError("a Blosc delta takes its base's bytes, not its planes")
-        _blosc_into(value, out, h)
-        if h.encoding == BLOSC_DELTA:
-            _xor_into(out, _base_array(base_data, h))
-        return
     if h.elem == 1:  # nothing to un-group: straight into the output
         planes_into(value, out, base_planes if base_planes is not None else base_data, h)
         return
@@ -326,12 +264,9 @@ def planes_into(value, out, base_planes=None, h: Header | None = None, need_base
     ``out``, a writable ``uint8`` array of its raw length. A delta needs
     ``base_planes``: its base's bytes grouped by the same element size (unless
     ``need_base`` is false: then ``out`` holds the grouped XOR with the base).
-    Errors as :func:`decode`; ``ValueError`` for a Blosc value (encodings 4-5: it
-    un-groups while it decompresses, :func:`decode_into` it)."""
+    Errors as :func:`decode`."""
     if h is None:
         h = header(value)
-    if h.encoding in (BLOSC, BLOSC_DELTA):
-        raise ValueError("a Blosc value has no planes to give: decode it")
     frame = memoryview(value)[h.offset:]
     z = _zstd()
     try:
@@ -346,30 +281,6 @@ def planes_into(value, out, base_planes=None, h: Header | None = None, need_base
         raise CorruptBlock(f"packed value decodes to {got} bytes, its header says {h.raw_len}")
     if h.encoding == XOR_DELTA and (base_planes is not None or need_base):
         _xor_into(out, _base_array(base_planes, h))
-
-
-def _blosc_into(value, out, h: Header) -> None:
-    """Decompress the Blosc chunk of packed value ``value`` (header ``h``) into ``out``,
-    a contiguous writable ``uint8`` array of ``h.raw_len`` bytes (``ValueError``
-    otherwise), in one call that releases the GIL. Raises :class:`CorruptBlock` when the chunk's sizes disagree with the header or
-    the value (checked before anything is written) or it does not decompress."""
-    if not (out.flags.c_contiguous and out.flags.writeable and out.dtype == np.uint8):
-        raise ValueError("a Blosc chunk decodes only into a contiguous, writable uint8 array")
-    chunk = memoryview(value)[h.offset:]
-    b = _blosc()
-    try:
-        if len(chunk) < 16:
-            raise ValueError("shorter than a Blosc header")
-        nbytes, cbytes, _ = b.get_cbuffer_sizes(bytes(chunk[:16]))  # reads the header only
-        if nbytes != h.raw_len or cbytes != len(chunk):
-            raise CorruptBlock(f"packed value holds a Blosc chunk of {nbytes} bytes in {cbytes}, "
-                               f"its header says {h.raw_len} in {len(chunk)}")
-        if nbytes:
-            b.decompress_ptr(chunk, out.ctypes.data)
-    except CorruptBlock:
-        raise
-    except Exception as e:  # blosc.error, ValueError, TypeError: a damaged chunk
-        raise CorruptBlock(f"packed value does not decompress: {e}") from None
 
 
 def _base_array(base, h: Header) -> np.ndarray:

@@ -3,7 +3,7 @@
 Named sub-databases:
 
 ``blocks``  binary CID → block bytes (hot blocks, read zero-copy)
-``packed``  binary CID → a packed value (:mod:`tvcfs.store.encodings`): header + zstd frame or Blosc chunk
+``packed``  binary CID → a packed value (:mod:`tvcfs.store.encodings`): header + zstd frame
 ``packbase`` base CID ‖ delta CID → ``b""`` (which stored deltas need which base)
 ``refs``    ``refs/heads/NAME``, ``refs/tags/NAME`` → binary CID; ``HEAD`` → ``ref: refs/heads/NAME``
 ``reflog``  ``REF \\0 seq(8 bytes BE)`` → JSON ``{old, new, time, message, rejected}``
@@ -544,7 +544,7 @@ class WriteTxn:
             return
         h = encodings.header(v)
         data = self.store._lookup(self.txn, cid, verify=True)
-        value = encodings.encode(data, h.elem, codec=encodings.LOCAL)
+        value = encodings.encode(data, h.elem)
         if value is None:
             self.unpack_block(cid)
         else:
@@ -1084,10 +1084,7 @@ class LMDBStore:
                     base = self.decoded.get(bcid)
                     if base is None:
                         bh = encodings.header(bv)
-                        # a zstd delta (encoding 3) on a base of its element size: XOR on
-                        # the planes, one un-grouping (a Blosc value un-groups as it
-                        # decompresses: it takes the base's bytes)
-                        if h.encoding == encodings.XOR_DELTA and h.elem == bh.elem > 1:
+                        if h.elem == bh.elem > 1:  # XOR on the planes: one un-grouping
                             bplanes = self._planes(txn, bcid, bv, bh, depth + 1)
                         if bplanes is None:
                             base = self._decode(txn, bcid, bv, False, depth + 1,
@@ -1119,11 +1116,8 @@ class LMDBStore:
     def _planes(self, txn, cid: bytes, value, h, depth: int):
         """The bytes of packed block ``cid`` (``value``, header ``h``) grouped by its
         element size (:func:`encodings.planes_into`), in the per-thread scratch slot
-        ``depth``, unchecked; ``None`` when its chain reaches a raw base, a Blosc
-        value (encodings 4-5) or changes element size (grouping those would cost what
-        it saves: decode instead)."""
-        if h.encoding in (encodings.BLOSC, encodings.BLOSC_DELTA):
-            return None
+        ``depth``, unchecked; ``None`` when its chain reaches a raw base or changes
+        element size (grouping those would cost what it saves: decode instead)."""
         if depth > encodings.MAX_DEPTH:
             raise CorruptBlock(f"its delta chain is longer than {encodings.MAX_DEPTH}")
         self._read_ahead(value)

@@ -182,9 +182,9 @@ def decode_index(data: bytes) -> list:
     out = []
     for c, o, ln, enc, depth, raw, base in fmt.iter_unpack(data[_HEADER.size:end]):
         if enc not in (0, *encodings.NAMES) or depth > encodings.MAX_DEPTH \
-                or (enc in encodings.DELTAS) != (base != _NO_BASE):
+                or (enc == encodings.XOR_DELTA) != (base != _NO_BASE):
             raise BadIndex(f"pack index entry of {cid_str(c)} has a bad encoding ({enc}, depth {depth})")
-        out.append(Entry(c, o, ln, enc, depth, raw, base if enc in encodings.DELTAS else None))
+        out.append(Entry(c, o, ln, enc, depth, raw, base if enc == encodings.XOR_DELTA else None))
     return out
 
 
