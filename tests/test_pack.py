@@ -682,3 +682,25 @@ def test_values_packed_at_another_zstd_level_still_decode():
     old = new[:h.offset] + level3.compress(encodings.group(data, 4))
     assert old != new
     assert encodings.decode(old) == encodings.decode(new) == data
+
+
+@pytest.mark.fuse
+def test_the_mount_imports_the_decoders_before_the_first_read_of_a_packed_store(tmp_path):
+    """A daemon over a store with packed blocks has zstandard and numpy loaded once
+    mounted (they came in on the first read, stalling every reader on the import
+    lock); over a store without any, it does not load them."""
+    from support.mount import Mounted
+
+    from tvcfs.repo import Repo
+
+    base, ft = model_pair(str(tmp_path / "src"), ["BF16"])
+    for name, packed in (("packed", True), ("raw", False)):
+        with Repo.init(str(tmp_path / name)) as repo:
+            repo.commit_dir(base, message="base")
+            repo.commit_dir(ft, message="ft")
+            if packed:
+                pack(repo, keep_hot=0)
+        with Mounted(tmp_path / name, tmp_path / f"mnt-{name}") as m:
+            with open(f"/proc/{m.pid}/maps") as f:
+                maps = f.read()
+            assert ("zstandard" in maps and "numpy" in maps) == packed, name
