@@ -209,9 +209,9 @@ class DecodedCache:
     :data:`SLOT_MIN` to :data:`SLOT` bytes, a slot of one anonymous map advised for
     transparent huge pages. A fresh process (a new mount) decoding into new ``numpy``
     arrays first touches every page of them — the cache's 128 MiB, one page fault
-    and a zeroed 4 KiB page each: ~0.5 s of kernel time per GB read
-    (docs/performance.md "Packed blocks", fourth round) — where a huge page costs
-    one fault per 2 MiB. A slot is free again only once nothing refers to its
+    and a zeroed 4 KiB page each (~190 faults per MiB of a fresh mount's packed read)
+    — where a huge page costs one fault per 2 MiB (~52 per MiB left, 6-8 % less CPU
+    per GB: docs/performance.md "Packed blocks", fourth round). A slot is free again only once nothing refers to its
     memory: it is handed out as an array over a ``memoryview`` of the slot (the
     array's ``base``), which every slice and ``memoryview`` of the array keeps alive
     (numpy's views keep the array or its base, Python's the array), and a
