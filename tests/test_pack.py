@@ -502,6 +502,114 @@ def test_a_decoded_leaf_is_served_from_one_buffer_and_is_not_cold(tmp_repo, tmp_
         reader.close()
 
 
+def test_decoded_leaves_reuse_huge_page_slots_only_once_nobody_holds_them(tmp_repo, tmp_path):
+    """Packed leaves of 128 KiB to 1 MiB decode into slots of the decoded cache's
+    huge-page map (a fresh mount then does not take a page fault per 4 KiB of what
+    it decodes), and a slot is decoded into again only when nothing refers to the
+    leaf it held: a reader holding a slice (a ``memoryview`` of it, or a numpy view)
+    keeps its bytes while other leaves come and go."""
+    import mmap
+
+    from tvcfs.pack import file_leaves
+    from tvcfs.store.lmdb_store import SLOT, SLOT_MIN, DecodedCache, buffer_address
+
+    _, _, _, c2 = two_commits_packed(tmp_repo, tmp_path, ("BF16", "F32", "F16"))
+    st = tmp_repo.store
+    fcid = tmp_repo.entry(c2, "model.safetensors").cid
+    leaves = [lf for lf in file_leaves(tmp_repo.get, fcid)
+              if st.info(lf.cid).encoding == "delta" and SLOT_MIN <= lf.size <= SLOT]
+    with st.view() as v:  # what the mount gets: a view of an array in a slot of the map
+        d = v.get(leaves[0].cid)
+        assert isinstance(d.obj.base, memoryview) and isinstance(d.obj.base.obj, mmap.mmap)
+        del d
+    n = leaves[0].size
+    blocks = [bytes(st.get(lf.cid)) for lf in leaves if lf.size == n][:2]  # bf16, f16
+    assert len(blocks) == 2
+
+    cache = DecodedCache(limit=4 * n, slots=6)  # holds four leaves
+    keep = []
+
+    def decode(k):  # as LMDBView._decode and _unpack do; returns the slot's address
+        a = cache.buffer(n)
+        a[:] = np.frombuffer(blocks[k % 2], np.uint8)
+        view = memoryview(a).toreadonly()
+        cache.put(k, view)
+        return buffer_address(view)
+
+    at = [decode(0)]
+    v0 = cache.get(0)
+    held, held_np = v0[7:], np.frombuffer(v0, np.uint8)[3:][2:]  # what readers keep
+    del v0
+    at += [decode(k) for k in range(1, 6)]  # drop leaves 0 (held: its slot stays taken) and 1
+    assert len(set(at)) == 6
+    assert decode(6) == at[1]  # leaf 1's slot (nobody held it), not leaf 0's
+    assert bytes(cache.get(6)) == blocks[0]
+    assert bytes(held) == blocks[0][7:] and held_np.tobytes() == blocks[0][5:]
+    keep.append(cache.buffer(n))  # leaf 2's slot (dropped by leaf 6)
+    assert buffer_address(keep[0]) == at[2]
+    assert cache.buffer(n).base is None  # no slot free: a plain array
+    del held
+    assert cache.buffer(n).base is None  # the numpy view still holds leaf 0
+    del held_np
+    assert buffer_address(cache.buffer(n)) == at[0]  # now its slot is free
+    assert cache.buffer(SLOT_MIN - 1).base is None  # small blocks: plain arrays
+
+
+@pytest.mark.fuse
+def test_concurrent_mount_readers_never_see_a_reused_slot(tmp_path):
+    """Four readers at once through a real mount, over two packed files whose leaves
+    are more than the decoded cache holds (so the daemon drops leaves and decodes
+    others into their slots while reads of them are in flight), each checking every
+    byte it reads."""
+    import threading
+
+    from support.mount import Mounted
+
+    from tvcfs.repo import Repo
+    from tvcfs.store.lmdb_store import DECODED_CACHE
+
+    base, ft = model_pair(str(tmp_path / "src"), ["BF16", "F32"], n_elems=14_000_001)
+    with Repo.init(str(tmp_path / "repo")) as repo:
+        c1 = repo.commit_dir(base, message="base").cid
+        repo.commit_dir(ft, message="ft")
+        pack(repo, keep_hot=0)
+    srcs = [os.path.join(d, "model.safetensors") for d in (base, ft)]
+    assert sum(os.path.getsize(p) for p in srcs) > DECODED_CACHE * 1.2
+    wants = []
+    for p in srcs:
+        with open(p, "rb") as f:
+            wants.append(f.read())
+    errors: list = []
+    with Mounted(tmp_path / "repo", tmp_path / "mnt") as m:
+        paths = [m.path("commits", cid_str(c1), "model.safetensors"), m.branch("main", "model.safetensors")]
+
+        def reader(k: int):
+            want = wants[k % 2]
+            rng = np.random.default_rng(k)
+            fd = os.open(paths[k % 2], os.O_RDONLY)
+            try:
+                off = (k // 2) * len(want) // 2  # two readers per file, from its start and its middle
+                for _ in range(2 * len(want) // (3 << 20)):
+                    n = int(rng.integers(1, 3 << 20))
+                    got = os.pread(fd, n, off)
+                    if got != want[off:off + n]:
+                        errors.append((k, off, n))
+                        return
+                    off = (off + n) % len(want)
+            except Exception as e:  # noqa: BLE001 (reported below)
+                errors.append((k, repr(e)))
+            finally:
+                os.close(fd)
+
+        threads = [threading.Thread(target=reader, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads)
+    assert errors == []
+
+
 _RESIDENT_AFTER_READ = r"""
 import ctypes, mmap, os, sys, time
 from tvcfs.store.lmdb_store import LMDBStore, buffer_address
@@ -574,3 +682,25 @@ def test_values_packed_at_another_zstd_level_still_decode():
     old = new[:h.offset] + level3.compress(encodings.group(data, 4))
     assert old != new
     assert encodings.decode(old) == encodings.decode(new) == data
+
+
+@pytest.mark.fuse
+def test_the_mount_imports_the_decoders_before_the_first_read_of_a_packed_store(tmp_path):
+    """A daemon over a store with packed blocks has zstandard and numpy loaded once
+    mounted (they came in on the first read, stalling every reader on the import
+    lock); over a store without any, it does not load them."""
+    from support.mount import Mounted
+
+    from tvcfs.repo import Repo
+
+    base, ft = model_pair(str(tmp_path / "src"), ["BF16"])
+    for name, packed in (("packed", True), ("raw", False)):
+        with Repo.init(str(tmp_path / name)) as repo:
+            repo.commit_dir(base, message="base")
+            repo.commit_dir(ft, message="ft")
+            if packed:
+                pack(repo, keep_hot=0)
+        with Mounted(tmp_path / name, tmp_path / f"mnt-{name}") as m:
+            with open(f"/proc/{m.pid}/maps") as f:
+                maps = f.read()
+            assert ("zstandard" in maps and "numpy" in maps) == packed, name

@@ -25,9 +25,12 @@ In one run:
                (target <= 0.20) and the base, a unique bf16 model with no base to
                delta against (target <= 0.75)
 ``decode``     single-thread decode throughput of the bf16 fine-tune's packed leaves
-               (zstd, un-grouping, XOR with the base's bytes given; target >= 1 GB/s
-               per core), and the store's full read path per leaf (bases decoded,
-               every block hashed against its CID: ``LMDBStore.get``, cache cleared)
+               (decompression, un-grouping, XOR with the base's bytes given; target
+               >= 1 GB/s per core), the store's full read path per leaf (bases
+               decoded, every block checked: ``LMDBStore.get``, cache cleared), and
+               the GIL's cost: wall ms per leaf of two threads reading them through
+               the store, alone and beside a thread running Python (300 us busy,
+               300 us asleep: the FUSE loop), and the ratio
 ``mount``      sequential cold read (after ``drop_caches``, a fresh mount process) of the
                bf16 fine-tune's file through the mount, packed (delta on the packed
                base: two decodes per leaf) against the same commit raw in a second
@@ -107,9 +110,10 @@ def ratio(st: dict) -> float:
 def decode_speed(repo_dir: str, commit: bytes) -> dict:
     """Decode throughput per core of the packed leaves ``commit`` added (GB/s of
     decoded bytes per CPU second of the one thread doing it, so that other jobs on a
-    shared machine count less): ``decode`` (zstd + un-grouping + XOR, bases' bytes in
-    memory) and ``read`` (the store's path: bases decoded, every block hashed, no
-    cache)."""
+    shared machine count less): ``decode`` (decompression, un-grouping, XOR; bases'
+    bytes in memory) and ``read`` (the store's path: bases decoded, every block
+    checked, no cache); and the GIL's cost (:func:`_two_threads`): wall ms per leaf
+    of two reading threads alone and beside a thread running Python."""
     from tvcfs.pack import reachable_blocks
 
     with Repo.open(repo_dir) as repo:
@@ -137,7 +141,53 @@ def decode_speed(repo_dir: str, commit: bytes) -> dict:
             st.get(c)
             st.decoded.__init__()
         read = nbytes / (time.thread_time() - t) / 1e9
-    return {"leaves": len(items), "bytes": nbytes, "decode_gbps": round(dec, 3), "read_gbps": round(read, 3)}
+        alone = _two_threads(st, [i[0] for i in items], python=False)
+        beside = _two_threads(st, [i[0] for i in items], python=True)
+    return {"leaves": len(items), "bytes": nbytes, "decode_gbps": round(dec, 3), "read_gbps": round(read, 3),
+            "two_threads_ms_per_leaf": round(alone * 1e3, 3), "beside_python_ms_per_leaf": round(beside * 1e3, 3),
+            "gil_slowdown": round(beside / alone, 2)}
+
+
+def _two_threads(st, cids: list, python: bool, busy: float = 300e-6, idle: float = 300e-6) -> float:
+    """Wall seconds per leaf for two threads reading ``cids`` (packed leaves) through
+    the store's path (no cache: bases decoded, checked), as the mount's two preload
+    threads do; with ``python``, a third thread beside them runs Python ``busy``
+    seconds then sleeps ``idle`` seconds, over and over, as the FUSE loop does. The
+    ratio of the two measures what the decodes lose waiting to take the GIL back
+    after each step that released it (docs/performance.md "Packed blocks")."""
+    import threading
+
+    st.decoded.__init__()
+    st.verified.__init__()
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            end = time.perf_counter() + busy
+            while time.perf_counter() < end:
+                pass
+            time.sleep(idle)
+
+    def work(part):
+        with st.view() as v:
+            for c in part:
+                v.get(c)
+
+    py = threading.Thread(target=loop) if python else None
+    if py:
+        py.start()
+    ts = [threading.Thread(target=work, args=(cids[k::2],)) for k in range(2)]
+    t = time.perf_counter()
+    for th in ts:
+        th.start()
+    for th in ts:
+        th.join()
+    dt = time.perf_counter() - t
+    stop.set()
+    if py:
+        py.join()
+    st.decoded.__init__()
+    return dt / max(1, len(cids))
 
 
 T0 = 1_700_000_000  # commit timestamps of --transfer: both sides make the same base commit
@@ -370,6 +420,9 @@ def main(argv=None) -> int:
     for what, v, op, goal in targets:
         ok = v <= goal if op == "<=" else v >= goal
         print(f"{what:<36} {v:>8}  target {op} {goal}  {'ok' if ok else 'MISSED'}")
+    print(f"two threads through the store: {result['decode']['two_threads_ms_per_leaf']} ms per leaf, "
+          f"{result['decode']['beside_python_ms_per_leaf']} beside a Python thread "
+          f"(x{result['decode']['gil_slowdown']})")
     print(f"store read path (bases decoded, hashed) {result['decode']['read_gbps']} GB/s per core; "
           f"cold read raw {result['mount']['cold_raw_gbps']} GB/s, packed {result['mount']['cold_packed_gbps']}, "
           f"base kept raw {result['mount']['cold_hotbase_gbps']}; "

@@ -239,6 +239,17 @@ def _log_to_syslog(level: int) -> bool:
     return True
 
 
+def _warm_decoders(store) -> None:
+    """When ``store`` holds packed blocks, import their decoders before the mount
+    serves (:func:`tvcfs.store.encodings.warm`): not on the first read, where it
+    stalled every reader (docs/performance.md "Packed blocks")."""
+    stat = getattr(store, "stat", None)
+    if stat is not None and stat().get("packed"):
+        from ..store import encodings
+
+        encodings.warm()
+
+
 def run_foreground(repo_root: str, mountpoint: str, debug: bool = False, verify: bool = True,
                    allow_other: bool = False, ops_factory=None, read_ahead_kb: int | None = None,
                    syslog: bool = False, **ops_kwargs) -> int:
@@ -271,6 +282,7 @@ def run_foreground(repo_root: str, mountpoint: str, debug: bool = False, verify:
         _log_to_syslog(logging.DEBUG if debug else logging.INFO)
     repo = Repo.open(repo_root)
     repo.store.verify_reads = verify
+    _warm_decoders(repo.store)
     if ops_factory is None:
         ops_factory = default_ops_factory()
     remote_opts = {k: ops_kwargs.pop(k) for k in ("remotes", "fetch_timeout", "prefetch", "cache_size")

@@ -72,6 +72,16 @@ def _zstd():
     return zstandard
 
 
+def warm() -> None:
+    """Import what decoding needs (numpy, ``zstandard``) now. The mount daemon calls
+    it at start-up when its store holds packed blocks: imported lazily, they came in
+    on the first read of a packed leaf, from the disk after a ``drop_caches``
+    (~0.1-0.5 s measured, docs/performance.md "Packed blocks"), while every preload
+    thread waited on the import lock."""
+    np.uint8  # noqa: B018 (the attribute imports numpy)
+    _zstd()
+
+
 def _compressor():
     c = getattr(_local, "c", None)
     if c is None:

@@ -50,7 +50,8 @@ under the same CID: every read (:meth:`LMDBView.get`, :meth:`LMDBStore.get`,
 ``get_many``, ``has``, iteration, ``stat``) sees them, decoding on the fly (bases
 first, a chain of at most :data:`~tvcfs.store.encodings.MAX_DEPTH`) and hashing
 every decoded block against its CID; decoded blocks are kept in a small per-process
-cache (:class:`DecodedCache`). A packed block reads as a read-only ``memoryview`` of
+cache (:class:`DecodedCache`, which also hands out the buffers blocks are decoded
+into: slots of a huge-page map, reused once nothing refers to them). A packed block reads as a read-only ``memoryview`` of
 the ``uint8`` array it was decoded into, not a buffer into the map
 (:func:`is_map_buffer` tells them apart); reading a packed value advises the kernel
 to read the values after it (:meth:`LMDBStore._read_ahead`). A delta whose base is
@@ -67,9 +68,11 @@ from __future__ import annotations
 import collections
 import errno
 import json
+import mmap
 import os
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -84,6 +87,9 @@ from .base import MAP_OFFSETS, PERSISTENT, TRANSACTIONS, ZERO_COPY
 DEFAULT_MAP_SIZE = 1 << 40  # bytes of address space (sparse); 1 TiB
 _DBS = (b"blocks", b"refs", b"reflog", b"pins", b"meta", b"packed", b"packbase", b"sums")
 DECODED_CACHE = 128 << 20  # bytes of decoded packed blocks kept per environment
+DECODED_SPARE = 32 << 20   # bytes of decode buffers beyond the cache (in flight, still read)
+SLOT = 1 << 20             # bytes: a decode buffer slot (the largest leaf, docs/format.md)
+SLOT_MIN = 128 << 10       # bytes: smaller blocks are decoded into plain arrays
 PACKED_AHEAD = 8 << 20     # bytes of data.mdb advised after a packed value or a delta base read
 ADVISE_PIECE = 1 << 20     # bytes per posix_fadvise call (the kernel reads at most ~ra_pages each)
 
@@ -197,11 +203,26 @@ class DecodedCache:
     ``limit`` bytes are held. Thread-safe. Blocks are immutable, so entries never go
     stale. :meth:`claim` lets one thread decode a block while others wanting it wait
     for the result instead of decoding it again (the mount's preload threads and its
-    reader often want the same leaf)."""
+    reader often want the same leaf).
 
-    def __init__(self, limit: int = DECODED_CACHE):
+    :meth:`buffer` gives the arrays blocks are decoded into: for blocks of
+    :data:`SLOT_MIN` to :data:`SLOT` bytes, a slot of one anonymous map advised for
+    transparent huge pages. A fresh process (a new mount) decoding into new ``numpy``
+    arrays first touches every page of them — the cache's 128 MiB, one page fault
+    and a zeroed 4 KiB page each (~190 faults per MiB of a fresh mount's packed read)
+    — where a huge page costs one fault per 2 MiB (~52 per MiB left, 6-8 % less CPU
+    per GB: docs/performance.md "Packed blocks", fourth round). A slot is free again only once nothing refers to its
+    memory: it is handed out as an array over a ``memoryview`` of the slot (the
+    array's ``base``), which every slice and ``memoryview`` of the array keeps alive
+    (numpy's views keep the array or its base, Python's the array), and a
+    finalizer of that ``memoryview`` returns the slot — a reader never sees a slot's next bytes."""
+
+    def __init__(self, limit: int = DECODED_CACHE, slots: int | None = None):
         self.limit, self.size = limit, 0
-        self._d: "dict[bytes, bytes]" = {}
+        self.nslots = (limit + DECODED_SPARE) // SLOT if slots is None else slots
+        self._arena = None  # mmap of nslots * SLOT bytes, made on first use
+        self._free: list = []  # free slot numbers (list.append/pop: atomic under the GIL)
+        self._d: "dict[bytes, memoryview]" = {}
         self._lock = threading.Lock()
         self._busy: "dict[bytes, threading.Event]" = {}
 
@@ -231,7 +252,43 @@ class DecodedCache:
                 self._d[cid] = v  # most recent last
             return v
 
+    def buffer(self, n: int):
+        """A writable, contiguous ``uint8`` numpy array of ``n`` bytes to decode a
+        block into (contents undefined): a free slot of the arena when ``n`` is
+        between :data:`SLOT_MIN` and :data:`SLOT` and one is free, else a new array."""
+        np = encodings.np
+        if SLOT_MIN <= n <= SLOT and self.nslots:
+            if self._arena is None:
+                with self._lock:
+                    if self._arena is None:
+                        self._arena = self._map()
+            try:
+                k = self._free.pop()
+            except IndexError:
+                pass
+            else:
+                arr = np.frombuffer(memoryview(self._arena)[k * SLOT:k * SLOT + n], np.uint8)
+                # the finalizer goes on the array's own base (numpy takes a new
+                # memoryview of what it is given): the array and all its views hold it
+                weakref.finalize(arr.base, self._free.append, k).atexit = False
+                return arr
+        return np.empty(n, np.uint8)
+
+    def _map(self):
+        """The arena: ``nslots`` slots of :data:`SLOT` bytes in one anonymous map
+        (address space only until touched), advised for huge pages where the kernel
+        has them."""
+        m = mmap.mmap(-1, self.nslots * SLOT, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            m.madvise(mmap.MADV_HUGEPAGE)
+        except (AttributeError, OSError):  # no transparent huge pages: 4 KiB pages
+            pass
+        self._free.extend(range(self.nslots - 1, -1, -1))
+        return m
+
     def put(self, cid: bytes, data) -> None:
+        """Hold ``data`` (a ``memoryview`` of a decoded block) for ``cid``, dropping
+        the least recently used beyond ``limit``."""
         if len(data) > self.limit // 4:
             return
         with self._lock:
@@ -1037,7 +1094,7 @@ class LMDBStore:
                             base = self._decode(txn, bcid, bv, False, depth + 1,
                                                 out=encodings.scratch(bh.raw_len, depth + 1))
             if out is None:
-                out = encodings.np.empty(h.raw_len, encodings.np.uint8)
+                out = self.decoded.buffer(h.raw_len)
             encodings.decode_into(value, out, base, h, base_planes=bplanes)
         except MissingBase:
             raise
