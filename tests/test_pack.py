@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 
 import numpy as np
 import pytest
@@ -50,6 +51,20 @@ def fresh_reads(repo) -> None:
     """Forget what this process decoded and verified (a new process's view)."""
     repo.store.decoded.__init__()
     repo.store.verified.__init__()
+
+
+def run_readers(reader, n: int, timeout: float) -> int:
+    """Run ``reader(k)`` for k in 0..n-1 in threads at once; returns how many are
+    still running after ``timeout`` seconds (hung)."""
+    import threading
+
+    threads = [threading.Thread(target=reader, args=(k,), daemon=True) for k in range(n)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    return sum(t.is_alive() for t in threads)
 
 
 def chain_length(repo, cid) -> int:
@@ -561,8 +576,6 @@ def test_concurrent_mount_readers_never_see_a_reused_slot(tmp_path):
     are more than the decoded cache holds (so the daemon drops leaves and decodes
     others into their slots while reads of them are in flight), each checking every
     byte it reads."""
-    import threading
-
     from support.mount import Mounted
 
     from tvcfs.repo import Repo
@@ -601,13 +614,115 @@ def test_concurrent_mount_readers_never_see_a_reused_slot(tmp_path):
             finally:
                 os.close(fd)
 
-        threads = [threading.Thread(target=reader, args=(k,)) for k in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        assert not any(t.is_alive() for t in threads)
+        assert run_readers(reader, 4, 120) == 0
     assert errors == []
+
+
+@pytest.mark.fuse
+@pytest.mark.timeout(180)
+def test_a_corrupt_packed_leaf_read_by_concurrent_readers_is_eio_for_all(tmp_path):
+    """Six readers at once read sequentially through a fresh mount into a packed leaf
+    whose stored value was damaged: requests wait in the daemon's event loop for the
+    preload thread decoding a leaf (``.tvcfs/stats`` ``cold_awaited``), and a decode
+    that fails must wake them with the error: every reader gets EIO at the damaged
+    leaf (none hangs, none gets bytes), again on a second try, and the leaves before
+    it read right."""
+    import errno
+    import threading
+
+    from support.mount import Mounted, stats
+
+    from tvcfs.repo import Repo
+
+    base, ft = model_pair(str(tmp_path / "src"), ["BF16"], n_elems=20_000_001)
+    with Repo.init(str(tmp_path / "repo")) as repo:
+        repo.commit_dir(base, message="base")
+        c2 = repo.commit_dir(ft, message="ft").cid
+        pack(repo, keep_hot=0)
+        idx = repo.file_index(repo.entry(c2, "model.safetensors").cid)
+        infos = packed_infos(repo)
+        i = len(idx.leaves) * 3 // 4
+        bad, bad_start = idx.leaves[i], idx.starts[i]
+        assert bad in infos and idx.sizes[i] == 1 << 20
+        with repo.store.view(verify=False) as v:
+            value = bytearray(bytes(v.txn.get(bad, db=repo.store.dbs["packed"])))
+        value[len(value) // 2] ^= 0x10
+        put_raw_value(repo, "packed", bad, bytes(value))
+    with open(os.path.join(ft, "model.safetensors"), "rb") as f:
+        want = f.read()
+    start = bad_start - (16 << 20)
+    assert start > 0
+    results: list = []
+    with Mounted(tmp_path / "repo", tmp_path / "mnt", allow_errors=(cid_str(bad),)) as m:
+        path = m.branch("main", "model.safetensors")
+        for attempt in range(2):
+            gate = threading.Barrier(6)
+            results.clear()
+
+            def reader(k: int):
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    gate.wait(30)
+                    off = start + k * (64 << 10)
+                    while off < len(want):
+                        try:
+                            got = os.pread(fd, 128 << 10, off)
+                        except OSError as e:
+                            results.append((k, off, e.errno))
+                            return
+                        if got != want[off:off + len(got)]:
+                            results.append((k, off, "wrong bytes"))
+                            return
+                        off += len(got)
+                    results.append((k, off, "no error"))
+                finally:
+                    os.close(fd)
+
+            assert run_readers(reader, 6, 60) == 0, f"a reader hangs (attempt {attempt})"
+            assert sorted(r[2] for r in results) == [errno.EIO] * 6, results
+            assert all(bad_start - (128 << 10) < r[1] < bad_start + (1 << 20) for r in results), results
+            if attempt == 0:
+                s = stats(str(tmp_path / "mnt"))
+                assert s["cold_awaited"] >= 1 and s["errors"] >= 6, s
+
+
+def test_a_cancelled_wait_for_a_page_in_leaves_no_waiter(tmp_path):
+    """A request waiting in the event loop for a thread paging its leaf in
+    (:meth:`Preloader.wait_busy`) and cancelled (an interrupted FUSE request)
+    unregisters itself. (Waiters woken by a page-in that ends, done or failed:
+    the mount test above.)"""
+    import trio
+
+    from tvcfs.fs.reader import Preloader
+    from tvcfs.repo import Repo
+
+    base, ft = model_pair(str(tmp_path / "src"), ["BF16"], n_elems=1_000_001)
+    with Repo.init(str(tmp_path / "repo")) as repo:
+        repo.commit_dir(base, message="base")
+        c2 = repo.commit_dir(ft, message="ft").cid
+        pack(repo, keep_hot=0)
+        fresh_reads(repo)
+        idx = repo.file_index(repo.entry(c2, "model.safetensors").cid)
+        i = len(idx.leaves) // 2
+        cid = idx.leaves[i]
+        pre = Preloader(repo.store, threads=2, check=repo.store.check)
+        try:
+            with pre.cv:
+                pre.busy[cid] = []  # a thread is paging leaf i in
+
+            async def cancelled():
+                with trio.move_on_after(0.2) as scope:
+                    await pre.wait_busy(idx, [i])
+                return scope.cancelled_caught
+
+            assert trio.run(cancelled)
+            assert pre.busy[cid] == []
+            with pre.cv:
+                del pre.busy[cid]
+            pre._page_in(idx, i)  # a page-in of its own: marks and unmarks it busy
+            assert pre.busy == {} and pre.cold(idx, idx.starts[i], 1) == []
+        finally:
+            pre.close()
 
 
 _RESIDENT_AFTER_READ = r"""

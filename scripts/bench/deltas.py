@@ -67,6 +67,7 @@ sys.path.insert(0, ROOT)
 
 from tvcfs.encoding.cid import cid_str  # noqa: E402
 from tvcfs.fs import mount  # noqa: E402
+from tvcfs.fs.daemon import _pidfile  # noqa: E402
 from tvcfs.pack import DELTA_BASE_KEY, commit_storage, pack  # noqa: E402
 from tvcfs.repo import Author, Repo  # noqa: E402
 from tvcfs.store import encodings  # noqa: E402
@@ -101,6 +102,19 @@ def commit_pair(repo_dir: str, base_dir: str, ft_dir: str, do_pack: bool, base_h
         out["ft"] = commit_storage(repo, c2)
         out["commits"] = (c1, c2)
     return out
+
+
+def _cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of process ``pid`` so far (``/proc/PID/stat``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _mount_stats(mnt: str) -> dict:
+    """The ``.tvcfs/stats`` counters of the mount at ``mnt``."""
+    with open(os.path.join(mnt, ".tvcfs", "stats")) as f:
+        return json.load(f)
 
 
 def ratio(st: dict) -> float:
@@ -386,14 +400,22 @@ def main(argv=None) -> int:
         size = os.path.getsize(s["ft"])
         mnt = os.path.join(work, "mnt")
         cold = {"packed": [], "raw": [], "hotbase": []}
+        cpu = {k: [] for k in cold}  # the mount daemon's CPU seconds per GB read
+        waits = {k: [] for k in cold}  # its requests that waited: in the loop / in a worker thread
         for _ in range(args.repeat):
             for name, repo_dir in (("raw", raw_repo), ("packed", packed_repo), ("hotbase", hotbase_repo)):
                 with mount(repo_dir, mnt) as m:
                     path = os.path.join(m, "branches", "main", "model.safetensors")
+                    with open(_pidfile(os.path.join(repo_dir, ".tvcfs"), m)) as f:
+                        pid = int(f.read())
                     mr.drop_caches()
+                    s0, c0 = _mount_stats(m), _cpu_s(pid)
                     dt, n = mr.seq_read(path)
+                    c1, s1 = _cpu_s(pid), _mount_stats(m)
                     assert n == size
                     cold[name].append(n / dt / 1e9)
+                    cpu[name].append((c1 - c0) / (n / 1e9))
+                    waits[name].append([s1.get(k, 0) - s0.get(k, 0) for k in ("reads", "cold_awaited", "cold_threads")])
         ratios = [p / q for p, q in zip(cold["packed"], cold["raw"])]
         hot_ratios = [p / q for p, q in zip(cold["hotbase"], cold["raw"])]
         result["mount"] = {"cold_raw_gbps": round(statistics.median(cold["raw"]), 3),
@@ -401,7 +423,9 @@ def main(argv=None) -> int:
                            "cold_hotbase_gbps": round(statistics.median(cold["hotbase"]), 3),
                            "packed_over_raw": round(statistics.median(ratios), 3),
                            "hotbase_over_raw": round(statistics.median(hot_ratios), 3),
-                           "runs": {k: [round(x, 3) for x in v] for k, v in cold.items()}}
+                           "runs": {k: [round(x, 3) for x in v] for k, v in cold.items()},
+                           "daemon_cpu_s_per_gb": {k: round(statistics.median(v), 3) for k, v in cpu.items()},
+                           "requests_reads_awaited_threads": {k: v for k, v in waits.items()}}
         result["loadavg_end"] = os.getloadavg()
         if not args.no_transfer:  # the bytes a push moves, in the same run (prints its own targets)
             tdir = os.path.join(work, "transfer")
