@@ -655,8 +655,8 @@ def test_a_corrupt_packed_leaf_read_by_concurrent_readers_is_eio_for_all(tmp_pat
     results: list = []
     with Mounted(tmp_path / "repo", tmp_path / "mnt", allow_errors=(cid_str(bad),)) as m:
         path = m.branch("main", "model.safetensors")
+        gate = threading.Barrier(6)  # the readers start together (reusable: once per attempt)
         for attempt in range(2):
-            gate = threading.Barrier(6)
             results.clear()
 
             def reader(k: int):
