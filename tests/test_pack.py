@@ -622,11 +622,10 @@ def test_concurrent_mount_readers_never_see_a_reused_slot(tmp_path):
 @pytest.mark.timeout(180)
 def test_a_corrupt_packed_leaf_read_by_concurrent_readers_is_eio_for_all(tmp_path):
     """Six readers at once read sequentially through a fresh mount into a packed leaf
-    whose stored value was damaged: requests wait in the daemon's event loop for the
-    preload thread decoding a leaf (``.tvcfs/stats`` ``cold_awaited``), and a decode
-    that fails must wake them with the error: every reader gets EIO at the damaged
-    leaf (none hangs, none gets bytes), again on a second try, and the leaves before
-    it read right."""
+    whose stored value was damaged, while the preload threads decode the leaves ahead
+    of them (requests then wait for a decode another thread is doing, the store's
+    ``DecodedCache.claim``): every reader gets EIO at the damaged leaf (none hangs,
+    none gets bytes), again on a second try, and the leaves before it read right."""
     import errno
     import threading
 
@@ -681,48 +680,8 @@ def test_a_corrupt_packed_leaf_read_by_concurrent_readers_is_eio_for_all(tmp_pat
             assert run_readers(reader, 6, 60) == 0, f"a reader hangs (attempt {attempt})"
             assert sorted(r[2] for r in results) == [errno.EIO] * 6, results
             assert all(bad_start - (128 << 10) < r[1] < bad_start + (1 << 20) for r in results), results
-            if attempt == 0:
-                s = stats(str(tmp_path / "mnt"))
-                assert s["cold_awaited"] >= 1 and s["errors"] >= 6, s
-
-
-def test_a_cancelled_wait_for_a_page_in_leaves_no_waiter(tmp_path):
-    """A request waiting in the event loop for a thread paging its leaf in
-    (:meth:`Preloader.wait_busy`) and cancelled (an interrupted FUSE request)
-    unregisters itself. (Waiters woken by a page-in that ends, done or failed:
-    the mount test above.)"""
-    import trio
-
-    from tvcfs.fs.reader import Preloader
-    from tvcfs.repo import Repo
-
-    base, ft = model_pair(str(tmp_path / "src"), ["BF16"], n_elems=1_000_001)
-    with Repo.init(str(tmp_path / "repo")) as repo:
-        repo.commit_dir(base, message="base")
-        c2 = repo.commit_dir(ft, message="ft").cid
-        pack(repo, keep_hot=0)
-        fresh_reads(repo)
-        idx = repo.file_index(repo.entry(c2, "model.safetensors").cid)
-        i = len(idx.leaves) // 2
-        cid = idx.leaves[i]
-        pre = Preloader(repo.store, threads=2, check=repo.store.check)
-        try:
-            with pre.cv:
-                pre.busy[cid] = []  # a thread is paging leaf i in
-
-            async def cancelled():
-                with trio.move_on_after(0.2) as scope:
-                    await pre.wait_busy(idx, [i])
-                return scope.cancelled_caught
-
-            assert trio.run(cancelled)
-            assert pre.busy[cid] == []
-            with pre.cv:
-                del pre.busy[cid]
-            pre._page_in(idx, i)  # a page-in of its own: marks and unmarks it busy
-            assert pre.busy == {} and pre.cold(idx, idx.starts[i], 1) == []
-        finally:
-            pre.close()
+        stats_errors = stats(str(tmp_path / "mnt"))["errors"]
+    assert stats_errors >= 12
 
 
 _RESIDENT_AFTER_READ = r"""

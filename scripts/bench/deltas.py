@@ -401,7 +401,7 @@ def main(argv=None) -> int:
         mnt = os.path.join(work, "mnt")
         cold = {"packed": [], "raw": [], "hotbase": []}
         cpu = {k: [] for k in cold}  # the mount daemon's CPU seconds per GB read
-        waits = {k: [] for k in cold}  # its requests that waited: in the loop / in a worker thread
+        waits = {k: [] for k in cold}  # its requests, and those that waited for a page-in
         for _ in range(args.repeat):
             for name, repo_dir in (("raw", raw_repo), ("packed", packed_repo), ("hotbase", hotbase_repo)):
                 with mount(repo_dir, mnt) as m:
@@ -415,7 +415,7 @@ def main(argv=None) -> int:
                     assert n == size
                     cold[name].append(n / dt / 1e9)
                     cpu[name].append((c1 - c0) / (n / 1e9))
-                    waits[name].append([s1.get(k, 0) - s0.get(k, 0) for k in ("reads", "cold_awaited", "cold_threads")])
+                    waits[name].append([s1.get(k, 0) - s0.get(k, 0) for k in ("reads", "cold_reads")])
         ratios = [p / q for p, q in zip(cold["packed"], cold["raw"])]
         hot_ratios = [p / q for p, q in zip(cold["hotbase"], cold["raw"])]
         result["mount"] = {"cold_raw_gbps": round(statistics.median(cold["raw"]), 3),
@@ -425,7 +425,7 @@ def main(argv=None) -> int:
                            "hotbase_over_raw": round(statistics.median(hot_ratios), 3),
                            "runs": {k: [round(x, 3) for x in v] for k, v in cold.items()},
                            "daemon_cpu_s_per_gb": {k: round(statistics.median(v), 3) for k, v in cpu.items()},
-                           "requests_reads_awaited_threads": {k: v for k, v in waits.items()}}
+                           "requests_reads_cold": {k: v for k, v in waits.items()}}
         result["loadavg_end"] = os.getloadavg()
         if not args.no_transfer:  # the bytes a push moves, in the same run (prints its own targets)
             tdir = os.path.join(work, "transfer")

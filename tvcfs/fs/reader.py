@@ -59,14 +59,10 @@ class Stats:
     ``leaves``, ``readahead_bytes`` (scheduled), ``errors`` (EIO replies),
     ``cold_reads`` (requests that waited for leaves to be paged in and hashed: the
     preload threads had not got there first) and ``cold_wait_s`` (seconds they
-    waited, in all); of them ``cold_awaited`` waited in the trio loop for a thread
-    already paging one in, ``cold_threads`` paged leaves in in a worker thread
-    (a request may do both)."""
+    waited, in all)."""
 
     def __init__(self):
         self.cold_reads = 0
-        self.cold_awaited = 0
-        self.cold_threads = 0
         self.cold_wait_s = 0.0
         self.reads = 0
         self.bytes_served = 0
@@ -211,22 +207,13 @@ class BlockReader:
                 self.renew()
         cold = self.preloader.cold(idx, offset, size)
         if cold:
-            t = time.perf_counter()
-            # leaves another thread is paging in (decoding, checking) now: wait for
-            # it here in the trio loop (no worker thread, no GIL hand-off to one)
-            if await self.preloader.wait_busy(idx, cold):
-                self.stats.cold_awaited += 1
-                cold = self.preloader.cold(idx, offset, size)
-            if cold:
-                # py-lmdb touches every page of a value inside get(): for leaves not
-                # in memory that is a synchronous disk read (a packed one's decode),
-                # done here in a worker thread (GIL released) so the trio thread keeps
-                # serving other requests. A leaf whose page-in failed (corrupt) is
-                # tried again there and then raises in read() below.
-                import trio
+            # py-lmdb touches every page of a value inside get(): for leaves not in
+            # memory that is a synchronous disk read, done here in a worker thread
+            # (GIL released) so the trio thread keeps serving other requests.
+            import trio
 
-                await trio.to_thread.run_sync(self.preloader.load, idx, cold)
-                self.stats.cold_threads += 1
+            t = time.perf_counter()
+            await trio.to_thread.run_sync(self.preloader.load, idx, cold)
             self.stats.cold_reads += 1
             self.stats.cold_wait_s += time.perf_counter() - t
         try:
@@ -490,8 +477,6 @@ class Preloader:
         self.heap: list = []
         self.pending: dict[bytes, int] = {}  # cid -> best queued priority
         self.resident: collections.OrderedDict = collections.OrderedDict()
-        # cid -> callbacks of the requests waiting for the thread paging it in now
-        self.busy: dict[bytes, list] = {}
         self.offsets: dict[bytes, int] = {}  # leaf cid -> file offset of its data
         self.anchors: dict[bytes, tuple] = {}  # file cid -> (leaf index, offset, verified)
         self.advised: set = set()
@@ -567,51 +552,6 @@ class Preloader:
             n = len(idx.leaves) - 1
             with self.cv:
                 self.anchors.setdefault(idx.cid, (n, min(offs) - self.span(idx.sizes[n]), False))
-
-    async def wait_busy(self, idx: FileIndex, leaves) -> bool:
-        """Wait in the trio loop until no thread is paging in (reading, decoding,
-        checking) any of leaves ``leaves`` (indexes) of ``idx`` that one was paging
-        in when called; returns whether there was one. The thread wakes the loop
-        (``TrioToken.run_sync_soon``) when its page-in ends, done or failed: the
-        caller then asks :meth:`cold` again. A cancelled wait leaves no callback
-        behind."""
-        import trio
-
-        token = trio.lowlevel.current_trio_token()
-        ev = trio.Event()
-        left = 0
-
-        def done():  # in the trio thread
-            nonlocal left
-            left -= 1
-            if left == 0:
-                ev.set()
-
-        def wake():  # in the thread that paged the leaf in
-            try:
-                token.run_sync_soon(done)
-            except trio.RunFinishedError:
-                pass
-
-        lists = []
-        with self.cv:
-            for i in leaves:
-                w = self.busy.get(idx.leaves[i])
-                if w is not None:
-                    w.append(wake)
-                    lists.append(w)
-        left = len(lists)
-        if not left:
-            return False
-        try:
-            await ev.wait()
-        finally:
-            if not ev.is_set():  # cancelled: unregister (a list already popped is harmless)
-                with self.cv:
-                    for w in lists:
-                        if wake in w:
-                            w.remove(wake)
-        return True
 
     def load(self, idx: FileIndex, leaves) -> None:
         """Page leaves ``leaves`` (indexes) of ``idx`` in now, in the calling thread."""
@@ -690,24 +630,7 @@ class Preloader:
             self.store.advise(o, min(ADVISE_CHUNK, hi - o))
 
     def _page_in(self, idx: FileIndex, i: int) -> None:
-        """Page leaf ``i`` of ``idx`` in (packed: decode it into the store's cache),
-        checked, and mark it resident; requests waiting for it (:meth:`wait_busy`)
-        are woken when done, whether it succeeded or not."""
         cid = idx.leaves[i]
-        with self.cv:
-            mine = cid not in self.busy
-            if mine:
-                self.busy[cid] = []
-        try:
-            self._page_in_leaf(idx, i, cid)
-        finally:
-            if mine:
-                with self.cv:
-                    waiters = self.busy.pop(cid, ())
-                for wake in waiters:
-                    wake()
-
-    def _page_in_leaf(self, idx: FileIndex, i: int, cid: bytes) -> None:
         # reads are exact (no read-around) until the file's layout is verified
         a = self.anchors.get(idx.cid)
         exact = (self.map_addr and len(idx.leaves) > 1 and not (a and a[2]) and cid not in self.offsets
