@@ -105,6 +105,19 @@ class TensorMap:
         mid = offset + size // 2
         return self.tensor_at(min(mid - mid % 4096 + 4095, offset + size - 1)) or self.tensor_at(offset)
 
+    def ambiguous(self, offset: int, size: int) -> bool:
+        """Whether the middle page of a read of ``[offset, offset+size)`` holds the end
+        of one tensor and the start of the next: a fault at the next tensor's first
+        byte and a fault at this tensor's last byte (``memmove``'s tail probe, see
+        :meth:`BlockReader._probe`) then arrive as the same request, so the read alone
+        cannot say which tensor it is for (the reads after it do)."""
+        if not self.starts or offset < self.starts[0]:
+            return False
+        mid = offset + size // 2
+        page = mid - mid % 4096
+        first = self.tensor_at(max(page, offset))
+        return first is not None and first[1] < min(page + 4096, offset + size)
+
 
 class BlockReader:
     """Reads file ranges for the mount from an :class:`~tvcfs.store.lmdb_store.LMDBStore`.
@@ -295,6 +308,12 @@ class BlockReader:
         try:
             tm = self.tensor_map(idx)
             spill = scan = False
+            if tm is not None and tm.ambiguous(offset, size):
+                # one tensor's last page and the next one's first: a fault at either
+                # (memmove's tail probe of one, the head of the other) is this same
+                # request, so the reads that follow decide (scheduling the wrong
+                # tensor would read all of it for nothing)
+                return
             if tm is not None and self._probe(fh, tm, offset, size):
                 self._probed(fh, idx, tm)
                 return
