@@ -102,8 +102,8 @@ class TensorMap:
         request's middle page."""
         if not self.starts or offset < self.starts[0]:
             return None
-        mid = offset + size // 2
-        return self.tensor_at(min(mid - mid % 4096 + 4095, offset + size - 1)) or self.tensor_at(offset)
+        page = _middle_page(offset, size)
+        return self.tensor_at(min(page + 4095, offset + size - 1)) or self.tensor_at(offset)
 
     def ambiguous(self, offset: int, size: int) -> bool:
         """Whether the middle page of a read of ``[offset, offset+size)`` holds the end
@@ -113,10 +113,16 @@ class TensorMap:
         cannot say which tensor it is for (the reads after it do)."""
         if not self.starts or offset < self.starts[0]:
             return False
-        mid = offset + size // 2
-        page = mid - mid % 4096
+        page = _middle_page(offset, size)
         first = self.tensor_at(max(page, offset))
         return first is not None and first[1] < min(page + 4096, offset + size)
+
+
+def _middle_page(offset: int, size: int) -> int:
+    """Start (bytes) of the 4 KiB page holding the middle byte of ``[offset, offset+size)``:
+    the page the kernel's read-around was centred on (the faulting page)."""
+    mid = offset + size // 2
+    return mid - mid % 4096
 
 
 class BlockReader:
