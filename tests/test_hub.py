@@ -370,6 +370,34 @@ def test_traversal_malformed_and_oversized(hub):
     assert os.listdir(os.path.join(root, "tmp")) == []
 
 
+def test_json_bodies_of_the_wrong_shape_and_bad_ref_names_are_422(hub):
+    """A JSON body that parses but is not the object a route expects (a list, a
+    number), a list of paths holding a number, and a branch or tag name git refuses
+    are each a 422 with a one-line message, never a 500; nothing changes."""
+    url, tok = hub["url"], hub["tokens"]["alice"]
+    head = run_tvcfs("-C", _repo_path(hub, "model"), "log", "-n1", "--oneline").stdout
+    refs = get_json(url, f"/api/repos/{ORG}/model/refs")[1]
+    api = f"/api/models/{ORG}/model"
+    nd = ndjson({"key": "header", "value": {"summary": "t"}})
+    for method, path, body in [
+            ("POST", f"/{ORG}/model.git/info/lfs/objects/batch", b"[1]"),
+            ("POST", f"/{ORG}/model.git/info/lfs/objects/batch", b'{"objects": [{"oid": "%s", "size": true}]}' % (b"a" * 64)),
+            ("POST", f"{api}/paths-info/main", b'{"paths": [1]}'),
+            ("PUT", f"{api}/settings", b"3"),
+            ("POST", f"{api}/branch/dev", b"[1]"),
+            ("POST", f"{api}/branch/dev", b'{"startingPoint": 5}'),
+            ("POST", f"{api}/branch/..", b"{}"),
+            ("POST", f"{api}/branch/a%00b", b"{}"),
+            ("POST", f"{api}/tag/main", b'{"tag": "../x"}'),
+            ("POST", f"{api}/commit/..", nd),
+            ("POST", f"{api}/commit/%00", nd)]:
+        st, _, out = request(url, method, path, body, tok, {"Content-Type": "application/json"})
+        assert st == 422 and "error" in json.loads(out), (method, path, body, st, out)
+    assert run_tvcfs("-C", _repo_path(hub, "model"), "log", "-n1", "--oneline").stdout == head
+    assert get_json(url, f"/api/repos/{ORG}/model/refs")[1] == refs
+    assert get_json(url, f"/api/repos/{ORG}/model")[1]["private"] is False
+
+
 def test_streamed_body_over_the_limit_and_slow_clients(hub):
     tok = hub["tokens"]["alice"]
     head = run_tvcfs("-C", _repo_path(hub, "model"), "log", "-n1", "--oneline").stdout
