@@ -305,7 +305,8 @@ def test_truncated_or_damaged_blob_and_ref_to_a_missing_snapshot(tmp_path):
     """A blob that does not hash to its name (a truncated config: git blob sha-1; a
     safetensors file with one flipped byte: sha-256) makes its snapshot incomplete:
     not imported, never a commit of the wrong bytes; a ref naming a snapshot the
-    cache does not hold is reported and the import exits 1. With the blobs repaired,
+    cache does not hold, and a ref file holding no commit hash, are reported and
+    the import exits 1. With the blobs repaired,
     importing again commits the right bytes."""
     import numpy as np
     from support.safetensors import write_safetensors_raw
@@ -323,6 +324,8 @@ def test_truncated_or_damaged_blob_and_ref_to_a_missing_snapshot(tmp_path):
     cfg2 = os.path.realpath(os.path.join(storage, "snapshots", h2, "config.json"))
     st1 = os.path.realpath(os.path.join(storage, "snapshots", h1, "model.safetensors"))
     good_cfg2, good_st1 = open(cfg2, "rb").read(), open(st1, "rb").read()
+    with open(os.path.join(storage, "refs", "broken"), "w") as f:  # a ref file cut short
+        f.write("c0ffee")
     with open(cfg2, "r+b") as f:
         f.truncate(len(good_cfg2) // 2)
     damaged = bytearray(good_st1)
@@ -338,7 +341,8 @@ def test_truncated_or_damaged_blob_and_ref_to_a_missing_snapshot(tmp_path):
     assert f"snapshot {h1} is incomplete, not imported: model.safetensors: its blob" in err, err
     assert f"refs/dev points to snapshot {h3}, which is not in the cache" in err, err
     last = err.strip().splitlines()[-1]
-    assert last.startswith("tvcfs: error: 2 incomplete snapshot(s)") and "1 ref(s) name a snapshot missing" in last
+    assert f"refs/broken in {storage} holds 'c0ffee', not a commit hash" in err, err
+    assert last.startswith("tvcfs: error: 2 incomplete snapshot(s)") and "2 ref(s) name no snapshot" in last
     with _open(repo) as r:
         assert r.branches() == {} and r.tags() == {}
 
@@ -347,11 +351,11 @@ def test_truncated_or_damaged_blob_and_ref_to_a_missing_snapshot(tmp_path):
     proc = run_tvcfs("--repo", repo, "import-hf", "--cache-dir", cache, ok=False)
     err = proc.stderr.decode()
     assert proc.returncode == 1 and "acme/tiny: 2 snapshots imported" in proc.stdout.decode(), (proc.stdout, err)
-    assert err.strip().splitlines()[-1].startswith("tvcfs: error: 1 ref(s) name a snapshot missing"), err
+    assert err.strip().splitlines()[-1].startswith("tvcfs: error: 2 ref(s) name no snapshot"), err
     with _open(repo) as r:
         assert b"".join(r.read_file("main", "config.json")) == good_cfg2
         assert b"".join(r.read_file("v1", "model.safetensors")) == good_st1
-        assert "dev" not in r.branches()
+        assert "dev" not in r.branches() and "broken" not in r.branches()
 
 
 def test_import_hf_errors_and_config(tmp_path, tmp_repo):

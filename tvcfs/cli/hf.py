@@ -37,7 +37,7 @@ def cmd_import_hf(args):
         dangling += r.dangling_refs
     if incomplete or dangling:
         what = [f"{incomplete} incomplete snapshot(s) in {cache_dir} were not imported"] if incomplete else []
-        what += [f"{dangling} ref(s) name a snapshot missing from {cache_dir}"] if dangling else []
+        what += [f"{dangling} ref(s) name no snapshot in {cache_dir}"] if dangling else []
         print(f"tvcfs: error: {'; '.join(what)} (see the warnings above; download again and rerun tvcfs "
               "import-hf); everything else was imported", file=sys.stderr)
         return 1

@@ -83,13 +83,15 @@ class Snapshot:
 @dataclass
 class CachedRepo:
     """One ``models--org--name`` folder: ``refs`` ``{revision: hash}``, ``snapshots``
-    ``{hash: Snapshot}``, ``partial_blobs``: names of ``blobs/*.incomplete`` files."""
+    ``{hash: Snapshot}``, ``partial_blobs``: names of ``blobs/*.incomplete`` files,
+    ``bad_refs``: ``{revision: content}`` of ref files that hold no commit hash."""
 
     repo_id: str
     path: str
     refs: dict
     snapshots: dict
     partial_blobs: list
+    bad_refs: dict = field(default_factory=dict)
 
 
 def scan(cache_dir: str, repo_ids=()) -> list:
@@ -114,15 +116,18 @@ def scan(cache_dir: str, repo_ids=()) -> list:
 
 
 def _scan_repo(repo_id: str, path: str) -> CachedRepo:
-    refs = {}
+    refs, bad = {}, {}
     refs_dir = os.path.join(path, "refs")
     for dirpath, _, files in os.walk(refs_dir):
         for f in files:
             p = os.path.join(dirpath, f)
             with open(p, encoding="utf-8", errors="replace") as fh:
                 value = fh.read().strip()
+            rev = os.path.relpath(p, refs_dir).replace(os.sep, "/")
             if COMMIT_HASH.fullmatch(value):
-                refs[os.path.relpath(p, refs_dir).replace(os.sep, "/")] = value
+                refs[rev] = value
+            else:
+                bad[rev] = value
     snaps = {}
     snap_dir = os.path.join(path, "snapshots")
     if os.path.isdir(snap_dir):
@@ -132,7 +137,7 @@ def _scan_repo(repo_id: str, path: str) -> CachedRepo:
                 snaps[h] = _scan_snapshot(path, h, p)
     blobs = os.path.join(path, "blobs")
     partial = sorted(b for b in os.listdir(blobs) if b.endswith(".incomplete")) if os.path.isdir(blobs) else []
-    return CachedRepo(repo_id, path, refs, snaps, partial)
+    return CachedRepo(repo_id, path, refs, snaps, partial, bad)
 
 
 def _scan_snapshot(repo_path: str, h: str, snap: str) -> Snapshot:
@@ -171,7 +176,8 @@ class ImportReport:
     snapshots, interrupted downloads, refs left alone); ``notes``: one line each
     (partial downloads, snapshots imported again); ``incomplete``: how many
     snapshots were not imported for being incomplete; ``dangling_refs``: how many
-    refs name a snapshot not in the cache; ``files``, ``bytes``: read;
+    refs name no snapshot in the cache (a snapshot it lacks, or no commit hash at all);
+    ``files``, ``bytes``: read;
     ``new_bytes``: stored."""
 
     repo_id: str
@@ -245,6 +251,10 @@ def _line(c: CachedRepo, complete: dict, tags, branches) -> tuple[list, dict]:
 
 def _import_repo(repo, c: CachedRepo, prefix: str, tags, branches, on_commit, progress=None) -> ImportReport:
     rep = ImportReport(c.repo_id, prefix)
+    for rev, value in sorted(c.bad_refs.items()):
+        rep.dangling_refs += 1
+        rep.warnings.append(f"{c.repo_id}: refs/{rev} in {c.path} holds {value[:60]!r}, not a commit hash "
+                            "(a damaged or interrupted download): not imported")
     for b in c.partial_blobs:
         rep.warnings.append(f"{c.repo_id}: an interrupted download left blobs/{b} in {c.path}: a snapshot "
                             "may lack that file; finish the download and run tvcfs import-hf again")
