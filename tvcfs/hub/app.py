@@ -678,12 +678,16 @@ class HubApp:
                                         sha1=writer.sha1.hexdigest()))
                 elif key == "lfsFile":
                     path = check_path(value.get("path", ""))
-                    oid = value.get("oid")
+                    oid, declared = value.get("oid"), value.get("size")
                     if not isinstance(oid, str):
                         raise ApiError(422, f"line {lineno}: lfsFile without oid")
+                    if value.get("algo", "sha256") != "sha256":
+                        raise ApiError(422, f"line {lineno}: lfsFile {path}: only algo 'sha256' is served")
+                    if declared is not None and not (_is_int(declared) and declared >= 0):
+                        raise ApiError(422, f"line {lineno}: lfsFile {path}: size {declared!r} is not a byte count")
                     obj = hub.staged_object(repo_id, oid)
                     if obj is not None:
-                        files.append(Upload(path, tmp=obj, size=os.path.getsize(obj), sha256=oid))
+                        up = Upload(path, tmp=obj, size=os.path.getsize(obj), sha256=oid)
                     else:
                         have = await self.thread(hub.cid_for_sha256, repo_id, oid)
                         if not have:
@@ -691,8 +695,12 @@ class HubApp:
                                                 "(POST the LFS batch API first)")
                         from ..dag import stat_node
 
-                        files.append(Upload(path, cid=have[0], tsize=stat_node(hub.repo(repo_id).get, have[0]).tsize
-                                            or 0, size=have[1], sha256=oid))
+                        up = Upload(path, cid=have[0], tsize=stat_node(hub.repo(repo_id).get, have[0]).tsize or 0,
+                                    size=have[1], sha256=oid)
+                    if declared is not None and declared != up.size:
+                        raise ApiError(422, f"line {lineno}: lfsFile {path}: object {oid} is {up.size} bytes, "
+                                            f"not the {declared} the commit says")
+                    files.append(up)
                 elif key in ("deletedFile", "deletedFolder"):
                     deletes.append(check_path(str(value.get("path", "")).rstrip("/")))
                 else:
