@@ -12,6 +12,7 @@ freed" is ``mount -o remount,size=`` of the same tmpfs.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -293,5 +294,99 @@ def _head(root: str) -> bytes | None:
     r = Repo.open(root)
     try:
         return head(r)
+    finally:
+        r.close()
+
+
+def _fill(disk: SmallDisk) -> str:
+    """Fill ``disk`` to the last byte with a file beside the repository; return its path."""
+    filler = os.path.join(disk.path, "filler")
+    with open(filler, "wb", buffering=0) as f:
+        for size in (MIB, 4096, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+    return filler
+
+
+@pytest.mark.fuse
+@pytest.mark.timeout(120)
+def test_namespace_changes_on_a_full_disk_fail_with_enospc_and_change_nothing(small_disk, tmp_path):
+    """With the repository's disk full to the last byte, a namespace change in a branch
+    directory (mkdir, create, rename, unlink, symlink, chmod) cannot be journaled: it
+    fails with ``ENOSPC`` and is not made (the tree shows nothing of it, its journal
+    holds no torn line); the branch keeps its commit; once space is freed the mount
+    works on, and the next commit (and a crash recovery of the staging area) holds
+    exactly the changes that succeeded."""
+    from tvcfs.repo import Repo
+
+    disk = small_disk(16 * MIB)
+    root, base = _repo_with_base(disk, tmp_path)
+    with Mounted(root, tmp_path / "mnt", commit_delay=3600, allow_errors=("no space left",)) as m:
+        br = m.branch()
+        os.mkdir(os.path.join(br, "before"))  # the workspace exists, its journal is open
+        filler = _fill(disk)
+        failed = []
+        for what, op in [("mkdir", lambda: os.mkdir(os.path.join(br, "d" * 200))),
+                         ("create", lambda: open(os.path.join(br, "n" * 200), "wb").close()),
+                         ("rename", lambda: os.rename(os.path.join(br, "config.json"),
+                                                      os.path.join(br, "c" * 200 + ".json"))),
+                         ("symlink", lambda: os.symlink("t" * 200, os.path.join(br, "s" * 200))),
+                         ("unlink", lambda: os.unlink(os.path.join(br, "config.json"))),
+                         ("rmdir", lambda: os.rmdir(os.path.join(br, "before"))),
+                         ("chmod", lambda: os.chmod(os.path.join(br, "config.json"), 0o755))]:
+            for _ in range(40):  # the journal's last page may still have room: change until it has none
+                try:
+                    op()
+                except OSError as e:
+                    assert e.errno == errno.ENOSPC, (what, e)
+                    failed.append(what)
+                    break
+                # it succeeded (journaled): undo it so that the next attempt is the same change
+                if what == "mkdir":
+                    os.rmdir(os.path.join(br, "d" * 200))
+                elif what == "create":
+                    os.unlink(os.path.join(br, "n" * 200))
+                elif what == "rename":
+                    os.rename(os.path.join(br, "c" * 200 + ".json"), os.path.join(br, "config.json"))
+                elif what == "symlink":
+                    os.unlink(os.path.join(br, "s" * 200))
+                elif what == "unlink":
+                    with open(os.path.join(br, "config.json"), "wb") as f:
+                        f.write(b'{"v": 1}\n')
+                elif what == "rmdir":
+                    os.mkdir(os.path.join(br, "before"))
+                elif what == "chmod":
+                    os.chmod(os.path.join(br, "config.json"), 0o644)
+        assert failed == ["mkdir", "create", "rename", "symlink", "unlink", "rmdir", "chmod"], failed
+        assert sorted(os.listdir(br)) == ["before", "config.json"], (failed, os.listdir(br))
+        with open(os.path.join(br, "config.json"), "rb") as f:
+            assert f.read() == b'{"v": 1}\n'
+        assert not os.stat(os.path.join(br, "config.json")).st_mode & 0o111
+        assert _head(root) == base
+        os.unlink(filler)  # space again: the mount works on
+        os.mkdir(os.path.join(br, "after"))
+        with open(os.path.join(br, "after", "x.txt"), "wb") as f:
+            f.write(b"x")
+        staging = os.path.join(root, ".tvcfs", "staging")
+        for d in os.listdir(staging):  # every journal line whole: replay would read them all
+            for name in os.listdir(os.path.join(staging, d)):
+                if name.startswith("journal-"):
+                    with open(os.path.join(staging, d, name), "rb") as f:
+                        text = f.read()
+                    assert not text or text.endswith(b"\n")
+                    for line in text.splitlines():
+                        json.loads(line)
+        dfd = os.open(br, os.O_RDONLY)
+        try:
+            os.fsync(dfd)  # commits
+        finally:
+            os.close(dfd)
+    r = Repo.open(root)
+    try:
+        assert sorted(e.name for e in r.ls("main")) == ["after", "before", "config.json"]
+        assert b"".join(r.read_file("main", "config.json")) == b'{"v": 1}\n'
     finally:
         r.close()

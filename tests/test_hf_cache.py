@@ -301,6 +301,63 @@ def test_incomplete_and_partial_snapshots(tmp_path):
         assert b"".join(r.read_file("v2", "sub/vocab.txt")) == (src3 / "sub" / "vocab.txt").read_bytes()
 
 
+def test_truncated_or_damaged_blob_and_ref_to_a_missing_snapshot(tmp_path):
+    """A blob that does not hash to its name (a truncated config: git blob sha-1; a
+    safetensors file with one flipped byte: sha-256) makes its snapshot incomplete:
+    not imported, never a commit of the wrong bytes; a ref naming a snapshot the
+    cache does not hold, and a ref file holding no commit hash, are reported and
+    the import exits 1. With the blobs repaired,
+    importing again commits the right bytes."""
+    import numpy as np
+    from support.safetensors import write_safetensors_raw
+
+    src1, src2 = tmp_path / "s1", tmp_path / "s2"
+    for d, v in ((src1, 1), (src2, 2)):
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"v": v, "pad": "x" * 1000}))
+        w = np.random.default_rng(v).standard_normal(4096).astype(np.float32).tobytes()
+        write_safetensors_raw(str(d / "model.safetensors"), [("w", "F32", (4096,), w)])
+    h1, h2, h3 = fake_hash("b1"), fake_hash("b2"), fake_hash("gone")
+    cache = str(tmp_path / "cache")
+    storage = build_hf_cache(cache, "acme/tiny", [(h1, str(src1), T0), (h2, str(src2), T0 + 10)],
+                             {"main": h2, "v1": h1, "dev": h3})
+    cfg2 = os.path.realpath(os.path.join(storage, "snapshots", h2, "config.json"))
+    st1 = os.path.realpath(os.path.join(storage, "snapshots", h1, "model.safetensors"))
+    good_cfg2, good_st1 = open(cfg2, "rb").read(), open(st1, "rb").read()
+    with open(os.path.join(storage, "refs", "broken"), "w") as f:  # a ref file cut short
+        f.write("c0ffee")
+    with open(cfg2, "r+b") as f:
+        f.truncate(len(good_cfg2) // 2)
+    damaged = bytearray(good_st1)
+    damaged[-100] ^= 0x01
+    open(st1, "wb").write(bytes(damaged))
+    repo = str(tmp_path / "repo")
+    run_tvcfs("init", repo)
+    proc = run_tvcfs("--repo", repo, "import-hf", "--cache-dir", cache, ok=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert f"snapshot {h2} is incomplete, not imported: config.json: its blob {os.path.basename(cfg2)} " \
+           f"({len(good_cfg2) // 2} bytes) does not hash to its name" in err, err
+    assert f"snapshot {h1} is incomplete, not imported: model.safetensors: its blob" in err, err
+    assert f"refs/dev points to snapshot {h3}, which is not in the cache" in err, err
+    last = err.strip().splitlines()[-1]
+    assert f"refs/broken in {storage} holds 'c0ffee', not a commit hash" in err, err
+    assert last.startswith("tvcfs: error: 2 incomplete snapshot(s)") and "2 ref(s) name no snapshot" in last
+    with _open(repo) as r:
+        assert r.branches() == {} and r.tags() == {}
+
+    open(cfg2, "wb").write(good_cfg2)
+    open(st1, "wb").write(good_st1)
+    proc = run_tvcfs("--repo", repo, "import-hf", "--cache-dir", cache, ok=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "acme/tiny: 2 snapshots imported" in proc.stdout.decode(), (proc.stdout, err)
+    assert err.strip().splitlines()[-1].startswith("tvcfs: error: 2 ref(s) name no snapshot"), err
+    with _open(repo) as r:
+        assert b"".join(r.read_file("main", "config.json")) == good_cfg2
+        assert b"".join(r.read_file("v1", "model.safetensors")) == good_st1
+        assert "dev" not in r.branches() and "broken" not in r.branches()
+
+
 def test_import_hf_errors_and_config(tmp_path, tmp_repo):
     """One-line errors: no cache, a repository not in it, a bad or unknown config
     key; ``tvcfs config`` sets, gets, lists and unsets hf.repo_id; the default

@@ -370,6 +370,75 @@ def test_traversal_malformed_and_oversized(hub):
     assert os.listdir(os.path.join(root, "tmp")) == []
 
 
+def test_json_bodies_of_the_wrong_shape_and_bad_ref_names_are_422(hub):
+    """A JSON body that parses but is not the object a route expects (a list, a
+    number), a list of paths holding a number, and a branch or tag name git refuses
+    are each a 422 with a one-line message, never a 500; nothing changes."""
+    url, tok = hub["url"], hub["tokens"]["alice"]
+    head = run_tvcfs("-C", _repo_path(hub, "model"), "log", "-n1", "--oneline").stdout
+    refs = get_json(url, f"/api/repos/{ORG}/model/refs")[1]
+    api = f"/api/models/{ORG}/model"
+    nd = ndjson({"key": "header", "value": {"summary": "t"}})
+    for method, path, body in [
+            ("POST", f"/{ORG}/model.git/info/lfs/objects/batch", b"[1]"),
+            ("POST", f"/{ORG}/model.git/info/lfs/objects/batch", b'{"objects": [{"oid": "%s", "size": true}]}' % (b"a" * 64)),
+            ("POST", f"{api}/paths-info/main", b'{"paths": [1]}'),
+            ("PUT", f"{api}/settings", b"3"),
+            ("POST", f"{api}/branch/dev", b"[1]"),
+            ("POST", f"{api}/branch/dev", b'{"startingPoint": 5}'),
+            ("POST", f"{api}/branch/..", b"{}"),
+            ("POST", f"{api}/branch/a%00b", b"{}"),
+            ("POST", f"{api}/tag/main", b'{"tag": "../x"}'),
+            ("POST", f"{api}/commit/..", nd),
+            ("POST", f"{api}/commit/%00", nd)]:
+        st, _, out = request(url, method, path, body, tok, {"Content-Type": "application/json"})
+        assert st == 422 and "error" in json.loads(out), (method, path, body, st, out)
+    assert run_tvcfs("-C", _repo_path(hub, "model"), "log", "-n1", "--oneline").stdout == head
+    assert get_json(url, f"/api/repos/{ORG}/model/refs")[1] == refs
+    assert get_json(url, f"/api/repos/{ORG}/model")[1]["private"] is False
+
+
+def test_commits_that_would_drop_entries_or_lie_about_an_lfs_file_are_422(hub):
+    """A commit is refused (422, nothing committed, the uploaded LFS object kept for a
+    retry) when a path would silently replace another kind of entry (a file under an
+    existing file, a file over an existing directory, ``d`` and ``d/f`` in one
+    commit) or an ``lfsFile`` line states another size or hash algorithm than the
+    object uploaded; deleting first in the same commit makes the replacement fine."""
+    import hashlib
+
+    url, tok = hub["url"], hub["tokens"]["alice"]
+    assert get_json(url, "/api/repos", tok, "POST", {"namespace": ORG, "name": "clash"})[0] == 201
+    commit = f"/api/models/{ORG}/clash/commit/main"
+    hdr = {"key": "header", "value": {"summary": "c"}}
+
+    def file(path):
+        return {"key": "file", "value": {"path": path, "content": "eA==", "encoding": "base64"}}
+
+    assert request(url, "POST", commit, ndjson(hdr, file("w.bin"), file("dir/a.txt")), tok)[0] == 200
+    head = get_json(url, f"/api/repos/{ORG}/clash/refs")[1]["branches"]["main"]
+    data = os.urandom(3000)
+    oid = hashlib.sha256(data).hexdigest()
+    st, batch = get_json(url, f"/{ORG}/clash.git/info/lfs/objects/batch", tok, "POST",
+                         {"operation": "upload", "objects": [{"oid": oid, "size": len(data)}]})
+    assert request(url, "PUT", batch["objects"][0]["actions"]["upload"]["href"][len(url):], data)[0] == 200
+    lfs = {"path": "big.bin", "algo": "sha256", "oid": oid, "size": len(data)}
+    for lines, words in [((file("w.bin/sub"),), "w.bin is a file"),
+                         ((file("dir"),), "dir is a directory"),
+                         ((file("n/f"), file("n")), "n would be both a file and the directory of n/f"),
+                         (({"key": "lfsFile", "value": dict(lfs, size=5)},), "is 3000 bytes, not the 5"),
+                         (({"key": "lfsFile", "value": dict(lfs, algo="md5")},), "only algo 'sha256'")]:
+        st, _, out = request(url, "POST", commit, ndjson(hdr, *lines), tok)
+        assert st == 422 and words in json.loads(out)["error"], (lines, st, out)
+    assert get_json(url, f"/api/repos/{ORG}/clash/refs")[1]["branches"]["main"] == head
+    # replacing on purpose, and the LFS object (kept) with its true size
+    st, _, out = request(url, "POST", commit, ndjson(hdr, {"key": "deletedFile", "value": {"path": "w.bin"}},
+                                                     file("w.bin/sub"), {"key": "lfsFile", "value": lfs}), tok)
+    assert st == 200, out
+    ls = run_tvcfs("-C", _repo_path(hub, "clash"), "ls", "-r", "main").stdout.decode()
+    assert "w.bin/sub" in ls and "dir/a.txt" in ls and "big.bin" in ls, ls
+    assert request(url, "GET", f"/{ORG}/clash/resolve/main/big.bin")[2] == data
+
+
 def test_streamed_body_over_the_limit_and_slow_clients(hub):
     tok = hub["tokens"]["alice"]
     head = run_tvcfs("-C", _repo_path(hub, "model"), "log", "-n1", "--oneline").stdout

@@ -190,6 +190,45 @@ def test_corrupt_object_is_rejected_and_not_stored_locally(s3_endpoint):
         router.close()
 
 
+def test_truncated_pack_and_an_index_that_lies_are_clear_errors(s3_endpoint):
+    """A pack cut short (a block inside it, a block wholly past its new end), and an
+    index whose entries lie (an offset past the object's end, a length one byte
+    short, two entries overlapping) each read as :class:`BlockUnavailable` naming the
+    pack and what is wrong, never S3's bare ``InvalidRange`` nor wrong bytes; a block
+    the damage does not reach still reads."""
+    bucket = new_bucket(s3_endpoint)
+    url = f"s3://{bucket}/t"
+    items = blocks_1mib(range(3))
+    with S3Store(url, endpoint_url=s3_endpoint) as st:
+        st.put_many(items)
+    c = s3_client(s3_endpoint)
+    objs = bucket_objects(s3_endpoint, bucket)
+    pack = next(k for k in objs if k.endswith(".pack"))
+    body = c.get_object(Bucket=bucket, Key=pack)["Body"].read()
+    c.put_object(Bucket=bucket, Key=pack, Body=body[: len(body) // 2])  # cut in block 1; block 2 wholly gone
+    with S3Store(url, endpoint_url=s3_endpoint) as st:
+        entries = {e.cid: e for e in decode_index(c.get_object(Bucket=bucket, Key=pack[:-5] + ".idx")["Body"].read())}
+        last = max(items, key=lambda kv: entries[kv[0]].offset)[0]
+        with pytest.raises(BlockUnavailable, match=r"shorter than its index says") as e:
+            st.get(last)
+        assert "InvalidRange" not in str(e.value) and pack.split("/")[-1][:-5] in str(e.value)
+        first = min(items, key=lambda kv: entries[kv[0]].offset)
+        assert st.get(first[0]) == first[1]
+    # the whole pack back, and an index that lies about it (the pack id stays)
+    c.put_object(Bucket=bucket, Key=pack, Body=body)
+    a, b, z = sorted(items, key=lambda kv: entries[kv[0]].offset)
+    for lie, err in [({a[0]: entries[a[0]]._replace(offset=len(body) + 10)}, "shorter than its index says"),
+                     ({a[0]: entries[a[0]]._replace(length=entries[a[0]].length - 1)}, "does not hash to its CID"),
+                     ({b[0]: entries[b[0]]._replace(offset=entries[a[0]].offset)}, "does not hash to its CID")]:
+        _, idx = encode_index(list({**entries, **lie}.values()))
+        c.put_object(Bucket=bucket, Key=pack[:-5] + ".idx", Body=idx)
+        with S3Store(url, endpoint_url=s3_endpoint) as st:
+            cid = next(iter(lie))
+            with pytest.raises(BlockUnavailable, match=err):
+                st.get(cid)
+            assert st.get(z[0]) == z[1]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -20,7 +20,7 @@ def cmd_import_hf(args):
             repo, cache_dir, args.repo_ids, tags=args.tag, branches=args.branch,
             on_commit=lambda rid, h, cid: print(f" {rid} {h[:12]} -> {short_cid(cid)}", flush=True),
             progress=bar)
-    incomplete = 0
+    incomplete = dangling = 0
     for r in reports:
         for n in r.notes:
             print(f"tvcfs: note: {n}", file=sys.stderr)
@@ -34,9 +34,12 @@ def cmd_import_hf(args):
                 ("tag", full[len("refs/tags/"):])
             print(f" {kind} {name} -> {cid_str(cid)}")
         incomplete += r.incomplete
-    if incomplete:
-        print(f"tvcfs: error: {incomplete} incomplete snapshot(s) in {cache_dir} were not imported (see the "
-              "warnings above); everything else was", file=sys.stderr)
+        dangling += r.dangling_refs
+    if incomplete or dangling:
+        what = [f"{incomplete} incomplete snapshot(s) in {cache_dir} were not imported"] if incomplete else []
+        what += [f"{dangling} ref(s) name no snapshot in {cache_dir}"] if dangling else []
+        print(f"tvcfs: error: {'; '.join(what)} (see the warnings above; download again and rerun tvcfs "
+              "import-hf); everything else was imported", file=sys.stderr)
         return 1
     return 0
 

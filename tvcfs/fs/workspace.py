@@ -22,6 +22,7 @@ staged tree is committed on ``conflicts/<branch>-<UTC time>`` and reported.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -103,6 +104,7 @@ class Workspace:
         self._gen = 0             # generation of the snapshot on disk (0: none)
         self._jn = 0              # changes in the journal of that snapshot
         self._jfd = None
+        self._jlen = 0            # bytes in that journal
         self.failures = 0         # commit attempts failed in a row
         self.retry_at = 0.0       # monotonic time before which no automatic attempt is made
 
@@ -164,11 +166,17 @@ class Workspace:
             os.unlink(path)
             raise
         os.close(fd)
+        was, old = self.pending, (e.cid, e.size)
         e.staged = path
         e.cid = None
         e.size = os.path.getsize(path)
         self.touch(e)
-        self.log({"op": "stage", "p": e.path(), "staged": self._rel(path)}, e)
+
+        def undo():
+            e.staged, (e.cid, e.size) = None, old
+            _unlink_quietly(path)
+
+        self._logged({"op": "stage", "p": e.path(), "staged": self._rel(path)}, e, undo, was)
         return path
 
     def _copy_out(self, cid: bytes, fd: int, truncate_to: int | None) -> None:
@@ -196,7 +204,9 @@ class Workspace:
             os.ftruncate(fd, truncate_to)
 
     def new_entry(self, parent: WEntry, name: str, kind: str, mode: int = 0o644, target: str = "") -> WEntry:
-        """Create ``name`` in ``parent`` (replacing nothing: callers check)."""
+        """Create ``name`` in ``parent`` (replacing nothing: callers check). Raises
+        ``OSError`` (nothing created) when the change cannot be persisted."""
+        was = self.pending
         w = WEntry(kind, mode=mode, target=target, mtime=time.time())
         w.parent, w.name = parent, name
         if kind == KIND_DIR:
@@ -214,17 +224,35 @@ class Workspace:
             op["staged"] = self._rel(w.staged)
         elif kind == KIND_SYMLINK:
             op["target"] = target
-        self.log(op, w)
+
+        def undo():
+            self.children(parent).pop(name, None)
+            w.parent = None
+            if w.staged:
+                _unlink_quietly(w.staged)
+
+        self._logged(op, w, undo, was)
         return w
 
     def remove(self, parent: WEntry, name: str) -> WEntry:
+        """Remove ``name`` from ``parent``; returns its entry. Raises ``OSError``
+        (nothing removed) when the change cannot be persisted."""
+        was = self.pending
         w = self.children(parent).pop(name)
         w.parent = None
         self.touch(parent)
-        self.log({"op": "rm", "p": _join(parent.path(), name)}, parent)
+
+        def undo():
+            self.children(parent)[name] = w
+            w.parent = parent
+
+        self._logged({"op": "rm", "p": _join(parent.path(), name)}, parent, undo, was)
         return w
 
     def move(self, src_parent: WEntry, src: str, dst_parent: WEntry, dst: str) -> None:
+        """Rename ``src`` of ``src_parent`` to ``dst`` of ``dst_parent`` (replacing
+        it). Raises ``OSError`` (nothing moved) when the change cannot be persisted."""
+        was = self.pending
         op = {"op": "mv", "s": _join(src_parent.path(), src), "d": _join(dst_parent.path(), dst)}
         w = self.children(src_parent).pop(src)
         old = self.children(dst_parent).pop(dst, None)
@@ -234,13 +262,28 @@ class Workspace:
         self.children(dst_parent)[dst] = w
         self.touch(src_parent)
         self.touch(w)
-        self.log(op, w)
+
+        def undo():
+            self.children(dst_parent).pop(dst, None)
+            if old is not None:
+                self.children(dst_parent)[dst] = old
+                old.parent = dst_parent
+            w.parent, w.name = src_parent, src
+            self.children(src_parent)[src] = w
+
+        self._logged(op, w, undo, was)
 
     def chmod(self, w: WEntry, mode: int) -> None:
-        """Set the permission bits of ``w`` (files: 0644 or 0755)."""
+        """Set the permission bits of ``w`` (files: 0644 or 0755). Raises ``OSError``
+        (mode unchanged) when the change cannot be persisted."""
+        was, old = self.pending, w.mode
         w.mode = mode
         self.touch(w)
-        self.log({"op": "mode", "p": w.path(), "mode": mode}, w)
+
+        def undo():
+            w.mode = old
+
+        self._logged({"op": "mode", "p": w.path(), "mode": mode}, w, undo, was)
 
     # --- persistence -----------------------------------------------------------
     # The staged tree is persisted as a snapshot (``state.json``, generation G) plus
@@ -257,10 +300,23 @@ class Workspace:
             w = w.parent
         return w is self.root
 
+    def _logged(self, op: dict, w: WEntry | None, undo, pending: bool) -> None:
+        """:meth:`log` a change just made in memory; if it cannot be persisted (a
+        full disk), call ``undo()`` to take it back, restore ``pending`` and re-raise:
+        a change the caller is told failed is not made, and one made is on disk."""
+        try:
+            self.log(op, w)
+        except BaseException:
+            undo()
+            self.pending = pending
+            raise
+
     def log(self, op: dict, w: WEntry | None = None) -> None:
         """Persist one namespace change (already applied in memory) of entry ``w``.
         Changes to entries no longer in the tree (an unlinked file still open) are
-        not recorded: they are not part of any commit."""
+        not recorded: they are not part of any commit. Raises ``OSError`` (``ENOSPC``
+        on a full disk) with the journal as it was before (a line written in part is
+        cut off again, so no torn line precedes later ones)."""
         if w is not None and not self._attached(w):
             return
         if self._gen == 0 or self._jn >= JOURNAL_MAX:
@@ -269,7 +325,19 @@ class Workspace:
         if self._jfd is None:  # a loaded workspace: continue its journal
             self._jfd = os.open(os.path.join(self.dir, JOURNAL.format(self._gen)),
                                 os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.write(self._jfd, (json.dumps(op, separators=(",", ":")) + "\n").encode())
+            self._jlen = os.fstat(self._jfd).st_size
+        line = (json.dumps(op, separators=(",", ":")) + "\n").encode()
+        try:
+            n = os.write(self._jfd, line)
+            if n != len(line):  # the disk filled up within the line
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            try:
+                os.ftruncate(self._jfd, self._jlen)
+            except OSError:
+                pass
+            raise
+        self._jlen += n
         self._jn += 1
 
     def _ser(self, w: WEntry) -> dict:
@@ -304,11 +372,17 @@ class Workspace:
         jpath = os.path.join(self.dir, JOURNAL.format(gen))
         jfd = os.open(jpath, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         tmp = os.path.join(self.dir, STATE + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(json.dumps(state))
-        os.replace(tmp, os.path.join(self.dir, STATE))
+        try:
+            with open(tmp, "w") as f:
+                f.write(json.dumps(state))
+            os.replace(tmp, os.path.join(self.dir, STATE))
+        except BaseException:  # (a full disk) the previous snapshot and journal stay
+            os.close(jfd)
+            _unlink_quietly(jpath)
+            _unlink_quietly(tmp)
+            raise
         self._close_journal(unlink=True)
-        self._gen, self._jn, self._jfd = gen, 0, jfd
+        self._gen, self._jn, self._jfd, self._jlen = gen, 0, jfd, 0
 
     def _close_journal(self, unlink: bool) -> None:
         if self._jfd is not None:
@@ -784,6 +858,14 @@ def _describe_dirs(get, old_tree, new_tree, branch: str) -> str:
 
 def _join(head: str, name: str) -> str:
     return f"{head}/{name}" if head else name
+
+
+def _unlink_quietly(path: str) -> None:
+    """Remove file ``path`` if it is there (cleaning up after a failed change)."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _process_alive(pid) -> bool:

@@ -706,7 +706,20 @@ class WritableOperations(ReadOnlyOperations):
 # pyfuse3 lets any exception other than FUSEError escape from its main loop, which
 # ends the mount. Every request handler is wrapped: a BlockNotFound (the read
 # snapshot predates a commit made meanwhile by this mount or another process) renews
-# the snapshot and retries once; anything else unexpected is logged and answered EIO.
+# the snapshot and retries once; a full disk (an OSError ENOSPC / EDQUOT, e.g. a
+# namespace change whose journal line cannot be written: the workspace took the
+# change back) is answered with that errno; anything else unexpected is logged and
+# answered EIO.
+_KEPT_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _answer(name, args, e: Exception):
+    """The ``FUSEError`` a handler's unexpected exception ``e`` becomes (logged)."""
+    if isinstance(e, OSError) and e.errno in _KEPT_ERRNOS:
+        log.warning("%s%r failed: %s", name, args[:2], e.strerror or e)
+        return pyfuse3.FUSEError(e.errno)
+    log.exception("%s%r failed", name, args[:2])
+    return pyfuse3.FUSEError(errno.EIO)
 _HANDLERS = ("lookup", "getattr", "setattr", "readlink", "mknod", "mkdir", "unlink", "rmdir",
              "symlink", "rename", "link", "open", "read", "write", "flush", "release", "fsync",
              "opendir", "readdir", "releasedir", "fsyncdir", "statfs", "access", "create",
@@ -722,16 +735,14 @@ def _guard(name, fn):
             raise
         except BlockNotFound:
             self.reader.renew()
-        except Exception:
-            log.exception("%s%r failed", name, args[:2])
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as e:
+            raise _answer(name, args, e) from None
         try:
             return await fn(self, *args)
         except pyfuse3.FUSEError:
             raise
-        except Exception:
-            log.exception("%s%r failed", name, args[:2])
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as e:
+            raise _answer(name, args, e) from None
 
     return wrapper
 

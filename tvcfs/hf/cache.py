@@ -16,8 +16,12 @@ the main-line snapshot before it in time. A commit's timestamp is its snapshot's
 time and its author fixed (:data:`AUTHOR`), so the same cache gives the same
 commits in any repository.
 
-A snapshot is *incomplete* when a link in it dangles (its blob is gone): it is not
-imported (never a truncated commit) and reported. A ``blobs/*.incomplete`` file (an
+A snapshot is *incomplete* when a link in it dangles (its blob is gone) or a blob it
+links to does not hash to its name (truncated or damaged: huggingface_hub names a
+blob by the sha-256 of an LFS file or the git blob sha-1 of another; checked for
+the snapshots an import reads, before it reads them): it is not imported (never a
+truncated commit) and reported. A ref naming a snapshot that is not in the cache
+(an interrupted download) is reported too, and its branch or tag is not set to it. A ``blobs/*.incomplete`` file (an
 interrupted download) is reported too. A snapshot holding fewer files than
 huggingface_hub's listing of its commit (``trees/HASH.json``) names — a download
 limited by patterns, or files fetched one by one — is imported as it is, with a
@@ -79,13 +83,15 @@ class Snapshot:
 @dataclass
 class CachedRepo:
     """One ``models--org--name`` folder: ``refs`` ``{revision: hash}``, ``snapshots``
-    ``{hash: Snapshot}``, ``partial_blobs``: names of ``blobs/*.incomplete`` files."""
+    ``{hash: Snapshot}``, ``partial_blobs``: names of ``blobs/*.incomplete`` files,
+    ``bad_refs``: ``{revision: content}`` of ref files that hold no commit hash."""
 
     repo_id: str
     path: str
     refs: dict
     snapshots: dict
     partial_blobs: list
+    bad_refs: dict = field(default_factory=dict)
 
 
 def scan(cache_dir: str, repo_ids=()) -> list:
@@ -110,15 +116,18 @@ def scan(cache_dir: str, repo_ids=()) -> list:
 
 
 def _scan_repo(repo_id: str, path: str) -> CachedRepo:
-    refs = {}
+    refs, bad = {}, {}
     refs_dir = os.path.join(path, "refs")
     for dirpath, _, files in os.walk(refs_dir):
         for f in files:
             p = os.path.join(dirpath, f)
             with open(p, encoding="utf-8", errors="replace") as fh:
                 value = fh.read().strip()
+            rev = os.path.relpath(p, refs_dir).replace(os.sep, "/")
             if COMMIT_HASH.fullmatch(value):
-                refs[os.path.relpath(p, refs_dir).replace(os.sep, "/")] = value
+                refs[rev] = value
+            else:
+                bad[rev] = value
     snaps = {}
     snap_dir = os.path.join(path, "snapshots")
     if os.path.isdir(snap_dir):
@@ -128,7 +137,7 @@ def _scan_repo(repo_id: str, path: str) -> CachedRepo:
                 snaps[h] = _scan_snapshot(path, h, p)
     blobs = os.path.join(path, "blobs")
     partial = sorted(b for b in os.listdir(blobs) if b.endswith(".incomplete")) if os.path.isdir(blobs) else []
-    return CachedRepo(repo_id, path, refs, snaps, partial)
+    return CachedRepo(repo_id, path, refs, snaps, partial, bad)
 
 
 def _scan_snapshot(repo_path: str, h: str, snap: str) -> Snapshot:
@@ -166,7 +175,9 @@ class ImportReport:
     ``[(full ref, CID)]`` set or moved; ``warnings``: one line each (incomplete
     snapshots, interrupted downloads, refs left alone); ``notes``: one line each
     (partial downloads, snapshots imported again); ``incomplete``: how many
-    snapshots were not imported for being incomplete; ``files``, ``bytes``: read;
+    snapshots were not imported for being incomplete; ``dangling_refs``: how many
+    refs name no snapshot in the cache (a snapshot it lacks, or no commit hash at all);
+    ``files``, ``bytes``: read;
     ``new_bytes``: stored."""
 
     repo_id: str
@@ -177,6 +188,7 @@ class ImportReport:
     warnings: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     incomplete: int = 0
+    dangling_refs: int = 0
     files: int = 0
     bytes: int = 0
     new_bytes: int = 0
@@ -239,11 +251,19 @@ def _line(c: CachedRepo, complete: dict, tags, branches) -> tuple[list, dict]:
 
 def _import_repo(repo, c: CachedRepo, prefix: str, tags, branches, on_commit, progress=None) -> ImportReport:
     rep = ImportReport(c.repo_id, prefix)
+    for rev, value in sorted(c.bad_refs.items()):
+        rep.dangling_refs += 1
+        rep.warnings.append(f"{c.repo_id}: refs/{rev} in {c.path} holds {value[:60]!r}, not a commit hash "
+                            "(a damaged or interrupted download): not imported")
     for b in c.partial_blobs:
         rep.warnings.append(f"{c.repo_id}: an interrupted download left blobs/{b} in {c.path}: a snapshot "
                             "may lack that file; finish the download and run tvcfs import-hf again")
+    record = repo.config.get(IMPORTED).get(c.repo_id, {})
+    done = {h: r for h, r in record.get("snapshots", {}).items() if repo.has(cid_from_str(r["commit"]))}
     complete = {}
     for h, s in c.snapshots.items():
+        if not s.missing and (h not in done or done[h].get("files") != s.fingerprint):
+            s.missing = _bad_blobs(s.path)  # to be read now: its blobs must be what their names say
         if s.missing:
             rep.incomplete += 1
             more = f" (and {len(s.missing) - 1} more)" if len(s.missing) > 1 else ""
@@ -252,8 +272,6 @@ def _import_repo(repo, c: CachedRepo, prefix: str, tags, branches, on_commit, pr
                                 "run tvcfs import-hf again")
         elif COMMIT_HASH.fullmatch(h):
             complete[h] = s
-    record = repo.config.get(IMPORTED).get(c.repo_id, {})
-    done = {h: r for h, r in record.get("snapshots", {}).items() if repo.has(cid_from_str(r["commit"]))}
     known = {h: cid_from_str(r["commit"]) for h, r in done.items()}  # a collected commit: import again
     previous = dict(known)
     line, side_parent = _line(c, complete, tags, branches)
@@ -285,6 +303,45 @@ def _import_repo(repo, c: CachedRepo, prefix: str, tags, branches, on_commit, pr
         progress(len(order), len(order), c.repo_id)
     _set_refs(repo, c, prefix, known, previous, line, record, tags, branches, rep)
     return rep
+
+
+def _bad_blobs(snap: str) -> list:
+    """``["PATH: …", …]``: the files of snapshot directory ``snap`` whose link names
+    a blob whose bytes do not hash to the blob's name (64 hex: sha-256; 40 hex: git
+    blob sha-1 of ``blob SIZE\\0`` + bytes; other names are not checked), or that
+    cannot be read. Reads each such blob once."""
+    bad, seen = [], {}
+    for dirpath, dirs, files in os.walk(snap):
+        dirs.sort()
+        for name in sorted(files):
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                continue
+            blob = os.path.realpath(p)
+            want = os.path.basename(blob)
+            if len(want) not in (40, 64) or any(ch not in "0123456789abcdef" for ch in want):
+                continue
+            if blob not in seen:
+                seen[blob] = _blob_problem(blob, want)
+            if seen[blob]:
+                bad.append(f"{os.path.relpath(p, snap).replace(os.sep, '/')}: its blob {want} {seen[blob]}")
+    return bad
+
+
+def _blob_problem(path: str, name: str) -> str | None:
+    """``None`` when blob file ``path`` hashes to ``name`` (40 hex: git blob sha-1,
+    64 hex: sha-256), else what is wrong (one phrase)."""
+    try:
+        size = os.path.getsize(path)
+        h = hashlib.sha1(f"blob {size}\0".encode()) if len(name) == 40 else hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if h.hexdigest() != name:
+        return f"({size} bytes) does not hash to its name (truncated or damaged)"
+    return None
 
 
 def _commit_snapshot(repo, c: CachedRepo, s: Snapshot, parents: tuple, prefix: str, rep: ImportReport) -> bytes:
@@ -329,6 +386,8 @@ def _set_refs(repo, c: CachedRepo, prefix: str, known: dict, previous: dict, lin
             continue
         if h not in known:
             why = "incomplete" if h in c.snapshots else "not in the cache"
+            if h not in c.snapshots:
+                rep.dangling_refs += 1
             instead = "not set"
             if kind == "branch" and name == "main" and line:
                 instead = f"set to the newest complete snapshot {line[-1]} instead"

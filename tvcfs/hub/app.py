@@ -34,6 +34,7 @@ from starlette.routing import Route
 from ..dag import KIND_DIR, KIND_FILE
 from ..encoding.cid import cid_str
 from ..errors import (BlockNotFound, InvalidEntryName, PathNotFound, RefConflict, RevisionNotFound, TvcfsError)
+from ..refs import InvalidRefName
 from ..repo import Author
 from ..store.base import view as store_view
 from .core import HashingWriter, Hub, Upload, commit_alias
@@ -57,6 +58,11 @@ def _error(status: int, message: str, code: str | None = None) -> JSONResponse:
         headers["X-Error-Code"] = code
         headers["X-Error-Message"] = message.replace("\n", " ")[:200].encode("ascii", "replace").decode()
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _is_int(x) -> bool:
+    """Whether JSON value ``x`` is an integer (``true``/``false`` are not)."""
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _iso(ts: int) -> str:
@@ -102,7 +108,7 @@ class HubApp:
                 return _error(e.status, e.message, e.code if hf else None)
             except HubError as e:
                 return _error(e.status, str(e), _HF_CODE.get(e.status) if hf else None)
-            except (InvalidName, InvalidEntryName) as e:
+            except (InvalidName, InvalidEntryName, InvalidRefName) as e:
                 return _error(422, str(e))
             except RevisionNotFound as e:
                 return _error(404, str(e), "RevisionNotFound" if hf else None)
@@ -177,6 +183,14 @@ class HubApp:
             return json.loads(data)
         except (ValueError, UnicodeDecodeError) as e:
             raise ApiError(422, f"malformed JSON body: {e}")
+
+    async def json_object(self, request: Request, expected: str, limit: int = JSON_LIMIT) -> dict:
+        """The request's JSON body, which must be an object (an empty body: ``{}``);
+        anything else (a list, a string, a number) is a 422 saying ``expected``."""
+        body = await self.json(request, limit)
+        if not isinstance(body, dict):
+            raise ApiError(422, f"expected a JSON object {expected}, not {type(body).__name__}")
+        return body
 
     async def thread(self, fn, *args):
         return await anyio.to_thread.run_sync(lambda: fn(*args))
@@ -346,6 +360,8 @@ class HubApp:
             paths = parse_qs(data.decode("utf-8", "replace")).get("paths", [])
         if isinstance(paths, str):
             paths = [paths]
+        if not isinstance(paths, list) or not all(isinstance(q, str) for q in paths):
+            raise ApiError(422, "expected {'paths': [PATH…]} (strings)")
         for q in paths:
             check_path(q.strip("/"))
         hub = self.hub
@@ -403,7 +419,7 @@ class HubApp:
         if len(tail) != 1:
             raise ApiError(404, "unknown route")
         self.access(request, repo_id, write=True)
-        body = await self.json(request)
+        body = await self.json_object(request, "{'startingPoint'} or {'tag'}")
         repo = self.hub.repo(repo_id)
         if request.method == "DELETE":
             await self.thread(repo.delete_branch if kind == "branch" else repo.delete_tag, tail[0])
@@ -411,6 +427,8 @@ class HubApp:
         if kind == "branch":
             start = body.get("startingPoint") or "main"
             name = tail[0]
+            if not isinstance(start, str):
+                raise ApiError(422, "'startingPoint' must be a revision (a string)")
         else:
             start, name = tail[0], body.get("tag")
             if not isinstance(name, str):
@@ -439,20 +457,16 @@ class HubApp:
 
     async def hf_validate_yaml(self, request: Request):
         """README metadata is not checked by this hub: every card is accepted."""
-        body = await self.json(request)
-        if not isinstance(body, dict):
-            raise ApiError(422, "expected a JSON object")
+        await self.json_object(request, "{'content', 'repoType'}")
         return JSONResponse({"errors": [], "warnings": []})
 
     async def _create_request(self, request: Request, ns_key: str) -> tuple:
         """``(user, repo_id, private)`` of a repository-creation request whose body
         names the namespace under ``ns_key`` (default: the user's own)."""
         user = self.user(request)
-        body = await self.json(request)
+        body = await self.json_object(request, f"{{'{ns_key}', 'name', 'private'}}")
         if user is None:
             raise ApiError(401, "creating a repository needs a token")
-        if not isinstance(body, dict):
-            raise ApiError(422, f"expected a JSON object {{'{ns_key}', 'name', 'private'}}")
         if (body.get("type") or "model") != "model":
             raise ApiError(422, "this hub serves model repositories only")
         repo_id = f"{body.get(ns_key) or user}/{body.get('name')}"
@@ -474,9 +488,7 @@ class HubApp:
         return JSONResponse({"url": f"{self.base(request)}/{repo_id}", "name": repo_id, "id": repo_id})
 
     async def hf_delete_repo(self, request: Request):
-        body = await self.json(request)
-        if not isinstance(body, dict):
-            raise ApiError(422, "expected a JSON object")
+        body = await self.json_object(request, "{'organization', 'name'}")
         user = self.user(request)
         repo_id = f"{body.get('organization') or user}/{body.get('name')}"
         self.access(request, repo_id, write=True)
@@ -486,7 +498,7 @@ class HubApp:
     async def hf_settings(self, request: Request):
         repo_id = _repo_id(request)
         self.access(request, repo_id, write=True)
-        body = await self.json(request)
+        body = await self.json_object(request, "{'private'}")
         if "private" in body:
             self.hub.state.set_repo(repo_id, private=bool(body["private"]))
         return JSONResponse({"success": True})
@@ -497,10 +509,9 @@ class HubApp:
         tail = _raw_tail(request, 5)
         rev = tail[0] if tail else "main"
         self.access(request, repo_id, write=True)
-        body = await self.json(request)
-        files = body.get("files") if isinstance(body, dict) else None
+        files = (await self.json_object(request, "{'files': [...]}")).get("files")
         if not isinstance(files, list) or not all(isinstance(f, dict) and isinstance(f.get("path"), str)
-                                                  and isinstance(f.get("size", 0), int) for f in files):
+                                                  and _is_int(f.get("size", 0)) for f in files):
             raise ApiError(422, "expected {'files': [{'path', 'size', 'sample'}…]}")
         for f in files:
             check_path(f["path"])
@@ -528,11 +539,10 @@ class HubApp:
         p = request.path_params
         repo_id = _repo_id(request)
         self.access(request, repo_id, write=True)
-        body = await self.json(request)
-        objs = body.get("objects") if isinstance(body, dict) else None
+        body = await self.json_object(request, "{'operation': 'upload', 'objects': [...]}")
+        objs = body.get("objects")
         if body.get("operation", "upload") != "upload" or not isinstance(objs, list) or not all(
-                isinstance(o, dict) and isinstance(o.get("oid"), str) and isinstance(o.get("size"), int)
-                for o in objs):
+                isinstance(o, dict) and isinstance(o.get("oid"), str) and _is_int(o.get("size")) for o in objs):
             raise ApiError(422, "expected {'operation': 'upload', 'objects': [{'oid', 'size'}…]}")
         base, hub = self.base(request), self.hub
         exp = int(time.time()) + UPLOAD_TTL
@@ -601,8 +611,8 @@ class HubApp:
     async def lfs_verify(self, request: Request):
         repo_id = _repo_id(request)
         self.access(request, repo_id, write=True)
-        body = await self.json(request)
-        oid = body.get("oid") if isinstance(body, dict) else None
+        body = await self.json_object(request, "{'oid', 'size'}")
+        oid = body.get("oid")
         if not isinstance(oid, str):
             raise ApiError(422, "expected {'oid', 'size'}")
         path = self.hub.staged_object(repo_id, oid)
@@ -668,12 +678,16 @@ class HubApp:
                                         sha1=writer.sha1.hexdigest()))
                 elif key == "lfsFile":
                     path = check_path(value.get("path", ""))
-                    oid = value.get("oid")
+                    oid, declared = value.get("oid"), value.get("size")
                     if not isinstance(oid, str):
                         raise ApiError(422, f"line {lineno}: lfsFile without oid")
+                    if value.get("algo", "sha256") != "sha256":
+                        raise ApiError(422, f"line {lineno}: lfsFile {path}: only algo 'sha256' is served")
+                    if declared is not None and not (_is_int(declared) and declared >= 0):
+                        raise ApiError(422, f"line {lineno}: lfsFile {path}: size {declared!r} is not a byte count")
                     obj = hub.staged_object(repo_id, oid)
                     if obj is not None:
-                        files.append(Upload(path, tmp=obj, size=os.path.getsize(obj), sha256=oid))
+                        up = Upload(path, tmp=obj, size=os.path.getsize(obj), sha256=oid)
                     else:
                         have = await self.thread(hub.cid_for_sha256, repo_id, oid)
                         if not have:
@@ -681,8 +695,12 @@ class HubApp:
                                                 "(POST the LFS batch API first)")
                         from ..dag import stat_node
 
-                        files.append(Upload(path, cid=have[0], tsize=stat_node(hub.repo(repo_id).get, have[0]).tsize
-                                            or 0, size=have[1], sha256=oid))
+                        up = Upload(path, cid=have[0], tsize=stat_node(hub.repo(repo_id).get, have[0]).tsize or 0,
+                                    size=have[1], sha256=oid)
+                    if declared is not None and declared != up.size:
+                        raise ApiError(422, f"line {lineno}: lfsFile {path}: object {oid} is {up.size} bytes, "
+                                            f"not the {declared} the commit says")
+                    files.append(up)
                 elif key in ("deletedFile", "deletedFolder"):
                     deletes.append(check_path(str(value.get("path", "")).rstrip("/")))
                 else:

@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ..dag import KIND_FILE
+from ..dag import KIND_DIR, KIND_FILE
 from ..encoding.cid import DAG_CBOR, cid_codec, cid_from_str, cid_str
 from ..errors import InvalidCID, RefConflict, RevisionNotFound, TvcfsError
 from ..refs import HEADS, check_name as check_ref_name
@@ -325,10 +325,12 @@ class Hub:
         stored again). ``parent``: the head the client based its change on
         (compare-and-swap: :class:`RefConflict` if the branch moved); omitted, the
         change applies onto whatever the head is (retried if another commit lands
-        meanwhile). Blocks, commit and ref update are one transaction.
+        meanwhile). Blocks, commit and ref update are one transaction. A path that
+        would silently replace another kind of entry is refused (:func:`path_clashes`).
 
         Returns ``(CommitResult, head commit CID after it)``. Raises
-        :class:`RefConflict`, :class:`InvalidName`, :class:`HubError`."""
+        :class:`RefConflict`, :class:`InvalidName`, :class:`HubError` (422 for a
+        clash)."""
         check_ref_name(branch)
         for u in files:
             check_path(u.path)
@@ -344,6 +346,9 @@ class Hub:
             if parent is not _MISSING and parent != head_for_tree:
                 raise RefConflict(HEADS + branch, parent, head_for_tree)
             base_tree = repo.read_commit(head_for_tree).tree if head_for_tree else None
+            clash = path_clashes(repo, head_for_tree, [u.path for u in files], deletes)
+            if clash:
+                raise HubError(f"{repo_id}: {clash}; nothing was committed", 422)
             hashes = {}
 
             def build(imp):
@@ -383,6 +388,43 @@ class Hub:
         except (PathNotFound, TvcfsError):
             return None
         return e if e.kind == KIND_FILE else None
+
+
+def path_clashes(repo: Repo, commit: bytes | None, paths: list, deletes: list) -> str | None:
+    """Why adding files at ``paths`` (and removing ``deletes``: files or folders)
+    onto ``commit`` (``None``: an empty tree) would drop an entry nobody asked to
+    remove, or ``None``: a path that is also a directory of another path of the same
+    commit (``d`` and ``d/f``), a path under an existing file (``w.bin/x`` while
+    ``w.bin`` is a file), or a file over an existing directory. Blocks of ``commit``
+    are read for the parent directories of ``paths`` only."""
+    new = set(paths)
+    dirs = {p.rsplit("/", i)[0] for p in new for i in range(1, p.count("/") + 1)}
+    both = sorted(new & dirs)
+    if both:
+        under = min(p for p in new if p.startswith(both[0] + "/"))
+        return f"{both[0]} would be both a file and the directory of {under} in one commit"
+    if commit is None:
+        return None
+    gone = {d.rstrip("/") for d in deletes}
+
+    def removed(p: str) -> bool:
+        return any(p == g or p.startswith(g + "/") for g in gone)
+
+    def kind(p: str) -> str | None:
+        try:
+            return repo.entry(commit, p).kind
+        except TvcfsError:  # not there (or under a file: reported for that file)
+            return None
+
+    for d in sorted(dirs, key=lambda x: (x.count("/"), x)):
+        if not removed(d) and kind(d) not in (None, KIND_DIR):
+            under = min(p for p in new if p.startswith(d + "/"))
+            return (f"{d} is a file: {under} cannot go under it (delete {d} in the same commit to replace "
+                    "it by a directory)")
+    for p in sorted(new):
+        if not removed(p) and kind(p) == KIND_DIR:
+            return f"{p} is a directory: a file cannot replace it (delete the folder {p} in the same commit)"
+    return None
 
 
 __all__ = ["Hub", "HubError", "Upload", "HashingWriter", "commit_alias", "check_name"]

@@ -275,8 +275,10 @@ class _Bucket:
             token = page["NextContinuationToken"]
 
     def get(self, rel: str, start: int | None = None, end: int | None = None):
-        """``(bytes, etag)`` of an object (``[start, end)`` when given), or ``(None,
-        None)`` if the key does not exist."""
+        """``(bytes, etag)`` of an object (``[start, end)`` when given: fewer bytes, or
+        none, when the object ends before ``end``, or before ``start``, as S3 answers
+        416 then: the caller sees a short read), or ``(None, None)`` if the key does
+        not exist."""
         bx = _client_errors()
         kw = {"Key": self.key(rel)}
         if start is not None:
@@ -286,8 +288,11 @@ class _Bucket:
             r = self.client.get_object(Bucket=self.bucket, **kw)
             return r["Body"].read(), r.get("ETag")
         except bx.ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            code = e.response.get("Error", {}).get("Code")
+            if code in ("NoSuchKey", "404"):
                 return None, None
+            if code in ("InvalidRange", "416") and start is not None:  # truncated: a short read
+                return b"", None
             raise self.unavailable(e, f"get {kw['Key']}") from None
         except bx.BotoCoreError as e:
             raise self.unavailable(e, f"get {kw['Key']}") from None
@@ -679,7 +684,8 @@ class S3Store(StoreBase):
         body = memoryview(data) if views else data
         blocks = [(cid, body[off - start: off - start + n]) for cid, off, n in members]
         if any(len(d) != n for (_, d), (_, _, n) in zip(blocks, members)):
-            raise BlockUnavailable(f"{self.url}: pack {pack} is shorter than its index says", tier=self.url)
+            raise BlockUnavailable(f"{self.url}: pack {pack} is shorter than its index says (truncated object, "
+                                   "or an index that lies)", tier=self.url)
         if not verify:
             return dict(blocks)
         good, bad = verify_many(blocks)
