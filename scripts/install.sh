@@ -37,7 +37,7 @@ fi
 # written to /dev/fuse with the GIL released (25-30 % faster cold reads, docs/mount.md "Reads").
 # The stock pyfuse3 from PyPI works too (a plain `pip install tvcfs`), only slower.
 PYFUSE3=3.5.0
-PYFUSE3_LOCAL=$PYFUSE3+tvcfs.nogilread1
+PYFUSE3_LOCAL=$PYFUSE3+tvcfs.nogilread2
 if [ "$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("pyfuse3"))' 2>/dev/null)" != "$PYFUSE3_LOCAL" ]; then
   echo "==> pyfuse3 $PYFUSE3 with packaging/pyfuse3-read-reply-nogil.patch (built from its source: ~30 s)"
   patch_file=$PWD/packaging/pyfuse3-read-reply-nogil.patch

@@ -382,6 +382,29 @@ def test_readahead_and_1mib_requests(world):
     assert world.m.stats()["reads"] == s1["reads"]
 
 
+def test_requests_over_two_leaves_are_answered_without_a_joined_copy(world):
+    """A read request that spans two leaves (nearly every 1 MiB request of a model:
+    leaves follow the tensors, not the file's MiB boundaries) is answered with the
+    leaves' own buffers in one ``fuse_reply_iov`` (pyfuse3 built by
+    scripts/install.sh with packaging/pyfuse3-read-reply-nogil.patch), not copied
+    into a new 1 MiB ``bytes`` under the GIL first (docs/performance.md "Packed
+    blocks", sixth round): a cold sequential read of the fine-tune joins no byte
+    (``joined_bytes`` of ``.tvcfs/stats``; every byte before) and reads the
+    source's bytes. Fails on a pyfuse3 without the patch (run scripts/install.sh)."""
+    p = os.path.join(world.mnt, "commits", cid_str(world.c2), "model.safetensors")
+    want = _read(os.path.join(world.src2, "model.safetensors"))
+    drop_file_cache(p)
+    s0 = world.m.stats()
+    got = bytearray()
+    with open(p, "rb", buffering=0) as f:
+        while b := f.read(MIB):
+            got += b
+    s1 = world.m.stats()
+    assert got == want
+    assert s1["bytes_served"] - s0["bytes_served"] >= len(want)
+    assert s1["joined_bytes"] - s0["joined_bytes"] == 0, (s1["joined_bytes"] - s0["joined_bytes"], len(want))
+
+
 @pytest.mark.ml
 def test_sentence_transformers_loads_model_from_mount(world, monkeypatch):
     """sentence-transformers (on transformers) loads the real model from the mount and
@@ -868,9 +891,11 @@ def test_pyfuse3_writes_read_replies_without_the_gil():
     """The README's install (scripts/install.sh) builds pyfuse3 with
     packaging/pyfuse3-read-reply-nogil.patch: a read's reply (up to 1 MiB copied into
     /dev/fuse) no longer holds the GIL the page-in and decode threads need
-    (docs/mount.md, "Reads"; 25-30 % faster cold reads, docs/performance.md). This
-    fails when the suite runs on the stock build, whose mount is slower but correct."""
+    (docs/mount.md, "Reads"; 25-30 % faster cold reads, docs/performance.md), and a
+    reply may be several buffers (one ``fuse_reply_iov``, no joined copy: label
+    ``nogilread2``). This fails when the suite runs on the stock build or an older
+    patched one, whose mount is slower but correct."""
     import importlib.metadata
 
-    assert importlib.metadata.version("pyfuse3").endswith("+tvcfs.nogilread1"), \
+    assert importlib.metadata.version("pyfuse3").endswith("+tvcfs.nogilread2"), \
         "pyfuse3 without packaging/pyfuse3-read-reply-nogil.patch: run scripts/install.sh"

@@ -742,6 +742,49 @@ def test_reading_a_packed_leaf_reads_the_next_values_ahead(tmp_path):
     assert float(r.stdout) > 0.9, r.stdout
 
 
+def test_a_sequential_read_of_packed_history_advises_each_byte_once(tmp_path):
+    """The read-ahead of packed values (``LMDBStore._read_ahead``) advises the kernel
+    only the bytes of ``data.mdb`` no earlier advice covered: a sequential read of a
+    packed commit (its deltas and their packed bases, two runs of values) advises
+    each byte about once. Each ``posix_fadvise(WILLNEED)`` walks the page cache over
+    its whole range, cached or not; the run used to be advised again from each
+    value's end once it came within half of ``PACKED_AHEAD`` of the advised end,
+    so every byte twice (docs/performance.md "Packed blocks", sixth round)."""
+    from tvcfs.pack import file_leaves
+    from tvcfs.repo import Repo
+    from tvcfs.store.lmdb_store import PACKED_AHEAD
+
+    base, ft = model_pair(str(tmp_path / "src"), ["F32"], n_elems=12_000_001)  # 48 MB
+    with Repo.init(str(tmp_path / "repo")) as repo:
+        repo.commit_dir(base, message="base")
+        c2 = repo.commit_dir(ft, message="ft").cid
+        pack(repo, keep_hot=0)
+        leaves = file_leaves(repo.get, repo.entry(c2, "model.safetensors").cid)
+        st = repo.store
+        values = 0
+        with st.view(verify=False) as v:
+            for lf in leaves:
+                pv = v.txn.get(lf.cid, db=st.dbs["packed"])
+                if pv is None:  # kept raw (a leaf that did not pay): not read ahead
+                    continue
+                h = encodings.header(pv)
+                values += len(pv)
+                if h.base is not None:
+                    values += len(v.txn.get(h.base, db=st.dbs["packed"]) or v.txn.get(h.base, db=st.dbs["blocks"]))
+        st._ahead.clear()
+        before = st.advised_bytes
+        for lf in leaves:
+            assert st.get(lf.cid) is not None
+            st.decoded._d.clear()
+            st.decoded.size = 0
+        advised = st.advised_bytes - before
+    assert values > 4 * PACKED_AHEAD, values
+    # once each, plus at most one PACKED_AHEAD past the end of each run (and of a
+    # run restarted where B-tree pages sit between values)
+    print(f"\nvalues read {values / 2**20:.1f} MiB, advised {advised / 2**20:.1f} MiB")
+    assert advised <= values + 4 * PACKED_AHEAD, (advised, values)
+
+
 def test_values_packed_at_another_zstd_level_still_decode():
     """The packing level (:data:`encodings.LEVEL`, 1 since issue 22's second round;
     3 before) is not part of the format: a value whose frame was written at level 3

@@ -67,7 +67,7 @@ sys.path.insert(0, ROOT)
 
 from tvcfs.encoding.cid import cid_str  # noqa: E402
 from tvcfs.fs import mount  # noqa: E402
-from tvcfs.fs.daemon import _pidfile  # noqa: E402
+from tvcfs.fs.daemon import _mount_pid  # noqa: E402
 from tvcfs.pack import DELTA_BASE_KEY, commit_storage, pack  # noqa: E402
 from tvcfs.repo import Author, Repo  # noqa: E402
 from tvcfs.store import encodings  # noqa: E402
@@ -102,6 +102,18 @@ def commit_pair(repo_dir: str, base_dir: str, ft_dir: str, do_pack: bool, base_h
         out["ft"] = commit_storage(repo, c2)
         out["commits"] = (c1, c2)
     return out
+
+
+def _daemon_pid(repo_dir: str, mnt: str, timeout: float = 10.0) -> int:
+    """The pid of the mount daemon of ``repo_dir`` on ``mnt``: its pid file, polled
+    (a daemon before the pid file was written atomically made it visible empty for
+    a moment after the mount appeared). Raises ``TimeoutError``."""
+    deadline = time.monotonic() + timeout
+    while (pid := _mount_pid(repo_dir, mnt)) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no pid file for the mount on {mnt}")
+        time.sleep(0.01)
+    return pid
 
 
 def _cpu_s(pid: int) -> float:
@@ -406,8 +418,7 @@ def main(argv=None) -> int:
             for name, repo_dir in (("raw", raw_repo), ("packed", packed_repo), ("hotbase", hotbase_repo)):
                 with mount(repo_dir, mnt) as m:
                     path = os.path.join(m, "branches", "main", "model.safetensors")
-                    with open(_pidfile(os.path.join(repo_dir, ".tvcfs"), m)) as f:
-                        pid = int(f.read())
+                    pid = _daemon_pid(repo_dir, m)
                     mr.drop_caches()
                     s0, c0 = _mount_stats(m), _cpu_s(pid)
                     dt, n = mr.seq_read(path)

@@ -301,8 +301,10 @@ def run_foreground(repo_root: str, mountpoint: str, debug: bool = False, verify:
     pidfile = _pidfile(repo.control, mountpoint)
     os.makedirs(os.path.dirname(pidfile), exist_ok=True)
     pyfuse3.init(ops, mountpoint, options)
-    with open(pidfile, "w") as f:
+    # written whole, then renamed: a reader that sees the mount never reads it empty
+    with open(pidfile + ".tmp", "w") as f:
         f.write(str(os.getpid()))
+    os.replace(pidfile + ".tmp", pidfile)
     if fetcher is not None:  # peer states and the last failed read, for `tvcfs status`
         from .lazy import STATUS_SUFFIX
 

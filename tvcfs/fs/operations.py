@@ -47,6 +47,28 @@ def new_entry_name(name: bytes) -> str:
     return name.decode("utf-8")
 
 
+def replies_with_buffers() -> bool:
+    """Whether this process's pyfuse3 answers a read handler that returns a tuple of
+    buffers with one ``fuse_reply_iov`` (built by scripts/install.sh with
+    packaging/pyfuse3-read-reply-nogil.patch, version label ``+tvcfs.nogilread2`` or
+    later); the stock pyfuse3 takes one buffer only. Read from the installed
+    distribution's version (a few ms: once per mount)."""
+    import importlib.metadata
+    import re
+
+    try:
+        m = re.search(r"\+tvcfs\.nogilread(\d+)$", importlib.metadata.version("pyfuse3"))
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return m is not None and int(m.group(1)) >= 2
+
+
+def reply_len(data) -> int:
+    """Bytes of a read's reply: one buffer, or a tuple of them (``BlockReader.read``
+    with ``parts``)."""
+    return sum(map(len, data)) if isinstance(data, tuple) else len(data)
+
+
 class ReadOnlyOperations(pyfuse3.Operations):
     """The read side of the mount: lookups, attributes, readdir, open/read.
 
@@ -63,6 +85,8 @@ class ReadOnlyOperations(pyfuse3.Operations):
         super().__init__()
         self.repo = repo
         self.reader = BlockReader(repo.store)
+        # a request over several leaves answered with their buffers, not a joined copy
+        self.reply_parts = replies_with_buffers()
         self.inodes = InodeTable()
         self.root = self.inodes.add_root()
         self.uid, self.gid = os.getuid(), os.getgid()
@@ -478,11 +502,11 @@ class ReadOnlyOperations(pyfuse3.Operations):
         if isinstance(h, tuple):
             return h[1][off:off + size]
         try:
-            data = await self.reader.read_async(h, off, size)
+            data = await self.reader.read_async(h, off, size, self.reply_parts)
         except (BlockNotFound, CorruptBlock, MalformedObject) as e:
             self.read_failed(self.handle_paths.get(fh) or cid_str(h.cid), off, size, e)
             raise _err(errno.EIO) from None
-        self.reader.readahead(fh, h, off, len(data))
+        self.reader.readahead(fh, h, off, reply_len(data))
         return data
 
     def read_failed(self, path: str, off: int, size: int, e: Exception) -> None:

@@ -58,10 +58,13 @@ class Stats:
     ``bytes_served`` (to the kernel), ``leaf_bytes`` (read from the store),
     ``leaves``, ``readahead_bytes`` (scheduled), ``errors`` (EIO replies),
     ``cold_reads`` (requests that waited for leaves to be paged in and hashed: the
-    preload threads had not got there first) and ``cold_wait_s`` (seconds they
-    waited, in all)."""
+    preload threads had not got there first), ``cold_wait_s`` (seconds they
+    waited, in all) and ``joined_bytes`` (bytes of requests spanning several leaves
+    copied into one ``bytes`` to answer them: 0 when pyfuse3 takes the parts, see
+    :meth:`BlockReader.read`)."""
 
     def __init__(self):
+        self.joined_bytes = 0
         self.cold_reads = 0
         self.cold_wait_s = 0.0
         self.reads = 0
@@ -215,10 +218,11 @@ class BlockReader:
         self.tensors[idx.cid] = tm
         return tm
 
-    async def read_async(self, idx: FileIndex, offset: int, size: int):
-        """:meth:`read`, first fetching missing leaves from the remote source at
-        foreground priority when there is one. Raises :class:`BlockNotFound` when
-        they cannot be had (the remote's timeout), :class:`CorruptBlock`."""
+    async def read_async(self, idx: FileIndex, offset: int, size: int, parts: bool = False):
+        """:meth:`read` (``parts`` as there), first fetching missing leaves from the
+        remote source at foreground priority when there is one. Raises
+        :class:`BlockNotFound` when they cannot be had (the remote's timeout),
+        :class:`CorruptBlock`."""
         if self.remote is not None:
             miss = self.missing(idx, offset, size)
             if miss:
@@ -236,13 +240,13 @@ class BlockReader:
             self.stats.cold_reads += 1
             self.stats.cold_wait_s += time.perf_counter() - t
         try:
-            return self.read(idx, offset, size)
+            return self.read(idx, offset, size, parts)
         except BlockNotFound:
             # maybe committed after this snapshot began (a branch view follows another
             # process's commit at once): renew and try once more; the buffers of the
             # failed attempt are dropped with it
             self.renew()
-            return self.read(idx, offset, size)
+            return self.read(idx, offset, size, parts)
 
     async def index_async(self, cid: bytes) -> FileIndex:
         """:meth:`index`, fetching missing internal file nodes from the remote."""
@@ -259,16 +263,22 @@ class BlockReader:
                     await self.remote.fetch([e.cid], PRIO_FOREGROUND)
                 self.renew()
 
-    def read(self, idx: FileIndex, offset: int, size: int):
+    def read(self, idx: FileIndex, offset: int, size: int, parts: bool = False):
         """Bytes ``[offset, offset+size)`` of the file (a zero-copy buffer when one leaf
-        covers the request). Raises :class:`BlockNotFound`, :class:`CorruptBlock`."""
+        covers the request). A range over several leaves (most 1 MiB requests: leaves
+        follow the tensors, not the file's MiB boundaries) is joined into one
+        ``bytes``, or with ``parts`` given as a tuple of zero-copy buffers, one per
+        leaf, in order (what a pyfuse3 built with packaging/pyfuse3-read-reply-nogil.patch
+        writes to the kernel with one ``fuse_reply_iov``: no 1 MiB copy under the
+        GIL; their total length is the range's). Raises :class:`BlockNotFound`,
+        :class:`CorruptBlock`."""
         end = min(offset + size, idx.size)
         if offset >= end:
             return b""
         rng = idx.leaf_range(offset, end - offset)
         st = self.stats
         st.reads += 1
-        parts = []
+        bufs = []
         for i in rng:
             s = idx.starts[i]
             data = idx.leaf_data(self.get, i)
@@ -277,11 +287,14 @@ class BlockReader:
             hi = end - s if end - s < ln else ln
             st.leaves += 1
             st.leaf_bytes += hi - lo
-            parts.append(data[lo:hi] if (lo or hi != ln) else data)
+            bufs.append(data[lo:hi] if (lo or hi != ln) else data)
         st.bytes_served += end - offset
-        if len(parts) == 1:
-            return parts[0]
-        return b"".join(parts)
+        if len(bufs) == 1:
+            return bufs[0]
+        if parts:
+            return tuple(bufs)
+        st.joined_bytes += end - offset
+        return b"".join(bufs)
 
     # readahead ----------------------------------------------------------------
     def _fadvise_leaves(self, idx: FileIndex, rng: range, priority: int = PRIO_SEQUENTIAL) -> int:

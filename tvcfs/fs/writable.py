@@ -28,7 +28,7 @@ from ..errors import BlockNotFound, CorruptBlock, MalformedObject, RefExists, Tv
 from ..refs import HEADS, InvalidRefName, check_name
 from ..store.lmdb_store import StoreFull
 from .nodes import Node
-from .operations import DYNAMIC_TIMEOUT, ReadOnlyOperations, _err, _inval_entry, new_entry_name
+from .operations import DYNAMIC_TIMEOUT, ReadOnlyOperations, _err, _inval_entry, new_entry_name, reply_len
 from .workspace import Workspace, WEntry
 
 log = logging.getLogger("tvcfs.fs")
@@ -349,11 +349,11 @@ class WritableOperations(ReadOnlyOperations):
             return os.pread(self._fd(w), size, off)
         try:
             idx = await self.reader.index_async(w.cid)
-            data = await self.reader.read_async(idx, off, size)
+            data = await self.reader.read_async(idx, off, size, self.reply_parts)
         except (BlockNotFound, CorruptBlock, MalformedObject) as e:
             self.read_failed(f"branches/{h.workspace.branch}/{w.path()}", off, size, e)
             raise _err(errno.EIO) from None
-        self.reader.readahead(fh, idx, off, len(data))
+        self.reader.readahead(fh, idx, off, reply_len(data))
         return data
 
     async def write(self, fh, off, buf):

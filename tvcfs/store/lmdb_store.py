@@ -786,6 +786,7 @@ class LMDBStore:
         self._data_fd_lock = threading.Lock()
         self._map_span: tuple | None = None  # map_range(), read once (see _file_offset)
         self._ahead: collections.deque = collections.deque(maxlen=8)  # (lo, hi) advised
+        self.advised_bytes = 0  # bytes _read_ahead advised (for tests: each once)
         self._psize = self.env.stat()["psize"]
 
     def map_range(self) -> tuple[int, int] | None:
@@ -907,13 +908,20 @@ class LMDBStore:
         if off is None:
             return
         end = off + len(buf)
+        stop = end + PACKED_AHEAD
         with self._data_fd_lock:
-            for lo, hi in self._ahead:
-                if lo <= end and end + PACKED_AHEAD // 2 <= hi:
-                    return
-            self._ahead.append((end, end + PACKED_AHEAD))
-        for o in range(end, end + PACKED_AHEAD, ADVISE_PIECE):
-            self.advise(o, ADVISE_PIECE)
+            start = end
+            for k, (lo, hi) in enumerate(self._ahead):
+                if lo <= end <= hi:  # a run already advised up to hi: continue it
+                    if end + PACKED_AHEAD // 2 <= hi:
+                        return
+                    start = hi  # only the bytes not advised yet (each advice walks its pages)
+                    del self._ahead[k]
+                    break
+            self._ahead.append((end, stop))
+            self.advised_bytes += stop - start
+        for o in range(start, stop, ADVISE_PIECE):
+            self.advise(o, min(ADVISE_PIECE, stop - o))
 
     def file_span(self, buf) -> tuple[int, int] | None:
         """Where the bytes of ``buf`` (what a view's ``get`` returned) sit in
