@@ -262,7 +262,15 @@ def test_sequential_read_gets_each_pack_slot_once(s3_endpoint, tmp_path, monkeyp
     ~16 MiB slices of a pack), one ranged GET each, and moves each stored byte once.
     (Before: the reader's window grew in 2 MiB steps and each step's leaves, cut at
     16 MiB of block bytes without regard to packs, became GETs of ~6 MiB on average,
-    each of which a server like moto pays for with a copy of the whole pack.)"""
+    each of which a server like moto pays for with a copy of the whole pack.)
+
+    The scan keeps several slots in flight: its readahead runs past the tensor being
+    read by 1/4 of what it has read (``S3BlockSource.scan_lead_div``), so ≥ 2 slots
+    ahead by the second half (before: the reader's 1/32, ≤ 8 MiB here, and the reader
+    waited on the one GET in flight, docs/performance.md "fourth round"). The page-in
+    threads are handed only leaves already stored: the fetched ones are marked
+    resident as they arrive (before: each page-in of a leaf still in flight found
+    nothing, after switching the whole map to exact reads and back)."""
     from support.model import synth_model
 
     from tvcfs.store.s3 import MAX_RANGE
@@ -289,6 +297,7 @@ def test_sequential_read_gets_each_pack_slot_once(s3_endpoint, tmp_path, monkeyp
                     s1 = settled_remote_stats(m)["s3"]  # the scan is under way by now
         assert bytes(got) == want
         s2 = settled_remote_stats(m)["s3"]
+        st = stats(m)
     moved = s2["bytes"] - s0["bytes"]
     gets, scan_bytes = s2["requests"] - s1["requests"], s2["bytes"] - s1["bytes"]
     print(f"\n{len(want) / MiB:.0f} MiB read: {s2['requests'] - s0['requests']} GETs, {moved / MiB:.1f} MiB "
@@ -297,3 +306,7 @@ def test_sequential_read_gets_each_pack_slot_once(s3_endpoint, tmp_path, monkeyp
     assert moved <= sum(packs.values())  # every stored byte at most once
     # the scan: one GET per pack slot (~16 MiB; the last slot of a pack 8-24 MiB)
     assert scan_bytes >= gets * 0.75 * MAX_RANGE, (gets, scan_bytes)
+    print(f"scan lead {st['scan_lead_max'] / MiB:.1f} MiB past the tensor; {st['preload_absent']} page-ins "
+          "of leaves not stored")
+    assert st["scan_lead_max"] >= 2 * MAX_RANGE, st["scan_lead_max"]
+    assert st["preload_absent"] == 0

@@ -75,6 +75,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--read-ahead-kb", type=int)
     a = ap.parse_args()
+    a.work, a.trees = os.path.abspath(a.work), [os.path.abspath(t) for t in a.trees]
+    # the mount daemon runs `python -m tvcfs.cli`, which puts its working directory
+    # first on sys.path: started from a source tree, every mount would run that
+    # tree's tvcfs whatever PYTHONPATH says (the A/Bs before 2026-12-07 19:20 compared
+    # the tree they were started from with itself)
+    os.chdir(a.work)
     from safetensors import safe_open
 
     from tvcfs.fs import mount

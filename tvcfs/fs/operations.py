@@ -164,6 +164,8 @@ class ReadOnlyOperations(pyfuse3.Operations):
             d = self.reader.stats.as_dict()
             d["open_files"] = len(self.handles)
             d["inodes"] = len(self.inodes.by_ino)
+            # page-ins of leaves not (yet) in the store: each switched the map to exact reads
+            d["preload_absent"] = self.reader.preloader.absent
             if self.reader.remote is not None:  # lazy mount: its block source (tvcfs.store.source)
                 d["remote"] = self.reader.remote.stats_dict()
             blocks = self.repo._blocks

@@ -37,6 +37,7 @@ SEQ_WINDOW_MIN = 4 << 20   # bytes; first sequential readahead window
 SEQ_WINDOW_MAX = 64 << 20  # bytes; the window doubles up to this
 SCAN_TENSORS = 2           # times a sequential run must move on to a later tensor to be a scan
 SCAN_LEAD_DIV = 32         # a lazy mount's scan reads ahead of its tensor 1/32 of what the run read
+#                            (unless its block source asks for another share: ``scan_lead_div``)
 SCAN_LEAD_MIN = 1 << 20    # bytes: ... or at least this (the next tensor's first leaf)
 SEQ_REORDER = 1 << 20      # bytes: concurrent reads complete out of order, still sequential
 SPILL_MAX = 2 << 20        # bytes: how far the kernel's readahead may run past what is read
@@ -59,9 +60,11 @@ class Stats:
     ``leaves``, ``readahead_bytes`` (scheduled), ``errors`` (EIO replies),
     ``cold_reads`` (requests that waited for leaves to be paged in and hashed: the
     preload threads had not got there first), ``cold_wait_s`` (seconds they
-    waited, in all) and ``joined_bytes`` (bytes of requests spanning several leaves
+    waited, in all), ``joined_bytes`` (bytes of requests spanning several leaves
     copied into one ``bytes`` to answer them: 0 when pyfuse3 takes the parts, see
-    :meth:`BlockReader.read`)."""
+    :meth:`BlockReader.read`) and ``scan_lead_max`` (bytes: the furthest a scan's
+    sequential readahead ran past the end of the tensor being read; a lazy mount's
+    lead, see :meth:`BlockReader.readahead`)."""
 
     def __init__(self):
         self.joined_bytes = 0
@@ -74,6 +77,7 @@ class Stats:
         self.readahead_bytes = 0
         self.prefetch_bytes = 0
         self.errors = 0
+        self.scan_lead_max = 0
 
     def as_dict(self) -> dict:
         return dict(vars(self))
@@ -310,14 +314,22 @@ class BlockReader:
                 if i not in idx.inline and not has(idx.leaves[i])]
 
     def _schedule(self, idx: FileIndex, lo: int, hi: int, priority: int) -> int:
-        """Readahead of bytes ``[lo, hi)``: local leaves are handed to the kernel
-        (``posix_fadvise``), missing ones to the remote source at ``priority``."""
+        """Readahead of bytes ``[lo, hi)``: local leaves are handed to the page-in
+        threads (:class:`Preloader`), missing ones to the remote source at
+        ``priority`` (which marks them resident as it stores them: a page-in thread
+        that took one before it arrived found nothing, after switching the whole map
+        to exact reads and back). Returns the bytes scheduled: the missing leaves'
+        and those newly queued for page-in."""
         rng = idx.leaf_range(lo, hi - lo)
         if self.remote is not None:
             miss = self.missing(idx, lo, hi - lo)
             if miss:
                 # one byte-range request per contiguous run (tvcfs.store.source)
                 self.remote.schedule_range(idx, lo, hi, miss, priority)
+                gone = set(miss)
+                fetched = sum(idx.sizes[i] for i in rng if idx.leaves[i] in gone)
+                return fetched + self._fadvise_leaves(
+                    idx, [i for i in rng if idx.leaves[i] not in gone], priority)
         return self._fadvise_leaves(idx, rng, priority)
 
     def readahead(self, fh: int, idx: FileIndex, offset: int, size: int) -> None:
@@ -372,8 +384,13 @@ class BlockReader:
                 t = tm.tensor_of(offset, size)
                 end = offset + size if spill or t is None else max(t[1], offset + size)
                 if scan:
+                    # the source may ask for a larger share: an S3 bucket's GETs cost
+                    # tens of milliseconds each, so its scan keeps several in flight
+                    div = getattr(self.remote, "scan_lead_div", None) or SCAN_LEAD_DIV
                     run = self.seq_run.get(fh)
-                    end += max((s[0] - run[2]) // SCAN_LEAD_DIV if run else 0, SCAN_LEAD_MIN)
+                    end += max((s[0] - run[2]) // div if run else 0, SCAN_LEAD_MIN)
+                    if t is not None and not spill:
+                        self.stats.scan_lead_max = max(self.stats.scan_lead_max, min(target, end) - t[1])
                 target = min(target, end)
             if target > s[2] and (self.remote is None or target >= idx.size
                                   or target - max(s[2], offset + size) >= SEQ_REMOTE_STEP):
@@ -510,6 +527,7 @@ class Preloader:
         # decoded packed blocks (a leaf held there needs no page-in); a set-like view
         self.decoded = getattr(store, "decoded", None) or ()
         self.exact = 0  # threads reading with the map's read-around off (see _exact_reads)
+        self.absent = 0  # page-ins of leaves not in the store (.tvcfs/stats preload_absent)
         self.nthreads, self.max_pending, self.max_resident = threads, max_pending, max_resident
         self.cv = threading.Condition()
         self.heap: list = []
@@ -690,6 +708,7 @@ class Preloader:
                     if exact:
                         self._exact_reads(False)
                 if v is None:
+                    self.absent += 1
                     return
                 # a packed block arrives decoded (a view of a numpy array, cached by
                 # the store), not as a buffer into the map: no file offset to learn

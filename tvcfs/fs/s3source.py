@@ -56,6 +56,10 @@ JOB_BYTES = 16 * MIB       # bytes: queued background jobs smaller than this are
 JOB_MAX = 64 * MIB         # bytes of blocks a background job asks for at most (one pack slot)
 SEQ_MIN = 16 * MIB         # bytes: a sequential readahead request is widened to this
 EVICT_INTERVAL = 0.25      # seconds between cache checks (and after every fetch)
+# a scan's readahead runs past the tensor being read by 1/SCAN_LEAD_DIV of what it has
+# read (the reader's share is 1/32; capped by its 64 MiB window): at 1/32 a scan kept one
+# ~16 MiB slot GET in flight and the reader waited on it (docs/performance.md, "fourth round")
+SCAN_LEAD_DIV = 4
 
 
 class _Pending:
@@ -77,6 +81,8 @@ class S3BlockSource(SourceBase):
     bytes of raw leaves the local store may keep (``None``: unbounded);
     ``s3_options``: :class:`~tvcfs.store.s3.S3Store` options (timeouts default to
     fit ``timeout``). Start :meth:`run` in the mount's nursery."""
+
+    scan_lead_div = SCAN_LEAD_DIV
 
     def __init__(self, repo, url: str, *, timeout: float = DEFAULT_TIMEOUT, cache_size: int | None = None,
                  reader=None, ops=None, s3_options: dict | None = None):

@@ -50,7 +50,9 @@ class BlockSource(Protocol):
     - ``note_read_error(path, error)``: a read of ``path`` failed (kept for
       ``tvcfs status``).
     - attributes ``status_path`` (a file the source may keep its state in, or None)
-      and ``mountpoint``.
+      and ``mountpoint``; optional ``scan_lead_div`` (an int, or None for the
+      reader's ``SCAN_LEAD_DIV``): a scan's readahead runs past the tensor being
+      read by 1/``scan_lead_div`` of what the scan has read (docs/lazy.md).
     """
 
     on_started: object
@@ -82,6 +84,7 @@ class SourceBase:
     _unsynced = 0
     _nursery = None
     on_started = None
+    scan_lead_div = None  # the reader's SCAN_LEAD_DIV (tvcfs.fs.reader)
 
     async def _start(self, nursery) -> None:
         """Start the source's tasks in ``nursery`` (a subclass's work)."""
