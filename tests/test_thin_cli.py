@@ -166,3 +166,28 @@ def test_lazy_package_attributes():
     assert tvcfs.Repo.__module__ == "tvcfs.repo"
     with pytest.raises(AttributeError):
         tvcfs.no_such_name  # noqa: B018
+
+
+def test_mount_child_does_not_import_from_the_working_directory(tmp_repo, tmp_path):
+    """``tvcfs mount`` runs its daemon as ``python -m tvcfs.cli``, which put the working
+    directory first on ``sys.path``: run from a directory holding a ``tvcfs`` package
+    (a checkout of another version, or anything named so), the daemon imported that
+    instead of the installed tvcfs. The child runs with ``-P`` now."""
+    from tvcfs.fs.daemon import is_mounted, unmount
+
+    shadow = tmp_path / "cwd"
+    (shadow / "tvcfs").mkdir(parents=True)
+    (shadow / "tvcfs" / "__init__.py").write_text("raise SystemExit('imported tvcfs from the working directory')\n")
+    (shadow / "tvcfs" / "cli.py").write_text("raise SystemExit('imported tvcfs from the working directory')\n")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        r = run_tvcfs("mount", tmp_repo.root, mnt, cwd=shadow, ok=None, timeout=120)
+        assert r.returncode == 0, r.stderr.decode()
+        assert is_mounted(str(mnt)) and "branches" in os.listdir(mnt)
+    finally:
+        if is_mounted(str(mnt)):
+            try:
+                unmount(str(mnt))
+            except Exception:
+                subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, check=False)

@@ -79,7 +79,7 @@ def main() -> int:
             c0 = os.times()
             tn = load(native, order)
             c1 = os.times()
-            proc = subprocess.Popen([sys.executable, "-m", "tvcfs.cli", "--repo", repo, "mount", "-f",
+            proc = subprocess.Popen([sys.executable, "-P", "-m", "tvcfs.cli", "--repo", repo, "mount", "-f",
                                      *args.mount_args.split(), repo, mnt],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:

@@ -79,7 +79,8 @@ def main() -> int:
     # the mount daemon runs `python -m tvcfs.cli`, which puts its working directory
     # first on sys.path: started from a source tree, every mount would run that
     # tree's tvcfs whatever PYTHONPATH says (the A/Bs before 2026-12-07 19:20 compared
-    # the tree they were started from with itself)
+    # the tree they were started from with itself). Trees since then start it with
+    # `python -P`; trees before still need this chdir.
     os.chdir(a.work)
     from safetensors import safe_open
 

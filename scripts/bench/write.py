@@ -80,7 +80,7 @@ class Mount:
         os.makedirs(mnt, exist_ok=True)
         self.mnt = mnt
         self.logf = open(log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "tvcfs.cli", "--repo", repo, "mount", "-f",
+        self.proc = subprocess.Popen([sys.executable, "-P", "-m", "tvcfs.cli", "--repo", repo, "mount", "-f",
                                       "--commit-delay", str(commit_delay), repo, mnt],
                                      stdout=self.logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 30

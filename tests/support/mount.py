@@ -84,7 +84,7 @@ class Mounted:
         assert not is_mounted(self.mnt), f"{self.mnt} is already mounted"
         env = cli_env({**AUTHOR, **(self.env or {})})
         delay = [] if self.commit_delay is None else ["--commit-delay", str(self.commit_delay)]
-        cmd = [sys.executable, "-m", "tvcfs.cli", "--repo", self.repo_root, "mount", "-f",
+        cmd = [sys.executable, "-P", "-m", "tvcfs.cli", "--repo", self.repo_root, "mount", "-f",
                *delay, *self.extra, self.repo_root, self.mnt]
         self._log = open(self.logpath, "ab")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,

@@ -30,7 +30,7 @@ def mount(repo: str, mountpoint: str, *, timeout: float = 30.0, extra_args=(), e
     from .daemon import is_mounted, unmount
 
     os.makedirs(mountpoint, exist_ok=True)
-    cmd = [sys.executable, "-m", "tvcfs.cli", "--repo", repo, "mount", "-f", *extra_args, repo, mountpoint]
+    cmd = [sys.executable, "-P", "-m", "tvcfs.cli", "--repo", repo, "mount", "-f", *extra_args, repo, mountpoint]
     # The child's log goes to a file, never to a pipe nobody drains while mounted: a
     # full pipe (64 KiB of log, e.g. --debug or many EIO lines) would block the mount.
     logf = open(log_path, "ab") if log_path else tempfile.TemporaryFile()

@@ -158,7 +158,7 @@ def mount_in_background(repo_root: str, mountpoint: str, options=None, timeout: 
     from ..errors import TvcfsError
     from .options import command_line
 
-    argv = [sys.executable, "-m", "tvcfs.cli", "mount", "-f", repo_root, os.path.abspath(mountpoint),
+    argv = [sys.executable, "-P", "-m", "tvcfs.cli", "mount", "-f", repo_root, os.path.abspath(mountpoint),
             *command_line({**_as_dict(options), "syslog": True})]
     try:
         return start_background(argv, os.path.join(repo_root, ".tvcfs"), mountpoint, timeout)
