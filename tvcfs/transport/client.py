@@ -216,7 +216,10 @@ class RemoteSession:
         thread) before ``put_many``; bad blocks are dropped and listed in
         ``bad_cids``; with ``stop_on_bad`` they are not asked of this peer again
         (the caller asks another remote). Returns :class:`FetchStats`;
-        ``missing`` is non-empty when this remote could not supply everything.
+        ``missing`` is non-empty when this remote could not supply everything: it
+        comes from a walk of what is stored, never from the server's word that its
+        answers were complete (a hostile peer may end an answer "ok" having sent
+        blocks of no DAG that was asked for).
         """
         st = FetchStats(transport=self.transport, resumed=self.resumed,
                         early_data=self.early_data)
@@ -249,10 +252,10 @@ class RemoteSession:
                 clean = await self._fetch_frontier(backend, frontier, complete, history, st,
                                                    t0, progress)
                 if clean:
-                    # every answer complete, every block verified and stored: the
-                    # DAGs are whole without walking them again
-                    st.missing = []
-                    return st
+                    # every answer said complete and every block verified; but a peer
+                    # can say so having sent other blocks than the DAG's: the walk
+                    # below is what proves the DAGs whole
+                    break
                 if st.blocks == before or (stop_on_bad and st.bad_blocks > bad_before):
                     break
         finally:

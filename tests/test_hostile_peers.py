@@ -1,0 +1,66 @@
+"""Peers that misbehave towards a client (docs/protocol.md): real ``tvcfs`` CLI
+subprocesses against real servers on loopback — ``tvcfs serve`` and the test-only
+TensorSwap server of :mod:`support.server`, whose ``--foreign`` mode answers a DAG
+request with good blocks of no DAG that was asked for and still ends it "ok". Every
+server started here is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from support.cli import run_tvcfs
+from support.repo import all_blocks, refs_of
+from support.server import Server
+from support.trees import assert_same_tree
+from tvcfs.repo import Repo
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def tv(*args, ok=True):
+    return run_tvcfs(*args, ok=ok, text=True, timeout=60)
+
+
+@pytest.fixture
+def small_repo(tmp_path):
+    """A repository at ``tmp_path / "src-repo"`` with one commit on ``main`` of five
+    300 kB random files; returns ``(repo path, source directory)``."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for i in range(5):
+        (src / "d" / f"f{i}.bin").write_bytes(os.urandom(300_000))
+    path = str(tmp_path / "src-repo")
+    with Repo.init(path) as r:
+        r.commit_dir(str(src), message="five files")
+    return path, src
+
+
+def test_answer_of_foreign_blocks_said_ok_is_incomplete_and_the_next_remote_fills_it(
+        small_repo, tmp_path, servers):
+    """A peer that answers a clone with other blocks than the DAG's and says "ok":
+    the clone fails with one line (incomplete, nothing updated, run again), no ref
+    names the commit whose blocks are missing and ``fsck`` is clean; a fetch with a
+    good remote configured next asks it for what is missing and completes."""
+    path, src = small_repo
+    good = servers(path, tmp_path)
+    with Server(path, foreign=True) as liar:
+        dst = tmp_path / "clone"
+        p = tv("clone", liar.url, dst, ok=False)
+        err = p.stderr
+        assert err.startswith("tvcfs: error: ") and err.count("\n") == 1, err
+        assert "incomplete" in err and "nothing was updated" in err, err
+        assert not refs_of(dst), refs_of(dst)
+        tv("--repo", dst, "fsck")
+
+        tv("--repo", dst, "remote", "add", "good", good.url)
+        p = tv("--repo", dst, "fetch", "origin")
+        assert "asking remote good" in p.stderr, p.stderr
+    main = refs_of(path)["refs/heads/main"]
+    assert refs_of(dst)["refs/remotes/origin/main"] == main
+    assert set(all_blocks(path)) <= set(all_blocks(dst))
+    tv("--repo", dst, "fsck")
+    tv("--repo", dst, "checkout", "origin/main", tmp_path / "wd")
+    assert_same_tree(str(src), str(tmp_path / "wd"))
