@@ -8,6 +8,7 @@ server started here is stopped by its PID.
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -63,4 +64,31 @@ def test_answer_of_foreign_blocks_said_ok_is_incomplete_and_the_next_remote_fill
     assert set(all_blocks(path)) <= set(all_blocks(dst))
     tv("--repo", dst, "fsck")
     tv("--repo", dst, "checkout", "origin/main", tmp_path / "wd")
+    assert_same_tree(str(src), str(tmp_path / "wd"))
+
+
+@pytest.mark.parametrize("stall", ["all", "dag"])
+def test_peer_stalled_after_the_handshake_is_given_up_and_the_command_resumes(
+        small_repo, tmp_path, servers, stall):
+    """A peer that finishes the handshake and then answers nothing (``all``: not even
+    the refs; ``dag``: the refs, but no block): its QUIC stack still answers PINGs,
+    so only the session's answer timeout can end the wait. ``tvcfs clone`` fails
+    within ``TVCFS_ANSWER_TIMEOUT`` (2 s here) with one line naming the peer and what
+    to do, instead of hanging for ever; run again against a peer that answers, it
+    completes."""
+    path, src = small_repo
+    env = {"TVCFS_ANSWER_TIMEOUT": "2"}
+    dst = tmp_path / "clone"
+    with Server(path, stall=stall) as stalled:
+        t0 = time.monotonic()
+        p = run_tvcfs("clone", stalled.url, dst, ok=False, text=True, timeout=30, env=env)
+        assert time.monotonic() - t0 < 20
+        err = p.stderr
+        assert err.startswith("tvcfs: error: ") and err.count("\n") == 1, err
+        assert f"remote 127.0.0.1:{stalled.port} sent nothing for 2 s" in err, err
+        assert "run the command again" in err, err
+    good = servers(path, tmp_path)
+    tv("clone", good.url, dst)
+    tv("--repo", dst, "fsck")
+    tv("--repo", dst, "checkout", "main", tmp_path / "wd")
     assert_same_tree(str(src), str(tmp_path / "wd"))

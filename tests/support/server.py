@@ -10,12 +10,13 @@ prints on stdout (with a deadline, failing with its log), and stops it by its PI
   (``--corrupt``) and whose identity survives restarts (``--key``)::
 
     python tests/support/server.py serve REPO [--key FILE] [--port N] [--transport quic|tcp]
-                                              [--corrupt] [--foreign]
+                                              [--corrupt] [--foreign] [--stall all|dag]
 
   It prints ``READY <url>`` once listening. ``--corrupt`` serves every raw leaf with
   its first byte flipped (through ``ServerConfig.corrupt_hook``); ``--foreign``
   answers with, in place of every raw leaf, a good block of no DAG that was asked
-  for (random bytes under their own CID), and still ends each answer "ok".
+  for (random bytes under their own CID), and still ends each answer "ok";
+  ``--stall all`` answers nothing after the handshake, ``--stall dag`` only the refs.
 
 In-process servers on a thread: :func:`gateway_thread` (the trustless gateway app on
 Hypercorn) and :func:`moto_s3_server` (moto's S3). Everything listens on 127.0.0.1.
@@ -56,6 +57,7 @@ def _serve_main(argv) -> None:
     ap.add_argument("--transport", default="quic", choices=("quic", "tcp"))
     ap.add_argument("--corrupt", action="store_true")
     ap.add_argument("--foreign", action="store_true")
+    ap.add_argument("--stall", choices=("all", "dag"))
     a = ap.parse_args(argv)
 
     from tvcfs.repo import Repo
@@ -85,6 +87,18 @@ def _serve_main(argv) -> None:
             return outgoing(self, cid, data)
 
         ServerSession._outgoing = foreign
+    if a.stall:  # after the handshake, answer nothing (all) or only the refs (dag)
+        from tvcfs.transport import protocol
+        from tvcfs.transport.session import ServerSession
+
+        handle = ServerSession._handle
+        keep = (protocol.Auth, protocol.ListRefs) if a.stall == "dag" else (protocol.Auth,)
+
+        def stalled(self, msg):
+            if self.state == "hello" or type(msg) in keep:
+                handle(self, msg)
+
+        ServerSession._handle = stalled
 
     async def main():
         async with trio.open_nursery() as n:
@@ -236,7 +250,7 @@ class Server(ServerProcess):
 
     def __init__(self, repo: str, *, key: str | None = None, port: int = 0,
                  transport: str = "quic", corrupt: bool = False, foreign: bool = False,
-                 timeout: float = 30.0):
+                 stall: str | None = None, timeout: float = 30.0):
         argv = [sys.executable, os.path.abspath(__file__), "serve", repo, "--port", str(port),
                 "--transport", transport]
         if key:
@@ -245,6 +259,8 @@ class Server(ServerProcess):
             argv.append("--corrupt")
         if foreign:
             argv.append("--foreign")
+        if stall:
+            argv += ["--stall", stall]
         env = {"PYTHONPATH": REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
         super().__init__(argv, env=env, timeout=timeout, name="tensorswap")
         line = self.lines[0]

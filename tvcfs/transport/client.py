@@ -42,6 +42,8 @@ __all__ = [
     "parse_url",
 ]
 
+_SILENT = object()  # RemoteSession._recv: nothing came in time
+
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 4740
 
@@ -91,7 +93,10 @@ class RemoteSession:
     decodes with the protocol session's decoder); ``proto``: the
     :class:`~.session.ClientSession` holding the conversation's state; ``peer_id``:
     the server's verified peer ID; ``welcome``: the server's
-    :class:`~.protocol.Welcome`; ``can_push``: set after :meth:`authenticate`.
+    :class:`~.protocol.Welcome`; ``can_push``: set after :meth:`authenticate`;
+    ``answer_timeout``: seconds a wait for the peer's next message may take before
+    :class:`RemoteError` (``QuicSettings.answer_timeout``); ``where``: the peer's
+    ``HOST:PORT`` (for messages).
     Requests are issued one after another (:class:`~.wants.MuxSession` runs many
     at once on the same classes).
     """
@@ -108,6 +113,8 @@ class RemoteSession:
         self.early_data = False  # QUIC: the first requests went out as 0-RTT
         self._early_refs: tuple = (None, None)  # (request id, prefix) sent with Hello
         self._early_answer: protocol.Message | None = None
+        self.answer_timeout = QuicSettings().answer_timeout  # seconds; open_session sets its settings
+        self.where = "the remote"
 
     @property
     def peer_id(self) -> bytes | None:
@@ -131,7 +138,13 @@ class RemoteSession:
         """The next checked message; the answer to the refs asked with ``Hello``
         is put aside for :meth:`list_refs` (unless ``keep_early`` is False)."""
         while True:
-            msg = await self.ch.receive()
+            msg = _SILENT
+            with trio.move_on_after(self.answer_timeout):
+                msg = await self.ch.receive()
+            if msg is _SILENT:  # the session is unusable now: the caller ends it
+                raise RemoteError(f"{self.where} sent nothing for {self.answer_timeout:g} s (it "
+                                  "stalled): run the command again to resume, or ask another "
+                                  "remote (TVCFS_ANSWER_TIMEOUT sets the wait)")
             if msg is None:
                 raise RemoteError("remote closed the session")
             msg = self.proto.handle_message(msg)
@@ -617,6 +630,7 @@ async def open_session(
             await stream.send_all(first)
             sess = RemoteSession(MessageChannel(stream), stream.peer_id, "tcp", proto=proto)
         sess._early_refs = (early_rid, refs_prefix)
+        sess.answer_timeout, sess.where = settings.answer_timeout, f"remote {url.host}:{url.port}"
         await sess.start(identity, auth=auth, repo=url.repo)
         yield sess
         await sess.aclose()
