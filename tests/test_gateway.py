@@ -404,6 +404,35 @@ def test_gateway_store_bounds_a_dripping_body_and_names_loops_and_429(tmp_path):
         hostile.close()
 
 
+def test_gateway_store_passes_over_a_silent_gateway_after_its_first_timeout(tmp_path):
+    """A gateway that accepts and never answers, listed first: the first block waits
+    for its timeout, then the next gateway answers; the following blocks go to the
+    good gateway at once while the silent one cools down (it cost one timeout per
+    block: 12 blocks, 12 s), and a block no live gateway holds is an error naming
+    the one passed over, not "not held"."""
+    good = Repo.init(str(tmp_path / "good"))
+    srv = socket.socket()  # accepts connections, never answers
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    silent = f"http://127.0.0.1:{srv.getsockname()[1]}"
+    try:
+        blocks = [os.urandom(1000 + i) for i in range(12)]
+        cids = [make_cid(RAW, b) for b in blocks]
+        for c, b in zip(cids, blocks):
+            good.store.put(c, b)
+        with gateway_thread(good) as g_url, GatewayStore([silent, g_url], timeout=1) as gw:
+            t0 = time.monotonic()
+            assert [gw.get(c) for c in cids] == blocks
+            assert time.monotonic() - t0 < 6
+            t0 = time.monotonic()
+            with pytest.raises(BlockUnavailable, match="no answer in time \\(passed over for"):
+                gw.get(make_cid(RAW, b"held by no gateway that answers"))
+            assert time.monotonic() - t0 < 1
+    finally:
+        srv.close()
+        good.close()
+
+
 # ------------------------------------------------------------------ JS (Helia)
 def _js():
     sys.path.insert(0, INTEROP)
