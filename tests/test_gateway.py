@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from support.repo import fetch_levels
 from support.trees import assert_same_tree
-from support.server import ServerProcess, TvcfsServe, gateway_thread
+from support.server import ServerProcess, TvcfsServe, gateway_thread, silent_http
 
 from tvcfs.dag import FileIndex, iter_file, resolve_path, walk_dag
 from tvcfs.encoding.car import read_car
@@ -411,16 +411,13 @@ def test_gateway_store_passes_over_a_silent_gateway_after_its_first_timeout(tmp_
     block: 12 blocks, 12 s), and a block no live gateway holds is an error naming
     the one passed over, not "not held"."""
     good = Repo.init(str(tmp_path / "good"))
-    srv = socket.socket()  # accepts connections, never answers
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(64)
-    silent = f"http://127.0.0.1:{srv.getsockname()[1]}"
     try:
         blocks = [os.urandom(1000 + i) for i in range(12)]
         cids = [make_cid(RAW, b) for b in blocks]
         for c, b in zip(cids, blocks):
             good.store.put(c, b)
-        with gateway_thread(good) as g_url, GatewayStore([silent, g_url], timeout=1) as gw:
+        with silent_http() as silent, gateway_thread(good) as g_url, \
+                GatewayStore([silent, g_url], timeout=1) as gw:
             t0 = time.monotonic()
             assert [gw.get(c) for c in cids] == blocks
             assert time.monotonic() - t0 < 6
@@ -429,7 +426,6 @@ def test_gateway_store_passes_over_a_silent_gateway_after_its_first_timeout(tmp_
                 gw.get(make_cid(RAW, b"held by no gateway that answers"))
             assert time.monotonic() - t0 < 1
     finally:
-        srv.close()
         good.close()
 
 

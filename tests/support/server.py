@@ -19,7 +19,8 @@ prints on stdout (with a deadline, failing with its log), and stops it by its PI
   ``--stall all`` answers nothing after the handshake, ``--stall dag`` only the refs.
 
 In-process servers on a thread: :func:`gateway_thread` (the trustless gateway app on
-Hypercorn) and :func:`moto_s3_server` (moto's S3). Everything listens on 127.0.0.1.
+Hypercorn) and :func:`moto_s3_server` (moto's S3); :func:`silent_http`, a listener
+that never answers. Everything listens on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -311,6 +312,18 @@ def running_hub(root: str, *extra, log: str | None = None, lines: int = 1):
     with ServerProcess(tvcfs_executable() + ["hub", "serve", str(root), "--listen", "127.0.0.1:0", *extra],
                        lines=lines, log_path=log, name="hub") as srv:
         yield srv.lines[0] if lines == 1 else tuple(srv.lines)
+
+
+@contextlib.contextmanager
+def silent_http():
+    """A TCP listener on 127.0.0.1 that accepts connections and never answers; yield
+    its ``http://127.0.0.1:PORT`` (closed after)."""
+    import socket
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(64)
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
 
 
 @contextlib.contextmanager
