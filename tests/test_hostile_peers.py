@@ -16,6 +16,7 @@ from support.cli import run_tvcfs
 from support.repo import all_blocks, refs_of
 from support.server import Server
 from support.trees import assert_same_tree
+from tvcfs.encoding.cid import DAG_CBOR, DAG_PB, cid_str, make_cid
 from tvcfs.repo import Repo
 
 pytestmark = pytest.mark.timeout(120)
@@ -92,3 +93,31 @@ def test_peer_stalled_after_the_handshake_is_given_up_and_the_command_resumes(
     tv("--repo", dst, "fsck")
     tv("--repo", dst, "checkout", "main", tmp_path / "wd")
     assert_same_tree(str(src), str(tmp_path / "wd"))
+
+
+@pytest.mark.parametrize("codec", ["dag-cbor", "dag-pb"])
+def test_ref_to_a_block_that_does_not_decode_is_named_and_nothing_is_updated(
+        small_repo, tmp_path, codec):
+    """A peer whose branch names a block that hashes to its CID but does not decode
+    (a damaged or hostile repository: every copy is as broken): ``tvcfs clone``
+    fails with one line naming the remote, the block and that running it again will
+    not help, instead of a bare decoder message ("dag-cbor: indefinite length at
+    offset 0") followed by "run the same clone again to resume"; no ref is set and
+    the clone's ``fsck`` is clean."""
+    path, _ = small_repo
+    junk = b"\xff\xfe not a node"
+    cid = make_cid(DAG_CBOR if codec == "dag-cbor" else DAG_PB, junk)
+    with Repo.open(path) as r:
+        r.store.put(cid, junk)
+        with r.store.write() as w:
+            w.set_ref("refs/heads/damaged", cid, None, message="test: a damaged branch")
+    dst = tmp_path / "clone"
+    with Server(path) as srv:
+        err = tv("clone", srv.url, dst, ok=False).stderr
+    assert err.startswith("tvcfs: error: ") and err.count("\n") == 1, err
+    what = "commit" if codec == "dag-cbor" else "dag-pb node"
+    assert f"block {cid_str(cid)} is not a valid {what}" in err, err
+    assert "the refs of origin lead to a damaged DAG" in err and "will not help" in err, err
+    assert "resume" not in err, err
+    assert not refs_of(dst)
+    tv("--repo", dst, "fsck")
