@@ -25,11 +25,12 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from support.repo import fetch_levels
 from support.trees import assert_same_tree
-from support.server import ServerProcess, TvcfsServe, gateway_thread
+from support.server import ServerProcess, TvcfsServe, gateway_thread, silent_http
 
 from tvcfs.dag import FileIndex, iter_file, resolve_path, walk_dag
 from tvcfs.encoding.car import read_car
@@ -316,6 +317,116 @@ def test_gateway_store_falls_over_rejects_corrupt_and_times_out(tmp_path):
         srv.close()
         good.close()
         bad.close()
+
+
+class _HostileGateway:
+    """A misbehaving gateway on loopback (test-only): ``/loop`` redirects to itself,
+    ``/busy`` answers 429 with ``Retry-After``, ``/drip`` answers 200 and sends one
+    byte every 0.2 s forever, ``/good`` serves ``data`` right. Stopped in ``close``."""
+
+    def __init__(self, data: bytes):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        stop = self.stop = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                kind = self.path.split("/")[1]
+                if kind == "loop":
+                    self.send_response(302)
+                    self.send_header("Location", self.path)
+                elif kind == "busy":
+                    self.send_response(429)
+                    self.send_header("Retry-After", "7")
+                elif kind == "good":
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
+                else:  # drip: a body that never ends, slower than max_block would catch
+                    self.send_response(200)
+                    self.end_headers()
+                    while not stop.wait(0.2):
+                        try:
+                            self.wfile.write(b"x")
+                            self.wfile.flush()
+                        except OSError:
+                            return
+                    return
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def close(self):
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+def test_gateway_store_bounds_a_dripping_body_and_names_loops_and_429(tmp_path):
+    """A gateway whose body never ends but trickles (each read within ``timeout``) is
+    given up after ``deadline`` seconds instead of holding ``get`` until ``max_block``
+    bytes arrive (days); a redirect loop and a 429 are named in words (with the
+    Retry-After) and the next gateway gives the block."""
+    data = os.urandom(3000)
+    cid = make_cid(RAW, data)
+    hostile = _HostileGateway(data)
+    try:
+        u = hostile.url
+        with GatewayStore([f"{u}/drip"], timeout=0.5) as gw:  # default deadline: 4 × timeout
+            with ThreadPoolExecutor(1) as pool:  # a hang fails the test in 15 s, not at the timeout
+                answer = pool.submit(lambda: pytest.raises(BlockUnavailable, gw.get, cid))
+                try:
+                    e = answer.result(timeout=15)
+                finally:
+                    hostile.stop.set()  # lets a hung read end
+            assert "still arriving after 2 s" in str(e.value) and "\n" not in str(e.value)
+        with GatewayStore([f"{u}/loop", f"{u}/busy", f"{u}/good"], timeout=2) as gw:
+            assert gw.get(cid) == data  # falls over both to the good one
+        with GatewayStore([f"{u}/loop", f"{u}/busy"], timeout=2) as gw:
+            with pytest.raises(BlockUnavailable) as e:
+                gw.get(cid)
+            msg = str(e.value)
+            assert f"{u}/loop: too many redirects" in msg
+            assert f"{u}/busy: HTTP 429 Too Many Requests (retry after 7)" in msg
+    finally:
+        hostile.close()
+
+
+def test_gateway_store_passes_over_a_silent_gateway_after_its_first_timeout(tmp_path):
+    """A gateway that accepts and never answers, listed first: the first block waits
+    for its timeout, then the next gateway answers; the following blocks go to the
+    good gateway at once while the silent one cools down (it cost one timeout per
+    block: 12 blocks, 12 s), and a block no live gateway holds is an error naming
+    the one passed over, not "not held"."""
+    good = Repo.init(str(tmp_path / "good"))
+    try:
+        blocks = [os.urandom(1000 + i) for i in range(12)]
+        cids = [make_cid(RAW, b) for b in blocks]
+        for c, b in zip(cids, blocks):
+            good.store.put(c, b)
+        with silent_http() as silent, gateway_thread(good) as g_url, \
+                GatewayStore([silent, g_url], timeout=1) as gw:
+            t0 = time.monotonic()
+            assert [gw.get(c) for c in cids] == blocks
+            assert time.monotonic() - t0 < 6
+            t0 = time.monotonic()
+            with pytest.raises(BlockUnavailable, match="no answer in time \\(passed over for"):
+                gw.get(make_cid(RAW, b"held by no gateway that answers"))
+            assert time.monotonic() - t0 < 1
+    finally:
+        good.close()
 
 
 # ------------------------------------------------------------------ JS (Helia)

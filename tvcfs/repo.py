@@ -736,6 +736,10 @@ class Repo:
         with self.store.write() as w:
             worktrees = self.config.get(WORKTREES, w)
             wt = worktrees.get(worktree) if worktree else None
+            unfinished = _unfinished_checkout(wt or {}, worktree)
+            if unfinished and base is _UNSET:  # it lacks files: committing it would delete them
+                raise TvcfsError(f"{unfinished}; nothing committed (a directory of your own there: "
+                                 "commit it with --base REV)")
             if base is _UNSET and wt is not None:
                 base, base_tree = cid_from_str(wt["base"]), cid_from_str(wt["tree"])
             elif base is not _UNSET and base is not None:
@@ -815,10 +819,24 @@ class Repo:
         ``progress``: a callback ``progress(bytes written, total bytes)``."""
         commit = self._rev_to_cid(rev)
         e = self.entry(commit, path)
+        key = os.path.realpath(dest)
         if os.path.exists(dest):
             if not os.path.isdir(dest) or os.listdir(dest):
-                raise TvcfsError(f"destination {printable_name(dest)} exists and is not an empty "
-                                 "directory: name a new or empty directory")
+                rec = self.config.worktrees.get(key) or {}
+                unfinished = _unfinished_checkout(rec, dest)
+                if not unfinished:
+                    raise TvcfsError(f"destination {printable_name(dest)} exists and is not an empty "
+                                     "directory: name a new or empty directory")
+                if (rec["base"], rec.get("path", "")) != (cid_str(commit), path):
+                    raise TvcfsError(f"{unfinished}; it cannot take another revision: remove it to check "
+                                     "out something else")
+        if branch is _UNSET:
+            branch = self.branch_of(rev) if isinstance(rev, str) else None
+
+        def started(worktrees):  # a killed checkout leaves this record: status names it, commit refuses it
+            worktrees[key] = {**_worktree_record(branch, commit, e.cid), "partial": True, "path": path}
+
+        self.config.update(WORKTREES, started)
         counter = None
         if progress is not None:
             total = e.size if e.kind == KIND_FILE else sum(
@@ -834,11 +852,8 @@ class Repo:
             # a write error (a full disk above all) names no file: say which one, and
             # that the repository is untouched
             raise TvcfsError(f"checkout into {dest} failed writing {err.filename or dest}: "
-                             f"{err.strerror or err}; "
-                             "the repository is unchanged, the partial checkout is left in place") from err
-        if branch is _UNSET:
-            branch = self.branch_of(rev) if isinstance(rev, str) else None
-        key = os.path.realpath(dest)
+                             f"{err.strerror or err}; the repository is unchanged, the partial "
+                             "checkout is left in place: run the same checkout again to finish it") from err
 
         def record(worktrees):
             if path:  # a sub-tree is no worktree: forget an old record of this path
@@ -866,14 +881,16 @@ class Repo:
 
     def worktrees(self) -> dict:
         """Directories made by :meth:`checkout`: ``{real path: {"branch": name | None,
-        "base": commit CID, "tree": tree CID, "time": Unix seconds, "exists": bool}}``
-        (binary CIDs). ``tree`` is what the directory held at its checkout or last
+        "base": commit CID, "tree": tree CID, "time": Unix seconds, "exists": bool,
+        "unfinished": None | str}}`` (binary CIDs; ``unfinished`` is a one-line text
+        saying what to run when the checkout into the directory never finished: killed,
+        a full disk). ``tree`` is what the directory held at its checkout or last
         commit; ``base`` the commit that tree was last brought onto."""
         out = {}
         for p, r in self.config.worktrees.items():
             out[p] = {"branch": r.get("branch"), "base": cid_from_str(r["base"]),
                       "tree": cid_from_str(r["tree"]), "time": r.get("time", 0),
-                      "exists": os.path.isdir(p)}
+                      "exists": os.path.isdir(p), "unfinished": _unfinished_checkout(r, p)}
         return out
 
     def _materialise(self, e: Entry, dest: str, counter=None) -> int:
@@ -892,6 +909,8 @@ class Repo:
                 total += self._materialise(child, os.path.join(dest, name), counter)
             return total
         if e.kind == KIND_SYMLINK:
+            if os.path.lexists(dest):  # finishing a checkout that was cut short
+                os.unlink(dest)
             os.symlink(e.target, dest)
             return 0
         return self.write_file(e.cid, dest, e.mode, counter)
@@ -1113,6 +1132,17 @@ def _worktree_record(branch: str | None, base: bytes, tree: bytes) -> dict:
     """A ``worktrees`` meta entry: the directory's branch, the commit ``base`` and the
     tree the directory holds (binary CIDs, stored as strings), and when (Unix seconds)."""
     return {"branch": branch, "base": cid_str(base), "tree": cid_str(tree), "time": int(time.time())}
+
+
+def _unfinished_checkout(record: dict, dest: str) -> str | None:
+    """For a ``worktrees`` record whose checkout never finished (it was killed, or
+    failed writing), one line naming ``dest``, the revision and what to run; else
+    ``None``."""
+    if not record.get("partial"):
+        return None
+    rev = record["base"] + (f":{record['path']}" if record.get("path") else "")
+    return (f"{printable_name(dest)} holds an unfinished checkout of {rev}: run "
+            f"`tvcfs checkout {rev} {printable_name(dest)}` again to finish it")
 
 
 def _umask() -> int:

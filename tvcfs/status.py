@@ -33,7 +33,8 @@ def status_report(repo, branch: str | None = None) -> dict:
     or ``{branch, base, tree, branch_moved, changes: [{status, path, cid}]}``),
     ``mount_changes`` (staged changes of mounts: ``[{branch, dir, pid, alive, error,
     changes: [{status, path, staged_bytes}]}]``), ``worktrees`` (``[{path, branch,
-    base, tree, exists, branch_head, branch_moved}]``), ``mounts`` (``[{mountpoint, pid}]``),
+    base, tree, exists, branch_head, branch_moved, unfinished}]``; ``unfinished``: what
+    to run when the checkout into it never finished, else ``None``), ``mounts`` (``[{mountpoint, pid}]``),
     ``conflicts`` (the recorded conflicts), ``lazy_mounts`` (status files of lazy
     mounts). CIDs are binary."""
     from .fs.daemon import repo_mounts
@@ -74,7 +75,8 @@ def status_report(repo, branch: str | None = None) -> dict:
         tip = heads.get(r["branch"]) if r["branch"] else None
         behind = tip is not None and (tip != r["base"] or repo.read_commit(tip).tree != r["tree"])
         worktrees.append({"path": path, "branch": r["branch"], "base": r["base"], "tree": r["tree"],
-                          "exists": r["exists"], "branch_head": tip, "branch_moved": behind})
+                          "exists": r["exists"], "branch_head": tip, "branch_moved": behind,
+                          "unfinished": r["unfinished"]})
     conflicts = [c for c in repo.config.conflicts if branch is None or c["branch"] == branch]
     return {
         "head": repo.head_branch(),

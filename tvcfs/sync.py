@@ -52,7 +52,7 @@ from typing import Iterable, Iterator, Protocol
 
 from .encoding.cid import RAW, cid_codec, cid_str, make_cid
 from .formatting import short_cid as _short
-from .errors import CorruptBlock, InvalidCID, RefConflict, TvcfsError
+from .errors import CorruptBlock, InvalidCID, MalformedObject, RefConflict, TvcfsError
 from .refs import HEADS, TAGS
 
 __all__ = [
@@ -654,8 +654,13 @@ def fetch(repo, remote: str = "origin", *, skeleton: bool | None = None, progres
         missing = []
         if roots:
             # a bad block is not asked of the same peer again when another remote exists
-            missing = _fetch_from(repo, rem, remote, roots, complete, skeleton, progress,
-                                  bool(others), res, warn)
+            try:
+                missing = _fetch_from(repo, rem, remote, roots, complete, skeleton, progress,
+                                      bool(others), res, warn)
+            except MalformedObject as e:  # its hash is right: every copy is as broken
+                raise MalformedObject(
+                    f"the refs of {remote} lead to a damaged DAG: {e}; nothing was updated, and "
+                    "fetching again will not help: ask its owner to run `tvcfs fsck`") from None
     for name, other in others:
         if not missing:
             break
@@ -792,7 +797,7 @@ def clone(url: str, dest: str, *, lazy: bool = False, remote: str = "origin", pr
 
             shutil.rmtree(dest if created else os.path.join(dest, ".tvcfs"), ignore_errors=True)
             raise
-        if isinstance(e, TvcfsError) and "resume" not in str(e):  # ConnectionFailed says so
+        if isinstance(e, TvcfsError) and "resume" not in str(e) and "will not help" not in str(e):
             e.add_note(f"{kept} verified blocks are kept in {dest}; run the same `tvcfs clone` "
                        f"again to resume")
         raise

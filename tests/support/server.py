@@ -10,13 +10,17 @@ prints on stdout (with a deadline, failing with its log), and stops it by its PI
   (``--corrupt``) and whose identity survives restarts (``--key``)::
 
     python tests/support/server.py serve REPO [--key FILE] [--port N] [--transport quic|tcp]
-                                              [--corrupt]
+                                              [--corrupt] [--foreign] [--stall all|dag]
 
   It prints ``READY <url>`` once listening. ``--corrupt`` serves every raw leaf with
-  its first byte flipped (through ``ServerConfig.corrupt_hook``).
+  its first byte flipped (through ``ServerConfig.corrupt_hook``); ``--foreign``
+  answers with, in place of every raw leaf, a good block of no DAG that was asked
+  for (random bytes under their own CID), and still ends each answer "ok";
+  ``--stall all`` answers nothing after the handshake, ``--stall dag`` only the refs.
 
 In-process servers on a thread: :func:`gateway_thread` (the trustless gateway app on
-Hypercorn) and :func:`moto_s3_server` (moto's S3). Everything listens on 127.0.0.1.
+Hypercorn) and :func:`moto_s3_server` (moto's S3); :func:`silent_http`, a listener
+that never answers. Everything listens on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ def _serve_main(argv) -> None:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--transport", default="quic", choices=("quic", "tcp"))
     ap.add_argument("--corrupt", action="store_true")
+    ap.add_argument("--foreign", action="store_true")
+    ap.add_argument("--stall", choices=("all", "dag"))
     a = ap.parse_args(argv)
 
     from tvcfs.repo import Repo
@@ -69,6 +75,31 @@ def _serve_main(argv) -> None:
         return data
 
     cfg = ServerConfig(RepoBackend(repo), ident, corrupt_hook=corrupt if a.corrupt else None)
+    if a.foreign:  # every raw leaf answered with a good block of no DAG asked for
+        from tvcfs.encoding.cid import RAW, make_cid
+        from tvcfs.transport.session import ServerSession
+
+        outgoing = ServerSession._outgoing
+
+        def foreign(self, cid, data):
+            if cid[1] == 0x55:
+                data = os.urandom(len(data))
+                cid = make_cid(RAW, data)
+            return outgoing(self, cid, data)
+
+        ServerSession._outgoing = foreign
+    if a.stall:  # after the handshake, answer nothing (all) or only the refs (dag)
+        from tvcfs.transport import protocol
+        from tvcfs.transport.session import ServerSession
+
+        handle = ServerSession._handle
+        keep = (protocol.Auth, protocol.ListRefs) if a.stall == "dag" else (protocol.Auth,)
+
+        def stalled(self, msg):
+            if self.state == "hello" or type(msg) in keep:
+                handle(self, msg)
+
+        ServerSession._handle = stalled
 
     async def main():
         async with trio.open_nursery() as n:
@@ -219,13 +250,18 @@ class Server(ServerProcess):
     ``port``, ``key``, ``repo``, ``transport``. ``kill()`` is a SIGKILL (a crash)."""
 
     def __init__(self, repo: str, *, key: str | None = None, port: int = 0,
-                 transport: str = "quic", corrupt: bool = False, timeout: float = 30.0):
+                 transport: str = "quic", corrupt: bool = False, foreign: bool = False,
+                 stall: str | None = None, timeout: float = 30.0):
         argv = [sys.executable, os.path.abspath(__file__), "serve", repo, "--port", str(port),
                 "--transport", transport]
         if key:
             argv += ["--key", key]
         if corrupt:
             argv.append("--corrupt")
+        if foreign:
+            argv.append("--foreign")
+        if stall:
+            argv += ["--stall", stall]
         env = {"PYTHONPATH": REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
         super().__init__(argv, env=env, timeout=timeout, name="tensorswap")
         line = self.lines[0]
@@ -276,6 +312,18 @@ def running_hub(root: str, *extra, log: str | None = None, lines: int = 1):
     with ServerProcess(tvcfs_executable() + ["hub", "serve", str(root), "--listen", "127.0.0.1:0", *extra],
                        lines=lines, log_path=log, name="hub") as srv:
         yield srv.lines[0] if lines == 1 else tuple(srv.lines)
+
+
+@contextlib.contextmanager
+def silent_http():
+    """A TCP listener on 127.0.0.1 that accepts connections and never answers; yield
+    its ``http://127.0.0.1:PORT`` (closed after)."""
+    import socket
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(64)
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
 
 
 @contextlib.contextmanager

@@ -97,6 +97,8 @@ def _print_worktrees(report: dict) -> None:
         print("\nWorktrees (tvcfs checkout; `tvcfs commit DIR` replays onto their branch if it moved):")
         for worktree in report["worktrees"]:
             state = "" if worktree["exists"] else " [directory gone]"
+            if worktree["unfinished"] and worktree["exists"]:
+                state = f" [unfinished: {worktree['unfinished']}]"
             behind = (f"; {worktree['branch']} is at {short_cid(worktree['branch_head'])}"
                       if worktree["branch_moved"] else "")
             print(f"  {worktree['path']}  branch {worktree['branch'] or '(none)'} "

@@ -7,8 +7,10 @@ application/vnd.ipld.raw``, asked of each gateway in turn until one answers with
 bytes that hash to the CID (:func:`tvcfs.store.verify.verify_many`; a block that
 does not is never returned). ``get_many`` sends ``threads`` such requests at once.
 Answers: 200 — the block (verified); 404 or 410 — "not held" by that gateway; anything
-else, a refused connection, a timeout, a body longer than ``max_block`` bytes, or
-bytes that do not hash to the CID — that gateway could not answer. ``get`` returns
+else, a refused connection, a timeout, a body longer than ``max_block`` bytes or
+still arriving after ``deadline`` seconds, or bytes that do not hash to the CID —
+that gateway could not answer, and is passed over for ``cooldown`` seconds while
+another gateway is up. ``get`` returns
 ``None`` when every gateway said "not held", and raises
 :class:`~tvcfs.errors.BlockUnavailable` (one line naming each gateway's failure)
 when none had it and at least one failed.
@@ -22,7 +24,9 @@ imported when the first store is built. See ``docs/backends.md``, "The IPFS netw
 
 from __future__ import annotations
 
+import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator
 
@@ -57,7 +61,11 @@ class GatewayStore(StoreBase):
 
     ``urls``: base URLs (list, or a comma/space separated string), asked in order;
     ``timeout``: seconds a gateway may take to answer one request (connect, and each
-    read of the body); ``connect_timeout``: seconds to connect (default 3);
+    read of the body); ``deadline``: seconds one whole answer may take, however
+    steadily its body trickles in (default ``4 * timeout``); ``connect_timeout``:
+    seconds to connect (default 3); ``cooldown``: seconds a gateway that failed is
+    passed over while another is up (default 30; a 429 or 503's ``Retry-After`` in
+    seconds, up to 300, instead);
     ``threads``: requests in flight in ``get_many`` (default 8); ``max_block``:
     bytes a block may have (default 8 MiB). Raises :class:`TvcfsError` for bad URLs,
     ``ImportError`` naming the extra when httpx2 is missing."""
@@ -65,7 +73,7 @@ class GatewayStore(StoreBase):
     capabilities = frozenset({REMOTE})
 
     def __init__(self, urls, timeout: float = 30.0, connect_timeout: float = 3.0, threads: int = 8,
-                 max_block: int = MAX_SECTION):
+                 max_block: int = MAX_SECTION, deadline: float | None = None, cooldown: float = 30.0):
         try:
             import httpx2
         except ImportError as e:
@@ -74,6 +82,9 @@ class GatewayStore(StoreBase):
         self.urls = parse_gateways(urls)
         self.name = "gateway"
         self.max_block = max_block
+        self.deadline = 4 * timeout if deadline is None else deadline
+        self.cooldown = cooldown
+        self._down: dict = {}  # base URL -> (monotonic time it may be asked again, why)
         self.threads = max(1, threads)
         self._httpx = httpx2
         self._client = httpx2.Client(
@@ -85,36 +96,60 @@ class GatewayStore(StoreBase):
 
     # --- one request -------------------------------------------------------------
     def _ask(self, base: str, cid: bytes, method: str = "GET"):
-        """``(data | None, error | None)`` from one gateway: data (verified) on 200,
-        ``(None, None)`` for "not held", ``(None, text)`` when it could not answer."""
+        """``(data | None, error | None, retry_after | None)`` from one gateway: data
+        (verified) on 200, ``(None, None, None)`` for "not held", ``(None, text,
+        seconds | None)`` when it could not answer."""
         url = f"{base}/ipfs/{cid_str(cid)}?format=raw"
+        give_up = time.monotonic() + self.deadline
         try:
             with self._client.stream(method, url) as r:
                 if r.status_code in (404, 410):
-                    return None, None
+                    return None, None, None
                 if r.status_code != 200:
-                    return None, f"{base}: HTTP {r.status_code} {r.reason_phrase}"
+                    wait = r.headers.get("retry-after")
+                    text = f" (retry after {wait[:40]})" if wait else ""
+                    wait = min(float(wait), 300.0) if wait and wait.strip().isdigit() else None
+                    return None, f"{base}: HTTP {r.status_code} {r.reason_phrase}{text}", wait
                 if method == "HEAD":
-                    return b"", None
+                    return b"", None, None
                 chunks, n = [], 0
                 for chunk in r.iter_bytes():
                     n += len(chunk)
                     if n > self.max_block:
-                        return None, f"{base}: block {cid_str(cid)} longer than {self.max_block} bytes"
+                        return None, f"{base}: block {cid_str(cid)} longer than {self.max_block} bytes", None
                     chunks.append(chunk)
+                    if time.monotonic() > give_up:  # each read is bounded, the whole body too
+                        return None, (f"{base}: block {cid_str(cid)} still arriving after "
+                                      f"{self.deadline:g} s ({n} bytes): gave up"), None
         except self._httpx.TimeoutException:
-            return None, f"{base}: no answer in time"
+            return None, f"{base}: no answer in time", None
         except self._httpx.HTTPError as e:
-            return None, f"{base}: {type(e).__name__.lower().replace('error', ' error').strip()}: {e}"
+            words = re.sub(r"(?<!^)(?=[A-Z])", " ", type(e).__name__).lower()  # TooManyRedirects → too many redirects
+            return None, f"{base}: {words}: {e}", None
         data = b"".join(chunks)
         if verify_many([(cid, data)])[1]:
-            return None, f"{base}: block {cid_str(cid)} does not hash to its CID (corrupt answer)"
-        return data, None
+            return None, f"{base}: block {cid_str(cid)} does not hash to its CID (corrupt answer)", None
+        return data, None, None
 
     def _first(self, cid: bytes, method: str = "GET"):
+        """Ask the gateways in order; one that failed within its cooldown is passed
+        over (and named in the error) while another is up, so a dead or silent
+        gateway costs one timeout, not one per block."""
         errors = []
+        now = time.monotonic()
+        with self._lock:
+            down = {u: d for u, d in self._down.items() if d[0] > now}
+        asked = [u for u in self.urls if u not in down] or self.urls  # all down: ask them all
         for base in self.urls:
-            data, err = self._ask(base, cid, method)
+            if base not in asked:
+                errors.append(f"{down[base][1]} (passed over for {down[base][0] - now:.0f} s more)")
+                continue
+            data, err, wait = self._ask(base, cid, method)
+            with self._lock:
+                if err:
+                    self._down[base] = (time.monotonic() + (self.cooldown if wait is None else wait), err)
+                else:
+                    self._down.pop(base, None)
             if data is not None:
                 return data
             if err:

@@ -10,8 +10,8 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol
 
-from ..encoding.cid import DAG_CBOR, RAW, cid_codec
-from ..errors import InvalidCID
+from ..encoding.cid import DAG_CBOR, RAW, cid_codec, cid_str
+from ..errors import InvalidCID, MalformedObject
 
 
 @dataclass
@@ -71,18 +71,23 @@ class BlockBackend(Protocol):
 def links_of(cid: bytes, data, history: bool = True) -> list[bytes]:
     """Child CIDs of a block in traversal order. A commit (dag-cbor) links its
     ``tree`` and, when ``history``, its ``parents``; dag-pb its links; raw none.
-    Raises ``tvcfs.errors.MalformedObject`` / ``InvalidCID`` on bad input."""
+    Raises ``tvcfs.errors.MalformedObject`` (naming the block) / ``InvalidCID`` on
+    bad input."""
     codec = cid_codec(cid)
     if codec == RAW:
         return []
-    if codec == DAG_CBOR:
-        from ..encoding.commit import decode_commit
+    try:
+        if codec == DAG_CBOR:
+            from ..encoding.commit import decode_commit
 
-        com = decode_commit(data)
-        return [com.tree] + (list(com.parents) if history else [])
-    from ..dag import block_links
+            com = decode_commit(data)
+            return [com.tree] + (list(com.parents) if history else [])
+        from ..dag import block_links
 
-    return block_links(cid, data)
+        return block_links(cid, data)
+    except (MalformedObject, InvalidCID) as e:  # a CID's hash says nothing of its bytes' shape
+        what = "commit" if codec == DAG_CBOR else "dag-pb node"
+        raise MalformedObject(f"block {cid_str(cid)} is not a valid {what}: {e}") from None
 
 
 def read_view(backend):

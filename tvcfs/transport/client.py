@@ -42,6 +42,8 @@ __all__ = [
     "parse_url",
 ]
 
+_SILENT = object()  # RemoteSession._recv: nothing came in time
+
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 4740
 
@@ -91,7 +93,10 @@ class RemoteSession:
     decodes with the protocol session's decoder); ``proto``: the
     :class:`~.session.ClientSession` holding the conversation's state; ``peer_id``:
     the server's verified peer ID; ``welcome``: the server's
-    :class:`~.protocol.Welcome`; ``can_push``: set after :meth:`authenticate`.
+    :class:`~.protocol.Welcome`; ``can_push``: set after :meth:`authenticate`;
+    ``answer_timeout``: seconds a wait for the peer's next message may take before
+    :class:`RemoteError` (``QuicSettings.answer_timeout``); ``where``: the peer's
+    ``HOST:PORT`` (for messages).
     Requests are issued one after another (:class:`~.wants.MuxSession` runs many
     at once on the same classes).
     """
@@ -108,6 +113,8 @@ class RemoteSession:
         self.early_data = False  # QUIC: the first requests went out as 0-RTT
         self._early_refs: tuple = (None, None)  # (request id, prefix) sent with Hello
         self._early_answer: protocol.Message | None = None
+        self.answer_timeout = QuicSettings().answer_timeout  # seconds; open_session sets its settings
+        self.where = "the remote"
 
     @property
     def peer_id(self) -> bytes | None:
@@ -131,7 +138,13 @@ class RemoteSession:
         """The next checked message; the answer to the refs asked with ``Hello``
         is put aside for :meth:`list_refs` (unless ``keep_early`` is False)."""
         while True:
-            msg = await self.ch.receive()
+            msg = _SILENT
+            with trio.move_on_after(self.answer_timeout):
+                msg = await self.ch.receive()
+            if msg is _SILENT:  # the session is unusable now: the caller ends it
+                raise RemoteError(f"{self.where} sent nothing for {self.answer_timeout:g} s (it "
+                                  "stalled): run the command again to resume, or ask another "
+                                  "remote (TVCFS_ANSWER_TIMEOUT sets the wait)")
             if msg is None:
                 raise RemoteError("remote closed the session")
             msg = self.proto.handle_message(msg)
@@ -216,7 +229,10 @@ class RemoteSession:
         thread) before ``put_many``; bad blocks are dropped and listed in
         ``bad_cids``; with ``stop_on_bad`` they are not asked of this peer again
         (the caller asks another remote). Returns :class:`FetchStats`;
-        ``missing`` is non-empty when this remote could not supply everything.
+        ``missing`` is non-empty when this remote could not supply everything: it
+        comes from a walk of what is stored, never from the server's word that its
+        answers were complete (a hostile peer may end an answer "ok" having sent
+        blocks of no DAG that was asked for).
         """
         st = FetchStats(transport=self.transport, resumed=self.resumed,
                         early_data=self.early_data)
@@ -249,10 +265,10 @@ class RemoteSession:
                 clean = await self._fetch_frontier(backend, frontier, complete, history, st,
                                                    t0, progress)
                 if clean:
-                    # every answer complete, every block verified and stored: the
-                    # DAGs are whole without walking them again
-                    st.missing = []
-                    return st
+                    # every answer said complete and every block verified; but a peer
+                    # can say so having sent other blocks than the DAG's: the walk
+                    # below is what proves the DAGs whole
+                    break
                 if st.blocks == before or (stop_on_bad and st.bad_blocks > bad_before):
                     break
         finally:
@@ -614,6 +630,7 @@ async def open_session(
             await stream.send_all(first)
             sess = RemoteSession(MessageChannel(stream), stream.peer_id, "tcp", proto=proto)
         sess._early_refs = (early_rid, refs_prefix)
+        sess.answer_timeout, sess.where = settings.answer_timeout, f"remote {url.host}:{url.port}"
         await sess.start(identity, auth=auth, repo=url.repo)
         yield sess
         await sess.aclose()

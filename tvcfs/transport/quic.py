@@ -111,7 +111,10 @@ class QuicSettings:
     slower than the network would buffer the whole transfer in memory), except
     while a writer waits for send room (it needs the peer's ACKs); the server,
     one socket for all peers, does not pause. ``connect_timeout``:
-    handshake deadline.
+    handshake deadline. ``answer_timeout``: a client session (QUIC or TLS/TCP)
+    waiting this long for any message of its peer gives up (a peer that finished
+    the handshake, then stalled: its QUIC stack still answers PINGs, so the idle
+    timeout never fires); ``TVCFS_ANSWER_TIMEOUT`` (seconds) overrides the default.
     The windows granted are capped at half the receive buffer the kernel gave
     (``SO_RCVBUF``): the peer can then never overflow our socket.
     """
@@ -126,6 +129,7 @@ class QuicSettings:
     send_high_water: int = 2 * MIB
     receive_high_water: int = 16 * MIB
     connect_timeout: float = 5.0
+    answer_timeout: float = field(default_factory=lambda: _env_seconds("TVCFS_ANSWER_TIMEOUT", 60.0))
     congestion_control: str = "cubic"  # aioquic only: "reno" or "cubic"
     ping_interval: float = 1.0  # a stream reader waiting this long pings the peer
     # a server closes a connection whose peer opens no stream within this many
@@ -151,6 +155,21 @@ class QuicSettings:
         if not _is_loopback(host):
             return 1452
         return self.loopback_datagram_size or (65000 if engine == "qh3" else 16384)
+
+
+def _env_seconds(name: str, default: float) -> float:
+    """Seconds from environment variable ``name`` (a positive number), else
+    ``default``. Raises :class:`TransportError` naming the variable for another value."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise TransportError(f"{name}={text!r} is not a number of seconds > 0")
+    return value
 
 
 def _is_loopback(host: str) -> bool:
