@@ -797,7 +797,9 @@ def clone(url: str, dest: str, *, lazy: bool = False, remote: str = "origin", pr
 
             shutil.rmtree(dest if created else os.path.join(dest, ".tvcfs"), ignore_errors=True)
             raise
-        if isinstance(e, TvcfsError) and "resume" not in str(e) and "will not help" not in str(e):
+        # a damaged DAG is not resumable (every copy of a block with that hash is as
+        # broken); an error that already says how to resume needs no second note
+        if isinstance(e, TvcfsError) and not isinstance(e, MalformedObject) and "resume" not in str(e):
             e.add_note(f"{kept} verified blocks are kept in {dest}; run the same `tvcfs clone` "
                        f"again to resume")
         raise
