@@ -161,6 +161,7 @@ class _Reader:
 class Message:
     """A wire message (docs/protocol.md): a subclass sets ``TYPE`` (the frame's type byte) and
     encodes its fields in :meth:`body` / decodes them in :meth:`parse`."""
+
     TYPE: ClassVar[int]
 
     def body(self) -> bytes:  # pragma: no cover - abstract
