@@ -68,6 +68,7 @@ class WEntry:
         self.opens = 0     # open handles of any kind (staged data lives while > 0)
 
     def path(self) -> str:
+        """The entry's path from the workspace root (``"a/b/c"``; ``""`` for the root)."""
         parts = []
         e = self
         while e.parent is not None:
@@ -123,6 +124,8 @@ class Workspace:
         return d.children
 
     def lookup_path(self, path: str) -> WEntry | None:
+        """The entry at ``path`` (``/``-separated, relative to the branch root), or ``None`` if
+        a component is missing or not a directory."""
         cur = self.root
         for part in [p for p in path.split("/") if p]:
             if cur.kind != KIND_DIR:
