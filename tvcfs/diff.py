@@ -108,9 +108,11 @@ class TreeDiff:
         return _clean({"a": self.a, "b": self.b, "files": [asdict(f) for f in self.files]})
 
     def to_json(self, indent: int | None = 2) -> str:
+        """:meth:`to_dict` as JSON text (``indent`` spaces; ``None``: one line)."""
         return json.dumps(self.to_dict(), indent=indent)
 
     def file(self, path: str) -> FileChange:
+        """The change of file ``path``. Raises ``KeyError`` if the file did not change."""
         for f in self.files:
             if f.path == path:
                 return f

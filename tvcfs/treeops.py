@@ -119,6 +119,7 @@ class Landing:
 
     @property
     def conflict(self) -> bool:
+        """Whether paths collided (``branch`` is then a ``conflicts/...`` branch)."""
         return bool(self.collisions)
 
 
