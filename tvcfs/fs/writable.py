@@ -103,21 +103,22 @@ class WritableOperations(ReadOnlyOperations):
         self.workspaces[branch] = ws
         return ws
 
-    def ws_node(self, ws: Workspace, w: WEntry, parent_ino: int) -> Node:
-        """The node of workspace entry ``w`` of ``ws`` (under inode ``parent_ino``), reusing
-        its inode while the entry lives."""
-        if w.ino and w.ino in self.inodes.by_ino and self.inodes.by_ino[w.ino].extra.get("entry") is w:
-            return self.inodes.by_ino[w.ino]
-        key = ("ws", id(w))
+    def ws_node(self, ws: Workspace, entry: WEntry, parent_ino: int) -> Node:
+        """The node of workspace entry ``entry`` of ``ws`` (under inode ``parent_ino``),
+        reusing its inode while the entry lives."""
+        if (entry.ino and entry.ino in self.inodes.by_ino
+                and self.inodes.by_ino[entry.ino].extra.get("entry") is entry):
+            return self.inodes.by_ino[entry.ino]
+        key = ("ws", id(entry))
 
         def make(ino):
-            n = Node(ino, "ws", key, parent=parent_ino, name=w.name or ws.branch)
-            n.extra["entry"] = w
+            n = Node(ino, "ws", key, parent=parent_ino, name=entry.name or ws.branch)
+            n.extra["entry"] = entry
             n.extra["workspace"] = ws
             return n
 
         node = self.inodes.intern(key, make)
-        w.ino = node.ino
+        entry.ino = node.ino
         return node
 
     def writable(self, node: Node) -> bool:
