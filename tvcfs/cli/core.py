@@ -185,16 +185,16 @@ def cmd_log(args):
     return 0
 
 
-def storage_lines(st: dict, new_only: bool = False) -> list:
+def storage_lines(storage: dict, new_only: bool = False) -> list:
     """Lines describing :func:`tvcfs.pack.commit_storage` output: the bytes a commit
     added (raw, stored, ratio, encodings), then per file (``new_only``: files with new
     bytes only)."""
-    encs = ", ".join(f"{n} {k}" for k, n in sorted(st["encodings"].items()))
-    lines = [f"stored: {st['new_blocks']} new blocks, {human_size(st['new_raw'])} raw, "
-             f"{human_size(st['new_stored'])} stored ({ratio(st['new_stored'], st['new_raw'])})"
+    encs = ", ".join(f"{n} {k}" for k, n in sorted(storage["encodings"].items()))
+    lines = [f"stored: {storage['new_blocks']} new blocks, {human_size(storage['new_raw'])} raw, "
+             f"{human_size(storage['new_stored'])} stored ({ratio(storage['new_stored'], storage['new_raw'])})"
              + (f"; {encs}" if encs else "")
-             + f"; whole tree {human_size(st['raw'])} raw, {human_size(st['stored'])} stored"]
-    for f in st["files"]:
+             + f"; whole tree {human_size(storage['raw'])} raw, {human_size(storage['stored'])} stored"]
+    for f in storage["files"]:
         if new_only and not f["new_raw"]:
             continue
         lines.append(f"  {f['new_raw']:>12} raw {f['new_stored']:>12} stored new  "
