@@ -153,20 +153,26 @@ class RepoConfig:
 
     @property
     def lazy(self) -> bool:
+        """Whether blocks are fetched on demand from the remotes (a ``clone --lazy``
+        repository)."""
         return self.get("lazy")
 
     @property
     def conflicts(self) -> list:
+        """The conflict branches recorded by commits onto moved branches (a list)."""
         return self.get("conflicts")
 
     @property
     def peer_scores(self) -> dict:
+        """Reputation records by peer URL (a dict)."""
         return self.get("peer_scores")
 
     @property
     def worktrees(self) -> dict:
+        """``{real path: {branch, base, tree}}`` of the directories made by ``tvcfs checkout``."""
         return self.get("worktrees")
 
     @property
     def hf_repo_id(self) -> str | None:
+        """The Hugging Face repository ID (``org/name``) of this repository, or ``None``."""
         return self.get("hf.repo_id")

@@ -108,9 +108,11 @@ class TreeDiff:
         return _clean({"a": self.a, "b": self.b, "files": [asdict(f) for f in self.files]})
 
     def to_json(self, indent: int | None = 2) -> str:
+        """:meth:`to_dict` as JSON text (``indent`` spaces; ``None``: one line)."""
         return json.dumps(self.to_dict(), indent=indent)
 
     def file(self, path: str) -> FileChange:
+        """The change of file ``path``. Raises ``KeyError`` if the file did not change."""
         for f in self.files:
             if f.path == path:
                 return f
@@ -131,16 +133,16 @@ def _clean(o):
 
 
 class _ChunkStats:
-    """Per-worker reused buffers of :func:`tensor_stats` (float64 ``x``, ``y``, ``Δ``
-    of one chunk, a float32 scratch for BF16 decoding, a byte scratch for XORs) and
-    the summary of one chunk."""
+    """Per-worker reused buffers of :func:`tensor_stats` (float64 ``a_values``,
+    ``b_values``, ``delta`` (Δ) of one chunk, a float32 scratch for BF16 decoding, the
+    byte scratch ``xor_bytes`` for XORs) and the summary of one chunk."""
 
     def __init__(self, elems: int):
-        self.x = np.empty(elems)
-        self.y = np.empty(elems)
-        self.d = np.empty(elems)
+        self.a_values = np.empty(elems)
+        self.b_values = np.empty(elems)
+        self.delta = np.empty(elems)
         self.s32 = np.empty(elems, dtype=np.float32)
-        self.z = np.empty(elems * 8, dtype=np.uint8)
+        self.xor_bytes = np.empty(elems * 8, dtype=np.uint8)
 
     def load(self, buf, dtype: str, out: np.ndarray) -> np.ndarray:
         """Decode ``buf`` exactly into the float64 buffer ``out`` (BF16 via the
@@ -155,7 +157,7 @@ class _ChunkStats:
     def same(self, ra, dtype: str) -> tuple:
         """A chunk whose leaves are identical on both sides: only ‖A‖² is needed.
         Returns the tuple of :meth:`chunk`."""
-        x = self.load(ra, dtype, self.x)
+        x = self.load(ra, dtype, self.a_values)
         sq = 0.0
         for s0 in range(0, x.size, SUB_ELEMS):
             xs = x[s0:s0 + SUB_ELEMS]
@@ -165,10 +167,10 @@ class _ChunkStats:
     def chunk(self, ra, dta: str, rb, dtb: str) -> tuple:
         """Summary of one chunk of both sides (equal element counts):
         ``(ΣΔ², ΣA², ΣB², ΣAB, max|Δ|, NaN seen, elements changed, bytes changed)``."""
-        x = self.load(ra, dta, self.x)
-        y = self.load(rb, dtb, self.y)
+        x = self.load(ra, dta, self.a_values)
+        y = self.load(rb, dtb, self.b_values)
         n = x.size
-        d = self.d[:n]
+        d = self.delta[:n]
         np.subtract(y, x, out=d)
         ss_d = ss_a = ss_b = 0.0
         for s0 in range(0, n, SUB_ELEMS):  # slices below OpenBLAS's threading threshold
@@ -186,7 +188,7 @@ class _ChunkStats:
         if dta == dtb:
             # changed elements / bytes from the XOR of the raw storage words
             ut = _UINT[dtypes.itemsize(dta)]
-            z = self.z[:len(ra)].view(ut)
+            z = self.xor_bytes[:len(ra)].view(ut)
             np.bitwise_xor(np.frombuffer(ra, dtype=ut), np.frombuffer(rb, dtype=ut), out=z)
             ce, cb = int(np.count_nonzero(z)), int(np.count_nonzero(z.view(np.uint8)))
         else:

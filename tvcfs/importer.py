@@ -176,6 +176,8 @@ class Importer:
         return root, tsize, size
 
     def add_symlink(self, target: str) -> tuple[bytes, int]:
+        """Store a UnixFS symlink to ``target``; returns ``(cid, tsize)`` (binary CID, block
+        size in bytes)."""
         cid, tsize, block = build_symlink(target)
         self.txn.put_block(cid, block)
         return cid, tsize

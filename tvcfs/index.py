@@ -52,6 +52,8 @@ class Index:
     tree: bytes
 
     def record(self) -> dict:
+        """The index as JSON-ready data (CIDs as strings), as kept in the repository's
+        metadata."""
         return {"branch": self.branch, "base": cid_str(self.base) if self.base else None,
                 "tree": cid_str(self.tree)}
 

@@ -57,6 +57,8 @@ class Leaf:
 
     @property
     def key(self):
+        """``(tensor, dtype, shape, rel)``: the leaf's place in its tensor, matched across
+        commits to find its delta base."""
         return (self.tensor, self.dtype, self.shape, self.rel)
 
 
@@ -161,6 +163,7 @@ class PackResult:
     keep_hot: int = 1
 
     def as_dict(self) -> dict:
+        """The counters as a plain ``dict`` (for ``--json``)."""
         return dict(vars(self))
 
 

@@ -126,10 +126,12 @@ class CommitResult:
 
     @property
     def conflict(self) -> bool:
+        """Whether paths collided (the commit went to a ``conflicts/...`` branch)."""
         return bool(self.collisions)
 
     @property
     def changed(self) -> bool:
+        """Whether a commit was made (something changed)."""
         return self.cid is not None
 
 
@@ -258,6 +260,7 @@ class Repo:
         return cls(find_repo_root(start))
 
     def close(self) -> None:
+        """Close the block layer (if separate from the store) and the LMDB store."""
         if self._blocks is not None and self._blocks is not self.store:
             self._blocks.close()
         self.store.close()
@@ -278,6 +281,7 @@ class Repo:
         return b
 
     def has(self, cid: bytes) -> bool:
+        """Whether the local store holds block ``cid`` (binary CID)."""
         return self.store.has(cid)
 
     def block_put(self, block: bytes, codec: int = 0x55) -> bytes:
@@ -330,6 +334,8 @@ class Repo:
             w.pin(c, name)
 
     def unpin(self, cid: bytes | str) -> bool:
+        """Unpin ``cid`` (binary or string CID); ``True`` if it was pinned. Raises
+        :class:`~tvcfs.errors.InvalidCID` for a bad string."""
         c = cid_from_str(cid) if isinstance(cid, str) else cid
         with self.store.write() as w:
             return w.unpin(c)
@@ -416,6 +422,8 @@ class Repo:
         return target
 
     def delete_tag(self, name: str) -> bytes:
+        """Delete tag ``name``; returns the commit it pointed at (binary CID). Raises
+        :class:`~tvcfs.errors.RevisionNotFound` if there is no such tag."""
         with self.store.write() as w:
             cur = w.get_ref(TAGS + name)
             if cur is None:

@@ -148,7 +148,8 @@ class BlockRemote(Protocol):
     def flush(self) -> None:
         """Make everything sent so far durable on the remote."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the remote's connections."""
 
 
 class S3Remote:
@@ -170,33 +171,51 @@ class S3Remote:
         self.peer_id = None
 
     def list_refs(self) -> dict:
+        """``{full ref name: binary commit CID}`` of the bucket's branches and tags. Raises
+        :class:`BlockUnavailable`."""
         return {k: v for k, v in self.refs.list("refs/").items() if k.startswith((HEADS, TAGS))}
 
     def head(self) -> str:
+        """The ref the bucket's HEAD names, or ``""``. Raises :class:`BlockUnavailable`."""
         return self.refs.head()
 
     def compare_and_swap(self, name, expected, new) -> None:
+        """Move ref ``name`` from ``expected`` (``None``: absent) to ``new``. Raises
+        :class:`RefConflict` (nothing written), :class:`BlockUnavailable`."""
         self.refs.compare_and_swap(name, expected, new)
 
     def init_head(self, ref: str) -> None:
+        """Point the bucket's HEAD at ``ref`` unless it has one. Raises
+        :class:`BlockUnavailable`."""
         self.refs.init_head(ref)
 
     def has_many(self, cids) -> list:
+        """``[bool]`` per CID: whether the bucket's indexes hold it. Raises
+        :class:`BlockUnavailable`."""
         return self.store.has_many(cids)
 
     def get_many(self, cids):
+        """``(cid, bytes | None)`` per CID, unverified (:func:`fetch` verifies). Raises
+        :class:`BlockUnavailable`."""
         return self.store.get_many(cids, verify=False)
 
     def size_of(self, cid):
+        """The block's size in bytes per the loaded indexes, or ``None``; no request is made."""
         return self.store.size_of(cid)
 
     def put_many(self, blocks) -> int:
+        """Buffer the ``(cid, block)`` pairs no pack holds, writing a pack each ``pack_target``
+        bytes; how many were new. Raises :class:`BlockUnavailable`."""
         return self.store.put_many(blocks)
 
     def flush(self) -> None:
+        """Write the buffered blocks as a pack and wait for pending uploads. Raises
+        :class:`BlockUnavailable`."""
         self.store.flush()
 
     def close(self) -> None:
+        """Close the bucket store: write its pending pack, then release its threads. Raises
+        :class:`BlockUnavailable` if the pack cannot be written."""
         self.store.close()
 
     def __enter__(self):

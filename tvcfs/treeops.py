@@ -119,22 +119,23 @@ class Landing:
 
     @property
     def conflict(self) -> bool:
+        """Whether paths collided (``branch`` is then a ``conflicts/...`` branch)."""
         return bool(self.collisions)
 
 
-def txn_getter(w, fallback: Callable) -> Callable:
-    """``get(cid) -> bytes`` reading write transaction ``w`` first (blocks it stored
+def txn_getter(txn, fallback: Callable) -> Callable:
+    """``get(cid) -> bytes`` reading write transaction ``txn`` first (blocks it stored
     and has not committed yet), then ``fallback`` (e.g. ``Repo.get``, which may fetch
     from a remote). Raises what ``fallback`` raises for a missing block."""
     def get(c):
-        b = w.get_block(c)
+        b = txn.get_block(c)
         return fallback(c) if b is None else bytes(b)
     return get
 
 
-def land_on_branch(w, get: Callable, read_commit: Callable, branch: str, base: bytes | None,
+def land_on_branch(txn, get: Callable, read_commit: Callable, branch: str, base: bytes | None,
                    base_tree: bytes | None, tree: bytes) -> Landing:
-    """Decide, inside write transaction ``w``, how ``tree`` — ``base_tree`` plus our
+    """Decide, inside write transaction ``txn``, how ``tree`` — ``base_tree`` plus our
     changes, worked on from commit ``base`` — lands on ``branch``:
 
     * the head's tree is ``base_tree`` (nobody else changed anything), or the branch
@@ -142,14 +143,14 @@ def land_on_branch(w, get: Callable, read_commit: Callable, branch: str, base: b
     * otherwise our changes (``base_tree`` → ``tree``) are replayed onto the head's
       tree when no path collides with theirs (``base_tree`` → head tree;
       :func:`collisions`), with the head as parent (new directory nodes are stored in
-      ``w``);
+      ``txn``);
     * else ``tree`` as is, parent ``base``, on a new ``conflicts/…`` branch: the
       branch keeps their commit, nothing is overwritten.
 
     ``get`` reads blocks (see :func:`txn_getter`); ``read_commit(cid)`` decodes a
     commit. Changes nothing but directory blocks; the caller writes the commit and
     the ref (and :func:`record_conflict`) in the same transaction."""
-    cur = w.get_ref(HEADS + branch)
+    cur = txn.get_ref(HEADS + branch)
     if cur is None:
         return Landing(tree, base, base_tree, branch, cur)
     head_tree = read_commit(cur).tree
@@ -159,12 +160,12 @@ def land_on_branch(w, get: Callable, read_commit: Callable, branch: str, base: b
     theirs = changed_paths(get, base_tree, head_tree)
     clash = collisions(ours, theirs)
     if not clash:
-        new, _ = apply_changes(get, w.put_block, head_tree, ours)
+        new, _ = apply_changes(get, txn.put_block, head_tree, ours)
         return Landing(new, cur, head_tree, branch, cur, theirs)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     target = f"conflicts/{branch}-{stamp}"
     k = 1
-    while w.get_ref(HEADS + target) is not None:
+    while txn.get_ref(HEADS + target) is not None:
         k += 1
         target = f"conflicts/{branch}-{stamp}-{k}"
     parent_tree = read_commit(base).tree if base else None
@@ -178,12 +179,12 @@ def conflict_message(branch: str, landing: Landing, who: str, message: str) -> s
             f"{', '.join(landing.collisions)}\n\n" + message)
 
 
-def commit_landing(w, branch: str, landing: Landing, message: str, author_name: str,
+def commit_landing(txn, branch: str, landing: Landing, message: str, author_name: str,
                    author_email: str, timestamp: int, metadata: dict, who: str, source: str,
                    reflog_label: str = "commit", allow_empty: bool = False) -> tuple:
     """The one way a commit worked on from a base is recorded — by a mount's
     workspace and by ``Repo`` (worktrees, ``--base``, the staging index) alike: in
-    write transaction ``w``, the commit of ``landing`` (from :func:`land_on_branch`)
+    write transaction ``txn``, the commit of ``landing`` (from :func:`land_on_branch`)
     is stored, its branch (or its ``conflicts/…`` branch, with the message prefixed by
     :func:`conflict_message` naming ``who``) is moved, and a conflict is recorded for
     ``tvcfs status`` under ``source``. Returns ``(cid, message)``: the commit's binary
@@ -199,22 +200,22 @@ def commit_landing(w, branch: str, landing: Landing, message: str, author_name: 
                  author_name=author_name, author_email=author_email, message=message,
                  timestamp=int(timestamp), metadata=metadata or {})
     cid, block = com.cid_and_block()
-    w.put_block(cid, block)
+    txn.put_block(cid, block)
     ref = HEADS + landing.branch
     label = f"{reflog_label} (conflict)" if landing.conflict else reflog_label
-    w.set_ref(ref, cid, w.get_ref(ref), message=f"{label}: {message.splitlines()[0] if message else ''}")
+    txn.set_ref(ref, cid, txn.get_ref(ref), message=f"{label}: {message.splitlines()[0] if message else ''}")
     if landing.conflict:
-        record_conflict(w, branch, landing, cid, source)
+        record_conflict(txn, branch, landing, cid, source)
     return cid, message
 
 
-def record_conflict(w, branch: str, landing: Landing, commit: bytes, source: str) -> None:
+def record_conflict(txn, branch: str, landing: Landing, commit: bytes, source: str) -> None:
     """Append the conflict to the repository's ``conflicts`` record (meta, listed by
-    ``tvcfs status``) inside write transaction ``w``. ``source``: who wrote it
+    ``tvcfs status``) inside write transaction ``txn``. ``source``: who wrote it
     (``mount``, or the directory committed)."""
     from .config import RepoConfig
 
     record = {"branch": branch, "saved_as": landing.branch, "commit": cid_str(commit),
               "head": cid_str(landing.head), "paths": landing.collisions,
               "time": int(time.time()), "source": source}
-    RepoConfig(w.store).update("conflicts", lambda conflicts: conflicts.append(record), w)
+    RepoConfig(txn.store).update("conflicts", lambda conflicts: conflicts.append(record), txn)

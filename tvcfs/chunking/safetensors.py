@@ -57,6 +57,7 @@ class SafetensorsHeader:
 
     @property
     def data_start(self) -> int:
+        """Byte offset of the data section in the file: 8 (the length prefix) + ``header_len``."""
         return 8 + self.header_len
 
     def by_name(self) -> dict:

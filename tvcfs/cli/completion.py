@@ -9,6 +9,8 @@ from __future__ import annotations
 
 
 def cmd_completion(args) -> int:
+    """``tvcfs completion SHELL``: print the shell completion script (shtab) for
+    ``args.shell``; exit status 0."""
     import shtab
 
     from . import build_parser

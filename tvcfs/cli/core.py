@@ -58,6 +58,7 @@ def revpath(repo, spec: str):
 
 
 def cmd_init(args):
+    """``tvcfs init [PATH]``: create (or reinitialise) a repository; exit status 0."""
     from ..repo import Repo
 
     path = args.path or args.repo or "."
@@ -69,6 +70,10 @@ def cmd_init(args):
 
 
 def cmd_commit(args):
+    """``tvcfs commit``: commit the staging index, or directory ``args.dir``, to a branch and
+    print the commit (``--json``: as JSON); exit status 0. Raises
+    :class:`~tvcfs.errors.TvcfsError` subclasses (nothing staged, bad revision, bad
+    metadata), shown by the CLI as one ``tvcfs: error:`` line."""
     from ..encoding.commit import parse_metadata
     from ..names import printable_name
 
@@ -125,6 +130,9 @@ def cmd_commit(args):
 
 
 def cmd_log(args):
+    """``tvcfs log [REV] [-- PATH...]``: the history from one revision (or ``--all`` refs),
+    limited to paths; exit status 0. Raises :class:`~tvcfs.errors.TvcfsError` for more than
+    one revision."""
     from .. import history
 
     revs, paths = split_pathspec(args, [args.rev, *args.paths])
@@ -177,16 +185,16 @@ def cmd_log(args):
     return 0
 
 
-def storage_lines(st: dict, new_only: bool = False) -> list:
+def storage_lines(storage: dict, new_only: bool = False) -> list:
     """Lines describing :func:`tvcfs.pack.commit_storage` output: the bytes a commit
     added (raw, stored, ratio, encodings), then per file (``new_only``: files with new
     bytes only)."""
-    encs = ", ".join(f"{n} {k}" for k, n in sorted(st["encodings"].items()))
-    lines = [f"stored: {st['new_blocks']} new blocks, {human_size(st['new_raw'])} raw, "
-             f"{human_size(st['new_stored'])} stored ({ratio(st['new_stored'], st['new_raw'])})"
+    encs = ", ".join(f"{n} {k}" for k, n in sorted(storage["encodings"].items()))
+    lines = [f"stored: {storage['new_blocks']} new blocks, {human_size(storage['new_raw'])} raw, "
+             f"{human_size(storage['new_stored'])} stored ({ratio(storage['new_stored'], storage['new_raw'])})"
              + (f"; {encs}" if encs else "")
-             + f"; whole tree {human_size(st['raw'])} raw, {human_size(st['stored'])} stored"]
-    for f in st["files"]:
+             + f"; whole tree {human_size(storage['raw'])} raw, {human_size(storage['stored'])} stored"]
+    for f in storage["files"]:
         if new_only and not f["new_raw"]:
             continue
         lines.append(f"  {f['new_raw']:>12} raw {f['new_stored']:>12} stored new  "
@@ -220,6 +228,9 @@ def _first_line(repo, cid) -> str:
 
 
 def cmd_branch(args):
+    """``tvcfs branch``: list, create (``NAME [START]``) or delete (``-d``) branches; exit
+    status 0. Raises :class:`~tvcfs.errors.RefExists`,
+    :class:`~tvcfs.errors.RevisionNotFound`..."""
     with open_repo(args) as repo:
         if args.delete:
             done = []
@@ -251,6 +262,8 @@ def cmd_branch(args):
 
 
 def cmd_tag(args):
+    """``tvcfs tag``: list, create (``NAME [REV]``) or delete (``-d``) tags; exit status 0.
+    Raises :class:`~tvcfs.errors.RefExists`, :class:`~tvcfs.errors.RevisionNotFound`..."""
     with open_repo(args) as repo:
         if args.delete:
             done = []
@@ -285,6 +298,9 @@ def _kind_char(e):
 
 
 def cmd_ls(args):
+    """``tvcfs ls REV[:PATH]``: a directory's entries (mode, size in bytes, CID, name; ``-r``:
+    every file below); exit status 0. Raises :class:`~tvcfs.errors.PathNotFound`,
+    :class:`~tvcfs.errors.RevisionNotFound`."""
     from ..dag import KIND_DIR, KIND_SYMLINK
 
     with open_repo(args) as repo:
@@ -309,6 +325,9 @@ def cmd_ls(args):
 
 
 def cmd_cat(args):
+    """``tvcfs cat REV:PATH`` or ``tvcfs cat CID``: a file's bytes to stdout; exit status 0.
+    Raises :class:`~tvcfs.errors.TvcfsError` for another spec,
+    :class:`~tvcfs.errors.PathNotFound` for a directory or missing path."""
     from ..dag import KIND_DIR
 
     with open_repo(args) as repo:
@@ -338,6 +357,9 @@ def cmd_cat(args):
 
 
 def cmd_show(args):
+    """``tvcfs show REV[:PATH]``: a commit (message, files, storage) or an entry (a file's
+    tensors, a directory's listing); exit status 0. Raises
+    :class:`~tvcfs.errors.RevisionNotFound`, :class:`~tvcfs.errors.PathNotFound`."""
     from ..dag import KIND_DIR, KIND_SYMLINK
 
     with open_repo(args) as repo:
@@ -411,6 +433,8 @@ def cmd_show(args):
 
 
 def cmd_checkout(args):
+    """``tvcfs checkout REV[:PATH] DIR``: write the tree into a directory and print the bytes
+    and seconds taken; exit status 0. Raises :class:`~tvcfs.errors.TvcfsError`, OSError."""
     with open_repo(args) as repo:
         commit, path, _ = revpath(repo, args.rev)
         branch = None if path else repo.branch_of(args.rev.partition(":")[0] or "HEAD")
@@ -429,6 +453,8 @@ def cmd_checkout(args):
 
 
 def cmd_export(args):
+    """``tvcfs export REV[:PATH] FILE``: write a CAR file (``-`` for stdout) and print its
+    block count and root; exit status 0."""
     from ..fileio import atomic_output
 
     with open_repo(args) as repo:
@@ -444,6 +470,9 @@ def cmd_export(args):
 
 
 def cmd_import(args):
+    """``tvcfs import FILE``: read a CAR file (verified) into the store, optionally setting
+    ``--branch``; exit status 0. Raises :class:`~tvcfs.errors.CorruptBlock`,
+    :class:`~tvcfs.errors.MalformedObject`."""
     from ..fileio import open_input
 
     with open_repo(args) as repo:
@@ -457,6 +486,7 @@ def cmd_import(args):
 
 
 def cmd_reflog(args):
+    """``tvcfs reflog [REF]``: the ref changes, newest first; exit status 0."""
     from ..history import reflog_newest_first
 
     with open_repo(args) as repo:
@@ -491,6 +521,8 @@ def pack_summary(r: dict) -> str:
 
 
 def cmd_pack(args):
+    """``tvcfs pack``: delta-encode older history (:func:`run_pack`) and print the summary;
+    exit status 0."""
     with open_repo(args) as repo:
         r = run_pack(args, repo)
         if args.json:
@@ -501,6 +533,8 @@ def cmd_pack(args):
 
 
 def cmd_pin(args):
+    """``tvcfs pin add|rm|ls``: pin CIDs (kept by gc), unpin them, or list the pins; exit
+    status 0."""
     with open_repo(args) as repo:
         if args.action == "add":
             for c in args.cids:

@@ -11,6 +11,9 @@ from . import open_repo
 
 
 def cmd_import_hf(args):
+    """``tvcfs import-hf [REPO_ID...]``: import Hugging Face cache snapshots as commits,
+    printing a report per repository; exit status 1 if a snapshot was incomplete or a ref
+    named none (the rest is imported), else 0."""
     from ..hf.cache import default_cache_dir, import_cache
     from .progress import progress_bar
 
@@ -45,6 +48,9 @@ def cmd_import_hf(args):
 
 
 def cmd_config(args):
+    """``tvcfs config [--list | KEY [VALUE] | --unset KEY]``: read or set the repository's user
+    settings; exit status 1 for an unset key (as git config), else 0. Raises
+    :class:`~tvcfs.config.ConfigError` for an unknown key or a bad value."""
     from ..config import USER_KEYS, ConfigError
 
     with open_repo(args) as repo:

@@ -21,6 +21,7 @@ def _hub(args):
 
 
 def cmd_hub_init(args) -> int:
+    """``tvcfs hub init PATH``: create a hub directory; exit status 0."""
     from ..hub.core import Hub
 
     Hub.init(args.path)
@@ -29,6 +30,9 @@ def cmd_hub_init(args) -> int:
 
 
 def cmd_hub_serve(args) -> int:
+    """``tvcfs hub serve ROOT``: run the hub's HTTP server (and the block exchange, the blob
+    port) until interrupted; returns the server's exit status. Raises
+    :class:`~tvcfs.errors.TvcfsError` for ``--workers`` below 1."""
     from ..hub.core import Hub
     from ..hub.server import main_serve
 
@@ -46,6 +50,8 @@ def cmd_hub_serve(args) -> int:
 
 
 def cmd_user_add(args) -> int:
+    """``tvcfs hub user add NAME``: add a user and print its first token (shown once); exit
+    status 0."""
     hub = _hub(args)
     token = hub.state.add_user(args.name, args.email or "", args.org or ())
     print(f"user {args.name} added; its token (shown once, only a hash is kept):")
@@ -54,6 +60,7 @@ def cmd_user_add(args) -> int:
 
 
 def cmd_user_token(args) -> int:
+    """``tvcfs hub user token NAME``: issue and print a new token (shown once); exit status 0."""
     token = _hub(args).state.new_token(args.name)
     print(f"new token for {args.name} (shown once):")
     print(token)
@@ -61,6 +68,8 @@ def cmd_user_token(args) -> int:
 
 
 def cmd_user_list(args) -> int:
+    """``tvcfs hub user list``: users with email, live token count and organisations
+    (``--json``); exit status 0."""
     users = _hub(args).state.users()
     if args.json:
         print(json.dumps({n: {"email": u["email"], "orgs": u.get("orgs", []), "disabled": u.get("disabled", False),
@@ -76,12 +85,15 @@ def cmd_user_list(args) -> int:
 
 
 def cmd_user_revoke(args) -> int:
+    """``tvcfs hub user revoke NAME``: revoke every token of the user; exit status 0."""
     n = _hub(args).state.revoke(args.name)
     print(f"revoked {n} token{'s' * (n != 1)} of {args.name}")
     return 0
 
 
 def cmd_user_key(args) -> int:
+    """``tvcfs hub user key NAME PEER_ID``: let a peer ID act as the user on the block exchange
+    (``--remove``: no longer); exit status 0."""
     _hub(args).state.set_peer(args.name, args.peer_id, remove=args.remove)
     print(f"peer ID {args.peer_id} {'removed from' if args.remove else 'now counts as'} {args.name} "
           "on the block exchange")
@@ -89,6 +101,8 @@ def cmd_user_key(args) -> int:
 
 
 def cmd_repo_create(args) -> int:
+    """``tvcfs hub repo create ORG/NAME``: create a repository (``--private``, ``--owner``);
+    exit status 0. Raises :class:`~tvcfs.hub.state.HubError` if it exists."""
     hub = _hub(args)
     try:
         hub.create_repo(args.repo_id, private=args.private, owner=args.owner)
@@ -99,6 +113,8 @@ def cmd_repo_create(args) -> int:
 
 
 def cmd_repo_list(args) -> int:
+    """``tvcfs hub repo list``: repositories with visibility, creation day and collaborators;
+    exit status 0."""
     hub = _hub(args)
     for rid, rec in sorted(hub.state.repos().items()):
         flags = "private" if rec.get("private") else "public"
@@ -109,6 +125,8 @@ def cmd_repo_list(args) -> int:
 
 
 def cmd_repo_delete(args) -> int:
+    """``tvcfs hub repo delete ORG/NAME``: delete a repository; exit status 0. Raises
+    :class:`~tvcfs.hub.state.HubError` if unknown."""
     hub = _hub(args)
     hub.delete_repo(args.repo_id)
     print(f"deleted {args.repo_id}")
@@ -116,6 +134,8 @@ def cmd_repo_delete(args) -> int:
 
 
 def cmd_repo_grant(args) -> int:
+    """``tvcfs hub repo grant ORG/NAME USER``: give (``--revoke``: take) write access; exit
+    status 0."""
     hub = _hub(args)
     hub.state.grant(args.repo_id, args.user, revoke=args.revoke)
     print(f"{args.user} {'no longer has' if args.revoke else 'has'} write access to {args.repo_id}")
@@ -123,12 +143,17 @@ def cmd_repo_grant(args) -> int:
 
 
 def cmd_repo_private(args) -> int:
+    """``tvcfs hub repo private ORG/NAME on|off``: set the repository's visibility; exit status
+    0."""
     hub = _hub(args)
     hub.state.set_repo(args.repo_id, private=args.value == "on")
     return 0
 
 
 def cmd_login(args) -> int:
+    """``tvcfs login URL``: check a hub token (argument, prompt or stdin) with ``whoami`` and
+    save it; exit status 0. Raises :class:`~tvcfs.errors.TvcfsError` for an empty or
+    rejected token."""
     from ..errors import TvcfsError
     from ..hub.client import save_token, whoami
 

@@ -10,6 +10,8 @@ from .progress import progress_bar
 
 
 def cmd_add(args):
+    """``tvcfs add PATH...``: stage files or directories in the index and print their CIDs;
+    exit status 0."""
     from ..index import add_paths
 
     with open_repo(args) as repo:
@@ -24,6 +26,7 @@ def cmd_add(args):
 
 
 def cmd_rm(args):
+    """``tvcfs rm PATH...``: stage removals (files on disk are untouched); exit status 0."""
     from ..index import remove_paths
 
     with open_repo(args) as repo:
@@ -37,6 +40,8 @@ def cmd_rm(args):
 
 
 def cmd_restore(args):
+    """``tvcfs restore --staged [PATH...]``: unstage paths (all without any); exit status 0.
+    Raises :class:`~tvcfs.errors.TvcfsError` without ``--staged``."""
     from ..errors import TvcfsError
     from ..index import restore_staged
 

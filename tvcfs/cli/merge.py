@@ -11,6 +11,9 @@ STRATEGY_NAMES = ("ours", "theirs", "base", "average-ours-theirs", "average-all"
 
 
 def cmd_diff(args) -> int:
+    """``tvcfs diff [REV [REV2]] [-- PATH...]``: the tensor diff of two revisions (one: against
+    HEAD), ``--stat`` or ``--json``; exit status 1 with ``--exit-code`` when files differ,
+    else 0. Raises :class:`~tvcfs.errors.TvcfsError` for more than two revisions."""
     from ..diff import diff_commits, format_diff, format_stat
 
     revs, paths = split_pathspec(args, [args.rev1, args.rev2, *args.paths])
@@ -39,6 +42,8 @@ def cmd_diff(args) -> int:
 
 
 def cmd_merge(args) -> int:
+    """``tvcfs merge REV``: merge into the current (or ``--branch``) branch with the tensor
+    merge strategies; exit status 1 on a conflict (nothing written), else 0."""
     from ..merge.core import CONFLICT, FAST_FORWARD, MERGED, UP_TO_DATE, merge
     from ..repo import Author
     from ..encoding.cid import cid_str

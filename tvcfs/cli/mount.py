@@ -9,6 +9,9 @@ from ..errors import TvcfsError
 
 
 def cmd_mount(args):
+    """``tvcfs mount REPO MOUNTPOINT``: mount a repository or a ``tvcfs://``/``s3://`` URL
+    (lazy), in the background unless ``-f``; exit status 0 once mounted. Raises
+    :class:`~tvcfs.errors.UsageError` for bad ``-o`` options."""
     from ..errors import UsageError
     from ..fs.daemon import mount_in_background, prepare_mount, run_foreground
     from ..fs.options import command_line, daemon_keywords, parse_o_options
@@ -30,6 +33,8 @@ def cmd_mount(args):
 
 
 def cmd_unmount(args):
+    """``tvcfs unmount MOUNTPOINT``: unmount (``--lazy``: detach now); exit status 0. Raises
+    :class:`~tvcfs.errors.TvcfsError` when it fails."""
     from ..fs.daemon import unmount
 
     try:
@@ -50,6 +55,7 @@ def cmd_prefetch(args):
 
 
 def register(sub) -> None:
+    """Add the ``mount``, ``unmount`` and ``prefetch`` subcommands to the ``sub`` subparsers."""
     from ..fs.options import add_arguments
 
     p = sub.add_parser("mount", help="mount a repository (branches/, tags/, commits/)")

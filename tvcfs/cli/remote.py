@@ -41,6 +41,7 @@ def _warn(msg: str) -> None:
 
 # ------------------------------------------------------------------ id
 def cmd_id(args) -> int:
+    """``tvcfs id``: print the repository's peer ID (creating its Ed25519 key); exit status 0."""
     with open_repo(args) as repo:
         ident = repo.identity()
         if args.verbose:
@@ -67,6 +68,9 @@ def _parse_rate(text: str) -> float:
 
 
 def cmd_serve(args) -> int:
+    """``tvcfs serve [REPO]``: serve the repository to peers over QUIC and TLS/TCP (and
+    ``--http``: an IPFS HTTP gateway) until interrupted; exit status 0. Raises
+    :class:`~tvcfs.errors.TvcfsError` for ``--http-only`` without ``--http``."""
     import logging
     import signal
 
@@ -138,6 +142,8 @@ def cmd_serve(args) -> int:
 
 # ------------------------------------------------------------------ remote
 def cmd_remote(args) -> int:
+    """``tvcfs remote add|remove|list``: manage the repository's remotes; exit status 0. Raises
+    :class:`~tvcfs.errors.TvcfsError` for a bad URL."""
     from ..errors import TvcfsError
     from ..sync import check_url
     from ..transport.peer import bad_count
@@ -188,6 +194,9 @@ def _default_dest(url: str) -> str:
 
 
 def cmd_clone(args) -> int:
+    """``tvcfs clone URL [DIR]``: clone a remote (``--lazy``: refs and skeleton only) and print
+    a summary; exit status 0. Raises :class:`~tvcfs.errors.TvcfsError` (unreachable peer, a
+    directory in the way)."""
     from ..sync import clone
 
     engine = _engine(args)
@@ -210,6 +219,8 @@ def cmd_clone(args) -> int:
 
 
 def cmd_fetch(args) -> int:
+    """``tvcfs fetch [REMOTE | --all]``: fetch the remote's refs and blocks, printing updated
+    refs; exit status 0."""
     from ..sync import fetch
 
     engine = _engine(args)
@@ -232,6 +243,8 @@ def cmd_fetch(args) -> int:
 
 
 def cmd_pull(args) -> int:
+    """``tvcfs pull [REMOTE [BRANCH]]``: fetch, then fast-forward or merge the branch; exit
+    status 0."""
     from ..sync import pull
 
     engine = _engine(args)
@@ -252,6 +265,9 @@ def cmd_pull(args) -> int:
 
 
 def cmd_push(args) -> int:
+    """``tvcfs push [REMOTE [BRANCH]]``: send the branch's missing blocks and update the remote
+    ref (``--force``); exit status 0. Raises :class:`~tvcfs.errors.RefConflict` when the
+    remote moved."""
     from ..sync import push
 
     engine = _engine(args)
@@ -270,6 +286,8 @@ def cmd_push(args) -> int:
 
 # ------------------------------------------------------------------ register
 def register(sub) -> None:
+    """Add the ``id``, ``serve``, ``remote``, ``clone``, ``fetch``, ``pull`` and ``push``
+    subcommands to ``sub``."""
     def transfer_opts(p):
         p.add_argument("--engine", choices=("qh3", "aioquic"),
                        help="QUIC engine (default: $TVCFS_QUIC_ENGINE or qh3)")

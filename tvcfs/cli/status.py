@@ -14,6 +14,9 @@ from .progress import progress_bar
 
 
 def cmd_status(args):
+    """``tvcfs status [MOUNT/branches/NAME]``: branches, staged changes of mounts, worktrees,
+    mounts and conflicts; exit status 0. Raises :class:`~tvcfs.errors.TvcfsError` for a path
+    outside a mount."""
     from ..fs.daemon import branch_in_mount
     from ..repo import Repo
     from ..status import status_report
@@ -129,6 +132,8 @@ def _print_lazy_mounts(statuses: list) -> None:
 
 
 def cmd_recover(args):
+    """``tvcfs recover``: commit (``--discard``: drop) staged changes left by dead mounts; exit
+    status 1 if some entries stay staged, else 0."""
     from ..fs.workspace import discard_pending, pending_workspaces, recover
 
     with open_repo(args) as repo:
@@ -159,6 +164,8 @@ def cmd_recover(args):
 
 
 def register(sub) -> None:
+    """Add the ``status`` and ``recover`` subcommands, and the maintenance ones
+    (:func:`register_maintenance`), to ``sub``."""
     p = sub.add_parser("status", help="branches, staged changes of mounts, worktrees, mounts, conflicts")
     p.add_argument("path", nargs="?", help="MOUNT/branches/NAME to show one branch of a mount")
     p.set_defaults(func=cmd_status)
@@ -172,6 +179,8 @@ def register(sub) -> None:
 
 
 def cmd_gc(args):
+    """``tvcfs gc``: delete unreferenced blocks (``-n``: only count them; ``--pack``: then
+    pack); exit status 0."""
     from ..gc import collect_garbage
 
     with open_repo(args) as repo:
@@ -195,6 +204,9 @@ def cmd_gc(args):
 
 
 def cmd_fsck(args):
+    """``tvcfs fsck``: verify every block and that refs point at complete commits, printing
+    each problem; exit status 0. Raises :class:`~tvcfs.errors.TvcfsError` when problems were
+    found (``--json``: exit status 1 instead)."""
     from ..gc import fsck
 
     with open_repo(args) as repo:
@@ -240,6 +252,7 @@ def cmd_stats(args):
 
 
 def register_maintenance(sub) -> None:
+    """Add the ``stats``, ``gc`` and ``fsck`` subcommands to ``sub``."""
     p = sub.add_parser("stats", help="counters of a mount (fetches per priority and peer, cache hits)")
     p.add_argument("mountpoint")
     p.set_defaults(func=cmd_stats)

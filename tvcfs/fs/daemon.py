@@ -376,6 +376,8 @@ def run_foreground(repo_root: str, mountpoint: str, debug: bool = False, verify:
 
 
 def default_ops_factory():
+    """The pyfuse3 operations class to mount with: :class:`~.writable.WritableOperations`, or
+    :class:`~.operations.ReadOnlyOperations` if it cannot be imported."""
     try:
         from .writable import WritableOperations
 

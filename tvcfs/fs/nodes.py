@@ -52,6 +52,8 @@ class Node:
 
     @property
     def is_dir(self) -> bool:
+        """Whether the node is a directory (a tree or workspace directory, or one of the
+        synthetic directories: root, refs, commits, .tvcfs, hf/...)."""
         if self.kind == "tree":
             return self.entry.kind == KIND_DIR
         if self.kind == "ws":
@@ -79,9 +81,11 @@ class InodeTable:
         self.next_ino = ROOT_INODE + 1
 
     def get(self, ino: int) -> Node | None:
+        """The node of inode ``ino``, or ``None`` if unknown (forgotten)."""
         return self.by_ino.get(ino)
 
     def add_root(self) -> Node:
+        """Create and register the root node (inode :data:`ROOT_INODE`)."""
         n = Node(ROOT_INODE, "root", ("root",), parent=ROOT_INODE)
         self.by_ino[ROOT_INODE] = n
         self.by_key[n.key] = ROOT_INODE

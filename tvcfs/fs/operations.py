@@ -101,6 +101,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
 
     # --- helpers ---------------------------------------------------------------
     def node(self, ino: int) -> Node:
+        """The node of inode ``ino``. Raises ``pyfuse3.FUSEError`` ENOENT for an unknown inode."""
         n = self.inodes.get(ino)
         if n is None:
             raise _err(errno.ENOENT)
@@ -110,6 +111,8 @@ class ReadOnlyOperations(pyfuse3.Operations):
         return bytes(self.reader.get(cid))
 
     def commit_time(self, cid: bytes) -> int:
+        """The timestamp (Unix seconds) of commit ``cid``, cached. Raises
+        :class:`BlockNotFound`, :class:`MalformedObject` for an unreadable commit."""
         t = self.commit_times.get(cid)
         if t is None:
             t = self.repo.read_commit(cid).timestamp
@@ -121,6 +124,10 @@ class ReadOnlyOperations(pyfuse3.Operations):
         return False
 
     def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        """The node's attributes: mode, size in bytes (a tree file's size, the HEAD link's
+        target, the stats file's content), times (the commit's timestamp inside a commit,
+        else the mount time), and kernel cache timeouts (long for immutable content, 0 where
+        a ref decides)."""
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.ino
         a.generation = 0
@@ -411,6 +418,9 @@ class ReadOnlyOperations(pyfuse3.Operations):
 
     # --- pyfuse3 operations ----------------------------------------------------
     async def lookup(self, parent_inode, name, ctx=None):
+        """FUSE lookup: the attributes of ``name`` (bytes) in directory ``parent_inode``,
+        counting a lookup. Raises ``FUSEError`` ENAMETOOLONG over ``NAME_MAX`` bytes, ENOENT
+        for a missing or non-UTF-8 name, ``.`` and ``..``."""
         parent = self.node(parent_inode)
         if len(name) > NAME_MAX:  # FUSE passes names up to 1024 bytes
             raise _err(errno.ENAMETOOLONG)
@@ -425,13 +435,19 @@ class ReadOnlyOperations(pyfuse3.Operations):
         return self.attrs(node)
 
     async def forget(self, inode_list):
+        """FUSE forget: drop ``n`` lookups of each ``(inode, n)``; a tree or workspace node
+        with none left is freed."""
         for ino, n in inode_list:
             self.inodes.forget(ino, n)
 
     async def getattr(self, inode, ctx=None):
+        """FUSE getattr: :meth:`attrs` of ``inode``. Raises ``FUSEError`` ENOENT for an unknown
+        inode."""
         return self.attrs(self.node(inode))
 
     async def readlink(self, inode, ctx):
+        """FUSE readlink: the target (bytes) of HEAD or a tree symlink. Raises ``FUSEError``
+        EINVAL for other nodes."""
         node = self.node(inode)
         if node.kind == "head":
             return self._head_target()
@@ -440,6 +456,8 @@ class ReadOnlyOperations(pyfuse3.Operations):
         raise _err(errno.EINVAL)
 
     async def opendir(self, inode, ctx):
+        """FUSE opendir: a directory handle holding a snapshot of the listing. Raises
+        ``FUSEError`` ENOTDIR for a non-directory."""
         node = self.node(inode)
         if not node.is_dir:
             raise _err(errno.ENOTDIR)
@@ -449,6 +467,8 @@ class ReadOnlyOperations(pyfuse3.Operations):
         return fh
 
     async def readdir(self, fh, start_id, token):
+        """FUSE readdir: the handle's entries from ``start_id``, skipping names that cannot be
+        listed (empty, ``.``, ``..``, containing ``/`` or NUL)."""
         entries = self.dir_handles.get(fh, (0, []))[1]
         for i in range(start_id, len(entries)):
             name, node = entries[i]
@@ -463,9 +483,14 @@ class ReadOnlyOperations(pyfuse3.Operations):
             node.lookups += 1
 
     async def releasedir(self, fh):
+        """FUSE releasedir: drop the directory handle."""
         self.dir_handles.pop(fh, None)
 
     async def open(self, inode, flags, ctx):
+        """FUSE open: a handle on a tree file (its index loaded; page cache kept), a ``.tvcfs``
+        control file (``prefetch`` is writable) or an ``hf`` ref file (direct I/O). Raises
+        ``FUSEError`` EROFS for a write open, EISDIR/EINVAL for a non-file, EIO when the
+        file's index cannot be read."""
         node = self.node(inode)
         if node.kind == "hfref":
             if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
@@ -498,6 +523,10 @@ class ReadOnlyOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     async def read(self, fh, off, size):
+        """FUSE read: up to ``size`` bytes at offset ``off`` (bytes, or a list of buffers for a
+        zero-copy reply), scheduling readahead. Raises ``FUSEError`` EBADF for an unknown
+        handle, EIO when a block is missing or corrupt (the error is recorded for ``tvcfs
+        status``)."""
         h = self.handles.get(fh)
         if h is None:
             raise _err(errno.EBADF)
@@ -521,11 +550,13 @@ class ReadOnlyOperations(pyfuse3.Operations):
             self.reader.remote.note_read_error(path, str(e))
 
     async def release(self, fh):
+        """FUSE release: drop the file handle and its readahead state."""
         self.handle_paths.pop(fh, None)
         self.handles.pop(fh, None)
         self.reader.forget_handle(fh)
 
     async def statfs(self, ctx):
+        """FUSE statfs: the repository disk's sizes; ``f_files`` the number of blocks stored."""
         s = pyfuse3.StatvfsData()
         try:
             vfs = os.statvfs(self.repo.control)
@@ -540,6 +571,8 @@ class ReadOnlyOperations(pyfuse3.Operations):
         return s
 
     async def access(self, inode, mode, ctx):
+        """FUSE access: ``True``, except for write access to a read-only node. Raises
+        ``FUSEError`` EROFS."""
         node = self.node(inode)
         if mode & os.W_OK and not self.writable(node):
             raise _err(errno.EROFS)
@@ -547,30 +580,40 @@ class ReadOnlyOperations(pyfuse3.Operations):
 
     # --- refusals of the read-only views -------------------------------------
     async def setattr(self, inode, attr, fields, fh, ctx):
+        """FUSE setattr: always raises ``FUSEError`` EROFS."""
         raise _err(errno.EROFS)
 
     async def create(self, parent_inode, name, mode, flags, ctx):
+        """FUSE create: always raises ``FUSEError`` EROFS."""
         raise _err(errno.EROFS)
 
     async def mkdir(self, parent_inode, name, mode, ctx):
+        """FUSE mkdir: always raises ``FUSEError`` EROFS."""
         raise _err(errno.EROFS)
 
     async def unlink(self, parent_inode, name, ctx):
+        """FUSE unlink: always raises ``FUSEError`` EROFS."""
         raise _err(errno.EROFS)
 
     async def rmdir(self, parent_inode, name, ctx):
+        """FUSE rmdir: always raises ``FUSEError`` EROFS."""
         raise _err(errno.EROFS)
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        """FUSE rename: always raises ``FUSEError`` EROFS."""
         raise _err(errno.EROFS)
 
     async def symlink(self, parent_inode, name, target, ctx):
+        """FUSE symlink: always raises ``FUSEError`` EROFS."""
         raise _err(errno.EROFS)
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
+        """FUSE link: always raises ``FUSEError`` EROFS."""
         raise _err(errno.EROFS)
 
     async def write(self, fh, off, buf):
+        """FUSE write: to ``.tvcfs/prefetch``, one path per line to prefetch (returns
+        ``len(buf)``). Raises ``FUSEError`` EROFS elsewhere."""
         h = self.handles.get(fh)
         if isinstance(h, tuple) and h[0] == "ctlw":
             for line in bytes(buf).decode("utf-8", "replace").splitlines():
@@ -614,12 +657,15 @@ class ReadOnlyOperations(pyfuse3.Operations):
         return n
 
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        """FUSE mknod: always raises ``FUSEError`` EROFS."""
         raise _err(errno.EROFS)
 
     async def setxattr(self, inode, name, value, ctx):
+        """FUSE setxattr: always raises ``FUSEError`` EROFS."""
         raise _err(errno.EROFS)
 
     async def removexattr(self, inode, name, ctx):
+        """FUSE removexattr: always raises ``FUSEError`` EROFS."""
         raise _err(errno.EROFS)
 
     # --- ref changes -----------------------------------------------------------

@@ -80,6 +80,7 @@ class Stats:
         self.scan_lead_max = 0
 
     def as_dict(self) -> dict:
+        """The counters as a plain ``dict`` (for ``.tvcfs/stats``)."""
         return dict(vars(self))
 
 
@@ -161,6 +162,7 @@ class BlockReader:
         self.remote = None
 
     def close(self):
+        """Stop the preload threads and close the store snapshot."""
         self.preloader.close()
         self._view.close()
 
@@ -467,6 +469,7 @@ class BlockReader:
         return n
 
     def forget_handle(self, fh: int) -> None:
+        """Drop the sequential-read state of file handle ``fh``."""
         self.seq.pop(fh, None)
         self.seq_run.pop(fh, None)
 
@@ -776,6 +779,7 @@ class Preloader:
             self._page_in(idx, i)
 
     def close(self) -> None:
+        """Stop the preload threads: drop queued work, wake them and join each (up to 10 s)."""
         with self.cv:
             self.closed = True
             self.heap.clear()

@@ -68,6 +68,7 @@ class WEntry:
         self.opens = 0     # open handles of any kind (staged data lives while > 0)
 
     def path(self) -> str:
+        """The entry's path from the workspace root (``"a/b/c"``; ``""`` for the root)."""
         parts = []
         e = self
         while e.parent is not None:
@@ -123,6 +124,8 @@ class Workspace:
         return d.children
 
     def lookup_path(self, path: str) -> WEntry | None:
+        """The entry at ``path`` (``/``-separated, relative to the branch root), or ``None`` if
+        a component is missing or not a directory."""
         cur = self.root
         for part in [p for p in path.split("/") if p]:
             if cur.kind != KIND_DIR:
@@ -273,17 +276,17 @@ class Workspace:
 
         self._logged(op, w, undo, was)
 
-    def chmod(self, w: WEntry, mode: int) -> None:
-        """Set the permission bits of ``w`` (files: 0644 or 0755). Raises ``OSError``
+    def chmod(self, entry: WEntry, mode: int) -> None:
+        """Set the permission bits of ``entry`` (files: 0644 or 0755). Raises ``OSError``
         (mode unchanged) when the change cannot be persisted."""
-        was, old = self.pending, w.mode
-        w.mode = mode
-        self.touch(w)
+        was, old = self.pending, entry.mode
+        entry.mode = mode
+        self.touch(entry)
 
         def undo():
-            w.mode = old
+            entry.mode = old
 
-        self._logged({"op": "mode", "p": w.path(), "mode": mode}, w, undo, was)
+        self._logged({"op": "mode", "p": entry.path(), "mode": mode}, entry, undo, was)
 
     # --- persistence -----------------------------------------------------------
     # The staged tree is persisted as a snapshot (``state.json``, generation G) plus
@@ -311,13 +314,13 @@ class Workspace:
             self.pending = pending
             raise
 
-    def log(self, op: dict, w: WEntry | None = None) -> None:
-        """Persist one namespace change (already applied in memory) of entry ``w``.
+    def log(self, op: dict, entry: WEntry | None = None) -> None:
+        """Persist one namespace change (already applied in memory) of ``entry``.
         Changes to entries no longer in the tree (an unlinked file still open) are
         not recorded: they are not part of any commit. Raises ``OSError`` (``ENOSPC``
         on a full disk) with the journal as it was before (a line written in part is
         cut off again, so no torn line precedes later ones)."""
-        if w is not None and not self._attached(w):
+        if entry is not None and not self._attached(entry):
             return
         if self._gen == 0 or self._jn >= JOURNAL_MAX:
             self.save()
@@ -502,31 +505,31 @@ class Workspace:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # --- committing ------------------------------------------------------------
-    def build(self, imp: Importer, w: WEntry | None = None, skipped: list | None = None) -> tuple[bytes, int]:
+    def build(self, imp: Importer, entry: WEntry | None = None, skipped: list | None = None) -> tuple[bytes, int]:
         """Store the workspace tree (staged files imported, dirty directories rebuilt);
-        returns ``(cid, tsize)`` of ``w`` (default: the root). An entry whose name
+        returns ``(cid, tsize)`` of ``entry`` (default: the root). An entry whose name
         cannot be stored (over 255 bytes, not UTF-8: staged by an older version) is
         left out, with everything below it, and appended to ``skipped`` as
         ``(printable path, reason, staged data path | None)``: one bad name must not
         stop the other changes from being committed."""
-        w = w or self.root
-        if w.kind == KIND_FILE:
-            if w.staged:
-                mode = 0o755 if w.mode & 0o111 else None
-                with open(w.staged, "rb") as f:
-                    cid, tsize, _ = imp.add_fd(f.fileno(), mode, name=w.path())
+        entry = entry or self.root
+        if entry.kind == KIND_FILE:
+            if entry.staged:
+                mode = 0o755 if entry.mode & 0o111 else None
+                with open(entry.staged, "rb") as f:
+                    cid, tsize, _ = imp.add_fd(f.fileno(), mode, name=entry.path())
                 return cid, tsize
-            if w.dirty and w.cid is not None:
-                return self._rebuild_mode(imp, w)
-            return w.cid, w.tsize
-        if w.kind == KIND_SYMLINK:
-            if w.cid is not None and not w.dirty:
-                return w.cid, w.tsize
-            return imp.add_symlink(w.target)
-        if not w.dirty and w.cid is not None:
-            return w.cid, w.tsize
+            if entry.dirty and entry.cid is not None:
+                return self._rebuild_mode(imp, entry)
+            return entry.cid, entry.tsize
+        if entry.kind == KIND_SYMLINK:
+            if entry.cid is not None and not entry.dirty:
+                return entry.cid, entry.tsize
+            return imp.add_symlink(entry.target)
+        if not entry.dirty and entry.cid is not None:
+            return entry.cid, entry.tsize
         entries = []
-        for name, c in self.children(w).items():
+        for name, c in self.children(entry).items():
             bad = entry_name_error(name)
             if bad is not None:
                 if skipped is not None:

@@ -103,19 +103,22 @@ class WritableOperations(ReadOnlyOperations):
         self.workspaces[branch] = ws
         return ws
 
-    def ws_node(self, ws: Workspace, w: WEntry, parent_ino: int) -> Node:
-        if w.ino and w.ino in self.inodes.by_ino and self.inodes.by_ino[w.ino].extra.get("entry") is w:
-            return self.inodes.by_ino[w.ino]
-        key = ("ws", id(w))
+    def ws_node(self, ws: Workspace, entry: WEntry, parent_ino: int) -> Node:
+        """The node of workspace entry ``entry`` of ``ws`` (under inode ``parent_ino``),
+        reusing its inode while the entry lives."""
+        if (entry.ino and entry.ino in self.inodes.by_ino
+                and self.inodes.by_ino[entry.ino].extra.get("entry") is entry):
+            return self.inodes.by_ino[entry.ino]
+        key = ("ws", id(entry))
 
         def make(ino):
-            n = Node(ino, "ws", key, parent=parent_ino, name=w.name or ws.branch)
-            n.extra["entry"] = w
+            n = Node(ino, "ws", key, parent=parent_ino, name=entry.name or ws.branch)
+            n.extra["entry"] = entry
             n.extra["workspace"] = ws
             return n
 
         node = self.inodes.intern(key, make)
-        w.ino = node.ino
+        entry.ino = node.ino
         return node
 
     def writable(self, node: Node) -> bool:
@@ -164,6 +167,8 @@ class WritableOperations(ReadOnlyOperations):
         return out
 
     def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        """As :meth:`ReadOnlyOperations.attrs`; a workspace entry's mode, size in bytes and
+        mtime come from the workspace (``st_nlink`` 0 once unlinked while open)."""
         if node.kind != "ws":
             return super().attrs(node)
         w, ws = node.extra["entry"], node.extra["workspace"]
@@ -196,6 +201,8 @@ class WritableOperations(ReadOnlyOperations):
         return a
 
     async def readlink(self, inode, ctx):
+        """As :meth:`ReadOnlyOperations.readlink`, and a workspace symlink's target. Raises
+        ``FUSEError`` EINVAL for a workspace non-symlink."""
         node = self.node(inode)
         if node.kind == "ws":
             w = node.extra["entry"]
@@ -247,6 +254,9 @@ class WritableOperations(ReadOnlyOperations):
                 os.close(self.fds.pop(path))
 
     async def open(self, inode, flags, ctx):
+        """As :meth:`ReadOnlyOperations.open`; a workspace file opens for writing too
+        (``O_TRUNC`` truncates it). Raises ``FUSEError`` EISDIR/EINVAL for a non-file,
+        ENOENT for a write open in a deleted branch."""
         node = self.node(inode)
         if node.kind != "ws":
             return await super().open(inode, flags, ctx)
@@ -316,6 +326,10 @@ class WritableOperations(ReadOnlyOperations):
         return lock
 
     async def create(self, parent_inode, name, mode, flags, ctx):
+        """FUSE create in a workspace directory: a new file (or the existing one truncated),
+        open for writing; returns ``(FileInfo, attributes)``. Raises ``FUSEError`` EEXIST
+        with ``O_EXCL``, EISDIR for a non-file, EROFS outside ``branches/``, EINVAL for a
+        bad name."""
         node, ws, d = self._ws_dir(parent_inode)
         sname = new_entry_name(name)
         await self._writing(ws)
@@ -341,6 +355,8 @@ class WritableOperations(ReadOnlyOperations):
         return pyfuse3.FileInfo(fh=fh), self.attrs(child)
 
     async def read(self, fh, off, size):
+        """As :meth:`ReadOnlyOperations.read`; a staged workspace file is read from its staging
+        file."""
         h = self.handles.get(fh)
         if not isinstance(h, Handle):
             return await super().read(fh, off, size)
@@ -357,6 +373,9 @@ class WritableOperations(ReadOnlyOperations):
         return data
 
     async def write(self, fh, off, buf):
+        """FUSE write to a workspace file: ``buf`` at offset ``off`` in its staging file
+        (staged on first write); returns the bytes written. Raises ``FUSEError`` EBADF for a
+        read-only handle, the errno of a failed ``pwrite``."""
         h = self.handles.get(fh)
         if not isinstance(h, Handle):
             return await super().write(fh, off, buf)
@@ -383,6 +402,8 @@ class WritableOperations(ReadOnlyOperations):
         return n
 
     async def release(self, fh):
+        """As :meth:`ReadOnlyOperations.release`; the last writer of a workspace arms its
+        quiet-period commit."""
         h = self.handles.pop(fh, None)
         if isinstance(h, Handle):
             self.reader.forget_handle(fh)
@@ -399,20 +420,27 @@ class WritableOperations(ReadOnlyOperations):
         await super().release(fh)
 
     async def flush(self, fh):
+        """FUSE flush: nothing (a workspace commits after its quiet period or on fsync)."""
         pass
 
     async def fsync(self, fh, datasync):
+        """FUSE fsync: commit the handle's workspace now. Raises ``FUSEError`` ENOSPC when the
+        store is full, EIO for another failed commit."""
         h = self.handles.get(fh)
         if isinstance(h, Handle):
             await self.commit_workspace(h.workspace, reason="fsync", errors=True)
 
     async def fsyncdir(self, fh, datasync):
+        """FUSE fsyncdir: commit the workspace of a workspace directory now."""
         ino = self.dir_handles.get(fh, (0, []))[0]
         node = self.inodes.get(ino)
         if node is not None and node.kind == "ws":
             await self.commit_workspace(node.extra["workspace"], reason="fsync", errors=True)
 
     async def setattr(self, inode, attr, fields, fh, ctx):
+        """FUSE setattr on a workspace entry: size (truncate), the executable bit, mtime.
+        Raises ``FUSEError`` EROFS outside a workspace, EISDIR for a size change of a
+        non-file."""
         node = self.node(inode)
         if node.kind != "ws":
             raise _err(errno.EROFS)
@@ -431,6 +459,9 @@ class WritableOperations(ReadOnlyOperations):
         return self.attrs(node)
 
     async def mkdir(self, parent_inode, name, mode, ctx):
+        """FUSE mkdir: a directory in a workspace, or in ``branches/`` a new branch at HEAD.
+        Raises ``FUSEError`` EEXIST, EINVAL for a bad branch name, ENOENT without a HEAD
+        commit."""
         parent = self.node(parent_inode)
         sname = new_entry_name(name)
         if parent.kind == "refdir" and parent.prefix.startswith(HEADS):
@@ -457,6 +488,8 @@ class WritableOperations(ReadOnlyOperations):
         return self.attrs(child)
 
     async def symlink(self, parent_inode, name, target, ctx):
+        """FUSE symlink in a workspace directory. Raises ``FUSEError`` EILSEQ for a non-UTF-8
+        target, EEXIST."""
         node, ws, d = self._ws_dir(parent_inode)
         sname = new_entry_name(name)
         try:
@@ -472,6 +505,7 @@ class WritableOperations(ReadOnlyOperations):
         return self.attrs(child)
 
     async def unlink(self, parent_inode, name, ctx):
+        """FUSE unlink of a workspace file or symlink. Raises ``FUSEError`` ENOENT, EISDIR."""
         node, ws, d = self._ws_dir(parent_inode)
         await self._writing(ws)
         sname = os.fsdecode(name)
@@ -485,6 +519,9 @@ class WritableOperations(ReadOnlyOperations):
             self._drop_staged(w)
 
     async def rmdir(self, parent_inode, name, ctx):
+        """FUSE rmdir of an empty workspace directory, or in ``branches/`` delete a branch.
+        Raises ``FUSEError`` ENOENT, ENOTDIR, ENOTEMPTY, EBUSY for a branch with pending
+        writes or HEAD's."""
         parent = self.node(parent_inode)
         sname = os.fsdecode(name)
         if parent.kind == "refdir" and parent.prefix.startswith(HEADS):
@@ -514,6 +551,8 @@ class WritableOperations(ReadOnlyOperations):
         ws.remove(d, sname)
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        """FUSE rename within one workspace. Raises ``FUSEError`` EXDEV across workspaces,
+        EROFS outside them, EINVAL for ``RENAME_NOREPLACE``/``RENAME_EXCHANGE`` flags."""
         pold, pnew = self.node(parent_inode_old), self.node(parent_inode_new)
         if pold.kind != "ws" or pnew.kind != "ws":
             raise _err(errno.EROFS if "ws" not in (pold.kind, pnew.kind) else errno.EXDEV)
@@ -554,6 +593,8 @@ class WritableOperations(ReadOnlyOperations):
                 self._drop_staged(dst)
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
+        """FUSE link: hard links are not supported (docs/mount.md). Raises ``FUSEError`` EPERM
+        (EINVAL for a bad name)."""
         new_entry_name(new_name)
         raise _err(errno.EPERM)  # hard links are not supported (docs/mount.md)
 
@@ -576,12 +617,16 @@ class WritableOperations(ReadOnlyOperations):
         return self.attrs(child)
 
     async def setxattr(self, inode, name, value, ctx):
+        """FUSE setxattr: raises ``FUSEError`` ENOTSUP in a workspace, EROFS elsewhere."""
         raise _err(errno.ENOTSUP if self.node(inode).kind == "ws" else errno.EROFS)
 
     async def removexattr(self, inode, name, ctx):
+        """FUSE removexattr: raises ``FUSEError`` ENOTSUP in a workspace, EROFS elsewhere."""
         raise _err(errno.ENOTSUP if self.node(inode).kind == "ws" else errno.EROFS)
 
     async def access(self, inode, mode, ctx):
+        """FUSE access: ``True``, except write access to a read-only node. Raises ``FUSEError``
+        EROFS."""
         node = self.node(inode)
         if mode & os.W_OK and not self.writable(node):
             raise _err(errno.EROFS)

@@ -56,6 +56,9 @@ class Want:
 
     @property
     def content_type(self) -> str:
+        """The response's ``Content-Type``: ``application/vnd.ipld.raw``, or
+        ``application/vnd.ipld.car; version=1; order=dfs; dups=y|n`` (IPFS Trustless Gateway
+        spec)."""
         if self.kind == "raw":
             return RAW_TYPE
         return f"{CAR_TYPE}; version=1; order=dfs; dups={'y' if self.dups else 'n'}"

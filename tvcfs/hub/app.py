@@ -101,6 +101,10 @@ class HubApp:
 
     # --- plumbing ---------------------------------------------------------------
     def wrap(self, fn, hf: bool = False):
+        """The Starlette endpoint running handler ``fn``: its errors become JSON error
+        responses (ApiError/HubError their status, bad names 422,
+        RevisionNotFound/PathNotFound 404, RefConflict 409, a client gone 499); ``hf``: add
+        the Hugging Face ``X-Error-Code`` header."""
         async def endpoint(request: Request):
             try:
                 return await fn(request)
@@ -176,6 +180,8 @@ class HubApp:
         return b"".join(parts)
 
     async def json(self, request: Request, limit: int = JSON_LIMIT):
+        """The request body parsed as JSON (``{}`` when empty), at most ``limit`` bytes. Raises
+        :class:`ApiError` 413 beyond ``limit``, 422 for malformed JSON."""
         data = await self.body(request, limit)
         if not data:
             return {}
@@ -193,9 +199,11 @@ class HubApp:
         return body
 
     async def thread(self, fn, *args):
+        """``fn(*args)`` run in a worker thread (blocking store work), awaited."""
         return await anyio.to_thread.run_sync(lambda: fn(*args))
 
     def base(self, request: Request) -> str:
+        """The server's base URL as the client reached it, without a trailing slash."""
         return str(request.base_url).rstrip("/")
 
     # --- file download (resolve, REST file) --------------------------------------
@@ -216,6 +224,11 @@ class HubApp:
         return idx
 
     async def serve_file(self, request: Request, repo_id: str, rev: str, path: str, hf: bool) -> Response:
+        """Respond with file ``path`` of ``repo_id`` at revision ``rev``: ETag (the file's
+        CID), ``X-Repo-Commit``, single byte ranges (206/416), If-None-Match (304), HEAD;
+        with ``hf`` and a blob port, a 302 to a signed blob URL for files of
+        ``blob_threshold`` bytes or more (as the Hub redirects LFS files). 404
+        (``EntryNotFound``) for a missing path."""
         self.access(request, repo_id)
         check_path(path)
         hub = self.hub
@@ -280,6 +293,9 @@ class HubApp:
 
     # --- Hugging Face: repository info ------------------------------------------
     async def hf_model_info(self, request: Request):
+        """``GET /api/models/{org}/{name}[/revision/{rev}]`` (Hugging Face Hub ``model_info``):
+        id, private, ``sha`` (commit alias), ``siblings`` (every file), ``lastModified``; an
+        empty repository has ``sha: null``. 404 for an unknown revision."""
         p = request.path_params
         repo_id = _repo_id(request)
         tail = _raw_tail(request, 4)
@@ -320,6 +336,9 @@ class HubApp:
         return out
 
     async def hf_tree(self, request: Request):
+        """``GET /api/models/{org}/{name}/tree/{rev}[/{path}]`` (Hugging Face Hub
+        ``list_repo_tree``): the entries under ``path`` (``recursive=true``: all below), as
+        JSON."""
         repo_id = _repo_id(request)
         tail = _raw_tail(request, 5)  # after /api/models/ORG/NAME/tree
         if not tail:
@@ -344,6 +363,9 @@ class HubApp:
         return JSONResponse(await self.thread(listing))
 
     async def hf_paths_info(self, request: Request):
+        """``POST /api/models/{org}/{name}/paths-info/{rev}`` (Hugging Face Hub
+        ``get_paths_info``): the entries of the ``paths`` given (JSON or form body); missing
+        paths are left out. 422 for a malformed body."""
         repo_id = _repo_id(request)
         rev = (_raw_tail(request, 5) or ["main"])[0]
         self.access(request, repo_id)
@@ -381,6 +403,8 @@ class HubApp:
         return JSONResponse(await self.thread(info))
 
     async def hf_refs(self, request: Request):
+        """``GET /api/models/{org}/{name}/refs`` (Hugging Face Hub ``list_repo_refs``):
+        branches and tags with their commit aliases."""
         repo_id = _repo_id(request)
         self.access(request, repo_id)
         repo = self.hub.repo(repo_id)
@@ -392,6 +416,8 @@ class HubApp:
             "converts": []})
 
     async def hf_commits(self, request: Request):
+        """``GET /api/models/{org}/{name}/commits/{rev}`` (Hugging Face Hub
+        ``list_repo_commits``): up to 1000 commits from ``rev``, newest first."""
         repo_id = _repo_id(request)
         tail = _raw_tail(request, 5)
         rev = tail[0] if tail else "main"
@@ -410,6 +436,10 @@ class HubApp:
         return JSONResponse(await self.thread(log))
 
     async def hf_create_branch_or_tag(self, request: Request):
+        """``POST``/``DELETE /api/models/{org}/{name}/branch/{name}`` and ``.../tag/{rev}``
+        (Hugging Face Hub
+        ``create_branch``/``delete_branch``/``create_tag``/``delete_tag``). Needs write
+        access; 409 if the ref exists, 422 for a bad body."""
         p = request.path_params
         repo_id = _repo_id(request)
         kind = p["kind"]
@@ -447,6 +477,8 @@ class HubApp:
 
     # --- Hugging Face: users and repositories -------------------------------------
     async def hf_whoami(self, request: Request):
+        """``GET /api/whoami-v2`` (Hugging Face Hub ``whoami``): the token's user and
+        organisations. 401 without a token."""
         user = self.user(request)
         if user is None:
             raise ApiError(401, "no token given")
@@ -480,6 +512,8 @@ class HubApp:
         await self.thread(self.hub.create_repo, repo_id, private, user)
 
     async def hf_create_repo(self, request: Request):
+        """``POST /api/repos/create`` (Hugging Face Hub ``create_repo``): ``{"url", "name",
+        "id"}``; 409 with ``url`` if it exists."""
         user, repo_id, private = await self._create_request(request, "organization")
         if self.hub.state.repo(repo_id) is not None:  # huggingface_hub reads "url" from the 409 too
             return JSONResponse({"error": f"You already created this model repo: {repo_id}",
@@ -488,6 +522,8 @@ class HubApp:
         return JSONResponse({"url": f"{self.base(request)}/{repo_id}", "name": repo_id, "id": repo_id})
 
     async def hf_delete_repo(self, request: Request):
+        """``DELETE /api/repos/delete`` (Hugging Face Hub ``delete_repo``): deletes
+        ``{organization or user}/{name}``. Needs write access."""
         body = await self.json_object(request, "{'organization', 'name'}")
         user = self.user(request)
         repo_id = f"{body.get('organization') or user}/{body.get('name')}"
@@ -496,6 +532,8 @@ class HubApp:
         return JSONResponse({"success": True})
 
     async def hf_settings(self, request: Request):
+        """``PUT /api/models/{org}/{name}/settings`` (Hugging Face Hub
+        ``update_repo_settings``): sets ``private``. Needs write access."""
         repo_id = _repo_id(request)
         self.access(request, repo_id, write=True)
         body = await self.json_object(request, "{'private'}")
@@ -505,6 +543,9 @@ class HubApp:
 
     # --- Hugging Face: uploads ------------------------------------------------------
     async def hf_preupload(self, request: Request):
+        """``POST /api/models/{org}/{name}/preupload/{rev}`` (Hugging Face Hub pre-upload): per
+        file, ``uploadMode`` ``lfs`` (at least ``lfs_threshold`` bytes) or ``regular``, and
+        the ``oid`` of an unchanged file. Needs write access; 422 for a bad body."""
         repo_id = _repo_id(request)
         tail = _raw_tail(request, 5)
         rev = tail[0] if tail else "main"
@@ -536,6 +577,10 @@ class HubApp:
         return JSONResponse({"files": await self.thread(modes), "commitOid": None})
 
     async def lfs_batch(self, request: Request):
+        """``POST /{org}/{name}.git/info/lfs/objects/batch`` (Git LFS Batch API, basic
+        transfer, upload only): per object, signed upload and verify URLs (expiring in
+        ``UPLOAD_TTL`` seconds), none for an object already held, an error entry for a bad
+        oid or one over ``max_body`` bytes. Needs write access."""
         p = request.path_params
         repo_id = _repo_id(request)
         self.access(request, repo_id, write=True)
@@ -609,6 +654,8 @@ class HubApp:
         return Response(status_code=200)
 
     async def lfs_verify(self, request: Request):
+        """``POST /api/lfs-verify/{org}/{name}`` (Git LFS verify action): ``{"success": true}``
+        once object ``oid`` is staged or held. 404 if not uploaded, 422 for a size mismatch."""
         repo_id = _repo_id(request)
         self.access(request, repo_id, write=True)
         body = await self.json_object(request, "{'oid', 'size'}")
@@ -757,6 +804,8 @@ class HubApp:
 
     # --- the resolve route ---------------------------------------------------------
     async def hf_resolve(self, request: Request):
+        """``GET``/``HEAD /{org}/{name}/resolve/{rev}/{path}`` (Hugging Face Hub file download,
+        ``hf_hub_download``): the file, see :meth:`serve_file`."""
         tail = _raw_tail(request, 0)  # ORG NAME resolve REV PATH…
         if len(tail) < 5:
             raise ApiError(404, "expected /ORG/NAME/resolve/REVISION/PATH", "EntryNotFound")
@@ -764,6 +813,8 @@ class HubApp:
 
     # --- REST API ------------------------------------------------------------------
     async def api_repos(self, request: Request):
+        """``GET /api/repos``: the repositories visible to the user; ``POST``: create one (201;
+        409 if it exists). tvcfs REST API (``/openapi.json``)."""
         if request.method == "POST":
             user, repo_id, private = await self._create_request(request, "namespace")
             if self.hub.state.repo(repo_id) is not None:
@@ -780,6 +831,8 @@ class HubApp:
                 "owner": rec.get("owner"), "created": rec.get("created")}
 
     async def api_repo(self, request: Request):
+        """``GET /api/repos/{org}/{name}``: the repository's record, head branch and head
+        commit; ``DELETE``: delete it (needs write access). tvcfs REST API."""
         repo_id = _repo_id(request)
         if request.method == "DELETE":
             self.access(request, repo_id, write=True)
@@ -792,6 +845,8 @@ class HubApp:
                              "head": cid_str(head) if head else None})
 
     async def api_refs(self, request: Request):
+        """``GET /api/repos/{org}/{name}/refs``: ``{"head", "branches", "tags"}`` with CIDs.
+        tvcfs REST API."""
         repo_id = _repo_id(request)
         self.access(request, repo_id)
         repo = self.hub.repo(repo_id)
@@ -800,6 +855,8 @@ class HubApp:
                              "tags": {n: cid_str(c) for n, c in sorted(repo.tags().items())}})
 
     async def api_log(self, request: Request):
+        """``GET /api/repos/{org}/{name}/log?rev=&n=``: up to ``n`` (1-10000, default 100)
+        commits from ``rev``. 422 for a non-integer ``n``. tvcfs REST API."""
         repo_id = _repo_id(request)
         self.access(request, repo_id)
         rev = request.query_params.get("rev", "HEAD")
@@ -819,6 +876,8 @@ class HubApp:
         return JSONResponse(await self.thread(log))
 
     async def api_tree(self, request: Request):
+        """``GET /api/repos/{org}/{name}/tree/{rev}[/{path}]``: the directory's entries (name,
+        type, size in bytes, mode, CID). tvcfs REST API."""
         repo_id = _repo_id(request)
         tail = _raw_tail(request, 5)
         if not tail:
@@ -838,12 +897,17 @@ class HubApp:
         return JSONResponse(await self.thread(ls))
 
     async def api_file(self, request: Request):
+        """``GET``/``HEAD /api/repos/{org}/{name}/file/{rev}/{path}``: the file, see
+        :meth:`serve_file` (no blob redirect). tvcfs REST API."""
         tail = _raw_tail(request, 2)  # ORG NAME file REV PATH…
         if len(tail) < 5:
             raise ApiError(404, "expected /api/repos/ORG/NAME/file/REV/PATH")
         return await self.serve_file(request, f"{tail[0]}/{tail[1]}", tail[3], "/".join(tail[4:]), hf=False)
 
     async def api_tensors(self, request: Request):
+        """``GET /api/repos/{org}/{name}/tensors/{rev}/{path}``: the safetensors file's tensor
+        table (name, dtype, shape, bytes, first leaf, leaves). 422 for a path that is not a
+        safetensors file. tvcfs REST API."""
         tail = _raw_tail(request, 2)
         if len(tail) < 5:
             raise ApiError(404, "expected /api/repos/ORG/NAME/tensors/REV/PATH")
@@ -866,6 +930,8 @@ class HubApp:
         return JSONResponse(await self.thread(table))
 
     async def api_diff(self, request: Request):
+        """``GET /api/repos/{org}/{name}/diff/{rev_a}/{rev_b}?numeric=``: the tensor diff
+        (:meth:`tvcfs.diff.TreeDiff.to_dict`). tvcfs REST API."""
         tail = _raw_tail(request, 2)
         if len(tail) != 5:
             raise ApiError(404, "expected /api/repos/ORG/NAME/diff/REV_A/REV_B")
@@ -881,6 +947,9 @@ class HubApp:
         return JSONResponse(await self.thread(diff))
 
     async def gateway_route(self, request: Request):
+        """``GET``/``HEAD /{org}/{name}/ipfs/...``: the per-repository IPFS gateway (IPFS HTTP
+        Gateway spec) is mounted by ``HubASGI`` before routing; reaching this is a 404
+        (gateway not mounted) after the access check."""
         repo_id = _repo_id(request)
         self.access(request, repo_id)
         if self.gateway is None:
@@ -888,10 +957,13 @@ class HubApp:
         raise ApiError(404, "unreachable")  # mounted by HubASGI before routing
 
     async def openapi(self, request: Request):
+        """``GET /openapi.json``: the OpenAPI 3 description of the tvcfs REST API."""
         return JSONResponse(openapi_spec())
 
     # --- the application --------------------------------------------------------------
     def routes(self) -> list:
+        """The Starlette routes: the Hugging Face Hub subset, Git LFS, the tvcfs REST API, then
+        the web pages."""
         w = self.wrap
         hf = lambda fn: w(fn, hf=True)  # noqa: E731
         return [

@@ -101,6 +101,8 @@ class BlobServer:
 
     # --- one connection --------------------------------------------------------------
     async def handle(self, stream) -> None:
+        """Serve one connection: HTTP/1.1 requests for signed blob URLs (keep-alive), until the
+        client closes or times out (``read_timeout``, ``keep_alive`` seconds)."""
         buf = bytearray()
         first = True
         held: list = []  # snapshots of bodies the client may not have read yet

@@ -75,6 +75,7 @@ class HashingWriter:
         self.size = 0
 
     def write(self, data) -> None:
+        """Append ``data`` (bytes-like) to the file and to the hashes. Raises OSError."""
         self.file.write(data)
         self.sha256.update(data)
         if self.sha1 is not None:
@@ -82,9 +83,11 @@ class HashingWriter:
         self.size += len(data)
 
     def close(self) -> None:
+        """Close the file, keeping it at ``path``."""
         self.file.close()
 
     def discard(self) -> None:
+        """Close and delete the file."""
         try:
             self.file.close()
         finally:
@@ -130,17 +133,23 @@ class Hub:
         return cls(root)
 
     def repo_dir(self, repo_id: str) -> str:
+        """The directory of repository ``repo_id`` (``ROOT/repos/ORG/NAME``). Raises
+        :class:`InvalidName` for a bad repo id."""
         org, name = parse_repo_id(repo_id)
         return os.path.join(self.root, "repos", org, name)
 
     def tmp_dir(self) -> str:
+        """The hub's scratch directory (``ROOT/tmp``)."""
         return os.path.join(self.root, "tmp")
 
     def upload_dir(self, repo_id: str) -> str:
+        """The directory of staged LFS uploads of ``repo_id`` (``ROOT/uploads/ORG/NAME``).
+        Raises :class:`InvalidName` for a bad repo id."""
         org, name = parse_repo_id(repo_id)
         return os.path.join(self.root, "uploads", org, name)
 
     def close(self) -> None:
+        """Close every open repository."""
         with self._lock:
             repos, self._repos = self._repos, {}
         for r in repos.values():
@@ -302,10 +311,12 @@ class Hub:
 
     # --- uploads ---------------------------------------------------------------
     def secret(self) -> bytes:
+        """The hub's signing secret (the bytes of ``ROOT/secret``). Raises OSError."""
         with open(os.path.join(self.root, "secret"), "rb") as f:
             return f.read()
 
     def sign(self, *parts) -> str:
+        """HMAC-SHA-256 (hex) of ``parts`` joined by NUL under :meth:`secret`, for signed URLs."""
         msg = "\0".join(str(p) for p in parts).encode()
         return hmac.new(self.secret(), msg, hashlib.sha256).hexdigest()
 

@@ -221,9 +221,12 @@ class HubState:
         return self.data()["repos"].get(repo_id)
 
     def repos(self) -> dict:
+        """Repository records by repo id (a live view of the state)."""
         return self.data()["repos"]
 
     def add_repo(self, repo_id: str, private: bool = False, owner: str | None = None) -> dict:
+        """Record new repository ``repo_id``; returns its record. Raises :class:`HubError` 409
+        if it exists, :class:`InvalidName` for a bad repo id."""
         parse_repo_id(repo_id)
         with self.change() as d:
             if repo_id in d["repos"]:
@@ -233,6 +236,7 @@ class HubState:
             return rec
 
     def remove_repo(self, repo_id: str) -> None:
+        """Forget repository ``repo_id``. Raises :class:`HubError` 404 if unknown."""
         with self.change() as d:
             if d["repos"].pop(repo_id, None) is None:
                 raise HubError(f"no repository {repo_id}", 404)
@@ -273,6 +277,8 @@ class HubState:
             or org in u.get("orgs", ())
 
     def can_read(self, user: str | None, repo_id: str) -> bool:
+        """Whether ``user`` (``None``: anonymous) may read ``repo_id``: a public repository, or
+        one the user may write."""
         rec = self.repo(repo_id)
         if rec is None:
             return False

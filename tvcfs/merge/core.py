@@ -91,9 +91,12 @@ class MergeResult:
 
     @property
     def ok(self) -> bool:
+        """Whether the merge succeeded (any kind but a conflict)."""
         return self.kind != CONFLICT
 
     def to_dict(self) -> dict:
+        """The result as JSON-ready data (CIDs as strings or ``None``, conflicts as ``{path,
+        tensor, reason}``), for ``tvcfs merge --json``."""
         c = lambda x: cid_str(x) if x else None  # noqa: E731
         return {"kind": self.kind, "ours": c(self.ours), "theirs": c(self.theirs), "base": c(self.base),
                 "commit": c(self.commit), "tree": c(self.tree),
@@ -141,18 +144,24 @@ class StrategyRules:
         return cls(default, rules)
 
     def for_tensor(self, path: str, name: str) -> Strategy | None:
+        """The strategy for tensor ``name`` of file ``path``: the first rule whose glob matches
+        ``name`` or ``PATH:NAME``, else the default (``None``: conflict)."""
         for glob, s in self.rules:
             if fnmatch.fnmatchcase(name, glob) or fnmatch.fnmatchcase(f"{path}:{name}", glob):
                 return s
         return self.default
 
     def for_file(self, path: str) -> Strategy | None:
+        """The strategy for a whole file ``path``: the first rule whose glob matches it, else
+        the default (``None``: conflict)."""
         for glob, s in self.rules:
             if fnmatch.fnmatchcase(path, glob):
                 return s
         return self.default
 
     def describe(self) -> str:
+        """The rules as ``tvcfs merge -s`` would spell them (``DEFAULT GLOB=STRATEGY...``), for
+        messages."""
         parts = [str(self.default)] if self.default else []
         parts += [f"{g}={s}" for g, s in self.rules]
         return " ".join(parts)

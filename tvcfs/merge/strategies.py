@@ -219,10 +219,14 @@ class MagnitudeTrim:
         self.pos = 0
 
     def feed(self, offset: int, delta) -> None:
+        """First pass: record the keys of ``delta`` (a numpy array piece, converted to float32)
+        at element ``offset``."""
         if self.keys is not None:
             np.negative(np.abs(_f32(delta).reshape(-1)), out=self.keys[offset:offset + np.size(delta)])
 
     def finish(self) -> "MagnitudeTrim":
+        """End the first pass: compute the threshold and the tie budget, free the keys (4 bytes
+        per element); returns ``self``."""
         if self.keys is not None:
             keys, k = self.keys, self.keep_count
             keys.partition(k - 1)
@@ -234,6 +238,9 @@ class MagnitudeTrim:
         return self
 
     def apply(self, offset: int, delta) -> np.ndarray:
+        """Second pass: ``delta`` (float32 ``ndarray`` of the piece's shape) with the entries
+        not kept zeroed. Raises ``ValueError`` unless the pieces come in order of ``offset``
+        (elements)."""
         d = _f32(delta)
         if offset != self.pos:
             raise ValueError(f"trim pieces must come in order: expected offset {self.pos}, got {offset}")
@@ -448,6 +455,8 @@ class Param:
     help: str = ""
 
     def convert(self, strategy: str, value) -> float | int:
+        """``value`` (a string from the command line, or a number) as the parameter's type.
+        Raises :class:`StrategyError` for a bad value, NaN or one outside ``[lo, hi]``."""
         try:
             if self.type is int:
                 v = int(value, 0) if isinstance(value, str) else int(value)
@@ -503,14 +512,18 @@ class Strategy:
 
     @property
     def name(self) -> str:
+        """The strategy's registered name."""
         return self.definition.name
 
     @property
     def passthrough(self) -> str | None:
+        """``"ours"``/``"theirs"``/``"base"`` for a strategy that picks a side's bytes
+        unchanged, else ``None``."""
         return self.definition.passthrough
 
     @property
     def needs_base(self) -> bool:
+        """Whether the strategy fails without a merge-base tensor."""
         return self.definition.needs_base
 
     @property

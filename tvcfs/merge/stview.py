@@ -52,6 +52,9 @@ class DataReader:
         self._map = store.map_range()
 
     def get(self, cid: bytes):
+        """Block ``cid`` as a read-only buffer valid while the reader is open (falling back to
+        the later store tiers). Raises :class:`~tvcfs.errors.BlockNotFound`,
+        :class:`~tvcfs.errors.CorruptBlock`."""
         self.store.blocks_read += 1
         v = self._blocks.get(cid)
         if v is None and self._fallback is not None:
@@ -113,10 +116,12 @@ class StoredSafetensors:
 
     @property
     def cid(self) -> bytes:
+        """The file's binary CID."""
         return self.index.cid
 
     @property
     def size(self) -> int:
+        """The file's size in bytes."""
         return self.index.size
 
     def leaf_ids(self, t: TensorInfo, off: int = 0, length: int | None = None) -> tuple | None:

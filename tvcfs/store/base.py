@@ -77,23 +77,38 @@ class BlockStore(Protocol):
 
     capabilities: frozenset
 
-    def get(self, cid: bytes) -> bytes | None: ...
+    def get(self, cid: bytes) -> bytes | None:
+        """The block's bytes for binary CIDv1 ``cid``, or ``None`` if the store does not hold
+        it. Raises :class:`~tvcfs.errors.BlockUnavailable` if it cannot answer now."""
 
-    def get_many(self, cids: Iterable[bytes]) -> Iterator[tuple[bytes, bytes | None]]: ...
+    def get_many(self, cids: Iterable[bytes]) -> Iterator[tuple[bytes, bytes | None]]:
+        """``(cid, bytes | None)`` for each of ``cids``, in the order given. Raises
+        :class:`~tvcfs.errors.BlockUnavailable` as :meth:`get`."""
 
-    def has(self, cid: bytes) -> bool: ...
+    def has(self, cid: bytes) -> bool:
+        """Whether the store holds block ``cid``."""
 
-    def put(self, cid: bytes, block) -> bool: ...
+    def put(self, cid: bytes, block) -> bool:
+        """Store ``block`` (bytes-like) under ``cid``, unhashed (verify blocks from outside
+        with :mod:`tvcfs.store.verify` first); ``True`` if it was new. Raises
+        :class:`ReadOnlyStore` for a store that only reads."""
 
-    def put_many(self, blocks: Iterable[tuple[bytes, bytes]]) -> int: ...
+    def put_many(self, blocks: Iterable[tuple[bytes, bytes]]) -> int:
+        """Store each ``(cid, block)`` pair as :meth:`put`; how many were new. Raises
+        :class:`ReadOnlyStore` for a store that only reads."""
 
-    def delete(self, cid: bytes) -> bool: ...
+    def delete(self, cid: bytes) -> bool:
+        """Remove block ``cid``; ``True`` if it was there. Raises :class:`ReadOnlyStore` for a
+        store that only reads."""
 
     def __iter__(self) -> Iterator[bytes]: ...
 
-    def stat(self) -> dict: ...
+    def stat(self) -> dict:
+        """``{"blocks": int, "bytes": int}`` (bytes: stored size, may be approximate); a store
+        may add keys."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the store's resources (files, connections, threads); it is not used after."""
 
 
 class BlockView(Protocol):
@@ -101,7 +116,9 @@ class BlockView(Protocol):
     returns a read-only buffer (``memoryview`` or ``bytes``) or ``None``; buffers are
     valid only until the view's ``with`` block exits."""
 
-    def get(self, cid: bytes): ...
+    def get(self, cid: bytes):
+        """Block ``cid`` as a read-only buffer (``memoryview`` or ``bytes``) valid until the
+        view closes, or ``None`` if not held."""
 
 
 class _CopyView:
@@ -135,16 +152,20 @@ class StoreBase:
     capabilities: frozenset = frozenset()
 
     def get_many(self, cids: Iterable[bytes]) -> Iterator[tuple[bytes, bytes | None]]:
+        """``(cid, bytes | None)`` per CID in the order given, one :meth:`get` each."""
         for cid in cids:
             yield cid, self.get(cid)
 
     def put_many(self, blocks: Iterable[tuple[bytes, bytes]]) -> int:
+        """How many of the ``(cid, block)`` pairs were new, one :meth:`put` each."""
         return sum(1 for cid, block in blocks if self.put(cid, block))
 
     def has(self, cid: bytes) -> bool:
+        """Whether :meth:`get` finds block ``cid``."""
         return self.get(cid) is not None
 
     def close(self) -> None:
+        """Nothing to release by default."""
         pass
 
     def __enter__(self):

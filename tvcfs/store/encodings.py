@@ -111,6 +111,7 @@ class Header:
 
     @property
     def name(self) -> str:
+        """The encoding's name (``NAMES``), or ``"encoding N"`` for an unknown number."""
         return NAMES.get(self.encoding, f"encoding {self.encoding}")
 
 

@@ -197,22 +197,27 @@ class GatewayStore(StoreBase):
             yield c, d
 
     def put(self, cid: bytes, block) -> bool:
+        """Always raises :class:`ReadOnlyStore`: the gateway store is read-only."""
         raise ReadOnlyStore(f"the gateway store is read-only ({', '.join(self.urls)}): "
                             "write to the local store, or serve it with tvcfs serve --http")
 
     def put_many(self, blocks) -> int:
+        """Always raises :class:`ReadOnlyStore`: the gateway store is read-only."""
         return self.put(b"", b"")
 
     def delete(self, cid: bytes) -> bool:
+        """Always raises :class:`ReadOnlyStore`: the gateway store is read-only."""
         return self.put(cid, b"")
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(())
 
     def stat(self) -> dict:
+        """``{"blocks": 0, "bytes": 0}``: a gateway's blocks are not counted."""
         return {"blocks": 0, "bytes": 0}
 
     def close(self) -> None:
+        """Stop the worker threads (pending requests cancelled) and close the HTTP client."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         self._client.close()

@@ -236,6 +236,8 @@ class DecodedCache:
             return ev
 
     def release(self, cid: bytes) -> None:
+        """End the decode of ``cid`` claimed with :meth:`claim`: wake the threads waiting for
+        it."""
         with self._lock:
             ev = self._busy.pop(cid, None)
         if ev is not None:
@@ -246,6 +248,8 @@ class DecodedCache:
         return cid in self._d
 
     def get(self, cid: bytes):
+        """The decoded block ``cid`` (a read-only ``memoryview``), marked most recently used,
+        or ``None`` if not held."""
         with self._lock:
             v = self._d.pop(cid, None)
             if v is not None:
@@ -498,6 +502,7 @@ class WriteTxn:
         return True
 
     def has_block(self, cid: bytes) -> bool:
+        """Whether block ``cid`` is stored (raw or packed), as seen by this transaction."""
         return (self.txn.get(cid, db=self.db["blocks"]) is not None
                 or self.txn.get(cid, db=self.db["packed"]) is not None)
 
@@ -611,6 +616,7 @@ class WriteTxn:
 
     # refs
     def get_ref(self, name: str) -> bytes | None:
+        """The value of ref ``name`` (a binary CID) as seen by this transaction, or ``None``."""
         v = self.txn.get(name.encode(), db=self.db["refs"])
         return bytes(v) if v is not None else None
 
@@ -661,18 +667,23 @@ class WriteTxn:
 
     # pins / meta
     def pin(self, cid: bytes, name: str = "") -> None:
+        """Pin ``cid`` (kept by gc) with label ``name`` and the time now (seconds since the
+        epoch)."""
         self.txn.put(cid, json.dumps({"name": name, "time": int(time.time())}).encode(), db=self.db["pins"])
 
     def unpin(self, cid: bytes) -> bool:
+        """Unpin ``cid``; ``True`` if it was pinned."""
         return self.txn.delete(cid, db=self.db["pins"])
 
     def set_meta(self, key: str, value) -> None:
+        """Set metadata ``key`` to the JSON-serialisable ``value`` (``None`` deletes it)."""
         if value is None:
             self.txn.delete(key.encode(), db=self.db["meta"])
         else:
             self.txn.put(key.encode(), json.dumps(value).encode(), db=self.db["meta"])
 
     def get_meta(self, key: str, default=None):
+        """Metadata ``key`` (decoded JSON) as seen by this transaction, or ``default``."""
         v = self.txn.get(key.encode(), db=self.db["meta"])
         return json.loads(bytes(v)) if v is not None else default
 
@@ -695,6 +706,9 @@ class LMDBView:
         self.txn = store.env.begin(buffers=True)
 
     def get(self, cid: bytes):
+        """Block ``cid``: a zero-copy read-only buffer (raw; checked with
+        :meth:`LMDBStore.check` when ``verify``), decoded ``bytes`` (packed) or ``None``.
+        Raises :class:`CorruptBlock` for a block that does not match its CID."""
         v = self.txn.get(cid, db=self.db)
         if v is None:
             p = self.txn.get(cid, db=self.packed)
@@ -704,12 +718,14 @@ class LMDBView:
         return v
 
     def block(self, cid: bytes):
+        """As :meth:`get`, but raises :class:`BlockNotFound` for a block not held."""
         v = self.get(cid)
         if v is None:
             raise BlockNotFound(cid)
         return v
 
     def has(self, cid: bytes) -> bool:
+        """Whether block ``cid`` is stored (raw or packed) in this snapshot."""
         return (self.txn.get(cid, db=self.db) is not None
                 or self.txn.get(cid, db=self.packed) is not None)
 
@@ -754,6 +770,7 @@ class LMDBView:
         return self.store._unpack(self.txn, cid, value, fresh=fresh)
 
     def close(self) -> None:
+        """End the snapshot (abort its read transaction); its buffers are invalid after."""
         self.txn.abort()
 
 
@@ -807,6 +824,7 @@ class LMDBStore:
         return None
 
     def close(self) -> None:
+        """Close the LMDB environment (once; later calls do nothing)."""
         if not self._closed:
             self._closed = True
             if self._advise_fd >= 0:
@@ -1185,11 +1203,14 @@ class LMDBStore:
                 yield cid, (bytes(v) if v is not None else None)
 
     def has(self, cid: bytes) -> bool:
+        """Whether block ``cid`` is stored, raw or packed."""
         with self.env.begin(buffers=True) as txn:
             return (txn.get(cid, db=self.dbs["blocks"]) is not None
                     or txn.get(cid, db=self.dbs["packed"]) is not None)
 
     def put(self, cid: bytes, block) -> bool:
+        """Store ``block`` under ``cid`` in a write transaction of its own; ``True`` if it was
+        new. Raises :class:`StoreFull` when the map or the disk is full."""
         with self.write() as w:
             return w.put_block(cid, block)
 
@@ -1207,6 +1228,8 @@ class LMDBStore:
         self.env.sync(True)
 
     def delete(self, cid: bytes) -> bool:
+        """Delete block ``cid`` (raw or packed, see :meth:`WriteTxn.delete_block`); ``True`` if
+        it was there."""
         with self.write() as w:
             return w.delete_block(cid)
 
@@ -1229,6 +1252,7 @@ class LMDBStore:
                 "bytes": info["last_pgno"] * self.env.stat()["psize"]}
 
     def get_meta(self, key: str, default=None):
+        """Metadata ``key`` (decoded JSON), or ``default``."""
         with self.env.begin() as txn:
             v = txn.get(key.encode(), db=self.dbs["meta"])
             return json.loads(v) if v is not None else default

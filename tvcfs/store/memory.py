@@ -22,12 +22,15 @@ class MemoryStore(StoreBase):
         self._lock = threading.Lock()
 
     def get(self, cid: bytes) -> bytes | None:
+        """Block ``cid`` (``bytes``) or ``None``."""
         return self._blocks.get(bytes(cid))
 
     def has(self, cid: bytes) -> bool:
+        """Whether block ``cid`` is held."""
         return bytes(cid) in self._blocks
 
     def put(self, cid: bytes, block) -> bool:
+        """Keep a copy of ``block`` under ``cid``; ``True`` if it was new."""
         key = bytes(cid)
         with self._lock:
             if key in self._blocks:
@@ -36,6 +39,7 @@ class MemoryStore(StoreBase):
             return True
 
     def delete(self, cid: bytes) -> bool:
+        """Drop block ``cid``; ``True`` if it was there."""
         with self._lock:
             return self._blocks.pop(bytes(cid), None) is not None
 
@@ -45,9 +49,12 @@ class MemoryStore(StoreBase):
         return iter(keys)
 
     def stat(self) -> dict:
+        """``{"blocks": count, "bytes": total size of the blocks}``."""
         with self._lock:
             return {"blocks": len(self._blocks), "bytes": sum(map(len, self._blocks.values()))}
 
     @contextmanager
     def view(self):
+        """A context manager giving the store itself as its :class:`BlockView` (blocks are
+        immutable ``bytes``)."""
         yield self

@@ -152,34 +152,46 @@ class PeerStore(StoreBase):
 
     # --- BlockStore ----------------------------------------------------------------
     def get(self, cid: bytes):
+        """Block ``cid`` from a peer (verified), or ``None`` if no peer has it. Raises
+        :class:`BlockUnavailable` if no peer could be asked."""
         return self._fetch([bytes(cid)]).get(bytes(cid))
 
     def get_many(self, cids: Iterable[bytes]) -> Iterator[tuple[bytes, bytes | None]]:
+        """``(cid, bytes | None)`` per CID in the order given, asked of the peers in one batch.
+        Raises :class:`BlockUnavailable` if no peer could be asked."""
         cids = [bytes(c) for c in cids]
         got = self._fetch(cids) if cids else {}
         for c in cids:
             yield c, got.get(c)
 
     def has(self, cid: bytes) -> bool:
+        """Whether a peer gives block ``cid`` (fetches it). Raises :class:`BlockUnavailable` if
+        no peer could be asked."""
         return self.get(cid) is not None
 
     def put(self, cid: bytes, block) -> bool:
+        """Always raises :class:`ReadOnlyStore`: the peer tier is read-only (push with ``tvcfs
+        push``)."""
         raise ReadOnlyStore("the peer tier is read-only: push with `tvcfs push`")
 
     def put_many(self, blocks) -> int:
+        """Always raises :class:`ReadOnlyStore`: the peer tier is read-only."""
         raise ReadOnlyStore("the peer tier is read-only: push with `tvcfs push`")
 
     def delete(self, cid: bytes) -> bool:
+        """Always raises :class:`ReadOnlyStore`: the peer tier is read-only."""
         raise ReadOnlyStore("the peer tier is read-only")
 
     def __iter__(self):
         return iter(())
 
     def stat(self) -> dict:
+        """``{"blocks": 0, "bytes": 0, "peers": {url: "ok" | "down: <reason>"}}``."""
         return {"blocks": 0, "bytes": 0, "peers": {u: ("down: " + b.reason) if b.reason else "ok"
                                                    for u, b in self._backoff.items()}}
 
     def close(self) -> None:
+        """Stop the peer tier's trio thread (waits up to 10 s)."""
         if self._thread is not None and self._token is not None:
             import trio
 

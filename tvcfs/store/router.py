@@ -43,6 +43,7 @@ class TierStats:
     last_error: str = ""
 
     def as_dict(self) -> dict:
+        """The counters as a plain ``dict`` (for ``stat()`` and ``.tvcfs/stats``)."""
         return dict(self.__dict__)
 
 
@@ -143,6 +144,9 @@ class Router(StoreBase):
                 tier.stats.written_back += 1
 
     def get(self, cid: bytes):
+        """Block ``cid`` from the first tier that has it (written back to the writable tier
+        when configured), or ``None``. Raises :class:`BlockUnavailable` when no tier had it
+        and some could not answer."""
         errors = []
         for tier in self.tiers:
             data, err = self._from_tier(tier, cid)
@@ -197,6 +201,7 @@ class Router(StoreBase):
             yield c, found.get(bytes(c))
 
     def has(self, cid: bytes) -> bool:
+        """Whether any tier holds ``cid``; a tier that cannot answer counts as not holding it."""
         for tier in self.tiers:
             try:
                 if self._call(tier, tier.store.has, cid):
@@ -220,9 +225,13 @@ class Router(StoreBase):
         return self.primary
 
     def put(self, cid: bytes, block) -> bool:
+        """Store in the first writable tier; ``True`` if the block was new. Raises
+        :class:`BlockUnavailable` without a writable tier."""
         return self._writable().store.put(cid, block)
 
     def put_many(self, blocks: Iterable[tuple[bytes, bytes]]) -> int:
+        """Store in the first writable tier; how many were new. Raises
+        :class:`BlockUnavailable` without a writable tier."""
         return self._writable().store.put_many(blocks)
 
     def delete(self, cid: bytes) -> bool:
@@ -249,6 +258,7 @@ class Router(StoreBase):
         return {t.name: t.stats.as_dict() for t in self.tiers}
 
     def close(self) -> None:
+        """Stop the timeout worker threads and close every tier's store."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         for tier in self.tiers:

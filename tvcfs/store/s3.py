@@ -528,6 +528,9 @@ class S3Store(StoreBase):
         return next(iter(self.get_many([cid])))[1]
 
     def has(self, cid: bytes) -> bool:
+        """Whether the bucket holds ``cid`` per its loaded indexes (listing again after a miss
+        at most every ``refresh_interval`` seconds); a pending block counts. Raises
+        :class:`BlockUnavailable`."""
         cid = bytes(cid)
         self._ensure_loaded()
         if self._where(cid) is None and self._refresh_on_miss():

@@ -59,19 +59,30 @@ class BlockSource(Protocol):
     status_path: str | None
     mountpoint: str
 
-    async def fetch(self, cids: Iterable[bytes], priority: int = PRIO_FOREGROUND) -> None: ...
+    async def fetch(self, cids: Iterable[bytes], priority: int = PRIO_FOREGROUND) -> None:
+        """Return once every CID of ``cids`` is stored, verified, in the local store. Raises
+        :class:`~tvcfs.errors.BlockNotFound` naming the first block not had within the
+        source's timeout."""
 
-    def schedule(self, cids: Iterable[bytes], priority: int) -> None: ...
+    def schedule(self, cids: Iterable[bytes], priority: int) -> None:
+        """Fetch ``cids`` in the background at ``priority``; returns at once."""
 
-    def schedule_range(self, idx, lo: int, hi: int, cids: Iterable[bytes], priority: int) -> None: ...
+    def schedule_range(self, idx, lo: int, hi: int, cids: Iterable[bytes], priority: int) -> None:
+        """Fetch in the background, in file order, the missing leaves ``cids`` of bytes ``[lo,
+        hi)`` of file ``idx`` (a :class:`~tvcfs.dag.FileIndex`)."""
 
-    async def run(self, task_status=None) -> None: ...
+    async def run(self, task_status=None) -> None:
+        """Serve until cancelled (start with ``nursery.start``); calls ``on_started`` once
+        serving."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Make what was stored durable."""
 
-    def stats_dict(self) -> dict: ...
+    def stats_dict(self) -> dict:
+        """Counters for ``.tvcfs/stats`` (``remote``): see the class docstring."""
 
-    def note_read_error(self, path: str, error: str) -> None: ...
+    def note_read_error(self, path: str, error: str) -> None:
+        """Record that a read of ``path`` failed with ``error`` (for ``tvcfs status``)."""
 
 
 class SourceBase:

@@ -117,9 +117,13 @@ class RepoBackend:
         return self.store.get(cid)
 
     def has(self, cid: bytes) -> bool:
+        """Whether the repository's store holds block ``cid``."""
         return self.store.has(cid)
 
     def put_many(self, blocks) -> int:
+        """Store verified ``(cid, block)`` pairs without an msync per batch (:meth:`sync` once
+        at the end of a transfer); how many were new. Raises
+        :class:`~tvcfs.store.lmdb_store.StoreFull`."""
         # no msync per batch: :meth:`sync` once at the end of a transfer (a killed
         # process keeps committed transactions; only a machine crash needs the sync)
         return self.store.put_many(blocks, sync=False)
@@ -142,15 +146,21 @@ class RepoBackend:
             yield _TxnView(self, blocks)
 
     def refs(self) -> dict[str, bytes]:
+        """Every ref of the repository, name to binary commit CID."""
         return self.repo.refs()
 
     def head(self) -> str:
+        """The ref HEAD points at (``"refs/heads/main"``), or ``""`` when HEAD is unborn or
+        unreadable."""
         try:
             return self.repo.head_ref() or ""
         except Exception:  # noqa: BLE001 - an unborn HEAD is not an error here
             return ""
 
     def update_ref(self, name: str, new: bytes | None, expected: bytes | None) -> None:
+        """Compare-and-swap ref ``name`` from ``expected`` to ``new`` (``None`` deletes),
+        logged as a push. Raises :class:`~tvcfs.errors.RefConflict` if the ref is not at
+        ``expected``."""
         self.repo.update_ref(name, new, expected, message="push")
 
 

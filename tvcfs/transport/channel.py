@@ -62,9 +62,13 @@ class MessageChannel:
 
     @property
     def bytes_in(self) -> int:
+        """Framed bytes received so far."""
         return self._dec.bytes_in
 
     async def send(self, msg: Message) -> None:
+        """Encode ``msg`` and send it whole (concurrent senders are serialised); counts
+        ``bytes_out``. Raises the stream's errors (``trio.BrokenResourceError``,
+        :class:`~.quic.QuicConnectionLost`...)."""
         data = encode(msg)
         async with self._lock:
             await self.stream.send_all(data)
@@ -105,6 +109,9 @@ class MessageChannel:
         self.bytes_out += len(data)
 
     async def receive(self) -> Message | None:
+        """The next message, or ``None`` once the peer closed the stream at a frame boundary.
+        Raises :class:`~.protocol.ProtocolError` for a malformed frame or one cut off by the
+        end of the stream."""
         while True:
             msg = self._dec.next()
             if msg is not None:
@@ -141,4 +148,5 @@ class MessageChannel:
             pending.extend(chunks)
 
     async def aclose(self) -> None:
+        """Close the underlying stream, ignoring errors from a stream already broken."""
         await aclose_quietly(self.stream)

@@ -118,14 +118,17 @@ class RemoteSession:
 
     @property
     def peer_id(self) -> bytes | None:
+        """The server's verified peer ID (bytes), or ``None`` before authentication."""
         return self.proto.peer_id
 
     @property
     def welcome(self) -> protocol.Welcome | None:
+        """The server's ``Welcome`` (its version and limits), or ``None`` before it arrived."""
         return self.proto.welcome
 
     @property
     def can_push(self) -> bool:
+        """Whether the server granted this client push (``AuthOk``)."""
         return self.proto.can_push
 
     async def flush(self) -> None:
@@ -452,6 +455,7 @@ class RemoteSession:
         return nb, nbytes
 
     async def aclose(self) -> None:
+        """Close the session's message channel."""
         await self.ch.aclose()
 
 

@@ -112,11 +112,15 @@ class FetchSettings:
     hung_timeout: float | None = None
 
     def stall(self) -> float:
+        """Seconds of silence after which a peer with requests outstanding is suspect:
+        ``stall_timeout``, else ``timeout/4`` clamped to [0.5, 2]."""
         if self.stall_timeout is not None:
             return self.stall_timeout
         return max(0.5, min(2.0, self.timeout / 4))
 
     def hung(self) -> float:
+        """Seconds of silence after which a suspect peer's session is ended: ``hung_timeout``,
+        else ``timeout/2`` clamped to [2*stall, 10]."""
         if self.hung_timeout is not None:
             return self.hung_timeout
         return max(2 * self.stall(), min(10.0, self.timeout / 2))
@@ -218,9 +222,11 @@ class Peer:
 
     @property
     def ready(self) -> bool:
+        """Whether the peer is connected and can take requests."""
         return self.state == "ready" and self.mux is not None
 
     def wire_bytes(self) -> int:
+        """Framed bytes received from this peer over all its sessions."""
         return self.wire_done + (self.mux.bytes_in if self.mux is not None else 0)
 
     def est(self, nbytes: int) -> float:
@@ -232,6 +238,7 @@ class Peer:
         return self.rating.score(self.out_bytes)
 
     def send(self, msg) -> None:
+        """Queue message ``msg`` for the peer's sender task."""
         self.outbox.append(msg)
         self.out_ev.set()
 
@@ -847,6 +854,9 @@ class RemoteFetcher(SourceBase):
 
     # ------------------------------------------------------------------ answers
     async def on_block(self, mux, cid: bytes, data) -> None:
+        """:class:`~.wants.MuxSession` handler: queue block ``cid`` from the peer for
+        verification and storing (foreground wants first); waits while more than
+        ``rx_buffer`` bytes are queued."""
         p = mux.peer
         now = trio.current_time()
         p.last_rx = now
@@ -880,6 +890,8 @@ class RemoteFetcher(SourceBase):
             await self._rx_space.wait()
 
     def on_dont_have(self, mux, cid: bytes) -> None:
+        """:class:`~.wants.MuxSession` handler: the peer lacks ``cid``; the want moves to
+        another peer, or is orphaned when none is left."""
         p = mux.peer
         p.last_rx = trio.current_time()
         p.dont_have += 1
@@ -892,9 +904,13 @@ class RemoteFetcher(SourceBase):
             self._orphan(w)
 
     def on_have(self, mux, cid: bytes) -> None:
+        """:class:`~.wants.MuxSession` handler: the peer has ``cid`` (only its liveness is
+        noted)."""
         mux.peer.last_rx = trio.current_time()
 
     def on_done(self, mux, rid: int, status: int, message: str) -> None:
+        """:class:`~.wants.MuxSession` handler: DAG request ``rid`` ended with ``status``; the
+        blocks it did not deliver are asked elsewhere."""
         p = mux.peer
         p.last_rx = trio.current_time()
         r = p.reqs.get(rid)

@@ -163,14 +163,17 @@ class PeerRemote:
     # what the session knows ----------------------------------------------
     @property
     def peer_id(self) -> bytes | None:
+        """The server's verified peer ID (bytes), or ``None``."""
         return self._session.peer_id
 
     @property
     def transport(self) -> str:
+        """The transport the session runs on (``"quic/qh3"``, ``"tcp"``...)."""
         return self._session.transport
 
     @property
     def can_push(self) -> bool:
+        """Whether the server granted this client push."""
         return self._session.can_push
 
     # BlockRemote -----------------------------------------------------------

@@ -159,13 +159,19 @@ class _Reader:
 
 # ---------------------------------------------------------------- messages
 class Message:
+    """A wire message (docs/protocol.md): a subclass sets ``TYPE`` (the frame's type byte) and
+    encodes its fields in :meth:`body` / decodes them in :meth:`parse`."""
+
     TYPE: ClassVar[int]
 
     def body(self) -> bytes:  # pragma: no cover - abstract
+        """The message's body bytes (the frame without its length and type byte)."""
         raise NotImplementedError
 
     @classmethod
     def parse(cls, r: _Reader) -> "Message":  # pragma: no cover - abstract
+        """Decode a body from reader ``r`` (bounded by ``r.limits``). Raises
+        :class:`ProtocolError` for a truncated or overlong field or a value out of range."""
         raise NotImplementedError
 
 
@@ -260,10 +266,12 @@ class WantEntry:
 
     @property
     def want_have(self) -> bool:
+        """Whether the entry asks for HAVE/DONT_HAVE rather than the block (Bitswap want-have)."""
         return bool(self.flags & WANT_HAVE)
 
     @property
     def cancel(self) -> bool:
+        """Whether the entry cancels an earlier want of the CID (Bitswap cancel)."""
         return bool(self.flags & CANCEL)
 
 
@@ -721,6 +729,8 @@ class FrameDecoder:
         self._done: Message | None = None  # a Block whose _into is complete
 
     def feed(self, data) -> None:
+        """Add received bytes (any bytes-like, any split); decode with :meth:`next`. Raises
+        :class:`ProtocolError` for a frame over ``max_message`` bytes or an unknown type."""
         n = len(data)
         self.bytes_in += n
         if not n:
@@ -801,6 +811,8 @@ class FrameDecoder:
             self._into, self._into_cid, self._into_pos = None, b"", 0
 
     def next(self) -> Message | None:
+        """The next complete message, or ``None`` if more bytes are needed. Raises
+        :class:`ProtocolError` for a malformed body."""
         done = self._done
         if done is not None:
             self._done = None

@@ -142,6 +142,7 @@ class QuicSettings:
     initial_rtt: float | None = None
 
     def engine_name(self) -> str:
+        """The QUIC engine to use: ``engine``, else :func:`default_engine`."""
         return self.engine or default_engine()
 
     def datagram_size_for(self, host: str, engine: str = "qh3") -> int:
@@ -359,6 +360,9 @@ class QuicStream(trio.abc.HalfCloseableStream):
                 conn.ping()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Up to ``max_bytes`` (default 1 MiB) received bytes; ``b""`` at the peer's end of
+        stream. Raises :class:`QuicConnectionLost` if the peer reset the stream or the
+        connection was lost, ValueError for ``max_bytes`` < 1."""
         await trio.lowlevel.checkpoint()
         if max_bytes is not None and max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
@@ -417,6 +421,9 @@ class QuicStream(trio.abc.HalfCloseableStream):
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def send_all(self, data) -> None:
+        """Send ``data`` on the stream, waiting for flow-control room. Raises
+        ``trio.ClosedResourceError`` after :meth:`send_eof`/:meth:`aclose`,
+        :class:`QuicConnectionLost` if the peer stopped reading or the connection was lost."""
         conn = self.connection
         if self._closed or self._eof_sent:
             await trio.lowlevel.checkpoint()
@@ -447,9 +454,12 @@ class QuicStream(trio.abc.HalfCloseableStream):
         await conn._wait_send_room(self)
 
     async def wait_send_all_might_not_block(self) -> None:
+        """Wait until the stream's send buffer has room."""
         await self.connection._wait_send_room(self)
 
     async def send_eof(self) -> None:
+        """End the sending side (FIN); again does nothing. Raises :class:`QuicConnectionLost`
+        if the connection was lost."""
         await trio.lowlevel.checkpoint()
         if self._eof_sent:
             return
@@ -460,6 +470,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
         conn._service()
 
     async def aclose(self) -> None:
+        """Send FIN if not sent and stop reading; again does nothing."""
         if self._closed:
             await trio.lowlevel.checkpoint()
             return

@@ -246,6 +246,7 @@ class ServerSession:
 
     @property
     def closed(self) -> bool:
+        """Whether the session has ended."""
         return self.state == "closed"
 
     # ---------------------------------------------------------------- input
@@ -402,6 +403,7 @@ class ServerSession:
                 + self.cfg.grant_hint.format(peer=pid, private="--private "))
 
     def who(self) -> str:
+        """The peer for log lines: its peer ID (or ``anonymous``) and address."""
         return f"{format_peer_id(self.peer) if self.peer else 'anonymous'} ({self.addr})"
 
     def _on_wantlist(self, msg: protocol.WantList) -> None:
@@ -764,6 +766,7 @@ class ClientSession:
 
     @property
     def max_wantlist(self) -> int:
+        """Entries the server accepts in one want-list (its ``Welcome``; 1024 before it)."""
         return self.welcome.max_wantlist if self.welcome else 1024
 
     def send(self, msg: protocol.Message) -> None:

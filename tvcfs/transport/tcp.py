@@ -81,9 +81,12 @@ class TLSStream(trio.abc.Stream):
         self._rbuf = memoryview(bytearray(_RECV)) if self._sock is not None else None
 
     def getpeercert(self, binary_form: bool = False):
+        """The peer's certificate (``binary_form``: DER bytes), as
+        :meth:`ssl.SSLObject.getpeercert`."""
         return self._obj.getpeercert(binary_form)
 
     def selected_alpn_protocol(self):
+        """The ALPN protocol negotiated, or ``None``."""
         return self._obj.selected_alpn_protocol()
 
     async def _flush(self) -> None:
@@ -225,12 +228,16 @@ class TLSStream(trio.abc.Stream):
         return out
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Decrypted bytes (at most ``max_bytes``; the rest kept for the next call); ``b""`` at
+        end of stream. Raises ``trio.ClosedResourceError`` after :meth:`aclose`."""
         data = b"".join(await self.receive_chunks())
         if max_bytes is not None and len(data) > max_bytes:
             data, self._leftover = data[:max_bytes], data[max_bytes:]
         return data
 
     async def send_all(self, data) -> None:
+        """Encrypt and send ``data``. Raises ``trio.ClosedResourceError`` after :meth:`aclose`,
+        ``trio.BrokenResourceError`` for a TLS error."""
         if self._closed:
             raise trio.ClosedResourceError("stream closed")
         try:
@@ -252,9 +259,12 @@ class TLSStream(trio.abc.Stream):
         await self._flush()
 
     async def wait_send_all_might_not_block(self) -> None:
+        """Wait until the underlying stream can take more bytes."""
         await self.transport_stream.wait_send_all_might_not_block()
 
     async def aclose(self) -> None:
+        """Send the TLS close_notify (best effort) and close the underlying stream; again does
+        nothing."""
         if self._closed:
             await trio.lowlevel.checkpoint()
             return

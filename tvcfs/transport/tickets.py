@@ -36,6 +36,7 @@ class SessionTickets:
 
     @staticmethod
     def key(engine: str, host: str, port: int, peer_id: bytes | None) -> str:
+        """The key a ticket is stored under: ``"<engine> <host> <port> <peer ID hex>"``."""
         return f"{engine} {host} {port} {(peer_id or b'').hex()}"
 
     def take(self, key: str):
@@ -130,9 +131,11 @@ class ServerTickets:
         self._tickets: dict[bytes, object] = {}
 
     def add(self, ticket) -> None:
+        """Keep ``ticket`` under its label, dropping the oldest beyond ``limit``."""
         self._tickets[ticket.ticket] = ticket
         while len(self._tickets) > self.limit:
             self._tickets.pop(next(iter(self._tickets)))
 
     def pop(self, label: bytes):
+        """Remove and return the ticket labelled ``label`` (each redeemable once), or ``None``."""
         return self._tickets.pop(label, None)

@@ -51,10 +51,12 @@ class MuxSession:
 
     @property
     def bytes_in(self) -> int:
+        """Framed bytes received on the session."""
         return self.ch.bytes_in
 
     @property
     def bytes_out(self) -> int:
+        """Framed bytes sent on the session."""
         return self.ch.bytes_out
 
     def next_id(self) -> int:
@@ -81,6 +83,7 @@ class MuxSession:
         return rid
 
     async def cancel_request(self, rid: int) -> None:
+        """Cancel DAG request ``rid`` and flush the cancel to the server."""
         self.proto.cancel(rid)
         await self.sess.flush()
 
@@ -118,6 +121,7 @@ class MuxSession:
             self.closed = True
 
     async def aclose(self) -> None:
+        """Mark the session closed and close its channel."""
         self.closed = True
         await self.ch.aclose()
 

@@ -32,21 +32,21 @@ class _LRU:
     ``put`` returns the value)."""
 
     def __init__(self, size: int):
-        self.size, self.d, self.lock = size, OrderedDict(), threading.Lock()
+        self.size, self.entries, self.lock = size, OrderedDict(), threading.Lock()
 
     def get(self, key):
         with self.lock:
-            v = self.d.get(key)
+            v = self.entries.get(key)
             if v is not None:
-                self.d.move_to_end(key)
+                self.entries.move_to_end(key)
             return v
 
     def put(self, key, value):
         with self.lock:
-            self.d[key] = value
-            self.d.move_to_end(key)
-            while len(self.d) > self.size:
-                self.d.popitem(last=False)
+            self.entries[key] = value
+            self.entries.move_to_end(key)
+            while len(self.entries) > self.size:
+                self.entries.popitem(last=False)
         return value
 
 

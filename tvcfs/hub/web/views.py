@@ -57,12 +57,15 @@ class PageError(Exception):
 
 
 def fmt_bytes(n) -> str:
+    """``n`` bytes in human units (KiB, MiB...), or an em dash for ``None`` (template filter
+    ``bytes``)."""
     from ...formatting import human_size
 
     return "—" if n is None else human_size(n)
 
 
 def fmt_time(ts: int) -> str:
+    """Unix time ``ts`` (seconds) as ``YYYY-MM-DD HH:MM UTC`` (template filter ``time``)."""
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
 
 
@@ -140,6 +143,8 @@ class WebViews:
         split_front_matter("---\na: 1\n---\n")
 
     def env(self):
+        """The Jinja2 environment (created on first use: autoescape, strict undefined, the page
+        filters)."""
         if self._env is None:
             import jinja2
 
@@ -161,6 +166,8 @@ class WebViews:
         return Markup(self._md.render(text))
 
     def render(self, request: Request, template: str, code: int = 200, **ctx) -> HTMLResponse:
+        """``template`` rendered with ``ctx`` (plus ``user`` and ``path``) as an HTML response
+        with status ``code``."""
         ctx.setdefault("title", "tvcfs hub")
         html = self.env().get_template(template).render(user=ctx.pop("user", None), path=request.url.path,
                                                          **ctx)
@@ -206,6 +213,7 @@ class WebViews:
         return endpoint
 
     def error_page(self, request, user, status: int, message: str, login: bool = False) -> HTMLResponse:
+        """The error page for ``status`` with ``message`` (``login``: offer the login link)."""
         return self.render(request, "error.html", code=status, user=user, title=f"{status}",
                            status=status, message=message, login=login,
                            login_url="/login?next=" + quote(request.url.path, safe="/"))
@@ -233,6 +241,8 @@ class WebViews:
         return self.hub.repo(repo_id)
 
     def common(self, repo_id: str, repo, rev: str, commit: bytes, tab: str) -> dict:
+        """The template context every repository page shares (names, privacy, revision, commit
+        CID and alias, tab, head branch)."""
         rec = self.hub.state.repo(repo_id) or {}
         return {"repo_id": repo_id, "org": repo_id.split("/")[0], "name": repo_id.split("/")[1],
                 "private": bool(rec.get("private")), "rev": rev, "commit": commit,
@@ -242,6 +252,8 @@ class WebViews:
 
     # --- the repository list ------------------------------------------------------
     def index(self, request: Request, user):
+        """``GET /``: the repositories visible to ``user`` (filter ``q``, ``sort``);
+        ``("index.html", context)``."""
         q = request.query_params.get("q", "").strip()
         sort = request.query_params.get("sort", "name")
         rows = []
@@ -266,11 +278,14 @@ class WebViews:
 
     # --- repository / tree ----------------------------------------------------------
     def repo_page(self, request: Request, user):
+        """``GET /{org}/{name}``: the head branch's root listing with the model card."""
         repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
         repo = self.access(user, repo_id)
         return self.tree(request, repo_id, repo, repo.head_branch() or "main", "", card=True)
 
     def tree_page(self, request: Request, user):
+        """``GET /{org}/{name}/tree/{rev}[/{path}]``: a directory listing. Raises
+        :class:`PageError` 404 without a revision."""
         from ..http import raw_tail as _raw_tail
 
         tail = _raw_tail(request, 3)
@@ -282,6 +297,9 @@ class WebViews:
         return self.tree(request, repo_id, repo, tail[0], path, card=not path)
 
     def tree(self, request, repo_id: str, repo, rev: str, path: str, card: bool):
+        """``("tree.html", context)`` for directory ``path`` at ``rev`` (an empty repository
+        lists nothing), or a redirect to the blob page for a file. Raises
+        :class:`RevisionNotFound`, :class:`PathNotFound`."""
         if path:
             check_path(path)
         try:
@@ -333,6 +351,9 @@ class WebViews:
 
     # --- files ------------------------------------------------------------------------
     def blob_page(self, request: Request, user):
+        """``GET /{org}/{name}/blob/{rev}/{path}``: a file's page (a safetensors file's tensor
+        table, a text file's start), or a redirect to the tree page for a directory. Raises
+        :class:`PageError` 404 for a short URL."""
         from ..http import raw_tail as _raw_tail
         from ...chunking.safetensors import NotSafetensors, read_header_with
 
@@ -403,6 +424,8 @@ class WebViews:
 
     # --- the log ------------------------------------------------------------------------
     def commits_page(self, request: Request, user):
+        """``GET /{org}/{name}/commits[/{rev}]?p=``: one page of the log. Raises
+        :class:`PageError` 422 for a bad page number, 404 past the end."""
         from ..http import raw_tail as _raw_tail
 
         repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
@@ -438,6 +461,8 @@ class WebViews:
 
     # --- commit / compare ------------------------------------------------------------
     def commit_page(self, request: Request, user):
+        """``GET /{org}/{name}/commit/{cid}``: a commit and its tensor diff against its first
+        parent. Raises :class:`PageError` 404 for a bad URL."""
         repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
         repo = self.access(user, repo_id)
         from ..http import raw_tail as _raw_tail
@@ -472,6 +497,8 @@ class WebViews:
         return st
 
     def compare_page(self, request: Request, user):
+        """``GET /{org}/{name}/compare/{rev1}...{rev2}``: the tensor diff of two revisions.
+        Raises :class:`PageError` 404 for a bad spec."""
         from ..http import raw_tail as _raw_tail
 
         repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
@@ -554,6 +581,8 @@ class WebViews:
         return urlsplit(origin).netloc == request.headers.get("host", "")
 
     async def login(self, request: Request):
+        """``GET /login``: the login form; ``POST``: check the token, set the session cookie
+        and redirect to ``next`` (401 form for a bad token, 403 from another site)."""
         user = None
         try:
             user = self.user(request)
@@ -579,6 +608,8 @@ class WebViews:
         return resp
 
     async def logout(self, request: Request):
+        """``POST /logout``: end the session and clear its cookie, redirect to ``/`` (403 from
+        another site)."""
         if not self.same_origin(request):
             return self.error_page(request, None, 403, "logout from another site refused")
         self.app.sessions.close(request.cookies.get(COOKIE))
