@@ -1,7 +1,9 @@
 """Every public function, class and method under tvcfs/ has a docstring.
 
-The project's code standard (docs/testing.md): public functions and classes have docstrings
-giving shapes and dtypes, units, the errors raised and the source of a format or protocol. This scan checks presence only (the content is for review): it parses each module
+The project's code standard (docs/architecture.md, "Code conventions"): public
+functions and classes have docstrings giving shapes and dtypes, units, the errors raised
+and the source of a format or protocol. This scan checks presence only (the content is
+for review): it parses each module
 with `ast` (nothing is imported) and lists `path:line name` for every public module-level
 function or class, and every public method, that has none.
 
@@ -112,7 +114,7 @@ def test_public_api_has_docstrings():
     missing = scan()
     assert not missing, (
         f"{len(missing)} public definitions without a docstring "
-        "(see docs/testing.md, tests/unit/):\n" + "\n".join(missing)
+        "(see docs/architecture.md, Code conventions):\n" + "\n".join(missing)
     )
 
 
