@@ -270,7 +270,12 @@ def test_sequential_read_gets_each_pack_slot_once(s3_endpoint, tmp_path, monkeyp
     waited on the one GET in flight, docs/performance.md "fourth round"). The page-in
     threads are handed only leaves already stored: the fetched ones are marked
     resident as they arrive (before: each page-in of a leaf still in flight found
-    nothing, after switching the whole map to exact reads and back)."""
+    nothing, after switching the whole map to exact reads and back).
+
+    No leaf the scan fetched is hashed again when it is served: each was hashed
+    against its CID as it arrived (``read_checks`` counts the at-rest checks of
+    reads; before: one xxh3 of each leaf, and an LMDB lookup of its checksum, on the
+    FUSE thread or a page-in thread, docs/performance.md "fifth round")."""
     from support.model import synth_model
 
     from tvcfs.store.s3 import MAX_RANGE
@@ -289,6 +294,7 @@ def test_sequential_read_gets_each_pack_slot_once(s3_endpoint, tmp_path, monkeyp
 
     with lazy_mount(url, str(tmp_path / "mnt"), "--fetch-timeout", 30) as m:
         s0 = settled_remote_stats(m)["s3"]
+        checks0 = stats(m)["read_checks"]
         got = bytearray()
         with open(os.path.join(m, "branches", "main", MODEL), "rb", buffering=0) as f:
             while b := f.read(4 * MiB):
@@ -310,3 +316,5 @@ def test_sequential_read_gets_each_pack_slot_once(s3_endpoint, tmp_path, monkeyp
           "of leaves not stored")
     assert st["scan_lead_max"] >= 2 * MAX_RANGE, st["scan_lead_max"]
     assert st["preload_absent"] == 0
+    print(f"{st['read_checks'] - checks0} at-rest checks of served leaves during the scan")
+    assert st["read_checks"] == checks0, (checks0, st["read_checks"])

@@ -12,9 +12,13 @@ layer's ``input_layernorm``; ranged GETs and the foreground fetch's latency from
 ``.tvcfs/stats``) next to one raw 4 KiB ranged GET; then the raw loop of 16 MiB
 ranged GETs (8 at a time) and another fresh mount's sequential read (4 MiB
 ``read``s): wall time, ranged GETs, FUSE reads, CPU seconds of the mount daemon and
-of moto (``/proc/PID/stat``). One JSON line per round and tree; judge by the same
+of moto (``/proc/PID/stat``; the daemon's system time and its main thread's, the FUSE
+requests, apart; its minor page faults). One JSON line per round and tree; judge by the same
 round's ratio and by CPU seconds (docs/performance.md, S3 lazy mount sections).
-``--read-ahead-kb`` is passed to the mounts of the sequential read.
+``--read-ahead-kb`` is passed to the mounts of the sequential read. ``--profile
+DIR``: ``py-spy record --threads --native`` of the daemon over each sequential read,
+one raw file per round and tree in ``DIR`` (``-f raw``: collapsed stacks); with
+``--perf``, ``perf record -g`` instead (kernel stacks too: ``perf report -i``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 
@@ -45,6 +50,17 @@ mount_load = _load("mount_load")  # proc_cpu
 
 def cpu(pid: int) -> float:
     return mount_load.proc_cpu(pid)[0]
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(system CPU seconds of process ``pid``, CPU seconds of its main thread: the
+    mount's trio thread, which answers the FUSE requests)."""
+    tck = os.sysconf("SC_CLK_TCK")
+    with open(f"/proc/{pid}/stat") as f:
+        x = f.read().rsplit(")", 1)[1].split()
+    with open(f"/proc/{pid}/task/{pid}/stat") as f:
+        m = f.read().rsplit(")", 1)[1].split()
+    return int(x[12]) / tck, (int(m[11]) + int(m[12])) / tck
 
 
 def daemon_pid() -> int | None:
@@ -74,6 +90,8 @@ def main() -> int:
     ap.add_argument("--trees", nargs="+", required=True)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--read-ahead-kb", type=int)
+    ap.add_argument("--profile", metavar="DIR")
+    ap.add_argument("--perf", action="store_true")
     a = ap.parse_args()
     a.work, a.trees = os.path.abspath(a.work), [os.path.abspath(t) for t in a.trees]
     # the mount daemon runs `python -m tvcfs.cli`, which puts its working directory
@@ -133,7 +151,18 @@ def main() -> int:
                 with mount(MODEL_URL, mnt, env=env, log_path=log, extra_args=extra):
                     q0 = lazy.quiet(mnt)["s3"]
                     pid = daemon_pid()
-                    c0, m0 = cpu(pid), cpu(srv.pid)
+                    spy = None
+                    if a.profile:
+                        os.makedirs(a.profile, exist_ok=True)
+                        prof = os.path.join(a.profile, f"r{r}-{a.trees.index(tree)}")
+                        cmd = (["perf", "record", "-g", "-o", prof + ".data"] if a.perf else
+                               [os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "--threads",
+                                "--native", "-r", "100", "-f", "raw", "-o", prof + ".txt"])
+                        spy = subprocess.Popen(cmd + ["-p", str(pid)], stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL)
+                        time.sleep(1.0)  # py-spy attached
+                    c0, m0, sp0 = cpu(pid), cpu(srv.pid), cpu_split(pid)
+                    f0 = mount_load.proc_cpu(pid)[1]
                     t = time.perf_counter()
                     n = 0
                     with open(path, "rb", buffering=0) as f:
@@ -142,11 +171,16 @@ def main() -> int:
                     seq = time.perf_counter() - t
                     assert n == size
                     q1 = lazy.quiet(mnt)["s3"]
-                    c1, m1 = cpu(pid), cpu(srv.pid)
+                    c1, m1, sp1 = cpu(pid), cpu(srv.pid), cpu_split(pid)
+                    out["mount_minflt"] = mount_load.proc_cpu(pid)[1] - f0
+                    if spy is not None:
+                        spy.send_signal(2)  # SIGINT: py-spy writes its samples and exits
+                        spy.wait(60)
                     out["fuse_reads"] = stats(mnt).get("reads")
                 shutil.rmtree(cache, ignore_errors=True)
                 out.update(raw_s=round(raw, 2), seq_s=round(seq, 2), ratio=round(raw / seq, 3),
                            seq_gets=q1["requests"] - q0["requests"], mount_cpu_s=round(c1 - c0, 2),
+                           mount_sys_s=round(sp1[0] - sp0[0], 2), mount_main_s=round(sp1[1] - sp0[1], 2),
                            moto_cpu_s=round(m1 - m0, 2))
                 print(json.dumps(out), flush=True)
     finally:

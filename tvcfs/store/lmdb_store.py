@@ -799,6 +799,10 @@ class LMDBStore:
         self.verify_cid = self.get_meta("verify.reads") == "cid"
         self._closed = False
         self.blocks_read = 0  # count of block gets (for tests of lazy behaviour)
+        # stored blocks hashed on a read (checksum or CID) since open: a block is hashed
+        # once per process, and not at all after a fetch marked it verified
+        # (.tvcfs/stats "read_checks"; approximate under threads)
+        self.read_checks = 0
         self._advise_fd = -1
         self._data_fd_lock = threading.Lock()
         self._map_span: tuple | None = None  # map_range(), read once (see _file_offset)
@@ -1020,6 +1024,7 @@ class LMDBStore:
         cache says too (bytes decoded afresh); ``strict``: against the CID whatever
         is recorded (fsck); ``what`` replaces "does" in the error (``"is packed and
         decodes to bytes that do"``); ``recorded``: see :meth:`check`."""
+        self.read_checks += 1
         want = None if strict or self.verify_cid else (recorded or self._recorded(txn, cid))
         if want is not None:
             if checksum(data) != want:
