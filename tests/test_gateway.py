@@ -275,10 +275,6 @@ def test_serve_http_only_and_bad_address(tmp_path, tvcfs_cli):
 def test_gateway_store_falls_over_rejects_corrupt_and_times_out(tmp_path):
     good = Repo.init(str(tmp_path / "good"))
     bad = Repo.init(str(tmp_path / "bad"))
-    srv = socket.socket()  # accepts connections, never answers
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-    silent = f"http://127.0.0.1:{srv.getsockname()[1]}"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens there
@@ -308,13 +304,12 @@ def test_gateway_store_falls_over_rejects_corrupt_and_times_out(tmp_path):
                 assert not local.tiers[0].store.has(cid)
             with GatewayStore([g_url]) as gw:
                 assert gw.get(make_cid(RAW, b"absent")) is None  # 404 from every gateway: not held
-        with GatewayStore([silent], timeout=1) as gw:
+        with silent_http() as silent, GatewayStore([silent], timeout=1) as gw:  # never answers
             t0 = time.monotonic()
             with pytest.raises(BlockUnavailable, match="no answer in time"):
                 gw.get(cid)
             assert time.monotonic() - t0 < 10
     finally:
-        srv.close()
         good.close()
         bad.close()
 

@@ -12,6 +12,7 @@ import time
 import pytest
 from support.repo import fetch_levels
 from support.s3 import bucket_objects, new_bucket, s3_client
+from support.server import silent_http
 from support.trees import assert_same_tree
 
 from tvcfs.encoding.cid import CID, RAW, make_cid
@@ -256,18 +257,12 @@ def test_unreachable_endpoint_is_a_quick_clear_error(s3_endpoint):
 
 def test_silent_endpoint_times_out_instead_of_hanging(s3_endpoint):
     # a socket that accepts connections and never answers: the read timeout ends it
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-    endpoint = f"http://127.0.0.1:{srv.getsockname()[1]}"
-    try:
+    with silent_http() as endpoint:
         st = S3Store("s3://bkt/p", endpoint_url=endpoint, read_timeout=1, retries=2)
         t0 = time.monotonic()
         with pytest.raises(BlockUnavailable, match="no answer in time"):
             st.get(make_cid(RAW, b"x"))
         assert time.monotonic() - t0 < 15
-    finally:
-        srv.close()
 
 
 def test_refs_compare_and_swap(s3_endpoint):
