@@ -84,7 +84,11 @@ class GatewayStore(StoreBase):
         self.max_block = max_block
         self.deadline = 4 * timeout if deadline is None else deadline
         self.cooldown = cooldown
-        self._down: dict = {}  # base URL -> (monotonic time it may be asked again, why)
+        from ..transport.peerscore import Backoff
+
+        # the one back-off rule (tvcfs.transport.peerscore), fixed at ``cooldown`` as the
+        # peer tier's is: a gateway that failed is passed over until it runs out
+        self._backoff = {u: Backoff(cooldown, cooldown) for u in self.urls}
         self.threads = max(1, threads)
         self._httpx = httpx2
         self._client = httpx2.Client(
@@ -138,18 +142,18 @@ class GatewayStore(StoreBase):
         errors = []
         now = time.monotonic()
         with self._lock:
-            down = {u: d for u, d in self._down.items() if d[0] > now}
+            down = {u: (b.remaining(now), b.reason) for u, b in self._backoff.items() if b.remaining(now) > 0}
         asked = [u for u in self.urls if u not in down] or self.urls  # all down: ask them all
         for base in self.urls:
             if base not in asked:
-                errors.append(f"{down[base][1]} (passed over for {down[base][0] - now:.0f} s more)")
+                errors.append(f"{down[base][1]} (passed over for {down[base][0]:.0f} s more)")
                 continue
             data, err, wait = self._ask(base, cid, method)
             with self._lock:
                 if err:
-                    self._down[base] = (time.monotonic() + (self.cooldown if wait is None else wait), err)
+                    self._backoff[base].failed(err, wait=wait)
                 else:
-                    self._down.pop(base, None)
+                    self._backoff[base].succeeded()
             if data is not None:
                 return data
             if err:

@@ -1,12 +1,14 @@
 """One peer score record and one back-off rule, for every place tvcfs talks to peers.
 
-Three users share them (docs/lazy.md, "Peers: score and back-off"):
+Four users share them (docs/lazy.md, "Peers: score and back-off"):
 
 * the lazy mount's prioritised fetcher (:mod:`tvcfs.transport.fetcher`): a
   :class:`PeerScore` per peer orders the peers (expected completion time times the
   penalty for bad blocks) and a :class:`Backoff` spaces its reconnection attempts;
 * the peer tier of the block layer (:class:`tvcfs.store.peers.PeerStore`): a
   :class:`Backoff` per peer decides how long a failed peer is skipped;
+* the gateway tier (:class:`tvcfs.store.gateway.GatewayStore`): a :class:`Backoff`
+  per gateway URL, fixed at its ``cooldown`` or the gateway's own ``Retry-After``;
 * the repository's persistent ``peer_scores`` (:func:`tvcfs.transport.ops.peer_scores`,
   shown by ``tvcfs remote list -v``): the same record, saved as
   ``{"bad_blocks": n, "last_bad": unix seconds}`` (:meth:`PeerScore.record`).
@@ -21,7 +23,7 @@ back towards 1. A peer's expected time for ``n`` bytes is
 seconds; the delay starts at ``initial`` and doubles with each further failure up
 to ``maximum``; a success resets it. (The fetcher uses 0.2 s to 5 s and reconnects
 at once, without waiting, when a read finds no peer connected; the peer tier uses
-a fixed 5 s: ``initial == maximum``.)
+a fixed 5 s and the gateway tier a fixed 30 s: ``initial == maximum``.)
 """
 
 from __future__ import annotations
@@ -114,10 +116,12 @@ class Backoff:
         self.until = 0.0
         self.reason = ""
 
-    def failed(self, reason: str = "", now: float | None = None) -> float:
+    def failed(self, reason: str = "", now: float | None = None, wait: float | None = None) -> float:
         """An attempt failed: returns the seconds to wait before the next one (and
-        doubles the wait after that, up to ``maximum``)."""
-        wait = self.delay
+        doubles the wait after that, up to ``maximum``). ``wait``: seconds the peer
+        itself asked for (an HTTP ``Retry-After``), used instead of the rule's delay."""
+        if wait is None:
+            wait = self.delay
         self.until = (time.monotonic() if now is None else now) + wait
         self.reason = reason
         self.delay = min(self.delay * 2, self.maximum)
