@@ -64,3 +64,12 @@ def open_input(path: str) -> Iterator[BinaryIO]:
             if e.filename is not None:
                 raise
             raise TvcfsError(f"cannot read {shown}: {e.strerror or e}") from None
+
+
+def unlink_quietly(path: str) -> None:
+    """Remove file ``path`` if it can be removed; any ``OSError`` (already gone, a
+    read-only directory) is ignored: for cleaning up after a failed or finished step."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -274,6 +274,7 @@ def run_foreground(repo_root: str, mountpoint: str, debug: bool = False, verify:
     import pyfuse3
     import trio
 
+    from ..fileio import unlink_quietly
     from ..repo import Repo
 
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
@@ -365,10 +366,7 @@ def run_foreground(repo_root: str, mountpoint: str, debug: bool = False, verify:
             log.exception("shutdown")
             ok = False
         pyfuse3.close(unmount=True)
-        try:
-            os.unlink(pidfile)
-        except OSError:
-            pass
+        unlink_quietly(pidfile)
         ops.reader.close()
         repo.close()
         log.info("unmounted %s", mountpoint)

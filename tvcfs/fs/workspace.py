@@ -34,6 +34,7 @@ from ..dag import KIND_DIR, KIND_FILE, KIND_SYMLINK, dir_links, stat_node
 from ..encoding.cid import cid_from_str, cid_str
 from ..encoding.unixfs import entry_name_error, printable_name
 from ..errors import TvcfsError
+from ..fileio import unlink_quietly
 from ..importer import Importer
 from ..treeops import changed_paths, commit_landing, land_on_branch, txn_getter
 
@@ -177,7 +178,7 @@ class Workspace:
 
         def undo():
             e.staged, (e.cid, e.size) = None, old
-            _unlink_quietly(path)
+            unlink_quietly(path)
 
         self._logged({"op": "stage", "p": e.path(), "staged": self._rel(path)}, e, undo, was)
         return path
@@ -232,7 +233,7 @@ class Workspace:
             self.children(parent).pop(name, None)
             w.parent = None
             if w.staged:
-                _unlink_quietly(w.staged)
+                unlink_quietly(w.staged)
 
         self._logged(op, w, undo, was)
         return w
@@ -381,8 +382,8 @@ class Workspace:
             os.replace(tmp, os.path.join(self.dir, STATE))
         except BaseException:  # (a full disk) the previous snapshot and journal stay
             os.close(jfd)
-            _unlink_quietly(jpath)
-            _unlink_quietly(tmp)
+            unlink_quietly(jpath)
+            unlink_quietly(tmp)
             raise
         self._close_journal(unlink=True)
         self._gen, self._jn, self._jfd, self._jlen = gen, 0, jfd, 0
@@ -392,10 +393,7 @@ class Workspace:
             os.close(self._jfd)
             self._jfd = None
         if unlink and self._gen:
-            try:
-                os.unlink(os.path.join(self.dir, JOURNAL.format(self._gen)))
-            except OSError:
-                pass
+            unlink_quietly(os.path.join(self.dir, JOURNAL.format(self._gen)))
 
     @classmethod
     def load(cls, repo, dirpath: str) -> "Workspace":
@@ -666,10 +664,7 @@ class Workspace:
                         c.cid, c.tsize = None, link.tsize
                         dirty = True
                         continue
-                    try:
-                        os.unlink(c.staged)
-                    except OSError:
-                        pass
+                    unlink_quietly(c.staged)
                     c.staged = None
                     c.size = stat_node(self.repo.get, link.hash).size
                 self._mark_clean(c, link.hash, link.tsize)
@@ -805,16 +800,10 @@ class Workspace:
     def _commit_succeeded(self) -> None:
         if self.failures:
             self.failures, self.retry_at = 0, 0.0
-            try:
-                os.unlink(os.path.join(self.dir, COMMIT_ERROR))
-            except OSError:
-                pass
+            unlink_quietly(os.path.join(self.dir, COMMIT_ERROR))
 
     def _remove_state(self) -> None:
-        try:
-            os.unlink(os.path.join(self.dir, STATE))
-        except OSError:
-            pass
+        unlink_quietly(os.path.join(self.dir, STATE))
         self._close_journal(unlink=True)
         self._gen = self._jn = 0
 
@@ -861,14 +850,6 @@ def _describe_dirs(get, old_tree, new_tree, branch: str) -> str:
 
 def _join(head: str, name: str) -> str:
     return f"{head}/{name}" if head else name
-
-
-def _unlink_quietly(path: str) -> None:
-    """Remove file ``path`` if it is there (cleaning up after a failed change)."""
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _process_alive(pid) -> bool:

@@ -25,6 +25,7 @@ from ..dag import KIND_DIR, KIND_FILE, KIND_SYMLINK
 from ..encoding.cid import cid_str
 from ..encoding.unixfs import NAME_MAX
 from ..errors import BlockNotFound, CorruptBlock, MalformedObject, RefExists, TvcfsError
+from ..fileio import unlink_quietly
 from ..refs import HEADS, InvalidRefName, check_name
 from ..store.lmdb_store import StoreFull
 from .nodes import Node
@@ -242,10 +243,7 @@ class WritableOperations(ReadOnlyOperations):
         fd = self.fds.pop(w.staged, None)
         if fd is not None:
             os.close(fd)
-        try:
-            os.unlink(w.staged)
-        except OSError:
-            pass
+        unlink_quietly(w.staged)
         w.staged = None
 
     def _sweep_fds(self, live: set | None = None) -> None:
