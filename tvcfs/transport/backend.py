@@ -125,8 +125,11 @@ class RepoBackend:
         at the end of a transfer); how many were new. Raises
         :class:`~tvcfs.store.lmdb_store.StoreFull`."""
         # no msync per batch: :meth:`sync` once at the end of a transfer (a killed
-        # process keeps committed transactions; only a machine crash needs the sync)
-        return self.store.put_many(blocks, sync=False)
+        # process keeps committed transactions; only a machine crash needs the sync);
+        # verified: hashed against their CIDs by this process (a server that serves
+        # pushed blocks, a clone that checks out), so their first read skips the
+        # at-rest check
+        return self.store.put_many(blocks, sync=False, verified=True)
 
     def sync(self) -> None:
         """Make everything stored so far durable (one msync)."""

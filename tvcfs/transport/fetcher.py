@@ -1177,7 +1177,7 @@ def _verify_and_store(store, batch, stored_hook=None):
         good.append((cid, data))
     stored = [c for c, _ in good]
     if good:
-        store.put_many(good, sync=False)
+        store.put_many(good, sync=False, verified=True)  # first reads skip the at-rest check
         if stored_hook is not None:
             try:
                 stored_hook(stored)
