@@ -68,6 +68,42 @@ def test_answer_of_foreign_blocks_said_ok_is_incomplete_and_the_next_remote_fill
     assert_same_tree(str(src), str(tmp_path / "wd"))
 
 
+def test_blocks_of_no_asked_dag_are_not_stored_and_a_flood_of_them_ends_the_fetch(small_repo, tmp_path):
+    """The client keeps only blocks it asked for or that an accepted block links to
+    (answers come parents first, docs/protocol.md "DAG requests"): a clone from a peer
+    answering with foreign blocks stores none of them (before: every good-hashing
+    block was stored, until ``gc``), and past ``STRAY_LIMIT`` of them the clone stops
+    with one line saying why."""
+    from tvcfs.transport.client import STRAY_LIMIT
+
+    path, _ = small_repo
+    with Server(path, foreign=True) as liar:
+        dst = tmp_path / "clone"
+        p = tv("clone", liar.url, dst, ok=False)
+        assert "incomplete" in p.stderr, p.stderr
+    stored = set(all_blocks(dst))
+    foreign = stored - set(all_blocks(path))
+    print(f"\n{len(stored)} blocks stored, {len(foreign)} of no asked DAG")
+    assert stored and not foreign, [cid_str(c) for c in list(foreign)[:3]]
+
+    # more leaves than the bound: the answer ends with a clear error
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(STRAY_LIMIT + 16):
+        (src / f"f{i:03d}.bin").write_bytes(os.urandom(1000))
+    many = str(tmp_path / "many-repo")
+    with Repo.init(many) as r:
+        r.commit_dir(str(src), message="many small files")
+    with Server(many, foreign=True) as liar:
+        dst = tmp_path / "clone-many"
+        p = tv("clone", liar.url, dst, ok=False)
+    err = p.stderr.splitlines()[0]  # then a hint: what was kept, how to resume
+    assert err.startswith("tvcfs: error: remote 127.0.0.1:"), p.stderr
+    assert f"more than {STRAY_LIMIT} blocks of no DAG that was asked for" in err, err
+    assert not set(all_blocks(dst)) - set(all_blocks(many))
+    assert not refs_of(dst)
+
+
 @pytest.mark.parametrize("stall", ["all", "dag"])
 def test_peer_stalled_after_the_handshake_is_given_up_and_the_command_resumes(
         small_repo, tmp_path, servers, stall):

@@ -18,7 +18,8 @@ from ..errors import InvalidCID, MalformedObject
 class FetchStats:
     """Outcome of a fetch from one remote (every remote kind: tvcfs/sync.py):
     ``blocks``/``nbytes`` stored (new, verified), ``wire_bytes`` received,
-    ``bad_blocks`` (failed verification, dropped), ``bad_cids``, ``missing``
+    ``bad_blocks`` (failed verification, dropped), ``bad_cids``, ``stray_blocks``
+    (blocks of no DAG that was asked for, dropped unstored), ``missing``
     (frontier CIDs still absent), ``seconds``, ``first_block_s`` (time to the
     first block of the first request, seconds), ``transport`` ("quic/qh3", "tcp",
     "s3"), ``resumed``/``early_data`` (QUIC session resumption, 0-RTT)."""
@@ -28,6 +29,7 @@ class FetchStats:
     wire_bytes: int = 0
     bad_blocks: int = 0
     bad_cids: list = field(default_factory=list)
+    stray_blocks: int = 0
     dont_have: int = 0
     missing: list = field(default_factory=list)
     seconds: float = 0.0
