@@ -157,3 +157,27 @@ def test_ref_to_a_block_that_does_not_decode_is_named_and_nothing_is_updated(
     assert "resume" not in err, err
     assert not refs_of(dst)
     tv("--repo", dst, "fsck")
+
+
+@pytest.mark.fuse
+def test_lazy_mount_keeps_no_block_a_peer_sends_unasked(small_repo, tmp_path):
+    """A lazy mount whose only peer answers its wants with foreign blocks (the
+    ``--foreign`` server): the read fails within the fetch timeout, the blocks are
+    counted ``unsolicited_blocks`` and none of them is stored (before: each was stored
+    in the clone's store, then counted)."""
+    from support.mount import lazy_mount, remote_stats
+
+    path, _ = small_repo
+    dst = tmp_path / "lazy"
+    with Server(path, foreign=True) as liar:
+        tv("clone", "--lazy", "-q", liar.url, dst)  # no raw leaf is asked: a good clone
+        before = set(all_blocks(dst))
+        with lazy_mount(str(dst), str(tmp_path / "mnt"), "--fetch-timeout", 3) as m:
+            with pytest.raises(OSError):
+                with open(os.path.join(m, "branches", "main", "d", "f0.bin"), "rb") as f:
+                    f.read()
+            unsolicited = remote_stats(m)["unsolicited_blocks"]
+    foreign = set(all_blocks(dst)) - before
+    print(f"\n{unsolicited} unsolicited blocks; {len(foreign)} stored")
+    assert unsolicited > 0
+    assert not foreign, [cid_str(c) for c in list(foreign)[:3]]
