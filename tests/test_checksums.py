@@ -181,3 +181,35 @@ def test_a_checksum_read_before_the_bytes_is_what_they_are_checked_against(repo_
             assert cid in store.verified
         finally:
             view.close()
+
+
+def test_blocks_stored_as_verified_skip_their_first_check_unless_already_on_disk(repo_root):
+    """``put_many(..., verified=True)`` (a fetch that just hashed the bytes): a new block
+    joins the process's verified set when the transaction commits, so its first read
+    makes no at-rest check; a block the store already held is not marked (its bytes
+    on disk were not the ones hashed: here its checksum record is damaged, and the
+    read still says so); an aborted transaction marks nothing."""
+    from tvcfs.encoding.cid import RAW, make_cid
+
+    with Repo.open(repo_root) as repo:
+        store = repo.store
+        old = repo.entry(repo.head(), "config.json").cid
+        with store.view(verify=False) as v:
+            old_bytes = bytes(v.get(old))
+        with store.write() as w:
+            w.record_checksum(old, bytes(8))
+        new_bytes = os.urandom(5000)
+        new = make_cid(RAW, new_bytes)
+        aborted_bytes = os.urandom(5000)
+        aborted = make_cid(RAW, aborted_bytes)
+        with pytest.raises(RuntimeError), store.write() as w:
+            w.put_block(aborted, aborted_bytes, verified=True)
+            raise RuntimeError("abort")
+        assert aborted not in store.verified and not store.has(aborted)
+        assert store.put_many([(old, old_bytes), (new, new_bytes)], verified=True) == 1
+        assert new in store.verified and old not in store.verified
+        checks = store.read_checks
+        assert store.get(new) == new_bytes
+        assert store.read_checks == checks
+        with pytest.raises(CorruptBlock, match=cid_str(old)):
+            store.get(old)

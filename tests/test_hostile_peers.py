@@ -68,6 +68,42 @@ def test_answer_of_foreign_blocks_said_ok_is_incomplete_and_the_next_remote_fill
     assert_same_tree(str(src), str(tmp_path / "wd"))
 
 
+def test_blocks_of_no_asked_dag_are_not_stored_and_a_flood_of_them_ends_the_fetch(small_repo, tmp_path):
+    """The client keeps only blocks it asked for or that an accepted block links to
+    (answers come parents first, docs/protocol.md "DAG requests"): a clone from a peer
+    answering with foreign blocks stores none of them (before: every good-hashing
+    block was stored, until ``gc``), and past ``STRAY_LIMIT`` of them the clone stops
+    with one line saying why."""
+    from tvcfs.transport.client import STRAY_LIMIT
+
+    path, _ = small_repo
+    with Server(path, foreign=True) as liar:
+        dst = tmp_path / "clone"
+        p = tv("clone", liar.url, dst, ok=False)
+        assert "incomplete" in p.stderr, p.stderr
+    stored = set(all_blocks(dst))
+    foreign = stored - set(all_blocks(path))
+    print(f"\n{len(stored)} blocks stored, {len(foreign)} of no asked DAG")
+    assert stored and not foreign, [cid_str(c) for c in list(foreign)[:3]]
+
+    # more leaves than the bound: the answer ends with a clear error
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(STRAY_LIMIT + 16):
+        (src / f"f{i:03d}.bin").write_bytes(os.urandom(1000))
+    many = str(tmp_path / "many-repo")
+    with Repo.init(many) as r:
+        r.commit_dir(str(src), message="many small files")
+    with Server(many, foreign=True) as liar:
+        dst = tmp_path / "clone-many"
+        p = tv("clone", liar.url, dst, ok=False)
+    err = p.stderr.splitlines()[0]  # then a hint: what was kept, how to resume
+    assert err.startswith("tvcfs: error: remote 127.0.0.1:"), p.stderr
+    assert f"more than {STRAY_LIMIT} blocks of no DAG that was asked for" in err, err
+    assert not set(all_blocks(dst)) - set(all_blocks(many))
+    assert not refs_of(dst)
+
+
 @pytest.mark.parametrize("stall", ["all", "dag"])
 def test_peer_stalled_after_the_handshake_is_given_up_and_the_command_resumes(
         small_repo, tmp_path, servers, stall):
@@ -121,3 +157,27 @@ def test_ref_to_a_block_that_does_not_decode_is_named_and_nothing_is_updated(
     assert "resume" not in err, err
     assert not refs_of(dst)
     tv("--repo", dst, "fsck")
+
+
+@pytest.mark.fuse
+def test_lazy_mount_keeps_no_block_a_peer_sends_unasked(small_repo, tmp_path):
+    """A lazy mount whose only peer answers its wants with foreign blocks (the
+    ``--foreign`` server): the read fails within the fetch timeout, the blocks are
+    counted ``unsolicited_blocks`` and none of them is stored (before: each was stored
+    in the clone's store, then counted)."""
+    from support.mount import lazy_mount, remote_stats
+
+    path, _ = small_repo
+    dst = tmp_path / "lazy"
+    with Server(path, foreign=True) as liar:
+        tv("clone", "--lazy", "-q", liar.url, dst)  # no raw leaf is asked: a good clone
+        before = set(all_blocks(dst))
+        with lazy_mount(str(dst), str(tmp_path / "mnt"), "--fetch-timeout", 3) as m:
+            with pytest.raises(OSError):
+                with open(os.path.join(m, "branches", "main", "d", "f0.bin"), "rb") as f:
+                    f.read()
+            unsolicited = remote_stats(m)["unsolicited_blocks"]
+    foreign = set(all_blocks(dst)) - before
+    print(f"\n{unsolicited} unsolicited blocks; {len(foreign)} stored")
+    assert unsolicited > 0
+    assert not foreign, [cid_str(c) for c in list(foreign)[:3]]

@@ -168,6 +168,47 @@ def test_lazy_clone_then_one_tensor_moves_only_its_bytes(model_server, real_mode
 
 
 @pytest.mark.timeout(120)
+def test_fetched_leaves_are_not_checked_again_on_first_read(model_server, real_model_dir, tmp_path):
+    """Leaves the peer fetcher hashed against their CIDs as they arrived are stored
+    as verified (``WriteTxn.put_block(verified=True)``): serving them makes no at-rest
+    check (``read_checks`` in ``.tvcfs/stats`` does not move; before: one xxh3 and a
+    checksum lookup per leaf on its first read). A leaf the mount did not fetch (read
+    from disk, stored by another process) is still checked."""
+    from support.mount import stats
+
+    clone = tmp_path / "clone"
+    run("clone", "--lazy", "-q", model_server.url, clone)
+    src_file = os.path.join(real_model_dir, MODEL)
+    a, b = tensor_range(src_file, "embeddings.word_embeddings.weight")
+    with open(src_file, "rb") as f:
+        f.seek(a)
+        want = f.read(b - a)
+    with lazy_mount(str(clone), str(tmp_path / "mnt"), "--fetch-timeout", 20) as m:
+        wait_peers_ready(m)
+        fd = os.open(os.path.join(m, "branches", "main", MODEL), os.O_RDONLY)
+        try:
+            os.pread(fd, 8, 0)  # the file's index is loaded (its nodes: checked, from disk)
+            checks0 = stats(m)["read_checks"]
+            w0 = wire_bytes(m)
+            assert os.pread(fd, b - a, a) == want
+            assert wire_bytes(m) - w0 >= (b - a) // 2  # the tensor's leaves were fetched
+            checks = stats(m)["read_checks"] - checks0
+        finally:
+            os.close(fd)
+    print(f"\n{checks} at-rest checks of fetched leaves on their first read")
+    assert checks == 0
+    # the same leaves, now read by a process that did not fetch them: checked
+    with lazy_mount(str(clone), str(tmp_path / "mnt2"), "--fetch-timeout", 20) as m:
+        fd = os.open(os.path.join(m, "branches", "main", MODEL), os.O_RDONLY)
+        try:
+            checks0 = stats(m)["read_checks"]
+            assert os.pread(fd, b - a, a) == want
+            assert stats(m)["read_checks"] > checks0
+        finally:
+            os.close(fd)
+
+
+@pytest.mark.timeout(120)
 def test_safe_open_three_named_tensors_moves_only_those(model_server, real_model_dir, tmp_path):
     from safetensors import safe_open
 

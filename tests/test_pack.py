@@ -165,8 +165,13 @@ def test_every_dtype_round_trips_packed_and_unpacked(tmp_repo, tmp_path):
 
 
 # --------------------------------------------------------------------------- missing bases
-def two_commits_packed(repo, tmp_path, dtypes=("F32",)):
-    base, ft = model_pair(str(tmp_path / "src"), dtypes, n_elems=70_001)
+def two_commits_packed(repo, tmp_path, dtypes=("F32",), n_elems: int = 70_001):
+    """Commit a base model and its fine-tune (:func:`support.model.model_pair` of
+    ``dtypes``, ``n_elems`` elements per tensor, under ``tmp_path / "src"``) to ``repo``
+    one after the other, pack it (``keep_hot=0``: the fine-tune's leaves as deltas) and
+    forget what was decoded and verified; returns ``(base dir, fine-tune dir, base
+    commit CID, fine-tune commit CID)``."""
+    base, ft = model_pair(str(tmp_path / "src"), dtypes, n_elems=n_elems)
     c1 = repo.commit_dir(base, message="base").cid
     c2 = repo.commit_dir(ft, message="ft").cid
     pack(repo, keep_hot=0)
@@ -345,11 +350,8 @@ def test_mount_reads_of_a_packed_commit_are_byte_identical(tmp_path):
 
     from tvcfs.repo import Repo
 
-    base, ft = model_pair(str(tmp_path / "src"), ["F32", "BF16", "F8_E4M3"], n_elems=300_001)
     with Repo.init(str(tmp_path / "repo")) as repo:
-        c1 = repo.commit_dir(base, message="base").cid
-        repo.commit_dir(ft, message="ft")
-        pack(repo, keep_hot=0)
+        base, ft, c1, _ = two_commits_packed(repo, tmp_path, ["F32", "BF16", "F8_E4M3"], 300_001)
         assert commit_storage(repo, c1)["new_stored"] < commit_storage(repo, c1)["new_raw"]
     with Mounted(tmp_path / "repo", tmp_path / "mnt") as m:
         assert_same_tree(ft, m.branch("main"))
@@ -581,11 +583,8 @@ def test_concurrent_mount_readers_never_see_a_reused_slot(tmp_path):
     from tvcfs.repo import Repo
     from tvcfs.store.lmdb_store import DECODED_CACHE
 
-    base, ft = model_pair(str(tmp_path / "src"), ["BF16", "F32"], n_elems=14_000_001)
     with Repo.init(str(tmp_path / "repo")) as repo:
-        c1 = repo.commit_dir(base, message="base").cid
-        repo.commit_dir(ft, message="ft")
-        pack(repo, keep_hot=0)
+        base, ft, c1, _ = two_commits_packed(repo, tmp_path, ["BF16", "F32"], 14_000_001)
     srcs = [os.path.join(d, "model.safetensors") for d in (base, ft)]
     assert sum(os.path.getsize(p) for p in srcs) > DECODED_CACHE * 1.2
     wants = []
@@ -633,11 +632,8 @@ def test_a_corrupt_packed_leaf_read_by_concurrent_readers_is_eio_for_all(tmp_pat
 
     from tvcfs.repo import Repo
 
-    base, ft = model_pair(str(tmp_path / "src"), ["BF16"], n_elems=20_000_001)
     with Repo.init(str(tmp_path / "repo")) as repo:
-        repo.commit_dir(base, message="base")
-        c2 = repo.commit_dir(ft, message="ft").cid
-        pack(repo, keep_hot=0)
+        _, ft, _, c2 = two_commits_packed(repo, tmp_path, ["BF16"], 20_000_001)
         idx = repo.file_index(repo.entry(c2, "model.safetensors").cid)
         infos = packed_infos(repo)
         i = len(idx.leaves) * 3 // 4
@@ -728,11 +724,8 @@ def test_reading_a_packed_leaf_reads_the_next_values_ahead(tmp_path):
     from tvcfs.pack import file_leaves
     from tvcfs.repo import Repo
 
-    base, ft = model_pair(str(tmp_path / "src"), ["F32"], n_elems=6_000_001)  # 24 MB
     with Repo.init(str(tmp_path / "repo")) as repo:
-        repo.commit_dir(base, message="base")
-        c2 = repo.commit_dir(ft, message="ft").cid
-        pack(repo, keep_hot=0)
+        *_, c2 = two_commits_packed(repo, tmp_path, ["F32"], 6_000_001)  # 24 MB
         leaves = file_leaves(repo.get, repo.entry(c2, "model.safetensors").cid)
         first = next(lf.cid for lf in leaves if repo.store.info(lf.cid).encoding == "delta")
         path = repo.store.path
@@ -754,11 +747,8 @@ def test_a_sequential_read_of_packed_history_advises_each_byte_once(tmp_path):
     from tvcfs.repo import Repo
     from tvcfs.store.lmdb_store import PACKED_AHEAD
 
-    base, ft = model_pair(str(tmp_path / "src"), ["F32"], n_elems=12_000_001)  # 48 MB
     with Repo.init(str(tmp_path / "repo")) as repo:
-        repo.commit_dir(base, message="base")
-        c2 = repo.commit_dir(ft, message="ft").cid
-        pack(repo, keep_hot=0)
+        *_, c2 = two_commits_packed(repo, tmp_path, ["F32"], 12_000_001)  # 48 MB
         leaves = file_leaves(repo.get, repo.entry(c2, "model.safetensors").cid)
         st = repo.store
         values = 0

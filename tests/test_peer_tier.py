@@ -68,3 +68,31 @@ def test_lazy_clone_reads_through_the_peer_tier(tmp_path, real_model_dir, finetu
     finally:
         srv.kill()
         shutil.rmtree(tmp_path / "out", ignore_errors=True)
+
+
+def test_a_leaf_written_back_from_a_peer_is_not_checked_again_in_this_process(tmp_path):
+    """A leaf read through the peer tier was hashed against its CID by the router before
+    it was written back into the local store, and is stored as verified: reading it
+    again from the local store in the same process makes no at-rest check
+    (``LMDBStore.read_checks``; before: one xxh3 and a checksum lookup)."""
+    from support.repo import commit_dir
+
+    from tvcfs.encoding.cid import RAW, cid_codec
+
+    wt = tmp_path / "wt"
+    wt.mkdir()
+    (wt / "w.bin").write_bytes(os.urandom(3 << 20))
+    src = str(tmp_path / "src")
+    commit_dir(src, str(wt))
+    with Server(src) as srv:
+        dst = tmp_path / "lazy"
+        run("clone", "--lazy", srv.url, str(dst))
+        with Repo.open(str(dst)) as r:
+            leaves = [lf for lf in r.file_index(r.entry(r.head(), "w.bin").cid).leaves
+                      if cid_codec(lf) == RAW]
+            assert leaves and not any(r.store.has(lf) for lf in leaves)
+            data = r.get(leaves[0])  # from the peer, verified, written back
+            assert r.store.has(leaves[0])
+            checks = r.store.read_checks
+            assert r.store.get(leaves[0]) == data
+            assert r.store.read_checks == checks

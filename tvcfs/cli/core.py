@@ -231,63 +231,61 @@ def cmd_branch(args):
     """``tvcfs branch``: list, create (``NAME [START]``) or delete (``-d``) branches; exit
     status 0. Raises :class:`~tvcfs.errors.RefExists`,
     :class:`~tvcfs.errors.RevisionNotFound`..."""
-    with open_repo(args) as repo:
-        if args.delete:
-            done = []
-            for name in args.delete:
-                cid = repo.delete_branch(name)
-                done.append({"deleted": name, "commit": cid})
-                if not args.json:
-                    print(f"Deleted branch {name} (was {short_cid(cid)}).")
-            if args.json:
-                emit_json(done)
-            return 0
-        if args.name:
-            cid = repo.create_branch(args.name, args.start, force=args.force)
-            if args.json:
-                emit_json({"created": args.name, "commit": cid})
-            else:
-                print(f"Created branch {args.name} at {short_cid(cid)}")
-            return 0
+    def rows(repo):
         head = repo.head_branch()
-        rows = [{"name": name, "commit": cid, "head": name == head, "message": _first_line(repo, cid)}
+        return [{"name": name, "commit": cid, "head": name == head, "message": _first_line(repo, cid)}
                 for name, cid in sorted(repo.branches().items())]
-        if args.json:
-            emit_json(rows)
-            return 0
-        for r in rows:
-            mark = "*" if r["head"] else " "
-            print(f"{mark} {r['name']:<24} {short_cid(r['commit'])} {r['message']}")
-    return 0
+
+    return _ref_command(
+        args, rows,
+        create=lambda repo: repo.create_branch(args.name, args.start, force=args.force),
+        delete=lambda repo, name: repo.delete_branch(name),
+        created="Created branch {name} at {commit}", deleted="Deleted branch {name} (was {commit}).",
+        line=lambda r: f"{'*' if r['head'] else ' '} {r['name']:<24} {short_cid(r['commit'])} {r['message']}")
 
 
 def cmd_tag(args):
     """``tvcfs tag``: list, create (``NAME [REV]``) or delete (``-d``) tags; exit status 0.
     Raises :class:`~tvcfs.errors.RefExists`, :class:`~tvcfs.errors.RevisionNotFound`..."""
+    return _ref_command(
+        args, lambda repo: [{"name": name, "commit": cid} for name, cid in sorted(repo.tags().items())],
+        create=lambda repo: repo.create_tag(args.name, args.rev, force=args.force),
+        delete=lambda repo, name: repo.delete_tag(name),
+        created="Tagged {commit} as {name}", deleted="Deleted tag {name} (was {commit})",
+        line=lambda r: f"{r['name']:<24} {short_cid(r['commit'])}")
+
+
+def _ref_command(args, rows, *, create, delete, created: str, deleted: str, line) -> int:
+    """The shape ``tvcfs branch`` and ``tvcfs tag`` share: delete each of
+    ``args.delete`` (``delete(repo, name)`` → the commit it named), else create
+    ``args.name`` (``create(repo)`` → its commit), else list ``rows(repo)`` (dicts
+    with ``name`` and ``commit``, one ``line(row)`` each); ``created``/``deleted``
+    are the messages (``{name}``, ``{commit}``: the short CID); ``--json`` prints
+    the records instead. Returns exit status 0."""
     with open_repo(args) as repo:
         if args.delete:
             done = []
             for name in args.delete:
-                cid = repo.delete_tag(name)
+                cid = delete(repo, name)
                 done.append({"deleted": name, "commit": cid})
                 if not args.json:
-                    print(f"Deleted tag {name} (was {short_cid(cid)})")
+                    print(deleted.format(name=name, commit=short_cid(cid)))
             if args.json:
                 emit_json(done)
             return 0
         if args.name:
-            cid = repo.create_tag(args.name, args.rev, force=args.force)
+            cid = create(repo)
             if args.json:
                 emit_json({"created": args.name, "commit": cid})
             else:
-                print(f"Tagged {short_cid(cid)} as {args.name}")
+                print(created.format(name=args.name, commit=short_cid(cid)))
             return 0
-        rows = [{"name": name, "commit": cid} for name, cid in sorted(repo.tags().items())]
+        listed = rows(repo)
         if args.json:
-            emit_json(rows)
+            emit_json(listed)
             return 0
-        for r in rows:
-            print(f"{r['name']:<24} {short_cid(r['commit'])}")
+        for r in listed:
+            print(line(r))
     return 0
 
 

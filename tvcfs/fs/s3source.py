@@ -358,16 +358,10 @@ class S3BlockSource(SourceBase):
         with self._store_lock:
             if self._closed:
                 return [], [], []
-            with self.store.write(sync=False) as w:
-                for c, d in good:
-                    w.put_block(c, d)
-        # hashed against their CIDs above, by this process: their first read need not
-        # check them again (an xxh3 of each leaf and a lookup of its recorded checksum,
-        # LMDBStore.check; docs/performance.md, "fifth round")
-        verified = getattr(self.store, "verified", None)
-        if verified is not None:
-            for c, _ in good:
-                verified.add(c)
+            # hashed against their CIDs above, by this process (verified): their first
+            # read need not check them again (an xxh3 of each leaf and a lookup of its
+            # recorded checksum, LMDBStore.check; docs/performance.md, "fifth round")
+            self.store.put_many(good, sync=False, verified=True)
         if self.on_stored is not None and good:
             self.on_stored([c for c, _ in good])
         return [(c, len(d)) for c, d in good], absent, bad

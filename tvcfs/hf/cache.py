@@ -42,7 +42,7 @@ from ..errors import TvcfsError
 from ..formatting import short_cid
 from ..importer import Importer
 from ..refs import HEADS, TAGS, InvalidRefName, check_name
-from .layout import COMMIT_HASH, IMPORTED, folder_name, parse_folder, ref_of_revision
+from .layout import COMMIT_HASH, IMPORTED, folder_name, git_blob_sha1, parse_folder, ref_of_revision
 
 AUTHOR_NAME = "Hugging Face cache"  # the author of imported commits (email empty)
 AUTHOR = (AUTHOR_NAME, "")
@@ -333,7 +333,7 @@ def _blob_problem(path: str, name: str) -> str | None:
     64 hex: sha-256), else what is wrong (one phrase)."""
     try:
         size = os.path.getsize(path)
-        h = hashlib.sha1(f"blob {size}\0".encode()) if len(name) == 40 else hashlib.sha256()
+        h = git_blob_sha1(size) if len(name) == 40 else hashlib.sha256()
         with open(path, "rb") as f:
             while chunk := f.read(1 << 22):
                 h.update(chunk)

@@ -15,6 +15,7 @@ request ``refs/pr/1`` (so its ref file is ``refs/refs/pr/1``), or a commit hash.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from ..refs import HEADS, TAGS
@@ -26,6 +27,13 @@ REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 # branch "pr/1" is revision "refs/pr/1"
 _HUB_NAMESPACES = ("pr", "convert")
 _VERSION = re.compile(r"v?\d+(\.\d+)*([-+._][0-9A-Za-z.+_-]*)?")
+
+
+def git_blob_sha1(size: int):
+    """A ``hashlib.sha1`` object holding git's blob header (``blob SIZE\\0``): fed the
+    ``size`` bytes of a file, its ``hexdigest()`` is the file's git blob id (40 hex),
+    the name the Hugging Face Hub and its cache give a file not stored in LFS."""
+    return hashlib.sha1(b"blob %d\0" % size)
 
 
 def folder_name(repo_id: str, repo_type: str = "model") -> str:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from ..dag import KIND_DIR, KIND_FILE
 from ..encoding.cid import DAG_CBOR, cid_codec, cid_from_str, cid_str
 from ..errors import InvalidCID, RefConflict, RevisionNotFound, TvcfsError
+from ..hf.layout import git_blob_sha1
 from ..refs import HEADS, check_name as check_ref_name
 from ..repo import Author, Repo
 from ..treeops import apply_changes, txn_getter
@@ -71,7 +72,7 @@ class HashingWriter:
         fd, self.path = tempfile.mkstemp(dir=dir, prefix="up-")
         self.file = os.fdopen(fd, "wb")
         self.sha256 = hashlib.sha256()
-        self.sha1 = hashlib.sha1(f"blob {size}\0".encode()) if size is not None else None
+        self.sha1 = git_blob_sha1(size) if size is not None else None
         self.size = 0
 
     def write(self, data) -> None:
@@ -290,7 +291,7 @@ class Hub:
             return h
         repo = self.repo(repo_id)
         idx = repo.file_index(cid)
-        s256, s1 = hashlib.sha256(), hashlib.sha1(f"blob {idx.size}\0".encode())
+        s256, s1 = hashlib.sha256(), git_blob_sha1(idx.size)
         for chunk in repo.cat(cid):
             s256.update(chunk)
             s1.update(chunk)

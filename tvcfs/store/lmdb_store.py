@@ -456,6 +456,9 @@ class WriteTxn:
         self.new_bytes = 0
         self.new_blocks = 0
         self.ref_changes: list = []
+        # new blocks whose bytes the caller just hashed against their CIDs (put_block's
+        # ``verified``): added to the store's VerifiedSet once the transaction commits
+        self.verified_new: list = []
         # disk space for the pages this transaction may add past the last used one
         self._res = store._reservation
         self._top = (store.env.info()["last_pgno"] + 1) * self._res.psize + TXN_SLACK
@@ -470,14 +473,21 @@ class WriteTxn:
             self._res.ensure(self._top)
 
     # blocks
-    def put_block(self, cid: bytes, block) -> bool:
+    def put_block(self, cid: bytes, block, verified: bool = False) -> bool:
         """Store a block unless present (raw or packed); return ``True`` if it was new
         (and count it in ``new_bytes`` / ``new_blocks``). Raises :class:`StoreFull`
         when the disk is full.
 
         ``block`` must be bytes that hash to ``cid``: computed from them (a commit) or
         checked (:func:`tvcfs.store.verify.verify_and_put`). Their :func:`checksum` is
-        recorded with them, and later reads trust bytes that match it."""
+        recorded with them, and later reads trust bytes that match it.
+
+        ``verified``: this process has just hashed ``block`` against ``cid`` (a fetch,
+        :func:`tvcfs.store.verify.verify_many`): when the block is new, it joins the
+        store's :attr:`LMDBStore.verified` set once the transaction commits, so its
+        first read in this process makes no at-rest check (docs/repository.md,
+        "Verified reads"). A block already stored is not marked: its bytes on disk
+        are not the ones hashed."""
         self._grow(len(block))
         if self.txn.get(cid, db=self.db["packed"]) is not None:
             return False
@@ -485,6 +495,8 @@ class WriteTxn:
             self.txn.put(cid, checksum(block), db=self.db["sums"])
             self.new_bytes += len(block)
             self.new_blocks += 1
+            if verified:
+                self.verified_new.append(cid)
             return True
         return False
 
@@ -864,6 +876,8 @@ class LMDBStore:
             txn.commit()
         except (lmdb.MapFullError, lmdb.DiskError) as e:
             raise StoreFull(f"repository store is full: {e}") from None
+        for cid in w.verified_new:
+            self.verified.add(cid)
         if sync:
             self.env.sync(True)
 
@@ -1219,13 +1233,16 @@ class LMDBStore:
         with self.write() as w:
             return w.put_block(cid, block)
 
-    def put_many(self, blocks: Iterable[tuple[bytes, bytes]], sync: bool = True) -> int:
+    def put_many(self, blocks: Iterable[tuple[bytes, bytes]], sync: bool = True,
+                 verified: bool = False) -> int:
         """Store blocks in one transaction; return how many were new. ``sync=False``
-        skips the msync (call :meth:`sync` once after a batch of batches)."""
+        skips the msync (call :meth:`sync` once after a batch of batches);
+        ``verified``: this process has just hashed every block against its CID (see
+        :meth:`WriteTxn.put_block`)."""
         with self.write(sync=sync) as w:
             n = 0
             for cid, block in blocks:
-                n += w.put_block(cid, block)
+                n += w.put_block(cid, block, verified)
             return n
 
     def sync(self) -> None:

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 from ..encoding.cid import cid_str
 from ..errors import BlockUnavailable, CorruptBlock
 from .base import REMOTE, ZERO_COPY, StoreBase
-from .verify import verify_many
+from .verify import put_verified, verify_many
 
 
 @dataclass
@@ -140,7 +140,10 @@ class Router(StoreBase):
 
     def _write_back(self, tier: Tier, cid: bytes, data) -> None:
         if self.write_back and self.primary is not None and tier is not self.primary:
-            if self.primary.store.put(cid, data):
+            # an untrusted tier's block was just hashed against its CID (_from_tier,
+            # get_many): stored as verified, its next read here is not a second check
+            if (put_verified(self.primary.store, [(cid, data)]).stored if not tier.trusted
+                    else self.primary.store.put(cid, data)):
                 tier.stats.written_back += 1
 
     def get(self, cid: bytes):

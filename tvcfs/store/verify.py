@@ -17,13 +17,14 @@ import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Iterable
 
 from ..encoding.cid import DAG_CBOR, DAG_PB, RAW, cid_str, verify_block
 from ..errors import CorruptBlock
 from .base import TRANSACTIONS
 
-__all__ = ["verify_block", "verify_many", "verify_and_put", "PutResult"]
+__all__ = ["verify_block", "verify_many", "verify_and_put", "put_verified", "PutResult"]
 
 PARALLEL_BYTES = 4 << 20  # bytes: batches smaller than this are hashed on the calling thread
 _pool: ThreadPoolExecutor | None = None
@@ -90,13 +91,26 @@ def verify_and_put(store, blocks: Iterable[tuple[bytes, bytes]], txn=None) -> Pu
     :class:`~tvcfs.store.base.BlockStore`) — or in the open write transaction ``txn``
     (its ``put_block``) so that they land together with other changes. Bad blocks are
     reported in the result, never stored. Raises what the store raises (for example
-    :class:`~tvcfs.store.lmdb_store.StoreFull`)."""
+    :class:`~tvcfs.store.lmdb_store.StoreFull`). A transaction stores them as
+    ``verified`` (hashed by this process: their first read here makes no at-rest
+    check, :meth:`~tvcfs.store.lmdb_store.WriteTxn.put_block`)."""
     good, bad = verify_many(blocks)
-    res = PutResult(good=len(good), bad=bad)
+    return put_verified(store, good, txn, PutResult(good=len(good), bad=bad))
+
+
+def put_verified(store, good: list, txn=None, res: PutResult | None = None) -> PutResult:
+    """Store ``(cid, data)`` pairs this process has just hashed against their CIDs
+    (:func:`verify_many`) in ``store`` or in the open write transaction ``txn``: a
+    transactional store keeps them as ``verified``, so their first read here makes no
+    at-rest check (:meth:`~tvcfs.store.lmdb_store.WriteTxn.put_block`); another store
+    gets ``put``. Counts into ``res`` (a new :class:`PutResult` when ``None``) and
+    returns it. Raises what the store raises."""
+    if res is None:
+        res = PutResult(good=len(good))
     if txn is None and good and TRANSACTIONS in getattr(store, "capabilities", ()):
         with store.write() as w:
-            return _put_all(w.put_block, good, res)
-    return _put_all(txn.put_block if txn is not None else store.put, good, res)
+            return _put_all(partial(w.put_block, verified=True), good, res)
+    return _put_all(partial(txn.put_block, verified=True) if txn is not None else store.put, good, res)
 
 
 def _put_all(put, good, res: PutResult) -> PutResult:

@@ -18,7 +18,8 @@ from ..errors import InvalidCID, MalformedObject
 class FetchStats:
     """Outcome of a fetch from one remote (every remote kind: tvcfs/sync.py):
     ``blocks``/``nbytes`` stored (new, verified), ``wire_bytes`` received,
-    ``bad_blocks`` (failed verification, dropped), ``bad_cids``, ``missing``
+    ``bad_blocks`` (failed verification, dropped), ``bad_cids``, ``stray_blocks``
+    (blocks of no DAG that was asked for, dropped unstored), ``missing``
     (frontier CIDs still absent), ``seconds``, ``first_block_s`` (time to the
     first block of the first request, seconds), ``transport`` ("quic/qh3", "tcp",
     "s3"), ``resumed``/``early_data`` (QUIC session resumption, 0-RTT)."""
@@ -28,6 +29,7 @@ class FetchStats:
     wire_bytes: int = 0
     bad_blocks: int = 0
     bad_cids: list = field(default_factory=list)
+    stray_blocks: int = 0
     dont_have: int = 0
     missing: list = field(default_factory=list)
     seconds: float = 0.0
@@ -125,8 +127,11 @@ class RepoBackend:
         at the end of a transfer); how many were new. Raises
         :class:`~tvcfs.store.lmdb_store.StoreFull`."""
         # no msync per batch: :meth:`sync` once at the end of a transfer (a killed
-        # process keeps committed transactions; only a machine crash needs the sync)
-        return self.store.put_many(blocks, sync=False)
+        # process keeps committed transactions; only a machine crash needs the sync);
+        # verified: hashed against their CIDs by this process (a server that serves
+        # pushed blocks, a clone that checks out), so their first read skips the
+        # at-rest check
+        return self.store.put_many(blocks, sync=False, verified=True)
 
     def sync(self) -> None:
         """Make everything stored so far durable (one msync)."""

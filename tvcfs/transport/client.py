@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 import trio
 
 from ..encoding.cid import cid_codec, verify_block
-from ..errors import CorruptBlock, InvalidCID
+from ..errors import CorruptBlock, InvalidCID, TvcfsError
 from ..store.verify import verify_many
 from . import protocol
-from .backend import BlockBackend, FetchStats, is_leaf
+from .backend import BlockBackend, FetchStats, is_leaf, links_of
 from .channel import MessageChannel
 from .identity import NodeIdentity, parse_peer_id
 from .quic import CLIENT_TICKETS, QuicSettings, TransportError, _collapse_groups, connect_quic
@@ -243,6 +243,7 @@ class RemoteSession:
         wire0 = self.ch.bytes_in
         complete = set(complete)
         roots = list(dict.fromkeys(roots))
+        wanted = _Wanted(history)
 
         async def frontier_of():
             return await trio.to_thread.run_sync(missing_in_dag, backend, roots, complete,
@@ -259,14 +260,14 @@ class RemoteSession:
                     # the shape first (small), so that the leaves asked next are
                     # exactly the missing ones
                     await self._fetch_frontier(backend, interior, complete, history, st, t0,
-                                               progress, skeleton=True)
+                                               progress, wanted, skeleton=True)
                     if stop_on_bad and st.bad_blocks > bad_before:
                         break
                     frontier = await frontier_of()
                     if not frontier:
                         break
                 clean = await self._fetch_frontier(backend, frontier, complete, history, st,
-                                                   t0, progress)
+                                                   t0, progress, wanted)
                 if clean:
                     # every answer said complete and every block verified; but a peer
                     # can say so having sent other blocks than the DAG's: the walk
@@ -286,9 +287,11 @@ class RemoteSession:
         return st
 
     async def _fetch_frontier(self, backend, frontier, complete, history, st, t0, progress,
-                              skeleton=False) -> bool:
-        """Ask for ``frontier`` in pipelined multi-root requests and store what comes;
+                              wanted, skeleton=False) -> bool:
+        """Ask for ``frontier`` in pipelined multi-root requests and store what comes
+        (blocks ``wanted``, a :class:`_Wanted`, allows; the others are dropped);
         True when every answer was complete and every block good."""
+        wanted.cids.update(frontier)
         have_roots = [c for c in complete if _is_commit(c)][:1000]
         # several roots per request: one answer sends a block they share once
         groups = [frontier[i:i + _ROOTS_PER_REQUEST]
@@ -301,12 +304,14 @@ class RemoteSession:
         hr = have_roots if thin or any(not is_leaf(c) for c in frontier) else []
         bad_before, dont_have_before = st.bad_blocks, st.dont_have
         async with _storing(backend, st, progress) as store:
-            answers = await self._receive_answers(groups, sel, hr, st, t0, store)
+            answers = await self._receive_answers(groups, sel, hr, st, t0, store, wanted)
         return answers and st.bad_blocks == bad_before and st.dont_have == dont_have_before
 
-    async def _receive_answers(self, groups, sel, have_roots, st, t0, store) -> bool:
+    async def _receive_answers(self, groups, sel, have_roots, st, t0, store, wanted) -> bool:
         """Send the requests for ``groups`` (at most ``_WINDOW`` outstanding) and
-        hand every block to ``store``; True when every ``DagDone`` said ok.
+        hand every block ``wanted`` accepts to ``store`` (the others are counted in
+        ``st.stray_blocks`` and dropped; more than :data:`STRAY_LIMIT` raise
+        :class:`RemoteError`); True when every ``DagDone`` said ok.
         What arrived before an error is stored; the error is re-raised."""
         proto, ch = self.proto, self.ch
         zero_copy = ch.zero_copy
@@ -322,16 +327,20 @@ class RemoteSession:
                     await self.flush()
                 msg = await self._recv()
                 t = type(msg)
-                if t is protocol.Block:
+                if t is protocol.Block or t is protocol.DeltaBlock:
                     if st.first_block_s is None:
                         st.first_block_at = time.perf_counter()
                         st.first_block_s = st.first_block_at - t0
-                    await store.add(msg.cid, msg.data)
-                elif t is protocol.DeltaBlock:
-                    if st.first_block_s is None:
-                        st.first_block_at = time.perf_counter()
-                        st.first_block_s = st.first_block_at - t0
-                    await store.add(msg.cid, _Thin(msg.value))
+                    if t is protocol.Block and wanted.accept(msg.cid, msg.data):
+                        await store.add(msg.cid, msg.data)
+                    elif t is protocol.DeltaBlock and wanted.accept(msg.cid, None):
+                        await store.add(msg.cid, _Thin(msg.value))
+                    else:
+                        st.stray_blocks += 1
+                        if st.stray_blocks > STRAY_LIMIT:
+                            raise RemoteError(
+                                f"{self.where} sent more than {STRAY_LIMIT} blocks of no DAG that "
+                                "was asked for (none of them was kept): fetch from another remote")
                 elif t is protocol.DontHave:
                     st.dont_have += 1
                 elif t is protocol.DagDone:
@@ -457,6 +466,40 @@ class RemoteSession:
     async def aclose(self) -> None:
         """Close the session's message channel."""
         await self.ch.aclose()
+
+
+STRAY_LIMIT = 64  # blocks of no asked DAG a fetch drops before it gives up on the remote
+
+
+class _Wanted:
+    """The CIDs one fetch may store: those it asked for and the links of every
+    interior block it accepted. A DAG answer comes in depth-first pre-order, parents
+    before children (docs/protocol.md, "DAG requests"; a block the server skips as
+    sent already still had its parent sent, so it is here too), so any other block is
+    of no DAG that was asked for: a stray, not stored. ``history``: a commit's parents
+    are wanted (the selector's flag). An interior block is hashed against its CID
+    here (small: commits, directories, file nodes) before its links are trusted; a
+    raw leaf has none and is hashed by the store's workers."""
+
+    def __init__(self, history: bool):
+        self.history = history
+        self.cids: set[bytes] = set()
+
+    def accept(self, cid: bytes, data) -> bool:
+        """Whether block ``cid`` (``data``: bytes-like or :class:`protocol.BlockParts`;
+        ``None`` for a thin leaf) is wanted; if it is an interior block whose bytes
+        hash to ``cid``, its links become wanted. A bad interior block is accepted
+        (the store's workers count it bad) but its links are not."""
+        if cid not in self.cids:
+            return False
+        if data is not None and not is_leaf(cid):
+            raw = data.tobytes() if type(data) is protocol.BlockParts else data
+            try:
+                verify_block(cid, raw)
+                self.cids.update(links_of(cid, raw, self.history))
+            except TvcfsError:  # CorruptBlock, MalformedObject, InvalidCID
+                pass
+        return True
 
 
 class _Thin:

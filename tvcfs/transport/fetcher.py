@@ -990,7 +990,10 @@ class RemoteFetcher(SourceBase):
                 self.dup_blocks += 1
                 self.dup_bytes += n
             cur = self.wants.get(cid)
-            if w is None and cur is None:
+            if w is None and (cur is None or k not in dup_set):
+                # asked by no want when it arrived: dropped unless already stored (then
+                # it may answer a want made since; a want made since a dropped block
+                # arrived was sent after it, and the peer sends the block again)
                 if k not in dup_set:
                     self.unsolicited += 1
                 continue
@@ -1159,8 +1162,9 @@ def _reason(e: BaseException) -> str:
 
 def _verify_and_store(store, batch, stored_hook=None):
     """Worker thread: hash each received block against its CID, store the good ones
-    (one LMDB transaction, no msync), then ``stored_hook(cids)``. Returns ``(stored
-    cids, bad indexes, duplicate indexes, failed)``."""
+    that a want asked for (one LMDB transaction, no msync; a block no want asked for
+    is dropped), then ``stored_hook(cids)``. Returns ``(stored cids, bad indexes,
+    duplicate indexes, failed)``."""
     good = []
     dup = []
     with store.view(verify=False) as blocks:
@@ -1174,10 +1178,12 @@ def _verify_and_store(store, batch, stored_hook=None):
         if present[k]:
             dup.append(k)
             continue
+        if _w is None:  # no want asked for it when it arrived: not kept (unsolicited)
+            continue
         good.append((cid, data))
     stored = [c for c, _ in good]
     if good:
-        store.put_many(good, sync=False)
+        store.put_many(good, sync=False, verified=True)  # first reads skip the at-rest check
         if stored_hook is not None:
             try:
                 stored_hook(stored)

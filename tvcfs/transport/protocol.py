@@ -341,10 +341,9 @@ class DeltaBlock(Message):
 
 
 @dataclass
-class Have(Message):
-    """The sender has the block (answer to a want-have)."""
+class _CIDMessage(Message):
+    """A message whose body is one CID (length-prefixed)."""
 
-    TYPE: ClassVar[int] = 0x12
     cid: bytes
 
     def body(self):
@@ -356,18 +355,17 @@ class Have(Message):
 
 
 @dataclass
-class DontHave(Message):
+class Have(_CIDMessage):
+    """The sender has the block (answer to a want-have)."""
+
+    TYPE: ClassVar[int] = 0x12
+
+
+@dataclass
+class DontHave(_CIDMessage):
     """The sender does not have the block."""
 
     TYPE: ClassVar[int] = 0x13
-    cid: bytes
-
-    def body(self):
-        return _bytes(self.cid)
-
-    @classmethod
-    def parse(cls, r):
-        return cls(r.cid())
 
 
 SEL_ALL = 0
