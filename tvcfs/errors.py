@@ -6,9 +6,14 @@ from .names import printable_name
 
 
 class TvcfsError(Exception):
-    """Base class of all tvcfs errors; the CLI prints ``str(e)`` and exits non-zero."""
+    """Base class of all tvcfs errors; the CLI prints ``str(e)`` and exits non-zero.
+
+    ``resumable``: whether running the same command again can get further (an
+    interrupted clone says so in a note); False where every retry meets the same
+    fault (a damaged DAG, a hostile remote)."""
 
     exit_code = 1
+    resumable = True
 
 
 class UsageError(TvcfsError, ValueError):
@@ -86,6 +91,8 @@ class RefExists(TvcfsError):
 
 class MalformedObject(TvcfsError, ValueError):
     """A dag-pb, UnixFS, dag-cbor or CAR object does not decode."""
+
+    resumable = False  # every copy of a block with that hash is as broken
 
 
 class BlockUnavailable(TvcfsError):

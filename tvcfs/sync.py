@@ -816,9 +816,9 @@ def clone(url: str, dest: str, *, lazy: bool = False, remote: str = "origin", pr
 
             shutil.rmtree(dest if created else os.path.join(dest, ".tvcfs"), ignore_errors=True)
             raise
-        # a damaged DAG is not resumable (every copy of a block with that hash is as
-        # broken); an error that already says how to resume needs no second note
-        if isinstance(e, TvcfsError) and not isinstance(e, MalformedObject) and "resume" not in str(e):
+        # an error no retry gets past (a damaged DAG, a hostile remote) is not
+        # resumable; one that already says how to resume needs no second note
+        if isinstance(e, TvcfsError) and e.resumable and "resume" not in str(e):
             e.add_note(f"{kept} verified blocks are kept in {dest}; run the same `tvcfs clone` "
                        f"again to resume")
         raise

@@ -28,7 +28,7 @@ from .channel import MessageChannel
 from .identity import NodeIdentity, parse_peer_id
 from .quic import CLIENT_TICKETS, QuicSettings, TransportError, _collapse_groups, connect_quic
 from .selection import iter_selection, missing_in_dag, thin_plan
-from .session import ClientSession, PushRejected, RemoteError, decode_thin, thin_value
+from .session import ClientSession, PushRejected, RemoteError, UnaskedBlocks, decode_thin, thin_value
 from .tcp import connect_tcp
 
 __all__ = [
@@ -338,7 +338,7 @@ class RemoteSession:
                     else:
                         st.stray_blocks += 1
                         if st.stray_blocks > STRAY_LIMIT:
-                            raise RemoteError(
+                            raise UnaskedBlocks(
                                 f"{self.where} sent more than {STRAY_LIMIT} blocks of no DAG that "
                                 "was asked for (none of them was kept): fetch from another remote")
                 elif t is protocol.DontHave:

@@ -72,6 +72,14 @@ class PushRejected(RemoteError):
         self.current = current
 
 
+class UnaskedBlocks(RemoteError):
+    """The remote sent more blocks of no asked DAG than a fetch tolerates
+    (:data:`~tvcfs.transport.client.STRAY_LIMIT`): it is broken or hostile, and the
+    same fetch from it again would meet the same answer."""
+
+    resumable = False
+
+
 SessionError = RemoteError  # what ClientSession raises for a session-level Error
 
 
