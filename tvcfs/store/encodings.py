@@ -18,7 +18,7 @@ version 1 one zstd frame of the (grouped) bytes, in version 2 one section per pl
                  ``e == 1``) a section — tag (u8), payload length (u32 LE), payload —
                  then the ``len % e`` trailing bytes as they are
 
-Section tags (version 2; :func:`_sections`): ``0`` the plane's bytes as they are; ``1``
+Section tags (version 2; :func:`_section` writes them): ``0`` the plane's bytes as they are; ``1``
 a zstd frame of them; ``2`` *sparse*: ``k`` (u32 LE), the length of the gaps' zstd
 frame (u32 LE), that frame (``k`` bytes: gap from the previous nonzero position +1,
 1–255; a longer gap goes in steps of 255 with a zero value), then a zstd frame of the
@@ -48,8 +48,8 @@ from dataclasses import dataclass
 
 from ..errors import CorruptBlock
 
-VERSION = 1             # what encode() writes by default: every tvcfs reads it (the
-                        # wire's thin values and S3 packs, read by older peers too)
+VERSION = 1             # what encode() writes by default: every tvcfs reads it (S3 packs;
+                        # thin values to a peer that did not say it reads version 2)
 LOCAL_VERSION = 2       # what the local store packs (pack.py): read by tvcfs >= 2026-12-07 evening
 VERSIONS = (1, 2)       # what decodes
 ZSTD, GROUPED, XOR_DELTA = 1, 2, 3
