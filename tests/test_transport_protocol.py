@@ -216,7 +216,10 @@ def test_dag_request_several_roots_and_skeleton():
     assert raw[flags_at] == 0
     raw[flags_at] = 4  # thin
     assert P.decode_message(bytes(raw)).selector.thin
-    raw[flags_at] = 8
+    raw[flags_at] = 4 | 8  # thin, planes (version-2 values)
+    sel = P.decode_message(bytes(raw)).selector
+    assert sel.thin and sel.planes
+    raw[flags_at] = 16
     with pytest.raises(P.ProtocolError, match="selector flags"):
         P.decode_message(bytes(raw))
     with pytest.raises(P.ProtocolError, match="more roots"):

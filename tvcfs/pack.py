@@ -260,7 +260,7 @@ def _encode_task(store, lf: Leaf, base: bytes | None, base_depth: int):
         data = bytes(data)
         if base is not None and bdata is None:
             base = None
-        value = encodings.encode(data, lf.elem, base, bdata, base_depth)
+        value = encodings.encode(data, lf.elem, base, bdata, base_depth, version=encodings.LOCAL_VERSION)
         if value is not None and encodings.decode(value, bdata) != data:
             raise CorruptBlock(f"packing {cid_str(lf.cid)} did not round-trip (a bug in tvcfs): "
                                "nothing was changed")

@@ -25,8 +25,10 @@ In one run:
                (target <= 0.20) and the base, a unique bf16 model with no base to
                delta against (target <= 0.75)
 ``decode``     single-thread decode throughput of the bf16 fine-tune's packed leaves
-               (decompression, un-grouping, XOR with the base's bytes given; target
-               >= 1 GB/s per core), the store's full read path per leaf (bases
+               as the mount decodes them (the delta's frame and its packed base's
+               frame, XOR on the planes, one un-grouping; before the seventh round the
+               base's bytes were given, which left its frame out; target >= 1 GB/s
+               per core), the store's full read path per leaf (bases
                decoded, every block checked: ``LMDBStore.get``, cache cleared), and
                the GIL's cost: wall ms per leaf of two threads reading them through
                the store, alone and beside a thread running Python (300 us busy,
@@ -153,12 +155,15 @@ def decode_speed(repo_dir: str, commit: bytes) -> dict:
                 if info is None or info.encoding == "raw":
                     continue
                 value = bytes(v.txn.get(c, db=st.dbs["packed"]))
-                base = bytes(v.get(info.base)) if info.base else None
+                base = None
+                if info.base:  # as stored: a packed base is decoded too, as the mount does
+                    b = v.txn.get(info.base, db=st.dbs["packed"])
+                    base = (True, bytes(b)) if b is not None else (False, bytes(v.get(info.base)))
                 items.append((c, value, base, info.raw))
         nbytes = sum(i[3] for i in items)
         t = time.thread_time()
         for _, value, base, _ in items:
-            encodings.decode(value, base)
+            _decode_as_stored(value, base)
         dec = nbytes / (time.thread_time() - t) / 1e9
         st.decoded.__init__()
         st.verified.__init__()
@@ -172,6 +177,27 @@ def decode_speed(repo_dir: str, commit: bytes) -> dict:
     return {"leaves": len(items), "bytes": nbytes, "decode_gbps": round(dec, 3), "read_gbps": round(read, 3),
             "two_threads_ms_per_leaf": round(alone * 1e3, 3), "beside_python_ms_per_leaf": round(beside * 1e3, 3),
             "gil_slowdown": round(beside / alone, 2)}
+
+
+def _decode_as_stored(value: bytes, base) -> None:
+    """Decode packed ``value`` as the store does (``LMDBStore._decode``, without its
+    lookups and check): ``base`` is ``None``, ``(False, bytes)`` for a raw base, or
+    ``(True, value)`` for a packed one, whose frame is decoded too — into planes XORed
+    with the delta's when both have the same element size (one un-grouping)."""
+    h = encodings.header(value)
+    out = encodings.scratch(h.raw_len, 0)
+    if base is None or not base[0]:
+        encodings.decode_into(value, out, base and base[1], h)
+        return
+    bh = encodings.header(base[1])
+    if h.elem == bh.elem > 1 and bh.base is None:
+        planes = encodings.scratch(bh.raw_len, 1)
+        encodings.planes_into(base[1], planes, None, bh)
+        encodings.decode_into(value, out, None, h, base_planes=planes)
+    else:
+        b = encodings.scratch(bh.raw_len, 1)
+        encodings.decode_into(base[1], b, None, bh)  # a base of depth 1: the fine-tunes here
+        encodings.decode_into(value, out, b, h)
 
 
 def _two_threads(st, cids: list, python: bool, busy: float = 300e-6, idle: float = 300e-6) -> float:
@@ -449,7 +475,7 @@ def main(argv=None) -> int:
     targets = [("real fp32 fine-tune stored / raw", result["real_fp32"]["ft_ratio"], "<=", 0.45),
                ("bf16 fine-tune stored / raw", result["bf16"]["ft_ratio"], "<=", 0.20),
                ("unique bf16 model stored / raw", result["bf16"]["base_ratio"], "<=", 0.75),
-               ("decode GB/s per core", result["decode"]["decode_gbps"], ">=", 1.0),
+               ("decode GB/s per core (delta + its packed base)", result["decode"]["decode_gbps"], ">=", 1.0),
                ("mount cold read packed / raw", result["mount"]["packed_over_raw"], ">=", 0.5),
                ("  the same, base kept raw (--hot)", result["mount"]["hotbase_over_raw"], ">=", 0.5)]
     for what, v, op, goal in targets:

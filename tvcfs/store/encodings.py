@@ -2,17 +2,30 @@
 "Packed blocks").
 
 A block's CID is always the sha2-256 of its raw bytes; an encoding only changes how
-those bytes sit on disk. A packed value is a fixed header followed by one zstd frame::
+those bytes sit on disk. A packed value is a fixed header followed by its body — in
+version 1 one zstd frame of the (grouped) bytes, in version 2 one section per plane::
 
     offset size  field
-    0      1     version (1)
+    0      1     version: 1 (one zstd frame) or 2 (one section per plane)
     1      1     encoding: 1 zstd, 2 byte-grouped zstd, 3 XOR delta then byte-grouped zstd
     2      1     element size e in bytes (1, 2, 4 or 8; 1 = no grouping)
     3      1     delta depth: 0 for self-contained encodings, else an upper bound of the
                  number of bases a read decodes (at most MAX_DEPTH)
     4      4     raw length in bytes (u32 little-endian)
     8      36    base CID (encoding 3 only): the block whose bytes are XORed in
-    8|44   ...   zstd frame (content size and checksum written)
+    8|44   ...   version 1: zstd frame (content size written); version 2: per plane
+                 (``e`` planes of ``len // e`` bytes; one plane of ``len`` bytes when
+                 ``e == 1``) a section — tag (u8), payload length (u32 LE), payload —
+                 then the ``len % e`` trailing bytes as they are
+
+Section tags (version 2; :func:`_section` writes them): ``0`` the plane's bytes as they are; ``1``
+a zstd frame of them; ``2`` *sparse*: ``k`` (u32 LE), the length of the gaps' zstd
+frame (u32 LE), that frame (``k`` bytes: gap from the previous nonzero position +1,
+1–255; a longer gap goes in steps of 255 with a zero value), then a zstd frame of the
+``k`` values — the plane is zero but at those positions. For a delta's planes where
+few bytes changed (the high planes of a fine-tune), the sparse section is smaller than
+zstd's and decodes by XORing ``k`` values into the base's plane, without
+decompressing a plane of zeros (docs/performance.md "Packed blocks", seventh round).
 
 *Byte grouping* (one plane per byte of the element, after ZipNN): the ``n = len // e``
 elements are split into ``e`` planes, plane ``j`` holding byte ``j`` of every element
@@ -35,8 +48,16 @@ from dataclasses import dataclass
 
 from ..errors import CorruptBlock
 
-VERSION = 1
+VERSION = 1             # what encode() writes by default: every tvcfs reads it (S3 packs;
+                        # thin values to a peer that did not say it reads version 2)
+LOCAL_VERSION = 2       # what the local store packs (pack.py): read by tvcfs >= 2026-12-07 evening
+VERSIONS = (1, 2)       # what decodes
 ZSTD, GROUPED, XOR_DELTA = 1, 2, 3
+RAW_PLANE, ZSTD_PLANE, SPARSE_PLANE = 0, 1, 2  # section tags of version 2
+SPARSE_MAX = 0.25       # a plane is tried sparse only with at most this fraction nonzero (denser:
+                        # decodes slower than zstd, docs/performance.md "Packed blocks", seventh round)
+_SEC = struct.Struct("<BI")
+_SPARSE = struct.Struct("<II")
 NAMES = {0: "raw", ZSTD: "zstd", GROUPED: "grouped", XOR_DELTA: "delta"}
 MAX_DEPTH = 4           # bases a read of one delta may decode, at most
 LEVEL = 1               # zstd level of packing (any level decodes: the frame is plain zstd)
@@ -44,6 +65,11 @@ LEVEL = 1               # zstd level of packing (any level decodes: the frame is
 # float planes gain little from matches, and level 3's short matches cost more than
 # they save — level 1 stores less (bf16 base 0.684 vs 0.709, bf16 delta 0.1524 vs
 # 0.1530, fp32 delta 0.397 vs 0.404) and its frames decompress ~1.3x faster.
+STRATEGY, MIN_MATCH = 2, 7  # level 1 with zstd's "dfast" match finder and 7-byte matches
+# (seventh round): fewer, longer matches — every frame of the four benchmark sets
+# smaller (bf16 base 0.6840 -> 0.6813, delta 0.1524 -> 0.1505; fp32 delta 0.3972 ->
+# 0.3963, base 0.8300 -> 0.8288) and decoded with 4-10 % less CPU. Not part of the
+# format either: a decoder reads any zstd frame.
 PAYS = 0.95             # an encoding is kept only below this fraction of the raw length
 _HDR = struct.Struct("<BBBBI")
 CID_LEN = 36
@@ -85,7 +111,9 @@ def warm() -> None:
 def _compressor():
     c = getattr(_local, "c", None)
     if c is None:
-        c = _local.c = _zstd().ZstdCompressor(level=LEVEL, write_checksum=False, write_content_size=True)
+        z = _zstd()
+        c = _local.c = z.ZstdCompressor(compression_params=z.ZstdCompressionParameters.from_level(
+            LEVEL, strategy=STRATEGY, min_match=MIN_MATCH, write_checksum=0, write_content_size=1))
     return c
 
 
@@ -100,7 +128,8 @@ def _decompressor():
 class Header:
     """The header of a packed value: ``encoding`` (1–3), ``elem`` (bytes per element),
     ``depth`` (delta chain bound), ``raw_len`` (bytes of the block), ``base`` (binary
-    CID or ``None``), ``offset`` (where the zstd frame starts in the value)."""
+    CID or ``None``), ``offset`` (where the body starts in the value), ``version``
+    (1: the body is one zstd frame; 2: one section per plane)."""
 
     encoding: int
     elem: int
@@ -108,6 +137,7 @@ class Header:
     raw_len: int
     base: bytes | None
     offset: int
+    version: int = 1
 
     @property
     def name(self) -> str:
@@ -122,7 +152,7 @@ def header(value) -> Header:
     if len(value) < _HDR.size:
         raise CorruptBlock(f"packed value of {len(value)} bytes is shorter than its header")
     version, enc, elem, depth, raw_len = _HDR.unpack_from(value, 0)
-    if version != VERSION or enc not in (ZSTD, GROUPED, XOR_DELTA) or elem not in _UINT \
+    if version not in VERSIONS or enc not in (ZSTD, GROUPED, XOR_DELTA) or elem not in _UINT \
             or depth > MAX_DEPTH or (enc == XOR_DELTA) != (depth > 0):
         raise CorruptBlock(f"packed value has a bad header (version {version}, encoding {enc}, "
                            f"element size {elem}, depth {depth})")
@@ -130,8 +160,8 @@ def header(value) -> Header:
         if len(value) < _HDR.size + CID_LEN:
             raise CorruptBlock("packed delta is shorter than its header")
         return Header(enc, elem, depth, raw_len, bytes(value[_HDR.size:_HDR.size + CID_LEN]),
-                      _HDR.size + CID_LEN)
-    return Header(enc, elem, depth, raw_len, None, _HDR.size)
+                      _HDR.size + CID_LEN, version)
+    return Header(enc, elem, depth, raw_len, None, _HDR.size, version)
 
 
 def group(data, elem: int) -> bytes:
@@ -200,12 +230,57 @@ def _xor_into(out: np.ndarray, y: np.ndarray) -> None:
     np.bitwise_xor(out[k:], y[k:], out=out[k:])
 
 
-def _value(enc: int, elem: int, depth: int, raw_len: int, base: bytes | None, frame: bytes) -> bytes:
-    return _HDR.pack(VERSION, enc, elem, depth, raw_len) + (base or b"") + frame
+def _value(version: int, enc: int, elem: int, depth: int, raw_len: int, base: bytes | None,
+           body) -> bytes:
+    return _HDR.pack(version, enc, elem, depth, raw_len) + (base or b"") + body
+
+
+def _body(grouped, elem: int, version: int) -> bytes:
+    """The body of a value whose grouped bytes are ``grouped``: one zstd frame
+    (version 1) or one section per plane (version 2, :func:`_sections`)."""
+    c = _compressor()
+    if version == 1:
+        return c.compress(grouped)
+    a = np.frombuffer(grouped, np.uint8)
+    n = len(a) // elem
+    parts = [_section(a[j * n:(j + 1) * n], c) for j in range(elem)]
+    parts.append(bytes(a[elem * n:]))
+    return b"".join(parts)
+
+
+def _section(p, c) -> bytes:
+    """The smallest section of plane ``p`` (a ``uint8`` array): its bytes, a zstd
+    frame, or sparse positions and values (tried when at most :data:`SPARSE_MAX`
+    of its bytes are nonzero)."""
+    z = c.compress(p)
+    tag, best = (ZSTD_PLANE, z) if len(z) < len(p) else (RAW_PLANE, p.tobytes())
+    if len(p) and np.count_nonzero(p) <= SPARSE_MAX * len(p):
+        sp = _sparse(p, c)
+        if len(sp) < len(best):
+            tag, best = SPARSE_PLANE, sp
+    return _SEC.pack(tag, len(best)) + best
+
+
+def _sparse(p, c) -> bytes:
+    """Sparse section payload of plane ``p``: ``k``, the gaps' frame length, the
+    gaps' zstd frame (each 1–255: a gap over 255 goes in steps of 255 whose value
+    is 0), the values' zstd frame."""
+    idx = np.flatnonzero(p)
+    gaps = np.diff(idx, prepend=-1)
+    extra = (gaps - 1) // 255          # filler steps of 255 before each nonzero byte
+    counts = extra + 1
+    k = int(counts.sum())
+    at = np.cumsum(counts) - 1         # where each real entry lands
+    g = np.full(k, 255, np.uint8)
+    g[at] = gaps - 255 * extra
+    v = np.zeros(k, np.uint8)
+    v[at] = p[idx]
+    gf = c.compress(g)
+    return _SPARSE.pack(k, len(gf)) + gf + c.compress(v)
 
 
 def encode(data, elem: int = 1, base: bytes | None = None, base_data=None, base_depth: int = 0,
-           pays: float = PAYS) -> bytes | None:
+           pays: float = PAYS, version: int = VERSION) -> bytes | None:
     """The smallest packed value for block bytes ``data``, or ``None`` when no encoding
     gets below ``pays`` × its length (keep it raw).
 
@@ -213,21 +288,24 @@ def encode(data, elem: int = 1, base: bytes | None = None, base_data=None, base_
     ``base_data``: the CID and bytes of a delta base of the same length (its own
     chain ``base_depth`` long, so the delta's depth is ``base_depth + 1`` ≤
     :data:`MAX_DEPTH`); without one only the self-contained encodings are tried.
-    Raises ``ValueError`` for a bad element size or a base too deep."""
+    ``version``: the body's format (1: one zstd frame, read by every tvcfs — the
+    default, for values other tvcfs versions may read; 2: per-plane sections, what
+    the local store packs). Raises ``ValueError`` for a bad element size or
+    version, or a base too deep."""
     if elem not in _UINT:
         raise ValueError(f"element size must be 1, 2, 4 or 8, got {elem}")
+    if version not in VERSIONS:
+        raise ValueError(f"packed value version must be one of {VERSIONS}, got {version}")
     n = len(data)
     if n >= 1 << 32:
         return None
-    c = _compressor()
-    best = None
     enc = GROUPED if elem > 1 else ZSTD
-    best = _value(enc, elem, 0, n, None, c.compress(group(data, elem)))
+    best = _value(version, enc, elem, 0, n, None, _body(group(data, elem), elem, version))
     if base is not None and base_data is not None and len(base_data) == n:
         if base_depth + 1 > MAX_DEPTH:
             raise ValueError(f"a delta on a base of depth {base_depth} exceeds {MAX_DEPTH}")
-        d = _value(XOR_DELTA, elem, base_depth + 1, n, bytes(base),
-                   c.compress(group(xor(data, base_data), elem)))
+        d = _value(version, XOR_DELTA, elem, base_depth + 1, n, bytes(base),
+                   _body(group(xor(data, base_data), elem), elem, version))
         if len(d) < len(best):
             best = d
     return best if len(best) < pays * n else None
@@ -280,20 +358,97 @@ def planes_into(value, out, base_planes=None, h: Header | None = None, need_base
     Errors as :func:`decode`."""
     if h is None:
         h = header(value)
-    frame = memoryview(value)[h.offset:]
+    if h.version == 2:
+        _sections_into(value, out, base_planes, h, need_base)
+        return
+    _unzstd_into(memoryview(value)[h.offset:], out, "packed value")
+    if h.encoding == XOR_DELTA and (base_planes is not None or need_base):
+        _xor_into(out, _base_array(base_planes, h))
+
+
+def _unzstd_into(frame, out, what: str) -> None:
+    """Decompress zstd ``frame`` into ``out`` (a ``uint8`` array), which it must fill
+    exactly (its content size written); :class:`CorruptBlock` naming ``what`` else."""
     z = _zstd()
     try:
         size = z.frame_content_size(frame)
-        if size != h.raw_len:
-            raise CorruptBlock(f"packed value decodes to {size} bytes, its header says {h.raw_len}")
+        if size != len(out):
+            raise CorruptBlock(f"{what} decodes to {size} bytes, its header says {len(out)}")
         got = _decompressor().stream_reader(frame, read_size=len(frame),
-                                             read_across_frames=False).readinto(out) if h.raw_len else 0
+                                             read_across_frames=False).readinto(out) if len(out) else 0
     except z.ZstdError as e:
-        raise CorruptBlock(f"packed value does not decompress: {e}") from None
-    if got != h.raw_len:
-        raise CorruptBlock(f"packed value decodes to {got} bytes, its header says {h.raw_len}")
+        raise CorruptBlock(f"{what} does not decompress: {e}") from None
+    if got != len(out):
+        raise CorruptBlock(f"{what} decodes to {got} bytes, its header says {len(out)}")
+
+
+def _sections_into(value, out, base_planes, h: Header, need_base: bool) -> None:
+    """:func:`planes_into` for a version-2 value: each plane's section decoded into
+    its part of ``out``, XORed with the base's plane when ``base_planes`` is given (a
+    sparse section only at its nonzero positions)."""
+    bp = None
     if h.encoding == XOR_DELTA and (base_planes is not None or need_base):
-        _xor_into(out, _base_array(base_planes, h))
+        bp = _base_array(base_planes, h)
+    mv = memoryview(value)
+    e = h.elem
+    n = h.raw_len // e
+    off = h.offset
+    for j in range(e):
+        if off + _SEC.size > len(mv):
+            raise CorruptBlock(f"packed value is truncated in the section of plane {j}")
+        tag, ln = _SEC.unpack_from(mv, off)
+        off += _SEC.size
+        payload = mv[off:off + ln]
+        off += ln
+        if len(payload) != ln:
+            raise CorruptBlock(f"packed value is truncated in the section of plane {j}")
+        o = out[j * n:(j + 1) * n]
+        b = None if bp is None else bp[j * n:(j + 1) * n]
+        what = f"plane {j} of the packed value"
+        if tag == RAW_PLANE:
+            if ln != n:
+                raise CorruptBlock(f"{what} has {ln} bytes, not {n}")
+            o[:] = np.frombuffer(payload, np.uint8)
+        elif tag == ZSTD_PLANE:
+            _unzstd_into(payload, o, what)
+        elif tag == SPARSE_PLANE:
+            _sparse_into(payload, o, b, what)
+            continue
+        else:
+            raise CorruptBlock(f"{what} has an unknown section tag {tag}")
+        if b is not None:
+            _xor_into(o, b)
+    tail = mv[off:]
+    if len(tail) != h.raw_len - e * n:
+        raise CorruptBlock(f"packed value has {len(tail)} bytes after its planes, not {h.raw_len - e * n}")
+    o = out[e * n:]
+    o[:] = np.frombuffer(tail, np.uint8)
+    if bp is not None:
+        _xor_into(o, bp[e * n:])
+
+
+def _sparse_into(payload, o, b, what: str) -> None:
+    """Decode sparse section ``payload`` into plane ``o``: its bytes (zero but at the
+    listed positions), or with ``b`` (the base's plane) the base XOR them."""
+    if len(payload) < _SPARSE.size:
+        raise CorruptBlock(f"{what} is truncated")
+    k, gl = _SPARSE.unpack_from(payload, 0)
+    if k > len(o) or _SPARSE.size + gl > len(payload):
+        raise CorruptBlock(f"{what} lists {k} positions in {len(o)} bytes or is truncated")
+    g = scratch(k, SLOT_GAPS)
+    v = scratch(k, SLOT_VALUES)
+    _unzstd_into(payload[_SPARSE.size:_SPARSE.size + gl], g, what)
+    _unzstd_into(payload[_SPARSE.size + gl:], v, what)
+    pos = np.cumsum(g, dtype=np.intp)
+    if k and (pos[-1] > len(o) or not g.all()):
+        raise CorruptBlock(f"{what} lists a position outside its {len(o)} bytes")
+    pos -= 1
+    if b is None:
+        o[:] = 0
+        o[pos] = v
+    else:
+        o[:] = b
+        o[pos] ^= v
 
 
 def _base_array(base, h: Header) -> np.ndarray:
@@ -307,6 +462,7 @@ def _base_array(base, h: Header) -> np.ndarray:
 
 
 SCRATCH_MAX = 16 << 20  # bytes of the largest scratch buffer a thread keeps
+SLOT_GAPS, SLOT_VALUES = 16, 17  # scratch slots of a sparse section (the store uses 0..MAX_DEPTH+1)
 
 
 def scratch(n: int, slot: int = 0) -> np.ndarray:

@@ -561,7 +561,7 @@ class WriteTxn:
             return
         h = encodings.header(v)
         data = self.store._lookup(self.txn, cid, verify=True)
-        value = encodings.encode(data, h.elem)
+        value = encodings.encode(data, h.elem, version=encodings.LOCAL_VERSION)
         if value is None:
             self.unpack_block(cid)
         else:

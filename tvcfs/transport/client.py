@@ -298,7 +298,8 @@ class RemoteSession:
                   for i in range(0, len(frontier), _ROOTS_PER_REQUEST)]
         # thin: leaves may come as deltas against blocks of the commits we hold
         thin = self.proto.thin and not skeleton
-        sel = protocol.Selector(protocol.SEL_ALL, history=history, skeleton=skeleton, thin=thin)
+        sel = protocol.Selector(protocol.SEL_ALL, history=history, skeleton=skeleton, thin=thin,
+                                planes=thin and self.proto.planes)
         # leaves are asked exactly: no pruning to compute for them (but a thin
         # answer needs the have-roots to know which bases we hold)
         hr = have_roots if thin or any(not is_leaf(c) for c in frontier) else []
@@ -449,7 +450,8 @@ class RemoteSession:
             value = None
             if c in plan:
                 elem, base = plan[c]
-                value = await trio.to_thread.run_sync(thin_value, data, elem, base, backend.get(base))
+                value = await trio.to_thread.run_sync(thin_value, data, elem, base, backend.get(base),
+                                                      2 if proto.planes else 1)
             proto.push_block(c, data if value is None else value, delta=value is not None)
             await self.flush()
             nb += 1

@@ -61,6 +61,7 @@ MIB = 1 << 20
 # Welcome flags: capabilities of the server (an old peer ignores bits it does not know)
 WELCOME_PRIVATE = 1  # reads need authentication
 WELCOME_THIN = 2  # the server takes DeltaBlock in a push and sends it to a thin request
+WELCOME_PLANES = 4  # the server reads version-2 packed values (docs/format.md "Packed blocks")
 
 
 class ProtocolError(Exception):
@@ -195,7 +196,8 @@ class Hello(Message):
 class Welcome(Message):
     """Server → client answer to Hello: version, server peer ID, 32-byte auth nonce,
     the server's limits, flags (bit 0 ``WELCOME_PRIVATE``: reads need
-    authentication; bit 1 ``WELCOME_THIN``: thin transfers, :class:`DeltaBlock`)."""
+    authentication; bit 1 ``WELCOME_THIN``: thin transfers, :class:`DeltaBlock`; bit 2
+    ``WELCOME_PLANES``: a ``DeltaBlock`` may hold a version-2 packed value)."""
 
     TYPE: ClassVar[int] = 0x02
     version: int
@@ -391,11 +393,13 @@ class Selector:
     history: bool = False
     skeleton: bool = False  # SEL_ALL only: interior nodes only, no raw leaves
     thin: bool = False  # the client takes DeltaBlock answers (only to a WELCOME_THIN server)
+    planes: bool = False  # ... and version-2 values in them (only to a WELCOME_PLANES server)
 
 
 _SEL_HISTORY = 1  # selector flags (the field was a 0/1 "history" before skeleton)
 _SEL_SKELETON = 2
 _SEL_THIN = 4
+_SEL_PLANES = 8
 
 
 @dataclass
@@ -427,7 +431,7 @@ class DagRequest(Message):
     def body(self):
         s = self.selector
         flags = ((_SEL_HISTORY if s.history else 0) | (_SEL_SKELETON if s.skeleton else 0)
-                 | (_SEL_THIN if s.thin else 0))
+                 | (_SEL_THIN if s.thin else 0) | (_SEL_PLANES if s.planes else 0))
         parts = [_uv(self.request_id), _bytes(self.root), _uv(s.kind), _str(s.path),
                  _uv(s.start), _uv(s.end), _uv(flags), _uv(self.priority),
                  _uv(len(self.have))]
@@ -446,10 +450,10 @@ class DagRequest(Message):
         if kind not in (SEL_ALL, SEL_PATH, SEL_RANGE):
             raise ProtocolError(f"unknown selector kind {kind}")
         path, start, end, flags = r.str(), r.uv(), r.uv(), r.uv()
-        if flags & ~(_SEL_HISTORY | _SEL_SKELETON | _SEL_THIN):
+        if flags & ~(_SEL_HISTORY | _SEL_SKELETON | _SEL_THIN | _SEL_PLANES):
             raise ProtocolError(f"unknown selector flags {flags}")
         sel = Selector(kind, path, start, end, bool(flags & _SEL_HISTORY),
-                       bool(flags & _SEL_SKELETON), bool(flags & _SEL_THIN))
+                       bool(flags & _SEL_SKELETON), bool(flags & _SEL_THIN), bool(flags & _SEL_PLANES))
         prio = r.uv()
         have = [r.cid() for _ in range(r.count(r.limits.max_list))]
         have_roots = [r.cid() for _ in range(r.count(r.limits.max_list))]

@@ -126,8 +126,9 @@ class OutgoingBlock:
     """A block to send now: ``cid``, ``data`` (a buffer valid until the next call
     of :meth:`ServerSession.next_block`), and ``peer`` (the ledger key). For a thin
     answer ``base``/``base_data``/``elem`` name a block the client holds to send it
-    against: the driver calls :meth:`thin_value` (off the event loop) and sends a
-    ``DeltaBlock`` when that gives a value."""
+    against, ``version`` the packed value's format the client reads (1 or 2): the
+    driver calls :meth:`thin_value` (off the event loop) and sends a ``DeltaBlock``
+    when that gives a value."""
 
     cid: bytes
     data: object
@@ -135,21 +136,25 @@ class OutgoingBlock:
     base: bytes | None = None
     base_data: object = None
     elem: int = 1
+    version: int = 1
 
     def thin_value(self) -> bytes | None:
         """The packed value to send instead of ``data`` (the XOR with the base or
-        plain byte-grouped compression, whichever is smaller), or ``None`` when
-        neither saves 5 % (send the block raw)."""
-        return thin_value(self.data, self.elem, self.base, self.base_data)
+        plain byte-grouped compression, whichever is smaller; version 2 when the
+        request said the client reads it), or ``None`` when neither saves 5 % (send
+        the block raw)."""
+        return thin_value(self.data, self.elem, self.base, self.base_data, self.version)
 
 
-def thin_value(data, elem: int, base: bytes | None, base_data) -> bytes | None:
+def thin_value(data, elem: int, base: bytes | None, base_data, version: int = 1) -> bytes | None:
     """A packed value of block bytes ``data`` for a thin transfer (see
     :func:`tvcfs.store.encodings.encode`; the receiver decodes it at once, so the
-    delta's depth is 1), or ``None`` when sending it raw is as good."""
+    delta's depth is 1), or ``None`` when sending it raw is as good. ``version``:
+    the packed value's format — 2 (per-plane sections) only to a peer that said it
+    reads it (``WELCOME_PLANES``, a selector's ``planes``), else 1."""
     from ..store import encodings
 
-    return encodings.encode(data, elem, base, base_data, 0)
+    return encodings.encode(data, elem, base, base_data, 0, version=version)
 
 
 def decode_thin(cid: bytes, value, get) -> bytes:
@@ -372,7 +377,7 @@ class ServerSession:
         self._send(protocol.Welcome(protocol.PROTOCOL_VERSION, cfg.identity.peer_id, self.nonce,
                              lim.max_message, lim.max_wantlist, lim.max_inflight,
                              (protocol.WELCOME_PRIVATE if cfg.private else 0)
-                             | (protocol.WELCOME_THIN if self.thin else 0)))
+                             | (protocol.WELCOME_THIN | protocol.WELCOME_PLANES if self.thin else 0)))
 
     @property
     def thin(self) -> bool:
@@ -560,6 +565,7 @@ class ServerSession:
                 bdata = None
             if bdata is not None and len(bdata) == len(data):
                 blk.elem, blk.base, blk.base_data = plan[0], plan[1], bdata
+                blk.version = 2 if a.req.selector.planes else 1
         a.blocks += 1
         a.nbytes += len(blk.data)
         return blk
@@ -861,6 +867,13 @@ class ClientSession:
         ``WELCOME_THIN``): requests may ask for ``DeltaBlock`` answers and a push
         may send them."""
         return bool(self.welcome is not None and self.welcome.flags & protocol.WELCOME_THIN)
+
+    @property
+    def planes(self) -> bool:
+        """Whether the server reads version-2 packed values (``Welcome`` flag
+        ``WELCOME_PLANES``): a push's ``DeltaBlock`` values and a thin request's
+        answers may be version 2."""
+        return bool(self.thin and self.welcome.flags & protocol.WELCOME_PLANES)
 
     def push_block(self, cid: bytes, data, delta: bool = False) -> None:
         """Queue a pushed ``Block`` (header and data as two buffers: no copy);
