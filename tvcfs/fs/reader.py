@@ -16,6 +16,7 @@ ahead of the reader and on the other core, so the trio thread finds them verifie
 
 from __future__ import annotations
 
+import bisect
 import collections
 import heapq
 import logging
@@ -43,6 +44,7 @@ SEQ_REORDER = 1 << 20      # bytes: concurrent reads complete out of order, stil
 SPILL_MAX = 2 << 20        # bytes: how far the kernel's readahead may run past what is read
 SEQ_REMOTE_STEP = 2 << 20  # bytes: a lazy mount's sequential window grows in requests this big
 INDEX_CACHE = 256          # file indexes kept (LRU)
+RECENT_BLOCKS = 8          # blocks of the current snapshot kept for the next requests
 
 
 def _continues(end: int, offset: int, size: int) -> bool:
@@ -64,7 +66,9 @@ class Stats:
     copied into one ``bytes`` to answer them: 0 when pyfuse3 takes the parts, see
     :meth:`BlockReader.read`) and ``scan_lead_max`` (bytes: the furthest a scan's
     sequential readahead ran past the end of the tensor being read; a lazy mount's
-    lead, see :meth:`BlockReader.readahead`)."""
+    lead, see :meth:`BlockReader.readahead`) and ``remote_checks`` (a lazy mount's
+    requests whose leaves were looked up in the store before they were served: not
+    all known to be stored and in memory, see :meth:`BlockReader.read_async`)."""
 
     def __init__(self):
         self.joined_bytes = 0
@@ -78,6 +82,7 @@ class Stats:
         self.prefetch_bytes = 0
         self.errors = 0
         self.scan_lead_max = 0
+        self.remote_checks = 0
 
     def as_dict(self) -> dict:
         """The counters as a plain ``dict`` (for ``.tvcfs/stats``)."""
@@ -94,8 +99,6 @@ class TensorMap:
 
     def tensor_at(self, offset: int):
         """``(start, end)`` of the tensor holding ``offset``, or ``None``."""
-        import bisect
-
         i = bisect.bisect_right(self.starts, offset) - 1
         if i >= 0 and offset < self.ends[i]:
             return self.starts[i], self.ends[i]
@@ -147,6 +150,7 @@ class BlockReader:
     def __init__(self, store):
         self.store = store
         self._view = store.snapshot()
+        self._recent: dict = {}  # cid -> buffer from this snapshot (see get)
         self._lock = threading.Lock()
         self.indexes: collections.OrderedDict = collections.OrderedDict()
         self.tensors: dict[bytes, TensorMap | None] = {}
@@ -164,6 +168,7 @@ class BlockReader:
     def close(self):
         """Stop the preload threads and close the store snapshot."""
         self.preloader.close()
+        self._recent = {}
         self._view.close()
 
     def renew(self):
@@ -171,13 +176,23 @@ class BlockReader:
         so the transaction does not pin old pages forever)."""
         old = self._view
         self._view = self.store.snapshot()
+        self._recent = {}
         old.close()
 
     # blocks -------------------------------------------------------------------
     def get(self, cid: bytes):
         """Zero-copy buffer of a block (valid until :meth:`renew`), verified. Raises
-        :class:`BlockNotFound` / :class:`CorruptBlock`."""
-        return self._view.block(cid)
+        :class:`BlockNotFound` / :class:`CorruptBlock`. The last few blocks got from
+        this snapshot are kept: a sequential reader asks for each leaf once per
+        request (8 times for a 1 MiB leaf read in 128 KiB requests), and each LMDB
+        ``get`` touches every page of the value (py-lmdb's preload)."""
+        v = self._recent.get(cid)
+        if v is None:
+            v = self._view.block(cid)
+            if len(self._recent) >= RECENT_BLOCKS:
+                self._recent.clear()
+            self._recent[cid] = v
+        return v
 
     def index(self, cid: bytes) -> FileIndex:
         """The cached :class:`FileIndex` of file ``cid``."""
@@ -229,12 +244,23 @@ class BlockReader:
         remote source at foreground priority when there is one. Raises
         :class:`BlockNotFound` when they cannot be had (the remote's timeout),
         :class:`CorruptBlock`."""
+        cold = self.preloader.cold(idx, offset, size)
         if self.remote is not None:
+            if not cold:
+                # every leaf is known stored and in memory (fetched, or paged in): serve
+                # it from the snapshot without looking each leaf up first (a lazy scan's
+                # requests all come here); a leaf stored after the snapshot began, or
+                # evicted since, takes the lookup below
+                try:
+                    return self.read(idx, offset, size, parts)
+                except BlockNotFound:
+                    pass
+            self.stats.remote_checks += 1
             miss = self.missing(idx, offset, size)
             if miss:
                 await self.remote.fetch(miss, PRIO_FOREGROUND)
                 self.renew()
-        cold = self.preloader.cold(idx, offset, size)
+                cold = self.preloader.cold(idx, offset, size)
         if cold:
             # py-lmdb touches every page of a value inside get(): for leaves not in
             # memory that is a synchronous disk read, done here in a worker thread
@@ -282,18 +308,21 @@ class BlockReader:
         if offset >= end:
             return b""
         rng = idx.leaf_range(offset, end - offset)
-        st = self.stats
-        st.reads += 1
         bufs = []
+        get, starts, sizes = self.get, idx.starts, idx.sizes
         for i in rng:
-            s = idx.starts[i]
-            data = idx.leaf_data(self.get, i)
-            ln = idx.sizes[i]
+            s = starts[i]
+            data = idx.leaf_data(get, i)
+            ln = sizes[i]
             lo = offset - s if offset > s else 0
             hi = end - s if end - s < ln else ln
-            st.leaves += 1
-            st.leaf_bytes += hi - lo
             bufs.append(data[lo:hi] if (lo or hi != ln) else data)
+        # counted once the request is answered (a lazy mount's read may raise
+        # BlockNotFound here and be answered after a fetch)
+        st = self.stats
+        st.reads += 1
+        st.leaves += len(rng)
+        st.leaf_bytes += end - offset
         st.bytes_served += end - offset
         if len(bufs) == 1:
             return bufs[0]
