@@ -1,0 +1,80 @@
+"""Hostile model files and damaged repository files against the real CLI (real
+subprocesses, real LMDB): bad input gets a clear error or is stored as it is, and
+loses nothing (README; docs/format.md "Chunking"; docs/repository.md).
+
+- ``.safetensors`` files whose header is nested too deep for Python's JSON parser,
+  or whose tensors' shape and dtype disagree with their byte span (a zero or a huge
+  dimension, a shape of 10 elements over 8 KiB): ``commit`` stores them byte for byte
+  as opaque files, ``diff``/``show``/``log --stat``/``merge`` treat them as such
+  (before: ``commit`` died with "unexpected failure (maximum recursion depth
+  exceeded …)"; ``diff`` allocated a list of 2^80 chunk slots and died with
+  ``MemoryError``, or compared 10 elements of an 8 KiB tensor).
+
+Only processes started here are ended (by PID).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from support.cli import err_of, run_tvcfs
+from support.safetensors import write_safetensors_raw
+from support.trees import assert_same, snapshot
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _raw_st(path, header: bytes, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(len(header).to_bytes(8, "little") + header + data)
+
+
+def _hostile_dir(d, flip: int) -> None:
+    """Files whose header parses but whose tensors do not span their bytes, and one
+    whose JSON is nested 100 000 deep; ``flip`` changes their tensor bytes."""
+    d.mkdir(exist_ok=True)
+    data = bytes((i * 7 + flip) % 251 for i in range(16384))
+    ok = ("b", "F32", [2048], data[8192:])
+    write_safetensors_raw(str(d / "huge_dim.safetensors"), [("a", "F32", [2**40, 2**40], data[:8192]), ok])
+    write_safetensors_raw(str(d / "zero_dim.safetensors"), [("a", "F32", [0, 2048], data[:8192]), ok])
+    write_safetensors_raw(str(d / "short_shape.safetensors"), [("a", "F16", [10], data[:8192]), ok])
+    _raw_st(d / "deep.safetensors", b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}", data)
+    write_safetensors_raw(str(d / "good.safetensors"), [("a", "F32", [2048], data[:8192]), ok])
+
+
+def test_safetensors_whose_tensors_do_not_span_their_bytes_are_opaque_files(tmp_path):
+    repo = str(tmp_path / "repo")
+    run_tvcfs("init", repo)
+    _hostile_dir(tmp_path / "m", 0)
+    p = run_tvcfs("-C", repo, "commit", tmp_path / "m", "-m", "one", ok=None)
+    assert p.returncode == 0, err_of(p)
+    run_tvcfs("-C", repo, "branch", "ft")
+    _hostile_dir(tmp_path / "m", 1)
+    run_tvcfs("-C", repo, "commit", tmp_path / "m", "--branch", "ft", "-m", "two")
+
+    out = run_tvcfs("-C", repo, "--json", "diff", "main", "ft", timeout=60).stdout
+    files = {f["path"]: f for f in json.loads(out)["files"]}
+    assert files["good.safetensors"]["kind"] == "safetensors"
+    for name in ("huge_dim", "zero_dim", "short_shape", "deep"):
+        assert files[f"{name}.safetensors"]["kind"] == "file", files[f"{name}.safetensors"]
+    run_tvcfs("-C", repo, "diff", "--stat", "main", "ft", timeout=60)
+    run_tvcfs("-C", repo, "log", "--stat", timeout=60)
+    for name in ("huge_dim", "zero_dim", "short_shape", "deep"):
+        shown = run_tvcfs("-C", repo, "show", f"ft:{name}.safetensors", timeout=60, text=True).stdout
+        assert " tensors:" not in shown and shown.strip().endswith("1 leaves"), shown
+
+    # a merge of both sides' changes: these files are opaque (ours/theirs/base only)
+    run_tvcfs("-C", repo, "checkout", "main", tmp_path / "w")
+    _hostile_dir(tmp_path / "w", 2)
+    run_tvcfs("-C", repo, "commit", tmp_path / "w", "-m", "three")
+    m = run_tvcfs("-C", repo, "merge", "--dry-run", "-s", "average-ours-theirs", "ft", ok=None, timeout=60)
+    err = err_of(m) + m.stdout.decode()
+    assert "Traceback" not in err and "unexpected failure" not in err, err
+    for name in ("huge_dim", "zero_dim", "short_shape", "deep"):
+        assert f"CONFLICT {name}.safetensors: changed on both sides (not safetensors" in err, err
+
+    # byte-identical on checkout
+    run_tvcfs("-C", repo, "checkout", "ft", tmp_path / "co")
+    assert_same(snapshot(tmp_path / "co"), snapshot(tmp_path / "m"), "checkout of ft")
+    run_tvcfs("-C", repo, "fsck")
