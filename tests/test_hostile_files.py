@@ -16,9 +16,12 @@ Only processes started here are ended (by PID).
 from __future__ import annotations
 
 import json
+import mmap
+import os
 
 import pytest
 from support.cli import err_of, run_tvcfs
+from support.repo import make_repo
 from support.safetensors import write_safetensors_raw
 from support.trees import assert_same, snapshot
 
@@ -78,3 +81,43 @@ def test_safetensors_whose_tensors_do_not_span_their_bytes_are_opaque_files(tmp_
     run_tvcfs("-C", repo, "checkout", "ft", tmp_path / "co")
     assert_same(snapshot(tmp_path / "co"), snapshot(tmp_path / "m"), "checkout of ft")
     run_tvcfs("-C", repo, "fsck")
+
+
+# ------------------------------------------------------------ damaged data.mdb
+def _store_file(repo) -> str:
+    return str(repo / ".tvcfs" / "store" / "data.mdb")
+
+
+def _zero_pages_holding(path: str, needle: bytes, psize: int = mmap.PAGESIZE, span: int = 8 << 20) -> int:
+    """Overwrite with zeros every page (after LMDB's two meta pages) of the first
+    ``span`` bytes of ``path`` that holds ``needle``; returns how many."""
+    n = 0
+    with open(path, "r+b") as f:
+        buf = f.read(span)
+        for off in range(2 * psize, len(buf), psize):
+            if needle in buf[off:off + psize]:
+                f.seek(off)
+                f.write(b"\0" * psize)
+                n += 1
+    return n
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "btree_page"])
+def test_damaged_data_mdb_is_one_line_naming_the_file(tmp_path, damage):
+    make_repo(tmp_path, {"a.bin": b"a" * 300_000}).close()
+    repo = tmp_path / "repo"
+    data = _store_file(repo)
+    if damage == "empty":
+        os.truncate(data, 0)
+    elif damage == "truncated":
+        os.truncate(data, 2 * mmap.PAGESIZE)
+    else:  # the pages of the refs and the reflog: the store opens, reading a ref fails
+        assert _zero_pages_holding(data, b"refs/heads/main") >= 1
+    for cmd in (["log"], ["cat", "main:a.bin"], ["reflog"], ["fsck"], ["commit", tmp_path / "wt", "-m", "x"]):
+        p = run_tvcfs("-C", repo, *cmd, ok=False, timeout=60)
+        err = err_of(p)
+        assert err.startswith("tvcfs: error: ") and err.count("\n") == 1, (cmd, err)
+        assert "unexpected failure" not in err and "Traceback" not in err, (cmd, err)
+        assert f"{data}: the repository store is damaged" in err and "restore" in err, (cmd, err)
+    if damage == "empty":  # nothing was written into it
+        assert os.path.getsize(data) == 0

@@ -94,11 +94,17 @@ def main(argv=None) -> int:
 def error_line(e: BaseException) -> str:
     """The one line the CLI prints for ``e``: a tvcfs error's message, an
     ``OSError``'s path, reason and advice (:func:`tvcfs.errors.os_error_message`),
-    a ``ValueError``'s message; anything else is reported as an unexpected failure.
+    a ``ValueError``'s message, LMDB's word that ``data.mdb`` is damaged as
+    :class:`tvcfs.store.lmdb_store.StoreDamaged` (naming the file and what to do);
+    anything else is reported as an unexpected failure.
     Never the exception's class name; multi-line messages are cut to their first line."""
     from ..errors import TvcfsError, os_error_message
 
-    if isinstance(e, TvcfsError):
+    store = sys.modules.get("tvcfs.store.lmdb_store")  # loaded if a store was opened
+    damaged = store.damage_error(e) if store is not None else None
+    if damaged is not None:  # LMDB cannot read a page of data.mdb
+        msg = str(damaged)
+    elif isinstance(e, TvcfsError):
         msg = str(e)
     elif isinstance(e, OSError):
         msg = os_error_message(e)
