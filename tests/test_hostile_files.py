@@ -121,3 +121,37 @@ def test_damaged_data_mdb_is_one_line_naming_the_file(tmp_path, damage):
         assert f"{data}: the repository store is damaged" in err and "restore" in err, (cmd, err)
     if damage == "empty":  # nothing was written into it
         assert os.path.getsize(data) == 0
+
+
+# ------------------------------------------------------------ damaged configuration
+@pytest.mark.parametrize("key,raw,cmd", [
+    ("remotes", b"[1]", ["remote", "list"]),           # a list where a map belongs
+    ("remotes", b'{"origin": 5}', ["log"]),             # an item of the wrong type
+    ("worktrees", b'{"/x": 5}', ["status"]),
+    ("conflicts", b"[5]", ["gc", "-n"]),
+    ("lazy", b"garb", ["cat", "main:a.bin"]),           # not JSON
+    ("pack.keep_hot", b'"a"', ["pack"]),
+    ("verify.reads", b"{", ["config", "--list"]),
+])
+def test_damaged_configuration_record_is_named_and_can_be_removed(tmp_path, key, raw, cmd):
+    repo = make_repo(tmp_path, {"a.bin": b"a" * 1000})
+    st = repo.store
+    with st.env.begin(write=True) as txn:  # behind tvcfs's back
+        txn.put(key.encode(), raw, db=st.dbs["meta"])
+    repo.close()
+    root = tmp_path / "repo"
+    p = run_tvcfs("-C", root, *cmd, ok=False)
+    err = err_of(p)
+    assert err.startswith("tvcfs: error: ") and err.count("\n") == 1, err
+    assert "unexpected failure" not in err, err
+    assert f"the configuration record {key!r} in {root}/.tvcfs/store is damaged" in err, err
+    assert f"tvcfs config --unset {key}" in err, err
+    run_tvcfs("-C", root, "config", "--unset", key)
+    run_tvcfs("-C", root, *cmd)
+    run_tvcfs("-C", root, "fsck")
+
+
+def test_only_a_damaged_internal_record_can_be_unset(tmp_path):
+    make_repo(tmp_path, {"a.bin": b"a"}).close()
+    p = run_tvcfs("-C", tmp_path / "repo", "config", "--unset", "remotes", ok=False)
+    assert "'remotes' is not a key you can set" in err_of(p), err_of(p)

@@ -832,7 +832,10 @@ class LMDBStore:
         self.verify_reads = True
         # "cid": hash every block against its CID (config verify.reads); else trust
         # bytes matching the checksum recorded when they were stored
-        self.verify_cid = self.get_meta("verify.reads") == "cid"
+        try:
+            self.verify_cid = self.get_meta("verify.reads") == "cid"
+        except ValueError:  # a damaged record: the safer mode; RepoConfig.get names it
+            self.verify_cid = True
         self._closed = False
         self.blocks_read = 0  # count of block gets (for tests of lazy behaviour)
         # stored blocks hashed on a read (checksum or CID) since open: a block is hashed
