@@ -3,10 +3,11 @@
 :func:`collect_garbage` marks every block reachable from the refs, from reflog entries
 younger than the expiry (so a commit dropped by a branch deletion or a rejected
 update stays recoverable for that long), from pins, from the staged state of
-mounts (their base commits and every CID their ``state.json`` names) and from the
-worktree records (the base commit and tree of each ``tvcfs checkout`` directory),
-then deletes the
-rest in one LMDB transaction. The base of every packed delta that is kept is kept
+mounts (their base commits and every CID their ``state.json`` names), from the
+worktree records (the base commit and tree of each ``tvcfs checkout`` directory) and
+from the records of fetches not finished (config ``fetching``: the roots a fetch or
+clone is storing blocks of before its refs move), then deletes the rest in one LMDB
+transaction, held from before the marking (no other write lands in between). The base of every packed delta that is kept is kept
 too (and its base, along the chain: :func:`mark_bases`), so a kept delta always
 decodes. A reachable block that is damaged (does not match its CID or recorded
 checksum) stops the collection before anything is deleted (:class:`DamagedReachable`):
@@ -21,6 +22,7 @@ there); ``fsck --lazy-ok`` accepts missing leaves.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -42,6 +44,9 @@ def _roots(repo, expire_days: float) -> set:
                 if e.get(k):
                     roots.add(cid_from_str(e[k]))
     roots.update(repo.pin_db.all())
+    for rec in repo.config.get("fetching").values():  # blocks a fetch stored before its refs moved
+        if rec.get("time", 0) >= cutoff:
+            roots.update(cid_from_str(c) for c in rec.get("roots", ()))
     staging = os.path.join(repo.control, "staging")
     if os.path.isdir(staging):
         for name in os.listdir(staging):
@@ -134,24 +139,30 @@ def collect_garbage(repo, dry_run: bool = False, expire_days: float = DEFAULT_EX
     """Delete unreachable blocks (raw or packed), never the base of a kept delta.
     Returns ``{"kept", "deleted", "deleted_bytes"}`` (counts, stored bytes). With
     ``dry_run`` nothing is deleted. ``progress``: a callback ``progress(blocks, total
-    blocks | None, phase)`` (phases "marking", "sweeping")."""
-    live = mark_bases(repo, mark(repo, _roots(repo, expire_days), progress))
-    dead = []
-    nbytes = 0
-    total = repo.store.stat()["blocks"] if progress is not None else 0
-    with repo.store.view(verify=False) as blocks:
-        for i, (cid, v, packed) in enumerate(blocks.stored(), 1):
-            if progress is not None and (i % 1000 == 0 or i == total):
-                progress(i, total, "sweeping")
-            if cid not in live:
-                # dead deltas first (deepest first), then what they were based on: a
-                # base is never deleted before its dead dependents (which would
-                # otherwise be re-encoded without it, for nothing)
-                dead.append((-_depth(v) if packed else 1, cid))
-                nbytes += len(v)
-    if not dry_run and dead:
-        dead.sort()
-        with repo.store.write() as w:
+    blocks | None, phase)`` (phases "marking", "sweeping").
+
+    Unless ``dry_run``, the store's write transaction is held from before the roots
+    are read until the deletions commit: a commit, a fetch's blocks or a ref update
+    of another process land before the marking (and are kept) or wait until the
+    collection is over — never between the marking and the sweep, where their new
+    blocks, or old blocks they reuse, would be deleted as garbage."""
+    with contextlib.nullcontext() if dry_run else repo.store.write() as w:
+        live = mark_bases(repo, mark(repo, _roots(repo, expire_days), progress))
+        dead = []
+        nbytes = 0
+        total = repo.store.stat()["blocks"] if progress is not None else 0
+        with repo.store.view(verify=False) as blocks:
+            for i, (cid, v, packed) in enumerate(blocks.stored(), 1):
+                if progress is not None and (i % 1000 == 0 or i == total):
+                    progress(i, total, "sweeping")
+                if cid not in live:
+                    # dead deltas first (deepest first), then what they were based on: a
+                    # base is never deleted before its dead dependents (which would
+                    # otherwise be re-encoded without it, for nothing)
+                    dead.append((-_depth(v) if packed else 1, cid))
+                    nbytes += len(v)
+        if w is not None:
+            dead.sort()
             for _, c in dead:
                 w.delete_block(c)
     return {"kept": len(live), "deleted": len(dead), "deleted_bytes": nbytes}

@@ -1,0 +1,54 @@
+"""Processes racing on one repository (real ``tvcfs`` subprocesses, real LMDB, a real
+``tvcfs serve`` on loopback): what git does — a lock or a clean refusal, never a
+lost block (docs/repository.md, "Garbage collection while others write").
+
+- ``tvcfs gc`` while a ``tvcfs clone`` into the same repository is storing blocks
+  that no ref names yet: gc keeps them (the fetch records its roots first), the
+  clone finishes, ``fsck`` is clean and the bytes are the source's (before: gc
+  deleted the blocks fetched so far, the clone failed "incomplete: 1 block(s)
+  missing" and had to fetch them again).
+
+Only processes started here are ended (by PID).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from support.cli import cli_env, run_tvcfs, tvcfs_executable
+from support.repo import make_repo, rnd, stored_bytes
+from support.wait import wait_until
+
+from tvcfs.repo import Repo
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_gc_during_a_clone_keeps_the_blocks_it_stored(tmp_path, servers):
+    data = rnd(12 << 20, 4)
+    make_repo(tmp_path / "s", {"big.bin": data}).close()
+    srv = servers(tmp_path / "s" / "repo", tmp_path, "--rate-limit", "3M")
+    dst = tmp_path / "dst"
+    clone = subprocess.Popen(tvcfs_executable() + ["clone", "-q", srv.url, str(dst)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cli_env())
+    try:
+        wait_until(lambda: stored_bytes(dst) > 2 << 20 or clone.poll() is not None, 60,
+                   what="the clone to store 2 MiB")
+        assert clone.poll() is None, "the clone finished before gc could run: slow the server down"
+        gc = run_tvcfs("-C", dst, "gc", text=True)
+        assert gc.stdout.startswith("deleted 0 blocks"), gc.stdout
+        _, err = clone.communicate(timeout=90)
+    finally:
+        if clone.poll() is None:
+            os.kill(clone.pid, signal.SIGKILL)
+            clone.communicate(timeout=30)
+    assert clone.returncode == 0, err.decode(errors="replace")
+    run_tvcfs("-C", dst, "fsck")
+    assert run_tvcfs("-C", dst, "cat", "main:big.bin").stdout == data
+    # the finished fetch dropped its record: gc no longer keeps anything for it
+    with Repo.open(str(dst)) as r:
+        assert r.config.get("fetching") == {}
