@@ -7,6 +7,9 @@ lost block (docs/repository.md, "Garbage collection while others write").
   clone finishes, ``fsck`` is clean and the bytes are the source's (before: gc
   deleted the blocks fetched so far, the clone failed "incomplete: 1 block(s)
   missing" and had to fetch them again).
+- ``tvcfs gc --expire 0`` while a mount has a file of a since deleted branch open:
+  gc keeps the whole reflog while the repository is mounted, and the file reads on
+  (before: EIO part-way).
 
 Only processes started here are ended (by PID).
 """
@@ -20,6 +23,7 @@ import time
 
 import pytest
 from support.cli import cli_env, run_tvcfs, tvcfs_executable
+from support.mount import Mounted
 from support.repo import make_repo, rnd, stored_bytes
 from support.wait import wait_until
 
@@ -52,3 +56,29 @@ def test_gc_during_a_clone_keeps_the_blocks_it_stored(tmp_path, servers):
     # the finished fetch dropped its record: gc no longer keeps anything for it
     with Repo.open(str(dst)) as r:
         assert r.config.get("fetching") == {}
+
+
+def test_gc_expire_0_keeps_what_an_open_file_of_a_deleted_branch_needs(tmp_path):
+    """A file of branch ``side`` open on a mount, ``tvcfs branch -d side``, ``tvcfs gc
+    --expire 0``: while the repository is mounted gc keeps the whole reflog (a note
+    says so) and the open file reads to its end with its bytes (before: gc deleted
+    its blocks and the next read() failed with EIO). Once unmounted, --expire applies."""
+    data = rnd(6 << 20, 5)
+    repo = make_repo(tmp_path, {"a.txt": b"a\n"})
+    root = repo.root
+    (tmp_path / "side").mkdir()
+    (tmp_path / "side" / "z.bin").write_bytes(data)
+    repo.commit_dir(str(tmp_path / "side"), branch="side", message="side")
+    repo.close()
+    with Mounted(root, str(tmp_path / "mnt")) as m:
+        with open(os.path.join(m.mnt, "branches", "side", "z.bin"), "rb", buffering=0) as f:
+            head = f.read(1 << 20)
+            run_tvcfs("-C", root, "branch", "-d", "side")
+            gc = run_tvcfs("-C", root, "gc", "--expire", "0", text=True)
+            assert gc.stdout.startswith("deleted 0 blocks"), gc.stdout
+            assert "is mounted on" in gc.stderr and "every reflog entry is kept" in gc.stderr, gc.stderr
+            rest = f.read()
+        assert head + rest == data
+    gc = run_tvcfs("-C", root, "gc", "--expire", "0", text=True)
+    assert not gc.stdout.startswith("deleted 0 blocks"), gc.stdout
+    run_tvcfs("-C", root, "fsck")

@@ -35,9 +35,9 @@ from .store.encodings import header
 DEFAULT_EXPIRE_DAYS = 90
 
 
-def _roots(repo, expire_days: float) -> set:
+def _roots(repo, expire_days: float | None) -> set:
     roots = set(repo.refs().values())
-    cutoff = time.time() - expire_days * 86400
+    cutoff = 0 if expire_days is None else time.time() - expire_days * 86400
     for e in repo.reflog_db.entries():
         if e["time"] >= cutoff:
             for k in ("old", "new"):
@@ -134,10 +134,13 @@ def mark_bases(repo, live: set) -> set:
     return live
 
 
-def collect_garbage(repo, dry_run: bool = False, expire_days: float = DEFAULT_EXPIRE_DAYS,
+def collect_garbage(repo, dry_run: bool = False, expire_days: float | None = DEFAULT_EXPIRE_DAYS,
                     progress=None) -> dict:
     """Delete unreachable blocks (raw or packed), never the base of a kept delta.
-    Returns ``{"kept", "deleted", "deleted_bytes"}`` (counts, stored bytes). With
+    ``expire_days``: reflog entries older than this are not roots; ``None``: every
+    entry is (the CLI's choice while the repository is mounted: a live mount's open
+    file may be of a branch deleted since). Returns ``{"kept", "deleted", "deleted_bytes"}``
+    (counts, stored bytes). With
     ``dry_run`` nothing is deleted. ``progress``: a callback ``progress(blocks, total
     blocks | None, phase)`` (phases "marking", "sweeping").
 
