@@ -21,7 +21,8 @@ import os
 
 import pytest
 from support.cli import err_of, run_tvcfs
-from support.repo import make_repo
+from support.mount import Mounted, fusermount
+from support.repo import all_blocks, make_repo
 from support.safetensors import write_safetensors_raw
 from support.trees import assert_same, snapshot
 
@@ -155,3 +156,42 @@ def test_only_a_damaged_internal_record_can_be_unset(tmp_path):
     make_repo(tmp_path, {"a.bin": b"a"}).close()
     p = run_tvcfs("-C", tmp_path / "repo", "config", "--unset", "remotes", ok=False)
     assert "'remotes' is not a key you can set" in err_of(p), err_of(p)
+
+
+# ------------------------------------------------------------ damaged staging state
+def test_damaged_staging_state_is_named_by_status_gc_and_recover(tmp_path):
+    """A mount killed with staged writes, then its ``state.json`` damaged on disk
+    (it is written atomically, so only the disk can cut it): ``status`` lists it with
+    one line saying where the staged bytes are, ``gc`` deletes nothing and names it,
+    ``recover`` names it, ``recover --discard`` removes it (before: ``status`` and
+    ``recover`` said nothing was staged, and ``gc`` failed with a bare "Unterminated
+    string starting at …")."""
+    repo = make_repo(tmp_path, {"a.bin": b"a" * 1000})
+    root = repo.root
+    repo.close()
+    m = Mounted(root, str(tmp_path / "mnt"), commit_delay=600)
+    try:
+        m.start()
+        with open(m.branch("main", "new.txt"), "wb") as f:
+            f.write(b"staged bytes\n")
+        m.kill9()
+        fusermount("-u", "-z", m.mnt)
+    finally:
+        m.stop()
+    (sdir,) = (tmp_path / "repo" / ".tvcfs" / "staging").iterdir()
+    state = sdir / "state.json"
+    state.write_bytes(state.read_bytes()[:40])
+    blocks = len(all_blocks(root))
+
+    st = run_tvcfs("-C", root, "status", text=True).stdout
+    assert f"{state} is damaged" in st and str(sdir / "data") in st, st
+    for cmd in (["gc", "--expire", "0"], ["recover"]):
+        p = run_tvcfs("-C", root, *cmd, ok=False)
+        err = err_of(p)
+        assert err.startswith("tvcfs: error: ") and err.count("\n") == 1, err
+        assert f"{state} is damaged" in err and "tvcfs recover --discard" in err, err
+    assert len(all_blocks(root)) == blocks
+    assert b"staged bytes\n" in b"".join(p.read_bytes() for p in (sdir / "data").iterdir())
+    run_tvcfs("-C", root, "recover", "--discard")
+    assert "No staged changes" in run_tvcfs("-C", root, "status", text=True).stdout
+    run_tvcfs("-C", root, "gc")

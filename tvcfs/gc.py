@@ -55,7 +55,13 @@ def _roots(repo, expire_days: float | None) -> set:
                     text = f.read()
             except OSError:
                 continue
-            st = json.loads(text)
+            try:
+                st = json.loads(text)
+            except ValueError as e:  # which blocks its staged tree uses is unknown: delete nothing
+                from .fs.workspace import damaged_state
+
+                raise TvcfsError(f"nothing was deleted: {damaged_state(os.path.join(staging, name, 'state.json'), e)}"
+                                 ) from None
             if st.get("base"):
                 roots.add(cid_from_str(st["base"]))
             for token in text.split('"'):

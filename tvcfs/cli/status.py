@@ -57,7 +57,9 @@ def cmd_status(args):
         for staged in pending:
             state = f"mount pid {staged['pid']} running" if staged["alive"] else "mount gone: run `tvcfs recover`"
             print(f"  branch {staged['branch']} ({state}; {staged['dir']})")
-            if staged.get("error"):
+            if staged.get("damaged"):
+                print(f"    {staged['error']['error']}")
+            elif staged.get("error"):
                 e = staged["error"]
                 when = clock(e.get("time", 0))
                 if e.get("skipped"):
