@@ -195,3 +195,30 @@ def test_damaged_staging_state_is_named_by_status_gc_and_recover(tmp_path):
     run_tvcfs("-C", root, "recover", "--discard")
     assert "No staged changes" in run_tvcfs("-C", root, "status", text=True).stdout
     run_tvcfs("-C", root, "gc")
+
+
+def test_merge_of_tensors_holding_inf_prints_no_python_warning(tmp_path):
+    """Both sides change a tensor holding +inf and -inf; ``merge -s average-ours-theirs``
+    gives NaN there (IEEE, as torch) and prints no ``RuntimeWarning`` with a source
+    line (before: two lines of numpy's "invalid value encountered in multiply")."""
+    import numpy as np
+
+    repo = str(tmp_path / "repo")
+    run_tvcfs("init", repo)
+    w = tmp_path / "w"
+    w.mkdir()
+
+    def model(vals):
+        write_safetensors_raw(str(w / "m.safetensors"), [("t", "F32", [4], np.array(vals, "<f4").tobytes())])
+
+    model([1, 2, 3, 4])
+    run_tvcfs("-C", repo, "commit", w, "-m", "base")
+    run_tvcfs("-C", repo, "branch", "b")
+    model([np.inf, 2, 3, 5])
+    run_tvcfs("-C", repo, "commit", w, "-m", "ours")
+    model([-np.inf, 2, 3, 6])
+    run_tvcfs("-C", repo, "commit", w, "--branch", "b", "-m", "theirs")
+    p = run_tvcfs("-C", repo, "merge", "-s", "average-ours-theirs", "b", text=True)
+    assert "Warning" not in p.stderr and "Merge made" in p.stdout, (p.stdout, p.stderr)
+    out = np.frombuffer(run_tvcfs("-C", repo, "cat", "main:m.safetensors").stdout[-16:], "<f4")
+    assert np.isnan(out[0]) and list(out[1:]) == [2, 3, 5.5], out
