@@ -120,6 +120,18 @@ def test_damaged_data_mdb_is_one_line_naming_the_file(tmp_path, damage):
         assert err.startswith("tvcfs: error: ") and err.count("\n") == 1, (cmd, err)
         assert "unexpected failure" not in err and "Traceback" not in err, (cmd, err)
         assert f"{data}: the repository store is damaged" in err and "restore" in err, (cmd, err)
+    # tvcfs mount: the same line, and no mount or daemon left (before: a mount came up
+    # and answered EIO on branches/main)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        p = run_tvcfs("mount", repo, mnt, ok=None, timeout=60)
+        err = err_of(p)
+        assert p.returncode == 1 and err.startswith("tvcfs: error: ") and err.count("\n") == 1, err
+        assert f"{data}: the repository store is damaged" in err, err
+    finally:
+        if str(mnt) in open("/proc/mounts").read():
+            fusermount("-u", "-z", str(mnt))
     if damage == "empty":  # nothing was written into it
         assert os.path.getsize(data) == 0
 
