@@ -10,6 +10,9 @@ lost block (docs/repository.md, "Garbage collection while others write").
 - ``tvcfs gc --expire 0`` while a mount has a file of a since deleted branch open:
   gc keeps the whole reflog while the repository is mounted, and the file reads on
   (before: EIO part-way).
+- ``tvcfs gc`` in a served repository while a push into it is being received: gc
+  refuses with one line until the ref update, the push lands (before: gc deleted the
+  received blocks and the push was refused "incomplete push").
 
 Only processes started here are ended (by PID).
 """
@@ -82,3 +85,39 @@ def test_gc_expire_0_keeps_what_an_open_file_of_a_deleted_branch_needs(tmp_path)
     gc = run_tvcfs("-C", root, "gc", "--expire", "0", text=True)
     assert not gc.stdout.startswith("deleted 0 blocks"), gc.stdout
     run_tvcfs("-C", root, "fsck")
+
+
+def test_gc_on_the_server_during_a_push_deletes_none_of_its_blocks(tmp_path, servers):
+    """``tvcfs gc`` in the served repository while a push into it is being received:
+    gc refuses with one line (the push is recorded while its blocks have no ref), the
+    push lands, fsck is clean (before: gc deleted the blocks received so far and the
+    push was refused "incomplete push: block … missing")."""
+    client = make_repo(tmp_path / "c", {"big.bin": rnd(128 << 20, 6)})
+    client.close()
+    croot = str(tmp_path / "c" / "repo")
+    sroot = str(tmp_path / "s")
+    run_tvcfs("init", sroot)
+    me = run_tvcfs("-C", croot, "id", text=True).stdout.strip()
+    srv = servers(sroot, tmp_path, "--allow-push", me)
+    push = subprocess.Popen(tvcfs_executable() + ["-C", croot, "push", "-q", srv.url, "main"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cli_env())
+    refusals = 0
+    try:
+        while push.poll() is None:  # from the start: the push takes ~2 s here
+            gc = run_tvcfs("-C", sroot, "gc", ok=None, text=True)
+            if gc.returncode:
+                assert gc.stderr.startswith("tvcfs: error: a push into") and gc.stderr.count("\n") == 1, gc.stderr
+                refusals += 1
+            else:
+                assert gc.stdout.startswith("deleted 0 blocks"), gc.stdout
+        _, err = push.communicate(timeout=90)
+    finally:
+        if push.poll() is None:
+            os.kill(push.pid, signal.SIGKILL)
+            push.communicate(timeout=30)
+    assert push.returncode == 0, err.decode(errors="replace")
+    assert refusals >= 1, "the push ended before gc ran: push more bytes"
+    run_tvcfs("-C", sroot, "fsck")
+    with Repo.open(sroot) as r:
+        assert r.config.get("receiving") == {}  # the finished push dropped its record
+    assert run_tvcfs("-C", sroot, "gc", text=True).stdout.startswith("deleted 0 blocks")

@@ -77,6 +77,32 @@ def _roots(repo, expire_days: float | None) -> set:
     return roots
 
 
+def mark_receiving(repo, key: str, started: bool) -> None:
+    """Record (``started``) or drop a push being received into ``repo`` under ``key``
+    (config ``receiving``: key -> ``{pid, time}``): its blocks are stored before the
+    ref update that names them, so :func:`collect_garbage` refuses to run while a
+    live process has one recorded (a record of a dead process is ignored)."""
+    def change(recs: dict) -> None:
+        if started:
+            recs[key] = {"pid": os.getpid(), "time": int(time.time())}
+        else:
+            recs.pop(key, None)
+
+    repo.config.update("receiving", change)
+
+
+def _refuse_while_receiving(repo) -> None:
+    from .fs.workspace import _process_alive
+
+    for rec in repo.config.get("receiving").values():
+        pid = rec.get("pid")
+        if pid != os.getpid() and _process_alive(pid):
+            since = time.strftime("%H:%M:%S", time.localtime(rec.get("time", 0)))
+            raise TvcfsError(f"a push into {repo.root} is being received (tvcfs serve, pid {pid}, since {since}): "
+                             "the blocks it stored are not named by a ref yet, so nothing was deleted; run gc "
+                             "again once the push is over")
+
+
 class DamagedReachable(TvcfsError):
     """A block reachable from the roots of :func:`mark` is damaged (does not match its
     CID or its recorded checksum, or does not decode): what it links to cannot be
@@ -156,6 +182,8 @@ def collect_garbage(repo, dry_run: bool = False, expire_days: float | None = DEF
     collection is over — never between the marking and the sweep, where their new
     blocks, or old blocks they reuse, would be deleted as garbage."""
     with contextlib.nullcontext() if dry_run else repo.store.write() as w:
+        if w is not None:
+            _refuse_while_receiving(repo)
         live = mark_bases(repo, mark(repo, _roots(repo, expire_days), progress))
         dead = []
         nbytes = 0
