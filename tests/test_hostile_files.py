@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+from pathlib import Path
 
 import pytest
 from support.cli import err_of, run_tvcfs
@@ -130,7 +131,7 @@ def test_damaged_data_mdb_is_one_line_naming_the_file(tmp_path, damage):
         assert p.returncode == 1 and err.startswith("tvcfs: error: ") and err.count("\n") == 1, err
         assert f"{data}: the repository store is damaged" in err, err
     finally:
-        if str(mnt) in open("/proc/mounts").read():
+        if str(mnt) in Path("/proc/mounts").read_text():
             fusermount("-u", "-z", str(mnt))
     if damage == "empty":  # nothing was written into it
         assert os.path.getsize(data) == 0

@@ -19,10 +19,10 @@ Only processes started here are ended (by PID).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 from support.cli import cli_env, run_tvcfs, tvcfs_executable
@@ -35,25 +35,33 @@ from tvcfs.repo import Repo
 pytestmark = pytest.mark.timeout(120)
 
 
+@contextlib.contextmanager
+def _tvcfs_child(*args):
+    """``tvcfs ARGS`` running in the background (yields its ``Popen``); on leaving the
+    block waits for it and asserts it succeeded, or kills it (by PID) on an error."""
+    child = subprocess.Popen(tvcfs_executable() + [str(a) for a in args],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cli_env())
+    try:
+        yield child
+        _, err = child.communicate(timeout=90)
+        assert child.returncode == 0, (args, err.decode(errors="replace"))
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+            child.communicate(timeout=30)
+
+
 def test_gc_during_a_clone_keeps_the_blocks_it_stored(tmp_path, servers):
     data = rnd(12 << 20, 4)
     make_repo(tmp_path / "s", {"big.bin": data}).close()
     srv = servers(tmp_path / "s" / "repo", tmp_path, "--rate-limit", "3M")
     dst = tmp_path / "dst"
-    clone = subprocess.Popen(tvcfs_executable() + ["clone", "-q", srv.url, str(dst)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cli_env())
-    try:
+    with _tvcfs_child("clone", "-q", srv.url, dst) as clone:
         wait_until(lambda: stored_bytes(dst) > 2 << 20 or clone.poll() is not None, 60,
                    what="the clone to store 2 MiB")
         assert clone.poll() is None, "the clone finished before gc could run: slow the server down"
         gc = run_tvcfs("-C", dst, "gc", text=True)
         assert gc.stdout.startswith("deleted 0 blocks"), gc.stdout
-        _, err = clone.communicate(timeout=90)
-    finally:
-        if clone.poll() is None:
-            os.kill(clone.pid, signal.SIGKILL)
-            clone.communicate(timeout=30)
-    assert clone.returncode == 0, err.decode(errors="replace")
     run_tvcfs("-C", dst, "fsck")
     assert run_tvcfs("-C", dst, "cat", "main:big.bin").stdout == data
     # the finished fetch dropped its record: gc no longer keeps anything for it
@@ -99,10 +107,8 @@ def test_gc_on_the_server_during_a_push_deletes_none_of_its_blocks(tmp_path, ser
     run_tvcfs("init", sroot)
     me = run_tvcfs("-C", croot, "id", text=True).stdout.strip()
     srv = servers(sroot, tmp_path, "--allow-push", me)
-    push = subprocess.Popen(tvcfs_executable() + ["-C", croot, "push", "-q", srv.url, "main"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cli_env())
     refusals = 0
-    try:
+    with _tvcfs_child("-C", croot, "push", "-q", srv.url, "main") as push:
         while push.poll() is None:  # from the start: the push takes ~2 s here
             gc = run_tvcfs("-C", sroot, "gc", ok=None, text=True)
             if gc.returncode:
@@ -110,12 +116,6 @@ def test_gc_on_the_server_during_a_push_deletes_none_of_its_blocks(tmp_path, ser
                 refusals += 1
             else:
                 assert gc.stdout.startswith("deleted 0 blocks"), gc.stdout
-        _, err = push.communicate(timeout=90)
-    finally:
-        if push.poll() is None:
-            os.kill(push.pid, signal.SIGKILL)
-            push.communicate(timeout=30)
-    assert push.returncode == 0, err.decode(errors="replace")
     assert refusals >= 1, "the push ended before gc ran: push more bytes"
     run_tvcfs("-C", sroot, "fsck")
     with Repo.open(sroot) as r:
