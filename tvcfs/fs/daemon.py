@@ -150,7 +150,7 @@ def prepare_mount(source: str, mountpoint: str, quiet: bool = False) -> str:
     # what the mount reads first (settings, refs, their commits): a store LMDB cannot
     # read, or a damaged setting, is one line here rather than a mount answering EIO
     with Repo.open(repo_root) as repo:
-        repo.config.lazy
+        repo.config.get("lazy")
         for cid in set(repo.refs().values()):
             try:
                 repo.get(cid)

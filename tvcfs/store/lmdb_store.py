@@ -422,7 +422,7 @@ def _open_env(path: str, map_size: int):
             # open_db writes the sub-databases' records on a fresh environment
             reservation.ensure((env.info()["last_pgno"] + 1) * reservation.psize + TXN_SLACK)
             dbs = {name.decode(): env.open_db(name) for name in _DBS}
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - closed, then re-raised (as StoreDamaged if it says so)
             reservation.close()
             env.close()
             raise (damage_error(e, real) or e) from None
