@@ -235,3 +235,23 @@ def test_merge_of_tensors_holding_inf_prints_no_python_warning(tmp_path):
     assert "Warning" not in p.stderr and "Merge made" in p.stdout, (p.stdout, p.stderr)
     out = np.frombuffer(run_tvcfs("-C", repo, "cat", "main:m.safetensors").stdout[-16:], "<f4")
     assert np.isnan(out[0]) and list(out[1:]) == [2, 3, 5.5], out
+
+
+# ------------------------------------------------------------ damaged node key
+@pytest.mark.parametrize("content", [b"", b"garbage\n", b"-----BEGIN PRIVATE KEY-----\nMC4C\n"])
+def test_damaged_node_key_is_one_line_saying_what_to_do(tmp_path, content):
+    """``.tvcfs/node.key`` empty, garbage or cut: ``tvcfs id`` and ``tvcfs serve`` fail
+    with one line naming it and what to do (before: ``id`` gave cryptography's "Unable
+    to load PEM file. See https://… MalformedFraming", ``serve`` "unexpected failure
+    (Exceptions from Trio nursery (1 sub-exception)); this is a bug in tvcfs")."""
+    make_repo(tmp_path, {"a.txt": b"a\n"}).close()
+    root = tmp_path / "repo"
+    key = root / ".tvcfs" / "node.key"
+    key.write_bytes(content)
+    for cmd in (["id"], ["serve", "--listen", "127.0.0.1:0"]):
+        p = run_tvcfs("-C", root, *cmd, ok=False, timeout=60)
+        err = err_of(p)
+        assert err.startswith("tvcfs: error: ") and err.count("\n") == 1, (cmd, err)
+        assert f"{key} is damaged" in err and "move the file away" in err, (cmd, err)
+    key.unlink()
+    assert run_tvcfs("-C", root, "id", text=True).stdout.startswith("12D3KooW")

@@ -85,6 +85,8 @@ def main(argv=None) -> int:
     except Exception as e:
         if os.environ.get("TVCFS_DEBUG"):
             raise
+        while isinstance(e, ExceptionGroup) and len(e.exceptions) == 1:  # a task of a nursery failed
+            e = e.exceptions[0]
         print(f"tvcfs: error: {error_line(e)}", file=sys.stderr)
         _hints(e)
         return getattr(e, "exit_code", 1)
