@@ -35,7 +35,7 @@ KEYS: dict[str, tuple] = {
     "hf.imported": (dict, {}, "repo_id -> {prefix, snapshots: {hash: {commit, files}}, refs} of tvcfs import-hf",
                     dict),
     "fetching": (dict, {}, "remote URL -> {roots, time} of a fetch not finished: gc keeps what it stored", dict),
-    "receiving": (dict, {}, "pushes being received by tvcfs serve: key -> {pid, time}; gc waits for them", dict),
+    "receiving": (dict, {}, "pushes being received by tvcfs serve: key -> {pid, time} (gc refuses meanwhile)", dict),
     "pack.keep_hot": (int, 1, "newest commits of each branch and tag whose blocks tvcfs pack keeps raw"),
     "verify.reads": (str, "checksum", "how reads check stored blocks: 'checksum' (the xxh3 recorded when "
                      "each was stored; sha-256 against the CID where none is) or 'cid' (sha-256 always)"),

@@ -7,9 +7,10 @@ mounts (their base commits and every CID their ``state.json`` names), from the
 worktree records (the base commit and tree of each ``tvcfs checkout`` directory) and
 from the records of fetches not finished (config ``fetching``: the roots a fetch or
 clone is storing blocks of before its refs move), then deletes the rest in one LMDB
-transaction, held from before the marking (no other write lands in between). The base of every packed delta that is kept is kept
-too (and its base, along the chain: :func:`mark_bases`), so a kept delta always
-decodes. A reachable block that is damaged (does not match its CID or recorded
+transaction, held from before the marking (no other write lands in between); it
+refuses to run while a push is being received (config ``receiving``). The base of
+every packed delta that is kept is kept too (and its base, along the chain:
+:func:`mark_bases`), so a kept delta always decodes. A reachable block that is damaged (does not match its CID or recorded
 checksum) stops the collection before anything is deleted (:class:`DamagedReachable`):
 what it links to cannot be known, and deleting it as garbage would turn one damaged
 block into a lost model. Freed pages are reused by LMDB (the file does not shrink). :func:`fsck`
