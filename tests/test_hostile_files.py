@@ -137,6 +137,18 @@ def test_damaged_data_mdb_is_one_line_naming_the_file(tmp_path, damage):
         assert os.path.getsize(data) == 0
 
 
+def test_store_lmdb_cannot_open_is_one_line_naming_it(tmp_path):
+    """``lock.mdb`` replaced by a directory: one line naming the store and what it
+    needs (before: "unexpected failure (…/store: Is a directory); this is a bug")."""
+    make_repo(tmp_path, {"a.bin": b"a"}).close()
+    store = tmp_path / "repo" / ".tvcfs" / "store"
+    (store / "lock.mdb").unlink()
+    (store / "lock.mdb").mkdir()
+    err = err_of(run_tvcfs("-C", tmp_path / "repo", "log", ok=False))
+    assert err == (f"tvcfs: error: {store}: LMDB cannot open the store (Is a directory): data.mdb and "
+                   "lock.mdb there must be files this user may read and write, on a disk with space\n"), err
+
+
 # ------------------------------------------------------------ damaged configuration
 @pytest.mark.parametrize("key,raw,cmd", [
     ("remotes", b"[1]", ["remote", "list"]),           # a list where a map belongs

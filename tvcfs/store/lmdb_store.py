@@ -417,6 +417,10 @@ def _open_env(path: str, map_size: int):
                             map_async=True, max_readers=512, readahead=True)
         except _DAMAGE_ERRORS as e:
             raise damage_error(e, real) from None
+        except lmdb.Error as e:  # the OS refused (a directory, no permission, ...): say which
+            reason = str(e).split(": ", 1)[-1]
+            raise TvcfsError(f"{real}: LMDB cannot open the store ({reason}): data.mdb and lock.mdb there "
+                             "must be files this user may read and write, on a disk with space") from None
         reservation = _Reservation(data, env.stat()["psize"])
         try:
             # open_db writes the sub-databases' records on a fresh environment
