@@ -21,18 +21,21 @@ class ConfigError(TvcfsError, ValueError):
     """An unknown configuration key, or a value of the wrong type."""
 
 
-# key: (type, default, what it holds)
-KEYS: dict[str, tuple[type, Any, str]] = {
+# key: (type, default, what it holds[, type of each item: a dict's values, a list's elements])
+KEYS: dict[str, tuple] = {
     "format": (int, None, "repository format version"),
     "created": (int, None, "creation time (Unix seconds)"),
-    "remotes": (dict, {}, "remote name -> URL"),
+    "remotes": (dict, {}, "remote name -> URL", str),
     "lazy": (bool, False, "blocks are fetched on demand from the remotes (clone --lazy)"),
-    "conflicts": (list, [], "conflict branches recorded by commits onto moved branches"),
-    "peer_scores": (dict, {}, "peer URL -> reputation record"),
-    "worktrees": (dict, {}, "real path -> {branch, base, tree} of directories made by checkout"),
+    "conflicts": (list, [], "conflict branches recorded by commits onto moved branches", dict),
+    "peer_scores": (dict, {}, "peer URL -> reputation record", dict),
+    "worktrees": (dict, {}, "real path -> {branch, base, tree} of directories made by checkout", dict),
     "hf.repo_id": (str, None, "the Hugging Face repository ID (org/name) of this repository"),
     "index": (dict, None, "the staging index: {branch, base, tree} (tvcfs add / rm / restore)"),
-    "hf.imported": (dict, {}, "repo_id -> {prefix, snapshots: {hash: {commit, files}}, refs} of tvcfs import-hf"),
+    "hf.imported": (dict, {}, "repo_id -> {prefix, snapshots: {hash: {commit, files}}, refs} of tvcfs import-hf",
+                    dict),
+    "fetching": (dict, {}, "remote URL -> {roots, time} of a fetch not finished: gc keeps what it stored", dict),
+    "receiving": (dict, {}, "pushes being received by tvcfs serve: key -> {pid, time} (gc refuses meanwhile)", dict),
     "pack.keep_hot": (int, 1, "newest commits of each branch and tag whose blocks tvcfs pack keeps raw"),
     "verify.reads": (str, "checksum", "how reads check stored blocks: 'checksum' (the xxh3 recorded when "
                      "each was stored; sha-256 against the CID where none is) or 'cid' (sha-256 always)"),
@@ -84,12 +87,28 @@ USER_KEYS: dict[str, Callable[[str], Any]] = {"hf.repo_id": parse_hf_repo_id, "p
                                              "verify.reads": parse_verify_reads}
 
 
+def _is(value, typ: type) -> bool:
+    return isinstance(value, typ) and not (typ is int and isinstance(value, bool))
+
+
+def _wrong_type(key: str, value) -> str | None:
+    """What is wrong with ``value`` for ``key`` (its type, or the type of one of its
+    items), or ``None``."""
+    typ, item = KEYS[key][0], (KEYS[key][3:] or (None,))[0]
+    if not _is(value, typ):
+        return f"configuration {key} takes a {typ.__name__}, not a {type(value).__name__}"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        if item is not None and not _is(v, item):
+            return f"configuration {key}: its item {k!r} is a {type(v).__name__}, not a {item.__name__}"
+    return None
+
+
 def _check(key: str, value) -> None:
     if key not in KEYS:
         raise ConfigError(f"unknown configuration key {key!r} (known: {', '.join(sorted(KEYS))})")
-    typ = KEYS[key][0]
-    if value is not None and (not isinstance(value, typ) or (typ is int and isinstance(value, bool))):
-        raise ConfigError(f"configuration {key} takes a {typ.__name__}, not {type(value).__name__}")
+    if value is not None and (wrong := _wrong_type(key, value)):
+        raise ConfigError(wrong)
 
 
 class RepoConfig:
@@ -102,11 +121,36 @@ class RepoConfig:
         self.store = store
 
     def get(self, key: str, txn=None):
-        """The value of ``key``, or its default. Raises :class:`ConfigError`."""
+        """The value of ``key``, or its default. Raises :class:`ConfigError` for an
+        unknown key, and for a stored record that is not JSON or not of the key's type
+        (a damaged record: the message names it and how to remove it)."""
         _check(key, None)
         src = txn if txn is not None else self.store
-        v = src.get_meta(key)
-        return copy.deepcopy(KEYS[key][1]) if v is None else v
+        try:
+            v = src.get_meta(key)
+        except ValueError as e:  # not JSON (json.JSONDecodeError, UnicodeDecodeError)
+            raise self._damaged(key, f"not JSON: {e}") from None
+        if v is None:
+            return copy.deepcopy(KEYS[key][1])
+        if wrong := _wrong_type(key, v):
+            raise self._damaged(key, wrong)
+        return v
+
+    def _damaged(self, key: str, what: str) -> ConfigError:
+        if key in ("format", "created"):
+            advice = "restore the .tvcfs/store directory from a backup"
+        else:
+            advice = (f"`tvcfs config --unset {key}` removes it"
+                      + ("" if key in USER_KEYS else f" (its default: {KEYS[key][1]!r})"))
+        return ConfigError(f"the configuration record {key!r} in {self.store.path} is damaged ({what}): {advice}")
+
+    def damaged(self, key: str) -> bool:
+        """True if the stored record of ``key`` is not JSON or not of the key's type."""
+        try:
+            self.get(key)
+        except ConfigError:
+            return True
+        return False
 
     def set(self, key: str, value, txn=None) -> None:
         """Set ``key`` (``None`` removes it). Raises :class:`ConfigError`."""
@@ -120,8 +164,11 @@ class RepoConfig:
     def set_text(self, key: str, text: str | None, txn=None):
         """Set a user key (:data:`USER_KEYS`) from command-line ``text`` (``None``
         removes it); returns the stored value. Raises :class:`ConfigError` for a key
-        tvcfs keeps itself or a value the key's parser refuses (nothing changes)."""
-        if key not in USER_KEYS:
+        tvcfs keeps itself or a value the key's parser refuses (nothing changes). A
+        damaged record of a key tvcfs keeps (:meth:`damaged`; not ``format`` or
+        ``created``) may be removed (``text=None``): the key reads as its default."""
+        if key not in USER_KEYS and not (text is None and key in KEYS and key not in ("format", "created")
+                                          and self.damaged(key)):
             known = ", ".join(sorted(USER_KEYS))
             raise ConfigError(f"{key!r} is not a key you can set (settable: {known})"
                               if key in KEYS else f"unknown configuration key {key!r} (settable: {known})")
@@ -131,7 +178,13 @@ class RepoConfig:
 
     def user_values(self) -> dict:
         """``{key: value}`` of the user keys that are set (not their defaults)."""
-        return {k: self.get(k) for k in sorted(USER_KEYS) if self.store.get_meta(k) is not None}
+        def stored(k: str) -> bool:
+            try:
+                return self.store.get_meta(k) is not None
+            except ValueError:  # not JSON: get() names the damaged record
+                return True
+
+        return {k: self.get(k) for k in sorted(USER_KEYS) if stored(k)}
 
     def update(self, key: str, fn: Callable, txn=None):
         """Read-modify-write ``key`` in one transaction: ``fn(value)`` returns the new

@@ -45,6 +45,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .chunking.safetensors import DTYPE_BYTES
+
 __all__ = [
     "DType",
     "DTYPES",
@@ -83,28 +85,28 @@ class DType:
     native: np.dtype
 
 
-def _d(name: str, size: int, kind: str, storage: str, native: str) -> DType:
-    return DType(name, size, kind, np.dtype(storage), np.dtype(native))
+def _d(name: str, kind: str, storage: str, native: str) -> DType:
+    return DType(name, DTYPE_BYTES[name], kind, np.dtype(storage), np.dtype(native))
 
 
 DTYPES: dict[str, DType] = {
     d.name: d
     for d in [
-        _d("F64", 8, "f", "<f8", "<f8"),
-        _d("F32", 4, "f", "<f4", "<f4"),
-        _d("F16", 2, "f", "<f2", "<f2"),
-        _d("BF16", 2, "f", "<u2", "<f4"),
-        _d("F8_E4M3", 1, "f", "u1", "<f4"),
-        _d("F8_E5M2", 1, "f", "u1", "<f4"),
-        _d("I64", 8, "i", "<i8", "<i8"),
-        _d("I32", 4, "i", "<i4", "<i4"),
-        _d("I16", 2, "i", "<i2", "<i2"),
-        _d("I8", 1, "i", "i1", "i1"),
-        _d("U64", 8, "u", "<u8", "<u8"),
-        _d("U32", 4, "u", "<u4", "<u4"),
-        _d("U16", 2, "u", "<u2", "<u2"),
-        _d("U8", 1, "u", "u1", "u1"),
-        _d("BOOL", 1, "b", "u1", "?"),
+        _d("F64", "f", "<f8", "<f8"),
+        _d("F32", "f", "<f4", "<f4"),
+        _d("F16", "f", "<f2", "<f2"),
+        _d("BF16", "f", "<u2", "<f4"),
+        _d("F8_E4M3", "f", "u1", "<f4"),
+        _d("F8_E5M2", "f", "u1", "<f4"),
+        _d("I64", "i", "<i8", "<i8"),
+        _d("I32", "i", "<i4", "<i4"),
+        _d("I16", "i", "<i2", "<i2"),
+        _d("I8", "i", "i1", "i1"),
+        _d("U64", "u", "<u8", "<u8"),
+        _d("U32", "u", "<u4", "<u4"),
+        _d("U16", "u", "<u2", "<u2"),
+        _d("U8", "u", "u1", "u1"),
+        _d("BOOL", "b", "u1", "?"),
     ]
 }
 

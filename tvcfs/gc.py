@@ -3,12 +3,14 @@
 :func:`collect_garbage` marks every block reachable from the refs, from reflog entries
 younger than the expiry (so a commit dropped by a branch deletion or a rejected
 update stays recoverable for that long), from pins, from the staged state of
-mounts (their base commits and every CID their ``state.json`` names) and from the
-worktree records (the base commit and tree of each ``tvcfs checkout`` directory),
-then deletes the
-rest in one LMDB transaction. The base of every packed delta that is kept is kept
-too (and its base, along the chain: :func:`mark_bases`), so a kept delta always
-decodes. A reachable block that is damaged (does not match its CID or recorded
+mounts (their base commits and every CID their ``state.json`` names), from the
+worktree records (the base commit and tree of each ``tvcfs checkout`` directory) and
+from the records of fetches not finished (config ``fetching``: the roots a fetch or
+clone is storing blocks of before its refs move), then deletes the rest in one LMDB
+transaction, held from before the marking (no other write lands in between); it
+refuses to run while a push is being received (config ``receiving``). The base of
+every packed delta that is kept is kept too (and its base, along the chain:
+:func:`mark_bases`), so a kept delta always decodes. A reachable block that is damaged (does not match its CID or recorded
 checksum) stops the collection before anything is deleted (:class:`DamagedReachable`):
 what it links to cannot be known, and deleting it as garbage would turn one damaged
 block into a lost model. Freed pages are reused by LMDB (the file does not shrink). :func:`fsck`
@@ -21,6 +23,7 @@ there); ``fsck --lazy-ok`` accepts missing leaves.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -33,15 +36,18 @@ from .store.encodings import header
 DEFAULT_EXPIRE_DAYS = 90
 
 
-def _roots(repo, expire_days: float) -> set:
+def _roots(repo, expire_days: float | None) -> set:
     roots = set(repo.refs().values())
-    cutoff = time.time() - expire_days * 86400
+    cutoff = 0 if expire_days is None else time.time() - expire_days * 86400
     for e in repo.reflog_db.entries():
         if e["time"] >= cutoff:
             for k in ("old", "new"):
                 if e.get(k):
                     roots.add(cid_from_str(e[k]))
     roots.update(repo.pin_db.all())
+    for rec in repo.config.get("fetching").values():  # blocks a fetch stored before its refs moved
+        if rec.get("time", 0) >= cutoff:
+            roots.update(cid_from_str(c) for c in rec.get("roots", ()))
     staging = os.path.join(repo.control, "staging")
     if os.path.isdir(staging):
         for name in os.listdir(staging):
@@ -50,7 +56,13 @@ def _roots(repo, expire_days: float) -> set:
                     text = f.read()
             except OSError:
                 continue
-            st = json.loads(text)
+            try:
+                st = json.loads(text)
+            except ValueError as e:  # which blocks its staged tree uses is unknown: delete nothing
+                from .fs.workspace import damaged_state
+
+                raise TvcfsError(f"nothing was deleted: {damaged_state(os.path.join(staging, name, 'state.json'), e)}"
+                                 ) from None
             if st.get("base"):
                 roots.add(cid_from_str(st["base"]))
             for token in text.split('"'):
@@ -64,6 +76,32 @@ def _roots(repo, expire_days: float) -> set:
     for wt in repo.worktrees().values():  # what `tvcfs commit` of a checkout compares against
         roots.update((wt["base"], wt["tree"]))
     return roots
+
+
+def mark_receiving(repo, key: str, started: bool) -> None:
+    """Record (``started``) or drop a push being received into ``repo`` under ``key``
+    (config ``receiving``: key -> ``{pid, time}``): its blocks are stored before the
+    ref update that names them, so :func:`collect_garbage` refuses to run while a
+    live process has one recorded (a record of a dead process is ignored)."""
+    def change(recs: dict) -> None:
+        if started:
+            recs[key] = {"pid": os.getpid(), "time": int(time.time())}
+        else:
+            recs.pop(key, None)
+
+    repo.config.update("receiving", change)
+
+
+def _refuse_while_receiving(repo) -> None:
+    from .fs.workspace import _process_alive
+
+    for rec in repo.config.get("receiving").values():
+        pid = rec.get("pid")
+        if pid != os.getpid() and _process_alive(pid):
+            since = time.strftime("%H:%M:%S", time.localtime(rec.get("time", 0)))
+            raise TvcfsError(f"a push into {repo.root} is being received (tvcfs serve, pid {pid}, since {since}): "
+                             "the blocks it stored are not named by a ref yet, so nothing was deleted; run gc "
+                             "again once the push is over")
 
 
 class DamagedReachable(TvcfsError):
@@ -129,29 +167,40 @@ def mark_bases(repo, live: set) -> set:
     return live
 
 
-def collect_garbage(repo, dry_run: bool = False, expire_days: float = DEFAULT_EXPIRE_DAYS,
+def collect_garbage(repo, dry_run: bool = False, expire_days: float | None = DEFAULT_EXPIRE_DAYS,
                     progress=None) -> dict:
     """Delete unreachable blocks (raw or packed), never the base of a kept delta.
-    Returns ``{"kept", "deleted", "deleted_bytes"}`` (counts, stored bytes). With
+    ``expire_days``: reflog entries older than this are not roots; ``None``: every
+    entry is (the CLI's choice while the repository is mounted: a live mount's open
+    file may be of a branch deleted since). Returns ``{"kept", "deleted", "deleted_bytes"}``
+    (counts, stored bytes). With
     ``dry_run`` nothing is deleted. ``progress``: a callback ``progress(blocks, total
-    blocks | None, phase)`` (phases "marking", "sweeping")."""
-    live = mark_bases(repo, mark(repo, _roots(repo, expire_days), progress))
-    dead = []
-    nbytes = 0
-    total = repo.store.stat()["blocks"] if progress is not None else 0
-    with repo.store.view(verify=False) as blocks:
-        for i, (cid, v, packed) in enumerate(blocks.stored(), 1):
-            if progress is not None and (i % 1000 == 0 or i == total):
-                progress(i, total, "sweeping")
-            if cid not in live:
-                # dead deltas first (deepest first), then what they were based on: a
-                # base is never deleted before its dead dependents (which would
-                # otherwise be re-encoded without it, for nothing)
-                dead.append((-_depth(v) if packed else 1, cid))
-                nbytes += len(v)
-    if not dry_run and dead:
-        dead.sort()
-        with repo.store.write() as w:
+    blocks | None, phase)`` (phases "marking", "sweeping").
+
+    Unless ``dry_run``, the store's write transaction is held from before the roots
+    are read until the deletions commit: a commit, a fetch's blocks or a ref update
+    of another process land before the marking (and are kept) or wait until the
+    collection is over — never between the marking and the sweep, where their new
+    blocks, or old blocks they reuse, would be deleted as garbage."""
+    with contextlib.nullcontext() if dry_run else repo.store.write() as w:
+        if w is not None:
+            _refuse_while_receiving(repo)
+        live = mark_bases(repo, mark(repo, _roots(repo, expire_days), progress))
+        dead = []
+        nbytes = 0
+        total = repo.store.stat()["blocks"] if progress is not None else 0
+        with repo.store.view(verify=False) as blocks:
+            for i, (cid, v, packed) in enumerate(blocks.stored(), 1):
+                if progress is not None and (i % 1000 == 0 or i == total):
+                    progress(i, total, "sweeping")
+                if cid not in live:
+                    # dead deltas first (deepest first), then what they were based on: a
+                    # base is never deleted before its dead dependents (which would
+                    # otherwise be re-encoded without it, for nothing)
+                    dead.append((-_depth(v) if packed else 1, cid))
+                    nbytes += len(v)
+        if w is not None:
+            dead.sort()
             for _, c in dead:
                 w.delete_block(c)
     return {"kept": len(live), "deleted": len(dead), "deleted_bytes": nbytes}

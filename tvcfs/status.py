@@ -31,7 +31,7 @@ def status_report(repo, branch: str | None = None) -> dict:
     Keys: ``head`` (HEAD's branch or ``None``), ``branches`` (``[{name, commit,
     time, message}]``, ``commit`` ``None`` for an unborn branch), ``index`` (``None``
     or ``{branch, base, tree, branch_moved, changes: [{status, path, cid}]}``),
-    ``mount_changes`` (staged changes of mounts: ``[{branch, dir, pid, alive, error,
+    ``mount_changes`` (staged changes of mounts: ``[{branch, dir, pid, alive, error, damaged,
     changes: [{status, path, staged_bytes}]}]``), ``worktrees`` (``[{path, branch,
     base, tree, exists, branch_head, branch_moved, unfinished}]``; ``unfinished``: what
     to run when the checkout into it never finished, else ``None``), ``mounts`` (``[{mountpoint, pid}]``),
@@ -65,9 +65,9 @@ def status_report(repo, branch: str | None = None) -> dict:
             continue
         mounts_staged.append({
             "branch": p["branch"], "dir": p["dir"], "pid": p.get("pid"), "alive": p["alive"],
-            "error": p.get("error"),
-            "changes": [{"status": s, "path": path, "staged_bytes": size}
-                        for s, path, size in pending_changes(repo, p["dir"])]})
+            "error": p.get("error"), "damaged": bool(p.get("damaged")),
+            "changes": [] if p.get("damaged") else [{"status": s, "path": path, "staged_bytes": size}
+                                                    for s, path, size in pending_changes(repo, p["dir"])]})
     worktrees = []
     for path, r in sorted(repo.worktrees().items()):
         if branch is not None and r["branch"] != branch:

@@ -672,6 +672,8 @@ def fetch(repo, remote: str = "origin", *, skeleton: bool | None = None, progres
         res = FetchResult(remote, url, refs, head)
         missing = []
         if roots:
+            # gc keeps what this fetch stores before the refs name it (tvcfs/gc.py)
+            _fetching(repo, url, roots)
             # a bad block is not asked of the same peer again when another remote exists
             try:
                 missing = _fetch_from(repo, rem, remote, roots, complete, skeleton, progress,
@@ -703,7 +705,24 @@ def fetch(repo, remote: str = "origin", *, skeleton: bool | None = None, progres
     if "://" not in remote:
         res.updated = update_tracking_refs(repo, remote, refs, fast_forward_local=ff, warn=warn,
                                            message=f"fetch {remote}")
+    if roots:
+        _fetching(repo, url, None)
     return res
+
+
+def _fetching(repo, url: str, roots: list | None) -> None:
+    """Record (``roots``: binary CIDs) or drop (``None``) the fetch from ``url`` in
+    progress, in the configuration's ``fetching`` map that :mod:`tvcfs.gc` reads as
+    roots: a fetch stores its blocks in many transactions before any ref names them.
+    A fetch that fails keeps its record (its blocks are what the next one resumes
+    from) until a fetch from ``url`` finishes or gc's expiry passes."""
+    def change(recs: dict) -> None:
+        if roots is None:
+            recs.pop(url, None)
+        else:
+            recs[url] = {"roots": [cid_str(c) for c in roots], "time": int(time.time())}
+
+    repo.config.update("fetching", change)
 
 
 # ------------------------------------------------------------------ pull

@@ -15,12 +15,23 @@ Bytes outside any tensor (padding, trailing bytes) get leaves of their own.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Iterator
 
 MAX_HEADER = 100 << 20  # bytes; safetensors itself refuses headers over 100 MB
 MAX_LEAF = 1 << 20
+
+# Bytes per element of the safetensors dtypes with a whole-byte size (the ``Dtype`` enum
+# of the safetensors crate): a tensor of one of these must span exactly
+# ``prod(shape) * size`` bytes, as safetensors itself checks. Sub-byte dtypes (F4,
+# F6_*) and names never heard of are not checked (docs/format.md, "Chunking").
+DTYPE_BYTES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+    "F8_E8M0": 1, "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1, "C64": 8,
+    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
+}
 
 
 class NotSafetensors(ValueError):
@@ -70,8 +81,10 @@ def parse_header(prefix: bytes, file_size: int) -> SafetensorsHeader:
 
     ``prefix``: the file's first bytes, at least ``8 + N`` of them (read 8 bytes, then
     N more); ``file_size``: total bytes. Raises :class:`NotSafetensors` for a bad
-    header length, non-JSON or non-object header, bad entries, offsets outside the file,
-    or overlapping tensors. Empty tensors (begin == end) are allowed.
+    header length, non-JSON (nested too deep included) or non-object header, bad entries,
+    offsets outside the file, overlapping tensors, or a tensor of a dtype in
+    :data:`DTYPE_BYTES` whose shape and dtype disagree with its byte span (safetensors
+    refuses all of these). Empty tensors (begin == end) are allowed.
     """
     if file_size < 8 or len(prefix) < 8:
         raise NotSafetensors("shorter than 8 bytes")
@@ -85,6 +98,8 @@ def parse_header(prefix: bytes, file_size: int) -> SafetensorsHeader:
         raise NotSafetensors("header does not start with '{'")
     try:
         obj = json.loads(raw)
+    except RecursionError:
+        raise NotSafetensors("header is not JSON: nested too deep") from None
     except (UnicodeDecodeError, ValueError) as e:
         raise NotSafetensors(f"header is not JSON: {e}") from None
     if not isinstance(obj, dict):
@@ -106,6 +121,10 @@ def parse_header(prefix: bytes, file_size: int) -> SafetensorsHeader:
             raise NotSafetensors(f"bad dtype or shape for tensor {name!r}")
         if not 0 <= begin <= end <= data_len:
             raise NotSafetensors(f"tensor {name!r} offsets [{begin}, {end}) outside the data ({data_len} bytes)")
+        size = DTYPE_BYTES.get(dtype)
+        if size is not None and math.prod(shape) * size != end - begin:
+            raise NotSafetensors(f"tensor {name!r} of dtype {dtype} and shape {list(shape)} does not span "
+                                 f"its {end - begin} bytes")
         tensors.append(TensorInfo(name, dtype, shape, data_start + begin, data_start + end))
     tensors.sort(key=lambda t: (t.start, t.end))
     prev_end = data_start

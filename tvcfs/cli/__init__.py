@@ -85,6 +85,8 @@ def main(argv=None) -> int:
     except Exception as e:
         if os.environ.get("TVCFS_DEBUG"):
             raise
+        while isinstance(e, ExceptionGroup) and len(e.exceptions) == 1:  # a task of a nursery failed
+            e = e.exceptions[0]
         print(f"tvcfs: error: {error_line(e)}", file=sys.stderr)
         _hints(e)
         return getattr(e, "exit_code", 1)
@@ -94,11 +96,17 @@ def main(argv=None) -> int:
 def error_line(e: BaseException) -> str:
     """The one line the CLI prints for ``e``: a tvcfs error's message, an
     ``OSError``'s path, reason and advice (:func:`tvcfs.errors.os_error_message`),
-    a ``ValueError``'s message; anything else is reported as an unexpected failure.
+    a ``ValueError``'s message, LMDB's word that ``data.mdb`` is damaged as
+    :class:`tvcfs.store.lmdb_store.StoreDamaged` (naming the file and what to do);
+    anything else is reported as an unexpected failure.
     Never the exception's class name; multi-line messages are cut to their first line."""
     from ..errors import TvcfsError, os_error_message
 
-    if isinstance(e, TvcfsError):
+    store = sys.modules.get("tvcfs.store.lmdb_store")  # loaded if a store was opened
+    damaged = store.damage_error(e) if store is not None else None
+    if damaged is not None:  # LMDB cannot read a page of data.mdb
+        msg = str(damaged)
+    elif isinstance(e, TvcfsError):
         msg = str(e)
     elif isinstance(e, OSError):
         msg = os_error_message(e)

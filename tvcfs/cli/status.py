@@ -4,6 +4,7 @@ worktrees (directories made by ``tvcfs checkout``), live mounts, conflicts."""
 from __future__ import annotations
 
 import json
+import sys
 
 from ..encoding.cid import cid_str
 from ..errors import TvcfsError
@@ -56,7 +57,9 @@ def cmd_status(args):
         for staged in pending:
             state = f"mount pid {staged['pid']} running" if staged["alive"] else "mount gone: run `tvcfs recover`"
             print(f"  branch {staged['branch']} ({state}; {staged['dir']})")
-            if staged.get("error"):
+            if staged.get("damaged"):
+                print(f"    {staged['error']['error']}")
+            elif staged.get("error"):
                 e = staged["error"]
                 when = clock(e.get("time", 0))
                 if e.get("skipped"):
@@ -181,11 +184,20 @@ def register(sub) -> None:
 def cmd_gc(args):
     """``tvcfs gc``: delete unreferenced blocks (``-n``: only count them; ``--pack``: then
     pack); exit status 0."""
-    from ..gc import collect_garbage
+    from ..fs.daemon import repo_mounts
+    from ..gc import DEFAULT_EXPIRE_DAYS, collect_garbage
 
     with open_repo(args) as repo:
+        expire = args.expire
+        mounts = repo_mounts(repo.root)
+        if mounts:  # a file open on a mount may be of a branch deleted since: its blocks stay
+            if expire < DEFAULT_EXPIRE_DAYS:
+                print(f"tvcfs: note: {repo.root} is mounted on {mounts[0][0]}"
+                      f"{f' and {len(mounts) - 1} more' if len(mounts) > 1 else ''}: every reflog entry "
+                      "is kept (--expire applies once it is unmounted)", file=sys.stderr)
+            expire = None
         with progress_bar(args, "Collecting garbage", unit="blocks") as bar:
-            r = collect_garbage(repo, dry_run=args.dry_run, expire_days=args.expire, progress=bar)
+            r = collect_garbage(repo, dry_run=args.dry_run, expire_days=expire, progress=bar)
         packed = None
         if args.pack and not args.dry_run:
             from .core import run_pack

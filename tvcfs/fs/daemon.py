@@ -123,7 +123,9 @@ def prepare_mount(source: str, mountpoint: str, quiet: bool = False) -> str:
     the repository to serve: ``source`` itself (a repository path), or for a
     ``tvcfs://`` or ``s3://BUCKET/PREFIX`` URL a lazy clone in the cache (made or
     refreshed; leaves fetched on demand). Raises :class:`TvcfsError` for a source that
-    is neither, a mount point that is not a directory or is already mounted."""
+    is neither, a mount point that is not a directory or is already mounted, a
+    repository whose store or configuration does not read (its refs, HEAD, settings:
+    :class:`~tvcfs.store.lmdb_store.StoreDamaged`, :class:`~tvcfs.config.ConfigError`)."""
     from ..errors import TvcfsError
     from ..repo import find_repo_root
 
@@ -143,6 +145,17 @@ def prepare_mount(source: str, mountpoint: str, quiet: bool = False) -> str:
         from ..sync import prepare_url_mount
 
         return prepare_url_mount(source, quiet=False)
+    from ..repo import Repo
+
+    # what the mount reads first (settings, refs, their commits): a store LMDB cannot
+    # read, or a damaged setting, is one line here rather than a mount answering EIO
+    with Repo.open(repo_root) as repo:
+        repo.config.get("lazy")
+        for cid in set(repo.refs().values()):
+            try:
+                repo.get(cid)
+            except TvcfsError:  # a missing or damaged block: the mount names it where it is read
+                pass
     return repo_root
 
 

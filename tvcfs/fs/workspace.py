@@ -865,7 +865,9 @@ def _process_alive(pid) -> bool:
 def pending_workspaces(repo) -> list:
     """Staging directories of ``repo`` with uncommitted changes: list of dicts
     ``{dir, branch, base, pid, time, alive, error}`` read from their ``state.json``
-    (``error``: the last failed commit attempt ``{time, error, attempts}`` or ``None``)."""
+    (``error``: the last failed commit attempt ``{time, error, attempts}`` or ``None``).
+    A ``state.json`` that does not read is listed too, with ``damaged: True``, branch
+    ``"(unknown)"`` and its :func:`damaged_state` line as ``error``."""
     out = []
     root = os.path.join(repo.control, "staging")
     if not os.path.isdir(root):
@@ -875,7 +877,12 @@ def pending_workspaces(repo) -> list:
         try:
             with open(p) as f:
                 state = json.load(f)
-        except (OSError, ValueError):
+        except OSError:
+            continue
+        except ValueError as e:  # written atomically: damaged on disk, not cut by a crash
+            out.append({"dir": os.path.join(root, name), "branch": "(unknown)", "base": None, "pid": None,
+                        "time": None, "alive": False, "damaged": True,
+                        "error": {"time": os.path.getmtime(p), "error": damaged_state(p, e)}})
             continue
         if not state.get("pending"):
             continue
@@ -890,6 +897,15 @@ def pending_workspaces(repo) -> list:
     return out
 
 
+def damaged_state(path: str, e: Exception) -> str:
+    """The one line for a staging ``state.json`` at ``path`` that does not read
+    (``e``): what is lost and what to do."""
+    d = os.path.dirname(path)
+    return (f"{path} is damaged ({e}): the staged tree cannot be rebuilt; the staged files' bytes "
+            f"are in {os.path.join(d, 'data')}: copy out what you need, then `tvcfs recover --discard` "
+            "removes it")
+
+
 def discard_pending(dirpath: str) -> None:
     """Delete the staging directory ``dirpath`` (one of :func:`pending_workspaces`)
     and the uncommitted changes in it (``tvcfs recover --discard``)."""
@@ -902,7 +918,9 @@ def recover(repo, dirpath: str, message: str | None = None) -> dict:
     result. Raises :class:`TvcfsError` if the state cannot be read."""
     try:
         ws = Workspace.load(repo, dirpath)
-    except (OSError, ValueError, KeyError) as e:
+    except ValueError as e:
+        raise TvcfsError(damaged_state(os.path.join(dirpath, STATE), e)) from None
+    except (OSError, KeyError) as e:
         raise TvcfsError(f"cannot read staged state in {dirpath}: {e}") from None
     res = ws.commit(message or None)
     if not ws.pending:

@@ -19,6 +19,7 @@ magnitude thresholds, 4 bytes per element per side while they are found).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
@@ -587,6 +588,20 @@ def _is_ancestor(repo, anc: bytes, desc: bytes) -> bool:
     return anc == desc or anc in set(repo.ancestors([desc]))
 
 
+def _ieee(fn):
+    """Run ``fn`` with numpy's floating-point warnings off: a merge computes IEEE
+    arithmetic on whatever the tensors hold (NaN, ±inf: a NaN or inf result is the
+    answer, as torch gives it), and a Python ``RuntimeWarning`` with a source line is
+    not a message for the command line."""
+    @functools.wraps(fn)
+    def quiet(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
+
+    return quiet
+
+
+@_ieee
 def merge(repo, theirs, *, branch: str | None = None, strategies: StrategyRules | Iterable[str] | str | None = None,
           params: Mapping[str, object] | Iterable[str] | None = None, message: str | None = None, author=None,
           no_ff: bool = False, dry_run: bool = False, timestamp: int | None = None) -> MergeResult:

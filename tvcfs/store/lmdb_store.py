@@ -182,6 +182,33 @@ class StoreFull(TvcfsError):
     """The LMDB map or the disk is full; the transaction was rolled back, nothing lost."""
 
 
+class StoreDamaged(TvcfsError):
+    """LMDB cannot read the store's ``data.mdb`` itself (empty, truncated, a B-tree page
+    overwritten: ``MDB_INVALID``, ``MDB_CORRUPTED``, ``MDB_PAGE_NOTFOUND``), as opposed
+    to a block whose bytes are wrong (:class:`~tvcfs.errors.CorruptBlock`, which
+    ``tvcfs fsck`` lists). The message names the file and what to do."""
+
+
+# LMDB's answers for a data file it cannot read (not for a full disk or a bad call)
+_DAMAGE_ERRORS = (lmdb.CorruptedError, lmdb.InvalidError, lmdb.PageNotFoundError, lmdb.PanicError,
+                  lmdb.VersionMismatchError, lmdb.BadTxnError)
+_opened: list = []  # real paths of the stores this process opened, oldest first (damage_error)
+
+
+def damage_error(e: BaseException, path: str | None = None) -> StoreDamaged | None:
+    """The :class:`StoreDamaged` for an LMDB error ``e`` that says the data file of
+    the store at ``path`` (default: the stores this process opened) cannot be read,
+    else ``None`` (``e`` is something else)."""
+    if not isinstance(e, _DAMAGE_ERRORS):
+        return None
+    paths = [path] if path else _opened[-2:] or ["the repository store"]
+    files = " or ".join(os.path.join(p, "data.mdb") for p in paths)
+    reason = str(e).split(": ", 1)[-1] if ": MDB_" in str(e) else str(e)
+    return StoreDamaged(f"{files}: the repository store is damaged ({reason}); LMDB cannot read it, so "
+                        "tvcfs fsck cannot repair it: restore the .tvcfs/store directory from a backup, "
+                        "or clone the repository again from a remote")
+
+
 class MissingBase(CorruptBlock):
     """A packed delta's base block is not in the store (the store is damaged: the
     delta cannot be decoded). ``.cid``: the delta; ``.base``: the missing base."""
@@ -381,17 +408,30 @@ def _open_env(path: str, map_size: int):
             count[0] += 1
             return real, env, dbs
         os.makedirs(real, exist_ok=True)
-        env = lmdb.open(real, map_size=map_size, max_dbs=len(_DBS) + 2, writemap=True,
-                        map_async=True, max_readers=512, readahead=True)
-        reservation = _Reservation(os.path.join(real, "data.mdb"), env.stat()["psize"])
+        data = os.path.join(real, "data.mdb")
+        if os.path.isfile(data) and os.path.getsize(data) == 0:
+            # LMDB would make a new, empty environment of it: the store was cut to nothing
+            raise damage_error(lmdb.InvalidError("data.mdb is empty"), real)
+        try:
+            env = lmdb.open(real, map_size=map_size, max_dbs=len(_DBS) + 2, writemap=True,
+                            map_async=True, max_readers=512, readahead=True)
+        except _DAMAGE_ERRORS as e:
+            raise damage_error(e, real) from None
+        except lmdb.Error as e:  # the OS refused (a directory, no permission, ...): say which
+            reason = str(e).split(": ", 1)[-1]
+            raise TvcfsError(f"{real}: LMDB cannot open the store ({reason}): data.mdb and lock.mdb there "
+                             "must be files this user may read and write, on a disk with space") from None
+        reservation = _Reservation(data, env.stat()["psize"])
         try:
             # open_db writes the sub-databases' records on a fresh environment
             reservation.ensure((env.info()["last_pgno"] + 1) * reservation.psize + TXN_SLACK)
             dbs = {name.decode(): env.open_db(name) for name in _DBS}
-        except BaseException:
+        except BaseException as e:  # noqa: BLE001 - closed, then re-raised (as StoreDamaged if it says so)
             reservation.close()
             env.close()
-            raise
+            raise (damage_error(e, real) or e) from None
+        if real not in _opened:
+            _opened.append(real)
         _registry[real] = (env, dbs, [1, reservation, VerifiedSet(), DecodedCache()])
         return real, env, dbs
 
@@ -808,7 +848,10 @@ class LMDBStore:
         self.verify_reads = True
         # "cid": hash every block against its CID (config verify.reads); else trust
         # bytes matching the checksum recorded when they were stored
-        self.verify_cid = self.get_meta("verify.reads") == "cid"
+        try:
+            self.verify_cid = self.get_meta("verify.reads") == "cid"
+        except ValueError:  # a damaged record: the safer mode; RepoConfig.get names it
+            self.verify_cid = True
         self._closed = False
         self.blocks_read = 0  # count of block gets (for tests of lazy behaviour)
         # stored blocks hashed on a read (checksum or CID) since open: a block is hashed

@@ -137,6 +137,14 @@ class RepoBackend:
         """Make everything stored so far durable (one msync)."""
         self.store.sync()
 
+    def receiving(self, key: str, started: bool) -> None:
+        """Record (``started``) or drop the push being received under ``key``, so
+        ``tvcfs gc`` does not delete its blocks before the ref update names them
+        (:func:`tvcfs.gc.mark_receiving`)."""
+        from ..gc import mark_receiving
+
+        mark_receiving(self.repo, key, started)
+
     def block_count(self) -> int:
         """Number of blocks stored (O(1): LMDB's entry count)."""
         return self.store.stat()["blocks"]

@@ -230,6 +230,12 @@ def verify_signature(public_key_proto: bytes, message: bytes, signature: bytes) 
 
 
 # ---------------------------------------------------------------- node key
+def _damaged_key(path: Path, what: str) -> str:
+    return (f"{path} is damaged ({what}): this node's key, and so its peer ID, cannot be read; move the "
+            "file away and a new key is made on next use (servers that allow pushes from the old peer ID "
+            "must then allow the new one: `tvcfs id` prints it)")
+
+
 @dataclass
 class NodeIdentity:
     """A node's Ed25519 key pair and the derived peer ID and certificate.
@@ -274,16 +280,17 @@ class NodeIdentity:
     def load_or_create(cls, path: str | os.PathLike) -> "NodeIdentity":
         """Load the PEM PKCS#8 Ed25519 key at ``path``, creating it (mode 0600) if absent.
 
-        Raises :class:`IdentityError` if the file exists but holds no Ed25519 key.
+        Raises :class:`IdentityError` if the file exists but holds no Ed25519 key
+        (the message says what to do).
         """
         path = Path(path)
         if path.exists():
             try:
                 key = serialization.load_pem_private_key(path.read_bytes(), None)
-            except ValueError as e:
-                raise IdentityError(f"{path}: {e}") from None
+            except ValueError:
+                raise IdentityError(_damaged_key(path, "not a PEM private key")) from None
             if not isinstance(key, ed25519.Ed25519PrivateKey):
-                raise IdentityError(f"{path}: not an Ed25519 private key")
+                raise IdentityError(_damaged_key(path, "not an Ed25519 private key"))
             return cls.from_private_key(key)
         ident = cls.generate()
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,10 +18,12 @@ driver closes the stream (and, for QUIC, that connection).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import trio
 
+from ..errors import TvcfsError
 from . import protocol
 from .backend import BlockBackend
 from .identity import NodeIdentity
@@ -153,7 +155,24 @@ async def handle_session(stream, cfg: ServerConfig, tls_peer: bytes | None = Non
         pass
     finally:
         sess.close()
+        with trio.CancelScope(shield=True):
+            await _receiving(sess, False)
         await aclose_quietly(stream)
+
+
+async def _receiving(sess: ServerSession, started: bool) -> None:
+    """Record that ``sess`` is storing pushed blocks (``started``), or that it no
+    longer is, in a backend that keeps such records (``receiving``: a repository's,
+    which ``tvcfs gc`` reads: docs/repository.md)."""
+    key = getattr(sess, "receiving_key", None)
+    record = getattr(getattr(sess.cfg, "backend", None), "receiving", None)
+    if record is None or (key is not None) == started:
+        return
+    sess.receiving_key = f"{os.getpid()}:{id(sess)}" if started else None
+    try:
+        await trio.to_thread.run_sync(record, sess.receiving_key or key, started)
+    except TvcfsError as e:  # a full or damaged store: gc may then delete what it stores
+        log.warning("cannot record the push being received: %s", e)
 
 
 class _Driver:
@@ -207,12 +226,14 @@ class _Driver:
             if t is ResolveRepository:
                 sess.repository_resolved(await trio.to_thread.run_sync(cfg.resolve, ev.name))
             elif t is StoreBlocks:
+                await _receiving(sess, True)  # before the first block is stored
                 async with cfg.write_lock:
                     await trio.to_thread.run_sync(cfg.backend.put_many, ev.blocks)
             elif t is UpdateRef:
                 if await trio.to_thread.run_sync(sess.check_ref_update, ev.message):
                     async with cfg.write_lock:
                         sess.apply_ref_update(ev.message)
+                await _receiving(sess, False)
 
     async def run(self):
         async with _collapse_groups(), trio.open_nursery() as nursery:
