@@ -121,3 +121,29 @@ def test_gc_on_the_server_during_a_push_deletes_none_of_its_blocks(tmp_path, ser
     with Repo.open(sroot) as r:
         assert r.config.get("receiving") == {}  # the finished push dropped its record
     assert run_tvcfs("-C", sroot, "gc", text=True).stdout.startswith("deleted 0 blocks")
+
+
+def test_two_fetches_from_one_url_keep_their_own_roots_until_each_ends(tmp_path):
+    """Two fetches from one URL at once (the remote moved between them) each record
+    their roots; the first to end drops only its own record, so gc still keeps what
+    the second is storing; a record of a process that has ended (a failed fetch) is
+    dropped by the next fetch from that URL to finish, not by one from another URL
+    (before: one record per URL, overwritten by the second fetch and dropped by the
+    first to end)."""
+    from tvcfs import gc, sync
+
+    url = "tvcfs://127.0.0.1:1/r"
+    a, b, c = (bytes([1, 0x55, 0x12, 0x20]) + bytes([i]) * 32 for i in (1, 2, 3))
+    with make_repo(tmp_path / "r", {"f": b"x"}) as r:
+        ka = sync._fetching(r, url, [a])
+        kb = sync._fetching(r, url, [b])
+        sync._fetching(r, url, None, ka)  # the first fetch ends
+        roots = gc._roots(r, gc.DEFAULT_EXPIRE_DAYS)
+        assert b in roots and a not in roots
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        r.config.update("fetching", lambda recs: recs.update(
+            {f"{url}#dead": {"url": url, "pid": dead.pid, "roots": [sync.cid_str(c)], "time": 2 ** 40},
+             "other#dead": {"url": "other", "pid": dead.pid, "roots": [sync.cid_str(c)], "time": 2 ** 40}}))
+        sync._fetching(r, url, None, kb)  # the second ends: its record and the dead one of its URL go
+        assert set(r.config.get("fetching")) == {"other#dead"}

@@ -73,3 +73,16 @@ def unlink_quietly(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def process_alive(pid) -> bool:
+    """True if ``pid`` (an int, or anything ``int()`` takes) runs a process that is not
+    a zombie, read from ``/proc/PID/stat``; False for ``None`` or garbage. The records
+    of work in progress (a mount's ``state.json``, a fetch or a received push) are
+    trusted only while the process that wrote them lives."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, ValueError, IndexError, TypeError):
+        return False

@@ -31,6 +31,7 @@ import time
 from .dag import traverse
 from .encoding.cid import RAW, cid_codec, cid_from_str, cid_str
 from .errors import CorruptBlock, InvalidCID, TvcfsError
+from .fileio import process_alive
 from .store.encodings import header
 
 DEFAULT_EXPIRE_DAYS = 90
@@ -93,11 +94,9 @@ def mark_receiving(repo, key: str, started: bool) -> None:
 
 
 def _refuse_while_receiving(repo) -> None:
-    from .fs.workspace import _process_alive
-
     for rec in repo.config.get("receiving").values():
         pid = rec.get("pid")
-        if pid != os.getpid() and _process_alive(pid):
+        if pid != os.getpid() and process_alive(pid):
             since = time.strftime("%H:%M:%S", time.localtime(rec.get("time", 0)))
             raise TvcfsError(f"a push into {repo.root} is being received (tvcfs serve, pid {pid}, since {since}): "
                              "the blocks it stored are not named by a ref yet, so nothing was deleted; run gc "

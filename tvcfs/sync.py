@@ -43,6 +43,7 @@ See docs/backends.md ("Verbs") and docs/protocol.md for the users' view.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import time
@@ -53,6 +54,7 @@ from typing import Iterable, Iterator, Protocol
 from .encoding.cid import RAW, cid_codec, cid_str, make_cid
 from .formatting import short_cid as _short
 from .errors import CorruptBlock, InvalidCID, MalformedObject, RefConflict, TvcfsError
+from .fileio import process_alive
 from .refs import HEADS, TAGS
 
 __all__ = [
@@ -673,7 +675,7 @@ def fetch(repo, remote: str = "origin", *, skeleton: bool | None = None, progres
         missing = []
         if roots:
             # gc keeps what this fetch stores before the refs name it (tvcfs/gc.py)
-            _fetching(repo, url, roots)
+            fetching = _fetching(repo, url, roots)
             # a bad block is not asked of the same peer again when another remote exists
             try:
                 missing = _fetch_from(repo, rem, remote, roots, complete, skeleton, progress,
@@ -706,23 +708,37 @@ def fetch(repo, remote: str = "origin", *, skeleton: bool | None = None, progres
         res.updated = update_tracking_refs(repo, remote, refs, fast_forward_local=ff, warn=warn,
                                            message=f"fetch {remote}")
     if roots:
-        _fetching(repo, url, None)
+        _fetching(repo, url, None, fetching)
     return res
 
 
-def _fetching(repo, url: str, roots: list | None) -> None:
-    """Record (``roots``: binary CIDs) or drop (``None``) the fetch from ``url`` in
-    progress, in the configuration's ``fetching`` map that :mod:`tvcfs.gc` reads as
-    roots: a fetch stores its blocks in many transactions before any ref names them.
-    A fetch that fails keeps its record (its blocks are what the next one resumes
-    from) until a fetch from ``url`` finishes or gc's expiry passes."""
+def _fetching(repo, url: str, roots: list | None, key: str | None = None) -> str:
+    """Record (``roots``: binary CIDs; returns the record's key) or drop (``roots``
+    ``None``, ``key`` from the recording call) one fetch from ``url``, in the
+    configuration's ``fetching`` map that :mod:`tvcfs.gc` reads as roots: a fetch
+    stores its blocks in many transactions before any ref names them. One record per
+    fetch (key ``URL#PID#N``), so two fetches from one URL at once (the remote may have
+    moved between them) each keep their own roots until they end. A fetch that fails
+    keeps its record (its blocks are what the next one resumes from) until a fetch
+    from ``url`` finishes — which drops, with its own, the records for that URL of
+    processes that have ended — or gc's expiry passes."""
+    pid = os.getpid()
+    if roots is not None:
+        key = f"{url}#{pid}#{next(_FETCH_SEQ)}"
+
     def change(recs: dict) -> None:
         if roots is None:
-            recs.pop(url, None)
+            for k, rec in list(recs.items()):
+                if k == key or (rec.get("url") == url and not process_alive(rec.get("pid"))):
+                    del recs[k]
         else:
-            recs[url] = {"roots": [cid_str(c) for c in roots], "time": int(time.time())}
+            recs[key] = {"url": url, "pid": pid, "roots": [cid_str(c) for c in roots], "time": int(time.time())}
 
     repo.config.update("fetching", change)
+    return key
+
+
+_FETCH_SEQ = itertools.count()
 
 
 # ------------------------------------------------------------------ pull

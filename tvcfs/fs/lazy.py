@@ -123,7 +123,7 @@ def mount_statuses(control: str) -> list:
     its ``.tvcfs`` directory): a list of the sources' ``status()`` dicts
     (:meth:`tvcfs.transport.fetcher.RemoteFetcher.status`), by mount point. Files of
     mounts whose process is gone are skipped."""
-    from .workspace import _process_alive
+    from ..fileio import process_alive
 
     d = os.path.join(control, "mounts")
     out = []
@@ -139,7 +139,7 @@ def mount_statuses(control: str) -> list:
                 status = json.load(f)
         except (OSError, ValueError):
             continue
-        if isinstance(status, dict) and _process_alive(status.get("pid")):
+        if isinstance(status, dict) and process_alive(status.get("pid")):
             out.append(status)
     return sorted(out, key=lambda status: status.get("mountpoint", ""))
 

@@ -34,7 +34,7 @@ from ..dag import KIND_DIR, KIND_FILE, KIND_SYMLINK, dir_links, stat_node
 from ..encoding.cid import cid_from_str, cid_str
 from ..encoding.unixfs import entry_name_error, printable_name
 from ..errors import TvcfsError
-from ..fileio import unlink_quietly
+from ..fileio import process_alive, unlink_quietly
 from ..importer import Importer
 from ..treeops import changed_paths, commit_landing, land_on_branch, txn_getter
 
@@ -852,16 +852,6 @@ def _join(head: str, name: str) -> str:
     return f"{head}/{name}" if head else name
 
 
-def _process_alive(pid) -> bool:
-    """True if ``pid`` runs a process that is not a zombie."""
-    try:
-        with open(f"/proc/{int(pid)}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except (OSError, ValueError, IndexError, TypeError):
-        return False
-
-
 def pending_workspaces(repo) -> list:
     """Staging directories of ``repo`` with uncommitted changes: list of dicts
     ``{dir, branch, base, pid, time, alive, error}`` read from their ``state.json``
@@ -886,7 +876,7 @@ def pending_workspaces(repo) -> list:
             continue
         if not state.get("pending"):
             continue
-        alive = _process_alive(state.get("pid"))
+        alive = process_alive(state.get("pid"))
         try:
             with open(os.path.join(root, name, COMMIT_ERROR)) as f:
                 error = json.load(f)
