@@ -22,6 +22,8 @@ from support.hub import add_user, get_json, hf_env, ndjson, request, run_py
 from support.server import running_hub
 from support.wait import wait_until
 
+from tvcfs.encoding.cid import cid_from_str, verify_block
+
 pytestmark = pytest.mark.slow
 
 ORG = "acme"
@@ -324,8 +326,16 @@ def test_rest_api(hub):
     assert get_json(url, f"/api/repos/{ORG}/rest", tok["bob"], "DELETE")[0] == 403
     assert get_json(url, f"/api/repos/{ORG}/rest", tok["alice"], "DELETE")[0] == 200
     assert get_json(url, f"/api/repos/{ORG}/rest")[0] == 404
-    st, err = get_json(url, f"/{ORG}/model/ipfs/bafkqaaa")
-    assert st == 404 and "gateway" in err["error"]
+    # every repository's IPFS trustless gateway (`tvcfs hub serve` mounts it): a file's
+    # CID as a raw block that hashes to it, and as a CAR
+    cid = h["etag"].strip('"')
+    st, gh, raw = request(url, "GET", f"/{ORG}/model/ipfs/{cid}?format=raw")
+    assert st == 200 and gh["content-type"].startswith("application/vnd.ipld.raw"), (st, gh)
+    verify_block(cid_from_str(cid), raw)
+    assert raw == run_tvcfs("-C", _repo_path(hub, "model"), "cat", "v1:config.json").stdout
+    st, gh, car = request(url, "GET", f"/{ORG}/model/ipfs/{cid}?format=car")
+    assert st == 200 and gh["content-type"].startswith("application/vnd.ipld.car") and raw in car
+    assert request(url, "GET", f"/{ORG}/nosuch/ipfs/{cid}?format=raw")[0] == 404
 
 
 # --------------------------------------------------------------------------- abuse

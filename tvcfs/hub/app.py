@@ -1024,6 +1024,16 @@ class HubApp:
         return HubASGI(star, self)
 
 
+def trustless_gateway(repo):
+    """The gateway factory ``tvcfs hub serve`` mounts (``HubApp(gateway=...)``): the
+    IPFS trustless gateway app (:func:`tvcfs.gateway.app.make_gateway_app`: ``GET
+    /ipfs/{cid}[/path]?format=raw|car``, docs/backends.md "The gateway") of one hub
+    repository ``repo``, at ``/{org}/{name}/ipfs/…``."""
+    from ..gateway.app import make_gateway_app
+
+    return make_gateway_app(lambda request: repo)
+
+
 class HubASGI:
     """ASGI wrapper: refuses bodies declared larger than the hub's limit (413) before
     any route reads them, and hands ``/{org}/{name}/ipfs/…`` to the gateway app of
@@ -1045,9 +1055,11 @@ class HubASGI:
                 repo_id = f"{parts[1]}/{parts[2]}"
                 try:
                     self.hubapp.access(Request(scope), repo_id)
-                    app = self._gateways.get(repo_id)
-                    if app is None:
-                        app = self._gateways[repo_id] = self.hubapp.gateway(self.hubapp.hub.repo(repo_id))
+                    repo = self.hubapp.hub.repo(repo_id)
+                    cached = self._gateways.get(repo_id)
+                    if cached is None or cached[0] is not repo:  # new, or deleted and made again
+                        cached = self._gateways[repo_id] = (repo, self.hubapp.gateway(repo))
+                    app = cached[1]
                 except (ApiError, HubError, InvalidName) as e:
                     st = getattr(e, "status", 422)
                     return await _error(st, getattr(e, "message", str(e)))(scope, receive, send)

@@ -66,11 +66,11 @@ async def serve(root: str, listen: str, *, max_body: int = 64 << 30, lfs_thresho
     :data:`~tvcfs.hub.app.BLOB_THRESHOLD`)."""
     from hypercorn.trio import serve as hserve
 
-    from .app import HubApp
+    from .app import HubApp, trustless_gateway
     from .core import Hub
 
     hub = Hub.open(root)
-    hubapp = HubApp(hub, max_body=max_body, lfs_threshold=lfs_threshold, gateway=gateway)
+    hubapp = HubApp(hub, max_body=max_body, lfs_threshold=lfs_threshold, gateway=gateway or trustless_gateway)
     app = hubapp.app()
     cfg = hypercorn_config(listen if listen_fd is None else f"fd://{listen_fd}", read_timeout, keep_alive)
     stop = trio.Event()
