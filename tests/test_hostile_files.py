@@ -27,6 +27,8 @@ from support.repo import all_blocks, make_repo
 from support.safetensors import write_safetensors_raw
 from support.trees import assert_same, snapshot
 
+from tvcfs.repo import Repo
+
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -267,3 +269,41 @@ def test_damaged_node_key_is_one_line_saying_what_to_do(tmp_path, content):
         assert f"{key} is damaged" in err and "move the file away" in err, (cmd, err)
     key.unlink()
     assert run_tvcfs("-C", root, "id", text=True).stdout.startswith("12D3KooW")
+
+
+def test_a_damaged_journal_line_with_changes_after_it_is_named_not_skipped(tmp_path):
+    """A mount killed after namespace changes (each a line of the staging journal),
+    then a line in the middle of the journal damaged on disk: ``recover`` refuses with
+    one line naming the journal and where the staged bytes are, commits nothing, and
+    ``recover --discard`` removes it (before: the replay stopped at the damaged line as
+    if it were the last one torn by the crash, and ``recover`` committed a tree without
+    the later changes, exit 0). A torn last line alone is still the crash's and is
+    dropped (tests/test_writes_crash.py)."""
+    repo = make_repo(tmp_path, {"a.bin": b"a" * 1000})
+    root = repo.root
+    head = repo.refs()["refs/heads/main"]
+    repo.close()
+    m = Mounted(root, str(tmp_path / "mnt"), commit_delay=600)
+    try:
+        m.start()
+        for d in ("d1", "d2", "d3"):
+            os.mkdir(m.branch("main", d))
+        m.kill9()
+        fusermount("-u", "-z", m.mnt)
+    finally:
+        m.stop()
+    (sdir,) = (tmp_path / "repo" / ".tvcfs" / "staging").iterdir()
+    (journal,) = sdir.glob("journal-*.jsonl")
+    lines = journal.read_bytes().split(b"\n")
+    assert len([x for x in lines if x.strip()]) >= 2, lines  # the first change may be in the snapshot
+    lines[0] = b'{"op": "mk' + b"\0" * 8
+    journal.write_bytes(b"\n".join(lines))
+
+    p = run_tvcfs("-C", root, "recover", ok=False)
+    err = err_of(p)
+    assert err.startswith("tvcfs: error: ") and err.count("\n") == 1, err
+    assert f"{journal} is damaged (line 1 does not read and" in err and str(sdir / "data") in err, err
+    with Repo.open(root) as r:
+        assert r.refs()["refs/heads/main"] == head
+    run_tvcfs("-C", root, "recover", "--discard")
+    assert "No staged changes" in run_tvcfs("-C", root, "status", text=True).stdout

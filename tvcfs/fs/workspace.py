@@ -427,16 +427,24 @@ class Workspace:
         gen = st.get("gen", 0)
         n = 0
         if gen:
+            jpath = os.path.join(dirpath, JOURNAL.format(gen))
             try:
-                with open(os.path.join(dirpath, JOURNAL.format(gen)), "rb") as f:
+                with open(jpath, "rb") as f:
                     lines = f.read().split(b"\n")
             except OSError:
                 lines = []
-            for line in lines:
+            for i, line in enumerate(lines):
                 try:
                     op = json.loads(line)
                 except ValueError:
-                    break  # the last line, torn by a crash (or the final newline)
+                    # the last line, torn by a crash (or the final newline); a damaged
+                    # line with changes after it is damage: replaying around it would
+                    # build another tree than the one staged
+                    later = sum(1 for x in lines[i + 1:] if x.strip())
+                    if later:
+                        raise DamagedJournal(jpath, f"line {i + 1} does not read and {later} later "
+                                                    f"change(s) follow it") from None
+                    break
                 ws._replay(op)
                 n += 1
         ws._gen, ws._jn = gen, n
@@ -887,9 +895,20 @@ def pending_workspaces(repo) -> list:
     return out
 
 
+class DamagedJournal(ValueError):
+    """A staging directory's journal ``path`` has a damaged line before other changes
+    (not just a last line torn by a crash): the staged tree cannot be rebuilt as it was."""
+
+    def __init__(self, path: str, what: str):
+        super().__init__(what)
+        self.path = path
+
+
 def damaged_state(path: str, e: Exception) -> str:
-    """The one line for a staging ``state.json`` at ``path`` that does not read
-    (``e``): what is lost and what to do."""
+    """The one line for a staging ``state.json`` at ``path`` (or the journal a
+    :class:`DamagedJournal` ``e`` names) that does not read (``e``): what is lost and
+    what to do."""
+    path = getattr(e, "path", path)
     d = os.path.dirname(path)
     return (f"{path} is damaged ({e}): the staged tree cannot be rebuilt; the staged files' bytes "
             f"are in {os.path.join(d, 'data')}: copy out what you need, then `tvcfs recover --discard` "
