@@ -301,7 +301,7 @@ async def _remote_transfer(url, rev, path, tensor_name, identity, engine, timeou
     from .dag import FileIndex, resolve_path
     from .errors import BlockNotFound
     from .transport import protocol
-    from .transport.backend import links_of
+    from .transport.base import links_of
     from .transport.client import open_session
 
     blocks: dict = {}  # verified blocks received and still needed

@@ -348,7 +348,7 @@ def _post_order_missing(get, root: bytes, remote: BlockRemote) -> Iterator[tuple
     """``(cid, block)`` of every block under ``root`` (commits with their history)
     the remote lacks, children before parents; a sub-DAG whose root the remote holds
     is skipped whole. ``get(cid)`` reads a local block (raises BlockNotFound)."""
-    from .transport.backend import links_of
+    from .transport.base import links_of
 
     seen: set = set()
     stack = [(root, False)]
@@ -512,11 +512,11 @@ def walk_dags(repo, rem: BlockRemote, roots: Iterable[bytes], *, complete=(), sk
     the end) while the next one downloads. ``complete``: commits whose DAGs are
     known complete locally (not walked). ``skeleton``: leave raw leaves out (the
     empty leaf is made locally). ``progress(bytes, None)``. Returns a
-    :class:`~tvcfs.transport.backend.FetchStats` whose ``missing`` lists the CIDs
+    :class:`~tvcfs.transport.base.FetchStats` whose ``missing`` lists the CIDs
     the remote did not have (empty when complete). Raises
     :class:`~tvcfs.errors.CorruptBlock` naming a block that does not hash to its
     CID (nothing of that batch's bad blocks is stored), ``BlockUnavailable``."""
-    from .transport.backend import FetchStats, links_of
+    from .transport.base import FetchStats, links_of
 
     t0 = time.perf_counter()
     st = FetchStats(transport=getattr(rem, "transport", ""))

@@ -212,6 +212,9 @@ register_backend("gateway", _gateway_factory)
 
 
 def _peers_factory(repo=None, **options):
+    # imported when the tier is built: the peer tier drives the transport's client
+    # side (a backend using its driver, docs/architecture.md "Layers"), which
+    # ``import tvcfs.store`` does not load
     from .peers import peers_factory
 
     return peers_factory(repo=repo, **options)

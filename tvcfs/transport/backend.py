@@ -1,109 +1,17 @@
-"""The small repository interface the transport needs, and its adapter to ``tvcfs.Repo``.
+"""The adapter of the transport's block interface to ``tvcfs.Repo``: :class:`RepoBackend`.
 
-Server and client only call :class:`BlockBackend` methods, so any store with refs
-can be served. Binary CIDs (bytes) everywhere.
+Server and client only call :class:`~.base.BlockBackend` methods (:mod:`.base`), so
+any store with refs can be served. This module is at the repository level (it
+records a push being received for ``tvcfs gc`` and asks :mod:`tvcfs.pack` for delta
+hints); the transport's core and client import :mod:`.base`, never this module
+(docs/architecture.md, "Layers"). Binary CIDs (bytes) everywhere.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
-from typing import Iterable, Protocol
+from contextlib import contextmanager
 
-from ..encoding.cid import DAG_CBOR, RAW, cid_codec, cid_str
-from ..errors import InvalidCID, MalformedObject
-
-
-@dataclass
-class FetchStats:
-    """Outcome of a fetch from one remote (every remote kind: tvcfs/sync.py):
-    ``blocks``/``nbytes`` stored (new, verified), ``wire_bytes`` received,
-    ``bad_blocks`` (failed verification, dropped), ``bad_cids``, ``stray_blocks``
-    (blocks of no DAG that was asked for, dropped unstored), ``missing``
-    (frontier CIDs still absent), ``seconds``, ``first_block_s`` (time to the
-    first block of the first request, seconds), ``transport`` ("quic/qh3", "tcp",
-    "s3"), ``resumed``/``early_data`` (QUIC session resumption, 0-RTT)."""
-
-    blocks: int = 0
-    nbytes: int = 0
-    wire_bytes: int = 0
-    bad_blocks: int = 0
-    bad_cids: list = field(default_factory=list)
-    stray_blocks: int = 0
-    dont_have: int = 0
-    missing: list = field(default_factory=list)
-    seconds: float = 0.0
-    first_block_s: float | None = None
-    first_block_at: float | None = None  # time.perf_counter() at the first block
-    transport: str = ""
-    resumed: bool = False  # QUIC: the handshake resumed a session (a ticket)
-    early_data: bool = False  # QUIC: the first requests went out as 0-RTT early data
-
-
-class BlockBackend(Protocol):
-    """What the transport needs from a repository."""
-
-    def get(self, cid: bytes) -> bytes | None:
-        """Block bytes, or None when absent."""
-
-    def has(self, cid: bytes) -> bool:
-        """Whether the block is stored."""
-
-    def put_many(self, blocks: Iterable[tuple[bytes, bytes]]) -> int:
-        """Store already-verified blocks in one transaction; return how many were new."""
-
-    def refs(self) -> dict[str, bytes]:
-        """``{full ref name: commit CID}`` (no symbolic refs)."""
-
-    def head(self) -> str:
-        """Full name of the ref HEAD points to ("" if none)."""
-
-    def update_ref(self, name: str, new: bytes | None, expected: bytes | None) -> None:
-        """Compare-and-swap ``name`` from ``expected`` to ``new``; raises
-        ``tvcfs.errors.RefConflict`` when the current value differs."""
-
-    def sync(self) -> None:
-        """Make stored blocks durable (optional: backends without it are always durable)."""
-
-    def block_count(self) -> int:
-        """Number of blocks stored (optional: a fetch into a backend without it, or
-        with blocks, asks for the missing interior nodes before the leaves)."""
-
-
-def links_of(cid: bytes, data, history: bool = True) -> list[bytes]:
-    """Child CIDs of a block in traversal order. A commit (dag-cbor) links its
-    ``tree`` and, when ``history``, its ``parents``; dag-pb its links; raw none.
-    Raises ``tvcfs.errors.MalformedObject`` (naming the block) / ``InvalidCID`` on
-    bad input."""
-    codec = cid_codec(cid)
-    if codec == RAW:
-        return []
-    try:
-        if codec == DAG_CBOR:
-            from ..encoding.commit import decode_commit
-
-            com = decode_commit(data)
-            return [com.tree] + (list(com.parents) if history else [])
-        from ..dag import block_links
-
-        return block_links(cid, data)
-    except (MalformedObject, InvalidCID) as e:  # a CID's hash says nothing of its bytes' shape
-        what = "commit" if codec == DAG_CBOR else "dag-pb node"
-        raise MalformedObject(f"block {cid_str(cid)} is not a valid {what}: {e}") from None
-
-
-def read_view(backend):
-    """``backend.read_view()`` when it has one (zero-copy reads), else ``backend``."""
-    rv = getattr(backend, "read_view", None)
-    return rv() if rv is not None else nullcontext(backend)
-
-
-def is_leaf(cid: bytes) -> bool:
-    """True for a raw block (no links: its presence is all a walk needs)."""
-    try:
-        return cid_codec(cid) == RAW
-    except InvalidCID:
-        return False
+from .base import BlockBackend, FetchStats, is_leaf, links_of, read_view  # noqa: F401  (re-exported)
 
 
 class RepoBackend:
@@ -144,6 +52,17 @@ class RepoBackend:
         from ..gc import mark_receiving
 
         mark_receiving(self.repo, key, started)
+
+    def delta_hints(self, heads: list[bytes], have_roots: list[bytes]) -> dict:
+        """``{leaf CID: tvcfs.pack.Hint}`` for the leaves of the commits reachable from
+        ``heads`` that are not in the history of ``have_roots`` (binary commit CIDs;
+        those absent here are skipped): :func:`tvcfs.pack.delta_hints`. Reads commits,
+        directories, file indexes and safetensors headers; raises
+        :class:`~tvcfs.errors.TvcfsError` on a damaged one."""
+        from ..pack import delta_hints
+
+        held = set(self.repo.ancestors(have_roots, missing_ok=True))
+        return delta_hints(self.repo, heads, lambda cs: [c in held for c in cs])
 
     def block_count(self) -> int:
         """Number of blocks stored (O(1): LMDB's entry count)."""

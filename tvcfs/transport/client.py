@@ -23,7 +23,7 @@ from ..encoding.cid import cid_codec, verify_block
 from ..errors import CorruptBlock, InvalidCID, TvcfsError
 from ..store.verify import verify_many
 from . import protocol
-from .backend import BlockBackend, FetchStats, is_leaf, links_of
+from .base import BlockBackend, FetchStats, is_leaf, links_of
 from .channel import MessageChannel
 from .identity import NodeIdentity, parse_peer_id
 from .quic import CLIENT_TICKETS, QuicSettings, TransportError, _collapse_groups, connect_quic

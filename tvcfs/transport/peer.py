@@ -25,7 +25,8 @@ import trio
 from ..errors import TvcfsError
 from ..refs import HEADS, TAGS
 from ..store.base import PRIO_FOREGROUND
-from .backend import FetchStats, RepoBackend
+from .backend import RepoBackend
+from .base import FetchStats
 from .client import open_session, parse_url
 from .identity import format_peer_id
 from .quic import CLIENT_TICKETS
@@ -216,7 +217,7 @@ class PeerRemote:
         stored as it arrives (:func:`tvcfs.store.verify.verify_many`), one sync at
         the end. Bad blocks are dropped (``bad_cids``); ``stop_on_bad``: do not ask
         this peer again after one (another remote is asked). ``progress(bytes,
-        None)``. Returns :class:`~.backend.FetchStats` (``missing`` non-empty when
+        None)``. Returns :class:`~.base.FetchStats` (``missing`` non-empty when
         this peer could not supply everything)."""
         prog = (lambda blocks, nbytes: progress(nbytes, None)) if progress else None
         backend = RepoBackend(repo)

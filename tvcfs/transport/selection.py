@@ -4,7 +4,7 @@ The traversals behind TensorSwap's GraphSync-like requests (docs/protocol.md,
 "DAG requests"): :func:`iter_selection` yields the blocks a
 :class:`~.protocol.DagRequest` selects in the order the server sends them, and
 :func:`missing_in_dag` the frontier of blocks a client still lacks. Both read a
-:class:`~.backend.BlockBackend` and nothing else; the server session
+:class:`~.base.BlockBackend` and nothing else; the server session
 (:mod:`.session`) and the client's fetch and push use them.
 """
 
@@ -15,7 +15,7 @@ import collections
 from ..encoding.cid import DAG_CBOR, DAG_PB, cid_codec
 from ..errors import InvalidCID, TvcfsError
 from . import protocol
-from .backend import BlockBackend, is_leaf, links_of
+from .base import BlockBackend, is_leaf, links_of
 
 __all__ = ["held_blocks", "iter_selection", "missing_in_dag", "thin_plan"]
 
@@ -158,21 +158,18 @@ def thin_plan(backend, heads, have_roots, known: set | None = None) -> dict:
     tensor leaves of the commits reachable from ``heads`` that a peer holding the
     commits ``have_roots`` complete lacks — as the XOR with the same tensor (name,
     dtype, shape, offset) in the commit's named delta base or a parent, where that
-    block is one the peer holds (:func:`held_blocks`). ``{}`` when ``backend`` is not
-    over a repository (no ``repo``) or ``have_roots`` is empty. ``known``: the
-    :func:`held_blocks` of ``have_roots`` if already computed. See
-    :func:`tvcfs.pack.delta_hints`."""
-    repo = getattr(backend, "repo", None)
+    block is one the peer holds (:func:`held_blocks`). The candidate bases come from
+    the backend's :meth:`~.base.BlockBackend.delta_hints` (the repository's adapter
+    asks the packer): ``{}`` when ``backend`` has none or ``have_roots`` is empty.
+    ``known``: the :func:`held_blocks` of ``have_roots`` if already computed."""
+    hints = getattr(backend, "delta_hints", None)
     have_roots = [c for c in have_roots if cid_codec(c) == DAG_CBOR]
-    if repo is None or not have_roots:
+    if hints is None or not have_roots:
         return {}
-    from ..pack import delta_hints
-
     if known is None:
         known = held_blocks(backend, have_roots)
-    held = set(repo.ancestors(have_roots, missing_ok=True))
     out = {}
-    for cid, h in delta_hints(repo, heads, lambda cs: [c in held for c in cs]).items():
+    for cid, h in hints(heads, have_roots).items():
         base = next((b for b in h.bases if b in known), None)
         if base is not None:
             out[cid] = (h.elem, base)

@@ -25,7 +25,7 @@ import trio
 
 from ..errors import TvcfsError
 from . import protocol
-from .backend import BlockBackend
+from .base import BlockBackend
 from .identity import NodeIdentity
 from .ledger import PeerLedger
 from .quic import _collapse_groups, aclose_quietly
@@ -86,7 +86,7 @@ class RateLimit:
 class ServerConfig:
     """What a server serves and to whom.
 
-    ``backend``: the repository (:class:`~.backend.BlockBackend`); ``identity``:
+    ``backend``: the repository (:class:`~.base.BlockBackend`); ``identity``:
     the node key; ``private``: reads need an authenticated peer ID in ``allow_read``
     or ``allow_push``; ``allow_push``: binary peer IDs that may push; ``limits``;
     ``corrupt_hook``: test hook ``f(cid, data) -> data`` applied to outgoing blocks;

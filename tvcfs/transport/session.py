@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from ..encoding.cid import cid_codec, cid_str, verify_block
 from ..errors import CorruptBlock, InvalidCID, RefConflict, TvcfsError
 from . import protocol
-from .backend import is_leaf, read_view
+from .base import is_leaf, read_view
 from .identity import (IdentityError, PeerIdMismatch, auth_message, format_peer_id,
                        verify_signature)
 from .selection import held_blocks, iter_selection, missing_in_dag, thin_plan
