@@ -975,6 +975,40 @@ def test_packing_uses_fewer_longer_matches_than_plain_level_1():
 
 
 @pytest.mark.fuse
+def test_a_cold_read_of_packed_leaves_never_reads_the_store_page_by_page(tmp_path):
+    """The mount's first page-in of a packed file's leaf does not switch the store's
+    map to exact reads (``MADV_RANDOM``, meant for raw leaves whose place in
+    ``data.mdb`` is not known yet): the packed value and its base were then read by
+    page faults, one 4 KiB disk read each — ~160 of them, ~25 ms, for the first 1 MiB
+    leaf of a cold read of the benchmark's bf16 fine-tune, while the preload threads
+    had nothing queued yet (docs/performance.md "Packed blocks", eighth round). A
+    packed value is read whole and advised first (``LMDBStore._read_ahead``).
+    ``preload_exact`` of ``.tvcfs/stats`` counts the page-ins done with exact reads:
+    none for cold sequential reads of a packed fine-tune and its packed base (before:
+    the first leaves of each file), and the bytes are the source's."""
+    from support.mount import Mounted
+
+    from tvcfs.repo import Repo
+
+    with Repo.init(str(tmp_path / "repo")) as repo:
+        base, ft, c1, _ = two_commits_packed(repo, tmp_path, ["F32", "BF16"], 1_000_001)
+    with Mounted(tmp_path / "repo", tmp_path / "mnt") as m:
+        for src, path in ((ft, m.branch("main", "model.safetensors")),
+                          (base, m.path("commits", cid_str(c1), "model.safetensors"))):
+            with open(os.path.join(src, "model.safetensors"), "rb") as f:
+                want = f.read()
+            assert len(want) > 4 << 20  # several 1 MiB leaves
+            got = bytearray()
+            with open(path, "rb", buffering=0) as f:
+                while b := f.read(1 << 20):
+                    got += b
+            assert got == want
+        s = m.stats()
+    assert s["cold_reads"] > 0, s  # the reads were cold: leaves were paged in for them
+    assert s["preload_exact"] == 0, s
+
+
+@pytest.mark.fuse
 def test_the_mount_imports_the_decoders_before_the_first_read_of_a_packed_store(tmp_path):
     """A daemon over a store with packed blocks has zstandard and numpy loaded once
     mounted (they came in on the first read, stalling every reader on the import

@@ -978,7 +978,8 @@ class LMDBStore:
     def _read_ahead(self, buf) -> None:
         """``buf`` (a zero-copy value: a packed value or a delta's base) was just read:
         advise (:meth:`advise`) the :data:`PACKED_AHEAD` bytes of ``data.mdb`` after
-        it, unless a recent call covered them. ``tvcfs pack`` writes a commit's values
+        it, unless a recent call covered them, and ``buf`` itself when no earlier
+        advice covered it. ``tvcfs pack`` writes a commit's values
         in file order, and a base file's leaves (raw or packed) lie in order too, so
         the next leaves' values are there: without this, each is read by synchronous
         page faults, ``read_ahead_kb`` at a time (one disk round trip per 128 KiB, and
@@ -989,7 +990,11 @@ class LMDBStore:
         end = off + len(buf)
         stop = end + PACKED_AHEAD
         with self._data_fd_lock:
-            start = end
+            # a value no advised run covers (the first of a read) is advised itself too:
+            # its decode touches it next, and would otherwise read it by page faults,
+            # one 4 KiB disk read each while the map is MADV_RANDOM (docs/performance.md
+            # "Packed blocks", eighth round)
+            start = off
             for k, (lo, hi) in enumerate(self._ahead):
                 if lo <= end <= hi:  # a run already advised up to hi: continue it
                     if end + PACKED_AHEAD // 2 <= hi:
