@@ -676,6 +676,45 @@ def test_a_decoded_leaf_is_served_from_one_buffer_and_is_not_cold(tmp_repo, tmp_
         reader.close()
 
 
+def test_a_preload_thread_never_waits_for_a_leaf_another_thread_is_decoding(tmp_repo, tmp_path):
+    """A preload thread that takes a queued packed leaf which another thread is
+    decoding (a request's worker thread got there first: ``DecodedCache.claim``)
+    leaves it to that thread and goes on with the next leaves; it used to wait for
+    that decode (up to 10 s), idle while the reader's next requests waited for it
+    (18-120 ms of the preload threads' time per cold read of the benchmark's bf16
+    fine-tune: docs/performance.md "Packed blocks", eighth round). One preload
+    thread, the first leaf claimed by this test's thread: the next leaf must be
+    decoded while the claim is held."""
+    import time
+
+    from tvcfs.fs.reader import BlockReader, Preloader
+    from tvcfs.pack import file_leaves
+
+    *_, c2 = two_commits_packed(tmp_repo, tmp_path, ("BF16",), 1_000_001)
+    st = tmp_repo.store
+    fcid = tmp_repo.entry(c2, "model.safetensors").cid
+    reader = BlockReader(st)
+    pre = Preloader(st, threads=1)
+    try:
+        idx = reader.index(fcid)
+        packed = [i for i, lf in enumerate(file_leaves(tmp_repo.get, fcid)) if st.info(lf.cid).encoding == "delta"]
+        assert len(packed) >= 2, packed
+        first, second = idx.leaves[packed[0]], idx.leaves[packed[1]]
+        assert st.decoded.claim(first) is None  # this thread "decodes" the first leaf
+        try:
+            pre.schedule(idx, packed[:2], 1)
+            deadline = time.monotonic() + 5
+            while second not in st.decoded and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert second in st.decoded, "the preload thread waited for the claimed leaf"
+            assert pre.skipped == 1 and first not in st.decoded
+        finally:
+            st.decoded.release(first)
+    finally:
+        pre.close()
+        reader.close()
+
+
 def test_decoded_leaves_reuse_huge_page_slots_only_once_nobody_holds_them(tmp_repo, tmp_path):
     """Packed leaves of 128 KiB to 1 MiB decode into slots of the decoded cache's
     huge-page map (a fresh mount then does not take a page fault per 4 KiB of what

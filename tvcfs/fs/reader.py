@@ -558,6 +558,8 @@ class Preloader:
         self.check = check
         # decoded packed blocks (a leaf held there needs no page-in); a set-like view
         self.decoded = getattr(store, "decoded", None) or ()
+        self.decoding = getattr(self.decoded, "busy", None)  # cid -> whether a thread decodes it now
+        self.skipped = 0  # queued packed leaves found decoded or being decoded (.tvcfs/stats preload_skipped)
         self.exact = 0  # threads reading with the map's read-around off (see _exact_reads)
         self.absent = 0  # page-ins of leaves not in the store (.tvcfs/stats preload_absent)
         self.exact_page_ins = 0  # page-ins with the map's read-around off (.tvcfs/stats preload_exact)
@@ -809,6 +811,12 @@ class Preloader:
                 del self.pending[cid]
                 if cid in self.resident:
                     continue
+            if cid in self.decoded or (self.decoding is not None and self.decoding(cid)):
+                # packed, and decoded already or being decoded by another thread (a
+                # request's worker that got there first): waiting for that decode
+                # would idle this thread while the leaves after it wait
+                self.skipped += 1
+                continue
             self._advise(idx, i, i + 1)
             self._page_in(idx, i)
 

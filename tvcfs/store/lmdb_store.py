@@ -274,6 +274,11 @@ class DecodedCache:
         """Whether ``cid`` is held (a hint: it may be dropped right after)."""
         return cid in self._d
 
+    def busy(self, cid: bytes) -> bool:
+        """Whether a thread is decoding ``cid`` now (claimed, not released yet: a
+        hint)."""
+        return cid in self._busy
+
     def get(self, cid: bytes):
         """The decoded block ``cid`` (a read-only ``memoryview``), marked most recently used,
         or ``None`` if not held."""
