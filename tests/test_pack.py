@@ -1051,10 +1051,28 @@ def test_a_cold_read_of_packed_leaves_never_reads_the_store_page_by_page(tmp_pat
 def test_the_mount_imports_the_decoders_before_the_first_read_of_a_packed_store(tmp_path):
     """A daemon over a store with packed blocks has zstandard and numpy loaded once
     mounted (they came in on the first read, stalling every reader on the import
-    lock); over a store without any, it does not load them."""
+    lock), and the decoded cache's arena mapped and advised for huge pages (the
+    process's first ``MADV_HUGEPAGE`` waits ~10 ms, which the first request of a cold
+    read paid: docs/performance.md "Packed blocks", eighth round); over a store
+    without any, neither."""
     from support.mount import Mounted
 
     from tvcfs.repo import Repo
+    from tvcfs.store.lmdb_store import DECODED_CACHE, DECODED_SPARE, SLOT
+
+    arena_kib = (DECODED_CACHE + DECODED_SPARE) // SLOT * SLOT >> 10
+
+    def hugepage_arena(pid: int) -> bool:
+        """Whether process ``pid`` has an anonymous map of the arena's size advised
+        for huge pages (``hg`` in its ``VmFlags``)."""
+        size = None
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                if line.startswith("Size:"):
+                    size = int(line.split()[1])
+                elif line.startswith("VmFlags:") and size == arena_kib and " hg" in line:
+                    return True
+        return False
 
     base, ft = model_pair(str(tmp_path / "src"), ["BF16"])
     for name, packed in (("packed", True), ("raw", False)):
@@ -1067,3 +1085,4 @@ def test_the_mount_imports_the_decoders_before_the_first_read_of_a_packed_store(
             with open(f"/proc/{m.pid}/maps") as f:
                 maps = f.read()
             assert ("zstandard" in maps and "numpy" in maps) == packed, name
+            assert hugepage_arena(m.pid) == packed, name

@@ -295,9 +295,7 @@ class DecodedCache:
         np = encodings.np
         if SLOT_MIN <= n <= SLOT and self.nslots:
             if self._arena is None:
-                with self._lock:
-                    if self._arena is None:
-                        self._arena = self._map()
+                self.warm()
             try:
                 k = self._free.pop()
             except IndexError:
@@ -309,6 +307,17 @@ class DecodedCache:
                 weakref.finalize(arr.base, self._free.append, k).atexit = False
                 return arr
         return np.empty(n, np.uint8)
+
+    def warm(self) -> None:
+        """Make the arena of :meth:`buffer` now (the mount daemon does at start-up when
+        its store holds packed blocks): a process's first ``MADV_HUGEPAGE`` waits
+        ~10 ms in the kernel (no CPU), which the first decode of a fresh mount's
+        first read paid, while that request waited and no preload thread had work
+        yet (docs/performance.md "Packed blocks", eighth round)."""
+        if self.nslots and self._arena is None:
+            with self._lock:
+                if self._arena is None:
+                    self._arena = self._map()
 
     def _map(self):
         """The arena: ``nslots`` slots of :data:`SLOT` bytes in one anonymous map
