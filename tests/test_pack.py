@@ -676,6 +676,45 @@ def test_a_decoded_leaf_is_served_from_one_buffer_and_is_not_cold(tmp_repo, tmp_
         reader.close()
 
 
+def test_a_preload_thread_never_waits_for_a_leaf_another_thread_is_decoding(tmp_repo, tmp_path):
+    """A preload thread that takes a queued packed leaf which another thread is
+    decoding (a request's worker thread got there first: ``DecodedCache.claim``)
+    leaves it to that thread and goes on with the next leaves; it used to wait for
+    that decode (up to 10 s), idle while the reader's next requests waited for it
+    (18-120 ms of the preload threads' time per cold read of the benchmark's bf16
+    fine-tune: docs/performance.md "Packed blocks", eighth round). One preload
+    thread, the first leaf claimed by this test's thread: the next leaf must be
+    decoded while the claim is held."""
+    import time
+
+    from tvcfs.fs.reader import BlockReader, Preloader
+    from tvcfs.pack import file_leaves
+
+    *_, c2 = two_commits_packed(tmp_repo, tmp_path, ("BF16",), 1_000_001)
+    st = tmp_repo.store
+    fcid = tmp_repo.entry(c2, "model.safetensors").cid
+    reader = BlockReader(st)
+    pre = Preloader(st, threads=1)
+    try:
+        idx = reader.index(fcid)
+        packed = [i for i, lf in enumerate(file_leaves(tmp_repo.get, fcid)) if st.info(lf.cid).encoding == "delta"]
+        assert len(packed) >= 2, packed
+        first, second = idx.leaves[packed[0]], idx.leaves[packed[1]]
+        assert st.decoded.claim(first) is None  # this thread "decodes" the first leaf
+        try:
+            pre.schedule(idx, packed[:2], 1)
+            deadline = time.monotonic() + 5
+            while second not in st.decoded and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert second in st.decoded, "the preload thread waited for the claimed leaf"
+            assert pre.skipped == 1 and first not in st.decoded
+        finally:
+            st.decoded.release(first)
+    finally:
+        pre.close()
+        reader.close()
+
+
 def test_decoded_leaves_reuse_huge_page_slots_only_once_nobody_holds_them(tmp_repo, tmp_path):
     """Packed leaves of 128 KiB to 1 MiB decode into slots of the decoded cache's
     huge-page map (a fresh mount then does not take a page fault per 4 KiB of what
@@ -975,13 +1014,65 @@ def test_packing_uses_fewer_longer_matches_than_plain_level_1():
 
 
 @pytest.mark.fuse
-def test_the_mount_imports_the_decoders_before_the_first_read_of_a_packed_store(tmp_path):
-    """A daemon over a store with packed blocks has zstandard and numpy loaded once
-    mounted (they came in on the first read, stalling every reader on the import
-    lock); over a store without any, it does not load them."""
+def test_a_cold_read_of_packed_leaves_never_reads_the_store_page_by_page(tmp_path):
+    """The mount's first page-in of a packed file's leaf does not switch the store's
+    map to exact reads (``MADV_RANDOM``, meant for raw leaves whose place in
+    ``data.mdb`` is not known yet): the packed value and its base were then read by
+    page faults, one 4 KiB disk read each — ~160 of them, ~25 ms, for the first 1 MiB
+    leaf of a cold read of the benchmark's bf16 fine-tune, while the preload threads
+    had nothing queued yet (docs/performance.md "Packed blocks", eighth round). A
+    packed value is read whole and advised first (``LMDBStore._read_ahead``).
+    ``preload_exact`` of ``.tvcfs/stats`` counts the page-ins done with exact reads:
+    none for cold sequential reads of a packed fine-tune and its packed base (before:
+    the first leaves of each file), and the bytes are the source's."""
     from support.mount import Mounted
 
     from tvcfs.repo import Repo
+
+    with Repo.init(str(tmp_path / "repo")) as repo:
+        base, ft, c1, _ = two_commits_packed(repo, tmp_path, ["F32", "BF16"], 1_000_001)
+    with Mounted(tmp_path / "repo", tmp_path / "mnt") as m:
+        for src, path in ((ft, m.branch("main", "model.safetensors")),
+                          (base, m.path("commits", cid_str(c1), "model.safetensors"))):
+            with open(os.path.join(src, "model.safetensors"), "rb") as f:
+                want = f.read()
+            assert len(want) > 4 << 20  # several 1 MiB leaves
+            got = bytearray()
+            with open(path, "rb", buffering=0) as f:
+                while b := f.read(1 << 20):
+                    got += b
+            assert got == want
+        s = m.stats()
+    assert s["cold_reads"] > 0, s  # the reads were cold: leaves were paged in for them
+    assert s["preload_exact"] == 0, s
+
+
+@pytest.mark.fuse
+def test_the_mount_imports_the_decoders_before_the_first_read_of_a_packed_store(tmp_path):
+    """A daemon over a store with packed blocks has zstandard and numpy loaded once
+    mounted (they came in on the first read, stalling every reader on the import
+    lock), and the decoded cache's arena mapped and advised for huge pages (the
+    process's first ``MADV_HUGEPAGE`` waits ~10 ms, which the first request of a cold
+    read paid: docs/performance.md "Packed blocks", eighth round); over a store
+    without any, neither."""
+    from support.mount import Mounted
+
+    from tvcfs.repo import Repo
+    from tvcfs.store.lmdb_store import DECODED_CACHE, DECODED_SPARE, SLOT
+
+    arena_kib = (DECODED_CACHE + DECODED_SPARE) // SLOT * SLOT >> 10
+
+    def hugepage_arena(pid: int) -> bool:
+        """Whether process ``pid`` has an anonymous map of the arena's size advised
+        for huge pages (``hg`` in its ``VmFlags``)."""
+        size = None
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                if line.startswith("Size:"):
+                    size = int(line.split()[1])
+                elif line.startswith("VmFlags:") and size == arena_kib and " hg" in line:
+                    return True
+        return False
 
     base, ft = model_pair(str(tmp_path / "src"), ["BF16"])
     for name, packed in (("packed", True), ("raw", False)):
@@ -994,3 +1085,4 @@ def test_the_mount_imports_the_decoders_before_the_first_read_of_a_packed_store(
             with open(f"/proc/{m.pid}/maps") as f:
                 maps = f.read()
             assert ("zstandard" in maps and "numpy" in maps) == packed, name
+            assert hugepage_arena(m.pid) == packed, name

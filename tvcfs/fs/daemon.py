@@ -255,12 +255,17 @@ def _log_to_syslog(level: int) -> bool:
 def _warm_decoders(store) -> None:
     """When ``store`` holds packed blocks, import their decoders before the mount
     serves (:func:`tvcfs.store.encodings.warm`): not on the first read, where it
-    stalled every reader (docs/performance.md "Packed blocks")."""
+    stalled every reader; and make the arena leaves are decoded into
+    (:meth:`~tvcfs.store.lmdb_store.DecodedCache.warm`: ~10 ms of the first
+    request's wait). docs/performance.md "Packed blocks"."""
     stat = getattr(store, "stat", None)
     if stat is not None and stat().get("packed"):
         from ..store import encodings
 
         encodings.warm()
+        decoded = getattr(store, "decoded", None)
+        if decoded is not None:
+            decoded.warm()
 
 
 def run_foreground(repo_root: str, mountpoint: str, debug: bool = False, verify: bool = True,

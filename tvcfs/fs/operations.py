@@ -173,6 +173,8 @@ class ReadOnlyOperations(pyfuse3.Operations):
             d["inodes"] = len(self.inodes.by_ino)
             # page-ins of leaves not (yet) in the store: each switched the map to exact reads
             d["preload_absent"] = self.reader.preloader.absent
+            d["preload_exact"] = self.reader.preloader.exact_page_ins
+            d["preload_skipped"] = self.reader.preloader.skipped
             # stored blocks hashed when first served (a lazy mount's fetched leaves are not:
             # they were hashed against their CIDs as they arrived)
             d["read_checks"] = getattr(self.repo.store, "read_checks", 0)

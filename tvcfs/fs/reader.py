@@ -558,8 +558,11 @@ class Preloader:
         self.check = check
         # decoded packed blocks (a leaf held there needs no page-in); a set-like view
         self.decoded = getattr(store, "decoded", None) or ()
+        self.decoding = getattr(self.decoded, "busy", None)  # cid -> whether a thread decodes it now
+        self.skipped = 0  # queued packed leaves found decoded or being decoded (.tvcfs/stats preload_skipped)
         self.exact = 0  # threads reading with the map's read-around off (see _exact_reads)
         self.absent = 0  # page-ins of leaves not in the store (.tvcfs/stats preload_absent)
+        self.exact_page_ins = 0  # page-ins with the map's read-around off (.tvcfs/stats preload_exact)
         self.nthreads, self.max_pending, self.max_resident = threads, max_pending, max_resident
         self.cv = threading.Condition()
         self.heap: list = []
@@ -719,13 +722,16 @@ class Preloader:
 
     def _page_in(self, idx: FileIndex, i: int) -> None:
         cid = idx.leaves[i]
-        # reads are exact (no read-around) until the file's layout is verified
+        # reads are exact (no read-around) until the file's layout is verified; never
+        # for a packed leaf (its value is read whole, and advised: LMDBStore._read_ahead)
         a = self.anchors.get(idx.cid)
         exact = (self.map_addr and len(idx.leaves) > 1 and not (a and a[2]) and cid not in self.offsets
                  and idx.cid not in self.packed_files)
         try:
             blocks = self.store.snapshot(verify=False)
             try:
+                if exact and blocks.is_packed(cid):
+                    exact = False
                 # the leaf's checksum is read before its page-in, from the same read
                 # transaction: once the pages are in, the check is the hash alone (no
                 # LMDB call, one GIL hand-off) before the leaf is marked resident
@@ -733,6 +739,7 @@ class Preloader:
                 if self.check is not None and self.store.verify_reads and cid not in self.store.verified:
                     want = blocks.recorded_checksum(cid)
                 if exact:
+                    self.exact_page_ins += 1
                     self._exact_reads(True)
                 try:
                     v = blocks.get(cid)
@@ -804,6 +811,12 @@ class Preloader:
                 del self.pending[cid]
                 if cid in self.resident:
                     continue
+            if cid in self.decoded or (self.decoding is not None and self.decoding(cid)):
+                # packed, and decoded already or being decoded by another thread (a
+                # request's worker that got there first): waiting for that decode
+                # would idle this thread while the leaves after it wait
+                self.skipped += 1
+                continue
             self._advise(idx, i, i + 1)
             self._page_in(idx, i)
 

@@ -274,6 +274,11 @@ class DecodedCache:
         """Whether ``cid`` is held (a hint: it may be dropped right after)."""
         return cid in self._d
 
+    def busy(self, cid: bytes) -> bool:
+        """Whether a thread is decoding ``cid`` now (claimed, not released yet: a
+        hint)."""
+        return cid in self._busy
+
     def get(self, cid: bytes):
         """The decoded block ``cid`` (a read-only ``memoryview``), marked most recently used,
         or ``None`` if not held."""
@@ -290,9 +295,7 @@ class DecodedCache:
         np = encodings.np
         if SLOT_MIN <= n <= SLOT and self.nslots:
             if self._arena is None:
-                with self._lock:
-                    if self._arena is None:
-                        self._arena = self._map()
+                self.warm()
             try:
                 k = self._free.pop()
             except IndexError:
@@ -304,6 +307,17 @@ class DecodedCache:
                 weakref.finalize(arr.base, self._free.append, k).atexit = False
                 return arr
         return np.empty(n, np.uint8)
+
+    def warm(self) -> None:
+        """Make the arena of :meth:`buffer` now (the mount daemon does at start-up when
+        its store holds packed blocks): a process's first ``MADV_HUGEPAGE`` waits
+        ~10 ms in the kernel (no CPU), which the first decode of a fresh mount's
+        first read paid, while that request waited and no preload thread had work
+        yet (docs/performance.md "Packed blocks", eighth round)."""
+        if self.nslots and self._arena is None:
+            with self._lock:
+                if self._arena is None:
+                    self._arena = self._map()
 
     def _map(self):
         """The arena: ``nslots`` slots of :data:`SLOT` bytes in one anonymous map
@@ -978,7 +992,8 @@ class LMDBStore:
     def _read_ahead(self, buf) -> None:
         """``buf`` (a zero-copy value: a packed value or a delta's base) was just read:
         advise (:meth:`advise`) the :data:`PACKED_AHEAD` bytes of ``data.mdb`` after
-        it, unless a recent call covered them. ``tvcfs pack`` writes a commit's values
+        it, unless a recent call covered them, and ``buf`` itself when no earlier
+        advice covered it. ``tvcfs pack`` writes a commit's values
         in file order, and a base file's leaves (raw or packed) lie in order too, so
         the next leaves' values are there: without this, each is read by synchronous
         page faults, ``read_ahead_kb`` at a time (one disk round trip per 128 KiB, and
@@ -989,7 +1004,11 @@ class LMDBStore:
         end = off + len(buf)
         stop = end + PACKED_AHEAD
         with self._data_fd_lock:
-            start = end
+            # a value no advised run covers (the first of a read) is advised itself too:
+            # its decode touches it next, and would otherwise read it by page faults,
+            # one 4 KiB disk read each while the map is MADV_RANDOM (docs/performance.md
+            # "Packed blocks", eighth round)
+            start = off
             for k, (lo, hi) in enumerate(self._ahead):
                 if lo <= end <= hi:  # a run already advised up to hi: continue it
                     if end + PACKED_AHEAD // 2 <= hi:
