@@ -257,6 +257,36 @@ def test_cache_size_evicts_lru_but_never_open_files(pushed, tmp_path, real_model
             time.sleep(0.05)
 
 
+def test_cache_size_of_a_mount_that_cannot_evict_is_refused(pushed, tmp_repo, servers, tmp_path):
+    """``--cache-size`` bounds the cache of ``s3://`` mounts only (the only source that
+    evicts). On a peer lazy mount or a plain repository it was accepted and ignored,
+    so the cache grew past the bound the user set: refused with one line, nothing
+    mounted, in the background and in the foreground; an ``s3://`` mount takes it."""
+    src = tmp_path / "w"
+    src.mkdir()
+    (src / "w.bin").write_bytes(os.urandom(100000))
+    tmp_repo.commit_dir(str(src), message="w")
+    srv = servers(tmp_repo.root, tmp_path)
+    clone = tmp_path / "clone"
+    run_tvcfs("clone", "--lazy", "-q", srv.url, clone)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        for repo, what in ((clone, "lazy mount of tvcfs:// peers"), (tmp_repo.root, "not a lazy mount")):
+            for fg in ([], ["-f"]):
+                r = run_tvcfs("mount", *fg, "--cache-size", "2M", repo, mnt, ok=None, timeout=60)
+                err = r.stderr.decode()
+                assert r.returncode == 1 and err.count("\n") == 1, (r.stdout, err)
+                assert err.startswith("tvcfs: error: --cache-size") and what in err and str(repo) in err, err
+                assert "Traceback" not in err and not os.path.ismount(mnt)
+    finally:  # (before the fix: mounted in the background, ignoring the bound)
+        if os.path.ismount(mnt):
+            run_tvcfs("unmount", mnt, ok=None, timeout=60)
+    # a plain repository with an s3:// --remote is an S3 mount: accepted
+    with lazy_mount(tmp_repo.root, str(mnt), "--remote", pushed, "--cache-size", "2M") as m:
+        assert remote_stats(m)["cache"]["limit_bytes"] == 2 * MiB
+
+
 def test_sequential_read_gets_each_pack_slot_once(s3_endpoint, tmp_path, monkeypatch):
     """A scan of a lazily mounted file asks for whole pack slots (S3Store.slot_of: the
     ~16 MiB slices of a pack), one ranged GET each, and moves each stored byte once.
