@@ -16,7 +16,7 @@ import time
 import pytest
 from support.cli import run_tvcfs
 from support.s3 import bucket_objects, new_bucket
-from support.mount import lazy_mount, remote_stats, settled_remote_stats, stats
+from support.mount import fsync_dir, lazy_mount, remote_stats, settled_remote_stats, stats
 from support.safetensors import tensor_range
 from support.wait import wait_until
 
@@ -255,6 +255,36 @@ def test_cache_size_evicts_lru_but_never_open_files(pushed, tmp_path, real_model
                 break
             assert time.monotonic() < deadline, "evicted leaves never fetched again"
             time.sleep(0.05)
+
+
+def test_cache_holding_local_leaves_evicts_only_fetched_ones(pushed, tmp_path, real_model_dir):
+    """A cache repository that holds leaves the bucket does not (3 MiB of files
+    written through ``branches/main`` and committed) besides fetched ones, mounted
+    with ``--cache-size 2M``: the keeper evicts fetched leaves down to the limit,
+    keeps the local ones and does not count them, and the mount keeps serving. Before:
+    the keeper paired the bucket's answers with the wrong leaves, so the mount died
+    (KeyError in the keeper: every request then failed with ENOTCONN), and the local
+    leaves stayed counted, so the cache never got under its limit."""
+    local = {f"local{i}.bin": os.urandom(MiB) for i in range(3)}
+    with open(os.path.join(real_model_dir, MODEL), "rb") as f:
+        model = f.read()
+    with lazy_mount(pushed, str(tmp_path / "mnt"), "--fetch-timeout", 20) as m:
+        br = os.path.join(m, "branches", "main")
+        for name, data in local.items():
+            with open(os.path.join(br, name), "wb") as f:
+                f.write(data)
+        fsync_dir(br)
+        with open(os.path.join(br, MODEL), "rb") as f:  # every leaf fetched
+            assert f.read() == model
+    with lazy_mount(pushed, str(tmp_path / "mnt"), "--fetch-timeout", 20, "--cache-size", "2M", limit=100) as m:
+        wait_until(lambda: remote_stats(m)["cache"]["bytes"] <= 2 * MiB, 15, what="the cache under its limit")
+        br = os.path.join(m, "branches", "main")
+        for name, data in local.items():
+            with open(os.path.join(br, name), "rb") as f:
+                assert f.read() == data, name
+        with open(os.path.join(br, MODEL), "rb") as f:
+            assert f.read() == model
+        assert remote_stats(m)["cache"]["evicted_bytes"] > 50 * MiB
 
 
 def test_cache_size_of_a_mount_that_cannot_evict_is_refused(pushed, tmp_repo, servers, tmp_path):

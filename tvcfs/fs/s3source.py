@@ -422,9 +422,10 @@ class S3BlockSource(SourceBase):
         if not victims:
             return 0
         held = await trio.to_thread.run_sync(self.background_client.has_many, victims)
+        for c, h in zip(victims, held):
+            if not h:  # a local-only leaf: never evicted, not counted against the cache
+                self.cached_bytes -= self.lru.pop(c, 0)
         victims = [c for c, h in zip(victims, held) if h]
-        for c in [c for c, h in zip(victims, held) if not h]:
-            self.lru.pop(c, None)  # local-only leaf: never evicted, not counted against the cache
         # files opened while the bucket was asked are pinned too: the last check and the
         # delete run here, in the trio thread, with no await between them (an open
         # handler runs in this thread too)
@@ -436,7 +437,7 @@ class S3BlockSource(SourceBase):
             if self._closed:
                 return 0
             with self.store.write(sync=False) as w:
-                freed = sum(self.lru[c] for c in victims if w.delete_block(c))
+                freed = sum(self.lru.get(c, 0) for c in victims if w.delete_block(c))
         for c in victims:
             self.cached_bytes -= self.lru.pop(c, 0)
         self.evicted["blocks"] += len(victims)
