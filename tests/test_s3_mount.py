@@ -16,7 +16,7 @@ import time
 import pytest
 from support.cli import run_tvcfs
 from support.s3 import bucket_objects, new_bucket
-from support.mount import fsync_dir, lazy_mount, remote_stats, settled_remote_stats, stats
+from support.mount import edit_lazy_files_in_place, fsync_dir, lazy_mount, remote_stats, settled_remote_stats, stats
 from support.safetensors import tensor_range
 from support.wait import wait_until
 
@@ -255,6 +255,22 @@ def test_cache_size_evicts_lru_but_never_open_files(pushed, tmp_path, real_model
                 break
             assert time.monotonic() < deadline, "evicted leaves never fetched again"
             time.sleep(0.05)
+
+
+def test_copy_on_write_with_a_cache_smaller_than_the_file(pushed, tmp_path, real_model_dir):
+    """With ``--cache-size 2M`` (smaller than the 87 MiB file and than its largest
+    tensor) a change in place to a file never read copies it on write, also with no
+    handle open (a truncation by path): its leaves are fetched first and may be
+    evicted once copied; the staged and the committed file read back as on disk.
+    Before: EIO (the copy read the local store only). (That the copy pins the
+    file's leaves is not shown here: a 60 MiB copy ends before the keeper runs.)"""
+    with lazy_mount(pushed, str(tmp_path / "mnt"), "--fetch-timeout", 20, "--cache-size", "2M", limit=100) as m:
+        want = edit_lazy_files_in_place(os.path.join(m, "branches", "main"), real_model_dir)
+        wait_until(lambda: remote_stats(m)["cache"]["bytes"] <= 2 * MiB, 10, what="the cache back under its limit")
+    with lazy_mount(pushed, str(tmp_path / "mnt"), "--fetch-timeout", 20, "--cache-size", "2M", limit=100) as m:
+        for name, data in want.items():
+            with open(os.path.join(m, "branches", "main", name), "rb") as f:
+                assert f.read() == data, name
 
 
 def test_cache_holding_local_leaves_evicts_only_fetched_ones(pushed, tmp_path, real_model_dir):

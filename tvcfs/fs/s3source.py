@@ -379,18 +379,22 @@ class S3BlockSource(SourceBase):
         from ..dag import FileIndex
 
         out: set = set()
+        # files being copied on write in a branch view (tvcfs.fs.writable), by root CID
+        cids = list(getattr(self.ops, "copying", ()))
         for h in list(getattr(self.ops, "handles", {}).values()):
-            if not isinstance(h, FileIndex):
+            if isinstance(h, FileIndex):
+                out.update(h.leaves)
+            else:
                 # a file opened in a writable branch view (tvcfs.fs.writable.Handle): the
                 # committed file it reads, by its root CID
-                cid = getattr(getattr(h, "entry", None), "cid", None)
-                if cid is None or self.reader is None:
-                    continue
-                try:
-                    h = self.reader.index(cid)
-                except TvcfsError:
-                    continue
-            out.update(h.leaves)
+                cids.append(getattr(getattr(h, "entry", None), "cid", None))
+        for cid in cids:
+            if cid is None or self.reader is None:
+                continue
+            try:
+                out.update(self.reader.index(cid).leaves)
+            except TvcfsError:
+                continue
         return out
 
     async def _cache_keeper(self) -> None:
