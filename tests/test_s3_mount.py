@@ -303,6 +303,51 @@ def test_cache_holding_local_leaves_evicts_only_fetched_ones(pushed, tmp_path, r
         assert remote_stats(m)["cache"]["evicted_bytes"] > 50 * MiB
 
 
+_RANDOM_READER = r"""
+import mmap, os, random, sys, time
+path, src, seed, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+want = open(src, "rb").read()
+rng = random.Random(seed)
+buf = memoryview(mmap.mmap(-1, 3 << 20))
+for i in range(n):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)  # not from the page cache
+    try:
+        for _ in range(3):
+            off = rng.randrange(0, len(want)) & ~4095
+            size = rng.choice([4096, 1 << 20, 3 << 20])
+            got = os.preadv(fd, [buf[:size]], off)
+            assert buf[:got] == want[off:off + got] and got == min(size, len(want) - off), (off, size)
+    finally:
+        os.close(fd)
+    time.sleep(rng.random() * 0.3)  # no handle open: the keeper evicts
+"""
+
+
+def test_random_reads_from_processes_that_open_and_close_with_a_tiny_cache(pushed, tmp_path, real_model_dir):
+    """Four processes open the 87 MiB file, read 3 random ranges (O_DIRECT) and close
+    it, 50 times each, through an ``s3://`` mount with ``--cache-size 2M``: between
+    opens the keeper evicts, so leaves go and come back. Every read returns the
+    right bytes, none fails. Before: a read whose leaf was evicted after the read
+    snapshot that called it local began, that snapshot being renewed meanwhile, failed
+    with EIO (``block … not found``) although the bucket was up."""
+    src = os.path.join(real_model_dir, MODEL)
+    with lazy_mount(pushed, str(tmp_path / "mnt"), "--fetch-timeout", 20, "--cache-size", "2M", limit=150) as m:
+        path = os.path.join(m, "branches", "main", MODEL)
+        procs = [subprocess.Popen([sys.executable, "-c", _RANDOM_READER, path, src, str(i), "50"],
+                                  stderr=subprocess.PIPE, text=True) for i in range(4)]
+        try:
+            errs = [p.communicate(timeout=120)[1] for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        assert [p.returncode for p in procs] == [0] * 4, [e[-1500:] for e in errs]
+        r = remote_stats(m)
+        assert r["cache"]["evicted_blocks"] > 100 and not r.get("last_read_error"), r
+        wait_until(lambda: remote_stats(m)["cache"]["bytes"] <= 2 * MiB, 10, what="the cache back under its limit")
+
+
 def test_cache_size_of_a_mount_that_cannot_evict_is_refused(pushed, tmp_repo, servers, tmp_path):
     """``--cache-size`` bounds the cache of ``s3://`` mounts only (the only source that
     evicts). On a peer lazy mount or a plain repository it was accepted and ignored,
