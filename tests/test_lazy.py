@@ -31,7 +31,7 @@ import pytest
 
 from support import MIB
 from support.cli import run_tvcfs_text as run
-from support.mount import lazy_mount, remote_stats, wait_peers_ready, wire_bytes
+from support.mount import edit_lazy_files_in_place, lazy_mount, remote_stats, wait_peers_ready, wire_bytes
 from support.safetensors import tensor_range
 from support.server import Server
 from support.wait import wait_until
@@ -519,3 +519,19 @@ def test_mount_prefetch_option_fetches_in_background(model_server, real_model_di
         # now local: reading it moves nothing
         assert _sha(os.path.join(m, "branches", "main", MODEL)) == _sha(os.path.join(real_model_dir, MODEL))
         assert remote_stats(m)["wire_bytes"] - w < 64 * 1024
+
+
+@pytest.mark.timeout(120)
+def test_copy_on_write_of_files_not_fetched_yet(model_server, real_model_dir, tmp_path):
+    """A change in place to a committed file of a lazy mount that was never read
+    (a write through a handle, a truncation by path) copies it on write: its leaves
+    are fetched first, as a read would. Before: the copy read the local store only,
+    and the write failed with EIO although the peer was up."""
+    clone = tmp_path / "clone"
+    run("clone", "--lazy", "-q", model_server.url, clone)
+    with lazy_mount(str(clone), str(tmp_path / "mnt"), "--fetch-timeout", 20, limit=100) as m:
+        want = edit_lazy_files_in_place(os.path.join(m, "branches", "main"), real_model_dir)
+    with lazy_mount(str(clone), str(tmp_path / "mnt"), "--fetch-timeout", 20, limit=100) as m:
+        for name, data in want.items():
+            with open(os.path.join(m, "branches", "main", name), "rb") as f:
+                assert f.read() == data, name

@@ -16,7 +16,7 @@ import time
 import pytest
 from support.cli import run_tvcfs
 from support.s3 import bucket_objects, new_bucket
-from support.mount import lazy_mount, remote_stats, settled_remote_stats, stats
+from support.mount import edit_lazy_files_in_place, fsync_dir, lazy_mount, remote_stats, settled_remote_stats, stats
 from support.safetensors import tensor_range
 from support.wait import wait_until
 
@@ -255,6 +255,127 @@ def test_cache_size_evicts_lru_but_never_open_files(pushed, tmp_path, real_model
                 break
             assert time.monotonic() < deadline, "evicted leaves never fetched again"
             time.sleep(0.05)
+
+
+def test_copy_on_write_with_a_cache_smaller_than_the_file(pushed, tmp_path, real_model_dir):
+    """With ``--cache-size 2M`` (smaller than the 87 MiB file and than its largest
+    tensor) a change in place to a file never read copies it on write, also with no
+    handle open (a truncation by path): its leaves are fetched first and may be
+    evicted once copied; the staged and the committed file read back as on disk.
+    Before: EIO (the copy read the local store only). (That the copy pins the
+    file's leaves is not shown here: a 60 MiB copy ends before the keeper runs.)"""
+    with lazy_mount(pushed, str(tmp_path / "mnt"), "--fetch-timeout", 20, "--cache-size", "2M", limit=100) as m:
+        want = edit_lazy_files_in_place(os.path.join(m, "branches", "main"), real_model_dir)
+        wait_until(lambda: remote_stats(m)["cache"]["bytes"] <= 2 * MiB, 10, what="the cache back under its limit")
+    with lazy_mount(pushed, str(tmp_path / "mnt"), "--fetch-timeout", 20, "--cache-size", "2M", limit=100) as m:
+        for name, data in want.items():
+            with open(os.path.join(m, "branches", "main", name), "rb") as f:
+                assert f.read() == data, name
+
+
+def test_cache_holding_local_leaves_evicts_only_fetched_ones(pushed, tmp_path, real_model_dir):
+    """A cache repository that holds leaves the bucket does not (3 MiB of files
+    written through ``branches/main`` and committed) besides fetched ones, mounted
+    with ``--cache-size 2M``: the keeper evicts fetched leaves down to the limit,
+    keeps the local ones and does not count them, and the mount keeps serving. Before:
+    the keeper paired the bucket's answers with the wrong leaves, so the mount died
+    (KeyError in the keeper: every request then failed with ENOTCONN), and the local
+    leaves stayed counted, so the cache never got under its limit."""
+    local = {f"local{i}.bin": os.urandom(MiB) for i in range(3)}
+    with open(os.path.join(real_model_dir, MODEL), "rb") as f:
+        model = f.read()
+    with lazy_mount(pushed, str(tmp_path / "mnt"), "--fetch-timeout", 20) as m:
+        br = os.path.join(m, "branches", "main")
+        for name, data in local.items():
+            with open(os.path.join(br, name), "wb") as f:
+                f.write(data)
+        fsync_dir(br)
+        with open(os.path.join(br, MODEL), "rb") as f:  # every leaf fetched
+            assert f.read() == model
+    with lazy_mount(pushed, str(tmp_path / "mnt"), "--fetch-timeout", 20, "--cache-size", "2M", limit=100) as m:
+        wait_until(lambda: remote_stats(m)["cache"]["bytes"] <= 2 * MiB, 15, what="the cache under its limit")
+        br = os.path.join(m, "branches", "main")
+        for name, data in local.items():
+            with open(os.path.join(br, name), "rb") as f:
+                assert f.read() == data, name
+        with open(os.path.join(br, MODEL), "rb") as f:
+            assert f.read() == model
+        assert remote_stats(m)["cache"]["evicted_bytes"] > 50 * MiB
+
+
+_RANDOM_READER = r"""
+import mmap, os, random, sys, time
+path, src, seed, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+want = open(src, "rb").read()
+rng = random.Random(seed)
+buf = memoryview(mmap.mmap(-1, 3 << 20))
+for i in range(n):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)  # not from the page cache
+    try:
+        for _ in range(3):
+            off = rng.randrange(0, len(want)) & ~4095
+            size = rng.choice([4096, 1 << 20, 3 << 20])
+            got = os.preadv(fd, [buf[:size]], off)
+            assert buf[:got] == want[off:off + got] and got == min(size, len(want) - off), (off, size)
+    finally:
+        os.close(fd)
+    time.sleep(rng.random() * 0.3)  # no handle open: the keeper evicts
+"""
+
+
+def test_random_reads_from_processes_that_open_and_close_with_a_tiny_cache(pushed, tmp_path, real_model_dir):
+    """Four processes open the 87 MiB file, read 3 random ranges (O_DIRECT) and close
+    it, 50 times each, through an ``s3://`` mount with ``--cache-size 2M``: between
+    opens the keeper evicts, so leaves go and come back. Every read returns the
+    right bytes, none fails. Before: a read whose leaf was evicted after the read
+    snapshot that called it local began, that snapshot being renewed meanwhile, failed
+    with EIO (``block … not found``) although the bucket was up."""
+    src = os.path.join(real_model_dir, MODEL)
+    with lazy_mount(pushed, str(tmp_path / "mnt"), "--fetch-timeout", 20, "--cache-size", "2M", limit=150) as m:
+        path = os.path.join(m, "branches", "main", MODEL)
+        procs = [subprocess.Popen([sys.executable, "-c", _RANDOM_READER, path, src, str(i), "50"],
+                                  stderr=subprocess.PIPE, text=True) for i in range(4)]
+        try:
+            errs = [p.communicate(timeout=120)[1] for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        assert [p.returncode for p in procs] == [0] * 4, [e[-1500:] for e in errs]
+        r = remote_stats(m)
+        assert r["cache"]["evicted_blocks"] > 100 and not r.get("last_read_error"), r
+        wait_until(lambda: remote_stats(m)["cache"]["bytes"] <= 2 * MiB, 10, what="the cache back under its limit")
+
+
+def test_cache_size_of_a_mount_that_cannot_evict_is_refused(pushed, tmp_repo, servers, tmp_path):
+    """``--cache-size`` bounds the cache of ``s3://`` mounts only (the only source that
+    evicts). On a peer lazy mount or a plain repository it was accepted and ignored,
+    so the cache grew past the bound the user set: refused with one line, nothing
+    mounted, in the background and in the foreground; an ``s3://`` mount takes it."""
+    src = tmp_path / "w"
+    src.mkdir()
+    (src / "w.bin").write_bytes(os.urandom(100000))
+    tmp_repo.commit_dir(str(src), message="w")
+    srv = servers(tmp_repo.root, tmp_path)
+    clone = tmp_path / "clone"
+    run_tvcfs("clone", "--lazy", "-q", srv.url, clone)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        for repo, what in ((clone, "lazy mount of tvcfs:// peers"), (tmp_repo.root, "not a lazy mount")):
+            for fg in ([], ["-f"]):
+                r = run_tvcfs("mount", *fg, "--cache-size", "2M", repo, mnt, ok=None, timeout=60)
+                err = r.stderr.decode()
+                assert r.returncode == 1 and err.count("\n") == 1, (r.stdout, err)
+                assert err.startswith("tvcfs: error: --cache-size") and what in err and str(repo) in err, err
+                assert "Traceback" not in err and not os.path.ismount(mnt)
+    finally:  # (before the fix: mounted in the background, ignoring the bound)
+        if os.path.ismount(mnt):
+            run_tvcfs("unmount", mnt, ok=None, timeout=60)
+    # a plain repository with an s3:// --remote is an S3 mount: accepted
+    with lazy_mount(tmp_repo.root, str(mnt), "--remote", pushed, "--cache-size", "2M") as m:
+        assert remote_stats(m)["cache"]["limit_bytes"] == 2 * MiB
 
 
 def test_sequential_read_gets_each_pack_slot_once(s3_endpoint, tmp_path, monkeypatch):

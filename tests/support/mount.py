@@ -280,3 +280,30 @@ def drop_file_cache(path: str) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
+
+
+def edit_lazy_files_in_place(branch: str, model_dir: str) -> dict:
+    """Change two files of the real model (``model_dir``) that are committed but not
+    local in the branch directory ``branch`` of a lazy mount, so that each is copied
+    on write: 8 bytes written at 100000 into ``tokenizer.json`` through a handle,
+    ``model.safetensors`` (87 MiB) cut to 60 MiB by path (no handle open); then
+    ``fsync`` the branch (a commit). Checks that every ``os`` call succeeds and that
+    both files read (page cache dropped) as on disk after the same changes, before
+    and after the commit. Returns ``{name: expected bytes}``."""
+    want = {n: bytearray(open(os.path.join(model_dir, n), "rb").read()) for n in ("tokenizer.json", "model.safetensors")}
+    fd = os.open(os.path.join(branch, "tokenizer.json"), os.O_RDWR)
+    try:
+        assert os.pwrite(fd, b"PATCHED!", 100000) == 8
+    finally:
+        os.close(fd)
+    want["tokenizer.json"][100000:100008] = b"PATCHED!"
+    os.truncate(os.path.join(branch, "model.safetensors"), 60 << 20)
+    del want["model.safetensors"][60 << 20:]
+    for commit in (False, True):
+        if commit:
+            fsync_dir(branch)
+        for name, data in want.items():
+            drop_file_cache(os.path.join(branch, name))
+            with open(os.path.join(branch, name), "rb") as f:
+                assert f.read() == data, (name, "after the commit" if commit else "staged")
+    return {n: bytes(d) for n, d in want.items()}

@@ -25,6 +25,12 @@ def cmd_mount(args):
         print(" ".join(["tvcfs", "mount", *command_line(args), args.source, args.mountpoint]))
         return 0
     repo_root = prepare_mount(args.source, args.mountpoint, quiet=getattr(args, "quiet", False))
+    if getattr(args, "cache_size", None) is not None:  # refused before a background mount starts
+        from ..fs.s3source import check_cache_size, lazy_s3_urls
+        from ..repo import Repo
+
+        with Repo.open(repo_root) as repo:
+            check_cache_size(repo, lazy_s3_urls(repo, getattr(args, "remote", None)), args.cache_size)
     if args.foreground:
         return run_foreground(repo_root, args.mountpoint, **daemon_keywords(args))
     pid = mount_in_background(repo_root, args.mountpoint, args)

@@ -278,6 +278,15 @@ class BlockReader:
             # process's commit at once): renew and try once more; the buffers of the
             # failed attempt are dropped with it
             self.renew()
+            if self.remote is not None:
+                # or evicted from a bounded cache (an s3:// mount's --cache-size) after
+                # the snapshot that called it local began, and that snapshot was renewed
+                # at an await above: fetch what the fresh snapshot lacks (the file is
+                # open, so its leaves are pinned from now on)
+                miss = self.missing(idx, offset, size)
+                if miss:
+                    await self.remote.fetch(miss, PRIO_FOREGROUND)
+                    self.renew()
             return self.read(idx, offset, size, parts)
 
     async def index_async(self, cid: bytes) -> FileIndex:

@@ -379,18 +379,22 @@ class S3BlockSource(SourceBase):
         from ..dag import FileIndex
 
         out: set = set()
+        # files being copied on write in a branch view (tvcfs.fs.writable), by root CID
+        cids = list(getattr(self.ops, "copying", ()))
         for h in list(getattr(self.ops, "handles", {}).values()):
-            if not isinstance(h, FileIndex):
+            if isinstance(h, FileIndex):
+                out.update(h.leaves)
+            else:
                 # a file opened in a writable branch view (tvcfs.fs.writable.Handle): the
                 # committed file it reads, by its root CID
-                cid = getattr(getattr(h, "entry", None), "cid", None)
-                if cid is None or self.reader is None:
-                    continue
-                try:
-                    h = self.reader.index(cid)
-                except TvcfsError:
-                    continue
-            out.update(h.leaves)
+                cids.append(getattr(getattr(h, "entry", None), "cid", None))
+        for cid in cids:
+            if cid is None or self.reader is None:
+                continue
+            try:
+                out.update(self.reader.index(cid).leaves)
+            except TvcfsError:
+                continue
         return out
 
     async def _cache_keeper(self) -> None:
@@ -422,9 +426,10 @@ class S3BlockSource(SourceBase):
         if not victims:
             return 0
         held = await trio.to_thread.run_sync(self.background_client.has_many, victims)
+        for c, h in zip(victims, held):
+            if not h:  # a local-only leaf: never evicted, not counted against the cache
+                self.cached_bytes -= self.lru.pop(c, 0)
         victims = [c for c, h in zip(victims, held) if h]
-        for c in [c for c, h in zip(victims, held) if not h]:
-            self.lru.pop(c, None)  # local-only leaf: never evicted, not counted against the cache
         # files opened while the bucket was asked are pinned too: the last check and the
         # delete run here, in the trio thread, with no await between them (an open
         # handler runs in this thread too)
@@ -436,7 +441,7 @@ class S3BlockSource(SourceBase):
             if self._closed:
                 return 0
             with self.store.write(sync=False) as w:
-                freed = sum(self.lru[c] for c in victims if w.delete_block(c))
+                freed = sum(self.lru.get(c, 0) for c in victims if w.delete_block(c))
         for c in victims:
             self.cached_bytes -= self.lru.pop(c, 0)
         self.evicted["blocks"] += len(victims)
@@ -495,13 +500,34 @@ def attach_s3(repo, ops, urls, fetch_timeout=None, prefetch=None, cache_size=Non
     return src
 
 
+def lazy_s3_urls(repo, remotes=None) -> list:
+    """The ``s3://`` URLs a lazy mount of ``repo`` reads leaves from: those of
+    ``remotes`` (the mount's ``--remote`` options), plus the repository's remotes
+    when it is a lazy clone; each once, in that order (``[]``: not an S3 mount)."""
+    urls = list(remotes or []) + (list(repo.remotes().values()) if repo.config.lazy else [])
+    return [u for u in dict.fromkeys(urls) if u.startswith("s3://")]
+
+
+def check_cache_size(repo, s3_urls: list, cache_size: int | None) -> None:
+    """Refuse ``--cache-size`` (``cache_size`` bytes) for a mount that is not an S3
+    lazy mount (``s3_urls`` from :func:`lazy_s3_urls` empty): only that mount evicts
+    leaves, so elsewhere the bound would be silently ignored and the cache would grow
+    past it. Raises :class:`TvcfsError` naming the repository and what to do."""
+    if cache_size is None or s3_urls:
+        return
+    what = ("a lazy mount of tvcfs:// peers, which keeps every leaf it fetches"
+            if repo.config.lazy else "not a lazy mount: its leaves are all local")
+    raise TvcfsError(f"--cache-size bounds the cache of s3:// lazy mounts only; {repo.root} is {what} "
+                     "(leave --cache-size out, or mount an s3:// URL)")
+
+
 def attach_lazy(repo, ops, remotes=None, fetch_timeout=None, prefetch=None, cache_size=None):
     """The lazy mount's block source: an :class:`S3BlockSource` when the mount's
     remotes (``remotes`` given, plus the repository's when it is a lazy clone)
     include ``s3://`` URLs, else :func:`tvcfs.fs.lazy.attach_remote` (peers), else
     None. Returns it; the mount daemon runs its ``run``."""
-    urls = list(remotes or []) + (list(repo.remotes().values()) if repo.config.lazy else [])
-    s3 = [u for u in dict.fromkeys(urls) if u.startswith("s3://")]
+    s3 = lazy_s3_urls(repo, remotes)
+    check_cache_size(repo, s3, cache_size)
     if s3:
         return attach_s3(repo, ops, s3, fetch_timeout=fetch_timeout, prefetch=prefetch,
                          cache_size=cache_size)

@@ -10,6 +10,7 @@ commits whatever is pending. ``mkdir branches/NEW`` creates a branch at HEAD's c
 
 from __future__ import annotations
 
+import collections
 import errno
 import functools
 import inspect
@@ -27,6 +28,7 @@ from ..encoding.unixfs import NAME_MAX
 from ..errors import BlockNotFound, CorruptBlock, MalformedObject, RefExists, TvcfsError
 from ..fileio import unlink_quietly
 from ..refs import HEADS, InvalidRefName, check_name
+from ..store.base import PRIO_FOREGROUND
 from ..store.lmdb_store import StoreFull
 from .nodes import Node
 from .operations import DYNAMIC_TIMEOUT, ReadOnlyOperations, _err, _inval_entry, new_entry_name, reply_len
@@ -51,6 +53,11 @@ class Handle:
         self.workspace, self.entry, self.writable = workspace, entry, writable
 
 
+#: bytes of a file whose missing leaves a copy on write in a lazy mount fetches in one
+#: request to the source (each within ``--fetch-timeout``)
+COPY_FETCH_WINDOW = 64 << 20
+
+
 class WritableOperations(ReadOnlyOperations):
     """Read-only views plus writable branch directories.
 
@@ -66,6 +73,9 @@ class WritableOperations(ReadOnlyOperations):
         self.workspaces: dict[str, Workspace] = {}
         self.fds: dict[str, int] = {}      # staged data path -> fd (read/write)
         self.cached: dict[int, bytes] = {}  # ino -> cid last opened with keep_cache
+        # file CID -> copies on write of it running: an s3:// mount's cache keeps its
+        # leaves (tvcfs.fs.s3source, "never evicts a leaf of a file open in the mount")
+        self.copying: collections.Counter = collections.Counter()
         self.commits_made = 0
         self.reader.stats.writes = 0        # write requests served (see .tvcfs/stats)
         self.reader.stats.write_bytes = 0
@@ -298,7 +308,11 @@ class WritableOperations(ReadOnlyOperations):
         """Copy-on-write of a committed file before its first change. Copying a big
         file takes a while, so it runs in a worker thread holding the workspace's
         lock: writes to the branch wait (as during a commit), everything else (reads,
-        lookups, other branches) is served meanwhile."""
+        lookups, other branches) is served meanwhile. On a lazy mount the leaves of
+        the part copied that are not local are fetched first, at foreground priority
+        (as a read of them would be); a leaf evicted before the copy reached it (an
+        ``s3://`` mount's ``--cache-size``) is fetched again. ``FUSEError`` EIO when
+        a block cannot be had (the source's timeout) or is damaged."""
         if truncate_to == 0:  # nothing to copy
             self._stage_now(ws, w, 0)
             return
@@ -306,15 +320,51 @@ class WritableOperations(ReadOnlyOperations):
             if w.staged:
                 return
             ws.pending = True  # the workspace must not follow its branch meanwhile
-            await trio.to_thread.run_sync(self._stage_now, ws, w, truncate_to)
+            remote, cid = self.reader.remote, w.cid
+            if cid is not None:
+                self.copying[cid] += 1
+            try:
+                for attempt in range(3):
+                    try:
+                        if remote is not None and cid is not None:
+                            await self._fetch_for_copy(cid, truncate_to)
+                        await trio.to_thread.run_sync(functools.partial(ws.stage, w, truncate_to=truncate_to))
+                        return
+                    except BlockNotFound as e:
+                        if remote is None or attempt == 2:
+                            self._stage_failed(w, e)
+                    except (CorruptBlock, MalformedObject) as e:
+                        self._stage_failed(w, e)
+            finally:
+                if cid is not None:
+                    self.copying[cid] -= 1
+                    if self.copying[cid] <= 0:
+                        del self.copying[cid]
 
-    @staticmethod
-    def _stage_now(ws: Workspace, w: WEntry, truncate_to) -> None:
+    async def _fetch_for_copy(self, cid: bytes, truncate_to: int | None) -> None:
+        """Fetch from a lazy mount's source the leaves of file ``cid`` (its first
+        ``truncate_to`` bytes; ``None``: all) that are not local, window by window of
+        :data:`COPY_FETCH_WINDOW` bytes, each within the source's timeout. Raises
+        :class:`BlockNotFound` (not had in time), :class:`CorruptBlock`."""
+        idx = await self.reader.index_async(cid)
+        size = idx.size if truncate_to is None else min(truncate_to, idx.size)
+        for off in range(0, size, COPY_FETCH_WINDOW):
+            miss = self.reader.missing(idx, off, min(COPY_FETCH_WINDOW, size - off))
+            if miss:
+                await self.reader.remote.fetch(miss, PRIO_FOREGROUND)
+                self.reader.renew()
+
+    def _stage_now(self, ws: Workspace, w: WEntry, truncate_to) -> None:
         try:
             ws.stage(w, truncate_to=truncate_to)
         except (BlockNotFound, CorruptBlock, MalformedObject) as e:
-            log.error("copy-on-write of %s: %s", w.path(), e)
-            raise _err(errno.EIO) from None
+            self._stage_failed(w, e)
+
+    @staticmethod
+    def _stage_failed(w: WEntry, e: Exception):
+        """Log why the copy-on-write of ``w`` failed; raise ``FUSEError`` EIO."""
+        log.error("copy-on-write of %s: %s", w.path(), e)
+        raise _err(errno.EIO) from None
 
     def _lock(self, ws: Workspace) -> trio.Lock:
         """The workspace's lock (held by commits and copy-on-write copies)."""
