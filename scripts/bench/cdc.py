@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # after PYTHONPATH (ab.py)
 from tvcfs.chunking.cdc import cdc_cuts, cdc_spans  # noqa: E402
 
 

@@ -28,7 +28,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
+sys.path.append(ROOT)  # after PYTHONPATH: ab.py runs each revision through it
 
 
 def build_tvcfs(path: str, n: int) -> list[bytes]:

@@ -26,7 +26,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
+sys.path.append(ROOT)  # after PYTHONPATH: ab.py runs each revision through it
 
 from tvcfs.fs.daemon import is_mounted  # noqa: E402
 

@@ -38,7 +38,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, ROOT)
+sys.path.append(ROOT)  # after PYTHONPATH: ab.py runs each revision through it
 sys.path.insert(0, HERE)
 
 from e2e import drop_caches, load_synth, loadavg  # noqa: E402

@@ -27,7 +27,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+sys.path.append(os.path.dirname(os.path.dirname(HERE)))  # after PYTHONPATH (ab.py)
 sys.path.insert(0, HERE)
 
 from e2e import daemon_pid, drop_caches, loadavg, odirect_read  # noqa: E402

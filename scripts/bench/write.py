@@ -47,7 +47,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, ROOT)
+sys.path.append(ROOT)  # after PYTHONPATH: ab.py runs each revision through it
 
 
 def _synth():
