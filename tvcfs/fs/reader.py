@@ -256,10 +256,7 @@ class BlockReader:
                 except BlockNotFound:
                     pass
             self.stats.remote_checks += 1
-            miss = self.missing(idx, offset, size)
-            if miss:
-                await self.remote.fetch(miss, PRIO_FOREGROUND)
-                self.renew()
+            if await self.fetch_missing(idx, offset, size):
                 cold = self.preloader.cold(idx, offset, size)
         if cold:
             # py-lmdb touches every page of a value inside get(): for leaves not in
@@ -283,11 +280,21 @@ class BlockReader:
                 # the snapshot that called it local began, and that snapshot was renewed
                 # at an await above: fetch what the fresh snapshot lacks (the file is
                 # open, so its leaves are pinned from now on)
-                miss = self.missing(idx, offset, size)
-                if miss:
-                    await self.remote.fetch(miss, PRIO_FOREGROUND)
-                    self.renew()
+                await self.fetch_missing(idx, offset, size)
             return self.read(idx, offset, size, parts)
+
+    async def fetch_missing(self, idx: FileIndex, offset: int, size: int) -> bool:
+        """Fetch from the remote source, at foreground priority, the leaves of bytes
+        ``[offset, offset+size)`` of ``idx`` that are not in the local store, then renew
+        the snapshot so that reads see them; whether any were missing. Only with a
+        remote source. Raises :class:`BlockNotFound` when they cannot be had (the
+        source's timeout)."""
+        miss = self.missing(idx, offset, size)
+        if not miss:
+            return False
+        await self.remote.fetch(miss, PRIO_FOREGROUND)
+        self.renew()
+        return True
 
     async def index_async(self, cid: bytes) -> FileIndex:
         """:meth:`index`, fetching missing internal file nodes from the remote."""

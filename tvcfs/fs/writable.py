@@ -28,7 +28,6 @@ from ..encoding.unixfs import NAME_MAX
 from ..errors import BlockNotFound, CorruptBlock, MalformedObject, RefExists, TvcfsError
 from ..fileio import unlink_quietly
 from ..refs import HEADS, InvalidRefName, check_name
-from ..store.base import PRIO_FOREGROUND
 from ..store.lmdb_store import StoreFull
 from .nodes import Node
 from .operations import DYNAMIC_TIMEOUT, ReadOnlyOperations, _err, _inval_entry, new_entry_name, reply_len
@@ -349,10 +348,7 @@ class WritableOperations(ReadOnlyOperations):
         idx = await self.reader.index_async(cid)
         size = idx.size if truncate_to is None else min(truncate_to, idx.size)
         for off in range(0, size, COPY_FETCH_WINDOW):
-            miss = self.reader.missing(idx, off, min(COPY_FETCH_WINDOW, size - off))
-            if miss:
-                await self.reader.remote.fetch(miss, PRIO_FOREGROUND)
-                self.reader.renew()
+            await self.reader.fetch_missing(idx, off, min(COPY_FETCH_WINDOW, size - off))
 
     def _stage_now(self, ws: Workspace, w: WEntry, truncate_to) -> None:
         try:
