@@ -450,21 +450,12 @@ def unmount(mountpoint: str, timeout: float = 60.0, lazy: bool = False) -> None:
     if r.returncode != 0:
         raise RuntimeError(f"unmount failed: {r.stderr.strip() or r.stdout.strip()}")
     if pid:
+        from ..fileio import process_alive
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            if _zombie(pid):  # exited; its parent (e.g. tvcfs.fs.mount) reaps it later
+            # gone, or exited and not reaped yet (its parent, e.g. tvcfs.fs.mount, reaps it later)
+            if not process_alive(pid):
                 return
             time.sleep(0.05)
         raise RuntimeError(f"mount process {pid} still running after unmount")
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except (OSError, IndexError):
-        return False
