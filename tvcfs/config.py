@@ -34,7 +34,8 @@ KEYS: dict[str, tuple] = {
     "index": (dict, None, "the staging index: {branch, base, tree} (tvcfs add / rm / restore)"),
     "hf.imported": (dict, {}, "repo_id -> {prefix, snapshots: {hash: {commit, files}}, refs} of tvcfs import-hf",
                     dict),
-    "fetching": (dict, {}, "remote URL -> {roots, time} of a fetch not finished: gc keeps what it stored", dict),
+    "fetching": (dict, {}, "URL#PID#N -> {url, pid, roots, time} of a fetch not finished: gc keeps what it stored",
+                 dict),
     "receiving": (dict, {}, "pushes being received by tvcfs serve: key -> {pid, time} (gc refuses meanwhile)", dict),
     "pack.keep_hot": (int, 1, "newest commits of each branch and tag whose blocks tvcfs pack keeps raw"),
     "verify.reads": (str, "checksum", "how reads check stored blocks: 'checksum' (the xxh3 recorded when "

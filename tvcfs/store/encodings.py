@@ -237,7 +237,7 @@ def _value(version: int, enc: int, elem: int, depth: int, raw_len: int, base: by
 
 def _body(grouped, elem: int, version: int) -> bytes:
     """The body of a value whose grouped bytes are ``grouped``: one zstd frame
-    (version 1) or one section per plane (version 2, :func:`_sections`)."""
+    (version 1) or one section per plane (version 2, :func:`_section`)."""
     c = _compressor()
     if version == 1:
         return c.compress(grouped)
