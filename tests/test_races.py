@@ -123,6 +123,28 @@ def test_gc_on_the_server_during_a_push_deletes_none_of_its_blocks(tmp_path, ser
     assert run_tvcfs("-C", sroot, "gc", text=True).stdout.startswith("deleted 0 blocks")
 
 
+def test_a_push_that_stored_nothing_for_an_hour_no_longer_holds_gc(tmp_path):
+    """A ``receiving`` record of a live process (this test's) holds ``tvcfs gc`` back
+    while it is fresh; one not renewed for :data:`tvcfs.gc.RECEIVE_IDLE` seconds — a
+    client that pushed blocks and never sent its ref update, keeping its session
+    alive — no longer does (before: gc refused for as long as the session lived)."""
+    import time
+
+    from tvcfs import gc
+
+    repo = make_repo(tmp_path, {"a.txt": b"a\n"})
+    root = repo.root
+    repo.close()
+    with Repo.open(root) as r:
+        gc.mark_receiving(r, "k", True)  # pid: this process, alive; time: now
+        assert r.config.get("receiving")["k"]["pid"] == os.getpid()
+    refused = run_tvcfs("-C", root, "gc", ok=None, text=True)
+    assert refused.returncode and refused.stderr.startswith("tvcfs: error: a push into"), refused.stderr
+    with Repo.open(root) as r:
+        r.config.update("receiving", lambda recs: recs["k"].update(time=int(time.time()) - gc.RECEIVE_IDLE - 5))
+    assert run_tvcfs("-C", root, "gc", text=True).stdout.startswith("deleted 0 blocks")
+
+
 def test_two_fetches_from_one_url_keep_their_own_roots_until_each_ends(tmp_path):
     """Two fetches from one URL at once (the remote moved between them) each record
     their roots; the first to end drops only its own record, so gc still keeps what

@@ -36,7 +36,7 @@ KEYS: dict[str, tuple] = {
                     dict),
     "fetching": (dict, {}, "URL#PID#N -> {url, pid, roots, time} of a fetch not finished: gc keeps what it stored",
                  dict),
-    "receiving": (dict, {}, "pushes being received by tvcfs serve: key -> {pid, time} (gc refuses meanwhile)", dict),
+    "receiving": (dict, {}, "pushes being received by tvcfs serve: key -> {pid, time} (time: last renewal; gc refuses while one is alive and renewed within the hour)", dict),
     "pack.keep_hot": (int, 1, "newest commits of each branch and tag whose blocks tvcfs pack keeps raw"),
     "verify.reads": (str, "checksum", "how reads check stored blocks: 'checksum' (the xxh3 recorded when "
                      "each was stored; sha-256 against the CID where none is) or 'cid' (sha-256 always)"),

@@ -35,6 +35,8 @@ from .fileio import process_alive
 from .store.encodings import header
 
 DEFAULT_EXPIRE_DAYS = 90
+RECEIVE_IDLE = 3600  # seconds: a push recorded as received but storing nothing for this long
+                     # no longer holds gc back (tvcfs serve renews the record while it stores)
 
 
 def _roots(repo, expire_days: float | None) -> set:
@@ -80,10 +82,13 @@ def _roots(repo, expire_days: float | None) -> set:
 
 
 def mark_receiving(repo, key: str, started: bool) -> None:
-    """Record (``started``) or drop a push being received into ``repo`` under ``key``
-    (config ``receiving``: key -> ``{pid, time}``): its blocks are stored before the
-    ref update that names them, so :func:`collect_garbage` refuses to run while a
-    live process has one recorded (a record of a dead process is ignored)."""
+    """Record (``started``; again to renew its time) or drop a push being received
+    into ``repo`` under ``key`` (config ``receiving``: key -> ``{pid, time}``, time in
+    seconds since the epoch of the last renewal): its blocks are stored before the ref
+    update that names them, so :func:`collect_garbage` refuses to run while a live
+    process has a record renewed within :data:`RECEIVE_IDLE` seconds (a record of a
+    dead process, or of a session that stored nothing for that long — a client that
+    pushed blocks and never sent its ref update — is ignored)."""
     def change(recs: dict) -> None:
         if started:
             recs[key] = {"pid": os.getpid(), "time": int(time.time())}
@@ -94,9 +99,10 @@ def mark_receiving(repo, key: str, started: bool) -> None:
 
 
 def _refuse_while_receiving(repo) -> None:
+    now = time.time()
     for rec in repo.config.get("receiving").values():
         pid = rec.get("pid")
-        if pid != os.getpid() and process_alive(pid):
+        if pid != os.getpid() and process_alive(pid) and now - rec.get("time", 0) < RECEIVE_IDLE:
             since = time.strftime("%H:%M:%S", time.localtime(rec.get("time", 0)))
             raise TvcfsError(f"a push into {repo.root} is being received (tvcfs serve, pid {pid}, since {since}): "
                              "the blocks it stored are not named by a ref yet, so nothing was deleted; run gc "

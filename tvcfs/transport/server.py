@@ -160,15 +160,23 @@ async def handle_session(stream, cfg: ServerConfig, tls_peer: bytes | None = Non
         await aclose_quietly(stream)
 
 
+RECEIVING_RENEW = 60.0  # seconds between renewals of a push's record while it stores blocks
+
+
 async def _receiving(sess: ServerSession, started: bool) -> None:
-    """Record that ``sess`` is storing pushed blocks (``started``), or that it no
-    longer is, in a backend that keeps such records (``receiving``: a repository's,
-    which ``tvcfs gc`` reads: docs/repository.md)."""
+    """Record that ``sess`` is storing pushed blocks (``started``; renewed at most every
+    :data:`RECEIVING_RENEW` seconds while it goes on), or that it no longer is, in a
+    backend that keeps such records (``receiving``: a repository's, which ``tvcfs gc``
+    reads and ignores once not renewed for an hour: docs/repository.md)."""
     key = getattr(sess, "receiving_key", None)
     record = getattr(getattr(sess.cfg, "backend", None), "receiving", None)
-    if record is None or (key is not None) == started:
+    if record is None:
         return
+    if (key is not None) == started:
+        if not started or trio.current_time() - getattr(sess, "receiving_at", 0.0) < RECEIVING_RENEW:
+            return
     sess.receiving_key = f"{os.getpid()}:{id(sess)}" if started else None
+    sess.receiving_at = trio.current_time()
     try:
         await trio.to_thread.run_sync(record, sess.receiving_key or key, started)
     except TvcfsError as e:  # a full or damaged store: gc may then delete what it stores
