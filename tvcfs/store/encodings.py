@@ -37,10 +37,17 @@ bytes that did not change become zero.
 The functions here are pure (bytes in, bytes out); :mod:`tvcfs.store.lmdb_store`
 stores the values and checks every decoded block against its CID. ``zstandard`` is
 imported on first use.
+
+*Kernels.* Byte (un)grouping, the XOR with a delta's base and the expansion of a
+sparse section run in the compiled module :mod:`tvcfs.store._planes` (one pass each,
+the GIL released; docs/performance.md "Packed blocks", ninth round) when it was built
+at install time, else in numpy: the same bytes, the same errors. ``TVCFS_NO_C=1`` in
+the environment forces numpy; :data:`KERNELS` says which is in use.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 from dataclasses import dataclass
@@ -88,6 +95,22 @@ class _Numpy:
 
 
 np = _Numpy()
+
+
+def _kernels():
+    """The compiled kernels (:mod:`tvcfs.store._planes`), or ``None``: not built (no C
+    compiler at install time) or ``TVCFS_NO_C`` set to anything but ``""``/``0``."""
+    if os.environ.get("TVCFS_NO_C", "") not in ("", "0"):
+        return None
+    try:
+        from . import _planes
+    except ImportError:
+        return None
+    return _planes
+
+
+_c = _kernels()
+KERNELS = "numpy" if _c is None else "c"  # which decode kernels this process uses
 
 _local = threading.local()
 
@@ -164,14 +187,25 @@ def header(value) -> Header:
     return Header(enc, elem, depth, raw_len, None, _HDR.size, version)
 
 
-def group(data, elem: int) -> bytes:
+def group(data, elem: int, base=None) -> bytes:
     """``data`` (bytes-like) as ``elem`` byte planes followed by the ``len % elem``
-    trailing bytes; ``elem == 1`` returns the bytes unchanged."""
+    trailing bytes; ``elem == 1`` returns the bytes unchanged. ``base`` (bytes-like of
+    the same length): group the XOR of ``data`` with it (a delta) instead. Raises
+    ``ValueError`` when ``base`` has another length."""
+    if base is not None:
+        if len(base) != len(data):
+            raise ValueError(f"XOR of {len(data)} and {len(base)} bytes")
+        if _c is None or elem == 1:
+            data = xor(data, base)
+            base = None
     a = np.frombuffer(data, np.uint8)
     n = len(a) // elem
     if elem == 1 or n == 0:
-        return bytes(a)
+        return bytes(a) if base is None else xor(a, base).tobytes()
     out = np.empty(len(a), np.uint8)
+    if _c is not None:
+        _c.group(a, elem, out, base)
+        return out.data
     cols = a[:n * elem].reshape(n, elem)
     planes = out[:n * elem].reshape(elem, n)
     for j in range(elem):
@@ -180,17 +214,30 @@ def group(data, elem: int) -> bytes:
     return out.data
 
 
-def ungroup(data, elem: int, out=None) -> np.ndarray:
+def ungroup(data, elem: int, out=None, base=None) -> np.ndarray:
     """Inverse of :func:`group`: the block's bytes as a ``uint8`` array — ``out`` (a
     writable ``uint8`` array of ``len(data)`` bytes, filled) or a new one. ``out``
-    must not overlap ``data``."""
+    must not overlap ``data``. ``base`` (bytes-like of the same length, not
+    overlapping ``out``): the result XORed with it (a delta on a raw base, in the
+    same pass when the kernels are compiled)."""
     a = np.frombuffer(data, np.uint8)
     if out is None:
         out = np.empty(len(a), np.uint8)
+    if _c is not None:
+        _c.ungroup(a, elem, out, base)
+        return out
+    _ungroup_numpy(a, elem, out)
+    if base is not None:
+        _xor_into(out, np.frombuffer(base, np.uint8))
+    return out
+
+
+def _ungroup_numpy(a, elem: int, out) -> None:
+    """:func:`ungroup` of ``uint8`` array ``a`` into ``out`` with numpy."""
     n = len(a) // elem
     if elem == 1 or n == 0:
         out[:] = a
-        return out
+        return
     planes = [a[j * n:(j + 1) * n] for j in range(elem)]
     width = 1
     while len(planes) > 1:  # pairs of planes into words twice as wide: ~5 GB/s
@@ -206,7 +253,6 @@ def ungroup(data, elem: int, out=None) -> np.ndarray:
             nxt.append(w)
         planes, width = nxt, 2 * width
     out[n * elem:] = a[n * elem:]
-    return out
 
 
 def xor(a, b) -> np.ndarray:
@@ -305,7 +351,7 @@ def encode(data, elem: int = 1, base: bytes | None = None, base_data=None, base_
         if base_depth + 1 > MAX_DEPTH:
             raise ValueError(f"a delta on a base of depth {base_depth} exceeds {MAX_DEPTH}")
         d = _value(version, XOR_DELTA, elem, base_depth + 1, n, bytes(base),
-                   _body(group(xor(data, base_data), elem), elem, version))
+                   _body(group(data, elem, base_data), elem, version))
         if len(d) < len(best):
             best = d
     return best if len(best) < pays * n else None
@@ -342,11 +388,10 @@ def decode_into(value, out, base_data=None, h: Header | None = None, base_planes
     if h.elem == 1:  # nothing to un-group: straight into the output
         planes_into(value, out, base_planes if base_planes is not None else base_data, h)
         return
+    raw_base = _base_array(base_data, h) if h.encoding == XOR_DELTA and base_planes is None else None
     planes = scratch(h.raw_len)
     planes_into(value, planes, base_planes, h, need_base=base_data is None)
-    ungroup(planes, h.elem, out)
-    if h.encoding == XOR_DELTA and base_planes is None:
-        _xor_into(out, _base_array(base_data, h))
+    ungroup(planes, h.elem, out, raw_base)  # a raw base's XOR in the same pass
 
 
 def planes_into(value, out, base_planes=None, h: Header | None = None, need_base: bool = True) -> None:
@@ -439,6 +484,12 @@ def _sparse_into(payload, o, b, what: str) -> None:
     v = scratch(k, SLOT_VALUES)
     _unzstd_into(payload[_SPARSE.size:_SPARSE.size + gl], g, what)
     _unzstd_into(payload[_SPARSE.size + gl:], v, what)
+    if _c is not None:  # one pass: no array of positions, no fancy indexing
+        try:
+            _c.sparse_apply(o, b, g, v)
+        except ValueError:
+            raise CorruptBlock(f"{what} lists a position outside its {len(o)} bytes") from None
+        return
     pos = np.cumsum(g, dtype=np.intp)
     if k and (pos[-1] > len(o) or not g.all()):
         raise CorruptBlock(f"{what} lists a position outside its {len(o)} bytes")
