@@ -431,7 +431,8 @@ def main(argv=None) -> int:
     mr = _load(os.path.join(HERE, "mount_read.py"), "mount_read")
     work = args.workdir or tempfile.mkdtemp(prefix="tvcfs-bench-deltas-", dir="/var/tmp")
     os.makedirs(work, exist_ok=True)
-    result: dict = {"loadavg_start": os.getloadavg(), "bf16_mib": args.bf16_mib, "steps": args.steps}
+    result: dict = {"loadavg_start": os.getloadavg(), "bf16_mib": args.bf16_mib, "steps": args.steps,
+                    "kernels": getattr(encodings, "KERNELS", "numpy")}  # compiled or numpy decode
     try:
         # real fp32 fine-tune
         t = time.perf_counter()
