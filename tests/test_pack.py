@@ -328,8 +328,8 @@ def test_compiled_and_numpy_kernels_give_identical_bytes(elem, monkeypatch):
     (into zeros and into a base's plane) and whole encode/decode round trips give the
     same bytes with the C kernels as with numpy: empty blocks, blocks shorter than an
     element, lengths not divisible by the element size, deltas on raw and on packed
-    bases, values of version 1 and 2, each encoded by one path and decoded by the
-    other."""
+    bases (their planes kept, or spent: decoded into in place, as the store does),
+    values of version 1 and 2, each encoded by one path and decoded by the other."""
     if encodings._c is None:
         pytest.skip("the compiled kernels are not in use (TVCFS_NO_C, or not built)")
     rng = np.random.default_rng(elem)
@@ -356,13 +356,15 @@ def test_compiled_and_numpy_kernels_give_identical_bytes(elem, monkeypatch):
                 if b is not None:  # the store's path for a packed base: XOR on the planes
                     gb = np.frombuffer(encodings.group(base, elem), np.uint8)
 
-                    def on_planes():
-                        out = np.empty(n, np.uint8)
-                        encodings.decode_into(value, out, None, base_planes=gb)
+                    def on_planes(spend: bool):
+                        out, work = np.empty(n, np.uint8), gb.copy()
+                        encodings.decode_into(value, out, None, base_planes=work, spend_base=spend)
+                        assert spend or (work == gb).all()  # kept unless spent (in place)
                         return out.tobytes()
 
-                    c, py = both_kernels(monkeypatch, on_planes)
-                    assert c == py == data
+                    for spend in (False, True):
+                        c, py = both_kernels(monkeypatch, lambda: on_planes(spend))
+                        assert c == py == data, spend
     plane = np.where(rng.random(n) < 0.2, rng.integers(1, 256, n, dtype=np.uint8), 0).astype(np.uint8)
     plane[0] = plane[-1] = 9
     payload = encodings._sparse(plane, encodings._compressor())

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -211,13 +212,18 @@ def _codec_speed(items) -> float:
     return n / (time.thread_time() - t) / 1e9
 
 
+# the store decodes a delta into its base's planes in place (LMDBStore._decode) since the
+# compiled kernels came (docs/performance.md "Packed blocks", ninth round); older code: a copy
+_SPEND = {"spend_base": True} if "spend_base" in inspect.signature(encodings.decode_into).parameters else {}
+
+
 def _decode_as_stored(value: bytes, base) -> None:
     """Decode packed ``value`` as the store does (``LMDBStore._decode``, without its
     lookups and check): ``base`` is ``None``, ``(False, bytes)`` for a raw base, or
     ``(True, value)`` for a packed one, whose frame is decoded too — into planes XORed
     with the delta's when both have the same element size (one un-grouping)."""
     h = encodings.header(value)
-    out = encodings.scratch(h.raw_len, 0)
+    out = encodings.scratch(h.raw_len, 8)  # the store's output is no scratch slot decode_into uses (0)
     if base is None or not base[0]:
         encodings.decode_into(value, out, base and base[1], h)
         return
@@ -225,7 +231,7 @@ def _decode_as_stored(value: bytes, base) -> None:
     if h.elem == bh.elem > 1 and bh.base is None:
         planes = encodings.scratch(bh.raw_len, 1)
         encodings.planes_into(base[1], planes, None, bh)
-        encodings.decode_into(value, out, None, h, base_planes=planes)
+        encodings.decode_into(value, out, None, h, base_planes=planes, **_SPEND)
     else:
         b = encodings.scratch(bh.raw_len, 1)
         encodings.decode_into(base[1], b, None, bh)  # a base of depth 1: the fine-tunes here

@@ -143,7 +143,8 @@ static PyObject *py_group(PyObject *self, PyObject *args) { return regroup(args,
 PyDoc_STRVAR(sparse_doc,
 "sparse_apply(out, base, gaps, values) -> None\n\n"
 "Expand a sparse section into plane `out` (writable, n bytes): `out` becomes `base`\n"
-"(bytes-like of n bytes) or zeros when base is None, then for each i the byte at\n"
+"(bytes-like of n bytes; `out` itself: in place) or zeros when base is None, then\n"
+"for each i the byte at\n"
 "position gaps[0] + ... + gaps[i] - 1 is XORed with values[i] (gaps and values: k\n"
 "bytes each). Raises ValueError, with `out` partly written, when a gap is 0, a\n"
 "position is past the plane, the lengths differ or buffers overlap; never writes\n"
@@ -164,7 +165,9 @@ static PyObject *py_sparse_apply(PyObject *self, PyObject *args)
                      gaps.len, values.len, out.len, have_base ? base.len : out.len);
         goto done;
     }
-    if (overlaps(&out, &gaps) || overlaps(&out, &values) || (have_base && overlaps(&out, &base))) {
+    /* base may be out itself (the same bytes: XOR in place), else nothing may overlap */
+    int inplace = have_base && base.buf == out.buf;
+    if (overlaps(&out, &gaps) || overlaps(&out, &values) || (have_base && !inplace && overlaps(&out, &base))) {
         PyErr_SetString(PyExc_ValueError, "the output overlaps the input");
         goto done;
     }
@@ -174,10 +177,10 @@ static PyObject *py_sparse_apply(PyObject *self, PyObject *args)
         size_t n = (size_t)out.len, k = (size_t)gaps.len, pos = 0, i = 0;
         int bad = 0;
         Py_BEGIN_ALLOW_THREADS
-        if (b)
-            memcpy(o, b, n);
-        else
+        if (!b)
             memset(o, 0, n);
+        else if (!inplace)
+            memcpy(o, b, n);
         for (; i < k; i++) {
             unsigned d = g[i];
             pos += d;               /* 1-based: at most 255 * k, no overflow */

@@ -370,7 +370,8 @@ def decode(value, base_data=None, buffer: bool = False):
     return out.data.toreadonly() if buffer else out.tobytes()
 
 
-def decode_into(value, out, base_data=None, h: Header | None = None, base_planes=None) -> None:
+def decode_into(value, out, base_data=None, h: Header | None = None, base_planes=None,
+                spend_base: bool = False) -> None:
     """Decode packed value ``value`` into ``out``, a writable ``uint8`` numpy array of
     its raw length (``h``: its :func:`header`, if parsed already), without making
     ``bytes`` on the way: the zstd frame is decompressed into a per-thread scratch
@@ -378,9 +379,11 @@ def decode_into(value, out, base_data=None, h: Header | None = None, base_planes
     base is ``base_data`` (its bytes) or ``base_planes`` (its bytes grouped by this
     value's element size, as :func:`planes_into` gives them for a packed base: XOR
     commutes with grouping, so the XOR is done on the planes and only the result is
-    un-grouped). The heavy parts (zstd, numpy on whole planes) release the GIL.
-    Errors as :func:`decode`; ``ValueError`` too when ``out`` has another length
-    than the block."""
+    un-grouped). ``spend_base``: ``base_planes`` is a writable work buffer of the
+    caller's that may be overwritten — the delta's planes are decoded into it in
+    place, without first copying the base's planes. The heavy parts (zstd, the
+    kernels) release the GIL. Errors as :func:`decode`; ``ValueError`` too when
+    ``out`` has another length than the block."""
     if h is None:
         h = header(value)
     if len(out) != h.raw_len:
@@ -389,7 +392,7 @@ def decode_into(value, out, base_data=None, h: Header | None = None, base_planes
         planes_into(value, out, base_planes if base_planes is not None else base_data, h)
         return
     raw_base = _base_array(base_data, h) if h.encoding == XOR_DELTA and base_planes is None else None
-    planes = scratch(h.raw_len)
+    planes = base_planes if spend_base and base_planes is not None else scratch(h.raw_len)
     planes_into(value, planes, base_planes, h, need_base=base_data is None)
     ungroup(planes, h.elem, out, raw_base)  # a raw base's XOR in the same pass
 
@@ -400,15 +403,25 @@ def planes_into(value, out, base_planes=None, h: Header | None = None, need_base
     ``out``, a writable ``uint8`` array of its raw length. A delta needs
     ``base_planes``: its base's bytes grouped by the same element size (unless
     ``need_base`` is false: then ``out`` holds the grouped XOR with the base).
-    Errors as :func:`decode`."""
+    ``out`` may be ``base_planes`` itself (the same object): the planes are then
+    XORed into it in place. Errors as :func:`decode`."""
     if h is None:
         h = header(value)
     if h.version == 2:
         _sections_into(value, out, base_planes, h, need_base)
         return
-    _unzstd_into(memoryview(value)[h.offset:], out, "packed value")
+    frame = memoryview(value)[h.offset:]
     if h.encoding == XOR_DELTA and (base_planes is not None or need_base):
-        _xor_into(out, _base_array(base_planes, h))
+        bp = _base_array(base_planes, h)
+        if base_planes is out:
+            t = scratch(len(out), SLOT_PLANE)
+            _unzstd_into(frame, t, "packed value")
+            _xor_into(out, t)
+            return
+        _unzstd_into(frame, out, "packed value")
+        _xor_into(out, bp)
+        return
+    _unzstd_into(frame, out, "packed value")
 
 
 def _unzstd_into(frame, out, what: str) -> None:
@@ -430,10 +443,12 @@ def _unzstd_into(frame, out, what: str) -> None:
 def _sections_into(value, out, base_planes, h: Header, need_base: bool) -> None:
     """:func:`planes_into` for a version-2 value: each plane's section decoded into
     its part of ``out``, XORed with the base's plane when ``base_planes`` is given (a
-    sparse section only at its nonzero positions)."""
+    sparse section only at its nonzero positions; in place when ``out`` is
+    ``base_planes``)."""
     bp = None
     if h.encoding == XOR_DELTA and (base_planes is not None or need_base):
         bp = _base_array(base_planes, h)
+    inplace = bp is not None and base_planes is out
     mv = memoryview(value)
     e = h.elem
     n = h.raw_len // e
@@ -448,33 +463,44 @@ def _sections_into(value, out, base_planes, h: Header, need_base: bool) -> None:
         if len(payload) != ln:
             raise CorruptBlock(f"packed value is truncated in the section of plane {j}")
         o = out[j * n:(j + 1) * n]
-        b = None if bp is None else bp[j * n:(j + 1) * n]
+        b = None if bp is None else o if inplace else bp[j * n:(j + 1) * n]
         what = f"plane {j} of the packed value"
         if tag == RAW_PLANE:
             if ln != n:
                 raise CorruptBlock(f"{what} has {ln} bytes, not {n}")
-            o[:] = np.frombuffer(payload, np.uint8)
+            src = np.frombuffer(payload, np.uint8)
         elif tag == ZSTD_PLANE:
-            _unzstd_into(payload, o, what)
+            src = scratch(n, SLOT_PLANE) if inplace else o
+            _unzstd_into(payload, src, what)
         elif tag == SPARSE_PLANE:
             _sparse_into(payload, o, b, what)
             continue
         else:
             raise CorruptBlock(f"{what} has an unknown section tag {tag}")
-        if b is not None:
-            _xor_into(o, b)
+        _plane_into(o, src, b)
     tail = mv[off:]
     if len(tail) != h.raw_len - e * n:
         raise CorruptBlock(f"packed value has {len(tail)} bytes after its planes, not {h.raw_len - e * n}")
     o = out[e * n:]
-    o[:] = np.frombuffer(tail, np.uint8)
-    if bp is not None:
-        _xor_into(o, bp[e * n:])
+    _plane_into(o, np.frombuffer(tail, np.uint8), None if bp is None else o if inplace else bp[e * n:])
+
+
+def _plane_into(o, src, b) -> None:
+    """``o`` becomes ``src`` XOR ``b`` (``uint8`` arrays of one length; ``b`` may be
+    ``None``: a copy, or ``o`` itself: XOR in place; ``src`` may be ``o``)."""
+    if b is o:
+        _xor_into(o, src)
+        return
+    if src is not o:
+        o[:] = src
+    if b is not None:
+        _xor_into(o, b)
 
 
 def _sparse_into(payload, o, b, what: str) -> None:
     """Decode sparse section ``payload`` into plane ``o``: its bytes (zero but at the
-    listed positions), or with ``b`` (the base's plane) the base XOR them."""
+    listed positions), or with ``b`` (the base's plane; ``o`` itself: in place) the
+    base XOR them."""
     if len(payload) < _SPARSE.size:
         raise CorruptBlock(f"{what} is truncated")
     k, gl = _SPARSE.unpack_from(payload, 0)
@@ -498,7 +524,8 @@ def _sparse_into(payload, o, b, what: str) -> None:
         o[:] = 0
         o[pos] = v
     else:
-        o[:] = b
+        if b is not o:
+            o[:] = b
         o[pos] ^= v
 
 
@@ -514,6 +541,7 @@ def _base_array(base, h: Header) -> np.ndarray:
 
 SCRATCH_MAX = 16 << 20  # bytes of the largest scratch buffer a thread keeps
 SLOT_GAPS, SLOT_VALUES = 16, 17  # scratch slots of a sparse section (the store uses 0..MAX_DEPTH+1)
+SLOT_PLANE = 18         # a plane decompressed to be XORed into its base's plane in place
 
 
 def scratch(n: int, slot: int = 0) -> np.ndarray:
