@@ -24,7 +24,9 @@ In one run:
                ``scripts/make_finetune.py synth-bf16``), the same way: the fine-tune
                (target <= 0.20) and the base, a unique bf16 model with no base to
                delta against (target <= 0.75)
-``decode``     single-thread decode throughput of the bf16 fine-tune's packed values:
+``decode``     single-thread decode throughput of the bf16 fine-tune's packed values
+               (and, in ``real_fp32.decode``, of the real fp32 fine-tune's: the first
+               three figures below):
                the codec's (every value — the deltas and their packed bases — decoded
                once, a delta given its base's bytes: bytes out per CPU second; target
                >= 1 GB/s per core) and per leaf as the mount decodes it (the delta's
@@ -451,6 +453,9 @@ def main(argv=None) -> int:
         result["real_fp32"].update(ft_ratio=ratio(r["ft"]), ft_new_raw=r["ft"]["new_raw"],
                                    ft_new_stored=r["ft"]["new_stored"], base_ratio=ratio(r["base"]),
                                    pack_s=r["pack_s"], encodings=r["ft"]["encodings"])
+        dec = decode_speed(os.path.join(work, "repo-real"), r["commits"][1])
+        result["real_fp32"]["decode"] = {k: dec[k] for k in ("leaves", "bytes", "decode_gbps", "codec_gbps",
+                                                             "read_gbps")}
 
         # synthetic bf16 base and fine-tune
         t = time.perf_counter()
@@ -524,6 +529,9 @@ def main(argv=None) -> int:
     print(f"two threads through the store: {result['decode']['two_threads_ms_per_leaf']} ms per leaf, "
           f"{result['decode']['beside_python_ms_per_leaf']} beside a Python thread "
           f"(x{result['decode']['gil_slowdown']})")
+    rd = result["real_fp32"]["decode"]
+    print(f"real fp32 fine-tune decode per core: every value once {rd['codec_gbps']} GB/s, per leaf served "
+          f"{rd['decode_gbps']}, store read path {rd['read_gbps']}")
     print(f"store read path (bases decoded, hashed) {result['decode']['read_gbps']} GB/s per core; "
           f"cold read raw {result['mount']['cold_raw_gbps']} GB/s, packed {result['mount']['cold_packed_gbps']}, "
           f"base kept raw {result['mount']['cold_hotbase_gbps']}; "
