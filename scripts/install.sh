@@ -25,8 +25,10 @@ if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv"
   "$PY" -m venv .venv
 fi
+# (pip install -e also compiles tvcfs/store/_planes.c in place: the packed-block decode's
+# kernels, gcc and python3-dev above; a change to the C file rebuilds it)
 if ! .venv/bin/python -c "import tvcfs, pyfuse3, torch, transformers, sentence_transformers, pytest" >/dev/null 2>&1 \
-   || [ pyproject.toml -nt .venv/.tvcfs-installed ]; then
+   || [ pyproject.toml -nt .venv/.tvcfs-installed ] || [ setup.py -nt .venv/.tvcfs-installed ] || [ tvcfs/store/_planes.c -nt .venv/.tvcfs-installed ]; then
   echo "==> pip install (CPU torch 2.13.0 first: other versions pull GBs of CUDA packages)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q torch==2.13.0
@@ -48,5 +50,8 @@ if [ "$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("py
   SETUPTOOLS_SCM_PRETEND_VERSION=$PYFUSE3_LOCAL \
     .venv/bin/python -m pip install -q --no-deps --force-reinstall "$build/pyfuse3-$PYFUSE3"
   rm -rf "$build"
+fi
+if ! .venv/bin/python -c "import tvcfs.store._planes" 2>/dev/null; then
+  echo "==> warning: tvcfs/store/_planes.c did not build (gcc, python3-dev?): packed blocks decode with numpy, slower" >&2
 fi
 echo "==> installed: $(.venv/bin/tvcfs --version)"

@@ -77,6 +77,20 @@ def chain_length(repo, cid) -> int:
     return n
 
 
+@pytest.fixture(params=["c", "numpy"])
+def kernels(request, monkeypatch):
+    """Run the test with the compiled decode kernels (``tvcfs.store._planes``) and
+    again with numpy's (``encodings._c`` unset for the test): both must give the
+    same bytes and the same errors. The "c" run is skipped when the kernels are not
+    in use here (``TVCFS_NO_C`` set; unbuilt, ``test_the_compiled_kernels_are_built``
+    fails)."""
+    if request.param == "numpy":
+        monkeypatch.setattr(encodings, "_c", None)
+    elif encodings._c is None:
+        pytest.skip("the compiled kernels are not in use (TVCFS_NO_C, or not built)")
+    return request.param
+
+
 def put_raw_value(repo, db: str, cid: bytes, value: bytes | None) -> None:
     """Damage the store behind tvcfs's back: set (or delete) ``cid`` in sub-database
     ``db`` with a plain LMDB write."""
@@ -92,7 +106,7 @@ def put_raw_value(repo, db: str, cid: bytes, value: bytes | None) -> None:
 @pytest.mark.parametrize("version", encodings.VERSIONS)
 @pytest.mark.parametrize("elem", [1, 2, 4, 8])
 @pytest.mark.parametrize("n", [0, 1, 7, 4099, 1 << 16])
-def test_group_ungroup_and_encode_round_trip(elem, n, version):
+def test_group_ungroup_and_encode_round_trip(elem, n, version, kernels):
     rng = np.random.default_rng(n * 10 + elem)
     data = (rng.integers(0, 4, n, dtype=np.uint8) * 3).tobytes()
     assert encodings.ungroup(encodings.group(data, elem), elem).tobytes() == data
@@ -149,7 +163,7 @@ def sections(value) -> list:
 
 
 @pytest.mark.parametrize("elem", [1, 2, 4, 8])
-def test_sparse_planes_round_trip_every_element_size(elem):
+def test_sparse_planes_round_trip_every_element_size(elem, kernels):
     """A delta where few bytes changed packs its planes sparse (version 2, section
     tag 2: positions and values), smaller than the one-frame value of version 1, and
     decodes to the same bytes whole, as planes XORed into its base's planes (the
@@ -191,7 +205,7 @@ def test_a_bf16_fine_tune_packs_smaller_with_sparse_planes(tmp_repo, tmp_path):
     assert st["new_stored"] < 0.08 * st["new_raw"], st
 
 
-def test_damaged_sparse_sections_are_errors_never_wrong_bytes():
+def test_damaged_sparse_sections_are_errors_never_wrong_bytes(kernels):
     """A version-2 value cut anywhere, with an unknown section tag, a count of
     positions larger than the plane, a position past the plane's end, a zero gap, or
     bytes after its planes raises :class:`CorruptBlock`; and a store holding such a
@@ -254,7 +268,7 @@ def tempfile_dir() -> str:
     return tempfile.mkdtemp(prefix="tvcfs-sparse-")
 
 
-def test_version_1_values_still_decode_alone_and_in_mixed_chains(tmp_path):
+def test_version_1_values_still_decode_alone_and_in_mixed_chains(tmp_path, kernels):
     """Values packed before version 2 (one zstd frame: old stores, S3 packs, thin
     transfers from older peers) still decode, also in chains mixing versions: a
     version-2 delta on a version-1 packed base and the reverse, read through the
@@ -277,6 +291,139 @@ def test_version_1_values_still_decode_alone_and_in_mixed_chains(tmp_path):
                 for c in cids:
                     assert encodings.header(v.txn.get(c, db=st.dbs["packed"])).version == versions[cids.index(c)]
             assert [bytes(st.get(c)) for c in cids] == [b0, b1, b2], versions
+
+
+# --------------------------------------------------------------------------- compiled kernels
+def test_the_compiled_kernels_are_built():
+    """The C kernels of the decode (``tvcfs.store._planes``, built by ``pip install
+    -e``/scripts/install.sh) import here and are what encodings uses, so the suite
+    never falls back to numpy unnoticed; ``TVCFS_NO_C=1`` switches them off in a
+    new process. Skipped only when this run sets ``TVCFS_NO_C`` itself."""
+    import subprocess
+    import sys
+
+    if os.environ.get("TVCFS_NO_C", "") not in ("", "0"):
+        pytest.skip("TVCFS_NO_C is set: the numpy kernels are tested")
+    import tvcfs.store._planes as planes
+
+    assert encodings._c is planes and encodings.KERNELS == "c"
+    code = "from tvcfs.store import encodings; print(encodings.KERNELS)"
+    for env, want in (({"TVCFS_NO_C": "1"}, "numpy"), ({"TVCFS_NO_C": "0"}, "c")):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, check=True,
+                             capture_output=True, text=True).stdout.strip()
+        assert out == want, env
+
+
+def both_kernels(monkeypatch, fn):
+    """``fn()`` with the compiled kernels, then with numpy's: ``(c, numpy)``."""
+    got_c = fn()
+    with monkeypatch.context() as m:
+        m.setattr(encodings, "_c", None)
+        return got_c, fn()
+
+
+@pytest.mark.parametrize("elem", [1, 2, 4, 8])
+def test_compiled_and_numpy_kernels_give_identical_bytes(elem, monkeypatch):
+    """Grouping, un-grouping (alone and fused with a base's XOR), sparse sections
+    (into zeros and into a base's plane) and whole encode/decode round trips give the
+    same bytes with the C kernels as with numpy: empty blocks, blocks shorter than an
+    element, lengths not divisible by the element size, deltas on raw and on packed
+    bases (their planes kept, or spent: decoded into in place, as the store does),
+    values of version 1 and 2, each encoded by one path and decoded by the other."""
+    if encodings._c is None:
+        pytest.skip("the compiled kernels are not in use (TVCFS_NO_C, or not built)")
+    rng = np.random.default_rng(elem)
+    for n in (0, 1, elem - 1, elem + 1, 7, 4099, 65_536 + 3, 300_001):
+        a = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        b = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        for base in (None, b):
+            c, py = both_kernels(monkeypatch, lambda: bytes(encodings.group(a, elem, base)))
+            assert c == py, (n, base is None)
+            c, py = both_kernels(monkeypatch, lambda: encodings.ungroup(a, elem, base=base).tobytes())
+            assert c == py, (n, base is None)
+            assert bytes(encodings.group(encodings.ungroup(a, elem, base=base), elem, base)) == a
+    n = 250_007
+    base, data = sparse_pair(elem, n, seed=7)
+    bcid = make_cid(RAW, base)
+    for version in encodings.VERSIONS:
+        for b in (None, base):
+            cv, pv = both_kernels(monkeypatch, lambda: encodings.encode(data, elem, bcid if b else None, b, 0,
+                                                                         version=version, pays=2))
+            assert cv == pv, (version, b is None)
+            for value in (cv, pv):
+                c, py = both_kernels(monkeypatch, lambda: encodings.decode(value, b))
+                assert c == py == data
+                if b is not None:  # the store's path for a packed base: XOR on the planes
+                    gb = np.frombuffer(encodings.group(base, elem), np.uint8)
+
+                    def on_planes(spend: bool):
+                        out, work = np.empty(n, np.uint8), gb.copy()
+                        encodings.decode_into(value, out, None, base_planes=work, spend_base=spend)
+                        assert spend or (work == gb).all()  # kept unless spent (in place)
+                        return out.tobytes()
+
+                    for spend in (False, True):
+                        c, py = both_kernels(monkeypatch, lambda: on_planes(spend))
+                        assert c == py == data, spend
+    plane = np.where(rng.random(n) < 0.2, rng.integers(1, 256, n, dtype=np.uint8), 0).astype(np.uint8)
+    plane[0] = plane[-1] = 9
+    payload = encodings._sparse(plane, encodings._compressor())
+    bp = np.frombuffer(base, np.uint8)
+    for b in (None, bp):
+        def expand():
+            o = np.full(n, 0xAA, np.uint8)  # garbage before: the section overwrites all of it
+            encodings._sparse_into(memoryview(payload), o, b, "plane")
+            return o.tobytes()
+
+        c, py = both_kernels(monkeypatch, expand)
+        assert c == py == (plane if b is None else plane ^ bp).tobytes()
+
+
+def test_compiled_kernels_refuse_hostile_input_and_never_write_out_of_bounds():
+    """``_planes.sparse_apply`` given a zero gap, a position past the plane, more
+    entries than the plane could hold, gaps and values of different lengths, a base
+    of another length or overlapping buffers raises ``ValueError`` (encodings reports
+    it as :class:`CorruptBlock`, test above) and leaves every byte outside the plane
+    as it was; ``group``/``ungroup`` refuse other element sizes, lengths and overlaps."""
+    if encodings._c is None:
+        pytest.skip("the compiled kernels are not in use (TVCFS_NO_C, or not built)")
+    planes = encodings._c
+    n = 1000
+    arena = np.full(n + 64, 0x5A, np.uint8)
+    o = arena[32:32 + n]  # guard bytes on both sides
+    base = np.arange(n, dtype=np.uint8)
+
+    def guards_intact():
+        return (arena[:32] == 0x5A).all() and (arena[32 + n:] == 0x5A).all()
+
+    ok = np.array([1, 255, 255, 3], np.uint8)
+    planes.sparse_apply(o, base, ok, np.array([1, 2, 3, 4], np.uint8))
+    want = base.copy()
+    want[[0, 255, 510, 513]] ^= np.array([1, 2, 3, 4], np.uint8)
+    assert (o == want).all() and guards_intact()
+    for gaps, vals, b in (
+        (np.array([1, 0, 4], np.uint8), np.ones(3, np.uint8), base),             # a zero gap
+        (np.full(5, 255, np.uint8), np.ones(5, np.uint8), base),                  # past the end (1275)
+        (np.ones(n + 1, np.uint8), np.ones(n + 1, np.uint8), None),               # k > the plane
+        (np.array([200, 255, 255, 255, 36], np.uint8), np.ones(5, np.uint8), base),  # one past: position n
+        (np.ones(3, np.uint8), np.ones(2, np.uint8), base),                       # lengths differ
+        (np.ones(3, np.uint8), np.ones(3, np.uint8), base[:-1]),                  # base of another length
+        (arena[40:43], np.ones(3, np.uint8), None),                               # gaps inside the output
+    ):
+        with pytest.raises(ValueError):
+            planes.sparse_apply(o, b, gaps, vals)
+        assert guards_intact()
+    planes.sparse_apply(o, None, np.array([200, 255, 255, 255, 35], np.uint8), np.ones(5, np.uint8))
+    assert o[n - 1] == 1 and guards_intact()  # the last byte of the plane is in bounds
+    src = np.arange(16, dtype=np.uint8)
+    for args in ((src, 3, np.empty(16, np.uint8)), (src, 2, np.empty(15, np.uint8)),
+                 (src, 2, np.empty(16, np.uint8), np.zeros(15, np.uint8)), (src, 2, src),
+                 (arena[:16], 2, arena[8:24])):
+        for fn in (planes.group, planes.ungroup):
+            with pytest.raises(ValueError):
+                fn(*args)
+    with pytest.raises(TypeError):  # read-only output
+        planes.ungroup(src, 2, bytes(16))
 
 
 # --------------------------------------------------------------------------- every dtype
@@ -603,7 +750,7 @@ def test_reads_completing_out_of_order_keep_the_sequential_readahead(tmp_repo, t
         reader.close()
 
 
-def test_decode_into_rejects_damaged_frames_and_is_thread_safe():
+def test_decode_into_rejects_damaged_frames_and_is_thread_safe(kernels):
     """:func:`encodings.decode_into` (zstd straight into a per-thread scratch buffer,
     un-grouped into the output): a truncated frame, a frame of another length than
     the header says and a short output are errors, never wrong bytes; threads

@@ -6,7 +6,8 @@ Checks both revisions out into temporary git worktrees and runs the benchmark
 command (a script under scripts/bench/ of *this* checkout, so both sides are
 measured the same way) ``--rounds`` times for each, alternating old/new, with
 ``PYTHONPATH`` pointing at the revision's worktree (so the library and the ``tvcfs``
-console script of the shared venv run that revision's code). The benchmark must take
+console script of the shared venv run that revision's code; a revision with a
+``setup.py`` gets its C extensions built in place first). The benchmark must take
 ``--json PATH``; ``{side}`` in its arguments becomes ``old`` or ``new`` (a work
 directory per side, so neither reuses a repository the other revision wrote); every numeric figure in its JSON (nested keys joined with ``.``) is
 reported as the median per side and the ratio new/old.
@@ -63,6 +64,10 @@ def main() -> int:
             path = os.path.join(tmp, side)
             subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", "-q", path, rev], check=True)
             trees[side] = path
+            if os.path.exists(os.path.join(path, "setup.py")):  # its compiled modules, in place
+                print(f"== building {side}'s C extensions", flush=True)
+                subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=path,
+                               check=True, stdout=subprocess.DEVNULL)
         runs: dict = {"old": [], "new": []}
         for r in range(a.rounds):
             for side in ("old", "new") if r % 2 == 0 else ("new", "old"):

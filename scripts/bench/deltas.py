@@ -24,7 +24,9 @@ In one run:
                ``scripts/make_finetune.py synth-bf16``), the same way: the fine-tune
                (target <= 0.20) and the base, a unique bf16 model with no base to
                delta against (target <= 0.75)
-``decode``     single-thread decode throughput of the bf16 fine-tune's packed values:
+``decode``     single-thread decode throughput of the bf16 fine-tune's packed values
+               (and, in ``real_fp32.decode``, of the real fp32 fine-tune's: the first
+               three figures below):
                the codec's (every value — the deltas and their packed bases — decoded
                once, a delta given its base's bytes: bytes out per CPU second; target
                >= 1 GB/s per core) and per leaf as the mount decodes it (the delta's
@@ -55,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -206,9 +209,14 @@ def _codec_speed(items) -> float:
     n, t = 0, time.thread_time()
     for value, base_bytes in jobs:
         h = encodings.header(value)
-        encodings.decode_into(value, encodings.scratch(h.raw_len, 0), base_bytes, h)
+        encodings.decode_into(value, encodings.scratch(h.raw_len, 8), base_bytes, h)  # not slot 0: decode_into's own
         n += h.raw_len
     return n / (time.thread_time() - t) / 1e9
+
+
+# the store decodes a delta into its base's planes in place (LMDBStore._decode) since the
+# compiled kernels came (docs/performance.md "Packed blocks", ninth round); older code: a copy
+_SPEND = {"spend_base": True} if "spend_base" in inspect.signature(encodings.decode_into).parameters else {}
 
 
 def _decode_as_stored(value: bytes, base) -> None:
@@ -217,7 +225,7 @@ def _decode_as_stored(value: bytes, base) -> None:
     ``(True, value)`` for a packed one, whose frame is decoded too — into planes XORed
     with the delta's when both have the same element size (one un-grouping)."""
     h = encodings.header(value)
-    out = encodings.scratch(h.raw_len, 0)
+    out = encodings.scratch(h.raw_len, 8)  # the store's output is no scratch slot decode_into uses (0)
     if base is None or not base[0]:
         encodings.decode_into(value, out, base and base[1], h)
         return
@@ -225,7 +233,7 @@ def _decode_as_stored(value: bytes, base) -> None:
     if h.elem == bh.elem > 1 and bh.base is None:
         planes = encodings.scratch(bh.raw_len, 1)
         encodings.planes_into(base[1], planes, None, bh)
-        encodings.decode_into(value, out, None, h, base_planes=planes)
+        encodings.decode_into(value, out, None, h, base_planes=planes, **_SPEND)
     else:
         b = encodings.scratch(bh.raw_len, 1)
         encodings.decode_into(base[1], b, None, bh)  # a base of depth 1: the fine-tunes here
@@ -431,7 +439,8 @@ def main(argv=None) -> int:
     mr = _load(os.path.join(HERE, "mount_read.py"), "mount_read")
     work = args.workdir or tempfile.mkdtemp(prefix="tvcfs-bench-deltas-", dir="/var/tmp")
     os.makedirs(work, exist_ok=True)
-    result: dict = {"loadavg_start": os.getloadavg(), "bf16_mib": args.bf16_mib, "steps": args.steps}
+    result: dict = {"loadavg_start": os.getloadavg(), "bf16_mib": args.bf16_mib, "steps": args.steps,
+                    "kernels": getattr(encodings, "KERNELS", "numpy")}  # compiled or numpy decode
     try:
         # real fp32 fine-tune
         t = time.perf_counter()
@@ -444,6 +453,9 @@ def main(argv=None) -> int:
         result["real_fp32"].update(ft_ratio=ratio(r["ft"]), ft_new_raw=r["ft"]["new_raw"],
                                    ft_new_stored=r["ft"]["new_stored"], base_ratio=ratio(r["base"]),
                                    pack_s=r["pack_s"], encodings=r["ft"]["encodings"])
+        dec = decode_speed(os.path.join(work, "repo-real"), r["commits"][1])
+        result["real_fp32"]["decode"] = {k: dec[k] for k in ("leaves", "bytes", "decode_gbps", "codec_gbps",
+                                                             "read_gbps")}
 
         # synthetic bf16 base and fine-tune
         t = time.perf_counter()
@@ -517,6 +529,9 @@ def main(argv=None) -> int:
     print(f"two threads through the store: {result['decode']['two_threads_ms_per_leaf']} ms per leaf, "
           f"{result['decode']['beside_python_ms_per_leaf']} beside a Python thread "
           f"(x{result['decode']['gil_slowdown']})")
+    rd = result["real_fp32"]["decode"]
+    print(f"real fp32 fine-tune decode per core: every value once {rd['codec_gbps']} GB/s, per leaf served "
+          f"{rd['decode_gbps']}, store read path {rd['read_gbps']}")
     print(f"store read path (bases decoded, hashed) {result['decode']['read_gbps']} GB/s per core; "
           f"cold read raw {result['mount']['cold_raw_gbps']} GB/s, packed {result['mount']['cold_packed_gbps']}, "
           f"base kept raw {result['mount']['cold_hotbase_gbps']}; "

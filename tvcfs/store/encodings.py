@@ -37,10 +37,17 @@ bytes that did not change become zero.
 The functions here are pure (bytes in, bytes out); :mod:`tvcfs.store.lmdb_store`
 stores the values and checks every decoded block against its CID. ``zstandard`` is
 imported on first use.
+
+*Kernels.* Byte (un)grouping, the XOR with a delta's base and the expansion of a
+sparse section run in the compiled module :mod:`tvcfs.store._planes` (one pass each,
+the GIL released; docs/performance.md "Packed blocks", ninth round) when it was built
+at install time, else in numpy: the same bytes, the same errors. ``TVCFS_NO_C=1`` in
+the environment forces numpy; :data:`KERNELS` says which is in use.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 from dataclasses import dataclass
@@ -88,6 +95,22 @@ class _Numpy:
 
 
 np = _Numpy()
+
+
+def _kernels():
+    """The compiled kernels (:mod:`tvcfs.store._planes`), or ``None``: not built (no C
+    compiler at install time) or ``TVCFS_NO_C`` set to anything but ``""``/``0``."""
+    if os.environ.get("TVCFS_NO_C", "") not in ("", "0"):
+        return None
+    try:
+        from . import _planes
+    except ImportError:
+        return None
+    return _planes
+
+
+_c = _kernels()
+KERNELS = "numpy" if _c is None else "c"  # which decode kernels this process uses
 
 _local = threading.local()
 
@@ -164,14 +187,25 @@ def header(value) -> Header:
     return Header(enc, elem, depth, raw_len, None, _HDR.size, version)
 
 
-def group(data, elem: int) -> bytes:
+def group(data, elem: int, base=None) -> bytes:
     """``data`` (bytes-like) as ``elem`` byte planes followed by the ``len % elem``
-    trailing bytes; ``elem == 1`` returns the bytes unchanged."""
+    trailing bytes; ``elem == 1`` returns the bytes unchanged. ``base`` (bytes-like of
+    the same length): group the XOR of ``data`` with it (a delta) instead. Raises
+    ``ValueError`` when ``base`` has another length."""
+    if base is not None:
+        if len(base) != len(data):
+            raise ValueError(f"XOR of {len(data)} and {len(base)} bytes")
+        if _c is None or elem == 1:
+            data = xor(data, base)
+            base = None
     a = np.frombuffer(data, np.uint8)
     n = len(a) // elem
     if elem == 1 or n == 0:
-        return bytes(a)
+        return bytes(a) if base is None else xor(a, base).tobytes()
     out = np.empty(len(a), np.uint8)
+    if _c is not None:
+        _c.group(a, elem, out, base)
+        return out.data
     cols = a[:n * elem].reshape(n, elem)
     planes = out[:n * elem].reshape(elem, n)
     for j in range(elem):
@@ -180,17 +214,30 @@ def group(data, elem: int) -> bytes:
     return out.data
 
 
-def ungroup(data, elem: int, out=None) -> np.ndarray:
+def ungroup(data, elem: int, out=None, base=None) -> np.ndarray:
     """Inverse of :func:`group`: the block's bytes as a ``uint8`` array — ``out`` (a
     writable ``uint8`` array of ``len(data)`` bytes, filled) or a new one. ``out``
-    must not overlap ``data``."""
+    must not overlap ``data``. ``base`` (bytes-like of the same length, not
+    overlapping ``out``): the result XORed with it (a delta on a raw base, in the
+    same pass when the kernels are compiled)."""
     a = np.frombuffer(data, np.uint8)
     if out is None:
         out = np.empty(len(a), np.uint8)
+    if _c is not None:
+        _c.ungroup(a, elem, out, base)
+        return out
+    _ungroup_numpy(a, elem, out)
+    if base is not None:
+        _xor_into(out, np.frombuffer(base, np.uint8))
+    return out
+
+
+def _ungroup_numpy(a, elem: int, out) -> None:
+    """:func:`ungroup` of ``uint8`` array ``a`` into ``out`` with numpy."""
     n = len(a) // elem
     if elem == 1 or n == 0:
         out[:] = a
-        return out
+        return
     planes = [a[j * n:(j + 1) * n] for j in range(elem)]
     width = 1
     while len(planes) > 1:  # pairs of planes into words twice as wide: ~5 GB/s
@@ -206,7 +253,6 @@ def ungroup(data, elem: int, out=None) -> np.ndarray:
             nxt.append(w)
         planes, width = nxt, 2 * width
     out[n * elem:] = a[n * elem:]
-    return out
 
 
 def xor(a, b) -> np.ndarray:
@@ -305,7 +351,7 @@ def encode(data, elem: int = 1, base: bytes | None = None, base_data=None, base_
         if base_depth + 1 > MAX_DEPTH:
             raise ValueError(f"a delta on a base of depth {base_depth} exceeds {MAX_DEPTH}")
         d = _value(version, XOR_DELTA, elem, base_depth + 1, n, bytes(base),
-                   _body(group(xor(data, base_data), elem), elem, version))
+                   _body(group(data, elem, base_data), elem, version))
         if len(d) < len(best):
             best = d
     return best if len(best) < pays * n else None
@@ -324,7 +370,8 @@ def decode(value, base_data=None, buffer: bool = False):
     return out.data.toreadonly() if buffer else out.tobytes()
 
 
-def decode_into(value, out, base_data=None, h: Header | None = None, base_planes=None) -> None:
+def decode_into(value, out, base_data=None, h: Header | None = None, base_planes=None,
+                spend_base: bool = False) -> None:
     """Decode packed value ``value`` into ``out``, a writable ``uint8`` numpy array of
     its raw length (``h``: its :func:`header`, if parsed already), without making
     ``bytes`` on the way: the zstd frame is decompressed into a per-thread scratch
@@ -332,9 +379,11 @@ def decode_into(value, out, base_data=None, h: Header | None = None, base_planes
     base is ``base_data`` (its bytes) or ``base_planes`` (its bytes grouped by this
     value's element size, as :func:`planes_into` gives them for a packed base: XOR
     commutes with grouping, so the XOR is done on the planes and only the result is
-    un-grouped). The heavy parts (zstd, numpy on whole planes) release the GIL.
-    Errors as :func:`decode`; ``ValueError`` too when ``out`` has another length
-    than the block."""
+    un-grouped). ``spend_base``: ``base_planes`` is a writable work buffer of the
+    caller's that may be overwritten — the delta's planes are decoded into it in
+    place, without first copying the base's planes. The heavy parts (zstd, the
+    kernels) release the GIL. Errors as :func:`decode`; ``ValueError`` too when
+    ``out`` has another length than the block."""
     if h is None:
         h = header(value)
     if len(out) != h.raw_len:
@@ -342,11 +391,10 @@ def decode_into(value, out, base_data=None, h: Header | None = None, base_planes
     if h.elem == 1:  # nothing to un-group: straight into the output
         planes_into(value, out, base_planes if base_planes is not None else base_data, h)
         return
-    planes = scratch(h.raw_len)
+    raw_base = _base_array(base_data, h) if h.encoding == XOR_DELTA and base_planes is None else None
+    planes = base_planes if spend_base and base_planes is not None else scratch(h.raw_len)
     planes_into(value, planes, base_planes, h, need_base=base_data is None)
-    ungroup(planes, h.elem, out)
-    if h.encoding == XOR_DELTA and base_planes is None:
-        _xor_into(out, _base_array(base_data, h))
+    ungroup(planes, h.elem, out, raw_base)  # a raw base's XOR in the same pass
 
 
 def planes_into(value, out, base_planes=None, h: Header | None = None, need_base: bool = True) -> None:
@@ -355,15 +403,25 @@ def planes_into(value, out, base_planes=None, h: Header | None = None, need_base
     ``out``, a writable ``uint8`` array of its raw length. A delta needs
     ``base_planes``: its base's bytes grouped by the same element size (unless
     ``need_base`` is false: then ``out`` holds the grouped XOR with the base).
-    Errors as :func:`decode`."""
+    ``out`` may be ``base_planes`` itself (the same object): the planes are then
+    XORed into it in place. Errors as :func:`decode`."""
     if h is None:
         h = header(value)
     if h.version == 2:
         _sections_into(value, out, base_planes, h, need_base)
         return
-    _unzstd_into(memoryview(value)[h.offset:], out, "packed value")
+    frame = memoryview(value)[h.offset:]
     if h.encoding == XOR_DELTA and (base_planes is not None or need_base):
-        _xor_into(out, _base_array(base_planes, h))
+        bp = _base_array(base_planes, h)
+        if base_planes is out:
+            t = scratch(len(out), SLOT_PLANE)
+            _unzstd_into(frame, t, "packed value")
+            _xor_into(out, t)
+            return
+        _unzstd_into(frame, out, "packed value")
+        _xor_into(out, bp)
+        return
+    _unzstd_into(frame, out, "packed value")
 
 
 def _unzstd_into(frame, out, what: str) -> None:
@@ -385,10 +443,12 @@ def _unzstd_into(frame, out, what: str) -> None:
 def _sections_into(value, out, base_planes, h: Header, need_base: bool) -> None:
     """:func:`planes_into` for a version-2 value: each plane's section decoded into
     its part of ``out``, XORed with the base's plane when ``base_planes`` is given (a
-    sparse section only at its nonzero positions)."""
+    sparse section only at its nonzero positions; in place when ``out`` is
+    ``base_planes``)."""
     bp = None
     if h.encoding == XOR_DELTA and (base_planes is not None or need_base):
         bp = _base_array(base_planes, h)
+    inplace = bp is not None and base_planes is out
     mv = memoryview(value)
     e = h.elem
     n = h.raw_len // e
@@ -403,33 +463,44 @@ def _sections_into(value, out, base_planes, h: Header, need_base: bool) -> None:
         if len(payload) != ln:
             raise CorruptBlock(f"packed value is truncated in the section of plane {j}")
         o = out[j * n:(j + 1) * n]
-        b = None if bp is None else bp[j * n:(j + 1) * n]
+        b = None if bp is None else o if inplace else bp[j * n:(j + 1) * n]
         what = f"plane {j} of the packed value"
         if tag == RAW_PLANE:
             if ln != n:
                 raise CorruptBlock(f"{what} has {ln} bytes, not {n}")
-            o[:] = np.frombuffer(payload, np.uint8)
+            src = np.frombuffer(payload, np.uint8)
         elif tag == ZSTD_PLANE:
-            _unzstd_into(payload, o, what)
+            src = scratch(n, SLOT_PLANE) if inplace else o
+            _unzstd_into(payload, src, what)
         elif tag == SPARSE_PLANE:
             _sparse_into(payload, o, b, what)
             continue
         else:
             raise CorruptBlock(f"{what} has an unknown section tag {tag}")
-        if b is not None:
-            _xor_into(o, b)
+        _plane_into(o, src, b)
     tail = mv[off:]
     if len(tail) != h.raw_len - e * n:
         raise CorruptBlock(f"packed value has {len(tail)} bytes after its planes, not {h.raw_len - e * n}")
     o = out[e * n:]
-    o[:] = np.frombuffer(tail, np.uint8)
-    if bp is not None:
-        _xor_into(o, bp[e * n:])
+    _plane_into(o, np.frombuffer(tail, np.uint8), None if bp is None else o if inplace else bp[e * n:])
+
+
+def _plane_into(o, src, b) -> None:
+    """``o`` becomes ``src`` XOR ``b`` (``uint8`` arrays of one length; ``b`` may be
+    ``None``: a copy, or ``o`` itself: XOR in place; ``src`` may be ``o``)."""
+    if b is o:
+        _xor_into(o, src)
+        return
+    if src is not o:
+        o[:] = src
+    if b is not None:
+        _xor_into(o, b)
 
 
 def _sparse_into(payload, o, b, what: str) -> None:
     """Decode sparse section ``payload`` into plane ``o``: its bytes (zero but at the
-    listed positions), or with ``b`` (the base's plane) the base XOR them."""
+    listed positions), or with ``b`` (the base's plane; ``o`` itself: in place) the
+    base XOR them."""
     if len(payload) < _SPARSE.size:
         raise CorruptBlock(f"{what} is truncated")
     k, gl = _SPARSE.unpack_from(payload, 0)
@@ -439,6 +510,12 @@ def _sparse_into(payload, o, b, what: str) -> None:
     v = scratch(k, SLOT_VALUES)
     _unzstd_into(payload[_SPARSE.size:_SPARSE.size + gl], g, what)
     _unzstd_into(payload[_SPARSE.size + gl:], v, what)
+    if _c is not None:  # one pass: no array of positions, no fancy indexing
+        try:
+            _c.sparse_apply(o, b, g, v)
+        except ValueError:
+            raise CorruptBlock(f"{what} lists a position outside its {len(o)} bytes") from None
+        return
     pos = np.cumsum(g, dtype=np.intp)
     if k and (pos[-1] > len(o) or not g.all()):
         raise CorruptBlock(f"{what} lists a position outside its {len(o)} bytes")
@@ -447,7 +524,8 @@ def _sparse_into(payload, o, b, what: str) -> None:
         o[:] = 0
         o[pos] = v
     else:
-        o[:] = b
+        if b is not o:
+            o[:] = b
         o[pos] ^= v
 
 
@@ -463,6 +541,7 @@ def _base_array(base, h: Header) -> np.ndarray:
 
 SCRATCH_MAX = 16 << 20  # bytes of the largest scratch buffer a thread keeps
 SLOT_GAPS, SLOT_VALUES = 16, 17  # scratch slots of a sparse section (the store uses 0..MAX_DEPTH+1)
+SLOT_PLANE = 18         # a plane decompressed to be XORed into its base's plane in place
 
 
 def scratch(n: int, slot: int = 0) -> np.ndarray:

@@ -1202,7 +1202,8 @@ class LMDBStore:
                                                 out=encodings.scratch(bh.raw_len, depth + 1))
             if out is None:
                 out = self.decoded.buffer(h.raw_len)
-            encodings.decode_into(value, out, base, h, base_planes=bplanes)
+            # bplanes is this thread's scratch: the delta's planes are decoded into it in place
+            encodings.decode_into(value, out, base, h, base_planes=bplanes, spend_base=True)
         except MissingBase:
             raise
         except CorruptBlock as e:
@@ -1245,7 +1246,8 @@ class LMDBStore:
             bplanes = self._planes(txn, h.base, bv, bh, depth + 1)
             if bplanes is None:
                 return None
-        out = encodings.scratch(h.raw_len, depth)
+        # on its base's planes in place (a scratch of the depth below, not needed after)
+        out = encodings.scratch(h.raw_len, depth) if bplanes is None else bplanes
         encodings.planes_into(value, out, bplanes, h)
         return out
 
