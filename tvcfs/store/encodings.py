@@ -102,11 +102,12 @@ def _kernels():
     compiler at install time) or ``TVCFS_NO_C`` set to anything but ``""``/``0``."""
     if os.environ.get("TVCFS_NO_C", "") not in ("", "0"):
         return None
+    import importlib
+
     try:
-        from . import _planes
+        return importlib.import_module(__package__ + "._planes")
     except ImportError:
         return None
-    return _planes
 
 
 _c = _kernels()
