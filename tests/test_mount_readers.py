@@ -18,6 +18,9 @@ mounts (``tvcfs.fs.mount``), ``safetensors.safe_open`` as the reader.
 * Eight processes reading through one mount at once (the same file and different
   files; sequential scans, random ``pread`` and ``safe_open`` of every tensor, page
   cache dropped first) get every byte right.
+* A sequential read in 128 KiB requests costs the mount's FUSE thread an ``epoll_ctl``
+  for at most half of its requests (pyfuse3's loop patched to read queued requests
+  before waiting; the stock loop: one per request).
 """
 
 from __future__ import annotations
