@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything tvcfs needs on a fresh Debian 12 machine (run as root or with sudo):
 # Debian packages (FUSE 3, headers for pyfuse3, Node.js for the IPFS interop test, nginx
-# for scripts/bench/hub.py, Chromium and its WebDriver for the hub's web page tests),
+# for scripts/bench/hub.py, Chromium and its WebDriver for the hub's web page tests,
+# strace for a test of the mount's request loop),
 # then a virtual environment .venv with tvcfs, its test extras and CPU PyTorch 2.13.0.
 # Idempotent: a second run only checks.
 set -euo pipefail
@@ -10,7 +11,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 need_apt=""
-for pkg in fuse3 libfuse3-dev pkg-config gcc git python3-dev python3-venv nginx chromium chromium-driver; do
+for pkg in fuse3 libfuse3-dev pkg-config gcc git python3-dev python3-venv nginx chromium chromium-driver strace; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt="$need_apt $pkg"
 done
 command -v node >/dev/null 2>&1 || need_apt="$need_apt nodejs npm"
@@ -36,17 +37,21 @@ if ! .venv/bin/python -c "import tvcfs, pyfuse3, torch, transformers, sentence_t
   touch .venv/.tvcfs-installed
 fi
 # pyfuse3 built with packaging/pyfuse3-read-reply-nogil.patch: the mount's read replies are
-# written to /dev/fuse with the GIL released (25-30 % faster cold reads, docs/mount.md "Reads").
+# written to /dev/fuse with the GIL released (25-30 % faster cold reads, docs/mount.md "Reads");
+# then packaging/pyfuse3-request-loop.patch: a queued request is read without a pass of the
+# event loop (~30 % less CPU per request on the FUSE thread, docs/performance.md).
 # The stock pyfuse3 from PyPI works too (a plain `pip install tvcfs`), only slower.
 PYFUSE3=3.5.0
-PYFUSE3_LOCAL=$PYFUSE3+tvcfs.nogilread2
+PYFUSE3_LOCAL=$PYFUSE3+tvcfs.nogilread3
 if [ "$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("pyfuse3"))' 2>/dev/null)" != "$PYFUSE3_LOCAL" ]; then
-  echo "==> pyfuse3 $PYFUSE3 with packaging/pyfuse3-read-reply-nogil.patch (built from its source: ~30 s)"
-  patch_file=$PWD/packaging/pyfuse3-read-reply-nogil.patch
+  echo "==> pyfuse3 $PYFUSE3 with packaging/pyfuse3-*.patch (built from its source: ~30 s)"
   build=$(mktemp -d)
   .venv/bin/python -m pip download -q --no-binary :all: --no-deps "pyfuse3==$PYFUSE3" -d "$build"
   tar xzf "$build/pyfuse3-$PYFUSE3.tar.gz" -C "$build"
-  (cd "$build/pyfuse3-$PYFUSE3" && git apply "$patch_file")
+  for name in read-reply-nogil request-loop; do  # in this order: the second builds on the first
+    patch_file=$PWD/packaging/pyfuse3-$name.patch
+    (cd "$build/pyfuse3-$PYFUSE3" && git apply "$patch_file")
+  done
   SETUPTOOLS_SCM_PRETEND_VERSION=$PYFUSE3_LOCAL \
     .venv/bin/python -m pip install -q --no-deps --force-reinstall "$build/pyfuse3-$PYFUSE3"
   rm -rf "$build"

@@ -893,9 +893,11 @@ def test_pyfuse3_writes_read_replies_without_the_gil():
     /dev/fuse) no longer holds the GIL the page-in and decode threads need
     (docs/mount.md, "Reads"; 25-30 % faster cold reads, docs/performance.md), and a
     reply may be several buffers (one ``fuse_reply_iov``, no joined copy: label
-    ``nogilread2``). This fails when the suite runs on the stock build or an older
-    patched one, whose mount is slower but correct."""
+    ``nogilread2``), and with packaging/pyfuse3-request-loop.patch a queued request is
+    read without a pass of the event loop (label ``nogilread3``). This fails when the
+    suite runs on the stock build or an older patched one, whose mount is slower but
+    correct."""
     import importlib.metadata
 
-    assert importlib.metadata.version("pyfuse3").endswith("+tvcfs.nogilread2"), \
-        "pyfuse3 without packaging/pyfuse3-read-reply-nogil.patch: run scripts/install.sh"
+    assert importlib.metadata.version("pyfuse3").endswith("+tvcfs.nogilread3"), \
+        "pyfuse3 without packaging/pyfuse3-*.patch: run scripts/install.sh"

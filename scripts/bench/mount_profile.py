@@ -8,7 +8,9 @@ drops the page cache, reads the native file (``--mode seq``: 1 MiB ``readv``;
 ``load``: ``safe_open`` + every tensor), then a fresh mount's file the same way, and
 prints the mount's throughput (or load time) beside native and the disk's ``O_DIRECT``
 limit, the daemon's CPU (user, system) and page faults (``/proc/PID/stat``), the
-bytes it read from disk (``/proc/PID/io``) and the requests it served. ``--perf`` runs
+bytes it read from disk (``/proc/PID/io``) and the requests it served (and its main
+thread's CPU per request: the FUSE loop; ``--variants "--read-ahead-kb 128"`` for a
+lazy mount's request size). ``--perf`` runs
 ``perf record -g`` on the daemon during the read (``--perf-out``), ``--py-spy`` runs
 ``py-spy record --threads --idle`` (``pip install .[bench]``) into ``--spy-out``.
 Needs root (``drop_caches``).
@@ -121,11 +123,13 @@ def main() -> int:
             # the main thread runs trio (the FUSE loop); the others page in and check
             main_s = t1.get(pid, 0) - t0.get(pid, 0)
             others = sum(v - t0.get(k, 0) for k, v in t1.items() if k != pid)
+            reqs = max(1, s1["reads"] - s0["reads"])
             print(f"[{v}] mount {fig}  native {nat}  O_DIRECT {limit:.2f} GB/s | daemon per GiB served: "
                   f"user {d['user'] / gib:.2f} s, sys {d['sys'] / gib:.2f} s, {d['minflt'] / gib:.0f} minor / "
                   f"{d['majflt'] / gib:.0f} major faults, CPU s main thread {main_s / gib:.2f} / other threads "
                   f"{others / gib:.2f}, disk read {(b1 - b0) / 2**30 / gib:.2f} GiB, "
-                  f"{(s1['reads'] - s0['reads']) / gib:.0f} requests, {(s1['cold_reads'] - s0['cold_reads']) / gib:.0f} "
+                  f"{reqs / gib:.0f} requests (main thread {main_s / reqs * 1e6:.0f} µs each), "
+                  f"{(s1['cold_reads'] - s0['cold_reads']) / gib:.0f} "
                   f"of them waited {s1['cold_wait_s'] - s0['cold_wait_s']:.2f} s for a page-in", flush=True)
     print(f"load average {loadavg()}")
     return 0
