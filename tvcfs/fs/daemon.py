@@ -411,14 +411,17 @@ def is_mounted(mountpoint: str) -> bool:
 
 def start_background(argv: list, repo_control: str, mountpoint: str, timeout: float = 30.0) -> int:
     """Start ``argv`` (a foreground mount command) detached and wait until the mount is
-    live. Returns its pid. Raises ``RuntimeError`` with the log's tail on failure."""
+    live and its pid file written (the daemon writes it just after the kernel shows
+    the mount: ``tvcfs unmount`` and ``status`` read it). Returns its pid. Raises
+    ``RuntimeError`` with the log's tail on failure."""
     logpath = os.path.join(repo_control, "mount.log")
     with open(logpath, "ab") as logf:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                                 start_new_session=True, close_fds=True)
+    pidfile = _pidfile(repo_control, mountpoint)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if is_mounted(mountpoint):
+        if is_mounted(mountpoint) and os.path.exists(pidfile):
             return proc.pid
         if proc.poll() is not None:
             break
