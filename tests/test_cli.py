@@ -163,6 +163,8 @@ def test_errors_are_one_line(model_repo, tmp_path):
     assert_one_line_error(run_tvcfs("--repo", tmp_path / "missing", "ls", ok=False), "not a tvcfs repository")
     assert_one_line_error(run_tvcfs("log", "nosuchrev", cwd=repo, ok=False), "unknown revision 'nosuchrev'")
     assert_one_line_error(run_tvcfs("show", "main~9", cwd=repo, ok=False), "ancestors")
+    # a count past Python's int-from-string limit: the same error, not the limit's message
+    assert_one_line_error(run_tvcfs("show", "main~" + "9" * 5000, cwd=repo, ok=False), "main has only 1 ancestors")
     assert_one_line_error(run_tvcfs("cat", "main:missing.bin", cwd=repo, ok=False), "missing.bin")
     assert_one_line_error(run_tvcfs("cat", "main:1_Pooling", cwd=repo, ok=False), "not a file")
     assert_one_line_error(run_tvcfs("ls", "main:no/such/dir", cwd=repo, ok=False), "not found")

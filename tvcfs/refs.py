@@ -36,7 +36,8 @@ def check_name(name: str, what: str = "branch") -> str:
 
 def split_suffixes(rev: str) -> tuple[str, int]:
     """Split ``NAME~2^~`` into ``("NAME", 4)``: the base and how many first-parent
-    steps to take."""
+    steps to take (a ``~N`` of more than 18 digits counts as 10**18: no history is
+    that deep, and Python refuses to convert integers of over 4300 digits)."""
     steps = 0
     while True:
         m = _SUFFIX.search(rev)
@@ -45,6 +46,6 @@ def split_suffixes(rev: str) -> tuple[str, int]:
         s = m.group(0)
         if s == "^" or s == "~":
             steps += 1
-        else:
-            steps += int(s[1:])
+        else:  # a count of more digits than any history: past the root all the same
+            steps += int(s[1:]) if len(s) <= 19 else 10 ** 18
         rev = rev[: m.start()]
