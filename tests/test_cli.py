@@ -194,3 +194,50 @@ def test_repo_flag_and_discovery(model_repo, tmp_path):
     p = run_tvcfs("--repo", os.path.relpath(repo, elsewhere), "commit", os.path.relpath(model_repo["ft"], elsewhere),
                   "-m", "same", cwd=elsewhere)
     assert out(p).startswith("nothing to commit")
+
+
+def test_names_with_control_characters_are_printed_escaped(tmp_path):
+    """Entry names, symlink targets and tensor names come from whoever made the
+    commit (a clone, a CAR, a safetensors header): ``ls``, ``ls -r``, ``show`` and
+    ``diff`` print a newline or a terminal escape in them as ``\\xNN``, so one name
+    is one line and nothing reaches the terminal raw (before, ``ls`` and ``show``
+    wrote ``a`` and ``b.txt`` on two lines and sent ESC[31m to the terminal);
+    ``--json`` keeps the names exact."""
+    import json
+
+    import numpy as np
+
+    from support.safetensors import write_safetensors_raw
+
+    src = tmp_path / "src"
+    src.mkdir()
+    nl, esc = "a\nb.txt", "\x1b[31mred"
+    (src / nl).write_text("one\n")
+    (src / esc).write_text("two\n")
+    os.symlink(nl, src / "lnk")
+    w = np.zeros(4, np.float32).tobytes()
+    write_safetensors_raw(str(src / "m.safetensors"), [("t\x1b[2J", "F32", [4], w)])
+    repo = str(tmp_path / "repo")
+    run_tvcfs("init", repo)
+    run_tvcfs("-C", repo, "commit", src, "-m", "one")
+    (src / nl).write_text("one more\n")
+    write_safetensors_raw(str(src / "m.safetensors"), [("t\x1b[2J", "F32", [4], np.ones(4, np.float32).tobytes())])
+    run_tvcfs("-C", repo, "commit", src, "-m", "two")
+    outputs = {
+        "ls": out(run_tvcfs("-C", repo, "ls", "main")),
+        "ls -r": out(run_tvcfs("-C", repo, "ls", "-r", "main")),
+        "show": out(run_tvcfs("-C", repo, "show", "main")),
+        "show dir": out(run_tvcfs("-C", repo, "show", "main:")),
+        "show link": out(run_tvcfs("-C", repo, "show", "main:lnk")),
+        "show tensors": out(run_tvcfs("-C", repo, "show", "main:m.safetensors")),
+        "diff": out(run_tvcfs("-C", repo, "diff", "main~1", "main")),
+        "diff --stat": out(run_tvcfs("-C", repo, "diff", "--stat", "main~1", "main")),
+    }
+    for what, text in outputs.items():
+        assert "\x1b" not in text and "a\nb" not in text, (what, text)
+    assert "  a\\x0ab.txt\n" in outputs["ls"] and "lnk -> a\\x0ab.txt\n" in outputs["ls"], outputs["ls"]
+    assert "\\x1b[31mred" in outputs["ls -r"] and "a\\x0ab.txt" in outputs["show"], outputs
+    assert "t\\x1b[2J" in outputs["show tensors"] and "~ t\\x1b[2J" in outputs["diff"], outputs
+    assert "M a\\x0ab.txt" in outputs["diff"] and " a\\x0ab.txt | modified" in outputs["diff --stat"], outputs
+    names = {e["name"] for e in json.loads(out(run_tvcfs("-C", repo, "ls", "main", "--json")))}
+    assert {nl, esc, "lnk", "m.safetensors"} == names
