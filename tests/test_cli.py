@@ -241,3 +241,21 @@ def test_names_with_control_characters_are_printed_escaped(tmp_path):
     assert "M a\\x0ab.txt" in outputs["diff"] and " a\\x0ab.txt | modified" in outputs["diff --stat"], outputs
     names = {e["name"] for e in json.loads(out(run_tvcfs("-C", repo, "ls", "main", "--json")))}
     assert {nl, esc, "lnk", "m.safetensors"} == names
+
+
+@pytest.mark.parametrize("value", ["inf", "1e400", "nan", "0.1"])
+def test_sizes_and_rates_that_are_not_finite_or_under_a_byte_are_usage_errors(tmp_path, value):
+    """``--rate-limit`` and ``--cache-size`` take ``float`` syntax, so ``inf`` and
+    ``1e400`` parsed (to infinity) and crashed the CLI with a traceback
+    (OverflowError: cannot convert float infinity to integer), and ``0.1`` became a
+    size of 0 bytes; now each is argparse's one-line usage error (exit 2)."""
+    repo = tmp_path / "repo"
+    run_tvcfs("init", repo)
+    (tmp_path / "mnt").mkdir()
+    for args in (("serve", "--listen", "127.0.0.1:0", "--rate-limit", value, repo),
+                 ("mount", "--cache-size", value, repo, tmp_path / "mnt")):
+        p = run_tvcfs(*args, ok=False, timeout=60)
+        err = p.stderr.decode()
+        assert p.returncode == 2 and "Traceback" not in err, err
+        assert err.strip().splitlines()[-1].startswith(f"tvcfs {args[0]}: error: argument "), err
+        assert repr(value) in err, err

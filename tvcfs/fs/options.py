@@ -18,11 +18,11 @@ __all__ = ["GENERIC_O_OPTIONS", "GENERIC_O_PREFIXES", "MOUNT_OPTIONS", "NO_VERIF
 def parse_size(text: str) -> int:
     """``"512M"``, ``"10G"``, ``"1048576"`` → bytes (K, M, G, T: powers of 1024; a
     trailing ``B`` or ``iB`` is allowed). Raises ``ValueError`` for anything else or a
-    size that is not positive."""
+    size under one byte or not finite (``inf``, ``1e999``: ``float`` takes them)."""
     t = str(text).strip().upper().removesuffix("B").removesuffix("I")
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
     value = float(t[:-1] if t[-1:] in "KMGT" else t) * mult
-    if value <= 0:
+    if not value >= 1 or value == float("inf"):  # (not >=: NaN too)
         raise ValueError(f"not a positive size: {text!r}")
     return int(value)
 
