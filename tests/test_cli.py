@@ -259,3 +259,28 @@ def test_sizes_and_rates_that_are_not_finite_or_under_a_byte_are_usage_errors(tm
         assert p.returncode == 2 and "Traceback" not in err, err
         assert err.strip().splitlines()[-1].startswith(f"tvcfs {args[0]}: error: argument "), err
         assert repr(value) in err, err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_mount_durations_that_are_not_finite_or_negative_are_usage_errors(tmp_path, value):
+    """``--commit-delay`` and ``--fetch-timeout`` (and ``-o commit_delay=``) refuse
+    NaN, infinity and negative seconds: the mount started with them, and a commit
+    delay of ``nan`` or ``inf`` never committed a write until the unmount."""
+    repo = tmp_path / "repo"
+    run_tvcfs("init", repo)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    from support.mount import fusermount
+
+    try:
+        for args in (("--commit-delay", value), ("--fetch-timeout", value)):
+            p = run_tvcfs("mount", *args, repo, mnt, ok=False, timeout=60)
+            err = p.stderr.decode()
+            assert p.returncode == 2 and "Traceback" not in err, err
+            assert f"error: argument {args[0]}: not a number of seconds (0 or more): {value!r}" in err, err
+        p = run_tvcfs("mount", "-o", f"commit_delay={value}", repo, mnt, ok=False, timeout=60)
+        assert "commit_delay" in p.stderr.decode() and "Traceback" not in p.stderr.decode(), p.stderr
+        assert not os.path.ismount(mnt)
+    finally:  # (a mount these options once started is never left behind)
+        if os.path.ismount(mnt):
+            fusermount("-u", "-z", str(mnt))
