@@ -284,3 +284,24 @@ def test_mount_durations_that_are_not_finite_or_negative_are_usage_errors(tmp_pa
     finally:  # (a mount these options once started is never left behind)
         if os.path.ismount(mnt):
             fusermount("-u", "-z", str(mnt))
+
+
+@pytest.mark.parametrize("value", ["-5", "nan"])
+def test_gc_expire_refuses_negative_days_and_nan(tmp_path, value):
+    """``gc --expire -5`` (a typo of 5) and ``--expire nan`` expired every reflog entry,
+    as ``--expire 0`` does, and collected the commits only the reflog kept (a deleted
+    branch's); now they are usage errors and nothing is deleted."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("kept by the reflog only\n")
+    repo = tmp_path / "repo"
+    run_tvcfs("init", repo)
+    run_tvcfs("-C", repo, "commit", src, "-b", "side", "-m", "side")
+    (src / "a.txt").write_text("main\n")
+    run_tvcfs("-C", repo, "commit", src, "-b", "main", "-m", "main")
+    side = run_tvcfs("-C", repo, "log", "-n", "1", "--oneline", "side", text=True).stdout.split()[0]
+    run_tvcfs("-C", repo, "branch", "-d", "side")
+    p = run_tvcfs("-C", repo, "gc", "--expire", value, ok=False)
+    err = p.stderr.decode()
+    assert p.returncode == 2 and f"not a number of days (0 or more): {value!r}" in err, err
+    assert run_tvcfs("-C", repo, "show", side, text=True).stdout.startswith("commit ")
