@@ -221,7 +221,8 @@ def test_names_with_control_characters_are_printed_escaped(tmp_path):
     run_tvcfs("init", repo)
     run_tvcfs("-C", repo, "commit", src, "-m", "one")
     (src / nl).write_text("one more\n")
-    write_safetensors_raw(str(src / "m.safetensors"), [("t\x1b[2J", "F32", [4], np.ones(4, np.float32).tobytes())])
+    write_safetensors_raw(str(src / "m.safetensors"), [("t\x1b[2J", "F32", [4], np.ones(4, np.float32).tobytes())],
+                          metadata={"k\x1b[8m": "v"})
     run_tvcfs("-C", repo, "commit", src, "-m", "two")
     outputs = {
         "ls": out(run_tvcfs("-C", repo, "ls", "main")),
@@ -238,6 +239,7 @@ def test_names_with_control_characters_are_printed_escaped(tmp_path):
     assert "  a\\x0ab.txt\n" in outputs["ls"] and "lnk -> a\\x0ab.txt\n" in outputs["ls"], outputs["ls"]
     assert "\\x1b[31mred" in outputs["ls -r"] and "a\\x0ab.txt" in outputs["show"], outputs
     assert "t\\x1b[2J" in outputs["show tensors"] and "~ t\\x1b[2J" in outputs["diff"], outputs
+    assert "metadata k\\x1b[8m: " in outputs["diff"], outputs["diff"]
     assert "M a\\x0ab.txt" in outputs["diff"] and " a\\x0ab.txt | modified" in outputs["diff --stat"], outputs
     names = {e["name"] for e in json.loads(out(run_tvcfs("-C", repo, "ls", "main", "--json")))}
     assert {nl, esc, "lnk", "m.safetensors"} == names

@@ -529,7 +529,7 @@ def format_diff(d: TreeDiff) -> str:
                              f"  cos {_g(t.cosine)}")
                 lines.append(head)
         for k, (old, new) in f.metadata_changes.items():
-            lines.append(f"    metadata {k}: {json.dumps(old)} -> {json.dumps(new)}")
+            lines.append(f"    metadata {printable_name(k)}: {json.dumps(old)} -> {json.dumps(new)}")
         if f.kind == "safetensors":
             lines.append(f"    ({f.tensors_unchanged} tensors unchanged)")
     return "\n".join(lines)
