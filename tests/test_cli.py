@@ -166,6 +166,11 @@ def test_errors_are_one_line(model_repo, tmp_path):
     # a count past Python's int-from-string limit: the same error, not the limit's message
     assert_one_line_error(run_tvcfs("show", "main~" + "9" * 5000, cwd=repo, ok=False), "main has only 1 ancestors")
     assert_one_line_error(run_tvcfs("cat", "main:missing.bin", cwd=repo, ok=False), "missing.bin")
+    # a name or URL with a newline: the error stays one line
+    assert_one_line_error(run_tvcfs("fetch", "a\nb", cwd=repo, ok=False), "no remote named 'a\\nb'",
+                          "remote add a\\x0ab URL")
+    assert_one_line_error(run_tvcfs("remote", "add", "x", "tvcfs://127.0.0.1:1/\nfoo", cwd=repo, ok=False),
+                          "invalid remote URL 'tvcfs://127.0.0.1:1/\\nfoo'")
     assert_one_line_error(run_tvcfs("cat", "main:1_Pooling", cwd=repo, ok=False), "not a file")
     assert_one_line_error(run_tvcfs("ls", "main:no/such/dir", cwd=repo, ok=False), "not found")
     assert_one_line_error(run_tvcfs("commit", tmp_path / "no-such-dir", cwd=repo, ok=False), "no-such-dir")

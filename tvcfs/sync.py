@@ -55,6 +55,7 @@ from .encoding.cid import RAW, cid_codec, cid_str, make_cid
 from .formatting import short_cid as _short
 from .errors import CorruptBlock, InvalidCID, MalformedObject, RefConflict, TvcfsError
 from .fileio import process_alive
+from .names import printable_name
 from .refs import HEADS, TAGS, InvalidRefName, check_ref
 
 __all__ = [
@@ -236,7 +237,10 @@ def is_block_url(url: str | None) -> bool:
 def check_url(url: str) -> str:
     """Validate a remote URL (``s3://BUCKET/PREFIX`` or
     ``tvcfs[+quic|+tcp]://PEERID@HOST:PORT/REPO``); return it. Raises
-    :class:`TvcfsError` saying what is wrong."""
+    :class:`TvcfsError` saying what is wrong (also for spaces and control characters,
+    which ``urlsplit`` drops silently: the URL stored would not be the one used)."""
+    if any(ch <= " " or ch == "\x7f" for ch in url):
+        raise TvcfsError(f"invalid remote URL {url!r}: it holds spaces or control characters")
     if is_block_url(url):
         from .store.s3 import parse_s3_url
 
@@ -276,7 +280,8 @@ def remote_url(repo, remote: str) -> str:
     if remote not in rem:
         known = ", ".join(sorted(rem)) or "none configured"
         raise TvcfsError(f"no remote named {remote!r} ({known}); add one with "
-                         f"`tvcfs remote add {remote} URL` (tvcfs://PEERID@HOST:PORT/ or s3://BUCKET/PREFIX)")
+                         f"`tvcfs remote add {printable_name(remote)} URL` (tvcfs://PEERID@HOST:PORT/ or "
+                         "s3://BUCKET/PREFIX)")
     return rem[remote]
 
 
