@@ -163,7 +163,14 @@ def test_errors_are_one_line(model_repo, tmp_path):
     assert_one_line_error(run_tvcfs("--repo", tmp_path / "missing", "ls", ok=False), "not a tvcfs repository")
     assert_one_line_error(run_tvcfs("log", "nosuchrev", cwd=repo, ok=False), "unknown revision 'nosuchrev'")
     assert_one_line_error(run_tvcfs("show", "main~9", cwd=repo, ok=False), "ancestors")
+    # a count past Python's int-from-string limit: the same error, not the limit's message
+    assert_one_line_error(run_tvcfs("show", "main~" + "9" * 5000, cwd=repo, ok=False), "main has only 1 ancestors")
     assert_one_line_error(run_tvcfs("cat", "main:missing.bin", cwd=repo, ok=False), "missing.bin")
+    # a name or URL with a newline: the error stays one line
+    assert_one_line_error(run_tvcfs("fetch", "a\nb", cwd=repo, ok=False), "no remote named 'a\\nb'",
+                          "remote add a\\x0ab URL")
+    assert_one_line_error(run_tvcfs("remote", "add", "x", "tvcfs://127.0.0.1:1/\nfoo", cwd=repo, ok=False),
+                          "invalid remote URL 'tvcfs://127.0.0.1:1/\\nfoo'")
     assert_one_line_error(run_tvcfs("cat", "main:1_Pooling", cwd=repo, ok=False), "not a file")
     assert_one_line_error(run_tvcfs("ls", "main:no/such/dir", cwd=repo, ok=False), "not found")
     assert_one_line_error(run_tvcfs("commit", tmp_path / "no-such-dir", cwd=repo, ok=False), "no-such-dir")
@@ -192,3 +199,116 @@ def test_repo_flag_and_discovery(model_repo, tmp_path):
     p = run_tvcfs("--repo", os.path.relpath(repo, elsewhere), "commit", os.path.relpath(model_repo["ft"], elsewhere),
                   "-m", "same", cwd=elsewhere)
     assert out(p).startswith("nothing to commit")
+
+
+def test_names_with_control_characters_are_printed_escaped(tmp_path):
+    """Entry names, symlink targets and tensor names come from whoever made the
+    commit (a clone, a CAR, a safetensors header): ``ls``, ``ls -r``, ``show`` and
+    ``diff`` print a newline or a terminal escape in them as ``\\xNN``, so one name
+    is one line and nothing reaches the terminal raw (before, ``ls`` and ``show``
+    wrote ``a`` and ``b.txt`` on two lines and sent ESC[31m to the terminal);
+    ``--json`` keeps the names exact."""
+    import json
+
+    import numpy as np
+
+    from support.safetensors import write_safetensors_raw
+
+    src = tmp_path / "src"
+    src.mkdir()
+    nl, esc = "a\nb.txt", "\x1b[31mred"
+    (src / nl).write_text("one\n")
+    (src / esc).write_text("two\n")
+    os.symlink(nl, src / "lnk")
+    w = np.zeros(4, np.float32).tobytes()
+    write_safetensors_raw(str(src / "m.safetensors"), [("t\x1b[2J", "F32", [4], w)])
+    repo = str(tmp_path / "repo")
+    run_tvcfs("init", repo)
+    run_tvcfs("-C", repo, "commit", src, "-m", "one")
+    (src / nl).write_text("one more\n")
+    write_safetensors_raw(str(src / "m.safetensors"), [("t\x1b[2J", "F32", [4], np.ones(4, np.float32).tobytes())],
+                          metadata={"k\x1b[8m": "v"})
+    run_tvcfs("-C", repo, "commit", src, "-m", "two")
+    outputs = {
+        "ls": out(run_tvcfs("-C", repo, "ls", "main")),
+        "ls -r": out(run_tvcfs("-C", repo, "ls", "-r", "main")),
+        "show": out(run_tvcfs("-C", repo, "show", "main")),
+        "show dir": out(run_tvcfs("-C", repo, "show", "main:")),
+        "show link": out(run_tvcfs("-C", repo, "show", "main:lnk")),
+        "show tensors": out(run_tvcfs("-C", repo, "show", "main:m.safetensors")),
+        "diff": out(run_tvcfs("-C", repo, "diff", "main~1", "main")),
+        "diff --stat": out(run_tvcfs("-C", repo, "diff", "--stat", "main~1", "main")),
+    }
+    for what, text in outputs.items():
+        assert "\x1b" not in text and "a\nb" not in text, (what, text)
+    assert "  a\\x0ab.txt\n" in outputs["ls"] and "lnk -> a\\x0ab.txt\n" in outputs["ls"], outputs["ls"]
+    assert "\\x1b[31mred" in outputs["ls -r"] and "a\\x0ab.txt" in outputs["show"], outputs
+    assert "t\\x1b[2J" in outputs["show tensors"] and "~ t\\x1b[2J" in outputs["diff"], outputs
+    assert "metadata k\\x1b[8m: " in outputs["diff"], outputs["diff"]
+    assert "M a\\x0ab.txt" in outputs["diff"] and " a\\x0ab.txt | modified" in outputs["diff --stat"], outputs
+    names = {e["name"] for e in json.loads(out(run_tvcfs("-C", repo, "ls", "main", "--json")))}
+    assert {nl, esc, "lnk", "m.safetensors"} == names
+
+
+@pytest.mark.parametrize("value", ["inf", "1e400", "nan", "0.1"])
+def test_sizes_and_rates_that_are_not_finite_or_under_a_byte_are_usage_errors(tmp_path, value):
+    """``--rate-limit`` and ``--cache-size`` take ``float`` syntax, so ``inf`` and
+    ``1e400`` parsed (to infinity) and crashed the CLI with a traceback
+    (OverflowError: cannot convert float infinity to integer), and ``0.1`` became a
+    size of 0 bytes; now each is argparse's one-line usage error (exit 2)."""
+    repo = tmp_path / "repo"
+    run_tvcfs("init", repo)
+    (tmp_path / "mnt").mkdir()
+    for args in (("serve", "--listen", "127.0.0.1:0", "--rate-limit", value, repo),
+                 ("mount", "--cache-size", value, repo, tmp_path / "mnt")):
+        p = run_tvcfs(*args, ok=False, timeout=60)
+        err = p.stderr.decode()
+        assert p.returncode == 2 and "Traceback" not in err, err
+        assert err.strip().splitlines()[-1].startswith(f"tvcfs {args[0]}: error: argument "), err
+        assert repr(value) in err, err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_mount_durations_that_are_not_finite_or_negative_are_usage_errors(tmp_path, value):
+    """``--commit-delay`` and ``--fetch-timeout`` (and ``-o commit_delay=``) refuse
+    NaN, infinity and negative seconds: the mount started with them, and a commit
+    delay of ``nan`` or ``inf`` never committed a write until the unmount."""
+    repo = tmp_path / "repo"
+    run_tvcfs("init", repo)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    from support.mount import fusermount
+
+    try:
+        for args in (("--commit-delay", value), ("--fetch-timeout", value)):
+            p = run_tvcfs("mount", *args, repo, mnt, ok=False, timeout=60)
+            err = p.stderr.decode()
+            assert p.returncode == 2 and "Traceback" not in err, err
+            assert f"error: argument {args[0]}: not a number of seconds (0 or more): {value!r}" in err, err
+        p = run_tvcfs("mount", "-o", f"commit_delay={value}", repo, mnt, ok=False, timeout=60)
+        assert "commit_delay" in p.stderr.decode() and "Traceback" not in p.stderr.decode(), p.stderr
+        assert not os.path.ismount(mnt)
+    finally:  # (a mount these options once started is never left behind)
+        if os.path.ismount(mnt):
+            fusermount("-u", "-z", str(mnt))
+
+
+@pytest.mark.parametrize("value", ["-5", "nan"])
+def test_gc_expire_refuses_negative_days_and_nan(tmp_path, value):
+    """``gc --expire -5`` (a typo of 5) and ``--expire nan`` expired every reflog entry,
+    as ``--expire 0`` does, and collected the commits only the reflog kept (a deleted
+    branch's); now they are usage errors and nothing is deleted."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("kept by the reflog only\n")
+    repo = tmp_path / "repo"
+    run_tvcfs("init", repo)
+    run_tvcfs("-C", repo, "commit", src, "-b", "side", "-m", "side")
+    (src / "a.txt").write_text("main\n")
+    run_tvcfs("-C", repo, "commit", src, "-b", "main", "-m", "main")
+    side = run_tvcfs("-C", repo, "log", "-n", "1", "--oneline", "side", text=True).stdout.split()[0]
+    run_tvcfs("-C", repo, "branch", "-d", "side")
+    p = run_tvcfs("-C", repo, "gc", "--expire", value, ok=False)
+    err = p.stderr.decode()
+    assert p.returncode == 2 and f"not a number of days (0 or more): {value!r}" in err, err
+    assert run_tvcfs("-C", repo, "show", side, text=True).stdout.startswith("commit ")

@@ -445,3 +445,55 @@ def test_import_hf_progress_bar_on_a_terminal(tmp_path):
     p = run_tvcfs("--repo", repo2, "import-hf", "--cache-dir", cache)
     err = p.stderr if isinstance(p.stderr, str) else p.stderr.decode()
     assert "\r" not in err and "snapshots/s" not in err
+
+
+def test_snapshot_links_out_of_the_cache_or_to_a_directory_are_never_imported(tmp_path):
+    """A cache made or changed by hand: a snapshot file linking out of its repository's
+    folder (an absolute link, a ``../`` one) or to a directory in place of its blob
+    makes the snapshot incomplete — not imported, named, exit 1 — instead of a
+    commit holding whatever file of the machine the link reached (a key, a
+    password file) that a push would then publish. A cache whose ``blobs/`` is a
+    link to another disk still imports."""
+    src1, src2, src3 = tmp_path / "s1", tmp_path / "s2", tmp_path / "s3"
+    for d in (src1, src2, src3):
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"v": d.name}))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP SECRET\n")
+    h1, h2, h3 = fake_hash("o1"), fake_hash("o2"), fake_hash("o3")
+    cache = str(tmp_path / "cache")
+    storage = build_hf_cache(cache, "acme/tiny", [(h1, str(src1), T0), (h2, str(src2), T0 + 10),
+                                                  (h3, str(src3), T0 + 20)], {"main": h3, "v1": h1, "v2": h2})
+    os.symlink(str(secret), os.path.join(storage, "snapshots", h1, "abs.txt"))
+    rel = os.path.relpath(str(secret), os.path.join(storage, "snapshots", h2))
+    assert rel.startswith("../../../")
+    os.symlink(rel, os.path.join(storage, "snapshots", h2, "rel.txt"))
+    cfg3 = os.path.realpath(os.path.join(storage, "snapshots", h3, "config.json"))
+    good3 = open(cfg3, "rb").read()
+    os.unlink(cfg3)
+    os.mkdir(cfg3)  # a blob replaced by a directory
+    repo = str(tmp_path / "repo")
+    run_tvcfs("init", repo)
+    proc = run_tvcfs("--repo", repo, "import-hf", "--cache-dir", cache, ok=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert f"snapshot {h1} is incomplete, not imported: abs.txt: its link leads out of {storage}" in err, err
+    assert f"snapshot {h2} is incomplete, not imported: rel.txt: its link leads out of {storage}" in err, err
+    assert f"snapshot {h3} is incomplete, not imported: config.json: its blob" in err, err
+    assert err.strip().splitlines()[-1].startswith("tvcfs: error: 3 incomplete snapshot(s)"), err
+    with _open(repo) as r:
+        assert r.branches() == {} and r.tags() == {}
+        assert r.store.stat()["blocks"] == 0  # nothing of the secret, nothing at all
+    # repaired, with blobs/ moved to another disk behind a link: imported
+    os.rmdir(cfg3)
+    open(cfg3, "wb").write(good3)
+    for h, name in ((h1, "abs.txt"), (h2, "rel.txt")):
+        os.unlink(os.path.join(storage, "snapshots", h, name))
+    elsewhere = str(tmp_path / "other-disk" / "blobs")
+    os.makedirs(os.path.dirname(elsewhere))
+    os.rename(os.path.join(storage, "blobs"), elsewhere)
+    os.symlink(elsewhere, os.path.join(storage, "blobs"))
+    proc = run_tvcfs("--repo", repo, "import-hf", "--cache-dir", cache)
+    assert "acme/tiny: 3 snapshots imported" in proc.stdout.decode(), (proc.stdout, proc.stderr)
+    with _open(repo) as r:
+        assert b"".join(r.read_file("main", "config.json")) == good3

@@ -182,3 +182,49 @@ def test_lazy_mount_keeps_no_block_a_peer_sends_unasked(small_repo, tmp_path):
     print(f"\n{unsolicited} unsolicited blocks; {len(foreign)} stored")
     assert unsolicited > 0
     assert not foreign, [cid_str(c) for c in list(foreign)[:3]]
+
+
+HOSTILE_REFS = ["refs/heads/a\nb", "refs/heads/x\x1b[31mred", "refs/heads/../../evil", "refs/heads/.hidden",
+                "refs/tags/..", "refs/heads/" + "y" * 490]
+
+
+def test_refs_with_names_this_repository_refuses_are_skipped_and_named(small_repo, tmp_path, servers):
+    """A peer whose branches and tags have names ``tvcfs branch`` refuses (a newline,
+    a terminal escape, ``..``, 490 bytes): ``clone`` and ``fetch`` skip them with one
+    warning line each (escaped), take the rest, and store no ref of them; before, the
+    clone made local branches of them all (the escape printed raw by ``tvcfs
+    branch``), and a name whose remote-tracking ref passed LMDB's key size failed
+    the whole fetch as "unexpected failure … this is a bug". A push of such a ref
+    into ``tvcfs serve`` is refused naming it; the server's refs are unchanged."""
+    path, src = small_repo
+    with Repo.open(path) as r, r.store.write() as w:
+        head = w.get_ref("refs/heads/main")
+        for name in HOSTILE_REFS:
+            w.set_ref(name, head, None, message="test: a hostile name")
+    srv = servers(path, tmp_path)
+    dst = tmp_path / "clone"
+    p = tv("clone", srv.peer_url, dst)
+    for shown in ("branch name 'a\\nb'", "branch name 'x\\x1b[31mred'", "branch name '../../evil'",
+                  "branch name '.hidden'", "tag name '..'", "490 bytes long, at most 200"):
+        assert shown in p.stderr, (shown, p.stderr)
+    assert p.stderr.count("refuses, skipped") == len(HOSTILE_REFS), p.stderr
+    assert "\x1b" not in p.stderr and "a\nb" not in p.stderr
+    assert refs_of(dst).keys() == {"refs/heads/main", "refs/remotes/origin/main"}
+    assert_same_tree(str(src), str(tv("--repo", dst, "checkout", "main", tmp_path / "co") and tmp_path / "co"))
+    p = tv("--repo", dst, "fetch")
+    assert p.stderr.count("refuses, skipped") == len(HOSTILE_REFS), p.stderr
+    assert refs_of(dst).keys() == {"refs/heads/main", "refs/remotes/origin/main"}
+    tv("--repo", dst, "fsck")
+
+    # the other way: a branch with a bad name pushed into a server that allows the pusher
+    me = tv("--repo", dst, "id").stdout.strip()
+    sroot = str(tmp_path / "served")
+    tv("init", sroot)
+    srv2 = servers(sroot, tmp_path, "--allow-push", me, name="srv2")
+    tv("--repo", dst, "push", srv2.peer_url, "main")
+    with Repo.open(str(dst)) as r, r.store.write() as w:
+        w.set_ref("refs/heads/a\nb", w.get_ref("refs/heads/main"), None, message="test: a hostile name")
+    p = tv("--repo", dst, "push", srv2.peer_url, "a\nb", ok=False)
+    err = p.stderr.strip()
+    assert err.startswith("tvcfs: error: ") and "\n" not in err and "invalid branch name 'a\\nb'" in err, err
+    assert refs_of(sroot).keys() == {"refs/heads/main"}

@@ -18,7 +18,7 @@ import pytest
 
 from support.cli import run_tvcfs
 from support.trees import assert_same_tree
-from support.hub import add_user, get_json, hf_env, ndjson, request, run_py
+from support.hub import add_user, get_json, hf_env, ndjson, py_env, request, run_py
 from support.server import running_hub
 from support.wait import wait_until
 
@@ -638,7 +638,7 @@ def test_block_exchange_clone_push_and_lazy_mount_through_the_hub(hub, real_mode
         run_tvcfs("hub", "user", "key", "alice", peer, "--root", root)
         run_tvcfs("-C", clone, "push")
         assert run_tvcfs("-C", _repo_path(hub, "model"), "cat", "main:new.txt").stdout == b"pushed over QUIC\n"
-        st, h, _ = request(hub["url"], "HEAD", f"/{ORG}/model/resolve/main/new.txt")
+        st, h, _ = request(hub["url"], "HEAD", f"/{ORG}/model/resolve/main/new.txt", follow=True)
         assert st == 200  # the HTTP side sees the push at once
         s2 = tmp_path / "s2"
         run_tvcfs("-C", clone, "remote", "add", "secret", f"{turl}{ORG}/secret")
@@ -919,6 +919,100 @@ def test_corrupted_leaf_ends_the_blob_connection(tmp_path):
             c.close()
         assert len(got) <= bad_start and bytes(got) == data[:len(got)]
         assert _blob_stats(h["location"])["aborted"] == 1
+
+
+def test_inline_download_is_pinned_to_the_commit_it_started_from(tmp_path):
+    """A file below the blob threshold whose download ends mid-stream (a leaf of it
+    gone, as gc leaves it when its branch is deleted meanwhile): the body is short of
+    its Content-Length (an error for the client, never a complete-looking file), and
+    ``hf_hub_download``'s resume (a ``Range`` request to the URL its HEAD ended at)
+    reads the same commit: the HEAD of ``resolve/BRANCH/PATH`` redirects (307, as the
+    Hugging Face Hub does) to ``resolve/ALIAS/PATH``. Before, the resume asked
+    ``resolve/main`` again, and a branch moved meanwhile to a file of the same size
+    gave the tail of the new file after the head of the old one: a mixed file kept
+    in the cache as the old one."""
+    import http.client
+    import subprocess
+    import sys
+
+    from support.cli import tvcfs_executable
+    from support.server import ServerProcess, stop_process
+    from tvcfs.hub.core import commit_alias
+    from tvcfs.repo import Repo
+
+    root = str(tmp_path / "root")
+    run_tvcfs("hub", "init", root)
+    run_tvcfs("hub", "repo", "create", "acme/mix", "--root", root)
+    repo_dir = os.path.join(root, "repos", "acme", "mix")
+    old, new = os.urandom(9 << 20), os.urandom(9 << 20)  # the same size: the size check passes
+    for branch, data in (("main", old), ("next", new)):
+        src = tmp_path / f"src-{branch}"
+        src.mkdir()
+        (src / "w.bin").write_bytes(data)
+        (src / "sub dir").mkdir()
+        (src / "sub dir" / "\u00e9 x.txt").write_bytes(b"hi\n")
+        run_tvcfs("-C", repo_dir, "commit", str(src), "-b", branch, "-m", branch)
+    with Repo.open(repo_dir) as repo:
+        c1, c2 = repo.resolve("main"), repo.resolve("next")
+        idx = repo.file_index(repo.entry(c1, "w.bin").cid)
+        k = len(idx.leaves) - 2
+        gone_at = idx.starts[k]
+        with repo.store.write() as w:
+            w.txn.delete(idx.leaves[k], db=w.db["blocks"])
+    log = str(tmp_path / "hub.log")
+    with ServerProcess(tvcfs_executable() + ["hub", "serve", root, "--listen", "127.0.0.1:0"],
+                       lines=1, log_path=log, name="hub-pinned") as srv:
+        url = srv.lines[0]
+        # a plain GET: Content-Length announced, a prefix of the right bytes, then the
+        # connection ends (http.client raises IncompleteRead)
+        c = http.client.HTTPConnection(*url.split("//")[1].split(":"), timeout=60)
+        try:
+            c.request("GET", "/acme/mix/resolve/main/w.bin")
+            r = c.getresponse()
+            assert r.status == 200 and int(r.getheader("content-length")) == len(old)
+            with pytest.raises(http.client.IncompleteRead) as ei:
+                r.read()
+            got = ei.value.partial
+        finally:
+            c.close()
+        assert len(got) <= gone_at and got == old[:len(got)]
+        # HEAD of a branch: a relative redirect to the commit (the hf client follows it)
+        st, h, _ = request(url, "HEAD", "/acme/mix/resolve/main/w.bin")
+        assert st == 307 and h["location"] == f"/acme/mix/resolve/{commit_alias(c1)}/w.bin", (st, h)
+        assert h["x-repo-commit"] == commit_alias(c1) and int(h["x-linked-size"]) == len(old)
+        st, h, body = request(url, "GET", "/acme/mix/resolve/main/w.bin", headers={"Range": "bytes=0-99"})
+        assert (st, body) == (206, old[:100])  # a GET is served where it is asked
+        st, h, _ = request(url, "HEAD", f"/acme/mix/resolve/{commit_alias(c1)}/w.bin")
+        assert st == 200 and int(h["content-length"]) == len(old)  # a commit's URL: served
+        st, h, body = request(url, "HEAD", "/acme/mix/resolve/next/sub%20dir/%C3%A9%20x.txt", follow=True)
+        assert st == 200 and h["redirect"]["location"] == \
+            f"/acme/mix/resolve/{commit_alias(c2)}/sub%20dir/%C3%A9%20x.txt" and h["content-length"] == "3"
+        # hf_hub_download of main; main moves to a file of the same size after the
+        # first attempt failed: the resumes read c1 (and fail), never c2
+        cache = tmp_path / "hf-cache"
+        code = ("from huggingface_hub import hf_hub_download\n"
+                "try:\n"
+                f"    p = hf_hub_download('acme/mix', 'w.bin', cache_dir={str(cache)!r})\n"
+                "    print('DOWNLOADED', p)\n"
+                "except Exception as e:\n"
+                "    print('FAILED', type(e).__name__)\n")
+        env = py_env(hf_env(url, str(tmp_path / "hf-home")))
+        failures = open(log, "rb").read().count(b"not found")
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        try:
+            wait_until(lambda: open(log, "rb").read().count(b"not found") > failures or proc.poll() is not None,
+                       60, what="the download's first attempt to fail")
+            with Repo.open(repo_dir) as repo:
+                repo.update_ref("refs/heads/main", c2)
+            out, err = proc.communicate(timeout=120)
+        finally:
+            stop_process(proc)
+    out = out.decode()
+    assert "FAILED" in out, (out, err.decode()[-2000:])
+    kept = [os.path.join(d, f) for d, _, fs in os.walk(cache) for f in fs if not f.endswith(".incomplete")]
+    for p in kept:
+        assert os.path.getsize(p) < 1 << 20, p  # no w.bin, whole or mixed, in the cache
 
 
 def test_blob_port_timeouts(hub, real_model_dir):

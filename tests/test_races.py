@@ -51,7 +51,10 @@ def _tvcfs_child(*args):
             child.communicate(timeout=30)
 
 
-def test_gc_during_a_clone_keeps_the_blocks_it_stored(tmp_path, servers):
+@pytest.mark.parametrize("expire", [[], ["--expire", "0"]])
+def test_gc_during_a_clone_keeps_the_blocks_it_stored(tmp_path, servers, expire):
+    """(``--expire 0`` too: a running fetch's record is a root whatever the expiry;
+    before, gc --expire 0 deleted the blocks fetched so far.)"""
     data = rnd(12 << 20, 4)
     make_repo(tmp_path / "s", {"big.bin": data}).close()
     srv = servers(tmp_path / "s" / "repo", tmp_path, "--rate-limit", "3M")
@@ -60,7 +63,7 @@ def test_gc_during_a_clone_keeps_the_blocks_it_stored(tmp_path, servers):
         wait_until(lambda: stored_bytes(dst) > 2 << 20 or clone.poll() is not None, 60,
                    what="the clone to store 2 MiB")
         assert clone.poll() is None, "the clone finished before gc could run: slow the server down"
-        gc = run_tvcfs("-C", dst, "gc", text=True)
+        gc = run_tvcfs("-C", dst, "gc", *expire, text=True)
         assert gc.stdout.startswith("deleted 0 blocks"), gc.stdout
     run_tvcfs("-C", dst, "fsck")
     assert run_tvcfs("-C", dst, "cat", "main:big.bin").stdout == data

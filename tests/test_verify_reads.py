@@ -21,6 +21,7 @@ import pytest
 from support.cli import run_tvcfs
 from support.mount import Mounted
 from support.repo import forget_checksums
+from support.wait import wait_until
 from support.safetensors import write_safetensors_raw
 from tvcfs.encoding.cid import cid_str
 from tvcfs.repo import Repo
@@ -279,3 +280,31 @@ def test_verify_reads_cid_hashes_every_block(world, tmp_path):
     _read_through_mount(world, str(tmp_path / "mnt"))
     p = run_tvcfs("--repo", world.root, "fsck", ok=False)  # fsck hashes whatever the mode
     assert f"corrupt block {cid_str(world.bad)}" in p.stdout.decode()
+
+
+def test_failed_copy_on_write_keeps_following_the_branch(world, tmp_path):
+    """A write to a committed file whose copy on write fails (a damaged leaf: EIO)
+    stages nothing, so the workspace is still clean: it keeps following its branch
+    when the branch moves (it stayed marked pending and showed the old tree until the
+    next commit through the mount: with a long ``--commit-delay``, for that long)."""
+    with Repo.open(world.root) as repo:
+        idx2 = repo.file_index(repo.entry(world.c2, "model.safetensors").cid)
+    bad2 = idx2.leaves[len(idx2.leaves) // 2]
+    world.damage("flip", bad2)
+    src3 = tmp_path / "src3"
+    src3.mkdir()
+    (src3 / "notes.txt").write_bytes(b"third\n")
+    with Mounted(world.root, str(tmp_path / "mnt"), commit_delay=3600, allow_errors=(cid_str(bad2),)) as m:
+        br = m.path("branches", "main")
+        with open(os.path.join(br, "model.safetensors"), "r+b", buffering=0) as f:
+            with pytest.raises(OSError) as ei:
+                f.write(b"x")
+            assert ei.value.errno == errno.EIO
+        with open(os.path.join(br, "notes.txt"), "rb") as f:
+            assert f.read() == world.notes
+        run_tvcfs("--repo", world.root, "commit", str(src3), "-b", "main", "-m", "three", env=AUTHOR)
+        wait_until(lambda: open(os.path.join(br, "notes.txt"), "rb").read() == b"third\n", 30,
+                   what="branches/main to follow the branch after the failed copy on write")
+        assert sorted(os.listdir(br)) == ["notes.txt"]
+    with Repo.open(world.root) as repo:
+        assert repo.entry(repo.ref_db.get("refs/heads/main"), "notes.txt") is not None

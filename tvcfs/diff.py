@@ -26,6 +26,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from . import dtypes
+from .names import printable_name
 from .dag import KIND_DIR, KIND_FILE, FileIndex, dir_links, stat_node
 from .encoding.cid import cid_str
 from .errors import naming
@@ -503,21 +504,23 @@ def _tdesc(dtype, shape) -> str:
 
 def format_diff(d: TreeDiff) -> str:
     """Human-readable listing: one line per file (``A``/``D``/``M``), and for
-    safetensors one line per changed tensor (``+``/``-``/``~``) with its summaries."""
+    safetensors one line per changed tensor (``+``/``-``/``~``) with its summaries;
+    paths and tensor names escaped (:func:`tvcfs.names.printable_name`)."""
     lines = []
     mark = {"added": "A", "removed": "D", "modified": "M"}
     for f in d.files:
         if f.status == "modified":
-            lines.append(f"M {f.path} ({_hsize(f.size_a)} -> {_hsize(f.size_b)})")
+            lines.append(f"M {printable_name(f.path)} ({_hsize(f.size_a)} -> {_hsize(f.size_b)})")
         else:
-            lines.append(f"{mark[f.status]} {f.path} ({_hsize(f.size_b if f.status == 'added' else f.size_a)})")
+            size = f.size_b if f.status == "added" else f.size_a
+            lines.append(f"{mark[f.status]} {printable_name(f.path)} ({_hsize(size)})")
         for t in f.tensors:
             if t.status == "added":
-                lines.append(f"    + {t.name}  {_tdesc(t.dtype_b, t.shape_b)}")
+                lines.append(f"    + {printable_name(t.name)}  {_tdesc(t.dtype_b, t.shape_b)}")
             elif t.status == "removed":
-                lines.append(f"    - {t.name}  {_tdesc(t.dtype_a, t.shape_a)}")
+                lines.append(f"    - {printable_name(t.name)}  {_tdesc(t.dtype_a, t.shape_a)}")
             else:
-                head = f"    ~ {t.name}  {_tdesc(t.dtype_a, t.shape_a)}"
+                head = f"    ~ {printable_name(t.name)}  {_tdesc(t.dtype_a, t.shape_a)}"
                 if (t.dtype_a, t.shape_a) != (t.dtype_b, t.shape_b):
                     head += f" -> {_tdesc(t.dtype_b, t.shape_b)}"
                 head += f"  bytes changed {t.bytes_changed:,}"
@@ -526,7 +529,7 @@ def format_diff(d: TreeDiff) -> str:
                              f"  cos {_g(t.cosine)}")
                 lines.append(head)
         for k, (old, new) in f.metadata_changes.items():
-            lines.append(f"    metadata {k}: {json.dumps(old)} -> {json.dumps(new)}")
+            lines.append(f"    metadata {printable_name(k)}: {json.dumps(old)} -> {json.dumps(new)}")
         if f.kind == "safetensors":
             lines.append(f"    ({f.tensors_unchanged} tensors unchanged)")
     return "\n".join(lines)
@@ -543,10 +546,10 @@ def format_stat(d: TreeDiff) -> str:
             for t in f.tensors:
                 c[t.status] += 1
             changed = sum(t.bytes_changed for t in f.tensors if t.status != "removed")
-            lines.append(f" {f.path} | tensors: {c['modified']} modified, {c['added']} added, {c['removed']} removed,"
+            lines.append(f" {printable_name(f.path)} | tensors: {c['modified']} modified, {c['added']} added, {c['removed']} removed,"
                          f" {f.tensors_unchanged} unchanged; {_hsize(changed)} changed"
                          + (f"; {len(f.metadata_changes)} metadata keys" if f.metadata_changes else ""))
         else:
-            lines.append(f" {f.path} | {f.status} ({_hsize(f.size_a)} -> {_hsize(f.size_b)})")
+            lines.append(f" {printable_name(f.path)} | {f.status} ({_hsize(f.size_a)} -> {_hsize(f.size_b)})")
     lines.append(f" {len(d.files)} files changed: {tot['modified']} modified, {tot['added']} added, {tot['removed']} removed")
     return "\n".join(lines)

@@ -6,7 +6,8 @@ update stays recoverable for that long), from pins, from the staged state of
 mounts (their base commits and every CID their ``state.json`` names), from the
 worktree records (the base commit and tree of each ``tvcfs checkout`` directory) and
 from the records of fetches not finished (config ``fetching``: the roots a fetch or
-clone is storing blocks of before its refs move), then deletes the rest in one LMDB
+clone is storing blocks of before its refs move; the record of a fetch still running
+whatever the expiry, that of one that failed until it expires), then deletes the rest in one LMDB
 transaction, held from before the marking (no other write lands in between); it
 refuses to run while a push is being received (config ``receiving``). The base of
 every packed delta that is kept is kept too (and its base, along the chain:
@@ -49,7 +50,9 @@ def _roots(repo, expire_days: float | None) -> set:
                     roots.add(cid_from_str(e[k]))
     roots.update(repo.pin_db.all())
     for rec in repo.config.get("fetching").values():  # blocks a fetch stored before its refs moved
-        if rec.get("time", 0) >= cutoff:
+        # a fetch still running keeps them whatever the expiry (gc --expire 0 deleted what it
+        # had stored so far); a failed one's are kept for its resume until they expire
+        if rec.get("time", 0) >= cutoff or process_alive(rec.get("pid")):
             roots.update(cid_from_str(c) for c in rec.get("roots", ()))
     staging = os.path.join(repo.control, "staging")
     if os.path.isdir(staging):

@@ -55,7 +55,8 @@ from .encoding.cid import RAW, cid_codec, cid_str, make_cid
 from .formatting import short_cid as _short
 from .errors import CorruptBlock, InvalidCID, MalformedObject, RefConflict, TvcfsError
 from .fileio import process_alive
-from .refs import HEADS, TAGS
+from .names import printable_name
+from .refs import HEADS, TAGS, InvalidRefName, check_ref
 
 __all__ = [
     "BATCH_BYTES",
@@ -79,6 +80,7 @@ __all__ = [
     "pull",
     "push",
     "update_tracking_refs",
+    "valid_refs",
     "walk_dags",
 ]
 
@@ -235,7 +237,10 @@ def is_block_url(url: str | None) -> bool:
 def check_url(url: str) -> str:
     """Validate a remote URL (``s3://BUCKET/PREFIX`` or
     ``tvcfs[+quic|+tcp]://PEERID@HOST:PORT/REPO``); return it. Raises
-    :class:`TvcfsError` saying what is wrong."""
+    :class:`TvcfsError` saying what is wrong (also for spaces and control characters,
+    which ``urlsplit`` drops silently: the URL stored would not be the one used)."""
+    if any(ch <= " " or ch == "\x7f" for ch in url):
+        raise TvcfsError(f"invalid remote URL {url!r}: it holds spaces or control characters")
     if is_block_url(url):
         from .store.s3 import parse_s3_url
 
@@ -275,7 +280,8 @@ def remote_url(repo, remote: str) -> str:
     if remote not in rem:
         known = ", ".join(sorted(rem)) or "none configured"
         raise TvcfsError(f"no remote named {remote!r} ({known}); add one with "
-                         f"`tvcfs remote add {remote} URL` (tvcfs://PEERID@HOST:PORT/ or s3://BUCKET/PREFIX)")
+                         f"`tvcfs remote add {printable_name(remote)} URL` (tvcfs://PEERID@HOST:PORT/ or "
+                         "s3://BUCKET/PREFIX)")
     return rem[remote]
 
 
@@ -667,7 +673,7 @@ def fetch(repo, remote: str = "origin", *, skeleton: bool | None = None, progres
     t0 = time.monotonic()
     others = fallback_remotes(repo, remote, url) if fallbacks else []
     with open_remote(url, repo, engine=engine, options=options) as rem:
-        refs = rem.list_refs()
+        refs = valid_refs(rem.list_refs(), remote, warn)
         head = rem.head() or (HEADS + "main" if HEADS + "main" in refs else "")
         complete = set(repo.refs().values())
         roots = [c for c in dict.fromkeys(refs.values()) if c not in complete]
@@ -710,6 +716,25 @@ def fetch(repo, remote: str = "origin", *, skeleton: bool | None = None, progres
     if roots:
         _fetching(repo, url, None, fetching)
     return res
+
+
+def valid_refs(refs: dict, remote: str, warn=None) -> dict:
+    """The remote's ``refs`` (``{full name: CID}``) without the branches and tags whose
+    names this repository refuses (:func:`tvcfs.refs.check_ref`: control characters,
+    ``..``, over :data:`~tvcfs.refs.MAX_NAME_BYTES` bytes…): they are neither fetched
+    nor stored, and ``warn(text)`` names each (escaped). Other refs pass as they are
+    (no local ref is made of them)."""
+    out = {}
+    for name, cid in refs.items():
+        if name.startswith((HEADS, TAGS)):
+            try:
+                check_ref(name)
+            except InvalidRefName as e:
+                if warn:
+                    warn(f"warning: {remote} has a ref this repository refuses, skipped: {e}")
+                continue
+        out[name] = cid
+    return out
 
 
 def _fetching(repo, url: str, roots: list | None, key: str | None = None) -> str:

@@ -25,16 +25,21 @@ def hf_env(url: str, home: str, token: str | None = None, **more) -> dict:
     return env
 
 
-def run_py(code: str, env: dict, timeout: float = 600) -> str:
-    """Run ``code`` in a fresh interpreter of this venv with ``env`` added to the
-    environment (``None`` removes a variable); return its stdout; fail with stderr."""
+def py_env(env: dict) -> dict:
+    """This process's environment with ``env`` added (``None`` removes a variable)."""
     full = dict(os.environ)
     for k, v in env.items():
         if v is None:
             full.pop(k, None)
         else:
             full[k] = v
-    p = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, timeout=timeout)
+    return full
+
+
+def run_py(code: str, env: dict, timeout: float = 600) -> str:
+    """Run ``code`` in a fresh interpreter of this venv with ``env`` added to the
+    environment (``None`` removes a variable); return its stdout; fail with stderr."""
+    p = subprocess.run([sys.executable, "-c", code], env=py_env(env), capture_output=True, timeout=timeout)
     assert p.returncode == 0, p.stderr.decode(errors="replace")[-4000:]
     return p.stdout.decode()
 
@@ -44,7 +49,8 @@ def request(url: str, method: str = "GET", path: str = "/", body: bytes | None =
     """One HTTP request with ``path`` sent as is (no normalisation); returns
     ``(status, headers dict with lower-case names, body bytes)``. ``follow``: a 302
     (a large file's resolve: the blob port) is followed once, without the token, as
-    ``huggingface_hub`` does; the 302's headers are kept under ``"redirect"``."""
+    ``huggingface_hub`` does, and so is a relative 307 (a branch's HEAD to its
+    commit), with the token; the redirect's headers are kept under ``"redirect"``."""
     u = urllib.parse.urlsplit(url)
     c = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
     h = dict(headers or {})
@@ -57,6 +63,10 @@ def request(url: str, method: str = "GET", path: str = "/", body: bytes | None =
         out = {k.lower(): v for k, v in r.getheaders()}
     finally:
         c.close()
+    if follow and r.status == 307 and out["location"].startswith("/"):
+        # a relative redirect (a branch's HEAD to its commit): same server, same token
+        st, h2, data = request(url, method, out["location"], token=token, headers=headers, timeout=timeout)
+        return st, dict(h2, redirect=out), data
     if follow and r.status == 302:
         loc = urllib.parse.urlsplit(out["location"])
         st, h2, data = request(f"{loc.scheme}://{loc.netloc}", method, f"{loc.path}?{loc.query}",

@@ -309,16 +309,18 @@ def cmd_ls(args):
                 emit_json([entry_dict(e, p) for p, e in items])
                 return 0
             for p, e in items:
-                print(f"{_kind_char(e)}{e.mode:04o} {e.size:>12} {cid_str(e.cid)}  {p}")
+                print(f"{_kind_char(e)}{e.mode:04o} {e.size:>12} {cid_str(e.cid)}  {printable_name(p)}")
             return 0
         entries = repo.ls(commit, path)
         if args.json:
             emit_json([entry_dict(e) for e in entries])
             return 0
         for e in entries:
-            suffix = "/" if e.kind == KIND_DIR else (f" -> {e.target}" if e.kind == KIND_SYMLINK else "")
+            suffix = "/" if e.kind == KIND_DIR else (f" -> {printable_name(e.target)}" if e.kind == KIND_SYMLINK
+                                                     else "")
             size = "-" if e.kind == KIND_DIR else str(e.size)
-            print(f"{_kind_char(e)}{e.mode:04o} {size:>12} {cid_str(e.cid)}  {e.name}{suffix}")
+            # names from elsewhere (a clone, a CAR): a newline or an escape never reaches the terminal raw
+            print(f"{_kind_char(e)}{e.mode:04o} {size:>12} {cid_str(e.cid)}  {printable_name(e.name)}{suffix}")
     return 0
 
 
@@ -387,7 +389,7 @@ def cmd_show(args):
                 print(f"    metadata: {_meta_text(com.metadata)}")
             print()
             for p, e in files:
-                print(f"{e.size:>12}  {p}")
+                print(f"{e.size:>12}  {printable_name(p)}")
             print()
             for line in storage_lines(storage):
                 print(line)
@@ -408,13 +410,13 @@ def cmd_show(args):
         if args.json:
             emit_json(d)
             return 0
-        print(f"{path}: {e.kind}, {e.size} bytes, mode {e.mode:04o}, CID {cid_str(e.cid)}")
+        print(f"{printable_name(path)}: {e.kind}, {e.size} bytes, mode {e.mode:04o}, CID {cid_str(e.cid)}")
         if e.kind == KIND_DIR:
             for c in d["entries"]:
-                print(f"  {c['name']}{'/' if c['kind'] == KIND_DIR else ''}")
+                print(f"  {printable_name(c['name'])}{'/' if c['kind'] == KIND_DIR else ''}")
             return 0
         if e.kind == KIND_SYMLINK:
-            print(f"  -> {e.target}")
+            print(f"  -> {printable_name(e.target)}")
             return 0
         print(f"  {d['leaves']} leaves")
         rows = d["tensors"]
@@ -425,7 +427,7 @@ def cmd_show(args):
             for t in rows:
                 encs = ",".join(f"{k}" if len(t["encodings"]) == 1 else f"{k}:{n}"
                                 for k, n in sorted(t["encodings"].items()))
-                print(f"  {t['name']:<56} {t['dtype']:<8} {str(t['shape']):<18} {t['bytes']:>12} "
+                print(f"  {printable_name(t['name']):<56} {t['dtype']:<8} {str(t['shape']):<18} {t['bytes']:>12} "
                       f"{t['leaves']:>6} {t['stored']:>12} {ratio(t['stored'], t['bytes']):>5}  {encs}")
     return 0
 

@@ -181,6 +181,22 @@ def register(sub) -> None:
     register_maintenance(sub)
 
 
+def _days(text: str) -> float:
+    """``--expire DAYS``: a number of days, 0 or more (``inf``: never). Raises
+    ``argparse.ArgumentTypeError`` for a negative number or NaN, which expired every
+    reflog entry as 0 does (a typo of ``-5`` for ``5`` would collect every commit
+    only the reflog keeps)."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"not a number of days (0 or more): {text!r}")
+    return value
+
+
 def cmd_gc(args):
     """``tvcfs gc``: delete unreferenced blocks (``-n``: only count them; ``--pack``: then
     pack); exit status 0."""
@@ -271,7 +287,7 @@ def register_maintenance(sub) -> None:
 
     p = sub.add_parser("gc", help="delete blocks no ref, recent reflog entry, pin or mount uses")
     p.add_argument("-n", "--dry-run", action="store_true")
-    p.add_argument("--expire", type=float, default=90, metavar="DAYS",
+    p.add_argument("--expire", type=_days, default=90, metavar="DAYS",
                    help="keep commits in the reflog younger than this (default 90)")
     p.add_argument("--pack", action="store_true", help="then pack older history (tvcfs pack)")
     from .core import add_keep_hot

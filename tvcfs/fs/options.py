@@ -13,18 +13,29 @@ Importing this module is cheap (no pyfuse3, no trio): the CLI does it at start.
 from __future__ import annotations
 
 __all__ = ["GENERIC_O_OPTIONS", "GENERIC_O_PREFIXES", "MOUNT_OPTIONS", "NO_VERIFY_HELP", "MountOption", "add_arguments", "command_line",
-           "daemon_keywords", "parse_o_options", "parse_size"]
+           "daemon_keywords", "parse_o_options", "parse_seconds", "parse_size"]
 
 def parse_size(text: str) -> int:
     """``"512M"``, ``"10G"``, ``"1048576"`` → bytes (K, M, G, T: powers of 1024; a
     trailing ``B`` or ``iB`` is allowed). Raises ``ValueError`` for anything else or a
-    size that is not positive."""
+    size under one byte or not finite (``inf``, ``1e999``: ``float`` takes them)."""
     t = str(text).strip().upper().removesuffix("B").removesuffix("I")
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
     value = float(t[:-1] if t[-1:] in "KMGT" else t) * mult
-    if value <= 0:
+    if not value >= 1 or value == float("inf"):  # (not >=: NaN too)
         raise ValueError(f"not a positive size: {text!r}")
     return int(value)
+
+
+def parse_seconds(text: str) -> float:
+    """``"2.5"`` → 2.5 seconds (a duration of a mount option: ``--commit-delay``,
+    ``--fetch-timeout``). Raises ``ValueError`` for anything else, a negative
+    duration, ``inf`` or NaN (``float`` takes them: a commit delay of ``nan`` or
+    ``inf`` never committed until the unmount)."""
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"not a number of seconds: {text!r}")
+    return value
 
 
 class MountOption:
@@ -68,7 +79,7 @@ MOUNT_OPTIONS: tuple[MountOption, ...] = (
                 o_name="allow_other"),
     MountOption(("--commit-delay",), "commit_delay",
                 "seconds of quiet after the last write handle closes before a commit (default 1)",
-                kind="value", type=float, default=1.0, keyword="commit_delay", o_name="commit_delay"),
+                kind="value", type=parse_seconds, default=1.0, keyword="commit_delay", o_name="commit_delay"),
     MountOption(("--read-ahead-kb",), "read_ahead_kb",
                 "the kernel's readahead on the mount, KiB (default 1024: 1 MiB requests for "
                 "sequential reads; a lazy mount 128). Smaller moves fewer bytes around an "
@@ -79,7 +90,7 @@ MOUNT_OPTIONS: tuple[MountOption, ...] = (
     MountOption(("--remote",), "remote", "peer to fetch missing leaves from (repeatable; a lazy clone also "
                 "uses its remotes)", kind="list", metavar="URL", keyword="remotes"),
     MountOption(("--fetch-timeout",), "fetch_timeout", "a read whose blocks no peer delivers in this time "
-                "fails with EIO (default 30)", kind="value", type=float, metavar="SECONDS",
+                "fails with EIO (default 30)", kind="value", type=parse_seconds, metavar="SECONDS",
                 keyword="fetch_timeout", o_name="fetch_timeout"),
     MountOption(("--prefetch",), "prefetch", "fetch files of HEAD matching this glob in the background, "
                 "lowest priority (repeatable; @FILE: paths in the order to fetch them)", kind="list",
@@ -103,20 +114,29 @@ def add_arguments(parser) -> None:
             kw.update(default=option.unset, metavar=option.metavar)
             if option.kind == "list":
                 kw["action"] = "append"
-            elif option.type is parse_size:
-                kw["type"] = _size_argument
+            elif option.type in _ARGUMENT_TYPES:
+                kw["type"] = _ARGUMENT_TYPES[option.type]
             else:
                 kw["type"] = option.type
         parser.add_argument(*option.flags, dest=option.dest, **kw)
 
 
-def _size_argument(text: str) -> int:
-    import argparse
+def _argument_type(parse, what: str):
+    """``parse`` as an ``argparse`` type: its ``ValueError`` becomes the one-line
+    usage error ``not WHAT: 'TEXT'``."""
+    def convert(text: str):
+        import argparse
 
-    try:
-        return parse_size(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 10G)") from None
+        try:
+            return parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(what.format(text=repr(text))) from None
+
+    return convert
+
+
+_ARGUMENT_TYPES = {parse_size: _argument_type(parse_size, "not a size: {text} (e.g. 512M, 10G)"),
+                   parse_seconds: _argument_type(parse_seconds, "not a number of seconds (0 or more): {text}")}
 
 
 def _values(source) -> dict:
@@ -171,7 +191,8 @@ GENERIC_O_OPTIONS = frozenset((
     "dev", "nodev", "suid", "nosuid", "exec", "noexec", "default_permissions"))
 GENERIC_O_PREFIXES = ("x-", "X-", "user=", "comment=", "fsname=", "subtype=", "helper=", "uhelper=")
 
-_EXPECTED = {int: "an integer", float: "a number of seconds", parse_size: "a size such as 512M"}
+_EXPECTED = {int: "an integer", float: "a number of seconds", parse_seconds: "a number of seconds (0 or more)",
+             parse_size: "a size such as 512M"}
 
 
 def parse_o_options(texts, sloppy: bool = False) -> dict:

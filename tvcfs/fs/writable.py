@@ -311,14 +311,19 @@ class WritableOperations(ReadOnlyOperations):
         the part copied that are not local are fetched first, at foreground priority
         (as a read of them would be); a leaf evicted before the copy reached it (an
         ``s3://`` mount's ``--cache-size``) is fetched again. ``FUSEError`` EIO when
-        a block cannot be had (the source's timeout) or is damaged."""
+        a block cannot be had (the source's timeout) or is damaged; a copy that fails
+        (whatever the error) leaves the workspace's ``pending`` as it was, so a clean
+        workspace keeps following its branch."""
         if truncate_to == 0:  # nothing to copy
             self._stage_now(ws, w, 0)
             return
         async with self._lock(ws):
             if w.staged:
                 return
-            ws.pending = True  # the workspace must not follow its branch meanwhile
+            # the workspace must not follow its branch meanwhile; a copy that fails
+            # stages nothing, so the workspace is as clean as it was before
+            was = ws.pending
+            ws.pending = True
             remote, cid = self.reader.remote, w.cid
             if cid is not None:
                 self.copying[cid] += 1
@@ -335,6 +340,8 @@ class WritableOperations(ReadOnlyOperations):
                     except (CorruptBlock, MalformedObject) as e:
                         self._stage_failed(w, e)
             finally:
+                if not w.staged:
+                    ws.pending = was or ws.root.dirty
                 if cid is not None:
                     self.copying[cid] -= 1
                     if self.copying[cid] <= 0:

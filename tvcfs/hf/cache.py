@@ -16,7 +16,9 @@ the main-line snapshot before it in time. A commit's timestamp is its snapshot's
 time and its author fixed (:data:`AUTHOR`), so the same cache gives the same
 commits in any repository.
 
-A snapshot is *incomplete* when a link in it dangles (its blob is gone) or a blob it
+A snapshot is *incomplete* when a link in it dangles (its blob is gone), leads out of
+its repository's folder or to something else than a file (a cache made or changed
+by hand: importing it would read any file of the machine), or a blob it
 links to does not hash to its name (truncated or damaged: huggingface_hub names a
 blob by the sha-256 of an LFS file or the git blob sha-1 of another; checked for
 the snapshots an import reads, before it reads them): it is not imported (never a
@@ -145,6 +147,8 @@ def _scan_snapshot(repo_path: str, h: str, snap: str) -> Snapshot:
     files the cached listing (``trees/HASH.json``, recent huggingface_hub) names but
     the snapshot lacks, and the fingerprint of its entries."""
     missing, present, fp = [], set(), hashlib.sha256()
+    # the repository's folder, and its blobs/ where that is a link to another disk
+    inside = (os.path.realpath(repo_path) + os.sep, os.path.realpath(os.path.join(repo_path, "blobs")) + os.sep)
     for dirpath, dirs, files in os.walk(snap):
         dirs.sort()
         for name in sorted(files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]):
@@ -154,8 +158,16 @@ def _scan_snapshot(repo_path: str, h: str, snap: str) -> Snapshot:
             if os.path.islink(p):
                 target = os.readlink(p)
                 fp.update(f"{rel}\0L{target}\0".encode("utf-8", "surrogateescape"))
+                real = os.path.realpath(p)
                 if not os.path.exists(p):
                     missing.append(f"{rel}: its blob {target} is missing")
+                elif not real.startswith(inside):
+                    # huggingface_hub links a snapshot's files to ../../blobs/HASH: a link
+                    # out of the repository's folder would import any file on the machine
+                    missing.append(f"{rel}: its link leads out of {repo_path} (to {real}); "
+                                   "a snapshot's files link to its blobs/")
+                elif not os.path.isfile(real):
+                    missing.append(f"{rel}: its blob {target} is not a file")
             else:
                 st = os.lstat(p)
                 fp.update(f"{rel}\0F{st.st_size}:{st.st_mtime_ns}\0".encode("utf-8", "surrogateescape"))

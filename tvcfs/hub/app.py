@@ -24,6 +24,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from urllib.parse import quote
 
 import anyio
 from starlette.applications import Starlette
@@ -227,7 +228,10 @@ class HubApp:
         """Respond with file ``path`` of ``repo_id`` at revision ``rev``: ETag (the file's
         CID), ``X-Repo-Commit``, single byte ranges (206/416), If-None-Match (304), HEAD;
         with ``hf`` and a blob port, a 302 to a signed blob URL for files of
-        ``blob_threshold`` bytes or more (as the Hub redirects LFS files). 404
+        ``blob_threshold`` bytes or more (as the Hub redirects LFS files); with ``hf``,
+        a HEAD of a smaller file at a revision that is not a commit (a branch, a tag)
+        is a 307 to ``/ORG/NAME/resolve/ALIAS/PATH`` (as the Hub's resolve-cache
+        redirect: the client's GET and resume read that one commit). 404
         (``EntryNotFound``) for a missing path."""
         self.access(request, repo_id)
         check_path(path)
@@ -252,11 +256,11 @@ class HubApp:
             r.headers.update(headers)
             return r
         etag = f'"{cid_str(e.cid)}"'
+        pinned = rev == commit_alias(commit) or rev == cid_str(commit)  # not a branch or tag
         headers = {"X-Repo-Commit": commit_alias(commit), "ETag": etag, "X-Linked-Etag": etag,
                    "X-Linked-Size": str(idx.size), "Accept-Ranges": "bytes",
                    "Content-Type": "application/octet-stream", "X-Tvcfs-Commit": cid_str(commit),
-                   "Cache-Control": "public, max-age=31536000, immutable" if rev == commit_alias(commit)
-                   or rev == cid_str(commit) else "no-cache"}
+                   "Cache-Control": "public, max-age=31536000, immutable" if pinned else "no-cache"}
         if hf and self.blob_port is not None and idx.size >= self.blob_threshold:
             # as the Hugging Face Hub does for LFS files: the metadata here, the bytes
             # from the blob port (os.sendfile), under a signed, expiring URL
@@ -267,6 +271,15 @@ class HubApp:
             headers["Location"] = blob_url(base, repo_id, cid_str(e.cid), self.blob_signer)
             headers["Content-Length"] = "0"
             return Response(status_code=302, headers=headers)
+        if hf and request.method == "HEAD" and not pinned:
+            # as the Hugging Face Hub does: the metadata HEAD of a branch or tag ends
+            # at the commit's URL, which huggingface_hub then GETs and resumes (a
+            # Range request after a failure); resuming resolve/main instead would
+            # append the tail of another version if the branch moved meanwhile
+            headers["Location"] = (f"/{quote(repo_id)}/resolve/{commit_alias(commit)}/"
+                                   f"{quote(path, safe='/')}")
+            headers["Content-Length"] = "0"
+            return Response(status_code=307, headers=headers)
         size, start, end, status = idx.size, 0, idx.size, 200
         rng = request.headers.get("range")
         if rng and request.headers.get("if-range", etag) == etag:

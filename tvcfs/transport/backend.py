@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+from ..refs import check_ref
 from .base import BlockBackend, FetchStats, is_leaf, links_of, read_view  # noqa: F401  (re-exported)
 
 
@@ -92,7 +93,10 @@ class RepoBackend:
     def update_ref(self, name: str, new: bytes | None, expected: bytes | None) -> None:
         """Compare-and-swap ref ``name`` from ``expected`` to ``new`` (``None`` deletes),
         logged as a push. Raises :class:`~tvcfs.errors.RefConflict` if the ref is not at
-        ``expected``."""
+        ``expected``, :class:`~tvcfs.refs.InvalidRefName` for a new ref that is not a
+        valid branch or tag name (:func:`tvcfs.refs.check_ref`)."""
+        if new is not None:
+            check_ref(name)
         self.repo.update_ref(name, new, expected, message="push")
 
 

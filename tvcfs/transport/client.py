@@ -21,6 +21,7 @@ import trio
 
 from ..encoding.cid import cid_codec, verify_block
 from ..errors import CorruptBlock, InvalidCID, TvcfsError
+from ..names import printable_name
 from ..store.verify import verify_many
 from . import protocol
 from .base import BlockBackend, FetchStats, is_leaf, links_of
@@ -462,7 +463,8 @@ class RemoteSession:
         await self.flush()
         r = await self._ref_result(rid)
         if not r.ok:
-            raise PushRejected(f"push to {ref} refused: {r.message}", current=r.current)
+            # the ref (a local name) and the server's words, escaped: one line, no terminal codes
+            raise PushRejected(printable_name(f"push to {ref} refused: {r.message}"), current=r.current)
         return nb, nbytes
 
     async def aclose(self) -> None:
