@@ -14,16 +14,25 @@ on loopback for the lazy mount. What is shown:
   wait for it, ``ls`` and ``stat`` of other paths and ``.tvcfs/stats`` are answered
   at once (each request has its own task); SIGTERM then ends the mount within
   seconds (``STOP_GRACE``: the waiting reads fail with ``ENOTCONN``) instead of
-  after the fetch timeout.
+  after the fetch timeout;
+* the same mount with the fetch timeout short: 32 reads wait at once (the request
+  loop starts a task for each request taken while none is idle), a reader process
+  is SIGKILLed mid-read; once the reads have failed (``EIO``) the killed reader is
+  gone, the mount still answers, and its worker tasks shrink back to two
+  (``min_tasks`` plus the one waiting on ``/dev/fuse``; counted from pyfuse3's
+  ``--debug`` log).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
+import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -56,6 +65,50 @@ def _sigterm_and_wait(m: Mounted, repo_root: str, timeout: float = 10.0) -> floa
     assert not os.path.exists(_pidfile(os.path.join(repo_root, ".tvcfs"), m.mnt))
     return took
 
+
+def _stalled_lazy_clone(tmp_path, size: int = 8 * MIB):
+    """A lazy clone of a repository holding ``big.bin`` (``size`` random bytes) and
+    ``small0..9.txt``, and a server of it that answers nothing (``--stall all``).
+    Returns ``(clone path, Server)``; the caller kills the server."""
+    wt = tmp_path / "wt"
+    wt.mkdir()
+    (wt / "big.bin").write_bytes(rnd(size, 1))
+    for i in range(10):
+        (wt / f"small{i}.txt").write_bytes(b"x" * 100)
+    src = str(tmp_path / "src")
+    commit_dir(src, str(wt))
+    good = Server(src, key=str(tmp_path / "good.key"))
+    try:
+        run("clone", "--lazy", "-q", good.url, tmp_path / "clone")
+    finally:
+        good.kill()
+    return str(tmp_path / "clone"), Server(src, key=str(tmp_path / "stalled.key"), stall="all")
+
+
+def _pyfuse3_tasks(log: str) -> tuple[int, int]:
+    """``(most at once, alive now)`` of pyfuse3's request-loop tasks, from its debug
+    log lines (one task at start, one per "starting another worker", minus one
+    per "terminated")."""
+    counts = [int(n) for n in re.findall(r"starting another worker \(now (\d+) total", log)]
+    return max(counts, default=1), 1 + len(counts) - len(re.findall(r"pyfuse-\d+: terminated", log))
+
+
+
+def _start_reads(path: str, n: int, size: int, out: dict) -> list:
+    """Start ``n`` threads each reading ``size`` bytes of ``path`` at ``k`` MiB (``k``
+    < ``n``) with one ``pread``; ``out[k]`` gets the byte count or the ``errno``.
+    Returns the threads."""
+    def read_at(k):
+        try:
+            with open(path, "rb", buffering=0) as f:
+                out[k] = len(os.pread(f.fileno(), size, k * MIB))
+        except OSError as e:
+            out[k] = e.errno
+
+    threads = [threading.Thread(target=read_at, args=(k,), daemon=True) for k in range(n)]
+    for t in threads:
+        t.start()
+    return threads
 
 @pytest.mark.timeout(90)
 def test_readers_walkers_writers_then_sigterm_in_flight(tmp_path):
@@ -134,37 +187,14 @@ def test_readers_walkers_writers_then_sigterm_in_flight(tmp_path):
 
 @pytest.mark.timeout(90)
 def test_reads_stuck_on_a_stalled_peer_other_requests_served_sigterm_exits(tmp_path):
-    wt = tmp_path / "wt"
-    wt.mkdir()
-    (wt / "big.bin").write_bytes(rnd(8 * MIB, 1))
-    for i in range(10):
-        (wt / f"small{i}.txt").write_bytes(b"x" * 100)
-    src = str(tmp_path / "src")
-    commit_dir(src, str(wt))
-    good = Server(src, key=str(tmp_path / "good.key"))
-    try:
-        run("clone", "--lazy", "-q", good.url, tmp_path / "clone")
-    finally:
-        good.kill()
-    stalled = Server(src, key=str(tmp_path / "stalled.key"), stall="all")
-    clone = str(tmp_path / "clone")
+    clone, stalled = _stalled_lazy_clone(tmp_path)
     try:
         # a fetch timeout well past the test's wait for the exit: only the grace ends it
         with Mounted(clone, tmp_path / "mnt", commit_delay=None, limit=75, check_log=False,
                      extra=["--remote", stalled.url, "--fetch-timeout", "30"]) as m:
             big = m.branch("main", "big.bin")
             out: dict = {}
-
-            def read_at(k):
-                try:
-                    with open(big, "rb", buffering=0) as f:
-                        out[k] = len(os.pread(f.fileno(), 65536, k * MIB))
-                except OSError as e:
-                    out[k] = e.errno
-
-            readers = [threading.Thread(target=read_at, args=(k,), daemon=True) for k in range(8)]
-            for t in readers:
-                t.start()
+            readers = _start_reads(big, 8, 65536, out)
             wait_until(lambda: remote_stats(m.mnt)["pending_wants"] >= 8, timeout=15,
                        what="8 reads waiting on the stalled peer")
             worst = 0.0
@@ -184,5 +214,38 @@ def test_reads_stuck_on_a_stalled_peer_other_requests_served_sigterm_exits(tmp_p
             assert set(out) == set(range(8)) and all(isinstance(v, int) and v != 65536 for v in out.values()), out
             assert "still pending after the signal" in m.log()
         print(f"\nmetadata worst {worst * 1000:.0f} ms while 8 reads waited; exit {took:.2f} s after SIGTERM")
+    finally:
+        stalled.kill()
+
+
+@pytest.mark.timeout(90)
+def test_many_reads_wait_a_reader_killed_then_worker_tasks_shrink(tmp_path):
+    clone, stalled = _stalled_lazy_clone(tmp_path, 40 * MIB)
+    try:
+        with Mounted(clone, tmp_path / "mnt", commit_delay=None, limit=75, check_log=False,
+                     extra=["--remote", stalled.url, "--fetch-timeout", "4", "--debug"]) as m:
+            big = m.branch("main", "big.bin")
+            out: dict = {}
+            readers = _start_reads(big, 32, 4096, out)
+            victim = subprocess.Popen([sys.executable, "-c", "import os, sys\n"
+                                       "f = os.open(sys.argv[1], os.O_RDONLY); os.pread(f, 4096, 38 << 20)", big])
+            wait_until(lambda: remote_stats(m.mnt)["pending_wants"] >= 8, timeout=15,
+                       what="reads waiting on the stalled peer")
+            victim.kill()
+            assert len(os.listdir(m.branch("main"))) == 11  # answered while the reads wait
+            for t in readers:
+                t.join(30)
+            assert not any(t.is_alive() for t in readers)
+            assert victim.wait(timeout=15) == -signal.SIGKILL
+            assert out == {k: errno.EIO for k in range(32)}, out
+            os.stat(m.branch("main", "small0.txt"))
+            most, _ = _pyfuse3_tasks(m.log())
+            # idle tasks end when they find nothing queued: a few more requests, spaced
+            def shrunk():
+                os.stat(m.branch("main", "small1.txt"))
+                return _pyfuse3_tasks(m.log())[1] == 2
+            wait_until(shrunk, timeout=10, interval=0.1, what="pyfuse3 worker tasks back to 2")
+            assert most >= 8, most
+        print(f"\n{most} pyfuse3 tasks at most, 2 after")
     finally:
         stalled.kill()
