@@ -21,6 +21,7 @@ import time
 log = logging.getLogger("tvcfs.fs")
 
 REFS_POLL = 0.25  # seconds between checks for ref changes (CLI commits, other mounts)
+STOP_GRACE = 2.0  # seconds a signalled mount waits for requests being answered (run_foreground)
 
 
 def _pidfile(control: str, mountpoint: str) -> str:
@@ -358,7 +359,19 @@ def run_foreground(repo_root: str, mountpoint: str, debug: bool = False, verify:
                     async for sig in it:
                         log.info("signal %d: unmounting", sig)
                         pyfuse3.terminate()
-                        return
+                        break
+                    # pyfuse3.main() returns once every request taken is answered; one
+                    # that waits (a lazy read from a stalled remote: up to the fetch
+                    # timeout) would hold the exit, so after STOP_GRACE seconds (or at
+                    # a second signal) the waiting requests are cancelled: their
+                    # callers get ENOTCONN when the mount closes. A commit in progress
+                    # runs in a thread and completes; staged writes are committed by
+                    # ops.shutdown() below.
+                    with trio.move_on_after(STOP_GRACE):
+                        async for sig in it:
+                            break
+                log.warning("requests still pending after the signal: cancelled")
+                nursery.cancel_scope.cancel()
 
             nursery.start_soon(fuse_main)
             nursery.start_soon(watch)
