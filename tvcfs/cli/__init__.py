@@ -27,13 +27,38 @@ GLOBAL_OPTIONS = (
 )
 
 
+class CommandParser(argparse.ArgumentParser):
+    """The parser of a command (and of its sub-commands, which inherit the class).
+    Options and positional arguments may be intermixed, as git allows
+    (``tvcfs log main --oneline -- PATH``); arguments it does not know are reported by
+    it, with its own usage line (``tvcfs branch: error: unrecognized arguments: -a``),
+    not by the top-level parser with the usage of ``tvcfs`` itself (exit status 2)."""
+
+    _inner = False  # True during the passes of parse_known_intermixed_args
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inner or self._subparsers is not None:
+            ns, extra = super().parse_known_args(args, namespace)
+        else:
+            self._inner = True
+            try:
+                ns, extra = self.parse_known_intermixed_args(args, namespace)
+            except TypeError:  # a positional argparse cannot intermix: parse in order
+                ns, extra = super().parse_known_args(args, namespace)
+            finally:
+                self._inner = False
+        if extra and not self._inner:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return ns, extra
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``tvcfs`` argument parser, every command group registered."""
     p = argparse.ArgumentParser(prog="tvcfs", description="Version-controlled filesystem for ML models.")
     for flags, kw in GLOBAL_OPTIONS:
         p.add_argument(*flags, **kw)
     p.add_argument("--version", action="version", version=f"tvcfs {__import__('tvcfs').__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     sub.required = True
     for name in _GROUPS:
         try:

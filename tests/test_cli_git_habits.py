@@ -1,0 +1,50 @@
+"""What a git user types, through real ``tvcfs`` subprocesses (docs/repository.md,
+"Command-line conventions"): usage errors from the command's own parser, options
+intermixed with revisions and paths, ``log -N``, ``A..B`` ranges, ``branch -D``,
+``tag -l``, commands run inside a mount's branch directory, ``fsck`` in a lazy clone,
+``remote set-url``."""
+
+from __future__ import annotations
+
+import pytest
+
+from support.cli import run_tvcfs_text
+from test_cli_habits import small_repo, write  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def tv(*args, **kw):
+    return run_tvcfs_text(*args, **kw)
+
+
+@pytest.fixture
+def two_branches(small_repo, tmp_path):  # noqa: F811
+    """small_repo plus branch ft (one commit changing a.txt on top of main), main
+    then one more commit (b.txt); returns the repository path."""
+    r, d = small_repo
+    tv("-C", r, "branch", "ft")
+    write(d / "a.txt", b"a2\n")
+    tv("-C", r, "commit", d, "-b", "ft", "-m", "ft one")
+    write(d / "a.txt", b"a1\n")
+    write(d / "b.txt", b"b2\n")
+    tv("-C", r, "commit", d, "-b", "main", "-m", "main two")
+    return r
+
+
+def test_unknown_option_is_reported_by_the_command(small_repo):  # noqa: F811
+    r, _ = small_repo
+    p = tv("-C", r, "branch", "--no-such-flag", ok=False)
+    assert p.returncode == 2
+    assert "tvcfs branch: error: unrecognized arguments: --no-such-flag" in p.stderr
+    assert p.stderr.startswith("usage: tvcfs branch"), p.stderr
+    p = tv("-C", r, "hub", "user", "token", "alice", "--bogus", ok=False)
+    assert "tvcfs hub user token: error: unrecognized arguments: --bogus" in p.stderr
+
+
+def test_options_between_revision_and_paths(two_branches):
+    r = two_branches
+    p = tv("-C", r, "log", "ft", "--oneline", "--", "a.txt")
+    assert [line.split(" ", 1)[1] for line in p.stdout.splitlines()] == ["(ft) ft one", "first"]
+    p = tv("-C", r, "diff", "main", "--stat", "ft")
+    assert "a.txt" in p.stdout and "b.txt" in p.stdout
