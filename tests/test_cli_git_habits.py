@@ -48,3 +48,20 @@ def test_options_between_revision_and_paths(two_branches):
     assert [line.split(" ", 1)[1] for line in p.stdout.splitlines()] == ["(ft) ft one", "first"]
     p = tv("-C", r, "diff", "main", "--stat", "ft")
     assert "a.txt" in p.stdout and "b.txt" in p.stdout
+
+
+def test_log_minus_number(two_branches):
+    r = two_branches
+    assert len(tv("-C", r, "log", "-1", "--oneline").stdout.splitlines()) == 1
+    assert len(tv("-C", r, "log", "--oneline", "-2", "ft").stdout.splitlines()) == 2
+
+
+def test_ranges_in_log_and_diff(two_branches):
+    r = two_branches
+    msgs = [line.split(") ", 1)[-1] for line in tv("-C", r, "log", "--oneline", "main..ft").stdout.splitlines()]
+    assert msgs == ["ft one"]
+    msgs = [line.split(") ", 1)[-1] for line in tv("-C", r, "log", "--oneline", "ft..").stdout.splitlines()]
+    assert msgs == ["main two"]
+    assert tv("-C", r, "diff", "main..ft").stdout == tv("-C", r, "diff", "main", "ft").stdout
+    p = tv("-C", r, "diff", "main...ft", ok=False)
+    assert p.stderr.startswith("tvcfs: error: main...ft: A...B ranges are not supported"), p.stderr

@@ -125,15 +125,21 @@ def _topo(repo, starts, first_parent):
 
 
 def log(repo, revs: Iterable[str] = (), all_refs: bool = False, first_parent: bool = False,
-        paths: list | None = None, max_count: int | None = None, topo: bool = False) -> Iterator[tuple]:
+        paths: list | None = None, max_count: int | None = None, topo: bool = False,
+        exclude: Iterable[str] = ()) -> Iterator[tuple]:
     """``(cid, Commit)`` for ``tvcfs log``: from ``revs`` (default HEAD) or every ref
-    (``all_refs``), only commits that change ``paths`` if given, at most
-    ``max_count``. See :func:`walk_log`."""
+    (``all_refs``), leaving out the commits reachable from ``exclude`` (revisions:
+    git's ``log A..B`` is ``revs=[B], exclude=[A]``), only commits that change
+    ``paths`` if given, at most ``max_count``. See :func:`walk_log`. Raises
+    :class:`~tvcfs.errors.RevisionNotFound` for a bad revision."""
+    from .repo import commit_ancestors
+
+    hidden = set(commit_ancestors(repo.get, [repo.resolve(r) for r in exclude], missing_ok=True))
     n = 0
     for cid, com in walk_log(repo, log_starts(repo, revs, all_refs), first_parent, topo):
         if max_count is not None and n >= max_count:
             return
-        if paths and not touches(repo, com, paths):
+        if cid in hidden or paths and not touches(repo, com, paths):
             continue
         n += 1
         yield cid, com

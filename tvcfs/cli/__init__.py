@@ -155,6 +155,19 @@ def split_pathspec(args, positionals: list) -> tuple[list, list]:
     return positionals, []
 
 
+def split_range(spec: str) -> tuple[str, str]:
+    """``(A, B)`` of git's range ``A..B`` (either side empty: ``HEAD``). Raises
+    :class:`~tvcfs.errors.TvcfsError` for ``A...B`` (a symmetric difference, not
+    supported)."""
+    from ..errors import TvcfsError
+
+    if "..." in spec:
+        raise TvcfsError(f"{spec}: A...B ranges are not supported: give A..B, or the two revisions "
+                         "(tvcfs diff A B)")
+    a, _, b = spec.partition("..")
+    return a or "HEAD", b or "HEAD"
+
+
 def _hints(e: BaseException) -> None:
     """Print an exception's notes (``BaseException.add_note``: what to do next)."""
     for note in getattr(e, "__notes__", ()):

@@ -11,7 +11,7 @@ import time
 from ..encoding.cid import cid_str
 from ..formatting import clock, commit_date, human_size, ratio, short_cid
 from ..names import printable_name
-from . import add_no_verify, emit_json, open_repo, split_pathspec
+from . import add_no_verify, emit_json, open_repo, split_pathspec, split_range
 from .progress import progress_bar
 
 
@@ -135,12 +135,20 @@ def cmd_log(args):
     one revision."""
     from .. import history
 
-    revs, paths = split_pathspec(args, [args.rev, *args.paths])
+    positionals = [args.rev, *args.paths]
+    for p in [p for p in positionals if p and p[0] == "-" and p[1:].isdigit()]:  # git's `log -3`
+        args.max_count = int(p[1:])
+        positionals.remove(p)
+    revs, paths = split_pathspec(args, positionals)
     if len(revs) > 1:
         from ..errors import TvcfsError
 
         raise TvcfsError(f"log takes one revision, got {' '.join(revs)}: separate paths with "
                          "`--` (tvcfs log REV -- PATH…)")
+    exclude = []
+    if revs and ".." in revs[0]:  # git's `log A..B`: reachable from B, not from A
+        a, b = split_range(revs[0])
+        revs, exclude = [b], [a]
     with open_repo(args) as repo:
         if repo.head() is None and not revs and not (args.all and repo.refs()):
             if args.json:
@@ -150,7 +158,7 @@ def cmd_log(args):
             return 0
         names = history.decorations(repo)
         commits = history.log(repo, revs, all_refs=args.all, first_parent=args.first_parent,
-                              paths=paths, max_count=args.max_count, topo=args.graph)
+                              paths=paths, max_count=args.max_count, topo=args.graph, exclude=exclude)
         rows = (history.graph(commits, args.first_parent) if args.graph
                 else (history.GraphRow(c, m, "", []) for c, m in commits))
         stat = None
