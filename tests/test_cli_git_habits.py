@@ -65,3 +65,16 @@ def test_ranges_in_log_and_diff(two_branches):
     assert tv("-C", r, "diff", "main..ft").stdout == tv("-C", r, "diff", "main", "ft").stdout
     p = tv("-C", r, "diff", "main...ft", ok=False)
     assert p.stderr.startswith("tvcfs: error: main...ft: A...B ranges are not supported"), p.stderr
+
+
+def test_branch_capital_d_and_list_patterns(two_branches):
+    r = two_branches
+    tv("-C", r, "branch", "ft-old")
+    tv("-C", r, "tag", "v1.0")
+    tv("-C", r, "tag", "v1.1")
+    tv("-C", r, "tag", "w2")
+    assert [line.split()[0] for line in tv("-C", r, "tag", "-l").stdout.splitlines()] == ["v1.0", "v1.1", "w2"]
+    assert [line.split()[0] for line in tv("-C", r, "tag", "--list", "v1.*").stdout.splitlines()] == ["v1.0", "v1.1"]
+    assert [line[2:].split()[0] for line in tv("-C", r, "branch", "-l", "ft*").stdout.splitlines()] == ["ft", "ft-old"]
+    assert tv("-C", r, "branch", "-D", "ft-old").stdout.startswith("Deleted branch ft-old")
+    assert "ft-old" not in tv("-C", r, "branch").stdout

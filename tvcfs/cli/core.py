@@ -267,7 +267,8 @@ def _ref_command(args, rows, *, create, delete, created: str, deleted: str, line
     """The shape ``tvcfs branch`` and ``tvcfs tag`` share: delete each of
     ``args.delete`` (``delete(repo, name)`` → the commit it named), else create
     ``args.name`` (``create(repo)`` → its commit), else list ``rows(repo)`` (dicts
-    with ``name`` and ``commit``, one ``line(row)`` each); ``created``/``deleted``
+    with ``name`` and ``commit``, one ``line(row)`` each; with ``--list`` only those
+    whose name matches the pattern ``args.name``); ``created``/``deleted``
     are the messages (``{name}``, ``{commit}``: the short CID); ``--json`` prints
     the records instead. Returns exit status 0."""
     with open_repo(args) as repo:
@@ -281,7 +282,7 @@ def _ref_command(args, rows, *, create, delete, created: str, deleted: str, line
             if args.json:
                 emit_json(done)
             return 0
-        if args.name:
+        if args.name and not args.list:
             cid = create(repo)
             if args.json:
                 emit_json({"created": args.name, "commit": cid})
@@ -289,6 +290,10 @@ def _ref_command(args, rows, *, create, delete, created: str, deleted: str, line
                 print(created.format(name=args.name, commit=short_cid(cid)))
             return 0
         listed = rows(repo)
+        if args.name:  # --list PATTERN, as git's `tag -l 'v1.*'`
+            import fnmatch
+
+            listed = [r for r in listed if fnmatch.fnmatchcase(r["name"], args.name)]
         if args.json:
             emit_json(listed)
             return 0
@@ -604,7 +609,7 @@ def register(sub) -> None:
                        usage="tvcfs log [options] [REV] [-- PATH ...]")
     p.add_argument("rev", nargs="?", metavar="REV")
     p.add_argument("paths", nargs="*", metavar="PATH", help="after --: only commits changing these paths")
-    p.add_argument("-n", "--max-count", type=int)
+    p.add_argument("-n", "--max-count", type=int, metavar="N", help="at most N commits (-N too, as in git: -3)")
     p.add_argument("--oneline", action="store_true")
     p.add_argument("--first-parent", action="store_true")
     p.add_argument("--all", action="store_true", help="every branch, tag and remote-tracking ref")
@@ -614,17 +619,19 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_log)
 
     p = sub.add_parser("branch", help="list, create or delete branches")
-    p.add_argument("name", nargs="?")
+    p.add_argument("name", nargs="?", help="branch to create (with --list: a pattern such as 'ft-*')")
     p.add_argument("start", nargs="?", help="start revision (default HEAD)")
-    p.add_argument("-d", "--delete", nargs="+", metavar="NAME")
+    p.add_argument("-d", "-D", "--delete", nargs="+", metavar="NAME")
     p.add_argument("-f", "--force", action="store_true")
+    p.add_argument("-l", "--list", action="store_true", help="list (only names matching the pattern NAME)")
     p.set_defaults(func=cmd_branch)
 
     p = sub.add_parser("tag", help="list, create or delete tags")
-    p.add_argument("name", nargs="?")
+    p.add_argument("name", nargs="?", help="tag to create (with --list: a pattern such as 'v1.*')")
     p.add_argument("rev", nargs="?", help="revision (default HEAD)")
     p.add_argument("-d", "--delete", nargs="+", metavar="NAME")
     p.add_argument("-f", "--force", action="store_true")
+    p.add_argument("-l", "--list", action="store_true", help="list (only names matching the pattern NAME)")
     p.set_defaults(func=cmd_tag)
 
     p = sub.add_parser("show", help="show a commit, or a path in it (REV[:PATH]); tensors of safetensors files")
