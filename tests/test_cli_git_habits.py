@@ -78,3 +78,18 @@ def test_branch_capital_d_and_list_patterns(two_branches):
     assert [line[2:].split()[0] for line in tv("-C", r, "branch", "-l", "ft*").stdout.splitlines()] == ["ft", "ft-old"]
     assert tv("-C", r, "branch", "-D", "ft-old").stdout.startswith("Deleted branch ft-old")
     assert "ft-old" not in tv("-C", r, "branch").stdout
+
+
+def test_commands_inside_a_mount_use_the_mounted_repository(two_branches, tmp_path):
+    from support.mount import Mounted
+
+    r = two_branches
+    with Mounted(str(r), str(tmp_path / "mnt")) as m:
+        here = m.branch("ft")
+        assert tv("log", "--oneline", "-n", "1", "ft", cwd=here).stdout.split(") ", 1)[1] == "ft one\n"
+        assert "main two" in tv("log", "--oneline", cwd=m.mnt).stdout
+        p = tv("status", cwd=here)
+        assert "  ft: " in p.stdout and "  main: " not in p.stdout, p.stdout
+        assert "  main: " in tv("status", cwd=m.mnt).stdout
+    p = tv("log", cwd=tmp_path, ok=False)
+    assert p.stderr.startswith("tvcfs: error: not a tvcfs repository"), p.stderr

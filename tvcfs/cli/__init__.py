@@ -176,12 +176,36 @@ def _hints(e: BaseException) -> None:
 
 def open_repo(args, path: str | None = None):
     """The repository at ``path``, else named by ``--repo``, else found from the
-    current directory; its block reads are verified unless the command has
-    ``--no-verify`` set."""
+    current directory (inside a mount: the mounted repository, as
+    :func:`mounted_repo` finds it); its block reads are verified unless the command has
+    ``--no-verify`` set. Raises :class:`~tvcfs.errors.NotARepository`."""
+    from ..errors import NotARepository
     from ..repo import Repo
 
     path = path or getattr(args, "repo", None)
-    repo = Repo.open(path) if path else Repo.discover()
+    try:
+        repo = Repo.open(path) if path else Repo.discover()
+    except NotARepository:
+        found = None if path else mounted_repo()
+        if found is None:
+            raise
+        repo = Repo.open(found[0])
+    if getattr(args, "no_verify", False):
+        repo.store.verify_reads = False
+    return repo
+
+
+def mounted_repo(path: str | None = None):
+    """``(repo_root, branch)`` of the tvcfs mount holding ``path`` (default: the
+    current directory), ``branch`` being ``NAME`` inside ``MOUNT/branches/NAME`` and
+    ``None`` elsewhere in the mount; ``None`` outside a mount. Reads ``/proc/mounts``
+    only (``tvcfs.fs.daemon.branch_in_mount``)."""
+    from ..fs.daemon import branch_in_mount
+
+    try:
+        return branch_in_mount(path or os.getcwd())
+    except OSError:  # the current directory was removed
+        return None
     if getattr(args, "no_verify", False):
         repo.store.verify_reads = False
     return repo

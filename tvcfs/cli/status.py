@@ -4,13 +4,14 @@ worktrees (directories made by ``tvcfs checkout``), live mounts, conflicts."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from ..encoding.cid import cid_str
 from ..errors import TvcfsError
 from ..formatting import clock, short_cid
 from ..names import printable_name
-from . import emit_json, open_repo
+from . import emit_json, mounted_repo, open_repo
 from .progress import progress_bar
 
 
@@ -32,6 +33,9 @@ def cmd_status(args):
         branch = target[1]
     else:
         repo = open_repo(args)
+        here = None if getattr(args, "repo", None) else mounted_repo()
+        if here is not None and os.path.realpath(here[0]) == os.path.realpath(repo.root):  # in MOUNT/branches/NAME
+            branch = here[1]
     with repo:
         report = status_report(repo, branch)
     if args.json:
