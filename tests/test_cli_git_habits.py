@@ -93,3 +93,15 @@ def test_commands_inside_a_mount_use_the_mounted_repository(two_branches, tmp_pa
         assert "  main: " in tv("status", cwd=m.mnt).stdout
     p = tv("log", cwd=tmp_path, ok=False)
     assert p.stderr.startswith("tvcfs: error: not a tvcfs repository"), p.stderr
+
+
+def test_fsck_in_a_lazy_clone_accepts_the_missing_leaves(small_repo, servers, tmp_path):  # noqa: F811
+    r, _ = small_repo
+    srv = servers(r, tmp_path)
+    lazy = tmp_path / "lazy"
+    tv("clone", "--lazy", "-q", srv.url, lazy)
+    p = tv("-C", lazy, "fsck")
+    assert p.stdout.startswith("ok: ") and "lazy clone" in p.stdout, p.stdout
+    full = tmp_path / "full"
+    tv("clone", "-q", srv.url, full)
+    assert "lazy clone" not in tv("-C", full, "fsck").stdout

@@ -227,8 +227,9 @@ def cmd_fsck(args):
 
     with open_repo(args) as repo:
         stats: dict = {}
+        lazy_ok = args.lazy_ok or repo.config.lazy  # a lazy clone lacks leaves by design
         with progress_bar(args, "Checking", unit="blocks") as bar:
-            problems = fsck(repo, lazy_ok=args.lazy_ok, progress=bar, stats=stats)
+            problems = fsck(repo, lazy_ok=lazy_ok, progress=bar, stats=stats)
         if args.json:
             emit_json({"ok": not problems, "problems": problems})
             return 1 if problems else 0
@@ -239,7 +240,8 @@ def cmd_fsck(args):
                   "(later reads check them against it instead of hashing them)")
         if problems:
             raise TvcfsError(f"{len(problems)} problem(s) found in {repo.root}: see the lines above")
-        print("ok: every block matches its CID and every ref points at a complete commit")
+        print("ok: every block matches its CID and every ref points at a complete commit"
+              + (" (file contents not fetched yet are not counted: a lazy clone)" if lazy_ok else ""))
     return 0
 
 
@@ -284,5 +286,6 @@ def register_maintenance(sub) -> None:
     p.set_defaults(func=cmd_gc)
 
     p = sub.add_parser("fsck", help="verify every block and that refs point at complete commits")
-    p.add_argument("--lazy-ok", action="store_true", help="missing leaves are fine (lazy clone)")
+    p.add_argument("--lazy-ok", action="store_true", help="missing leaves (file contents) are fine "
+                   "(the default in a lazy clone)")
     p.set_defaults(func=cmd_fsck)
