@@ -105,3 +105,29 @@ def test_fsck_in_a_lazy_clone_accepts_the_missing_leaves(small_repo, servers, tm
     full = tmp_path / "full"
     tv("clone", "-q", srv.url, full)
     assert "lazy clone" not in tv("-C", full, "fsck").stdout
+
+
+def test_switch_and_checkout_without_a_directory(two_branches, tmp_path):
+    r = two_branches
+    assert tv("-C", r, "switch", "ft").stdout.startswith("Switched to branch 'ft'")
+    assert tv("-C", r, "status").stdout.startswith("On branch ft")
+    assert "ft one" in tv("-C", r, "log", "--oneline", "-1").stdout
+    tv("-C", r, "checkout", "main")
+    assert tv("-C", r, "status").stdout.startswith("On branch main")
+    assert tv("-C", r, "checkout", "-b", "exp", "ft").stdout.startswith("Switched to a new branch 'exp'")
+    assert "* exp " in tv("-C", r, "branch").stdout
+    tv("-C", r, "switch", "-c", "exp2")
+    assert tv("-C", r, "--json", "branch").stdout.count('"head": true') == 1
+    tv("-C", r, "tag", "v1", "main")
+    for argv, msg in ((("switch", "v1"), "v1: not a branch: `tvcfs switch -c NEW v1`"),
+                      (("switch", "nosuch"), "nosuch: no such branch"),
+                      (("switch",), "switch needs a BRANCH"),
+                      (("checkout",), "checkout needs REV DIR"),
+                      (("checkout", "-b", "exp"), "branch 'exp' already exists")):
+        p = tv("-C", r, *argv, ok=False)
+        assert p.stderr.startswith("tvcfs: error: " + msg) and p.stderr.count("\n") == 1, (argv, p.stderr)
+    assert tv("-C", r, "status").stdout.startswith("On branch exp2")
+    out = tmp_path / "wt"
+    assert "a worktree of branch exp3" in tv("-C", r, "checkout", "-b", "exp3", "v1", out).stdout
+    assert (out / "b.txt").read_bytes() == b"b2\n"
+    assert tv("-C", r, "status").stdout.startswith("On branch exp2")

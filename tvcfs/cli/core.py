@@ -443,10 +443,73 @@ def cmd_show(args):
     return 0
 
 
+def cmd_switch(args):
+    """``tvcfs switch BRANCH`` / ``switch -c NEW [START]``: make a branch (created first
+    with ``-c``) HEAD's branch, the default of ``commit``, ``log``, ``diff``, ``merge``
+    and ``status``; exit status 0. Raises :class:`~tvcfs.errors.RevisionNotFound` for a
+    branch that does not exist, :class:`~tvcfs.errors.RefExists` for ``-c`` of one that
+    does."""
+    from ..errors import TvcfsError
+
+    if not (args.create or args.branch):
+        raise TvcfsError("switch needs a BRANCH (tvcfs switch BRANCH), or -c NEW to create one")
+    with open_repo(args) as repo:
+        _switch(args, repo, args.create or args.branch, create=bool(args.create),
+                start=args.branch if args.create else None)
+    return 0
+
+
+def _switch(args, repo, name: str, create: bool, start: str | None) -> None:
+    """Point HEAD at branch ``name``, creating it at ``start`` (default HEAD) first if
+    ``create``, and say so (``--json``: ``{"branch", "commit", "created"}``)."""
+    from ..errors import RevisionNotFound
+
+    if create:
+        cid = repo.create_branch(name, start)
+    else:
+        cid = repo.branches().get(name)
+        if cid is None and _resolves(repo, name):
+            raise RevisionNotFound(f"{name}: not a branch: `tvcfs switch -c NEW {name}` starts a branch "
+                                   f"there, `tvcfs checkout {name} DIR` writes it into DIR")
+        if cid is None:
+            raise RevisionNotFound(f"{name}: no such branch: `tvcfs branch` lists them, "
+                                   f"`tvcfs switch -c {name}` creates one")
+    repo.set_head(name)
+    if args.json:
+        emit_json({"branch": name, "commit": cid, "created": create})
+    else:
+        print(f"Switched to {'a new ' if create else ''}branch '{name}' ({short_cid(cid)})")
+
+
+def _resolves(repo, rev: str) -> bool:
+    from ..errors import TvcfsError
+
+    try:
+        repo.resolve(rev)
+        return True
+    except TvcfsError:
+        return False
+
+
 def cmd_checkout(args):
     """``tvcfs checkout REV[:PATH] DIR``: write the tree into a directory and print the bytes
-    and seconds taken; exit status 0. Raises :class:`~tvcfs.errors.TvcfsError`, OSError."""
+    and seconds taken; exit status 0. Without DIR, git's habit: ``checkout BRANCH`` and
+    ``checkout -b NEW [START]`` are ``tvcfs switch`` (``-b`` with DIR: the new branch is
+    checked out there). Raises :class:`~tvcfs.errors.TvcfsError`, OSError."""
+    from ..errors import TvcfsError
+
     with open_repo(args) as repo:
+        if args.dir is None:
+            if args.new_branch:
+                _switch(args, repo, args.new_branch, create=True, start=args.rev)
+            elif args.rev is None:
+                raise TvcfsError("checkout needs REV DIR (materialise REV into DIR), or a BRANCH to switch to")
+            else:
+                _switch(args, repo, args.rev, create=False, start=None)
+            return 0
+        if args.new_branch:
+            repo.create_branch(args.new_branch, args.rev)
+            args.rev = args.new_branch
         commit, path, _ = revpath(repo, args.rev)
         branch = None if path else repo.branch_of(args.rev.partition(":")[0] or "HEAD")
         t0 = time.monotonic()
@@ -650,10 +713,18 @@ def register(sub) -> None:
 
     p = sub.add_parser("checkout", help="materialise a revision into a plain directory (a worktree: "
                        "the repository remembers its base for `commit`)")
-    p.add_argument("rev", metavar="REV[:PATH]")
-    p.add_argument("dir")
+    p.add_argument("rev", nargs="?", metavar="REV[:PATH]")
+    p.add_argument("dir", nargs="?", help="directory to write (without it: switch to the branch REV, "
+                   "as tvcfs switch)")
+    p.add_argument("-b", dest="new_branch", metavar="NEW", help="create branch NEW at REV (default HEAD) "
+                   "first; without DIR also switch to it")
     add_no_verify(p)
     p.set_defaults(func=cmd_checkout)
+
+    p = sub.add_parser("switch", help="make a branch the current one (HEAD's), creating it with -c")
+    p.add_argument("branch", nargs="?", metavar="BRANCH", help="branch (with -c: the start revision, default HEAD)")
+    p.add_argument("-c", "--create", metavar="NEW", help="create branch NEW first")
+    p.set_defaults(func=cmd_switch)
 
     p = sub.add_parser("export", help="export a revision as a CAR v1 file")
     p.add_argument("rev", metavar="REV[:PATH]")
