@@ -131,3 +131,17 @@ def test_switch_and_checkout_without_a_directory(two_branches, tmp_path):
     assert "a worktree of branch exp3" in tv("-C", r, "checkout", "-b", "exp3", "v1", out).stdout
     assert (out / "b.txt").read_bytes() == b"b2\n"
     assert tv("-C", r, "status").stdout.startswith("On branch exp2")
+
+
+def test_remote_set_url(small_repo):  # noqa: F811
+    r, _ = small_repo
+    tv("-C", r, "remote", "add", "origin", "s3://models/a")
+    p = tv("-C", r, "remote", "add", "origin", "s3://models/b", ok=False)
+    assert "`tvcfs remote set-url origin URL` changes it" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    tv("-C", r, "remote", "set-url", "origin", "s3://models/b")
+    assert tv("-C", r, "remote", "-v").stdout == "origin\ts3://models/b\n"
+    p = tv("-C", r, "remote", "set-url", "nope", "s3://models/c", ok=False)
+    assert p.stderr == "tvcfs: error: no remote 'nope': `tvcfs remote add nope URL` adds it\n"
+    p = tv("-C", r, "remote", "set-url", "origin", "http://x", ok=False)
+    assert p.stderr.startswith("tvcfs: error: remote origin: not a tvcfs URL"), p.stderr
+    assert tv("-C", r, "remote", "-v").stdout == "origin\ts3://models/b\n"

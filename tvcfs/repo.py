@@ -456,10 +456,21 @@ class Repo:
 
         def add(rem):
             if name in rem:
-                raise RefExists(f"remote {name!r} already exists")
+                raise RefExists(f"remote {name!r} already exists (its URL: {rem[name]}); "
+                                f"`tvcfs remote set-url {name} URL` changes it")
             rem[name] = url
 
         self.config.update("remotes", add)
+
+    def set_remote_url(self, name: str, url: str) -> None:
+        """Change the URL of remote ``name``; its remote-tracking refs stay. Raises
+        :class:`RevisionNotFound` if there is no such remote."""
+        def change(rem):
+            if name not in rem:
+                raise RevisionNotFound(f"no remote {name!r}: `tvcfs remote add {name} URL` adds it")
+            rem[name] = url
+
+        self.config.update("remotes", change)
 
     def remove_remote(self, name: str) -> None:
         """Remove remote ``name`` and its remote-tracking refs."""
