@@ -145,3 +145,24 @@ def test_remote_set_url(small_repo):  # noqa: F811
     p = tv("-C", r, "remote", "set-url", "origin", "http://x", ok=False)
     assert p.stderr.startswith("tvcfs: error: remote origin: not a tvcfs URL"), p.stderr
     assert tv("-C", r, "remote", "-v").stdout == "origin\ts3://models/b\n"
+
+
+def test_every_option_has_help():
+    """Every option of every command (sub-commands included) says what it does in
+    ``--help``: the parser is walked in-process (building it runs no command)."""
+    import argparse
+
+    from tvcfs.cli import build_parser
+
+    missing = []
+
+    def walk(parser, name):
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for verb, sub in a.choices.items():
+                    walk(sub, f"{name} {verb}")
+            elif a.option_strings and not a.help:
+                missing.append(f"{name} {'/'.join(a.option_strings)}")
+
+    walk(build_parser(), "tvcfs")
+    assert not missing, missing

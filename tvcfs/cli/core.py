@@ -646,7 +646,7 @@ def register(sub) -> None:
     """Add the core commands to the ``tvcfs`` parser's subparsers."""
     p = sub.add_parser("init", help="create a repository")
     p.add_argument("path", nargs="?", help="directory (default: --repo or the current directory)")
-    p.add_argument("-b", "--initial-branch", default="main")
+    p.add_argument("-b", "--initial-branch", default="main", help="name of the first branch (default main)")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("commit", help="commit a directory onto a branch (a checkout's changes are "
@@ -657,7 +657,7 @@ def register(sub) -> None:
                    "a new branch starts at the directory's base, else at HEAD)")
     p.add_argument("--base", metavar="REV", help="the commit DIR was made from: if the branch moved "
                    "since, DIR's changes are replayed onto it (or saved on a conflicts/ branch)")
-    p.add_argument("-m", "--message", default="")
+    p.add_argument("-m", "--message", default="", help="commit message (default: empty)")
     p.add_argument("--author", help='"Name <email>" (default: TVCFS_AUTHOR_NAME/EMAIL, then git config)')
     p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                    help="commit metadata (repeatable); integers and decimal numbers (lr=3e-5) "
@@ -673,8 +673,8 @@ def register(sub) -> None:
     p.add_argument("rev", nargs="?", metavar="REV")
     p.add_argument("paths", nargs="*", metavar="PATH", help="after --: only commits changing these paths")
     p.add_argument("-n", "--max-count", type=int, metavar="N", help="at most N commits (-N too, as in git: -3)")
-    p.add_argument("--oneline", action="store_true")
-    p.add_argument("--first-parent", action="store_true")
+    p.add_argument("--oneline", action="store_true", help="one line per commit: short CID, refs, subject")
+    p.add_argument("--first-parent", action="store_true", help="follow only the first parent of merges")
     p.add_argument("--all", action="store_true", help="every branch, tag and remote-tracking ref")
     p.add_argument("--graph", action="store_true", help="draw the history as a graph (topological order)")
     p.add_argument("--stat", action="store_true", help="bytes each commit added to the store, raw and "
@@ -684,16 +684,16 @@ def register(sub) -> None:
     p = sub.add_parser("branch", help="list, create or delete branches")
     p.add_argument("name", nargs="?", help="branch to create (with --list: a pattern such as 'ft-*')")
     p.add_argument("start", nargs="?", help="start revision (default HEAD)")
-    p.add_argument("-d", "-D", "--delete", nargs="+", metavar="NAME")
-    p.add_argument("-f", "--force", action="store_true")
+    p.add_argument("-d", "-D", "--delete", nargs="+", metavar="NAME", help="delete these branches (not HEAD's)")
+    p.add_argument("-f", "--force", action="store_true", help="move NAME to START if it exists")
     p.add_argument("-l", "--list", action="store_true", help="list (only names matching the pattern NAME)")
     p.set_defaults(func=cmd_branch)
 
     p = sub.add_parser("tag", help="list, create or delete tags")
     p.add_argument("name", nargs="?", help="tag to create (with --list: a pattern such as 'v1.*')")
     p.add_argument("rev", nargs="?", help="revision (default HEAD)")
-    p.add_argument("-d", "--delete", nargs="+", metavar="NAME")
-    p.add_argument("-f", "--force", action="store_true")
+    p.add_argument("-d", "--delete", nargs="+", metavar="NAME", help="delete these tags")
+    p.add_argument("-f", "--force", action="store_true", help="move NAME to REV if it exists")
     p.add_argument("-l", "--list", action="store_true", help="list (only names matching the pattern NAME)")
     p.set_defaults(func=cmd_tag)
 
@@ -703,7 +703,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("ls", help="list a directory of a revision (REV[:PATH])")
     p.add_argument("spec", nargs="?", default="HEAD", metavar="REV[:PATH]")
-    p.add_argument("-r", "--recursive", action="store_true")
+    p.add_argument("-r", "--recursive", action="store_true", help="every file below, with its path")
     p.set_defaults(func=cmd_ls)
 
     p = sub.add_parser("cat", help="write a file of a revision (REV:PATH) or a file CID to stdout")

@@ -178,8 +178,8 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("recover", help="commit (or --discard) staged changes left by a mount that died")
-    p.add_argument("-m", "--message")
-    p.add_argument("--discard", action="store_true")
+    p.add_argument("-m", "--message", help="message of the recovery commits")
+    p.add_argument("--discard", action="store_true", help="drop the staged changes instead of committing them")
     p.add_argument("--force", action="store_true", help="even if the mount process seems alive")
     p.set_defaults(func=cmd_recover)
     register_maintenance(sub)
@@ -276,7 +276,7 @@ def register_maintenance(sub) -> None:
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("gc", help="delete blocks no ref, recent reflog entry, pin or mount uses")
-    p.add_argument("-n", "--dry-run", action="store_true")
+    p.add_argument("-n", "--dry-run", action="store_true", help="count what would be deleted, delete nothing")
     p.add_argument("--expire", type=float, default=90, metavar="DAYS",
                    help="keep commits in the reflog younger than this (default 90)")
     p.add_argument("--pack", action="store_true", help="then pack older history (tvcfs pack)")
