@@ -166,3 +166,13 @@ def test_every_option_has_help():
 
     walk(build_parser(), "tvcfs")
     assert not missing, missing
+
+
+def test_outside_a_repository_the_error_says_what_to_do(small_repo, tmp_path):  # noqa: F811
+    r, _ = small_repo
+    wt = tmp_path / "wt"
+    tv("-C", r, "checkout", "main", wt)  # a worktree is a plain directory: not a repository
+    p = tv("status", cwd=wt, ok=False)
+    assert p.stderr == (f"tvcfs: error: not a tvcfs repository (or any parent): {wt}: run tvcfs inside a "
+                        "repository or a mount of one, or name the repository with -C PATH (`tvcfs init` "
+                        "creates one)\n")

@@ -185,10 +185,13 @@ def open_repo(args, path: str | None = None):
     path = path or getattr(args, "repo", None)
     try:
         repo = Repo.open(path) if path else Repo.discover()
-    except NotARepository:
-        found = None if path else mounted_repo()
-        if found is None:
+    except NotARepository as e:
+        if path:
             raise
+        found = mounted_repo()
+        if found is None:
+            raise NotARepository(f"{e}: run tvcfs inside a repository or a mount of one, or name the "
+                                 "repository with -C PATH (`tvcfs init` creates one)") from None
         repo = Repo.open(found[0])
     if getattr(args, "no_verify", False):
         repo.store.verify_reads = False
