@@ -176,3 +176,17 @@ def test_outside_a_repository_the_error_says_what_to_do(small_repo, tmp_path):  
     assert p.stderr == (f"tvcfs: error: not a tvcfs repository (or any parent): {wt}: run tvcfs inside a "
                         "repository or a mount of one, or name the repository with -C PATH (`tvcfs init` "
                         "creates one)\n")
+
+
+def test_log_decorations_name_head_and_remote_tracking_refs(two_branches, servers, tmp_path):
+    r = two_branches
+    srv = servers(r, tmp_path)
+    copy = tmp_path / "copy"
+    tv("clone", "-q", srv.url, copy)
+    lines = tv("-C", copy, "log", "--oneline", "--all").stdout.splitlines()
+    assert lines[0].split(" ", 1)[1] == "(HEAD -> main, origin/main) main two", lines
+    assert "(ft, origin/ft) ft one" in lines[1], lines
+    tv("-C", copy, "switch", "ft")
+    assert tv("-C", copy, "log", "-1").stdout.splitlines()[0].endswith("(HEAD -> ft, origin/ft)")
+    head = tv("-C", copy, "--json", "log", "-1").stdout
+    assert '"ft"' in head and '"origin/ft"' in head and "HEAD ->" not in head

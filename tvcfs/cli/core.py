@@ -156,7 +156,7 @@ def cmd_log(args):
             else:
                 print("(no commits yet)")
             return 0
-        names = history.decorations(repo)
+        names = history.decorations(repo, head=not args.json)
         commits = history.log(repo, revs, all_refs=args.all, first_parent=args.first_parent,
                               paths=paths, max_count=args.max_count, topo=args.graph, exclude=exclude)
         rows = (history.graph(commits, args.first_parent) if args.graph
