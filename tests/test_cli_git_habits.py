@@ -6,6 +6,8 @@ intermixed with revisions and paths, ``log -N``, ``A..B`` ranges, ``branch -D``,
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from support.cli import run_tvcfs_text
@@ -190,3 +192,23 @@ def test_log_decorations_name_head_and_remote_tracking_refs(two_branches, server
     assert tv("-C", copy, "log", "-1").stdout.splitlines()[0].endswith("(HEAD -> ft, origin/ft)")
     head = tv("-C", copy, "--json", "log", "-1").stdout
     assert '"ft"' in head and '"origin/ft"' in head and "HEAD ->" not in head
+
+
+def test_reset_and_forced_branch_or_tag_moves(two_branches, tmp_path):
+    r = two_branches
+    top, prev = (c["commit"] for c in json.loads(tv("-C", r, "--json", "log", "-n", "2").stdout))
+    assert tv("-C", r, "branch", "-f", "ft", "main").stdout.startswith("Reset branch ft to ")
+    tv("-C", r, "tag", "v1", "main~1")
+    assert tv("-C", r, "tag", "-f", "v1", "main").stdout.startswith("Updated tag v1 to ")
+    write(tmp_path / "n.txt", b"n\n")
+    tv("-C", r, "add", tmp_path / "n.txt")
+    p = tv("-C", r, "reset", "--soft", "HEAD~1")
+    assert p.stdout.startswith(f"HEAD is now at {prev[:16]} first (branch main, was {top[:16]})"), p.stdout
+    assert "n.txt" in tv("-C", r, "status").stdout  # --soft keeps the index
+    assert tv("-C", r, "reflog", "main").stdout.splitlines()[0].endswith("reset: moving to HEAD~1")
+    p = tv("-C", r, "reset", "--hard", top)
+    assert p.stdout.rstrip().endswith("the staged changes were dropped"), p.stdout
+    assert "n.txt" not in tv("-C", r, "status").stdout
+    assert json.loads(tv("-C", r, "--json", "log", "-n", "1").stdout)[0]["commit"] == top
+    p = tv("-C", r, "reset", "nosuch", ok=False)
+    assert p.stderr == "tvcfs: error: unknown revision 'nosuch'\n", p.stderr

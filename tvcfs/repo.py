@@ -386,16 +386,20 @@ class Repo:
             cur = w.get_ref(name)
             w.set_ref(name, new, cur if expected is _UNSET else expected, message=message)
 
-    def create_branch(self, name: str, rev: str | bytes | None = None, force: bool = False) -> bytes:
-        """Create branch ``name`` at ``rev`` (default HEAD). Raises :class:`RefExists`
-        unless ``force``, :class:`RevisionNotFound` for a bad ``rev``."""
+    def create_branch(self, name: str, rev: str | bytes | None = None, force: bool = False,
+                      message: str | None = None) -> bytes:
+        """Create branch ``name`` at ``rev`` (default HEAD), or with ``force`` move it
+        there if it exists; ``message`` for the reflog (default ``branch: created
+        from CID`` / ``branch: reset to CID``). Raises :class:`RefExists` if it exists
+        and not ``force``, :class:`RevisionNotFound` for a bad ``rev``."""
         check_name(name)
         target = self._rev_to_cid(rev)
         with self.store.write() as w:
             cur = w.get_ref(HEADS + name)
             if cur is not None and not force:
                 raise RefExists(f"branch {name!r} already exists")
-            w.set_ref(HEADS + name, target, cur, message=f"branch: created from {cid_str(target)}")
+            w.set_ref(HEADS + name, target, cur, message=message or (
+                f"branch: {'created from' if cur is None else 'reset to'} {cid_str(target)}"))
         return target
 
     def delete_branch(self, name: str) -> bytes:

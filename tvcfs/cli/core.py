@@ -247,8 +247,9 @@ def cmd_branch(args):
     return _ref_command(
         args, rows,
         create=lambda repo: repo.create_branch(args.name, args.start, force=args.force),
-        delete=lambda repo, name: repo.delete_branch(name),
+        delete=lambda repo, name: repo.delete_branch(name), existing=lambda repo: repo.branches(),
         created="Created branch {name} at {commit}", deleted="Deleted branch {name} (was {commit}).",
+        moved="Reset branch {name} to {commit} (was {was})",
         line=lambda r: f"{'*' if r['head'] else ' '} {r['name']:<24} {short_cid(r['commit'])} {r['message']}")
 
 
@@ -258,19 +259,22 @@ def cmd_tag(args):
     return _ref_command(
         args, lambda repo: [{"name": name, "commit": cid} for name, cid in sorted(repo.tags().items())],
         create=lambda repo: repo.create_tag(args.name, args.rev, force=args.force),
-        delete=lambda repo, name: repo.delete_tag(name),
+        delete=lambda repo, name: repo.delete_tag(name), existing=lambda repo: repo.tags(),
         created="Tagged {commit} as {name}", deleted="Deleted tag {name} (was {commit})",
+        moved="Updated tag {name} to {commit} (was {was})",
         line=lambda r: f"{r['name']:<24} {short_cid(r['commit'])}")
 
 
-def _ref_command(args, rows, *, create, delete, created: str, deleted: str, line) -> int:
+def _ref_command(args, rows, *, create, delete, existing, created: str, deleted: str, moved: str,
+                 line) -> int:
     """The shape ``tvcfs branch`` and ``tvcfs tag`` share: delete each of
     ``args.delete`` (``delete(repo, name)`` → the commit it named), else create
     ``args.name`` (``create(repo)`` → its commit), else list ``rows(repo)`` (dicts
     with ``name`` and ``commit``, one ``line(row)`` each; with ``--list`` only those
     whose name matches the pattern ``args.name``); ``created``/``deleted``
-    are the messages (``{name}``, ``{commit}``: the short CID); ``--json`` prints
-    the records instead. Returns exit status 0."""
+    are the messages (``{name}``, ``{commit}``: the short CID), ``moved`` the one for
+    ``-f`` of a name ``existing(repo)`` (``{name: commit}``) holds (``{was}``: its
+    old commit); ``--json`` prints the records instead. Returns exit status 0."""
     with open_repo(args) as repo:
         if args.delete:
             done = []
@@ -283,11 +287,15 @@ def _ref_command(args, rows, *, create, delete, created: str, deleted: str, line
                 emit_json(done)
             return 0
         if args.name and not args.list:
+            was = existing(repo).get(args.name)
             cid = create(repo)
             if args.json:
-                emit_json({"created": args.name, "commit": cid})
-            else:
+                emit_json({"created": args.name, "commit": cid} if was is None else
+                          {"moved": args.name, "commit": cid, "was": was})
+            elif was is None:
                 print(created.format(name=args.name, commit=short_cid(cid)))
+            else:
+                print(moved.format(name=args.name, commit=short_cid(cid), was=short_cid(was)))
             return 0
         listed = rows(repo)
         if args.name:  # --list PATTERN, as git's `tag -l 'v1.*'`
@@ -479,6 +487,38 @@ def _switch(args, repo, name: str, create: bool, start: str | None) -> None:
         emit_json({"branch": name, "commit": cid, "created": create})
     else:
         print(f"Switched to {'a new ' if create else ''}branch '{name}' ({short_cid(cid)})")
+
+
+def cmd_reset(args):
+    """``tvcfs reset [--soft|--hard] [REV]``: move HEAD's branch to REV (default HEAD),
+    reflogged ``reset: moving to REV``; unless ``--soft`` also drop the staging index if
+    it is staged for that branch (git's default, ``--mixed``; ``--hard`` is the same:
+    a repository has no working tree, mounts show the branch's new commit and
+    worktrees replay onto it at their next ``commit``). Exit status 0. Raises
+    :class:`~tvcfs.errors.TvcfsError` when HEAD is detached,
+    :class:`~tvcfs.errors.RevisionNotFound` for a bad REV."""
+    from ..errors import TvcfsError
+    from ..index import load_index, restore_staged
+
+    rev = args.rev or "HEAD"
+    with open_repo(args) as repo:
+        branch = repo.head_branch()
+        if branch is None:
+            raise TvcfsError("HEAD is not on a branch: `tvcfs switch BRANCH` first, or move a branch "
+                             "with `tvcfs branch -f NAME REV`")
+        old = repo.branches().get(branch)
+        cid = repo.create_branch(branch, rev, force=True, message=f"reset: moving to {rev}")
+        index = load_index(repo)
+        unstaged = not args.soft and index is not None and index.branch == branch
+        if unstaged:
+            restore_staged(repo)
+        if args.json:
+            emit_json({"branch": branch, "commit": cid, "was": old, "index_cleared": unstaged})
+            return 0
+        print(f"HEAD is now at {short_cid(cid)} {_first_line(repo, cid)} (branch {branch}"
+              + (f", was {short_cid(old)})" if old else ")")
+              + ("; the staged changes were dropped" if unstaged else ""))
+    return 0
 
 
 def _resolves(repo, rev: str) -> bool:
@@ -720,6 +760,14 @@ def register(sub) -> None:
                    "first; without DIR also switch to it")
     add_no_verify(p)
     p.set_defaults(func=cmd_checkout)
+
+    p = sub.add_parser("reset", help="move HEAD's branch to a revision (and unstage, unless --soft)")
+    p.add_argument("rev", nargs="?", metavar="REV", help="revision (default HEAD: only unstage)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--soft", action="store_true", help="keep the staging index")
+    mode.add_argument("--hard", "--mixed", action="store_true", help="also drop the staging index (the "
+                      "default: there is no working tree to reset; mounts show the new commit)")
+    p.set_defaults(func=cmd_reset)
 
     p = sub.add_parser("switch", help="make a branch the current one (HEAD's), creating it with -c")
     p.add_argument("branch", nargs="?", metavar="BRANCH", help="branch (with -c: the start revision, default HEAD)")
