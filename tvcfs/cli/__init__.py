@@ -37,6 +37,8 @@ class CommandParser(argparse.ArgumentParser):
     _inner = False  # True during the passes of parse_known_intermixed_args
 
     def parse_known_args(self, args=None, namespace=None):
+        """``(namespace, [])``: argparse's, intermixed where it can; exits with status
+        2 and the usage line if any argument is left over."""
         if self._inner or self._subparsers is not None:
             ns, extra = super().parse_known_args(args, namespace)
         else:

@@ -246,7 +246,8 @@ def register(sub) -> None:
     p = with_root(rp.add_parser("create", help="create ORG/NAME"))
     p.add_argument("repo_id", metavar="ORG/NAME")
     p.add_argument("--private", action="store_true", help="readable only by its owner, collaborators and org members")
-    p.add_argument("--owner", metavar="USER", help="the user who owns it (may write it; the author of its first commit)")
+    p.add_argument("--owner", metavar="USER",
+                   help="the user who owns it (may write it; the author of its first commit)")
     p.set_defaults(func=cmd_repo_create)
     p = with_root(rp.add_parser("list", help="list repositories"))
     p.set_defaults(func=cmd_repo_list)
