@@ -212,3 +212,10 @@ def test_reset_and_forced_branch_or_tag_moves(two_branches, tmp_path):
     assert json.loads(tv("-C", r, "--json", "log", "-n", "1").stdout)[0]["commit"] == top
     p = tv("-C", r, "reset", "nosuch", ok=False)
     assert p.stderr == "tvcfs: error: unknown revision 'nosuch'\n", p.stderr
+
+
+def test_show_of_a_plain_file_names_cat(small_repo):  # noqa: F811
+    r, _ = small_repo
+    p = tv("-C", r, "show", "HEAD:sub/c.txt")
+    assert p.stdout.splitlines()[-1] == "  (`tvcfs cat HEAD:sub/c.txt` writes its contents to stdout)", p.stdout
+    assert tv("-C", r, "cat", "HEAD:sub/c.txt").stdout == "c1\n"

@@ -439,6 +439,8 @@ def cmd_show(args):
             return 0
         print(f"  {d['leaves']} leaves")
         rows = d["tensors"]
+        if not rows:  # git's `show REV:PATH` prints the file: say which command does
+            print(f"  (`tvcfs cat {args.spec}` writes its contents to stdout)")
         if rows:
             print(f"  {len(rows)} tensors:")
             print(f"  {'name':<56} {'dtype':<8} {'shape':<18} {'bytes':>12} {'leaves':>6} "
