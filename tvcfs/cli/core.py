@@ -136,7 +136,9 @@ def cmd_log(args):
     from .. import history
 
     positionals = [args.rev, *args.paths]
-    for p in [p for p in positionals if p and p[0] == "-" and p[1:].isdigit()]:  # git's `log -3`
+    argv = getattr(args, "argv", [])
+    before = argv[:argv.index("--")] if "--" in argv else argv  # a path after -- may be "-3"
+    for p in [p for p in positionals if p and p[0] == "-" and p[1:].isdigit() and p in before]:  # git's `log -3`
         args.max_count = int(p[1:])
         positionals.remove(p)
     revs, paths = split_pathspec(args, positionals)
