@@ -62,9 +62,9 @@ def test_init_commit_log(tmp_path, real_model_dir):
     p = run_tvcfs("commit", real_model_dir, "-m", "again", cwd=repo)
     assert out(p).startswith("nothing to commit")
     log = out(run_tvcfs("log", cwd=repo))
-    assert f"commit {cid} (main)" in log and "    first" in log
+    assert f"commit {cid} (HEAD -> main)" in log and "    first" in log
     assert "Author: Test Author <test@example.org>" in log
-    assert out(run_tvcfs("log", "--oneline", cwd=repo)).strip() == f"{cid[:16]} (main) first"
+    assert out(run_tvcfs("log", "--oneline", cwd=repo)).strip() == f"{cid[:16]} (HEAD -> main) first"
 
 
 def test_author_from_env_and_flag(tmp_path):

@@ -13,7 +13,7 @@ from typing import Iterable, Iterator
 from .dag import resolve_path
 from .encoding.commit import Commit
 from .errors import BlockNotFound, PathNotFound
-from .refs import HEADS, TAGS
+from .refs import HEADS, REMOTES, TAGS
 
 
 def log_starts(repo, revs: Iterable[str] = (), all_refs: bool = False) -> list:
@@ -125,15 +125,21 @@ def _topo(repo, starts, first_parent):
 
 
 def log(repo, revs: Iterable[str] = (), all_refs: bool = False, first_parent: bool = False,
-        paths: list | None = None, max_count: int | None = None, topo: bool = False) -> Iterator[tuple]:
+        paths: list | None = None, max_count: int | None = None, topo: bool = False,
+        exclude: Iterable[str] = ()) -> Iterator[tuple]:
     """``(cid, Commit)`` for ``tvcfs log``: from ``revs`` (default HEAD) or every ref
-    (``all_refs``), only commits that change ``paths`` if given, at most
-    ``max_count``. See :func:`walk_log`."""
+    (``all_refs``), leaving out the commits reachable from ``exclude`` (revisions:
+    git's ``log A..B`` is ``revs=[B], exclude=[A]``), only commits that change
+    ``paths`` if given, at most ``max_count``. See :func:`walk_log`. Raises
+    :class:`~tvcfs.errors.RevisionNotFound` for a bad revision."""
+    from .repo import commit_ancestors
+
+    hidden = set(commit_ancestors(repo.get, [repo.resolve(r) for r in exclude], missing_ok=True))
     n = 0
     for cid, com in walk_log(repo, log_starts(repo, revs, all_refs), first_parent, topo):
         if max_count is not None and n >= max_count:
             return
-        if paths and not touches(repo, com, paths):
+        if cid in hidden or paths and not touches(repo, com, paths):
             continue
         n += 1
         yield cid, com
@@ -182,15 +188,25 @@ def graph(commits: Iterable[tuple], first_parent: bool = False) -> Iterator[Grap
         yield GraphRow(cid, com, prefix, after)
 
 
-def decorations(repo) -> dict:
-    """``{commit CID: ["main", "tag: v1", …]}``: the branches and tags pointing at
-    each commit, for the log."""
+def decorations(repo, head: bool = False) -> dict:
+    """``{commit CID: ["main", "tag: v1", "origin/main", …]}``: the branches, tags and
+    remote-tracking refs pointing at each commit, for the log. With ``head``, as git
+    prints them: HEAD's branch as ``HEAD -> main``, first (a detached HEAD: ``HEAD``)."""
     names: dict = {}
     for ref, cid in sorted(repo.refs().items()):
         if ref.startswith(HEADS):
             names.setdefault(cid, []).append(ref[len(HEADS):])
         elif ref.startswith(TAGS):
             names.setdefault(cid, []).append(f"tag: {ref[len(TAGS):]}")
+        elif ref.startswith(REMOTES):
+            names.setdefault(cid, []).append(ref[len(REMOTES):])
+    h = repo.head() if head else None
+    if h is not None:
+        branch = repo.head_branch()
+        at = names.setdefault(h, [])
+        if branch in at:
+            at.remove(branch)
+        at.insert(0, f"HEAD -> {branch}" if branch else "HEAD")
     return names
 
 

@@ -386,16 +386,20 @@ class Repo:
             cur = w.get_ref(name)
             w.set_ref(name, new, cur if expected is _UNSET else expected, message=message)
 
-    def create_branch(self, name: str, rev: str | bytes | None = None, force: bool = False) -> bytes:
-        """Create branch ``name`` at ``rev`` (default HEAD). Raises :class:`RefExists`
-        unless ``force``, :class:`RevisionNotFound` for a bad ``rev``."""
+    def create_branch(self, name: str, rev: str | bytes | None = None, force: bool = False,
+                      message: str | None = None) -> bytes:
+        """Create branch ``name`` at ``rev`` (default HEAD), or with ``force`` move it
+        there if it exists; ``message`` for the reflog (default ``branch: created
+        from CID`` / ``branch: reset to CID``). Raises :class:`RefExists` if it exists
+        and not ``force``, :class:`RevisionNotFound` for a bad ``rev``."""
         check_name(name)
         target = self._rev_to_cid(rev)
         with self.store.write() as w:
             cur = w.get_ref(HEADS + name)
             if cur is not None and not force:
                 raise RefExists(f"branch {name!r} already exists")
-            w.set_ref(HEADS + name, target, cur, message=f"branch: created from {cid_str(target)}")
+            w.set_ref(HEADS + name, target, cur, message=message or (
+                f"branch: {'created from' if cur is None else 'reset to'} {cid_str(target)}"))
         return target
 
     def delete_branch(self, name: str) -> bytes:
@@ -456,10 +460,21 @@ class Repo:
 
         def add(rem):
             if name in rem:
-                raise RefExists(f"remote {name!r} already exists")
+                raise RefExists(f"remote {name!r} already exists (its URL: {rem[name]}); "
+                                f"`tvcfs remote set-url {name} URL` changes it")
             rem[name] = url
 
         self.config.update("remotes", add)
+
+    def set_remote_url(self, name: str, url: str) -> None:
+        """Change the URL of remote ``name``; its remote-tracking refs stay. Raises
+        :class:`RevisionNotFound` if there is no such remote."""
+        def change(rem):
+            if name not in rem:
+                raise RevisionNotFound(f"no remote {name!r}: `tvcfs remote add {name} URL` adds it")
+            rem[name] = url
+
+        self.config.update("remotes", change)
 
     def remove_remote(self, name: str) -> None:
         """Remove remote ``name`` and its remote-tracking refs."""

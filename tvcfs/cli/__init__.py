@@ -27,13 +27,40 @@ GLOBAL_OPTIONS = (
 )
 
 
+class CommandParser(argparse.ArgumentParser):
+    """The parser of a command (and of its sub-commands, which inherit the class).
+    Options and positional arguments may be intermixed, as git allows
+    (``tvcfs log main --oneline -- PATH``); arguments it does not know are reported by
+    it, with its own usage line (``tvcfs branch: error: unrecognized arguments: -a``),
+    not by the top-level parser with the usage of ``tvcfs`` itself (exit status 2)."""
+
+    _inner = False  # True during the passes of parse_known_intermixed_args
+
+    def parse_known_args(self, args=None, namespace=None):
+        """``(namespace, [])``: argparse's, intermixed where it can; exits with status
+        2 and the usage line if any argument is left over."""
+        if self._inner or self._subparsers is not None:
+            ns, extra = super().parse_known_args(args, namespace)
+        else:
+            self._inner = True
+            try:
+                ns, extra = self.parse_known_intermixed_args(args, namespace)
+            except TypeError:  # a positional argparse cannot intermix: parse in order
+                ns, extra = super().parse_known_args(args, namespace)
+            finally:
+                self._inner = False
+        if extra and not self._inner:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return ns, extra
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``tvcfs`` argument parser, every command group registered."""
     p = argparse.ArgumentParser(prog="tvcfs", description="Version-controlled filesystem for ML models.")
     for flags, kw in GLOBAL_OPTIONS:
         p.add_argument(*flags, **kw)
     p.add_argument("--version", action="version", version=f"tvcfs {__import__('tvcfs').__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     sub.required = True
     for name in _GROUPS:
         try:
@@ -130,6 +157,19 @@ def split_pathspec(args, positionals: list) -> tuple[list, list]:
     return positionals, []
 
 
+def split_range(spec: str) -> tuple[str, str]:
+    """``(A, B)`` of git's range ``A..B`` (either side empty: ``HEAD``). Raises
+    :class:`~tvcfs.errors.TvcfsError` for ``A...B`` (a symmetric difference, not
+    supported)."""
+    from ..errors import TvcfsError
+
+    if "..." in spec:
+        raise TvcfsError(f"{spec}: A...B ranges are not supported: give A..B, or the two revisions "
+                         "(tvcfs diff A B)")
+    a, _, b = spec.partition("..")
+    return a or "HEAD", b or "HEAD"
+
+
 def _hints(e: BaseException) -> None:
     """Print an exception's notes (``BaseException.add_note``: what to do next)."""
     for note in getattr(e, "__notes__", ()):
@@ -138,12 +178,39 @@ def _hints(e: BaseException) -> None:
 
 def open_repo(args, path: str | None = None):
     """The repository at ``path``, else named by ``--repo``, else found from the
-    current directory; its block reads are verified unless the command has
-    ``--no-verify`` set."""
+    current directory (inside a mount: the mounted repository, as
+    :func:`mounted_repo` finds it); its block reads are verified unless the command has
+    ``--no-verify`` set. Raises :class:`~tvcfs.errors.NotARepository`."""
+    from ..errors import NotARepository
     from ..repo import Repo
 
     path = path or getattr(args, "repo", None)
-    repo = Repo.open(path) if path else Repo.discover()
+    try:
+        repo = Repo.open(path) if path else Repo.discover()
+    except NotARepository as e:
+        if path:
+            raise
+        found = mounted_repo()
+        if found is None:
+            raise NotARepository(f"{e}: run tvcfs inside a repository or a mount of one, or name the "
+                                 "repository with -C PATH (`tvcfs init` creates one)") from None
+        repo = Repo.open(found[0])
+    if getattr(args, "no_verify", False):
+        repo.store.verify_reads = False
+    return repo
+
+
+def mounted_repo(path: str | None = None):
+    """``(repo_root, branch)`` of the tvcfs mount holding ``path`` (default: the
+    current directory), ``branch`` being ``NAME`` inside ``MOUNT/branches/NAME`` and
+    ``None`` elsewhere in the mount; ``None`` outside a mount. Reads ``/proc/mounts``
+    only (``tvcfs.fs.daemon.branch_in_mount``)."""
+    from ..fs.daemon import branch_in_mount
+
+    try:
+        return branch_in_mount(path or os.getcwd())
+    except OSError:  # the current directory was removed
+        return None
     if getattr(args, "no_verify", False):
         repo.store.verify_reads = False
     return repo

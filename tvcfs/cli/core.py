@@ -11,7 +11,7 @@ import time
 from ..encoding.cid import cid_str
 from ..formatting import clock, commit_date, human_size, ratio, short_cid
 from ..names import printable_name
-from . import add_no_verify, emit_json, open_repo, split_pathspec
+from . import add_no_verify, emit_json, open_repo, split_pathspec, split_range
 from .progress import progress_bar
 
 
@@ -135,12 +135,22 @@ def cmd_log(args):
     one revision."""
     from .. import history
 
-    revs, paths = split_pathspec(args, [args.rev, *args.paths])
+    positionals = [args.rev, *args.paths]
+    argv = getattr(args, "argv", [])
+    before = argv[:argv.index("--")] if "--" in argv else argv  # a path after -- may be "-3"
+    for p in [p for p in positionals if p and p[0] == "-" and p[1:].isdigit() and p in before]:  # git's `log -3`
+        args.max_count = int(p[1:])
+        positionals.remove(p)
+    revs, paths = split_pathspec(args, positionals)
     if len(revs) > 1:
         from ..errors import TvcfsError
 
         raise TvcfsError(f"log takes one revision, got {' '.join(revs)}: separate paths with "
                          "`--` (tvcfs log REV -- PATH…)")
+    exclude = []
+    if revs and ".." in revs[0]:  # git's `log A..B`: reachable from B, not from A
+        a, b = split_range(revs[0])
+        revs, exclude = [b], [a]
     with open_repo(args) as repo:
         if repo.head() is None and not revs and not (args.all and repo.refs()):
             if args.json:
@@ -148,9 +158,9 @@ def cmd_log(args):
             else:
                 print("(no commits yet)")
             return 0
-        names = history.decorations(repo)
+        names = history.decorations(repo, head=not args.json)
         commits = history.log(repo, revs, all_refs=args.all, first_parent=args.first_parent,
-                              paths=paths, max_count=args.max_count, topo=args.graph)
+                              paths=paths, max_count=args.max_count, topo=args.graph, exclude=exclude)
         rows = (history.graph(commits, args.first_parent) if args.graph
                 else (history.GraphRow(c, m, "", []) for c, m in commits))
         stat = None
@@ -239,8 +249,9 @@ def cmd_branch(args):
     return _ref_command(
         args, rows,
         create=lambda repo: repo.create_branch(args.name, args.start, force=args.force),
-        delete=lambda repo, name: repo.delete_branch(name),
+        delete=lambda repo, name: repo.delete_branch(name), existing=lambda repo: repo.branches(),
         created="Created branch {name} at {commit}", deleted="Deleted branch {name} (was {commit}).",
+        moved="Reset branch {name} to {commit} (was {was})",
         line=lambda r: f"{'*' if r['head'] else ' '} {r['name']:<24} {short_cid(r['commit'])} {r['message']}")
 
 
@@ -250,18 +261,22 @@ def cmd_tag(args):
     return _ref_command(
         args, lambda repo: [{"name": name, "commit": cid} for name, cid in sorted(repo.tags().items())],
         create=lambda repo: repo.create_tag(args.name, args.rev, force=args.force),
-        delete=lambda repo, name: repo.delete_tag(name),
+        delete=lambda repo, name: repo.delete_tag(name), existing=lambda repo: repo.tags(),
         created="Tagged {commit} as {name}", deleted="Deleted tag {name} (was {commit})",
+        moved="Updated tag {name} to {commit} (was {was})",
         line=lambda r: f"{r['name']:<24} {short_cid(r['commit'])}")
 
 
-def _ref_command(args, rows, *, create, delete, created: str, deleted: str, line) -> int:
+def _ref_command(args, rows, *, create, delete, existing, created: str, deleted: str, moved: str,
+                 line) -> int:
     """The shape ``tvcfs branch`` and ``tvcfs tag`` share: delete each of
     ``args.delete`` (``delete(repo, name)`` → the commit it named), else create
     ``args.name`` (``create(repo)`` → its commit), else list ``rows(repo)`` (dicts
-    with ``name`` and ``commit``, one ``line(row)`` each); ``created``/``deleted``
-    are the messages (``{name}``, ``{commit}``: the short CID); ``--json`` prints
-    the records instead. Returns exit status 0."""
+    with ``name`` and ``commit``, one ``line(row)`` each; with ``--list`` only those
+    whose name matches the pattern ``args.name``); ``created``/``deleted``
+    are the messages (``{name}``, ``{commit}``: the short CID), ``moved`` the one for
+    ``-f`` of a name ``existing(repo)`` (``{name: commit}``) holds (``{was}``: its
+    old commit); ``--json`` prints the records instead. Returns exit status 0."""
     with open_repo(args) as repo:
         if args.delete:
             done = []
@@ -273,14 +288,22 @@ def _ref_command(args, rows, *, create, delete, created: str, deleted: str, line
             if args.json:
                 emit_json(done)
             return 0
-        if args.name:
+        if args.name and not args.list:
+            was = existing(repo).get(args.name)
             cid = create(repo)
             if args.json:
-                emit_json({"created": args.name, "commit": cid})
-            else:
+                emit_json({"created": args.name, "commit": cid} if was is None else
+                          {"moved": args.name, "commit": cid, "was": was})
+            elif was is None:
                 print(created.format(name=args.name, commit=short_cid(cid)))
+            else:
+                print(moved.format(name=args.name, commit=short_cid(cid), was=short_cid(was)))
             return 0
         listed = rows(repo)
+        if args.name:  # --list PATTERN, as git's `tag -l 'v1.*'`
+            import fnmatch
+
+            listed = [r for r in listed if fnmatch.fnmatchcase(r["name"], args.name)]
         if args.json:
             emit_json(listed)
             return 0
@@ -420,6 +443,8 @@ def cmd_show(args):
             return 0
         print(f"  {d['leaves']} leaves")
         rows = d["tensors"]
+        if not rows:  # git's `show REV:PATH` prints the file: say which command does
+            print(f"  (`tvcfs cat {args.spec}` writes its contents to stdout)")
         if rows:
             print(f"  {len(rows)} tensors:")
             print(f"  {'name':<56} {'dtype':<8} {'shape':<18} {'bytes':>12} {'leaves':>6} "
@@ -432,10 +457,105 @@ def cmd_show(args):
     return 0
 
 
+def cmd_switch(args):
+    """``tvcfs switch BRANCH`` / ``switch -c NEW [START]``: make a branch (created first
+    with ``-c``) HEAD's branch, the default of ``commit``, ``log``, ``diff``, ``merge``
+    and ``status``; exit status 0. Raises :class:`~tvcfs.errors.RevisionNotFound` for a
+    branch that does not exist, :class:`~tvcfs.errors.RefExists` for ``-c`` of one that
+    does."""
+    from ..errors import TvcfsError
+
+    if not (args.create or args.branch):
+        raise TvcfsError("switch needs a BRANCH (tvcfs switch BRANCH), or -c NEW to create one")
+    with open_repo(args) as repo:
+        _switch(args, repo, args.create or args.branch, create=bool(args.create),
+                start=args.branch if args.create else None)
+    return 0
+
+
+def _switch(args, repo, name: str, create: bool, start: str | None) -> None:
+    """Point HEAD at branch ``name``, creating it at ``start`` (default HEAD) first if
+    ``create``, and say so (``--json``: ``{"branch", "commit", "created"}``)."""
+    from ..errors import RevisionNotFound
+
+    if create:
+        cid = repo.create_branch(name, start)
+    else:
+        cid = repo.branches().get(name)
+        if cid is None and _resolves(repo, name):
+            raise RevisionNotFound(f"{name}: not a branch: `tvcfs switch -c NEW {name}` starts a branch "
+                                   f"there, `tvcfs checkout {name} DIR` writes it into DIR")
+        if cid is None:
+            raise RevisionNotFound(f"{name}: no such branch: `tvcfs branch` lists them, "
+                                   f"`tvcfs switch -c {name}` creates one")
+    repo.set_head(name)
+    if args.json:
+        emit_json({"branch": name, "commit": cid, "created": create})
+    else:
+        print(f"Switched to {'a new ' if create else ''}branch '{name}' ({short_cid(cid)})")
+
+
+def cmd_reset(args):
+    """``tvcfs reset [--soft|--hard] [REV]``: move HEAD's branch to REV (default HEAD),
+    reflogged ``reset: moving to REV``; unless ``--soft`` also drop the staging index if
+    it is staged for that branch (git's default, ``--mixed``; ``--hard`` is the same:
+    a repository has no working tree, mounts show the branch's new commit and
+    worktrees replay onto it at their next ``commit``). Exit status 0. Raises
+    :class:`~tvcfs.errors.TvcfsError` when HEAD is detached,
+    :class:`~tvcfs.errors.RevisionNotFound` for a bad REV."""
+    from ..errors import TvcfsError
+    from ..index import load_index, restore_staged
+
+    rev = args.rev or "HEAD"
+    with open_repo(args) as repo:
+        branch = repo.head_branch()
+        if branch is None:
+            raise TvcfsError("HEAD is not on a branch: `tvcfs switch BRANCH` first, or move a branch "
+                             "with `tvcfs branch -f NAME REV`")
+        old = repo.branches().get(branch)
+        cid = repo.create_branch(branch, rev, force=True, message=f"reset: moving to {rev}")
+        index = load_index(repo)
+        unstaged = not args.soft and index is not None and index.branch == branch
+        if unstaged:
+            restore_staged(repo)
+        if args.json:
+            emit_json({"branch": branch, "commit": cid, "was": old, "index_cleared": unstaged})
+            return 0
+        print(f"HEAD is now at {short_cid(cid)} {_first_line(repo, cid)} (branch {branch}"
+              + (f", was {short_cid(old)})" if old else ")")
+              + ("; the staged changes were dropped" if unstaged else ""))
+    return 0
+
+
+def _resolves(repo, rev: str) -> bool:
+    from ..errors import TvcfsError
+
+    try:
+        repo.resolve(rev)
+        return True
+    except TvcfsError:
+        return False
+
+
 def cmd_checkout(args):
     """``tvcfs checkout REV[:PATH] DIR``: write the tree into a directory and print the bytes
-    and seconds taken; exit status 0. Raises :class:`~tvcfs.errors.TvcfsError`, OSError."""
+    and seconds taken; exit status 0. Without DIR, git's habit: ``checkout BRANCH`` and
+    ``checkout -b NEW [START]`` are ``tvcfs switch`` (``-b`` with DIR: the new branch is
+    checked out there). Raises :class:`~tvcfs.errors.TvcfsError`, OSError."""
+    from ..errors import TvcfsError
+
     with open_repo(args) as repo:
+        if args.dir is None:
+            if args.new_branch:
+                _switch(args, repo, args.new_branch, create=True, start=args.rev)
+            elif args.rev is None:
+                raise TvcfsError("checkout needs REV DIR (materialise REV into DIR), or a BRANCH to switch to")
+            else:
+                _switch(args, repo, args.rev, create=False, start=None)
+            return 0
+        if args.new_branch:
+            repo.create_branch(args.new_branch, args.rev)
+            args.rev = args.new_branch
         commit, path, _ = revpath(repo, args.rev)
         branch = None if path else repo.branch_of(args.rev.partition(":")[0] or "HEAD")
         t0 = time.monotonic()
@@ -572,7 +692,7 @@ def register(sub) -> None:
     """Add the core commands to the ``tvcfs`` parser's subparsers."""
     p = sub.add_parser("init", help="create a repository")
     p.add_argument("path", nargs="?", help="directory (default: --repo or the current directory)")
-    p.add_argument("-b", "--initial-branch", default="main")
+    p.add_argument("-b", "--initial-branch", default="main", help="name of the first branch (default main)")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("commit", help="commit a directory onto a branch (a checkout's changes are "
@@ -583,7 +703,7 @@ def register(sub) -> None:
                    "a new branch starts at the directory's base, else at HEAD)")
     p.add_argument("--base", metavar="REV", help="the commit DIR was made from: if the branch moved "
                    "since, DIR's changes are replayed onto it (or saved on a conflicts/ branch)")
-    p.add_argument("-m", "--message", default="")
+    p.add_argument("-m", "--message", default="", help="commit message (default: empty)")
     p.add_argument("--author", help='"Name <email>" (default: TVCFS_AUTHOR_NAME/EMAIL, then git config)')
     p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                    help="commit metadata (repeatable); integers and decimal numbers (lr=3e-5) "
@@ -598,9 +718,9 @@ def register(sub) -> None:
                        usage="tvcfs log [options] [REV] [-- PATH ...]")
     p.add_argument("rev", nargs="?", metavar="REV")
     p.add_argument("paths", nargs="*", metavar="PATH", help="after --: only commits changing these paths")
-    p.add_argument("-n", "--max-count", type=int)
-    p.add_argument("--oneline", action="store_true")
-    p.add_argument("--first-parent", action="store_true")
+    p.add_argument("-n", "--max-count", type=int, metavar="N", help="at most N commits (-N too, as in git: -3)")
+    p.add_argument("--oneline", action="store_true", help="one line per commit: short CID, refs, subject")
+    p.add_argument("--first-parent", action="store_true", help="follow only the first parent of merges")
     p.add_argument("--all", action="store_true", help="every branch, tag and remote-tracking ref")
     p.add_argument("--graph", action="store_true", help="draw the history as a graph (topological order)")
     p.add_argument("--stat", action="store_true", help="bytes each commit added to the store, raw and "
@@ -608,17 +728,19 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_log)
 
     p = sub.add_parser("branch", help="list, create or delete branches")
-    p.add_argument("name", nargs="?")
+    p.add_argument("name", nargs="?", help="branch to create (with --list: a pattern such as 'ft-*')")
     p.add_argument("start", nargs="?", help="start revision (default HEAD)")
-    p.add_argument("-d", "--delete", nargs="+", metavar="NAME")
-    p.add_argument("-f", "--force", action="store_true")
+    p.add_argument("-d", "-D", "--delete", nargs="+", metavar="NAME", help="delete these branches (not HEAD's)")
+    p.add_argument("-f", "--force", action="store_true", help="move NAME to START if it exists")
+    p.add_argument("-l", "--list", action="store_true", help="list (only names matching the pattern NAME)")
     p.set_defaults(func=cmd_branch)
 
     p = sub.add_parser("tag", help="list, create or delete tags")
-    p.add_argument("name", nargs="?")
+    p.add_argument("name", nargs="?", help="tag to create (with --list: a pattern such as 'v1.*')")
     p.add_argument("rev", nargs="?", help="revision (default HEAD)")
-    p.add_argument("-d", "--delete", nargs="+", metavar="NAME")
-    p.add_argument("-f", "--force", action="store_true")
+    p.add_argument("-d", "--delete", nargs="+", metavar="NAME", help="delete these tags")
+    p.add_argument("-f", "--force", action="store_true", help="move NAME to REV if it exists")
+    p.add_argument("-l", "--list", action="store_true", help="list (only names matching the pattern NAME)")
     p.set_defaults(func=cmd_tag)
 
     p = sub.add_parser("show", help="show a commit, or a path in it (REV[:PATH]); tensors of safetensors files")
@@ -627,7 +749,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("ls", help="list a directory of a revision (REV[:PATH])")
     p.add_argument("spec", nargs="?", default="HEAD", metavar="REV[:PATH]")
-    p.add_argument("-r", "--recursive", action="store_true")
+    p.add_argument("-r", "--recursive", action="store_true", help="every file below, with its path")
     p.set_defaults(func=cmd_ls)
 
     p = sub.add_parser("cat", help="write a file of a revision (REV:PATH) or a file CID to stdout")
@@ -637,10 +759,26 @@ def register(sub) -> None:
 
     p = sub.add_parser("checkout", help="materialise a revision into a plain directory (a worktree: "
                        "the repository remembers its base for `commit`)")
-    p.add_argument("rev", metavar="REV[:PATH]")
-    p.add_argument("dir")
+    p.add_argument("rev", nargs="?", metavar="REV[:PATH]")
+    p.add_argument("dir", nargs="?", help="directory to write (without it: switch to the branch REV, "
+                   "as tvcfs switch)")
+    p.add_argument("-b", dest="new_branch", metavar="NEW", help="create branch NEW at REV (default HEAD) "
+                   "first; without DIR also switch to it")
     add_no_verify(p)
     p.set_defaults(func=cmd_checkout)
+
+    p = sub.add_parser("reset", help="move HEAD's branch to a revision (and unstage, unless --soft)")
+    p.add_argument("rev", nargs="?", metavar="REV", help="revision (default HEAD: only unstage)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--soft", action="store_true", help="keep the staging index")
+    mode.add_argument("--hard", "--mixed", action="store_true", help="also drop the staging index (the "
+                      "default: there is no working tree to reset; mounts show the new commit)")
+    p.set_defaults(func=cmd_reset)
+
+    p = sub.add_parser("switch", help="make a branch the current one (HEAD's), creating it with -c")
+    p.add_argument("branch", nargs="?", metavar="BRANCH", help="branch (with -c: the start revision, default HEAD)")
+    p.add_argument("-c", "--create", metavar="NEW", help="create branch NEW first")
+    p.set_defaults(func=cmd_switch)
 
     p = sub.add_parser("export", help="export a revision as a CAR v1 file")
     p.add_argument("rev", metavar="REV[:PATH]")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import add_no_verify, emit_json, open_repo, split_pathspec
+from . import add_no_verify, emit_json, open_repo, split_pathspec, split_range
 
 STRATEGY_NAMES = ("ours", "theirs", "base", "average-ours-theirs", "average-all", "average-ours-base",
                   "average-theirs-base", "task-arithmetic", "ties", "dare", "slerp")
@@ -16,7 +16,10 @@ def cmd_diff(args) -> int:
     else 0. Raises :class:`~tvcfs.errors.TvcfsError` for more than two revisions."""
     from ..diff import diff_commits, format_diff, format_stat
 
-    revs, paths = split_pathspec(args, [args.rev1, args.rev2, *args.paths])
+    positionals = [args.rev1, args.rev2, *args.paths]
+    if args.rev1 and ".." in args.rev1:  # git's `diff A..B` is `diff A B`
+        positionals[:1] = split_range(args.rev1)
+    revs, paths = split_pathspec(args, positionals)
     if "--" not in getattr(args, "argv", []):  # REV REV2 PATH…: the first two are revisions
         revs, paths = revs[:2], revs[2:]
     if len(revs) > 2:

@@ -79,7 +79,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("unmount", aliases=["umount"], help="unmount (waits for pending commits)")
     p.add_argument("mountpoint")
-    p.add_argument("-z", "--lazy", action="store_true")
+    p.add_argument("-z", "--lazy", action="store_true",
+                   help="detach at once, even if busy (fusermount -z); for a mount whose process died")
     p.set_defaults(func=cmd_unmount)
 
     p = sub.add_parser("prefetch", help="load files or trees of a mount in the background")

@@ -142,19 +142,19 @@ def cmd_serve(args) -> int:
 
 # ------------------------------------------------------------------ remote
 def cmd_remote(args) -> int:
-    """``tvcfs remote add|remove|list``: manage the repository's remotes; exit status 0. Raises
+    """``tvcfs remote add|set-url|remove|list``: manage the repository's remotes; exit status 0. Raises
     :class:`~tvcfs.errors.TvcfsError` for a bad URL."""
     from ..errors import TvcfsError
     from ..sync import check_url
     from ..transport.peer import bad_count
 
     with open_repo(args) as repo:
-        if args.action == "add":
+        if args.action in ("add", "set-url"):
             try:
                 check_url(args.url)
             except TvcfsError as e:
                 raise TvcfsError(f"remote {args.name}: {e}") from None
-            repo.add_remote(args.name, args.url)
+            (repo.add_remote if args.action == "add" else repo.set_remote_url)(args.name, args.url)
             return 0
         if args.action == "remove":
             repo.remove_remote(args.name)
@@ -321,10 +321,13 @@ def register(sub) -> None:
     add_no_verify(p)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("remote", help="manage remotes (add, list, remove)")
+    p = sub.add_parser("remote", help="manage remotes (add, set-url, list, remove)")
     rs = p.add_subparsers(dest="action", metavar="ACTION")
     p.set_defaults(func=cmd_remote, action="list", verbose=False)
     a = rs.add_parser("add", help="add a remote: NAME tvcfs://PEERID@HOST:PORT/ or NAME s3://BUCKET/PREFIX")
+    a.add_argument("name")
+    a.add_argument("url")
+    a = rs.add_parser("set-url", help="change the URL of remote NAME (its tracking refs stay)")
     a.add_argument("name")
     a.add_argument("url")
     a = rs.add_parser("remove", aliases=["rm"], help="remove a remote and its tracking refs")

@@ -4,13 +4,14 @@ worktrees (directories made by ``tvcfs checkout``), live mounts, conflicts."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from ..encoding.cid import cid_str
 from ..errors import TvcfsError
 from ..formatting import clock, short_cid
 from ..names import printable_name
-from . import emit_json, open_repo
+from . import emit_json, mounted_repo, open_repo
 from .progress import progress_bar
 
 
@@ -32,6 +33,9 @@ def cmd_status(args):
         branch = target[1]
     else:
         repo = open_repo(args)
+        here = None if getattr(args, "repo", None) else mounted_repo()
+        if here is not None and os.path.realpath(here[0]) == os.path.realpath(repo.root):  # in MOUNT/branches/NAME
+            branch = here[1]
     with repo:
         report = status_report(repo, branch)
     if args.json:
@@ -174,8 +178,8 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("recover", help="commit (or --discard) staged changes left by a mount that died")
-    p.add_argument("-m", "--message")
-    p.add_argument("--discard", action="store_true")
+    p.add_argument("-m", "--message", help="message of the recovery commits")
+    p.add_argument("--discard", action="store_true", help="drop the staged changes instead of committing them")
     p.add_argument("--force", action="store_true", help="even if the mount process seems alive")
     p.set_defaults(func=cmd_recover)
     register_maintenance(sub)
@@ -239,8 +243,9 @@ def cmd_fsck(args):
 
     with open_repo(args) as repo:
         stats: dict = {}
+        lazy_ok = args.lazy_ok or repo.config.lazy  # a lazy clone lacks leaves by design
         with progress_bar(args, "Checking", unit="blocks") as bar:
-            problems = fsck(repo, lazy_ok=args.lazy_ok, progress=bar, stats=stats)
+            problems = fsck(repo, lazy_ok=lazy_ok, progress=bar, stats=stats)
         if args.json:
             emit_json({"ok": not problems, "problems": problems})
             return 1 if problems else 0
@@ -251,7 +256,8 @@ def cmd_fsck(args):
                   "(later reads check them against it instead of hashing them)")
         if problems:
             raise TvcfsError(f"{len(problems)} problem(s) found in {repo.root}: see the lines above")
-        print("ok: every block matches its CID and every ref points at a complete commit")
+        print("ok: every block matches its CID and every ref points at a complete commit"
+              + (" (file contents not fetched yet are not counted: a lazy clone)" if lazy_ok else ""))
     return 0
 
 
@@ -286,7 +292,7 @@ def register_maintenance(sub) -> None:
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("gc", help="delete blocks no ref, recent reflog entry, pin or mount uses")
-    p.add_argument("-n", "--dry-run", action="store_true")
+    p.add_argument("-n", "--dry-run", action="store_true", help="count what would be deleted, delete nothing")
     p.add_argument("--expire", type=_days, default=90, metavar="DAYS",
                    help="keep commits in the reflog younger than this (default 90)")
     p.add_argument("--pack", action="store_true", help="then pack older history (tvcfs pack)")
@@ -296,5 +302,6 @@ def register_maintenance(sub) -> None:
     p.set_defaults(func=cmd_gc)
 
     p = sub.add_parser("fsck", help="verify every block and that refs point at complete commits")
-    p.add_argument("--lazy-ok", action="store_true", help="missing leaves are fine (lazy clone)")
+    p.add_argument("--lazy-ok", action="store_true", help="missing leaves (file contents) are fine "
+                   "(the default in a lazy clone)")
     p.set_defaults(func=cmd_fsck)
