@@ -211,9 +211,6 @@ def mounted_repo(path: str | None = None):
         return branch_in_mount(path or os.getcwd())
     except OSError:  # the current directory was removed
         return None
-    if getattr(args, "no_verify", False):
-        repo.store.verify_reads = False
-    return repo
 
 
 def add_no_verify(p) -> None:
