@@ -1178,7 +1178,7 @@ class LMDBStore:
         slices of it), or fills ``out`` and returns it."""
         bcid = bplanes = None
         self._read_ahead(value)
-        try:
+        with self._naming(cid):
             h = encodings.header(value)
             base = None
             if h.base is not None:
@@ -1194,7 +1194,8 @@ class LMDBStore:
                         raise MissingBase(cid, bcid, self.path)
                     base = self.decoded.get(bcid)
                     if base is None:
-                        bh = encodings.header(bv)
+                        with self._naming(bcid):
+                            bh = encodings.header(bv)
                         if h.elem == bh.elem > 1:  # XOR on the planes: one un-grouping
                             bplanes = self._planes(txn, bcid, bv, bh, depth + 1)
                         if bplanes is None:
@@ -1204,14 +1205,6 @@ class LMDBStore:
                 out = self.decoded.buffer(h.raw_len)
             # bplanes is this thread's scratch: the delta's planes are decoded into it in place
             encodings.decode_into(value, out, base, h, base_planes=bplanes, spend_base=True)
-        except MissingBase:
-            raise
-        except CorruptBlock as e:
-            if str(e).startswith("stored block"):
-                raise
-            raise CorruptBlock(f"stored block {cid_str(cid)} is packed and does not decode ({e}): "
-                               f"the store {self.path} is damaged (tvcfs fsck lists the damaged "
-                               "blocks)") from None
         if depth:
             return out
         data = memoryview(out).toreadonly()
@@ -1230,8 +1223,9 @@ class LMDBStore:
         element size (:func:`encodings.planes_into`), in the per-thread scratch slot
         ``depth``, unchecked; ``None`` when its chain reaches a raw base or changes
         element size (grouping those would cost what it saves: decode instead)."""
-        if depth > encodings.MAX_DEPTH:
-            raise CorruptBlock(f"its delta chain is longer than {encodings.MAX_DEPTH}")
+        with self._naming(cid):
+            if depth > encodings.MAX_DEPTH:
+                raise CorruptBlock(f"its delta chain is longer than {encodings.MAX_DEPTH}")
         self._read_ahead(value)
         bplanes = None
         if h.base is not None:
@@ -1240,7 +1234,8 @@ class LMDBStore:
             bv = txn.get(h.base, db=self.dbs["packed"])
             if bv is None:
                 raise MissingBase(cid, h.base, self.path)
-            bh = encodings.header(bv)
+            with self._naming(h.base):
+                bh = encodings.header(bv)
             if bh.elem != h.elem:
                 return None
             bplanes = self._planes(txn, h.base, bv, bh, depth + 1)
@@ -1248,8 +1243,26 @@ class LMDBStore:
                 return None
         # on its base's planes in place (a scratch of the depth below, not needed after)
         out = encodings.scratch(h.raw_len, depth) if bplanes is None else bplanes
-        encodings.planes_into(value, out, bplanes, h)
+        with self._naming(cid):
+            encodings.planes_into(value, out, bplanes, h)
         return out
+
+    @contextmanager
+    def _naming(self, cid: bytes):
+        """Re-raise a :class:`CorruptBlock` of decoding packed block ``cid`` as one
+        naming it and the store (unless it names a block already: a base's error, a
+        :class:`MissingBase`), so that a damaged base met while decoding a delta is
+        reported as itself, not as the delta."""
+        try:
+            yield
+        except MissingBase:
+            raise
+        except CorruptBlock as e:
+            if str(e).startswith("stored block"):
+                raise
+            raise CorruptBlock(f"stored block {cid_str(cid)} is packed and does not decode ({e}): "
+                               f"the store {self.path} is damaged (tvcfs fsck lists the damaged "
+                               "blocks)") from None
 
     def _check_chain(self, txn, cid: bytes, strict: bool = False) -> None:
         """Check base ``cid`` (and its bases; against the CID when ``strict``); raises
