@@ -374,29 +374,42 @@ def test_kernels_in_two_threads_at_once_give_the_right_bytes():
 
 
 @needs_c
-def test_an_output_cannot_be_resized_while_a_kernel_writes_it():
-    """A kernel holds its buffers (the buffer protocol's export) until it returns,
-    GIL released or not: another thread resizing a ``bytearray`` output (or
-    source) meanwhile gets ``BufferError`` — the memory cannot move or be freed
-    under the kernel — and the kernel's bytes are right."""
+@pytest.mark.parametrize("fn,held", [("ungroup", "out"), ("group", "out"), ("sparse_apply", "out"),
+                                     ("ungroup", "src"), ("sparse_apply", "base")])
+def test_a_buffer_cannot_be_resized_while_a_kernel_holds_it(fn, held):
+    """A kernel holds its buffers (the buffer protocol's export) until it returns:
+    another thread resizing a ``bytearray`` argument meanwhile — which it can do
+    only because the kernel released the GIL — gets ``BufferError``, so the memory
+    cannot move or be freed under the kernel; and the kernel's bytes are right."""
     import time
 
     n = 32 << 20
-    src = bytes(np.random.default_rng(3).integers(0, 256, n, dtype=np.uint8))
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+    gaps, vals = np.full(n // 300, 255, np.uint8), rng.integers(0, 256, n // 300, dtype=np.uint8)
+
+    def call(buf, out):
+        """The call with ``buf`` in the held place, writing ``out``."""
+        src = buf if held in ("src", "base") else data
+        if fn == "sparse_apply":
+            getattr(C, fn)(out, src, gaps, vals)
+        else:
+            getattr(C, fn)(src, 8, out)
+
     want = np.empty(n, np.uint8)
-    C.ungroup(src, 8, want)
-    out = bytearray(n)
-    refused, running, done = [], threading.Event(), threading.Event()
+    call(data, want)
+    buf = bytearray(n) if held == "out" else bytearray(data)
+    out = buf if held == "out" else np.empty(n, np.uint8)
+    refused, done = [], threading.Event()
 
     def resize() -> None:
-        running.wait()
         while not done.is_set():
             try:
-                out.extend(b"x")
+                buf.extend(b"x")
             except BufferError:
                 refused.append(1)
             else:  # before the kernel took it, or after: undo
-                del out[n:]
+                del buf[n:]
             time.sleep(0)  # (lets the kernel's thread in: the GIL)
 
     t = threading.Thread(target=resize)
@@ -404,17 +417,16 @@ def test_an_output_cannot_be_resized_while_a_kernel_writes_it():
     deadline = time.monotonic() + 60
     try:
         while not refused and time.monotonic() < deadline:
-            running.set()
             try:
-                C.ungroup(src, 8, out)
+                call(buf, out)
             except ValueError:  # the other thread had it one byte longer when we asked
                 continue
-            assert out[:n] == want.tobytes()  # (the other thread may have added a byte since)
+            assert bytes(memoryview(out)[:n]) == want.tobytes()  # (buf may have one byte more since)
     finally:
         done.set()
         t.join(30)
     assert refused, "no resize was attempted while the kernel ran"
-    assert len(out) == n
+    assert len(buf) == n
 
 
 # --------------------------------------------------------------------------- raw length
