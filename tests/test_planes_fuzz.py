@@ -473,16 +473,22 @@ def test_a_raw_length_past_any_block_is_refused_before_decoding(c, tmp_path):
 @pytest.mark.parametrize("c", [True, False], ids=["c", "numpy"])
 def test_a_damaged_base_is_named_when_its_delta_is_read(c, tmp_path):
     """A delta read on the planes of its packed base (same element size), the base's
-    value damaged — its header, or its body cut — is a :class:`CorruptBlock` naming
-    the base, the block to fetch again, not the delta (found by the property test
-    above: the delta was named)."""
+    value damaged — its header, its body cut, or (sparse planes, which do not say
+    their length) its raw length, so that it decodes to a block of another length
+    than the delta's — is a :class:`CorruptBlock` naming the base, the block to
+    fetch again, not the delta; a delta whose own raw length is damaged is named
+    itself (found by the property test above: the delta was named)."""
     if c and C is None:
         pytest.skip("the compiled kernels are not in use (TVCFS_NO_C, or not built)")
     bs, vals = make_chain({"seed": 9, "elem": 2, "n": 3001, "version": 2, "depth": 2, "packed_base": True,
-                           "kind": "random", "density": 0.02, "sections": "best"})
-    for k, bad in enumerate((b"\x02\x02\x00" + vals[0][3:], vals[0][:len(vals[0]) // 2],
-                             vals[1][:len(vals[1]) - 5])):
-        damaged = 0 if k < 2 else 1
+                           "kind": "random", "density": 0.02, "sections": "sparse"})
+
+    def longer(v: bytes) -> bytes:
+        return v[:4] + struct.pack("<I", struct.unpack_from("<I", v, 4)[0] + 2) + v[8:]
+
+    for k, (damaged, bad) in enumerate(((0, b"\x02\x02\x00" + vals[0][3:]), (0, vals[0][:len(vals[0]) // 2]),
+                                        (1, vals[1][:len(vals[1]) - 5]), (0, longer(vals[0])),
+                                        (1, longer(vals[1])), (2, longer(vals[2])))):
         st_, cids = new_store(str(tmp_path / str(k)), bs, vals)
         with Kernels(c), st_:
             with st_.env.begin(write=True) as txn:

@@ -1167,7 +1167,7 @@ class LMDBStore:
             self.decoded.release(cid)
 
     def _decode(self, txn, cid: bytes, value, check: bool, depth: int = 0, strict: bool = False,
-                out=None):
+                out=None, chain: int = encodings.MAX_DEPTH):
         """Decode packed ``value`` of ``cid``; with ``check`` compare the result with
         its recorded checksum (with ``strict``, or none recorded: hash it against the
         CID). Bases met on the way are decoded unchecked (the final check covers them;
@@ -1175,36 +1175,45 @@ class LMDBStore:
         per-thread scratch buffer (:func:`encodings.scratch`, one slot per depth: a
         base is read once per file, so it is not cached). Returns a read-only
         ``memoryview`` of a new ``uint8`` array (no ``bytes`` copy: the mount serves
-        slices of it), or fills ``out`` and returns it."""
+        slices of it), or fills ``out`` and returns it. When the decode fails or its
+        result does not check, the bases are checked (at most ``chain`` of them: a
+        cycle of damaged values ends) so that the error names the damaged block."""
         bcid = bplanes = None
         self._read_ahead(value)
-        with self._naming(cid):
-            h = encodings.header(value)
-            base = None
-            if h.base is not None:
-                if depth >= encodings.MAX_DEPTH:
-                    raise CorruptBlock(f"its delta chain is longer than {encodings.MAX_DEPTH}")
-                bcid = h.base
-                base = txn.get(bcid, db=self.dbs["blocks"])
-                if base is not None:
-                    self._read_ahead(base)
-                else:
-                    bv = txn.get(bcid, db=self.dbs["packed"])
-                    if bv is None:
-                        raise MissingBase(cid, bcid, self.path)
-                    base = self.decoded.get(bcid)
-                    if base is None:
-                        with self._naming(bcid):
-                            bh = encodings.header(bv)
-                        if h.elem == bh.elem > 1:  # XOR on the planes: one un-grouping
-                            bplanes = self._planes(txn, bcid, bv, bh, depth + 1)
-                        if bplanes is None:
-                            base = self._decode(txn, bcid, bv, False, depth + 1,
-                                                out=encodings.scratch(bh.raw_len, depth + 1))
-            if out is None:
-                out = self.decoded.buffer(h.raw_len)
-            # bplanes is this thread's scratch: the delta's planes are decoded into it in place
-            encodings.decode_into(value, out, base, h, base_planes=bplanes, spend_base=True)
+        try:
+            with self._naming(cid):
+                h = encodings.header(value)
+                base = None
+                if h.base is not None:
+                    if depth >= encodings.MAX_DEPTH:
+                        raise CorruptBlock(f"its delta chain is longer than {encodings.MAX_DEPTH}")
+                    bcid = h.base
+                    base = txn.get(bcid, db=self.dbs["blocks"])
+                    if base is not None:
+                        self._read_ahead(base)
+                    else:
+                        bv = txn.get(bcid, db=self.dbs["packed"])
+                        if bv is None:
+                            raise MissingBase(cid, bcid, self.path)
+                        base = self.decoded.get(bcid)
+                        if base is None:
+                            with self._naming(bcid):
+                                bh = encodings.header(bv)
+                            if h.elem == bh.elem > 1:  # XOR on the planes: one un-grouping
+                                bplanes = self._planes(txn, bcid, bv, bh, depth + 1)
+                            if bplanes is None:
+                                base = self._decode(txn, bcid, bv, False, depth + 1,
+                                                    out=encodings.scratch(bh.raw_len, depth + 1))
+                if out is None:
+                    out = self.decoded.buffer(h.raw_len)
+                # bplanes is this thread's scratch: the delta's planes are decoded into it in place
+                encodings.decode_into(value, out, base, h, base_planes=bplanes, spend_base=True)
+        except MissingBase:
+            raise
+        except CorruptBlock:
+            if not depth and bcid is not None and chain:  # a damaged base? name it, not the delta
+                self._check_chain(txn, bcid, strict, chain - 1)
+            raise
         if depth:
             return out
         data = memoryview(out).toreadonly()
@@ -1213,8 +1222,8 @@ class LMDBStore:
                 self._check(cid, data, txn, always=True, strict=strict,
                             what="is packed and decodes to bytes that do")
             except CorruptBlock:
-                if bcid is not None:  # name the damaged block: the delta or a base
-                    self._check_chain(txn, bcid, strict)
+                if bcid is not None and chain:  # name the damaged block: the delta or a base
+                    self._check_chain(txn, bcid, strict, chain - 1)
                 raise
         return data
 
@@ -1264,12 +1273,12 @@ class LMDBStore:
                                f"the store {self.path} is damaged (tvcfs fsck lists the damaged "
                                "blocks)") from None
 
-    def _check_chain(self, txn, cid: bytes, strict: bool = False) -> None:
-        """Check base ``cid`` (and its bases; against the CID when ``strict``); raises
-        :class:`CorruptBlock` naming the first that is damaged."""
+    def _check_chain(self, txn, cid: bytes, strict: bool = False, chain: int = encodings.MAX_DEPTH) -> None:
+        """Check base ``cid`` (and up to ``chain`` of its bases; against the CID when
+        ``strict``); raises :class:`CorruptBlock` naming the first that is damaged."""
         v = txn.get(cid, db=self.dbs["blocks"])
         if v is None:
-            self._decode(txn, cid, txn.get(cid, db=self.dbs["packed"]), check=True, strict=strict)
+            self._decode(txn, cid, txn.get(cid, db=self.dbs["packed"]), check=True, strict=strict, chain=chain)
         else:
             self._check(cid, v, txn, always=strict, strict=strict)
 
