@@ -53,6 +53,7 @@ import threading
 from dataclasses import dataclass
 
 
+from ..encoding.car import MAX_SECTION
 from ..errors import CorruptBlock
 
 VERSION = 1             # what encode() writes by default: every tvcfs reads it (S3 packs;
@@ -67,6 +68,11 @@ _SEC = struct.Struct("<BI")
 _SPARSE = struct.Struct("<II")
 NAMES = {0: "raw", ZSTD: "zstd", GROUPED: "grouped", XOR_DELTA: "delta"}
 MAX_DEPTH = 4           # bases a read of one delta may decode, at most
+MAX_RAW = MAX_SECTION   # bytes: the largest raw length a value may claim — the largest block a
+# store takes in (a CAR section, a gateway body; peers send at most 2 MiB, leaves are 1 MiB).
+# A sparse section does not say how long its plane is, so nothing else bounds a damaged or
+# hostile length field: 0xFFFFFFFF decoded to 4 GiB of zeros (8 GiB of memory, 40 s) before
+# the CID check could refuse it. Larger blocks are kept raw.
 LEVEL = 1               # zstd level of packing (any level decodes: the frame is plain zstd)
 # Level 1 over 3 (measured on issue 22's models, docs/performance.md "Packed blocks"):
 # float planes gain little from matches, and level 3's short matches cost more than
@@ -172,7 +178,8 @@ class Header:
 def header(value) -> Header:
     """Parse the header of packed value ``value`` (bytes-like). Raises
     :class:`CorruptBlock` for a short value, an unknown version or encoding, an element
-    size other than 1, 2, 4, 8, or a depth over :data:`MAX_DEPTH`."""
+    size other than 1, 2, 4, 8, a depth over :data:`MAX_DEPTH` or a raw length over
+    :data:`MAX_RAW` bytes (before anything of that length is allocated)."""
     if len(value) < _HDR.size:
         raise CorruptBlock(f"packed value of {len(value)} bytes is shorter than its header")
     version, enc, elem, depth, raw_len = _HDR.unpack_from(value, 0)
@@ -180,6 +187,9 @@ def header(value) -> Header:
             or depth > MAX_DEPTH or (enc == XOR_DELTA) != (depth > 0):
         raise CorruptBlock(f"packed value has a bad header (version {version}, encoding {enc}, "
                            f"element size {elem}, depth {depth})")
+    if raw_len > MAX_RAW:
+        raise CorruptBlock(f"packed value claims a raw length of {raw_len} bytes, more than any "
+                           f"block ({MAX_RAW})")
     if enc == XOR_DELTA:
         if len(value) < _HDR.size + CID_LEN:
             raise CorruptBlock("packed delta is shorter than its header")
@@ -329,7 +339,8 @@ def _sparse(p, c) -> bytes:
 def encode(data, elem: int = 1, base: bytes | None = None, base_data=None, base_depth: int = 0,
            pays: float = PAYS, version: int = VERSION) -> bytes | None:
     """The smallest packed value for block bytes ``data``, or ``None`` when no encoding
-    gets below ``pays`` × its length (keep it raw).
+    gets below ``pays`` × its length or the block is over :data:`MAX_RAW` bytes (keep
+    it raw).
 
     ``elem``: element size in bytes (1, 2, 4, 8; from the tensor's dtype). ``base`` /
     ``base_data``: the CID and bytes of a delta base of the same length (its own
@@ -344,7 +355,7 @@ def encode(data, elem: int = 1, base: bytes | None = None, base_data=None, base_
     if version not in VERSIONS:
         raise ValueError(f"packed value version must be one of {VERSIONS}, got {version}")
     n = len(data)
-    if n >= 1 << 32:
+    if n > MAX_RAW:
         return None
     enc = GROUPED if elem > 1 else ZSTD
     best = _value(version, enc, elem, 0, n, None, _body(group(data, elem), elem, version))

@@ -1167,7 +1167,7 @@ class LMDBStore:
             self.decoded.release(cid)
 
     def _decode(self, txn, cid: bytes, value, check: bool, depth: int = 0, strict: bool = False,
-                out=None):
+                out=None, chain: int = encodings.MAX_DEPTH):
         """Decode packed ``value`` of ``cid``; with ``check`` compare the result with
         its recorded checksum (with ``strict``, or none recorded: hash it against the
         CID). Bases met on the way are decoded unchecked (the final check covers them;
@@ -1175,43 +1175,45 @@ class LMDBStore:
         per-thread scratch buffer (:func:`encodings.scratch`, one slot per depth: a
         base is read once per file, so it is not cached). Returns a read-only
         ``memoryview`` of a new ``uint8`` array (no ``bytes`` copy: the mount serves
-        slices of it), or fills ``out`` and returns it."""
+        slices of it), or fills ``out`` and returns it. When the decode fails or its
+        result does not check, the bases are checked (at most ``chain`` of them: a
+        cycle of damaged values ends) so that the error names the damaged block."""
         bcid = bplanes = None
         self._read_ahead(value)
         try:
-            h = encodings.header(value)
-            base = None
-            if h.base is not None:
-                if depth >= encodings.MAX_DEPTH:
-                    raise CorruptBlock(f"its delta chain is longer than {encodings.MAX_DEPTH}")
-                bcid = h.base
-                base = txn.get(bcid, db=self.dbs["blocks"])
-                if base is not None:
-                    self._read_ahead(base)
-                else:
-                    bv = txn.get(bcid, db=self.dbs["packed"])
-                    if bv is None:
-                        raise MissingBase(cid, bcid, self.path)
-                    base = self.decoded.get(bcid)
-                    if base is None:
-                        bh = encodings.header(bv)
-                        if h.elem == bh.elem > 1:  # XOR on the planes: one un-grouping
-                            bplanes = self._planes(txn, bcid, bv, bh, depth + 1)
-                        if bplanes is None:
-                            base = self._decode(txn, bcid, bv, False, depth + 1,
-                                                out=encodings.scratch(bh.raw_len, depth + 1))
-            if out is None:
-                out = self.decoded.buffer(h.raw_len)
-            # bplanes is this thread's scratch: the delta's planes are decoded into it in place
-            encodings.decode_into(value, out, base, h, base_planes=bplanes, spend_base=True)
+            with self._naming(cid):
+                h = encodings.header(value)
+                base = None
+                if h.base is not None:
+                    if depth >= encodings.MAX_DEPTH:
+                        raise CorruptBlock(f"its delta chain is longer than {encodings.MAX_DEPTH}")
+                    bcid = h.base
+                    base = txn.get(bcid, db=self.dbs["blocks"])
+                    if base is not None:
+                        self._read_ahead(base)
+                    else:
+                        bv = txn.get(bcid, db=self.dbs["packed"])
+                        if bv is None:
+                            raise MissingBase(cid, bcid, self.path)
+                        base = self.decoded.get(bcid)
+                        if base is None:
+                            with self._naming(bcid):
+                                bh = encodings.header(bv)
+                            if h.elem == bh.elem > 1:  # XOR on the planes: one un-grouping
+                                bplanes = self._planes(txn, bcid, bv, bh, depth + 1)
+                            if bplanes is None:
+                                base = self._decode(txn, bcid, bv, False, depth + 1,
+                                                    out=encodings.scratch(bh.raw_len, depth + 1))
+                if out is None:
+                    out = self.decoded.buffer(h.raw_len)
+                # bplanes is this thread's scratch: the delta's planes are decoded into it in place
+                encodings.decode_into(value, out, base, h, base_planes=bplanes, spend_base=True)
         except MissingBase:
             raise
-        except CorruptBlock as e:
-            if str(e).startswith("stored block"):
-                raise
-            raise CorruptBlock(f"stored block {cid_str(cid)} is packed and does not decode ({e}): "
-                               f"the store {self.path} is damaged (tvcfs fsck lists the damaged "
-                               "blocks)") from None
+        except CorruptBlock:
+            if not depth and bcid is not None and chain:  # a damaged base? name it, not the delta
+                self._check_chain(txn, bcid, strict, chain - 1)
+            raise
         if depth:
             return out
         data = memoryview(out).toreadonly()
@@ -1220,8 +1222,8 @@ class LMDBStore:
                 self._check(cid, data, txn, always=True, strict=strict,
                             what="is packed and decodes to bytes that do")
             except CorruptBlock:
-                if bcid is not None:  # name the damaged block: the delta or a base
-                    self._check_chain(txn, bcid, strict)
+                if bcid is not None and chain:  # name the damaged block: the delta or a base
+                    self._check_chain(txn, bcid, strict, chain - 1)
                 raise
         return data
 
@@ -1230,8 +1232,9 @@ class LMDBStore:
         element size (:func:`encodings.planes_into`), in the per-thread scratch slot
         ``depth``, unchecked; ``None`` when its chain reaches a raw base or changes
         element size (grouping those would cost what it saves: decode instead)."""
-        if depth > encodings.MAX_DEPTH:
-            raise CorruptBlock(f"its delta chain is longer than {encodings.MAX_DEPTH}")
+        with self._naming(cid):
+            if depth > encodings.MAX_DEPTH:
+                raise CorruptBlock(f"its delta chain is longer than {encodings.MAX_DEPTH}")
         self._read_ahead(value)
         bplanes = None
         if h.base is not None:
@@ -1240,7 +1243,8 @@ class LMDBStore:
             bv = txn.get(h.base, db=self.dbs["packed"])
             if bv is None:
                 raise MissingBase(cid, h.base, self.path)
-            bh = encodings.header(bv)
+            with self._naming(h.base):
+                bh = encodings.header(bv)
             if bh.elem != h.elem:
                 return None
             bplanes = self._planes(txn, h.base, bv, bh, depth + 1)
@@ -1248,15 +1252,33 @@ class LMDBStore:
                 return None
         # on its base's planes in place (a scratch of the depth below, not needed after)
         out = encodings.scratch(h.raw_len, depth) if bplanes is None else bplanes
-        encodings.planes_into(value, out, bplanes, h)
+        with self._naming(cid):
+            encodings.planes_into(value, out, bplanes, h)
         return out
 
-    def _check_chain(self, txn, cid: bytes, strict: bool = False) -> None:
-        """Check base ``cid`` (and its bases; against the CID when ``strict``); raises
-        :class:`CorruptBlock` naming the first that is damaged."""
+    @contextmanager
+    def _naming(self, cid: bytes):
+        """Re-raise a :class:`CorruptBlock` of decoding packed block ``cid`` as one
+        naming it and the store (unless it names a block already: a base's error, a
+        :class:`MissingBase`), so that a damaged base met while decoding a delta is
+        reported as itself, not as the delta."""
+        try:
+            yield
+        except MissingBase:
+            raise
+        except CorruptBlock as e:
+            if str(e).startswith("stored block"):
+                raise
+            raise CorruptBlock(f"stored block {cid_str(cid)} is packed and does not decode ({e}): "
+                               f"the store {self.path} is damaged (tvcfs fsck lists the damaged "
+                               "blocks)") from None
+
+    def _check_chain(self, txn, cid: bytes, strict: bool = False, chain: int = encodings.MAX_DEPTH) -> None:
+        """Check base ``cid`` (and up to ``chain`` of its bases; against the CID when
+        ``strict``); raises :class:`CorruptBlock` naming the first that is damaged."""
         v = txn.get(cid, db=self.dbs["blocks"])
         if v is None:
-            self._decode(txn, cid, txn.get(cid, db=self.dbs["packed"]), check=True, strict=strict)
+            self._decode(txn, cid, txn.get(cid, db=self.dbs["packed"]), check=True, strict=strict, chain=chain)
         else:
             self._check(cid, v, txn, always=strict, strict=strict)
 
