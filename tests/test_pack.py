@@ -205,7 +205,7 @@ def test_a_bf16_fine_tune_packs_smaller_with_sparse_planes(tmp_repo, tmp_path):
     assert st["new_stored"] < 0.08 * st["new_raw"], st
 
 
-def test_damaged_sparse_sections_are_errors_never_wrong_bytes(kernels):
+def test_damaged_sparse_sections_are_errors_never_wrong_bytes(kernels, tmp_path):
     """A version-2 value cut anywhere, with an unknown section tag, a count of
     positions larger than the plane, a position past the plane's end, a zero gap, or
     bytes after its planes raises :class:`CorruptBlock`; and a store holding such a
@@ -250,7 +250,7 @@ def test_damaged_sparse_sections_are_errors_never_wrong_bytes(kernels):
     # a changed value decodes, to other bytes: the store's CID check refuses it
     bad = bytearray(value)
     bad[len(bad) - 3] ^= 0x20
-    with LMDBStore(tempfile_dir()) as st:
+    with LMDBStore(str(tmp_path / "store")) as st:
         cid = make_cid(RAW, data)
         st.put(bcid, base)
         st.put(cid, data)
@@ -260,12 +260,6 @@ def test_damaged_sparse_sections_are_errors_never_wrong_bytes(kernels):
         st.verified.__init__()
         with pytest.raises(CorruptBlock, match=cid_str(cid)):
             st.get(cid)
-
-
-def tempfile_dir() -> str:
-    import tempfile
-
-    return tempfile.mkdtemp(prefix="tvcfs-sparse-")
 
 
 def test_version_1_values_still_decode_alone_and_in_mixed_chains(tmp_path, kernels):
