@@ -107,3 +107,20 @@ def js():
         pytest.skip("Node.js >= 20 with npm is not installed: the JS IPFS interop checks need it")
     jsharness.ensure_node_modules()
     return jsharness
+
+
+@pytest.fixture
+def small_repo(tmp_path):
+    """A repository at tmp/r with one commit of d/ (a.txt, b.txt, sub/c.txt) on main,
+    made by ``tvcfs`` subprocesses; returns ``(repo path, d path)``."""
+    from support.cli import run_tvcfs
+    from support.repo import write
+
+    r = tmp_path / "r"
+    run_tvcfs("init", r)
+    d = tmp_path / "d"
+    write(d / "a.txt", b"a1\n")
+    write(d / "b.txt", b"b1\n")
+    write(d / "sub" / "c.txt", b"c1\n")
+    run_tvcfs("-C", r, "commit", d, "-m", "first")
+    return r, d

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from support.cli import run_tvcfs_text
-from test_cli_habits import small_repo, write  # noqa: F401 (a fixture)
+from support.repo import write
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -21,7 +21,7 @@ def tv(*args, **kw):
 
 
 @pytest.fixture
-def two_branches(small_repo, tmp_path):  # noqa: F811
+def two_branches(small_repo, tmp_path):
     """small_repo plus branch ft (one commit changing a.txt on top of main), main
     then one more commit (b.txt); returns the repository path."""
     r, d = small_repo
@@ -34,7 +34,7 @@ def two_branches(small_repo, tmp_path):  # noqa: F811
     return r
 
 
-def test_unknown_option_is_reported_by_the_command(small_repo):  # noqa: F811
+def test_unknown_option_is_reported_by_the_command(small_repo):
     r, _ = small_repo
     p = tv("-C", r, "branch", "--no-such-flag", ok=False)
     assert p.returncode == 2
@@ -98,7 +98,7 @@ def test_commands_inside_a_mount_use_the_mounted_repository(two_branches, tmp_pa
     assert p.stderr.startswith("tvcfs: error: not a tvcfs repository"), p.stderr
 
 
-def test_fsck_in_a_lazy_clone_accepts_the_missing_leaves(small_repo, servers, tmp_path):  # noqa: F811
+def test_fsck_in_a_lazy_clone_accepts_the_missing_leaves(small_repo, servers, tmp_path):
     r, _ = small_repo
     srv = servers(r, tmp_path)
     lazy = tmp_path / "lazy"
@@ -136,7 +136,7 @@ def test_switch_and_checkout_without_a_directory(two_branches, tmp_path):
     assert tv("-C", r, "status").stdout.startswith("On branch exp2")
 
 
-def test_remote_set_url(small_repo):  # noqa: F811
+def test_remote_set_url(small_repo):
     r, _ = small_repo
     tv("-C", r, "remote", "add", "origin", "s3://models/a")
     p = tv("-C", r, "remote", "add", "origin", "s3://models/b", ok=False)
@@ -171,7 +171,7 @@ def test_every_option_has_help():
     assert not missing, missing
 
 
-def test_outside_a_repository_the_error_says_what_to_do(small_repo, tmp_path):  # noqa: F811
+def test_outside_a_repository_the_error_says_what_to_do(small_repo, tmp_path):
     r, _ = small_repo
     wt = tmp_path / "wt"
     tv("-C", r, "checkout", "main", wt)  # a worktree is a plain directory: not a repository
@@ -214,7 +214,7 @@ def test_reset_and_forced_branch_or_tag_moves(two_branches, tmp_path):
     assert p.stderr == "tvcfs: error: unknown revision 'nosuch'\n", p.stderr
 
 
-def test_show_of_a_plain_file_names_cat(small_repo):  # noqa: F811
+def test_show_of_a_plain_file_names_cat(small_repo):
     r, _ = small_repo
     p = tv("-C", r, "show", "HEAD:sub/c.txt")
     assert p.stdout.splitlines()[-1] == "  (`tvcfs cat HEAD:sub/c.txt` writes its contents to stdout)", p.stdout

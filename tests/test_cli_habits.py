@@ -17,6 +17,7 @@ import time
 import pytest
 
 from support.cli import run_in_pty, run_tvcfs
+from support.repo import write
 from tvcfs.repo import Repo
 
 pytestmark = pytest.mark.timeout(300)
@@ -30,26 +31,6 @@ def js(*args, **kw):
     """``tvcfs ARGS --json``, parsed (the whole of stdout must be one JSON document)."""
     p = run_tvcfs("--json", *args, **kw)
     return json.loads(p.stdout.decode())
-
-
-def write(path, data: bytes) -> str:
-    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
-    return str(path)
-
-
-@pytest.fixture
-def small_repo(tmp_path):
-    """A repository at tmp/r with one commit of d/ (a.txt, b.txt, sub/c.txt) on main."""
-    r = tmp_path / "r"
-    tv("init", r)
-    d = tmp_path / "d"
-    write(d / "a.txt", b"a1\n")
-    write(d / "b.txt", b"b1\n")
-    write(d / "sub" / "c.txt", b"c1\n")
-    tv("-C", r, "commit", d, "-m", "first")
-    return r, d
 
 
 def tree_of(repo, rev="HEAD") -> dict:

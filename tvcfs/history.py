@@ -132,9 +132,7 @@ def log(repo, revs: Iterable[str] = (), all_refs: bool = False, first_parent: bo
     git's ``log A..B`` is ``revs=[B], exclude=[A]``), only commits that change
     ``paths`` if given, at most ``max_count``. See :func:`walk_log`. Raises
     :class:`~tvcfs.errors.RevisionNotFound` for a bad revision."""
-    from .repo import commit_ancestors
-
-    hidden = set(commit_ancestors(repo.get, [repo.resolve(r) for r in exclude], missing_ok=True))
+    hidden = set(repo.ancestors([repo.resolve(r) for r in exclude], missing_ok=True))
     n = 0
     for cid, com in walk_log(repo, log_starts(repo, revs, all_refs), first_parent, topo):
         if max_count is not None and n >= max_count:

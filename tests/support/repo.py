@@ -100,6 +100,14 @@ def make_repo(path, files: dict[str, bytes], message="c1") -> Repo:
     return repo
 
 
+def write(path, data: bytes) -> str:
+    """Write ``data`` to file ``path`` (its parent directories made); returns the path."""
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    return str(path)
+
+
 def write_files(wt, files):
     """Write ``files`` (relative name -> bytes) under the ``pathlib.Path`` ``wt``."""
     for name, data in files.items():
